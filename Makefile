@@ -1,0 +1,62 @@
+# BACKBEAT pulse — developer entry points.
+#   make deps      install the Debian packages the build and tests need (root)
+#   make build     debug build of pulse and Bench
+#   make run       start a local nats-server (127.0.0.1:4222) and one node, show beats live
+#   make test      every test: unit, property, allocation, real nats-server processes,
+#                  plus the release build that enforces @_noAllocation
+#   make bench     the timing report (release)
+SHELL := /bin/bash
+SWIFT ?= swift
+NATS_PORT ?= 4222
+ADMIN_PORT ?= 8080
+BPM ?= 120
+RUN_DIR ?= run
+APT_PACKAGES := libnats-dev libjemalloc-dev nats-server pkg-config
+
+.PHONY: deps build release run dev test test-unit check-noalloc bench format clean
+
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build:
+	$(SWIFT) build --product pulse
+	$(SWIFT) build --product Bench
+
+release:
+	$(SWIFT) build -c release --product pulse
+
+# A local nats-server on loopback plus one bootstrapped node, and the beats live.
+# Ctrl-C stops all three.
+run dev: build
+	@mkdir -p $(RUN_DIR)
+	@bin=$$($(SWIFT) build --show-bin-path)/pulse; \
+	nats-server -a 127.0.0.1 -p $(NATS_PORT) > $(RUN_DIR)/nats.log 2>&1 & nats_pid=$$!; \
+	trap 'kill $$node_pid $$nats_pid 2>/dev/null; wait 2>/dev/null' EXIT INT TERM; \
+	sleep 0.3; \
+	$$bin -bootstrap -bpm $(BPM) -max-bpm 600 -nats nats://127.0.0.1:$(NATS_PORT) \
+	  -admin-port $(ADMIN_PORT) -data-dir $(RUN_DIR)/node1 > $(RUN_DIR)/node1.log 2>&1 & node_pid=$$!; \
+	echo "nats-server pid $$nats_pid, pulse pid $$node_pid (logs in $(RUN_DIR)/); Ctrl-C to stop"; \
+	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
+
+test: deps check-noalloc test-unit
+
+test-unit:
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build
+
+# @_noAllocation is checked by the compiler in optimized builds only.
+check-noalloc:
+	$(SWIFT) build -c release --target PulseCore
+
+bench:
+	$(SWIFT) run -c release Bench
+
+format:
+	$(SWIFT) format -i -r Sources Tests Package.swift
+
+clean:
+	rm -rf .build $(RUN_DIR)

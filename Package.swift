@@ -1,0 +1,72 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// BACKBEAT pulse: one beat timeline for a cluster, published on NATS.
+//
+// Modules, in dependency order:
+//   CLoop      C: epoll + timerfd + eventfd loop, real-time helpers, jemalloc counters
+//   CNats      system library: the NATS C client (Debian libnats-dev)
+//   PulseCore  pure Swift, no I/O: timeline math, HLC, BeatFrame encoder (allocation-free)
+//   Pulse      the `pulse` executable: config, loop wiring, NATS transport, service
+//   Bench      micro-benchmarks and the timing report
+let package = Package(
+    name: "backbeat-pulse",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "pulse", targets: ["Pulse"]),
+        .executable(name: "Bench", targets: ["Bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+    ],
+    targets: [
+        .target(
+            name: "CLoop",
+            path: "Sources/CLoop",
+            cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])],
+            linkerSettings: [.linkedLibrary("jemalloc")]
+        ),
+        .systemLibrary(
+            name: "CNats",
+            path: "Sources/CNats",
+            pkgConfig: "libnats",
+            providers: [.apt(["libnats-dev"])]
+        ),
+        .target(
+            name: "PulseCore",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            path: "Sources/PulseCore"
+        ),
+        .executableTarget(
+            name: "Pulse",
+            dependencies: [
+                "CLoop", "CNats", "PulseCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            path: "Sources/Pulse",
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .executableTarget(
+            name: "Bench",
+            dependencies: ["CLoop", "CNats", "PulseCore"],
+            path: "Sources/Bench",
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .testTarget(
+            name: "PulseCoreTests",
+            dependencies: ["PulseCore"],
+            path: "Tests/PulseCoreTests"
+        ),
+        .testTarget(
+            name: "PulseTests",
+            dependencies: [
+                "Pulse", "PulseCore", "CLoop", "CNats", .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            path: "Tests/PulseTests",
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+    ]
+)

@@ -1,0 +1,2 @@
+// The NATS C client (Debian libnats-dev), exposed to Swift.
+#include <nats/nats.h>

@@ -1,0 +1,236 @@
+// Beat: turns timer wake-ups into published BeatFrames.
+//
+// One data flow, one direction: the timerfd fires shortly before the instant
+// of the next beat → the driver spins on the wall clock until the instant →
+// the timeline says which beat and phase → the frame is encoded into a buffer
+// allocated at start-up → published and flushed → measurements recorded.
+// Nothing on that path allocates, logs, or touches the disk; the jemalloc
+// thread counter is read around it and any byte it moves is counted in
+// `hotPathAllocatedBytes` (expected to stay 0).
+//
+// Lateness: if the loop wakes after a beat's instant, the beat is still
+// published if its instant passed less than half a period ago; beats whose
+// instants passed longer ago are counted as missed, never sent late.
+import CLoop
+import Glibc
+import Logging
+import PulseCore
+
+/// Counters and last values of the beat path, for metrics and logs.
+struct BeatStats {
+    var beatsPublished: UInt64 = 0
+    var beatsMissed: UInt64 = 0
+    var beatsUnpublished: UInt64 = 0
+    var lateBeats: UInt64 = 0
+    var clockSteps: UInt64 = 0
+    var hotPathAllocatedBytes: UInt64 = 0
+    var lastJitterNs: Int64 = 0
+    var maxJitterNs: Int64 = 0
+    var lastPublishDurationNs: Int64 = 0
+    var lastWakeLatenessNs: Int64 = 0
+    var lastBeatIndex: Int64 = -1
+}
+
+/// What the driver measured for one beat, handed to the observer.
+struct BeatRecord {
+    var index: Int64
+    var scheduledNs: Int64
+    var wakeNs: Int64
+    var publishStartNs: Int64
+    var publishDoneNs: Int64
+    var published: Bool
+    var jitterNs: Int64 { publishStartNs - scheduledNs }
+    var publishDurationNs: Int64 { publishDoneNs - publishStartNs }
+}
+
+/// Receives each beat's record on the loop thread; must not allocate.
+protocol BeatObserver: AnyObject {
+    func beatRecorded(_ record: BeatRecord)
+}
+
+/// Drives beats on the loop thread from a CLOCK_REALTIME timerfd.
+final class BeatDriver: LoopHandler {
+    private unowned let loop: EventLoop
+    private let nats: NatsLink
+    private let logger: Logger
+    private(set) var timeline: Timeline
+    private var hlc: HLC
+    private let encoder: BeatFrameEncoder
+    private let windowIds: WindowIdCache
+    private let clusterId: String
+    private let frame: UnsafeMutableRawBufferPointer
+    private let subject: UnsafeMutablePointer<CChar>
+    private let allocatedCounter: UnsafePointer<UInt64>?
+    private var timerToken: UInt32 = 0
+    /// The Raft term stamped on frames (a single bootstrapped node is term 1).
+    var term: UInt64 = 1
+    private(set) var nextBeat: Int64 = 0
+    private(set) var stats = BeatStats()
+    weak var observer: BeatObserver?
+
+    /// How long before an instant the timer fires; adapts to recent wake
+    /// latency between `minLeadNs` and `maxLeadNs`.
+    private var leadNs: Int64
+    private let minLeadNs: Int64
+    private let maxLeadNs: Int64
+    private var wakeLateness: [Int64]
+    private var wakeLatenessCursor = 0
+    private var armedAtNs: Int64 = 0
+
+    init(
+        loop: EventLoop, nats: NatsLink, logger: Logger, timeline: Timeline, clusterId: String, phases: [String],
+        nodeId: String, subject: String, maxOffsetMs: Int64, spinMaxUs: Int
+    ) throws {
+        self.loop = loop
+        self.nats = nats
+        self.logger = logger
+        self.timeline = timeline
+        self.clusterId = clusterId
+        self.hlc = HLC(maxOffsetMs: maxOffsetMs)
+        self.encoder = BeatFrameEncoder(clusterId: clusterId, phases: phases, nodeId: nodeId)
+        self.windowIds = WindowIdCache(clusterId: clusterId)
+        self.frame = .allocate(byteCount: encoder.maxFrameBytes, alignment: 8)
+        self.subject = strdup(subject)
+        self.allocatedCounter = cloop_thread_allocated_counter()
+        self.maxLeadNs = Int64(spinMaxUs) * 1000
+        self.minLeadNs = min(200_000, maxLeadNs)
+        self.leadNs = maxLeadNs
+        self.wakeLateness = Array(repeating: 0, count: 32)
+        self.timerToken = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: self)
+    }
+
+    deinit {
+        frame.deallocate()
+        free(subject)
+    }
+
+    /// Starts with the first beat whose instant is still ahead (or passed less
+    /// than half a period ago, per the lateness rule).
+    func start(nowNs: Int64) {
+        let k = max(timeline.beat(atOrBeforeNs: nowNs), timeline.epoch.startBeat - 1)
+        nextBeat = k + 1
+        if k >= timeline.epoch.startBeat && nowNs - timeline.instantNs(ofBeat: k) < halfPeriodNs(of: k) {
+            nextBeat = k
+        }
+        prepareAhead()
+        arm()
+    }
+
+    func stop() {
+        _ = cloop_timer_disarm(loop.raw, timerToken)
+    }
+
+    private func halfPeriodNs(of k: Int64) -> Int64 {
+        (timeline.instantNs(ofBeat: k + 1) - timeline.instantNs(ofBeat: k)) / 2
+    }
+
+    private func arm() {
+        armedAtNs = timeline.instantNs(ofBeat: nextBeat) - leadNs
+        _ = cloop_timer_arm_at(loop.raw, timerToken, armedAtNs, true)
+    }
+
+    /// Window ids for this bar and the next are computed ahead, off the beat path.
+    private func prepareAhead() {
+        let bar = timeline.barStart(nextBeat)
+        windowIds.prepare(barStart: bar)
+        windowIds.prepare(barStart: bar + Int64(timeline.bar))
+    }
+
+    func loopEvent(token: UInt32, events: UInt32) {
+        let expirations = cloop_timer_read(loop.raw, timerToken)
+        if expirations == -Int64(ECANCELED) {
+            // The wall clock was stepped: re-plan from the new time.
+            stats.clockSteps &+= 1
+            logger.warning("wall clock stepped; re-planning the next beat", metadata: ["beat": "\(nextBeat)"])
+            start(nowNs: cloop_realtime_ns())
+            return
+        }
+        guard expirations > 0 else { return }
+        fire()
+        prepareAhead()
+        arm()
+    }
+
+    /// The beat path: from the timer's wake to the flushed publish.
+    private func fire() {
+        let allocatedBefore = allocatedCounter?.pointee ?? 0
+        let wakeNs = cloop_realtime_ns()
+        recordWake(lateness: wakeNs - armedAtNs)
+        var k = nextBeat
+        var instant = timeline.instantNs(ofBeat: k)
+        if wakeNs < instant - maxLeadNs - 1_000_000 {
+            return  // woke far too early (timer re-armed under us); arm() re-plans
+        }
+        if wakeNs > instant {
+            // Late: skip beats that are more than half a period overdue.
+            let current = timeline.beat(atOrBeforeNs: wakeNs)
+            if current > k {
+                stats.beatsMissed &+= UInt64(current - k)
+                k = current
+                instant = timeline.instantNs(ofBeat: k)
+            }
+            if wakeNs - instant >= halfPeriodNs(of: k) {
+                stats.beatsMissed &+= 1
+                nextBeat = k + 1
+                return
+            }
+            stats.lateBeats &+= 1
+        }
+        let startNs = instant > wakeNs ? cloop_spin_until_realtime(instant, maxLeadNs + 1_000_000) : wakeNs
+        var record = emitBeat(index: k, nowNs: startNs)
+        record.wakeNs = wakeNs
+        nextBeat = k + 1
+        let allocatedAfter = allocatedCounter?.pointee ?? 0
+        stats.hotPathAllocatedBytes &+= allocatedAfter &- allocatedBefore
+        observer?.beatRecorded(record)
+    }
+
+    /// Encodes and publishes beat `k` as of wall time `nowNs`. Allocation-free
+    /// after warm-up; the zero-allocation test drives it directly.
+    @discardableResult
+    func emitBeat(index k: Int64, nowNs: Int64) -> BeatRecord {
+        _ = timeline.applyDue(beat: k)
+        let stamp = hlc.now(wallMs: nowNs / 1_000_000)
+        let scheduled = timeline.instantNs(ofBeat: k)
+        var published = false
+        if let windowId = windowIds.lookup(barStart: timeline.barStart(k)) {
+            let length = encoder.encode(
+                into: frame, beatIndex: k, downbeat: timeline.isDownbeat(k), phaseIndex: timeline.phaseIndex(k),
+                hlc: stamp, deadlineUnixMs: timeline.deadlineUnixMs(ofBeat: k), tempoBpm: timeline.epoch.bpm,
+                windowId: windowId, term: term, degraded: false)
+            if length > 0 {
+                published = nats.publish(subject: subject, bytes: frame.baseAddress!, length: length)
+            }
+        }
+        let doneNs = cloop_realtime_ns()
+        if published {
+            stats.beatsPublished &+= 1
+        } else {
+            stats.beatsUnpublished &+= 1
+        }
+        let jitter = nowNs - scheduled
+        stats.lastJitterNs = jitter
+        stats.maxJitterNs = max(stats.maxJitterNs, abs(jitter))
+        stats.lastPublishDurationNs = doneNs - nowNs
+        stats.lastBeatIndex = k
+        return BeatRecord(
+            index: k, scheduledNs: scheduled, wakeNs: nowNs, publishStartNs: nowNs, publishDoneNs: doneNs,
+            published: published)
+    }
+
+    /// Adapts the timer lead to recent wake latency: twice the worst of the
+    /// last 32 wakes plus 100 µs, within [minLeadNs, maxLeadNs].
+    private func recordWake(lateness: Int64) {
+        stats.lastWakeLatenessNs = lateness
+        wakeLateness[wakeLatenessCursor] = max(0, lateness)
+        wakeLatenessCursor = (wakeLatenessCursor + 1) & 31
+        var worst: Int64 = 0
+        for value in wakeLateness where value > worst { worst = value }
+        leadNs = min(maxLeadNs, max(minLeadNs, 2 * worst + 100_000))
+    }
+
+    /// Prepares window ids for beat `k`'s bar (tests that call `emitBeat`).
+    func prepareWindowIds(forBeat k: Int64) {
+        windowIds.prepare(barStart: timeline.barStart(k))
+    }
+}

@@ -1,0 +1,184 @@
+// Config: the command line, the environment and their validation.
+//
+// Every flag is accepted with one dash (`-bpm 12`, as the seed's users type
+// them) and with two (`--bpm 12`); `-flag=value` works too. Precedence: a flag
+// given on the command line, then the environment, then the default.
+// Invalid configuration is one line on stderr and exit status 2.
+import ArgumentParser
+import Foundation
+
+/// Errors that stop the pulse before it serves: one line each.
+enum PulseError: Error, CustomStringConvertible {
+    case config(String)
+    case startup(String)
+
+    var description: String {
+        switch self {
+        case .config(let message), .startup(let message): return message
+        }
+    }
+}
+
+/// Validated configuration of one pulse node.
+struct PulseConfig: Sendable {
+    var clusterId = "chorus-aus-01"
+    var nodeId = ""
+    var bpm = 12
+    var bar = 8
+    var phases = ["plan", "work", "review"]
+    var minBpm = 4
+    var maxBpm = 24
+    var natsURL = "nats://localhost:4222"
+    var adminPort = 8080
+    var raftBind = "127.0.0.1:0"
+    var bootstrap = false
+    var peers: [String] = []
+    var dataDir = ""
+    var cpu: Int? = nil
+    var rtPriority = 0
+    var lockMemory = false
+    var spinMaxUs = 2000
+    var maxOffsetMs = 500
+    var logLevel = "info"
+    var logFormat = "text"
+
+    var beatSubject: String { "backbeat.\(clusterId).beat" }
+    var controlSubject: String { "backbeat.\(clusterId).control" }
+
+    /// Checks every rule; the first violation is the error.
+    func validate() throws {
+        func fail(_ message: String) throws -> Never { throw PulseError.config(message) }
+        try Self.checkToken(clusterId, what: "-cluster")
+        if !nodeId.isEmpty { try Self.checkToken(nodeId, what: "-node-id") }
+        if minBpm < 1 { try fail("-min-bpm must be at least 1 (got \(minBpm))") }
+        if maxBpm > 6000 { try fail("-max-bpm must be at most 6000 (got \(maxBpm))") }
+        if minBpm > maxBpm { try fail("-min-bpm \(minBpm) is above -max-bpm \(maxBpm)") }
+        if bpm < minBpm || bpm > maxBpm { try fail("-bpm \(bpm) is outside [-min-bpm \(minBpm), -max-bpm \(maxBpm)]") }
+        if bar < 1 || bar > 1024 { try fail("-bar must be between 1 and 1024 (got \(bar))") }
+        if phases.isEmpty || phases.contains(where: \.isEmpty) {
+            try fail("-phases must be a comma-separated list of non-empty names")
+        }
+        if phases.count > bar { try fail("-phases has \(phases.count) names but a bar has only \(bar) beats") }
+        if phases.contains(where: { $0.utf8.count > 64 }) { try fail("-phases names must be at most 64 bytes") }
+        if !(0...65535).contains(adminPort) { try fail("-admin-port must be between 0 and 65535 (got \(adminPort))") }
+        if !(natsURL.hasPrefix("nats://") || natsURL.hasPrefix("tls://")) || natsURL.count < 8 {
+            try fail("-nats must be a nats:// or tls:// URL (got '\(natsURL)')")
+        }
+        if let cpu, cpu < 0 || cpu >= ProcessInfo.processInfo.activeProcessorCount {
+            try fail("-cpu \(cpu) is not an online CPU (0...\(ProcessInfo.processInfo.activeProcessorCount - 1))")
+        }
+        if !(0...99).contains(rtPriority) { try fail("-rt-priority must be 0 (off) or 1...99 (got \(rtPriority))") }
+        if !(0...100_000).contains(spinMaxUs) { try fail("-spin-max-us must be between 0 and 100000 (got \(spinMaxUs))") }
+        if !(1...60_000).contains(maxOffsetMs) { try fail("-max-offset-ms must be between 1 and 60000") }
+        if LogLevelName(rawValue: logLevel) == nil {
+            try fail("BACKBEAT_LOG_LEVEL must be one of debug, info, warn, error (got '\(logLevel)')")
+        }
+        if logFormat != "text" && logFormat != "json" { try fail("-log-format must be text or json") }
+    }
+
+    /// Cluster and node ids go into NATS subjects, JSON and file names.
+    static func checkToken(_ value: String, what: String) throws {
+        if value.isEmpty { throw PulseError.config("\(what) must not be empty") }
+        if value.utf8.count > 128 { throw PulseError.config("\(what) must be at most 128 bytes") }
+        let forbidden = CharacterSet(charactersIn: ".*>/\\").union(.whitespacesAndNewlines).union(.controlCharacters)
+        if value.unicodeScalars.contains(where: forbidden.contains) {
+            throw PulseError.config("\(what) '\(value)' must not contain spaces, '.', '*', '>', '/' or '\\'")
+        }
+    }
+}
+
+/// Log levels as operators spell them in BACKBEAT_LOG_LEVEL.
+enum LogLevelName: String {
+    case debug, info, warn, error
+}
+
+/// The `pulse` command line. Parsing only; `PulseConfig` holds the result.
+struct PulseCommand: ParsableArguments {
+    static func both(_ name: String) -> NameSpecification {
+        [.customLong(name, withSingleDash: true), .customLong(name)]
+    }
+
+    @Option(name: both("cluster"), help: "Cluster identifier (env BACKBEAT_CLUSTER_ID; default chorus-aus-01)")
+    var cluster: String?
+    @Option(name: both("node-id"), help: "Node identifier (generated and kept in the data dir if empty)")
+    var nodeId: String?
+    @Option(name: both("bpm"), help: "Initial tempo in beats per minute (default 12)")
+    var bpm: Int?
+    @Option(name: both("bar"), help: "Beats per bar (default 8)")
+    var bar: Int?
+    @Option(name: both("phases"), help: "Comma-separated phase names (default plan,work,review)")
+    var phases: String?
+    @Option(name: both("min-bpm"), help: "Minimum allowed tempo (default 4)")
+    var minBpm: Int?
+    @Option(name: both("max-bpm"), help: "Maximum allowed tempo (default 24)")
+    var maxBpm: Int?
+    @Option(name: both("nats"), help: "NATS server URL (default nats://localhost:4222)")
+    var nats: String?
+    @Option(name: both("admin-port"), help: "Admin HTTP port on 127.0.0.1 (default 8080)")
+    var adminPort: Int?
+    @Option(name: both("raft-bind"), help: "Raft bind address host:port (default 127.0.0.1:0)")
+    var raftBind: String?
+    @Flag(name: both("bootstrap"), help: "Bootstrap a new cluster: start the timeline on the next whole second")
+    var bootstrap = false
+    @Option(name: both("peers"), help: "Comma-separated Raft peers, host:port or id@host:port")
+    var peers: String?
+    @Option(name: both("data-dir"), help: "Data directory (env BACKBEAT_DATA_DIR; default .backbeat/<cluster>-<port>)")
+    var dataDir: String?
+    @Option(name: both("cpu"), help: "Pin the loop thread to this CPU core")
+    var cpu: Int?
+    @Option(name: both("rt-priority"), help: "SCHED_FIFO priority 1-99 for the loop thread (0: off, the default)")
+    var rtPriority: Int?
+    @Flag(name: both("mlock"), help: "Lock all memory (mlockall) so the beat path never page-faults")
+    var mlock = false
+    @Option(name: both("spin-max-us"), help: "Longest busy-wait before a beat, in microseconds (default 2000)")
+    var spinMaxUs: Int?
+    @Option(name: both("max-offset-ms"), help: "HLC: a remote stamp further ahead than this is not adopted (default 500)")
+    var maxOffsetMs: Int?
+    @Option(name: both("log-format"), help: "Log line format: text or json (default text)")
+    var logFormat: String?
+
+    /// Applies flags over the environment over the defaults, then validates.
+    func resolve(environment: [String: String]) throws -> PulseConfig {
+        var config = PulseConfig()
+        if let v = environment["BACKBEAT_CLUSTER_ID"], !v.isEmpty { config.clusterId = v }
+        if let v = environment["BACKBEAT_DATA_DIR"], !v.isEmpty { config.dataDir = v }
+        if let v = environment["BACKBEAT_LOG_LEVEL"], !v.isEmpty { config.logLevel = v.lowercased() }
+        if let cluster { config.clusterId = cluster }
+        if let nodeId { config.nodeId = nodeId }
+        if let bpm { config.bpm = bpm }
+        if let bar { config.bar = bar }
+        if let phases {
+            config.phases = phases.split(separator: ",", omittingEmptySubsequences: false).map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }
+        }
+        if let minBpm { config.minBpm = minBpm }
+        if let maxBpm { config.maxBpm = maxBpm }
+        if let nats { config.natsURL = nats }
+        if let adminPort { config.adminPort = adminPort }
+        if let raftBind { config.raftBind = raftBind }
+        config.bootstrap = bootstrap
+        if let peers { config.peers = peers.split(separator: ",").map { String($0) }.filter { !$0.isEmpty } }
+        if let dataDir { config.dataDir = dataDir }
+        config.cpu = cpu
+        if let rtPriority { config.rtPriority = rtPriority }
+        config.lockMemory = mlock
+        if let spinMaxUs { config.spinMaxUs = spinMaxUs }
+        if let maxOffsetMs { config.maxOffsetMs = maxOffsetMs }
+        if let logFormat { config.logFormat = logFormat }
+        try config.validate()
+        return config
+    }
+
+    /// Parses `arguments` (without the program name). Errors are one line.
+    static func parseConfig(_ arguments: [String], environment: [String: String]) throws -> PulseConfig {
+        let command: PulseCommand
+        do {
+            command = try PulseCommand.parse(arguments)
+        } catch {
+            let message = PulseCommand.message(for: error)
+            throw PulseError.config(message.split(separator: "\n").first.map(String.init) ?? "invalid arguments")
+        }
+        return try command.resolve(environment: environment)
+    }
+}

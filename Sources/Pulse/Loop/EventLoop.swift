@@ -1,0 +1,187 @@
+// Loop: the Swift face of CLoop. Owns the single loop thread's registrations,
+// dispatches ready events to handlers (priority registrations first, so a due
+// beat is served before admin or NATS work), drains the cross-thread doorway,
+// and runs the `beforeSleep` hooks once per turn.
+import CLoop
+import Glibc
+
+/// Something the loop calls when its registration is ready.
+protocol LoopHandler: AnyObject {
+    /// `events` is a mask of `CLOOP_READ`, `CLOOP_WRITE`, `CLOOP_HANGUP`, `CLOOP_ERROR`.
+    func loopEvent(token: UInt32, events: UInt32)
+}
+
+/// Receives doorway messages of the kinds it registered for.
+protocol DoorwayHandler: AnyObject {
+    func doorwayMessage(_ message: cloop_msg_t)
+}
+
+/// Errors from loop operations, with the errno that caused them.
+struct LoopError: Error, CustomStringConvertible {
+    let operation: String
+    let errno: Int32
+    var description: String { "\(operation): \(String(cString: strerror(errno)))" }
+}
+
+/// Kinds of doorway messages; each subsystem owns a range.
+enum DoorwayKind: UInt32 {
+    case stop = 1
+    case natsAttach = 10
+    case natsRead = 11
+    case natsWrite = 12
+    case natsDetach = 13
+    case natsConnected = 14
+}
+
+/// A single-threaded epoll loop. Create it, register handlers, then `run()`
+/// on the thread that will own it. Only `post` and `requestStop` may be
+/// called from other threads.
+final class EventLoop {
+    let raw: OpaquePointer
+    let maxSlots: Int
+    private var handlers: [LoopHandler?]
+    private var priority: [Bool]
+    private var doorwayHandlers: [UInt32: DoorwayHandler] = [:]
+    private var beforeSleepHooks: [() -> Void] = []
+    private let events: UnsafeMutablePointer<cloop_event_t>
+    private let eventCapacity: Int32
+    private let messages: UnsafeMutablePointer<cloop_msg_t>
+    private let messageCapacity: Int32 = 64
+    private(set) var stopping = false
+    /// Monotonic time of the last completed turn; `/live` reads it.
+    private(set) var lastTurnMonotonicNs: Int64 = 0
+    /// Number of completed turns.
+    private(set) var turns: UInt64 = 0
+
+    init(maxSlots: Int = 1024, queueCapacity: Int = 1024) throws {
+        guard let raw = cloop_create(UInt32(maxSlots), UInt32(queueCapacity)) else {
+            throw LoopError(operation: "cloop_create", errno: Glibc.errno)
+        }
+        self.raw = raw
+        self.maxSlots = maxSlots
+        self.handlers = Array(repeating: nil, count: maxSlots)
+        self.priority = Array(repeating: false, count: maxSlots)
+        self.eventCapacity = Int32(min(maxSlots, 256))
+        self.events = .allocate(capacity: Int(eventCapacity))
+        self.messages = .allocate(capacity: Int(messageCapacity))
+    }
+
+    deinit {
+        cloop_destroy(raw)
+        events.deallocate()
+        messages.deallocate()
+    }
+
+    var onLoopThread: Bool { cloop_on_loop_thread(raw) }
+
+    /// Registers `fd`; `owned` fds are closed on removal.
+    @discardableResult
+    func register(fd: Int32, interest: UInt32, owned: Bool, priority isPriority: Bool = false, handler: LoopHandler) throws
+        -> UInt32
+    {
+        var token: UInt32 = 0
+        let rc = cloop_add(raw, fd, interest, owned, &token)
+        guard rc == 0 else { throw LoopError(operation: "register fd \(fd)", errno: -rc) }
+        handlers[Int(token)] = handler
+        priority[Int(token)] = isPriority
+        return token
+    }
+
+    /// Creates a timerfd on `clock` and registers it.
+    func makeTimer(clock: clockid_t, priority isPriority: Bool, handler: LoopHandler) throws -> UInt32 {
+        var token: UInt32 = 0
+        let rc = cloop_timer_create(raw, clock, &token)
+        guard rc == 0 else { throw LoopError(operation: "timerfd_create", errno: -rc) }
+        handlers[Int(token)] = handler
+        priority[Int(token)] = isPriority
+        return token
+    }
+
+    func modify(token: UInt32, interest: UInt32) {
+        let rc = cloop_modify(raw, token, interest)
+        precondition(rc == 0 || rc == -EBADF || rc == -ENOENT, "cloop_modify: \(rc)")
+    }
+
+    func remove(token: UInt32) {
+        _ = cloop_remove(raw, token)
+        handlers[Int(token)] = nil
+        priority[Int(token)] = false
+    }
+
+    func setDoorwayHandler(_ handler: DoorwayHandler, for kinds: [DoorwayKind]) {
+        for kind in kinds { doorwayHandlers[kind.rawValue] = handler }
+    }
+
+    /// Adds work to run once per turn, after events are dispatched and before
+    /// the loop sleeps (flushes and other batched work).
+    func addBeforeSleep(_ hook: @escaping () -> Void) {
+        beforeSleepHooks.append(hook)
+    }
+
+    /// Thread-safe: hands a message to the loop thread. False when the queue is full.
+    @discardableResult
+    func post(kind: DoorwayKind, arg: Int32 = 0, value: UInt64 = 0, pointer: UnsafeMutableRawPointer? = nil) -> Bool {
+        var message = cloop_msg_t(kind: kind.rawValue, arg: arg, value: value, ptr: pointer)
+        return cloop_post(raw, &message) == 0
+    }
+
+    /// Thread-safe: asks the loop to return from `run()` after the current turn.
+    func requestStop() { post(kind: .stop) }
+
+    /// Binds the loop to the calling thread; `run` and `turn` do it too.
+    func bindToCurrentThread() { cloop_bind_thread(raw) }
+
+    /// Runs until `requestStop()`. Each wait is bounded so that `/live` and
+    /// housekeeping see the loop turn even when nothing happens.
+    func run(maxWaitNs: Int64 = 250_000_000) {
+        bindToCurrentThread()
+        while !stopping {
+            turn(timeoutNs: maxWaitNs)
+        }
+    }
+
+    /// One turn: wait, dispatch priority events, then the rest, then the
+    /// doorway, then `beforeSleep`.
+    func turn(timeoutNs: Int64) {
+        if !cloop_on_loop_thread(raw) { bindToCurrentThread() }
+        let n = cloop_wait(raw, events, eventCapacity, timeoutNs)
+        if n > 0 {
+            dispatch(count: Int(n), priorityPass: true)
+            dispatch(count: Int(n), priorityPass: false)
+        }
+        for hook in beforeSleepHooks { hook() }
+        lastTurnMonotonicNs = cloop_monotonic_ns()
+        turns &+= 1
+    }
+
+    private func dispatch(count: Int, priorityPass: Bool) {
+        for i in 0..<count {
+            let event = events[i]
+            let token = event.token
+            if token == CLOOP_DOORWAY_TOKEN {
+                if !priorityPass { drainDoorway() }
+                continue
+            }
+            guard priority[Int(token)] == priorityPass else { continue }
+            // A previous callback in this batch may have removed or replaced it.
+            guard cloop_live(raw, token, event.generation), let handler = handlers[Int(token)] else { continue }
+            handler.loopEvent(token: token, events: event.events)
+        }
+    }
+
+    private func drainDoorway() {
+        while true {
+            let n = cloop_drain(raw, messages, messageCapacity)
+            guard n > 0 else { return }
+            for i in 0..<Int(n) {
+                let message = messages[i]
+                if message.kind == DoorwayKind.stop.rawValue {
+                    stopping = true
+                } else if let handler = doorwayHandlers[message.kind] {
+                    handler.doorwayMessage(message)
+                }
+            }
+            if n < messageCapacity { return }
+        }
+    }
+}

@@ -1,0 +1,162 @@
+// Service: wires one pulse node together and runs it.
+//
+// Start-up order: data dir and timeline → signals blocked (before any thread
+// exists, so only the loop's signalfd sees them) → loop → real-time settings
+// → NATS (connects in the background) → beat driver → loop runs until
+// SIGINT/SIGTERM → beats stop, NATS drains and closes.
+import CLoop
+import Foundation
+import Glibc
+import Logging
+import PulseCore
+
+/// One running pulse node.
+final class PulseNode: LoopHandler {
+    let config: PulseConfig
+    let nodeId: String
+    let logger: Logger
+    let loop: EventLoop
+    let nats: NatsLink
+    let beats: BeatDriver
+    private let dataDir: DataDir
+    private var signalToken: UInt32 = 0
+    private var housekeepingToken: UInt32 = 0
+    private var lastSummary = BeatStats()
+    private var lastChecked = BeatStats()
+    private var housekeepingTicks: UInt64 = 0
+
+    init(config: PulseConfig, environment: [String: String]) throws {
+        self.config = config
+        var logger = Logger(label: "pulse")
+        let dataPath =
+            config.dataDir.isEmpty ? ".backbeat/\(config.clusterId)-\(config.adminPort)" : config.dataDir
+        dataDir = try DataDir(path: dataPath)
+        nodeId = try dataDir.nodeId(preferring: config.nodeId)
+        logger[metadataKey: "node"] = "\(nodeId)"
+        self.logger = logger
+
+        let timeline = try Self.timeline(config: config, dataDir: dataDir, logger: logger)
+
+        loop = try EventLoop()
+        var signals: [Int32] = [SIGINT, SIGTERM]
+        signal(SIGPIPE, SIG_IGN)
+        nats = NatsLink(url: config.natsURL, name: "pulse \(nodeId)", loop: loop, logger: logger)
+        beats = try BeatDriver(
+            loop: loop, nats: nats, logger: logger, timeline: timeline, clusterId: config.clusterId,
+            phases: config.phases, nodeId: nodeId, subject: config.beatSubject,
+            maxOffsetMs: Int64(config.maxOffsetMs), spinMaxUs: config.spinMaxUs)
+        var token: UInt32 = 0
+        let rc = cloop_signals_create(loop.raw, &signals, Int32(signals.count), &token)
+        guard rc == 0 else { throw PulseError.startup("cannot watch signals: \(String(cString: strerror(-rc)))") }
+        signalToken = token
+        housekeepingToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
+    }
+
+    /// The committed timeline: from the data dir, or a new one with -bootstrap.
+    static func timeline(config: PulseConfig, dataDir: DataDir, logger: Logger) throws -> Timeline {
+        if let stored = try dataDir.loadEpoch() {
+            guard stored.clusterId == config.clusterId else {
+                throw PulseError.config(
+                    "data dir \(dataDir.path) belongs to cluster '\(stored.clusterId)', not '\(config.clusterId)'")
+            }
+            guard stored.bar == config.bar else {
+                throw PulseError.config("data dir \(dataDir.path) has bar \(stored.bar); -bar \(config.bar) differs")
+            }
+            logger.info(
+                "timeline restored", metadata: ["start_beat": "\(stored.startBeat)", "bpm": "\(stored.bpm)"])
+            let epoch = TempoEpoch(startBeat: stored.startBeat, startNs: stored.startNs, bpm: stored.bpm)
+            return Timeline(epoch: epoch, bar: config.bar, phaseCount: config.phases.count)
+        }
+        guard config.bootstrap else {
+            throw PulseError.config(
+                "no timeline in \(dataDir.path): start with -bootstrap to create one (joining a cluster needs -peers and Raft)"
+            )
+        }
+        let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns(), bpm: Int64(config.bpm))
+        try dataDir.saveEpoch(
+            .init(
+                clusterId: config.clusterId, startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm,
+                bar: config.bar))
+        logger.info("timeline bootstrapped", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(epoch.bpm)"])
+        return Timeline(epoch: epoch, bar: config.bar, phaseCount: config.phases.count)
+    }
+
+    /// Applies -cpu, -rt-priority and -mlock to the calling (loop) thread.
+    /// Failures are fatal: an operator who asked for real-time gets it or a reason.
+    func applyRealtime() throws {
+        if let cpu = config.cpu {
+            let rc = cloop_pin_to_cpu(Int32(cpu))
+            guard rc == 0 else { throw PulseError.startup("-cpu \(cpu): \(String(cString: strerror(-rc)))") }
+        }
+        if config.rtPriority > 0 {
+            let rc = cloop_set_fifo_priority(Int32(config.rtPriority))
+            guard rc == 0 else {
+                throw PulseError.startup(
+                    "-rt-priority \(config.rtPriority): \(String(cString: strerror(-rc))) (needs root or CAP_SYS_NICE)")
+            }
+            _ = cloop_set_timer_slack_ns(1)
+        }
+        if config.lockMemory {
+            let rc = cloop_lock_memory()
+            guard rc == 0 else { throw PulseError.startup("-mlock: \(String(cString: strerror(-rc)))") }
+        }
+    }
+
+    /// Runs until SIGINT or SIGTERM.
+    func run() throws {
+        loop.bindToCurrentThread()
+        try nats.start()
+        try applyRealtime()
+        beats.start(nowNs: cloop_realtime_ns())
+        _ = cloop_timer_arm_after(loop.raw, housekeepingToken, 1_000_000_000, 1_000_000_000)
+        logger.info(
+            "pulse running",
+            metadata: [
+                "cluster": "\(config.clusterId)", "subject": "\(config.beatSubject)", "bpm": "\(beats.timeline.epoch.bpm)",
+                "next_beat": "\(beats.nextBeat)", "cpu": "\(config.cpu.map(String.init) ?? "any")",
+                "allocator": "\(cloop_allocator_version().map { String(cString: $0) } ?? "system")",
+            ])
+        loop.run()
+        beats.stop()
+        nats.close()
+        logger.info("pulse stopped", metadata: ["beats_published": "\(beats.stats.beatsPublished)"])
+    }
+
+    func loopEvent(token: UInt32, events: UInt32) {
+        if token == signalToken {
+            let signo = cloop_signal_read(loop.raw, signalToken)
+            if signo > 0 {
+                logger.info("stopping", metadata: ["signal": signo == SIGTERM ? "SIGTERM" : "SIGINT"])
+                loop.requestStop()
+            }
+        } else if token == housekeepingToken {
+            _ = cloop_timer_read(loop.raw, housekeepingToken)
+            housekeeping()
+        }
+    }
+
+    /// Once a second, off the beat path: log a summary every 10 s and warn
+    /// about anything the beat path counted.
+    private func housekeeping() {
+        housekeepingTicks &+= 1
+        let now = beats.stats
+        if now.hotPathAllocatedBytes != lastChecked.hotPathAllocatedBytes {
+            logger.warning(
+                "beat path allocated", metadata: ["bytes": "\(now.hotPathAllocatedBytes - lastChecked.hotPathAllocatedBytes)"])
+        }
+        if now.beatsMissed != lastChecked.beatsMissed {
+            logger.warning("beats missed", metadata: ["count": "\(now.beatsMissed - lastChecked.beatsMissed)"])
+        }
+        lastChecked = now
+        guard housekeepingTicks % 10 == 0 else { return }
+        logger.info(
+            "beat summary",
+            metadata: [
+                "published": "\(now.beatsPublished)", "unpublished": "\(now.beatsUnpublished)",
+                "missed": "\(now.beatsMissed)", "last_beat": "\(now.lastBeatIndex)",
+                "last_jitter_us": "\(now.lastJitterNs / 1000)", "max_jitter_us": "\(now.maxJitterNs / 1000)",
+                "nats_connected": "\(nats.isConnected)", "nats_reconnects": "\(nats.stats.reconnects)",
+            ])
+        lastSummary = now
+    }
+}

@@ -1,0 +1,113 @@
+// CLoop through its Swift face: timers, the doorway from other threads,
+// stale events after removal, and table limits.
+import CLoop
+import Foundation
+import Glibc
+import XCTest
+
+@testable import Pulse
+
+private final class Recorder: LoopHandler, DoorwayHandler {
+    var events: [(UInt32, UInt32)] = []
+    var messages: [cloop_msg_t] = []
+    var onEvent: ((UInt32) -> Void)?
+    func loopEvent(token: UInt32, events: UInt32) {
+        self.events.append((token, events))
+        onEvent?(token)
+    }
+    func doorwayMessage(_ message: cloop_msg_t) { messages.append(message) }
+}
+
+final class EventLoopTests: XCTestCase {
+    func testTimerFiresAtAbsoluteInstant() throws {
+        let loop = try EventLoop()
+        let recorder = Recorder()
+        let token = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: recorder)
+        let at = cloop_realtime_ns() + 20_000_000
+        XCTAssertEqual(cloop_timer_arm_at(loop.raw, token, at, true), 0)
+        Harness.waitUntil(seconds: 2) {
+            loop.turn(timeoutNs: 50_000_000)
+            return !recorder.events.isEmpty
+        }
+        XCTAssertGreaterThanOrEqual(cloop_realtime_ns(), at)
+        XCTAssertEqual(recorder.events.first?.0, token)
+        XCTAssertEqual(cloop_timer_read(loop.raw, token), 1)
+    }
+
+    func testDoorwayDeliversMessagesFromOtherThreadsInOrder() throws {
+        let loop = try EventLoop(maxSlots: 16, queueCapacity: 4096)
+        let recorder = Recorder()
+        loop.setDoorwayHandler(recorder, for: [.natsRead])
+        loop.bindToCurrentThread()
+        let threads = 4
+        let perThread = 500
+        let group = DispatchGroup()
+        for t in 0..<threads {
+            DispatchQueue.global().async(group: group) {
+                for i in 0..<perThread { loop.post(kind: .natsRead, arg: Int32(t), value: UInt64(i)) }
+            }
+        }
+        XCTAssertEqual(group.wait(timeout: .now() + 10), .success)
+        Harness.waitUntil(seconds: 5) {
+            loop.turn(timeoutNs: 10_000_000)
+            return recorder.messages.count == threads * perThread
+        }
+        XCTAssertEqual(recorder.messages.count, threads * perThread)
+        for t in 0..<threads {
+            let values = recorder.messages.filter { $0.arg == Int32(t) }.map(\.value)
+            XCTAssertEqual(values, (0..<perThread).map(UInt64.init), "per-thread FIFO")
+        }
+    }
+
+    func testDoorwayIsBounded() throws {
+        let loop = try EventLoop(maxSlots: 4, queueCapacity: 8)
+        for _ in 0..<8 { XCTAssertTrue(loop.post(kind: .natsRead)) }
+        XCTAssertFalse(loop.post(kind: .natsRead), "a full queue refuses instead of growing")
+        XCTAssertEqual(cloop_post_dropped(loop.raw), 1)
+    }
+
+    func testRemovedRegistrationGetsNoStaleEvents() throws {
+        let loop = try EventLoop()
+        let a = Recorder()
+        let b = Recorder()
+        var fdsA: [Int32] = [0, 0]
+        var fdsB: [Int32] = [0, 0]
+        XCTAssertEqual(pipe(&fdsA), 0)
+        XCTAssertEqual(pipe(&fdsB), 0)
+        defer { [fdsA[1], fdsB[1]].forEach { close($0) } }
+        let tokenA = try loop.register(fd: fdsA[0], interest: UInt32(CLOOP_READ), owned: true, handler: a)
+        let tokenB = try loop.register(fd: fdsB[0], interest: UInt32(CLOOP_READ), owned: true, handler: b)
+        // Both readable in the same batch; the first callback removes the other.
+        _ = write(fdsA[1], "x", 1)
+        _ = write(fdsB[1], "y", 1)
+        let first = Recorder()
+        _ = first
+        a.onEvent = { _ in loop.remove(token: tokenB) }
+        b.onEvent = { _ in loop.remove(token: tokenA) }
+        loop.turn(timeoutNs: 100_000_000)
+        XCTAssertEqual(a.events.count + b.events.count, 1, "the removed registration's event was dropped as stale")
+    }
+
+    func testTableLimitIsAnError() throws {
+        let loop = try EventLoop(maxSlots: 3, queueCapacity: 4)  // the doorway takes one
+        let r = Recorder()
+        _ = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: r)
+        _ = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: r)
+        XCTAssertThrowsError(try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: r))
+    }
+
+    func testPriorityRegistrationsAreDispatchedFirst() throws {
+        let loop = try EventLoop()
+        let order = Recorder()
+        var fdsLow: [Int32] = [0, 0]
+        XCTAssertEqual(pipe(&fdsLow), 0)
+        defer { close(fdsLow[1]) }
+        let low = try loop.register(fd: fdsLow[0], interest: UInt32(CLOOP_READ), owned: true, handler: order)
+        let high = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: true, handler: order)
+        _ = write(fdsLow[1], "x", 1)
+        XCTAssertEqual(cloop_timer_arm_after(loop.raw, high, 1, 0), 0)
+        usleep(5_000)
+        loop.turn(timeoutNs: 100_000_000)
+        XCTAssertEqual(order.events.map(\.0), [high, low])
+    }
+}

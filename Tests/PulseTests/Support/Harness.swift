@@ -1,0 +1,240 @@
+// Test harness: a real nats-server on a free loopback port, `pulse`
+// processes, and an independent NATS subscriber (the C client in its own
+// threaded mode). Every wait is bounded in time.
+import CNats
+import Foundation
+import Glibc
+import XCTest
+
+enum Harness {
+    /// The directory holding the built `pulse` binary (next to the test bundle).
+    static var binDir: URL {
+        var url = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        while url.pathComponents.count > 1 && !FileManager.default.fileExists(atPath: url.appendingPathComponent("pulse").path) {
+            url.deleteLastPathComponent()
+        }
+        return url
+    }
+
+    static var pulsePath: String { binDir.appendingPathComponent("pulse").path }
+
+    /// A TCP port on 127.0.0.1 that was free a moment ago.
+    static func freePort() -> Int {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) }
+        }
+        _ = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        return Int(UInt16(bigEndian: addr.sin_port))
+    }
+
+    static func canConnect(port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = UInt16(port).bigEndian
+        let rc = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        return rc == 0
+    }
+
+    static func tempDir(_ name: String) -> String {
+        let path = NSTemporaryDirectory() + "pulse-test-\(name)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    /// Polls `condition` every 20 ms until it holds or `seconds` pass.
+    @discardableResult
+    static func waitUntil(seconds: Double, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return true }
+            usleep(20_000)
+        }
+        return condition()
+    }
+}
+
+/// A real `nats-server` bound to 127.0.0.1 on a free port.
+final class NatsServer {
+    let port: Int
+    private var process: Process?
+    var url: String { "nats://127.0.0.1:\(port)" }
+    /// Debian installs it in /usr/sbin; NATS_SERVER overrides.
+    static let binary: String = {
+        if let path = ProcessInfo.processInfo.environment["NATS_SERVER"] { return path }
+        return ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"].first {
+            FileManager.default.isExecutableFile(atPath: $0)
+        } ?? "nats-server"
+    }()
+
+    init(port: Int = Harness.freePort()) throws {
+        self.port = port
+        try start()
+    }
+
+    func start() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.binary)
+        process.arguments = ["-a", "127.0.0.1", "-p", "\(port)"]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        self.process = process
+        guard Harness.waitUntil(seconds: 10, { Harness.canConnect(port: port) }) else {
+            throw NSError(domain: "nats-server did not start on \(port)", code: 1)
+        }
+    }
+
+    func stop() {
+        guard let process, process.isRunning else { return }
+        process.terminate()
+        process.waitUntilExit()
+        self.process = nil
+    }
+
+    deinit { stop() }
+}
+
+/// A `pulse` child process with its stderr captured to a file.
+final class PulseProcess {
+    let process = Process()
+    let logPath: String
+
+    init(arguments: [String], logPath: String, environment: [String: String] = [:]) throws {
+        self.logPath = logPath
+        process.executableURL = URL(fileURLWithPath: Harness.pulsePath)
+        process.arguments = arguments
+        var env = ProcessInfo.processInfo.environment
+        env.merge(environment) { $1 }
+        process.environment = env
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = FileHandle(forWritingAtPath: logPath)!
+        process.standardOutput = log
+        process.standardError = log
+        try process.run()
+    }
+
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    func signal(_ signo: Int32) { kill(process.processIdentifier, signo) }
+
+    /// Sends SIGTERM and waits (bounded); returns the exit status.
+    @discardableResult
+    func stop(timeout: Double = 10) -> Int32 {
+        if process.isRunning { signal(SIGTERM) }
+        if !Harness.waitUntil(seconds: timeout, { !process.isRunning }) {
+            signal(SIGKILL)
+            process.waitUntilExit()
+        }
+        return process.terminationStatus
+    }
+
+    deinit { if process.isRunning { signal(SIGKILL) } }
+}
+
+/// Runs `pulse` to completion (bounded) and returns (status, stdout, stderr).
+func runPulse(_ arguments: [String], environment: [String: String] = [:], timeout: Double = 20) throws
+    -> (status: Int32, stdout: String, stderr: String)
+{
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: Harness.pulsePath)
+    process.arguments = arguments
+    var env = ProcessInfo.processInfo.environment
+    env.merge(environment) { $1 }
+    process.environment = env
+    let out = Pipe()
+    let err = Pipe()
+    process.standardOutput = out
+    process.standardError = err
+    try process.run()
+    if !Harness.waitUntil(seconds: timeout, { !process.isRunning }) {
+        kill(process.processIdentifier, SIGKILL)
+    }
+    process.waitUntilExit()
+    let stdout = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    let stderr = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    return (process.terminationStatus, stdout, stderr)
+}
+
+/// A frame as received by the independent subscriber.
+struct ReceivedFrame {
+    let raw: Data
+    let receivedNs: Int64
+    var text: String { String(decoding: raw, as: UTF8.self) }
+    var object: [String: Any] { (try? JSONSerialization.jsonObject(with: raw) as? [String: Any]) ?? [:] }
+}
+
+/// An independent NATS subscriber using the C client's own threads.
+final class Subscriber {
+    private var connection: OpaquePointer?
+    private var subscription: OpaquePointer?
+    private let lock = NSLock()
+    private var frames: [ReceivedFrame] = []
+
+    init(url: String, subject: String) throws {
+        let opts = try Self.options(url: url)
+        defer { natsOptions_Destroy(opts) }
+        var status = natsConnection_Connect(&connection, opts)
+        guard status == NATS_OK else { throw NSError(domain: "subscriber connect: \(status)", code: 2) }
+        status = natsConnection_Subscribe(
+            &subscription, connection, subject,
+            { _, _, msg, closure in
+                var ts = timespec()
+                clock_gettime(CLOCK_REALTIME, &ts)
+                let now = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+                let data = Data(bytes: natsMsg_GetData(msg), count: Int(natsMsg_GetDataLength(msg)))
+                natsMsg_Destroy(msg)
+                Unmanaged<Subscriber>.fromOpaque(closure!).takeUnretainedValue().append(
+                    ReceivedFrame(raw: data, receivedNs: now))
+            }, Unmanaged.passUnretained(self).toOpaque())
+        guard status == NATS_OK else { throw NSError(domain: "subscribe: \(status)", code: 3) }
+        natsConnection_Flush(connection)
+    }
+
+    private static func options(url: String) throws -> OpaquePointer? {
+        var opts: OpaquePointer?
+        natsOptions_Create(&opts)
+        natsOptions_SetURL(opts, url)
+        natsOptions_SetMaxReconnect(opts, -1)
+        natsOptions_SetReconnectWait(opts, 100)
+        return opts
+    }
+
+    private func append(_ frame: ReceivedFrame) {
+        lock.lock()
+        frames.append(frame)
+        lock.unlock()
+    }
+
+    var received: [ReceivedFrame] {
+        lock.lock()
+        defer { lock.unlock() }
+        return frames
+    }
+
+    var count: Int { received.count }
+
+    /// Waits (bounded) until at least `n` frames arrived.
+    @discardableResult
+    func wait(for n: Int, seconds: Double) -> Bool { Harness.waitUntil(seconds: seconds) { count >= n } }
+
+    deinit {
+        natsSubscription_Destroy(subscription)
+        natsConnection_Destroy(connection)
+    }
+}

@@ -1,0 +1,64 @@
+// The beat path allocates nothing after start-up, measured by jemalloc's own
+// per-thread counter (`thread.allocatedp`) around thousands of beats that are
+// encoded and published to a real nats-server.
+import CLoop
+import Foundation
+import Logging
+import PulseCore
+import XCTest
+
+@testable import Pulse
+
+final class ZeroAllocationTests: XCTestCase {
+    func testJemallocCounterIsLive() throws {
+        let counter = try XCTUnwrap(cloop_thread_allocated_counter(), "jemalloc must be the process allocator")
+        let before = counter.pointee
+        let array = [UInt8](repeating: 7, count: 4096)
+        XCTAssertEqual(array.count, 4096)
+        XCTAssertGreaterThanOrEqual(counter.pointee - before, 4096, "the counter sees Swift allocations")
+    }
+
+    func testBeatPathAllocatesNothingWhilePublishing() throws {
+        let nats = try NatsServer()
+        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.alloc.beat")
+        let loop = try EventLoop()
+        loop.bindToCurrentThread()
+        let logger = Logger(label: "test")
+        let link = NatsLink(url: nats.url, name: "alloc-test", loop: loop, logger: logger)
+        try link.start()
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) {
+                loop.turn(timeoutNs: 10_000_000)
+                return link.isConnected
+            }, "connected to nats-server")
+        let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns() - 2_000_000_000, bpm: 600)
+        let driver = try BeatDriver(
+            loop: loop, nats: link, logger: logger, timeline: Timeline(epoch: epoch, bar: 8, phaseCount: 3),
+            clusterId: "alloc", phases: ["plan", "work", "review"], nodeId: "node-0001",
+            subject: "backbeat.alloc.beat", maxOffsetMs: 500, spinMaxUs: 0)
+        driver.prepareWindowIds(forBeat: 0)
+
+        let warmup = 200
+        let measured = 5000
+        for i in 0..<warmup {
+            driver.emitBeat(index: Int64(i % 8), nowNs: cloop_realtime_ns())
+            loop.turn(timeoutNs: 0)
+        }
+        let counter = try XCTUnwrap(cloop_thread_allocated_counter())
+        let before = counter.pointee
+        var published = 0
+        for i in 0..<measured {
+            if driver.emitBeat(index: Int64(i % 8), nowNs: cloop_realtime_ns()).published { published += 1 }
+            loop.turn(timeoutNs: 0)
+        }
+        let allocated = counter.pointee - before
+        XCTAssertEqual(allocated, 0, "bytes allocated on the beat path over \(measured) beats")
+        XCTAssertEqual(published, measured, "every beat was handed to NATS")
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) {
+                loop.turn(timeoutNs: 1_000_000)
+                return subscriber.count >= warmup + measured
+            }, "subscriber received \(subscriber.count) of \(warmup + measured)")
+        link.close()
+    }
+}

@@ -11,7 +11,7 @@ NATS_PORT ?= 4222
 ADMIN_PORT ?= 8080
 BPM ?= 120
 RUN_DIR ?= run
-APT_PACKAGES := libnats-dev libjemalloc-dev nats-server pkg-config
+APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server pkg-config
 
 .PHONY: deps build release run dev test test-unit check-noalloc bench format clean
 

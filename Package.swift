@@ -6,6 +6,8 @@ import PackageDescription
 // Modules, in dependency order:
 //   CLoop      C: epoll + timerfd + eventfd loop, real-time helpers, jemalloc counters
 //   CNats      system library: the NATS C client (Debian libnats-dev)
+//   CHttpParser system library: node's http-parser (Debian libhttp-parser-dev)
+//   Raft       pure Swift consensus core (etcd-raft style): tick/step/ready/advance, no I/O
 //   PulseCore  pure Swift, no I/O: timeline math, HLC, BeatFrame encoder (allocation-free)
 //   Pulse      the `pulse` executable: config, loop wiring, NATS transport, service
 //   Bench      micro-benchmarks and the timing report
@@ -34,6 +36,15 @@ let package = Package(
             pkgConfig: "libnats",
             providers: [.apt(["libnats-dev"])]
         ),
+        .systemLibrary(
+            name: "CHttpParser",
+            path: "Sources/CHttpParser",
+            providers: [.apt(["libhttp-parser-dev"])]
+        ),
+        .target(
+            name: "Raft",
+            path: "Sources/Raft"
+        ),
         .target(
             name: "PulseCore",
             dependencies: [.product(name: "Crypto", package: "swift-crypto")],
@@ -42,7 +53,7 @@ let package = Package(
         .executableTarget(
             name: "Pulse",
             dependencies: [
-                "CLoop", "CNats", "PulseCore",
+                "CLoop", "CNats", "CHttpParser", "PulseCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -57,8 +68,13 @@ let package = Package(
         ),
         .testTarget(
             name: "PulseCoreTests",
-            dependencies: ["PulseCore"],
+            dependencies: ["PulseCore", .product(name: "Crypto", package: "swift-crypto")],
             path: "Tests/PulseCoreTests"
+        ),
+        .testTarget(
+            name: "RaftTests",
+            dependencies: ["Raft"],
+            path: "Tests/RaftTests"
         ),
         .testTarget(
             name: "PulseTests",

@@ -73,7 +73,8 @@ final class BeatDriver: LoopHandler {
     private var leadNs: Int64
     private let minLeadNs: Int64
     private let maxLeadNs: Int64
-    private var wakeLateness: [Int64]
+    /// Ring of the last 32 wake latencies (allocated once).
+    private let wakeLateness: UnsafeMutablePointer<Int64>
     private var wakeLatenessCursor = 0
     private var armedAtNs: Int64 = 0
 
@@ -95,12 +96,14 @@ final class BeatDriver: LoopHandler {
         self.maxLeadNs = Int64(spinMaxUs) * 1000
         self.minLeadNs = min(200_000, maxLeadNs)
         self.leadNs = maxLeadNs
-        self.wakeLateness = Array(repeating: 0, count: 32)
+        self.wakeLateness = .allocate(capacity: 32)
+        self.wakeLateness.initialize(repeating: 0, count: 32)
         self.timerToken = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: self)
     }
 
     deinit {
         frame.deallocate()
+        wakeLateness.deallocate()
         free(subject)
     }
 
@@ -225,7 +228,7 @@ final class BeatDriver: LoopHandler {
         wakeLateness[wakeLatenessCursor] = max(0, lateness)
         wakeLatenessCursor = (wakeLatenessCursor + 1) & 31
         var worst: Int64 = 0
-        for value in wakeLateness where value > worst { worst = value }
+        for i in 0..<32 where wakeLateness[i] > worst { worst = wakeLateness[i] }
         leadNs = min(maxLeadNs, max(minLeadNs, 2 * worst + 100_000))
     }
 

@@ -11,6 +11,11 @@ protocol LoopHandler: AnyObject {
     func loopEvent(token: UInt32, events: UInt32)
 }
 
+/// Work that runs once per loop turn, before the loop sleeps.
+protocol BeforeSleepHandler: AnyObject {
+    func beforeSleep()
+}
+
 /// Receives doorway messages of the kinds it registered for.
 protocol DoorwayHandler: AnyObject {
     func doorwayMessage(_ message: cloop_msg_t)
@@ -42,7 +47,7 @@ final class EventLoop {
     private var handlers: [LoopHandler?]
     private var priority: [Bool]
     private var doorwayHandlers: [UInt32: DoorwayHandler] = [:]
-    private var beforeSleepHooks: [() -> Void] = []
+    private var beforeSleepHandlers: [BeforeSleepHandler] = []
     private let events: UnsafeMutablePointer<cloop_event_t>
     private let eventCapacity: Int32
     private let messages: UnsafeMutablePointer<cloop_msg_t>
@@ -97,6 +102,17 @@ final class EventLoop {
         return token
     }
 
+    /// Blocks `signals` (call before any thread starts) and delivers them
+    /// through a signalfd; read them with `cloop_signal_read`.
+    func watchSignals(_ signals: [Int32], handler: LoopHandler) throws -> UInt32 {
+        var token: UInt32 = 0
+        var list = signals
+        let rc = cloop_signals_create(raw, &list, Int32(list.count), &token)
+        guard rc == 0 else { throw LoopError(operation: "signalfd", errno: -rc) }
+        handlers[Int(token)] = handler
+        return token
+    }
+
     func modify(token: UInt32, interest: UInt32) {
         let rc = cloop_modify(raw, token, interest)
         precondition(rc == 0 || rc == -EBADF || rc == -ENOENT, "cloop_modify: \(rc)")
@@ -114,8 +130,8 @@ final class EventLoop {
 
     /// Adds work to run once per turn, after events are dispatched and before
     /// the loop sleeps (flushes and other batched work).
-    func addBeforeSleep(_ hook: @escaping () -> Void) {
-        beforeSleepHooks.append(hook)
+    func addBeforeSleep(_ handler: BeforeSleepHandler) {
+        beforeSleepHandlers.append(handler)
     }
 
     /// Thread-safe: hands a message to the loop thread. False when the queue is full.
@@ -149,7 +165,7 @@ final class EventLoop {
             dispatch(count: Int(n), priorityPass: true)
             dispatch(count: Int(n), priorityPass: false)
         }
-        for hook in beforeSleepHooks { hook() }
+        for i in 0..<beforeSleepHandlers.count { beforeSleepHandlers[i].beforeSleep() }
         lastTurnMonotonicNs = cloop_monotonic_ns()
         turns &+= 1
     }

@@ -29,7 +29,7 @@ struct NatsLinkStats {
 }
 
 /// A NATS connection whose socket is served by an `EventLoop`.
-final class NatsLink: LoopHandler, DoorwayHandler {
+final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     let url: String
     let name: String
     private unowned let loop: EventLoop
@@ -51,7 +51,7 @@ final class NatsLink: LoopHandler, DoorwayHandler {
         self.loop = loop
         self.logger = logger
         loop.setDoorwayHandler(self, for: [.natsAttach, .natsRead, .natsWrite, .natsDetach, .natsConnected])
-        loop.addBeforeSleep { [unowned self] in self.flush() }
+        loop.addBeforeSleep(self)
     }
 
     deinit {
@@ -144,6 +144,8 @@ final class NatsLink: LoopHandler, DoorwayHandler {
             loop.modify(token: socketToken, interest: UInt32(CLOOP_READ | CLOOP_WRITE))
         }
     }
+
+    func beforeSleep() { flush() }
 
     /// Closes the connection (loop thread, after the loop stopped or from it).
     func close() {

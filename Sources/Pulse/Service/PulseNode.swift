@@ -38,17 +38,13 @@ final class PulseNode: LoopHandler {
         let timeline = try Self.timeline(config: config, dataDir: dataDir, logger: logger)
 
         loop = try EventLoop()
-        var signals: [Int32] = [SIGINT, SIGTERM]
         signal(SIGPIPE, SIG_IGN)
         nats = NatsLink(url: config.natsURL, name: "pulse \(nodeId)", loop: loop, logger: logger)
         beats = try BeatDriver(
             loop: loop, nats: nats, logger: logger, timeline: timeline, clusterId: config.clusterId,
             phases: config.phases, nodeId: nodeId, subject: config.beatSubject,
             maxOffsetMs: Int64(config.maxOffsetMs), spinMaxUs: config.spinMaxUs)
-        var token: UInt32 = 0
-        let rc = cloop_signals_create(loop.raw, &signals, Int32(signals.count), &token)
-        guard rc == 0 else { throw PulseError.startup("cannot watch signals: \(String(cString: strerror(-rc)))") }
-        signalToken = token
+        signalToken = try loop.watchSignals([SIGINT, SIGTERM], handler: self)
         housekeepingToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
     }
 

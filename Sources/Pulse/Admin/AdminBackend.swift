@@ -1,0 +1,90 @@
+// Admin: the seam between the HTTP API and the node. The server asks the
+// backend for state and hands it commands; the service implements it, tests
+// fake it. Every call happens on the loop thread.
+
+/// `GET /tempo` body.
+struct TempoStatus: Encodable, Equatable {
+    var current_bpm: Int
+    /// The bpm a pending change will apply, or the current bpm when none is pending (as the seed shows).
+    var pending_bpm: Int
+    var can_change: Bool
+    /// RFC 3339 instant of the earliest downbeat a change could apply at (or the pending change's), or null.
+    var next_change: String?
+    /// Why `can_change` is false; empty otherwise.
+    var reason: String
+    /// Beat index of the pending change, when one is pending.
+    var pending_at_beat: Int64?
+}
+
+/// `POST /tempo` request body (validated by the server before the backend sees it).
+struct TempoRequest: Equatable {
+    var tempoBpm: Int
+    var justification: String
+}
+
+/// A change accepted and scheduled (202 body).
+struct ScheduledTempoChange: Encodable, Equatable {
+    var tempo_bpm: Int
+    var previous_bpm: Int
+    var apply_at_beat: Int64
+    var apply_at: String
+    var justification: String
+}
+
+/// The backend's answer to a tempo change request.
+enum TempoDecision: Equatable {
+    case scheduled(ScheduledTempoChange)
+    /// 409, 422 or 503 with a machine code (e.g. `change_pending`, `out_of_range`, `delta_too_large`, `no_leader`).
+    case refused(status: Int, code: String, message: String)
+    /// 307 to the leader's admin URL.
+    case redirect(location: String)
+}
+
+/// `GET /drift` body.
+struct DriftStatus: Encodable, Equatable {
+    var timer_drift_percent: Double
+    var hlc_drift_seconds: Double
+    var last_sync_time: String?
+    var degradation_mode: Bool
+    var within_limits: Bool
+}
+
+/// `GET /leader` body.
+struct LeaderStatus: Encodable, Equatable {
+    struct Stats: Encodable, Equatable {
+        var term: UInt64
+        var commit_index: UInt64
+        var last_contact_ms: Int64
+        var leadership_changes: UInt64
+        var state: String
+    }
+    var node_id: String
+    var is_leader: Bool
+    var leader: String?
+    var cluster_size: Int
+    var stats: Stats
+}
+
+/// One component's health in `GET /health`.
+struct ComponentHealth: Encodable, Equatable {
+    var status: String  // "ok" or "failing"
+    var detail: String
+}
+
+/// The node state and commands the admin API needs.
+protocol AdminBackend: AnyObject {
+    func tempoStatus() -> TempoStatus
+    /// Validated request in; the decision may come later (after a Raft commit)
+    /// but always on the loop thread, exactly once.
+    func requestTempoChange(_ request: TempoRequest, reply: @escaping (TempoDecision) -> Void)
+    /// Counts a refusal the server made itself (400 malformed) under `reason`.
+    func recordTempoRefusal(reason: String)
+    func driftStatus() -> DriftStatus
+    func leaderStatus() -> LeaderStatus
+    /// Components by name (e.g. "loop", "nats", "cluster", "timeline").
+    func health() -> [String: ComponentHealth]
+    /// 200 only when connected to NATS and part of a cluster with a known leader or degraded.
+    func readiness() -> (ready: Bool, reason: String)
+    /// Prometheus text exposition (format 0.0.4) of every metric.
+    func metricsText() -> String
+}

@@ -39,6 +39,7 @@ struct BeatRecord {
     var publishStartNs: Int64
     var publishDoneNs: Int64
     var published: Bool
+    var periodNs: Int64
     var jitterNs: Int64 { publishStartNs - scheduledNs }
     var publishDurationNs: Int64 { publishDoneNs - publishStartNs }
 }
@@ -46,6 +47,11 @@ struct BeatRecord {
 /// Receives each beat's record on the loop thread; must not allocate.
 protocol BeatObserver: AnyObject {
     func beatRecorded(_ record: BeatRecord)
+}
+
+/// Hears, after the beat (off the beat path), that a tempo change took effect.
+protocol TempoListener: AnyObject {
+    func tempoApplied(epoch: TempoEpoch, previousBpm: Int64)
 }
 
 /// Drives beats on the loop thread from a CLOCK_REALTIME timerfd.
@@ -67,6 +73,9 @@ final class BeatDriver: LoopHandler {
     private(set) var nextBeat: Int64 = 0
     private(set) var stats = BeatStats()
     weak var observer: BeatObserver?
+    weak var tempoListener: TempoListener?
+    /// Set on the beat path when an epoch switch happened; reported after it.
+    private var appliedFromBpm: Int64 = 0
 
     /// How long before an instant the timer fires; adapts to recent wake
     /// latency between `minLeadNs` and `maxLeadNs`.
@@ -152,6 +161,11 @@ final class BeatDriver: LoopHandler {
         fire()
         prepareAhead()
         arm()
+        if appliedFromBpm != 0 {
+            let previous = appliedFromBpm
+            appliedFromBpm = 0
+            tempoListener?.tempoApplied(epoch: timeline.epoch, previousBpm: previous)
+        }
     }
 
     /// The beat path: from the timer's wake to the flushed publish.
@@ -192,7 +206,8 @@ final class BeatDriver: LoopHandler {
     /// after warm-up; the zero-allocation test drives it directly.
     @discardableResult
     func emitBeat(index k: Int64, nowNs: Int64) -> BeatRecord {
-        _ = timeline.applyDue(beat: k)
+        let bpmBefore = timeline.epoch.bpm
+        if timeline.applyDue(beat: k) { appliedFromBpm = bpmBefore }
         let stamp = hlc.now(wallMs: nowNs / 1_000_000)
         let scheduled = timeline.instantNs(ofBeat: k)
         var published = false
@@ -218,7 +233,7 @@ final class BeatDriver: LoopHandler {
         stats.lastBeatIndex = k
         return BeatRecord(
             index: k, scheduledNs: scheduled, wakeNs: nowNs, publishStartNs: nowNs, publishDoneNs: doneNs,
-            published: published)
+            published: published, periodNs: timeline.instantNs(ofBeat: k + 1) - scheduled)
     }
 
     /// Adapts the timer lead to recent wake latency: twice the worst of the
@@ -230,6 +245,16 @@ final class BeatDriver: LoopHandler {
         var worst: Int64 = 0
         for i in 0..<32 where wakeLateness[i] > worst { worst = wakeLateness[i] }
         leadNs = min(maxLeadNs, max(minLeadNs, 2 * worst + 100_000))
+    }
+
+    /// Schedules a committed tempo change at downbeat `change.atBeat`
+    /// (never one already published). Window ids do not depend on tempo.
+    func schedule(change: TempoChange) throws {
+        guard change.atBeat >= nextBeat else {
+            throw PulseError.config("beat \(change.atBeat) was already published (next is \(nextBeat))")
+        }
+        try timeline.schedule(change: change)
+        arm()  // the next instant may have moved if the change is at the next beat
     }
 
     /// Prepares window ids for beat `k`'s bar (tests that call `emitBeat`).

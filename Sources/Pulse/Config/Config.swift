@@ -41,6 +41,8 @@ struct PulseConfig: Sendable {
     var maxOffsetMs = 500
     var logLevel = "info"
     var logFormat = "text"
+    /// Bearer token required on state-changing admin requests (nil: none).
+    var adminToken: String? = nil
 
     var beatSubject: String { "backbeat.\(clusterId).beat" }
     var controlSubject: String { "backbeat.\(clusterId).control" }
@@ -136,6 +138,10 @@ struct PulseCommand: ParsableArguments {
     var maxOffsetMs: Int?
     @Option(name: both("log-format"), help: "Log line format: text or json (default text)")
     var logFormat: String?
+    @Option(
+        name: both("admin-token"),
+        help: "Bearer token required on POST requests to the admin API (env BACKBEAT_ADMIN_TOKEN; default none)")
+    var adminToken: String?
 
     /// Applies flags over the environment over the defaults, then validates.
     func resolve(environment: [String: String]) throws -> PulseConfig {
@@ -166,6 +172,8 @@ struct PulseCommand: ParsableArguments {
         if let spinMaxUs { config.spinMaxUs = spinMaxUs }
         if let maxOffsetMs { config.maxOffsetMs = maxOffsetMs }
         if let logFormat { config.logFormat = logFormat }
+        if let v = environment["BACKBEAT_ADMIN_TOKEN"], !v.isEmpty { config.adminToken = v }
+        if let adminToken { config.adminToken = adminToken.isEmpty ? nil : adminToken }
         try config.validate()
         return config
     }

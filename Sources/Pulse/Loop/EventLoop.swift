@@ -31,11 +31,19 @@ struct LoopError: Error, CustomStringConvertible {
 /// Kinds of doorway messages; each subsystem owns a range.
 enum DoorwayKind: UInt32 {
     case stop = 1
+    /// `ptr` is a retained `LoopCallback` to run on the loop thread.
+    case callback = 2
     case natsAttach = 10
     case natsRead = 11
     case natsWrite = 12
     case natsDetach = 13
     case natsConnected = 14
+}
+
+/// A closure handed to the loop thread through the doorway.
+final class LoopCallback {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
 }
 
 /// A single-threaded epoll loop. Create it, register handlers, then `run()`
@@ -141,6 +149,16 @@ final class EventLoop {
         return cloop_post(raw, &message) == 0
     }
 
+    /// Thread-safe: runs `body` on the loop thread during a coming turn.
+    /// False (and `body` dropped) when the doorway is full. Allocates: not for the beat path.
+    @discardableResult
+    func postCallback(_ body: @escaping () -> Void) -> Bool {
+        let box = Unmanaged.passRetained(LoopCallback(body))
+        if post(kind: .callback, pointer: box.toOpaque()) { return true }
+        box.release()
+        return false
+    }
+
     /// Thread-safe: asks the loop to return from `run()` after the current turn.
     func requestStop() { post(kind: .stop) }
 
@@ -193,6 +211,8 @@ final class EventLoop {
                 let message = messages[i]
                 if message.kind == DoorwayKind.stop.rawValue {
                     stopping = true
+                } else if message.kind == DoorwayKind.callback.rawValue, let pointer = message.ptr {
+                    Unmanaged<LoopCallback>.fromOpaque(pointer).takeRetainedValue().body()
                 } else if let handler = doorwayHandlers[message.kind] {
                     handler.doorwayMessage(message)
                 }

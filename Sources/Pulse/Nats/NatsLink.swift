@@ -18,6 +18,7 @@
 import CLoop
 import CNats
 import Glibc
+import Foundation
 import Logging
 
 /// Counters and state of the link, read by metrics and health.
@@ -32,8 +33,8 @@ struct NatsLinkStats {
 final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     let url: String
     let name: String
-    private unowned let loop: EventLoop
-    private let logger: Logger
+    fileprivate unowned let loop: EventLoop
+    fileprivate let logger: Logger
     private(set) var connection: OpaquePointer?
     private var options: OpaquePointer?
     private var socketToken: UInt32?
@@ -44,6 +45,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     private(set) var stats = NatsLinkStats()
     private var connectThread: pthread_t?
     private var closed = false
+    private var subscriptions: [Subscription] = []
 
     init(url: String, name: String, loop: EventLoop, logger: Logger) {
         self.url = url
@@ -135,6 +137,88 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         return true
     }
 
+    /// Publishes `payload` (not for the beat path: it may allocate). Returns
+    /// false when NATS is down.
+    @discardableResult
+    func publish(subject: String, payload: Data, reply: String? = nil) -> Bool {
+        guard let connection, isConnected else { return false }
+        let status = payload.withUnsafeBytes { raw -> natsStatus in
+            if let reply {
+                return natsConnection_PublishRequest(connection, subject, reply, raw.baseAddress, Int32(raw.count))
+            }
+            return natsConnection_Publish(connection, subject, raw.baseAddress, Int32(raw.count))
+        }
+        flush()
+        return status == NATS_OK
+    }
+
+    /// A message received on a subscription, handed to the loop thread.
+    struct Message {
+        var subject: String
+        var reply: String?
+        var data: Data
+        /// Wall-clock time the client library handed it over, in Unix ns.
+        var receivedNs: Int64
+    }
+
+    /// Subscribes to `subject`; `handler` runs on the loop thread for each
+    /// message. Subscriptions are made once connected and survive reconnects.
+    /// `onDelivery`, if given, runs on the library's delivery thread first
+    /// (for measurements that must not wait for the loop).
+    func subscribe(
+        subject: String, onDelivery: ((Message) -> Void)? = nil, handler: @escaping (Message) -> Void
+    ) {
+        let subscription = Subscription(subject: subject, link: self, onDelivery: onDelivery, handler: handler)
+        subscriptions.append(subscription)
+        if connection != nil { subscription.open() }
+    }
+
+    fileprivate final class Subscription {
+        let subject: String
+        unowned let link: NatsLink
+        let onDelivery: ((Message) -> Void)?
+        let handler: (Message) -> Void
+        var raw: OpaquePointer?
+
+        init(subject: String, link: NatsLink, onDelivery: ((Message) -> Void)?, handler: @escaping (Message) -> Void) {
+            self.subject = subject
+            self.link = link
+            self.onDelivery = onDelivery
+            self.handler = handler
+        }
+
+        func open() {
+            guard raw == nil, let connection = link.connection else { return }
+            let status = natsConnection_Subscribe(
+                &raw, connection, subject,
+                { _, _, msg, closure in
+                    let me = Unmanaged<Subscription>.fromOpaque(closure!).takeUnretainedValue()
+                    let message = Message(
+                        subject: String(cString: natsMsg_GetSubject(msg)),
+                        reply: natsMsg_GetReply(msg).map { String(cString: $0) },
+                        data: Data(bytes: natsMsg_GetData(msg), count: Int(natsMsg_GetDataLength(msg))),
+                        receivedNs: cloop_realtime_ns())
+                    natsMsg_Destroy(msg)
+                    me.onDelivery?(message)
+                    me.link.loop.postCallback { me.handler(message) }
+                }, Unmanaged.passUnretained(self).toOpaque())
+            if status != NATS_OK {
+                link.logger.error(
+                    "cannot subscribe",
+                    metadata: ["subject": "\(subject)", "status": "\(String(cString: natsStatus_GetText(status)))"])
+            }
+            link.flush()
+        }
+
+        func close() {
+            if let raw {
+                natsSubscription_Unsubscribe(raw)
+                natsSubscription_Destroy(raw)
+                self.raw = nil
+            }
+        }
+    }
+
     /// Writes what the client has buffered, if it asked to. Registers write
     /// interest only when the socket would block.
     func flush() {
@@ -154,6 +238,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             connectThread = nil
         }
         closed = true
+        for subscription in subscriptions { subscription.close() }
         if let connection {
             natsConnection_Close(connection)
             // Let the adapter process the detach the close posted, if any.
@@ -179,6 +264,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         switch DoorwayKind(rawValue: message.kind) {
         case .natsConnected:
             connection = OpaquePointer(message.ptr)
+            for subscription in subscriptions { subscription.open() }
         case .natsAttach: attachNow(fd: message.arg)
         case .natsRead: setReadInterest(message.arg != 0)
         case .natsWrite: setWriteInterest(message.arg != 0)

@@ -18,6 +18,9 @@ final class PulseNode: LoopHandler {
     let loop: EventLoop
     let nats: NatsLink
     let beats: BeatDriver
+    let metrics = PulseMetrics()
+    let tempo: TempoController
+    private(set) var admin: AdminServer?
     private let dataDir: DataDir
     private var signalToken: UInt32 = 0
     private var housekeepingToken: UInt32 = 0
@@ -36,6 +39,7 @@ final class PulseNode: LoopHandler {
         self.logger = logger
 
         let timeline = try Self.timeline(config: config, dataDir: dataDir, logger: logger)
+        let stored = try dataDir.loadEpoch()
 
         loop = try EventLoop()
         signal(SIGPIPE, SIG_IGN)
@@ -44,6 +48,10 @@ final class PulseNode: LoopHandler {
             loop: loop, nats: nats, logger: logger, timeline: timeline, clusterId: config.clusterId,
             phases: config.phases, nodeId: nodeId, subject: config.beatSubject,
             maxOffsetMs: Int64(config.maxOffsetMs), spinMaxUs: config.spinMaxUs)
+        beats.observer = metrics
+        tempo = TempoController(
+            config: config, loop: loop, beats: beats, nats: nats, dataDir: dataDir, metrics: metrics, logger: logger)
+        if let stored { tempo.restore(stored) }
         signalToken = try loop.watchSignals([SIGINT, SIGTERM], handler: self)
         housekeepingToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
     }
@@ -101,6 +109,16 @@ final class PulseNode: LoopHandler {
     /// Runs until SIGINT or SIGTERM.
     func run() throws {
         loop.bindToCurrentThread()
+        let server = AdminServer(
+            loop: loop, backend: self, port: config.adminPort, authToken: config.adminToken, logger: logger)
+        do {
+            try server.start()
+        } catch {
+            throw PulseError.startup("admin API on 127.0.0.1:\(config.adminPort): \(error)")
+        }
+        admin = server
+        subscribeControl()
+        subscribeBeats()
         try nats.start()
         try applyRealtime()
         beats.start(nowNs: cloop_realtime_ns())
@@ -109,11 +127,12 @@ final class PulseNode: LoopHandler {
             "pulse running",
             metadata: [
                 "cluster": "\(config.clusterId)", "subject": "\(config.beatSubject)", "bpm": "\(beats.timeline.epoch.bpm)",
-                "next_beat": "\(beats.nextBeat)", "cpu": "\(config.cpu.map(String.init) ?? "any")",
+                "next_beat": "\(beats.nextBeat)", "admin_port": "\(admin?.boundPort ?? 0)", "cpu": "\(config.cpu.map(String.init) ?? "any")",
                 "allocator": "\(cloop_allocator_version().map { String(cString: $0) } ?? "system")",
             ])
         loop.run()
         beats.stop()
+        admin?.stop()
         nats.close()
         logger.info("pulse stopped", metadata: ["beats_published": "\(beats.stats.beatsPublished)"])
     }

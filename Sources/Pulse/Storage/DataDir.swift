@@ -10,6 +10,7 @@ import PulseCore
 final class DataDir {
     let path: String
     private var lockFd: Int32 = -1
+    private let writer = DispatchQueue(label: "pulse.datadir.writer")
 
     init(path: String) throws {
         self.path = path
@@ -50,6 +51,10 @@ final class DataDir {
         var startNs: Int64
         var bpm: Int64
         var bar: Int
+        /// A committed tempo change not yet applied (beat index and bpm), if any.
+        var pendingAtBeat: Int64?
+        var pendingBpm: Int64?
+        var pendingJustification: String?
     }
 
     func loadEpoch() throws -> StoredEpoch? {
@@ -62,9 +67,27 @@ final class DataDir {
     }
 
     func saveEpoch(_ epoch: StoredEpoch) throws {
+        try writeAtomically("epoch.json", try Self.encode(epoch))
+    }
+
+    static func encode(_ epoch: StoredEpoch) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
-        try writeAtomically("epoch.json", try encoder.encode(epoch))
+        return try encoder.encode(epoch)
+    }
+
+    /// Writes off the loop thread on a serial queue (writes stay in order),
+    /// then reports on the loop thread. For commits: the disk sync never
+    /// blocks the loop.
+    func saveEpochInBackground(_ epoch: StoredEpoch, loop: EventLoop, then done: @escaping (Error?) -> Void) {
+        writer.async {
+            var failure: Error?
+            do { try self.saveEpoch(epoch) } catch { failure = error }
+            if !loop.postCallback({ done(failure) }) {
+                // The doorway is full only if the loop is wedged; report it there anyway later.
+                loop.postCallback { done(PulseError.startup("doorway full")) }
+            }
+        }
     }
 
     private func read(_ name: String) -> String? {

@@ -1,0 +1,290 @@
+// Admin: the endpoints of §6. Maps a parsed request to a response: routing
+// (404, 405 with `Allow`), the optional bearer token on state-changing
+// requests (401), validation of `POST /tempo` bodies (400, counted through
+// the backend) and JSON encoding of the backend's answers. It knows nothing
+// about sockets; a connection hands it requests in order, one at a time.
+//
+// HEAD is served like GET without a body (same status, headers and length).
+import CHttpParser
+import Foundation
+
+final class AdminRouter {
+    let backend: AdminBackend
+    let limits: AdminLimits
+    private let authToken: [UInt8]?
+    private let encoder = JSONEncoder()
+
+    /// `authToken` nil or empty: no authentication.
+    init(backend: AdminBackend, authToken: String?, limits: AdminLimits) {
+        self.backend = backend
+        self.limits = limits
+        self.authToken = authToken.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
+    }
+
+    private static let get = HTTP_GET.rawValue
+    private static let head = HTTP_HEAD.rawValue
+    private static let post = HTTP_POST.rawValue
+
+    /// Paths and the methods each accepts.
+    private static let routes: [String: [UInt32]] = [
+        "/tempo": [get, head, post],
+        "/drift": [get, head],
+        "/leader": [get, head],
+        "/health": [get, head],
+        "/ready": [get, head],
+        "/live": [get, head],
+        "/metrics": [get, head],
+    ]
+
+    /// Answers `request` through `respond`, now or later (a tempo change may
+    /// wait for a commit), exactly once, on the loop thread.
+    func handle(_ request: AdminRequest, respond: @escaping (AdminResponse) -> Void) {
+        guard let allowed = Self.routes[request.path] else {
+            respond(.error(404, code: "not_found", message: "no such endpoint: \(request.path)"))
+            return
+        }
+        guard allowed.contains(request.method) else {
+            let allow = allowed.map { String(cString: http_method_str(http_method(rawValue: $0))) }
+                .joined(
+                    separator: ", ")
+            respond(
+                .error(
+                    405, code: "method_not_allowed",
+                    message: "\(request.methodName) is not allowed on \(request.path)",
+                    headers: [("Allow", allow)]))
+            return
+        }
+        if request.method == Self.post {
+            if let refusal = authenticate(request) {
+                if request.path == "/tempo" { backend.recordTempoRefusal(reason: "unauthorized") }
+                respond(refusal)
+                return
+            }
+            postTempo(request, respond: respond)
+            return
+        }
+        respond(get(request.path))
+    }
+
+    /// A protocol error found before the request reached the router (413 on
+    /// `POST /tempo` counts as a refused change).
+    func noteProtocolError(status: Int, method: UInt32, path: String?) {
+        if status == 413, method == Self.post, path == "/tempo" {
+            backend.recordTempoRefusal(reason: "body_too_large")
+        }
+    }
+
+    // MARK: - GET
+
+    private func get(_ path: String) -> AdminResponse {
+        switch path {
+        case "/tempo":
+            return json(200, TempoStatusBody(status: backend.tempoStatus()))
+        case "/drift":
+            return json(200, DriftStatusBody(status: backend.driftStatus()))
+        case "/leader":
+            return json(200, LeaderStatusBody(status: backend.leaderStatus()))
+        case "/health":
+            let components = backend.health()
+            let ok = components.values.allSatisfy { $0.status == "ok" }
+            return json(ok ? 200 : 503, HealthBody(status: ok ? "ok" : "failing", components: components))
+        case "/ready":
+            let readiness = backend.readiness()
+            return json(
+                readiness.ready ? 200 : 503, ReadyBody(ready: readiness.ready, reason: readiness.reason))
+        case "/live":
+            // Answered by the loop thread itself: that it answers is the proof.
+            return AdminResponse(status: 200, contentType: AdminResponse.jsonType, body: Self.liveBody)
+        case "/metrics":
+            return AdminResponse(
+                status: 200, contentType: AdminResponse.metricsType, body: Array(backend.metricsText().utf8)
+            )
+        default:
+            return .error(404, code: "not_found", message: "no such endpoint: \(path)")
+        }
+    }
+
+    private static let liveBody: [UInt8] = Array(#"{"live":true}"#.utf8)
+
+    private func json<T: Encodable>(_ status: Int, _ value: T) -> AdminResponse {
+        do {
+            return AdminResponse(
+                status: status, contentType: AdminResponse.jsonType, body: Array(try encoder.encode(value)))
+        } catch {
+            return .error(500, code: "internal", message: "cannot encode the response: \(error)")
+        }
+    }
+
+    // MARK: - POST /tempo
+
+    private func authenticate(_ request: AdminRequest) -> AdminResponse? {
+        guard let token = authToken else { return nil }
+        let challenge = [(name: "WWW-Authenticate", value: "Bearer")]
+        guard let value = request.authorization else {
+            return .error(401, code: "unauthorized", message: "missing bearer token", headers: challenge)
+        }
+        // "Bearer" is case-insensitive; then one or more spaces, then the token.
+        let scheme = Array("bearer".utf8)
+        guard value.count > scheme.count,
+            zip(value.prefix(scheme.count), scheme).allSatisfy({ ($0 | 0x20) == $1 }),
+            value[scheme.count] == UInt8(ascii: " ")
+        else {
+            return .error(401, code: "unauthorized", message: "missing bearer token", headers: challenge)
+        }
+        var given = value[(scheme.count + 1)...]
+        while given.first == UInt8(ascii: " ") { given = given.dropFirst() }
+        while given.last == UInt8(ascii: " ") { given = given.dropLast() }
+        guard AdminHTTP.constantTimeEqual(given, token) else {
+            return .error(401, code: "unauthorized", message: "invalid bearer token", headers: challenge)
+        }
+        return nil
+    }
+
+    private func postTempo(_ request: AdminRequest, respond: @escaping (AdminResponse) -> Void) {
+        let tempoRequest: TempoRequest
+        switch Self.parseTempoBody(request.body, maxJustificationBytes: limits.maxJustificationBytes) {
+        case .success(let parsed):
+            tempoRequest = parsed
+        case .failure(let failure):
+            backend.recordTempoRefusal(reason: failure.code)
+            respond(.error(400, code: failure.code, message: failure.message))
+            return
+        }
+        backend.requestTempoChange(tempoRequest) { [encoder] decision in
+            switch decision {
+            case .scheduled(let change):
+                if let body = try? encoder.encode(change) {
+                    respond(
+                        AdminResponse(status: 202, contentType: AdminResponse.jsonType, body: Array(body)))
+                } else {
+                    respond(.error(500, code: "internal", message: "cannot encode the scheduled change"))
+                }
+            case .refused(let status, let code, let message):
+                respond(.error(status, code: code, message: message))
+            case .redirect(let location):
+                respond(
+                    .error(
+                        307, code: "not_leader", message: "this node is not the leader; retry at \(location)",
+                        headers: [("Location", location)]))
+            }
+        }
+    }
+
+    /// Why a `POST /tempo` body was refused: `malformed_json` or `invalid_field`.
+    struct BodyFailure: Error, Equatable {
+        var code: String
+        var message: String
+        static func invalid(_ message: String) -> BodyFailure {
+            BodyFailure(code: "invalid_field", message: message)
+        }
+    }
+
+    /// Validates `{"tempo_bpm": <integer>, "justification": <string>}`.
+    /// `justification` may be absent or null (then empty); other keys are ignored.
+    static func parseTempoBody(_ body: [UInt8], maxJustificationBytes: Int) -> Result<
+        TempoRequest, BodyFailure
+    > {
+        do {
+            let decoded = try JSONDecoder().decode(TempoBody.self, from: Data(body))
+            guard decoded.justification.utf8.count <= maxJustificationBytes else {
+                return .failure(.invalid("justification must be at most \(maxJustificationBytes) bytes"))
+            }
+            return .success(
+                TempoRequest(tempoBpm: decoded.tempoBpm, justification: decoded.justification))
+        } catch let failure as BodyFailure {
+            return .failure(failure)
+        } catch {
+            return .failure(
+                BodyFailure(code: "malformed_json", message: "request body is not valid JSON"))
+        }
+    }
+
+    private struct TempoBody: Decodable {
+        var tempoBpm: Int
+        var justification: String
+
+        enum Keys: String, CodingKey {
+            case tempo_bpm, justification
+        }
+
+        init(from decoder: Decoder) throws {
+            guard let container = try? decoder.container(keyedBy: Keys.self) else {
+                throw BodyFailure(code: "malformed_json", message: "request body must be a JSON object")
+            }
+            guard container.contains(.tempo_bpm) else {
+                throw BodyFailure.invalid("tempo_bpm is required")
+            }
+            guard let bpm = try? container.decode(Int.self, forKey: .tempo_bpm) else {
+                throw BodyFailure.invalid("tempo_bpm must be an integer")
+            }
+            tempoBpm = bpm
+            if !container.contains(.justification)
+                || (try? container.decodeNil(forKey: .justification)) == true
+            {
+                justification = ""
+            } else if let text = try? container.decode(String.self, forKey: .justification) {
+                justification = text
+            } else {
+                throw BodyFailure.invalid("justification must be a string")
+            }
+        }
+    }
+}
+
+// MARK: - Bodies with explicit nulls (the synthesised encoders omit nil keys)
+
+private struct TempoStatusBody: Encodable {
+    let status: TempoStatus
+    enum Keys: String, CodingKey {
+        case current_bpm, pending_bpm, can_change, next_change, reason, pending_at_beat
+    }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.encode(status.current_bpm, forKey: .current_bpm)
+        try c.encode(status.pending_bpm, forKey: .pending_bpm)
+        try c.encode(status.can_change, forKey: .can_change)
+        try c.encode(status.next_change, forKey: .next_change)
+        try c.encode(status.reason, forKey: .reason)
+        try c.encode(status.pending_at_beat, forKey: .pending_at_beat)
+    }
+}
+
+private struct DriftStatusBody: Encodable {
+    let status: DriftStatus
+    enum Keys: String, CodingKey {
+        case timer_drift_percent, hlc_drift_seconds, last_sync_time, degradation_mode, within_limits
+    }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.encode(status.timer_drift_percent, forKey: .timer_drift_percent)
+        try c.encode(status.hlc_drift_seconds, forKey: .hlc_drift_seconds)
+        try c.encode(status.last_sync_time, forKey: .last_sync_time)
+        try c.encode(status.degradation_mode, forKey: .degradation_mode)
+        try c.encode(status.within_limits, forKey: .within_limits)
+    }
+}
+
+private struct LeaderStatusBody: Encodable {
+    let status: LeaderStatus
+    enum Keys: String, CodingKey {
+        case node_id, is_leader, leader, cluster_size, stats
+    }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.encode(status.node_id, forKey: .node_id)
+        try c.encode(status.is_leader, forKey: .is_leader)
+        try c.encode(status.leader, forKey: .leader)
+        try c.encode(status.cluster_size, forKey: .cluster_size)
+        try c.encode(status.stats, forKey: .stats)
+    }
+}
+
+private struct HealthBody: Encodable {
+    var status: String
+    var components: [String: ComponentHealth]
+}
+
+private struct ReadyBody: Encodable {
+    var ready: Bool
+    var reason: String
+}

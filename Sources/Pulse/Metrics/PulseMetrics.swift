@@ -1,0 +1,149 @@
+// Metrics: the Prometheus metrics of §7, through swift-prometheus.
+//
+// Only histograms are fed on the beat path (`beatRecorded`), and their
+// `record` takes a lock and bumps counters in place: no allocation (checked
+// by the timer-driven zero-allocation test, which counts everything between
+// the timer's wake and the end of the beat's bookkeeping). Counters and
+// gauges owned by other components are brought up to date at scrape time
+// (`refresh`), so the beat path never touches them.
+import Prometheus
+
+/// Values other components own, read at scrape time.
+struct MetricsSnapshot {
+    var beats: BeatStats
+    var natsConnected: Bool
+    var natsReconnects: UInt64
+    var isLeader: Bool
+    var degraded: Bool
+    var tempoBpm: Int64
+    var leadershipChanges: UInt64
+    var timerDriftRatio: Double
+    var hlcRemoteRejected: UInt64
+}
+
+/// The node's metric registry.
+final class PulseMetrics: BeatObserver {
+    let registry = PrometheusCollectorRegistry()
+    /// 1 µs … 1 s, roughly 1-2.5-5 per decade.
+    static let bucketsSeconds: [Double] = [
+        0.000_001, 0.000_002_5, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
+        0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
+    ]
+    /// Reasons a tempo change can be refused (the `reason` label).
+    static let tempoRefusalReasons = [
+        "malformed_json", "invalid_field", "out_of_range", "delta_too_large", "change_pending", "no_leader",
+        "unauthorized", "persist_failed",
+    ]
+
+    let publishDuration: ValueHistogram
+    let jitter: ValueHistogram
+    let deliveryLatency: ValueHistogram
+    private let timerDrift: Gauge
+    private let isLeader: Gauge
+    private let beatsTotal: Counter
+    private let beatsMissed: Counter
+    private let tempoErrors: [String: Counter]
+    private let leadershipChanges: Counter
+    private let degradation: Gauge
+    private let natsConnected: Gauge
+    private let natsReconnects: Counter
+    private let tempoBpm: Gauge
+    private let hotPathBytes: Counter
+    private let beatsUnpublished: Counter
+    private let hlcRejected: Counter
+    private var exported = MetricsSnapshot(
+        beats: BeatStats(), natsConnected: false, natsReconnects: 0, isLeader: false, degraded: false, tempoBpm: 0,
+        leadershipChanges: 0, timerDriftRatio: 0, hlcRemoteRejected: 0)
+    private var tempoErrorCounts: [String: UInt64] = [:]
+    /// Exponentially weighted mean of (publish − instant) / period over recent beats.
+    private(set) var driftRatio: Double = 0
+
+    init() {
+        let r = registry
+        publishDuration = r.makeValueHistogram(
+            name: "backbeat_beat_publish_duration_seconds", buckets: Self.bucketsSeconds,
+            help: "Time from the start of a beat's publish to the flushed write, in seconds.")
+        jitter = r.makeValueHistogram(
+            name: "backbeat_pulse_jitter_seconds", buckets: Self.bucketsSeconds,
+            help: "|publish time - scheduled instant| per beat, in seconds (PER-002).")
+        deliveryLatency = r.makeValueHistogram(
+            name: "backbeat_beat_delivery_latency_seconds", buckets: Self.bucketsSeconds,
+            help: "Receive time of a frame on the beat subject minus its scheduled instant, in seconds (PER-001).")
+        timerDrift = r.makeGauge(
+            name: "backbeat_timer_drift_ratio",
+            help: "How far this node's local beats stray from the committed timeline, as a fraction of the period (PER-003).")
+        isLeader = r.makeGauge(name: "backbeat_is_leader", help: "1 while this node is the publishing leader.")
+        beatsTotal = r.makeCounter(name: "backbeat_beats_total", help: "Beat frames published by this node.")
+        beatsMissed = r.makeCounter(
+            name: "backbeat_beats_missed_total", help: "Beats not published because their instant passed too long ago.")
+        var errors: [String: Counter] = [:]
+        for reason in Self.tempoRefusalReasons {
+            errors[reason] = r.makeCounter(
+                name: "backbeat_tempo_change_errors_total", labels: [("reason", reason)],
+                help: "Refused tempo change requests, by reason.")
+        }
+        tempoErrors = errors
+        leadershipChanges = r.makeCounter(
+            name: "backbeat_leadership_changes_total", help: "Leadership changes this node has observed.")
+        degradation = r.makeGauge(
+            name: "backbeat_degradation_mode", help: "1 while the node keeps the timeline without a leader.")
+        natsConnected = r.makeGauge(name: "backbeat_nats_connected", help: "1 while connected to NATS.")
+        natsReconnects = r.makeCounter(name: "backbeat_nats_reconnects_total", help: "Reconnections to NATS.")
+        tempoBpm = r.makeGauge(name: "backbeat_tempo_bpm", help: "Current tempo in beats per minute.")
+        hotPathBytes = r.makeCounter(
+            name: "backbeat_hot_path_allocated_bytes_total",
+            help: "Bytes allocated on the beat path, read from jemalloc's thread counter (expected 0).")
+        beatsUnpublished = r.makeCounter(
+            name: "backbeat_beats_unpublished_total", help: "Beats due while NATS was unavailable (not buffered).")
+        hlcRejected = r.makeCounter(
+            name: "backbeat_hlc_remote_rejected_total",
+            help: "Remote HLC stamps not adopted because they were further ahead than the max offset.")
+    }
+
+    /// Beat path: records the beat's timings. Allocation-free.
+    func beatRecorded(_ record: BeatRecord) {
+        guard record.published else { return }
+        if record.periodNs > 0 {
+            driftRatio = 0.9 * driftRatio + 0.1 * Double(record.jitterNs) / Double(record.periodNs)
+        }
+        jitter.record(Double(abs(record.jitterNs)) / 1e9)
+        publishDuration.record(Double(record.publishDurationNs) / 1e9)
+    }
+
+    /// Any thread: a frame seen on the beat subject `latencyNs` after its instant.
+    func deliveryObserved(latencyNs: Int64) {
+        deliveryLatency.record(Double(max(0, latencyNs)) / 1e9)
+    }
+
+    /// Counts a refused tempo change (loop thread).
+    func tempoRefused(reason: String) {
+        let key = tempoErrors[reason] == nil ? "invalid_field" : reason
+        tempoErrors[key]?.increment()
+        tempoErrorCounts[key, default: 0] += 1
+    }
+
+    func tempoRefusals(reason: String) -> UInt64 { tempoErrorCounts[reason] ?? 0 }
+
+    /// Brings counters and gauges up to `now` (scrape time, loop thread).
+    func refresh(_ now: MetricsSnapshot) {
+        func bump(_ counter: Counter, _ new: UInt64, _ old: UInt64) {
+            if new > old { counter.increment(by: Int64(new - old)) }
+        }
+        bump(beatsTotal, now.beats.beatsPublished, exported.beats.beatsPublished)
+        bump(beatsMissed, now.beats.beatsMissed, exported.beats.beatsMissed)
+        bump(beatsUnpublished, now.beats.beatsUnpublished, exported.beats.beatsUnpublished)
+        bump(hotPathBytes, now.beats.hotPathAllocatedBytes, exported.beats.hotPathAllocatedBytes)
+        bump(natsReconnects, now.natsReconnects, exported.natsReconnects)
+        bump(leadershipChanges, now.leadershipChanges, exported.leadershipChanges)
+        bump(hlcRejected, now.hlcRemoteRejected, exported.hlcRemoteRejected)
+        natsConnected.set(to: now.natsConnected ? 1 : 0)
+        isLeader.set(to: now.isLeader ? 1 : 0)
+        degradation.set(to: now.degraded ? 1 : 0)
+        tempoBpm.set(to: Double(now.tempoBpm))
+        timerDrift.set(to: now.timerDriftRatio)
+        exported = now
+    }
+
+    /// The exposition text (Prometheus text format 0.0.4).
+    func text() -> String { registry.emitToString() }
+}

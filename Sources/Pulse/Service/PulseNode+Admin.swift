@@ -1,0 +1,106 @@
+// Service: the node as the admin API and the control subject see it.
+import CLoop
+import Foundation
+import PulseCore
+
+extension PulseNode: AdminBackend {
+    func tempoStatus() -> TempoStatus { tempo.status() }
+
+    func requestTempoChange(_ request: TempoRequest, reply: @escaping (TempoDecision) -> Void) {
+        tempo.request(request, reply: reply)
+    }
+
+    func recordTempoRefusal(reason: String) { tempo.recordRefusal(reason: reason) }
+
+    /// A single node is its own reference clock: no offset to track, and the
+    /// drift is how far its beats land from the committed instants.
+    func driftStatus() -> DriftStatus {
+        let percent = metrics.driftRatio * 100
+        return DriftStatus(
+            timer_drift_percent: percent, hlc_drift_seconds: 0, last_sync_time: nil, degradation_mode: false,
+            within_limits: abs(percent) <= 1)
+    }
+
+    func leaderStatus() -> LeaderStatus {
+        LeaderStatus(
+            node_id: nodeId, is_leader: true, leader: config.raftBind, cluster_size: 1,
+            stats: .init(
+                term: beats.term, commit_index: tempo.appliedChanges, last_contact_ms: 0, leadership_changes: 0,
+                state: "leader"))
+    }
+
+    func health() -> [String: ComponentHealth] {
+        let sinceTurnMs = (cloop_monotonic_ns() - loop.lastTurnMonotonicNs) / 1_000_000
+        let stats = beats.stats
+        return [
+            "loop": ComponentHealth(status: "ok", detail: "last turn \(max(0, sinceTurnMs)) ms ago"),
+            "nats": nats.isConnected
+                ? ComponentHealth(status: "ok", detail: "connected to \(config.natsURL)")
+                : ComponentHealth(status: "failing", detail: "not connected to \(config.natsURL)"),
+            "timeline": ComponentHealth(
+                status: stats.hotPathAllocatedBytes == 0 ? "ok" : "failing",
+                detail: "beat \(stats.lastBeatIndex), \(stats.beatsPublished) published, \(stats.beatsMissed) missed"),
+            "cluster": ComponentHealth(status: "ok", detail: "single node, leader"),
+        ]
+    }
+
+    func readiness() -> (ready: Bool, reason: String) {
+        nats.isConnected ? (true, "") : (false, "not connected to NATS")
+    }
+
+    func metricsText() -> String {
+        metrics.refresh(
+            MetricsSnapshot(
+                beats: beats.stats, natsConnected: nats.isConnected, natsReconnects: nats.stats.reconnects,
+                isLeader: true, degraded: false, tempoBpm: beats.timeline.epoch.bpm, leadershipChanges: 0,
+                timerDriftRatio: metrics.driftRatio, hlcRemoteRejected: 0))
+        return metrics.text()
+    }
+
+    /// Tempo requests over NATS request/reply on the control subject; the
+    /// reply is the HTTP body plus `"status"`. Messages without a reply
+    /// subject (such as our own announcements) are ignored.
+    func subscribeControl() {
+        nats.subscribe(subject: config.controlSubject) { [weak self] message in
+            guard let self, let reply = message.reply else { return }
+            let answer: (Int, Data) -> Void = { status, body in
+                var object = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
+                object["status"] = status
+                let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+                self.nats.publish(subject: reply, payload: data)
+            }
+            switch AdminRouter.parseTempoBody([UInt8](message.data), maxJustificationBytes: 1024) {
+            case .failure(let failure):
+                self.tempo.recordRefusal(reason: failure.code)
+                answer(400, Self.errorBody(failure.message, failure.code))
+            case .success(let request):
+                self.tempo.request(request) { decision in
+                    switch decision {
+                    case .scheduled(let change):
+                        answer(202, (try? JSONEncoder().encode(change)) ?? Data())
+                    case .refused(let status, let code, let text):
+                        answer(status, Self.errorBody(text, code))
+                    case .redirect(let location):
+                        answer(307, Self.errorBody("the leader is at \(location)", "not_leader"))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Follows the beat subject: the delivery latency of every frame (receive
+    /// time, taken on the client's delivery thread, minus its instant).
+    func subscribeBeats() {
+        nats.subscribe(subject: config.beatSubject) { [weak self] message in
+            guard let self,
+                let object = try? JSONSerialization.jsonObject(with: message.data) as? [String: Any],
+                let index = (object["beat_index"] as? NSNumber)?.int64Value
+            else { return }
+            self.metrics.deliveryObserved(latencyNs: message.receivedNs - self.beats.timeline.instantNs(ofBeat: index))
+        }
+    }
+
+    static func errorBody(_ message: String, _ code: String) -> Data {
+        (try? JSONSerialization.data(withJSONObject: ["error": message, "code": code], options: [.sortedKeys])) ?? Data()
+    }
+}

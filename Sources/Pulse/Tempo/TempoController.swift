@@ -1,0 +1,179 @@
+// Tempo: tempo changes (§5, REQ-004) from request to applied downbeat.
+//
+// A request is checked against the rules in the contract's order (range,
+// ±10 %, pending), then committed, then scheduled on the timeline at the
+// first downbeat at least one commit round after the commit. "Commit" is a
+// seam: on a single node it is the durable write of the epoch and the pending
+// change to the data dir, done off the loop thread; the Raft cluster replaces
+// it with a log entry committed by a majority. Applied changes are announced
+// on `backbeat.<cluster>.control`.
+import CLoop
+import Foundation
+import Logging
+import PulseCore
+
+/// Accepts, commits, schedules and announces tempo changes (loop thread).
+final class TempoController: TempoListener {
+    private let config: PulseConfig
+    private unowned let loop: EventLoop
+    private let beats: BeatDriver
+    private let nats: NatsLink
+    private let dataDir: DataDir
+    private let metrics: PulseMetrics
+    private let logger: Logger
+    /// A request being committed: another one is refused with 409 meanwhile.
+    private var inFlight: TempoRequest?
+    private var pendingJustification = ""
+    /// Margin between a commit and the downbeat it may apply at.
+    var commitRoundNs: Int64 = 200_000_000
+    /// Whether this node can commit (single node: always; Raft: is leader).
+    var canCommit: () -> Bool = { true }
+    private(set) var appliedChanges: UInt64 = 0
+
+    init(
+        config: PulseConfig, loop: EventLoop, beats: BeatDriver, nats: NatsLink, dataDir: DataDir,
+        metrics: PulseMetrics, logger: Logger
+    ) {
+        self.config = config
+        self.loop = loop
+        self.beats = beats
+        self.nats = nats
+        self.dataDir = dataDir
+        self.metrics = metrics
+        self.logger = logger
+        beats.tempoListener = self
+    }
+
+    /// Restores a change that was committed before a restart.
+    func restore(_ stored: DataDir.StoredEpoch) {
+        guard let atBeat = stored.pendingAtBeat, let bpm = stored.pendingBpm else { return }
+        do {
+            try beats.schedule(change: TempoChange(atBeat: atBeat, bpm: bpm))
+            pendingJustification = stored.pendingJustification ?? ""
+        } catch {
+            // Its downbeat already passed while we were down: the timeline
+            // math still places every beat exactly, so adopt the new epoch.
+            logger.info("restored tempo change already in effect", metadata: ["at_beat": "\(atBeat)"])
+        }
+    }
+
+    /// `GET /tempo`.
+    func status() -> TempoStatus {
+        let timeline = beats.timeline
+        let current = Int(timeline.epoch.bpm)
+        if let pending = timeline.pending {
+            return TempoStatus(
+                current_bpm: current, pending_bpm: Int(pending.bpm), can_change: false,
+                next_change: RFC3339.string(unixMs: timeline.instantNs(ofBeat: pending.atBeat) / 1_000_000),
+                reason: "a change to \(pending.bpm) bpm is pending at beat \(pending.atBeat)",
+                pending_at_beat: pending.atBeat)
+        }
+        let reason = inFlight != nil ? "a change is being committed" : canCommit() ? "" : "no leader to commit a change"
+        let next = TempoRules.applyBeat(
+            timeline: timeline, committedNs: cloop_realtime_ns(), commitRoundNs: commitRoundNs,
+            firstUnpublishedBeat: beats.nextBeat)
+        return TempoStatus(
+            current_bpm: current, pending_bpm: current, can_change: reason.isEmpty,
+            next_change: RFC3339.string(unixMs: timeline.instantNs(ofBeat: next) / 1_000_000), reason: reason,
+            pending_at_beat: nil)
+    }
+
+    /// `POST /tempo` and the control subject: validates, commits, schedules.
+    func request(_ request: TempoRequest, reply: @escaping (TempoDecision) -> Void) {
+        let timeline = beats.timeline
+        if let refusal = TempoRules.check(
+            requested: Int64(request.tempoBpm), current: timeline.epoch.bpm, minBpm: Int64(config.minBpm),
+            maxBpm: Int64(config.maxBpm), pending: timeline.pending)
+        {
+            refuse(status: refusal.httpStatus, code: refusal.code, message: refusal.message, reply: reply)
+            return
+        }
+        if inFlight != nil {
+            refuse(status: 409, code: "change_pending", message: "another change is being committed", reply: reply)
+            return
+        }
+        guard canCommit() else {
+            refuse(status: 503, code: "no_leader", message: "no leader can commit a tempo change", reply: reply)
+            return
+        }
+        let atBeat = TempoRules.applyBeat(
+            timeline: timeline, committedNs: cloop_realtime_ns(), commitRoundNs: commitRoundNs,
+            firstUnpublishedBeat: beats.nextBeat)
+        let change = TempoChange(atBeat: atBeat, bpm: Int64(request.tempoBpm))
+        inFlight = request
+        var stored = storedEpoch(timeline.epoch)
+        stored.pendingAtBeat = atBeat
+        stored.pendingBpm = change.bpm
+        stored.pendingJustification = request.justification
+        dataDir.saveEpochInBackground(stored, loop: loop) { [self] error in
+            inFlight = nil
+            if let error {
+                logger.error("tempo change not persisted", metadata: ["error": "\(error)"])
+                refuse(status: 503, code: "persist_failed", message: "the change could not be made durable", reply: reply)
+                return
+            }
+            do {
+                try beats.schedule(change: change)
+            } catch {
+                // The commit took longer than the round and the downbeat passed.
+                refuse(status: 503, code: "no_leader", message: "commit too slow: \(error)", reply: reply)
+                return
+            }
+            pendingJustification = request.justification
+            let instantNs = beats.timeline.instantNs(ofBeat: atBeat)
+            logger.info(
+                "tempo change scheduled",
+                metadata: [
+                    "bpm": "\(change.bpm)", "from_bpm": "\(timeline.epoch.bpm)", "at_beat": "\(atBeat)",
+                    "justification": "\(request.justification)",
+                ])
+            reply(
+                .scheduled(
+                    ScheduledTempoChange(
+                        tempo_bpm: request.tempoBpm, previous_bpm: Int(timeline.epoch.bpm), apply_at_beat: atBeat,
+                        apply_at: RFC3339.string(unixMs: instantNs / 1_000_000), justification: request.justification)))
+        }
+    }
+
+    /// Counts a refusal made before the controller saw the request (400s).
+    func recordRefusal(reason: String) { metrics.tempoRefused(reason: reason) }
+
+    private func refuse(status: Int, code: String, message: String, reply: (TempoDecision) -> Void) {
+        metrics.tempoRefused(reason: code)
+        reply(.refused(status: status, code: code, message: message))
+    }
+
+    private func storedEpoch(_ epoch: TempoEpoch) -> DataDir.StoredEpoch {
+        DataDir.StoredEpoch(
+            clusterId: config.clusterId, startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm,
+            bar: config.bar)
+    }
+
+    /// After the beat at the change's downbeat: persist the new epoch as the
+    /// base and announce the change on the control subject.
+    func tempoApplied(epoch: TempoEpoch, previousBpm: Int64) {
+        appliedChanges &+= 1
+        dataDir.saveEpochInBackground(storedEpoch(epoch), loop: loop) { [logger] error in
+            if let error { logger.error("applied epoch not persisted", metadata: ["error": "\(error)"]) }
+        }
+        let announcement = TempoAnnouncement(
+            cluster_id: config.clusterId, beat_index: epoch.startBeat, tempo_bpm: epoch.bpm, previous_bpm: previousBpm,
+            applied_at: RFC3339.string(unixMs: epoch.startNs / 1_000_000), justification: pendingJustification)
+        pendingJustification = ""
+        logger.info("tempo change applied", metadata: ["bpm": "\(epoch.bpm)", "at_beat": "\(epoch.startBeat)"])
+        if let body = try? JSONEncoder().encode(announcement) {
+            nats.publish(subject: config.controlSubject, payload: body)
+        }
+    }
+}
+
+/// Published on `backbeat.<cluster>.control` when a change takes effect.
+struct TempoAnnouncement: Encodable {
+    var type = "backbeat.tempo_change.v1"
+    var cluster_id: String
+    var beat_index: Int64
+    var tempo_bpm: Int64
+    var previous_bpm: Int64
+    var applied_at: String
+    var justification: String
+}

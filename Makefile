@@ -2,6 +2,7 @@
 #   make deps      install the Debian packages the build and tests need (root)
 #   make build     debug build of pulse and Bench
 #   make run       start a local nats-server (127.0.0.1:4222) and one node, show beats live
+#   make test-all  every admin endpoint with sample requests against a live node
 #   make test      every test: unit, property, allocation, real nats-server processes,
 #                  plus the release build that enforces @_noAllocation
 #   make bench     the timing report (release)
@@ -11,9 +12,9 @@ NATS_PORT ?= 4222
 ADMIN_PORT ?= 8080
 BPM ?= 120
 RUN_DIR ?= run
-APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server pkg-config
+APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl pkg-config
 
-.PHONY: deps build release run dev test test-unit check-noalloc bench format clean
+.PHONY: deps build release run dev test test-unit test-all check-noalloc bench format clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -45,8 +46,13 @@ run dev: build
 test: deps check-noalloc test-unit
 
 test-unit:
+	$(SWIFT) build
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+# Every admin endpoint against a live node (the seed's test-all).
+test-all: build
+	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse scripts/test-all.sh
 
 # @_noAllocation is checked by the compiler in optimized builds only.
 check-noalloc:

@@ -13,8 +13,7 @@ import XCTest
 final class FakeAdminBackend: AdminBackend {
     var tempo = TempoStatus(
         current_bpm: 120, pending_bpm: 120, can_change: true, next_change: "2025-09-04T12:00:00Z",
-        reason: "",
-        pending_at_beat: nil)
+        reason: "")
     var drift = DriftStatus(
         timer_drift_percent: 0.5, hlc_drift_seconds: 0.001, last_sync_time: nil,
         degradation_mode: false,

@@ -12,8 +12,6 @@ struct TempoStatus: Encodable, Equatable {
     var next_change: String?
     /// Why `can_change` is false; empty otherwise.
     var reason: String
-    /// Beat index of the pending change, when one is pending.
-    var pending_at_beat: Int64?
 }
 
 /// `POST /tempo` request body (validated by the server before the backend sees it).

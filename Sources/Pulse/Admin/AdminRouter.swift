@@ -236,7 +236,7 @@ final class AdminRouter {
 private struct TempoStatusBody: Encodable {
     let status: TempoStatus
     enum Keys: String, CodingKey {
-        case current_bpm, pending_bpm, can_change, next_change, reason, pending_at_beat
+        case current_bpm, pending_bpm, can_change, next_change, reason
     }
     func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: Keys.self)
@@ -245,7 +245,6 @@ private struct TempoStatusBody: Encodable {
         try c.encode(status.can_change, forKey: .can_change)
         try c.encode(status.next_change, forKey: .next_change)
         try c.encode(status.reason, forKey: .reason)
-        try c.encode(status.pending_at_beat, forKey: .pending_at_beat)
     }
 }
 

@@ -24,6 +24,8 @@ struct BeatStats {
     var lateBeats: UInt64 = 0
     var clockSteps: UInt64 = 0
     var hotPathAllocatedBytes: UInt64 = 0
+    /// The last beat whose path allocated (for the warning log), or -1.
+    var lastAllocatingBeat: Int64 = -1
     var lastJitterNs: Int64 = 0
     var maxJitterNs: Int64 = 0
     var lastPublishDurationNs: Int64 = 0
@@ -197,9 +199,12 @@ final class BeatDriver: LoopHandler {
         var record = emitBeat(index: k, nowNs: startNs)
         record.wakeNs = wakeNs
         nextBeat = k + 1
-        let allocatedAfter = allocatedCounter?.pointee ?? 0
-        stats.hotPathAllocatedBytes &+= allocatedAfter &- allocatedBefore
         observer?.beatRecorded(record)
+        let allocatedAfter = allocatedCounter?.pointee ?? 0
+        if allocatedAfter != allocatedBefore {
+            stats.hotPathAllocatedBytes &+= allocatedAfter &- allocatedBefore
+            stats.lastAllocatingBeat = k
+        }
     }
 
     /// Encodes and publishes beat `k` as of wall time `nowNs`. Allocation-free

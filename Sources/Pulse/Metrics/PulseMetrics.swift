@@ -59,6 +59,7 @@ final class PulseMetrics: BeatObserver {
     private(set) var driftRatio: Double = 0
 
     init() {
+        Self.warmUp()
         let r = registry
         publishDuration = r.makeValueHistogram(
             name: "backbeat_beat_publish_duration_seconds", buckets: Self.bucketsSeconds,
@@ -100,7 +101,15 @@ final class PulseMetrics: BeatObserver {
             help: "Remote HLC stamps not adopted because they were further ahead than the max offset.")
     }
 
-    /// Beat path: records the beat's timings. Allocation-free.
+    /// Start-up: runs the recording path once on a scratch histogram so that
+    /// one-time runtime work (generic metadata, lazily created state) happens
+    /// now and not on the first beat.
+    static func warmUp() {
+        let scratch = PrometheusCollectorRegistry().makeValueHistogram(name: "warmup", buckets: bucketsSeconds)
+        for value in [0.000_001, 0.5, 2.0] { scratch.record(value) }
+    }
+
+    /// Beat path: records the beat's timings. Allocation-free after `warmUp()`.
     func beatRecorded(_ record: BeatRecord) {
         guard record.published else { return }
         if record.periodNs > 0 {

@@ -109,8 +109,12 @@ final class PulseNode: LoopHandler {
     /// Runs until SIGINT or SIGTERM.
     func run() throws {
         loop.bindToCurrentThread()
+        // Room for bursts of clients: fds are cheap, and the loop's table is 1024 slots.
+        var limits = AdminLimits()
+        limits.maxConnections = 256
         let server = AdminServer(
-            loop: loop, backend: self, port: config.adminPort, authToken: config.adminToken, logger: logger)
+            loop: loop, backend: self, port: config.adminPort, authToken: config.adminToken, limits: limits,
+            logger: logger)
         do {
             try server.start()
         } catch {
@@ -157,7 +161,11 @@ final class PulseNode: LoopHandler {
         let now = beats.stats
         if now.hotPathAllocatedBytes != lastChecked.hotPathAllocatedBytes {
             logger.warning(
-                "beat path allocated", metadata: ["bytes": "\(now.hotPathAllocatedBytes - lastChecked.hotPathAllocatedBytes)"])
+                "beat path allocated",
+                metadata: [
+                    "bytes": "\(now.hotPathAllocatedBytes - lastChecked.hotPathAllocatedBytes)",
+                    "last_beat": "\(now.lastAllocatingBeat)",
+                ])
         }
         if now.beatsMissed != lastChecked.beatsMissed {
             logger.warning("beats missed", metadata: ["count": "\(now.beatsMissed - lastChecked.beatsMissed)"])

@@ -65,8 +65,7 @@ final class TempoController: TempoListener {
             return TempoStatus(
                 current_bpm: current, pending_bpm: Int(pending.bpm), can_change: false,
                 next_change: RFC3339.string(unixMs: timeline.instantNs(ofBeat: pending.atBeat) / 1_000_000),
-                reason: "a change to \(pending.bpm) bpm is pending at beat \(pending.atBeat)",
-                pending_at_beat: pending.atBeat)
+                reason: "a change to \(pending.bpm) bpm is pending at beat \(pending.atBeat)")
         }
         let reason = inFlight != nil ? "a change is being committed" : canCommit() ? "" : "no leader to commit a change"
         let next = TempoRules.applyBeat(
@@ -74,8 +73,7 @@ final class TempoController: TempoListener {
             firstUnpublishedBeat: beats.nextBeat)
         return TempoStatus(
             current_bpm: current, pending_bpm: current, can_change: reason.isEmpty,
-            next_change: RFC3339.string(unixMs: timeline.instantNs(ofBeat: next) / 1_000_000), reason: reason,
-            pending_at_beat: nil)
+            next_change: RFC3339.string(unixMs: timeline.instantNs(ofBeat: next) / 1_000_000), reason: reason)
     }
 
     /// `POST /tempo` and the control subject: validates, commits, schedules.

@@ -23,6 +23,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         .target(
@@ -64,7 +65,9 @@ let package = Package(
         ),
         .executableTarget(
             name: "Bench",
-            dependencies: ["CLoop", "CNats", "PulseCore"],
+            dependencies: [
+                "CLoop", "CNats", "PulseCore", .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
             path: "Sources/Bench",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),

@@ -48,6 +48,8 @@ final class FakeAdminBackend: AdminBackend {
     func health() -> [String: ComponentHealth] { components }
     func readiness() -> (ready: Bool, reason: String) { ready }
     func metricsText() -> String { metrics }
+    var beats: [BeatRecord] = []
+    func recentBeats() -> [BeatRecord] { beats }
 }
 
 /// One response as read off the wire.

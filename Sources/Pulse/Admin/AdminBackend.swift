@@ -83,6 +83,8 @@ protocol AdminBackend: AnyObject {
     func health() -> [String: ComponentHealth]
     /// 200 only when connected to NATS and part of a cluster with a known leader or degraded.
     func readiness() -> (ready: Bool, reason: String)
+    /// The last beats this node published or tried to (at most a few thousand), oldest first.
+    func recentBeats() -> [BeatRecord]
     /// Prometheus text exposition (format 0.0.4) of every metric.
     func metricsText() -> String
 }

@@ -34,6 +34,7 @@ final class AdminRouter {
         "/ready": [get, head],
         "/live": [get, head],
         "/metrics": [get, head],
+        "/debug/beats": [get, head],
     ]
 
     /// Answers `request` through `respond`, now or later (a tempo change may
@@ -99,6 +100,8 @@ final class AdminRouter {
             return AdminResponse(
                 status: 200, contentType: AdminResponse.metricsType, body: Array(backend.metricsText().utf8)
             )
+        case "/debug/beats":
+            return json(200, BeatsBody(beats: backend.recentBeats().map(BeatsBody.Beat.init)))
         default:
             return .error(404, code: "not_found", message: "no such endpoint: \(path)")
         }
@@ -286,4 +289,25 @@ private struct HealthBody: Encodable {
 private struct ReadyBody: Encodable {
     var ready: Bool
     var reason: String
+}
+
+/// `GET /debug/beats`: the node's own per-beat measurements, oldest first.
+private struct BeatsBody: Encodable {
+    struct Beat: Encodable {
+        var index: Int64
+        var scheduled_ns: Int64
+        var wake_ns: Int64
+        var publish_ns: Int64
+        var done_ns: Int64
+        var published: Bool
+        init(_ record: BeatRecord) {
+            index = record.index
+            scheduled_ns = record.scheduledNs
+            wake_ns = record.wakeNs
+            publish_ns = record.publishStartNs
+            done_ns = record.publishDoneNs
+            published = record.published
+        }
+    }
+    var beats: [Beat]
 }

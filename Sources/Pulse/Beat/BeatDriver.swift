@@ -46,6 +46,34 @@ struct BeatRecord {
     var publishDurationNs: Int64 { publishDoneNs - publishStartNs }
 }
 
+/// The last `capacity` beat records in storage allocated once; appending is
+/// allocation-free. Read by `GET /debug/beats` and the benchmark.
+final class BeatRing {
+    let capacity: Int
+    private let storage: UnsafeMutablePointer<BeatRecord>
+    private var count = 0
+    private var next = 0
+
+    init(capacity: Int) {
+        self.capacity = capacity
+        storage = .allocate(capacity: capacity)
+    }
+
+    deinit { storage.deallocate() }
+
+    func append(_ record: BeatRecord) {
+        (storage + next).initialize(to: record)  // BeatRecord is trivial: no deinit needed
+        next = (next + 1) % capacity
+        count = min(count + 1, capacity)
+    }
+
+    /// Oldest first.
+    func records() -> [BeatRecord] {
+        let start = (next - count + capacity) % capacity
+        return (0..<count).map { storage[(start + $0) % capacity] }
+    }
+}
+
 /// Receives each beat's record on the loop thread; must not allocate.
 protocol BeatObserver: AnyObject {
     func beatRecorded(_ record: BeatRecord)
@@ -75,6 +103,8 @@ final class BeatDriver: LoopHandler {
     private(set) var nextBeat: Int64 = 0
     private(set) var stats = BeatStats()
     weak var observer: BeatObserver?
+    /// The last 4096 beats' measurements.
+    let recent = BeatRing(capacity: 4096)
     weak var tempoListener: TempoListener?
     /// Set on the beat path when an epoch switch happened; reported after it.
     private var appliedFromBpm: Int64 = 0
@@ -199,6 +229,7 @@ final class BeatDriver: LoopHandler {
         var record = emitBeat(index: k, nowNs: startNs)
         record.wakeNs = wakeNs
         nextBeat = k + 1
+        recent.append(record)
         observer?.beatRecorded(record)
         let allocatedAfter = allocatedCounter?.pointee ?? 0
         if allocatedAfter != allocatedBefore {

@@ -32,7 +32,7 @@ final class PulseMetrics: BeatObserver {
     /// Reasons a tempo change can be refused (the `reason` label).
     static let tempoRefusalReasons = [
         "malformed_json", "invalid_field", "out_of_range", "delta_too_large", "change_pending", "no_leader",
-        "unauthorized", "persist_failed",
+        "unauthorized", "persist_failed", "body_too_large",
     ]
 
     let publishDuration: ValueHistogram

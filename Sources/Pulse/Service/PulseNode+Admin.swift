@@ -48,6 +48,8 @@ extension PulseNode: AdminBackend {
         nats.isConnected ? (true, "") : (false, "not connected to NATS")
     }
 
+    func recentBeats() -> [BeatRecord] { beats.recent.records() }
+
     func metricsText() -> String {
         metrics.refresh(
             MetricsSnapshot(

@@ -55,7 +55,8 @@ let package = Package(
         .executableTarget(
             name: "Pulse",
             dependencies: [
-                "CLoop", "CNats", "CHttpParser", "PulseCore",
+                "CLoop", "CNats", "CHttpParser", "PulseCore", "Raft",
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

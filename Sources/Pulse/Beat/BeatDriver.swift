@@ -79,6 +79,12 @@ protocol BeatObserver: AnyObject {
     func beatRecorded(_ record: BeatRecord)
 }
 
+/// Decides whether this node may publish (the cluster's leader lease).
+protocol PublishGate: AnyObject {
+    /// Beat path: must not allocate.
+    func mayPublish(monotonicNs: Int64) -> Bool
+}
+
 /// Hears, after the beat (off the beat path), that a tempo change took effect.
 protocol TempoListener: AnyObject {
     func tempoApplied(epoch: TempoEpoch, previousBpm: Int64)
@@ -106,6 +112,15 @@ final class BeatDriver: LoopHandler {
     /// The last 4096 beats' measurements.
     let recent = BeatRing(capacity: 4096)
     weak var tempoListener: TempoListener?
+    /// When set, beats are published only while it allows (cluster mode).
+    weak var gate: PublishGate?
+    /// The highest beat index seen on the beat subject (from any node), or -1.
+    private(set) var lastSeenIndex: Int64 = -1
+    /// Remote HLC stamps not adopted (too far ahead).
+    private(set) var hlcRejected: UInt64 = 0
+    /// Beats this node did not publish because it is not the leader.
+    private(set) var beatsFollowed: UInt64 = 0
+    private(set) var started = false
     /// Set on the beat path when an epoch switch happened; reported after it.
     private var appliedFromBpm: Int64 = 0
 
@@ -151,6 +166,7 @@ final class BeatDriver: LoopHandler {
     /// Starts with the first beat whose instant is still ahead (or passed less
     /// than half a period ago, per the lateness rule).
     func start(nowNs: Int64) {
+        started = true
         let k = max(timeline.beat(atOrBeforeNs: nowNs), timeline.epoch.startBeat - 1)
         nextBeat = k + 1
         if k >= timeline.epoch.startBeat && nowNs - timeline.instantNs(ofBeat: k) < halfPeriodNs(of: k) {
@@ -207,6 +223,15 @@ final class BeatDriver: LoopHandler {
         recordWake(lateness: wakeNs - armedAtNs)
         var k = nextBeat
         var instant = timeline.instantNs(ofBeat: k)
+        if let gate, !gate.mayPublish(monotonicNs: cloop_monotonic_ns()) || k <= lastSeenIndex {
+            // Not ours to publish (follower, lease lapsed, or already on the subject).
+            if wakeNs >= instant - maxLeadNs - 1_000_000 {
+                _ = timeline.applyDue(beat: k)
+                nextBeat = max(k, timeline.beat(atOrBeforeNs: max(wakeNs, instant))) + 1
+                beatsFollowed &+= 1
+            }
+            return
+        }
         if wakeNs < instant - maxLeadNs - 1_000_000 {
             return  // woke far too early (timer re-armed under us); arm() re-plans
         }
@@ -283,14 +308,51 @@ final class BeatDriver: LoopHandler {
         leadNs = min(maxLeadNs, max(minLeadNs, 2 * worst + 100_000))
     }
 
-    /// Schedules a committed tempo change at downbeat `change.atBeat`
-    /// (never one already published). Window ids do not depend on tempo.
-    func schedule(change: TempoChange) throws {
-        guard change.atBeat >= nextBeat else {
+    /// Schedules a committed tempo change at downbeat `change.atBeat`.
+    /// Unless `replicated` (a committed log entry every node applies alike),
+    /// a change at a beat already published is refused.
+    func schedule(change: TempoChange, replicated: Bool = false) throws {
+        guard replicated || change.atBeat >= nextBeat else {
             throw PulseError.config("beat \(change.atBeat) was already published (next is \(nextBeat))")
         }
         try timeline.schedule(change: change)
-        arm()  // the next instant may have moved if the change is at the next beat
+        if started { arm() }  // the next instant may have moved if the change is at the next beat
+    }
+
+    /// Cluster mode: the committed epoch arrived; start beating on it.
+    func adopt(epoch: TempoEpoch, nowNs: Int64) {
+        timeline = Timeline(epoch: epoch, bar: timeline.bar, phaseCount: timeline.phaseCount)
+        start(nowNs: nowNs)
+    }
+
+    /// A frame from the beat subject (any publisher, ourselves included):
+    /// remember the highest index and merge its HLC stamp.
+    func observe(remoteIndex: Int64, hlc: HLCStamp?, wallNs: Int64) {
+        if remoteIndex > lastSeenIndex { lastSeenIndex = remoteIndex }
+        if let hlc, case .rejectedTooFarAhead = self.hlc.receive(hlc, wallMs: wallNs / 1_000_000) {
+            hlcRejected &+= 1
+        }
+    }
+
+    /// Just became the publisher: continue after the last index on the
+    /// subject, publishing a just-missed beat late (instant less than half a
+    /// period ago) and counting older unpublished ones as missed.
+    func takeOver(nowNs: Int64) {
+        guard started else { return }
+        let current = timeline.beat(atOrBeforeNs: nowNs)
+        var next = current + 1
+        if current > lastSeenIndex && current >= timeline.epoch.startBeat
+            && nowNs - timeline.instantNs(ofBeat: current) < halfPeriodNs(of: current)
+        {
+            next = current
+        }
+        next = max(next, lastSeenIndex + 1)
+        if lastSeenIndex >= 0 && next > lastSeenIndex + 1 {
+            stats.beatsMissed &+= UInt64(next - lastSeenIndex - 1)
+        }
+        nextBeat = next
+        prepareAhead()
+        arm()
     }
 
     /// Prepares window ids for beat `k`'s bar (tests that call `emitBeat`).

@@ -47,6 +47,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     private var closed = false
     private var subscriptions: [Subscription] = []
     private var warmedUp = false
+    private var inbox: String?
+    private var requestCounter: UInt64 = 0
+    private var pendingRequests: [UInt64: (deadlineNs: Int64, reply: (Data?) -> Void)] = [:]
 
     init(url: String, name: String, loop: EventLoop, logger: Logger) {
         self.url = url
@@ -151,6 +154,36 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         }
         flush()
         return status == NATS_OK
+    }
+
+    /// Sends a request and calls `reply` on the loop thread with the first
+    /// answer, or nil after `timeoutNs` (checked by `expireRequests`).
+    func request(subject: String, payload: Data, timeoutNs: Int64, reply: @escaping (Data?) -> Void) {
+        if inbox == nil {
+            let prefix = "_INBOX.backbeat.\(UInt64.random(in: 1...UInt64.max))"
+            inbox = prefix
+            subscribe(subject: prefix + ".*") { [unowned self] message in
+                guard let token = message.subject.split(separator: ".").last.flatMap({ UInt64($0) }),
+                    let pending = self.pendingRequests.removeValue(forKey: token)
+                else { return }
+                pending.reply(message.data)
+            }
+        }
+        requestCounter &+= 1
+        let token = requestCounter
+        pendingRequests[token] = (cloop_monotonic_ns() + timeoutNs, reply)
+        if !publish(subject: subject, payload: payload, reply: "\(inbox!).\(token)") {
+            pendingRequests[token] = nil
+            reply(nil)
+        }
+    }
+
+    /// Fails requests whose time is up (housekeeping).
+    func expireRequests(nowMonoNs: Int64) {
+        for (token, pending) in pendingRequests where pending.deadlineNs <= nowMonoNs {
+            pendingRequests[token] = nil
+            pending.reply(nil)
+        }
     }
 
     /// A message received on a subscription, handed to the loop thread.

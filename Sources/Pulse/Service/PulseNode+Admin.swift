@@ -22,11 +22,22 @@ extension PulseNode: AdminBackend {
     }
 
     func leaderStatus() -> LeaderStatus {
-        LeaderStatus(
-            node_id: nodeId, is_leader: true, leader: config.raftBind, cluster_size: 1,
+        guard let cluster else {
+            return LeaderStatus(
+                node_id: nodeId, is_leader: true, leader: config.raftBind, cluster_size: 1,
+                stats: .init(
+                    term: beats.term, commit_index: tempo.appliedChanges, last_contact_ms: 0, leadership_changes: 0,
+                    state: "leader"))
+        }
+        let sinceContactMs =
+            cluster.isLeader ? 0 : max(0, (cloop_monotonic_ns() - cluster.lastContactMonoNs) / 1_000_000)
+        return LeaderStatus(
+            node_id: nodeId, is_leader: cluster.isLeader, leader: cluster.leaderPeer?.address,
+            cluster_size: cluster.peers.peers.count,
             stats: .init(
-                term: beats.term, commit_index: tempo.appliedChanges, last_contact_ms: 0, leadership_changes: 0,
-                state: "leader"))
+                term: cluster.term, commit_index: cluster.commitIndex, last_contact_ms: sinceContactMs,
+                leadership_changes: cluster.leadershipChanges,
+                state: cluster.isLeader ? "leader" : cluster.leaderPeer == nil ? "candidate" : "follower"))
     }
 
     func health() -> [String: ComponentHealth] {
@@ -40,12 +51,24 @@ extension PulseNode: AdminBackend {
             "timeline": ComponentHealth(
                 status: stats.hotPathAllocatedBytes == 0 ? "ok" : "failing",
                 detail: "beat \(stats.lastBeatIndex), \(stats.beatsPublished) published, \(stats.beatsMissed) missed"),
-            "cluster": ComponentHealth(status: "ok", detail: "single node, leader"),
+            "cluster": clusterHealth(),
         ]
     }
 
+    private func clusterHealth() -> ComponentHealth {
+        guard let cluster else { return ComponentHealth(status: "ok", detail: "single node, leader") }
+        if let leader = cluster.leaderPeer {
+            return ComponentHealth(
+                status: "ok", detail: "\(cluster.isLeader ? "leader" : "follower"), leader \(leader.name), term \(cluster.term)")
+        }
+        return ComponentHealth(status: "failing", detail: "no leader (term \(cluster.term))")
+    }
+
     func readiness() -> (ready: Bool, reason: String) {
-        nats.isConnected ? (true, "") : (false, "not connected to NATS")
+        if !nats.isConnected { return (false, "not connected to NATS") }
+        if let cluster, cluster.leaderPeer == nil { return (false, "no known leader") }
+        if !beats.started { return (false, "no committed timeline yet") }
+        return (true, "")
     }
 
     func recentBeats() -> [BeatRecord] { beats.recent.records() }
@@ -54,8 +77,9 @@ extension PulseNode: AdminBackend {
         metrics.refresh(
             MetricsSnapshot(
                 beats: beats.stats, natsConnected: nats.isConnected, natsReconnects: nats.stats.reconnects,
-                isLeader: true, degraded: false, tempoBpm: beats.timeline.epoch.bpm, leadershipChanges: 0,
-                timerDriftRatio: metrics.driftRatio, hlcRemoteRejected: 0))
+                isLeader: cluster?.isLeader ?? true, degraded: false, tempoBpm: beats.timeline.epoch.bpm,
+                leadershipChanges: cluster?.leadershipChanges ?? 0, timerDriftRatio: metrics.driftRatio,
+                hlcRemoteRejected: beats.hlcRejected))
         return metrics.text()
     }
 
@@ -64,7 +88,9 @@ extension PulseNode: AdminBackend {
     /// subject (such as our own announcements) are ignored.
     func subscribeControl() {
         nats.subscribe(subject: config.controlSubject) { [weak self] message in
-            guard let self, let reply = message.reply else { return }
+            // Only a node that can commit answers: followers stay silent so
+            // that the leader's answer is the one the requester gets.
+            guard let self, let reply = message.reply, self.tempo.canCommit() else { return }
             let answer: (Int, Data) -> Void = { status, body in
                 var object = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
                 object["status"] = status
@@ -98,6 +124,9 @@ extension PulseNode: AdminBackend {
                 let object = try? JSONSerialization.jsonObject(with: message.data) as? [String: Any],
                 let index = (object["beat_index"] as? NSNumber)?.int64Value
             else { return }
+            let stamp = (object["hlc"] as? String).flatMap { HLCStamp.parse($0)?.stamp }
+            self.beats.observe(remoteIndex: index, hlc: stamp, wallNs: message.receivedNs)
+            guard self.beats.started else { return }
             self.metrics.deliveryObserved(latencyNs: message.receivedNs - self.beats.timeline.instantNs(ofBeat: index))
         }
     }

@@ -1,9 +1,14 @@
 // Service: wires one pulse node together and runs it.
 //
+// Two modes. Without -peers, a single node: the timeline lives in the data
+// dir and tempo changes commit by a synced write. With -peers, a Raft
+// cluster (Cluster/): the timeline is the replicated log, only the leader
+// holding its lease publishes, and tempo changes commit through the log.
+//
 // Start-up order: data dir and timeline → signals blocked (before any thread
 // exists, so only the loop's signalfd sees them) → loop → real-time settings
 // → NATS (connects in the background) → beat driver → loop runs until
-// SIGINT/SIGTERM → beats stop, NATS drains and closes.
+// SIGINT/SIGTERM → (leader: hand leadership over) → beats stop, NATS closes.
 import CLoop
 import Foundation
 import Glibc
@@ -21,6 +26,10 @@ final class PulseNode: LoopHandler {
     let metrics = PulseMetrics()
     let tempo: TempoController
     private(set) var admin: AdminServer?
+    /// The Raft cluster, when -peers is given.
+    private(set) var cluster: ClusterNode?
+    private var stopRequestedMonoNs: Int64?
+    var stopRequested: Bool { stopRequestedMonoNs != nil }
     private let dataDir: DataDir
     private var signalToken: UInt32 = 0
     private var housekeepingToken: UInt32 = 0
@@ -38,8 +47,15 @@ final class PulseNode: LoopHandler {
         logger[metadataKey: "node"] = "\(nodeId)"
         self.logger = logger
 
-        let timeline = try Self.timeline(config: config, dataDir: dataDir, logger: logger)
-        let stored = try dataDir.loadEpoch()
+        let clustered = !config.peers.isEmpty
+        let peers = clustered ? try PeerList.parse(peers: config.peers, nodeId: nodeId, raftBind: config.raftBind) : nil
+        let timeline =
+            clustered
+            ? Timeline(  // a placeholder until the committed epoch arrives
+                epoch: TempoEpoch(startBeat: 0, startNs: 0, bpm: Int64(config.bpm)), bar: config.bar,
+                phaseCount: config.phases.count)
+            : try Self.timeline(config: config, dataDir: dataDir, logger: logger)
+        let stored = clustered ? nil : try dataDir.loadEpoch()
 
         loop = try EventLoop()
         signal(SIGPIPE, SIG_IGN)
@@ -52,6 +68,23 @@ final class PulseNode: LoopHandler {
         tempo = TempoController(
             config: config, loop: loop, beats: beats, nats: nats, dataDir: dataDir, metrics: metrics, logger: logger)
         if let stored { tempo.restore(stored) }
+        if let peers {
+            let cluster = try ClusterNode(
+                peers: peers, timing: RaftTiming(), dataDir: dataDir.path,
+                bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, bar: config.bar, loop: loop, logger: logger)
+            self.cluster = cluster
+            cluster.listener = self
+            beats.gate = self
+            tempo.persistAppliedEpochs = false
+            tempo.canCommit = { [unowned cluster] in cluster.isLeader }
+            tempo.commit = { [unowned cluster] change, justification, done in
+                cluster.propose(.tempo(atBeat: change.atBeat, bpm: change.bpm, justification: justification)) { ok in
+                    done(ok ? nil : "no_leader")
+                }
+            }
+        } else {
+            tempo.useDataDirCommit()
+        }
         signalToken = try loop.watchSignals([SIGINT, SIGTERM], handler: self)
         housekeepingToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
     }
@@ -123,9 +156,14 @@ final class PulseNode: LoopHandler {
         admin = server
         subscribeControl()
         subscribeBeats()
+        if cluster != nil { enableForwarding() }
         try nats.start()
         try applyRealtime()
-        beats.start(nowNs: cloop_realtime_ns())
+        if let cluster {
+            try cluster.start()  // beats start when the committed epoch is applied
+        } else {
+            beats.start(nowNs: cloop_realtime_ns())
+        }
         _ = cloop_timer_arm_after(loop.raw, housekeepingToken, 1_000_000_000, 1_000_000_000)
         logger.info(
             "pulse running",
@@ -135,6 +173,7 @@ final class PulseNode: LoopHandler {
                 "allocator": "\(cloop_allocator_version().map { String(cString: $0) } ?? "system")",
             ])
         loop.run()
+        cluster?.stop()
         beats.stop()
         admin?.stop()
         nats.close()
@@ -146,7 +185,14 @@ final class PulseNode: LoopHandler {
             let signo = cloop_signal_read(loop.raw, signalToken)
             if signo > 0 {
                 logger.info("stopping", metadata: ["signal": signo == SIGTERM ? "SIGTERM" : "SIGINT"])
-                loop.requestStop()
+                // A leader hands over first so that no beat is missed; the
+                // loop keeps turning until it is a follower (at most 3 s).
+                if stopRequestedMonoNs == nil, let cluster, cluster.transferLeadership() {
+                    stopRequestedMonoNs = cloop_monotonic_ns()
+                    logger.info("handing leadership over before stopping")
+                } else {
+                    loop.requestStop()
+                }
             }
         } else if token == housekeepingToken {
             _ = cloop_timer_read(loop.raw, housekeepingToken)
@@ -158,6 +204,10 @@ final class PulseNode: LoopHandler {
     /// about anything the beat path counted.
     private func housekeeping() {
         housekeepingTicks &+= 1
+        nats.expireRequests(nowMonoNs: cloop_monotonic_ns())
+        if let since = stopRequestedMonoNs {
+            if !(cluster?.isLeader ?? false) || cloop_monotonic_ns() - since > 3_000_000_000 { loop.requestStop() }
+        }
         let now = beats.stats
         if now.hotPathAllocatedBytes != lastChecked.hotPathAllocatedBytes {
             logger.warning(

@@ -28,6 +28,8 @@ final class TempoController: TempoListener {
     var commitRoundNs: Int64 = 200_000_000
     /// Whether this node can commit (single node: always; Raft: is leader).
     var canCommit: () -> Bool = { true }
+    /// Where a node that cannot commit sends the request (cluster: the leader).
+    var forward: ((TempoRequest, @escaping (TempoDecision) -> Void) -> Void)?
     private(set) var appliedChanges: UInt64 = 0
 
     init(
@@ -91,45 +93,77 @@ final class TempoController: TempoListener {
             return
         }
         guard canCommit() else {
-            refuse(status: 503, code: "no_leader", message: "no leader can commit a tempo change", reply: reply)
+            if let forward {
+                forward(request, reply)
+            } else {
+                refuse(status: 503, code: "no_leader", message: "no leader can commit a tempo change", reply: reply)
+            }
             return
         }
         let atBeat = TempoRules.applyBeat(
             timeline: timeline, committedNs: cloop_realtime_ns(), commitRoundNs: commitRoundNs,
             firstUnpublishedBeat: beats.nextBeat)
         let change = TempoChange(atBeat: atBeat, bpm: Int64(request.tempoBpm))
+        let previousBpm = timeline.epoch.bpm
         inFlight = request
-        var stored = storedEpoch(timeline.epoch)
-        stored.pendingAtBeat = atBeat
-        stored.pendingBpm = change.bpm
-        stored.pendingJustification = request.justification
-        dataDir.saveEpochInBackground(stored, loop: loop) { [self] error in
+        commit(change, request.justification) { [self] failure in
             inFlight = nil
-            if let error {
-                logger.error("tempo change not persisted", metadata: ["error": "\(error)"])
-                refuse(status: 503, code: "persist_failed", message: "the change could not be made durable", reply: reply)
+            if let failure {
+                refuse(status: 503, code: failure, message: "the change could not be committed (\(failure))", reply: reply)
                 return
             }
-            do {
-                try beats.schedule(change: change)
-            } catch {
-                // The commit took longer than the round and the downbeat passed.
-                refuse(status: 503, code: "no_leader", message: "commit too slow: \(error)", reply: reply)
-                return
-            }
-            pendingJustification = request.justification
-            let instantNs = beats.timeline.instantNs(ofBeat: atBeat)
             logger.info(
-                "tempo change scheduled",
+                "tempo change committed",
                 metadata: [
-                    "bpm": "\(change.bpm)", "from_bpm": "\(timeline.epoch.bpm)", "at_beat": "\(atBeat)",
+                    "bpm": "\(change.bpm)", "from_bpm": "\(previousBpm)", "at_beat": "\(atBeat)",
                     "justification": "\(request.justification)",
                 ])
             reply(
                 .scheduled(
                     ScheduledTempoChange(
-                        tempo_bpm: request.tempoBpm, previous_bpm: Int(timeline.epoch.bpm), apply_at_beat: atBeat,
-                        apply_at: RFC3339.string(unixMs: instantNs / 1_000_000), justification: request.justification)))
+                        tempo_bpm: request.tempoBpm, previous_bpm: Int(previousBpm), apply_at_beat: atBeat,
+                        apply_at: RFC3339.string(unixMs: beats.timeline.instantNs(ofBeat: atBeat) / 1_000_000),
+                        justification: request.justification)))
+        }
+    }
+
+    /// Makes a validated change durable and scheduled, then calls `done`
+    /// with nil or a failure code, on the loop thread. This is the seam
+    /// between a single node and a cluster: see `useDataDirCommit` and the
+    /// cluster's wiring in `PulseNode`.
+    var commit: (TempoChange, String, @escaping (String?) -> Void) -> Void = { _, _, done in done("no_leader") }
+
+    /// Single node: the commit is a synced write of the epoch and the pending
+    /// change to the data dir (off the loop thread), then the schedule.
+    func useDataDirCommit() {
+        commit = { [unowned self] change, justification, done in
+            var stored = storedEpoch(beats.timeline.epoch)
+            stored.pendingAtBeat = change.atBeat
+            stored.pendingBpm = change.bpm
+            stored.pendingJustification = justification
+            dataDir.saveEpochInBackground(stored, loop: loop) { [self] error in
+                if let error {
+                    logger.error("tempo change not persisted", metadata: ["error": "\(error)"])
+                    return done("persist_failed")
+                }
+                do {
+                    try beats.schedule(change: change)
+                } catch {
+                    return done("no_leader")  // the commit outlived its round and the downbeat passed
+                }
+                pendingJustification = justification
+                done(nil)
+            }
+        }
+    }
+
+    /// Cluster: a committed tempo entry, applied alike on every node.
+    func applyCommitted(_ change: TempoChange, justification: String) {
+        do {
+            try beats.schedule(change: change, replicated: true)
+            pendingJustification = justification
+        } catch {
+            logger.error("committed tempo change not applicable", metadata: ["error": "\(error)"])
         }
     }
 
@@ -147,12 +181,18 @@ final class TempoController: TempoListener {
             bar: config.bar)
     }
 
+    /// Single node: persist the applied epoch as the new base. (A cluster
+    /// keeps its timeline in the Raft log instead.)
+    var persistAppliedEpochs = true
+
     /// After the beat at the change's downbeat: persist the new epoch as the
     /// base and announce the change on the control subject.
     func tempoApplied(epoch: TempoEpoch, previousBpm: Int64) {
         appliedChanges &+= 1
-        dataDir.saveEpochInBackground(storedEpoch(epoch), loop: loop) { [logger] error in
-            if let error { logger.error("applied epoch not persisted", metadata: ["error": "\(error)"]) }
+        if persistAppliedEpochs {
+            dataDir.saveEpochInBackground(storedEpoch(epoch), loop: loop) { [logger] error in
+                if let error { logger.error("applied epoch not persisted", metadata: ["error": "\(error)"]) }
+            }
         }
         let announcement = TempoAnnouncement(
             cluster_id: config.clusterId, beat_index: epoch.startBeat, tempo_bpm: epoch.bpm, previous_bpm: previousBpm,

@@ -1,0 +1,275 @@
+// Cluster: drives the Raft core on the loop and applies its log to the
+// timeline.
+//
+// The core is a pure state machine (Sources/Raft); this file gives it time
+// (a monotonic tick timer that catches up after a stall, e.g. SIGSTOP),
+// durability (RaftStore, synced off the loop thread before any message that
+// depends on it is sent), a network (RaftTransport) and a state machine: log
+// entries are `ClusterCommand`s — the bootstrap epoch and tempo changes.
+//
+// The leader lease is turned into a monotonic deadline at every tick and
+// step (`leaseUntilMonoNs`); the beat path asks `mayPublish` with the
+// current monotonic time, so a leader frozen past its lease cannot publish
+// when it wakes up, before it has even read its socket.
+import CLoop
+import Foundation
+import Logging
+import PulseCore
+import Raft
+
+/// An entry in the replicated log.
+enum ClusterCommand: Codable, Equatable {
+    /// The timeline's first epoch (proposed once by a bootstrapping leader).
+    case epoch(startBeat: Int64, startNs: Int64, bpm: Int64, bar: Int)
+    /// A tempo change at a downbeat.
+    case tempo(atBeat: Int64, bpm: Int64, justification: String)
+}
+
+/// What the rest of the node hears from the cluster (loop thread).
+protocol ClusterListener: AnyObject {
+    func clusterEpochCommitted(_ epoch: TempoEpoch)
+    func clusterTempoCommitted(_ change: TempoChange, justification: String)
+    func clusterLeadershipChanged(isLeader: Bool, leader: Peer?, term: UInt64)
+}
+
+/// Timing of the Raft core in wall units.
+struct RaftTiming {
+    var tickNs: Int64 = 50_000_000
+    var electionTicks = 6
+    var heartbeatTicks = 1
+}
+
+final class ClusterNode: LoopHandler {
+    let peers: PeerList
+    let timing: RaftTiming
+    private unowned let loop: EventLoop
+    private let logger: Logger
+    private let raft: RaftNode
+    private let store: RaftStore
+    private var transport: RaftTransport!
+    private var tickToken: UInt32 = 0
+    private var lastTickMonoNs: Int64 = 0
+    private var readyInFlight = false
+    private(set) var leaseUntilMonoNs: Int64 = 0
+    private(set) var leader: NodeID = noNode
+    private(set) var isLeader = false
+    private(set) var term: UInt64 = 0
+    private(set) var leadershipChanges: UInt64 = 0
+    private(set) var lastContactMonoNs: Int64 = 0
+    private(set) var committedEpoch: TempoEpoch?
+    private(set) var storeErrors: UInt64 = 0
+    private var epochProposed = false
+    private let bootstrapBpm: Int64?
+    private let bar: Int
+    /// Proposals waiting for their entry to commit: index → (term, reply).
+    private var waiting: [UInt64: (UInt64, (Bool) -> Void)] = [:]
+    weak var listener: ClusterListener?
+
+    init(
+        peers: PeerList, timing: RaftTiming, dataDir: String, bootstrapBpm: Int64?, bar: Int, loop: EventLoop,
+        logger: Logger
+    ) throws {
+        self.peers = peers
+        self.timing = timing
+        self.loop = loop
+        self.logger = logger
+        self.bootstrapBpm = bootstrapBpm
+        self.bar = bar
+        store = try RaftStore(dataDir: dataDir)
+        let persisted = try store.load()
+        if persisted.truncatedBytes > 0 {
+            logger.warning("raft: cut a torn log tail", metadata: ["bytes": "\(persisted.truncatedBytes)"])
+        }
+        let config = Config(
+            id: peers.me.raftId, voters: peers.peers.map(\.raftId), electionTicks: timing.electionTicks,
+            heartbeatTicks: timing.heartbeatTicks, randomSeed: UInt64.random(in: 1...UInt64.max))
+        do {
+            raft = try RaftNode(
+                config: config, hardState: persisted.hardState, snapshot: persisted.snapshot, entries: persisted.entries)
+        } catch {
+            throw PulseError.startup("raft state in \(dataDir)/raft cannot be used: \(error)")
+        }
+        if let snapshot = persisted.snapshot { applySnapshot(snapshot.data) }
+        term = persisted.hardState.term
+        transport = try RaftTransport(loop: loop, peers: peers, logger: logger) { [unowned self] message in
+            self.step(message)
+        }
+        tickToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
+    }
+
+    func start() throws {
+        try transport.start()
+        lastTickMonoNs = cloop_monotonic_ns()
+        _ = cloop_timer_arm_after(loop.raw, tickToken, timing.tickNs, timing.tickNs)
+        processReady()
+    }
+
+    func stop() {
+        _ = cloop_timer_disarm(loop.raw, tickToken)
+        transport.stop()
+    }
+
+    var transportStats: RaftTransportStats { transport.stats }
+    var commitIndex: UInt64 { raft.commitIndex }
+    var leaderPeer: Peer? { peers.peer(raftId: leader) }
+
+    /// Beat path: may this node publish a frame now? Allocation-free.
+    @inline(__always)
+    func mayPublish(monotonicNs: Int64) -> Bool {
+        isLeader && monotonicNs < leaseUntilMonoNs
+    }
+
+    // MARK: time
+
+    func loopEvent(token: UInt32, events: UInt32) {
+        _ = cloop_timer_read(loop.raw, tickToken)
+        let now = cloop_monotonic_ns()
+        // Deliver every elapsed tick, catching up after a stall (bounded).
+        var due = max(1, Int((now - lastTickMonoNs) / timing.tickNs))
+        due = min(due, 10_000)
+        for _ in 0..<due { raft.tick() }
+        lastTickMonoNs += Int64(due) * timing.tickNs
+        if now - lastTickMonoNs > timing.tickNs { lastTickMonoNs = now }
+        refreshLease()
+        processReady()
+    }
+
+    private func refreshLease() {
+        let remaining = raft.leaseRemainingTicks
+        leaseUntilMonoNs = remaining > 0 ? lastTickMonoNs + Int64(remaining) * timing.tickNs : 0
+    }
+
+    func step(_ message: Message) {
+        if message.from == leader { lastContactMonoNs = cloop_monotonic_ns() }
+        raft.step(message)
+        refreshLease()
+        processReady()
+    }
+
+    // MARK: proposals
+
+    /// Proposes `command`; `done(true)` once it is committed in this term,
+    /// `done(false)` if it cannot be (not leader, transfer, lost leadership).
+    func propose(_ command: ClusterCommand, done: @escaping (Bool) -> Void) {
+        guard let data = try? JSONEncoder().encode(command) else { return done(false) }
+        switch raft.propose([UInt8](data)) {
+        case .accepted(let index, let term):
+            waiting[index] = (term, done)
+            processReady()
+        default:
+            done(false)
+        }
+    }
+
+    /// Hands leadership to the most up-to-date follower (graceful stop).
+    /// Returns false when this node is not the leader or has no follower.
+    @discardableResult
+    func transferLeadership() -> Bool {
+        guard isLeader else { return false }
+        let best = peers.others.max { (raft.matchIndex(of: $0.raftId) ?? 0) < (raft.matchIndex(of: $1.raftId) ?? 0) }
+        guard let best else { return false }
+        let started = raft.transferLeadership(to: best.raftId)
+        refreshLease()  // the lease is void once TimeoutNow is sent
+        processReady()
+        return started
+    }
+
+    // MARK: Ready
+
+    private func processReady() {
+        guard !readyInFlight, raft.hasReady, let ready = raft.ready() else { return }
+        readyInFlight = true
+        if ready.hardState == nil && ready.entries.isEmpty && ready.snapshot == nil {
+            finish(ready)
+            return
+        }
+        store.save(hardState: ready.hardState, snapshot: ready.snapshot, entries: ready.entries) { [weak self] error in
+            guard let self else { return }
+            self.loop.postCallback {
+                if let error {
+                    // Nothing in this Ready may be acknowledged: stop here.
+                    self.storeErrors &+= 1
+                    self.logger.critical("raft: cannot persist; stopping", metadata: ["error": "\(error)"])
+                    self.loop.requestStop()
+                    return
+                }
+                self.finish(ready)
+            }
+        }
+    }
+
+    private func finish(_ ready: Ready) {
+        for message in ready.messages { transport.send(message) }
+        if let snapshot = ready.snapshot { applySnapshot(snapshot.data) }
+        for entry in ready.committedEntries { apply(entry) }
+        if let soft = ready.softState { leadershipChanged(soft) }
+        if let hard = ready.hardState { term = hard.term }
+        raft.advance(ready)
+        readyInFlight = false
+        refreshLease()
+        maybeBootstrap()
+        processReady()
+    }
+
+    private func leadershipChanged(_ soft: SoftState) {
+        let wasLeader = isLeader
+        if soft.leader != leader { leadershipChanges &+= 1 }
+        leader = soft.leader
+        isLeader = soft.role == .leader
+        term = raft.hardState.term
+        if leader != noNode && !isLeader { lastContactMonoNs = cloop_monotonic_ns() }
+        if wasLeader && !isLeader {
+            for (_, pending) in waiting { pending.1(false) }
+            waiting.removeAll()
+        }
+        logger.info(
+            isLeader ? "raft: leader" : "raft: follower",
+            metadata: ["term": "\(term)", "leader": "\(leaderPeer?.name ?? "none")"])
+        listener?.clusterLeadershipChanged(isLeader: isLeader, leader: leaderPeer, term: term)
+    }
+
+    private func apply(_ entry: Entry) {
+        if let pending = waiting.removeValue(forKey: entry.index) { pending.1(pending.0 == entry.term) }
+        guard entry.kind == .normal, !entry.data.isEmpty,
+            let command = try? JSONDecoder().decode(ClusterCommand.self, from: Data(entry.data))
+        else { return }
+        switch command {
+        case .epoch(let startBeat, let startNs, let bpm, let entryBar):
+            guard committedEpoch == nil else { return }  // the first one wins; later ones are no-ops
+            if entryBar != bar {
+                logger.error("raft: the cluster's bar differs from -bar", metadata: ["cluster_bar": "\(entryBar)"])
+            }
+            let epoch = TempoEpoch(startBeat: startBeat, startNs: startNs, bpm: bpm)
+            committedEpoch = epoch
+            listener?.clusterEpochCommitted(epoch)
+        case .tempo(let atBeat, let bpm, let justification):
+            listener?.clusterTempoCommitted(TempoChange(atBeat: atBeat, bpm: bpm), justification: justification)
+        }
+    }
+
+    private func applySnapshot(_ data: [UInt8]) {
+        // Snapshots carry the epoch as a command; tempo history is folded into it.
+        if let command = try? JSONDecoder().decode(ClusterCommand.self, from: Data(data)),
+            case .epoch(let startBeat, let startNs, let bpm, _) = command
+        {
+            let epoch = TempoEpoch(startBeat: startBeat, startNs: startNs, bpm: bpm)
+            committedEpoch = epoch
+            listener?.clusterEpochCommitted(epoch)
+        }
+    }
+
+    /// A bootstrapping leader proposes the first epoch once its own term's
+    /// no-op has committed (so it has applied everything before it).
+    private func maybeBootstrap() {
+        guard isLeader, committedEpoch == nil, !epochProposed, let bpm = bootstrapBpm,
+            raft.appliedIndex >= raft.lastIndex
+        else { return }
+        epochProposed = true
+        let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns(), bpm: bpm)
+        logger.info("raft: proposing the bootstrap epoch", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(bpm)"])
+        propose(.epoch(startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm, bar: bar)) {
+            [weak self] ok in
+            if !ok { self?.epochProposed = false }
+        }
+    }
+}

@@ -1,0 +1,317 @@
+// Cluster: Raft messages over TCP on the loop.
+//
+// Each node listens on its -raft-bind address and keeps one outbound
+// connection to every peer (non-blocking connect to a numeric address,
+// reconnect with exponential backoff from 50 ms to 2 s). Messages travel one
+// way per connection: a node reads only from connections it accepted and
+// writes only to connections it opened. Frames are versioned and
+// length-prefixed:
+//
+//   [0xBB][version 1][0][0][length u32 LE][payload: Raft.Message encoding]
+//
+// A frame with a bad header, an oversized length, an undecodable payload or
+// a message not addressed to this node closes the connection and is counted;
+// nothing a peer sends can trap the process. Raft tolerates loss, so when a
+// peer is unreachable or its output buffer is full, messages are dropped.
+import CLoop
+import Foundation
+import Glibc
+import Logging
+import Raft
+
+/// Counters of the transport, for metrics and tests.
+struct RaftTransportStats {
+    var framesIn: UInt64 = 0
+    var framesOut: UInt64 = 0
+    var badFrames: UInt64 = 0
+    var dropped: UInt64 = 0
+    var connects: UInt64 = 0
+}
+
+final class RaftTransport: LoopHandler {
+    static let magic: UInt8 = 0xBB
+    static let version: UInt8 = 1
+    static let headerBytes = 8
+    static let maxFrameBytes = 8 << 20
+    static let maxOutputBytes = 4 << 20
+
+    private unowned let loop: EventLoop
+    private let me: Peer
+    private let logger: Logger
+    private let deliver: (Message) -> Void
+    private var listenToken: UInt32?
+    private var timerToken: UInt32 = 0
+    private var outbound: [NodeID: Outbound] = [:]
+    private var inbound: [UInt32: Inbound] = [:]
+    private let knownIds: Set<NodeID>
+    private(set) var stats = RaftTransportStats()
+
+    init(loop: EventLoop, peers: PeerList, logger: Logger, deliver: @escaping (Message) -> Void) throws {
+        self.loop = loop
+        self.me = peers.me
+        self.logger = logger
+        self.deliver = deliver
+        self.knownIds = Set(peers.peers.map(\.raftId))
+        for peer in peers.others { outbound[peer.raftId] = Outbound(peer: peer) }
+        timerToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
+    }
+
+    /// Listens on this node's address and starts connecting to the peers.
+    func start() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw PulseError.startup("raft socket: \(String(cString: strerror(errno)))") }
+        var yes: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+        var addr = Self.ipv4Address(me.host, me.port)
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 64) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw PulseError.startup("-raft-bind \(me.address): \(reason)")
+        }
+        listenToken = try loop.register(fd: fd, interest: UInt32(CLOOP_READ), owned: true, handler: self)
+        _ = cloop_timer_arm_after(loop.raw, timerToken, 50_000_000, 50_000_000)
+        for connection in outbound.values { connect(connection) }
+    }
+
+    func stop() {
+        for connection in outbound.values { closeOutbound(connection, backoff: false) }
+        for (token, _) in inbound { loop.remove(token: token) }
+        inbound.removeAll()
+        if let listenToken { loop.remove(token: listenToken) }
+        listenToken = nil
+        _ = cloop_timer_disarm(loop.raw, timerToken)
+    }
+
+    /// Sends `message` to `message.to`, or drops it if that peer is not connected.
+    func send(_ message: Message) {
+        guard let connection = outbound[message.to] else { return }
+        guard connection.token != nil, connection.connected else {
+            stats.dropped &+= 1
+            return
+        }
+        var payload = [UInt8]()
+        message.encode(into: &payload)
+        guard payload.count <= Self.maxFrameBytes, connection.output.count + payload.count < Self.maxOutputBytes else {
+            stats.dropped &+= 1
+            return
+        }
+        var length = UInt32(payload.count).littleEndian
+        connection.output += [Self.magic, Self.version, 0, 0]
+        withUnsafeBytes(of: &length) { connection.output += $0 }
+        connection.output += payload
+        stats.framesOut &+= 1
+        flush(connection)
+    }
+
+    // MARK: events
+
+    func loopEvent(token: UInt32, events: UInt32) {
+        if token == listenToken {
+            acceptAll()
+        } else if token == timerToken {
+            _ = cloop_timer_read(loop.raw, timerToken)
+            let now = cloop_monotonic_ns()
+            for connection in outbound.values where connection.token == nil && now >= connection.retryAtNs {
+                connect(connection)
+            }
+        } else if let connection = inbound[token] {
+            readInbound(token: token, connection)
+        } else if let connection = outbound.values.first(where: { $0.token == token }) {
+            outboundEvent(connection, events: events)
+        }
+    }
+
+    private func acceptAll() {
+        guard let listenToken else { return }
+        let listenFd = cloop_fd(loop.raw, listenToken)
+        for _ in 0..<16 {
+            let fd = accept(listenFd, nil, nil)
+            guard fd >= 0 else { return }
+            _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
+            _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+            if inbound.count >= 32 {
+                close(fd)
+                continue
+            }
+            var one: Int32 = 1
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            do {
+                let token = try loop.register(fd: fd, interest: UInt32(CLOOP_READ), owned: true, handler: self)
+                inbound[token] = Inbound()
+            } catch {
+                close(fd)
+            }
+        }
+    }
+
+    private func readInbound(token: UInt32, _ connection: Inbound) {
+        let fd = cloop_fd(loop.raw, token)
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
+            dropInbound(token)
+            return
+        }
+        guard n > 0 else { return }
+        connection.buffer += chunk[0..<n]
+        var offset = 0
+        while connection.buffer.count - offset >= Self.headerBytes {
+            let b = connection.buffer
+            guard b[offset] == Self.magic, b[offset + 1] == Self.version else {
+                badFrame(token, "bad header")
+                return
+            }
+            let length =
+                Int(b[offset + 4]) | Int(b[offset + 5]) << 8 | Int(b[offset + 6]) << 16 | Int(b[offset + 7]) << 24
+            guard length <= Self.maxFrameBytes else {
+                badFrame(token, "frame of \(length) bytes")
+                return
+            }
+            let start = offset + Self.headerBytes
+            guard b.count - start >= length else { break }
+            let message: Message
+            do {
+                message = try Message.decode(b[start..<(start + length)])
+            } catch {
+                badFrame(token, "undecodable message: \(error)")
+                return
+            }
+            guard message.to == me.raftId, knownIds.contains(message.from) else {
+                badFrame(token, "message from \(message.from) to \(message.to)")
+                return
+            }
+            stats.framesIn &+= 1
+            offset = start + length
+            deliver(message)
+            guard inbound[token] != nil else { return }
+        }
+        if offset > 0 { connection.buffer.removeFirst(offset) }
+    }
+
+    private func badFrame(_ token: UInt32, _ reason: String) {
+        stats.badFrames &+= 1
+        logger.warning("raft: bad frame, closing the connection", metadata: ["reason": "\(reason)"])
+        dropInbound(token)
+    }
+
+    private func dropInbound(_ token: UInt32) {
+        loop.remove(token: token)
+        inbound[token] = nil
+    }
+
+    private func connect(_ connection: Outbound) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return }
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        var addr = Self.ipv4Address(connection.peer.host, connection.peer.port)
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
+        guard rc == 0 || errno == EINPROGRESS else {
+            close(fd)
+            scheduleRetry(connection)
+            return
+        }
+        do {
+            connection.token = try loop.register(
+                fd: fd, interest: UInt32(CLOOP_READ | CLOOP_WRITE), owned: true, handler: self)
+            connection.connected = false
+        } catch {
+            close(fd)
+            scheduleRetry(connection)
+        }
+    }
+
+    private func outboundEvent(_ connection: Outbound, events: UInt32) {
+        guard let token = connection.token else { return }
+        let fd = cloop_fd(loop.raw, token)
+        if !connection.connected {
+            var error: Int32 = 0
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length)
+            guard error == 0, events & UInt32(CLOOP_ERROR) == 0 else {
+                closeOutbound(connection, backoff: true)
+                return
+            }
+            connection.connected = true
+            connection.backoffNs = 50_000_000
+            stats.connects &+= 1
+            logger.info("raft: connected", metadata: ["peer": "\(connection.peer.address)"])
+        }
+        if events & UInt32(CLOOP_HANGUP | CLOOP_ERROR) != 0 {
+            closeOutbound(connection, backoff: true)
+            return
+        }
+        if events & UInt32(CLOOP_READ) != 0 {
+            // Peers never write on our outbound connections: drain and detect EOF.
+            var scratch = [UInt8](repeating: 0, count: 4096)
+            let n = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
+                closeOutbound(connection, backoff: true)
+                return
+            }
+        }
+        flush(connection)
+    }
+
+    private func flush(_ connection: Outbound) {
+        guard let token = connection.token, connection.connected else { return }
+        let fd = cloop_fd(loop.raw, token)
+        while !connection.output.isEmpty {
+            let n = connection.output.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if n > 0 {
+                connection.output.removeFirst(n)
+            } else if n < 0 && errno == EINTR {
+                continue
+            } else if n < 0 && errno == EAGAIN {
+                break
+            } else {
+                closeOutbound(connection, backoff: true)
+                return
+            }
+        }
+        let want = UInt32(CLOOP_READ) | (connection.output.isEmpty ? 0 : UInt32(CLOOP_WRITE))
+        loop.modify(token: token, interest: want)
+    }
+
+    private func closeOutbound(_ connection: Outbound, backoff: Bool) {
+        if let token = connection.token { loop.remove(token: token) }
+        connection.token = nil
+        connection.connected = false
+        connection.output.removeAll(keepingCapacity: true)
+        if backoff { scheduleRetry(connection) }
+    }
+
+    private func scheduleRetry(_ connection: Outbound) {
+        connection.retryAtNs = cloop_monotonic_ns() + connection.backoffNs
+        connection.backoffNs = min(connection.backoffNs * 2, 2_000_000_000)
+    }
+
+    static func ipv4Address(_ host: String, _ port: Int) -> sockaddr_in {
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = UInt16(port).bigEndian
+        inet_pton(AF_INET, host, &addr.sin_addr)
+        return addr
+    }
+
+    private final class Outbound {
+        let peer: Peer
+        var token: UInt32?
+        var connected = false
+        var output: [UInt8] = []
+        var backoffNs: Int64 = 50_000_000
+        var retryAtNs: Int64 = 0
+        init(peer: Peer) { self.peer = peer }
+    }
+
+    private final class Inbound {
+        var buffer: [UInt8] = []
+    }
+}

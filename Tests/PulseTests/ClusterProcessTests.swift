@@ -1,0 +1,188 @@
+// Three real `pulse` processes forming a Raft cluster on loopback, a real
+// nats-server, and an independent subscriber: failover, graceful stop,
+// a frozen leader, and a full restart.
+import Foundation
+import Glibc
+import XCTest
+
+final class ClusterProcessTests: XCTestCase {
+    final class Cluster {
+        let nats: NatsServer
+        let dir: String
+        let names = ["n1", "n2", "n3"]
+        let raftPorts: [Int]
+        let adminPorts: [Int]
+        let cluster: String
+        let bpm: Int
+        var nodes: [PulseProcess?]
+
+        init(cluster: String, bpm: Int) throws {
+            nats = try NatsServer()
+            dir = Harness.tempDir(cluster)
+            self.cluster = cluster
+            self.bpm = bpm
+            raftPorts = (0..<3).map { _ in Harness.freePort() }
+            adminPorts = (0..<3).map { _ in Harness.freePort() }
+            nodes = [nil, nil, nil]
+            for i in 0..<3 { try start(i) }
+        }
+
+        var peers: String { (0..<3).map { "\(names[$0])@127.0.0.1:\(raftPorts[$0])" }.joined(separator: ",") }
+
+        func start(_ i: Int) throws {
+            nodes[i] = try PulseProcess(
+                arguments: [
+                    "-bootstrap", "-bpm", "\(bpm)", "-max-bpm", "600", "-cluster", cluster, "-node-id", names[i],
+                    "-raft-bind", "127.0.0.1:\(raftPorts[i])", "-peers", peers, "-nats", nats.url,
+                    "-data-dir", "\(dir)/\(names[i])", "-admin-port", "\(adminPorts[i])",
+                ], logPath: "\(dir)/\(names[i]).log")
+        }
+
+        func get(_ i: Int, _ path: String) -> [String: Any] {
+            guard let client = try? RawClient(port: adminPorts[i], timeoutMs: 2000),
+                let response = client.request(httpRequest("GET", path))
+            else { return [:] }
+            return response.json
+        }
+
+        /// Index of the node that says it leads, waiting (bounded) for one.
+        func leader(seconds: Double = 10) -> Int? {
+            var found: Int?
+            Harness.waitUntil(seconds: seconds) {
+                found = (0..<3).first { self.nodes[$0] != nil && self.get($0, "/leader")["is_leader"] as? Bool == true }
+                return found != nil
+            }
+            return found
+        }
+
+        var logs: String {
+            names.map { name in
+                "--- \(name)\n" + ((try? String(contentsOfFile: "\(dir)/\(name).log", encoding: .utf8)) ?? "")
+            }.joined(separator: "\n")
+        }
+
+        func stopAll() {
+            for node in nodes { node?.stop() }
+        }
+
+        deinit {
+            stopAll()
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+    }
+
+    /// (index, publisher suffix, term, receive ns) of every frame.
+    private func frames(_ subscriber: Subscriber) -> [(index: Int64, from: String, term: Int64, receivedNs: Int64)] {
+        subscriber.received.compactMap { frame in
+            let o = frame.object
+            guard let index = (o["beat_index"] as? NSNumber)?.int64Value, let hlc = o["hlc"] as? String,
+                let term = (o["term"] as? NSNumber)?.int64Value
+            else { return nil }
+            return (index, String(hlc.split(separator: ":").last ?? ""), term, frame.receivedNs)
+        }
+    }
+
+    private func assertNoRepeatNoBackwards(
+        _ list: [(index: Int64, from: String, term: Int64, receivedNs: Int64)], _ logs: String,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
+        for (a, b) in zip(list, list.dropFirst()) {
+            XCTAssertGreaterThan(b.index, a.index, "index \(b.index) after \(a.index)\n\(logs)", file: file, line: line)
+            XCTAssertGreaterThanOrEqual(b.term, a.term, "term went back", file: file, line: line)
+        }
+    }
+
+    func testSigtermOfTheLeaderMissesNoBeat() throws {
+        let cluster = try Cluster(cluster: "graceful", bpm: 300)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.graceful.beat")
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        XCTAssertTrue(subscriber.wait(for: 4, seconds: 10), cluster.logs)
+        cluster.nodes[leader]?.stop()
+        let before = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: before + 8, seconds: 10), cluster.logs)
+        let list = frames(subscriber)
+        assertNoRepeatNoBackwards(list, cluster.logs)
+        for (a, b) in zip(list, list.dropFirst()) {
+            XCTAssertEqual(b.index, a.index + 1, "no beat missed across the handover\n\(cluster.logs)")
+        }
+        XCTAssertGreaterThan(Set(list.map(\.from)).count, 1, "a new leader took over")
+    }
+
+    func testSigkillOfTheLeaderFailsOverWithinOneSecond() throws {
+        let cluster = try Cluster(cluster: "failover", bpm: 600)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.failover.beat")
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        XCTAssertTrue(subscriber.wait(for: 5, seconds: 10), cluster.logs)
+        let oldSuffix = String(cluster.names[leader].suffix(4))
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        let killedNs = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+        cluster.nodes[leader]?.signal(SIGKILL)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) { self.frames(subscriber).contains { $0.from != oldSuffix } }, cluster.logs)
+        let list = frames(subscriber)
+        let first = try XCTUnwrap(list.first { $0.from != oldSuffix && $0.receivedNs > killedNs })
+        let failoverMs = Double(first.receivedNs - killedNs) / 1e6
+        XCTAssertLessThanOrEqual(failoverMs, 1000, "first frame from the new leader \(failoverMs) ms after the kill")
+        assertNoRepeatNoBackwards(list, cluster.logs)
+        cluster.nodes[leader] = nil
+    }
+
+    func testFrozenLeaderNeverPublishesAfterItsSuccessor() throws {
+        let cluster = try Cluster(cluster: "frozen", bpm: 300)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.frozen.beat")
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        XCTAssertTrue(subscriber.wait(for: 4, seconds: 10), cluster.logs)
+        let oldSuffix = String(cluster.names[leader].suffix(4))
+        cluster.nodes[leader]?.signal(SIGSTOP)
+        usleep(3_000_000)
+        cluster.nodes[leader]?.signal(SIGCONT)
+        let before = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: before + 10, seconds: 10), cluster.logs)
+        let list = frames(subscriber)
+        assertNoRepeatNoBackwards(list, cluster.logs)
+        if let successorFirst = list.firstIndex(where: { $0.from != oldSuffix }) {
+            let lateFromOld = list[successorFirst...].filter { $0.from == oldSuffix }
+            XCTAssertTrue(lateFromOld.isEmpty, "the frozen leader published after its successor\n\(cluster.logs)")
+        } else {
+            XCTFail("no successor took over\n\(cluster.logs)")
+        }
+    }
+
+    func testAllRestartedKeepTheTimelineAndTempo() throws {
+        let cluster = try Cluster(cluster: "restart", bpm: 300)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.restart.beat")
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
+        // A tempo change posted on a follower is forwarded to the leader.
+        let follower = (leader + 1) % 3
+        let client = try RawClient(port: cluster.adminPorts[follower])
+        let response = try XCTUnwrap(
+            client.request(httpRequest("POST", "/tempo", body: #"{"tempo_bpm": 320, "justification": "restart"}"#)))
+        XCTAssertEqual(response.status, 202, response.text + cluster.logs)
+        let atBeat = try XCTUnwrap((response.json["apply_at_beat"] as? NSNumber)?.int64Value)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 15) { self.frames(subscriber).contains { $0.index >= atBeat + 2 } }, cluster.logs)
+        // Every node applied it.
+        for i in 0..<3 {
+            XCTAssertEqual(cluster.get(i, "/tempo")["current_bpm"] as? Int, 320, "node \(i)\n\(cluster.logs)")
+        }
+        let reference = try XCTUnwrap(subscriber.received.last)
+        cluster.stopAll()
+        let stoppedAt = subscriber.count
+        for i in 0..<3 { try cluster.start(i) }
+        XCTAssertTrue(subscriber.wait(for: stoppedAt + 5, seconds: 20), cluster.logs)
+        let after = try XCTUnwrap(subscriber.received.last)
+        // Same timeline: the later frame sits a whole number of 320-bpm periods after the reference.
+        let k0 = try XCTUnwrap((reference.object["beat_index"] as? NSNumber)?.int64Value)
+        let k1 = try XCTUnwrap((after.object["beat_index"] as? NSNumber)?.int64Value)
+        XCTAssertEqual((after.object["tempo_bpm"] as? NSNumber)?.int64Value, 320)
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let d0 = try XCTUnwrap(formatter.date(from: reference.object["deadline_at"] as? String ?? ""))
+        let d1 = try XCTUnwrap(formatter.date(from: after.object["deadline_at"] as? String ?? ""))
+        let expectedMs = Double(k1 - k0) * 60_000 / 320
+        XCTAssertEqual(d1.timeIntervalSince(d0) * 1000, expectedMs, accuracy: 2, cluster.logs)
+        assertNoRepeatNoBackwards(frames(subscriber), cluster.logs)
+    }
+}

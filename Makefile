@@ -14,7 +14,7 @@ BPM ?= 120
 RUN_DIR ?= run
 APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl pkg-config
 
-.PHONY: deps build release run dev test test-unit test-all check-noalloc bench format clean
+.PHONY: deps build release run dev cluster test test-unit test-all check-noalloc bench format clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -41,6 +41,23 @@ run dev: build
 	$$bin -bootstrap -bpm $(BPM) -max-bpm 600 -nats nats://127.0.0.1:$(NATS_PORT) \
 	  -admin-port $(ADMIN_PORT) -data-dir $(RUN_DIR)/node1 > $(RUN_DIR)/node1.log 2>&1 & node_pid=$$!; \
 	echo "nats-server pid $$nats_pid, pulse pid $$node_pid (logs in $(RUN_DIR)/); Ctrl-C to stop"; \
+	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
+
+# nats-server plus a three-node Raft cluster on admin ports 8080/8081/8082
+# (Raft on 127.0.0.1:7001-7003), logs labelled per node, and the beats live.
+PEERS := n1@127.0.0.1:7001,n2@127.0.0.1:7002,n3@127.0.0.1:7003
+cluster: build
+	@mkdir -p $(RUN_DIR)
+	@bin=$$($(SWIFT) build --show-bin-path)/pulse; \
+	nats-server -a 127.0.0.1 -p $(NATS_PORT) > $(RUN_DIR)/nats.log 2>&1 & pids=$$!; \
+	trap 'trap - EXIT INT TERM; kill 0 2>/dev/null' EXIT INT TERM; \
+	sleep 0.3; \
+	for i in 1 2 3; do \
+	  ( $$bin -bootstrap -bpm $(BPM) -max-bpm 600 -nats nats://127.0.0.1:$(NATS_PORT) -node-id n$$i \
+	      -raft-bind 127.0.0.1:700$$i -peers $(PEERS) -admin-port 808$$((i-1)) -data-dir $(RUN_DIR)/n$$i 2>&1 \
+	      | sed -u "s/^/[n$$i] /" >> $(RUN_DIR)/cluster.log ) & pids="$$pids $$!"; \
+	done; \
+	echo "cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
 
 test: deps check-noalloc test-unit

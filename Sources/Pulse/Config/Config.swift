@@ -43,6 +43,10 @@ struct PulseConfig: Sendable {
     var logFormat = "text"
     /// Bearer token required on state-changing admin requests (nil: none).
     var adminToken: String? = nil
+    /// Raft: the leader's heartbeat interval (one tick of the core).
+    var heartbeatMs = 50
+    /// Raft: followers elect after a random timeout in [this, 2×this).
+    var electionTimeoutMs = 300
 
     var beatSubject: String { "backbeat.\(clusterId).beat" }
     var controlSubject: String { "backbeat.\(clusterId).control" }
@@ -76,6 +80,13 @@ struct PulseConfig: Sendable {
             try fail("BACKBEAT_LOG_LEVEL must be one of debug, info, warn, error (got '\(logLevel)')")
         }
         if logFormat != "text" && logFormat != "json" { try fail("-log-format must be text or json") }
+        if !(5...5000).contains(heartbeatMs) { try fail("-heartbeat-ms must be between 5 and 5000") }
+        if electionTimeoutMs < 4 * heartbeatMs || electionTimeoutMs > 60_000 {
+            try fail("-election-timeout-ms must be at least 4 × -heartbeat-ms (\(4 * heartbeatMs)) and at most 60000")
+        }
+        if !peers.isEmpty {
+            _ = try PeerList.parse(peers: peers, nodeId: nodeId, raftBind: raftBind)
+        }
     }
 
     /// Cluster and node ids go into NATS subjects, JSON and file names.
@@ -142,6 +153,12 @@ struct PulseCommand: ParsableArguments {
         name: both("admin-token"),
         help: "Bearer token required on POST requests to the admin API (env BACKBEAT_ADMIN_TOKEN; default none)")
     var adminToken: String?
+    @Option(name: both("heartbeat-ms"), help: "Raft heartbeat interval in ms (default 50)")
+    var heartbeatMs: Int?
+    @Option(
+        name: both("election-timeout-ms"),
+        help: "Raft election timeout in ms; followers elect after [t, 2t) without a leader (default 300)")
+    var electionTimeoutMs: Int?
 
     /// Applies flags over the environment over the defaults, then validates.
     func resolve(environment: [String: String]) throws -> PulseConfig {
@@ -174,6 +191,8 @@ struct PulseCommand: ParsableArguments {
         if let logFormat { config.logFormat = logFormat }
         if let v = environment["BACKBEAT_ADMIN_TOKEN"], !v.isEmpty { config.adminToken = v }
         if let adminToken { config.adminToken = adminToken.isEmpty ? nil : adminToken }
+        if let heartbeatMs { config.heartbeatMs = heartbeatMs }
+        if let electionTimeoutMs { config.electionTimeoutMs = electionTimeoutMs }
         try config.validate()
         return config
     }

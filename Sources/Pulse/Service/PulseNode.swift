@@ -70,7 +70,11 @@ final class PulseNode: LoopHandler {
         if let stored { tempo.restore(stored) }
         if let peers {
             let cluster = try ClusterNode(
-                peers: peers, timing: RaftTiming(), dataDir: dataDir.path,
+                peers: peers,
+                timing: RaftTiming(
+                    tickNs: Int64(config.heartbeatMs) * 1_000_000,
+                    electionTicks: config.electionTimeoutMs / config.heartbeatMs, heartbeatTicks: 1),
+                dataDir: dataDir.path,
                 bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, bar: config.bar, loop: loop, logger: logger)
             self.cluster = cluster
             cluster.listener = self

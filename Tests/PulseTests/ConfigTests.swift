@@ -22,11 +22,14 @@ final class ConfigTests: XCTestCase {
 
     func testOneAndTwoDashesAndEquals() throws {
         let one = try PulseCommand.parseConfig(
-            ["-bpm", "20", "-cluster", "c1", "-bootstrap", "-peers", "a@127.0.0.1:1,127.0.0.1:2"], environment: [:])
+            ["-bpm", "20", "-cluster", "c1", "-bootstrap", "-peers", "a@127.0.0.1:1,127.0.0.1:2", "-raft-bind", "127.0.0.1:2"],
+            environment: [:])
         let two = try PulseCommand.parseConfig(
-            ["--bpm", "20", "--cluster", "c1", "--bootstrap", "--peers", "a@127.0.0.1:1,127.0.0.1:2"], environment: [:])
+            ["--bpm", "20", "--cluster", "c1", "--bootstrap", "--peers", "a@127.0.0.1:1,127.0.0.1:2", "--node-id", "a"],
+            environment: [:])
         let equals = try PulseCommand.parseConfig(
-            ["-bpm=20", "--cluster=c1", "-bootstrap", "-peers=a@127.0.0.1:1,127.0.0.1:2"], environment: [:])
+            ["-bpm=20", "--cluster=c1", "-bootstrap", "-peers=a@127.0.0.1:1,127.0.0.1:2", "-raft-bind=127.0.0.1:2"],
+            environment: [:])
         for config in [one, two, equals] {
             XCTAssertEqual(config.bpm, 20)
             XCTAssertEqual(config.clusterId, "c1")
@@ -59,6 +62,10 @@ final class ConfigTests: XCTestCase {
             ["-admin-port", "70000"],
             ["-rt-priority", "120"],
             ["-cpu", "4096"],
+            ["-peers", "127.0.0.1:1,127.0.0.1:1", "-raft-bind", "127.0.0.1:1"],
+            ["-peers", "localhost:7001"],
+            ["-peers", "a@127.0.0.1:7001"],  // this node is not among them and -raft-bind has no port
+            ["-heartbeat-ms", "100", "-election-timeout-ms", "200"],
         ]
         for arguments in bad {
             XCTAssertThrowsError(try PulseCommand.parseConfig(arguments, environment: [:]), "\(arguments)") { error in

@@ -26,6 +26,8 @@ struct BeatStats {
     var hotPathAllocatedBytes: UInt64 = 0
     /// The last beat whose path allocated (for the warning log), or -1.
     var lastAllocatingBeat: Int64 = -1
+    /// Frames published marked `"degraded":true`.
+    var degradedBeats: UInt64 = 0
     var lastJitterNs: Int64 = 0
     var maxJitterNs: Int64 = 0
     var lastPublishDurationNs: Int64 = 0
@@ -79,10 +81,28 @@ protocol BeatObserver: AnyObject {
     func beatRecorded(_ record: BeatRecord)
 }
 
-/// Decides whether this node may publish (the cluster's leader lease).
+/// How this node treats the next beat.
+enum PublishMode {
+    /// Publish at the instant (single node, or the leader holding its lease).
+    case publish
+    /// Leader without a confirmed lease yet: retry shortly.
+    case wait
+    /// A follower: keep the timeline, publish nothing.
+    case silent
+    /// No leader for too long: publish `"degraded":true` frames this long
+    /// after the (offset-corrected) instant, unless another node did first.
+    case degraded(delayNs: Int64)
+}
+
+/// Decides how this node publishes (the cluster's lease and degradation).
+/// Called on the beat path: implementations must not allocate.
 protocol PublishGate: AnyObject {
-    /// Beat path: must not allocate.
-    func mayPublish(monotonicNs: Int64) -> Bool
+    func publishMode(monotonicNs: Int64) -> PublishMode
+    /// The local wall time at which the committed timeline (the leader's
+    /// clock) reads `timelineNs`; identity without an offset estimate.
+    func localNs(forTimelineNs timelineNs: Int64) -> Int64
+    /// The inverse of `localNs(forTimelineNs:)`.
+    func timelineNs(forLocalNs localNs: Int64) -> Int64
 }
 
 /// Hears, after the beat (off the beat path), that a tempo change took effect.
@@ -185,7 +205,12 @@ final class BeatDriver: LoopHandler {
     }
 
     private func arm() {
-        armedAtNs = timeline.instantNs(ofBeat: nextBeat) - leadNs
+        let mode = gate?.publishMode(monotonicNs: cloop_monotonic_ns()) ?? .publish
+        arm(at: targetNs(nextBeat, mode) - leadNs)
+    }
+
+    private func arm(at ns: Int64) {
+        armedAtNs = ns
         _ = cloop_timer_arm_at(loop.raw, timerToken, armedAtNs, true)
     }
 
@@ -206,9 +231,9 @@ final class BeatDriver: LoopHandler {
             return
         }
         guard expirations > 0 else { return }
-        fire()
+        let retryAt = fire()
         prepareAhead()
-        arm()
+        if let retryAt { arm(at: retryAt) } else { arm() }
         if appliedFromBpm != 0 {
             let previous = appliedFromBpm
             appliedFromBpm = 0
@@ -216,43 +241,68 @@ final class BeatDriver: LoopHandler {
         }
     }
 
-    /// The beat path: from the timer's wake to the flushed publish.
-    private func fire() {
+    /// The local wall time at which beat `k` is due in `mode`: its instant,
+    /// or in degradation the local time the leader's clock reads the instant
+    /// plus this node's turn.
+    @inline(__always)
+    private func targetNs(_ k: Int64, _ mode: PublishMode) -> Int64 {
+        let instant = timeline.instantNs(ofBeat: k)
+        guard case .degraded(let delayNs) = mode, let gate else { return instant }
+        return gate.localNs(forTimelineNs: instant) + delayNs
+    }
+
+    /// The beat path: from the timer's wake to the flushed publish. Returns a
+    /// time to retry at when the beat is not decided yet (a new leader
+    /// waiting for its lease), else nil.
+    private func fire() -> Int64? {
         let allocatedBefore = allocatedCounter?.pointee ?? 0
         let wakeNs = cloop_realtime_ns()
         recordWake(lateness: wakeNs - armedAtNs)
+        let mode = gate?.publishMode(monotonicNs: cloop_monotonic_ns()) ?? .publish
         var k = nextBeat
-        var instant = timeline.instantNs(ofBeat: k)
-        if let gate, !gate.mayPublish(monotonicNs: cloop_monotonic_ns()) || k <= lastSeenIndex {
-            // Not ours to publish (follower, lease lapsed, or already on the subject).
-            if wakeNs >= instant - maxLeadNs - 1_000_000 {
-                _ = timeline.applyDue(beat: k)
-                nextBeat = max(k, timeline.beat(atOrBeforeNs: max(wakeNs, instant))) + 1
-                beatsFollowed &+= 1
-            }
-            return
+        var target = targetNs(k, mode)
+        if wakeNs < target - maxLeadNs - 1_000_000 {
+            return nil  // woke far too early (re-armed under us); arm() re-plans
         }
-        if wakeNs < instant - maxLeadNs - 1_000_000 {
-            return  // woke far too early (timer re-armed under us); arm() re-plans
+        if case .silent = mode {
+            // A follower keeps the timeline without publishing.
+            _ = timeline.applyDue(beat: k)
+            nextBeat = max(k, timeline.beat(atOrBeforeNs: max(wakeNs, target))) + 1
+            beatsFollowed &+= 1
+            return nil
         }
-        if wakeNs > instant {
-            // Late: skip beats that are more than half a period overdue.
-            let current = timeline.beat(atOrBeforeNs: wakeNs)
+        if wakeNs > target {
+            // Late: move to the latest due beat; publish it only if its
+            // instant passed less than half a period ago.
+            var reference = wakeNs
+            if case .degraded(let delayNs) = mode, let gate { reference = gate.timelineNs(forLocalNs: wakeNs - delayNs) }
+            let current = timeline.beat(atOrBeforeNs: reference)
             if current > k {
                 stats.beatsMissed &+= UInt64(current - k)
                 k = current
-                instant = timeline.instantNs(ofBeat: k)
+                target = targetNs(k, mode)
             }
-            if wakeNs - instant >= halfPeriodNs(of: k) {
+            if wakeNs - target >= halfPeriodNs(of: k) {
                 stats.beatsMissed &+= 1
                 nextBeat = k + 1
-                return
+                return nil
             }
             stats.lateBeats &+= 1
         }
-        let startNs = instant > wakeNs ? cloop_spin_until_realtime(instant, maxLeadNs + 1_000_000) : wakeNs
-        var record = emitBeat(index: k, nowNs: startNs)
+        if k <= lastSeenIndex {
+            nextBeat = lastSeenIndex + 1  // already on the subject (another publisher)
+            return nil
+        }
+        if case .wait = mode {
+            // Newly elected, lease not yet confirmed: retry shortly, within half a period.
+            return wakeNs + 1_000_000
+        }
+        var degraded = false
+        if case .degraded = mode { degraded = true }
+        let startNs = target > wakeNs ? cloop_spin_until_realtime(target, maxLeadNs + 1_000_000) : wakeNs
+        var record = emitBeat(index: k, nowNs: startNs, degraded: degraded)
         record.wakeNs = wakeNs
+        record.scheduledNs = target
         nextBeat = k + 1
         recent.append(record)
         observer?.beatRecorded(record)
@@ -261,12 +311,13 @@ final class BeatDriver: LoopHandler {
             stats.hotPathAllocatedBytes &+= allocatedAfter &- allocatedBefore
             stats.lastAllocatingBeat = k
         }
+        return nil
     }
 
     /// Encodes and publishes beat `k` as of wall time `nowNs`. Allocation-free
     /// after warm-up; the zero-allocation test drives it directly.
     @discardableResult
-    func emitBeat(index k: Int64, nowNs: Int64) -> BeatRecord {
+    func emitBeat(index k: Int64, nowNs: Int64, degraded: Bool = false) -> BeatRecord {
         let bpmBefore = timeline.epoch.bpm
         if timeline.applyDue(beat: k) { appliedFromBpm = bpmBefore }
         let stamp = hlc.now(wallMs: nowNs / 1_000_000)
@@ -276,7 +327,7 @@ final class BeatDriver: LoopHandler {
             let length = encoder.encode(
                 into: frame, beatIndex: k, downbeat: timeline.isDownbeat(k), phaseIndex: timeline.phaseIndex(k),
                 hlc: stamp, deadlineUnixMs: timeline.deadlineUnixMs(ofBeat: k), tempoBpm: timeline.epoch.bpm,
-                windowId: windowId, term: term, degraded: false)
+                windowId: windowId, term: term, degraded: degraded)
             if length > 0 {
                 published = nats.publish(subject: subject, bytes: frame.baseAddress!, length: length)
             }
@@ -284,6 +335,7 @@ final class BeatDriver: LoopHandler {
         let doneNs = cloop_realtime_ns()
         if published {
             stats.beatsPublished &+= 1
+            if degraded { stats.degradedBeats &+= 1 }
         } else {
             stats.beatsUnpublished &+= 1
         }

@@ -65,6 +65,25 @@ final class ClusterNode: LoopHandler {
     private var waiting: [UInt64: (UInt64, (Bool) -> Void)] = [:]
     weak var listener: ClusterListener?
 
+    // Clock sync and degradation (REQ-003).
+    /// Per peer: its clock relative to ours, from the transport's timestamps.
+    private(set) var syncs: [NodeID: ClockSync] = [:]
+    /// The last leader we followed (its clock is the timeline's reference).
+    private(set) var lastLeader: NodeID = noNode
+    /// No leader for this long → degradation (set by the service).
+    var degradeAfterNs: Int64 = 1_000_000_000
+    private(set) var degraded = false
+    private(set) var degradedSinceMonoNs: Int64 = 0
+    private var leaderlessSinceMonoNs: Int64?
+    /// This node's turn among degraded nodes: its position in the sorted ids.
+    var rank: Int { peers.peers.map(\.raftId).sorted().firstIndex(of: peers.me.raftId) ?? 0 }
+    /// The reference clock estimate: the last leader's, if any.
+    var referenceSync: ClockSync? {
+        guard lastLeader != noNode, lastLeader != peers.me.raftId, let sync = syncs[lastLeader], sync.hasEstimate
+        else { return nil }
+        return sync
+    }
+
     init(
         peers: PeerList, timing: RaftTiming, dataDir: String, bootstrapBpm: Int64?, bar: Int, loop: EventLoop,
         logger: Logger
@@ -94,6 +113,7 @@ final class ClusterNode: LoopHandler {
         transport = try RaftTransport(loop: loop, peers: peers, logger: logger) { [unowned self] message in
             self.step(message)
         }
+        transport.onSample = { [unowned self] peer, sample in self.syncs[peer, default: ClockSync()].add(sample) }
         tickToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
     }
 
@@ -131,7 +151,35 @@ final class ClusterNode: LoopHandler {
         lastTickMonoNs += Int64(due) * timing.tickNs
         if now - lastTickMonoNs > timing.tickNs { lastTickMonoNs = now }
         refreshLease()
+        updateDegradation(nowMonoNs: now)
         processReady()
+    }
+
+    /// Enters degradation after `degradeAfterNs` without a leader (and only
+    /// with a committed timeline to keep); leaves it as soon as one is back.
+    private func updateDegradation(nowMonoNs now: Int64) {
+        let electionNs = Int64(timing.electionTicks) * timing.tickNs
+        let hasLeader = isLeader || (leader != noNode && now - lastContactMonoNs < electionNs)
+        if hasLeader {
+            leaderlessSinceMonoNs = nil
+            if degraded {
+                degraded = false
+                logger.info("leaving degradation: a leader is back", metadata: ["leader": "\(leaderPeer?.name ?? "?")"])
+            }
+            return
+        }
+        let since = leaderlessSinceMonoNs ?? now
+        leaderlessSinceMonoNs = since
+        if !degraded, committedEpoch != nil, now - since >= degradeAfterNs {
+            degraded = true
+            degradedSinceMonoNs = now
+            logger.warning(
+                "entering degradation: no leader; keeping the committed timeline locally",
+                metadata: [
+                    "offset_ms": "\(Double(referenceSync?.offsetNs ?? 0) / 1e6)",
+                    "rate_ppm": "\(referenceSync?.ratePpm ?? 0)",
+                ])
+        }
     }
 
     private func refreshLease() {
@@ -215,6 +263,7 @@ final class ClusterNode: LoopHandler {
         let wasLeader = isLeader
         if soft.leader != leader { leadershipChanges &+= 1 }
         leader = soft.leader
+        if leader != noNode { lastLeader = leader }
         isLeader = soft.role == .leader
         term = raft.hardState.term
         if leader != noNode && !isLeader { lastContactMonoNs = cloop_monotonic_ns() }

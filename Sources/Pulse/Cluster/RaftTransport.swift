@@ -7,7 +7,14 @@
 // writes only to connections it opened. Frames are versioned and
 // length-prefixed:
 //
-//   [0xBB][version 1][0][0][length u32 LE][payload: Raft.Message encoding]
+//   [0xBB][version 2][0][0][length u32 LE]
+//   [send_ns i64][echo_send_ns i64][echo_recv_ns i64]   wall clock, for clock sync
+//   [payload: Raft.Message encoding]
+//
+// The three timestamps make every exchange an NTP sample for free: a frame
+// carries its own send time and echoes the send time of the last frame
+// received from the destination with the time it arrived, so the receiver
+// has t1..t4 of a round trip (see PulseCore's ClockSync).
 //
 // A frame with a bad header, an oversized length, an undecodable payload or
 // a message not addressed to this node closes the connection and is counted;
@@ -17,6 +24,7 @@ import CLoop
 import Foundation
 import Glibc
 import Logging
+import PulseCore
 import Raft
 
 /// Counters of the transport, for metrics and tests.
@@ -30,8 +38,8 @@ struct RaftTransportStats {
 
 final class RaftTransport: LoopHandler {
     static let magic: UInt8 = 0xBB
-    static let version: UInt8 = 1
-    static let headerBytes = 8
+    static let version: UInt8 = 2
+    static let headerBytes = 32
     static let maxFrameBytes = 8 << 20
     static let maxOutputBytes = 4 << 20
 
@@ -39,6 +47,10 @@ final class RaftTransport: LoopHandler {
     private let me: Peer
     private let logger: Logger
     private let deliver: (Message) -> Void
+    /// Called with each clock sample from a peer (loop thread).
+    var onSample: ((NodeID, SyncSample) -> Void)?
+    /// Per peer: (its send time, our receive time) of the last frame it sent us.
+    private var lastFrom: [NodeID: (sendNs: Int64, recvNs: Int64)] = [:]
     private var listenToken: UInt32?
     private var timerToken: UInt32 = 0
     private var outbound: [NodeID: Outbound] = [:]
@@ -101,6 +113,11 @@ final class RaftTransport: LoopHandler {
         var length = UInt32(payload.count).littleEndian
         connection.output += [Self.magic, Self.version, 0, 0]
         withUnsafeBytes(of: &length) { connection.output += $0 }
+        let echo = lastFrom[message.to] ?? (0, 0)
+        for value in [cloop_realtime_ns(), echo.sendNs, echo.recvNs] {
+            var little = value.littleEndian
+            withUnsafeBytes(of: &little) { connection.output += $0 }
+        }
         connection.output += payload
         stats.framesOut &+= 1
         flush(connection)
@@ -184,6 +201,14 @@ final class RaftTransport: LoopHandler {
                 return
             }
             stats.framesIn &+= 1
+            let nowNs = cloop_realtime_ns()
+            let sendNs = Self.i64(b, offset + 8)
+            let echoSendNs = Self.i64(b, offset + 16)
+            let echoRecvNs = Self.i64(b, offset + 24)
+            lastFrom[message.from] = (sendNs, nowNs)
+            if echoSendNs != 0 {
+                onSample?(message.from, SyncSample(t1: echoSendNs, t2: echoRecvNs, t3: sendNs, t4: nowNs))
+            }
             offset = start + length
             deliver(message)
             guard inbound[token] != nil else { return }
@@ -291,6 +316,12 @@ final class RaftTransport: LoopHandler {
     private func scheduleRetry(_ connection: Outbound) {
         connection.retryAtNs = cloop_monotonic_ns() + connection.backoffNs
         connection.backoffNs = min(connection.backoffNs * 2, 2_000_000_000)
+    }
+
+    static func i64(_ bytes: [UInt8], _ offset: Int) -> Int64 {
+        var value: UInt64 = 0
+        for i in 0..<8 { value |= UInt64(bytes[offset + i]) << UInt64(8 * i) }
+        return Int64(bitPattern: value)
     }
 
     static func ipv4Address(_ host: String, _ port: Int) -> sockaddr_in {

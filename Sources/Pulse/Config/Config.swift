@@ -47,6 +47,8 @@ struct PulseConfig: Sendable {
     var heartbeatMs = 50
     /// Raft: followers elect after a random timeout in [this, 2×this).
     var electionTimeoutMs = 300
+    /// No leader for this long → degradation mode (0: max(3 beats, 3 election timeouts)).
+    var degradeAfterMs = 0
 
     var beatSubject: String { "backbeat.\(clusterId).beat" }
     var controlSubject: String { "backbeat.\(clusterId).control" }
@@ -84,6 +86,7 @@ struct PulseConfig: Sendable {
         if electionTimeoutMs < 4 * heartbeatMs || electionTimeoutMs > 60_000 {
             try fail("-election-timeout-ms must be at least 4 × -heartbeat-ms (\(4 * heartbeatMs)) and at most 60000")
         }
+        if degradeAfterMs < 0 || degradeAfterMs > 86_400_000 { try fail("-degrade-after-ms must be between 0 and 86400000") }
         if !peers.isEmpty {
             _ = try PeerList.parse(peers: peers, nodeId: nodeId, raftBind: raftBind)
         }
@@ -159,6 +162,10 @@ struct PulseCommand: ParsableArguments {
         name: both("election-timeout-ms"),
         help: "Raft election timeout in ms; followers elect after [t, 2t) without a leader (default 300)")
     var electionTimeoutMs: Int?
+    @Option(
+        name: both("degrade-after-ms"),
+        help: "Enter degradation after this long without a leader (default: 3 beats or 3 election timeouts, the longer)")
+    var degradeAfterMs: Int?
 
     /// Applies flags over the environment over the defaults, then validates.
     func resolve(environment: [String: String]) throws -> PulseConfig {
@@ -193,6 +200,7 @@ struct PulseCommand: ParsableArguments {
         if let adminToken { config.adminToken = adminToken.isEmpty ? nil : adminToken }
         if let heartbeatMs { config.heartbeatMs = heartbeatMs }
         if let electionTimeoutMs { config.electionTimeoutMs = electionTimeoutMs }
+        if let degradeAfterMs { config.degradeAfterMs = degradeAfterMs }
         try config.validate()
         return config
     }

@@ -19,6 +19,7 @@ struct MetricsSnapshot {
     var leadershipChanges: UInt64
     var timerDriftRatio: Double
     var hlcRemoteRejected: UInt64
+    var clockOffsetSeconds: Double = 0
 }
 
 /// The node's metric registry.
@@ -51,6 +52,8 @@ final class PulseMetrics: BeatObserver {
     private let hotPathBytes: Counter
     private let beatsUnpublished: Counter
     private let hlcRejected: Counter
+    private let degradedBeats: Counter
+    private let clockOffset: Gauge
     private var exported = MetricsSnapshot(
         beats: BeatStats(), natsConnected: false, natsReconnects: 0, isLeader: false, degraded: false, tempoBpm: 0,
         leadershipChanges: 0, timerDriftRatio: 0, hlcRemoteRejected: 0)
@@ -96,6 +99,11 @@ final class PulseMetrics: BeatObserver {
             help: "Bytes allocated on the beat path, read from jemalloc's thread counter (expected 0).")
         beatsUnpublished = r.makeCounter(
             name: "backbeat_beats_unpublished_total", help: "Beats due while NATS was unavailable (not buffered).")
+        degradedBeats = r.makeCounter(
+            name: "backbeat_degraded_beats_total", help: "Frames this node published marked degraded (no leader).")
+        clockOffset = r.makeGauge(
+            name: "backbeat_clock_offset_seconds",
+            help: "Estimated leader clock minus this node's clock, from Raft traffic (NTP-style, median filtered).")
         hlcRejected = r.makeCounter(
             name: "backbeat_hlc_remote_rejected_total",
             help: "Remote HLC stamps not adopted because they were further ahead than the max offset.")
@@ -145,6 +153,8 @@ final class PulseMetrics: BeatObserver {
         bump(natsReconnects, now.natsReconnects, exported.natsReconnects)
         bump(leadershipChanges, now.leadershipChanges, exported.leadershipChanges)
         bump(hlcRejected, now.hlcRemoteRejected, exported.hlcRemoteRejected)
+        bump(degradedBeats, now.beats.degradedBeats, exported.beats.degradedBeats)
+        clockOffset.set(to: now.clockOffsetSeconds)
         natsConnected.set(to: now.natsConnected ? 1 : 0)
         isLeader.set(to: now.isLeader ? 1 : 0)
         degradation.set(to: now.degraded ? 1 : 0)

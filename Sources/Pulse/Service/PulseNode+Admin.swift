@@ -12,13 +12,26 @@ extension PulseNode: AdminBackend {
 
     func recordTempoRefusal(reason: String) { tempo.recordRefusal(reason: reason) }
 
-    /// A single node is its own reference clock: no offset to track, and the
-    /// drift is how far its beats land from the committed instants.
+    /// The drift of this node's beat clock against the timeline, as a ratio:
+    /// a publisher compares its beats with the committed instants; a node
+    /// following a leader reports its clock's rate against the leader's
+    /// (which the offset tracking corrects while degraded).
+    var timerDriftRatio: Double {
+        if let sync = cluster?.referenceSync, !(cluster?.isLeader ?? false) { return abs(sync.ratePpm) / 1e6 }
+        return abs(metrics.driftRatio)
+    }
+
+    /// A single node (or the leader) is its own reference clock; a follower
+    /// tracks the leader's offset and rate from Raft traffic.
     func driftStatus() -> DriftStatus {
-        let percent = metrics.driftRatio * 100
+        let percent = timerDriftRatio * 100
+        let sync = cluster?.referenceSync
+        let offsetSeconds = Double(sync?.offsetNs ?? 0) / 1e9
+        let lastSync = sync?.lastSyncLocalNs.map { RFC3339.string(unixMs: $0 / 1_000_000) }
         return DriftStatus(
-            timer_drift_percent: percent, hlc_drift_seconds: 0, last_sync_time: nil, degradation_mode: false,
-            within_limits: abs(percent) <= 1)
+            timer_drift_percent: percent, hlc_drift_seconds: offsetSeconds, last_sync_time: lastSync,
+            degradation_mode: cluster?.degraded ?? false,
+            within_limits: percent <= 1 && abs(offsetSeconds) * 1000 <= Double(config.maxOffsetMs))
     }
 
     func leaderStatus() -> LeaderStatus {
@@ -61,12 +74,15 @@ extension PulseNode: AdminBackend {
             return ComponentHealth(
                 status: "ok", detail: "\(cluster.isLeader ? "leader" : "follower"), leader \(leader.name), term \(cluster.term)")
         }
+        if cluster.degraded {
+            return ComponentHealth(status: "failing", detail: "no leader: degraded, keeping the timeline locally")
+        }
         return ComponentHealth(status: "failing", detail: "no leader (term \(cluster.term))")
     }
 
     func readiness() -> (ready: Bool, reason: String) {
         if !nats.isConnected { return (false, "not connected to NATS") }
-        if let cluster, cluster.leaderPeer == nil { return (false, "no known leader") }
+        if let cluster, cluster.leaderPeer == nil && !cluster.degraded { return (false, "no known leader") }
         if !beats.started { return (false, "no committed timeline yet") }
         return (true, "")
     }
@@ -77,9 +93,11 @@ extension PulseNode: AdminBackend {
         metrics.refresh(
             MetricsSnapshot(
                 beats: beats.stats, natsConnected: nats.isConnected, natsReconnects: nats.stats.reconnects,
-                isLeader: cluster?.isLeader ?? true, degraded: false, tempoBpm: beats.timeline.epoch.bpm,
-                leadershipChanges: cluster?.leadershipChanges ?? 0, timerDriftRatio: metrics.driftRatio,
-                hlcRemoteRejected: beats.hlcRejected))
+                isLeader: cluster?.isLeader ?? true, degraded: cluster?.degraded ?? false,
+                tempoBpm: beats.timeline.epoch.bpm,
+                leadershipChanges: cluster?.leadershipChanges ?? 0, timerDriftRatio: timerDriftRatio,
+                hlcRemoteRejected: beats.hlcRejected,
+                clockOffsetSeconds: Double(cluster?.referenceSync?.offsetNs ?? 0) / 1e9))
         return metrics.text()
     }
 

@@ -6,9 +6,29 @@ import Foundation
 import PulseCore
 
 extension PulseNode: PublishGate, ClusterListener {
-    /// Beat path: only the leader, while its lease holds.
-    func mayPublish(monotonicNs: Int64) -> Bool {
-        cluster?.mayPublish(monotonicNs: monotonicNs) ?? true
+    /// Between degraded nodes, each waits its turn after the instant: the
+    /// lowest id first. A live leader publishes at the instant itself, so a
+    /// degraded node normally sees its frame first and stays silent.
+    static let degradedTurnNs: Int64 = 3_000_000
+
+    /// Beat path: the leader while its lease holds; followers keep silent;
+    /// after too long without a leader, degraded publishing.
+    func publishMode(monotonicNs: Int64) -> PublishMode {
+        guard let cluster else { return .publish }
+        if cluster.mayPublish(monotonicNs: monotonicNs) { return .publish }
+        if cluster.isLeader { return .wait }
+        if cluster.degraded { return .degraded(delayNs: Int64(1 + cluster.rank) * Self.degradedTurnNs) }
+        return .silent
+    }
+
+    func localNs(forTimelineNs timelineNs: Int64) -> Int64 {
+        guard let sync = cluster?.referenceSync else { return timelineNs }
+        return sync.localNs(atReference: timelineNs)
+    }
+
+    func timelineNs(forLocalNs localNs: Int64) -> Int64 {
+        guard let sync = cluster?.referenceSync else { return localNs }
+        return sync.referenceNs(atLocal: localNs)
     }
 
     func clusterEpochCommitted(_ epoch: TempoEpoch) {

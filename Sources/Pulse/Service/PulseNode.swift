@@ -78,6 +78,13 @@ final class PulseNode: LoopHandler {
                 bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, bar: config.bar, loop: loop, logger: logger)
             self.cluster = cluster
             cluster.listener = self
+            // Degrade after a few beats without a leader, but never before a
+            // few election timeouts (an election in progress is not an outage).
+            let periodNs = 60_000_000_000 / Int64(config.bpm)
+            cluster.degradeAfterNs =
+                config.degradeAfterMs > 0
+                ? Int64(config.degradeAfterMs) * 1_000_000
+                : max(3 * periodNs, 3 * Int64(config.electionTimeoutMs) * 1_000_000)
             beats.gate = self
             tempo.persistAppliedEpochs = false
             tempo.canCommit = { [unowned cluster] in cluster.isLeader }

@@ -141,6 +141,8 @@ final class BeatDriver: LoopHandler {
     /// Beats this node did not publish because it is not the leader.
     private(set) var beatsFollowed: UInt64 = 0
     private(set) var started = false
+    /// The last degraded frame published, until it is seen on the subject.
+    private var lastDegradedIndex: Int64 = -1
     /// Set on the beat path when an epoch switch happened; reported after it.
     private var appliedFromBpm: Int64 = 0
 
@@ -298,9 +300,22 @@ final class BeatDriver: LoopHandler {
             return wakeNs + 1_000_000
         }
         var degraded = false
-        if case .degraded = mode { degraded = true }
+        if case .degraded = mode {
+            degraded = true
+            // Our previous degraded frame never came back on the subject: the
+            // path to NATS is broken (a partition). Drop the connection so
+            // nothing queued behind the dead link arrives late, and stay quiet.
+            if lastDegradedIndex >= 0 && lastSeenIndex < lastDegradedIndex {
+                nats.abortConnection()
+                lastDegradedIndex = -1
+                stats.beatsUnpublished &+= 1
+                nextBeat = k + 1
+                return nil
+            }
+        }
         let startNs = target > wakeNs ? cloop_spin_until_realtime(target, maxLeadNs + 1_000_000) : wakeNs
         var record = emitBeat(index: k, nowNs: startNs, degraded: degraded)
+        if degraded && record.published { lastDegradedIndex = k }
         record.wakeNs = wakeNs
         record.scheduledNs = target
         nextBeat = k + 1

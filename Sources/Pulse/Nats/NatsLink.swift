@@ -27,6 +27,8 @@ struct NatsLinkStats {
     var reconnects: UInt64 { attaches > 0 ? attaches - 1 : 0 }
     var publishErrors: UInt64 = 0
     var skippedWhileDown: UInt64 = 0
+    /// Connections dropped because published frames did not come back.
+    var aborts: UInt64 = 0
 }
 
 /// A NATS connection whose socket is served by an `EventLoop`.
@@ -83,7 +85,8 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         try check(natsOptions_SetReconnectWait(opts, 250), "natsOptions_SetReconnectWait")
         try check(natsOptions_SetReconnectJitter(opts, 100, 1000), "natsOptions_SetReconnectJitter")
         try check(natsOptions_SetTimeout(opts, 2000), "natsOptions_SetTimeout")
-        try check(natsOptions_SetPingInterval(opts, 2000), "natsOptions_SetPingInterval")
+        // A dead link is noticed within about a second (2 pings of 500 ms).
+        try check(natsOptions_SetPingInterval(opts, 500), "natsOptions_SetPingInterval")
         try check(natsOptions_SetMaxPingsOut(opts, 2), "natsOptions_SetMaxPingsOut")
         try check(natsOptions_SetRetryOnFailedConnect(opts, true, natsConnectedNoop, nil), "retry option")
         let me = Unmanaged.passUnretained(self).toOpaque()
@@ -273,6 +276,18 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     }
 
     func beforeSleep() { flush() }
+
+    /// Drops the current socket at once, discarding whatever the kernel has
+    /// not sent yet (SO_LINGER 0: the client's close becomes a reset), so that
+    /// frames stuck behind a dead link are never delivered late. The client
+    /// sees EOF and reconnects in the background. Loop thread.
+    func abortConnection() {
+        guard socketFd >= 0 else { return }
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(socketFd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        shutdown(socketFd, Int32(SHUT_RD))
+        stats.aborts &+= 1
+    }
 
     /// Closes the connection (loop thread, after the loop stopped or from it).
     func close() {

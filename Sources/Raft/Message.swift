@@ -45,7 +45,7 @@ public struct Message: Equatable, Sendable {
   public var entries: [Entry]
   public var reject: Bool
   public var rejectHint: UInt64
-  /// Leader's tick counter when it sent an append/heartbeat/snapshot; the
+  /// The leader's tick count + 1 when it sent an append/heartbeat/snapshot; the
   /// follower echoes it in its response so the leader can date its lease.
   public var leaseTick: UInt64
   /// A vote request that is part of a leadership transfer.
@@ -53,7 +53,8 @@ public struct Message: Equatable, Sendable {
   public var snapshot: Snapshot?
 
   public init(
-    kind: MessageKind, from: NodeID, to: NodeID, term: UInt64, logTerm: UInt64 = 0, index: UInt64 = 0,
+    kind: MessageKind, from: NodeID, to: NodeID, term: UInt64, logTerm: UInt64 = 0,
+    index: UInt64 = 0,
     commit: UInt64 = 0, entries: [Entry] = [], reject: Bool = false, rejectHint: UInt64 = 0,
     leaseTick: UInt64 = 0, transfer: Bool = false, snapshot: Snapshot? = nil
   ) {
@@ -113,7 +114,8 @@ public struct Message: Equatable, Sendable {
   /// The encoding of `self` as a fresh array.
   public func encoded() -> [UInt8] {
     var out: [UInt8] = []
-    out.reserveCapacity(Message.headerBytes + entries.reduce(0) { $0 + Message.entryHeaderBytes + $1.data.count })
+    out.reserveCapacity(
+      Message.headerBytes + entries.reduce(0) { $0 + Message.entryHeaderBytes + $1.data.count })
     encode(into: &out)
     return out
   }
@@ -188,7 +190,9 @@ public struct Message: Equatable, Sendable {
       }
       if logTerm > term { return "logTerm above term" }
     case .snapshot:
-      if let s = snapshot, s.index == 0 || s.term == 0 || s.term > term { return "snapshot position" }
+      if let s = snapshot, s.index == 0 || s.term == 0 || s.term > term {
+        return "snapshot position"
+      }
     case .vote, .preVote:
       if term == 0 { return "vote request for term 0" }
     default:

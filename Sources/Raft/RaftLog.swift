@@ -51,7 +51,9 @@ struct RaftLog {
 
   /// Entries in `lo..<hi`, at most `limit` of them; `lo` must not be compacted.
   func slice(_ lo: UInt64, _ hi: UInt64, limit: Int = Int.max) -> [Entry] {
-    precondition(lo >= firstIndex && lo <= hi && hi <= lastIndex + 1, "raft: slice \(lo)..<\(hi) out of \(firstIndex)...\(lastIndex)")
+    precondition(
+      lo >= firstIndex && lo <= hi && hi <= lastIndex + 1,
+      "raft: slice \(lo)..<\(hi) out of \(firstIndex)...\(lastIndex)")
     let start = Int(lo - firstIndex)
     let end = start + min(Int(hi - lo), limit)
     return Array(entries[start..<end])
@@ -78,12 +80,16 @@ struct RaftLog {
   /// Follower side of AppendEntries: if our log has (`prevIndex`, `prevTerm`),
   /// appends `incoming` (truncating a conflicting suffix), commits up to
   /// `leaderCommit` bounded by the last new index, and returns that index.
-  mutating func maybeAppend(prevIndex: UInt64, prevTerm: UInt64, leaderCommit: UInt64, _ incoming: [Entry]) -> UInt64? {
+  mutating func maybeAppend(
+    prevIndex: UInt64, prevTerm: UInt64, leaderCommit: UInt64, _ incoming: [Entry]
+  ) -> UInt64? {
     guard matchTerm(prevIndex, prevTerm) else { return nil }
     let lastNew = prevIndex + UInt64(incoming.count)
     let conflict = findConflict(incoming)
     if conflict != 0 {
-      precondition(conflict > committed, "raft: entry \(conflict) conflicts with committed entry (commit \(committed))")
+      precondition(
+        conflict > committed,
+        "raft: entry \(conflict) conflicts with committed entry (commit \(committed))")
       append(Array(incoming[Int(conflict - prevIndex - 1)...]))
     }
     commit(to: min(leaderCommit, lastNew))
@@ -93,11 +99,16 @@ struct RaftLog {
   /// Appends `incoming` (consecutive), truncating our entries from its first index.
   mutating func append(_ incoming: [Entry]) {
     guard let first = incoming.first else { return }
-    precondition(first.index > committed, "raft: truncating committed entries at \(first.index) (commit \(committed))")
-    precondition(first.index >= firstIndex && first.index <= lastIndex + 1, "raft: append at \(first.index) leaves a gap")
+    precondition(
+      first.index > committed,
+      "raft: truncating committed entries at \(first.index) (commit \(committed))")
+    precondition(
+      first.index >= firstIndex && first.index <= lastIndex + 1,
+      "raft: append at \(first.index) leaves a gap")
     entries.removeLast(Int(lastIndex + 1 - first.index))
     for e in incoming {
-      precondition(e.index == lastIndex + 1 && e.term >= lastTerm, "raft: appended entries out of order")
+      precondition(
+        e.index == lastIndex + 1 && e.term >= lastTerm, "raft: appended entries out of order")
       entries.append(e)
     }
     unstableFrom = min(unstableFrom, first.index)
@@ -141,12 +152,16 @@ struct RaftLog {
   var hasUnstable: Bool { unstableFrom <= lastIndex }
 
   func checkInvariants() {
-    precondition(committed >= snapshot.index && committed <= lastIndex, "raft: commit \(committed) outside log \(snapshot.index)...\(lastIndex)")
-    precondition(applied <= applying && applying <= committed && applied >= snapshot.index || snapshotPending)
+    precondition(
+      committed >= snapshot.index && committed <= lastIndex,
+      "raft: commit \(committed) outside log \(snapshot.index)...\(lastIndex)")
+    precondition(
+      applied <= applying && applying <= committed && applied >= snapshot.index || snapshotPending)
     var expected = snapshot.index + 1
     var t = snapshot.term
     for e in entries {
-      precondition(e.index == expected && e.term >= t, "raft: log entries out of order at \(e.index)")
+      precondition(
+        e.index == expected && e.term >= t, "raft: log entries out of order at \(e.index)")
       expected += 1
       t = e.term
     }

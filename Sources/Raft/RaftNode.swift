@@ -151,8 +151,10 @@ public final class RaftNode {
   public private(set) var role: Role = .follower
   /// The leader of the current term as far as this node knows, or `noNode`.
   public private(set) var leader: NodeID = noNode
-  /// Ticks since this node was created (starts at 1).
-  public private(set) var currentTick: UInt64 = 1
+  /// Number of `tick()` calls since this node was created.
+  public private(set) var ticks: UInt64 = 0
+  /// What messages carry as `leaseTick` (never 0, which means "none").
+  private var stampTick: UInt64 { ticks + 1 }
   /// Ticks since this node last heard from a leader of its term (saturating);
   /// a leader reports 0.
   public var ticksSinceLeaderContact: Int { role == .leader ? 0 : leaderContactElapsed }
@@ -193,7 +195,9 @@ public final class RaftNode {
 
   /// A node restarted from what an earlier incarnation persisted through
   /// `Ready`: its hard state, its snapshot (if any) and the entries after it.
-  public init(config: Config, hardState: HardState, snapshot: Snapshot?, entries: [Entry]) throws(RaftError) {
+  public init(config: Config, hardState: HardState, snapshot: Snapshot?, entries: [Entry])
+    throws(RaftError)
+  {
     config.validate()
     self.config = config
     peers = config.voters.filter { $0 != config.id }
@@ -205,18 +209,27 @@ public final class RaftNode {
     var expected = snap.index + 1
     var previousTerm = snap.term
     for e in kept {
-      guard e.index == expected else { throw .invalidPersistedState("entry \(e.index) where \(expected) was expected") }
-      guard e.term >= previousTerm else { throw .invalidPersistedState("entry \(e.index) has a lower term than its predecessor") }
+      guard e.index == expected else {
+        throw .invalidPersistedState("entry \(e.index) where \(expected) was expected")
+      }
+      guard e.term >= previousTerm else {
+        throw .invalidPersistedState("entry \(e.index) has a lower term than its predecessor")
+      }
       expected += 1
       previousTerm = e.term
     }
-    guard previousTerm <= hardState.term else { throw .invalidPersistedState("log term \(previousTerm) above hard state term \(hardState.term)") }
+    guard previousTerm <= hardState.term else {
+      throw .invalidPersistedState(
+        "log term \(previousTerm) above hard state term \(hardState.term)")
+    }
     guard hardState.vote == noNode || config.voters.contains(hardState.vote) else {
       throw .invalidPersistedState("vote for unknown node \(hardState.vote)")
     }
     let commit = max(hardState.commit, snap.index)
     guard commit <= expected - 1 else {
-      throw .invalidPersistedState("commit \(commit) beyond the last persisted entry \(expected - 1): committed entries are missing")
+      throw .invalidPersistedState(
+        "commit \(commit) beyond the last persisted entry \(expected - 1): committed entries are missing"
+      )
     }
     log = RaftLog(snapshot: snap, entries: kept, committed: commit)
     term = hardState.term
@@ -239,6 +252,8 @@ public final class RaftNode {
   public var appliedIndex: UInt64 { log.applied }
   /// Index of the snapshot the log starts after (0: none).
   public var snapshotIndex: UInt64 { log.snapshot.index }
+  /// The snapshot the log starts after (`Snapshot.empty` if never compacted).
+  public var snapshot: Snapshot { log.snapshot }
   public var hardState: HardState { HardState(term: term, vote: vote, commit: log.committed) }
   public var softState: SoftState { SoftState(leader: leader, role: role) }
 
@@ -270,32 +285,39 @@ public final class RaftNode {
   // leader starts itself by sending TimeoutNow — after that the lease is void
   // for the rest of its term (and an aborted transfer makes it step down).
   //
-  // The lease is in ticks: the caller must deliver every elapsed tick (by its
-  // monotonic clock, catching up after a stall) before asking, or convert
-  // `leaseRemainingTicks` into a monotonic deadline counted from the time of
-  // the latest tick.
+  // The lease is in ticks. On the caller's side, deliver tick number n (the
+  // n-th call of `tick()`) never before `start + n × interval` on the monotonic
+  // clock, and catch up missed ticks (e.g. after SIGSTOP) before trusting the
+  // lease. Then the lease is certainly over at monotonic time
+  // `start + leaseExpiryTick × interval`: a safe deadline that holds even if
+  // the loop stalls before its next tick.
 
   /// True while this node is leader and a quorum (itself included) answered
   /// a message it sent less than `leaseTicks` ago.
-  public func hasLease() -> Bool { leaseRemainingTicks > 0 }
+  public func hasLease() -> Bool { ticks < leaseExpiryTick }
 
-  /// Ticks of lease left, counted from the latest `tick()`; 0 without a lease.
-  public var leaseRemainingTicks: Int {
+  /// The tick count (`ticks`) at which the current lease ends; 0 without one.
+  public var leaseExpiryTick: UInt64 {
     guard role == .leader, config.checkQuorum, !timeoutNowSent else { return 0 }
     let needed = quorum - 1  // acknowledgements besides our own
-    if needed == 0 { return config.leaseTicks }
-    let acked = progress.map(\.ackedTick).sorted(by: >)
-    let since = acked[needed - 1]
-    guard since > 0 else { return 0 }
-    let expiry = since + UInt64(config.leaseTicks)
-    return expiry > currentTick ? Int(expiry - currentTick) : 0
+    if needed == 0 { return ticks + UInt64(config.leaseTicks) }
+    // Messages carry `ticks + 1` at sending, so that 0 means "none".
+    let sentPlusOne = quorumValue(self: 0, needed: needed) { $0.ackedTick }
+    guard sentPlusOne > 0 else { return 0 }
+    return sentPlusOne - 1 + UInt64(config.leaseTicks)
+  }
+
+  /// Ticks of lease left after the latest `tick()`; 0 without a lease.
+  public var leaseRemainingTicks: Int {
+    let expiry = leaseExpiryTick
+    return expiry > ticks ? Int(expiry - ticks) : 0
   }
 
   // MARK: - Inputs
 
   /// Advances logical time by one tick.
   public func tick() {
-    currentTick += 1
+    ticks += 1
     if leaderContactElapsed < Int.max { leaderContactElapsed += 1 }
     switch role {
     case .leader: tickLeader()
@@ -314,7 +336,9 @@ public final class RaftNode {
     guard role == .leader else { return .notLeader(leaderHint: leader == noNode ? nil : leader) }
     guard transferTarget == noNode else { return .transferInProgress }
     guard data.count <= config.maxProposalBytes else { return .tooLarge }
-    guard log.lastIndex - log.committed < UInt64(config.maxInflightEntries) else { return .tooManyUncommitted }
+    guard log.lastIndex - log.committed < UInt64(config.maxInflightEntries) else {
+      return .tooManyUncommitted
+    }
     let entry = Entry(index: log.lastIndex + 1, term: term, kind: kind, data: data)
     appendAsLeader(entry)
     return .accepted(index: entry.index, term: entry.term)
@@ -325,7 +349,9 @@ public final class RaftNode {
   /// false if this node is not leader or `target` is not another voter.
   @discardableResult
   public func transferLeadership(to target: NodeID) -> Bool {
-    guard role == .leader, target != id, let pr = progress.first(where: { $0.id == target }) else { return false }
+    guard role == .leader, target != id, let pr = progress.first(where: { $0.id == target }) else {
+      return false
+    }
     if transferTarget == target { return true }
     transferTarget = target
     transferElapsed = 0
@@ -413,7 +439,8 @@ public final class RaftNode {
     let snapshot: Snapshot? = log.snapshotPending ? log.snapshot : nil
     log.snapshotPending = false
     let entries = log.takeUnstable()
-    let committed = log.applying < log.committed ? log.slice(log.applying + 1, log.committed + 1) : []
+    let committed =
+      log.applying < log.committed ? log.slice(log.applying + 1, log.committed + 1) : []
     log.applying = log.committed
     readySequence += 1
     let rd = Ready(
@@ -430,7 +457,8 @@ public final class RaftNode {
 
   /// Acknowledges that `rd` was fully handled (persisted, sent, applied).
   public func advance(_ rd: Ready) {
-    precondition(outstandingReady == rd.sequence, "raft: advance with a Ready that is not the outstanding one")
+    precondition(
+      outstandingReady == rd.sequence, "raft: advance with a Ready that is not the outstanding one")
     outstandingReady = nil
     log.applied = max(log.applied, rd.applyingIndex)
   }
@@ -508,7 +536,10 @@ public final class RaftNode {
       return
     }
     for p in peers {
-      send(Message(kind: .preVote, from: id, to: p, term: term + 1, logTerm: log.lastTerm, index: log.lastIndex))
+      send(
+        Message(
+          kind: .preVote, from: id, to: p, term: term + 1, logTerm: log.lastTerm,
+          index: log.lastIndex))
     }
   }
 
@@ -519,7 +550,10 @@ public final class RaftNode {
       return
     }
     for p in peers {
-      send(Message(kind: .vote, from: id, to: p, term: term, logTerm: log.lastTerm, index: log.lastIndex, transfer: transfer))
+      send(
+        Message(
+          kind: .vote, from: id, to: p, term: term, logTerm: log.lastTerm, index: log.lastIndex,
+          transfer: transfer))
     }
   }
 
@@ -580,7 +614,7 @@ public final class RaftNode {
         send(
           Message(
             kind: .heartbeat, from: id, to: pr.id, term: term, commit: min(pr.match, log.committed),
-            leaseTick: currentTick))
+            leaseTick: stampTick))
       }
     }
   }
@@ -590,7 +624,8 @@ public final class RaftNode {
   private func handleVoteRequest(_ m: Message) {
     let responseKind: MessageKind = m.kind == .vote ? .voteResponse : .preVoteResponse
     let canVote =
-      vote == m.from || (vote == noNode && leader == noNode) || (m.kind == .preVote && m.term > term)
+      vote == m.from || (vote == noNode && leader == noNode)
+      || (m.kind == .preVote && m.term > term)
     if canVote && log.isUpToDate(lastIndex: m.index, lastTerm: m.logTerm) {
       send(Message(kind: responseKind, from: id, to: m.from, term: m.term))
       if m.kind == .vote {
@@ -631,7 +666,9 @@ public final class RaftNode {
   private func stepFollower(_ m: Message) {
     switch m.kind {
     case .append, .heartbeat, .snapshot:
-      precondition(leader == noNode || leader == m.from, "raft: two leaders (\(leader), \(m.from)) in term \(term)")
+      precondition(
+        leader == noNode || leader == m.from,
+        "raft: two leaders (\(leader), \(m.from)) in term \(term)")
       leader = m.from
       electionElapsed = 0
       leaderContactElapsed = 0
@@ -649,23 +686,33 @@ public final class RaftNode {
 
   private func handleAppend(_ m: Message) {
     if m.index < log.committed {
-      send(Message(kind: .appendResponse, from: id, to: m.from, term: term, index: log.committed, leaseTick: m.leaseTick))
+      send(
+        Message(
+          kind: .appendResponse, from: id, to: m.from, term: term, index: log.committed,
+          leaseTick: m.leaseTick))
       return
     }
-    if let lastNew = log.maybeAppend(prevIndex: m.index, prevTerm: m.logTerm, leaderCommit: m.commit, m.entries) {
-      send(Message(kind: .appendResponse, from: id, to: m.from, term: term, index: lastNew, leaseTick: m.leaseTick))
+    if let lastNew = log.maybeAppend(
+      prevIndex: m.index, prevTerm: m.logTerm, leaderCommit: m.commit, m.entries)
+    {
+      send(
+        Message(
+          kind: .appendResponse, from: id, to: m.from, term: term, index: lastNew,
+          leaseTick: m.leaseTick))
     } else {
       let hint = log.findConflictByTerm(min(m.index, log.lastIndex), m.logTerm)
       send(
         Message(
-          kind: .appendResponse, from: id, to: m.from, term: term, logTerm: hint.term, index: m.index,
+          kind: .appendResponse, from: id, to: m.from, term: term, logTerm: hint.term,
+          index: m.index,
           reject: true, rejectHint: hint.index, leaseTick: m.leaseTick))
     }
   }
 
   private func handleHeartbeat(_ m: Message) {
     log.commit(to: m.commit)
-    send(Message(kind: .heartbeatResponse, from: id, to: m.from, term: term, leaseTick: m.leaseTick))
+    send(
+      Message(kind: .heartbeatResponse, from: id, to: m.from, term: term, leaseTick: m.leaseTick))
   }
 
   private func handleSnapshot(_ m: Message) {
@@ -677,7 +724,10 @@ public final class RaftNode {
     } else {
       log.restore(s)
     }
-    send(Message(kind: .appendResponse, from: id, to: m.from, term: term, index: log.committed, leaseTick: m.leaseTick))
+    send(
+      Message(
+        kind: .appendResponse, from: id, to: m.from, term: term, index: log.committed,
+        leaseTick: m.leaseTick))
   }
 
   // MARK: - Leader
@@ -692,13 +742,26 @@ public final class RaftNode {
   /// Commits the highest index replicated on a quorum, if it is of the
   /// current term (§5.4.2). Returns true if the commit index moved.
   private func maybeCommit() -> Bool {
-    var matches = progress.map(\.match)
-    matches.append(log.lastIndex)
-    matches.sort(by: >)
-    let candidate = matches[quorum - 1]
-    guard candidate > log.committed else { return false }
+    let candidate = quorumValue(self: log.lastIndex, needed: quorum) { $0.match }
+    guard candidate > log.committed, log.term(at: candidate) == term else { return false }
     log.commit(to: candidate)
     return true
+  }
+
+  /// The largest value `v` such that at least `needed` of {our own value,
+  /// every follower's value} are `>= v`: what a quorum has reached. No allocation.
+  private func quorumValue(self own: UInt64, needed: Int, _ value: (Progress) -> UInt64) -> UInt64 {
+    func reached(_ v: UInt64) -> Bool {
+      var atLeast = own >= v ? 1 : 0
+      for pr in progress where value(pr) >= v { atLeast += 1 }
+      return atLeast >= needed
+    }
+    var best: UInt64 = reached(own) ? own : 0
+    for pr in progress {
+      let v = value(pr)
+      if v > best && reached(v) { best = v }
+    }
+    return best
   }
 
   /// Sends entries from `pr.next` (or the snapshot if they are compacted).
@@ -713,15 +776,18 @@ public final class RaftNode {
       pr.state = .snapshot
       pr.pendingSnapshot = s.index
       pr.probeSent = false
-      send(Message(kind: .snapshot, from: id, to: pr.id, term: term, leaseTick: currentTick, snapshot: s))
+      send(
+        Message(
+          kind: .snapshot, from: id, to: pr.id, term: term, leaseTick: stampTick, snapshot: s))
       return true
     }
     let entries = log.slice(pr.next, log.lastIndex + 1, limit: config.maxEntriesPerMessage)
     if entries.isEmpty && !sendIfEmpty { return false }
     send(
       Message(
-        kind: .append, from: id, to: pr.id, term: term, logTerm: prevTerm, index: prevIndex, commit: log.committed,
-        entries: entries, leaseTick: currentTick))
+        kind: .append, from: id, to: pr.id, term: term, logTerm: prevTerm, index: prevIndex,
+        commit: log.committed,
+        entries: entries, leaseTick: stampTick))
     switch pr.state {
     case .replicate:
       if let last = entries.last { pr.next = last.index + 1 }
@@ -762,7 +828,7 @@ public final class RaftNode {
 
   private func noteAcknowledgement(_ m: Message, _ pr: Progress) {
     pr.recentActive = true
-    if m.leaseTick <= currentTick {
+    if m.leaseTick <= stampTick {
       pr.ackedTick = max(pr.ackedTick, m.leaseTick)
     } else {
       droppedMessages += 1  // echoes a tick we never sent: ignore it for the lease
@@ -779,7 +845,9 @@ public final class RaftNode {
       }
       return
     }
-    precondition(m.index <= log.lastIndex, "raft: follower acknowledged index \(m.index) beyond our last \(log.lastIndex)")
+    precondition(
+      m.index <= log.lastIndex,
+      "raft: follower acknowledged index \(m.index) beyond our last \(log.lastIndex)")
     let wasPaused = pr.isPaused(maxInflight: config.maxInflightEntries)
     let updated = pr.maybeUpdate(m.index) || (pr.match == m.index && pr.state == .probe)
     guard updated else { return }
@@ -797,7 +865,8 @@ public final class RaftNode {
       sendAppend(pr)
     }
     // Keep the pipeline full while there is more to send.
-    while pr.state == .replicate && pr.next <= log.lastIndex && sendAppend(pr, sendIfEmpty: false) {}
+    while pr.state == .replicate && pr.next <= log.lastIndex && sendAppend(pr, sendIfEmpty: false) {
+    }
   }
 
   private func send(_ m: Message) {

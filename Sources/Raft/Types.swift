@@ -141,8 +141,12 @@ public struct Config: Sendable {
     precondition(Set(voters).count == voters.count, "raft: duplicate voter ids")
     precondition(voters.count <= 255, "raft: too many voters")
     precondition(electionTicks >= 3, "raft: electionTicks must be >= 3")
-    precondition(heartbeatTicks >= 1 && heartbeatTicks < electionTicks, "raft: heartbeatTicks must be in [1, electionTicks)")
-    precondition(leaseTicks >= 1 && leaseTicks < electionTicks - 1, "raft: leaseTicks must be in [1, electionTicks - 1)")
+    precondition(
+      heartbeatTicks >= 1 && heartbeatTicks < electionTicks,
+      "raft: heartbeatTicks must be in [1, electionTicks)")
+    precondition(
+      leaseTicks >= 1 && leaseTicks < electionTicks - 1,
+      "raft: leaseTicks must be in [1, electionTicks - 1)")
     precondition(maxEntriesPerMessage >= 1 && maxEntriesPerMessage <= Message.maxEntries)
     precondition(maxInflightEntries >= maxEntriesPerMessage)
     precondition(maxProposalBytes >= 0 && maxProposalBytes <= Message.maxPayloadBytes)

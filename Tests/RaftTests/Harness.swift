@@ -150,31 +150,54 @@ final class Cluster {
 
   // MARK: Ready processing
 
+  /// When set and true for a Ready, that Ready is held (its persistence is
+  /// "in progress", as with a sync on another thread) until `completeHeld`;
+  /// meanwhile the node keeps stepping and ticking.
+  var shouldHold: ((NodeID) -> Bool)? = nil
+  private(set) var held: [NodeID: Ready] = [:]
+
   /// Handles every Ready of `id` in the documented order.
   func process(_ id: NodeID) throws {
-    guard let node = nodes[id] else { return }
+    guard let node = nodes[id], held[id] == nil else { return }
     while let rd = node.ready() {
-      storage[id]!.persist(rd) { e, h in onPersist?(id, e, h) }
-      try onReady?(id, rd)
-      inFlight.append(contentsOf: rd.messages)
-      var sm = machines[id]!
-      if let s = rd.snapshot {
-        sm.appliedIndex = s.index
-        sm.appliedHash = hashFromBytes(s.data)
-        try onApply?(id, sm.appliedIndex, sm.appliedHash)
+      if let hold = shouldHold, hold(id) {
+        held[id] = rd
+        return
       }
-      for e in rd.committedEntries {
-        guard e.index == sm.appliedIndex + 1 else {
-          throw HarnessFailure(description: "node \(id) applies \(e.index) after \(sm.appliedIndex)")
-        }
-        sm.appliedIndex = e.index
-        sm.appliedHash = chain(sm.appliedHash, e)
-        if e.kind == .normal { sm.appliedPayloads.append(e.data) }
-        try onApply?(id, e.index, sm.appliedHash)
-      }
-      machines[id] = sm
-      node.advance(rd)
+      try finish(id, rd)
     }
+  }
+
+  /// Finishes the held Ready of `id` (if any), then processes what came since.
+  func completeHeld(_ id: NodeID) throws {
+    guard let rd = held.removeValue(forKey: id) else { return }
+    try finish(id, rd)
+    try process(id)
+  }
+
+  private func finish(_ id: NodeID, _ rd: Ready) throws {
+    let node = nodes[id]!
+    storage[id]!.persist(rd) { e, h in onPersist?(id, e, h) }
+    try onReady?(id, rd)
+    inFlight.append(contentsOf: rd.messages)
+    var sm = machines[id]!
+    if let s = rd.snapshot {
+      sm.appliedIndex = s.index
+      sm.appliedHash = hashFromBytes(s.data)
+      try onApply?(id, sm.appliedIndex, sm.appliedHash)
+    }
+    for e in rd.committedEntries {
+      guard e.index == sm.appliedIndex + 1 else {
+        throw HarnessFailure(
+          description: "node \(id) applies \(e.index) after \(sm.appliedIndex)")
+      }
+      sm.appliedIndex = e.index
+      sm.appliedHash = chain(sm.appliedHash, e)
+      if e.kind == .normal { sm.appliedPayloads.append(e.data) }
+      try onApply?(id, e.index, sm.appliedHash)
+    }
+    machines[id] = sm
+    node.advance(rd)
   }
 
   func processAll() throws {
@@ -186,13 +209,15 @@ final class Cluster {
   /// Stops `id`: everything not persisted is lost.
   func crash(_ id: NodeID) {
     nodes[id] = nil
+    held[id] = nil  // a Ready being persisted is lost with the process
   }
 
   /// Restarts `id` from its storage.
   func restart(_ id: NodeID) throws {
     precondition(nodes[id] == nil)
     let s = storage[id]!
-    nodes[id] = try RaftNode(config: configure(id), hardState: s.hardState, snapshot: s.snapshot, entries: s.entries)
+    nodes[id] = try RaftNode(
+      config: configure(id), hardState: s.hardState, snapshot: s.snapshot, entries: s.entries)
     machines[id] = StateMachine(appliedIndex: s.snapshotIndex, appliedHash: s.snapshotHash)
   }
 
@@ -270,7 +295,8 @@ extension Cluster {
   func compact(_ id: NodeID) {
     let node = self[id]
     let index = node.appliedIndex
-    guard index > node.snapshotIndex, let h = storage[id]!.hash(at: index), let t = storage[id]!.term(at: index)
+    guard index > node.snapshotIndex, let h = storage[id]!.hash(at: index),
+      let t = storage[id]!.term(at: index)
     else { return }
     node.compact(upTo: index, snapshotData: hashBytes(h))
     storage[id]!.compact(upTo: index, term: t, data: hashBytes(h))

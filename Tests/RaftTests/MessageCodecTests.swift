@@ -11,21 +11,29 @@ final class MessageCodecTests: XCTestCase {
     let term = UInt64.random(in: 1...1_000_000, using: &rng)
     var m = Message(
       kind: kind, from: UInt64.random(in: 1...5, using: &rng), to: 6, term: term,
-      logTerm: UInt64.random(in: 0...term, using: &rng), index: UInt64.random(in: 0...1_000_000, using: &rng),
+      logTerm: UInt64.random(in: 0...term, using: &rng),
+      index: UInt64.random(in: 0...1_000_000, using: &rng),
       commit: rng.next(), reject: rng.chance(0.5), rejectHint: rng.next(), leaseTick: rng.next())
     switch kind {
     case .append:
       var t = m.logTerm
       for k in 0..<Int.random(in: 0...5, using: &rng) {
         t = UInt64.random(in: t...term, using: &rng)
-        let data = (0..<Int.random(in: 0...40, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+        let data = (0..<Int.random(in: 0...40, using: &rng)).map { _ in
+          UInt8.random(in: 0...255, using: &rng)
+        }
         m.entries.append(
-          Entry(index: m.index + 1 + UInt64(k), term: t, kind: EntryKind(rawValue: UInt8(k % 3))!, data: data))
+          Entry(
+            index: m.index + 1 + UInt64(k), term: t, kind: EntryKind(rawValue: UInt8(k % 3))!,
+            data: data))
       }
     case .snapshot:
       m.snapshot = Snapshot(
-        index: UInt64.random(in: 1...1000, using: &rng), term: UInt64.random(in: 1...term, using: &rng),
-        data: (0..<Int.random(in: 0...64, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) })
+        index: UInt64.random(in: 1...1000, using: &rng),
+        term: UInt64.random(in: 1...term, using: &rng),
+        data: (0..<Int.random(in: 0...64, using: &rng)).map { _ in
+          UInt8.random(in: 0...255, using: &rng)
+        })
     case .vote:
       m.transfer = rng.chance(0.5)
     default:
@@ -116,8 +124,10 @@ final class MessageCodecTests: XCTestCase {
     var bad = Message(kind: .append, from: 1, to: 2, term: 3, index: 10)
     bad.entries = [Entry(index: 12, term: 3)]
     XCTAssertThrowsError(try Message.decode(badEncoding(bad)[...]))
-    XCTAssertThrowsError(try Message.decode(Message(kind: .heartbeat, from: 2, to: 2, term: 1).encoded()[...]))
-    XCTAssertThrowsError(try Message.decode(Message(kind: .vote, from: 1, to: 2, term: 0).encoded()[...]))
+    XCTAssertThrowsError(
+      try Message.decode(Message(kind: .heartbeat, from: 2, to: 2, term: 1).encoded()[...]))
+    XCTAssertThrowsError(
+      try Message.decode(Message(kind: .vote, from: 1, to: 2, term: 0).encoded()[...]))
     // A node drops such messages instead of trapping.
     let node = RaftNode(config: Config(id: 2, voters: [1, 2, 3]))
     node.step(bad)

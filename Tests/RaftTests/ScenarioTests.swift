@@ -132,7 +132,9 @@ final class ScenarioTests: XCTestCase {
 
   func testLeaseExpiresBeforeAnyOtherNodeCanBeElected() throws {
     for seed in 1...20 as ClosedRange<UInt64> {
-      let c = Cluster(size: 5) { id, all in Config(id: id, voters: all, randomSeed: seed &* 31 &+ id) }
+      let c = Cluster(size: 5) { id, all in
+        Config(id: id, voters: all, randomSeed: seed &* 31 &+ id)
+      }
       try c.campaign(1)
       try c.tick(3)
       XCTAssertTrue(c[1].hasLease())
@@ -144,13 +146,15 @@ final class ScenarioTests: XCTestCase {
         if !c[1].hasLease() && leaseLostAt == nil { leaseLostAt = t }
         if otherLeaderAt == nil, c.ids.contains(where: { $0 != 1 && c[$0].role == .leader }) {
           otherLeaderAt = t
-          XCTAssertFalse(c[1].hasLease(), "seed \(seed): two leaders while the old one holds a lease")
+          XCTAssertFalse(
+            c[1].hasLease(), "seed \(seed): two leaders while the old one holds a lease")
         }
       }
       let lost = try XCTUnwrap(leaseLostAt)
       let other = try XCTUnwrap(otherLeaderAt)
       XCTAssertLessThan(lost, other, "seed \(seed)")
-      XCTAssertLessThanOrEqual(lost, 10, "seed \(seed): the lease is shorter than an election timeout")
+      XCTAssertLessThanOrEqual(
+        lost, 10, "seed \(seed): the lease is shorter than an election timeout")
     }
   }
 
@@ -159,13 +163,15 @@ final class ScenarioTests: XCTestCase {
     try c.campaign(1)
     try c.tick(2)
     XCTAssertEqual(c[1].leaseRemainingTicks, 8)
+    XCTAssertEqual(c[1].leaseExpiryTick, c[1].ticks + 8)
     // Acks stop arriving (responses dropped), heartbeats still flow out.
     c.cut = [[2, 1], [3, 1]]
     try c.tick(7)
     XCTAssertTrue(c[1].hasLease())
     try c.tick(1)
     XCTAssertFalse(c[1].hasLease())
-    XCTAssertEqual(c[1].role, .leader, "still leader (check-quorum has not fired yet), but no lease")
+    XCTAssertEqual(
+      c[1].role, .leader, "still leader (check-quorum has not fired yet), but no lease")
     c.heal()
     try c.tick(1)
     XCTAssertTrue(c[1].hasLease())
@@ -220,7 +226,8 @@ final class ScenarioTests: XCTestCase {
       try c.processAll()
       for m in c.inFlight where m.kind == .timeoutNow {
         sawTimeoutNow = true
-        XCTAssertEqual(c[3].lastIndex, c[1].lastIndex, "TimeoutNow only once the target is caught up")
+        XCTAssertEqual(
+          c[3].lastIndex, c[1].lastIndex, "TimeoutNow only once the target is caught up")
       }
       try c.deliverAll()
     }
@@ -277,9 +284,41 @@ final class ScenarioTests: XCTestCase {
     let expected = [bytes("base")] + (0..<4).map { bytes("kept\($0)") }
     for id in c.ids {
       XCTAssertEqual(c.applied(id), expected, "node \(id)")
-      XCTAssertEqual(c.storage[id]!.entries.map(\.term), c.storage[newLeader.id]!.entries.map(\.term))
+      XCTAssertEqual(
+        c.storage[id]!.entries.map(\.term), c.storage[newLeader.id]!.entries.map(\.term))
       XCTAssertEqual(c.storage[id]!.hashes, c.storage[newLeader.id]!.hashes)
     }
+  }
+
+  func testLeaderCommitsOldTermEntriesOnlyThroughCurrentTermEntry() throws {
+    // Raft §5.4.2 (the paper's Figure 8): an entry from an earlier term that
+    // reaches a majority is not committed by counting replicas.
+    let c = Cluster(size: 3) { id, all in
+      Config(
+        id: id, voters: all, preVote: false, checkQuorum: false, randomSeed: id,
+        maxEntriesPerMessage: 1)
+    }
+    try c.campaign(1)
+    c.isolate(1)
+    _ = try c.propose(1, [0xA])  // (2, term 1) on node 1 only
+    c.crash(1)
+    try c.restart(1)
+    c.heal()
+    c[1].campaign()
+    // Lose the no-op once a follower has the old entry (the first probe must
+    // pass, so that its rejection makes the leader back up to index 2).
+    let carriesNewTerm: (Message) -> Bool = { m in
+      m.kind == .append && m.entries.contains { $0.term == 2 } && c[m.to].lastIndex >= 2
+    }
+    try c.stabilize(drop: carriesNewTerm)
+    XCTAssertEqual(c[1].role, .leader)
+    XCTAssertEqual(c[1].term, 2)
+    XCTAssertEqual(c[2].lastIndex, 2, "the old-term entry reached a majority")
+    XCTAssertEqual(c[3].lastIndex, 2)
+    XCTAssertEqual(c[1].commitIndex, 1, "but it is not committed by counting")
+    try c.tick(3)
+    XCTAssertEqual(c[1].commitIndex, 3, "it commits with the current term's no-op")
+    for id in c.ids { XCTAssertEqual(c.applied(id), [[0xA]]) }
   }
 
   func testFastBacktrackingOverLongDivergentTail() throws {
@@ -337,7 +376,8 @@ final class ScenarioTests: XCTestCase {
     XCTAssertEqual(c[2].snapshotIndex, 11)
     XCTAssertEqual(c[1].term, term)
     try c.processAll()
-    XCTAssertEqual(c.ids.map { c.machines[$0]!.appliedHash }, hashes, "committed entries are re-applied")
+    XCTAssertEqual(
+      c.ids.map { c.machines[$0]!.appliedHash }, hashes, "committed entries are re-applied")
     let l = try c.electLeader()
     XCTAssertGreaterThan(l.term, term)
     _ = try c.propose(l.id, [99])
@@ -347,11 +387,18 @@ final class ScenarioTests: XCTestCase {
   func testRestoreRejectsMissingCommittedEntries() {
     let config = Config(id: 1, voters: [1, 2, 3])
     let entries = [Entry(index: 1, term: 1, kind: .noop), Entry(index: 2, term: 1)]
-    XCTAssertThrowsError(try RaftNode(config: config, hardState: HardState(term: 1, commit: 3), snapshot: nil, entries: entries))
     XCTAssertThrowsError(
-      try RaftNode(config: config, hardState: HardState(term: 1), snapshot: nil, entries: [Entry(index: 2, term: 1)]))
-    XCTAssertThrowsError(try RaftNode(config: config, hardState: HardState(term: 0), snapshot: nil, entries: entries))
-    XCTAssertNoThrow(try RaftNode(config: config, hardState: HardState(term: 1, commit: 2), snapshot: nil, entries: entries))
+      try RaftNode(
+        config: config, hardState: HardState(term: 1, commit: 3), snapshot: nil, entries: entries))
+    XCTAssertThrowsError(
+      try RaftNode(
+        config: config, hardState: HardState(term: 1), snapshot: nil,
+        entries: [Entry(index: 2, term: 1)]))
+    XCTAssertThrowsError(
+      try RaftNode(config: config, hardState: HardState(term: 0), snapshot: nil, entries: entries))
+    XCTAssertNoThrow(
+      try RaftNode(
+        config: config, hardState: HardState(term: 1, commit: 2), snapshot: nil, entries: entries))
   }
 
   func testStepsWhileReadyOutstandingAppearInNextReady() throws {

@@ -1,89 +1,132 @@
-// Bench/main.swift — micro-benchmarks of the PulseCore hot-path functions
-// (BeatFrame encode, timeline instant/beat lookups), each reported beside a
-// same-run floor: an empty loop feeding the same black-hole sink.
+// Bench/main.swift — entry point: parses the command line, starts nats-server,
+// runs the chosen scenarios with their same-run floors and the baseline, and
+// prints / writes the report. See docs/benchmark.md for how to read it.
+//
+// Order (each step bounded in time): idle floors → idle → baseline → per001
+// (shares the idle floors) → load (stress-ng on the other core; floors under
+// load, then the pulse under load with wrk on its admin API) → micro.
 
-import PulseCore
+import CLoop
+import Foundation
 
 #if canImport(Glibc)
   import Glibc
 #endif
 
-/// Monotonic nanoseconds via clock_gettime(CLOCK_MONOTONIC).
-@inline(__always)
-func monoNs() -> Int64 {
-  var ts = timespec()
-  clock_gettime(CLOCK_MONOTONIC, &ts)
-  return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+setvbuf(stdout, nil, _IOLBF, 0)
+let argv = Array(CommandLine.arguments.dropFirst())
+if argv.first == "__baseline" { baselineChildMain(Array(argv.dropFirst())) }
+
+let options = parseArguments(argv)
+installChildCleanup()
+let started = cloop_monotonic_ns()
+let ctx = BenchContext(options: options)
+guard ctx.cpu < onlineCPUs() else { usageError("--cpu \(ctx.cpu): this machine has \(onlineCPUs()) cores") }
+// Bench itself (and what it starts: nats-server, stress-ng, wrk, the
+// subscriber's threads) stays off the pulse's core; the pulse, the floors and
+// the baseline pin themselves to it. (One other core: CLoop pins to one.)
+if let other = ctx.otherCPUs.first, !pinCurrentThread(to: other) {
+  ctx.notes.append("could not pin Bench itself to cpu \(other)")
 }
 
-/// Black hole: an opaque, non-inlined consumer so the optimizer must compute its input.
-var sinkAccumulator: UInt64 = 0
-@inline(never)
-func sink(_ v: Int64) {
-  sinkAccumulator = sinkAccumulator &+ UInt64(bitPattern: v)
-}
+func log(_ s: String) { fputs("Bench: \(s)\n", stderr) }
 
-let iterations: Int64 = 1_000_000
-let rounds = 7
-
-/// Runs `body` over `iterations` for `rounds` rounds; returns the median ns per call.
-func measure(_ body: (Int64) -> Void) -> Double {
-  var samples: [Double] = []
-  for _ in 0..<rounds {
-    let t0 = monoNs()
-    var i: Int64 = 0
-    while i < iterations {
-      body(i)
-      i += 1
-    }
-    samples.append(Double(monoNs() - t0) / Double(iterations))
+func shell(_ path: String, _ args: [String]) -> String? {
+  guard let child = try? Child(name: path, path: path, arguments: args, outputPath: ctx.tempDir + "/cmd.out") else {
+    return nil
   }
-  samples.sort()
-  return samples[rounds / 2]
+  return child.wait(seconds: 10) == 0 ? child.output.trimmingCharacters(in: .whitespacesAndNewlines) : nil
 }
 
-func fmt(_ v: Double) -> String {
-  let scaled = (v * 100).rounded() / 100
-  return String(scaled)
+func machineInfo() -> MachineInfo {
+  var name = utsname()
+  uname(&name)
+  let kernel = withUnsafeBytes(of: &name.release) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+  let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+  let model = cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }
+    .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "unknown cpu"
+  let commit = findTool("git").flatMap { shell($0, ["rev-parse", "--short", "HEAD"]) } ?? "unknown"
+  let dirty = findTool("git").flatMap { shell($0, ["status", "--porcelain", "--untracked-files=no"]) }.map { $0.isEmpty ? "" : "+dirty" } ?? ""
+  let swift = findTool("swift").flatMap { shell($0, ["--version"]) }?.split(separator: "\n").first.map(String.init) ?? "swift ?"
+  let formatter = ISO8601DateFormatter()
+  return MachineInfo(
+    date: formatter.string(from: Date()), commit: commit + dirty, cpuModel: model, cpus: onlineCPUs(), kernel: kernel,
+    swift: swift)
 }
 
-// Set-up (allocates; not measured).
-let epoch = TempoEpoch(startBeat: 1_000_000, startNs: 1_756_987_200_000_000_000, bpm: 120)
-let timeline = Timeline(epoch: epoch, bar: 8, phaseCount: 3)
-let encoder = BeatFrameEncoder(
-  clusterId: "chorus-aus-01", phases: ["plan", "work", "review"], nodeId: "node-abcd")
-let windows = WindowIdCache(clusterId: "chorus-aus-01")
-windows.prepare(barStart: 0)
-let windowId = windows.lookup(barStart: 0)!
-let frame = UnsafeMutableRawBufferPointer.allocate(byteCount: encoder.maxFrameBytes, alignment: 8)
-defer { frame.deallocate() }
-var hlc = HLC()
-
-let floorNs = measure { i in sink(i) }
-let instantNs = measure { i in sink(timeline.instantNs(ofBeat: epoch.startBeat + i)) }
-let beatNs = measure { i in sink(timeline.beat(atOrBeforeNs: epoch.startNs + i &* 1_000_003)) }
-let hlcNs = measure { i in sink(hlc.now(wallMs: 1_756_987_200_000 + (i >> 4)).wallMs) }
-let encodeNs = measure { i in
-  let k = epoch.startBeat + i
-  let n = encoder.encode(
-    into: frame, beatIndex: k, downbeat: timeline.isDownbeat(k), phaseIndex: timeline.phaseIndex(k),
-    hlc: HLCStamp(wallMs: 1_756_987_200_000 + i, counter: UInt32(truncatingIfNeeded: i & 3)),
-    deadlineUnixMs: 1_756_987_200_500 + i * 500, tempoBpm: 120, windowId: windowId, term: 3,
-    degraded: false)
-  sink(Int64(n) &+ Int64(frame.load(fromByteOffset: n - 2, as: UInt8.self)))
+var report = BenchReport(machine: machineInfo(), ctx: ctx)
+let wants = Set(options.scenarios)
+let needsNats = !wants.subtracting(["micro"]).isEmpty
+var nats: Child? = nil
+if needsNats {
+  do {
+    nats = try startNatsServer(ctx)
+  } catch {
+    log("error: \(error)")
+    killAllChildren()
+    exit(1)
+  }
 }
 
-print("PulseCore micro-benchmark: \(iterations) calls x \(rounds) rounds, median ns/call")
-print("  floor (empty loop + sink)       \(fmt(floorNs)) ns")
-for (name, v) in [
-  ("Timeline.instantNs(ofBeat:)", instantNs),
-  ("Timeline.beat(atOrBeforeNs:)", beatNs),
-  ("HLC.now(wallMs:)", hlcNs),
-  ("BeatFrameEncoder.encode", encodeNs),
-] {
-  let pad = String(repeating: " ", count: max(0, 32 - name.count))
-  print(
-    "  \(name)\(pad)\(fmt(v)) ns   (\(fmt(v / floorNs))x floor, \(fmt(v - floorNs)) ns above floor)"
-  )
+func attempt(_ name: String, _ body: () throws -> Void) {
+  do { try body() } catch {
+    ctx.notes.append("\(name) failed: \(error)")
+    log("\(name) failed: \(error)")
+  }
 }
-print("  sink checksum \(sinkAccumulator)")
+
+if !wants.intersection(["idle", "baseline", "per001"]).isEmpty {
+  log("idle floors (\(options.seconds) s timer-wake, \(options.seconds) s NATS)…")
+  let timer = measureTimerFloor(seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority, tempDir: ctx.tempDir)
+  let natsFloor = measureNatsFloor(url: ctx.natsURL, bpm: options.bpm, seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority)
+  if wants.contains("idle") {
+    log("idle: pulse at \(options.bpm) bpm…")
+    attempt("idle") {
+      report.scenarios.append(try runPulseScenario(ctx, name: "idle", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: false))
+    }
+  }
+  if wants.contains("baseline") {
+    log("baseline: DispatchSourceTimer + JSONEncoder at \(options.bpm) bpm…")
+    attempt("baseline") { report.baseline = try runBaseline(ctx, bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor) }
+  }
+  if wants.contains("per001") {
+    log("per001: pulse at 120 bpm…")
+    attempt("per001") {
+      var r = try runPulseScenario(ctx, name: "per001", bpm: 120, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: false)
+      r.notes.append("floors shared with idle (NATS floor at \(options.bpm)/min)")
+      report.scenarios.append(r)
+    }
+  }
+}
+
+if wants.contains("load") {
+  log("load: floors under load, then the pulse under load…")
+  let cpuLoad = CPULoad(ctx, seconds: 3 * options.seconds + 40)
+  attempt("load") {
+    let (timer, natsFloor, floorLoad) = try measureFloorsUnderLoad(ctx, bpm: options.bpm)
+    var r = try runPulseScenario(ctx, name: "load", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: true)
+    r.load = "\(cpuLoad.description); \(r.load ?? "no HTTP load")"
+    r.notes.append("floors measured under the same load (\(floorLoad) against a second pulse at 4 bpm)")
+    report.scenarios.append(r)
+  }
+  cpuLoad.stop()
+}
+
+nats?.stop()
+
+if wants.contains("micro") {
+  log("micro…")
+  report.micro = runMicro()
+}
+
+report.elapsedSeconds = Double(cloop_monotonic_ns() - started) / 1e9
+print(report.text(), terminator: "")
+if let path = options.jsonPath {
+  do { try report.json().write(to: URL(fileURLWithPath: path)) } catch { log("cannot write \(path): \(error)") }
+}
+if let path = options.htmlPath {
+  do { try report.html().write(toFile: path, atomically: true, encoding: .utf8) } catch { log("cannot write \(path): \(error)") }
+}
+try? FileManager.default.removeItem(atPath: ctx.tempDir)
+killAllChildren()
+exit(0)

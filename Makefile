@@ -75,8 +75,16 @@ test-all: build
 check-noalloc:
 	$(SWIFT) build -c release --target PulseCore
 
+# The timing report. Installs the optional floor/load tools when missing
+# (cyclictest, stress-ng, wrk; Bench falls back to its own probes without them).
+BENCH_PACKAGES := rt-tests stress-ng wrk
 bench:
-	$(SWIFT) run -c release Bench
+	@missing=""; for p in $(BENCH_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ]; then \
+	  apt-get install -y -qq $$missing >/dev/null || echo "note: could not install$$missing"; \
+	fi
+	$(SWIFT) build -c release --product pulse
+	$(SWIFT) run -c release Bench $(BENCH_ARGS)
 
 format:
 	$(SWIFT) format -i -r Sources Tests Package.swift

@@ -61,6 +61,11 @@ final class ClusterProcessTests: XCTestCase {
             }.joined(separator: "\n")
         }
 
+        func metrics(_ i: Int) throws -> String {
+            let client = try RawClient(port: adminPorts[i], timeoutMs: 2000)
+            return client.request(httpRequest("GET", "/metrics"))?.text ?? ""
+        }
+
         func stopAll() {
             for node in nodes { node?.stop() }
         }
@@ -114,6 +119,9 @@ final class ClusterProcessTests: XCTestCase {
         let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
         XCTAssertTrue(subscriber.wait(for: 5, seconds: 10), cluster.logs)
         let oldSuffix = String(cluster.names[leader].suffix(4))
+        XCTAssertTrue(
+            try cluster.metrics(leader).contains("backbeat_hot_path_allocated_bytes_total 0"),
+            "the leader's beat path allocates nothing")
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         let killedNs = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)

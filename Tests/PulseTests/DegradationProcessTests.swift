@@ -47,6 +47,10 @@ final class DegradationProcessTests: XCTestCase {
             Harness.waitUntil(seconds: 10) { self.seen(subscriber).filter(\.degraded).count >= 5 },
             "the survivor publishes degraded frames\n\(cluster.logs)")
         XCTAssertEqual(cluster.get(survivor, "/drift")["degradation_mode"] as? Bool, true)
+        let survivorMetrics = try cluster.metrics(survivor)
+        XCTAssertTrue(survivorMetrics.contains("backbeat_degradation_mode 1.0"), survivorMetrics)
+        XCTAssertTrue(
+            survivorMetrics.contains("backbeat_hot_path_allocated_bytes_total 0"), "degraded beats allocate nothing")
         let readiness = try XCTUnwrap(try RawClient(port: cluster.adminPorts[survivor]).request(httpRequest("GET", "/ready")))
         XCTAssertEqual(readiness.status, 200, "a degraded node still serves beats")
         let before = seen(subscriber)

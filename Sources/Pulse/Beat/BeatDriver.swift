@@ -151,7 +151,7 @@ final class BeatDriver: LoopHandler {
     private var leadNs: Int64
     private let minLeadNs: Int64
     private let maxLeadNs: Int64
-    /// Ring of the last 32 wake latencies (allocated once).
+    /// Ring of the last `wakeWindow` wake latencies (allocated once).
     private let wakeLateness: UnsafeMutablePointer<Int64>
     private var wakeLatenessCursor = 0
     private var armedAtNs: Int64 = 0
@@ -174,8 +174,8 @@ final class BeatDriver: LoopHandler {
         self.maxLeadNs = Int64(spinMaxUs) * 1000
         self.minLeadNs = min(200_000, maxLeadNs)
         self.leadNs = maxLeadNs
-        self.wakeLateness = .allocate(capacity: 32)
-        self.wakeLateness.initialize(repeating: 0, count: 32)
+        self.wakeLateness = .allocate(capacity: Self.wakeWindow)
+        self.wakeLateness.initialize(repeating: 0, count: Self.wakeWindow)
         self.timerToken = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: self)
     }
 
@@ -364,14 +364,18 @@ final class BeatDriver: LoopHandler {
             published: published, periodNs: timeline.instantNs(ofBeat: k + 1) - scheduled)
     }
 
+    /// Wakes remembered for the lead: long enough that one slow wake keeps
+    /// the lead up for a while (256 beats), short enough to adapt.
+    static let wakeWindow = 256
+
     /// Adapts the timer lead to recent wake latency: twice the worst of the
-    /// last 32 wakes plus 100 µs, within [minLeadNs, maxLeadNs].
+    /// last `wakeWindow` wakes plus 100 µs, within [minLeadNs, maxLeadNs].
     private func recordWake(lateness: Int64) {
         stats.lastWakeLatenessNs = lateness
         wakeLateness[wakeLatenessCursor] = max(0, lateness)
-        wakeLatenessCursor = (wakeLatenessCursor + 1) & 31
+        wakeLatenessCursor = (wakeLatenessCursor + 1) % Self.wakeWindow
         var worst: Int64 = 0
-        for i in 0..<32 where wakeLateness[i] > worst { worst = wakeLateness[i] }
+        for i in 0..<Self.wakeWindow where wakeLateness[i] > worst { worst = wakeLateness[i] }
         leadNs = min(maxLeadNs, max(minLeadNs, 2 * worst + 100_000))
     }
 

@@ -75,8 +75,9 @@ final class ClusterNode: LoopHandler {
     private(set) var degraded = false
     private(set) var degradedSinceMonoNs: Int64 = 0
     private var leaderlessSinceMonoNs: Int64?
-    /// This node's turn among degraded nodes: its position in the sorted ids.
-    var rank: Int { peers.peers.map(\.raftId).sorted().firstIndex(of: peers.me.raftId) ?? 0 }
+    /// This node's turn among degraded nodes: its position in the sorted ids
+    /// (computed once: the beat path reads it).
+    let rank: Int
     /// The reference clock estimate: the last leader's, if any.
     var referenceSync: ClockSync? {
         guard lastLeader != noNode, lastLeader != peers.me.raftId, let sync = syncs[lastLeader], sync.hasEstimate
@@ -89,6 +90,7 @@ final class ClusterNode: LoopHandler {
         logger: Logger
     ) throws {
         self.peers = peers
+        self.rank = peers.peers.map(\.raftId).sorted().firstIndex(of: peers.me.raftId) ?? 0
         self.timing = timing
         self.loop = loop
         self.logger = logger

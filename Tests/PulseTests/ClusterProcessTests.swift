@@ -136,6 +136,30 @@ final class ClusterProcessTests: XCTestCase {
         cluster.nodes[leader] = nil
     }
 
+    func testBadRaftFramesAreRefusedAndCounted() throws {
+        let cluster = try Cluster(cluster: "badframes", bpm: 600)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.badframes.beat")
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
+        let payloads: [[UInt8]] = [
+            Array("GET / HTTP/1.1\r\n\r\n".utf8),  // wrong magic
+            [0xBB, 2, 0, 0, 0xFF, 0xFF, 0xFF, 0x7F] + [UInt8](repeating: 0, count: 24),  // 2 GiB length
+            [0xBB, 2, 0, 0, 4, 0, 0, 0] + [UInt8](repeating: 0, count: 24) + [9, 9, 9, 9],  // not a message
+            (0..<4096).map { _ in UInt8.random(in: 0...255) },
+        ]
+        for payload in payloads {
+            let client = try RawClient(port: cluster.raftPorts[leader])
+            _ = client.send(bytes: payload)
+            XCTAssertTrue(client.waitForClose(), "the node closes a connection that sent a bad frame")
+        }
+        let before = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: before + 5, seconds: 5), "beats go on\n\(cluster.logs)")
+        XCTAssertEqual(cluster.leader(), leader, "the leader is undisturbed")
+        let metrics = try cluster.metrics(leader)
+        let line = metrics.split(separator: "\n").first { $0.hasPrefix("backbeat_raft_bad_frames_total ") }
+        XCTAssertEqual(line.map(String.init), "backbeat_raft_bad_frames_total 4", metrics)
+    }
+
     func testFrozenLeaderNeverPublishesAfterItsSuccessor() throws {
         let cluster = try Cluster(cluster: "frozen", bpm: 300)
         let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.frozen.beat")

@@ -175,6 +175,16 @@ final class RaftTransport: LoopHandler {
         guard n > 0 else { return }
         connection.buffer += chunk[0..<n]
         var offset = 0
+        // Refuse a wrong magic or version as soon as the first bytes arrive,
+        // not only once a whole header is in.
+        if let first = connection.buffer.first, first != Self.magic {
+            badFrame(token, "bad magic")
+            return
+        }
+        if connection.buffer.count >= 2, connection.buffer[1] != Self.version {
+            badFrame(token, "unsupported version \(connection.buffer[1])")
+            return
+        }
         while connection.buffer.count - offset >= Self.headerBytes {
             let b = connection.buffer
             guard b[offset] == Self.magic, b[offset + 1] == Self.version else {

@@ -20,6 +20,7 @@ struct MetricsSnapshot {
     var timerDriftRatio: Double
     var hlcRemoteRejected: UInt64
     var clockOffsetSeconds: Double = 0
+    var raftBadFrames: UInt64 = 0
 }
 
 /// The node's metric registry.
@@ -53,6 +54,7 @@ final class PulseMetrics: BeatObserver {
     private let beatsUnpublished: Counter
     private let hlcRejected: Counter
     private let degradedBeats: Counter
+    private let raftBadFrames: Counter
     private let clockOffset: Gauge
     private var exported = MetricsSnapshot(
         beats: BeatStats(), natsConnected: false, natsReconnects: 0, isLeader: false, degraded: false, tempoBpm: 0,
@@ -99,6 +101,9 @@ final class PulseMetrics: BeatObserver {
             help: "Bytes allocated on the beat path, read from jemalloc's thread counter (expected 0).")
         beatsUnpublished = r.makeCounter(
             name: "backbeat_beats_unpublished_total", help: "Beats due while NATS was unavailable (not buffered).")
+        raftBadFrames = r.makeCounter(
+            name: "backbeat_raft_bad_frames_total",
+            help: "Raft transport frames refused (bad header, size or message); each closes its connection.")
         degradedBeats = r.makeCounter(
             name: "backbeat_degraded_beats_total", help: "Frames this node published marked degraded (no leader).")
         clockOffset = r.makeGauge(
@@ -154,6 +159,7 @@ final class PulseMetrics: BeatObserver {
         bump(leadershipChanges, now.leadershipChanges, exported.leadershipChanges)
         bump(hlcRejected, now.hlcRemoteRejected, exported.hlcRemoteRejected)
         bump(degradedBeats, now.beats.degradedBeats, exported.beats.degradedBeats)
+        bump(raftBadFrames, now.raftBadFrames, exported.raftBadFrames)
         clockOffset.set(to: now.clockOffsetSeconds)
         natsConnected.set(to: now.natsConnected ? 1 : 0)
         isLeader.set(to: now.isLeader ? 1 : 0)

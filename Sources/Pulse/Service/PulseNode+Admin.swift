@@ -97,7 +97,8 @@ extension PulseNode: AdminBackend {
                 tempoBpm: beats.timeline.epoch.bpm,
                 leadershipChanges: cluster?.leadershipChanges ?? 0, timerDriftRatio: timerDriftRatio,
                 hlcRemoteRejected: beats.hlcRejected,
-                clockOffsetSeconds: Double(cluster?.referenceSync?.offsetNs ?? 0) / 1e9))
+                clockOffsetSeconds: Double(cluster?.referenceSync?.offsetNs ?? 0) / 1e9,
+                raftBadFrames: cluster?.transportStats.badFrames ?? 0))
         return metrics.text()
     }
 

@@ -1,0 +1,86 @@
+// Raft's stable storage: what is synced comes back after a restart; a torn
+// or corrupt log tail is cut at the last good record; a corrupt hard state
+// refuses to start.
+import Foundation
+import Raft
+import XCTest
+
+@testable import Pulse
+
+final class RaftStoreTests: XCTestCase {
+    private func save(_ store: RaftStore, hard: HardState?, entries: [Entry], snapshot: Snapshot? = nil) throws {
+        let done = DispatchSemaphore(value: 0)
+        var failure: Error?
+        store.save(hardState: hard, snapshot: snapshot, entries: entries) { error in
+            failure = error
+            done.signal()
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
+        if let failure { throw failure }
+    }
+
+    private func entries(_ range: ClosedRange<UInt64>, term: UInt64) -> [Entry] {
+        range.map { Entry(index: $0, term: term, kind: .normal, data: Array("entry \($0)".utf8)) }
+    }
+
+    func testRoundTripWithTruncationAndSnapshot() throws {
+        let dir = Harness.tempDir("store")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var store = try RaftStore(dataDir: dir)
+        XCTAssertEqual(try store.load().entries, [])
+        try save(store, hard: HardState(term: 2, vote: 7, commit: 3), entries: entries(1...5, term: 2))
+        // A new leader overwrites the uncommitted tail from index 4.
+        try save(store, hard: HardState(term: 3, vote: 9, commit: 4), entries: entries(4...6, term: 3))
+        store = try RaftStore(dataDir: dir)
+        let loaded = try store.load()
+        XCTAssertEqual(loaded.hardState, HardState(term: 3, vote: 9, commit: 4))
+        XCTAssertEqual(loaded.entries.map(\.index), [1, 2, 3, 4, 5, 6])
+        XCTAssertEqual(loaded.entries.map(\.term), [2, 2, 2, 3, 3, 3])
+        XCTAssertEqual(loaded.truncatedBytes, 0)
+        // A snapshot at 4 drops the entries it covers.
+        try save(store, hard: nil, entries: [], snapshot: Snapshot(index: 4, term: 3, data: Array("state".utf8)))
+        let afterSnapshot = try RaftStore(dataDir: dir).load()
+        XCTAssertEqual(afterSnapshot.snapshot, Snapshot(index: 4, term: 3, data: Array("state".utf8)))
+        XCTAssertEqual(afterSnapshot.entries.map(\.index), [5, 6])
+    }
+
+    func testTornAndCorruptTailsAreCut() throws {
+        let dir = Harness.tempDir("torn")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try RaftStore(dataDir: dir)
+        _ = try store.load()
+        try save(store, hard: HardState(term: 1, vote: 1, commit: 2), entries: entries(1...3, term: 1))
+        let log = dir + "/raft/log"
+        let full = try Data(contentsOf: URL(fileURLWithPath: log))
+        // Torn: the last record is cut short.
+        try full.prefix(full.count - 5).write(to: URL(fileURLWithPath: log))
+        var loaded = try RaftStore(dataDir: dir).load()
+        XCTAssertEqual(loaded.entries.map(\.index), [1, 2])
+        XCTAssertGreaterThan(loaded.truncatedBytes, 0)
+        // The cut is written back: a second load is clean.
+        loaded = try RaftStore(dataDir: dir).load()
+        XCTAssertEqual(loaded.truncatedBytes, 0)
+        XCTAssertEqual(loaded.entries.map(\.index), [1, 2])
+        // Corrupt: a flipped byte inside the second record's payload.
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: log)))
+        bytes[bytes.count - 2] ^= 0xFF
+        try Data(bytes).write(to: URL(fileURLWithPath: log))
+        loaded = try RaftStore(dataDir: dir).load()
+        XCTAssertEqual(loaded.entries.map(\.index), [1])
+    }
+
+    func testCorruptHardStateRefusesToStart() throws {
+        let dir = Harness.tempDir("hard")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try RaftStore(dataDir: dir)
+        _ = try store.load()
+        try save(store, hard: HardState(term: 5, vote: 3, commit: 0), entries: [])
+        let path = dir + "/raft/hardstate"
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+        bytes[0] ^= 0x01
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        XCTAssertThrowsError(try RaftStore(dataDir: dir).load()) { error in
+            XCTAssertTrue("\(error)".contains("hardstate"), "\(error)")
+        }
+    }
+}

@@ -16,7 +16,10 @@ final class ClusterProcessTests: XCTestCase {
         let bpm: Int
         var nodes: [PulseProcess?]
 
-        init(cluster: String, bpm: Int) throws {
+        let extra: [String]
+
+        init(cluster: String, bpm: Int, extra: [String] = []) throws {
+            self.extra = extra
             nats = try NatsServer()
             dir = Harness.tempDir(cluster)
             self.cluster = cluster
@@ -35,7 +38,7 @@ final class ClusterProcessTests: XCTestCase {
                     "-bootstrap", "-bpm", "\(bpm)", "-max-bpm", "600", "-cluster", cluster, "-node-id", names[i],
                     "-raft-bind", "127.0.0.1:\(raftPorts[i])", "-peers", peers, "-nats", nats.url,
                     "-data-dir", "\(dir)/\(names[i])", "-admin-port", "\(adminPorts[i])",
-                ], logPath: "\(dir)/\(names[i]).log")
+                ] + extra, logPath: "\(dir)/\(names[i]).log")
         }
 
         func get(_ i: Int, _ path: String) -> [String: Any] {
@@ -182,7 +185,8 @@ final class ClusterProcessTests: XCTestCase {
     }
 
     func testAllRestartedKeepTheTimelineAndTempo() throws {
-        let cluster = try Cluster(cluster: "restart", bpm: 300)
+        // Compact after every 2 entries, so the restart also recovers from a snapshot.
+        let cluster = try Cluster(cluster: "restart", bpm: 300, extra: ["-raft-compact-every", "2"])
         let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.restart.beat")
         let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
         XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
@@ -216,5 +220,7 @@ final class ClusterProcessTests: XCTestCase {
         let expectedMs = Double(k1 - k0) * 60_000 / 320
         XCTAssertEqual(d1.timeIntervalSince(d0) * 1000, expectedMs, accuracy: 2, cluster.logs)
         assertNoRepeatNoBackwards(frames(subscriber), cluster.logs)
+        XCTAssertTrue(
+            FileManager.default.fileExists(atPath: "\(cluster.dir)/n1/raft/snapshot"), "the log was compacted")
     }
 }

@@ -383,6 +383,10 @@ final class BeatDriver: LoopHandler {
     /// Unless `replicated` (a committed log entry every node applies alike),
     /// a change at a beat already published is refused.
     func schedule(change: TempoChange, replicated: Bool = false) throws {
+        if replicated, let pending = timeline.pending, pending.atBeat < change.atBeat {
+            // A log replayed after a restart: the earlier change is in effect by now.
+            _ = timeline.applyDue(beat: pending.atBeat)
+        }
         guard replicated || change.atBeat >= nextBeat else {
             throw PulseError.config("beat \(change.atBeat) was already published (next is \(nextBeat))")
         }

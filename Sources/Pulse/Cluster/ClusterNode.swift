@@ -25,6 +25,34 @@ enum ClusterCommand: Codable, Equatable {
     case tempo(atBeat: Int64, bpm: Int64, justification: String)
 }
 
+/// The state machine as a snapshot: the epoch with every applied change
+/// folded in, and the latest change (which may still lie ahead).
+struct ClusterState: Codable, Equatable {
+    var epoch: TempoEpoch.Stored
+    var pending: TempoChange.Stored?
+    var justification: String
+}
+
+extension TempoEpoch {
+    /// Codable form for snapshots.
+    struct Stored: Codable, Equatable {
+        var startBeat: Int64
+        var startNs: Int64
+        var bpm: Int64
+    }
+    var stored: Stored { Stored(startBeat: startBeat, startNs: startNs, bpm: bpm) }
+    init(_ s: Stored) { self.init(startBeat: s.startBeat, startNs: s.startNs, bpm: s.bpm) }
+}
+
+extension TempoChange {
+    struct Stored: Codable, Equatable {
+        var atBeat: Int64
+        var bpm: Int64
+    }
+    var stored: Stored { Stored(atBeat: atBeat, bpm: bpm) }
+    init(_ s: Stored) { self.init(atBeat: s.atBeat, bpm: s.bpm) }
+}
+
 /// What the rest of the node hears from the cluster (loop thread).
 protocol ClusterListener: AnyObject {
     func clusterEpochCommitted(_ epoch: TempoEpoch)
@@ -57,6 +85,12 @@ final class ClusterNode: LoopHandler {
     private(set) var leadershipChanges: UInt64 = 0
     private(set) var lastContactMonoNs: Int64 = 0
     private(set) var committedEpoch: TempoEpoch?
+    /// The applied state: the epoch with earlier changes folded in, the latest change.
+    private var state: ClusterState?
+    /// State restored from a snapshot at start-up, announced in `start()`.
+    private var restored: ClusterState?
+    /// Compact the log once this many entries were applied since the last snapshot.
+    var compactEvery: UInt64 = 64
     private(set) var storeErrors: UInt64 = 0
     private var epochProposed = false
     private let bootstrapBpm: Int64?
@@ -110,7 +144,9 @@ final class ClusterNode: LoopHandler {
         } catch {
             throw PulseError.startup("raft state in \(dataDir)/raft cannot be used: \(error)")
         }
-        if let snapshot = persisted.snapshot { applySnapshot(snapshot.data) }
+        if let snapshot = persisted.snapshot {
+            restored = try? JSONDecoder().decode(ClusterState.self, from: Data(snapshot.data))
+        }
         term = persisted.hardState.term
         transport = try RaftTransport(loop: loop, peers: peers, logger: logger) { [unowned self] message in
             self.step(message)
@@ -120,6 +156,10 @@ final class ClusterNode: LoopHandler {
     }
 
     func start() throws {
+        if let restored {
+            self.restored = nil
+            adopt(restored)
+        }
         try transport.start()
         lastTickMonoNs = cloop_monotonic_ns()
         _ = cloop_timer_arm_after(loop.raw, tickToken, timing.tickNs, timing.tickNs)
@@ -256,6 +296,7 @@ final class ClusterNode: LoopHandler {
         if let hard = ready.hardState { term = hard.term }
         raft.advance(ready)
         readyInFlight = false
+        maybeCompact()
         refreshLease()
         maybeBootstrap()
         processReady()
@@ -292,20 +333,53 @@ final class ClusterNode: LoopHandler {
             }
             let epoch = TempoEpoch(startBeat: startBeat, startNs: startNs, bpm: bpm)
             committedEpoch = epoch
+            state = ClusterState(epoch: epoch.stored, pending: nil, justification: "")
             listener?.clusterEpochCommitted(epoch)
         case .tempo(let atBeat, let bpm, let justification):
-            listener?.clusterTempoCommitted(TempoChange(atBeat: atBeat, bpm: bpm), justification: justification)
+            let change = TempoChange(atBeat: atBeat, bpm: bpm)
+            if var current = state {
+                // Fold the previous change into the epoch: only one is ever pending.
+                if let previous = current.pending {
+                    let timeline = Timeline(epoch: TempoEpoch(current.epoch), bar: bar, phaseCount: 1)
+                    current.epoch = TempoEpoch(
+                        startBeat: previous.atBeat, startNs: timeline.instantNs(ofBeat: previous.atBeat),
+                        bpm: previous.bpm
+                    ).stored
+                }
+                current.pending = change.stored
+                current.justification = justification
+                state = current
+            }
+            listener?.clusterTempoCommitted(change, justification: justification)
+        }
+    }
+
+    /// Installs a snapshot's state: the epoch, then the latest change.
+    private func adopt(_ snapshotState: ClusterState) {
+        state = snapshotState
+        let epoch = TempoEpoch(snapshotState.epoch)
+        committedEpoch = epoch
+        listener?.clusterEpochCommitted(epoch)
+        if let pending = snapshotState.pending {
+            listener?.clusterTempoCommitted(TempoChange(pending), justification: snapshotState.justification)
         }
     }
 
     private func applySnapshot(_ data: [UInt8]) {
-        // Snapshots carry the epoch as a command; tempo history is folded into it.
-        if let command = try? JSONDecoder().decode(ClusterCommand.self, from: Data(data)),
-            case .epoch(let startBeat, let startNs, let bpm, _) = command
-        {
-            let epoch = TempoEpoch(startBeat: startBeat, startNs: startNs, bpm: bpm)
-            committedEpoch = epoch
-            listener?.clusterEpochCommitted(epoch)
+        if let snapshotState = try? JSONDecoder().decode(ClusterState.self, from: Data(data)) {
+            adopt(snapshotState)
+        }
+    }
+
+    /// Keeps the log short: once `compactEvery` entries were applied since
+    /// the last snapshot, the state machine becomes the snapshot.
+    private func maybeCompact() {
+        guard let state, raft.appliedIndex >= raft.snapshotIndex + compactEvery,
+            let data = try? JSONEncoder().encode(state)
+        else { return }
+        raft.compact(upTo: raft.appliedIndex, snapshotData: [UInt8](data))
+        store.save(hardState: nil, snapshot: raft.snapshot, entries: []) { [logger] error in
+            if let error { logger.error("raft: snapshot not persisted", metadata: ["error": "\(error)"]) }
         }
     }
 

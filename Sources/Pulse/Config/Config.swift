@@ -49,6 +49,8 @@ struct PulseConfig: Sendable {
     var electionTimeoutMs = 300
     /// No leader for this long → degradation mode (0: max(3 beats, 3 election timeouts)).
     var degradeAfterMs = 0
+    /// Raft: snapshot the state machine and drop the log after this many applied entries.
+    var raftCompactEvery = 64
 
     var beatSubject: String { "backbeat.\(clusterId).beat" }
     var controlSubject: String { "backbeat.\(clusterId).control" }
@@ -86,6 +88,7 @@ struct PulseConfig: Sendable {
         if electionTimeoutMs < 4 * heartbeatMs || electionTimeoutMs > 60_000 {
             try fail("-election-timeout-ms must be at least 4 × -heartbeat-ms (\(4 * heartbeatMs)) and at most 60000")
         }
+        if !(1...1_000_000).contains(raftCompactEvery) { try fail("-raft-compact-every must be between 1 and 1000000") }
         if degradeAfterMs < 0 || degradeAfterMs > 86_400_000 { try fail("-degrade-after-ms must be between 0 and 86400000") }
         if !peers.isEmpty {
             _ = try PeerList.parse(peers: peers, nodeId: nodeId, raftBind: raftBind)
@@ -166,6 +169,10 @@ struct PulseCommand: ParsableArguments {
         name: both("degrade-after-ms"),
         help: "Enter degradation after this long without a leader (default: 3 beats or 3 election timeouts, the longer)")
     var degradeAfterMs: Int?
+    @Option(
+        name: both("raft-compact-every"),
+        help: "Snapshot the timeline and drop the Raft log after this many applied entries (default 64)")
+    var raftCompactEvery: Int?
 
     /// Applies flags over the environment over the defaults, then validates.
     func resolve(environment: [String: String]) throws -> PulseConfig {
@@ -201,6 +208,7 @@ struct PulseCommand: ParsableArguments {
         if let heartbeatMs { config.heartbeatMs = heartbeatMs }
         if let electionTimeoutMs { config.electionTimeoutMs = electionTimeoutMs }
         if let degradeAfterMs { config.degradeAfterMs = degradeAfterMs }
+        if let raftCompactEvery { config.raftCompactEvery = raftCompactEvery }
         try config.validate()
         return config
     }

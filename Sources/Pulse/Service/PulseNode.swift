@@ -78,6 +78,7 @@ final class PulseNode: LoopHandler {
                 bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, bar: config.bar, loop: loop, logger: logger)
             self.cluster = cluster
             cluster.listener = self
+            cluster.compactEvery = UInt64(config.raftCompactEvery)
             // Degrade after a few beats without a leader, but never before a
             // few election timeouts (an election in progress is not an outage).
             let periodNs = 60_000_000_000 / Int64(config.bpm)

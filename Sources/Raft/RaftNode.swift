@@ -28,849 +28,849 @@
 
 /// The result of `propose`.
 public enum ProposeResult: Equatable, Sendable {
-  /// Appended to the leader's log at `index` in `term`; it is committed when
-  /// it comes back in `Ready.committedEntries` with the same term.
-  case accepted(index: UInt64, term: UInt64)
-  /// Only the leader accepts proposals; `leaderHint` is the leader this node knows of.
-  case notLeader(leaderHint: NodeID?)
-  /// A leadership transfer is in progress.
-  case transferInProgress
-  /// The payload exceeds `Config.maxProposalBytes`.
-  case tooLarge
-  /// Too many entries are not yet committed (`Config.maxInflightEntries`).
-  case tooManyUncommitted
+    /// Appended to the leader's log at `index` in `term`; it is committed when
+    /// it comes back in `Ready.committedEntries` with the same term.
+    case accepted(index: UInt64, term: UInt64)
+    /// Only the leader accepts proposals; `leaderHint` is the leader this node knows of.
+    case notLeader(leaderHint: NodeID?)
+    /// A leadership transfer is in progress.
+    case transferInProgress
+    /// The payload exceeds `Config.maxProposalBytes`.
+    case tooLarge
+    /// Too many entries are not yet committed (`Config.maxInflightEntries`).
+    case tooManyUncommitted
 }
 
 /// Persisted state that cannot be used to restart a node.
 public enum RaftError: Error, Equatable, Sendable {
-  case invalidPersistedState(String)
+    case invalidPersistedState(String)
 }
 
 /// A batch of work for the caller; see the loop in the file header.
 public struct Ready: Sendable {
-  /// Leader or role changed since the last Ready.
-  public var softState: SoftState?
-  /// Term, vote or commit changed: persist before sending `messages`.
-  public var hardState: HardState?
-  /// A snapshot received from the leader: persist it (replacing the log
-  /// through its index) and restore the state machine from it.
-  public var snapshot: Snapshot?
-  /// Entries to write to stable storage. They start at `entries[0].index`;
-  /// stable entries at or after that index are replaced (an explicit truncation).
-  public var entries: [Entry]
-  /// Messages to send after persisting.
-  public var messages: [Message]
-  /// Committed entries to apply, in order, after persisting.
-  public var committedEntries: [Entry]
+    /// Leader or role changed since the last Ready.
+    public var softState: SoftState?
+    /// Term, vote or commit changed: persist before sending `messages`.
+    public var hardState: HardState?
+    /// A snapshot received from the leader: persist it (replacing the log
+    /// through its index) and restore the state machine from it.
+    public var snapshot: Snapshot?
+    /// Entries to write to stable storage. They start at `entries[0].index`;
+    /// stable entries at or after that index are replaced (an explicit truncation).
+    public var entries: [Entry]
+    /// Messages to send after persisting.
+    public var messages: [Message]
+    /// Committed entries to apply, in order, after persisting.
+    public var committedEntries: [Entry]
 
-  /// Index of the first entry to write, or nil when there are none.
-  public var firstEntryIndex: UInt64? { entries.first?.index }
+    /// Index of the first entry to write, or nil when there are none.
+    public var firstEntryIndex: UInt64? { entries.first?.index }
 
-  let sequence: UInt64
-  let applyingIndex: UInt64
+    let sequence: UInt64
+    let applyingIndex: UInt64
 }
 
 /// Replication state of one follower, as seen by the leader.
 final class Progress {
-  enum State { case probe, replicate, snapshot }
+    enum State { case probe, replicate, snapshot }
 
-  let id: NodeID
-  var match: UInt64 = 0
-  var next: UInt64
-  var state: State = .probe
-  /// In probe state: an append is in flight, wait for its answer or a heartbeat answer.
-  var probeSent = false
-  /// In snapshot state: the index of the snapshot sent.
-  var pendingSnapshot: UInt64 = 0
-  /// Heard from in the current check-quorum window.
-  var recentActive = false
-  /// Largest leader tick echoed by this follower in this term (0: none).
-  var ackedTick: UInt64 = 0
+    let id: NodeID
+    var match: UInt64 = 0
+    var next: UInt64
+    var state: State = .probe
+    /// In probe state: an append is in flight, wait for its answer or a heartbeat answer.
+    var probeSent = false
+    /// In snapshot state: the index of the snapshot sent.
+    var pendingSnapshot: UInt64 = 0
+    /// Heard from in the current check-quorum window.
+    var recentActive = false
+    /// Largest leader tick echoed by this follower in this term (0: none).
+    var ackedTick: UInt64 = 0
 
-  init(id: NodeID, next: UInt64) {
-    self.id = id
-    self.next = next
-  }
-
-  func isPaused(maxInflight: Int) -> Bool {
-    switch state {
-    case .probe: return probeSent
-    case .replicate: return next - match - 1 >= UInt64(maxInflight)
-    case .snapshot: return true
+    init(id: NodeID, next: UInt64) {
+        self.id = id
+        self.next = next
     }
-  }
 
-  func becomeProbe() {
-    state = .probe
-    next = match + 1
-    probeSent = false
-    pendingSnapshot = 0
-  }
-
-  func becomeReplicate() {
-    state = .replicate
-    next = match + 1
-    probeSent = false
-    pendingSnapshot = 0
-  }
-
-  /// A success answer for `index`; false if it tells nothing new.
-  func maybeUpdate(_ index: UInt64) -> Bool {
-    guard index > match else { return false }
-    match = index
-    next = max(next, index + 1)
-    probeSent = false
-    return true
-  }
-
-  /// A rejection of the append after `rejected`; `hint` is where to probe next.
-  func maybeDecrease(rejected: UInt64, hint: UInt64) -> Bool {
-    switch state {
-    case .replicate:
-      guard rejected > match else { return false }  // stale
-      next = match + 1
-      return true
-    case .probe:
-      guard next - 1 == rejected else { return false }  // stale
-      next = max(min(rejected, hint + 1), match + 1)
-      probeSent = false
-      return true
-    case .snapshot:
-      return false  // wait for the snapshot's answer or a heartbeat answer
+    func isPaused(maxInflight: Int) -> Bool {
+        switch state {
+        case .probe: return probeSent
+        case .replicate: return next - match - 1 >= UInt64(maxInflight)
+        case .snapshot: return true
+        }
     }
-  }
+
+    func becomeProbe() {
+        state = .probe
+        next = match + 1
+        probeSent = false
+        pendingSnapshot = 0
+    }
+
+    func becomeReplicate() {
+        state = .replicate
+        next = match + 1
+        probeSent = false
+        pendingSnapshot = 0
+    }
+
+    /// A success answer for `index`; false if it tells nothing new.
+    func maybeUpdate(_ index: UInt64) -> Bool {
+        guard index > match else { return false }
+        match = index
+        next = max(next, index + 1)
+        probeSent = false
+        return true
+    }
+
+    /// A rejection of the append after `rejected`; `hint` is where to probe next.
+    func maybeDecrease(rejected: UInt64, hint: UInt64) -> Bool {
+        switch state {
+        case .replicate:
+            guard rejected > match else { return false }  // stale
+            next = match + 1
+            return true
+        case .probe:
+            guard next - 1 == rejected else { return false }  // stale
+            next = max(min(rejected, hint + 1), match + 1)
+            probeSent = false
+            return true
+        case .snapshot:
+            return false  // wait for the snapshot's answer or a heartbeat answer
+        }
+    }
 }
 
 /// One Raft node. Not thread-safe: confine it to one thread (the event loop).
 public final class RaftNode {
-  public let config: Config
-  public var id: NodeID { config.id }
+    public let config: Config
+    public var id: NodeID { config.id }
 
-  public private(set) var term: UInt64 = 0
-  public private(set) var vote: NodeID = noNode
-  public private(set) var role: Role = .follower
-  /// The leader of the current term as far as this node knows, or `noNode`.
-  public private(set) var leader: NodeID = noNode
-  /// Number of `tick()` calls since this node was created.
-  public private(set) var ticks: UInt64 = 0
-  /// What messages carry as `leaseTick` (never 0, which means "none").
-  private var stampTick: UInt64 { ticks + 1 }
-  /// Ticks since this node last heard from a leader of its term (saturating);
-  /// a leader reports 0.
-  public var ticksSinceLeaderContact: Int { role == .leader ? 0 : leaderContactElapsed }
-  /// Messages refused by `step` (malformed, misaddressed, or from a non-member).
-  public private(set) var droppedMessages: UInt64 = 0
-  /// The target of the leadership transfer in progress, or `noNode`.
-  public private(set) var transferTarget: NodeID = noNode
+    public private(set) var term: UInt64 = 0
+    public private(set) var vote: NodeID = noNode
+    public private(set) var role: Role = .follower
+    /// The leader of the current term as far as this node knows, or `noNode`.
+    public private(set) var leader: NodeID = noNode
+    /// Number of `tick()` calls since this node was created.
+    public private(set) var ticks: UInt64 = 0
+    /// What messages carry as `leaseTick` (never 0, which means "none").
+    private var stampTick: UInt64 { ticks + 1 }
+    /// Ticks since this node last heard from a leader of its term (saturating);
+    /// a leader reports 0.
+    public var ticksSinceLeaderContact: Int { role == .leader ? 0 : leaderContactElapsed }
+    /// Messages refused by `step` (malformed, misaddressed, or from a non-member).
+    public private(set) var droppedMessages: UInt64 = 0
+    /// The target of the leadership transfer in progress, or `noNode`.
+    public private(set) var transferTarget: NodeID = noNode
 
-  var log: RaftLog
-  private var rng: SplitMix64
-  private let peers: [NodeID]
-  private let quorum: Int
+    var log: RaftLog
+    private var rng: SplitMix64
+    private let peers: [NodeID]
+    private let quorum: Int
 
-  private var electionElapsed = 0
-  private var heartbeatElapsed = 0
-  private var randomizedElectionTimeout = 0
-  private var leaderContactElapsed: Int
-  private var transferElapsed = 0
-  /// A TimeoutNow was sent in this term: another node may win an election
-  /// while we are still leader, so the lease is void for the rest of the term.
-  private var timeoutNowSent = false
+    private var electionElapsed = 0
+    private var heartbeatElapsed = 0
+    private var randomizedElectionTimeout = 0
+    private var leaderContactElapsed: Int
+    private var transferElapsed = 0
+    /// A TimeoutNow was sent in this term: another node may win an election
+    /// while we are still leader, so the lease is void for the rest of the term.
+    private var timeoutNowSent = false
 
-  private var votes: [NodeID: Bool] = [:]
-  private var progress: [Progress] = []
+    private var votes: [NodeID: Bool] = [:]
+    private var progress: [Progress] = []
 
-  private var outbox: [Message] = []
-  private var lastSoftState: SoftState
-  private var lastHardState: HardState
-  private var readySequence: UInt64 = 0
-  private var outstandingReady: UInt64? = nil
+    private var outbox: [Message] = []
+    private var lastSoftState: SoftState
+    private var lastHardState: HardState
+    private var readySequence: UInt64 = 0
+    private var outstandingReady: UInt64? = nil
 
-  // MARK: - Creation
+    // MARK: - Creation
 
-  /// A fresh node with an empty log (first start of a cluster).
-  public convenience init(config: Config) {
-    try! self.init(config: config, hardState: HardState(), snapshot: nil, entries: [])
-  }
-
-  /// A node restarted from what an earlier incarnation persisted through
-  /// `Ready`: its hard state, its snapshot (if any) and the entries after it.
-  public init(config: Config, hardState: HardState, snapshot: Snapshot?, entries: [Entry])
-    throws(RaftError)
-  {
-    config.validate()
-    self.config = config
-    peers = config.voters.filter { $0 != config.id }
-    quorum = config.voters.count / 2 + 1
-    rng = SplitMix64(seed: config.randomSeed ^ (config.id &* 0x9E37_79B9_7F4A_7C15))
-
-    let snap = snapshot ?? .empty
-    let kept = entries.filter { $0.index > snap.index }
-    var expected = snap.index + 1
-    var previousTerm = snap.term
-    for e in kept {
-      guard e.index == expected else {
-        throw .invalidPersistedState("entry \(e.index) where \(expected) was expected")
-      }
-      guard e.term >= previousTerm else {
-        throw .invalidPersistedState("entry \(e.index) has a lower term than its predecessor")
-      }
-      expected += 1
-      previousTerm = e.term
-    }
-    guard previousTerm <= hardState.term else {
-      throw .invalidPersistedState(
-        "log term \(previousTerm) above hard state term \(hardState.term)")
-    }
-    guard hardState.vote == noNode || config.voters.contains(hardState.vote) else {
-      throw .invalidPersistedState("vote for unknown node \(hardState.vote)")
-    }
-    let commit = max(hardState.commit, snap.index)
-    guard commit <= expected - 1 else {
-      throw .invalidPersistedState(
-        "commit \(commit) beyond the last persisted entry \(expected - 1): committed entries are missing"
-      )
-    }
-    log = RaftLog(snapshot: snap, entries: kept, committed: commit)
-    term = hardState.term
-    vote = hardState.vote
-    // A node that may have acknowledged a leader before it stopped (it has a
-    // term) behaves as if it just heard from one: it grants no vote for an
-    // election timeout, so a restart cannot shorten the lease it backed.
-    leaderContactElapsed = hardState.term > 0 ? 0 : config.electionTicks
-    lastHardState = HardState(term: hardState.term, vote: hardState.vote, commit: commit)
-    lastSoftState = SoftState(leader: noNode, role: .follower)
-    becomeFollower(term: hardState.term, leader: noNode)
-  }
-
-  // MARK: - Public state
-
-  public var commitIndex: UInt64 { log.committed }
-  public var lastIndex: UInt64 { log.lastIndex }
-  public var lastTerm: UInt64 { log.lastTerm }
-  /// Highest index the caller has applied (acknowledged by `advance`).
-  public var appliedIndex: UInt64 { log.applied }
-  /// Index of the snapshot the log starts after (0: none).
-  public var snapshotIndex: UInt64 { log.snapshot.index }
-  /// The snapshot the log starts after (`Snapshot.empty` if never compacted).
-  public var snapshot: Snapshot { log.snapshot }
-  public var hardState: HardState { HardState(term: term, vote: vote, commit: log.committed) }
-  public var softState: SoftState { SoftState(leader: leader, role: role) }
-
-  /// Leader only: the highest index known to be replicated on `peer`.
-  public func matchIndex(of peer: NodeID) -> UInt64? {
-    guard role == .leader else { return nil }
-    return progress.first { $0.id == peer }?.match
-  }
-
-  // MARK: - Leader lease
-  //
-  // Why no other leader can exist while `hasLease()` is true:
-  // the lease is dated from the leader's tick count at the moment it SENT the
-  // append/heartbeat that a quorum (with itself) answered; a follower answers
-  // only after it received the message, so it heard from the leader no earlier
-  // than that tick. From that moment such a follower refuses every vote and
-  // pre-vote (stickiness) until it has counted `electionTicks` ticks of its
-  // own — also across a restart, because a restarted node with a term starts
-  // as if it had just heard from a leader. The leader itself never votes while
-  // it leads, and it cannot take part in a rival's election before it steps
-  // down. Any new leader needs a quorum of votes, and every quorum contains a
-  // node that backed the lease, so no election can complete before
-  // `send tick + electionTicks` on that node's clock, which is at least
-  // `(electionTicks - 1)` tick periods after the send (its first tick may come
-  // right after the receipt). The lease lasts `leaseTicks < electionTicks - 1`
-  // periods from the send, so it ends at least one tick period earlier: that
-  // period is the margin for clock-rate drift between nodes. The only vote a
-  // sticky node grants early is one from a leadership transfer, which the
-  // leader starts itself by sending TimeoutNow — after that the lease is void
-  // for the rest of its term (and an aborted transfer makes it step down).
-  //
-  // The lease is in ticks. On the caller's side, deliver tick number n (the
-  // n-th call of `tick()`) never before `start + n × interval` on the monotonic
-  // clock, and catch up missed ticks (e.g. after SIGSTOP) before trusting the
-  // lease. Then the lease is certainly over at monotonic time
-  // `start + leaseExpiryTick × interval`: a safe deadline that holds even if
-  // the loop stalls before its next tick.
-
-  /// True while this node is leader and a quorum (itself included) answered
-  /// a message it sent less than `leaseTicks` ago.
-  public func hasLease() -> Bool { ticks < leaseExpiryTick }
-
-  /// The tick count (`ticks`) at which the current lease ends; 0 without one.
-  public var leaseExpiryTick: UInt64 {
-    guard role == .leader, config.checkQuorum, !timeoutNowSent else { return 0 }
-    let needed = quorum - 1  // acknowledgements besides our own
-    if needed == 0 { return ticks + UInt64(config.leaseTicks) }
-    // Messages carry `ticks + 1` at sending, so that 0 means "none".
-    let sentPlusOne = quorumValue(self: 0, needed: needed) { $0.ackedTick }
-    guard sentPlusOne > 0 else { return 0 }
-    return sentPlusOne - 1 + UInt64(config.leaseTicks)
-  }
-
-  /// Ticks of lease left after the latest `tick()`; 0 without a lease.
-  public var leaseRemainingTicks: Int {
-    let expiry = leaseExpiryTick
-    return expiry > ticks ? Int(expiry - ticks) : 0
-  }
-
-  // MARK: - Inputs
-
-  /// Advances logical time by one tick.
-  public func tick() {
-    ticks += 1
-    if leaderContactElapsed < Int.max { leaderContactElapsed += 1 }
-    switch role {
-    case .leader: tickLeader()
-    case .follower, .preCandidate, .candidate: tickElection()
-    }
-  }
-
-  /// Starts an election now (with a pre-vote first if configured). For tests
-  /// and bootstrap; a leader ignores it.
-  public func campaign() {
-    hup(transfer: false)
-  }
-
-  /// Proposes an entry. Only the leader accepts it.
-  public func propose(_ data: [UInt8], kind: EntryKind = .normal) -> ProposeResult {
-    guard role == .leader else { return .notLeader(leaderHint: leader == noNode ? nil : leader) }
-    guard transferTarget == noNode else { return .transferInProgress }
-    guard data.count <= config.maxProposalBytes else { return .tooLarge }
-    guard log.lastIndex - log.committed < UInt64(config.maxInflightEntries) else {
-      return .tooManyUncommitted
-    }
-    let entry = Entry(index: log.lastIndex + 1, term: term, kind: kind, data: data)
-    appendAsLeader(entry)
-    return .accepted(index: entry.index, term: entry.term)
-  }
-
-  /// Leader only: hands leadership to `target` once its log is caught up
-  /// (it is sent a TimeoutNow). Aborted after an election timeout. Returns
-  /// false if this node is not leader or `target` is not another voter.
-  @discardableResult
-  public func transferLeadership(to target: NodeID) -> Bool {
-    guard role == .leader, target != id, let pr = progress.first(where: { $0.id == target }) else {
-      return false
-    }
-    if transferTarget == target { return true }
-    transferTarget = target
-    transferElapsed = 0
-    if pr.match == log.lastIndex {
-      sendTimeoutNow(to: target)
-    } else {
-      sendAppend(pr)
-    }
-    return true
-  }
-
-  /// Processes a message from a peer. Malformed, misaddressed or foreign
-  /// messages are dropped (and counted in `droppedMessages`).
-  public func step(_ m: Message) {
-    guard m.to == id, config.voters.contains(m.from), m.structuralProblem() == nil else {
-      droppedMessages += 1
-      return
-    }
-    if m.term > term {
-      let isVoteRequest = m.kind == .vote || m.kind == .preVote
-      if isVoteRequest && !m.transfer && inLease {
-        // Stickiness: we heard from a leader within an election timeout
-        // (or are one), so this candidate cannot be legitimate yet.
-        return
-      }
-      switch m.kind {
-      case .preVote:
-        break  // a pre-vote never changes our term
-      case .preVoteResponse where !m.reject:
-        break  // granted pre-votes carry the future term
-      case .append, .heartbeat, .snapshot:
-        becomeFollower(term: m.term, leader: m.from)
-      default:
-        becomeFollower(term: m.term, leader: noNode)
-      }
-    } else if m.term < term {
-      if (config.checkQuorum || config.preVote) && (m.kind == .heartbeat || m.kind == .append) {
-        // A stale leader (e.g. one that was partitioned): tell it our term so
-        // it steps down.
-        send(Message(kind: .appendResponse, from: id, to: m.from, term: term))
-      } else if m.kind == .preVote {
-        send(Message(kind: .preVoteResponse, from: id, to: m.from, term: term, reject: true))
-      }
-      return
+    /// A fresh node with an empty log (first start of a cluster).
+    public convenience init(config: Config) {
+        try! self.init(config: config, hardState: HardState(), snapshot: nil, entries: [])
     }
 
-    switch m.kind {
-    case .vote, .preVote:
-      handleVoteRequest(m)
-      return
-    default:
-      break
-    }
-    switch role {
-    case .leader: stepLeader(m)
-    case .preCandidate, .candidate: stepCandidate(m)
-    case .follower: stepFollower(m)
-    }
-  }
+    /// A node restarted from what an earlier incarnation persisted through
+    /// `Ready`: its hard state, its snapshot (if any) and the entries after it.
+    public init(config: Config, hardState: HardState, snapshot: Snapshot?, entries: [Entry])
+        throws(RaftError)
+    {
+        config.validate()
+        self.config = config
+        peers = config.voters.filter { $0 != config.id }
+        quorum = config.voters.count / 2 + 1
+        rng = SplitMix64(seed: config.randomSeed ^ (config.id &* 0x9E37_79B9_7F4A_7C15))
 
-  /// Discards log entries up to `index` (which must be applied), keeping
-  /// `snapshotData` — the state machine at `index` — to send to followers
-  /// that need those entries. The caller persists the snapshot itself.
-  public func compact(upTo index: UInt64, snapshotData: [UInt8]) {
-    log.compact(upTo: index, data: snapshotData)
-  }
-
-  // MARK: - Output
-
-  /// True when `ready()` has something and no Ready is outstanding.
-  public var hasReady: Bool {
-    guard outstandingReady == nil else { return false }
-    return !outbox.isEmpty || log.hasUnstable || log.snapshotPending || log.applying < log.committed
-      || softState != lastSoftState || hardState != lastHardState
-  }
-
-  /// The next batch of work, or nil if there is none (or one is outstanding).
-  public func ready() -> Ready? {
-    guard hasReady else { return nil }
-    let soft = softState
-    let hard = hardState
-    precondition(hard.term >= lastHardState.term, "raft: term went backwards")
-    precondition(hard.commit >= lastHardState.commit, "raft: commit went backwards")
-    precondition(role != .leader || leader == id, "raft: leader that does not know itself")
-    let snapshot: Snapshot? = log.snapshotPending ? log.snapshot : nil
-    log.snapshotPending = false
-    let entries = log.takeUnstable()
-    let committed =
-      log.applying < log.committed ? log.slice(log.applying + 1, log.committed + 1) : []
-    log.applying = log.committed
-    readySequence += 1
-    let rd = Ready(
-      softState: soft != lastSoftState ? soft : nil,
-      hardState: hard != lastHardState ? hard : nil,
-      snapshot: snapshot, entries: entries, messages: outbox, committedEntries: committed,
-      sequence: readySequence, applyingIndex: log.applying)
-    lastSoftState = soft
-    lastHardState = hard
-    outbox = []
-    outstandingReady = readySequence
-    return rd
-  }
-
-  /// Acknowledges that `rd` was fully handled (persisted, sent, applied).
-  public func advance(_ rd: Ready) {
-    precondition(
-      outstandingReady == rd.sequence, "raft: advance with a Ready that is not the outstanding one")
-    outstandingReady = nil
-    log.applied = max(log.applied, rd.applyingIndex)
-  }
-
-  // MARK: - Roles
-
-  private var inLease: Bool {
-    config.checkQuorum && (role == .leader || leaderContactElapsed < config.electionTicks)
-  }
-
-  private func reset(term newTerm: UInt64) {
-    if term != newTerm {
-      precondition(newTerm > term, "raft: term going backwards \(term) -> \(newTerm)")
-      term = newTerm
-      vote = noNode
-    }
-    if role == .leader {
-      leaderContactElapsed = 0  // a deposed leader is as sticky as its followers
-    }
-    leader = noNode
-    electionElapsed = 0
-    heartbeatElapsed = 0
-    randomizedElectionTimeout = config.electionTicks + rng.below(config.electionTicks)
-    votes = [:]
-    progress = []
-    transferTarget = noNode
-    transferElapsed = 0
-    timeoutNowSent = false
-  }
-
-  private func becomeFollower(term newTerm: UInt64, leader newLeader: NodeID) {
-    reset(term: newTerm)
-    role = .follower
-    leader = newLeader
-  }
-
-  private func becomePreCandidate() {
-    precondition(role != .leader, "raft: leader cannot become pre-candidate")
-    role = .preCandidate
-    leader = noNode
-    votes = [:]
-    randomizedElectionTimeout = config.electionTicks + rng.below(config.electionTicks)
-  }
-
-  private func becomeCandidate() {
-    precondition(role != .leader, "raft: leader cannot become candidate")
-    reset(term: term + 1)
-    vote = id
-    role = .candidate
-  }
-
-  private func becomeLeader() {
-    precondition(role == .candidate, "raft: only a candidate can become leader")
-    reset(term: term)
-    role = .leader
-    leader = id
-    progress = peers.map { Progress(id: $0, next: log.lastIndex + 1) }
-    // An entry of the new term, so that earlier entries can commit (§5.4.2).
-    appendAsLeader(Entry(index: log.lastIndex + 1, term: term, kind: .noop))
-  }
-
-  private func hup(transfer: Bool) {
-    guard role != .leader else { return }
-    if config.preVote && !transfer {
-      campaignPre()
-    } else {
-      campaignVote(transfer: transfer)
-    }
-  }
-
-  private func campaignPre() {
-    becomePreCandidate()
-    if poll(id, granted: true) == .won {
-      campaignVote(transfer: false)
-      return
-    }
-    for p in peers {
-      send(
-        Message(
-          kind: .preVote, from: id, to: p, term: term + 1, logTerm: log.lastTerm,
-          index: log.lastIndex))
-    }
-  }
-
-  private func campaignVote(transfer: Bool) {
-    becomeCandidate()
-    if poll(id, granted: true) == .won {
-      becomeLeader()
-      return
-    }
-    for p in peers {
-      send(
-        Message(
-          kind: .vote, from: id, to: p, term: term, logTerm: log.lastTerm, index: log.lastIndex,
-          transfer: transfer))
-    }
-  }
-
-  private enum VoteResult { case pending, won, lost }
-
-  private func poll(_ voter: NodeID, granted: Bool) -> VoteResult {
-    if votes[voter] == nil { votes[voter] = granted }
-    var yes = 0
-    var no = 0
-    for (_, g) in votes {
-      if g { yes += 1 } else { no += 1 }
-    }
-    if yes >= quorum { return .won }
-    if no > config.voters.count - quorum { return .lost }
-    return .pending
-  }
-
-  // MARK: - Ticks
-
-  private func tickElection() {
-    electionElapsed += 1
-    if electionElapsed >= randomizedElectionTimeout {
-      electionElapsed = 0
-      hup(transfer: false)
-    }
-  }
-
-  private func tickLeader() {
-    heartbeatElapsed += 1
-    electionElapsed += 1
-    if electionElapsed >= config.electionTicks {
-      electionElapsed = 0
-      if config.checkQuorum {
-        let active = 1 + progress.filter(\.recentActive).count
-        if active < quorum {
-          becomeFollower(term: term, leader: noNode)
-          return
+        let snap = snapshot ?? .empty
+        let kept = entries.filter { $0.index > snap.index }
+        var expected = snap.index + 1
+        var previousTerm = snap.term
+        for e in kept {
+            guard e.index == expected else {
+                throw .invalidPersistedState("entry \(e.index) where \(expected) was expected")
+            }
+            guard e.term >= previousTerm else {
+                throw .invalidPersistedState("entry \(e.index) has a lower term than its predecessor")
+            }
+            expected += 1
+            previousTerm = e.term
         }
-        for pr in progress { pr.recentActive = false }
-      }
-    }
-    if transferTarget != noNode {
-      transferElapsed += 1
-      if transferElapsed >= config.electionTicks {
-        if timeoutNowSent {
-          // The target may still win with the TimeoutNow we sent; we cannot
-          // hold a lease any more in this term, so stop leading.
-          becomeFollower(term: term, leader: noNode)
-          return
+        guard previousTerm <= hardState.term else {
+            throw .invalidPersistedState(
+                "log term \(previousTerm) above hard state term \(hardState.term)")
         }
+        guard hardState.vote == noNode || config.voters.contains(hardState.vote) else {
+            throw .invalidPersistedState("vote for unknown node \(hardState.vote)")
+        }
+        let commit = max(hardState.commit, snap.index)
+        guard commit <= expected - 1 else {
+            throw .invalidPersistedState(
+                "commit \(commit) beyond the last persisted entry \(expected - 1): committed entries are missing"
+            )
+        }
+        log = RaftLog(snapshot: snap, entries: kept, committed: commit)
+        term = hardState.term
+        vote = hardState.vote
+        // A node that may have acknowledged a leader before it stopped (it has a
+        // term) behaves as if it just heard from one: it grants no vote for an
+        // election timeout, so a restart cannot shorten the lease it backed.
+        leaderContactElapsed = hardState.term > 0 ? 0 : config.electionTicks
+        lastHardState = HardState(term: hardState.term, vote: hardState.vote, commit: commit)
+        lastSoftState = SoftState(leader: noNode, role: .follower)
+        becomeFollower(term: hardState.term, leader: noNode)
+    }
+
+    // MARK: - Public state
+
+    public var commitIndex: UInt64 { log.committed }
+    public var lastIndex: UInt64 { log.lastIndex }
+    public var lastTerm: UInt64 { log.lastTerm }
+    /// Highest index the caller has applied (acknowledged by `advance`).
+    public var appliedIndex: UInt64 { log.applied }
+    /// Index of the snapshot the log starts after (0: none).
+    public var snapshotIndex: UInt64 { log.snapshot.index }
+    /// The snapshot the log starts after (`Snapshot.empty` if never compacted).
+    public var snapshot: Snapshot { log.snapshot }
+    public var hardState: HardState { HardState(term: term, vote: vote, commit: log.committed) }
+    public var softState: SoftState { SoftState(leader: leader, role: role) }
+
+    /// Leader only: the highest index known to be replicated on `peer`.
+    public func matchIndex(of peer: NodeID) -> UInt64? {
+        guard role == .leader else { return nil }
+        return progress.first { $0.id == peer }?.match
+    }
+
+    // MARK: - Leader lease
+    //
+    // Why no other leader can exist while `hasLease()` is true:
+    // the lease is dated from the leader's tick count at the moment it SENT the
+    // append/heartbeat that a quorum (with itself) answered; a follower answers
+    // only after it received the message, so it heard from the leader no earlier
+    // than that tick. From that moment such a follower refuses every vote and
+    // pre-vote (stickiness) until it has counted `electionTicks` ticks of its
+    // own — also across a restart, because a restarted node with a term starts
+    // as if it had just heard from a leader. The leader itself never votes while
+    // it leads, and it cannot take part in a rival's election before it steps
+    // down. Any new leader needs a quorum of votes, and every quorum contains a
+    // node that backed the lease, so no election can complete before
+    // `send tick + electionTicks` on that node's clock, which is at least
+    // `(electionTicks - 1)` tick periods after the send (its first tick may come
+    // right after the receipt). The lease lasts `leaseTicks < electionTicks - 1`
+    // periods from the send, so it ends at least one tick period earlier: that
+    // period is the margin for clock-rate drift between nodes. The only vote a
+    // sticky node grants early is one from a leadership transfer, which the
+    // leader starts itself by sending TimeoutNow — after that the lease is void
+    // for the rest of its term (and an aborted transfer makes it step down).
+    //
+    // The lease is in ticks. On the caller's side, deliver tick number n (the
+    // n-th call of `tick()`) never before `start + n × interval` on the monotonic
+    // clock, and catch up missed ticks (e.g. after SIGSTOP) before trusting the
+    // lease. Then the lease is certainly over at monotonic time
+    // `start + leaseExpiryTick × interval`: a safe deadline that holds even if
+    // the loop stalls before its next tick.
+
+    /// True while this node is leader and a quorum (itself included) answered
+    /// a message it sent less than `leaseTicks` ago.
+    public func hasLease() -> Bool { ticks < leaseExpiryTick }
+
+    /// The tick count (`ticks`) at which the current lease ends; 0 without one.
+    public var leaseExpiryTick: UInt64 {
+        guard role == .leader, config.checkQuorum, !timeoutNowSent else { return 0 }
+        let needed = quorum - 1  // acknowledgements besides our own
+        if needed == 0 { return ticks + UInt64(config.leaseTicks) }
+        // Messages carry `ticks + 1` at sending, so that 0 means "none".
+        let sentPlusOne = quorumValue(self: 0, needed: needed) { $0.ackedTick }
+        guard sentPlusOne > 0 else { return 0 }
+        return sentPlusOne - 1 + UInt64(config.leaseTicks)
+    }
+
+    /// Ticks of lease left after the latest `tick()`; 0 without a lease.
+    public var leaseRemainingTicks: Int {
+        let expiry = leaseExpiryTick
+        return expiry > ticks ? Int(expiry - ticks) : 0
+    }
+
+    // MARK: - Inputs
+
+    /// Advances logical time by one tick.
+    public func tick() {
+        ticks += 1
+        if leaderContactElapsed < Int.max { leaderContactElapsed += 1 }
+        switch role {
+        case .leader: tickLeader()
+        case .follower, .preCandidate, .candidate: tickElection()
+        }
+    }
+
+    /// Starts an election now (with a pre-vote first if configured). For tests
+    /// and bootstrap; a leader ignores it.
+    public func campaign() {
+        hup(transfer: false)
+    }
+
+    /// Proposes an entry. Only the leader accepts it.
+    public func propose(_ data: [UInt8], kind: EntryKind = .normal) -> ProposeResult {
+        guard role == .leader else { return .notLeader(leaderHint: leader == noNode ? nil : leader) }
+        guard transferTarget == noNode else { return .transferInProgress }
+        guard data.count <= config.maxProposalBytes else { return .tooLarge }
+        guard log.lastIndex - log.committed < UInt64(config.maxInflightEntries) else {
+            return .tooManyUncommitted
+        }
+        let entry = Entry(index: log.lastIndex + 1, term: term, kind: kind, data: data)
+        appendAsLeader(entry)
+        return .accepted(index: entry.index, term: entry.term)
+    }
+
+    /// Leader only: hands leadership to `target` once its log is caught up
+    /// (it is sent a TimeoutNow). Aborted after an election timeout. Returns
+    /// false if this node is not leader or `target` is not another voter.
+    @discardableResult
+    public func transferLeadership(to target: NodeID) -> Bool {
+        guard role == .leader, target != id, let pr = progress.first(where: { $0.id == target }) else {
+            return false
+        }
+        if transferTarget == target { return true }
+        transferTarget = target
+        transferElapsed = 0
+        if pr.match == log.lastIndex {
+            sendTimeoutNow(to: target)
+        } else {
+            sendAppend(pr)
+        }
+        return true
+    }
+
+    /// Processes a message from a peer. Malformed, misaddressed or foreign
+    /// messages are dropped (and counted in `droppedMessages`).
+    public func step(_ m: Message) {
+        guard m.to == id, config.voters.contains(m.from), m.structuralProblem() == nil else {
+            droppedMessages += 1
+            return
+        }
+        if m.term > term {
+            let isVoteRequest = m.kind == .vote || m.kind == .preVote
+            if isVoteRequest && !m.transfer && inLease {
+                // Stickiness: we heard from a leader within an election timeout
+                // (or are one), so this candidate cannot be legitimate yet.
+                return
+            }
+            switch m.kind {
+            case .preVote:
+                break  // a pre-vote never changes our term
+            case .preVoteResponse where !m.reject:
+                break  // granted pre-votes carry the future term
+            case .append, .heartbeat, .snapshot:
+                becomeFollower(term: m.term, leader: m.from)
+            default:
+                becomeFollower(term: m.term, leader: noNode)
+            }
+        } else if m.term < term {
+            if (config.checkQuorum || config.preVote) && (m.kind == .heartbeat || m.kind == .append) {
+                // A stale leader (e.g. one that was partitioned): tell it our term so
+                // it steps down.
+                send(Message(kind: .appendResponse, from: id, to: m.from, term: term))
+            } else if m.kind == .preVote {
+                send(Message(kind: .preVoteResponse, from: id, to: m.from, term: term, reject: true))
+            }
+            return
+        }
+
+        switch m.kind {
+        case .vote, .preVote:
+            handleVoteRequest(m)
+            return
+        default:
+            break
+        }
+        switch role {
+        case .leader: stepLeader(m)
+        case .preCandidate, .candidate: stepCandidate(m)
+        case .follower: stepFollower(m)
+        }
+    }
+
+    /// Discards log entries up to `index` (which must be applied), keeping
+    /// `snapshotData` — the state machine at `index` — to send to followers
+    /// that need those entries. The caller persists the snapshot itself.
+    public func compact(upTo index: UInt64, snapshotData: [UInt8]) {
+        log.compact(upTo: index, data: snapshotData)
+    }
+
+    // MARK: - Output
+
+    /// True when `ready()` has something and no Ready is outstanding.
+    public var hasReady: Bool {
+        guard outstandingReady == nil else { return false }
+        return !outbox.isEmpty || log.hasUnstable || log.snapshotPending || log.applying < log.committed
+            || softState != lastSoftState || hardState != lastHardState
+    }
+
+    /// The next batch of work, or nil if there is none (or one is outstanding).
+    public func ready() -> Ready? {
+        guard hasReady else { return nil }
+        let soft = softState
+        let hard = hardState
+        precondition(hard.term >= lastHardState.term, "raft: term went backwards")
+        precondition(hard.commit >= lastHardState.commit, "raft: commit went backwards")
+        precondition(role != .leader || leader == id, "raft: leader that does not know itself")
+        let snapshot: Snapshot? = log.snapshotPending ? log.snapshot : nil
+        log.snapshotPending = false
+        let entries = log.takeUnstable()
+        let committed =
+            log.applying < log.committed ? log.slice(log.applying + 1, log.committed + 1) : []
+        log.applying = log.committed
+        readySequence += 1
+        let rd = Ready(
+            softState: soft != lastSoftState ? soft : nil,
+            hardState: hard != lastHardState ? hard : nil,
+            snapshot: snapshot, entries: entries, messages: outbox, committedEntries: committed,
+            sequence: readySequence, applyingIndex: log.applying)
+        lastSoftState = soft
+        lastHardState = hard
+        outbox = []
+        outstandingReady = readySequence
+        return rd
+    }
+
+    /// Acknowledges that `rd` was fully handled (persisted, sent, applied).
+    public func advance(_ rd: Ready) {
+        precondition(
+            outstandingReady == rd.sequence, "raft: advance with a Ready that is not the outstanding one")
+        outstandingReady = nil
+        log.applied = max(log.applied, rd.applyingIndex)
+    }
+
+    // MARK: - Roles
+
+    private var inLease: Bool {
+        config.checkQuorum && (role == .leader || leaderContactElapsed < config.electionTicks)
+    }
+
+    private func reset(term newTerm: UInt64) {
+        if term != newTerm {
+            precondition(newTerm > term, "raft: term going backwards \(term) -> \(newTerm)")
+            term = newTerm
+            vote = noNode
+        }
+        if role == .leader {
+            leaderContactElapsed = 0  // a deposed leader is as sticky as its followers
+        }
+        leader = noNode
+        electionElapsed = 0
+        heartbeatElapsed = 0
+        randomizedElectionTimeout = config.electionTicks + rng.below(config.electionTicks)
+        votes = [:]
+        progress = []
         transferTarget = noNode
         transferElapsed = 0
-      }
+        timeoutNowSent = false
     }
-    if heartbeatElapsed >= config.heartbeatTicks {
-      heartbeatElapsed = 0
-      for pr in progress {
+
+    private func becomeFollower(term newTerm: UInt64, leader newLeader: NodeID) {
+        reset(term: newTerm)
+        role = .follower
+        leader = newLeader
+    }
+
+    private func becomePreCandidate() {
+        precondition(role != .leader, "raft: leader cannot become pre-candidate")
+        role = .preCandidate
+        leader = noNode
+        votes = [:]
+        randomizedElectionTimeout = config.electionTicks + rng.below(config.electionTicks)
+    }
+
+    private func becomeCandidate() {
+        precondition(role != .leader, "raft: leader cannot become candidate")
+        reset(term: term + 1)
+        vote = id
+        role = .candidate
+    }
+
+    private func becomeLeader() {
+        precondition(role == .candidate, "raft: only a candidate can become leader")
+        reset(term: term)
+        role = .leader
+        leader = id
+        progress = peers.map { Progress(id: $0, next: log.lastIndex + 1) }
+        // An entry of the new term, so that earlier entries can commit (§5.4.2).
+        appendAsLeader(Entry(index: log.lastIndex + 1, term: term, kind: .noop))
+    }
+
+    private func hup(transfer: Bool) {
+        guard role != .leader else { return }
+        if config.preVote && !transfer {
+            campaignPre()
+        } else {
+            campaignVote(transfer: transfer)
+        }
+    }
+
+    private func campaignPre() {
+        becomePreCandidate()
+        if poll(id, granted: true) == .won {
+            campaignVote(transfer: false)
+            return
+        }
+        for p in peers {
+            send(
+                Message(
+                    kind: .preVote, from: id, to: p, term: term + 1, logTerm: log.lastTerm,
+                    index: log.lastIndex))
+        }
+    }
+
+    private func campaignVote(transfer: Bool) {
+        becomeCandidate()
+        if poll(id, granted: true) == .won {
+            becomeLeader()
+            return
+        }
+        for p in peers {
+            send(
+                Message(
+                    kind: .vote, from: id, to: p, term: term, logTerm: log.lastTerm, index: log.lastIndex,
+                    transfer: transfer))
+        }
+    }
+
+    private enum VoteResult { case pending, won, lost }
+
+    private func poll(_ voter: NodeID, granted: Bool) -> VoteResult {
+        if votes[voter] == nil { votes[voter] = granted }
+        var yes = 0
+        var no = 0
+        for (_, g) in votes {
+            if g { yes += 1 } else { no += 1 }
+        }
+        if yes >= quorum { return .won }
+        if no > config.voters.count - quorum { return .lost }
+        return .pending
+    }
+
+    // MARK: - Ticks
+
+    private func tickElection() {
+        electionElapsed += 1
+        if electionElapsed >= randomizedElectionTimeout {
+            electionElapsed = 0
+            hup(transfer: false)
+        }
+    }
+
+    private func tickLeader() {
+        heartbeatElapsed += 1
+        electionElapsed += 1
+        if electionElapsed >= config.electionTicks {
+            electionElapsed = 0
+            if config.checkQuorum {
+                let active = 1 + progress.filter(\.recentActive).count
+                if active < quorum {
+                    becomeFollower(term: term, leader: noNode)
+                    return
+                }
+                for pr in progress { pr.recentActive = false }
+            }
+        }
+        if transferTarget != noNode {
+            transferElapsed += 1
+            if transferElapsed >= config.electionTicks {
+                if timeoutNowSent {
+                    // The target may still win with the TimeoutNow we sent; we cannot
+                    // hold a lease any more in this term, so stop leading.
+                    becomeFollower(term: term, leader: noNode)
+                    return
+                }
+                transferTarget = noNode
+                transferElapsed = 0
+            }
+        }
+        if heartbeatElapsed >= config.heartbeatTicks {
+            heartbeatElapsed = 0
+            for pr in progress {
+                send(
+                    Message(
+                        kind: .heartbeat, from: id, to: pr.id, term: term, commit: min(pr.match, log.committed),
+                        leaseTick: stampTick))
+            }
+        }
+    }
+
+    // MARK: - Votes
+
+    private func handleVoteRequest(_ m: Message) {
+        let responseKind: MessageKind = m.kind == .vote ? .voteResponse : .preVoteResponse
+        let canVote =
+            vote == m.from || (vote == noNode && leader == noNode)
+            || (m.kind == .preVote && m.term > term)
+        if canVote && log.isUpToDate(lastIndex: m.index, lastTerm: m.logTerm) {
+            send(Message(kind: responseKind, from: id, to: m.from, term: m.term))
+            if m.kind == .vote {
+                electionElapsed = 0
+                vote = m.from
+            }
+        } else {
+            send(Message(kind: responseKind, from: id, to: m.from, term: term, reject: true))
+        }
+    }
+
+    private func stepCandidate(_ m: Message) {
+        switch m.kind {
+        case .append, .heartbeat, .snapshot:
+            becomeFollower(term: term, leader: m.from)
+            stepFollower(m)
+        case .preVoteResponse:
+            guard role == .preCandidate, m.reject || m.term == term + 1 else { return }
+            switch poll(m.from, granted: !m.reject) {
+            case .won: campaignVote(transfer: false)
+            case .lost: becomeFollower(term: term, leader: noNode)
+            case .pending: break
+            }
+        case .voteResponse:
+            guard role == .candidate else { return }
+            switch poll(m.from, granted: !m.reject) {
+            case .won: becomeLeader()
+            case .lost: becomeFollower(term: term, leader: noNode)
+            case .pending: break
+            }
+        default:
+            break
+        }
+    }
+
+    // MARK: - Follower
+
+    private func stepFollower(_ m: Message) {
+        switch m.kind {
+        case .append, .heartbeat, .snapshot:
+            precondition(
+                leader == noNode || leader == m.from,
+                "raft: two leaders (\(leader), \(m.from)) in term \(term)")
+            leader = m.from
+            electionElapsed = 0
+            leaderContactElapsed = 0
+            switch m.kind {
+            case .append: handleAppend(m)
+            case .heartbeat: handleHeartbeat(m)
+            default: handleSnapshot(m)
+            }
+        case .timeoutNow:
+            hup(transfer: true)
+        default:
+            break
+        }
+    }
+
+    private func handleAppend(_ m: Message) {
+        if m.index < log.committed {
+            send(
+                Message(
+                    kind: .appendResponse, from: id, to: m.from, term: term, index: log.committed,
+                    leaseTick: m.leaseTick))
+            return
+        }
+        if let lastNew = log.maybeAppend(
+            prevIndex: m.index, prevTerm: m.logTerm, leaderCommit: m.commit, m.entries)
+        {
+            send(
+                Message(
+                    kind: .appendResponse, from: id, to: m.from, term: term, index: lastNew,
+                    leaseTick: m.leaseTick))
+        } else {
+            let hint = log.findConflictByTerm(min(m.index, log.lastIndex), m.logTerm)
+            send(
+                Message(
+                    kind: .appendResponse, from: id, to: m.from, term: term, logTerm: hint.term,
+                    index: m.index,
+                    reject: true, rejectHint: hint.index, leaseTick: m.leaseTick))
+        }
+    }
+
+    private func handleHeartbeat(_ m: Message) {
+        log.commit(to: m.commit)
         send(
-          Message(
-            kind: .heartbeat, from: id, to: pr.id, term: term, commit: min(pr.match, log.committed),
-            leaseTick: stampTick))
-      }
+            Message(kind: .heartbeatResponse, from: id, to: m.from, term: term, leaseTick: m.leaseTick))
     }
-  }
 
-  // MARK: - Votes
-
-  private func handleVoteRequest(_ m: Message) {
-    let responseKind: MessageKind = m.kind == .vote ? .voteResponse : .preVoteResponse
-    let canVote =
-      vote == m.from || (vote == noNode && leader == noNode)
-      || (m.kind == .preVote && m.term > term)
-    if canVote && log.isUpToDate(lastIndex: m.index, lastTerm: m.logTerm) {
-      send(Message(kind: responseKind, from: id, to: m.from, term: m.term))
-      if m.kind == .vote {
-        electionElapsed = 0
-        vote = m.from
-      }
-    } else {
-      send(Message(kind: responseKind, from: id, to: m.from, term: term, reject: true))
+    private func handleSnapshot(_ m: Message) {
+        let s = m.snapshot!
+        if s.index <= log.committed {
+            // Nothing new.
+        } else if log.matchTerm(s.index, s.term) {
+            log.commit(to: s.index)  // we already have that prefix
+        } else {
+            log.restore(s)
+        }
+        send(
+            Message(
+                kind: .appendResponse, from: id, to: m.from, term: term, index: log.committed,
+                leaseTick: m.leaseTick))
     }
-  }
 
-  private func stepCandidate(_ m: Message) {
-    switch m.kind {
-    case .append, .heartbeat, .snapshot:
-      becomeFollower(term: term, leader: m.from)
-      stepFollower(m)
-    case .preVoteResponse:
-      guard role == .preCandidate, m.reject || m.term == term + 1 else { return }
-      switch poll(m.from, granted: !m.reject) {
-      case .won: campaignVote(transfer: false)
-      case .lost: becomeFollower(term: term, leader: noNode)
-      case .pending: break
-      }
-    case .voteResponse:
-      guard role == .candidate else { return }
-      switch poll(m.from, granted: !m.reject) {
-      case .won: becomeLeader()
-      case .lost: becomeFollower(term: term, leader: noNode)
-      case .pending: break
-      }
-    default:
-      break
-    }
-  }
+    // MARK: - Leader
 
-  // MARK: - Follower
+    private func appendAsLeader(_ entry: Entry) {
+        precondition(role == .leader && entry.term == term && entry.index == log.lastIndex + 1)
+        log.append([entry])
+        _ = maybeCommit()  // a single-node cluster commits at once
+        for pr in progress { sendAppend(pr) }
+    }
 
-  private func stepFollower(_ m: Message) {
-    switch m.kind {
-    case .append, .heartbeat, .snapshot:
-      precondition(
-        leader == noNode || leader == m.from,
-        "raft: two leaders (\(leader), \(m.from)) in term \(term)")
-      leader = m.from
-      electionElapsed = 0
-      leaderContactElapsed = 0
-      switch m.kind {
-      case .append: handleAppend(m)
-      case .heartbeat: handleHeartbeat(m)
-      default: handleSnapshot(m)
-      }
-    case .timeoutNow:
-      hup(transfer: true)
-    default:
-      break
+    /// Commits the highest index replicated on a quorum, if it is of the
+    /// current term (§5.4.2). Returns true if the commit index moved.
+    private func maybeCommit() -> Bool {
+        let candidate = quorumValue(self: log.lastIndex, needed: quorum) { $0.match }
+        guard candidate > log.committed, log.term(at: candidate) == term else { return false }
+        log.commit(to: candidate)
+        return true
     }
-  }
 
-  private func handleAppend(_ m: Message) {
-    if m.index < log.committed {
-      send(
-        Message(
-          kind: .appendResponse, from: id, to: m.from, term: term, index: log.committed,
-          leaseTick: m.leaseTick))
-      return
+    /// The largest value `v` such that at least `needed` of {our own value,
+    /// every follower's value} are `>= v`: what a quorum has reached. No allocation.
+    private func quorumValue(self own: UInt64, needed: Int, _ value: (Progress) -> UInt64) -> UInt64 {
+        func reached(_ v: UInt64) -> Bool {
+            var atLeast = own >= v ? 1 : 0
+            for pr in progress where value(pr) >= v { atLeast += 1 }
+            return atLeast >= needed
+        }
+        var best: UInt64 = reached(own) ? own : 0
+        for pr in progress {
+            let v = value(pr)
+            if v > best && reached(v) { best = v }
+        }
+        return best
     }
-    if let lastNew = log.maybeAppend(
-      prevIndex: m.index, prevTerm: m.logTerm, leaderCommit: m.commit, m.entries)
-    {
-      send(
-        Message(
-          kind: .appendResponse, from: id, to: m.from, term: term, index: lastNew,
-          leaseTick: m.leaseTick))
-    } else {
-      let hint = log.findConflictByTerm(min(m.index, log.lastIndex), m.logTerm)
-      send(
-        Message(
-          kind: .appendResponse, from: id, to: m.from, term: term, logTerm: hint.term,
-          index: m.index,
-          reject: true, rejectHint: hint.index, leaseTick: m.leaseTick))
-    }
-  }
 
-  private func handleHeartbeat(_ m: Message) {
-    log.commit(to: m.commit)
-    send(
-      Message(kind: .heartbeatResponse, from: id, to: m.from, term: term, leaseTick: m.leaseTick))
-  }
+    /// Sends entries from `pr.next` (or the snapshot if they are compacted).
+    @discardableResult
+    private func sendAppend(_ pr: Progress, sendIfEmpty: Bool = true) -> Bool {
+        if pr.isPaused(maxInflight: config.maxInflightEntries) { return false }
+        let prevIndex = pr.next - 1
+        guard let prevTerm = log.term(at: prevIndex) else {
+            // The entries this follower needs are compacted: send the snapshot.
+            let s = log.snapshot
+            precondition(s.index > 0)
+            pr.state = .snapshot
+            pr.pendingSnapshot = s.index
+            pr.probeSent = false
+            send(
+                Message(
+                    kind: .snapshot, from: id, to: pr.id, term: term, leaseTick: stampTick, snapshot: s))
+            return true
+        }
+        let entries = log.slice(pr.next, log.lastIndex + 1, limit: config.maxEntriesPerMessage)
+        if entries.isEmpty && !sendIfEmpty { return false }
+        send(
+            Message(
+                kind: .append, from: id, to: pr.id, term: term, logTerm: prevTerm, index: prevIndex,
+                commit: log.committed,
+                entries: entries, leaseTick: stampTick))
+        switch pr.state {
+        case .replicate:
+            if let last = entries.last { pr.next = last.index + 1 }
+        case .probe:
+            pr.probeSent = true
+        case .snapshot:
+            preconditionFailure("raft: append sent in snapshot state")
+        }
+        return true
+    }
 
-  private func handleSnapshot(_ m: Message) {
-    let s = m.snapshot!
-    if s.index <= log.committed {
-      // Nothing new.
-    } else if log.matchTerm(s.index, s.term) {
-      log.commit(to: s.index)  // we already have that prefix
-    } else {
-      log.restore(s)
+    private func sendTimeoutNow(to target: NodeID) {
+        timeoutNowSent = true
+        send(Message(kind: .timeoutNow, from: id, to: target, term: term))
     }
-    send(
-      Message(
-        kind: .appendResponse, from: id, to: m.from, term: term, index: log.committed,
-        leaseTick: m.leaseTick))
-  }
 
-  // MARK: - Leader
+    private func stepLeader(_ m: Message) {
+        guard let pr = progress.first(where: { $0.id == m.from }) else { return }
+        switch m.kind {
+        case .appendResponse:
+            noteAcknowledgement(m, pr)
+            handleAppendResponse(m, pr)
+        case .heartbeatResponse:
+            noteAcknowledgement(m, pr)
+            pr.probeSent = false
+            if pr.state == .snapshot || (pr.state == .replicate && pr.match < log.lastIndex) {
+                // The snapshot or appends in flight may be lost: probe again.
+                pr.becomeProbe()
+            }
+            if pr.match < log.lastIndex { sendAppend(pr) }
+        default:
+            return  // another leader's messages cannot exist in our term
+        }
+        if m.from == transferTarget && pr.match == log.lastIndex && !timeoutNowSent {
+            sendTimeoutNow(to: m.from)
+        }
+    }
 
-  private func appendAsLeader(_ entry: Entry) {
-    precondition(role == .leader && entry.term == term && entry.index == log.lastIndex + 1)
-    log.append([entry])
-    _ = maybeCommit()  // a single-node cluster commits at once
-    for pr in progress { sendAppend(pr) }
-  }
+    private func noteAcknowledgement(_ m: Message, _ pr: Progress) {
+        pr.recentActive = true
+        if m.leaseTick <= stampTick {
+            pr.ackedTick = max(pr.ackedTick, m.leaseTick)
+        } else {
+            droppedMessages += 1  // echoes a tick we never sent: ignore it for the lease
+        }
+    }
 
-  /// Commits the highest index replicated on a quorum, if it is of the
-  /// current term (§5.4.2). Returns true if the commit index moved.
-  private func maybeCommit() -> Bool {
-    let candidate = quorumValue(self: log.lastIndex, needed: quorum) { $0.match }
-    guard candidate > log.committed, log.term(at: candidate) == term else { return false }
-    log.commit(to: candidate)
-    return true
-  }
+    private func handleAppendResponse(_ m: Message, _ pr: Progress) {
+        if m.reject {
+            var hint = m.rejectHint
+            if m.logTerm > 0 { hint = log.findConflictByTerm(m.rejectHint, m.logTerm).index }
+            if pr.maybeDecrease(rejected: m.index, hint: hint) {
+                if pr.state == .replicate { pr.becomeProbe() }
+                sendAppend(pr)
+            }
+            return
+        }
+        precondition(
+            m.index <= log.lastIndex,
+            "raft: follower acknowledged index \(m.index) beyond our last \(log.lastIndex)")
+        let wasPaused = pr.isPaused(maxInflight: config.maxInflightEntries)
+        let updated = pr.maybeUpdate(m.index) || (pr.match == m.index && pr.state == .probe)
+        guard updated else { return }
+        switch pr.state {
+        case .probe:
+            pr.becomeReplicate()
+        case .snapshot:
+            if pr.match + 1 >= log.firstIndex { pr.becomeReplicate() }
+        case .replicate:
+            break
+        }
+        if maybeCommit() {
+            for other in progress { sendAppend(other) }
+        } else if wasPaused {
+            sendAppend(pr)
+        }
+        // Keep the pipeline full while there is more to send.
+        while pr.state == .replicate && pr.next <= log.lastIndex && sendAppend(pr, sendIfEmpty: false) {
+        }
+    }
 
-  /// The largest value `v` such that at least `needed` of {our own value,
-  /// every follower's value} are `>= v`: what a quorum has reached. No allocation.
-  private func quorumValue(self own: UInt64, needed: Int, _ value: (Progress) -> UInt64) -> UInt64 {
-    func reached(_ v: UInt64) -> Bool {
-      var atLeast = own >= v ? 1 : 0
-      for pr in progress where value(pr) >= v { atLeast += 1 }
-      return atLeast >= needed
+    private func send(_ m: Message) {
+        assert(m.structuralProblem() == nil, "raft: built a malformed message: \(m)")
+        outbox.append(m)
     }
-    var best: UInt64 = reached(own) ? own : 0
-    for pr in progress {
-      let v = value(pr)
-      if v > best && reached(v) { best = v }
-    }
-    return best
-  }
-
-  /// Sends entries from `pr.next` (or the snapshot if they are compacted).
-  @discardableResult
-  private func sendAppend(_ pr: Progress, sendIfEmpty: Bool = true) -> Bool {
-    if pr.isPaused(maxInflight: config.maxInflightEntries) { return false }
-    let prevIndex = pr.next - 1
-    guard let prevTerm = log.term(at: prevIndex) else {
-      // The entries this follower needs are compacted: send the snapshot.
-      let s = log.snapshot
-      precondition(s.index > 0)
-      pr.state = .snapshot
-      pr.pendingSnapshot = s.index
-      pr.probeSent = false
-      send(
-        Message(
-          kind: .snapshot, from: id, to: pr.id, term: term, leaseTick: stampTick, snapshot: s))
-      return true
-    }
-    let entries = log.slice(pr.next, log.lastIndex + 1, limit: config.maxEntriesPerMessage)
-    if entries.isEmpty && !sendIfEmpty { return false }
-    send(
-      Message(
-        kind: .append, from: id, to: pr.id, term: term, logTerm: prevTerm, index: prevIndex,
-        commit: log.committed,
-        entries: entries, leaseTick: stampTick))
-    switch pr.state {
-    case .replicate:
-      if let last = entries.last { pr.next = last.index + 1 }
-    case .probe:
-      pr.probeSent = true
-    case .snapshot:
-      preconditionFailure("raft: append sent in snapshot state")
-    }
-    return true
-  }
-
-  private func sendTimeoutNow(to target: NodeID) {
-    timeoutNowSent = true
-    send(Message(kind: .timeoutNow, from: id, to: target, term: term))
-  }
-
-  private func stepLeader(_ m: Message) {
-    guard let pr = progress.first(where: { $0.id == m.from }) else { return }
-    switch m.kind {
-    case .appendResponse:
-      noteAcknowledgement(m, pr)
-      handleAppendResponse(m, pr)
-    case .heartbeatResponse:
-      noteAcknowledgement(m, pr)
-      pr.probeSent = false
-      if pr.state == .snapshot || (pr.state == .replicate && pr.match < log.lastIndex) {
-        // The snapshot or appends in flight may be lost: probe again.
-        pr.becomeProbe()
-      }
-      if pr.match < log.lastIndex { sendAppend(pr) }
-    default:
-      return  // another leader's messages cannot exist in our term
-    }
-    if m.from == transferTarget && pr.match == log.lastIndex && !timeoutNowSent {
-      sendTimeoutNow(to: m.from)
-    }
-  }
-
-  private func noteAcknowledgement(_ m: Message, _ pr: Progress) {
-    pr.recentActive = true
-    if m.leaseTick <= stampTick {
-      pr.ackedTick = max(pr.ackedTick, m.leaseTick)
-    } else {
-      droppedMessages += 1  // echoes a tick we never sent: ignore it for the lease
-    }
-  }
-
-  private func handleAppendResponse(_ m: Message, _ pr: Progress) {
-    if m.reject {
-      var hint = m.rejectHint
-      if m.logTerm > 0 { hint = log.findConflictByTerm(m.rejectHint, m.logTerm).index }
-      if pr.maybeDecrease(rejected: m.index, hint: hint) {
-        if pr.state == .replicate { pr.becomeProbe() }
-        sendAppend(pr)
-      }
-      return
-    }
-    precondition(
-      m.index <= log.lastIndex,
-      "raft: follower acknowledged index \(m.index) beyond our last \(log.lastIndex)")
-    let wasPaused = pr.isPaused(maxInflight: config.maxInflightEntries)
-    let updated = pr.maybeUpdate(m.index) || (pr.match == m.index && pr.state == .probe)
-    guard updated else { return }
-    switch pr.state {
-    case .probe:
-      pr.becomeReplicate()
-    case .snapshot:
-      if pr.match + 1 >= log.firstIndex { pr.becomeReplicate() }
-    case .replicate:
-      break
-    }
-    if maybeCommit() {
-      for other in progress { sendAppend(other) }
-    } else if wasPaused {
-      sendAppend(pr)
-    }
-    // Keep the pipeline full while there is more to send.
-    while pr.state == .replicate && pr.next <= log.lastIndex && sendAppend(pr, sendIfEmpty: false) {
-    }
-  }
-
-  private func send(_ m: Message) {
-    assert(m.structuralProblem() == nil, "raft: built a malformed message: \(m)")
-    outbox.append(m)
-  }
 }

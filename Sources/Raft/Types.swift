@@ -14,162 +14,162 @@ public let noNode: NodeID = 0
 /// The core never interprets payloads; `noop` entries are appended by a new
 /// leader (Raft §5.4.2 needs an entry of the current term to commit).
 public enum EntryKind: UInt8, Sendable, Equatable {
-  case normal = 0
-  case noop = 1
-  case config = 2
+    case normal = 0
+    case noop = 1
+    case config = 2
 }
 
 /// One log entry: position (index, term), kind and an opaque payload.
 public struct Entry: Equatable, Sendable {
-  public var index: UInt64
-  public var term: UInt64
-  public var kind: EntryKind
-  public var data: [UInt8]
+    public var index: UInt64
+    public var term: UInt64
+    public var kind: EntryKind
+    public var data: [UInt8]
 
-  public init(index: UInt64, term: UInt64, kind: EntryKind = .normal, data: [UInt8] = []) {
-    self.index = index
-    self.term = term
-    self.kind = kind
-    self.data = data
-  }
+    public init(index: UInt64, term: UInt64, kind: EntryKind = .normal, data: [UInt8] = []) {
+        self.index = index
+        self.term = term
+        self.kind = kind
+        self.data = data
+    }
 }
 
 /// State that must be on stable storage before any message of the same
 /// `Ready` is sent: current term, vote in that term, commit index.
 public struct HardState: Equatable, Sendable {
-  public var term: UInt64
-  public var vote: NodeID
-  public var commit: UInt64
+    public var term: UInt64
+    public var vote: NodeID
+    public var commit: UInt64
 
-  public init(term: UInt64 = 0, vote: NodeID = noNode, commit: UInt64 = 0) {
-    self.term = term
-    self.vote = vote
-    self.commit = commit
-  }
+    public init(term: UInt64 = 0, vote: NodeID = noNode, commit: UInt64 = 0) {
+        self.term = term
+        self.vote = vote
+        self.commit = commit
+    }
 }
 
 /// A node's role. Transitions: follower → preCandidate → candidate → leader,
 /// any → follower.
 public enum Role: UInt8, Sendable, Equatable {
-  case follower = 0
-  case preCandidate = 1
-  case candidate = 2
-  case leader = 3
+    case follower = 0
+    case preCandidate = 1
+    case candidate = 2
+    case leader = 3
 }
 
 /// Volatile state the service wants to observe (not persisted).
 public struct SoftState: Equatable, Sendable {
-  /// The leader this node knows of in its current term, or `noNode`.
-  public var leader: NodeID
-  public var role: Role
+    /// The leader this node knows of in its current term, or `noNode`.
+    public var leader: NodeID
+    public var role: Role
 
-  public init(leader: NodeID, role: Role) {
-    self.leader = leader
-    self.role = role
-  }
+    public init(leader: NodeID, role: Role) {
+        self.leader = leader
+        self.role = role
+    }
 }
 
 /// A compacted log prefix: every entry up to `index` (of term `term`) is
 /// replaced by the application's state `data`.
 public struct Snapshot: Equatable, Sendable {
-  public var index: UInt64
-  public var term: UInt64
-  public var data: [UInt8]
+    public var index: UInt64
+    public var term: UInt64
+    public var data: [UInt8]
 
-  public init(index: UInt64, term: UInt64, data: [UInt8]) {
-    self.index = index
-    self.term = term
-    self.data = data
-  }
+    public init(index: UInt64, term: UInt64, data: [UInt8]) {
+        self.index = index
+        self.term = term
+        self.data = data
+    }
 
-  /// The empty snapshot every log starts from (index 0, term 0).
-  public static let empty = Snapshot(index: 0, term: 0, data: [])
+    /// The empty snapshot every log starts from (index 0, term 0).
+    public static let empty = Snapshot(index: 0, term: 0, data: [])
 }
 
 /// Static configuration of a node.
 public struct Config: Sendable {
-  /// This node's id (non-zero, one of `voters`).
-  public var id: NodeID
-  /// All voting members, including `id`.
-  public var voters: [NodeID]
-  /// A follower starts a (pre-)election after a random timeout in
-  /// `[electionTicks, 2*electionTicks)` without hearing from a leader.
-  public var electionTicks: Int
-  /// A leader sends heartbeats every `heartbeatTicks`.
-  public var heartbeatTicks: Int
-  /// Pre-vote (Raft thesis §9.6): a node wins a pre-election before it raises its term.
-  public var preVote: Bool
-  /// Check-quorum: a leader that has not heard from a majority within
-  /// `electionTicks` steps down.
-  public var checkQuorum: Bool
-  /// Length of the leader lease, in ticks. Must be `< electionTicks - 1`
-  /// (see `RaftNode.hasLease`); defaults to `electionTicks - 2`.
-  public var leaseTicks: Int
-  /// Seed of the random source for election timeouts.
-  public var randomSeed: UInt64
-  /// Upper bound on entries in one append message.
-  public var maxEntriesPerMessage: Int
-  /// Upper bound on entries sent but not yet acknowledged, per follower.
-  public var maxInflightEntries: Int
-  /// Upper bound on a proposal's payload.
-  public var maxProposalBytes: Int
+    /// This node's id (non-zero, one of `voters`).
+    public var id: NodeID
+    /// All voting members, including `id`.
+    public var voters: [NodeID]
+    /// A follower starts a (pre-)election after a random timeout in
+    /// `[electionTicks, 2*electionTicks)` without hearing from a leader.
+    public var electionTicks: Int
+    /// A leader sends heartbeats every `heartbeatTicks`.
+    public var heartbeatTicks: Int
+    /// Pre-vote (Raft thesis §9.6): a node wins a pre-election before it raises its term.
+    public var preVote: Bool
+    /// Check-quorum: a leader that has not heard from a majority within
+    /// `electionTicks` steps down.
+    public var checkQuorum: Bool
+    /// Length of the leader lease, in ticks. Must be `< electionTicks - 1`
+    /// (see `RaftNode.hasLease`); defaults to `electionTicks - 2`.
+    public var leaseTicks: Int
+    /// Seed of the random source for election timeouts.
+    public var randomSeed: UInt64
+    /// Upper bound on entries in one append message.
+    public var maxEntriesPerMessage: Int
+    /// Upper bound on entries sent but not yet acknowledged, per follower.
+    public var maxInflightEntries: Int
+    /// Upper bound on a proposal's payload.
+    public var maxProposalBytes: Int
 
-  public init(
-    id: NodeID, voters: [NodeID], electionTicks: Int = 10, heartbeatTicks: Int = 1,
-    preVote: Bool = true, checkQuorum: Bool = true, leaseTicks: Int? = nil,
-    randomSeed: UInt64 = 0, maxEntriesPerMessage: Int = 256, maxInflightEntries: Int = 4096,
-    maxProposalBytes: Int = 1 << 20
-  ) {
-    self.id = id
-    self.voters = voters
-    self.electionTicks = electionTicks
-    self.heartbeatTicks = heartbeatTicks
-    self.preVote = preVote
-    self.checkQuorum = checkQuorum
-    self.leaseTicks = leaseTicks ?? (electionTicks - 2)
-    self.randomSeed = randomSeed
-    self.maxEntriesPerMessage = maxEntriesPerMessage
-    self.maxInflightEntries = maxInflightEntries
-    self.maxProposalBytes = maxProposalBytes
-  }
+    public init(
+        id: NodeID, voters: [NodeID], electionTicks: Int = 10, heartbeatTicks: Int = 1,
+        preVote: Bool = true, checkQuorum: Bool = true, leaseTicks: Int? = nil,
+        randomSeed: UInt64 = 0, maxEntriesPerMessage: Int = 256, maxInflightEntries: Int = 4096,
+        maxProposalBytes: Int = 1 << 20
+    ) {
+        self.id = id
+        self.voters = voters
+        self.electionTicks = electionTicks
+        self.heartbeatTicks = heartbeatTicks
+        self.preVote = preVote
+        self.checkQuorum = checkQuorum
+        self.leaseTicks = leaseTicks ?? (electionTicks - 2)
+        self.randomSeed = randomSeed
+        self.maxEntriesPerMessage = maxEntriesPerMessage
+        self.maxInflightEntries = maxInflightEntries
+        self.maxProposalBytes = maxProposalBytes
+    }
 
-  /// Traps on a configuration the core cannot run safely with.
-  func validate() {
-    precondition(id != noNode, "raft: node id 0 is reserved")
-    precondition(voters.contains(id), "raft: id \(id) is not among the voters")
-    precondition(!voters.contains(noNode), "raft: voter id 0 is reserved")
-    precondition(Set(voters).count == voters.count, "raft: duplicate voter ids")
-    precondition(voters.count <= 255, "raft: too many voters")
-    precondition(electionTicks >= 3, "raft: electionTicks must be >= 3")
-    precondition(
-      heartbeatTicks >= 1 && heartbeatTicks < electionTicks,
-      "raft: heartbeatTicks must be in [1, electionTicks)")
-    precondition(
-      leaseTicks >= 1 && leaseTicks < electionTicks - 1,
-      "raft: leaseTicks must be in [1, electionTicks - 1)")
-    precondition(maxEntriesPerMessage >= 1 && maxEntriesPerMessage <= Message.maxEntries)
-    precondition(maxInflightEntries >= maxEntriesPerMessage)
-    precondition(maxProposalBytes >= 0 && maxProposalBytes <= Message.maxPayloadBytes)
-  }
+    /// Traps on a configuration the core cannot run safely with.
+    func validate() {
+        precondition(id != noNode, "raft: node id 0 is reserved")
+        precondition(voters.contains(id), "raft: id \(id) is not among the voters")
+        precondition(!voters.contains(noNode), "raft: voter id 0 is reserved")
+        precondition(Set(voters).count == voters.count, "raft: duplicate voter ids")
+        precondition(voters.count <= 255, "raft: too many voters")
+        precondition(electionTicks >= 3, "raft: electionTicks must be >= 3")
+        precondition(
+            heartbeatTicks >= 1 && heartbeatTicks < electionTicks,
+            "raft: heartbeatTicks must be in [1, electionTicks)")
+        precondition(
+            leaseTicks >= 1 && leaseTicks < electionTicks - 1,
+            "raft: leaseTicks must be in [1, electionTicks - 1)")
+        precondition(maxEntriesPerMessage >= 1 && maxEntriesPerMessage <= Message.maxEntries)
+        precondition(maxInflightEntries >= maxEntriesPerMessage)
+        precondition(maxProposalBytes >= 0 && maxProposalBytes <= Message.maxPayloadBytes)
+    }
 }
 
 /// SplitMix64: the core's only source of randomness (election timeouts).
 struct SplitMix64 {
-  private var state: UInt64
+    private var state: UInt64
 
-  init(seed: UInt64) { state = seed }
+    init(seed: UInt64) { state = seed }
 
-  mutating func next() -> UInt64 {
-    state &+= 0x9E37_79B9_7F4A_7C15
-    var z = state
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-  }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 
-  /// Uniform in `0..<bound` (bound > 0); the bias is negligible for small bounds.
-  mutating func below(_ bound: Int) -> Int {
-    precondition(bound > 0)
-    return Int(next() % UInt64(bound))
-  }
+    /// Uniform in `0..<bound` (bound > 0); the bias is negligible for small bounds.
+    mutating func below(_ bound: Int) -> Int {
+        precondition(bound > 0)
+        return Int(next() % UInt64(bound))
+    }
 }

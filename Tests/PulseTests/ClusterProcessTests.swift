@@ -198,7 +198,8 @@ final class ClusterProcessTests: XCTestCase {
         XCTAssertEqual(response.status, 202, response.text + cluster.logs)
         let atBeat = try XCTUnwrap((response.json["apply_at_beat"] as? NSNumber)?.int64Value)
         XCTAssertTrue(
-            Harness.waitUntil(seconds: 15) { self.frames(subscriber).contains { $0.index >= atBeat + 2 } }, cluster.logs)
+            Harness.waitUntil(seconds: 15) { self.frames(subscriber).contains { $0.index >= atBeat + 2 } }, cluster.logs
+        )
         // Every node applied it.
         for i in 0..<3 {
             XCTAssertEqual(cluster.get(i, "/tempo")["current_bpm"] as? Int, 320, "node \(i)\n\(cluster.logs)")

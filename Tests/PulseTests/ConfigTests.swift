@@ -22,10 +22,16 @@ final class ConfigTests: XCTestCase {
 
     func testOneAndTwoDashesAndEquals() throws {
         let one = try PulseCommand.parseConfig(
-            ["-bpm", "20", "-cluster", "c1", "-bootstrap", "-peers", "a@127.0.0.1:1,127.0.0.1:2", "-raft-bind", "127.0.0.1:2"],
+            [
+                "-bpm", "20", "-cluster", "c1", "-bootstrap", "-peers", "a@127.0.0.1:1,127.0.0.1:2", "-raft-bind",
+                "127.0.0.1:2",
+            ],
             environment: [:])
         let two = try PulseCommand.parseConfig(
-            ["--bpm", "20", "--cluster", "c1", "--bootstrap", "--peers", "a@127.0.0.1:1,127.0.0.1:2", "--node-id", "a"],
+            [
+                "--bpm", "20", "--cluster", "c1", "--bootstrap", "--peers", "a@127.0.0.1:1,127.0.0.1:2", "--node-id",
+                "a",
+            ],
             environment: [:])
         let equals = try PulseCommand.parseConfig(
             ["-bpm=20", "--cluster=c1", "-bootstrap", "-peers=a@127.0.0.1:1,127.0.0.1:2", "-raft-bind=127.0.0.1:2"],

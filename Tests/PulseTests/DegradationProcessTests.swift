@@ -51,7 +51,8 @@ final class DegradationProcessTests: XCTestCase {
         XCTAssertTrue(survivorMetrics.contains("backbeat_degradation_mode 1.0"), survivorMetrics)
         XCTAssertTrue(
             survivorMetrics.contains("backbeat_hot_path_allocated_bytes_total 0"), "degraded beats allocate nothing")
-        let readiness = try XCTUnwrap(try RawClient(port: cluster.adminPorts[survivor]).request(httpRequest("GET", "/ready")))
+        let readiness = try XCTUnwrap(
+            try RawClient(port: cluster.adminPorts[survivor]).request(httpRequest("GET", "/ready")))
         XCTAssertEqual(readiness.status, 200, "a degraded node still serves beats")
         let before = seen(subscriber)
         let reference = try XCTUnwrap(before.first)

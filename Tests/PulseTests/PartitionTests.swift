@@ -24,7 +24,10 @@ final class PartitionTests: XCTestCase {
         guard (try? process.run()) != nil else { return (-1, "cannot run bash") }
         if !Harness.waitUntil(seconds: timeout, { !process.isRunning }) { process.terminate() }
         process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        return (
+            process.terminationStatus,
+            String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        )
     }
 
     /// Starts a long-running command (not through `bash &`: Foundation's
@@ -55,7 +58,9 @@ final class PartitionTests: XCTestCase {
                 kill(child.processIdentifier, SIGKILL)
                 child.waitUntilExit()
             }
-            sh("pkill -f 'data-dir \(dir)/' ; pkill -f 'watch -raw -cluster part' ; pkill -f 'nats-server -a 10.77.0.1' ; sleep 0.3")
+            sh(
+                "pkill -f 'data-dir \(dir)/' ; pkill -f 'watch -raw -cluster part' ; pkill -f 'nats-server -a 10.77.0.1' ; sleep 0.3"
+            )
             sh("for n in \(hub) \(ns(1)) \(ns(2)) \(ns(3)); do ip netns del $n 2>/dev/null; done")
             try? FileManager.default.removeItem(atPath: dir)
         }
@@ -85,7 +90,8 @@ final class PartitionTests: XCTestCase {
         guard made.status == 0 else { return }
 
         children.append(
-            try launch(["netns", "exec", hub, NatsServer.binary, "-a", "10.77.0.1", "-p", "4222"], log: "\(dir)/nats.log"))
+            try launch(
+                ["netns", "exec", hub, NatsServer.binary, "-a", "10.77.0.1", "-p", "4222"], log: "\(dir)/nats.log"))
         let peers = (1...3).map { "n\($0)@\(ip($0)):7000" }.joined(separator: ",")
         for i in 1...3 {
             children.append(
@@ -99,7 +105,10 @@ final class PartitionTests: XCTestCase {
         usleep(300_000)
         children.append(
             try launch(
-                ["netns", "exec", hub, Harness.pulsePath, "watch", "-raw", "-cluster", "part", "-nats", "nats://10.77.0.1:4222"],
+                [
+                    "netns", "exec", hub, Harness.pulsePath, "watch", "-raw", "-cluster", "part", "-nats",
+                    "nats://10.77.0.1:4222",
+                ],
                 log: "\(dir)/frames.jsonl"))
         func logs() -> String {
             (1...3).map { "--- n\($0)\n" + ((try? String(contentsOfFile: "\(dir)/n\($0).log", encoding: .utf8)) ?? "") }
@@ -144,7 +153,8 @@ final class PartitionTests: XCTestCase {
         }
         let afterHeal = all[healedAt...]
         XCTAssertFalse(afterHeal.contains { $0["degraded"] as? Bool == true }, "one publisher, not degraded")
-        let publishers = Set(afterHeal.compactMap { ($0["hlc"] as? String)?.split(separator: ":").last.map(String.init) })
+        let publishers = Set(
+            afterHeal.compactMap { ($0["hlc"] as? String)?.split(separator: ":").last.map(String.init) })
         XCTAssertEqual(publishers.count, 1, "one publisher after healing: \(publishers)")
     }
 }

@@ -89,7 +89,8 @@ final class ProcessTests: XCTestCase {
         node = try PulseProcess(arguments: args, logPath: dir + "/b.log")
         XCTAssertTrue(subscriber.wait(for: countBefore + 3, seconds: 5), node.log)
         node.stop()
-        XCTAssertEqual(try ContractEpoch.load(dataDir: dir + "/data").startNs, epoch.startNs, "same epoch after restart")
+        XCTAssertEqual(
+            try ContractEpoch.load(dataDir: dir + "/data").startNs, epoch.startNs, "same epoch after restart")
         let indices = subscriber.received.compactMap { ($0.object["beat_index"] as? NSNumber)?.int64Value }
         XCTAssertEqual(indices, indices.sorted())
         XCTAssertEqual(Set(indices).count, indices.count)

@@ -277,7 +277,9 @@ final class BeatDriver: LoopHandler {
             // Late: move to the latest due beat; publish it only if its
             // instant passed less than half a period ago.
             var reference = wakeNs
-            if case .degraded(let delayNs) = mode, let gate { reference = gate.timelineNs(forLocalNs: wakeNs - delayNs) }
+            if case .degraded(let delayNs) = mode, let gate {
+                reference = gate.timelineNs(forLocalNs: wakeNs - delayNs)
+            }
             let current = timeline.beat(atOrBeforeNs: reference)
             if current > k {
                 stats.beatsMissed &+= UInt64(current - k)

@@ -140,7 +140,8 @@ final class ClusterNode: LoopHandler {
             heartbeatTicks: timing.heartbeatTicks, randomSeed: UInt64.random(in: 1...UInt64.max))
         do {
             raft = try RaftNode(
-                config: config, hardState: persisted.hardState, snapshot: persisted.snapshot, entries: persisted.entries)
+                config: config, hardState: persisted.hardState, snapshot: persisted.snapshot, entries: persisted.entries
+            )
         } catch {
             throw PulseError.startup("raft state in \(dataDir)/raft cannot be used: \(error)")
         }
@@ -341,10 +342,11 @@ final class ClusterNode: LoopHandler {
                 // Fold the previous change into the epoch: only one is ever pending.
                 if let previous = current.pending {
                     let timeline = Timeline(epoch: TempoEpoch(current.epoch), bar: bar, phaseCount: 1)
-                    current.epoch = TempoEpoch(
-                        startBeat: previous.atBeat, startNs: timeline.instantNs(ofBeat: previous.atBeat),
-                        bpm: previous.bpm
-                    ).stored
+                    current.epoch =
+                        TempoEpoch(
+                            startBeat: previous.atBeat, startNs: timeline.instantNs(ofBeat: previous.atBeat),
+                            bpm: previous.bpm
+                        ).stored
                 }
                 current.pending = change.stored
                 current.justification = justification

@@ -53,9 +53,11 @@ final class RaftStore {
         var persisted = RaftPersisted()
         if let bytes = read("hardstate") {
             guard bytes.count == 32, Self.checksum(bytes[0..<24]) == Self.u64(bytes, 24) else {
-                throw PulseError.startup("\(directory)/hardstate is corrupt; refusing to start (it holds this node's vote)")
+                throw PulseError.startup(
+                    "\(directory)/hardstate is corrupt; refusing to start (it holds this node's vote)")
             }
-            persisted.hardState = HardState(term: Self.u64(bytes, 0), vote: Self.u64(bytes, 8), commit: Self.u64(bytes, 16))
+            persisted.hardState = HardState(
+                term: Self.u64(bytes, 0), vote: Self.u64(bytes, 8), commit: Self.u64(bytes, 16))
         }
         if let bytes = read("snapshot") {
             guard bytes.count >= 24, Self.checksum(bytes[8...]) == Self.u64(bytes, 0) else {
@@ -166,7 +168,9 @@ final class RaftStore {
         defer { close(fd) }
         let bytes = entries.flatMap(record)
         try writeAll(fd, bytes, path: path)
-        guard fdatasync(fd) == 0 else { throw PulseError.startup("fdatasync \(path): \(String(cString: strerror(errno)))") }
+        guard fdatasync(fd) == 0 else {
+            throw PulseError.startup("fdatasync \(path): \(String(cString: strerror(errno)))")
+        }
     }
 
     private func rewriteLog(_ entries: [Entry]) throws {

@@ -78,7 +78,9 @@ struct PulseConfig: Sendable {
             try fail("-cpu \(cpu) is not an online CPU (0...\(ProcessInfo.processInfo.activeProcessorCount - 1))")
         }
         if !(0...99).contains(rtPriority) { try fail("-rt-priority must be 0 (off) or 1...99 (got \(rtPriority))") }
-        if !(0...100_000).contains(spinMaxUs) { try fail("-spin-max-us must be between 0 and 100000 (got \(spinMaxUs))") }
+        if !(0...100_000).contains(spinMaxUs) {
+            try fail("-spin-max-us must be between 0 and 100000 (got \(spinMaxUs))")
+        }
         if !(1...60_000).contains(maxOffsetMs) { try fail("-max-offset-ms must be between 1 and 60000") }
         if LogLevelName(rawValue: logLevel) == nil {
             try fail("BACKBEAT_LOG_LEVEL must be one of debug, info, warn, error (got '\(logLevel)')")
@@ -89,7 +91,9 @@ struct PulseConfig: Sendable {
             try fail("-election-timeout-ms must be at least 4 × -heartbeat-ms (\(4 * heartbeatMs)) and at most 60000")
         }
         if !(1...1_000_000).contains(raftCompactEvery) { try fail("-raft-compact-every must be between 1 and 1000000") }
-        if degradeAfterMs < 0 || degradeAfterMs > 86_400_000 { try fail("-degrade-after-ms must be between 0 and 86400000") }
+        if degradeAfterMs < 0 || degradeAfterMs > 86_400_000 {
+            try fail("-degrade-after-ms must be between 0 and 86400000")
+        }
         if !peers.isEmpty {
             _ = try PeerList.parse(peers: peers, nodeId: nodeId, raftBind: raftBind)
         }
@@ -151,7 +155,8 @@ struct PulseCommand: ParsableArguments {
     var mlock = false
     @Option(name: both("spin-max-us"), help: "Longest busy-wait before a beat, in microseconds (default 2000)")
     var spinMaxUs: Int?
-    @Option(name: both("max-offset-ms"), help: "HLC: a remote stamp further ahead than this is not adopted (default 500)")
+    @Option(
+        name: both("max-offset-ms"), help: "HLC: a remote stamp further ahead than this is not adopted (default 500)")
     var maxOffsetMs: Int?
     @Option(name: both("log-format"), help: "Log line format: text or json (default text)")
     var logFormat: String?
@@ -167,7 +172,8 @@ struct PulseCommand: ParsableArguments {
     var electionTimeoutMs: Int?
     @Option(
         name: both("degrade-after-ms"),
-        help: "Enter degradation after this long without a leader (default: 3 beats or 3 election timeouts, the longer)")
+        help: "Enter degradation after this long without a leader (default: 3 beats or 3 election timeouts, the longer)"
+    )
     var degradeAfterMs: Int?
     @Option(
         name: both("raft-compact-every"),

@@ -89,7 +89,8 @@ final class EventLoop {
 
     /// Registers `fd`; `owned` fds are closed on removal.
     @discardableResult
-    func register(fd: Int32, interest: UInt32, owned: Bool, priority isPriority: Bool = false, handler: LoopHandler) throws
+    func register(fd: Int32, interest: UInt32, owned: Bool, priority isPriority: Bool = false, handler: LoopHandler)
+        throws
         -> UInt32
     {
         var token: UInt32 = 0

@@ -77,7 +77,9 @@ final class PulseMetrics: BeatObserver {
             help: "Receive time of a frame on the beat subject minus its scheduled instant, in seconds (PER-001).")
         timerDrift = r.makeGauge(
             name: "backbeat_timer_drift_ratio",
-            help: "How far this node's local beats stray from the committed timeline, as a fraction of the period (PER-003).")
+            help:
+                "How far this node's local beats stray from the committed timeline, as a fraction of the period (PER-003)."
+        )
         isLeader = r.makeGauge(name: "backbeat_is_leader", help: "1 while this node is the publishing leader.")
         beatsTotal = r.makeCounter(name: "backbeat_beats_total", help: "Beat frames published by this node.")
         beatsMissed = r.makeCounter(

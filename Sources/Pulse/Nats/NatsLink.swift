@@ -17,8 +17,8 @@
 // frames: a beat delivered late is a wrong beat.
 import CLoop
 import CNats
-import Glibc
 import Foundation
+import Glibc
 import Logging
 
 /// Counters and state of the link, read by metrics and health.
@@ -97,11 +97,13 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         // Connect off the loop thread: it resolves names and blocks on TCP.
         let box = Unmanaged.passRetained(self).toOpaque()
         var thread = pthread_t()
-        let rc = pthread_create(&thread, nil, { arg in
-            let link = Unmanaged<NatsLink>.fromOpaque(arg!).takeRetainedValue()
-            link.connectBlocking()
-            return nil
-        }, box)
+        let rc = pthread_create(
+            &thread, nil,
+            { arg in
+                let link = Unmanaged<NatsLink>.fromOpaque(arg!).takeRetainedValue()
+                link.connectBlocking()
+                return nil
+            }, box)
         guard rc == 0 else {
             Unmanaged<NatsLink>.fromOpaque(box).release()
             throw PulseError.startup("cannot start the NATS connect thread: \(String(cString: strerror(rc)))")

@@ -72,7 +72,8 @@ extension PulseNode: AdminBackend {
         guard let cluster else { return ComponentHealth(status: "ok", detail: "single node, leader") }
         if let leader = cluster.leaderPeer {
             return ComponentHealth(
-                status: "ok", detail: "\(cluster.isLeader ? "leader" : "follower"), leader \(leader.name), term \(cluster.term)")
+                status: "ok",
+                detail: "\(cluster.isLeader ? "leader" : "follower"), leader \(leader.name), term \(cluster.term)")
         }
         if cluster.degraded {
             return ComponentHealth(status: "failing", detail: "no leader: degraded, keeping the timeline locally")
@@ -151,6 +152,7 @@ extension PulseNode: AdminBackend {
     }
 
     static func errorBody(_ message: String, _ code: String) -> Data {
-        (try? JSONSerialization.data(withJSONObject: ["error": message, "code": code], options: [.sortedKeys])) ?? Data()
+        (try? JSONSerialization.data(withJSONObject: ["error": message, "code": code], options: [.sortedKeys]))
+            ?? Data()
     }
 }

@@ -68,7 +68,8 @@ extension PulseNode: PublishGate, ClusterListener {
                     reply(
                         .scheduled(
                             ScheduledTempoChange(
-                                tempo_bpm: bpm, previous_bpm: object["previous_bpm"] as? Int ?? 0, apply_at_beat: atBeat,
+                                tempo_bpm: bpm, previous_bpm: object["previous_bpm"] as? Int ?? 0,
+                                apply_at_beat: atBeat,
                                 apply_at: object["apply_at"] as? String ?? "",
                                 justification: object["justification"] as? String ?? "")))
                 } else {

@@ -180,8 +180,10 @@ final class PulseNode: LoopHandler {
         logger.info(
             "pulse running",
             metadata: [
-                "cluster": "\(config.clusterId)", "subject": "\(config.beatSubject)", "bpm": "\(beats.timeline.epoch.bpm)",
-                "next_beat": "\(beats.nextBeat)", "admin_port": "\(admin?.boundPort ?? 0)", "cpu": "\(config.cpu.map(String.init) ?? "any")",
+                "cluster": "\(config.clusterId)", "subject": "\(config.beatSubject)",
+                "bpm": "\(beats.timeline.epoch.bpm)",
+                "next_beat": "\(beats.nextBeat)", "admin_port": "\(admin?.boundPort ?? 0)",
+                "cpu": "\(config.cpu.map(String.init) ?? "any")",
                 "allocator": "\(cloop_allocator_version().map { String(cString: $0) } ?? "system")",
             ])
         loop.run()

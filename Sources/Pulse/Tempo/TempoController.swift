@@ -109,7 +109,8 @@ final class TempoController: TempoListener {
         commit(change, request.justification) { [self] failure in
             inFlight = nil
             if let failure {
-                refuse(status: 503, code: failure, message: "the change could not be committed (\(failure))", reply: reply)
+                refuse(
+                    status: 503, code: failure, message: "the change could not be committed (\(failure))", reply: reply)
                 return
             }
             logger.info(

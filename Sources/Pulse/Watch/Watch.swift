@@ -10,13 +10,16 @@ import Glibc
 
 /// `pulse watch` options.
 struct WatchCommand: ParsableArguments {
-    @Option(name: PulseCommand.both("cluster"), help: "Cluster to watch (env BACKBEAT_CLUSTER_ID; default chorus-aus-01)")
+    @Option(
+        name: PulseCommand.both("cluster"), help: "Cluster to watch (env BACKBEAT_CLUSTER_ID; default chorus-aus-01)")
     var cluster: String?
     @Option(name: PulseCommand.both("nats"), help: "NATS server URL (default nats://localhost:4222)")
     var nats = "nats://localhost:4222"
     @Option(name: PulseCommand.both("count"), help: "Exit after this many frames (default: run until interrupted)")
     var count: Int?
-    @Option(name: PulseCommand.both("timeout-s"), help: "Exit with status 1 if no frame arrives for this long (default 0: wait)")
+    @Option(
+        name: PulseCommand.both("timeout-s"),
+        help: "Exit with status 1 if no frame arrives for this long (default 0: wait)")
     var timeoutS: Int = 0
     @Flag(name: PulseCommand.both("raw"), help: "Print each frame's JSON as received")
     var raw = false
@@ -81,7 +84,8 @@ final class Watcher {
         var nc: OpaquePointer?
         var status = natsConnection_ConnectTo(&nc, options.nats)
         guard status == NATS_OK else {
-            throw PulseError.startup("cannot connect to \(options.nats): \(String(cString: natsStatus_GetText(status)))")
+            throw PulseError.startup(
+                "cannot connect to \(options.nats): \(String(cString: natsStatus_GetText(status)))")
         }
         defer { natsConnection_Destroy(nc) }
         var sub: OpaquePointer?

@@ -13,7 +13,8 @@ struct ContractEpoch: Decodable {
     var bar: Int
 
     static func load(dataDir: String) throws -> ContractEpoch {
-        try JSONDecoder().decode(ContractEpoch.self, from: Data(contentsOf: URL(fileURLWithPath: dataDir + "/epoch.json")))
+        try JSONDecoder().decode(
+            ContractEpoch.self, from: Data(contentsOf: URL(fileURLWithPath: dataDir + "/epoch.json")))
     }
 
     func instantNs(_ k: Int64) -> Int64 { startNs + (k - startBeat) * 60_000_000_000 / bpm }
@@ -84,7 +85,9 @@ struct FrameChecker {
                 failures.append("unparseable frame \(frame.text)")
                 continue
             }
-            func expect(_ ok: Bool, _ what: String) { if !ok { failures.append("beat \(k): \(what) in \(frame.text)") } }
+            func expect(_ ok: Bool, _ what: String) {
+                if !ok { failures.append("beat \(k): \(what) in \(frame.text)") }
+            }
             var order = Self.keyOrder
             if o["degraded"] != nil { order.append("degraded") }
             expect(Self.keysInOrder(frame.text) == order, "key order \(Self.keysInOrder(frame.text))")
@@ -96,7 +99,8 @@ struct FrameChecker {
             expect(o["deadline_at"] as? String == Self.rfc3339(ns: epoch.instantNs(k + 1)), "deadline_at")
             expect((o["tempo_bpm"] as? NSNumber)?.int64Value == epoch.bpm, "tempo_bpm")
             expect(
-                o["window_id"] as? String == Self.windowId(cluster: epoch.clusterId, barStart: k - k % Int64(epoch.bar)),
+                o["window_id"] as? String
+                    == Self.windowId(cluster: epoch.clusterId, barStart: k - k % Int64(epoch.bar)),
                 "window_id")
             expect((o["term"] as? NSNumber)?.int64Value == expectTerm, "term")
             // hlc: <ms hex>:<counter hex, ≥4 digits>:<node suffix>

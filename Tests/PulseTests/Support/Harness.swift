@@ -10,7 +10,9 @@ enum Harness {
     /// The directory holding the built `pulse` binary (next to the test bundle).
     static var binDir: URL {
         var url = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        while url.pathComponents.count > 1 && !FileManager.default.fileExists(atPath: url.appendingPathComponent("pulse").path) {
+        while url.pathComponents.count > 1
+            && !FileManager.default.fileExists(atPath: url.appendingPathComponent("pulse").path)
+        {
             url.deleteLastPathComponent()
         }
         return url

@@ -14,170 +14,173 @@ import CLoop
 import Foundation
 
 #if canImport(Glibc)
-  import Glibc
+    import Glibc
 #endif
 
 struct Floor {
-  var latencies = Latencies()
-  var source: String
-  var notes: [String] = []
+    var latencies = Latencies()
+    var source: String
+    var notes: [String] = []
 }
 
 /// Runs `body` on a new thread and waits for it at most `seconds`.
 func runOnThread(seconds: Double, _ body: @escaping () -> Void) -> Bool {
-  let done = DispatchSemaphore(value: 0)
-  let thread = Thread {
-    body()
-    done.signal()
-  }
-  thread.stackSize = 1 << 20
-  thread.start()
-  return done.wait(timeout: .now() + seconds) == .success
+    let done = DispatchSemaphore(value: 0)
+    let thread = Thread {
+        body()
+        done.signal()
+    }
+    thread.stackSize = 1 << 20
+    thread.start()
+    return done.wait(timeout: .now() + seconds) == .success
 }
 
 // MARK: - Timer-wake floor
 
 func measureTimerFloor(seconds: Int, cpu: Int, priority: Int, tempDir: String) -> Floor {
-  if let cyclictest = findTool("cyclictest") {
-    var args = ["-m", "-q", "-D", "\(seconds)", "-a", "\(cpu)", "-i", "1000", "-h", "10000"]
-    if priority > 0 { args += ["-p", "\(priority)"] }
-    do {
-      let child = try Child(
-        name: "cyclictest", path: cyclictest, arguments: args, outputPath: tempDir + "/cyclictest.out")
-      let status = child.wait(seconds: Double(seconds) + 15)
-      if status == 0, let floor = parseCyclictest(child.output, priority: priority, cpu: cpu), floor.latencies.count > 0 {
-        return floor
-      }
-      var floor = timerfdProbe(seconds: seconds, cpu: cpu, priority: priority)
-      floor.notes.append("cyclictest failed (status \(status)); used the timerfd probe")
-      return floor
-    } catch {
-      var floor = timerfdProbe(seconds: seconds, cpu: cpu, priority: priority)
-      floor.notes.append("cyclictest could not start (\(error)); used the timerfd probe")
-      return floor
+    if let cyclictest = findTool("cyclictest") {
+        var args = ["-m", "-q", "-D", "\(seconds)", "-a", "\(cpu)", "-i", "1000", "-h", "10000"]
+        if priority > 0 { args += ["-p", "\(priority)"] }
+        do {
+            let child = try Child(
+                name: "cyclictest", path: cyclictest, arguments: args, outputPath: tempDir + "/cyclictest.out")
+            let status = child.wait(seconds: Double(seconds) + 15)
+            if status == 0, let floor = parseCyclictest(child.output, priority: priority, cpu: cpu),
+                floor.latencies.count > 0
+            {
+                return floor
+            }
+            var floor = timerfdProbe(seconds: seconds, cpu: cpu, priority: priority)
+            floor.notes.append("cyclictest failed (status \(status)); used the timerfd probe")
+            return floor
+        } catch {
+            var floor = timerfdProbe(seconds: seconds, cpu: cpu, priority: priority)
+            floor.notes.append("cyclictest could not start (\(error)); used the timerfd probe")
+            return floor
+        }
     }
-  }
-  var floor = timerfdProbe(seconds: seconds, cpu: cpu, priority: priority)
-  floor.notes.append("cyclictest not installed (apt-get install rt-tests); used the timerfd probe")
-  return floor
+    var floor = timerfdProbe(seconds: seconds, cpu: cpu, priority: priority)
+    floor.notes.append("cyclictest not installed (apt-get install rt-tests); used the timerfd probe")
+    return floor
 }
 
 /// Parses `cyclictest -h` output: "NNNNNN CCCCCC" lines (µs, count) plus the
 /// overflow count, recorded at the reported maximum (an upper bound).
 func parseCyclictest(_ text: String, priority: Int, cpu: Int) -> Floor? {
-  var floor = Floor(source: "cyclictest -i 1000 -a \(cpu)" + (priority > 0 ? " -p \(priority)" : "") + " (µs resolution)")
-  var overflows: UInt64 = 0
-  var maxUs: Int64 = 0
-  for line in text.split(separator: "\n") {
-    if line.hasPrefix("# Histogram Overflows:") {
-      overflows = UInt64(line.split(separator: ":").last!.trimmingCharacters(in: .whitespaces)) ?? 0
-    } else if line.hasPrefix("# Max Latencies:") {
-      maxUs = Int64(line.split(separator: ":").last!.trimmingCharacters(in: .whitespaces)) ?? 0
-    } else if !line.hasPrefix("#") {
-      let parts = line.split(separator: " ", omittingEmptySubsequences: true)
-      guard parts.count >= 2, let us = Int64(parts[0]), let n = UInt64(parts[1]) else { continue }
-      if n > 0 { floor.latencies.record(ns: us * 1000, count: n) }
+    var floor = Floor(
+        source: "cyclictest -i 1000 -a \(cpu)" + (priority > 0 ? " -p \(priority)" : "") + " (µs resolution)")
+    var overflows: UInt64 = 0
+    var maxUs: Int64 = 0
+    for line in text.split(separator: "\n") {
+        if line.hasPrefix("# Histogram Overflows:") {
+            overflows = UInt64(line.split(separator: ":").last!.trimmingCharacters(in: .whitespaces)) ?? 0
+        } else if line.hasPrefix("# Max Latencies:") {
+            maxUs = Int64(line.split(separator: ":").last!.trimmingCharacters(in: .whitespaces)) ?? 0
+        } else if !line.hasPrefix("#") {
+            let parts = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard parts.count >= 2, let us = Int64(parts[0]), let n = UInt64(parts[1]) else { continue }
+            if n > 0 { floor.latencies.record(ns: us * 1000, count: n) }
+        }
     }
-  }
-  if overflows > 0 {
-    floor.latencies.record(ns: max(maxUs, 10_000) * 1000, count: overflows)
-    floor.notes.append("\(overflows) cyclictest samples above 10 ms counted at its max (\(maxUs) µs)")
-  }
-  return floor
+    if overflows > 0 {
+        floor.latencies.record(ns: max(maxUs, 10_000) * 1000, count: overflows)
+        floor.notes.append("\(overflows) cyclictest samples above 10 ms counted at its max (\(maxUs) µs)")
+    }
+    return floor
 }
 
 /// Our own probe: CLOCK_REALTIME timerfd at absolute instants 1 ms apart on
 /// `cpu` at `priority`; records wake − target. Bounded by seconds × 1000 wakes.
 func timerfdProbe(seconds: Int, cpu: Int, priority: Int) -> Floor {
-  var floor = Floor(source: "timerfd probe (CLOCK_REALTIME, 1 ms, cpu \(cpu), prio \(priority))")
-  var samples: [Int64] = []
-  var problems: [String] = []
-  let ok = runOnThread(seconds: Double(seconds) + 10) {
-    if cloop_pin_to_cpu(Int32(cpu)) != 0 { problems.append("could not pin the probe to cpu \(cpu)") }
-    if priority > 0, cloop_set_fifo_priority(Int32(priority)) != 0 {
-      problems.append("SCHED_FIFO \(priority) refused for the probe")
-    }
-    _ = cloop_set_timer_slack_ns(1)
-    guard let loop = cloop_create(8, 8) else {
-      problems.append("cloop_create failed")
-      return
-    }
-    defer { cloop_destroy(loop) }
-    var token: UInt32 = 0
-    guard cloop_timer_create(loop, CLOCK_REALTIME, &token) == 0 else {
-      problems.append("timerfd_create failed")
-      return
-    }
-    let wakes = seconds * 1000
-    samples.reserveCapacity(wakes)
-    var events = [cloop_event_t](repeating: cloop_event_t(), count: 8)
-    var target = cloop_realtime_ns() + 1_000_000
-    for _ in 0..<wakes {
-      _ = cloop_timer_arm_at(loop, token, target, false)
-      var fired = false
-      for _ in 0..<100 where !fired {  // bounded: a wake is at most ~100 waits of 50 ms away
-        let n = cloop_wait(loop, &events, 8, 50_000_000)
-        if n > 0, events.prefix(Int(n)).contains(where: { $0.token == token }) {
-          let now = cloop_realtime_ns()
-          _ = cloop_timer_read(loop, token)
-          samples.append(now - target)
-          fired = true
+    var floor = Floor(source: "timerfd probe (CLOCK_REALTIME, 1 ms, cpu \(cpu), prio \(priority))")
+    var samples: [Int64] = []
+    var problems: [String] = []
+    let ok = runOnThread(seconds: Double(seconds) + 10) {
+        if cloop_pin_to_cpu(Int32(cpu)) != 0 { problems.append("could not pin the probe to cpu \(cpu)") }
+        if priority > 0, cloop_set_fifo_priority(Int32(priority)) != 0 {
+            problems.append("SCHED_FIFO \(priority) refused for the probe")
         }
-      }
-      target = max(target + 1_000_000, cloop_realtime_ns() + 100_000)
+        _ = cloop_set_timer_slack_ns(1)
+        guard let loop = cloop_create(8, 8) else {
+            problems.append("cloop_create failed")
+            return
+        }
+        defer { cloop_destroy(loop) }
+        var token: UInt32 = 0
+        guard cloop_timer_create(loop, CLOCK_REALTIME, &token) == 0 else {
+            problems.append("timerfd_create failed")
+            return
+        }
+        let wakes = seconds * 1000
+        samples.reserveCapacity(wakes)
+        var events = [cloop_event_t](repeating: cloop_event_t(), count: 8)
+        var target = cloop_realtime_ns() + 1_000_000
+        for _ in 0..<wakes {
+            _ = cloop_timer_arm_at(loop, token, target, false)
+            var fired = false
+            for _ in 0..<100 where !fired {  // bounded: a wake is at most ~100 waits of 50 ms away
+                let n = cloop_wait(loop, &events, 8, 50_000_000)
+                if n > 0, events.prefix(Int(n)).contains(where: { $0.token == token }) {
+                    let now = cloop_realtime_ns()
+                    _ = cloop_timer_read(loop, token)
+                    samples.append(now - target)
+                    fired = true
+                }
+            }
+            target = max(target + 1_000_000, cloop_realtime_ns() + 100_000)
+        }
     }
-  }
-  if !ok { problems.append("timerfd probe did not finish in time") }
-  for s in samples { floor.latencies.record(ns: s) }
-  floor.notes += problems
-  return floor
+    if !ok { problems.append("timerfd probe did not finish in time") }
+    for s in samples { floor.latencies.record(ns: s) }
+    floor.notes += problems
+    return floor
 }
 
 // MARK: - NATS loopback floor
 
 func measureNatsFloor(url: String, bpm: Int, seconds: Int, cpu: Int, priority: Int) -> Floor {
-  var floor = Floor(source: "NATS C client, SendAsap publish → threaded subscriber, \(bpm)/min")
-  let subject = "bench.floor.\(getpid()).\(bpm)"
-  do {
-    let receiver = try Receiver(url: url, subject: subject, payload: .stamp)
-    defer { receiver.close() }
-    let publisher = try Publisher(url: url, sendAsap: true)
-    let period = Int64(60_000_000_000) / Int64(bpm)
-    let count = max(1, Int(Int64(seconds) * 1_000_000_000 / period))
-    var sent = 0
-    var problems: [String] = []
-    let ok = runOnThread(seconds: Double(seconds) + 10) {
-      if cloop_pin_to_cpu(Int32(cpu)) != 0 { problems.append("could not pin the floor publisher to cpu \(cpu)") }
-      if priority > 0, cloop_set_fifo_priority(Int32(priority)) != 0 {
-        problems.append("SCHED_FIFO \(priority) refused for the floor publisher")
-      }
-      var buffer = [UInt8](repeating: 0, count: 32)
-      let start = (cloop_realtime_ns() / 100_000_000 + 3) * 100_000_000
-      for k in 0..<count {
-        sleepUntilRealtime(start + Int64(k) * period)
-        let stamp = cloop_realtime_ns()
-        var n = 0
-        var v = stamp
-        var digits = [UInt8](repeating: 0, count: 20)
-        while v > 0 && n < 20 {
-          digits[n] = UInt8(48 + v % 10)
-          v /= 10
-          n += 1
+    var floor = Floor(source: "NATS C client, SendAsap publish → threaded subscriber, \(bpm)/min")
+    let subject = "bench.floor.\(getpid()).\(bpm)"
+    do {
+        let receiver = try Receiver(url: url, subject: subject, payload: .stamp)
+        defer { receiver.close() }
+        let publisher = try Publisher(url: url, sendAsap: true)
+        let period = Int64(60_000_000_000) / Int64(bpm)
+        let count = max(1, Int(Int64(seconds) * 1_000_000_000 / period))
+        var sent = 0
+        var problems: [String] = []
+        let ok = runOnThread(seconds: Double(seconds) + 10) {
+            if cloop_pin_to_cpu(Int32(cpu)) != 0 { problems.append("could not pin the floor publisher to cpu \(cpu)") }
+            if priority > 0, cloop_set_fifo_priority(Int32(priority)) != 0 {
+                problems.append("SCHED_FIFO \(priority) refused for the floor publisher")
+            }
+            var buffer = [UInt8](repeating: 0, count: 32)
+            let start = (cloop_realtime_ns() / 100_000_000 + 3) * 100_000_000
+            for k in 0..<count {
+                sleepUntilRealtime(start + Int64(k) * period)
+                let stamp = cloop_realtime_ns()
+                var n = 0
+                var v = stamp
+                var digits = [UInt8](repeating: 0, count: 20)
+                while v > 0 && n < 20 {
+                    digits[n] = UInt8(48 + v % 10)
+                    v /= 10
+                    n += 1
+                }
+                for i in 0..<n { buffer[i] = digits[n - 1 - i] }
+                if buffer.withUnsafeBytes({ publisher.publish(subject, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }) {
+                    sent += 1
+                }
+            }
         }
-        for i in 0..<n { buffer[i] = digits[n - 1 - i] }
-        if buffer.withUnsafeBytes({ publisher.publish(subject, UnsafeRawBufferPointer(rebasing: $0[0..<n])) }) {
-          sent += 1
-        }
-      }
+        if !ok { problems.append("NATS floor publisher did not finish in time") }
+        waitUntil(seconds: 2) { receiver.received >= sent }
+        let got = receiver.snapshot()
+        for r in got { floor.latencies.record(ns: r.receivedNs - r.value) }
+        if got.count < sent { problems.append("NATS floor: \(sent - got.count) of \(sent) messages not received") }
+        floor.notes += problems
+    } catch {
+        floor.notes.append("NATS floor failed: \(error)")
     }
-    if !ok { problems.append("NATS floor publisher did not finish in time") }
-    waitUntil(seconds: 2) { receiver.received >= sent }
-    let got = receiver.snapshot()
-    for r in got { floor.latencies.record(ns: r.receivedNs - r.value) }
-    if got.count < sent { problems.append("NATS floor: \(sent - got.count) of \(sent) messages not received") }
-    floor.notes += problems
-  } catch {
-    floor.notes.append("NATS floor failed: \(error)")
-  }
-  return floor
+    return floor
 }

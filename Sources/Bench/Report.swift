@@ -5,310 +5,424 @@
 import Foundation
 
 #if canImport(Glibc)
-  import Glibc
+    import Glibc
 #endif
 
 struct Check {
-  var scenario: String
-  var target: String
-  var pass: Bool?  // nil: could not be evaluated
-  var detail: String
+    var scenario: String
+    var target: String
+    var pass: Bool?  // nil: could not be evaluated
+    var detail: String
 }
 
 struct MachineInfo {
-  var date: String
-  var commit: String
-  var cpuModel: String
-  var cpus: Int
-  var kernel: String
-  var swift: String
+    var date: String
+    var commit: String
+    var cpuModel: String
+    var cpus: Int
+    var kernel: String
+    var swift: String
 }
 
 struct BenchReport {
-  var machine: MachineInfo
-  var ctx: BenchContext
-  var scenarios: [ScenarioResult] = []
-  var baseline: ScenarioResult? = nil
-  var micro: MicroReport? = nil
-  var elapsedSeconds = 0.0
+    var machine: MachineInfo
+    var ctx: BenchContext
+    var scenarios: [ScenarioResult] = []
+    var baseline: ScenarioResult? = nil
+    var micro: MicroReport? = nil
+    var elapsedSeconds = 0.0
 
-  /// The scenario the baseline is compared with (same conditions: idle, same bpm).
-  var baselineReference: ScenarioResult? { scenarios.first { $0.name == "idle" } }
+    /// The scenario the baseline is compared with (same conditions: idle, same bpm).
+    var baselineReference: ScenarioResult? { scenarios.first { $0.name == "idle" } }
 
-  var checks: [Check] {
-    var out: [Check] = []
-    for s in scenarios {
-      let j = s.jitter.summary
-      let d = s.delivery.summary
-      let t = s.timerFloor.latencies.summary
-      let n = s.natsFloor.latencies.summary
-      let jitterFactor = s.name == "load" ? 1.0 : 0.25
-      if s.name != "per001" {
-        out.append(ratioCheck(s.name, "§9 jitter p99 ≤ \(s.name == "load" ? "1×" : "¼ ×") timer-wake p99",
-          j.p99, t.p99, jitterFactor, s.jitter.count > 0 && s.timerFloor.latencies.count > 0))
-        out.append(ratioCheck(s.name, "§9 delivery p99 ≤ 1.25× NATS floor p99", d.p99, n.p99, 1.25,
-          s.delivery.count > 0 && s.natsFloor.latencies.count > 0))
-      } else {
-        out.append(Check(scenario: s.name, target: "PER-001 delivery p95 ≤ 100 ms at 2 Hz",
-          pass: s.delivery.count > 0 ? s.per001Pass : nil, detail: "p95 \(us(d.p95))"))
-        out.append(Check(scenario: s.name, target: "PER-002 jitter p95 ≤ 20 ms",
-          pass: s.jitter.count > 0 ? s.per002Pass : nil, detail: "p95 \(us(j.p95))"))
-      }
-      if let a = s.allocatedBytesPerBeat {
-        out.append(Check(scenario: s.name, target: "§9 0 bytes allocated per beat", pass: a == 0,
-          detail: String(format: "%.1f B/beat", a)))
-      } else {
-        out.append(Check(scenario: s.name, target: "§9 0 bytes allocated per beat", pass: nil, detail: "not measured"))
-      }
+    var checks: [Check] {
+        var out: [Check] = []
+        for s in scenarios {
+            if let e = s.election {
+                let f = e.failoverSummary
+                out.append(
+                    Check(
+                        scenario: s.name, target: "§9 failover ≤ 1 s (kill → new frame)",
+                        pass: e.failoverPass,
+                        detail: f.map {
+                            String(
+                                format: "max %.1f ms (min %.1f, median %.1f) over %d kill(s)", $0.max, $0.min,
+                                $0.median, e.kills.count)
+                        }
+                            ?? "no kill round completed"))
+                out.append(
+                    Check(
+                        scenario: s.name, target: "§9 graceful stop misses no beat", pass: e.gracefulPass,
+                        detail: e.graceful.map { g in
+                            g.failoverMs == nil ? "no handover seen" : "\(g.missed.map(String.init) ?? "?") missed"
+                        } ?? "not run"))
+                out.append(
+                    Check(
+                        scenario: s.name, target: "§4 no index repeated or backwards", pass: e.orderPass,
+                        detail: "\(e.repeated) repeated, \(e.backwards) backwards; \(s.received) distinct indices"))
+                continue
+            }
+            let j = s.jitter.summary
+            let d = s.delivery.summary
+            let t = s.timerFloor.latencies.summary
+            let n = s.natsFloor.latencies.summary
+            let jitterFactor = s.name == "load" ? 1.0 : 0.25
+            if s.name != "per001" {
+                out.append(
+                    ratioCheck(
+                        s.name, "§9 jitter p99 ≤ \(s.name == "load" ? "1×" : "¼ ×") timer-wake p99",
+                        j.p99, t.p99, jitterFactor, s.jitter.count > 0 && s.timerFloor.latencies.count > 0))
+                out.append(
+                    ratioCheck(
+                        s.name, "§9 delivery p99 ≤ 1.25× NATS floor p99", d.p99, n.p99, 1.25,
+                        s.delivery.count > 0 && s.natsFloor.latencies.count > 0))
+            } else {
+                out.append(
+                    Check(
+                        scenario: s.name, target: "PER-001 delivery p95 ≤ 100 ms at 2 Hz",
+                        pass: s.delivery.count > 0 ? s.per001Pass : nil, detail: "p95 \(us(d.p95))"))
+                out.append(
+                    Check(
+                        scenario: s.name, target: "PER-002 jitter p95 ≤ 20 ms",
+                        pass: s.jitter.count > 0 ? s.per002Pass : nil, detail: "p95 \(us(j.p95))"))
+            }
+            if let a = s.allocatedBytesPerBeat {
+                out.append(
+                    Check(
+                        scenario: s.name, target: "§9 0 bytes allocated per beat", pass: a == 0,
+                        detail: String(format: "%.1f B/beat", a)))
+            } else {
+                out.append(
+                    Check(scenario: s.name, target: "§9 0 bytes allocated per beat", pass: nil, detail: "not measured"))
+            }
+        }
+        return out
     }
-    return out
-  }
 
-  private func ratioCheck(_ name: String, _ target: String, _ value: Double, _ floor: Double, _ factor: Double,
-    _ measurable: Bool) -> Check
-  {
-    guard measurable else { return Check(scenario: name, target: target, pass: nil, detail: "no samples") }
-    let limit = floor * factor
-    return Check(scenario: name, target: target, pass: value <= limit,
-      detail: "\(us(value)) vs limit \(us(limit)) (floor \(us(floor)); ratio \(String(format: "%.2f", floor > 0 ? value / floor : 0)))")
-  }
+    private func ratioCheck(
+        _ name: String, _ target: String, _ value: Double, _ floor: Double, _ factor: Double,
+        _ measurable: Bool
+    ) -> Check {
+        guard measurable else { return Check(scenario: name, target: target, pass: nil, detail: "no samples") }
+        let limit = floor * factor
+        return Check(
+            scenario: name, target: target, pass: value <= limit,
+            detail:
+                "\(us(value)) vs limit \(us(limit)) (floor \(us(floor)); ratio \(String(format: "%.2f", floor > 0 ? value / floor : 0)))"
+        )
+    }
 
-  // MARK: terminal
+    // MARK: terminal
 
-  func text() -> String {
-    var o = ""
-    let c = ctx
-    o += "BACKBEAT pulse benchmark — \(machine.date) — commit \(machine.commit)\n"
-    o += "machine: \(machine.cpuModel), \(machine.cpus) cores, Linux \(machine.kernel), \(machine.swift)\n"
-    o += "pulse: cpu \(c.cpu), " + (c.priority > 0 ? "SCHED_FIFO \(c.priority)" : "no real-time priority")
-      + (c.mlock ? ", mlock" : "") + "; nats-server \(c.natsURL); \(c.options.seconds) s per run and per floor\n"
-    o += "pulse binary: \(c.pulsePath)\n"
-    let tools = ["cyclictest", "stress-ng", "wrk", "perf", "valgrind"].map { "\($0) \(c.tool($0) == nil ? "MISSING" : "ok")" }
-    o += "tools: " + tools.joined(separator: ", ") + "\n\n"
-    if !scenarios.isEmpty || baseline != nil {
-      o += pad("scenario", 10) + pad("bpm", 5, right: true) + pad("beats", 7, right: true) + "  "
-        + pad("µs", 13) + ["p50", "p95", "p99", "p99.9", "max", "n"].map { pad($0, 10, right: true) }.joined() + "\n"
-      for s in scenarios + (baseline.map { [$0] } ?? []) {
-        let rows: [(String, Latencies)] = [
-          ("jitter", s.jitter), ("delivery", s.delivery), ("timer floor", s.timerFloor.latencies),
-          ("NATS floor", s.natsFloor.latencies),
+    func text() -> String {
+        var o = ""
+        let c = ctx
+        o += "BACKBEAT pulse benchmark — \(machine.date) — commit \(machine.commit)\n"
+        o += "machine: \(machine.cpuModel), \(machine.cpus) cores, Linux \(machine.kernel), \(machine.swift)\n"
+        o +=
+            "pulse: cpu \(c.cpu), " + (c.priority > 0 ? "SCHED_FIFO \(c.priority)" : "no real-time priority")
+            + (c.mlock ? ", mlock" : "") + "; nats-server \(c.natsURL); \(c.options.seconds) s per run and per floor\n"
+        o += "pulse binary: \(c.pulsePath)\n"
+        let tools = ["cyclictest", "stress-ng", "wrk", "perf", "valgrind"].map {
+            "\($0) \(c.tool($0) == nil ? "MISSING" : "ok")"
+        }
+        o += "tools: " + tools.joined(separator: ", ") + "\n\n"
+        if !scenarios.isEmpty || baseline != nil {
+            o +=
+                pad("scenario", 10) + pad("bpm", 5, right: true) + pad("beats", 7, right: true) + "  "
+                + pad("µs", 13) + ["p50", "p95", "p99", "p99.9", "max", "n"].map { pad($0, 10, right: true) }.joined()
+                + "\n"
+            for s in scenarios + (baseline.map { [$0] } ?? []) {
+                let rows: [(String, Latencies)] = [
+                    ("jitter", s.jitter), ("delivery", s.delivery), ("timer floor", s.timerFloor.latencies),
+                    ("NATS floor", s.natsFloor.latencies),
+                ]
+                for (i, (label, lat)) in rows.enumerated() {
+                    let p = lat.summary
+                    o +=
+                        (i == 0
+                            ? pad(s.name, 10) + pad("\(s.bpm)", 5, right: true) + pad("\(s.beats)", 7, right: true)
+                            : String(repeating: " ", count: 22)) + "  " + pad(label, 13)
+                    o += [p.p50, p.p95, p.p99, p.p999, p.max].map { pad(num($0), 10, right: true) }.joined()
+                    o += pad("\(p.count)", 10, right: true) + "\n"
+                }
+                let alloc = s.allocatedBytesPerBeat.map { String(format: "%.1f B/beat", $0) } ?? "n/a"
+                let cpu = s.cpuUsPerBeat.map { String(format: "%.1f µs CPU/beat", $0) } ?? "n/a"
+                if let e = s.election {
+                    o +=
+                        String(repeating: " ", count: 24)
+                        + "\(s.received) distinct indices received over \(s.beats) beats of the timeline (the rest: missed in failovers)\n"
+                    for line in e.lines(bpm: s.bpm) { o += String(repeating: " ", count: 24) + line + "\n" }
+                } else {
+                    o +=
+                        String(repeating: " ", count: 24)
+                        + "allocated \(alloc), \(cpu), published \(s.published)/\(s.beats), received \(s.received)\n"
+                }
+                if let load = s.load { o += String(repeating: " ", count: 24) + "load: \(load)\n" }
+                for note in s.notes + s.timerFloor.notes + s.natsFloor.notes {
+                    o += String(repeating: " ", count: 24) + "note: \(note)\n"
+                }
+            }
+            o += "\n  floors: timer = \(scenarios.first?.timerFloor.source ?? baseline?.timerFloor.source ?? "-")\n"
+            o += "          NATS  = \(scenarios.first?.natsFloor.source ?? baseline?.natsFloor.source ?? "-")\n\n"
+        }
+        let cs = checks
+        if !cs.isEmpty {
+            o += "targets\n"
+            for ch in cs {
+                let mark = ch.pass == nil ? "[ -- ]" : (ch.pass! ? "[PASS]" : "[FAIL]")
+                o += "  \(mark) \(pad(ch.scenario, 9)) \(pad(ch.target, 42)) \(ch.detail)\n"
+            }
+            let failed = cs.filter { $0.pass == false }
+            o +=
+                failed.isEmpty
+                ? "  every evaluated target is met\n\n"
+                : "  MISSED: \(failed.count) target(s): "
+                    + failed.map { "\($0.scenario) \($0.target)" }.joined(separator: "; ") + "\n\n"
+        }
+        if let b = baseline, let r = baselineReference {
+            o +=
+                "pulse / baseline (\(r.name) vs baseline, both \(b.bpm) bpm, same core and priority; < 1 means the pulse is better)\n"
+            for (label, value) in ratios(pulse: r, baseline: b) {
+                o += "  \(pad(label, 26)) \(value)\n"
+            }
+            o += "\n"
+        }
+        if let m = micro {
+            o += "micro (PulseCore, \(m.iterations) calls × \(m.rounds) rounds, median ns/call)\n"
+            o += "  \(pad("floor (empty loop + sink)", 30)) \(String(format: "%8.2f", m.floorNs)) ns\n"
+            for r in m.results {
+                o +=
+                    "  \(pad(r.name, 30)) \(String(format: "%8.2f", r.nsPerCall)) ns  (\(String(format: "%.2f", r.nsPerCall - m.floorNs)) ns above floor)\n"
+            }
+            o += "\n"
+        }
+        if !c.notes.isEmpty { o += "notes\n" + c.notes.map { "  - \($0)\n" }.joined() + "\n" }
+        o += String(format: "total %.0f s\n", elapsedSeconds)
+        return o
+    }
+
+    func ratios(pulse r: ScenarioResult, baseline b: ScenarioResult) -> [(String, String)] {
+        func ratio(_ a: Double?, _ b: Double?) -> String {
+            guard let a, let b else { return "n/a" }
+            if b == 0 { return a == 0 ? "1 (both 0)" : "∞" }
+            return String(format: "%.3f (%@ / %@)", a / b, num(a), num(b))
+        }
+        return [
+            ("jitter p99", ratio(r.jitter.summary.p99, b.jitter.summary.p99)),
+            ("delivery p99", ratio(r.delivery.summary.p99, b.delivery.summary.p99)),
+            ("allocated bytes per beat", ratio(r.allocatedBytesPerBeat, b.allocatedBytesPerBeat)),
+            ("CPU µs per beat", ratio(r.cpuUsPerBeat, b.cpuUsPerBeat)),
         ]
-        for (i, (label, lat)) in rows.enumerated() {
-          let p = lat.summary
-          o += (i == 0 ? pad(s.name, 10) + pad("\(s.bpm)", 5, right: true) + pad("\(s.beats)", 7, right: true)
-            : String(repeating: " ", count: 22)) + "  " + pad(label, 13)
-          o += [p.p50, p.p95, p.p99, p.p999, p.max].map { pad(num($0), 10, right: true) }.joined()
-          o += pad("\(p.count)", 10, right: true) + "\n"
+    }
+
+    func ratioValues(pulse r: ScenarioResult, baseline b: ScenarioResult) -> [String: Double?] {
+        func ratio(_ a: Double?, _ b: Double?) -> Double? {
+            guard let a, let b, b != 0 else { return nil }
+            return a / b
         }
-        let alloc = s.allocatedBytesPerBeat.map { String(format: "%.1f B/beat", $0) } ?? "n/a"
-        let cpu = s.cpuUsPerBeat.map { String(format: "%.1f µs CPU/beat", $0) } ?? "n/a"
-        o += String(repeating: " ", count: 24) + "allocated \(alloc), \(cpu), published \(s.published)/\(s.beats), received \(s.received)\n"
-        if let load = s.load { o += String(repeating: " ", count: 24) + "load: \(load)\n" }
-        for note in s.notes + s.timerFloor.notes + s.natsFloor.notes {
-          o += String(repeating: " ", count: 24) + "note: \(note)\n"
+        return [
+            "jitter_p99": ratio(r.jitter.summary.p99, b.jitter.summary.p99),
+            "delivery_p99": ratio(r.delivery.summary.p99, b.delivery.summary.p99),
+            "allocated_bytes_per_beat": ratio(r.allocatedBytesPerBeat, b.allocatedBytesPerBeat),
+            "cpu_us_per_beat": ratio(r.cpuUsPerBeat, b.cpuUsPerBeat),
+        ]
+    }
+
+    // MARK: JSON (issue 6's shape)
+
+    func json() throws -> Data {
+        var baselineJSON: BaselineJSON? = nil
+        if let b = baseline {
+            baselineJSON = BaselineJSON(
+                scenario: ScenarioJSON(b), compared_with: baselineReference?.name,
+                pulse_over_baseline: baselineReference.map { ratioValues(pulse: $0, baseline: b) } ?? [:])
         }
-      }
-      o += "\n  floors: timer = \(scenarios.first?.timerFloor.source ?? baseline?.timerFloor.source ?? "-")\n"
-      o += "          NATS  = \(scenarios.first?.natsFloor.source ?? baseline?.natsFloor.source ?? "-")\n\n"
+        let c = ctx
+        var tools: [String: Bool] = [:]
+        for t in ["cyclictest", "stress-ng", "wrk", "nats-server", "perf", "valgrind"] { tools[t] = c.tool(t) != nil }
+        let doc = ReportJSON(
+            scenarios: scenarios.map(ScenarioJSON.init), baseline: baselineJSON,
+            machine: MachineJSON(
+                date: machine.date, commit: machine.commit, cpu_model: machine.cpuModel, cpus: machine.cpus,
+                kernel: machine.kernel, swift: machine.swift, pulse_cpu: c.cpu, rt_priority: c.priority, mlock: c.mlock,
+                seconds: c.options.seconds, tools: tools,
+                timer_floor_source: scenarios.first?.timerFloor.source ?? baseline?.timerFloor.source,
+                nats_floor_source: scenarios.first?.natsFloor.source ?? baseline?.natsFloor.source,
+                notes: c.notes
+                    + scenarios.flatMap { s in
+                        (s.notes + s.timerFloor.notes + s.natsFloor.notes).map { "\(s.name): \($0)" }
+                    },
+                checks: checks.map {
+                    CheckJSON(scenario: $0.scenario, target: $0.target, pass: $0.pass, detail: $0.detail)
+                }))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        return try encoder.encode(doc)
     }
-    let cs = checks
-    if !cs.isEmpty {
-      o += "targets\n"
-      for ch in cs {
-        let mark = ch.pass == nil ? "[ -- ]" : (ch.pass! ? "[PASS]" : "[FAIL]")
-        o += "  \(mark) \(pad(ch.scenario, 8)) \(pad(ch.target, 42)) \(ch.detail)\n"
-      }
-      let failed = cs.filter { $0.pass == false }
-      o += failed.isEmpty ? "  every evaluated target is met\n\n" : "  MISSED: \(failed.count) target(s): " + failed.map { "\($0.scenario) \($0.target)" }.joined(separator: "; ") + "\n\n"
-    }
-    if let b = baseline, let r = baselineReference {
-      o += "pulse / baseline (\(r.name) vs baseline, both \(b.bpm) bpm, same core and priority; < 1 means the pulse is better)\n"
-      for (label, value) in ratios(pulse: r, baseline: b) {
-        o += "  \(pad(label, 26)) \(value)\n"
-      }
-      o += "\n"
-    }
-    if let m = micro {
-      o += "micro (PulseCore, \(m.iterations) calls × \(m.rounds) rounds, median ns/call)\n"
-      o += "  \(pad("floor (empty loop + sink)", 30)) \(String(format: "%8.2f", m.floorNs)) ns\n"
-      for r in m.results {
-        o += "  \(pad(r.name, 30)) \(String(format: "%8.2f", r.nsPerCall)) ns  (\(String(format: "%.2f", r.nsPerCall - m.floorNs)) ns above floor)\n"
-      }
-      o += "\n"
-    }
-    if !c.notes.isEmpty { o += "notes\n" + c.notes.map { "  - \($0)\n" }.joined() + "\n" }
-    o += "not measured: election (needs the 3-node Raft cluster, which does not exist yet)\n"
-    o += String(format: "total %.0f s\n", elapsedSeconds)
-    return o
-  }
-
-  func ratios(pulse r: ScenarioResult, baseline b: ScenarioResult) -> [(String, String)] {
-    func ratio(_ a: Double?, _ b: Double?) -> String {
-      guard let a, let b else { return "n/a" }
-      if b == 0 { return a == 0 ? "1 (both 0)" : "∞" }
-      return String(format: "%.3f (%@ / %@)", a / b, num(a), num(b))
-    }
-    return [
-      ("jitter p99", ratio(r.jitter.summary.p99, b.jitter.summary.p99)),
-      ("delivery p99", ratio(r.delivery.summary.p99, b.delivery.summary.p99)),
-      ("allocated bytes per beat", ratio(r.allocatedBytesPerBeat, b.allocatedBytesPerBeat)),
-      ("CPU µs per beat", ratio(r.cpuUsPerBeat, b.cpuUsPerBeat)),
-    ]
-  }
-
-  func ratioValues(pulse r: ScenarioResult, baseline b: ScenarioResult) -> [String: Double?] {
-    func ratio(_ a: Double?, _ b: Double?) -> Double? {
-      guard let a, let b, b != 0 else { return nil }
-      return a / b
-    }
-    return [
-      "jitter_p99": ratio(r.jitter.summary.p99, b.jitter.summary.p99),
-      "delivery_p99": ratio(r.delivery.summary.p99, b.delivery.summary.p99),
-      "allocated_bytes_per_beat": ratio(r.allocatedBytesPerBeat, b.allocatedBytesPerBeat),
-      "cpu_us_per_beat": ratio(r.cpuUsPerBeat, b.cpuUsPerBeat),
-    ]
-  }
-
-  // MARK: JSON (issue 6's shape)
-
-  func json() throws -> Data {
-    var baselineJSON: BaselineJSON? = nil
-    if let b = baseline {
-      baselineJSON = BaselineJSON(
-        scenario: ScenarioJSON(b), compared_with: baselineReference?.name,
-        pulse_over_baseline: baselineReference.map { ratioValues(pulse: $0, baseline: b) } ?? [:])
-    }
-    let c = ctx
-    var tools: [String: Bool] = [:]
-    for t in ["cyclictest", "stress-ng", "wrk", "nats-server", "perf", "valgrind"] { tools[t] = c.tool(t) != nil }
-    let doc = ReportJSON(
-      scenarios: scenarios.map(ScenarioJSON.init), baseline: baselineJSON,
-      machine: MachineJSON(
-        date: machine.date, commit: machine.commit, cpu_model: machine.cpuModel, cpus: machine.cpus,
-        kernel: machine.kernel, swift: machine.swift, pulse_cpu: c.cpu, rt_priority: c.priority, mlock: c.mlock,
-        seconds: c.options.seconds, tools: tools,
-        timer_floor_source: scenarios.first?.timerFloor.source ?? baseline?.timerFloor.source,
-        nats_floor_source: scenarios.first?.natsFloor.source ?? baseline?.natsFloor.source,
-        notes: c.notes + scenarios.flatMap { s in (s.notes + s.timerFloor.notes + s.natsFloor.notes).map { "\(s.name): \($0)" } },
-        checks: checks.map { CheckJSON(scenario: $0.scenario, target: $0.target, pass: $0.pass, detail: $0.detail) }))
-    let encoder = JSONEncoder()
-    encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-    return try encoder.encode(doc)
-  }
 }
 
 struct PercentilesJSON: Encodable {
-  var p50, p95, p99, p999, max: Double
-  init(_ l: Latencies) {
-    let p = l.summary
-    (p50, p95, p99, p999, max) = (p.p50, p.p95, p.p99, p.p999, p.max)
-  }
+    var p50, p95, p99, p999, max: Double
+    let count: Int  // not encoded: an empty distribution is written as null
+    init(_ l: Latencies) {
+        let p = l.summary
+        (p50, p95, p99, p999, max) = (p.p50, p.p95, p.p99, p.p999, p.max)
+        count = p.count
+    }
+    enum CodingKeys: String, CodingKey { case p50, p95, p99, p999, max }
 }
 
 struct ScenarioJSON: Encodable {
-  var name: String
-  var beats: Int
-  var jitter_us, delivery_us, timer_floor_us, nats_floor_us: PercentilesJSON
-  var allocated_bytes_per_beat: Double?
-  var cpu_us_per_beat: Double?
-  var per001_pass, per002_pass: Bool
+    var name: String
+    var beats: Int
+    var jitter_us, delivery_us, timer_floor_us, nats_floor_us: PercentilesJSON
+    var allocated_bytes_per_beat: Double?
+    var cpu_us_per_beat: Double?
+    var per001_pass, per002_pass: Bool
+    var election: ElectionResult?
 
-  init(_ s: ScenarioResult) {
-    name = s.name
-    beats = s.beats
-    jitter_us = PercentilesJSON(s.jitter)
-    delivery_us = PercentilesJSON(s.delivery)
-    timer_floor_us = PercentilesJSON(s.timerFloor.latencies)
-    nats_floor_us = PercentilesJSON(s.natsFloor.latencies)
-    allocated_bytes_per_beat = s.allocatedBytesPerBeat
-    cpu_us_per_beat = s.cpuUsPerBeat
-    per001_pass = s.per001Pass
-    per002_pass = s.per002Pass
-  }
+    init(_ s: ScenarioResult) {
+        election = s.election
+        name = s.name
+        beats = s.beats
+        jitter_us = PercentilesJSON(s.jitter)
+        delivery_us = PercentilesJSON(s.delivery)
+        timer_floor_us = PercentilesJSON(s.timerFloor.latencies)
+        nats_floor_us = PercentilesJSON(s.natsFloor.latencies)
+        allocated_bytes_per_beat = s.allocatedBytesPerBeat
+        cpu_us_per_beat = s.cpuUsPerBeat
+        per001_pass = s.per001Pass
+        per002_pass = s.per002Pass
+    }
 
-  enum CodingKeys: String, CodingKey {
-    case name, beats, jitter_us, delivery_us, timer_floor_us, nats_floor_us, allocated_bytes_per_beat,
-      cpu_us_per_beat, per001_pass, per002_pass
-  }
+    enum CodingKeys: String, CodingKey {
+        case name, beats, jitter_us, delivery_us, timer_floor_us, nats_floor_us, allocated_bytes_per_beat,
+            cpu_us_per_beat, per001_pass, per002_pass
+        // election only
+        case placement, failover_ms, failover_pass, kill_rounds, graceful, graceful_beats_missed, graceful_pass,
+            repeated_indices, backwards_indices, order_pass, degraded_frames
+    }
 
-  func encode(to encoder: Encoder) throws {  // explicit nulls rather than missing keys
-    var c = encoder.container(keyedBy: CodingKeys.self)
-    try c.encode(name, forKey: .name)
-    try c.encode(beats, forKey: .beats)
-    try c.encode(jitter_us, forKey: .jitter_us)
-    try c.encode(delivery_us, forKey: .delivery_us)
-    try c.encode(timer_floor_us, forKey: .timer_floor_us)
-    try c.encode(nats_floor_us, forKey: .nats_floor_us)
-    try c.encode(allocated_bytes_per_beat, forKey: .allocated_bytes_per_beat)
-    try c.encode(cpu_us_per_beat, forKey: .cpu_us_per_beat)
-    try c.encode(per001_pass, forKey: .per001_pass)
-    try c.encode(per002_pass, forKey: .per002_pass)
-  }
+    func encode(to encoder: Encoder) throws {  // explicit nulls rather than missing keys
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(beats, forKey: .beats)
+        // A distribution without samples (e.g. floors not measured) is null, not zeros.
+        try c.encode(jitter_us.count > 0 ? jitter_us : nil, forKey: .jitter_us)
+        try c.encode(delivery_us.count > 0 ? delivery_us : nil, forKey: .delivery_us)
+        try c.encode(timer_floor_us.count > 0 ? timer_floor_us : nil, forKey: .timer_floor_us)
+        try c.encode(nats_floor_us.count > 0 ? nats_floor_us : nil, forKey: .nats_floor_us)
+        try c.encode(allocated_bytes_per_beat, forKey: .allocated_bytes_per_beat)
+        try c.encode(cpu_us_per_beat, forKey: .cpu_us_per_beat)
+        try c.encode(per001_pass, forKey: .per001_pass)
+        try c.encode(per002_pass, forKey: .per002_pass)
+        guard let e = election else { return }
+        struct MinMedianMax: Encodable { var min, median, max: Double }
+        try c.encode(e.placement, forKey: .placement)
+        try c.encode(
+            e.failoverSummary.map { MinMedianMax(min: $0.min, median: $0.median, max: $0.max) }, forKey: .failover_ms)
+        try c.encode(e.failoverPass, forKey: .failover_pass)
+        try c.encode(e.kills.map(RoundJSON.init), forKey: .kill_rounds)
+        try c.encode(e.graceful.map(RoundJSON.init), forKey: .graceful)
+        try c.encode(e.graceful?.missed, forKey: .graceful_beats_missed)
+        try c.encode(e.gracefulPass, forKey: .graceful_pass)
+        try c.encode(e.repeated, forKey: .repeated_indices)
+        try c.encode(e.backwards, forKey: .backwards_indices)
+        try c.encode(e.orderPass, forKey: .order_pass)
+        try c.encode(e.degradedFrames, forKey: .degraded_frames)
+    }
+}
+
+/// One leader stop of the election scenario; explicit nulls where nothing was seen.
+struct RoundJSON: Encodable {
+    var r: LeaderStopRound
+    init(_ r: LeaderStopRound) { self.r = r }
+
+    enum Keys: String, CodingKey {
+        case signal, stopped, phase, failover_ms, new_leader, new_term, last_old_index, first_new_index, beats_missed,
+            first_new_late_ms, exit_status
+    }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.encode(r.signal, forKey: .signal)
+        try c.encode(r.stopped, forKey: .stopped)
+        try c.encode(r.phase, forKey: .phase)
+        try c.encode(r.failoverMs, forKey: .failover_ms)
+        try c.encode(r.newLeader, forKey: .new_leader)
+        try c.encode(r.newTerm, forKey: .new_term)
+        try c.encode(r.lastOldIndex, forKey: .last_old_index)
+        try c.encode(r.firstNewIndex, forKey: .first_new_index)
+        try c.encode(r.missed, forKey: .beats_missed)
+        try c.encode(r.firstNewLateMs, forKey: .first_new_late_ms)
+        if r.signal == "SIGTERM" { try c.encode(r.exitStatus, forKey: .exit_status) }
+    }
 }
 
 /// The baseline: a scenario's fields plus what it is compared with and the ratios pulse/baseline.
 struct BaselineJSON: Encodable {
-  var scenario: ScenarioJSON
-  var compared_with: String?
-  var pulse_over_baseline: [String: Double?]
+    var scenario: ScenarioJSON
+    var compared_with: String?
+    var pulse_over_baseline: [String: Double?]
 
-  enum Keys: String, CodingKey { case compared_with, pulse_over_baseline }
+    enum Keys: String, CodingKey { case compared_with, pulse_over_baseline }
 
-  func encode(to encoder: Encoder) throws {
-    try scenario.encode(to: encoder)
-    var c = encoder.container(keyedBy: Keys.self)
-    try c.encode(compared_with, forKey: .compared_with)
-    try c.encode(pulse_over_baseline, forKey: .pulse_over_baseline)
-  }
+    func encode(to encoder: Encoder) throws {
+        try scenario.encode(to: encoder)
+        var c = encoder.container(keyedBy: Keys.self)
+        try c.encode(compared_with, forKey: .compared_with)
+        try c.encode(pulse_over_baseline, forKey: .pulse_over_baseline)
+    }
 }
 
 struct CheckJSON: Encodable {
-  var scenario, target: String
-  var pass: Bool?
-  var detail: String
+    var scenario, target: String
+    var pass: Bool?
+    var detail: String
 }
 
 struct MachineJSON: Encodable {
-  var date, commit, cpu_model: String
-  var cpus: Int
-  var kernel, swift: String
-  var pulse_cpu, rt_priority: Int
-  var mlock: Bool
-  var seconds: Int
-  var tools: [String: Bool]
-  var timer_floor_source, nats_floor_source: String?
-  var notes: [String]
-  var checks: [CheckJSON]
+    var date, commit, cpu_model: String
+    var cpus: Int
+    var kernel, swift: String
+    var pulse_cpu, rt_priority: Int
+    var mlock: Bool
+    var seconds: Int
+    var tools: [String: Bool]
+    var timer_floor_source, nats_floor_source: String?
+    var notes: [String]
+    var checks: [CheckJSON]
 }
 
 struct ReportJSON: Encodable {
-  var scenarios: [ScenarioJSON]
-  var baseline: BaselineJSON?
-  var machine: MachineJSON
+    var scenarios: [ScenarioJSON]
+    var baseline: BaselineJSON?
+    var machine: MachineJSON
 
-  enum CodingKeys: String, CodingKey { case scenarios, baseline, machine }
-  func encode(to encoder: Encoder) throws {
-    var c = encoder.container(keyedBy: CodingKeys.self)
-    try c.encode(scenarios, forKey: .scenarios)
-    try c.encode(baseline, forKey: .baseline)
-    try c.encode(machine, forKey: .machine)
-  }
+    enum CodingKeys: String, CodingKey { case scenarios, baseline, machine }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(scenarios, forKey: .scenarios)
+        try c.encode(baseline, forKey: .baseline)
+        try c.encode(machine, forKey: .machine)
+    }
 }
 
 // MARK: - formatting
 
 func pad(_ s: String, _ width: Int, right: Bool = false) -> String {
-  let n = s.count
-  guard n < width else { return s + (right ? "" : " ") }
-  let fill = String(repeating: " ", count: width - n)
-  return right ? fill + s : s + fill
+    let n = s.count
+    guard n < width else { return s + (right ? "" : " ") }
+    let fill = String(repeating: " ", count: width - n)
+    return right ? fill + s : s + fill
 }
 
 /// A µs figure with sensible precision.
 func num(_ v: Double) -> String {
-  if v >= 1000 { return String(format: "%.0f", v) }
-  if v >= 10 { return String(format: "%.1f", v) }
-  return String(format: "%.2f", v)
+    if v >= 1000 { return String(format: "%.0f", v) }
+    if v >= 10 { return String(format: "%.1f", v) }
+    return String(format: "%.2f", v)
 }
 
 func us(_ v: Double) -> String { v >= 10_000 ? String(format: "%.2f ms", v / 1000) : num(v) + " µs" }

@@ -16,371 +16,392 @@ import Foundation
 import PulseCore
 
 #if canImport(Glibc)
-  import Glibc
+    import Glibc
 #endif
 
 /// What every scenario needs: where things are, what the machine offers.
 final class BenchContext {
-  let options: BenchOptions
-  let cpu: Int
-  let otherCPUs: [Int]
-  var priority = 50  // SCHED_FIFO for pulse, floors and baseline; 0 when refused
-  var mlock = true
-  let tempDir: String
-  let pulsePath: String
-  var natsURL = ""
-  var notes: [String] = []
-  let tools: [String: String?]
+    let options: BenchOptions
+    let cpu: Int
+    let otherCPUs: [Int]
+    var priority = 50  // SCHED_FIFO for pulse, floors and baseline; 0 when refused
+    var mlock = true
+    let tempDir: String
+    let pulsePath: String
+    var natsURL = ""
+    var notes: [String] = []
+    let tools: [String: String?]
 
-  init(options: BenchOptions) {
-    self.options = options
-    let n = onlineCPUs()
-    cpu = options.cpu ?? (n - 1)
-    otherCPUs = (0..<n).filter { $0 != (options.cpu ?? (n - 1)) }
-    tempDir = makeTempDir("run")
-    // The release `pulse` beside this binary; PULSE_BINARY overrides (e.g. a build of another commit).
-    pulsePath = ProcessInfo.processInfo.environment["PULSE_BINARY"] ?? (executableDirectory() + "/pulse")
-    var tools: [String: String?] = [:]
-    for t in ["cyclictest", "stress-ng", "wrk", "nats-server", "perf", "valgrind"] { tools[t] = findTool(t) }
-    self.tools = tools
-  }
+    init(options: BenchOptions) {
+        self.options = options
+        let n = onlineCPUs()
+        cpu = options.cpu ?? (n - 1)
+        otherCPUs = (0..<n).filter { $0 != (options.cpu ?? (n - 1)) }
+        tempDir = makeTempDir("run")
+        // The release `pulse` beside this binary; PULSE_BINARY overrides (e.g. a build of another commit).
+        pulsePath = ProcessInfo.processInfo.environment["PULSE_BINARY"] ?? (executableDirectory() + "/pulse")
+        var tools: [String: String?] = [:]
+        for t in ["cyclictest", "stress-ng", "wrk", "nats-server", "perf", "valgrind"] { tools[t] = findTool(t) }
+        self.tools = tools
+    }
 
-  func tool(_ name: String) -> String? { tools[name] ?? nil }
+    func tool(_ name: String) -> String? { tools[name] ?? nil }
 }
 
 /// One measured beat source (a pulse scenario or the baseline) beside its floors.
 struct ScenarioResult {
-  var name: String
-  var bpm: Int
-  var beats = 0  // beats whose instant fell in the window
-  var published = 0
-  var received = 0
-  var jitter = Latencies()  // |publish − scheduled|, the publisher's own records
-  var delivery = Latencies()  // subscriber receive − scheduled
-  var timerFloor: Floor
-  var natsFloor: Floor
-  var allocatedBytesPerBeat: Double? = nil
-  var cpuUsPerBeat: Double? = nil
-  var crossCheckViolations = 0  // beats received before the publisher says it published
-  var notes: [String] = []
-  var load: String? = nil
+    var name: String
+    var bpm: Int
+    var beats = 0  // beats whose instant fell in the window
+    var published = 0
+    var received = 0
+    var jitter = Latencies()  // |publish − scheduled|, the publisher's own records
+    var delivery = Latencies()  // subscriber receive − scheduled
+    var timerFloor: Floor
+    var natsFloor: Floor
+    var allocatedBytesPerBeat: Double? = nil
+    var cpuUsPerBeat: Double? = nil
+    var crossCheckViolations = 0  // beats received before the publisher says it published
+    var notes: [String] = []
+    var load: String? = nil
+    var election: ElectionResult? = nil  // the election scenario's own figures
 
-  var per001Pass: Bool { delivery.count > 0 && delivery.summary.p95 <= 100_000 }
-  var per002Pass: Bool { jitter.count > 0 && jitter.summary.p95 <= 20_000 }
+    var per001Pass: Bool { delivery.count > 0 && delivery.summary.p95 <= 100_000 }
+    var per002Pass: Bool { jitter.count > 0 && jitter.summary.p95 <= 20_000 }
 }
 
 // MARK: - nats-server
 
 func startNatsServer(_ ctx: BenchContext) throws -> Child? {
-  if let url = ctx.options.natsURL {
-    ctx.natsURL = url
-    return nil
-  }
-  guard let binary = ctx.tool("nats-server") else {
-    throw BenchError("nats-server not found (apt-get install nats-server), or pass --nats nats://127.0.0.1:PORT")
-  }
-  let port = freePort()
-  let child = try Child(
-    name: "nats-server", path: binary, arguments: ["-a", "127.0.0.1", "-p", "\(port)"],
-    outputPath: ctx.tempDir + "/nats-server.log")
-  guard waitUntil(seconds: 10, { canConnect(port: port) }) else {
-    child.stop()
-    throw BenchError("nats-server did not start on 127.0.0.1:\(port)")
-  }
-  ctx.natsURL = "nats://127.0.0.1:\(port)"
-  return child
+    if let url = ctx.options.natsURL {
+        ctx.natsURL = url
+        return nil
+    }
+    guard let binary = ctx.tool("nats-server") else {
+        throw BenchError("nats-server not found (apt-get install nats-server), or pass --nats nats://127.0.0.1:PORT")
+    }
+    let port = freePort()
+    let child = try Child(
+        name: "nats-server", path: binary, arguments: ["-a", "127.0.0.1", "-p", "\(port)"],
+        outputPath: ctx.tempDir + "/nats-server.log")
+    guard waitUntil(seconds: 10, { canConnect(port: port) }) else {
+        child.stop()
+        throw BenchError("nats-server did not start on 127.0.0.1:\(port)")
+    }
+    ctx.natsURL = "nats://127.0.0.1:\(port)"
+    return child
 }
 
 // MARK: - pulse
 
 final class PulseRun {
-  let child: Child
-  let adminPort: Int
-  let dataDir: String
+    let child: Child
+    let adminPort: Int
+    let dataDir: String
 
-  /// Starts `pulse` pinned to the bench core; falls back to no real-time when refused.
-  init(_ ctx: BenchContext, name: String, bpm: Int, cluster: String = "bench") throws {
-    guard access(ctx.pulsePath, X_OK) == 0 else {
-      throw BenchError(
-        "no pulse binary at \(ctx.pulsePath); build it first (swift build -c release --product pulse) or set PULSE_BINARY")
+    /// Starts `pulse` pinned to the bench core; falls back to no real-time when refused.
+    init(_ ctx: BenchContext, name: String, bpm: Int, cluster: String = "bench") throws {
+        guard access(ctx.pulsePath, X_OK) == 0 else {
+            throw BenchError(
+                "no pulse binary at \(ctx.pulsePath); build it first (swift build -c release --product pulse) or set PULSE_BINARY"
+            )
+        }
+        var attempt = 0
+        while true {
+            attempt += 1
+            let port = freePort()
+            let dir = ctx.tempDir + "/\(name)-\(attempt)"
+            var args = [
+                "-bootstrap", "-cluster", cluster, "-bpm", "\(bpm)", "-min-bpm", "1", "-max-bpm", "\(max(600, bpm))",
+                "-nats", ctx.natsURL, "-admin-port", "\(port)", "-data-dir", dir, "-cpu", "\(ctx.cpu)",
+            ]
+            if ctx.priority > 0 { args += ["-rt-priority", "\(ctx.priority)"] }
+            if ctx.mlock { args += ["-mlock"] }
+            let child = try Child(name: "pulse", path: ctx.pulsePath, arguments: args, outputPath: dir + ".log")
+            let up = waitUntil(seconds: 15) { !child.isRunning || canConnect(port: port) }
+            if up && child.isRunning {
+                self.child = child
+                adminPort = port
+                dataDir = dir
+                return
+            }
+            let status = child.stop()
+            let log = child.output.split(separator: "\n").suffix(3).joined(separator: " | ")
+            if attempt == 1 && (ctx.priority > 0 || ctx.mlock) {
+                ctx.notes.append(
+                    "pulse refused -rt-priority/-mlock (exit \(status): \(log)); everything runs without them")
+                ctx.priority = 0
+                ctx.mlock = false
+                continue
+            }
+            throw BenchError("pulse did not start (exit \(status)): \(log)")
+        }
     }
-    var attempt = 0
-    while true {
-      attempt += 1
-      let port = freePort()
-      let dir = ctx.tempDir + "/\(name)-\(attempt)"
-      var args = [
-        "-bootstrap", "-cluster", cluster, "-bpm", "\(bpm)", "-min-bpm", "1", "-max-bpm", "\(max(600, bpm))",
-        "-nats", ctx.natsURL, "-admin-port", "\(port)", "-data-dir", dir, "-cpu", "\(ctx.cpu)",
-      ]
-      if ctx.priority > 0 { args += ["-rt-priority", "\(ctx.priority)"] }
-      if ctx.mlock { args += ["-mlock"] }
-      let child = try Child(name: "pulse", path: ctx.pulsePath, arguments: args, outputPath: dir + ".log")
-      let up = waitUntil(seconds: 15) { !child.isRunning || canConnect(port: port) }
-      if up && child.isRunning {
-        self.child = child
-        adminPort = port
-        dataDir = dir
-        return
-      }
-      let status = child.stop()
-      let log = child.output.split(separator: "\n").suffix(3).joined(separator: " | ")
-      if attempt == 1 && (ctx.priority > 0 || ctx.mlock) {
-        ctx.notes.append("pulse refused -rt-priority/-mlock (exit \(status): \(log)); everything runs without them")
-        ctx.priority = 0
-        ctx.mlock = false
-        continue
-      }
-      throw BenchError("pulse did not start (exit \(status)): \(log)")
+
+    func epoch() -> TempoEpoch? {
+        guard let data = FileManager.default.contents(atPath: dataDir + "/epoch.json"),
+            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
+            let startNs = (object["startNs"] as? NSNumber)?.int64Value,
+            let startBeat = (object["startBeat"] as? NSNumber)?.int64Value,
+            let bpm = (object["bpm"] as? NSNumber)?.int64Value
+        else { return nil }
+        return TempoEpoch(startBeat: startBeat, startNs: startNs, bpm: bpm)
     }
-  }
 
-  func epoch() -> TempoEpoch? {
-    guard let data = FileManager.default.contents(atPath: dataDir + "/epoch.json"),
-      let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-      let startNs = (object["startNs"] as? NSNumber)?.int64Value,
-      let startBeat = (object["startBeat"] as? NSNumber)?.int64Value,
-      let bpm = (object["bpm"] as? NSNumber)?.int64Value
-    else { return nil }
-    return TempoEpoch(startBeat: startBeat, startNs: startNs, bpm: bpm)
-  }
-
-  /// Sums every sample of `names` in the Prometheus text of /metrics.
-  func metrics(_ names: [String]) -> [String: Double] {
-    guard let (status, body) = httpGet(port: adminPort, path: "/metrics"), status == 200 else { return [:] }
-    var out: [String: Double] = [:]
-    for line in String(decoding: body, as: UTF8.self).split(separator: "\n") where !line.hasPrefix("#") {
-      let parts = line.split(separator: " ")
-      guard parts.count >= 2, let value = Double(parts[1]) else { continue }
-      let name = String(parts[0].prefix(while: { $0 != "{" }))
-      if names.contains(name) { out[name, default: 0] += value }
+    /// Sums every sample of `names` in the Prometheus text of /metrics.
+    func metrics(_ names: [String]) -> [String: Double] {
+        guard let (status, body) = httpGet(port: adminPort, path: "/metrics"), status == 200 else { return [:] }
+        var out: [String: Double] = [:]
+        for line in String(decoding: body, as: UTF8.self).split(separator: "\n") where !line.hasPrefix("#") {
+            let parts = line.split(separator: " ")
+            guard parts.count >= 2, let value = Double(parts[1]) else { continue }
+            let name = String(parts[0].prefix(while: { $0 != "{" }))
+            if names.contains(name) { out[name, default: 0] += value }
+        }
+        return out
     }
-    return out
-  }
 
-  struct BeatRecord: Decodable {
-    var index: Int64
-    var scheduled_ns: Int64
-    var wake_ns: Int64
-    var publish_ns: Int64
-    var done_ns: Int64
-    var published: Bool
-  }
+    struct BeatRecord: Decodable {
+        var index: Int64
+        var scheduled_ns: Int64
+        var wake_ns: Int64
+        var publish_ns: Int64
+        var done_ns: Int64
+        var published: Bool
+    }
 
-  func beats() -> [BeatRecord] {
-    struct Body: Decodable { var beats: [BeatRecord] }
-    guard let (status, body) = httpGet(port: adminPort, path: "/debug/beats"), status == 200,
-      let decoded = try? JSONDecoder().decode(Body.self, from: Data(body))
-    else { return [] }
-    return decoded.beats
-  }
+    func beats() -> [BeatRecord] {
+        struct Body: Decodable { var beats: [BeatRecord] }
+        guard let (status, body) = httpGet(port: adminPort, path: "/debug/beats"), status == 200,
+            let decoded = try? JSONDecoder().decode(Body.self, from: Data(body))
+        else { return [] }
+        return decoded.beats
+    }
 
-  func stop() -> Int32 { child.stop(seconds: 5) }
+    func stop() -> Int32 { child.stop(seconds: 5) }
 }
 
 // MARK: - Load
 
 /// stress-ng on the other core(s); wrk (or our own hammer) on /metrics and /tempo.
 final class CPULoad {
-  private var child: Child?
-  var description = "none"
+    private var child: Child?
+    var description = "none"
 
-  init(_ ctx: BenchContext, seconds: Int) {
-    guard !ctx.otherCPUs.isEmpty else {
-      description = "no other core to load"
-      return
-    }
-    let cpus = ctx.otherCPUs.map(String.init).joined(separator: ",")
-    if let stress = ctx.tool("stress-ng"),
-      let c = try? Child(
-        name: "stress-ng", path: stress,
-        arguments: ["--cpu", "\(ctx.otherCPUs.count)", "--taskset", cpus, "--timeout", "\(seconds)s", "--quiet"])
-    {
-      child = c
-      description = "stress-ng --cpu \(ctx.otherCPUs.count) on cpu \(cpus)"
-    } else {
-      // Fallback: one busy thread per other core, bounded by `seconds`.
-      let deadline = cloop_monotonic_ns() + Int64(seconds) * 1_000_000_000
-      for cpu in ctx.otherCPUs {
-        Thread.detachNewThread {
-          _ = cloop_pin_to_cpu(Int32(cpu))
-          var x: UInt64 = 1
-          while cloop_monotonic_ns() < deadline { for _ in 0..<10_000 { x = x &* 6364136223846793005 &+ 1 } }
-          sink(Int64(bitPattern: x))
+    init(_ ctx: BenchContext, seconds: Int) {
+        guard !ctx.otherCPUs.isEmpty else {
+            description = "no other core to load"
+            return
         }
-      }
-      description = "stress-ng not installed: own busy threads on cpu \(cpus)"
+        let cpus = ctx.otherCPUs.map(String.init).joined(separator: ",")
+        if let stress = ctx.tool("stress-ng"),
+            let c = try? Child(
+                name: "stress-ng", path: stress,
+                arguments: [
+                    "--cpu", "\(ctx.otherCPUs.count)", "--taskset", cpus, "--timeout", "\(seconds)s", "--quiet",
+                ])
+        {
+            child = c
+            description = "stress-ng --cpu \(ctx.otherCPUs.count) on cpu \(cpus)"
+        } else {
+            // Fallback: one busy thread per other core, bounded by `seconds`.
+            let deadline = cloop_monotonic_ns() + Int64(seconds) * 1_000_000_000
+            for cpu in ctx.otherCPUs {
+                Thread.detachNewThread {
+                    _ = cloop_pin_to_cpu(Int32(cpu))
+                    var x: UInt64 = 1
+                    while cloop_monotonic_ns() < deadline {
+                        for _ in 0..<10_000 { x = x &* 6_364_136_223_846_793_005 &+ 1 }
+                    }
+                    sink(Int64(bitPattern: x))
+                }
+            }
+            description = "stress-ng not installed: own busy threads on cpu \(cpus)"
+        }
     }
-  }
 
-  func stop() { child?.stop(seconds: 3) }
+    func stop() { child?.stop(seconds: 3) }
 }
 
 final class HTTPLoad {
-  private var children: [Child] = []
-  private var stopFlag = false
-  private var hammerCount = 0
-  private var hammerErrors = 0
-  private let lock = NSLock()
-  private let started = cloop_monotonic_ns()
-  let usesWrk: Bool
+    private var children: [Child] = []
+    private var stopFlag = false
+    private var hammerCount = 0
+    private var hammerErrors = 0
+    private let lock = NSLock()
+    private let started = cloop_monotonic_ns()
+    let usesWrk: Bool
 
-  init(_ ctx: BenchContext, port: Int, seconds: Int) {
-    let paths = ["/metrics", "/tempo"]
-    if let wrk = ctx.tool("wrk") {
-      usesWrk = true
-      for (i, path) in paths.enumerated() {
-        if let c = try? Child(
-          name: "wrk", path: wrk,
-          arguments: ["-t1", "-c2", "-d\(seconds)s", "--timeout", "2s", "http://127.0.0.1:\(port)\(path)"],
-          outputPath: ctx.tempDir + "/wrk-\(port)-\(i).out")
-        {
-          children.append(c)
-        }
-      }
-    } else {
-      usesWrk = false
-      // Own hammer: 2 threads per path, sequential GETs, bounded by time and count.
-      let deadline = cloop_monotonic_ns() + Int64(seconds) * 1_000_000_000
-      for path in paths {
-        for _ in 0..<2 {
-          Thread.detachNewThread { [self] in
-            var n = 0
-            while n < 5_000_000 && cloop_monotonic_ns() < deadline && !isStopped {
-              let ok = httpGet(port: port, path: path, timeoutMs: 1000)?.status == 200
-              lock.lock()
-              if ok { hammerCount += 1 } else { hammerErrors += 1 }
-              lock.unlock()
-              n += 1
+    init(_ ctx: BenchContext, port: Int, seconds: Int) {
+        let paths = ["/metrics", "/tempo"]
+        if let wrk = ctx.tool("wrk") {
+            usesWrk = true
+            for (i, path) in paths.enumerated() {
+                if let c = try? Child(
+                    name: "wrk", path: wrk,
+                    arguments: ["-t1", "-c2", "-d\(seconds)s", "--timeout", "2s", "http://127.0.0.1:\(port)\(path)"],
+                    outputPath: ctx.tempDir + "/wrk-\(port)-\(i).out")
+                {
+                    children.append(c)
+                }
             }
-          }
+        } else {
+            usesWrk = false
+            // Own hammer: 2 threads per path, sequential GETs, bounded by time and count.
+            let deadline = cloop_monotonic_ns() + Int64(seconds) * 1_000_000_000
+            for path in paths {
+                for _ in 0..<2 {
+                    Thread.detachNewThread { [self] in
+                        var n = 0
+                        while n < 5_000_000 && cloop_monotonic_ns() < deadline && !isStopped {
+                            let ok = httpGet(port: port, path: path, timeoutMs: 1000)?.status == 200
+                            lock.lock()
+                            if ok { hammerCount += 1 } else { hammerErrors += 1 }
+                            lock.unlock()
+                            n += 1
+                        }
+                    }
+                }
+            }
         }
-      }
     }
-  }
 
-  private var isStopped: Bool {
-    lock.lock()
-    defer { lock.unlock() }
-    return stopFlag
-  }
-
-  /// Stops and describes what was done (wrk's Requests/sec, or our own count).
-  func stop() -> String {
-    lock.lock()
-    stopFlag = true
-    lock.unlock()
-    if usesWrk {
-      var rates: [String] = []
-      for c in children {
-        c.stop(seconds: 3, signal: SIGINT)  // wrk prints its summary on SIGINT
-        let line = c.output.split(separator: "\n").first { $0.hasPrefix("Requests/sec:") }
-        rates.append(line.map { $0.replacingOccurrences(of: "Requests/sec:", with: "").trimmingCharacters(in: .whitespaces) } ?? "?")
-      }
-      return "wrk -t1 -c2 on /metrics (\(rates.first ?? "?") req/s) and /tempo (\(rates.last ?? "?") req/s)"
+    private var isStopped: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return stopFlag
     }
-    let elapsed = Double(cloop_monotonic_ns() - started) / 1e9
-    lock.lock()
-    defer { lock.unlock() }
-    return String(format: "wrk not installed: own hammer, 4 threads on /metrics and /tempo, %.0f req/s, %d errors",
-      Double(hammerCount) / max(elapsed, 0.001), hammerErrors)
-  }
+
+    /// Stops and describes what was done (wrk's Requests/sec, or our own count).
+    func stop() -> String {
+        lock.lock()
+        stopFlag = true
+        lock.unlock()
+        if usesWrk {
+            var rates: [String] = []
+            for c in children {
+                c.stop(seconds: 3, signal: SIGINT)  // wrk prints its summary on SIGINT
+                let line = c.output.split(separator: "\n").first { $0.hasPrefix("Requests/sec:") }
+                rates.append(
+                    line.map {
+                        $0.replacingOccurrences(of: "Requests/sec:", with: "").trimmingCharacters(in: .whitespaces)
+                    } ?? "?")
+            }
+            return "wrk -t1 -c2 on /metrics (\(rates.first ?? "?") req/s) and /tempo (\(rates.last ?? "?") req/s)"
+        }
+        let elapsed = Double(cloop_monotonic_ns() - started) / 1e9
+        lock.lock()
+        defer { lock.unlock() }
+        return String(
+            format: "wrk not installed: own hammer, 4 threads on /metrics and /tempo, %.0f req/s, %d errors",
+            Double(hammerCount) / max(elapsed, 0.001), hammerErrors)
+    }
 }
 
 // MARK: - A measured pulse run
 
-func runPulseScenario(_ ctx: BenchContext, name: String, bpm: Int, timerFloor: Floor, natsFloor: Floor,
-  withHTTPLoad: Bool) throws -> ScenarioResult
-{
-  let seconds = ctx.options.seconds
-  var result = ScenarioResult(name: name, bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor)
-  let receiver = try Receiver(url: ctx.natsURL, subject: "backbeat.bench.beat", payload: .beatFrame)
-  defer { receiver.close() }
-  let pulse = try PulseRun(ctx, name: name, bpm: bpm)
-  defer {
-    let status = pulse.stop()
-    if status != 0 { ctx.notes.append("\(name): pulse exited with status \(status) on SIGTERM") }
-  }
-  let period = 60.0 / Double(bpm)
-  // Settle: two frames received (the first beat is on the next whole second).
-  guard waitUntil(seconds: 5 + 3 * period, { receiver.received >= 2 }) else {
-    throw BenchError("\(name): no frames from the pulse within \(Int(5 + 3 * period)) s")
-  }
-  guard let epoch = pulse.epoch() else { throw BenchError("\(name): cannot read \(pulse.dataDir)/epoch.json") }
-  var http: HTTPLoad? = nil
-  if withHTTPLoad {
-    http = HTTPLoad(ctx, port: pulse.adminPort, seconds: seconds + 10)
-    sleepSeconds(0.5)
-  }
-  let metricNames = ["backbeat_hot_path_allocated_bytes_total", "backbeat_beats_total"]
-  let m0 = pulse.metrics(metricNames)
-  let cpu0 = processCPUNs(pulse.child.pid)
-  let windowStart = cloop_realtime_ns()
-  sleepSeconds(Double(seconds))
-  let windowEnd = cloop_realtime_ns()
-  let cpu1 = processCPUNs(pulse.child.pid)
-  let m1 = pulse.metrics(metricNames)
-  if let http { result.load = http.stop() }
-  sleepSeconds(min(1.0, 0.2 + period))  // let the last frames arrive
-  let records = pulse.beats()
-
-  // The window's beats, by the timeline (first instant ≥ start, last < end).
-  let first = epoch.beat(atOrBeforeNs: windowStart - 1) + 1
-  let last = epoch.beat(atOrBeforeNs: windowEnd - 1)
-  result.beats = Int(max(0, last - first + 1))
-  var recordByIndex: [Int64: PulseRun.BeatRecord] = [:]
-  for r in records where r.index >= first && r.index <= last { recordByIndex[r.index] = r }
-  var scheduleMismatch = 0
-  for r in recordByIndex.values where r.published {
-    result.published += 1
-    result.jitter.record(ns: abs(r.publish_ns - r.scheduled_ns))
-    if r.scheduled_ns != epoch.instantNs(ofBeat: r.index) { scheduleMismatch += 1 }
-  }
-  var seen = Set<Int64>()
-  for rx in receiver.snapshot() where rx.value >= first && rx.value <= last && !seen.contains(rx.value) {
-    seen.insert(rx.value)
-    result.received += 1
-    let scheduled = epoch.instantNs(ofBeat: rx.value)
-    result.delivery.record(ns: rx.receivedNs - scheduled)
-    if let r = recordByIndex[rx.value], r.published, rx.receivedNs < r.publish_ns { result.crossCheckViolations += 1 }
-  }
-  if recordByIndex.count < result.beats {
-    result.notes.append("/debug/beats holds \(recordByIndex.count) of the window's \(result.beats) beats")
-  }
-  if result.published < result.beats { result.notes.append("\(result.beats - result.published) beats not published (missed)") }
-  if result.received < result.published {
-    result.notes.append("\(result.published - result.received) published frames not received by the subscriber")
-  }
-  if scheduleMismatch > 0 { result.notes.append("\(scheduleMismatch) beats' scheduled_ns differ from epoch.json's timeline") }
-  if result.crossCheckViolations > 0 {
-    result.notes.append("cross-check: \(result.crossCheckViolations) frames received before their recorded publish time")
-  }
-  if let b0 = m0["backbeat_beats_total"], let b1 = m1["backbeat_beats_total"], b1 > b0 {
-    let beats = b1 - b0
-    if let a0 = m0["backbeat_hot_path_allocated_bytes_total"], let a1 = m1["backbeat_hot_path_allocated_bytes_total"] {
-      result.allocatedBytesPerBeat = (a1 - a0) / beats
-    } else {
-      result.notes.append("/metrics has no backbeat_hot_path_allocated_bytes_total")
+func runPulseScenario(
+    _ ctx: BenchContext, name: String, bpm: Int, timerFloor: Floor, natsFloor: Floor,
+    withHTTPLoad: Bool
+) throws -> ScenarioResult {
+    let seconds = ctx.options.seconds
+    var result = ScenarioResult(name: name, bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor)
+    let receiver = try Receiver(url: ctx.natsURL, subject: "backbeat.bench.beat", payload: .beatFrame)
+    defer { receiver.close() }
+    let pulse = try PulseRun(ctx, name: name, bpm: bpm)
+    defer {
+        let status = pulse.stop()
+        if status != 0 { ctx.notes.append("\(name): pulse exited with status \(status) on SIGTERM") }
     }
-    if let cpu0, let cpu1 { result.cpuUsPerBeat = Double(cpu1 - cpu0) / 1000 / beats }
-  } else {
-    result.notes.append("/metrics gave no beat count for the window")
-  }
-  if withHTTPLoad, result.cpuUsPerBeat != nil {
-    result.notes.append("CPU per beat includes serving the HTTP load (same process, same thread)")
-  }
-  return result
+    let period = 60.0 / Double(bpm)
+    // Settle: two frames received (the first beat is on the next whole second).
+    guard waitUntil(seconds: 5 + 3 * period, { receiver.received >= 2 }) else {
+        throw BenchError("\(name): no frames from the pulse within \(Int(5 + 3 * period)) s")
+    }
+    guard let epoch = pulse.epoch() else { throw BenchError("\(name): cannot read \(pulse.dataDir)/epoch.json") }
+    var http: HTTPLoad? = nil
+    if withHTTPLoad {
+        http = HTTPLoad(ctx, port: pulse.adminPort, seconds: seconds + 10)
+        sleepSeconds(0.5)
+    }
+    let metricNames = ["backbeat_hot_path_allocated_bytes_total", "backbeat_beats_total"]
+    let m0 = pulse.metrics(metricNames)
+    let cpu0 = processCPUNs(pulse.child.pid)
+    let windowStart = cloop_realtime_ns()
+    sleepSeconds(Double(seconds))
+    let windowEnd = cloop_realtime_ns()
+    let cpu1 = processCPUNs(pulse.child.pid)
+    let m1 = pulse.metrics(metricNames)
+    if let http { result.load = http.stop() }
+    sleepSeconds(min(1.0, 0.2 + period))  // let the last frames arrive
+    let records = pulse.beats()
+
+    // The window's beats, by the timeline (first instant ≥ start, last < end).
+    let first = epoch.beat(atOrBeforeNs: windowStart - 1) + 1
+    let last = epoch.beat(atOrBeforeNs: windowEnd - 1)
+    result.beats = Int(max(0, last - first + 1))
+    var recordByIndex: [Int64: PulseRun.BeatRecord] = [:]
+    for r in records where r.index >= first && r.index <= last { recordByIndex[r.index] = r }
+    var scheduleMismatch = 0
+    for r in recordByIndex.values where r.published {
+        result.published += 1
+        result.jitter.record(ns: abs(r.publish_ns - r.scheduled_ns))
+        if r.scheduled_ns != epoch.instantNs(ofBeat: r.index) { scheduleMismatch += 1 }
+    }
+    var seen = Set<Int64>()
+    for rx in receiver.snapshot() where rx.value >= first && rx.value <= last && !seen.contains(rx.value) {
+        seen.insert(rx.value)
+        result.received += 1
+        let scheduled = epoch.instantNs(ofBeat: rx.value)
+        result.delivery.record(ns: rx.receivedNs - scheduled)
+        if let r = recordByIndex[rx.value], r.published, rx.receivedNs < r.publish_ns {
+            result.crossCheckViolations += 1
+        }
+    }
+    if recordByIndex.count < result.beats {
+        result.notes.append("/debug/beats holds \(recordByIndex.count) of the window's \(result.beats) beats")
+    }
+    if result.published < result.beats {
+        result.notes.append("\(result.beats - result.published) beats not published (missed)")
+    }
+    if result.received < result.published {
+        result.notes.append("\(result.published - result.received) published frames not received by the subscriber")
+    }
+    if scheduleMismatch > 0 {
+        result.notes.append("\(scheduleMismatch) beats' scheduled_ns differ from epoch.json's timeline")
+    }
+    if result.crossCheckViolations > 0 {
+        result.notes.append(
+            "cross-check: \(result.crossCheckViolations) frames received before their recorded publish time")
+    }
+    if let b0 = m0["backbeat_beats_total"], let b1 = m1["backbeat_beats_total"], b1 > b0 {
+        let beats = b1 - b0
+        if let a0 = m0["backbeat_hot_path_allocated_bytes_total"],
+            let a1 = m1["backbeat_hot_path_allocated_bytes_total"]
+        {
+            result.allocatedBytesPerBeat = (a1 - a0) / beats
+        } else {
+            result.notes.append("/metrics has no backbeat_hot_path_allocated_bytes_total")
+        }
+        if let cpu0, let cpu1 { result.cpuUsPerBeat = Double(cpu1 - cpu0) / 1000 / beats }
+    } else {
+        result.notes.append("/metrics gave no beat count for the window")
+    }
+    if withHTTPLoad, result.cpuUsPerBeat != nil {
+        result.notes.append("CPU per beat includes serving the HTTP load (same process, same thread)")
+    }
+    return result
 }
 
 /// The floors under `load`: stress-ng is already running; wrk hammers a
 /// second pulse at 4 bpm on the same core, so the admin API load is real.
 func measureFloorsUnderLoad(_ ctx: BenchContext, bpm: Int) throws -> (Floor, Floor, String) {
-  let seconds = ctx.options.seconds
-  let target = try PulseRun(ctx, name: "load-floor-target", bpm: 4, cluster: "bench-floor")
-  defer { _ = target.stop() }
-  let http = HTTPLoad(ctx, port: target.adminPort, seconds: 2 * seconds + 10)
-  sleepSeconds(0.5)
-  let timer = measureTimerFloor(seconds: seconds, cpu: ctx.cpu, priority: ctx.priority, tempDir: ctx.tempDir)
-  let nats = measureNatsFloor(url: ctx.natsURL, bpm: bpm, seconds: seconds, cpu: ctx.cpu, priority: ctx.priority)
-  return (timer, nats, http.stop())
+    let seconds = ctx.options.seconds
+    let target = try PulseRun(ctx, name: "load-floor-target", bpm: 4, cluster: "bench-floor")
+    defer { _ = target.stop() }
+    let http = HTTPLoad(ctx, port: target.adminPort, seconds: 2 * seconds + 10)
+    sleepSeconds(0.5)
+    let timer = measureTimerFloor(seconds: seconds, cpu: ctx.cpu, priority: ctx.priority, tempDir: ctx.tempDir)
+    let nats = measureNatsFloor(url: ctx.natsURL, bpm: bpm, seconds: seconds, cpu: ctx.cpu, priority: ctx.priority)
+    return (timer, nats, http.stop())
 }

@@ -5,58 +5,58 @@
 import Histogram
 
 struct Percentiles: Codable {
-  var p50: Double
-  var p95: Double
-  var p99: Double
-  var p999: Double
-  var max: Double
-  var count: Int
+    var p50: Double
+    var p95: Double
+    var p99: Double
+    var p999: Double
+    var max: Double
+    var count: Int
 
-  static let empty = Percentiles(p50: 0, p95: 0, p99: 0, p999: 0, max: 0, count: 0)
+    static let empty = Percentiles(p50: 0, p95: 0, p99: 0, p999: 0, max: 0, count: 0)
 }
 
 struct Latencies {
-  private(set) var histogram = Histogram<UInt64>(
-    lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
-  /// Values below zero (recorded as 0) and above 60 s (recorded as 60 s).
-  private(set) var clamped = 0
+    private(set) var histogram = Histogram<UInt64>(
+        lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000_000, numberOfSignificantValueDigits: .three)
+    /// Values below zero (recorded as 0) and above 60 s (recorded as 60 s).
+    private(set) var clamped = 0
 
-  var count: Int { Int(histogram.totalCount) }
+    var count: Int { Int(histogram.totalCount) }
 
-  mutating func record(ns: Int64, count: UInt64 = 1) {
-    var v = ns
-    if v < 0 || v > 60_000_000_000 {
-      clamped += Int(count)
-      v = Swift.min(Swift.max(v, 0), 60_000_000_000)
+    mutating func record(ns: Int64, count: UInt64 = 1) {
+        var v = ns
+        if v < 0 || v > 60_000_000_000 {
+            clamped += Int(count)
+            v = Swift.min(Swift.max(v, 0), 60_000_000_000)
+        }
+        _ = histogram.record(UInt64(v), count: count)
     }
-    _ = histogram.record(UInt64(v), count: count)
-  }
 
-  var summary: Percentiles {
-    guard histogram.totalCount > 0 else { return .empty }
-    func us(_ p: Double) -> Double { Double(histogram.valueAtPercentile(p)) / 1000 }
-    return Percentiles(
-      p50: us(50), p95: us(95), p99: us(99), p999: us(99.9), max: Double(histogram.max) / 1000,
-      count: count)
-  }
+    var summary: Percentiles {
+        guard histogram.totalCount > 0 else { return .empty }
+        func us(_ p: Double) -> Double { Double(histogram.valueAtPercentile(p)) / 1000 }
+        return Percentiles(
+            p50: us(50), p95: us(95), p99: us(99), p999: us(99.9), max: Double(histogram.max) / 1000,
+            count: count)
+    }
 
-  /// (µs, cumulative fraction) at every recorded value, at most `limit` points.
-  func cdf(limit: Int = 400) -> [(Double, Double)] {
-    guard histogram.totalCount > 0 else { return [] }
-    var points: [(Double, Double)] = []
-    let total = Double(histogram.totalCount)
-    for v in histogram.recordedValues() {
-      points.append((Double(v.value) / 1000, Double(v.totalCountToThisValue) / total))
+    /// (µs, cumulative fraction) at every recorded value, at most `limit` points.
+    func cdf(limit: Int = 400) -> [(Double, Double)] {
+        guard histogram.totalCount > 0 else { return [] }
+        var points: [(Double, Double)] = []
+        let total = Double(histogram.totalCount)
+        for v in histogram.recordedValues() {
+            points.append((Double(v.value) / 1000, Double(v.totalCountToThisValue) / total))
+        }
+        guard points.count > limit else { return points }
+        let stride = Double(points.count) / Double(limit)
+        var thinned: [(Double, Double)] = []
+        var i = 0.0
+        while Int(i) < points.count {
+            thinned.append(points[Int(i)])
+            i += stride
+        }
+        if let last = points.last { thinned.append(last) }
+        return thinned
     }
-    guard points.count > limit else { return points }
-    let stride = Double(points.count) / Double(limit)
-    var thinned: [(Double, Double)] = []
-    var i = 0.0
-    while Int(i) < points.count {
-      thinned.append(points[Int(i)])
-      i += stride
-    }
-    if let last = points.last { thinned.append(last) }
-    return thinned
-  }
 }

@@ -3,14 +3,15 @@
 // prints / writes the report. See docs/benchmark.md for how to read it.
 //
 // Order (each step bounded in time): idle floors → idle → baseline → per001
-// (shares the idle floors) → load (stress-ng on the other core; floors under
-// load, then the pulse under load with wrk on its admin API) → micro.
+// (shares the idle floors) → election (3-node cluster, leader killed; shares
+// the idle floors) → load (stress-ng on the other core; floors under load,
+// then the pulse under load with wrk on its admin API) → micro.
 
 import CLoop
 import Foundation
 
 #if canImport(Glibc)
-  import Glibc
+    import Glibc
 #endif
 
 setvbuf(stdout, nil, _IOLBF, 0)
@@ -26,32 +27,39 @@ guard ctx.cpu < onlineCPUs() else { usageError("--cpu \(ctx.cpu): this machine h
 // subscriber's threads) stays off the pulse's core; the pulse, the floors and
 // the baseline pin themselves to it. (One other core: CLoop pins to one.)
 if let other = ctx.otherCPUs.first, !pinCurrentThread(to: other) {
-  ctx.notes.append("could not pin Bench itself to cpu \(other)")
+    ctx.notes.append("could not pin Bench itself to cpu \(other)")
 }
 
 func log(_ s: String) { fputs("Bench: \(s)\n", stderr) }
 
 func shell(_ path: String, _ args: [String]) -> String? {
-  guard let child = try? Child(name: path, path: path, arguments: args, outputPath: ctx.tempDir + "/cmd.out") else {
-    return nil
-  }
-  return child.wait(seconds: 10) == 0 ? child.output.trimmingCharacters(in: .whitespacesAndNewlines) : nil
+    guard let child = try? Child(name: path, path: path, arguments: args, outputPath: ctx.tempDir + "/cmd.out") else {
+        return nil
+    }
+    return child.wait(seconds: 10) == 0 ? child.output.trimmingCharacters(in: .whitespacesAndNewlines) : nil
 }
 
 func machineInfo() -> MachineInfo {
-  var name = utsname()
-  uname(&name)
-  let kernel = withUnsafeBytes(of: &name.release) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-  let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
-  let model = cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }
-    .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "unknown cpu"
-  let commit = findTool("git").flatMap { shell($0, ["rev-parse", "--short", "HEAD"]) } ?? "unknown"
-  let dirty = findTool("git").flatMap { shell($0, ["status", "--porcelain", "--untracked-files=no"]) }.map { $0.isEmpty ? "" : "+dirty" } ?? ""
-  let swift = findTool("swift").flatMap { shell($0, ["--version"]) }?.split(separator: "\n").first.map(String.init) ?? "swift ?"
-  let formatter = ISO8601DateFormatter()
-  return MachineInfo(
-    date: formatter.string(from: Date()), commit: commit + dirty, cpuModel: model, cpus: onlineCPUs(), kernel: kernel,
-    swift: swift)
+    var name = utsname()
+    uname(&name)
+    let kernel = withUnsafeBytes(of: &name.release) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+    let cpuinfo = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
+    let model =
+        cpuinfo.split(separator: "\n").first { $0.hasPrefix("model name") }
+        .map { $0.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces) } ?? "unknown cpu"
+    let commit = findTool("git").flatMap { shell($0, ["rev-parse", "--short", "HEAD"]) } ?? "unknown"
+    let dirty =
+        findTool("git").flatMap { shell($0, ["status", "--porcelain", "--untracked-files=no"]) }.map {
+            $0.isEmpty ? "" : "+dirty"
+        } ?? ""
+    let swift =
+        findTool("swift").flatMap { shell($0, ["--version"]) }?.split(separator: "\n").first.map(String.init)
+        ?? "swift ?"
+    let formatter = ISO8601DateFormatter()
+    return MachineInfo(
+        date: formatter.string(from: Date()), commit: commit + dirty, cpuModel: model, cpus: onlineCPUs(),
+        kernel: kernel,
+        swift: swift)
 }
 
 var report = BenchReport(machine: machineInfo(), ctx: ctx)
@@ -59,73 +67,96 @@ let wants = Set(options.scenarios)
 let needsNats = !wants.subtracting(["micro"]).isEmpty
 var nats: Child? = nil
 if needsNats {
-  do {
-    nats = try startNatsServer(ctx)
-  } catch {
-    log("error: \(error)")
-    killAllChildren()
-    exit(1)
-  }
+    do {
+        nats = try startNatsServer(ctx)
+    } catch {
+        log("error: \(error)")
+        killAllChildren()
+        exit(1)
+    }
 }
 
 func attempt(_ name: String, _ body: () throws -> Void) {
-  do { try body() } catch {
-    ctx.notes.append("\(name) failed: \(error)")
-    log("\(name) failed: \(error)")
-  }
+    do { try body() } catch {
+        ctx.notes.append("\(name) failed: \(error)")
+        log("\(name) failed: \(error)")
+    }
 }
 
+var idleFloors: (timer: Floor, nats: Floor)? = nil
 if !wants.intersection(["idle", "baseline", "per001"]).isEmpty {
-  log("idle floors (\(options.seconds) s timer-wake, \(options.seconds) s NATS)…")
-  let timer = measureTimerFloor(seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority, tempDir: ctx.tempDir)
-  let natsFloor = measureNatsFloor(url: ctx.natsURL, bpm: options.bpm, seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority)
-  if wants.contains("idle") {
-    log("idle: pulse at \(options.bpm) bpm…")
-    attempt("idle") {
-      report.scenarios.append(try runPulseScenario(ctx, name: "idle", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: false))
+    log("idle floors (\(options.seconds) s timer-wake, \(options.seconds) s NATS)…")
+    let timer = measureTimerFloor(seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority, tempDir: ctx.tempDir)
+    let natsFloor = measureNatsFloor(
+        url: ctx.natsURL, bpm: options.bpm, seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority)
+    idleFloors = (timer, natsFloor)
+    if wants.contains("idle") {
+        log("idle: pulse at \(options.bpm) bpm…")
+        attempt("idle") {
+            report.scenarios.append(
+                try runPulseScenario(
+                    ctx, name: "idle", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: false))
+        }
     }
-  }
-  if wants.contains("baseline") {
-    log("baseline: DispatchSourceTimer + JSONEncoder at \(options.bpm) bpm…")
-    attempt("baseline") { report.baseline = try runBaseline(ctx, bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor) }
-  }
-  if wants.contains("per001") {
-    log("per001: pulse at 120 bpm…")
-    attempt("per001") {
-      var r = try runPulseScenario(ctx, name: "per001", bpm: 120, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: false)
-      r.notes.append("floors shared with idle (NATS floor at \(options.bpm)/min)")
-      report.scenarios.append(r)
+    if wants.contains("baseline") {
+        log("baseline: DispatchSourceTimer + JSONEncoder at \(options.bpm) bpm…")
+        attempt("baseline") {
+            report.baseline = try runBaseline(ctx, bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor)
+        }
     }
-  }
+    if wants.contains("per001") {
+        log("per001: pulse at 120 bpm…")
+        attempt("per001") {
+            var r = try runPulseScenario(
+                ctx, name: "per001", bpm: 120, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: false)
+            r.notes.append("floors shared with idle (NATS floor at \(options.bpm)/min)")
+            report.scenarios.append(r)
+        }
+    }
+}
+
+if wants.contains("election") {
+    log(
+        "election: 3-node cluster at \(options.bpm) bpm, \(electionRounds(seconds: options.seconds)) leader kills and a graceful stop…"
+    )
+    attempt("election") {
+        let floors = idleFloors ?? (Floor(source: "not measured"), Floor(source: "not measured"))
+        var r = try runElectionScenario(ctx, bpm: options.bpm, timerFloor: floors.timer, natsFloor: floors.nats)
+        if idleFloors != nil { r.notes.append("floors shared with idle") }
+        report.scenarios.append(r)
+    }
 }
 
 if wants.contains("load") {
-  log("load: floors under load, then the pulse under load…")
-  let cpuLoad = CPULoad(ctx, seconds: 3 * options.seconds + 40)
-  attempt("load") {
-    let (timer, natsFloor, floorLoad) = try measureFloorsUnderLoad(ctx, bpm: options.bpm)
-    var r = try runPulseScenario(ctx, name: "load", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: true)
-    r.load = "\(cpuLoad.description); \(r.load ?? "no HTTP load")"
-    r.notes.append("floors measured under the same load (\(floorLoad) against a second pulse at 4 bpm)")
-    report.scenarios.append(r)
-  }
-  cpuLoad.stop()
+    log("load: floors under load, then the pulse under load…")
+    let cpuLoad = CPULoad(ctx, seconds: 3 * options.seconds + 40)
+    attempt("load") {
+        let (timer, natsFloor, floorLoad) = try measureFloorsUnderLoad(ctx, bpm: options.bpm)
+        var r = try runPulseScenario(
+            ctx, name: "load", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: true)
+        r.load = "\(cpuLoad.description); \(r.load ?? "no HTTP load")"
+        r.notes.append("floors measured under the same load (\(floorLoad) against a second pulse at 4 bpm)")
+        report.scenarios.append(r)
+    }
+    cpuLoad.stop()
 }
 
 nats?.stop()
 
 if wants.contains("micro") {
-  log("micro…")
-  report.micro = runMicro()
+    log("micro…")
+    report.micro = runMicro()
 }
 
 report.elapsedSeconds = Double(cloop_monotonic_ns() - started) / 1e9
 print(report.text(), terminator: "")
 if let path = options.jsonPath {
-  do { try report.json().write(to: URL(fileURLWithPath: path)) } catch { log("cannot write \(path): \(error)") }
+    do { try report.json().write(to: URL(fileURLWithPath: path)) } catch { log("cannot write \(path): \(error)") }
 }
 if let path = options.htmlPath {
-  do { try report.html().write(toFile: path, atomically: true, encoding: .utf8) } catch { log("cannot write \(path): \(error)") }
+    do { try report.html().write(toFile: path, atomically: true, encoding: .utf8) } catch {
+        log("cannot write \(path): \(error)")
+    }
 }
 try? FileManager.default.removeItem(atPath: ctx.tempDir)
 killAllChildren()

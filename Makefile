@@ -32,7 +32,7 @@ release:
 
 # A local nats-server on loopback plus one bootstrapped node, and the beats live.
 # Ctrl-C stops all three.
-run dev: build
+run dev: deps build
 	@mkdir -p $(RUN_DIR)
 	@bin=$$($(SWIFT) build --show-bin-path)/pulse; \
 	nats-server -a 127.0.0.1 -p $(NATS_PORT) > $(RUN_DIR)/nats.log 2>&1 & nats_pid=$$!; \

@@ -192,6 +192,7 @@ final class ClusterProcessTests: XCTestCase {
         XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
         // A tempo change posted on a follower is forwarded to the leader.
         let follower = (leader + 1) % 3
+        XCTAssertEqual(cluster.get(follower, "/tempo")["can_change"] as? Bool, true, "a follower forwards, so it can")
         let client = try RawClient(port: cluster.adminPorts[follower])
         let response = try XCTUnwrap(
             client.request(httpRequest("POST", "/tempo", body: #"{"tempo_bpm": 320, "justification": "restart"}"#)))

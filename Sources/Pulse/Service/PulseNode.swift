@@ -89,6 +89,7 @@ final class PulseNode: LoopHandler {
             beats.gate = self
             tempo.persistAppliedEpochs = false
             tempo.canCommit = { [unowned cluster] in cluster.isLeader }
+            tempo.leaderKnown = { [unowned cluster] in cluster.leaderPeer != nil }
             tempo.commit = { [unowned cluster] change, justification, done in
                 cluster.propose(.tempo(atBeat: change.atBeat, bpm: change.bpm, justification: justification)) { ok in
                     done(ok ? nil : "no_leader")

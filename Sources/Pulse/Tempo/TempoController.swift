@@ -28,6 +28,8 @@ final class TempoController: TempoListener {
     var commitRoundNs: Int64 = 200_000_000
     /// Whether this node can commit (single node: always; Raft: is leader).
     var canCommit: () -> Bool = { true }
+    /// Whether some node can commit (cluster: a leader is known).
+    var leaderKnown: () -> Bool = { true }
     /// Where a node that cannot commit sends the request (cluster: the leader).
     var forward: ((TempoRequest, @escaping (TempoDecision) -> Void) -> Void)?
     private(set) var appliedChanges: UInt64 = 0
@@ -69,7 +71,10 @@ final class TempoController: TempoListener {
                 next_change: RFC3339.string(unixMs: timeline.instantNs(ofBeat: pending.atBeat) / 1_000_000),
                 reason: "a change to \(pending.bpm) bpm is pending at beat \(pending.atBeat)")
         }
-        let reason = inFlight != nil ? "a change is being committed" : canCommit() ? "" : "no leader to commit a change"
+        let reason =
+            inFlight != nil
+            ? "a change is being committed"
+            : canCommit() || (forward != nil && leaderKnown()) ? "" : "no leader to commit a change"
         let next = TempoRules.applyBeat(
             timeline: timeline, committedNs: cloop_realtime_ns(), commitRoundNs: commitRoundNs,
             firstUnpublishedBeat: beats.nextBeat)

@@ -143,6 +143,10 @@ final class BeatDriver: LoopHandler {
     private(set) var started = false
     /// The last degraded frame published, until it is seen on the subject.
     private var lastDegradedIndex: Int64 = -1
+    /// Wall time a non-degraded frame from another node was last seen.
+    private var lastLeaderFrameNs: Int64 = 0
+    /// The HLC suffix this node stamps (to tell its own frames apart).
+    var ownSuffix: String { encoder.hlcSuffix }
     /// Set on the beat path when an epoch switch happened; reported after it.
     private var appliedFromBpm: Int64 = 0
 
@@ -306,6 +310,16 @@ final class BeatDriver: LoopHandler {
         var degraded = false
         if case .degraded = mode {
             degraded = true
+            // Consumers already hear a leader (we only lost it in Raft), or our
+            // subscription is too fresh to know: stay quiet this beat.
+            let periodNs = timeline.instantNs(ofBeat: k + 1) - timeline.instantNs(ofBeat: k)
+            if wakeNs - lastLeaderFrameNs < 2 * periodNs
+                || cloop_monotonic_ns() - nats.connectedSinceMonoNs < periodNs
+            {
+                beatsFollowed &+= 1
+                nextBeat = k + 1
+                return nil
+            }
             // Our previous degraded frame never came back on the subject: the
             // path to NATS is broken (a partition). Drop the connection so
             // nothing queued behind the dead link arrives late, and stay quiet.
@@ -406,8 +420,9 @@ final class BeatDriver: LoopHandler {
 
     /// A frame from the beat subject (any publisher, ourselves included):
     /// remember the highest index and merge its HLC stamp.
-    func observe(remoteIndex: Int64, hlc: HLCStamp?, wallNs: Int64) {
+    func observe(remoteIndex: Int64, hlc: HLCStamp?, wallNs: Int64, fromLeaderElsewhere: Bool = false) {
         if remoteIndex > lastSeenIndex { lastSeenIndex = remoteIndex }
+        if fromLeaderElsewhere { lastLeaderFrameNs = wallNs }
         if let hlc, case .rejectedTooFarAhead = self.hlc.receive(hlc, wallMs: wallNs / 1_000_000) {
             hlcRejected &+= 1
         }

@@ -49,6 +49,8 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     private var closed = false
     private var subscriptions: [Subscription] = []
     private var warmedUp = false
+    /// When the current socket was attached (monotonic ns).
+    private(set) var connectedSinceMonoNs: Int64 = 0
     private var inbox: String?
     private var requestCounter: UInt64 = 0
     private var pendingRequests: [UInt64: (deadlineNs: Int64, reply: (Data?) -> Void)] = [:]
@@ -343,6 +345,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             socketFd = fd
             readWanted = true
             stats.attaches &+= 1
+            connectedSinceMonoNs = cloop_monotonic_ns()
             if stats.attaches > 1 {
                 logger.info("NATS reconnected", metadata: ["url": "\(url)", "reconnects": "\(stats.reconnects)"])
             } else {

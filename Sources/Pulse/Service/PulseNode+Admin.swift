@@ -144,8 +144,12 @@ extension PulseNode: AdminBackend {
                 let object = try? JSONSerialization.jsonObject(with: message.data) as? [String: Any],
                 let index = (object["beat_index"] as? NSNumber)?.int64Value
             else { return }
-            let stamp = (object["hlc"] as? String).flatMap { HLCStamp.parse($0)?.stamp }
-            self.beats.observe(remoteIndex: index, hlc: stamp, wallNs: message.receivedNs)
+            let parsed = (object["hlc"] as? String).flatMap { HLCStamp.parse($0) }
+            let fromOther = parsed.map { String($0.suffix) != self.beats.ownSuffix } ?? false
+            let degraded = object["degraded"] as? Bool ?? false
+            self.beats.observe(
+                remoteIndex: index, hlc: parsed?.stamp, wallNs: message.receivedNs,
+                fromLeaderElsewhere: fromOther && !degraded)
             guard self.beats.started else { return }
             self.metrics.deliveryObserved(latencyNs: message.receivedNs - self.beats.timeline.instantNs(ofBeat: index))
         }

@@ -148,8 +148,12 @@ final class PartitionTests: XCTestCase {
         XCTAssertTrue(Harness.waitUntil(seconds: 10) { frames().count >= healedAt + 10 }, logs())
         let all = frames()
         let indices = all.compactMap { ($0["beat_index"] as? NSNumber)?.int64Value }
+        let described = all.map {
+            "\(($0["beat_index"] as? NSNumber)?.int64Value ?? -1)/\(($0["hlc"] as? String)?.split(separator: ":").last ?? "?")"
+                + (($0["degraded"] as? Bool ?? false) ? "/D" : "")
+        }.joined(separator: " ")
         for (a, b) in zip(indices, indices.dropFirst()) {
-            XCTAssertGreaterThan(b, a, "index \(b) after \(a)\n\(logs())")
+            XCTAssertGreaterThan(b, a, "index \(b) after \(a)\nframes: \(described)\n\(logs())")
         }
         let afterHeal = all[healedAt...]
         XCTAssertFalse(afterHeal.contains { $0["degraded"] as? Bool == true }, "one publisher, not degraded")

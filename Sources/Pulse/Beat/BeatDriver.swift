@@ -314,7 +314,7 @@ final class BeatDriver: LoopHandler {
             // subscription is too fresh to know: stay quiet this beat.
             let periodNs = timeline.instantNs(ofBeat: k + 1) - timeline.instantNs(ofBeat: k)
             if wakeNs - lastLeaderFrameNs < 2 * periodNs
-                || cloop_monotonic_ns() - nats.connectedSinceMonoNs < periodNs
+                || cloop_monotonic_ns() &- nats.connectedSinceMonoNs < periodNs
             {
                 beatsFollowed &+= 1
                 nextBeat = k + 1

@@ -49,8 +49,10 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     private var closed = false
     private var subscriptions: [Subscription] = []
     private var warmedUp = false
-    /// When the current socket was attached (monotonic ns).
-    private(set) var connectedSinceMonoNs: Int64 = 0
+    /// When the current socket was attached to our loop (monotonic ns);
+    /// `Int64.max` while none is (the client may already say CONNECTED
+    /// before its reconnect thread's attach reaches the loop).
+    private(set) var connectedSinceMonoNs: Int64 = .max
     private var inbox: String?
     private var requestCounter: UInt64 = 0
     private var pendingRequests: [UInt64: (deadlineNs: Int64, reply: (Data?) -> Void)] = [:]
@@ -377,6 +379,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             socketToken = nil
             socketFd = -1
         }
+        connectedSinceMonoNs = .max
         writeWanted = false
     }
 

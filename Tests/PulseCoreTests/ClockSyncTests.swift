@@ -5,18 +5,6 @@ import PulseCore
 import XCTest
 
 final class ClockSyncTests: XCTestCase {
-    /// A deterministic generator so a failure is reproducible.
-    struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     /// Local clock = true × (1 + ppm) + offset0; the leader's clock is true time.
     struct Skewed {
         var ppm: Double
@@ -27,7 +15,7 @@ final class ClockSyncTests: XCTestCase {
 
     /// Runs `syncSeconds` of exchanges every 50 ms with random asymmetric delays.
     func converge(_ clock: Skewed, syncSeconds: Int, seed: UInt64) -> (ClockSync, Int64) {
-        var rng = SplitMix(state: seed)
+        var rng = SeededRNG(seed: seed)
         var sync = ClockSync()
         var trueNs: Int64 = 1_000_000_000_000
         for _ in 0..<(syncSeconds * 20) {

@@ -1,9 +1,20 @@
 // Admin: the seam between the HTTP API and the node. The server asks the
 // backend for state and hands it commands; the service implements it, tests
-// fake it. Every call happens on the loop thread.
+// fake it. Every call happens on the loop thread. The status bodies encode a
+// missing value as JSON null instead of leaving the key out (as synthesized
+// encoders would), so clients always see exactly the documented keys.
 
 /// `GET /tempo` body.
 struct TempoStatus: Encodable, Equatable {
+    enum CodingKeys: String, CodingKey { case current_bpm, pending_bpm, can_change, next_change, reason }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(current_bpm, forKey: .current_bpm)
+        try c.encode(pending_bpm, forKey: .pending_bpm)
+        try c.encode(can_change, forKey: .can_change)
+        try c.encode(next_change, forKey: .next_change)
+        try c.encode(reason, forKey: .reason)
+    }
     var current_bpm: Int
     /// The bpm a pending change will apply, or the current bpm when none is pending (as the seed shows).
     var pending_bpm: Int
@@ -40,6 +51,17 @@ enum TempoDecision: Equatable {
 
 /// `GET /drift` body.
 struct DriftStatus: Encodable, Equatable {
+    enum CodingKeys: String, CodingKey {
+        case timer_drift_percent, hlc_drift_seconds, last_sync_time, degradation_mode, within_limits
+    }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(timer_drift_percent, forKey: .timer_drift_percent)
+        try c.encode(hlc_drift_seconds, forKey: .hlc_drift_seconds)
+        try c.encode(last_sync_time, forKey: .last_sync_time)
+        try c.encode(degradation_mode, forKey: .degradation_mode)
+        try c.encode(within_limits, forKey: .within_limits)
+    }
     var timer_drift_percent: Double
     var hlc_drift_seconds: Double
     var last_sync_time: String?
@@ -49,6 +71,15 @@ struct DriftStatus: Encodable, Equatable {
 
 /// `GET /leader` body.
 struct LeaderStatus: Encodable, Equatable {
+    enum CodingKeys: String, CodingKey { case node_id, is_leader, leader, cluster_size, stats }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(node_id, forKey: .node_id)
+        try c.encode(is_leader, forKey: .is_leader)
+        try c.encode(leader, forKey: .leader)
+        try c.encode(cluster_size, forKey: .cluster_size)
+        try c.encode(stats, forKey: .stats)
+    }
     struct Stats: Encodable, Equatable {
         var term: UInt64
         var commit_index: UInt64

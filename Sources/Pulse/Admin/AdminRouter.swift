@@ -80,11 +80,11 @@ final class AdminRouter {
     private func get(_ path: String) -> AdminResponse {
         switch path {
         case "/tempo":
-            return json(200, TempoStatusBody(status: backend.tempoStatus()))
+            return json(200, backend.tempoStatus())
         case "/drift":
-            return json(200, DriftStatusBody(status: backend.driftStatus()))
+            return json(200, backend.driftStatus())
         case "/leader":
-            return json(200, LeaderStatusBody(status: backend.leaderStatus()))
+            return json(200, backend.leaderStatus())
         case "/health":
             let components = backend.health()
             let ok = components.values.allSatisfy { $0.status == "ok" }
@@ -231,53 +231,6 @@ final class AdminRouter {
                 throw BodyFailure.invalid("justification must be a string")
             }
         }
-    }
-}
-
-// MARK: - Bodies with explicit nulls (the synthesised encoders omit nil keys)
-
-private struct TempoStatusBody: Encodable {
-    let status: TempoStatus
-    enum Keys: String, CodingKey {
-        case current_bpm, pending_bpm, can_change, next_change, reason
-    }
-    func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: Keys.self)
-        try c.encode(status.current_bpm, forKey: .current_bpm)
-        try c.encode(status.pending_bpm, forKey: .pending_bpm)
-        try c.encode(status.can_change, forKey: .can_change)
-        try c.encode(status.next_change, forKey: .next_change)
-        try c.encode(status.reason, forKey: .reason)
-    }
-}
-
-private struct DriftStatusBody: Encodable {
-    let status: DriftStatus
-    enum Keys: String, CodingKey {
-        case timer_drift_percent, hlc_drift_seconds, last_sync_time, degradation_mode, within_limits
-    }
-    func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: Keys.self)
-        try c.encode(status.timer_drift_percent, forKey: .timer_drift_percent)
-        try c.encode(status.hlc_drift_seconds, forKey: .hlc_drift_seconds)
-        try c.encode(status.last_sync_time, forKey: .last_sync_time)
-        try c.encode(status.degradation_mode, forKey: .degradation_mode)
-        try c.encode(status.within_limits, forKey: .within_limits)
-    }
-}
-
-private struct LeaderStatusBody: Encodable {
-    let status: LeaderStatus
-    enum Keys: String, CodingKey {
-        case node_id, is_leader, leader, cluster_size, stats
-    }
-    func encode(to encoder: Encoder) throws {
-        var c = encoder.container(keyedBy: Keys.self)
-        try c.encode(status.node_id, forKey: .node_id)
-        try c.encode(status.is_leader, forKey: .is_leader)
-        try c.encode(status.leader, forKey: .leader)
-        try c.encode(status.cluster_size, forKey: .cluster_size)
-        try c.encode(status.stats, forKey: .stats)
     }
 }
 

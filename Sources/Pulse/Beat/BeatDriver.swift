@@ -30,8 +30,6 @@ struct BeatStats {
     var degradedBeats: UInt64 = 0
     var lastJitterNs: Int64 = 0
     var maxJitterNs: Int64 = 0
-    var lastPublishDurationNs: Int64 = 0
-    var lastWakeLatenessNs: Int64 = 0
     var lastBeatIndex: Int64 = -1
 }
 
@@ -375,7 +373,6 @@ final class BeatDriver: LoopHandler {
         let jitter = nowNs - scheduled
         stats.lastJitterNs = jitter
         stats.maxJitterNs = max(stats.maxJitterNs, abs(jitter))
-        stats.lastPublishDurationNs = doneNs - nowNs
         stats.lastBeatIndex = k
         return BeatRecord(
             index: k, scheduledNs: scheduled, wakeNs: nowNs, publishStartNs: nowNs, publishDoneNs: doneNs,
@@ -389,7 +386,6 @@ final class BeatDriver: LoopHandler {
     /// Adapts the timer lead to recent wake latency: twice the worst of the
     /// last `wakeWindow` wakes plus 100 µs, within [minLeadNs, maxLeadNs].
     private func recordWake(lateness: Int64) {
-        stats.lastWakeLatenessNs = lateness
         wakeLateness[wakeLatenessCursor] = max(0, lateness)
         wakeLatenessCursor = (wakeLatenessCursor + 1) % Self.wakeWindow
         var worst: Int64 = 0

@@ -243,6 +243,8 @@ final class PulseNode: LoopHandler {
                 "published": "\(now.beatsPublished)", "unpublished": "\(now.beatsUnpublished)",
                 "missed": "\(now.beatsMissed)", "last_beat": "\(now.lastBeatIndex)",
                 "last_jitter_us": "\(now.lastJitterNs / 1000)", "max_jitter_us": "\(now.maxJitterNs / 1000)",
+                "late": "\(now.lateBeats)", "clock_steps": "\(now.clockSteps)",
+                "followed": "\(beats.beatsFollowed)",
                 "nats_connected": "\(nats.isConnected)", "nats_reconnects": "\(nats.stats.reconnects)",
             ])
         lastSummary = now

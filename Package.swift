@@ -9,13 +9,14 @@ import PackageDescription
 //   CHttpParser system library: node's http-parser (Debian libhttp-parser-dev)
 //   Raft       pure Swift consensus core (etcd-raft style): tick/step/ready/advance, no I/O
 //   PulseCore  pure Swift, no I/O: timeline math, HLC, BeatFrame encoder (allocation-free)
-//   Pulse      the `pulse` executable: config, loop wiring, NATS transport, service
+//   Pulse      the service as a library: config, loop wiring, NATS transport, cluster, admin
+//   PulseMain  the `pulse` executable: a thin main over Pulse
 //   Bench      micro-benchmarks and the timing report
 let package = Package(
     name: "backbeat-pulse",
     platforms: [.macOS(.v13)],
     products: [
-        .executable(name: "pulse", targets: ["Pulse"]),
+        .executable(name: "pulse", targets: ["PulseMain"]),
         .executable(name: "Bench", targets: ["Bench"]),
     ],
     dependencies: [
@@ -52,7 +53,7 @@ let package = Package(
             dependencies: [.product(name: "Crypto", package: "swift-crypto")],
             path: "Sources/PulseCore"
         ),
-        .executableTarget(
+        .target(
             name: "Pulse",
             dependencies: [
                 "CLoop", "CNats", "CHttpParser", "PulseCore", "Raft",
@@ -62,6 +63,12 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ],
             path: "Sources/Pulse",
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .executableTarget(
+            name: "PulseMain",
+            dependencies: ["Pulse"],
+            path: "Sources/PulseMain",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
         .executableTarget(

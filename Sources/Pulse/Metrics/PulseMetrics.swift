@@ -21,6 +21,7 @@ struct MetricsSnapshot {
     var hlcRemoteRejected: UInt64
     var clockOffsetSeconds: Double = 0
     var raftBadFrames: UInt64 = 0
+    var rejectedInput: [RejectedInput.Key: UInt64] = [:]
 }
 
 /// The node's metric registry.
@@ -60,6 +61,7 @@ final class PulseMetrics: BeatObserver {
         beats: BeatStats(), natsConnected: false, natsReconnects: 0, isLeader: false, degraded: false, tempoBpm: 0,
         leadershipChanges: 0, timerDriftRatio: 0, hlcRemoteRejected: 0)
     private var tempoErrorCounts: [String: UInt64] = [:]
+    private var rejectedCounters: [RejectedInput.Key: Counter] = [:]
     /// Exponentially weighted mean of (publish − instant) / period over recent beats.
     private(set) var driftRatio: Double = 0
 
@@ -162,6 +164,10 @@ final class PulseMetrics: BeatObserver {
         bump(hlcRejected, now.hlcRemoteRejected, exported.hlcRemoteRejected)
         bump(degradedBeats, now.beats.degradedBeats, exported.beats.degradedBeats)
         bump(raftBadFrames, now.raftBadFrames, exported.raftBadFrames)
+        for (key, value) in now.rejectedInput {
+            let counter = rejectedCounter(key)
+            bump(counter, value, exported.rejectedInput[key] ?? 0)
+        }
         clockOffset.set(to: now.clockOffsetSeconds)
         natsConnected.set(to: now.natsConnected ? 1 : 0)
         isLeader.set(to: now.isLeader ? 1 : 0)
@@ -169,6 +175,16 @@ final class PulseMetrics: BeatObserver {
         tempoBpm.set(to: Double(now.tempoBpm))
         timerDrift.set(to: now.timerDriftRatio)
         exported = now
+    }
+
+    /// `backbeat_rejected_input_total{surface,reason}`, created the first time a pair is seen.
+    private func rejectedCounter(_ key: RejectedInput.Key) -> Counter {
+        if let counter = rejectedCounters[key] { return counter }
+        let counter = registry.makeCounter(
+            name: "backbeat_rejected_input_total", labels: [("surface", key.surface.rawValue), ("reason", key.reason)],
+            help: "Inputs from outside the process refused at the boundary, by surface and reason (requirements §10).")
+        rejectedCounters[key] = counter
+        return counter
     }
 
     /// The exposition text (Prometheus text format 0.0.4).

@@ -99,7 +99,7 @@ extension PulseNode: AdminBackend {
                 leadershipChanges: cluster?.leadershipChanges ?? 0, timerDriftRatio: timerDriftRatio,
                 hlcRemoteRejected: beats.hlcRejected,
                 clockOffsetSeconds: Double(cluster?.referenceSync?.offsetNs ?? 0) / 1e9,
-                raftBadFrames: cluster?.transportStats.badFrames ?? 0))
+                raftBadFrames: cluster?.transportStats.badFrames ?? 0, rejectedInput: rejected.counts))
         return metrics.text()
     }
 

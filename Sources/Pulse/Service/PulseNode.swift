@@ -24,6 +24,8 @@ final class PulseNode: LoopHandler {
     let nats: NatsLink
     let beats: BeatDriver
     let metrics = PulseMetrics()
+    /// Inputs refused at the boundary, every surface (requirements §10).
+    let rejected = RejectedInput()
     let tempo: TempoController
     private(set) var admin: AdminServer?
     /// The Raft cluster, when -peers is given.

@@ -1,0 +1,73 @@
+// Service/Entry.swift — owns the command line of the `pulse` executable:
+// `pulse [flags]` runs a node, `pulse watch [flags]` shows a cluster's beats. Errors are one line on stderr and exit status 2
+// (configuration) or 1 (start-up).
+import ArgumentParser
+import Foundation
+import Glibc
+import Logging
+
+/// The `pulse` executable's entry point (`Sources/PulseMain` calls it), kept in
+/// the library so that tests, fuzzers and the simulator link the same code.
+public enum PulseEntry {
+    /// Parses the command line and runs a node or the watcher; never returns.
+    public static func main() -> Never {
+        let environment = ProcessInfo.processInfo.environment
+        var arguments = Array(CommandLine.arguments.dropFirst())
+
+        func fail(_ message: String, status: Int32) -> Never {
+            FileHandle.standardError.write(Data("pulse: error: \(message)\n".utf8))
+            exit(status)
+        }
+
+        /// Prints help for `--help`/`-help`/`-h` and exits; otherwise returns.
+        func handleHelp<Command: ParsableArguments>(_ type: Command.Type, _ arguments: [String], preface: String) {
+            if arguments.contains(where: { ["-h", "-help", "--help"].contains($0) }) {
+                print(preface)
+                print(type.helpMessage(columns: 100))
+                exit(0)
+            }
+        }
+
+        if arguments.first == "watch" {
+            arguments.removeFirst()
+            handleHelp(WatchCommand.self, arguments, preface: "pulse watch: show a cluster's BeatFrames live, one line each.\n")
+            do {
+                let options = try WatchCommand.parse(arguments)
+                exit(try Watcher(options: options).run(environment: environment))
+            } catch let error as PulseError {
+                fail(error.description, status: 1)
+            } catch {
+                fail(WatchCommand.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)", status: 2)
+            }
+        }
+
+        handleHelp(
+            PulseCommand.self, arguments,
+            preface: """
+                pulse: keeps one beat timeline for a cluster and publishes BeatFrames on NATS.
+                Flags take one dash or two (-bpm 12, --bpm 12, -bpm=12).
+                Environment: BACKBEAT_LOG_LEVEL (debug, info, warn, error), BACKBEAT_DATA_DIR, BACKBEAT_CLUSTER_ID;
+                a flag on the command line wins over the environment.
+                Also: pulse watch --help
+
+                """)
+
+        let config: PulseConfig
+        do {
+            config = try PulseCommand.parseConfig(arguments, environment: environment)
+        } catch {
+            fail("\(error)", status: 2)
+        }
+        LogSetup.bootstrap(level: config.logLevel, format: config.logFormat)
+        do {
+            let node = try PulseNode(config: config, environment: environment)
+            try node.run()
+        } catch let error as PulseError {
+            if case .config = error { fail(error.description, status: 2) }
+            fail(error.description, status: 1)
+        } catch {
+            fail("\(error)", status: 1)
+        }
+        exit(0)
+    }
+}

@@ -10,7 +10,7 @@ import XCTest
 final class DataDirProcessTests: XCTestCase {
     /// Runs a single node on `dir` (nothing listens on the NATS port: a
     /// refusing node must stop before it connects) and checks the refusal.
-    private func assertRefusesToStart(
+    func assertRefusesToStart(
         dataDir dir: String, extra: [String] = [], status: Int32 = 1, naming file: String,
         line: UInt = #line
     ) throws {
@@ -132,5 +132,29 @@ final class DataDirProcessTests: XCTestCase {
         XCTAssertEqual(d1.timeIntervalSince(d0) * 1000, Double(k1 - k0) * 100, accuracy: 2)
         // The torn record is gone from the file: the log is whole again.
         XCTAssertNil(try RaftStore.scanLog([UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))).tornTailAt)
+    }
+}
+
+extension DataDirProcessTests {
+    /// A node started with -bootstrap over a snapshot it cannot read refuses
+    /// to start, rather than running without it and proposing a second epoch.
+    func testBootstrapOverAnUnreadableSnapshotRefusesToStart() throws {
+        let dir = Harness.tempDir("dd-snap")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try FileManager.default.createDirectory(atPath: dir + "/raft", withIntermediateDirectories: true)
+        var body = [UInt8]()
+        RaftStore.put(&body, 7)  // index
+        RaftStore.put(&body, 1)  // term
+        body += Array(#"{"epoch":{"startBeat":0,"startNs":1700000000000000000,"bpm":0},"justification":""}"#.utf8)
+        var file = [UInt8]()
+        RaftStore.put(&file, RaftStore.checksum(body))
+        try Data(file + body).write(to: URL(fileURLWithPath: dir + "/raft/snapshot"))
+        let port = Harness.freePort()
+        try assertRefusesToStart(
+            dataDir: dir,
+            extra: [
+                "-bootstrap", "-node-id", "n1", "-peers", "n1@127.0.0.1:\(port)", "-raft-bind", "127.0.0.1:\(port)",
+            ],
+            naming: dir + "/raft/snapshot")
     }
 }

@@ -44,7 +44,8 @@ final class DataDirTests: XCTestCase {
     private func assertEpochRefused(
         _ bytes: [UInt8], _ reason: String, file: StaticString = #filePath, line: UInt = #line
     ) {
-        assertRefused({ () throws(DataDirError) in _ = try DataDirFiles.parseEpoch(bytes) }, file: "epoch.json",
+        assertRefused(
+            { () throws(DataDirError) in _ = try DataDirFiles.parseEpoch(bytes) }, file: "epoch.json",
             reason: reason, file: file, line: line)
     }
 
@@ -195,7 +196,8 @@ final class DataDirTests: XCTestCase {
             ([UInt8](repeating: 0x61, count: 2000), "too_large"),
         ]
         for (bytes, reason) in bad {
-            assertRefused({ () throws(DataDirError) in _ = try DataDirFiles.parseNodeId(bytes) }, file: "node_id",
+            assertRefused(
+                { () throws(DataDirError) in _ = try DataDirFiles.parseNodeId(bytes) }, file: "node_id",
                 reason: reason)
         }
     }
@@ -319,7 +321,8 @@ final class DataDirTests: XCTestCase {
             (hardStateBytes(term: 3, vote: 2, commit: UInt64.max), "index_absurd"),
         ]
         for (bytes, reason) in cases {
-            assertRefused({ () throws(DataDirError) in _ = try RaftStore.parseHardState(bytes) },
+            assertRefused(
+                { () throws(DataDirError) in _ = try RaftStore.parseHardState(bytes) },
                 file: "raft/hardstate", reason: reason)
         }
     }
@@ -330,22 +333,27 @@ final class DataDirTests: XCTestCase {
         XCTAssertNoThrow(
             try RaftStore.checkConsistency(
                 hardState: HardState(term: 2, vote: 1, commit: 7), snapshot: snapshot, entries: log))
-        assertRefused({ () throws(DataDirError) in
-            try RaftStore.checkConsistency(
-                hardState: HardState(term: 2, vote: 1, commit: 8), snapshot: snapshot, entries: log)
-        }, file: "raft/hardstate", reason: "commit_beyond_log")
-        assertRefused({ () throws(DataDirError) in
-            try RaftStore.checkConsistency(
-                hardState: HardState(term: 1, vote: 1, commit: 5), snapshot: snapshot, entries: log)
-        }, file: "raft/hardstate", reason: "term_behind_log")
-        assertRefused({ () throws(DataDirError) in
-            try RaftStore.checkConsistency(hardState: HardState(term: 2, vote: 1, commit: 0), snapshot: nil, entries: log)
-        }, file: "raft/log", reason: "gap")
-        assertRefused({ () throws(DataDirError) in
-            try RaftStore.checkConsistency(
-                hardState: HardState(term: 2), snapshot: Snapshot(index: UInt64.max, term: 1, data: []),
-                entries: [Entry(index: 0, term: 1)])
-        }, file: "raft/log", reason: "gap")
+        assertRefused(
+            { () throws(DataDirError) in
+                try RaftStore.checkConsistency(
+                    hardState: HardState(term: 2, vote: 1, commit: 8), snapshot: snapshot, entries: log)
+            }, file: "raft/hardstate", reason: "commit_beyond_log")
+        assertRefused(
+            { () throws(DataDirError) in
+                try RaftStore.checkConsistency(
+                    hardState: HardState(term: 1, vote: 1, commit: 5), snapshot: snapshot, entries: log)
+            }, file: "raft/hardstate", reason: "term_behind_log")
+        assertRefused(
+            { () throws(DataDirError) in
+                try RaftStore.checkConsistency(
+                    hardState: HardState(term: 2, vote: 1, commit: 0), snapshot: nil, entries: log)
+            }, file: "raft/log", reason: "gap")
+        assertRefused(
+            { () throws(DataDirError) in
+                try RaftStore.checkConsistency(
+                    hardState: HardState(term: 2), snapshot: Snapshot(index: UInt64.max, term: 1, data: []),
+                    entries: [Entry(index: 0, term: 1)])
+            }, file: "raft/log", reason: "gap")
     }
 
     func testTornTailIsCutAtEveryCutPoint() throws {
@@ -372,33 +380,41 @@ final class DataDirTests: XCTestCase {
         let third = second + records[1].count
         var payload = whole
         payload[second + 20] ^= 0x04  // the second record's term
-        assertRefused({ () throws(DataDirError) in _ = try RaftStore.scanLog(payload) }, file: "raft/log",
+        assertRefused(
+            { () throws(DataDirError) in _ = try RaftStore.scanLog(payload) }, file: "raft/log",
             reason: "corrupt_record", offset: second)
         var length = whole
         length[second + 2] = 0x7F  // the second record's length runs past the end
-        assertRefused({ () throws(DataDirError) in _ = try RaftStore.scanLog(length) }, file: "raft/log",
+        assertRefused(
+            { () throws(DataDirError) in _ = try RaftStore.scanLog(length) }, file: "raft/log",
             reason: "corrupt_record", offset: second)
         var zeroed = whole
         for i in second..<third { zeroed[i] = 0 }
-        assertRefused({ () throws(DataDirError) in _ = try RaftStore.scanLog(zeroed) }, file: "raft/log",
+        assertRefused(
+            { () throws(DataDirError) in _ = try RaftStore.scanLog(zeroed) }, file: "raft/log",
             reason: "corrupt_record", offset: second)
         do {
             _ = try RaftStore.scanLog(zeroed)
         } catch {
-            XCTAssertTrue(error.description.contains("byte offset \(third)"), "names where intact data resumes: \(error)")
+            XCTAssertTrue(
+                error.description.contains("byte offset \(third)"), "names where intact data resumes: \(error)")
         }
         // Intact records out of sequence are refused too, wherever they are.
         let skipped = records[0] + records[2]
-        assertRefused({ () throws(DataDirError) in _ = try RaftStore.scanLog(skipped) }, file: "raft/log",
+        assertRefused(
+            { () throws(DataDirError) in _ = try RaftStore.scanLog(skipped) }, file: "raft/log",
             reason: "bad_sequence", offset: records[0].count)
         let termBack = Self.record(Entry(index: 1, term: 5)) + Self.record(Entry(index: 2, term: 4))
-        assertRefused({ () throws(DataDirError) in _ = try RaftStore.scanLog(termBack) }, file: "raft/log",
+        assertRefused(
+            { () throws(DataDirError) in _ = try RaftStore.scanLog(termBack) }, file: "raft/log",
             reason: "bad_sequence")
-        assertRefused({ () throws(DataDirError) in _ = try RaftStore.scanLog(Self.record(Entry(index: 0, term: 1))) },
+        assertRefused(
+            { () throws(DataDirError) in _ = try RaftStore.scanLog(Self.record(Entry(index: 0, term: 1))) },
             file: "raft/log", reason: "bad_sequence", offset: 0)
-        assertRefused({ () throws(DataDirError) in
-            _ = try RaftStore.scanLog(Self.record(Entry(index: 1, term: UInt64.max)))
-        }, file: "raft/log", reason: "bad_sequence", offset: 0)
+        assertRefused(
+            { () throws(DataDirError) in
+                _ = try RaftStore.scanLog(Self.record(Entry(index: 1, term: UInt64.max)))
+            }, file: "raft/log", reason: "bad_sequence", offset: 0)
     }
 
     func testStoreRefusesMidLogCorruptionWithoutTouchingTheFiles() throws {
@@ -462,13 +478,15 @@ final class DataDirTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: dir + "/raft/log", withIntermediateDirectories: false)
         XCTAssertThrowsError(
             try save(store, hard: HardState(term: 2, vote: 3, commit: 3), entries: entries(3...3, term: 2)))
-        let hard = try RaftStore.parseHardState([UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/raft/hardstate"))))
+        let hard = try RaftStore.parseHardState(
+            [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/raft/hardstate"))))
         XCTAssertEqual(hard, HardState(term: 2, vote: 3, commit: 2))
     }
 
     func testSnapshotIsValidated() throws {
         let state = ClusterState(
-            epoch: .init(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 120), pending: .init(atBeat: 64, bpm: 125),
+            epoch: .init(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 120),
+            pending: .init(atBeat: 64, bpm: 125),
             justification: "x")
         let data = [UInt8](try JSONEncoder().encode(state))
         let good = snapshotBytes(index: 9, term: 2, data: data)
@@ -495,7 +513,8 @@ final class DataDirTests: XCTestCase {
             (snapshotBytes(index: 9, term: UInt64.max, data: data), "index_absurd"),
         ]
         for (bytes, reason) in cases {
-            assertRefused({ () throws(DataDirError) in _ = try RaftStore.parseSnapshot(bytes) }, file: "raft/snapshot",
+            assertRefused(
+                { () throws(DataDirError) in _ = try RaftStore.parseSnapshot(bytes) }, file: "raft/snapshot",
                 reason: reason)
         }
     }
@@ -534,7 +553,8 @@ final class DataDirTests: XCTestCase {
             default:
                 if !bytes.isEmpty {
                     let at = Int(rng.next() % UInt64(bytes.count))
-                    bytes.replaceSubrange(at..<min(bytes.count, at + 8), with: [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F])
+                    bytes.replaceSubrange(
+                        at..<min(bytes.count, at + 8), with: [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F])
                 }
             }
             if (try? DataDirFiles.parseEpoch(bytes)) != nil { accepted += 1 }

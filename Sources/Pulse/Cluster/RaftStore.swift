@@ -155,7 +155,8 @@ public final class RaftStore {
     public static func parseSnapshot(_ bytes: [UInt8]) throws(DataDirError) -> Snapshot {
         let file = "raft/snapshot"
         guard bytes.count >= 24 else {
-            throw DataDirError(file: file, reason: "bad_length", detail: "is \(bytes.count) bytes, shorter than its header")
+            throw DataDirError(
+                file: file, reason: "bad_length", detail: "is \(bytes.count) bytes, shorter than its header")
         }
         guard checksum(bytes[8...]) == u64(bytes, 0) else {
             throw DataDirError(file: file, reason: "bad_checksum", detail: "checksum mismatch")
@@ -205,7 +206,9 @@ public final class RaftStore {
                 if let next = firstIntactRecord(bytes, after: offset, minIndex: (entries.last?.index ?? 0) + 1) {
                     throw DataDirError(
                         file: "raft/log", offset: offset, reason: "corrupt_record",
-                        detail: "\(problem), and an intact record follows at byte offset \(next): acknowledged entries would be lost")
+                        detail:
+                            "\(problem), and an intact record follows at byte offset \(next): acknowledged entries would be lost"
+                    )
                 }
                 return RaftLogScan(entries: entries, tornTailAt: offset)
             }
@@ -223,7 +226,8 @@ public final class RaftStore {
         if let first = entries.first, first.index == 0 || first.index - 1 != snapshotIndex {
             throw DataDirError(
                 file: "raft/log", reason: "gap",
-                detail: "starts at index \(first.index) but the snapshot ends at \(snapshotIndex) (entries are missing)")
+                detail: "starts at index \(first.index) but the snapshot ends at \(snapshotIndex) (entries are missing)"
+            )
         }
         let lastTerm = entries.last?.term ?? snapshot?.term ?? 0
         guard lastTerm <= hardState.term else {
@@ -235,7 +239,9 @@ public final class RaftStore {
         guard hardState.commit <= lastIndex else {
             throw DataDirError(
                 file: "raft/hardstate", reason: "commit_beyond_log",
-                detail: "commit \(hardState.commit) is beyond the last stored entry \(lastIndex) (committed entries are missing)")
+                detail:
+                    "commit \(hardState.commit) is beyond the last stored entry \(lastIndex) (committed entries are missing)"
+            )
         }
     }
 
@@ -348,11 +354,6 @@ public final class RaftStore {
         persistedHard = hardState
     }
 
-    /// Drops log records up to `index` (after a snapshot was taken there).
-    func compact(upTo index: UInt64, snapshot: Snapshot) {
-        save(hardState: nil, snapshot: snapshot, entries: [], done: { _ in })
-    }
-
     private func record(_ entry: Entry) -> [UInt8] {
         var payload = [UInt8]()
         Self.put(&payload, entry.index)
@@ -398,10 +399,12 @@ public final class RaftStore {
         guard rename(temp, path) == 0 else {
             throw PulseError.startup("rename \(temp): \(String(cString: strerror(errno)))")
         }
+        // The rename is durable only once the directory is synced: a failure is an error, not a hope.
         let dirFd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dirFd >= 0 {
-            fsync(dirFd)
-            close(dirFd)
+        guard dirFd >= 0 else { throw PulseError.startup("open \(directory): \(String(cString: strerror(errno)))") }
+        defer { close(dirFd) }
+        guard fsync(dirFd) == 0 else {
+            throw PulseError.startup("fsync \(directory): \(String(cString: strerror(errno)))")
         }
     }
 

@@ -142,10 +142,10 @@ final class DataDir {
         guard ok, rename(temp, final) == 0 else {
             throw PulseError.startup("cannot write \(final): \(String(cString: strerror(errno)))")
         }
+        // The rename is durable only once the directory is synced: a failure is an error, not a hope.
         let dirFd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dirFd >= 0 {
-            fsync(dirFd)
-            close(dirFd)
-        }
+        guard dirFd >= 0 else { throw PulseError.startup("open \(path): \(String(cString: strerror(errno)))") }
+        defer { close(dirFd) }
+        guard fsync(dirFd) == 0 else { throw PulseError.startup("fsync \(path): \(String(cString: strerror(errno)))") }
     }
 }

@@ -82,7 +82,8 @@ public enum DataDirFiles {
     public static func parseEpoch(_ bytes: [UInt8]) throws(DataDirError) -> StoredEpoch {
         let file = "epoch.json"
         guard bytes.count <= maxEpochBytes else {
-            throw DataDirError(file: file, reason: "too_large", detail: "is \(bytes.count) bytes, more than \(maxEpochBytes)")
+            throw DataDirError(
+                file: file, reason: "too_large", detail: "is \(bytes.count) bytes, more than \(maxEpochBytes)")
         }
         let stored: StoredEpoch
         do {
@@ -95,7 +96,8 @@ public enum DataDirFiles {
         }
         guard supportedBar.contains(stored.bar) else {
             throw DataDirError(
-                file: file, reason: "bar_out_of_range", detail: "bar \(stored.bar) is outside \(describe(supportedBar))")
+                file: file, reason: "bar_out_of_range", detail: "bar \(stored.bar) is outside \(describe(supportedBar))"
+            )
         }
         try checkTimeline(
             file: file, startBeat: stored.startBeat, startNs: stored.startNs, bpm: stored.bpm,
@@ -124,7 +126,8 @@ public enum DataDirFiles {
             guard atBeat > startBeat, bar.map({ atBeat % $0 == 0 }) ?? true else {
                 throw DataDirError(
                     file: file, reason: "bad_pending",
-                    detail: "the pending change's beat \(atBeat) is not a downbeat after the epoch's start \(startBeat)")
+                    detail: "the pending change's beat \(atBeat) is not a downbeat after the epoch's start \(startBeat)"
+                )
             }
             guard let atNs = epoch.checkedInstantNs(ofBeat: atBeat) else {
                 throw DataDirError(
@@ -185,7 +188,8 @@ public enum DataDirFiles {
     public static func parseNodeId(_ bytes: [UInt8]) throws(DataDirError) -> String {
         let file = "node_id"
         guard bytes.count <= maxNodeIdBytes else {
-            throw DataDirError(file: file, reason: "too_large", detail: "is \(bytes.count) bytes, more than \(maxNodeIdBytes)")
+            throw DataDirError(
+                file: file, reason: "too_large", detail: "is \(bytes.count) bytes, more than \(maxNodeIdBytes)")
         }
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw DataDirError(file: file, reason: "not_utf8", detail: "is not valid UTF-8")
@@ -211,12 +215,14 @@ public enum DataDirFiles {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         if fd < 0 {
             if errno == ENOENT { return nil }
-            throw DataDirError(file: file, reason: "unreadable", detail: "cannot open: \(String(cString: strerror(errno)))")
+            throw DataDirError(
+                file: file, reason: "unreadable", detail: "cannot open: \(String(cString: strerror(errno)))")
         }
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0 else {
-            throw DataDirError(file: file, reason: "unreadable", detail: "cannot stat: \(String(cString: strerror(errno)))")
+            throw DataDirError(
+                file: file, reason: "unreadable", detail: "cannot stat: \(String(cString: strerror(errno)))")
         }
         guard info.st_mode & S_IFMT == S_IFREG else {
             throw DataDirError(file: file, reason: "not_regular_file", detail: "is not a regular file")
@@ -230,7 +236,8 @@ public enum DataDirFiles {
             let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + count, $0.count - count) }
             if n < 0 && errno == EINTR { continue }
             guard n >= 0 else {
-                throw DataDirError(file: file, reason: "unreadable", detail: "cannot read: \(String(cString: strerror(errno)))")
+                throw DataDirError(
+                    file: file, reason: "unreadable", detail: "cannot read: \(String(cString: strerror(errno)))")
             }
             if n == 0 { break }  // shrank while reading: keep what is there
             count += n
@@ -255,13 +262,16 @@ public enum DataDirFiles {
             return DataDirError(
                 file: file, reason: "wrong_type", detail: "field '\(path(context))' is not a valid \(type)")
         case DecodingError.valueNotFound(let type, let context):
-            return DataDirError(file: file, reason: "wrong_type", detail: "field '\(path(context))' is null, not \(type)")
+            return DataDirError(
+                file: file, reason: "wrong_type", detail: "field '\(path(context))' is null, not \(type)")
         case DecodingError.dataCorrupted(let context) where !context.codingPath.isEmpty:
             return DataDirError(
                 file: file, reason: "wrong_type",
                 detail: "field '\(path(context))' is not valid: \(context.debugDescription)")
         default:
-            return DataDirError(file: file, reason: "bad_json", detail: "is not valid JSON, or holds a number that is not a 64-bit integer")
+            return DataDirError(
+                file: file, reason: "bad_json",
+                detail: "is not valid JSON, or holds a number that is not a 64-bit integer")
         }
     }
 

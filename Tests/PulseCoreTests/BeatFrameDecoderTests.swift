@@ -62,7 +62,8 @@ final class BeatFrameDecoderTests: XCTestCase {
         for _ in 0..<2000 {
             let k = Int64.random(in: 0...Int64.max, using: &rng)
             let hlc = HLCStamp(
-                wallMs: Int64.random(in: 0...Int64.max, using: &rng), counter: UInt32.random(in: 0...UInt32.max, using: &rng))
+                wallMs: Int64.random(in: 0...Int64.max, using: &rng),
+                counter: UInt32.random(in: 0...UInt32.max, using: &rng))
             let deadline = Int64.random(in: RFC3339.minUnixMs...RFC3339.maxUnixMs, using: &rng)
             let bpm = Int64.random(in: 1...6000, using: &rng)
             let term = UInt64.random(in: 0...UInt64.max, using: &rng)
@@ -143,7 +144,8 @@ final class BeatFrameDecoderTests: XCTestCase {
         }
         XCTAssertEqual(try decode(frame(["term": "18446744073709551615"])).get().term, UInt64.max)
         XCTAssertEqual(try decode(frame(["tempo_bpm": "6000"])).get().tempoBpm, 6000)
-        XCTAssertEqual(try decode(frame(["deadline_at": #""2024-02-29T23:59:59.999Z""#])).get().deadlineUnixMs, 1_709_251_199_999)
+        XCTAssertEqual(
+            try decode(frame(["deadline_at": #""2024-02-29T23:59:59.999Z""#])).get().deadlineUnixMs, 1_709_251_199_999)
         XCTAssertEqual(reason(frame(extra: #""degraded":"yes""#)), "bad_degraded")
         XCTAssertEqual(reason(frame(extra: #""degraded":null"#)), "bad_degraded")
         XCTAssertEqual(try decode(frame(extra: #""degraded":true"#)).get().degraded, true)
@@ -161,9 +163,10 @@ final class BeatFrameDecoderTests: XCTestCase {
     func testGarbageEmptyAndNotAnObject() {
         XCTAssertEqual(reason(""), "empty")
         XCTAssertEqual(reason(" \n\t "), "empty")
-        for garbage in ["hello", "{", "}", "{]", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{,}", "\u{0}", "{\"a\":tru}",
-            "{\"a\":\"unterminated}", "{\"a\":\"bad \\x escape\"}", "{\"a\":\"raw\u{1}control\"}", "{'a':1}"]
-        {
+        for garbage in [
+            "hello", "{", "}", "{]", "{\"a\"}", "{\"a\":}", "{\"a\":1,}", "{,}", "\u{0}", "{\"a\":tru}",
+            "{\"a\":\"unterminated}", "{\"a\":\"bad \\x escape\"}", "{\"a\":\"raw\u{1}control\"}", "{'a':1}",
+        ] {
             XCTAssertEqual(reason(garbage), "malformed_json", garbage)
         }
         for value in ["[1,2]", "\"text\"", "42", "null", "true"] {
@@ -223,7 +226,9 @@ final class BeatFrameDecoderTests: XCTestCase {
                 }
                 if bytes.isEmpty { break }
             }
-            if Int.random(in: 0..<8, using: &rng) == 0 { bytes = Array(bytes.prefix(Int.random(in: 0...bytes.count, using: &rng))) }
+            if Int.random(in: 0..<8, using: &rng) == 0 {
+                bytes = Array(bytes.prefix(Int.random(in: 0...bytes.count, using: &rng)))
+            }
             if case .success(let f) = BeatFrameDecoder.result(bytes) {
                 accepted += 1
                 XCTAssertGreaterThanOrEqual(f.beatIndex, 0, "seed \(rng.seed)")

@@ -48,7 +48,9 @@ final class HostileInputTests: XCTestCase {
     /// `name{...labels...} value` from /metrics, 0 when absent.
     private func metric(_ text: String, _ name: String, _ labels: [String]) -> Int {
         for line in text.split(separator: "\n") where line.hasPrefix(name + "{") {
-            guard labels.allSatisfy({ line.contains($0) }), let value = line.split(separator: " ").last else { continue }
+            guard labels.allSatisfy({ line.contains($0) }), let value = line.split(separator: " ").last else {
+                continue
+            }
             return Int(Double(value) ?? -1)
         }
         return 0
@@ -126,7 +128,10 @@ final class HostileInputTests: XCTestCase {
             (forged(index: "\(current() + 1)", from: last, cluster: "someone-else"), "wrong_cluster"),
             (forged(index: "\(current() + 1)", from: last, term: "4611686018427387904"), "term_ahead"),
             (forged(index: "\(current() + 1)", from: last, suffix: "zzzz"), "unknown_publisher"),
-            (forged(index: "\(current() + 1)", from: last).replacingOccurrences(of: "beatframe.v1", with: "tempo"), "wrong_type"),
+            (
+                forged(index: "\(current() + 1)", from: last).replacingOccurrences(of: "beatframe.v1", with: "tempo"),
+                "wrong_type"
+            ),
             ("hello, beat", "malformed_json"),
             ("", "empty"),
             ("[1,2,3]", "not_an_object"),
@@ -169,14 +174,19 @@ final class HostileInputTests: XCTestCase {
             XCTAssertEqual(answer["status"] as? Int, 401, "\(body): \(answer)")
             XCTAssertEqual(answer["code"] as? String, "unauthorized", "\(body): \(answer)")
         }
-        let huge = ask(#"{"token":"\#(Self.token)","tempo_bpm":310,"pad":""# + String(repeating: "x", count: 10_000) + "\"}")
+        let huge = ask(
+            #"{"token":"\#(Self.token)","tempo_bpm":310,"pad":""# + String(repeating: "x", count: 10_000) + "\"}")
         XCTAssertEqual(huge["status"] as? Int, 413, "\(huge)")
         let malformed = ask(#"{"token":"\#(Self.token)","tempo_bpm":"fast"}"#)
         XCTAssertEqual(malformed["status"] as? Int, 400, "\(malformed)")
         XCTAssertEqual(malformed["code"] as? String, "invalid_field", "\(malformed)")
         // An answer must not land on one of our own subjects (or anywhere absurd).
-        XCTAssertTrue(nats.publish(subject, Array(#"{"token":"\#(Self.token)","tempo_bpm":310}"#.utf8), reply: "backbeat.\(Self.cluster).beat"))
-        XCTAssertTrue(nats.publish(subject, Array(#"{"tempo_bpm":310}"#.utf8), reply: String(repeating: "r", count: 300)))
+        XCTAssertTrue(
+            nats.publish(
+                subject, Array(#"{"token":"\#(Self.token)","tempo_bpm":310}"#.utf8),
+                reply: "backbeat.\(Self.cluster).beat"))
+        XCTAssertTrue(
+            nats.publish(subject, Array(#"{"tempo_bpm":310}"#.utf8), reply: String(repeating: "r", count: 300)))
         nats.flush()
         // With the token, the change is accepted.
         let accepted = ask(#"{"token":"\#(Self.token)","tempo_bpm":310,"justification":"hostile test"}"#)

@@ -1,4 +1,5 @@
-// Service: the node as the admin API and the control subject see it.
+// Service: the node as the admin API, the control subject and the beat subject
+// (echoes, through the shared decoder and the echo policy) see it.
 import CLoop
 import Foundation
 import PulseCore
@@ -221,7 +222,9 @@ extension PulseNode: AdminBackend {
             bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7f }),
             !subject.hasPrefix("backbeat.")
         else { return false }
-        return !subject.split(separator: ".", omittingEmptySubsequences: false).contains { $0 == "*" || $0 == ">" || $0.isEmpty }
+        return !subject.split(separator: ".", omittingEmptySubsequences: false).contains {
+            $0 == "*" || $0 == ">" || $0.isEmpty
+        }
     }
 
     /// Whether the JSON body carries `"token": "<admin token>"` (constant-time compare).

@@ -117,7 +117,9 @@ final class Watcher {
         }
         anomalies += notes.isEmpty ? 0 : 1
         if frame.degraded { notes.append("degraded") }
-        let late = frame.scheduledNs.map { String(format: "%+9.3f ms", (Double(receivedNs) - Double($0)) / 1e6) } ?? "        ?"
+        let late =
+            frame.scheduledNs.map { String(format: "%+9.3f ms", (Double(receivedNs) - Double($0)) / 1e6) }
+            ?? "        ?"
         let marker = frame.downbeat ? "●" : "·"
         let line = String(
             format: "#%-8lld %@ %-8@ %4lld bpm  from %@  term %llu  late %@%@", frame.beatIndex, marker,

@@ -103,9 +103,12 @@ struct FrameChecker {
             let phase = phases[Int(k % Int64(epoch.bar)) * phases.count / epoch.bar]
             expect(o.phase == phase, "phase \(phase)")
             expect(o.deadlineUnixMs == epoch.instantNs(k + 1) / 1_000_000, "deadline_at")
-            expect(frame.text.contains("\"deadline_at\":\"\(Self.rfc3339(ns: epoch.instantNs(k + 1)))\""), "deadline_at text")
+            expect(
+                frame.text.contains("\"deadline_at\":\"\(Self.rfc3339(ns: epoch.instantNs(k + 1)))\""),
+                "deadline_at text")
             expect(o.tempoBpm == epoch.bpm, "tempo_bpm")
-            expect(o.windowId == Self.windowId(cluster: epoch.clusterId, barStart: k - k % Int64(epoch.bar)), "window_id")
+            expect(
+                o.windowId == Self.windowId(cluster: epoch.clusterId, barStart: k - k % Int64(epoch.bar)), "window_id")
             expect(o.term == UInt64(expectTerm), "term")
             // hlc: <ms hex>:<counter hex, ≥4 digits>:<node suffix> (the form is the decoder's to check)
             expect(o.hlcSuffix == suffix, "hlc suffix \(suffix)")

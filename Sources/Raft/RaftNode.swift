@@ -131,7 +131,10 @@ final class Progress {
             next = match + 1
             return true
         case .probe:
-            guard next - 1 == rejected else { return false }  // stale
+            // Stale unless it rejects the one index probed, above what is matched
+            // (a rejection of a matched index cannot be current: ignoring it keeps
+            // a forged or reordered one from looping append/reject forever).
+            guard next - 1 == rejected, rejected > match else { return false }
             next = max(min(rejected, hint + 1), match + 1)
             probeSent = false
             return true
@@ -376,15 +379,15 @@ public final class RaftNode {
     }
 
     /// Terms at or above this are refused (`term_absurd`), in messages and in
-    /// persisted state. A real cluster raises its term once per election, so it
-    /// never comes near 2^62; the bound keeps `term + 1` (campaign, pre-vote)
-    /// far from overflow, so a hostile term cannot trap the node, now or after
-    /// a restart.
+    /// persisted state, and the node never campaigns into it. A real cluster
+    /// raises its term about once per election, so it never comes near 2^62;
+    /// the bound keeps `term + 1` far from overflow, so a hostile term cannot
+    /// trap the node, now or after a restart. (There is deliberately no bound
+    /// relative to our own term: it would let a hostile peer push one node's
+    /// term out of its honest peers' reach, and partition it for good. A peer
+    /// that can forge plausible terms can always disturb elections; only
+    /// authenticating peers stops that.)
     public static let maxTerm: UInt64 = 1 << 62
-    /// A message term more than this ahead of ours is refused (`term_absurd`):
-    /// no node can be four billion elections ahead, and adopting such a term
-    /// would only burn the term space.
-    public static let maxTermAhead: UInt64 = 1 << 32
     /// Log indexes at or above this are refused (`index_absurd`), so
     /// `index + 1` and `index + entries.count` never overflow.
     public static let maxIndex: UInt64 = 1 << 62
@@ -411,7 +414,7 @@ public final class RaftNode {
         if !config.voters.contains(m.from) { return .unknownSender }
         if m.structuralProblem() != nil { return .malformed }
         // Entry and snapshot terms are <= m.term (structural), so this bounds them too.
-        if m.term >= Self.maxTerm || (m.term > term && m.term - term > Self.maxTermAhead) { return .termAbsurd }
+        if m.term >= Self.maxTerm { return .termAbsurd }
         switch m.kind {
         case .append:
             // Entry indexes are m.index + 1 ... m.index + count (structural, no overflow).
@@ -577,6 +580,9 @@ public final class RaftNode {
 
     private func hup(transfer: Bool) {
         guard role != .leader else { return }
+        // Never campaign into the refused range (only a forged term can bring us
+        // here), so a persisted term always stays below `maxTerm`.
+        guard term + 1 < Self.maxTerm else { return }
         if config.preVote && !transfer {
             campaignPre()
         } else {
@@ -769,10 +775,13 @@ public final class RaftNode {
     }
 
     private func handleHeartbeat(_ m: Message) -> StepOutcome {
-        // A leader sends min(match, commit), never beyond our log; a larger
-        // commit is clamped to our last index (etcd: commitTo(min(commit, last))).
+        // A leader sends min(match, commit), never beyond our log. A larger
+        // commit is bogus: the heartbeat still counts as leader contact, but its
+        // commit is clamped to what we have already committed. (Clamping to our
+        // last index instead could commit a stale tail of an older term that the
+        // leader has not matched yet: entries the cluster never committed.)
         let beyond = m.commit > log.lastIndex
-        log.commit(to: min(m.commit, log.lastIndex))
+        if !beyond { log.commit(to: m.commit) }
         send(
             Message(kind: .heartbeatResponse, from: id, to: m.from, term: term, leaseTick: m.leaseTick))
         return beyond ? .clamped(.commitBeyondLog) : .stepped

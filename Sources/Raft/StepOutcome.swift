@@ -16,8 +16,7 @@ public enum MessageRejection: String, Sendable, Equatable, CaseIterable {
     case misaddressed = "misaddressed"
     /// `from` is not a voter of this cluster.
     case unknownSender = "unknown_sender"
-    /// A term at or above `RaftNode.maxTerm`, or more than
-    /// `RaftNode.maxTermAhead` ahead of ours: no election produces it, and
+    /// A term at or above `RaftNode.maxTerm`: no election produces it, and
     /// adopting it would bring `term + 1` near overflow for good.
     case termAbsurd = "term_absurd"
     /// An index (append position, snapshot index) at or above `RaftNode.maxIndex`.
@@ -25,8 +24,8 @@ public enum MessageRejection: String, Sendable, Equatable, CaseIterable {
     /// An append, heartbeat or snapshot from a node that is not the leader we
     /// already follow in this term (Raft has at most one leader per term).
     case secondLeader = "second_leader"
-    /// A heartbeat whose commit lies beyond our last index: stepped, with the
-    /// commit clamped to the last index (etcd's `commitTo(min(commit, last))`).
+    /// A heartbeat whose commit lies beyond our last index: stepped as leader
+    /// contact, but its commit is ignored (clamped to our current commit).
     case commitBeyondLog = "commit_beyond_log"
     /// An append response acknowledging an index beyond the leader's log.
     case indexBeyondLog = "index_beyond_log"

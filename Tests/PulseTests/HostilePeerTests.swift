@@ -158,4 +158,97 @@ final class HostilePeerTests: XCTestCase {
             XCTAssertTrue(cluster.nodes[i]?.process.isRunning ?? false, "node \(i) restarted\n\(cluster.logs)")
         }
     }
+
+    /// Opens silent connections to `ports` every 5 ms on its own thread until
+    /// stopped, so every inbound slot stays taken by a socket that never sends.
+    final class Flood {
+        private let lock = NSLock()
+        private var running = true
+        private var clients: [RawClient] = []
+        private let thread: Thread
+
+        init(ports: [Int], perRound: Int) {
+            var box: Flood?
+            thread = Thread {
+                while let flood = box, flood.isRunning {
+                    for port in ports {
+                        for _ in 0..<perRound { if let c = try? RawClient(port: port) { flood.keep(c) } }
+                    }
+                    usleep(5_000)
+                }
+                box = nil
+            }
+            box = self
+            thread.start()
+        }
+
+        var isRunning: Bool {
+            lock.lock()
+            defer { lock.unlock() }
+            return running
+        }
+
+        private func keep(_ client: RawClient) {
+            lock.lock()
+            clients.append(client)
+            // Bounded fds, yet each is held far longer than the handshake timeout
+            // (the node closes it first), so the slots stay taken.
+            if clients.count > 4000 { clients.removeFirst(clients.count - 4000) }
+            lock.unlock()
+        }
+
+        func stop() {
+            lock.lock()
+            running = false
+            lock.unlock()
+            usleep(200_000)
+            lock.lock()
+            clients.removeAll()
+            lock.unlock()
+        }
+    }
+
+    /// Silent connections keep every inbound slot of every node taken, all
+    /// the time. A follower that restarts must still get its connections
+    /// accepted (a newcomer takes the slot of the oldest connection that never
+    /// sent a frame; a real peer sends a keepalive at once), so when the
+    /// leader is then killed, the two survivors still elect a new one.
+    func testSilentConnectionsCannotStarvePeers() throws {
+        let cluster = try ClusterProcessTests.Cluster(cluster: "slots", bpm: 600)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.slots.beat")
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
+        let flood = Flood(ports: cluster.raftPorts, perRound: 2)
+        defer { flood.stop() }
+        usleep(300_000)
+        // A follower restarts: its new connections must find slots.
+        let follower = (leader + 1) % 3
+        cluster.nodes[follower]?.stop()
+        try cluster.start(follower)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 5) { cluster.get(follower, "/leader")["leader"] is String },
+            "the restarted follower hears the leader\n\(cluster.logs)")
+        usleep(500_000)
+        // The leader dies: the survivors must talk to each other to elect.
+        cluster.nodes[leader]?.signal(SIGKILL)
+        cluster.nodes[leader] = nil
+        let killedAt = subscriber.count
+        var newLeader: Int?
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 8) {
+                newLeader = (0..<3).first { $0 != leader && cluster.get($0, "/leader")["is_leader"] as? Bool == true }
+                return newLeader != nil
+            }, "the survivors elect a leader through flooded slots\n\(cluster.logs)")
+        XCTAssertTrue(subscriber.wait(for: killedAt + 5, seconds: 8), "beats go on\n\(cluster.logs)")
+        flood.stop()
+        for i in 0..<3 where i != leader {
+            let counted = raftRejections(try cluster.metrics(i))
+            XCTAssertGreaterThan(counted["connection_limit"] ?? 0, 0, "node \(i): \(counted)")
+        }
+        // Its connections were accepted at once and kept: a refused one would be
+        // retried (and logged) every 100 ms while the slots are taken.
+        let log = cluster.nodes[follower]?.log ?? ""
+        let connects = log.split(separator: "\n").filter { $0.contains("raft: connected") }.count
+        XCTAssertLessThanOrEqual(connects, 6, "the restarted follower had to reconnect over and over\n\(log)")
+    }
 }

@@ -94,8 +94,11 @@ final class ClockSyncTests: XCTestCase {
             (SyncSample(t1: now, t2: now, t3: now - 5, t4: now + 10), .negativeRoundTrip),
             (SyncSample(t1: now, t2: now, t3: now, t4: now - 1), .negativeRoundTrip),
             (SyncSample(t1: now, t2: now, t3: now, t4: now + 6_000_000_000), .roundTripTooLong),
-            (SyncSample(t1: now, t2: now + 2 * 86_400_000_000_000, t3: now + 2 * 86_400_000_000_000, t4: now + 1_000),
-             .offsetTooLarge),
+            (
+                SyncSample(
+                    t1: now, t2: now + 2 * 86_400_000_000_000, t3: now + 2 * 86_400_000_000_000, t4: now + 1_000),
+                .offsetTooLarge
+            ),
             (SyncSample(t1: now, t2: 0, t3: 0, t4: now + 1_000), .offsetTooLarge),
         ]
         for (sample, reason) in cases {

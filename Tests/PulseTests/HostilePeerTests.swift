@@ -108,11 +108,13 @@ final class HostilePeerTests: XCTestCase {
             XCTAssertTrue(client.send(bytes: frames.flatMap { $0 }), "node \(i) takes the frames")
             // A sender that is not a member: refused, and the connection is closed.
             XCTAssertTrue(
-                client.send(bytes: frame(Message(kind: .heartbeat, from: PeerList.stableId("intruder"), to: me, term: term))))
+                client.send(
+                    bytes: frame(Message(kind: .heartbeat, from: PeerList.stableId("intruder"), to: me, term: term))))
             XCTAssertTrue(client.waitForClose(), "node \(i) closes the connection of an unknown sender")
             // Garbage bytes.
             let garbage = try RawClient(port: cluster.raftPorts[i])
-            garbage.send(bytes: Array("\u{1}\u{2}hello raft\r\n".utf8) + (0..<512).map { _ in UInt8.random(in: 0...255) })
+            garbage.send(
+                bytes: Array("\u{1}\u{2}hello raft\r\n".utf8) + (0..<512).map { _ in UInt8.random(in: 0...255) })
             XCTAssertTrue(garbage.waitForClose(), "node \(i) closes a connection that sent garbage")
         }
 
@@ -140,7 +142,8 @@ final class HostilePeerTests: XCTestCase {
         for i in 0..<3 {
             let counted = raftRejections(try cluster.metrics(i))
             var expected = ["term_absurd", "unknown_sender", "bad_magic", "handshake_timeout"]
-            expected += i == leader
+            expected +=
+                i == leader
                 ? ["index_beyond_log", "hint_beyond_log", "second_leader"]
                 : ["commit_beyond_log", "second_leader", "clock_timestamp_out_of_range"]
             for reason in expected {
@@ -161,25 +164,26 @@ final class HostilePeerTests: XCTestCase {
 
     /// Opens silent connections to `ports` every 5 ms on its own thread until
     /// stopped, so every inbound slot stays taken by a socket that never sends.
-    final class Flood {
+    final class Flood: @unchecked Sendable {  // state behind `lock`
         private let lock = NSLock()
         private var running = true
         private var clients: [RawClient] = []
-        private let thread: Thread
+        private let ports: [Int]
+        private let perRound: Int
 
         init(ports: [Int], perRound: Int) {
-            var box: Flood?
-            thread = Thread {
-                while let flood = box, flood.isRunning {
-                    for port in ports {
-                        for _ in 0..<perRound { if let c = try? RawClient(port: port) { flood.keep(c) } }
-                    }
-                    usleep(5_000)
+            self.ports = ports
+            self.perRound = perRound
+            Thread { [self] in run() }.start()
+        }
+
+        private func run() {
+            while isRunning {
+                for port in ports {
+                    for _ in 0..<perRound { if let c = try? RawClient(port: port) { keep(c) } }
                 }
-                box = nil
+                usleep(5_000)
             }
-            box = self
-            thread.start()
         }
 
         var isRunning: Bool {

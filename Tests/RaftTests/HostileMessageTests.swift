@@ -126,7 +126,8 @@ final class HostileMessageTests: XCTestCase {
         XCTAssertEqual(c[2].lastIndex, last, "nothing appended")
         // A leader refuses another leader of its own term as well.
         XCTAssertEqual(c[1].step(Message(kind: .heartbeat, from: 2, to: 1, term: 1)), .refused(.secondLeader))
-        XCTAssertEqual(c[2].step(Message(kind: .timeoutNow, from: 3, to: 2, term: 1)), .refused(.timeoutNowNotFromLeader))
+        XCTAssertEqual(
+            c[2].step(Message(kind: .timeoutNow, from: 3, to: 2, term: 1)), .refused(.timeoutNowNotFromLeader))
         XCTAssertEqual(c[2].role, .follower, "no election forced by a non-leader")
         try assertStillCommits(c)
     }
@@ -136,7 +137,8 @@ final class HostileMessageTests: XCTestCase {
         let c = try settled()
         let m = Message(kind: .appendResponse, from: 2, to: 1, term: 1, index: c[1].lastIndex + 1)
         XCTAssertEqual(c[1].step(m), .refused(.indexBeyondLog))
-        XCTAssertEqual(c[1].step(Message(kind: .appendResponse, from: 3, to: 1, term: 1, index: .max)), .refused(.indexBeyondLog))
+        XCTAssertEqual(
+            c[1].step(Message(kind: .appendResponse, from: 3, to: 1, term: 1, index: .max)), .refused(.indexBeyondLog))
         XCTAssertEqual(c[1].matchIndex(of: 2), c[1].lastIndex)
         try assertStillCommits(c)
     }
@@ -304,7 +306,8 @@ final class HostileRun {
                 m.entries.append(Entry(index: entryIndex, term: min(entryTerm, m.term), data: [UInt8(k)]))
             }
         case .snapshot:
-            let sTerm = rng.chance(0.8) ? min(m.term, node.lastTerm + UInt64.random(in: 0...1, using: &rng)) : rng.next()
+            let sTerm =
+                rng.chance(0.8) ? min(m.term, node.lastTerm + UInt64.random(in: 0...1, using: &rng)) : rng.next()
             m.snapshot = Snapshot(index: index(near: last), term: sTerm, data: hashBytes(rng.next()))
         default:
             break
@@ -387,7 +390,12 @@ final class HostileRun {
             if rng.chance(0.3), let l = cluster.leader { _ = l.propose([UInt8(truncatingIfNeeded: step)]) }
             for _ in 0..<Int.random(in: 1...4, using: &rng) {
                 let (m, target, expected): (Message, NodeID, MessageRejection?) =
-                    poisoned ? poisonedMessage() : { let h = hostileMessage(); return (h.message, h.target, nil) }()
+                    poisoned
+                    ? poisonedMessage()
+                    : {
+                        let h = hostileMessage()
+                        return (h.message, h.target, nil)
+                    }()
                 guard let node = cluster.nodes[target] else { continue }
                 let outcome = node.step(m)
                 if let expected, outcome.rejection != expected {
@@ -412,7 +420,9 @@ final class HostileRun {
         for _ in 0..<600 {
             try cluster.tick()
             try checkOneLeaderPerTerm()
-            if marker == nil, let l = cluster.leader, l.hasLease(), case .accepted(let index, let term) = l.propose([0xC0]) {
+            if marker == nil, let l = cluster.leader, l.hasLease(),
+                case .accepted(let index, let term) = l.propose([0xC0])
+            {
                 marker = (index, term)
                 try cluster.stabilize()
             }

@@ -67,11 +67,16 @@ struct RaftTiming {
     var heartbeatTicks = 1
 }
 
-final class ClusterNode: LoopHandler {
+final class ClusterNode: LoopHandler, RaftInbox {
     let peers: PeerList
     let timing: RaftTiming
     private unowned let loop: EventLoop
     private let logger: Logger
+    /// Refused Raft input: bad frames (transport), messages the core refuses,
+    /// clock samples outside physical bounds (requirements §10).
+    private let rejected: RejectedInput
+    /// Reasons already logged once (a hostile peer must not flood the log).
+    private var loggedRejections: Set<String> = []
     private let raft: RaftNode
     private let store: RaftStore
     private var transport: RaftTransport!
@@ -121,9 +126,10 @@ final class ClusterNode: LoopHandler {
 
     init(
         peers: PeerList, timing: RaftTiming, dataDir: String, bootstrapBpm: Int64?, bar: Int, loop: EventLoop,
-        logger: Logger
+        rejected: RejectedInput, logger: Logger
     ) throws {
         self.peers = peers
+        self.rejected = rejected
         self.rank = peers.peers.map(\.raftId).sorted().firstIndex(of: peers.me.raftId) ?? 0
         self.timing = timing
         self.loop = loop
@@ -149,10 +155,10 @@ final class ClusterNode: LoopHandler {
             restored = try? JSONDecoder().decode(ClusterState.self, from: Data(snapshot.data))
         }
         term = persisted.hardState.term
-        transport = try RaftTransport(loop: loop, peers: peers, logger: logger) { [unowned self] message in
-            self.step(message)
-        }
-        transport.onSample = { [unowned self] peer, sample in self.syncs[peer, default: ClockSync()].add(sample) }
+        transport = try RaftTransport(
+            loop: loop, peers: peers,
+            limits: .forElectionTimeout(Int64(timing.electionTicks) * timing.tickNs),
+            rejected: rejected, logger: logger, inbox: self)
         tickToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
     }
 
@@ -230,11 +236,30 @@ final class ClusterNode: LoopHandler {
         leaseUntilMonoNs = remaining > 0 ? lastTickMonoNs + Int64(remaining) * timing.tickNs : 0
     }
 
-    func step(_ message: Message) {
-        if message.from == leader { lastContactMonoNs = cloop_monotonic_ns() }
-        raft.step(message)
+    /// A message from a peer (already decoded and addressed). The core refuses
+    /// what it cannot trust and says why; each refusal is counted. The frame's
+    /// clock sample counts only when its message was not refused, and only
+    /// within ClockSync's physical bounds.
+    func transportReceived(_ message: Message, clockSample: SyncSample?) {
+        let outcome = raft.step(message)
+        if let rejection = outcome.rejection { reject(rejection.reason, from: message.from) }
+        if outcome.wasStepped {
+            if message.from == leader { lastContactMonoNs = cloop_monotonic_ns() }
+            if let clockSample, let refusal = syncs[message.from, default: ClockSync()].add(clockSample) {
+                reject(refusal.rawValue, from: message.from)
+            }
+        }
         refreshLease()
         processReady()
+    }
+
+    private func reject(_ reason: String, from peer: NodeID) {
+        rejected.record(.raft, reason)
+        if loggedRejections.insert(reason).inserted {
+            logger.warning(
+                "raft: refused input from a peer (logged once per reason, counted in backbeat_rejected_input_total)",
+                metadata: ["reason": "\(reason)", "from": "\(peers.peer(raftId: peer)?.name ?? "\(peer)")"])
+        }
     }
 
     // MARK: proposals

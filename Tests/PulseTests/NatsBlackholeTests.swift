@@ -83,22 +83,34 @@ final class NatsBlackholeTests: XCTestCase {
         guard NatsProcessSupport.sh("command -v iptables").status == 0 else {
             return XCTFail("iptables is missing (Debian package iptables)")
         }
-        let nats = try NatsServer()
-        let adminPort = Harness.freePort()
+        // Two routed servers: the node's (blackholed) and the subscriber's
+        // (untouched, so the measurement is not blackholed with the node:
+        // its ACKs to the server would be dropped too). The node's server
+        // does not advertise the other one, so the node cannot fail over
+        // and really is cut off from NATS.
         let dir = Harness.tempDir("blackhole")
-        let rule = "INPUT -i lo -p tcp --dport \(nats.port) -j DROP"
+        let routePorts = [Harness.freePort(), Harness.freePort()]
+        let nats = try ClusterNatsServer(
+            name: "X", clientPort: Harness.freePort(), routePort: routePorts[0], routes: [routePorts[1]], dir: dir,
+            noAdvertise: true)
+        let other = try ClusterNatsServer(
+            name: "Y", clientPort: Harness.freePort(), routePort: routePorts[1], routes: [routePorts[0]], dir: dir,
+            noAdvertise: true)
+        let adminPort = Harness.freePort()
+        let rule = "INPUT -i lo -p tcp --dport \(nats.clientPort) -j DROP"
         defer {
             // Removed in all cases (every copy, should one have been added twice).
             NatsProcessSupport.sh("while iptables -D \(rule) 2>/dev/null; do :; done")
             try? FileManager.default.removeItem(atPath: dir)
         }
-        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.hole.beat")
+        let subscriber = try Subscriber(url: other.url, subject: "backbeat.hole.beat")
         let node = try PulseProcess(
             arguments: [
                 "-bootstrap", "-bpm", "600", "-max-bpm", "600", "-cluster", "hole", "-node-id", "hole-1",
                 "-nats", nats.url, "-data-dir", dir + "/data", "-admin-port", "\(adminPort)",
             ], logPath: dir + "/node.log")
-        XCTAssertTrue(subscriber.wait(for: 10, seconds: 10), "frames flow before the blackhole\n" + node.log)
+        XCTAssertTrue(
+            subscriber.wait(for: 10, seconds: 15), "frames flow (across the route) before the blackhole\n" + node.log)
         let epoch = try ContractEpoch.load(dataDir: dir + "/data")
         func metrics() -> String { NatsProcessSupport.get(port: adminPort, path: "/metrics")?.text ?? "" }
         let before = metrics()
@@ -106,6 +118,7 @@ final class NatsBlackholeTests: XCTestCase {
         let missedBefore = NatsProcessSupport.metric("backbeat_beats_missed_total", in: before) ?? -1
 
         // Blackhole for 6 s; poll /live all along.
+        let blackholedNs = cloop_realtime_ns_for_tests()
         let added = NatsProcessSupport.sh("iptables -A \(rule)")
         XCTAssertEqual(added.status, 0, "iptables: \(added.output)")
         guard added.status == 0 else { return }
@@ -134,7 +147,8 @@ final class NatsBlackholeTests: XCTestCase {
         // connect timeout); a turning loop within milliseconds. The bound
         // is the contract's 10 ms.
         XCTAssertLessThan(worstMs, 10, "/live max latency over the blackhole (p99 \(p99Ms) ms)\n" + node.log)
-        let unpublished = (NatsProcessSupport.metric("backbeat_beats_unpublished_total", in: during) ?? -1)
+        let unpublished =
+            (NatsProcessSupport.metric("backbeat_beats_unpublished_total", in: during) ?? -1)
             - unpublishedBefore
         let missed = (NatsProcessSupport.metric("backbeat_beats_missed_total", in: during) ?? -1) - missedBefore
         XCTAssertGreaterThanOrEqual(unpublished, 30, "beats counted as unpublished while NATS was unreachable")
@@ -154,6 +168,19 @@ final class NatsBlackholeTests: XCTestCase {
             }
             let lateNs = frame.receivedNs - epoch.instantNs(index)
             XCTAssertLessThan(lateNs, halfPeriodNs, "beat \(index) arrived \(lateNs / 1_000_000) ms after its instant")
+        }
+        if afterHeal.contains(where: { f in
+            (f.object["beat_index"] as? NSNumber).map { f.receivedNs - epoch.instantNs($0.int64Value) >= halfPeriodNs }
+                ?? true
+        }) {
+            let trace = subscriber.received.filter { $0.receivedNs >= blackholedNs - 500_000_000 }.map { f in
+                let k = (f.object["beat_index"] as? NSNumber)?.int64Value ?? -1
+                return "#\(k) instant+\((epoch.instantNs(k) - blackholedNs) / 1_000_000)ms "
+                    + "received+\((f.receivedNs - blackholedNs) / 1_000_000)ms"
+            }
+            print(
+                "times from the blackhole (healed +\((healedNs - blackholedNs) / 1_000_000) ms):\n"
+                    + trace.joined(separator: "\n") + "\n" + node.log)
         }
         let indices = NatsProcessSupport.indices(subscriber.received)
         XCTAssertEqual(indices, indices.sorted(), "indices never go backwards")

@@ -286,18 +286,23 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         let status = natsConnection_Connect(&nc, options)
         if status == NATS_OK, let nc {
             logConnected(nc)
-            if !loop.post(kind: .natsConnected, pointer: UnsafeMutableRawPointer(nc)) {
-                logger.error("doorway full: NATS connection lost", metadata: ["url": "\(url)"])
+            whileOpen {
+                if !loop.post(kind: .natsConnected, pointer: UnsafeMutableRawPointer(nc)) {
+                    logger.error("doorway full: NATS connection lost", metadata: ["url": "\(url)"])
+                }
             }
         } else if status == NATS_NOT_YET_CONNECTED, let nc {
             // The client keeps trying on its own thread (holding this new
             // connection's mutex); the loop owns it only for shutdown until
             // the connected callback arrives.
-            if !loop.post(kind: .natsPending, pointer: UnsafeMutableRawPointer(nc)) {
-                logger.error("doorway full: NATS connection lost", metadata: ["url": "\(url)"])
+            whileOpen {
+                if !loop.post(kind: .natsPending, pointer: UnsafeMutableRawPointer(nc)) {
+                    logger.error("doorway full: NATS connection lost", metadata: ["url": "\(url)"])
+                }
             }
             logger.warning(
-                "NATS not reachable yet; retrying in the background", metadata: ["servers": "\(list.joined(separator: ","))"])
+                "NATS not reachable yet; retrying in the background",
+                metadata: ["servers": "\(list.joined(separator: ","))"])
         } else {
             logger.error(
                 "NATS connect failed",
@@ -426,19 +431,19 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             // it off the beat core.
             let status = ThreadPlacement.runUnpinned {
                 natsConnection_Subscribe(
-                &raw, connection, subject,
-                { _, _, msg, closure in
-                    ThreadPlacement.placeCurrentHelperThread()
-                    let me = Unmanaged<Subscription>.fromOpaque(closure!).takeUnretainedValue()
-                    let message = Message(
-                        subject: String(cString: natsMsg_GetSubject(msg)),
-                        reply: natsMsg_GetReply(msg).map { String(cString: $0) },
-                        data: Data(bytes: natsMsg_GetData(msg), count: Int(natsMsg_GetDataLength(msg))),
-                        receivedNs: cloop_realtime_ns())
-                    natsMsg_Destroy(msg)
-                    me.onDelivery?(message)
-                    me.link.loop.postCallback { me.handler(message) }
-                }, Unmanaged.passUnretained(self).toOpaque())
+                    &raw, connection, subject,
+                    { _, _, msg, closure in
+                        ThreadPlacement.placeCurrentHelperThread()
+                        let me = Unmanaged<Subscription>.fromOpaque(closure!).takeUnretainedValue()
+                        let message = Message(
+                            subject: String(cString: natsMsg_GetSubject(msg)),
+                            reply: natsMsg_GetReply(msg).map { String(cString: $0) },
+                            data: Data(bytes: natsMsg_GetData(msg), count: Int(natsMsg_GetDataLength(msg))),
+                            receivedNs: cloop_realtime_ns())
+                        natsMsg_Destroy(msg)
+                        me.onDelivery?(message)
+                        me.link.whileOpen { me.link.loop.postCallback { me.handler(message) } }
+                    }, Unmanaged.passUnretained(self).toOpaque())
             }
             if status != NATS_OK {
                 link.logger.error(
@@ -489,7 +494,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     func beforeSleep() {
         flush()
         if connection != nil, cloop_monotonic_ns() &- lastInboundMonoNs > Self.staleAfterNs {
-            logger.warning("NATS server silent; dropping the connection", metadata: ["silent_ms": "\(Self.staleAfterNs / 1_000_000)"])
+            logger.warning(
+                "NATS server silent; dropping the connection",
+                metadata: ["silent_ms": "\(Self.staleAfterNs / 1_000_000)"])
             stats.staleAborts &+= 1
             dropSocket()
         }
@@ -540,6 +547,10 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             currentConnection = nil
             attachedConnection = nil
         }
+        detachNow()
+        callbackLock.lock()
+        acceptingCallbacks = false
+        callbackLock.unlock()
     }
 
     // MARK: loop callbacks
@@ -678,9 +689,29 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         }
     }
 
+    /// Library threads may call back after `close()` (a queued closed
+    /// callback, a delivery in flight) when the loop may be gone: they post
+    /// only while this is true, under `callbackLock` (held just for a post).
+    private var acceptingCallbacks = true
+    private let callbackLock = NSLock()
+
+    /// Runs `body` (a post to the loop) unless the link is closed.
+    fileprivate func whileOpen(_ body: () -> Void) {
+        callbackLock.lock()
+        defer { callbackLock.unlock() }
+        if acceptingCallbacks { body() }
+    }
+
     // Called from any thread by the C adapter shims below.
     fileprivate func adapter(_ kind: DoorwayKind, arg: Int32, connection nc: OpaquePointer? = nil) {
-        if loop.onLoopThread {
+        callbackLock.lock()
+        let open = acceptingCallbacks
+        // Read under the lock: after close() the loop may be gone. On the
+        // loop thread itself close() cannot be running concurrently.
+        let onLoopThread = open && loop.onLoopThread
+        callbackLock.unlock()
+        guard open else { return }
+        if onLoopThread {
             switch kind {
             case .natsAttach: attachNow(fd: arg, connection: nc)
             case .natsRead: setReadInterest(arg != 0)
@@ -694,17 +725,21 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             return
         }
         ThreadPlacement.placeCurrentHelperThread()
-        if !loop.post(kind: kind, arg: arg, pointer: nc.map { UnsafeMutableRawPointer($0) }) {
-            logger.error("doorway full: NATS event lost", metadata: ["kind": "\(kind)"])
+        whileOpen {
+            if !loop.post(kind: kind, arg: arg, pointer: nc.map { UnsafeMutableRawPointer($0) }) {
+                logger.error("doorway full: NATS event lost", metadata: ["kind": "\(kind)"])
+            }
         }
     }
 
     /// The client's connection callbacks (its callback thread).
     fileprivate func connectionEvent(_ kind: DoorwayKind, _ nc: OpaquePointer?) {
         ThreadPlacement.placeCurrentHelperThread()
-        if kind == .natsConnected, let nc { logConnected(nc) }
-        if !loop.post(kind: kind, pointer: nc.map { UnsafeMutableRawPointer($0) }) {
-            logger.error("doorway full: NATS event lost", metadata: ["kind": "\(kind)"])
+        whileOpen {
+            if kind == .natsConnected, let nc { logConnected(nc) }
+            if !loop.post(kind: kind, pointer: nc.map { UnsafeMutableRawPointer($0) }) {
+                logger.error("doorway full: NATS event lost", metadata: ["kind": "\(kind)"])
+            }
         }
     }
 }

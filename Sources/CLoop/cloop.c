@@ -163,6 +163,12 @@ int cloop_modify(cloop_t *loop, uint32_t token, uint32_t interest) {
     if (!valid_token(loop, token)) return -EINVAL;
     cloop_slot_t *slot = &loop->slots[token];
     if (slot->interest == interest) return 0;
+    // Same check as cloop_remove: if another live slot holds this fd number,
+    // ours was closed elsewhere and the number reused; EPOLL_CTL_MOD would
+    // rewrite the newcomer's events and data. Refuse instead.
+    for (uint32_t i = 0; i < loop->max_slots; i++) {
+        if (i != token && loop->slots[i].used && loop->slots[i].fd == slot->fd) return -ESTALE;
+    }
     struct epoll_event ev = {.events = to_epoll(interest), .data.u64 = pack(token, slot->generation)};
     if (epoll_ctl(loop->epfd, EPOLL_CTL_MOD, slot->fd, &ev) != 0) return neg_errno();
     slot->interest = interest;

@@ -65,6 +65,12 @@ bool cloop_on_loop_thread(const cloop_t *loop);
 /// Registers `fd` with the given interest (level-triggered). The loop does not
 /// own the fd unless `owned` is true, in which case cloop_remove closes it.
 int cloop_add(cloop_t *loop, int fd, uint32_t interest, bool owned, uint32_t *token_out);
+/// Changes the interest of a live registration. A registration whose fd was
+/// closed behind the loop's back is stale: -ESTALE when another live slot now
+/// holds the same fd number (a MOD would rewrite the newcomer's registration,
+/// so none is attempted), or the kernel's -EBADF / -ENOENT / -EPERM when the
+/// number is free or reused by a file the loop does not watch. -EINVAL for a
+/// token that is not in use.
 int cloop_modify(cloop_t *loop, uint32_t token, uint32_t interest);
 /// Unregisters and frees the slot (closing the fd if owned). If the fd was
 /// already closed elsewhere, the kernel removed it from epoll already; the
@@ -122,6 +128,32 @@ int cloop_lock_memory(void);
 int cloop_set_timer_slack_ns(uint64_t slack_ns);
 /// The CPU the calling thread runs on now.
 int cloop_current_cpu(void);
+
+/// Helper-thread placement. Threads inherit their creator's CPU affinity and
+/// scheduling policy, so a thread created by (or after) a pinned SCHED_FIFO
+/// loop thread would run on the beat core at real-time priority.
+/// cloop_thread_place_helper() moves the calling thread back to the process's
+/// start-up CPU set (captured when the library is loaded, before anything can
+/// pin) at SCHED_OTHER, nice 0. 0 or -errno.
+int cloop_thread_place_helper(void);
+/// As cloop_thread_place_helper(), once per thread (a thread-local flag):
+/// cheap enough for the top of every library callback. 1 if it placed the
+/// thread now, 0 if it was already placed, or -errno.
+int cloop_thread_place_helper_once(void);
+/// The calling thread's placement, saved and restored around work that
+/// creates threads (cloop_placement_save() also reports it for tests).
+typedef struct cloop_placement {
+    int policy;
+    int priority;
+    int cpu_count;  // CPUs in the affinity mask
+    unsigned char mask[128];  // cpu_set_t bytes (1024 CPUs)
+} cloop_placement_t;
+int cloop_placement_save(cloop_placement_t *out);
+int cloop_placement_restore(const cloop_placement_t *saved);
+/// CPUs in the process's start-up affinity mask (0 if it could not be read).
+int cloop_startup_cpu_count(void);
+/// The calling thread's kernel thread id.
+int cloop_gettid(void);
 
 /// jemalloc: pointer to the calling thread's running count of bytes allocated
 /// (`thread.allocatedp`), or NULL if jemalloc is not the process allocator.

@@ -37,7 +37,16 @@ enum DoorwayKind: UInt32 {
     case natsRead = 11
     case natsWrite = 12
     case natsDetach = 13
+    /// `ptr` is the natsConnection now connected (connect thread or the
+    /// client's callback thread); `arg` is 1 for a reconnect.
     case natsConnected = 14
+    /// `ptr` is a natsConnection the client closed for good (callback thread).
+    case natsClosed = 15
+    /// `ptr` is a natsConnection still trying its first connect (connect
+    /// thread): the loop owns it for shutdown but does not call into it.
+    case natsPending = 16
+    /// `ptr` is a natsConnection the client reports disconnected.
+    case natsDisconnected = 17
 }
 
 /// A closure handed to the loop thread through the doorway.
@@ -122,15 +131,45 @@ final class EventLoop {
         return token
     }
 
+    /// Modifications and removals that found their registration stale (the
+    /// fd was closed behind the loop's back, maybe with its number reused, or
+    /// the token was already removed): counted no-ops, never a trap, since a
+    /// library closing its socket on its own thread is outside our control.
+    private(set) var staleOperations: UInt64 = 0
+
+    /// Changes a registration's interest. Stale registrations (see
+    /// `staleOperations`) are a counted no-op; any other failure is a broken
+    /// invariant of the loop itself (bad epoll fd, no memory) and traps.
     func modify(token: UInt32, interest: UInt32) {
         let rc = cloop_modify(raw, token, interest)
-        precondition(rc == 0 || rc == -EBADF || rc == -ENOENT, "cloop_modify: \(rc)")
+        if rc == 0 { return }
+        if Self.isStale(rc) {
+            staleOperations &+= 1
+            return
+        }
+        preconditionFailure("cloop_modify: \(rc)")
     }
 
+    /// The interest of a live registration (0 if the token is not in use).
+    func interest(token: UInt32) -> UInt32 { cloop_interest(raw, token) }
+
+    /// Unregisters `token` (closing the fd if owned). Removing a stale
+    /// registration frees the slot and is counted; the doorway's own slot is
+    /// never removed (an invariant: trap).
     func remove(token: UInt32) {
-        _ = cloop_remove(raw, token)
+        precondition(token != CLOOP_DOORWAY_TOKEN, "the doorway is never removed")
+        let rc = cloop_remove(raw, token)
+        if rc != 0 {
+            precondition(Self.isStale(rc), "cloop_remove: \(rc)")
+            staleOperations &+= 1
+        }
         handlers[Int(token)] = nil
         priority[Int(token)] = false
+    }
+
+    /// Errors that mean "this registration's fd is no longer ours".
+    private static func isStale(_ rc: Int32) -> Bool {
+        rc == -EBADF || rc == -ENOENT || rc == -EPERM || rc == -ESTALE || rc == -EINVAL
     }
 
     func setDoorwayHandler(_ handler: DoorwayHandler, for kinds: [DoorwayKind]) {

@@ -2,8 +2,8 @@
 //
 // The C client runs in event-loop mode (`natsOptions_SetEventLoop`): it has no
 // reader thread and no flusher; its socket is one more fd in CLoop. The
-// library still calls the adapter from its own threads (the reconnect thread
-// attaches a new socket, the ping timer asks for write interest), so every
+// library still calls the adapter from its own threads (the connect thread
+// attaches the socket, the ping timer asks for write interest), so every
 // callback that is not on the loop thread goes through the loop's doorway.
 //
 // Writes: with `SendAsap`, a publish appends to the client's buffer and asks
@@ -11,10 +11,53 @@
 // flush at once after the publish (`flush()`), and only register EPOLLOUT when
 // the socket would block. So a beat costs one `write(2)`.
 //
-// Connecting (DNS, TCP connect, handshake) is blocking in the C client, so it
-// happens on a short-lived thread; the loop learns of the connection through
-// the doorway. While NATS is down the pulse keeps beating and does not buffer
-// frames: a beat delivered late is a wrong beat.
+// Nothing on the loop blocks on NATS (requirements §4; read against the
+// libnats 3.4.1 source, src/conn.c):
+// - Every natsConnection_* call takes the connection's mutex (`nc->mu`):
+//   Publish/PublishRequest (natsConn_publish appends under it),
+//   ProcessRead/WriteEvent, Subscribe, Status, Buffered, GetConnectedUrl...
+//   Publishing on the loop is the design, so the question is who else can
+//   hold that mutex, and for how long.
+// - The library's reconnect thread (`_doReconnect`) holds it across
+//   `_createConn` and `_processConnInit`: DNS, TCP connect and the
+//   INFO/CONNECT/PING/PONG handshake, up to `natsOptions_SetTimeout` per
+//   server, back to back through the server pool (it only yields between
+//   servers). A loop that publishes then stalls for seconds.
+// - So the library never reconnects a connection the loop uses
+//   (`natsOptions_SetAllowReconnect(false)`). When a connection closes, a
+//   short-lived connect thread of ours builds a new natsConnection (the
+//   configured servers plus the ones the cluster gossiped to the old one);
+//   whatever blocking it does holds the *new* connection's mutex, which the
+//   loop does not know yet. The loop adopts it when its socket is attached
+//   and the client reports it connected (the attach is called after the
+//   handshake, the last blocking step; afterwards the library holds the
+//   mutex only for buffer work).
+// - The other holders of a live connection's mutex are short: the ping timer
+//   (appends a PING), the delivery and callback threads (bookkeeping). The
+//   ping timer could also declare the link stale and close the connection
+//   from its own thread; it never does (`MaxPingsOut` is effectively
+//   infinite): the loop notices silence itself (`staleAfterNs`, no bytes
+//   read while the server should have answered three pings) and shuts the
+//   socket down, so the client reads EOF and closes on the loop thread. All
+//   closes of a live connection therefore happen on the loop thread, which
+//   also avoids 3.4.1's unlocked read of a socket another thread is closing.
+// - `natsConnection_Status` is never called: the loop tracks the state from
+//   the adapter and the client's callbacks (connected, disconnected, closed)
+//   through the doorway (`connection` is non-nil exactly while publishing is
+//   allowed).
+// - Remaining exception, documented: if resending subscriptions fails after
+//   the attach of a first connect that had to retry (3.4.1 `_doReconnect`,
+//   only on allocation failure), the library retries with the mutex held
+//   while the loop already has the connection.
+//
+// Socket lifetime: the library closes its socket itself (3.4.1) or, from
+// 3.10, asks the adapter to (`natsConnection_ProcessCloseEvent`, looked up at
+// run time). The loop registers its own `dup` of the socket, so the fd number
+// it watches can never be reused behind its back; the registration is dropped
+// (and the dup closed) when the library removes read interest or detaches.
+//
+// While NATS is down the pulse keeps beating and does not buffer frames: a
+// beat delivered late is a wrong beat.
 import CLoop
 import CNats
 import Foundation
@@ -29,18 +72,36 @@ struct NatsLinkStats {
     var skippedWhileDown: UInt64 = 0
     /// Connections dropped because published frames did not come back.
     var aborts: UInt64 = 0
+    /// Connections dropped because the server fell silent (`staleAfterNs`).
+    var staleAborts: UInt64 = 0
+    /// natsConnection objects created (one per connect, reconnects included).
+    var connections: UInt64 = 0
 }
 
 /// A NATS connection whose socket is served by an `EventLoop`.
 final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
+    /// `-nats` as given: one URL or a comma-separated list.
     let url: String
+    /// The configured servers (`url` split on commas).
+    let servers: [String]
     let name: String
     fileprivate unowned let loop: EventLoop
     fileprivate let logger: Logger
+    /// The connection the loop may publish on: attached to the loop and
+    /// reported connected. Nil otherwise. Loop thread only.
     private(set) var connection: OpaquePointer?
+    /// The connection whose socket is registered with the loop (read and
+    /// write events are fed to it), connected or still handshaking.
+    private var attachedConnection: OpaquePointer?
+    /// The connection of the current generation, whatever its state: the
+    /// loop closes and destroys it at shutdown. Loop thread only.
+    private var currentConnection: OpaquePointer?
     private var options: OpaquePointer?
     private var socketToken: UInt32?
+    /// Our dup of the library's socket (what the loop watches and may shut down).
     private var socketFd: Int32 = -1
+    /// The library's own socket number, for `natsConnection_ProcessCloseEvent`.
+    private var librarySocket: Int32 = -1
     private var readWanted = false
     /// The library asked for write interest and has bytes buffered.
     private var writeWanted = false
@@ -49,20 +110,31 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     private var closed = false
     private var subscriptions: [Subscription] = []
     private var warmedUp = false
-    /// When the current socket was attached to our loop (monotonic ns);
-    /// `Int64.max` while none is (the client may already say CONNECTED
-    /// before its reconnect thread's attach reaches the loop).
+    /// When the current connection became publishable (monotonic ns);
+    /// `Int64.max` while there is none.
     private(set) var connectedSinceMonoNs: Int64 = .max
+    /// Last time bytes arrived on the attached socket (monotonic ns).
+    private var lastInboundMonoNs: Int64 = 0
+    /// Silence after which a connection counts as dead: three ping intervals
+    /// (the server answers every PING, so a live link is never that quiet).
+    static let pingIntervalMs: Int32 = 500
+    static let staleAfterNs: Int64 = 3 * Int64(pingIntervalMs) * 1_000_000
     private var inbox: String?
     private var requestCounter: UInt64 = 0
     private var pendingRequests: [UInt64: (deadlineNs: Int64, reply: (Data?) -> Void)] = [:]
 
     init(url: String, name: String, loop: EventLoop, logger: Logger) {
         self.url = url
+        self.servers = (try? Self.serverList(url)) ?? [url]
         self.name = name
         self.loop = loop
         self.logger = logger
-        loop.setDoorwayHandler(self, for: [.natsAttach, .natsRead, .natsWrite, .natsDetach, .natsConnected])
+        loop.setDoorwayHandler(
+            self,
+            for: [
+                .natsAttach, .natsRead, .natsWrite, .natsDetach, .natsConnected, .natsClosed, .natsPending,
+                .natsDisconnected,
+            ])
         loop.addBeforeSleep(self)
     }
 
@@ -70,61 +142,167 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         if let options { natsOptions_Destroy(options) }
     }
 
-    /// True while the client reports a live connection.
-    var isConnected: Bool {
-        guard let connection else { return false }
-        return natsConnection_Status(connection) == NATS_CONN_STATUS_CONNECTED
+    /// Splits `-nats` into server URLs: one URL, or a comma-separated list as
+    /// every NATS client accepts. Each must be nats:// or tls:// with a host.
+    /// Throws a one-line reason (for `-nats` validation).
+    static func serverList(_ value: String) throws -> [String] {
+        let parts = value.split(separator: ",", omittingEmptySubsequences: false).map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }
+        guard !parts.isEmpty, parts.count <= 64 else {
+            throw PulseError.config("-nats: between 1 and 64 servers (got \(parts.count))")
+        }
+        for part in parts {
+            let ok = (part.hasPrefix("nats://") || part.hasPrefix("tls://")) && !part.hasSuffix("://")
+            guard ok, !part.contains(where: { $0.isWhitespace || $0.asciiValue.map { $0 < 0x20 } ?? false }) else {
+                throw PulseError.config("-nats: '\(part)' is not a nats:// or tls:// URL")
+            }
+        }
+        return parts
     }
+
+    /// True while frames can be published: the loop's own record, kept from
+    /// the adapter and the client's callbacks (never `natsConnection_Status`,
+    /// which takes the client's mutex).
+    var isConnected: Bool { connection != nil }
 
     /// Starts connecting in the background; returns at once. Throws only for
     /// invalid options (for example a malformed URL).
     func start() throws {
+        let servers = try Self.serverList(url)
         var opts: OpaquePointer?
         try check(natsOptions_Create(&opts), "natsOptions_Create")
         options = opts
-        try check(natsOptions_SetURL(opts, url), "invalid -nats URL '\(url)'")
+        try setServers(servers)
         try check(natsOptions_SetName(opts, name), "natsOptions_SetName")
         try check(natsOptions_SetSendAsap(opts, true), "natsOptions_SetSendAsap")
+        // The library never reconnects a connection the loop uses (see the
+        // file header); a new connection is made off the loop instead.
+        try check(natsOptions_SetAllowReconnect(opts, false), "natsOptions_SetAllowReconnect")
         try check(natsOptions_SetMaxReconnect(opts, -1), "natsOptions_SetMaxReconnect")
         try check(natsOptions_SetReconnectWait(opts, 250), "natsOptions_SetReconnectWait")
         try check(natsOptions_SetReconnectJitter(opts, 100, 1000), "natsOptions_SetReconnectJitter")
         try check(natsOptions_SetTimeout(opts, 2000), "natsOptions_SetTimeout")
-        // A dead link is noticed within about a second (2 pings of 500 ms).
-        try check(natsOptions_SetPingInterval(opts, 500), "natsOptions_SetPingInterval")
-        try check(natsOptions_SetMaxPingsOut(opts, 2), "natsOptions_SetMaxPingsOut")
-        try check(natsOptions_SetRetryOnFailedConnect(opts, true, natsConnectedNoop, nil), "retry option")
-        let me = Unmanaged.passUnretained(self).toOpaque()
+        try check(natsOptions_SetPingInterval(opts, Int64(Self.pingIntervalMs)), "natsOptions_SetPingInterval")
+        // Never let the ping timer close a connection from its own thread:
+        // the loop detects silence itself (staleAfterNs).
+        try check(natsOptions_SetMaxPingsOut(opts, Int32.max), "natsOptions_SetMaxPingsOut")
+        // The link itself is the closure of every callback; it is retained
+        // once here and never released, since the client may deliver a
+        // callback for a destroyed connection later.
+        let me = Unmanaged.passRetained(self).toOpaque()
+        try check(natsOptions_SetRetryOnFailedConnect(opts, true, natsConnectedCallback, me), "retry option")
+        try check(natsOptions_SetDisconnectedCB(opts, natsDisconnectedCallback, me), "disconnected callback")
+        try check(natsOptions_SetReconnectedCB(opts, natsReconnectedCallback, me), "reconnected callback")
+        try check(natsOptions_SetClosedCB(opts, natsClosedCallback, me), "closed callback")
         try check(
             natsOptions_SetEventLoop(opts, me, natsAdapterAttach, natsAdapterRead, natsAdapterWrite, natsAdapterDetach),
             "natsOptions_SetEventLoop")
+        try startConnectThread(previous: nil)
+    }
 
-        // Connect off the loop thread: it resolves names and blocks on TCP.
-        let box = Unmanaged.passRetained(self).toOpaque()
+    private func setServers(_ list: [String]) throws {
+        if list.count == 1 {
+            // A single URL: the client still follows the servers the
+            // cluster gossips (INFO connect_urls).
+            try check(natsOptions_SetURL(options, list[0]), "invalid -nats URL '\(list[0])'")
+            return
+        }
+        var cStrings = list.map { strdup($0) }
+        defer { for p in cStrings { free(p) } }
+        let status = cStrings.withUnsafeMutableBufferPointer { buffer in
+            buffer.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buffer.count) {
+                natsOptions_SetServers(options, $0, Int32(buffer.count))
+            }
+        }
+        try check(status, "invalid -nats server list '\(list.joined(separator: ","))'")
+    }
+
+    /// What a connect thread takes over from the loop: the previous
+    /// connection (closed by the client) and its subscriptions to destroy,
+    /// and the previous connect thread to join.
+    private struct Handoff {
+        var connection: OpaquePointer
+        var subscriptions: [OpaquePointer]
+        var thread: pthread_t?
+    }
+
+    private final class ConnectJob {
+        let link: NatsLink
+        let previous: Handoff?
+        init(link: NatsLink, previous: Handoff?) {
+            self.link = link
+            self.previous = previous
+        }
+    }
+
+    /// Connect off the loop thread: it resolves names and blocks on TCP.
+    private func startConnectThread(previous: Handoff?) throws {
+        let box = Unmanaged.passRetained(ConnectJob(link: self, previous: previous)).toOpaque()
         var thread = pthread_t()
+        // A thread created by the (maybe pinned, real-time) loop thread
+        // inherits its placement; the thread moves itself off the beat core.
         let rc = pthread_create(
             &thread, nil,
             { arg in
-                let link = Unmanaged<NatsLink>.fromOpaque(arg!).takeRetainedValue()
-                link.connectBlocking()
+                ThreadPlacement.placeCurrentHelperThread()
+                let job = Unmanaged<ConnectJob>.fromOpaque(arg!).takeRetainedValue()
+                job.link.connectBlocking(previous: job.previous)
                 return nil
             }, box)
         guard rc == 0 else {
-            Unmanaged<NatsLink>.fromOpaque(box).release()
+            Unmanaged<ConnectJob>.fromOpaque(box).release()
             throw PulseError.startup("cannot start the NATS connect thread: \(String(cString: strerror(rc)))")
         }
         connectThread = thread
     }
 
-    private func connectBlocking() {
+    /// Connect thread: retire the previous connection, then make a new one.
+    private func connectBlocking(previous: Handoff?) {
+        var list = servers
+        if let previous {
+            if let thread = previous.thread { pthread_join(thread, nil) }
+            for subscription in previous.subscriptions { natsSubscription_Destroy(subscription) }
+            // Keep following the cluster: the servers it gossiped to the old
+            // connection join the configured ones.
+            var discovered: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+            var count: Int32 = 0
+            if natsConnection_GetDiscoveredServers(previous.connection, &discovered, &count) == NATS_OK,
+                let discovered
+            {
+                for i in 0..<Int(count) {
+                    if let s = discovered[i] {
+                        let server = String(cString: s)
+                        if !list.contains(server) { list.append(server) }
+                        free(s)
+                    }
+                }
+                free(discovered)
+            }
+            natsConnection_Destroy(previous.connection)
+            do { try setServers(list) } catch { logger.error("NATS server list", metadata: ["error": "\(error)"]) }
+        }
         var nc: OpaquePointer?
         let status = natsConnection_Connect(&nc, options)
-        if status == NATS_OK || status == NATS_NOT_YET_CONNECTED, let nc {
-            if !loop.post(kind: .natsConnected, pointer: UnsafeMutableRawPointer(nc)) {
-                logger.error("doorway full: NATS connection lost", metadata: ["url": "\(url)"])
+        if status == NATS_OK, let nc {
+            logConnected(nc)
+            whileOpen {
+                if !loop.post(kind: .natsConnected, pointer: UnsafeMutableRawPointer(nc)) {
+                    logger.error("doorway full: NATS connection lost", metadata: ["url": "\(url)"])
+                }
             }
-            if status == NATS_NOT_YET_CONNECTED {
-                logger.warning("NATS not reachable yet; retrying in the background", metadata: ["url": "\(url)"])
+        } else if status == NATS_NOT_YET_CONNECTED, let nc {
+            // The client keeps trying on its own thread (holding this new
+            // connection's mutex); the loop owns it only for shutdown until
+            // the connected callback arrives.
+            whileOpen {
+                if !loop.post(kind: .natsPending, pointer: UnsafeMutableRawPointer(nc)) {
+                    logger.error("doorway full: NATS connection lost", metadata: ["url": "\(url)"])
+                }
             }
+            logger.warning(
+                "NATS not reachable yet; retrying in the background",
+                metadata: ["servers": "\(list.joined(separator: ","))"])
         } else {
             logger.error(
                 "NATS connect failed",
@@ -132,12 +310,29 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         }
     }
 
+    /// Logs the server actually connected to (callback or connect thread:
+    /// `natsConnection_GetConnectedUrl` takes the client's mutex).
+    fileprivate func logConnected(_ nc: OpaquePointer) {
+        var buffer = [CChar](repeating: 0, count: 512)
+        let connectedURL =
+            natsConnection_GetConnectedUrl(nc, &buffer, buffer.count) == NATS_OK
+            ? String(cString: buffer) : "?"
+        let first = connectionsLogged.increment() == 1
+        logger.info(
+            first ? "NATS connected" : "NATS reconnected",
+            metadata: ["url": "\(connectedURL)", "configured": "\(url)"])
+    }
+
+    private let connectionsLogged = AtomicCounter()
+
     /// Publishes `length` bytes from `bytes` on `subject` and flushes at once.
     /// Returns false (and counts why) when NATS is down or the publish failed.
     /// Allocation-free once the client's buffers have reached their size.
+    /// Never waits on the reconnect machinery: `connection` is only set for a
+    /// connection whose blocking phase is over (see the file header).
     @inline(__always)
     func publish(subject: UnsafePointer<CChar>, bytes: UnsafeRawPointer, length: Int) -> Bool {
-        guard let connection, natsConnection_Status(connection) == NATS_CONN_STATUS_CONNECTED else {
+        guard let connection else {
             stats.skippedWhileDown &+= 1
             return false
         }
@@ -154,7 +349,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// false when NATS is down.
     @discardableResult
     func publish(subject: String, payload: Data, reply: String? = nil) -> Bool {
-        guard let connection, isConnected else { return false }
+        guard let connection else { return false }
         let status = payload.withUnsafeBytes { raw -> natsStatus in
             if let reply {
                 return natsConnection_PublishRequest(connection, subject, reply, raw.baseAddress, Int32(raw.count))
@@ -232,19 +427,24 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
 
         func open() {
             guard raw == nil, let connection = link.connection else { return }
-            let status = natsConnection_Subscribe(
-                &raw, connection, subject,
-                { _, _, msg, closure in
-                    let me = Unmanaged<Subscription>.fromOpaque(closure!).takeUnretainedValue()
-                    let message = Message(
-                        subject: String(cString: natsMsg_GetSubject(msg)),
-                        reply: natsMsg_GetReply(msg).map { String(cString: $0) },
-                        data: Data(bytes: natsMsg_GetData(msg), count: Int(natsMsg_GetDataLength(msg))),
-                        receivedNs: cloop_realtime_ns())
-                    natsMsg_Destroy(msg)
-                    me.onDelivery?(message)
-                    me.link.loop.postCallback { me.handler(message) }
-                }, Unmanaged.passUnretained(self).toOpaque())
+            // Subscribing starts the subscription's delivery thread: create
+            // it off the beat core.
+            let status = ThreadPlacement.runUnpinned {
+                natsConnection_Subscribe(
+                    &raw, connection, subject,
+                    { _, _, msg, closure in
+                        ThreadPlacement.placeCurrentHelperThread()
+                        let me = Unmanaged<Subscription>.fromOpaque(closure!).takeUnretainedValue()
+                        let message = Message(
+                            subject: String(cString: natsMsg_GetSubject(msg)),
+                            reply: natsMsg_GetReply(msg).map { String(cString: $0) },
+                            data: Data(bytes: natsMsg_GetData(msg), count: Int(natsMsg_GetDataLength(msg))),
+                            receivedNs: cloop_realtime_ns())
+                        natsMsg_Destroy(msg)
+                        me.onDelivery?(message)
+                        me.link.whileOpen { me.link.loop.postCallback { me.handler(message) } }
+                    }, Unmanaged.passUnretained(self).toOpaque())
+            }
             if status != NATS_OK {
                 link.logger.error(
                     "cannot subscribe",
@@ -260,6 +460,13 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
                 self.raw = nil
             }
         }
+
+        /// The connection closed: hands the handle over for destruction
+        /// off the loop; `open()` makes a new one on the next connection.
+        func release() -> OpaquePointer? {
+            defer { raw = nil }
+            return raw
+        }
     }
 
     /// Start-up: one publish of frame size so that the client's lazily grown
@@ -274,63 +481,100 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// Writes what the client has buffered, if it asked to. Registers write
     /// interest only when the socket would block.
     func flush() {
-        guard writeWanted, let connection else { return }
-        natsConnection_ProcessWriteEvent(connection)
+        guard writeWanted, let attachedConnection else { return }
+        natsConnection_ProcessWriteEvent(attachedConnection)
         if writeWanted, let socketToken {
             loop.modify(token: socketToken, interest: UInt32(CLOOP_READ | CLOOP_WRITE))
         }
     }
 
-    func beforeSleep() { flush() }
-
-    /// Drops the current socket at once, discarding whatever the kernel has
-    /// not sent yet (SO_LINGER 0: the client's close becomes a reset), so that
-    /// frames stuck behind a dead link are never delivered late. The client
-    /// sees EOF and reconnects in the background. Loop thread.
-    func abortConnection() {
-        guard socketFd >= 0 else { return }
-        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
-        setsockopt(socketFd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
-        shutdown(socketFd, Int32(SHUT_RD))
-        stats.aborts &+= 1
+    /// Once per loop turn: flush, and drop a connection whose server fell
+    /// silent (no PONG to three pings): the client then reads EOF and closes
+    /// it on this thread, and a new connection is made off the loop.
+    func beforeSleep() {
+        flush()
+        if connection != nil, cloop_monotonic_ns() &- lastInboundMonoNs > Self.staleAfterNs {
+            logger.warning(
+                "NATS server silent; dropping the connection",
+                metadata: ["silent_ms": "\(Self.staleAfterNs / 1_000_000)"])
+            stats.staleAborts &+= 1
+            dropSocket()
+        }
     }
 
-    /// Closes the connection (loop thread, after the loop stopped or from it).
+    /// Drops the current socket at once, discarding whatever the kernel has
+    /// not sent yet (SO_LINGER 0: the close becomes a reset), so that frames
+    /// stuck behind a dead link are never delivered late. Publishing stops
+    /// now; the client reads EOF on the next turn and closes the connection
+    /// on the loop thread. Loop thread.
+    func abortConnection() {
+        guard socketFd >= 0 else { return }
+        stats.aborts &+= 1
+        dropSocket()
+    }
+
+    private func dropSocket() {
+        guard socketFd >= 0 else { return }
+        // socketFd is our own dup: its number cannot have been reused.
+        var linger = Glibc.linger(l_onoff: 1, l_linger: 0)
+        setsockopt(socketFd, SOL_SOCKET, SO_LINGER, &linger, socklen_t(MemoryLayout<Glibc.linger>.size))
+        shutdown(socketFd, Int32(SHUT_RDWR))
+        markDown()
+    }
+
+    /// Publishing stops (loop thread).
+    private func markDown() {
+        connection = nil
+        connectedSinceMonoNs = .max
+    }
+
+    /// Closes the connection (loop thread, after the loop stopped or from
+    /// it). May wait for the connect thread's current attempt (bounded by
+    /// the connect timeout per server): shutdown only.
     func close() {
+        closed = true
         if let thread = connectThread {
             pthread_join(thread, nil)
             connectThread = nil
         }
-        closed = true
         for subscription in subscriptions { subscription.close() }
-        if let connection {
-            natsConnection_Close(connection)
+        markDown()
+        if let nc = currentConnection {
+            natsConnection_Close(nc)
             // Let the adapter process the detach the close posted, if any.
             loop.turn(timeoutNs: 0)
-            natsConnection_Destroy(connection)
-            self.connection = nil
+            natsConnection_Destroy(nc)
+            currentConnection = nil
+            attachedConnection = nil
         }
+        detachNow()
+        callbackLock.lock()
+        acceptingCallbacks = false
+        callbackLock.unlock()
     }
 
     // MARK: loop callbacks
 
     func loopEvent(token: UInt32, events: UInt32) {
-        guard let connection else { return }
+        guard let nc = attachedConnection else { return }
         if events & UInt32(CLOOP_READ | CLOOP_HANGUP | CLOOP_ERROR) != 0 {
-            natsConnection_ProcessReadEvent(connection)
+            lastInboundMonoNs = cloop_monotonic_ns()
+            natsConnection_ProcessReadEvent(nc)
         }
-        if events & UInt32(CLOOP_WRITE) != 0 {
-            natsConnection_ProcessWriteEvent(connection)
+        if events & UInt32(CLOOP_WRITE) != 0, attachedConnection != nil {
+            natsConnection_ProcessWriteEvent(nc)
         }
     }
 
     func doorwayMessage(_ message: cloop_msg_t) {
+        let nc = message.ptr.map { OpaquePointer($0) }
         switch DoorwayKind(rawValue: message.kind) {
-        case .natsConnected:
-            connection = OpaquePointer(message.ptr)
-            for subscription in subscriptions { subscription.open() }
-            warmUp()
-        case .natsAttach: attachNow(fd: message.arg)
+        case .natsPending:
+            if currentConnection == nil, let nc, !closed { currentConnection = nc }
+        case .natsConnected: connected(nc)
+        case .natsDisconnected: if let nc, nc == connection { markDown() }
+        case .natsClosed: if let nc { closedByClient(nc) }
+        case .natsAttach: attachNow(fd: message.arg, connection: nc)
         case .natsRead: setReadInterest(message.arg != 0)
         case .natsWrite: setWriteInterest(message.arg != 0)
         case .natsDetach: detachNow()
@@ -338,48 +582,104 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         }
     }
 
+    /// The client reports `nc` connected (connect thread or callback thread).
+    /// Publishing resumes on the first beat after this, if its socket is
+    /// attached (the attach always comes first: the client attaches during
+    /// the handshake, and both messages travel through one FIFO doorway).
+    private func connected(_ nc: OpaquePointer?) {
+        guard let nc, !closed else { return }
+        if currentConnection == nil { currentConnection = nc }
+        guard nc == currentConnection, nc == attachedConnection else {
+            logger.error("NATS connected without an attached socket; waiting for the next connection")
+            return
+        }
+        connection = nc
+        connectedSinceMonoNs = cloop_monotonic_ns()
+        lastInboundMonoNs = connectedSinceMonoNs
+        for subscription in subscriptions { subscription.open() }
+        warmUp()
+    }
+
+    /// The client closed `nc` for good (it does not reconnect on its own):
+    /// hand it to a new connect thread, which destroys it and connects anew.
+    private func closedByClient(_ nc: OpaquePointer) {
+        guard nc == currentConnection, !closed else { return }
+        markDown()
+        detachNow()
+        currentConnection = nil
+        attachedConnection = nil
+        let handoff = Handoff(
+            connection: nc, subscriptions: subscriptions.compactMap { $0.release() }, thread: connectThread)
+        connectThread = nil
+        do {
+            try startConnectThread(previous: handoff)
+        } catch {
+            logger.error("NATS: cannot reconnect", metadata: ["error": "\(error)"])
+        }
+    }
+
     // MARK: adapter, always on the loop thread
 
-    fileprivate func attachNow(fd: Int32) {
+    fileprivate func attachNow(fd: Int32, connection nc: OpaquePointer?) {
         detachNow()
+        guard let nc, !closed else { return }
+        if currentConnection == nil { currentConnection = nc }
+        guard nc == currentConnection else {
+            logger.error("NATS attach for a retired connection ignored")
+            return
+        }
+        // Watch our own dup: the library may close its fd number on its own
+        // thread (3.4.1) and the number be reused; ours stays ours.
+        let own = fcntl(fd, F_DUPFD_CLOEXEC, 0)
+        guard own >= 0 else {
+            logger.error("cannot dup the NATS socket", metadata: ["errno": "\(errno)"])
+            return
+        }
         do {
-            socketToken = try loop.register(fd: fd, interest: UInt32(CLOOP_READ), owned: false, handler: self)
-            socketFd = fd
+            socketToken = try loop.register(fd: own, interest: UInt32(CLOOP_READ), owned: true, handler: self)
+            socketFd = own
+            librarySocket = fd
+            attachedConnection = nc
             readWanted = true
             stats.attaches &+= 1
-            connectedSinceMonoNs = cloop_monotonic_ns()
-            if stats.attaches > 1 {
-                logger.info("NATS reconnected", metadata: ["url": "\(url)", "reconnects": "\(stats.reconnects)"])
-            } else {
-                logger.info("NATS connected", metadata: ["url": "\(url)"])
-            }
+            lastInboundMonoNs = cloop_monotonic_ns()
             // The server's INFO/PONG may already be waiting; writes queued
             // during the handshake go out now.
             flush()
-            warmUp()
         } catch {
+            Glibc.close(own)
             logger.error("cannot watch the NATS socket", metadata: ["error": "\(error)"])
         }
     }
 
     fileprivate func setReadInterest(_ add: Bool) {
         readWanted = add
+        // The library removes read interest only when it stops polling the
+        // socket for good (`_evStopPolling`): the socket is going away.
         if !add { detachNow() }
     }
 
     fileprivate func setWriteInterest(_ add: Bool) {
         writeWanted = add
-        guard !add, let socketToken, cloop_interest(loop.raw, socketToken) & UInt32(CLOOP_WRITE) != 0 else { return }
+        guard !add, let socketToken, loop.interest(token: socketToken) & UInt32(CLOOP_WRITE) != 0 else { return }
         loop.modify(token: socketToken, interest: UInt32(CLOOP_READ))
     }
 
+    /// Forgets the socket: unregisters (closing our dup) and, with a library
+    /// that leaves closing to the adapter (3.10+), closes the library's fd
+    /// now that the loop no longer polls it.
     fileprivate func detachNow() {
         if let token = socketToken {
             loop.remove(token: token)
             socketToken = nil
             socketFd = -1
         }
-        connectedSinceMonoNs = .max
+        if librarySocket >= 0 {
+            if let processClose = natsProcessCloseEvent { processClose(&librarySocket) }
+            librarySocket = -1
+        }
+        attachedConnection = nil
+        markDown()
         writeWanted = false
     }
 
@@ -389,11 +689,31 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         }
     }
 
+    /// Library threads may call back after `close()` (a queued closed
+    /// callback, a delivery in flight) when the loop may be gone: they post
+    /// only while this is true, under `callbackLock` (held just for a post).
+    private var acceptingCallbacks = true
+    private let callbackLock = NSLock()
+
+    /// Runs `body` (a post to the loop) unless the link is closed.
+    fileprivate func whileOpen(_ body: () -> Void) {
+        callbackLock.lock()
+        defer { callbackLock.unlock() }
+        if acceptingCallbacks { body() }
+    }
+
     // Called from any thread by the C adapter shims below.
-    fileprivate func adapter(_ kind: DoorwayKind, arg: Int32) {
-        if loop.onLoopThread {
+    fileprivate func adapter(_ kind: DoorwayKind, arg: Int32, connection nc: OpaquePointer? = nil) {
+        callbackLock.lock()
+        let open = acceptingCallbacks
+        // Read under the lock: after close() the loop may be gone. On the
+        // loop thread itself close() cannot be running concurrently.
+        let onLoopThread = open && loop.onLoopThread
+        callbackLock.unlock()
+        guard open else { return }
+        if onLoopThread {
             switch kind {
-            case .natsAttach: attachNow(fd: arg)
+            case .natsAttach: attachNow(fd: arg, connection: nc)
             case .natsRead: setReadInterest(arg != 0)
             case .natsWrite:
                 // Usually inside a publish on the loop thread: remember it,
@@ -402,33 +722,91 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             case .natsDetach: detachNow()
             default: break
             }
-        } else if !loop.post(kind: kind, arg: arg) {
-            logger.error("doorway full: NATS event lost", metadata: ["kind": "\(kind)"])
+            return
+        }
+        ThreadPlacement.placeCurrentHelperThread()
+        whileOpen {
+            if !loop.post(kind: kind, arg: arg, pointer: nc.map { UnsafeMutableRawPointer($0) }) {
+                logger.error("doorway full: NATS event lost", metadata: ["kind": "\(kind)"])
+            }
+        }
+    }
+
+    /// The client's connection callbacks (its callback thread).
+    fileprivate func connectionEvent(_ kind: DoorwayKind, _ nc: OpaquePointer?) {
+        ThreadPlacement.placeCurrentHelperThread()
+        whileOpen {
+            if kind == .natsConnected, let nc { logConnected(nc) }
+            if !loop.post(kind: kind, pointer: nc.map { UnsafeMutableRawPointer($0) }) {
+                logger.error("doorway full: NATS event lost", metadata: ["kind": "\(kind)"])
+            }
         }
     }
 }
 
+/// A counter shared by the connect and callback threads.
+private final class AtomicCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: UInt64 = 0
+    func increment() -> UInt64 {
+        lock.lock()
+        defer { lock.unlock() }
+        value &+= 1
+        return value
+    }
+}
+
+/// `natsConnection_ProcessCloseEvent` (libnats 3.10+), if the loaded library
+/// has it: with it, the library leaves closing its socket to the adapter
+/// once the loop no longer polls it. Absent in 3.4.1, which closes the
+/// socket itself (the loop watches its own dup, so either is safe).
+private let natsProcessCloseEvent: (@convention(c) (UnsafeMutablePointer<Int32>) -> Void)? = {
+    guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "natsConnection_ProcessCloseEvent") else {
+        return nil
+    }
+    return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<Int32>) -> Void).self)
+}()
+
 // The adapter's C entry points. `loop` (the evLoop given to the library) is
 // the NatsLink itself, and so is the userData they pass back.
-private let natsConnectedNoop: natsConnectionHandler = { _, _ in }
+private func link(_ pointer: UnsafeMutableRawPointer?) -> NatsLink {
+    Unmanaged<NatsLink>.fromOpaque(pointer!).takeUnretainedValue()
+}
 
-private let natsAdapterAttach: natsEvLoop_Attach = { userData, loop, _, socket in
+private let natsConnectedCallback: natsConnectionHandler = { nc, closure in
+    link(closure).connectionEvent(.natsConnected, nc)
+}
+
+private let natsReconnectedCallback: natsConnectionHandler = { nc, closure in
+    // Not expected (the library does not reconnect); treated as connected.
+    link(closure).connectionEvent(.natsConnected, nc)
+}
+
+private let natsDisconnectedCallback: natsConnectionHandler = { nc, closure in
+    link(closure).connectionEvent(.natsDisconnected, nc)
+}
+
+private let natsClosedCallback: natsConnectionHandler = { nc, closure in
+    link(closure).connectionEvent(.natsClosed, nc)
+}
+
+private let natsAdapterAttach: natsEvLoop_Attach = { userData, loop, nc, socket in
     userData?.pointee = loop
-    Unmanaged<NatsLink>.fromOpaque(loop!).takeUnretainedValue().adapter(.natsAttach, arg: Int32(socket))
+    link(loop).adapter(.natsAttach, arg: Int32(socket), connection: nc)
     return NATS_OK
 }
 
 private let natsAdapterRead: natsEvLoop_ReadAddRemove = { userData, add in
-    Unmanaged<NatsLink>.fromOpaque(userData!).takeUnretainedValue().adapter(.natsRead, arg: add ? 1 : 0)
+    link(userData).adapter(.natsRead, arg: add ? 1 : 0)
     return NATS_OK
 }
 
 private let natsAdapterWrite: natsEvLoop_WriteAddRemove = { userData, add in
-    Unmanaged<NatsLink>.fromOpaque(userData!).takeUnretainedValue().adapter(.natsWrite, arg: add ? 1 : 0)
+    link(userData).adapter(.natsWrite, arg: add ? 1 : 0)
     return NATS_OK
 }
 
 private let natsAdapterDetach: natsEvLoop_Detach = { userData in
-    Unmanaged<NatsLink>.fromOpaque(userData!).takeUnretainedValue().adapter(.natsDetach, arg: 0)
+    link(userData).adapter(.natsDetach, arg: 0)
     return NATS_OK
 }

@@ -12,7 +12,7 @@ NATS_PORT ?= 4222
 ADMIN_PORT ?= 8080
 BPM ?= 120
 RUN_DIR ?= run
-APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl iproute2 pkg-config
+APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl iproute2 iptables pkg-config
 
 .PHONY: deps build release run dev cluster test test-unit test-all check-noalloc bench format clean
 

@@ -308,6 +308,7 @@ public final class RaftStore {
     /// points past the stored entries.
     func save(hardState: HardState?, snapshot: Snapshot?, entries: [Entry], done: @escaping (Error?) -> Void) {
         queue.async { [self] in
+            ThreadPlacement.placeCurrentHelperThread()  // fsync off the beat core, at normal priority
             do {
                 if let hardState, hardState.term != persistedHard.term || hardState.vote != persistedHard.vote {
                     try writeHardState(

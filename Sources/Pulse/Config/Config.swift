@@ -71,9 +71,7 @@ struct PulseConfig: Sendable {
         if phases.count > bar { try fail("-phases has \(phases.count) names but a bar has only \(bar) beats") }
         if phases.contains(where: { $0.utf8.count > 64 }) { try fail("-phases names must be at most 64 bytes") }
         if !(0...65535).contains(adminPort) { try fail("-admin-port must be between 0 and 65535 (got \(adminPort))") }
-        if !(natsURL.hasPrefix("nats://") || natsURL.hasPrefix("tls://")) || natsURL.count < 8 {
-            try fail("-nats must be a nats:// or tls:// URL (got '\(natsURL)')")
-        }
+        _ = try NatsLink.serverList(natsURL)  // one line naming the bad entry
         if let cpu, cpu < 0 || cpu >= ProcessInfo.processInfo.activeProcessorCount {
             try fail("-cpu \(cpu) is not an online CPU (0...\(ProcessInfo.processInfo.activeProcessorCount - 1))")
         }
@@ -148,7 +146,7 @@ struct PulseCommand: ParsableArguments {
     var minBpm: Int?
     @Option(name: both("max-bpm"), help: "Maximum allowed tempo (default 24)")
     var maxBpm: Int?
-    @Option(name: both("nats"), help: "NATS server URL (default nats://localhost:4222)")
+    @Option(name: both("nats"), help: "NATS server URL, or a comma-separated list of them (default nats://localhost:4222)")
     var nats: String?
     @Option(name: both("admin-port"), help: "Admin HTTP port on 127.0.0.1 (default 8080)")
     var adminPort: Int?

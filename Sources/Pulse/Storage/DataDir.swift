@@ -102,6 +102,7 @@ final class DataDir {
     /// blocks the loop.
     func saveEpochInBackground(_ epoch: StoredEpoch, loop: EventLoop, then done: @escaping (Error?) -> Void) {
         writer.async {
+            ThreadPlacement.placeCurrentHelperThread()  // fsync off the beat core, at normal priority
             var failure: Error?
             do { try self.saveEpoch(epoch) } catch { failure = error }
             if !loop.postCallback({ done(failure) }) {

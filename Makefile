@@ -116,8 +116,8 @@ fuzz: fuzz-build
 	  SWIFT_BACKTRACE=enable=no $$bin/Fuzz$${h^} Fuzz/work/$$h Fuzz/corpus/$$h $$dict \
 	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=Fuzz/artifacts/$$h/ \
 	    $(FUZZ_OPTIONS) > Fuzz/artifacts/$$h.log 2>&1; rc=$$?; \
-	  grep -E "^(INFO: seed|#[0-9]+ +(INITED|DONE)|Done [0-9]+ runs|stat::|==[0-9]+== ERROR|SUMMARY:|Test unit written|.*Fatal error)" \
-	    Fuzz/artifacts/$$h.log; \
+	  awk '/^INFO: seed|^#[0-9]+[[:space:]]+(INITED|DONE)|^Done [0-9]+ runs|^stat::|== ERROR|^SUMMARY:|Test unit written|Fatal error/ { print } \
+	    /^ +#[0-9]+ .*\/Sources\// && frames++ < 4 { print }' Fuzz/artifacts/$$h.log; \
 	  if [ $$rc -ne 0 ]; then failed="$$failed $$h"; echo "== $$h FAILED (exit $$rc): Fuzz/artifacts/$$h.log"; fi; \
 	done; \
 	if [ -n "$$failed" ]; then echo "fuzz: crashes in:$$failed (reproduce: $$bin/Fuzz<H> <artifact>)"; exit 1; fi

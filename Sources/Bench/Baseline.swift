@@ -94,7 +94,7 @@ func baselineChildMain(_ args: [String]) -> Never {
         let wallMs = wake / 1_000_000
         let frame = BaselineFrame(
             cluster_id: "bench-baseline", beat_index: k, downbeat: k % 8 == 0, phase: phases[Int(k % 8) * 3 / 8],
-            hlc: String(format: "%013lld-%04d-node", wallMs, 0),
+            hlc: String(format: "%llx:%04x:node", wallMs, 0),  // the §2 form, so the shared decoder reads it
             deadline_at: dates.string(from: Date(timeIntervalSince1970: Double(scheduled + period) / 1e9)),
             tempo_bpm: bpm, window_id: String(format: "%032llx", UInt64(k / 8) &* 0x9E37_79B9_7F4A_7C15), term: 1)
         if let data = try? encoder.encode(frame) {

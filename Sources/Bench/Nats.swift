@@ -2,13 +2,15 @@
 // both through the NATS C client in its default threaded mode.
 //
 // The subscriber's callback runs on the client's own delivery thread: it reads
-// CLOCK_REALTIME first, then pulls one integer out of the payload (a frame's
-// `beat_index`, or a floor message's send stamp) and appends the pair to
-// storage of fixed capacity (frames beyond it are counted, not kept).
+// CLOCK_REALTIME first, then decodes the payload (a frame through the shared
+// `BeatFrameDecoder`, or a floor message's send stamp) and appends the pair to
+// storage of fixed capacity (frames beyond it are counted, not kept; payloads
+// that do not decode are counted as `unparsed`).
 
 import CLoop
 import CNats
 import Foundation
+import PulseCore
 
 #if canImport(Glibc)
     import Glibc
@@ -78,16 +80,19 @@ final class Receiver {
     private func received(_ data: UnsafePointer<CChar>?, _ length: Int, at now: Int64) {
         guard let data else { return }
         let bytes = UnsafeRawBufferPointer(start: data, count: length).bindMemory(to: UInt8.self)
-        let value: Int64?
+        var value: Int64?
         var extra = (term: Int64(0), from: UInt32(0), degraded: false)
         switch payload {
-        case .beatFrame: value = integer(after: Array("\"beat_index\":".utf8), in: bytes)
         case .stamp: value = integer(at: 0, in: bytes)
-        case .clusterFrame:
-            value = integer(after: Array("\"beat_index\":".utf8), in: bytes)
-            extra.term = integer(after: Array("\"term\":".utf8), in: bytes) ?? -1
-            extra.from = hlcSuffix(in: bytes)
-            extra.degraded = position(of: Array("\"degraded\":true".utf8), in: bytes) != nil
+        case .beatFrame, .clusterFrame:
+            if case .success(let frame) = BeatFrameDecoder.result(UnsafeRawBufferPointer(bytes)) {
+                value = frame.beatIndex
+                if payload == .clusterFrame {
+                    extra.term = Int64(clamping: frame.term)
+                    extra.from = packed(frame.hlcSuffix)
+                    extra.degraded = frame.degraded
+                }
+            }
         }
         lock.lock()
         defer { lock.unlock() }
@@ -131,45 +136,9 @@ final class Receiver {
     }
 }
 
-private func integer(after key: [UInt8], in bytes: UnsafeBufferPointer<UInt8>) -> Int64? {
-    position(of: key, in: bytes).flatMap { integer(at: $0 + key.count, in: bytes) }
-}
-
-/// Offset of the first occurrence of `key` in `bytes`, or nil.
-private func position(of key: [UInt8], in bytes: UnsafeBufferPointer<UInt8>) -> Int? {
-    guard bytes.count > key.count else { return nil }
-    var i = 0
-    while i + key.count <= bytes.count {
-        var match = true
-        for j in 0..<key.count where bytes[i + j] != key[j] {
-            match = false
-            break
-        }
-        if match { return i }
-        i += 1
-    }
-    return nil
-}
-
-/// The last `:`-field of the frame's `"hlc":"ms:counter:suffix"`, its first 4 bytes packed big-endian.
-private func hlcSuffix(in bytes: UnsafeBufferPointer<UInt8>) -> UInt32 {
-    let key = Array("\"hlc\":\"".utf8)
-    guard let start = position(of: key, in: bytes).map({ $0 + key.count }) else { return 0 }
-    var end = start
-    var lastColon = start - 1
-    while end < bytes.count, bytes[end] != UInt8(ascii: "\"") {
-        if bytes[end] == UInt8(ascii: ":") { lastColon = end }
-        end += 1
-    }
-    var packed: UInt32 = 0
-    var i = lastColon + 1
-    var n = 0
-    while i < end, n < 4 {
-        packed = packed << 8 | UInt32(bytes[i])
-        i += 1
-        n += 1
-    }
-    return packed
+/// A node suffix's first 4 bytes packed big-endian (`Reception.from`).
+private func packed(_ suffix: String) -> UInt32 {
+    suffix.utf8.prefix(4).reduce(0) { $0 << 8 | UInt32($1) }
 }
 
 private func integer(at start: Int, in bytes: UnsafeBufferPointer<UInt8>) -> Int64? {

@@ -1,6 +1,6 @@
 // Raft's stable storage: what is synced comes back after a restart; a torn
-// or corrupt log tail is cut at the last good record; a corrupt hard state
-// refuses to start.
+// log tail is cut at the last good record; a bad last record that the commit
+// covers, and a corrupt hard state, refuse to start (DataDirTests has the rest).
 import Foundation
 import Raft
 import XCTest
@@ -38,13 +38,16 @@ final class RaftStoreTests: XCTestCase {
         XCTAssertEqual(loaded.entries.map(\.term), [2, 2, 2, 3, 3, 3])
         XCTAssertEqual(loaded.truncatedBytes, 0)
         // A snapshot at 4 drops the entries it covers.
-        try save(store, hard: nil, entries: [], snapshot: Snapshot(index: 4, term: 3, data: Array("state".utf8)))
+        let state = ClusterState(
+            epoch: .init(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 12), pending: nil, justification: "")
+        let data = [UInt8](try JSONEncoder().encode(state))
+        try save(store, hard: nil, entries: [], snapshot: Snapshot(index: 4, term: 3, data: data))
         let afterSnapshot = try RaftStore(dataDir: dir).load()
-        XCTAssertEqual(afterSnapshot.snapshot, Snapshot(index: 4, term: 3, data: Array("state".utf8)))
+        XCTAssertEqual(afterSnapshot.snapshot, Snapshot(index: 4, term: 3, data: data))
         XCTAssertEqual(afterSnapshot.entries.map(\.index), [5, 6])
     }
 
-    func testTornAndCorruptTailsAreCut() throws {
+    func testTornTailsAreCutAndCommittedOnesRefused() throws {
         let dir = Harness.tempDir("torn")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let store = try RaftStore(dataDir: dir)
@@ -61,12 +64,14 @@ final class RaftStoreTests: XCTestCase {
         loaded = try RaftStore(dataDir: dir).load()
         XCTAssertEqual(loaded.truncatedBytes, 0)
         XCTAssertEqual(loaded.entries.map(\.index), [1, 2])
-        // Corrupt: a flipped byte inside the second record's payload.
+        // Corrupt: a flipped byte inside the second record's payload. It is
+        // the last record, but the commit (2) covers it: not a torn append.
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: log)))
         bytes[bytes.count - 2] ^= 0xFF
         try Data(bytes).write(to: URL(fileURLWithPath: log))
-        loaded = try RaftStore(dataDir: dir).load()
-        XCTAssertEqual(loaded.entries.map(\.index), [1])
+        XCTAssertThrowsError(try RaftStore(dataDir: dir).load()) { error in
+            XCTAssertTrue("\(error)".contains("raft/log at byte offset"), "\(error)")
+        }
     }
 
     func testCorruptHardStateRefusesToStart() throws {

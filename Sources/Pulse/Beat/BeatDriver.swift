@@ -31,6 +31,8 @@ struct BeatStats {
     var lastJitterNs: Int64 = 0
     var maxJitterNs: Int64 = 0
     var lastBeatIndex: Int64 = -1
+    /// Wall time (Unix ns) the last frame was handed to NATS, or 0 (for /health).
+    var lastPublishedNs: Int64 = 0
 }
 
 /// What the driver measured for one beat, handed to the observer.
@@ -143,6 +145,12 @@ final class BeatDriver: LoopHandler {
     private var lastDegradedIndex: Int64 = -1
     /// Wall time a non-degraded frame from another node was last seen.
     private var lastLeaderFrameNs: Int64 = 0
+    /// Wall time an accepted frame from another node (degraded or not) was last seen, or 0.
+    private(set) var lastFrameFromOthersNs: Int64 = 0
+    /// Wall time this node last began to publish (start, or took over as
+    /// leader), or 0: with `stats.lastPublishedNs`, what /health measures
+    /// the silence of a node that should publish from.
+    private(set) var publishingSinceNs: Int64 = 0
     /// The HLC suffix this node stamps (to tell its own frames apart).
     var ownSuffix: String { encoder.hlcSuffix }
     /// Set on the beat path when an epoch switch happened; reported after it.
@@ -193,6 +201,7 @@ final class BeatDriver: LoopHandler {
     /// than half a period ago, per the lateness rule).
     func start(nowNs: Int64) {
         started = true
+        publishingSinceNs = nowNs
         let k = max(timeline.beat(atOrBeforeNs: nowNs), timeline.epoch.startBeat - 1)
         nextBeat = k + 1
         if k >= timeline.epoch.startBeat && nowNs - timeline.instantNs(ofBeat: k) < halfPeriodNs(of: k) {
@@ -366,6 +375,7 @@ final class BeatDriver: LoopHandler {
         let doneNs = cloop_realtime_ns()
         if published {
             stats.beatsPublished &+= 1
+            stats.lastPublishedNs = doneNs
             if degraded { stats.degradedBeats &+= 1 }
         } else {
             stats.beatsUnpublished &+= 1
@@ -414,12 +424,19 @@ final class BeatDriver: LoopHandler {
         start(nowNs: nowNs)
     }
 
-    /// A frame from the beat subject (any publisher, ourselves included):
-    /// remember the highest index and merge its HLC stamp.
-    func observe(remoteIndex: Int64, hlc: HLCStamp?, wallNs: Int64, fromLeaderElsewhere: Bool = false) {
-        if remoteIndex > lastSeenIndex { lastSeenIndex = remoteIndex }
-        if fromLeaderElsewhere { lastLeaderFrameNs = wallNs }
-        if let hlc, case .rejectedTooFarAhead = self.hlc.receive(hlc, wallMs: wallNs / 1_000_000) {
+    /// A frame from the beat subject (any publisher, ourselves included)
+    /// that the echo policy accepted (`EchoPolicy`: this cluster, a known
+    /// publisher, a current term, an index within one beat of the
+    /// timeline's current beat): remember the highest index and merge its
+    /// HLC stamp. Callers pass only accepted frames; the guard below keeps
+    /// `lastSeenIndex + 1` representable whatever they pass.
+    func observe(_ frame: DecodedBeatFrame, wallNs: Int64) {
+        if frame.beatIndex > lastSeenIndex && frame.beatIndex < Int64.max { lastSeenIndex = frame.beatIndex }
+        if frame.hlcSuffix != ownSuffix {
+            lastFrameFromOthersNs = wallNs
+            if !frame.degraded { lastLeaderFrameNs = wallNs }
+        }
+        if case .rejectedTooFarAhead = hlc.receive(frame.hlc, wallMs: wallNs / 1_000_000) {
             hlcRejected &+= 1
         }
     }
@@ -427,8 +444,12 @@ final class BeatDriver: LoopHandler {
     /// Just became the publisher: continue after the last index on the
     /// subject, publishing a just-missed beat late (instant less than half a
     /// period ago) and counting older unpublished ones as missed.
+    /// `lastSeenIndex` comes from accepted echoes only (within one beat of
+    /// the timeline, below Int64.max), so the arithmetic on it cannot
+    /// overflow; it is still written with checked operations.
     func takeOver(nowNs: Int64) {
         guard started else { return }
+        publishingSinceNs = nowNs
         let current = timeline.beat(atOrBeforeNs: nowNs)
         var next = current + 1
         if current > lastSeenIndex && current >= timeline.epoch.startBeat
@@ -436,9 +457,10 @@ final class BeatDriver: LoopHandler {
         {
             next = current
         }
-        next = max(next, lastSeenIndex + 1)
-        if lastSeenIndex >= 0 && next > lastSeenIndex + 1 {
-            stats.beatsMissed &+= UInt64(next - lastSeenIndex - 1)
+        let (afterSeen, overflow) = lastSeenIndex.addingReportingOverflow(1)
+        if !overflow { next = max(next, afterSeen) }
+        if lastSeenIndex >= 0 && !overflow && next > afterSeen {
+            stats.beatsMissed &+= UInt64(clamping: next &- afterSeen)
         }
         nextBeat = next
         prepareAhead()

@@ -4,6 +4,7 @@
 // -node-id (for `id@` entries) or by its -raft-bind address. Raft ids are a
 // stable 64-bit hash of the peer's name, so every node derives the same ids.
 import Foundation
+import PulseCore
 import Raft
 
 /// One member of the cluster.
@@ -13,6 +14,9 @@ struct Peer: Equatable {
     var host: String
     var port: Int
     var raftId: NodeID
+    /// Whether the entry named the node (`id@host:port`): then `name` is its
+    /// node id, and the last 4 characters of it its HLC suffix.
+    var hasId = false
 
     var address: String { "\(host):\(port)" }
 }
@@ -54,7 +58,49 @@ struct PeerList {
             peers.append(bind)
         }
         guard peers.count <= 9 else { throw PulseError.config("-peers: at most 9 members") }
-        return PeerList(peers: peers, me: me)
+        let list = PeerList(peers: peers, me: me)
+        try list.checkSuffixes(nodeId: nodeId)
+        return list
+    }
+
+    /// The node ids known to publish: peers named with `id@`, and this node
+    /// (by `nodeId`, when it is known).
+    private func publisherIds(nodeId: String) -> [String] {
+        var ids = others.filter(\.hasId).map(\.name)
+        let own = nodeId.isEmpty && me.hasId ? me.name : nodeId
+        if !own.isEmpty { ids.append(own) }
+        return ids
+    }
+
+    /// Frames on the beat subject are told apart by the HLC suffix, the last
+    /// 4 characters of the node id: refuse ids that share it (`pulse-east-1`
+    /// and `pulse-west-1`), or the echo filter could not tell them apart.
+    private func checkSuffixes(nodeId: String) throws {
+        // This node stamps the suffix of its own node id: the id its peers
+        // know it by must be the same, or they would not recognise its frames.
+        if me.hasId && !nodeId.isEmpty && nodeId != me.name {
+            throw PulseError.config(
+                "-peers names this node (\(me.address)) '\(me.name)' but its node id is '\(nodeId)': start it with -node-id \(me.name)"
+            )
+        }
+        var bySuffix: [String: String] = [:]
+        for id in publisherIds(nodeId: nodeId) {
+            let suffix = String(id.suffix(4))
+            if let other = bySuffix[suffix], other != id {
+                throw PulseError.config(
+                    "-peers: node ids '\(other)' and '\(id)' end in the same 4 characters '\(suffix)' (frames are told apart by them); rename one"
+                )
+            }
+            bySuffix[suffix] = id
+        }
+    }
+
+    /// Who may publish on the beat subject, by HLC suffix: every peer's id
+    /// and this node's, or `.any` when a peer other than this node was given
+    /// without an id (its suffix cannot be known).
+    func publishers(nodeId: String) -> EchoPublishers {
+        if others.contains(where: { !$0.hasId }) { return .any }
+        return .known(Set(publisherIds(nodeId: nodeId).map { String($0.suffix(4)) }))
     }
 
     static func parsePeer(_ spec: String) throws -> Peer {
@@ -78,7 +124,7 @@ struct PeerList {
         }
         let canonical = "\(host):\(port)"
         let peerName = name ?? canonical
-        return Peer(name: peerName, host: host, port: port, raftId: stableId(peerName))
+        return Peer(name: peerName, host: host, port: port, raftId: stableId(peerName), hasId: name != nil)
     }
 
     /// FNV-1a 64 of the name, never 0 (Raft's "no node").

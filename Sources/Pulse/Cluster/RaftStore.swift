@@ -5,15 +5,22 @@
 //   log        append-only records           [len u32][sum 8][index u64][term u64][kind u8][data]
 //
 // Every record and file carries a checksum (the first 8 bytes of SHA-256,
-// from swift-crypto). On load, a log tail that is torn (short) or corrupt is
-// cut off at the last good record: Raft only ever acknowledged what was
-// synced, so what follows a bad record was never promised to anyone. A bad
-// hard state or snapshot is an error (the node refuses to start rather than
-// vote twice). Writes and fsyncs run on the store's own serial queue, never
-// on the loop thread; the caller learns of completion through the loop.
+// from swift-crypto). On load every file is validated by a pure parser
+// (`parseHardState`, `parseSnapshot`, `scanLog`, `checkConsistency`), and:
+// - a torn log tail — a bad record with no intact record after it, as an
+//   append cut by a crash leaves — is cut off and counted: Raft only ever
+//   acknowledged what was synced, so it was never promised to anyone;
+// - a bad record followed by an intact one is corruption of acknowledged
+//   entries: the node refuses to start, naming the file and the byte offset
+//   (as etcd does on a corrupt WAL), rather than silently losing them;
+// - a bad hard state or snapshot refuses to start (rather than vote twice,
+//   or start a second timeline).
+// Writes and fsyncs run on the store's own serial queue, never on the loop
+// thread; the caller learns of completion through the loop.
 import Crypto
 import Foundation
 import Glibc
+import PulseCore
 import Raft
 
 /// What a node persisted, as loaded at start-up.
@@ -21,20 +28,33 @@ struct RaftPersisted {
     var hardState = HardState()
     var snapshot: Snapshot?
     var entries: [Entry] = []
-    /// Bytes cut from a torn or corrupt log tail at load (0 when clean).
+    /// Bytes cut from a torn log tail at load (0 when clean).
     var truncatedBytes = 0
 }
 
+/// A Raft log file's bytes, scanned (`RaftStore.scanLog`).
+public struct RaftLogScan: Equatable, Sendable {
+    /// The intact records, in order (contiguous indices, non-decreasing terms).
+    public var entries: [Entry]
+    /// Where a torn tail starts (nil: the file ends with a whole record).
+    public var tornTailAt: Int?
+}
+
 /// Durable Raft state; all mutation happens on `queue`.
-final class RaftStore {
+public final class RaftStore {
     let directory: String
     private let queue = DispatchQueue(label: "pulse.raft.store")
+    /// Where refusals and torn tails are counted (nil in tests that do not care).
+    private let rejected: RejectedInput?
     /// The stable log as on disk (owned by `queue`).
     private var stable: [Entry] = []
     private var snapshotIndex: UInt64 = 0
+    /// The hard state as on disk (owned by `queue`).
+    private var persistedHard = HardState()
 
-    init(dataDir: String) throws {
+    init(dataDir: String, rejected: RejectedInput? = nil) throws {
         directory = dataDir + "/raft"
+        self.rejected = rejected
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
@@ -49,62 +69,250 @@ final class RaftStore {
 
     // MARK: load (start-up, before the loop runs)
 
+    /// Largest log accepted at load (compaction keeps it far smaller).
+    static let maxLogBytes = 1 << 30
+    /// Largest record payload (the append path never writes more).
+    static let maxRecordBytes = 64 << 20
+    /// A term or index at or above this is absurd (2^62: a term a second for
+    /// 10^11 years), refused so that `term + 1` and friends can never overflow.
+    public static let absurd: UInt64 = 1 << 62
+
+    /// Loads and validates everything; an unusable file refuses to start with
+    /// one line naming it (and the byte offset, for the log).
     func load() throws -> RaftPersisted {
+        do {
+            return try loadValidated()
+        } catch {
+            rejected?.record(.dataDir, error.reason)
+            throw PulseError.startup("\(directory.dropLast("raft".count))\(error); refusing to start")
+        }
+    }
+
+    private func loadValidated() throws(DataDirError) -> RaftPersisted {
         var persisted = RaftPersisted()
-        if let bytes = read("hardstate") {
-            guard bytes.count == 32, Self.checksum(bytes[0..<24]) == Self.u64(bytes, 24) else {
-                throw PulseError.startup(
-                    "\(directory)/hardstate is corrupt; refusing to start (it holds this node's vote)")
+        if let bytes = try DataDirFiles.read(directory + "/hardstate", file: "raft/hardstate", limit: 1024) {
+            persisted.hardState = try Self.parseHardState(bytes)
+        }
+        let snapshotFile = directory + "/snapshot"
+        if let bytes = try DataDirFiles.read(snapshotFile, file: "raft/snapshot", limit: Self.maxRecordBytes + 24) {
+            persisted.snapshot = try Self.parseSnapshot(bytes)
+        }
+        let bytes = try DataDirFiles.read(directory + "/log", file: "raft/log", limit: Self.maxLogBytes) ?? []
+        let scan = try Self.scanLog(bytes)
+        snapshotIndex = persisted.snapshot?.index ?? 0
+        let entries = scan.entries.filter { $0.index > snapshotIndex }
+        // Checked before the torn tail is cut: a refusal never changes the files.
+        if let torn = scan.tornTailAt, persisted.hardState.commit > (entries.last?.index ?? snapshotIndex) {
+            // The commit is written after the entries it covers are synced, so
+            // a torn append cannot hold committed entries: this is corruption.
+            throw DataDirError(
+                file: "raft/log", offset: torn, reason: "corrupt_record",
+                detail: "the last record is bad but holds committed entries (commit \(persisted.hardState.commit))")
+        }
+        try Self.checkConsistency(hardState: persisted.hardState, snapshot: persisted.snapshot, entries: entries)
+        if let torn = scan.tornTailAt {
+            persisted.truncatedBytes = bytes.count - torn
+            rejected?.record(.dataDir, "torn_tail")
+            do {
+                try rewriteLog(scan.entries)
+            } catch {
+                throw DataDirError(file: "raft/log", reason: "unwritable", detail: "cannot cut the torn tail: \(error)")
             }
-            persisted.hardState = HardState(
-                term: Self.u64(bytes, 0), vote: Self.u64(bytes, 8), commit: Self.u64(bytes, 16))
         }
-        if let bytes = read("snapshot") {
-            guard bytes.count >= 24, Self.checksum(bytes[8...]) == Self.u64(bytes, 0) else {
-                throw PulseError.startup("\(directory)/snapshot is corrupt; refusing to start")
-            }
-            let snapshot = Snapshot(index: Self.u64(bytes, 8), term: Self.u64(bytes, 16), data: Array(bytes[24...]))
-            persisted.snapshot = snapshot
-            snapshotIndex = snapshot.index
-        }
-        let bytes = read("log") ?? []
-        var offset = 0
-        var entries: [Entry] = []
-        while offset + 12 <= bytes.count {
-            let length = Int(Self.u32(bytes, offset))
-            let start = offset + 12
-            guard length >= 17, length <= 64 << 20, start + length <= bytes.count,
-                Self.checksum(bytes[start..<(start + length)]) == Self.u64(bytes, offset + 4),
-                let kind = EntryKind(rawValue: bytes[start + 16])
-            else { break }
-            let entry = Entry(
-                index: Self.u64(bytes, start), term: Self.u64(bytes, start + 8), kind: kind,
-                data: Array(bytes[(start + 17)..<(start + length)]))
-            // A later record for an index replaces the earlier ones (a
-            // truncation written as a rewrite never leaves these, but be safe).
-            if let last = entries.last, entry.index <= last.index {
-                entries.removeLast(Int(last.index - entry.index) + 1)
-            }
-            entries.append(entry)
-            offset = start + length
-        }
-        if offset < bytes.count {
-            persisted.truncatedBytes = bytes.count - offset
-            try rewriteLog(entries)
-        }
-        entries.removeAll { $0.index <= snapshotIndex }
         stable = entries
+        persistedHard = persisted.hardState
         persisted.entries = entries
         return persisted
+    }
+
+    // MARK: pure parsers (start-up and fuzzing: any bytes, never a trap)
+
+    /// `raft/hardstate`: 32 bytes, checksummed; a term at or above 2^62 is
+    /// refused (it would make every restart overflow on `term + 1`).
+    public static func parseHardState(_ bytes: [UInt8]) throws(DataDirError) -> HardState {
+        let file = "raft/hardstate"
+        guard bytes.count == 32 else {
+            throw DataDirError(file: file, reason: "bad_length", detail: "is \(bytes.count) bytes, not 32")
+        }
+        guard checksum(bytes[0..<24]) == u64(bytes, 24) else {
+            throw DataDirError(
+                file: file, reason: "bad_checksum", detail: "checksum mismatch (it holds this node's vote)")
+        }
+        let hard = HardState(term: u64(bytes, 0), vote: u64(bytes, 8), commit: u64(bytes, 16))
+        guard hard.term < absurd else {
+            throw DataDirError(file: file, reason: "term_absurd", detail: "term \(hard.term) is absurd (≥ 2^62)")
+        }
+        guard hard.commit < absurd else {
+            throw DataDirError(file: file, reason: "index_absurd", detail: "commit \(hard.commit) is absurd (≥ 2^62)")
+        }
+        return hard
+    }
+
+    /// `raft/snapshot`: checksummed header (index ≥ 1, term ≥ 1, both below
+    /// 2^62) and a state that decodes to a valid timeline (`ClusterState`):
+    /// a node must not start without the timeline it committed, nor — started
+    /// with -bootstrap — start a second one.
+    public static func parseSnapshot(_ bytes: [UInt8]) throws(DataDirError) -> Snapshot {
+        let file = "raft/snapshot"
+        guard bytes.count >= 24 else {
+            throw DataDirError(
+                file: file, reason: "bad_length", detail: "is \(bytes.count) bytes, shorter than its header")
+        }
+        guard checksum(bytes[8...]) == u64(bytes, 0) else {
+            throw DataDirError(file: file, reason: "bad_checksum", detail: "checksum mismatch")
+        }
+        let snapshot = Snapshot(index: u64(bytes, 8), term: u64(bytes, 16), data: Array(bytes[24...]))
+        guard (1..<absurd).contains(snapshot.index), (1..<absurd).contains(snapshot.term) else {
+            throw DataDirError(
+                file: file, reason: "index_absurd",
+                detail: "index \(snapshot.index) or term \(snapshot.term) is outside 1..<2^62")
+        }
+        let state: ClusterState
+        do {
+            state = try JSONDecoder().decode(ClusterState.self, from: Data(snapshot.data))
+        } catch {
+            var failure = DataDirFiles.decodingFailure(file: file, error)
+            failure.reason = "bad_snapshot_state"
+            failure.detail = "the timeline state does not decode: " + failure.detail
+            throw failure
+        }
+        try DataDirFiles.checkTimeline(
+            file: file, startBeat: state.epoch.startBeat, startNs: state.epoch.startNs, bpm: state.epoch.bpm,
+            pendingAtBeat: state.pending?.atBeat, pendingBpm: state.pending?.bpm, bar: nil)
+        return snapshot
+    }
+
+    /// `raft/log`: records in order. A bad record (short header, length out
+    /// of range, running past the end, checksum mismatch, unknown kind) with
+    /// no intact record anywhere after it is a torn tail (`tornTailAt`); with
+    /// one after it, it is corruption, refused with its offset. Intact
+    /// records must have contiguous indices from ≥ 1 and non-decreasing terms,
+    /// all below 2^62. Cost: linear, plus one checksum per candidate header
+    /// when looking past a bad record.
+    public static func scanLog(_ bytes: [UInt8]) throws(DataDirError) -> RaftLogScan {
+        var entries: [Entry] = []
+        var offset = 0
+        while offset < bytes.count {
+            switch record(bytes, at: offset) {
+            case .intact(let entry, let end):
+                if let problem = sequenceProblem(entry, after: entries.last) {
+                    throw DataDirError(
+                        file: "raft/log", offset: offset, reason: "bad_sequence",
+                        detail: "record for index \(entry.index) term \(entry.term): \(problem)")
+                }
+                entries.append(entry)
+                offset = end
+            case .bad(let problem):
+                if let next = firstIntactRecord(bytes, after: offset, minIndex: (entries.last?.index ?? 0) + 1) {
+                    throw DataDirError(
+                        file: "raft/log", offset: offset, reason: "corrupt_record",
+                        detail:
+                            "\(problem), and an intact record follows at byte offset \(next): acknowledged entries would be lost"
+                    )
+                }
+                return RaftLogScan(entries: entries, tornTailAt: offset)
+            }
+        }
+        return RaftLogScan(entries: entries, tornTailAt: nil)
+    }
+
+    /// Checks the files against each other (after entries covered by the
+    /// snapshot are dropped): the log continues the snapshot without a gap,
+    /// no term beyond the hard state's, and the commit within what is stored.
+    public static func checkConsistency(
+        hardState: HardState, snapshot: Snapshot?, entries: [Entry]
+    ) throws(DataDirError) {
+        let snapshotIndex = snapshot?.index ?? 0
+        if let first = entries.first, first.index == 0 || first.index - 1 != snapshotIndex {
+            throw DataDirError(
+                file: "raft/log", reason: "gap",
+                detail: "starts at index \(first.index) but the snapshot ends at \(snapshotIndex) (entries are missing)"
+            )
+        }
+        let lastTerm = entries.last?.term ?? snapshot?.term ?? 0
+        guard lastTerm <= hardState.term else {
+            throw DataDirError(
+                file: "raft/hardstate", reason: "term_behind_log",
+                detail: "term \(hardState.term) is below the log's last term \(lastTerm)")
+        }
+        let lastIndex = entries.last?.index ?? snapshotIndex
+        guard hardState.commit <= lastIndex else {
+            throw DataDirError(
+                file: "raft/hardstate", reason: "commit_beyond_log",
+                detail:
+                    "commit \(hardState.commit) is beyond the last stored entry \(lastIndex) (committed entries are missing)"
+            )
+        }
+    }
+
+    private enum Record {
+        case intact(Entry, end: Int)
+        case bad(String)
+    }
+
+    /// The record at `offset`, decoded and checksum-verified, or why not.
+    private static func record(_ bytes: [UInt8], at offset: Int) -> Record {
+        guard bytes.count - offset >= 12 else { return .bad("incomplete record header") }
+        let length = Int(u32(bytes, offset))
+        let start = offset + 12
+        guard length >= 17, length <= maxRecordBytes else { return .bad("record length \(length) is out of range") }
+        guard length <= bytes.count - start else { return .bad("record runs past the end of the file") }
+        guard let kind = EntryKind(rawValue: bytes[start + 16]) else {
+            return .bad("unknown record kind \(bytes[start + 16])")
+        }
+        guard checksum(bytes[start..<(start + length)]) == u64(bytes, offset + 4) else {
+            return .bad("record checksum mismatch")
+        }
+        let entry = Entry(
+            index: u64(bytes, start), term: u64(bytes, start + 8), kind: kind,
+            data: Array(bytes[(start + 17)..<(start + length)]))
+        return .intact(entry, end: start + length)
+    }
+
+    /// Why `entry` cannot follow `previous` in the log, or nil.
+    private static func sequenceProblem(_ entry: Entry, after previous: Entry?) -> String? {
+        if entry.index == 0 || entry.index >= absurd || entry.term >= absurd { return "index or term is absurd" }
+        guard let previous else { return nil }
+        if entry.index != previous.index + 1 { return "follows index \(previous.index)" }
+        if entry.term < previous.term { return "term goes back from \(previous.term)" }
+        return nil
+    }
+
+    /// The offset of the first intact record after `offset` whose index could
+    /// continue the log (≥ `minIndex`), or nil. The cheap header checks come
+    /// before the checksum, so random bytes cost little.
+    private static func firstIntactRecord(_ bytes: [UInt8], after offset: Int, minIndex: UInt64) -> Int? {
+        var candidate = offset + 1
+        while bytes.count - candidate >= 12 + 17 {
+            let length = Int(u32(bytes, candidate))
+            let start = candidate + 12
+            if length >= 17, length <= bytes.count - start, u64(bytes, start) >= minIndex,
+                case .intact = record(bytes, at: candidate)
+            {
+                return candidate
+            }
+            candidate += 1
+        }
+        return nil
     }
 
     // MARK: save (any thread; runs on the store's queue)
 
     /// Persists a Ready's snapshot, entries and hard state, synced, then
     /// calls `done` on the store's queue (the caller hops to its loop).
+    ///
+    /// Crash safety of the order: a new term or vote is written first (with
+    /// the commit already on disk), so a crash after the entries of a new
+    /// leader are synced never leaves a log term above the stored term (which
+    /// the next start would refuse); the commit is written last, so it never
+    /// points past the stored entries.
     func save(hardState: HardState?, snapshot: Snapshot?, entries: [Entry], done: @escaping (Error?) -> Void) {
         queue.async { [self] in
             do {
+                if let hardState, hardState.term != persistedHard.term || hardState.vote != persistedHard.vote {
+                    try writeHardState(
+                        HardState(term: hardState.term, vote: hardState.vote, commit: persistedHard.commit))
+                }
                 if let snapshot {
                     var bytes = [UInt8]()
                     Self.put(&bytes, snapshot.index)
@@ -128,14 +336,7 @@ final class RaftStore {
                         try append(entries)
                     }
                 }
-                if let hardState {
-                    var bytes = [UInt8]()
-                    Self.put(&bytes, hardState.term)
-                    Self.put(&bytes, hardState.vote)
-                    Self.put(&bytes, hardState.commit)
-                    Self.put(&bytes, Self.checksum(bytes))
-                    try writeAtomically("hardstate", bytes)
-                }
+                if let hardState, hardState != persistedHard { try writeHardState(hardState) }
                 done(nil)
             } catch {
                 done(error)
@@ -143,9 +344,14 @@ final class RaftStore {
         }
     }
 
-    /// Drops log records up to `index` (after a snapshot was taken there).
-    func compact(upTo index: UInt64, snapshot: Snapshot) {
-        save(hardState: nil, snapshot: snapshot, entries: [], done: { _ in })
+    private func writeHardState(_ hardState: HardState) throws {
+        var bytes = [UInt8]()
+        Self.put(&bytes, hardState.term)
+        Self.put(&bytes, hardState.vote)
+        Self.put(&bytes, hardState.commit)
+        Self.put(&bytes, Self.checksum(bytes))
+        try writeAtomically("hardstate", bytes)
+        persistedHard = hardState
     }
 
     private func record(_ entry: Entry) -> [UInt8] {
@@ -193,10 +399,12 @@ final class RaftStore {
         guard rename(temp, path) == 0 else {
             throw PulseError.startup("rename \(temp): \(String(cString: strerror(errno)))")
         }
+        // The rename is durable only once the directory is synced: a failure is an error, not a hope.
         let dirFd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dirFd >= 0 {
-            fsync(dirFd)
-            close(dirFd)
+        guard dirFd >= 0 else { throw PulseError.startup("open \(directory): \(String(cString: strerror(errno)))") }
+        defer { close(dirFd) }
+        guard fsync(dirFd) == 0 else {
+            throw PulseError.startup("fsync \(directory): \(String(cString: strerror(errno)))")
         }
     }
 

@@ -1,4 +1,5 @@
-// Service: the node as the admin API and the control subject see it.
+// Service: the node as the admin API, the control subject and the beat subject
+// (echoes, through the shared decoder and the echo policy) see it.
 import CLoop
 import Foundation
 import PulseCore
@@ -65,7 +66,47 @@ extension PulseNode: AdminBackend {
                 status: stats.hotPathAllocatedBytes == 0 ? "ok" : "failing",
                 detail: "beat \(stats.lastBeatIndex), \(stats.beatsPublished) published, \(stats.beatsMissed) missed"),
             "cluster": clusterHealth(),
+            "publishing": publishingHealth(),
         ]
+    }
+
+    /// Silence longer than this many periods from a node that should publish is a failure.
+    static let silentPeriodsLimit: Int64 = 2
+
+    /// Health that tells the truth (requirements §10): a node that should
+    /// publish — a single node, the leader holding its lease, or a degraded
+    /// node whose turn it is (no other node's frame on the subject) — and has
+    /// handed no frame to NATS for `silentPeriodsLimit` periods is failing,
+    /// whatever the cause (NATS down, a beat path that skips, a stalled timer).
+    /// Silence is measured from the last publish, or from when the duty began
+    /// (start, taking over, degrading, the last frame of another node).
+    func publishingHealth() -> ComponentHealth {
+        guard beats.started else { return ComponentHealth(status: "ok", detail: "not publishing: no timeline yet") }
+        let nowNs = cloop_realtime_ns()
+        let nowMonoNs = cloop_monotonic_ns()
+        var silentNs = min(nowNs &- beats.stats.lastPublishedNs, nowNs &- beats.publishingSinceNs)
+        let duty: String
+        switch publishMode(monotonicNs: nowMonoNs) {
+        case .publish:
+            duty = cluster == nil ? "single node" : "leader holding its lease"
+        case .degraded:
+            guard let cluster else { return ComponentHealth(status: "ok", detail: "not publishing") }
+            silentNs = min(silentNs, nowNs &- beats.lastFrameFromOthersNs, nowMonoNs &- cluster.degradedSinceMonoNs)
+            duty = "degraded, no other node's frames on the subject"
+        case .wait:
+            return ComponentHealth(status: "ok", detail: "leader waiting for its lease")
+        case .silent:
+            return ComponentHealth(status: "ok", detail: "follower: the leader publishes")
+        }
+        let periodNs = max(1, beats.timeline.periodNs)
+        let silentMs = max(0, silentNs) / 1_000_000
+        if silentNs > Self.silentPeriodsLimit * periodNs {
+            return ComponentHealth(
+                status: "failing",
+                detail: "should publish (\(duty)) but published nothing for \(silentMs) ms"
+                    + " (\(Self.silentPeriodsLimit) periods are \(Self.silentPeriodsLimit * periodNs / 1_000_000) ms)")
+        }
+        return ComponentHealth(status: "ok", detail: "publishing (\(duty)), last frame \(silentMs) ms ago")
     }
 
     private func clusterHealth() -> ComponentHealth {
@@ -85,6 +126,8 @@ extension PulseNode: AdminBackend {
         if !nats.isConnected { return (false, "not connected to NATS") }
         if let cluster, cluster.leaderPeer == nil && !cluster.degraded { return (false, "no known leader") }
         if !beats.started { return (false, "no committed timeline yet") }
+        let publishing = publishingHealth()
+        if publishing.status != "ok" { return (false, publishing.detail) }
         return (true, "")
     }
 
@@ -103,56 +146,138 @@ extension PulseNode: AdminBackend {
         return metrics.text()
     }
 
+    /// Largest control request considered (a tempo body is under 1.2 KB).
+    static let maxControlBytes = 4096
+    /// Longest reply subject answered (client inboxes are about 50 bytes).
+    static let maxReplySubjectBytes = 256
+
     /// Tempo requests over NATS request/reply on the control subject; the
     /// reply is the HTTP body plus `"status"`. Messages without a reply
     /// subject (such as our own announcements) are ignored.
+    ///
+    /// Boundary (requirements §10), checked in this order by the node that
+    /// answers, each refusal counted as `rejected{surface="control_subject"}`:
+    /// a reply subject that is empty, longer than `maxReplySubjectBytes`,
+    /// not printable ASCII, a wildcard, or in `backbeat.` (our own subjects)
+    /// is not answered (`bad_reply_subject`); a body over `maxControlBytes`
+    /// gets 413 (`too_large`); with an admin token set, a body without a
+    /// matching `"token"` string field gets 401 (`unauthorized`, compared in
+    /// constant time); a malformed body gets 400 (`malformed_json`,
+    /// `invalid_field`). Refused requests also count as tempo refusals.
     func subscribeControl() {
+        let token = config.adminToken.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
         nats.subscribe(subject: config.controlSubject) { [weak self] message in
             // Only a node that can commit answers: followers stay silent so
             // that the leader's answer is the one the requester gets.
             guard let self, let reply = message.reply, self.tempo.canCommit() else { return }
-            let answer: (Int, Data) -> Void = { status, body in
-                var object = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
-                object["status"] = status
-                let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
-                self.nats.publish(subject: reply, payload: data)
-            }
-            switch AdminRouter.parseTempoBody([UInt8](message.data), maxJustificationBytes: 1024) {
-            case .failure(let failure):
-                self.tempo.recordRefusal(reason: failure.code)
-                answer(400, Self.errorBody(failure.message, failure.code))
-            case .success(let request):
-                self.tempo.request(request) { decision in
-                    switch decision {
-                    case .scheduled(let change):
-                        answer(202, (try? JSONEncoder().encode(change)) ?? Data())
-                    case .refused(let status, let code, let text):
-                        answer(status, Self.errorBody(text, code))
-                    case .redirect(let location):
-                        answer(307, Self.errorBody("the leader is at \(location)", "not_leader"))
-                    }
+            self.handleControl(message.data, reply: reply, token: token)
+        }
+    }
+
+    /// One control request (see `subscribeControl`).
+    func handleControl(_ body: Data, reply: String, token: [UInt8]?) {
+        guard Self.isValidReplySubject(reply) else {
+            rejected.record(.controlSubject, "bad_reply_subject")
+            return
+        }
+        let answer: (Int, Data) -> Void = { status, body in
+            var object = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
+            object["status"] = status
+            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+            self.nats.publish(subject: reply, payload: data)
+        }
+        let refuse = { (status: Int, code: String, text: String) in
+            self.rejected.record(.controlSubject, code)
+            self.tempo.recordRefusal(reason: code == "too_large" ? "body_too_large" : code)
+            answer(status, Self.errorBody(text, code))
+        }
+        guard body.count <= Self.maxControlBytes else {
+            return refuse(413, "too_large", "request body is larger than \(Self.maxControlBytes) bytes")
+        }
+        if let token, !Self.controlTokenMatches(body, token) {
+            return refuse(401, "unauthorized", "missing or invalid \"token\"")
+        }
+        switch AdminRouter.parseTempoBody([UInt8](body), maxJustificationBytes: 1024) {
+        case .failure(let failure):
+            refuse(400, failure.code, failure.message)
+        case .success(let request):
+            tempo.request(request) { decision in
+                switch decision {
+                case .scheduled(let change):
+                    answer(202, (try? JSONEncoder().encode(change)) ?? Data())
+                case .refused(let status, let code, let text):
+                    answer(status, Self.errorBody(text, code))
+                case .redirect(let location):
+                    answer(307, Self.errorBody("the leader is at \(location)", "not_leader"))
                 }
             }
         }
     }
 
-    /// Follows the beat subject: the delivery latency of every frame (receive
-    /// time, taken on the client's delivery thread, minus its instant).
-    func subscribeBeats() {
-        nats.subscribe(subject: config.beatSubject) { [weak self] message in
-            guard let self,
-                let object = try? JSONSerialization.jsonObject(with: message.data) as? [String: Any],
-                let index = (object["beat_index"] as? NSNumber)?.int64Value
-            else { return }
-            let parsed = (object["hlc"] as? String).flatMap { HLCStamp.parse($0) }
-            let fromOther = parsed.map { String($0.suffix) != self.beats.ownSuffix } ?? false
-            let degraded = object["degraded"] as? Bool ?? false
-            self.beats.observe(
-                remoteIndex: index, hlc: parsed?.stamp, wallNs: message.receivedNs,
-                fromLeaderElsewhere: fromOther && !degraded)
-            guard self.beats.started else { return }
-            self.metrics.deliveryObserved(latencyNs: message.receivedNs - self.beats.timeline.instantNs(ofBeat: index))
+    /// A subject we may publish an answer on: 1...`maxReplySubjectBytes`
+    /// printable ASCII bytes, no wildcard token, not one of ours.
+    static func isValidReplySubject(_ subject: String) -> Bool {
+        let bytes = subject.utf8
+        guard !bytes.isEmpty, bytes.count <= maxReplySubjectBytes,
+            bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7f }),
+            !subject.hasPrefix("backbeat.")
+        else { return false }
+        return !subject.split(separator: ".", omittingEmptySubsequences: false).contains {
+            $0 == "*" || $0 == ">" || $0.isEmpty
         }
+    }
+
+    /// Whether the JSON body carries `"token": "<admin token>"` (constant-time compare).
+    static func controlTokenMatches(_ body: Data, _ token: [UInt8]) -> Bool {
+        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
+            let given = object["token"] as? String
+        else { return false }
+        return AdminHTTP.constantTimeEqual(ArraySlice(given.utf8), token)
+    }
+
+    /// Follows the beat subject (requirements §10): every message is decoded
+    /// by the one `BeatFrameDecoder` and judged by the `EchoPolicy`; only an
+    /// accepted frame moves the driver's state (`observe`) and is measured
+    /// (delivery latency: receive time, taken on the client's delivery
+    /// thread, minus its instant, within one beat of now by the policy).
+    /// Everything else is counted as `rejected{surface="beat_subject"}`.
+    func subscribeBeats() {
+        var policy = echoPolicy()  // loop thread only: the handler runs there
+        nats.subscribe(subject: config.beatSubject) { [weak self] message in
+            self?.handleEcho(message.data, receivedNs: message.receivedNs, policy: &policy)
+        }
+    }
+
+    /// Who may publish: this node alone, or the configured peers.
+    func echoPolicy() -> EchoPolicy {
+        guard let cluster else { return .singleNode(clusterId: config.clusterId, ownSuffix: beats.ownSuffix) }
+        return EchoPolicy(
+            clusterId: config.clusterId, publishers: cluster.peers.publishers(nodeId: nodeId),
+            maxTermLead: EchoPolicy.clusterTermLead)
+    }
+
+    /// One message from the beat subject (see `subscribeBeats`).
+    func handleEcho(_ payload: Data, receivedNs: Int64, policy: inout EchoPolicy) {
+        let frame: DecodedBeatFrame
+        switch payload.withUnsafeBytes({ BeatFrameDecoder.result($0) }) {
+        case .failure(let error):
+            rejected.record(.beatSubject, error.reason)
+            return
+        case .success(let decoded):
+            frame = decoded
+        }
+        // Before the committed timeline there is nothing to judge against
+        // (a cluster node still joining): ignored, not counted.
+        guard beats.started else { return }
+        let verdict = policy.judge(
+            frame, timeline: beats.timeline, atTimelineNs: timelineNs(forLocalNs: receivedNs),
+            ownTerm: cluster?.term ?? beats.term)
+        if case .reject(let why) = verdict {
+            rejected.record(.beatSubject, why.rawValue)
+            return
+        }
+        beats.observe(frame, wallNs: receivedNs)
+        metrics.deliveryObserved(latencyNs: receivedNs - beats.timeline.instantNs(ofBeat: frame.beatIndex))
     }
 
     static func errorBody(_ message: String, _ code: String) -> Data {

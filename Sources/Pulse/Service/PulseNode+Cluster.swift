@@ -53,7 +53,9 @@ extension PulseNode: PublishGate, ClusterListener {
     /// request/reply on the control subject (only the leader answers there).
     func enableForwarding() {
         tempo.forward = { [unowned self] request, reply in
-            let body: [String: Any] = ["tempo_bpm": request.tempoBpm, "justification": request.justification]
+            var body: [String: Any] = ["tempo_bpm": request.tempoBpm, "justification": request.justification]
+            // The leader requires the admin token on the control subject too (every node shares it).
+            if let token = config.adminToken, !token.isEmpty { body["token"] = token }
             let payload = (try? JSONSerialization.data(withJSONObject: body)) ?? Data()
             nats.request(subject: config.controlSubject, payload: payload, timeoutNs: 3_000_000_000) { answer in
                 guard let answer, let object = try? JSONSerialization.jsonObject(with: answer) as? [String: Any],

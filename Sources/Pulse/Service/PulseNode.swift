@@ -44,20 +44,22 @@ final class PulseNode: LoopHandler {
         var logger = Logger(label: "pulse")
         let dataPath =
             config.dataDir.isEmpty ? ".backbeat/\(config.clusterId)-\(config.adminPort)" : config.dataDir
-        dataDir = try DataDir(path: dataPath)
+        dataDir = try DataDir(path: dataPath, rejected: rejected)
         nodeId = try dataDir.nodeId(preferring: config.nodeId)
         logger[metadataKey: "node"] = "\(nodeId)"
         self.logger = logger
 
         let clustered = !config.peers.isEmpty
         let peers = clustered ? try PeerList.parse(peers: config.peers, nodeId: nodeId, raftBind: config.raftBind) : nil
+        // Loaded once and validated (DataDirFiles.parseEpoch): a file that
+        // cannot be used stops the start here, before any thread or socket.
+        let stored = clustered ? nil : try dataDir.loadEpoch()
         let timeline =
             clustered
             ? Timeline(  // a placeholder until the committed epoch arrives
                 epoch: TempoEpoch(startBeat: 0, startNs: 0, bpm: Int64(config.bpm)), bar: config.bar,
                 phaseCount: config.phases.count)
-            : try Self.timeline(config: config, dataDir: dataDir, logger: logger)
-        let stored = clustered ? nil : try dataDir.loadEpoch()
+            : try Self.timeline(config: config, stored: stored, dataDir: dataDir, logger: logger)
 
         loop = try EventLoop()
         signal(SIGPIPE, SIG_IGN)
@@ -105,14 +107,22 @@ final class PulseNode: LoopHandler {
     }
 
     /// The committed timeline: from the data dir, or a new one with -bootstrap.
-    static func timeline(config: PulseConfig, dataDir: DataDir, logger: Logger) throws -> Timeline {
-        if let stored = try dataDir.loadEpoch() {
+    /// `stored` is the validated `epoch.json`, if any.
+    static func timeline(
+        config: PulseConfig, stored: DataDir.StoredEpoch?, dataDir: DataDir, logger: Logger
+    ) throws -> Timeline {
+        if let stored {
             guard stored.clusterId == config.clusterId else {
                 throw PulseError.config(
                     "data dir \(dataDir.path) belongs to cluster '\(stored.clusterId)', not '\(config.clusterId)'")
             }
             guard stored.bar == config.bar else {
                 throw PulseError.config("data dir \(dataDir.path) has bar \(stored.bar); -bar \(config.bar) differs")
+            }
+            do {
+                try DataDirFiles.checkNotFarAhead(stored, nowNs: cloop_realtime_ns())
+            } catch {
+                throw dataDir.refuse(error)
             }
             logger.info(
                 "timeline restored", metadata: ["start_beat": "\(stored.startBeat)", "bpm": "\(stored.bpm)"])

@@ -2,6 +2,10 @@
 // the committed tempo epoch, written atomically (temp file, fsync, rename,
 // fsync of the directory) at start-up and on commits — never on the beat
 // path. An exclusive lock file stops two processes sharing one directory.
+// Every file is validated when it is loaded (DataDirFiles): one that cannot
+// be used stops the start with one line naming it, and is counted
+// (`backbeat_rejected_input_total{surface="data_dir"}`); nothing is repaired
+// or replaced silently.
 import Foundation
 import Glibc
 import PulseCore
@@ -12,57 +16,74 @@ final class DataDir {
     private var lockFd: Int32 = -1
     private let writer = DispatchQueue(label: "pulse.datadir.writer")
 
-    init(path: String) throws {
+    /// Where refusals are counted (the node's `RejectedInput`).
+    private let rejected: RejectedInput
+
+    init(path: String, rejected: RejectedInput) throws {
         self.path = path
+        self.rejected = rejected
         do {
             try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         } catch {
             throw PulseError.startup("cannot create data dir \(path): \(error.localizedDescription)")
         }
-        lockFd = open(path + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        // O_NOFOLLOW: a LOCK planted as a symlink does not make us create or
+        // lock a file elsewhere; it must be a regular file (not a FIFO or device).
+        lockFd = open(path + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0o644)
         guard lockFd >= 0 else {
-            throw PulseError.startup("cannot open \(path)/LOCK: \(String(cString: strerror(errno)))")
+            let reason = errno == ELOOP ? "is a symbolic link" : String(cString: strerror(errno))
+            throw refuse(DataDirError(file: "LOCK", reason: "unusable_lock", detail: "cannot be opened: \(reason)"))
+        }
+        var info = stat()
+        guard fstat(lockFd, &info) == 0, info.st_mode & S_IFMT == S_IFREG else {
+            close(lockFd)
+            lockFd = -1
+            throw refuse(DataDirError(file: "LOCK", reason: "unusable_lock", detail: "is not a regular file"))
         }
         guard flock(lockFd, LOCK_EX | LOCK_NB) == 0 else {
             close(lockFd)
+            lockFd = -1
             throw PulseError.startup("data dir \(path) is in use by another pulse process")
         }
+    }
+
+    /// Counts `error` and turns it into the one-line start-up error naming the file.
+    func refuse(_ error: DataDirError) -> PulseError {
+        rejected.record(.dataDir, error.reason)
+        return PulseError.startup("\(path)/\(error); refusing to start")
     }
 
     deinit {
         if lockFd >= 0 { close(lockFd) }
     }
 
-    /// The persisted node id, or a new one (`pulse-` and 6 random hex digits) saved now.
+    /// The node id: `configured` (already validated with the flags), else
+    /// the persisted one (validated: an unusable file refuses to start, it is
+    /// never replaced), else a new one (`pulse-` and 6 random hex digits) saved now.
     func nodeId(preferring configured: String) throws -> String {
         if !configured.isEmpty { return configured }
-        if let saved = read("node_id")?.trimmingCharacters(in: .whitespacesAndNewlines), !saved.isEmpty {
-            return saved
+        if let bytes = try readValidated("node_id", limit: DataDirFiles.maxNodeIdBytes) {
+            do {
+                return try DataDirFiles.parseNodeId(bytes)
+            } catch {
+                throw refuse(error)
+            }
         }
         let generated = "pulse-" + String(format: "%06x", UInt32.random(in: 0...0xff_ffff))
         try writeAtomically("node_id", Data((generated + "\n").utf8))
         return generated
     }
 
-    /// The stored timeline identity, if any.
-    struct StoredEpoch: Codable, Equatable {
-        var clusterId: String
-        var startBeat: Int64
-        var startNs: Int64
-        var bpm: Int64
-        var bar: Int
-        /// A committed tempo change not yet applied (beat index and bpm), if any.
-        var pendingAtBeat: Int64?
-        var pendingBpm: Int64?
-        var pendingJustification: String?
-    }
+    /// The stored timeline identity (see `StoredEpoch`, in DataDirFiles.swift).
+    typealias StoredEpoch = Pulse.StoredEpoch
 
+    /// The stored timeline, validated (`DataDirFiles.parseEpoch`), or nil when there is none.
     func loadEpoch() throws -> StoredEpoch? {
-        guard let text = read("epoch.json") else { return nil }
+        guard let bytes = try readValidated("epoch.json", limit: DataDirFiles.maxEpochBytes) else { return nil }
         do {
-            return try JSONDecoder().decode(StoredEpoch.self, from: Data(text.utf8))
+            return try DataDirFiles.parseEpoch(bytes)
         } catch {
-            throw PulseError.startup("\(path)/epoch.json is corrupt: \(error.localizedDescription)")
+            throw refuse(error)
         }
     }
 
@@ -90,9 +111,13 @@ final class DataDir {
         }
     }
 
-    private func read(_ name: String) -> String? {
-        guard let data = FileManager.default.contents(atPath: path + "/" + name) else { return nil }
-        return String(decoding: data, as: UTF8.self)
+    /// The bytes of `name` (nil when absent), read with `DataDirFiles.read`'s bounds.
+    private func readValidated(_ name: String, limit: Int) throws -> [UInt8]? {
+        do {
+            return try DataDirFiles.read(path + "/" + name, file: name, limit: limit)
+        } catch {
+            throw refuse(error)
+        }
     }
 
     /// Writes `name` so that a crash leaves either the old or the new content.
@@ -117,10 +142,10 @@ final class DataDir {
         guard ok, rename(temp, final) == 0 else {
             throw PulseError.startup("cannot write \(final): \(String(cString: strerror(errno)))")
         }
+        // The rename is durable only once the directory is synced: a failure is an error, not a hope.
         let dirFd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dirFd >= 0 {
-            fsync(dirFd)
-            close(dirFd)
-        }
+        guard dirFd >= 0 else { throw PulseError.startup("open \(path): \(String(cString: strerror(errno)))") }
+        defer { close(dirFd) }
+        guard fsync(dirFd) == 0 else { throw PulseError.startup("fsync \(path): \(String(cString: strerror(errno)))") }
     }
 }

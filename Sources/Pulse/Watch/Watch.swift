@@ -1,12 +1,14 @@
 // Watch: `pulse watch` subscribes to a cluster's beat subject and prints one
 // readable line per frame, flagging gaps, repeats and a term that goes back.
 // It uses the NATS client's own threads (it is a client, not the pulse) and
-// Foundation's JSON parser (it is not on any hot path).
+// decodes with the shared `BeatFrameDecoder` (PulseCore), so it refuses
+// exactly what a node refuses and says why.
 import ArgumentParser
 import CLoop
 import CNats
 import Foundation
 import Glibc
+import PulseCore
 
 /// `pulse watch` options.
 struct WatchCommand: ParsableArguments {
@@ -25,54 +27,12 @@ struct WatchCommand: ParsableArguments {
     var raw = false
 }
 
-/// A parsed BeatFrame, as a watcher sees it.
-struct ObservedFrame {
-    var beatIndex: Int64
-    var downbeat: Bool
-    var phase: String
-    var hlc: String
-    var deadlineAt: String
-    var tempoBpm: Int64
-    var term: Int64
-    var degraded: Bool
-    var publisher: String { String(hlc.split(separator: ":").last ?? "?") }
-
-    init?(json: Data) {
-        guard let object = try? JSONSerialization.jsonObject(with: json) as? [String: Any],
-            object["type"] as? String == "backbeat.beatframe.v1",
-            let index = (object["beat_index"] as? NSNumber)?.int64Value,
-            let downbeat = object["downbeat"] as? Bool,
-            let phase = object["phase"] as? String, let hlc = object["hlc"] as? String,
-            let deadline = object["deadline_at"] as? String,
-            let tempo = (object["tempo_bpm"] as? NSNumber)?.int64Value
-        else { return nil }
-        beatIndex = index
-        self.downbeat = downbeat
-        self.phase = phase
-        self.hlc = hlc
-        deadlineAt = deadline
-        tempoBpm = tempo
-        term = (object["term"] as? NSNumber)?.int64Value ?? 0
-        degraded = object["degraded"] as? Bool ?? false
-    }
-
-    /// The beat's scheduled instant in Unix ns: deadline minus one period
-    /// (exact when 60000/bpm is a whole number of milliseconds).
-    var scheduledNs: Int64? {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        guard let date = formatter.date(from: deadlineAt), tempoBpm > 0 else { return nil }
-        let deadlineMs = Int64((date.timeIntervalSince1970 * 1000).rounded())
-        return deadlineMs * 1_000_000 - 60_000_000_000 / tempoBpm
-    }
-}
-
 /// Prints frames from `backbeat.<cluster>.beat` until interrupted or `count` is reached.
 final class Watcher {
     private let options: WatchCommand
     private let lock = NSLock()
     private var seen = 0
-    private var last: ObservedFrame?
+    private var last: DecodedBeatFrame?
     private var anomalies = 0
     private let done = DispatchSemaphore(value: 0)
 
@@ -135,9 +95,13 @@ final class Watcher {
             fflush(stdout)
             return
         }
-        guard let frame = ObservedFrame(json: data) else {
+        let frame: DecodedBeatFrame
+        switch data.withUnsafeBytes({ BeatFrameDecoder.result($0) }) {
+        case .success(let decoded):
+            frame = decoded
+        case .failure(let error):
             anomalies += 1
-            print("?? not a BeatFrame: \(String(decoding: data.prefix(200), as: UTF8.self))")
+            print("?? not a BeatFrame (\(error)): \(String(decoding: data.prefix(200), as: UTF8.self))")
             return
         }
         var notes: [String] = []
@@ -146,18 +110,20 @@ final class Watcher {
                 notes.append("REPEAT")
             } else if frame.beatIndex < last.beatIndex {
                 notes.append("BACKWARDS from \(last.beatIndex)")
-            } else if frame.beatIndex > last.beatIndex + 1 {
+            } else if frame.beatIndex - last.beatIndex > 1 {  // both ≥ 0: no overflow
                 notes.append("GAP of \(frame.beatIndex - last.beatIndex - 1)")
             }
             if frame.term < last.term { notes.append("TERM BACK from \(last.term)") }
         }
         anomalies += notes.isEmpty ? 0 : 1
         if frame.degraded { notes.append("degraded") }
-        let late = frame.scheduledNs.map { String(format: "%+9.3f ms", Double(receivedNs - $0) / 1e6) } ?? "        ?"
+        let late =
+            frame.scheduledNs.map { String(format: "%+9.3f ms", (Double(receivedNs) - Double($0)) / 1e6) }
+            ?? "        ?"
         let marker = frame.downbeat ? "●" : "·"
         let line = String(
-            format: "#%-8lld %@ %-8@ %4lld bpm  from %@  term %lld  late %@%@", frame.beatIndex, marker,
-            frame.phase, frame.tempoBpm, frame.publisher, frame.term, late,
+            format: "#%-8lld %@ %-8@ %4lld bpm  from %@  term %llu  late %@%@", frame.beatIndex, marker,
+            frame.phase, frame.tempoBpm, frame.hlcSuffix, frame.term, late,
             notes.isEmpty ? "" : "  " + notes.joined(separator: ", "))
         print(line)
         fflush(stdout)

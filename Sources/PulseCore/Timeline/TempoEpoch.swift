@@ -94,3 +94,56 @@ extension TempoEpoch {
     /// at most 1 ns when 60e9 is not divisible by `bpm`.
     public var periodNs: Int64 { nsPerMinute / bpm }
 }
+
+/// Why an epoch read from outside (a data-dir file, a snapshot) cannot be used.
+public enum TempoEpochError: Error, Sendable, Hashable {
+    /// The tempo is outside ``TempoEpoch/supportedBpm``.
+    case bpmOutOfRange(Int64)
+    /// The start beat is outside ``TempoEpoch/supportedBeats``.
+    case startBeatOutOfRange(Int64)
+    /// The start instant is outside ``TempoEpoch/supportedNs``.
+    case startNsOutOfRange(Int64)
+}
+
+extension TempoEpoch {
+    /// Tempi a validated epoch may have (the same bounds as `-min-bpm`/`-max-bpm`).
+    public static let supportedBpm: ClosedRange<Int64> = 1...6000
+    /// Start instants a validated epoch may have: 1970-01-01 to 2200-01-01 (Unix ns).
+    public static let supportedNs: ClosedRange<Int64> = 0...7_258_118_400_000_000_000
+    /// Start beats a validated epoch may have (2^48: 89,000 years of beats at 6000 bpm).
+    public static let supportedBeats: ClosedRange<Int64> = 0...(1 << 48)
+
+    /// An epoch from untrusted numbers, refused (never trapped on) when the
+    /// timeline math could overflow. Guarantee: for every instant `t` in
+    /// ``supportedNs``, `beat(atOrBeforeNs: t)` and `instantNs(ofBeat:)` of that
+    /// beat and of its two successors (deadline, next beat) stay in `Int64`.
+    ///
+    /// Proof, with `P = 6e10`, `H = 7.26e18` (the top of ``supportedNs``):
+    /// - `u = t − startNs` has `|u| ≤ H < 2^63`; `u·bpm ≤ H·6000 ≈ 4.4e22` fits
+    ///   the 128-bit intermediate; the quotient `|q| ≤ H·6000/P + 1 ≈ 7.3e11`, and
+    ///   `startBeat + q ≤ 2^48 + 7.3e11` fits.
+    /// - for `k` within 3 beats of that beat, `δ = k − startBeat` has
+    ///   `|δ| ≤ 7.3e11 + 3`; `δ·P` fits 128 bits, and `floor(δ·P/bpm)` is
+    ///   `t − startNs` within 3 periods (≤ 1.8e11 ns), so `|·| ≤ H + 1.8e11 < 2^63`;
+    ///   adding `startNs` gives an instant within 1.8e11 ns of `t`.
+    public static func validated(startBeat: Int64, startNs: Int64, bpm: Int64) throws(TempoEpochError) -> TempoEpoch {
+        guard supportedBpm.contains(bpm) else { throw .bpmOutOfRange(bpm) }
+        guard supportedBeats.contains(startBeat) else { throw .startBeatOutOfRange(startBeat) }
+        guard supportedNs.contains(startNs) else { throw .startNsOutOfRange(startNs) }
+        return TempoEpoch(startBeat: startBeat, startNs: startNs, bpm: bpm)
+    }
+
+    /// `instantNs(ofBeat: k)` with every step checked: nil instead of a trap
+    /// when `k` is so far from `startBeat` that the instant leaves `Int64`.
+    /// For validating untrusted beat indices (e.g. a stored pending change).
+    public func checkedInstantNs(ofBeat k: Int64) -> Int64? {
+        let (delta, deltaOverflow) = k.subtractingReportingOverflow(startBeat)
+        guard !deltaOverflow else { return nil }
+        // |δ·P/bpm| ≤ (Int64.max / P) · P < Int64.max when |δ| ≤ (Int64.max / P) · bpm
+        // (a conservative bound: a sliver of representable instants is refused too).
+        let limit = (Int64.max / nsPerMinute).multipliedReportingOverflow(by: bpm)
+        if !limit.overflow, delta.magnitude > UInt64(limit.partialValue) { return nil }
+        let (instant, overflow) = startNs.addingReportingOverflow(mulDivFloor(delta, nsPerMinute, bpm))
+        return overflow ? nil : instant
+    }
+}

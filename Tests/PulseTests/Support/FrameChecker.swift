@@ -1,8 +1,10 @@
 // An independent check of received BeatFrames against the contract (§1–§3),
 // written from the spec, not from the encoder: its own arithmetic, Foundation's
-// date formatter, swift-crypto's SHA-256 and JSONSerialization.
+// date formatter and swift-crypto's SHA-256. Frames are read with the one
+// shared `BeatFrameDecoder` (whose own tests hold it to the spec).
 import Crypto
 import Foundation
+import PulseCore
 import XCTest
 
 struct ContractEpoch: Decodable {
@@ -75,52 +77,49 @@ struct FrameChecker {
     }
 
     /// Checks every frame and the sequence; returns the failures (empty when all hold).
+    /// Frames are decoded by the shared `BeatFrameDecoder` (types, ranges,
+    /// the hlc form); the expected values come from this file's own arithmetic.
     func check(_ frames: [ReceivedFrame], expectTerm: Int64 = 1) -> [String] {
         var failures: [String] = []
-        var previous: (index: Int64, hlc: (Int64, Int64))?
+        var previous: (index: Int64, hlc: HLCStamp)?
         let suffix = String(nodeId.suffix(4))
         for frame in frames {
-            let o = frame.object
-            guard let k = (o["beat_index"] as? NSNumber)?.int64Value else {
-                failures.append("unparseable frame \(frame.text)")
+            let o: DecodedBeatFrame
+            switch BeatFrameDecoder.result([UInt8](frame.raw)) {
+            case .success(let decoded): o = decoded
+            case .failure(let error):
+                failures.append("undecodable frame (\(error)) \(frame.text)")
                 continue
             }
+            let k = o.beatIndex
             func expect(_ ok: Bool, _ what: String) {
                 if !ok { failures.append("beat \(k): \(what) in \(frame.text)") }
             }
             var order = Self.keyOrder
-            if o["degraded"] != nil { order.append("degraded") }
+            if o.degraded { order.append("degraded") }
             expect(Self.keysInOrder(frame.text) == order, "key order \(Self.keysInOrder(frame.text))")
-            expect(o["type"] as? String == "backbeat.beatframe.v1", "type")
-            expect(o["cluster_id"] as? String == epoch.clusterId, "cluster_id")
-            expect(o["downbeat"] as? Bool == (k % Int64(epoch.bar) == 0), "downbeat")
+            expect(o.clusterId == epoch.clusterId, "cluster_id")
+            expect(o.downbeat == (k % Int64(epoch.bar) == 0), "downbeat")
             let phase = phases[Int(k % Int64(epoch.bar)) * phases.count / epoch.bar]
-            expect(o["phase"] as? String == phase, "phase \(phase)")
-            expect(o["deadline_at"] as? String == Self.rfc3339(ns: epoch.instantNs(k + 1)), "deadline_at")
-            expect((o["tempo_bpm"] as? NSNumber)?.int64Value == epoch.bpm, "tempo_bpm")
+            expect(o.phase == phase, "phase \(phase)")
+            expect(o.deadlineUnixMs == epoch.instantNs(k + 1) / 1_000_000, "deadline_at")
             expect(
-                o["window_id"] as? String
-                    == Self.windowId(cluster: epoch.clusterId, barStart: k - k % Int64(epoch.bar)),
-                "window_id")
-            expect((o["term"] as? NSNumber)?.int64Value == expectTerm, "term")
-            // hlc: <ms hex>:<counter hex, ≥4 digits>:<node suffix>
-            let parts = (o["hlc"] as? String ?? "").split(separator: ":", omittingEmptySubsequences: false)
-            let lowerHex = { (s: Substring) in !s.isEmpty && s.allSatisfy { "0123456789abcdef".contains($0) } }
-            expect(parts.count == 3 && lowerHex(parts[0]) && lowerHex(parts[1]) && parts[1].count >= 4, "hlc format")
-            if parts.count == 3 {
-                expect(String(parts[2]) == suffix, "hlc suffix \(suffix)")
-                let stamp = (Int64(parts[0], radix: 16) ?? 0, Int64(parts[1], radix: 16) ?? 0)
-                // The HLC's physical part tracks the publish time, which is the instant.
-                let instantMs = epoch.instantNs(k) / 1_000_000
-                expect(abs(stamp.0 - instantMs) < 1000, "hlc ms \(stamp.0) far from instant \(instantMs)")
-                if let previous {
-                    expect(stamp > previous.hlc, "hlc not increasing")
-                }
-                if let previous {
-                    expect(k == previous.index + 1, "index after \(previous.index) (gap or repeat)")
-                }
-                previous = (k, stamp)
+                frame.text.contains("\"deadline_at\":\"\(Self.rfc3339(ns: epoch.instantNs(k + 1)))\""),
+                "deadline_at text")
+            expect(o.tempoBpm == epoch.bpm, "tempo_bpm")
+            expect(
+                o.windowId == Self.windowId(cluster: epoch.clusterId, barStart: k - k % Int64(epoch.bar)), "window_id")
+            expect(o.term == UInt64(expectTerm), "term")
+            // hlc: <ms hex>:<counter hex, ≥4 digits>:<node suffix> (the form is the decoder's to check)
+            expect(o.hlcSuffix == suffix, "hlc suffix \(suffix)")
+            // The HLC's physical part tracks the publish time, which is the instant.
+            let instantMs = epoch.instantNs(k) / 1_000_000
+            expect(abs(o.hlc.wallMs - instantMs) < 1000, "hlc ms \(o.hlc.wallMs) far from instant \(instantMs)")
+            if let previous {
+                expect(o.hlc > previous.hlc, "hlc not increasing")
+                expect(k == previous.index + 1, "index after \(previous.index) (gap or repeat)")
             }
+            previous = (k, o.hlc)
             // Sanity only (timing is measured by Bench, not asserted here):
             // frames are not sent early and arrive within a second.
             let lateNs = frame.receivedNs - epoch.instantNs(k)

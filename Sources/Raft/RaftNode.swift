@@ -131,7 +131,10 @@ final class Progress {
             next = match + 1
             return true
         case .probe:
-            guard next - 1 == rejected else { return false }  // stale
+            // Stale unless it rejects the one index probed, above what is matched
+            // (a rejection of a matched index cannot be current: ignoring it keeps
+            // a forged or reordered one from looping append/reject forever).
+            guard next - 1 == rejected, rejected > match else { return false }
             next = max(min(rejected, hint + 1), match + 1)
             probeSent = false
             return true
@@ -205,6 +208,18 @@ public final class RaftNode {
         rng = SplitMix64(seed: config.randomSeed ^ (config.id &* 0x9E37_79B9_7F4A_7C15))
 
         let snap = snapshot ?? .empty
+        // Bounds that messages are held to as well (see `maxTerm`): a state
+        // persisted by an older version that adopted a hostile term (e.g.
+        // 2^64 - 1) is refused here with a reason, instead of trapping on
+        // `term + 1` at every restart.
+        guard hardState.term < Self.maxTerm else {
+            throw .invalidPersistedState(
+                "term \(hardState.term) is not below 2^62: it was adopted from a hostile or corrupt message"
+                    + " (this node's Raft state must be rebuilt from its peers)")
+        }
+        guard snap.index < Self.maxIndex, snap.term <= hardState.term else {
+            throw .invalidPersistedState("snapshot at index \(snap.index), term \(snap.term) is out of range")
+        }
         let kept = entries.filter { $0.index > snap.index }
         var expected = snap.index + 1
         var previousTerm = snap.term
@@ -363,19 +378,62 @@ public final class RaftNode {
         return true
     }
 
-    /// Processes a message from a peer. Malformed, misaddressed or foreign
-    /// messages are dropped (and counted in `droppedMessages`).
-    public func step(_ m: Message) {
-        guard m.to == id, config.voters.contains(m.from), m.structuralProblem() == nil else {
-            droppedMessages += 1
-            return
+    /// Terms at or above this are refused (`term_absurd`), in messages and in
+    /// persisted state, and the node never campaigns into it. A real cluster
+    /// raises its term about once per election, so it never comes near 2^62;
+    /// the bound keeps `term + 1` far from overflow, so a hostile term cannot
+    /// trap the node, now or after a restart. (There is deliberately no bound
+    /// relative to our own term: it would let a hostile peer push one node's
+    /// term out of its honest peers' reach, and partition it for good. A peer
+    /// that can forge plausible terms can always disturb elections; only
+    /// authenticating peers stops that.)
+    public static let maxTerm: UInt64 = 1 << 62
+    /// Log indexes at or above this are refused (`index_absurd`), so
+    /// `index + 1` and `index + entries.count` never overflow.
+    public static let maxIndex: UInt64 = 1 << 62
+
+    /// Processes a message from a peer. Nothing a peer sends can trap the
+    /// node: malformed, misaddressed, foreign or out-of-range messages are
+    /// refused (and counted in `droppedMessages`), and the outcome says why,
+    /// for the caller to count.
+    @discardableResult
+    public func step(_ m: Message) -> StepOutcome {
+        if let problem = precheck(m) {
+            droppedMessages &+= 1
+            return .refused(problem)
         }
+        let outcome = stepChecked(m)
+        if !outcome.wasStepped { droppedMessages &+= 1 }
+        return outcome
+    }
+
+    /// The checks that need no role-specific state: addressing, membership,
+    /// shape, and the absolute bounds on terms and indexes.
+    private func precheck(_ m: Message) -> MessageRejection? {
+        if m.to != id { return .misaddressed }
+        if !config.voters.contains(m.from) { return .unknownSender }
+        if m.structuralProblem() != nil { return .malformed }
+        // Entry and snapshot terms are <= m.term (structural), so this bounds them too.
+        if m.term >= Self.maxTerm { return .termAbsurd }
+        switch m.kind {
+        case .append:
+            // Entry indexes are m.index + 1 ... m.index + count (structural, no overflow).
+            if m.index >= Self.maxIndex { return .indexAbsurd }
+        case .snapshot:
+            if let s = m.snapshot, s.index >= Self.maxIndex { return .indexAbsurd }
+        default:
+            break
+        }
+        return nil
+    }
+
+    private func stepChecked(_ m: Message) -> StepOutcome {
         if m.term > term {
             let isVoteRequest = m.kind == .vote || m.kind == .preVote
             if isVoteRequest && !m.transfer && inLease {
                 // Stickiness: we heard from a leader within an election timeout
                 // (or are one), so this candidate cannot be legitimate yet.
-                return
+                return .stepped
             }
             switch m.kind {
             case .preVote:
@@ -395,20 +453,20 @@ public final class RaftNode {
             } else if m.kind == .preVote {
                 send(Message(kind: .preVoteResponse, from: id, to: m.from, term: term, reject: true))
             }
-            return
+            return .stepped
         }
 
         switch m.kind {
         case .vote, .preVote:
             handleVoteRequest(m)
-            return
+            return .stepped
         default:
             break
         }
         switch role {
-        case .leader: stepLeader(m)
-        case .preCandidate, .candidate: stepCandidate(m)
-        case .follower: stepFollower(m)
+        case .leader: return stepLeader(m)
+        case .preCandidate, .candidate: return stepCandidate(m)
+        case .follower: return stepFollower(m)
         }
     }
 
@@ -522,6 +580,9 @@ public final class RaftNode {
 
     private func hup(transfer: Bool) {
         guard role != .leader else { return }
+        // Never campaign into the refused range (only a forged term can bring us
+        // here), so a persisted term always stays below `maxTerm`.
+        guard term + 1 < Self.maxTerm else { return }
         if config.preVote && !transfer {
             campaignPre()
         } else {
@@ -637,20 +698,20 @@ public final class RaftNode {
         }
     }
 
-    private func stepCandidate(_ m: Message) {
+    private func stepCandidate(_ m: Message) -> StepOutcome {
         switch m.kind {
         case .append, .heartbeat, .snapshot:
             becomeFollower(term: term, leader: m.from)
-            stepFollower(m)
+            return stepFollower(m)
         case .preVoteResponse:
-            guard role == .preCandidate, m.reject || m.term == term + 1 else { return }
+            guard role == .preCandidate, m.reject || m.term == term + 1 else { return .stepped }
             switch poll(m.from, granted: !m.reject) {
             case .won: campaignVote(transfer: false)
             case .lost: becomeFollower(term: term, leader: noNode)
             case .pending: break
             }
         case .voteResponse:
-            guard role == .candidate else { return }
+            guard role == .candidate else { return .stepped }
             switch poll(m.from, granted: !m.reject) {
             case .won: becomeLeader()
             case .lost: becomeFollower(term: term, leader: noNode)
@@ -659,29 +720,33 @@ public final class RaftNode {
         default:
             break
         }
+        return .stepped
     }
 
     // MARK: - Follower
 
-    private func stepFollower(_ m: Message) {
+    private func stepFollower(_ m: Message) -> StepOutcome {
         switch m.kind {
         case .append, .heartbeat, .snapshot:
-            precondition(
-                leader == noNode || leader == m.from,
-                "raft: two leaders (\(leader), \(m.from)) in term \(term)")
+            // At most one leader per term: a second one is a buggy or hostile
+            // peer, never a reason to trap (or to follow it).
+            guard leader == noNode || leader == m.from else { return .refused(.secondLeader) }
             leader = m.from
             electionElapsed = 0
             leaderContactElapsed = 0
             switch m.kind {
             case .append: handleAppend(m)
-            case .heartbeat: handleHeartbeat(m)
+            case .heartbeat: return handleHeartbeat(m)
             default: handleSnapshot(m)
             }
         case .timeoutNow:
+            // Only our leader starts a transfer; anyone else would just force elections.
+            guard leader != noNode && leader == m.from else { return .refused(.timeoutNowNotFromLeader) }
             hup(transfer: true)
         default:
             break
         }
+        return .stepped
     }
 
     private func handleAppend(_ m: Message) {
@@ -709,10 +774,17 @@ public final class RaftNode {
         }
     }
 
-    private func handleHeartbeat(_ m: Message) {
-        log.commit(to: m.commit)
+    private func handleHeartbeat(_ m: Message) -> StepOutcome {
+        // A leader sends min(match, commit), never beyond our log. A larger
+        // commit is bogus: the heartbeat still counts as leader contact, but its
+        // commit is clamped to what we have already committed. (Clamping to our
+        // last index instead could commit a stale tail of an older term that the
+        // leader has not matched yet: entries the cluster never committed.)
+        let beyond = m.commit > log.lastIndex
+        if !beyond { log.commit(to: m.commit) }
         send(
             Message(kind: .heartbeatResponse, from: id, to: m.from, term: term, leaseTick: m.leaseTick))
+        return beyond ? .clamped(.commitBeyondLog) : .stepped
     }
 
     private func handleSnapshot(_ m: Message) {
@@ -804,10 +876,16 @@ public final class RaftNode {
         send(Message(kind: .timeoutNow, from: id, to: target, term: term))
     }
 
-    private func stepLeader(_ m: Message) {
-        guard let pr = progress.first(where: { $0.id == m.from }) else { return }
+    private func stepLeader(_ m: Message) -> StepOutcome {
+        guard let pr = progress.first(where: { $0.id == m.from }) else { return .stepped }
         switch m.kind {
         case .appendResponse:
+            // Validated before anything is noted: an acknowledgement of an index
+            // we do not have, or a hint beyond the index it rejects, is refused.
+            // (In our term our log only grows, and every append we sent was
+            // within it; a follower's hint is never beyond the rejected index.)
+            if m.index > log.lastIndex { return .refused(.indexBeyondLog) }
+            if m.reject && m.rejectHint > m.index { return .refused(.hintBeyondLog) }
             noteAcknowledgement(m, pr)
             handleAppendResponse(m, pr)
         case .heartbeatResponse:
@@ -818,12 +896,18 @@ public final class RaftNode {
                 pr.becomeProbe()
             }
             if pr.match < log.lastIndex { sendAppend(pr) }
+        case .append, .heartbeat, .snapshot:
+            // Another leader's messages cannot exist in our term.
+            return .refused(.secondLeader)
+        case .timeoutNow:
+            return .refused(.timeoutNowNotFromLeader)
         default:
-            return  // another leader's messages cannot exist in our term
+            return .stepped
         }
         if m.from == transferTarget && pr.match == log.lastIndex && !timeoutNowSent {
             sendTimeoutNow(to: m.from)
         }
+        return .stepped
     }
 
     private func noteAcknowledgement(_ m: Message, _ pr: Progress) {
@@ -845,9 +929,7 @@ public final class RaftNode {
             }
             return
         }
-        precondition(
-            m.index <= log.lastIndex,
-            "raft: follower acknowledged index \(m.index) beyond our last \(log.lastIndex)")
+        assert(m.index <= log.lastIndex, "raft: refused in stepLeader")
         let wasPaused = pr.isPaused(maxInflight: config.maxInflightEntries)
         let updated = pr.maybeUpdate(m.index) || (pr.match == m.index && pr.state == .probe)
         guard updated else { return }

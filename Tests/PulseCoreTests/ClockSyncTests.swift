@@ -1,8 +1,9 @@
 // Offset and rate tracking (PER-003): a node whose clock runs 500 ppm fast
 // tracks its leader, loses it, and keeps the committed timeline for an hour
 // of simulated time within 0.01 %.
-import PulseCore
 import XCTest
+
+@testable import PulseCore
 
 final class ClockSyncTests: XCTestCase {
     /// Local clock = true × (1 + ppm) + offset0; the leader's clock is true time.
@@ -77,7 +78,71 @@ final class ClockSyncTests: XCTestCase {
 
     func testNegativeRoundTripIsIgnored() {
         var sync = ClockSync()
-        sync.add(SyncSample(t1: 100, t2: 50, t3: 60, t4: 90))
+        XCTAssertEqual(sync.add(SyncSample(t1: 100, t2: 50, t3: 60, t4: 90)), .negativeRoundTrip)
         XCTAssertFalse(sync.hasEstimate)
+    }
+
+    // Timestamps come from a peer's Raft frame: the old code trapped on
+    // `(t4 − t1)` overflow and in `Int64(Double)` of a poisoned rate.
+    func testSamplesOutsidePhysicalBoundsAreRefusedWithoutTrapping() {
+        let now: Int64 = 1_760_000_000_000_000_000
+        var sync = ClockSync()
+        let cases: [(SyncSample, SampleRejection)] = [
+            (SyncSample(t1: .min, t2: .max, t3: .max, t4: .max), .timestampOutOfRange),
+            (SyncSample(t1: now, t2: .max, t3: .max, t4: now + 1), .timestampOutOfRange),
+            (SyncSample(t1: now, t2: -1, t3: 0, t4: now + 1), .timestampOutOfRange),
+            (SyncSample(t1: now, t2: now, t3: now - 5, t4: now + 10), .negativeRoundTrip),
+            (SyncSample(t1: now, t2: now, t3: now, t4: now - 1), .negativeRoundTrip),
+            (SyncSample(t1: now, t2: now, t3: now, t4: now + 6_000_000_000), .roundTripTooLong),
+            (
+                SyncSample(
+                    t1: now, t2: now + 2 * 86_400_000_000_000, t3: now + 2 * 86_400_000_000_000, t4: now + 1_000),
+                .offsetTooLarge
+            ),
+            (SyncSample(t1: now, t2: 0, t3: 0, t4: now + 1_000), .offsetTooLarge),
+        ]
+        for (sample, reason) in cases {
+            XCTAssertEqual(ClockSync.check(sample), reason, "\(sample)")
+            XCTAssertEqual(sync.add(sample), reason, "\(sample)")
+        }
+        XCTAssertFalse(sync.hasEstimate, "nothing refused was used")
+        // Within bounds (offset just under a day): accepted.
+        let day = ClockSync.maxOffsetNs
+        XCTAssertNil(sync.add(SyncSample(t1: now, t2: now + day - 1, t3: now + day - 1, t4: now + 2)))
+        XCTAssertTrue(sync.hasEstimate)
+    }
+
+    /// Wild but in-bounds samples (offsets jumping by a day between samples
+    /// microseconds apart) fit an absurd rate: it is clamped, and the
+    /// conversions saturate instead of trapping, at any instant.
+    func testPoisonedRateIsClampedAndConversionsNeverTrap() {
+        var rng = SeededRNG(seed: 5)
+        var sync = ClockSync()
+        var t: Int64 = 1_000
+        for _ in 0..<200 {
+            t += Int64.random(in: 1...1_000, using: &rng)
+            let offset = Int64.random(in: -ClockSync.maxOffsetNs...ClockSync.maxOffsetNs, using: &rng)
+            let sample = SyncSample(t1: t, t2: t + offset, t3: t + offset, t4: t)
+            guard sync.add(sample) == nil else { continue }
+            XCTAssertTrue(sync.ratePpm.isFinite)
+            XCTAssertLessThanOrEqual(abs(sync.ratePpm), ClockSync.maxRatePpm)
+        }
+        XCTAssertTrue(sync.hasEstimate)
+        for instant in [Int64.min, Int64.min + 1, -1, 0, 1, t, Int64.max - 1, Int64.max] {
+            _ = sync.referenceNs(atLocal: instant)
+            _ = sync.localNs(atReference: instant)
+        }
+        XCTAssertLessThanOrEqual(abs(sync.referenceNs(atLocal: t) - t), ClockSync.maxOffsetNs, "a bounded offset")
+    }
+
+    func testSaturatingConversion() {
+        XCTAssertEqual(ClockSync.saturating(.nan), 0)
+        XCTAssertEqual(ClockSync.saturating(.infinity), .max)
+        XCTAssertEqual(ClockSync.saturating(-.infinity), .min)
+        XCTAssertEqual(ClockSync.saturating(1e300), .max)
+        XCTAssertEqual(ClockSync.saturating(9_223_372_036_854_775_807.0), .max)
+        XCTAssertEqual(ClockSync.saturating(-9_223_372_036_854_775_808.0), .min)
+        XCTAssertEqual(ClockSync.saturating(-2.5), -3)
+        XCTAssertEqual(ClockSync.saturating(12_345.4), 12_345)
     }
 }

@@ -126,6 +126,8 @@ final class Cluster {
     var onPersist: ((NodeID, Entry, UInt64) -> Void)? = nil
     var onReady: ((NodeID, Ready) throws -> Void)? = nil
     var onApply: ((NodeID, UInt64, UInt64) throws -> Void)? = nil
+    /// Every message a node refused or corrected, with the reason (`step`'s outcome).
+    var refusals: [(message: Message, rejection: MessageRejection)] = []
 
     init(size: Int, configure: ((NodeID, [NodeID]) -> Config)? = nil) {
         ids = (1...UInt64(size)).map { $0 }
@@ -245,7 +247,7 @@ final class Cluster {
     /// Delivers one message now (if its path is not cut and its target is up).
     func deliver(_ m: Message) throws {
         guard !cut.contains([m.from, m.to]), let node = nodes[m.to] else { return }
-        node.step(m)
+        if let rejection = node.step(m).rejection { refusals.append((m, rejection)) }
         try process(m.to)
     }
 
@@ -263,7 +265,10 @@ final class Cluster {
         var rounds = 0
         while !inFlight.isEmpty {
             rounds += 1
-            precondition(rounds < 10_000, "stabilize did not converge")
+            if rounds >= 10_000 {
+                throw HarnessFailure(
+                    description: "stabilize did not converge; in flight: \(inFlight.prefix(6).map { "\($0)" })")
+            }
             try deliverAll(drop: drop)
         }
     }

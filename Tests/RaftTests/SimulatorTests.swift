@@ -182,6 +182,17 @@ final class Simulation {
         }
     }
 
+    /// The core's checks against hostile messages must never refuse what an
+    /// honest peer sends. The one exception: a TimeoutNow that reaches a target
+    /// which restarted since it acknowledged the leader (it does not know the
+    /// leader yet, so it refuses; the transfer then times out).
+    func checkHonestTrafficAccepted() throws {
+        for (m, rejection) in cluster.refusals where rejection != .timeoutNowNotFromLeader {
+            throw failure("node \(m.to) refused an honest message (\(rejection.reason)): \(m)")
+        }
+        cluster.refusals.removeAll()
+    }
+
     // MARK: Driving
 
     func send(_ messages: [Message]) {
@@ -218,6 +229,7 @@ final class Simulation {
                     m = try Message.decode(m.encoded()[...])
                 }
                 try cluster.deliver(m)
+                try checkHonestTrafficAccepted()
                 flushOutbox()
                 try checkState()
             }

@@ -67,11 +67,16 @@ struct RaftTiming {
     var heartbeatTicks = 1
 }
 
-final class ClusterNode: LoopHandler {
+final class ClusterNode: LoopHandler, RaftInbox {
     let peers: PeerList
     let timing: RaftTiming
     private unowned let loop: EventLoop
     private let logger: Logger
+    /// Refused Raft input: bad frames (transport), messages the core refuses,
+    /// clock samples outside physical bounds (requirements §10).
+    private let rejected: RejectedInput
+    /// Reasons already logged once (a hostile peer must not flood the log).
+    private var loggedRejections: Set<String> = []
     private let raft: RaftNode
     private let store: RaftStore
     private var transport: RaftTransport!
@@ -121,16 +126,17 @@ final class ClusterNode: LoopHandler {
 
     init(
         peers: PeerList, timing: RaftTiming, dataDir: String, bootstrapBpm: Int64?, bar: Int, loop: EventLoop,
-        logger: Logger
+        rejected: RejectedInput, logger: Logger
     ) throws {
         self.peers = peers
+        self.rejected = rejected
         self.rank = peers.peers.map(\.raftId).sorted().firstIndex(of: peers.me.raftId) ?? 0
         self.timing = timing
         self.loop = loop
         self.logger = logger
         self.bootstrapBpm = bootstrapBpm
         self.bar = bar
-        store = try RaftStore(dataDir: dataDir)
+        store = try RaftStore(dataDir: dataDir, rejected: rejected)
         let persisted = try store.load()
         if persisted.truncatedBytes > 0 {
             logger.warning("raft: cut a torn log tail", metadata: ["bytes": "\(persisted.truncatedBytes)"])
@@ -146,13 +152,14 @@ final class ClusterNode: LoopHandler {
             throw PulseError.startup("raft state in \(dataDir)/raft cannot be used: \(error)")
         }
         if let snapshot = persisted.snapshot {
-            restored = try? JSONDecoder().decode(ClusterState.self, from: Data(snapshot.data))
+            // The store's load validated these bytes (RaftStore.parseSnapshot); failing here is a broken invariant.
+            restored = try JSONDecoder().decode(ClusterState.self, from: Data(snapshot.data))
         }
         term = persisted.hardState.term
-        transport = try RaftTransport(loop: loop, peers: peers, logger: logger) { [unowned self] message in
-            self.step(message)
-        }
-        transport.onSample = { [unowned self] peer, sample in self.syncs[peer, default: ClockSync()].add(sample) }
+        transport = try RaftTransport(
+            loop: loop, peers: peers,
+            limits: .forElectionTimeout(Int64(timing.electionTicks) * timing.tickNs),
+            rejected: rejected, logger: logger, inbox: self)
         tickToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
     }
 
@@ -230,11 +237,30 @@ final class ClusterNode: LoopHandler {
         leaseUntilMonoNs = remaining > 0 ? lastTickMonoNs + Int64(remaining) * timing.tickNs : 0
     }
 
-    func step(_ message: Message) {
-        if message.from == leader { lastContactMonoNs = cloop_monotonic_ns() }
-        raft.step(message)
+    /// A message from a peer (already decoded and addressed). The core refuses
+    /// what it cannot trust and says why; each refusal is counted. The frame's
+    /// clock sample counts only when its message was not refused, and only
+    /// within ClockSync's physical bounds.
+    func transportReceived(_ message: Message, clockSample: SyncSample?) {
+        let outcome = raft.step(message)
+        if let rejection = outcome.rejection { reject(rejection.reason, from: message.from) }
+        if outcome.wasStepped {
+            if message.from == leader { lastContactMonoNs = cloop_monotonic_ns() }
+            if let clockSample, let refusal = syncs[message.from, default: ClockSync()].add(clockSample) {
+                reject(refusal.rawValue, from: message.from)
+            }
+        }
         refreshLease()
         processReady()
+    }
+
+    private func reject(_ reason: String, from peer: NodeID) {
+        rejected.record(.raft, reason)
+        if loggedRejections.insert(reason).inserted {
+            logger.warning(
+                "raft: refused input from a peer (logged once per reason, counted in backbeat_rejected_input_total)",
+                metadata: ["reason": "\(reason)", "from": "\(peers.peer(raftId: peer)?.name ?? "\(peer)")"])
+        }
     }
 
     // MARK: proposals
@@ -321,39 +347,75 @@ final class ClusterNode: LoopHandler {
         listener?.clusterLeadershipChanged(isLeader: isLeader, leader: leaderPeer, term: term)
     }
 
+    /// Applies a committed entry to the state machine.
+    ///
+    /// Committed entries come from whoever was leader, and until Raft peers
+    /// are authenticated (§11) a hostile peer can make itself leader: so an
+    /// entry is validated like any other input. One that does not decode, or
+    /// whose epoch or tempo change would put the timeline outside what its
+    /// math supports (`TempoEpoch.validated`), is skipped and counted
+    /// (`raft`/`bad_committed_entry`). Every node runs the same check on the
+    /// same entry, so all of them skip it alike and the state machines stay
+    /// identical; a trap here would instead crash every node on every restart.
     private func apply(_ entry: Entry) {
         if let pending = waiting.removeValue(forKey: entry.index) { pending.1(pending.0 == entry.term) }
-        guard entry.kind == .normal, !entry.data.isEmpty,
-            let command = try? JSONDecoder().decode(ClusterCommand.self, from: Data(entry.data))
-        else { return }
+        guard entry.kind == .normal, !entry.data.isEmpty else { return }
+        guard let command = try? JSONDecoder().decode(ClusterCommand.self, from: Data(entry.data)) else {
+            return refuseEntry(entry, "does not decode")
+        }
         switch command {
         case .epoch(let startBeat, let startNs, let bpm, let entryBar):
             guard committedEpoch == nil else { return }  // the first one wins; later ones are no-ops
+            guard let epoch = try? TempoEpoch.validated(startBeat: startBeat, startNs: startNs, bpm: bpm) else {
+                return refuseEntry(entry, "epoch out of range")
+            }
             if entryBar != bar {
                 logger.error("raft: the cluster's bar differs from -bar", metadata: ["cluster_bar": "\(entryBar)"])
             }
-            let epoch = TempoEpoch(startBeat: startBeat, startNs: startNs, bpm: bpm)
             committedEpoch = epoch
             state = ClusterState(epoch: epoch.stored, pending: nil, justification: "")
             listener?.clusterEpochCommitted(epoch)
         case .tempo(let atBeat, let bpm, let justification):
             let change = TempoChange(atBeat: atBeat, bpm: bpm)
             if var current = state {
-                // Fold the previous change into the epoch: only one is ever pending.
-                if let previous = current.pending {
-                    let timeline = Timeline(epoch: TempoEpoch(current.epoch), bar: bar, phaseCount: 1)
-                    current.epoch =
-                        TempoEpoch(
-                            startBeat: previous.atBeat, startNs: timeline.instantNs(ofBeat: previous.atBeat),
-                            bpm: previous.bpm
-                        ).stored
+                guard let folded = Self.fold(current, bar: bar) else {
+                    return refuseEntry(entry, "previous change out of range")
                 }
+                guard Self.canSchedule(change, after: folded, bar: bar) else {
+                    return refuseEntry(entry, "tempo change out of range")
+                }
+                current.epoch = folded.stored
                 current.pending = change.stored
                 current.justification = justification
                 state = current
             }
             listener?.clusterTempoCommitted(change, justification: justification)
         }
+    }
+
+    /// The epoch with `state`'s pending change folded in (only one is ever
+    /// pending), or nil when that change's instant is outside the supported range.
+    static func fold(_ state: ClusterState, bar: Int) -> TempoEpoch? {
+        let epoch = TempoEpoch(state.epoch)
+        guard let previous = state.pending else { return epoch }
+        guard let startNs = epoch.checkedInstantNs(ofBeat: previous.atBeat) else { return nil }
+        return try? TempoEpoch.validated(startBeat: previous.atBeat, startNs: startNs, bpm: previous.bpm)
+    }
+
+    /// Whether `change` can follow `epoch`: at a downbeat after its start, at
+    /// an instant and tempo the timeline math supports.
+    static func canSchedule(_ change: TempoChange, after epoch: TempoEpoch, bar: Int) -> Bool {
+        guard change.atBeat > epoch.startBeat, bar > 0, change.atBeat % Int64(bar) == 0,
+            let startNs = epoch.checkedInstantNs(ofBeat: change.atBeat)
+        else { return false }
+        return (try? TempoEpoch.validated(startBeat: change.atBeat, startNs: startNs, bpm: change.bpm)) != nil
+    }
+
+    private func refuseEntry(_ entry: Entry, _ why: String) {
+        rejected.record(.raft, "bad_committed_entry")
+        logger.error(
+            "raft: committed entry refused",
+            metadata: ["index": "\(entry.index)", "term": "\(entry.term)", "why": "\(why)"])
     }
 
     /// Installs a snapshot's state: the epoch, then the latest change.
@@ -367,10 +429,21 @@ final class ClusterNode: LoopHandler {
         }
     }
 
+    /// A snapshot sent by the leader is validated like a committed entry: one
+    /// that does not decode or holds a timeline outside the supported range is
+    /// counted and not adopted (the state machine keeps what it had).
     private func applySnapshot(_ data: [UInt8]) {
-        if let snapshotState = try? JSONDecoder().decode(ClusterState.self, from: Data(data)) {
-            adopt(snapshotState)
+        guard let snapshotState = try? JSONDecoder().decode(ClusterState.self, from: Data(data)),
+            let epoch = try? TempoEpoch.validated(
+                startBeat: snapshotState.epoch.startBeat, startNs: snapshotState.epoch.startNs,
+                bpm: snapshotState.epoch.bpm),
+            snapshotState.pending.map({ Self.canSchedule(TempoChange($0), after: epoch, bar: bar) }) ?? true
+        else {
+            rejected.record(.raft, "bad_snapshot")
+            logger.error("raft: snapshot from the leader refused (does not decode or is out of range)")
+            return
         }
+        adopt(snapshotState)
     }
 
     /// Keeps the log short: once `compactEvery` entries were applied since

@@ -16,10 +16,21 @@
 // received from the destination with the time it arrived, so the receiver
 // has t1..t4 of a round trip (see PulseCore's ClockSync).
 //
-// A frame with a bad header, an oversized length, an undecodable payload or
-// a message not addressed to this node closes the connection and is counted;
-// nothing a peer sends can trap the process. Raft tolerates loss, so when a
-// peer is unreachable or its output buffer is full, messages are dropped.
+// A frame with length 0 is a keepalive: it carries no message. A connector
+// sends one as soon as its connection is up and whenever it has written
+// nothing for `RaftTransportLimits.keepaliveNs`, so an inbound connection that
+// stays silent is not a peer (followers send each other nothing between
+// elections, yet their connections must stay up for the next one).
+//
+// A frame with a bad header, an oversized length, an undecodable payload, a
+// message not addressed to this node or from a node that is not a configured
+// peer closes the connection and is counted (`badFrames`, and
+// `backbeat_rejected_input_total{surface="raft",reason}`); nothing a peer
+// sends can trap the process. Inbound connections are bounded and closed
+// when they deliver no valid frame in time (see `RaftTransportLimits`), so
+// idle or half-open connections cannot starve the peers' slots. Raft
+// tolerates loss, so when a peer is unreachable or its output buffer is full,
+// messages are dropped.
 import CLoop
 import Foundation
 import Glibc
@@ -36,6 +47,45 @@ struct RaftTransportStats {
     var connects: UInt64 = 0
 }
 
+/// Limits of the Raft transport's inbound side. Every one bounds the slots,
+/// memory or time that a connection from outside can claim; the peers are
+/// at most 9 (PeerList), so each has room to reconnect several times over.
+struct RaftTransportLimits {
+    /// Open inbound connections. Each peer keeps one; the rest is room for
+    /// reconnections whose old socket has not timed out yet. When full, a new
+    /// connection takes the slot of the oldest one that has not yet delivered
+    /// a valid frame, or is closed at once (`connection_limit`).
+    var maxInbound = 32
+    /// Time from accept to the first valid frame (a keepalive or a message);
+    /// a real peer sends a keepalive at once. Then closed (`handshake_timeout`).
+    var handshakeTimeoutNs: Int64 = 2_000_000_000
+    /// Time without a valid frame after the first one; then closed
+    /// (`idle_timeout`). The service sets a few election timeouts; peers send
+    /// a keepalive every `keepaliveNs`, so only a silent or trickling connection
+    /// reaches it (bytes that never complete a valid frame do not count).
+    var idleTimeoutNs: Int64 = 4_000_000_000
+    /// An outbound connection that wrote nothing for this long sends a keepalive.
+    var keepaliveNs: Int64 = 500_000_000
+    /// Connections accepted per listener callback.
+    var maxAcceptsPerEvent = 16
+
+    /// Limits for a cluster whose election timeout is `electionTimeoutNs`:
+    /// idle after four election timeouts (at least 2 s).
+    static func forElectionTimeout(_ electionTimeoutNs: Int64) -> RaftTransportLimits {
+        var limits = RaftTransportLimits()
+        limits.idleTimeoutNs = max(2_000_000_000, 4 * electionTimeoutNs)
+        return limits
+    }
+}
+
+/// Where the transport hands what it received (loop thread).
+protocol RaftInbox: AnyObject {
+    /// A decoded message addressed to this node from a configured peer, with
+    /// the clock sample its frame carried (nil without an echo). The sample is
+    /// untrusted like the message: the inbox validates both.
+    func transportReceived(_ message: Message, clockSample: SyncSample?)
+}
+
 final class RaftTransport: LoopHandler {
     static let magic: UInt8 = 0xBB
     static let version: UInt8 = 2
@@ -46,9 +96,9 @@ final class RaftTransport: LoopHandler {
     private unowned let loop: EventLoop
     private let me: Peer
     private let logger: Logger
-    private let deliver: (Message) -> Void
-    /// Called with each clock sample from a peer (loop thread).
-    var onSample: ((NodeID, SyncSample) -> Void)?
+    private unowned let inbox: RaftInbox
+    private let rejected: RejectedInput
+    let limits: RaftTransportLimits
     /// Per peer: (its send time, our receive time) of the last frame it sent us.
     private var lastFrom: [NodeID: (sendNs: Int64, recvNs: Int64)] = [:]
     private var listenToken: UInt32?
@@ -58,11 +108,16 @@ final class RaftTransport: LoopHandler {
     private let knownIds: Set<NodeID>
     private(set) var stats = RaftTransportStats()
 
-    init(loop: EventLoop, peers: PeerList, logger: Logger, deliver: @escaping (Message) -> Void) throws {
+    init(
+        loop: EventLoop, peers: PeerList, limits: RaftTransportLimits, rejected: RejectedInput, logger: Logger,
+        inbox: RaftInbox
+    ) throws {
         self.loop = loop
         self.me = peers.me
         self.logger = logger
-        self.deliver = deliver
+        self.inbox = inbox
+        self.rejected = rejected
+        self.limits = limits
         self.knownIds = Set(peers.peers.map(\.raftId))
         for peer in peers.others { outbound[peer.raftId] = Outbound(peer: peer) }
         timerToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
@@ -113,17 +168,28 @@ final class RaftTransport: LoopHandler {
             stats.dropped &+= 1
             return
         }
+        appendFrame(to: connection, payload: payload, echo: lastFrom[message.to] ?? (0, 0))
+        stats.framesOut &+= 1
+        flush(connection)
+    }
+
+    /// Appends a frame (header, timestamps, payload) to the output of `connection`.
+    private func appendFrame(to connection: Outbound, payload: [UInt8], echo: (sendNs: Int64, recvNs: Int64)) {
         var length = UInt32(payload.count).littleEndian
         connection.output += [Self.magic, Self.version, 0, 0]
         withUnsafeBytes(of: &length) { connection.output += $0 }
-        let echo = lastFrom[message.to] ?? (0, 0)
         for value in [cloop_realtime_ns(), echo.sendNs, echo.recvNs] {
             var little = value.littleEndian
             withUnsafeBytes(of: &little) { connection.output += $0 }
         }
         connection.output += payload
-        stats.framesOut &+= 1
-        flush(connection)
+        connection.lastWriteMonoNs = cloop_monotonic_ns()
+    }
+
+    /// Queues a keepalive (a frame of length 0) on `connection`; the caller flushes.
+    private func queueKeepalive(_ connection: Outbound) {
+        guard connection.output.count + Self.headerBytes < Self.maxOutputBytes else { return }
+        appendFrame(to: connection, payload: [], echo: (0, 0))
     }
 
     // MARK: events
@@ -137,6 +203,12 @@ final class RaftTransport: LoopHandler {
             for connection in outbound.values where connection.token == nil && now >= connection.retryAtNs {
                 connect(connection)
             }
+            for connection in outbound.values
+            where connection.connected && now - connection.lastWriteMonoNs >= limits.keepaliveNs {
+                queueKeepalive(connection)
+                flush(connection)
+            }
+            sweepInbound(nowMonoNs: now)
         } else if let connection = inbound[token] {
             readInbound(token: token, connection)
         } else if let connection = outbound.values.first(where: { $0.token == token }) {
@@ -147,23 +219,46 @@ final class RaftTransport: LoopHandler {
     private func acceptAll() {
         guard let listenToken else { return }
         let listenFd = cloop_fd(loop.raw, listenToken)
-        for _ in 0..<16 {
+        for _ in 0..<limits.maxAcceptsPerEvent {
             let fd = accept(listenFd, nil, nil)
             guard fd >= 0 else { return }
             _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK)
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-            if inbound.count >= 32 {
-                close(fd)
-                continue
+            if inbound.count >= limits.maxInbound {
+                // Full: a connection that has not proved itself gives way to the
+                // newcomer (so silent sockets cannot hold every slot); else refuse.
+                let pending = inbound.filter { $0.value.lastValidMonoNs == nil }
+                guard let oldest = pending.min(by: { $0.value.acceptedMonoNs < $1.value.acceptedMonoNs }) else {
+                    close(fd)
+                    rejected.record(.raft, "connection_limit")
+                    continue
+                }
+                rejected.record(.raft, "connection_limit")
+                dropInbound(oldest.key)
             }
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
             do {
                 let token = try loop.register(fd: fd, interest: UInt32(CLOOP_READ), owned: true, handler: self)
-                inbound[token] = Inbound()
+                inbound[token] = Inbound(acceptedMonoNs: cloop_monotonic_ns())
             } catch {
                 close(fd)
             }
+        }
+    }
+
+    /// Closes inbound connections that delivered no valid frame in time.
+    private func sweepInbound(nowMonoNs now: Int64) {
+        for (token, connection) in inbound {
+            if let last = connection.lastValidMonoNs {
+                guard now - last >= limits.idleTimeoutNs else { continue }
+                rejected.record(.raft, "idle_timeout")
+            } else {
+                guard now - connection.acceptedMonoNs >= limits.handshakeTimeoutNs else { continue }
+                rejected.record(.raft, "handshake_timeout")
+            }
+            logger.info("raft: closing a silent inbound connection")
+            dropInbound(token)
         }
     }
 
@@ -181,57 +276,63 @@ final class RaftTransport: LoopHandler {
         // Refuse a wrong magic or version as soon as the first bytes arrive,
         // not only once a whole header is in.
         if let first = connection.buffer.first, first != Self.magic {
-            badFrame(token, "bad magic")
+            badFrame(token, "bad_magic", "bad magic")
             return
         }
         if connection.buffer.count >= 2, connection.buffer[1] != Self.version {
-            badFrame(token, "unsupported version \(connection.buffer[1])")
+            badFrame(token, "unsupported_version", "unsupported version \(connection.buffer[1])")
             return
         }
         while connection.buffer.count - offset >= Self.headerBytes {
             let b = connection.buffer
             guard b[offset] == Self.magic, b[offset + 1] == Self.version else {
-                badFrame(token, "bad header")
+                badFrame(token, "bad_magic", "bad header")
                 return
             }
             let length =
                 Int(b[offset + 4]) | Int(b[offset + 5]) << 8 | Int(b[offset + 6]) << 16 | Int(b[offset + 7]) << 24
             guard length <= Self.maxFrameBytes else {
-                badFrame(token, "frame of \(length) bytes")
+                badFrame(token, "frame_too_large", "frame of \(length) bytes")
                 return
             }
             let start = offset + Self.headerBytes
             guard b.count - start >= length else { break }
+            offset = start + length
+            connection.lastValidMonoNs = cloop_monotonic_ns()
+            if length == 0 { continue }  // a keepalive: the connection is alive, nothing to deliver
             let message: Message
             do {
                 message = try Message.decode(b[start..<(start + length)])
             } catch {
-                badFrame(token, "undecodable message: \(error)")
+                badFrame(token, "undecodable", "undecodable message: \(error)")
                 return
             }
-            guard message.to == me.raftId, knownIds.contains(message.from) else {
-                badFrame(token, "message from \(message.from) to \(message.to)")
+            guard message.to == me.raftId else {
+                badFrame(token, "misaddressed", "message to \(message.to)")
+                return
+            }
+            guard knownIds.contains(message.from) else {
+                badFrame(token, "unknown_sender", "message from \(message.from)")
                 return
             }
             stats.framesIn &+= 1
             let nowNs = cloop_realtime_ns()
-            let sendNs = Self.i64(b, offset + 8)
-            let echoSendNs = Self.i64(b, offset + 16)
-            let echoRecvNs = Self.i64(b, offset + 24)
+            let sendNs = Self.i64(b, start - 24)
+            let echoSendNs = Self.i64(b, start - 16)
+            let echoRecvNs = Self.i64(b, start - 8)
             lastFrom[message.from] = (sendNs, nowNs)
-            if echoSendNs != 0 {
-                onSample?(message.from, SyncSample(t1: echoSendNs, t2: echoRecvNs, t3: sendNs, t4: nowNs))
-            }
-            offset = start + length
-            deliver(message)
+            let sample = echoSendNs != 0 ? SyncSample(t1: echoSendNs, t2: echoRecvNs, t3: sendNs, t4: nowNs) : nil
+            inbox.transportReceived(message, clockSample: sample)
             guard inbound[token] != nil else { return }
         }
         if offset > 0 { connection.buffer.removeFirst(offset) }
     }
 
-    private func badFrame(_ token: UInt32, _ reason: String) {
+    /// Counts a bad frame under `reason` (snake_case) and closes its connection.
+    private func badFrame(_ token: UInt32, _ reason: String, _ detail: String) {
         stats.badFrames &+= 1
-        logger.warning("raft: bad frame, closing the connection", metadata: ["reason": "\(reason)"])
+        rejected.record(.raft, reason)
+        logger.warning("raft: bad frame, closing the connection", metadata: ["reason": "\(detail)"])
         dropInbound(token)
     }
 
@@ -282,6 +383,9 @@ final class RaftTransport: LoopHandler {
             connection.backoffNs = 50_000_000
             stats.connects &+= 1
             logger.info("raft: connected", metadata: ["peer": "\(connection.peer.address)"])
+            // Prove at once that this is a peer, not a silent socket (handshake
+            // timeout); flushed below.
+            queueKeepalive(connection)
         }
         if events & UInt32(CLOOP_HANGUP | CLOOP_ERROR) != 0 {
             closeOutbound(connection, backoff: true)
@@ -353,10 +457,16 @@ final class RaftTransport: LoopHandler {
         var output: [UInt8] = []
         var backoffNs: Int64 = 50_000_000
         var retryAtNs: Int64 = 0
+        /// Monotonic time of the last frame queued (for keepalives).
+        var lastWriteMonoNs: Int64 = 0
         init(peer: Peer) { self.peer = peer }
     }
 
     private final class Inbound {
         var buffer: [UInt8] = []
+        let acceptedMonoNs: Int64
+        /// Monotonic time of the last valid frame (keepalive or message); nil before the first.
+        var lastValidMonoNs: Int64?
+        init(acceptedMonoNs: Int64) { self.acceptedMonoNs = acceptedMonoNs }
     }
 }

@@ -79,7 +79,8 @@ final class PulseNode: LoopHandler {
                     tickNs: Int64(config.heartbeatMs) * 1_000_000,
                     electionTicks: config.electionTimeoutMs / config.heartbeatMs, heartbeatTicks: 1),
                 dataDir: dataDir.path,
-                bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, bar: config.bar, loop: loop, logger: logger)
+                bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, bar: config.bar, loop: loop,
+                rejected: rejected, logger: logger)
             self.cluster = cluster
             cluster.listener = self
             cluster.compactEvery = UInt64(config.raftCompactEvery)

@@ -23,10 +23,25 @@ public struct SyncSample: Sendable, Equatable {
         self.t3 = t3
         self.t4 = t4
     }
-    /// Reference minus local, in ns.
+    /// Reference minus local, in ns. Only for a sample that `ClockSync.check`
+    /// accepts (its timestamps are bounded, so this cannot overflow).
     public var offsetNs: Int64 { ((t2 - t1) + (t3 - t4)) / 2 }
-    /// Round trip without the reference's processing time, in ns.
+    /// Round trip without the reference's processing time, in ns (same condition).
     public var rttNs: Int64 { (t4 - t1) - (t3 - t2) }
+}
+
+/// Why `ClockSync` refused a sample: its timestamps come from a peer's frame,
+/// so they are untrusted. The raw values are the reasons counted by the
+/// service (`backbeat_rejected_input_total{surface="raft",reason}`).
+public enum SampleRejection: String, Sendable, Equatable, CaseIterable {
+    /// A timestamp outside `0...ClockSync.maxTimestampNs`.
+    case timestampOutOfRange = "clock_timestamp_out_of_range"
+    /// t4 < t1, t3 < t2 or a negative round trip (a clock stepped mid-exchange).
+    case negativeRoundTrip = "clock_negative_round_trip"
+    /// A round trip longer than `ClockSync.maxRoundTripNs`.
+    case roundTripTooLong = "clock_round_trip_too_long"
+    /// An offset larger than `ClockSync.maxOffsetNs` either way.
+    case offsetTooLarge = "clock_offset_too_large"
 }
 
 /// Estimates a reference clock from samples; value type, no I/O.
@@ -54,9 +69,37 @@ public struct ClockSync: Sendable {
 
     public var hasEstimate: Bool { lastSyncLocalNs != nil }
 
-    /// Adds a sample; samples with a negative round trip (clock stepped mid-exchange) are dropped.
-    public mutating func add(_ sample: SyncSample) {
-        guard sample.rttNs >= 0, sample.t4 >= sample.t1 else { return }
+    /// Latest accepted timestamp: 2096-10-02 in ns since 1970. Bounding every
+    /// timestamp to `0...4e18` keeps every difference and sum of two of them
+    /// inside `Int64`, so `offsetNs` and `rttNs` cannot overflow.
+    public static let maxTimestampNs: Int64 = 4_000_000_000_000_000_000
+    /// Longest accepted round trip (network time, without the reference's hold):
+    /// a longer one says nothing useful about the offset.
+    public static let maxRoundTripNs: Int64 = 5_000_000_000
+    /// Largest accepted offset either way: one day. Clocks further apart are
+    /// not a cluster to synchronise but a misconfiguration (or a hostile frame).
+    public static let maxOffsetNs: Int64 = 86_400_000_000_000
+    /// Bound on the fitted rate, in ppm: quartz is within ±100 ppm, NTP slews at
+    /// most 500 ppm; a larger fit (a short window, a poisoned sample) is clamped
+    /// so the extrapolation stays physical and finite.
+    public static let maxRatePpm: Double = 1000
+
+    /// Why `sample` would be refused, or nil when it is within physical bounds.
+    public static func check(_ sample: SyncSample) -> SampleRejection? {
+        for t in [sample.t1, sample.t2, sample.t3, sample.t4] where t < 0 || t > maxTimestampNs {
+            return .timestampOutOfRange
+        }
+        guard sample.t4 >= sample.t1, sample.t3 >= sample.t2, sample.rttNs >= 0 else { return .negativeRoundTrip }
+        guard sample.rttNs <= maxRoundTripNs else { return .roundTripTooLong }
+        guard abs(sample.offsetNs) <= maxOffsetNs else { return .offsetTooLarge }
+        return nil
+    }
+
+    /// Adds a sample, or refuses it (and changes nothing) when it is outside
+    /// the physical bounds of `check`; returns the refusal for the caller to count.
+    @discardableResult
+    public mutating func add(_ sample: SyncSample) -> SampleRejection? {
+        if let rejection = Self.check(sample) { return rejection }
         recent.append(sample)
         if recent.count > window { recent.removeFirst(recent.count - window) }
         // Median offset of the half of the window with the smallest round trips.
@@ -66,26 +109,55 @@ public struct ClockSync: Sendable {
         rttNs = best.first?.rttNs ?? sample.rttNs
         anchorLocalNs = sample.t4
         lastSyncLocalNs = sample.t4
+        // A local clock stepped back: the rate fit starts over from here.
+        if let last = points.last, sample.t4 < last.localNs { points.removeAll() }
         points.append((sample.t4, offsetNs))
         let horizon = sample.t4 - rateWindowNs
         if let firstKept = points.firstIndex(where: { $0.localNs >= horizon }), firstKept > 0 {
             points.removeFirst(firstKept)
         }
-        ratePpm = Self.slopePpm(points)
+        let fitted = Self.slopePpm(points)
+        ratePpm = fitted.isFinite ? min(max(fitted, -Self.maxRatePpm), Self.maxRatePpm) : 0
+        return nil
     }
 
     /// The reference's time at local time `localNs`, extrapolated with the rate.
+    /// Saturates at the ends of `Int64` instead of trapping.
     public func referenceNs(atLocal localNs: Int64) -> Int64 {
-        let elapsed = Double(localNs - anchorLocalNs)
-        return localNs + offsetNs + Int64((elapsed * ratePpm / 1e6).rounded())
+        let drift = Self.saturating(Self.difference(localNs, anchorLocalNs) * ratePpm / 1e6)
+        return Self.saturatingAdd(Self.saturatingAdd(localNs, offsetNs), drift)
     }
 
-    /// The local time at which the reference reads `referenceNs`.
+    /// The local time at which the reference reads `referenceNs` (saturating).
     public func localNs(atReference referenceNs: Int64) -> Int64 {
-        // Solve local + offset + (local − anchor)·r = reference for local.
+        // Solve local + offset + (local − anchor)·r = reference for local:
+        // local − anchor = (reference − offset − anchor) / (1 + r), computed on
+        // the (small) difference so no precision is lost on 1.7e18-ns instants.
         let r = ratePpm / 1e6
-        let numerator = Double(referenceNs - offsetNs) + Double(anchorLocalNs) * r
-        return Int64((numerator / (1 + r)).rounded())
+        let target = Self.saturatingAdd(referenceNs, offsetNs == .min ? .max : -offsetNs)
+        let sinceAnchor = Self.saturating(Self.difference(target, anchorLocalNs) / (1 + r))
+        return Self.saturatingAdd(anchorLocalNs, sinceAnchor)
+    }
+
+    /// `a − b` as a Double: exact when it fits in `Int64`.
+    static func difference(_ a: Int64, _ b: Int64) -> Double {
+        let (d, overflow) = a.subtractingReportingOverflow(b)
+        return overflow ? Double(a) - Double(b) : Double(d)
+    }
+
+    /// `Int64(x.rounded())`, saturated at the ends of `Int64`; NaN gives 0.
+    static func saturating(_ x: Double) -> Int64 {
+        guard x.isFinite else { return x.isNaN ? 0 : (x > 0 ? .max : .min) }
+        let rounded = x.rounded()
+        // 2^63 is exactly representable; Int64.max is not (it rounds up to 2^63).
+        if rounded >= 9_223_372_036_854_775_808.0 { return .max }
+        if rounded < -9_223_372_036_854_775_808.0 { return .min }
+        return Int64(rounded)
+    }
+
+    static func saturatingAdd(_ a: Int64, _ b: Int64) -> Int64 {
+        let (sum, overflow) = a.addingReportingOverflow(b)
+        return overflow ? (b > 0 ? .max : .min) : sum
     }
 
     /// Least-squares slope of offset over local time, in ppm.

@@ -1,0 +1,258 @@
+// A fake Raft peer against a real 3-node cluster (issue #9): it knows only
+// the public -peers names (Raft ids are hashes of them) and speaks the wire
+// protocol (transport v2 header, `Message.encode`). Its well-formed but
+// hostile messages killed every node before (term 2^64−1 → overflow, then a
+// crash loop on restart; commit or acknowledgement beyond the log, a second
+// leader, rejectHint 2^64−1 → preconditions and overflow). Now: every node
+// stays up, the beat subject keeps exactly one publisher with no repeated
+// index, each refusal is counted on /metrics, and the nodes restart from
+// their data dirs.
+import Foundation
+import Glibc
+import Raft
+import XCTest
+
+@testable import Pulse
+
+final class HostilePeerTests: XCTestCase {
+    /// One transport v2 frame around `payload`, with the given clock stamps.
+    func frame(_ payload: [UInt8], sendNs: Int64, echoSendNs: Int64 = 0, echoRecvNs: Int64 = 0) -> [UInt8] {
+        var out: [UInt8] = [0xBB, 2, 0, 0]
+        let length = UInt32(payload.count)
+        for k in 0..<4 { out.append(UInt8(truncatingIfNeeded: length >> (8 * k))) }
+        for value in [sendNs, echoSendNs, echoRecvNs] {
+            let bits = UInt64(bitPattern: value)
+            for k in 0..<8 { out.append(UInt8(truncatingIfNeeded: bits >> (8 * k))) }
+        }
+        return out + payload
+    }
+
+    func frame(_ m: Message, echoSendNs: Int64 = 0, echoRecvNs: Int64 = 0) -> [UInt8] {
+        var payload: [UInt8] = []
+        m.encode(into: &payload)
+        return frame(payload, sendNs: Self.realtimeNs(), echoSendNs: echoSendNs, echoRecvNs: echoRecvNs)
+    }
+
+    static func realtimeNs() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+    }
+
+    /// `backbeat_rejected_input_total{surface="raft",reason=…}` of one node, by reason.
+    func raftRejections(_ metrics: String) -> [String: Double] {
+        var out: [String: Double] = [:]
+        for line in metrics.split(separator: "\n")
+        where line.hasPrefix("backbeat_rejected_input_total{") && line.contains("surface=\"raft\"") {
+            guard let start = line.range(of: "reason=\"")?.upperBound,
+                let end = line[start...].firstIndex(of: "\""),
+                let value = line.split(separator: " ").last.flatMap({ Double($0) })
+            else { continue }
+            out[String(line[start..<end]), default: 0] += value
+        }
+        return out
+    }
+
+    func testHostilePeerNeitherCrashesNorSilencesTheCluster() throws {
+        let cluster = try ClusterProcessTests.Cluster(cluster: "hostile", bpm: 600)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.hostile.beat")
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
+        let stats = try XCTUnwrap(cluster.get(leader, "/leader")["stats"] as? [String: Any])
+        let term = try XCTUnwrap((stats["term"] as? NSNumber)?.uint64Value)
+        // What an outsider knows: the -peers names, hence the ids.
+        let ids = cluster.names.map(PeerList.stableId)
+        let followers = (0..<3).filter { $0 != leader }
+        let attackStart = subscriber.count
+
+        // Connections that never send: closed after the handshake timeout.
+        let idle = try (0..<3).map { try RawClient(port: cluster.raftPorts[$0], timeoutMs: 6000) }
+
+        for i in 0..<3 {
+            let me = ids[i]
+            let other = ids[(i + 1) % 3]
+            var frames: [[UInt8]] = [
+                // term 2^64−1 from a member, to the leader and to each follower.
+                frame(Message(kind: .heartbeat, from: other, to: me, term: .max, commit: 1)),
+                frame(Message(kind: .vote, from: other, to: me, term: .max - 1, logTerm: 1, index: 1 << 40)),
+            ]
+            if i == leader {
+                let follower = ids[followers[0]]
+                frames += [
+                    // An acknowledgement beyond the leader's log.
+                    frame(Message(kind: .appendResponse, from: follower, to: me, term: term, index: 1 << 40)),
+                    // A rejection with rejectHint 2^64−1.
+                    frame(
+                        Message(
+                            kind: .appendResponse, from: follower, to: me, term: term, index: 1, reject: true,
+                            rejectHint: .max)),
+                    // A second leader of the leader's own term.
+                    frame(Message(kind: .heartbeat, from: follower, to: me, term: term, commit: 1)),
+                ]
+            } else {
+                let otherFollower = ids[followers.first { $0 != i }!]
+                frames += [
+                    // A heartbeat "from the leader" whose commit lies beyond the log,
+                    // with a poisoned clock echo (t2 = Int64.min).
+                    frame(
+                        Message(kind: .heartbeat, from: ids[leader], to: me, term: term, commit: 1 << 40),
+                        echoSendNs: 1, echoRecvNs: .min),
+                    // An append from a second leader of the same term.
+                    frame(
+                        Message(
+                            kind: .append, from: otherFollower, to: me, term: term, logTerm: 0, index: 0,
+                            commit: 1 << 40, entries: [Entry(index: 1, term: term, data: [0xEE])])),
+                ]
+            }
+            let client = try RawClient(port: cluster.raftPorts[i])
+            XCTAssertTrue(client.send(bytes: frames.flatMap { $0 }), "node \(i) takes the frames")
+            // A sender that is not a member: refused, and the connection is closed.
+            XCTAssertTrue(
+                client.send(
+                    bytes: frame(Message(kind: .heartbeat, from: PeerList.stableId("intruder"), to: me, term: term))))
+            XCTAssertTrue(client.waitForClose(), "node \(i) closes the connection of an unknown sender")
+            // Garbage bytes.
+            let garbage = try RawClient(port: cluster.raftPorts[i])
+            garbage.send(
+                bytes: Array("\u{1}\u{2}hello raft\r\n".utf8) + (0..<512).map { _ in UInt8.random(in: 0...255) })
+            XCTAssertTrue(garbage.waitForClose(), "node \(i) closes a connection that sent garbage")
+        }
+
+        for (i, client) in idle.enumerated() {
+            XCTAssertTrue(client.waitForClose(), "node \(i) closes a connection that never sent a frame")
+        }
+        // Still alive, still one publisher, no repeated index.
+        for i in 0..<3 {
+            XCTAssertTrue(cluster.nodes[i]?.process.isRunning ?? false, "node \(i) is alive\n\(cluster.logs)")
+        }
+        let afterAttack = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: afterAttack + 10, seconds: 5), "beats go on\n\(cluster.logs)")
+        let frames = subscriber.received[attackStart...].compactMap { f -> (index: Int64, from: String)? in
+            guard let index = (f.object["beat_index"] as? NSNumber)?.int64Value, let hlc = f.object["hlc"] as? String
+            else { return nil }
+            return (index, String(hlc.split(separator: ":").last ?? ""))
+        }
+        XCTAssertEqual(Set(frames.map(\.from)).count, 1, "exactly one publisher: \(Set(frames.map(\.from)))")
+        for (a, b) in zip(frames, frames.dropFirst()) {
+            XCTAssertGreaterThan(b.index, a.index, "no repeated index\n\(cluster.logs)")
+        }
+        XCTAssertEqual(cluster.leader(), leader, "the leader is undisturbed")
+
+        // Every refusal counted, by reason.
+        for i in 0..<3 {
+            let counted = raftRejections(try cluster.metrics(i))
+            var expected = ["term_absurd", "unknown_sender", "bad_magic", "handshake_timeout"]
+            expected +=
+                i == leader
+                ? ["index_beyond_log", "hint_beyond_log", "second_leader"]
+                : ["commit_beyond_log", "second_leader", "clock_timestamp_out_of_range"]
+            for reason in expected {
+                XCTAssertGreaterThan(counted[reason] ?? 0, 0, "node \(i) counts \(reason): \(counted)")
+            }
+            XCTAssertGreaterThanOrEqual(counted["term_absurd"] ?? 0, 2, "node \(i): \(counted)")
+        }
+
+        // No crash loop: every node restarts from its data dir and the beat goes on.
+        cluster.stopAll()
+        let stoppedAt = subscriber.count
+        for i in 0..<3 { try cluster.start(i) }
+        XCTAssertTrue(subscriber.wait(for: stoppedAt + 5, seconds: 15), "beats after the restart\n\(cluster.logs)")
+        for i in 0..<3 {
+            XCTAssertTrue(cluster.nodes[i]?.process.isRunning ?? false, "node \(i) restarted\n\(cluster.logs)")
+        }
+    }
+
+    /// Opens silent connections to `ports` every 5 ms on its own thread until
+    /// stopped, so every inbound slot stays taken by a socket that never sends.
+    final class Flood: @unchecked Sendable {  // state behind `lock`
+        private let lock = NSLock()
+        private var running = true
+        private var clients: [RawClient] = []
+        private let ports: [Int]
+        private let perRound: Int
+
+        init(ports: [Int], perRound: Int) {
+            self.ports = ports
+            self.perRound = perRound
+            Thread { [self] in run() }.start()
+        }
+
+        private func run() {
+            while isRunning {
+                for port in ports {
+                    for _ in 0..<perRound { if let c = try? RawClient(port: port) { keep(c) } }
+                }
+                usleep(5_000)
+            }
+        }
+
+        var isRunning: Bool {
+            lock.lock()
+            defer { lock.unlock() }
+            return running
+        }
+
+        private func keep(_ client: RawClient) {
+            lock.lock()
+            clients.append(client)
+            // Bounded fds, yet each is held far longer than the handshake timeout
+            // (the node closes it first), so the slots stay taken.
+            if clients.count > 4000 { clients.removeFirst(clients.count - 4000) }
+            lock.unlock()
+        }
+
+        func stop() {
+            lock.lock()
+            running = false
+            lock.unlock()
+            usleep(200_000)
+            lock.lock()
+            clients.removeAll()
+            lock.unlock()
+        }
+    }
+
+    /// Silent connections keep every inbound slot of every node taken, all
+    /// the time. A follower that restarts must still get its connections
+    /// accepted (a newcomer takes the slot of the oldest connection that never
+    /// sent a frame; a real peer sends a keepalive at once), so when the
+    /// leader is then killed, the two survivors still elect a new one.
+    func testSilentConnectionsCannotStarvePeers() throws {
+        let cluster = try ClusterProcessTests.Cluster(cluster: "slots", bpm: 600)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.slots.beat")
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
+        let flood = Flood(ports: cluster.raftPorts, perRound: 2)
+        defer { flood.stop() }
+        usleep(300_000)
+        // A follower restarts: its new connections must find slots.
+        let follower = (leader + 1) % 3
+        cluster.nodes[follower]?.stop()
+        try cluster.start(follower)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 5) { cluster.get(follower, "/leader")["leader"] is String },
+            "the restarted follower hears the leader\n\(cluster.logs)")
+        usleep(500_000)
+        // The leader dies: the survivors must talk to each other to elect.
+        cluster.nodes[leader]?.signal(SIGKILL)
+        cluster.nodes[leader] = nil
+        let killedAt = subscriber.count
+        var newLeader: Int?
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 8) {
+                newLeader = (0..<3).first { $0 != leader && cluster.get($0, "/leader")["is_leader"] as? Bool == true }
+                return newLeader != nil
+            }, "the survivors elect a leader through flooded slots\n\(cluster.logs)")
+        XCTAssertTrue(subscriber.wait(for: killedAt + 5, seconds: 8), "beats go on\n\(cluster.logs)")
+        flood.stop()
+        for i in 0..<3 where i != leader {
+            let counted = raftRejections(try cluster.metrics(i))
+            XCTAssertGreaterThan(counted["connection_limit"] ?? 0, 0, "node \(i): \(counted)")
+        }
+        // Its connections were accepted at once and kept: a refused one would be
+        // retried (and logged) every 100 ms while the slots are taken.
+        let log = cluster.nodes[follower]?.log ?? ""
+        let connects = log.split(separator: "\n").filter { $0.contains("raft: connected") }.count
+        XCTAssertLessThanOrEqual(connects, 6, "the restarted follower had to reconnect over and over\n\(log)")
+    }
+}

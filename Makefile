@@ -94,7 +94,7 @@ bench:
 # dictionary Fuzz/dict/h.dict; new inputs go to Fuzz/work/h/ and crashes to
 # Fuzz/artifacts/h/ (both git-ignored), the full log to Fuzz/artifacts/h.log.
 # Built in release with coverage in .build-fuzz, so the normal build is untouched.
-FUZZ_HARNESSES ?= raft control http
+FUZZ_HARNESSES ?= raft control http beat datadir
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 4
 FUZZ_SCRATCH ?= .build-fuzz

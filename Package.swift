@@ -109,6 +109,8 @@ let fuzzHarnesses: [(name: String, dependencies: [Target.Dependency])] = [
     ("FuzzRaft", ["Raft"]),
     ("FuzzControl", ["Pulse", "PulseCore"]),
     ("FuzzHttp", ["Pulse", "CLoop", .product(name: "Logging", package: "swift-log")]),
+    ("FuzzBeat", ["PulseCore"]),
+    ("FuzzDatadir", ["Pulse", "PulseCore", "Raft"]),
 ]
 package.targets += fuzzHarnesses.map { harness in
     .executableTarget(

@@ -60,6 +60,9 @@
     @_cdecl("LLVMFuzzerTestOneInput")
     public func fuzzControl(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         let payload = [UInt8](UnsafeRawBufferPointer(start: data, count: size))
+        // The checks `handleControl` makes before parsing: the reply subject and the admin token.
+        _ = PulseNode.isValidReplySubject(String(decoding: payload.prefix(300), as: UTF8.self))
+        _ = PulseNode.controlTokenMatches(Data(payload), Array("s3cret".utf8))
         let out = reply(to: payload)
         guard let object = try? JSONSerialization.jsonObject(with: out) as? [String: Any],
             object["status"] is Int

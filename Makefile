@@ -6,6 +6,8 @@
 #   make test      every test: unit, property, allocation, real nats-server processes,
 #                  plus the release build that enforces @_noAllocation
 #   make bench     the timing report (release)
+#   make fuzz      every libFuzzer harness for FUZZ_SECONDS each (docs/fuzzing.md);
+#                  make fuzz-smoke: a few seconds each (part of make test)
 SHELL := /bin/bash
 SWIFT ?= swift
 NATS_PORT ?= 4222
@@ -14,7 +16,8 @@ BPM ?= 120
 RUN_DIR ?= run
 APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl iproute2 iptables pkg-config
 
-.PHONY: deps build release run dev cluster test test-unit test-all check-noalloc bench format clean
+.PHONY: deps build release run dev cluster test test-unit test-all check-noalloc bench format clean \
+	fuzz fuzz-build fuzz-smoke
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -60,7 +63,7 @@ cluster: build
 	echo "cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
 
-test: deps check-noalloc test-unit
+test: deps check-noalloc test-unit fuzz-smoke
 
 test-unit:
 	$(SWIFT) build
@@ -86,8 +89,44 @@ bench:
 	$(SWIFT) build -c release --product pulse
 	$(SWIFT) run -c release Bench $(BENCH_ARGS)
 
+# libFuzzer harnesses (docs/fuzzing.md). Harness `h` is the executable target
+# Fuzz<H> (Sources/Fuzz<H>/), seeds in Fuzz/corpus/h/ (read only), an optional
+# dictionary Fuzz/dict/h.dict; new inputs go to Fuzz/work/h/ and crashes to
+# Fuzz/artifacts/h/ (both git-ignored), the full log to Fuzz/artifacts/h.log.
+# Built in release with coverage in .build-fuzz, so the normal build is untouched.
+FUZZ_HARNESSES ?= raft control http beat datadir
+FUZZ_SECONDS ?= 60
+FUZZ_SMOKE_SECONDS ?= 4
+FUZZ_SCRATCH ?= .build-fuzz
+FUZZ_OPTIONS ?= -max_len=16384 -timeout=10 -rss_limit_mb=2048
+FUZZ_BUILD := $(SWIFT) build -c release --sanitize=fuzzer --scratch-path $(FUZZ_SCRATCH) \
+	-Xswiftc -enable-testing -Xswiftc -DFUZZING
+
+fuzz-build:
+	@for h in $(FUZZ_HARNESSES); do $(FUZZ_BUILD) --product Fuzz$${h^} || exit 1; done
+
+# Runs each harness for FUZZ_SECONDS and prints libFuzzer's summary; fails
+# (after running them all) if any harness crashed.
+fuzz: fuzz-build
+	@bin=$$($(FUZZ_BUILD) --show-bin-path); failed=""; \
+	for h in $(FUZZ_HARNESSES); do \
+	  mkdir -p Fuzz/work/$$h Fuzz/artifacts/$$h; \
+	  dict=""; [ -f Fuzz/dict/$$h.dict ] && dict="-dict=Fuzz/dict/$$h.dict"; \
+	  echo "== $$h: Fuzz$${h^} for $(FUZZ_SECONDS) s"; \
+	  SWIFT_BACKTRACE=enable=no $$bin/Fuzz$${h^} Fuzz/work/$$h Fuzz/corpus/$$h $$dict \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=Fuzz/artifacts/$$h/ \
+	    $(FUZZ_OPTIONS) > Fuzz/artifacts/$$h.log 2>&1; rc=$$?; \
+	  awk '/^INFO: seed|^#[0-9]+[[:space:]]+(INITED|DONE)|^Done [0-9]+ runs|^stat::|== ERROR|^SUMMARY:|Test unit written|Fatal error/ { print } \
+	    /^ +#[0-9]+ .*\/Sources\// && frames++ < 4 { print }' Fuzz/artifacts/$$h.log; \
+	  if [ $$rc -ne 0 ]; then failed="$$failed $$h"; echo "== $$h FAILED (exit $$rc): Fuzz/artifacts/$$h.log"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashes in:$$failed (reproduce: $$bin/Fuzz<H> <artifact>)"; exit 1; fi
+
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS)
+
 format:
 	$(SWIFT) format -i -r Sources Tests Package.swift
 
 clean:
-	rm -rf .build $(RUN_DIR)
+	rm -rf .build $(FUZZ_SCRATCH) $(RUN_DIR)

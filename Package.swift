@@ -12,6 +12,7 @@ import PackageDescription
 //   Pulse      the service as a library: config, loop wiring, NATS transport, cluster, admin
 //   PulseMain  the `pulse` executable: a thin main over Pulse
 //   Bench      micro-benchmarks and the timing report
+//   Fuzz*      libFuzzer harnesses, one executable per surface (list at the end; docs/fuzzing.md)
 let package = Package(
     name: "backbeat-pulse",
     platforms: [.macOS(.v13)],
@@ -99,3 +100,20 @@ let package = Package(
         ),
     ]
 )
+
+// libFuzzer harnesses: one executable target per harness, Sources/Fuzz<Name>/Fuzz<Name>.swift,
+// with `@_cdecl("LLVMFuzzerTestOneInput")` and no main. `make fuzz` builds them with
+// `--sanitize=fuzzer` (libFuzzer supplies main) in .build-fuzz; a normal build links
+// them as empty programs, so they stay type-checked. Adding one: docs/fuzzing.md.
+let fuzzHarnesses: [(name: String, dependencies: [Target.Dependency])] = [
+    ("FuzzRaft", ["Raft"]),
+    ("FuzzControl", ["Pulse", "PulseCore"]),
+    ("FuzzHttp", ["Pulse", "CLoop", .product(name: "Logging", package: "swift-log")]),
+    ("FuzzBeat", ["PulseCore"]),
+    ("FuzzDatadir", ["Pulse", "PulseCore", "Raft"]),
+]
+package.targets += fuzzHarnesses.map { harness in
+    .executableTarget(
+        name: harness.name, dependencies: harness.dependencies, path: "Sources/\(harness.name)",
+        swiftSettings: [.swiftLanguageMode(.v5)])
+}

@@ -7,6 +7,9 @@
 // fixed timeline, the 202 body), then the reply encoding (`errorBody`, the JSON
 // round trip that adds "status"). The node's Raft commit is left out.
 //
+// Before parsing, the bytes also go through the reply-subject and admin-token
+// checks (`isValidReplySubject`, `controlTokenMatches`).
+//
 // What it checks: no trap anywhere on the way, and every reply is a JSON
 // object with an integer "status" (a requester always gets an answer).
 //

@@ -208,6 +208,31 @@ final class HostileInputTests: XCTestCase {
         assertConsecutive(ownFrames(node))
     }
 
+    func testHostileHttpRequestsAreRefusedAndCounted() throws {
+        let node = try startNode(extra: ["-admin-token", Self.token])
+        defer { node.process.stop() }
+        func status(_ bytes: [UInt8]) -> Int? {
+            guard let client = try? RawClient(port: node.port), client.send(bytes: bytes) else { return nil }
+            return client.readResponse()?.status
+        }
+        XCTAssertEqual(status(Array("GARBAGE\r\n\r\n".utf8)), 400)
+        XCTAssertEqual(
+            status(Array("GET /live HTTP/1.1\r\nX: \(String(repeating: "a", count: 9000))\r\n\r\n".utf8)), 431)
+        XCTAssertEqual(
+            status(Array("POST /tempo HTTP/1.1\r\nContent-Length: 9999\r\n\r\n".utf8)), 413)
+        XCTAssertEqual(
+            status(Array("POST /tempo HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".utf8)), 401)
+        var metrics = ""
+        let expected = ["bad_request": 1, "headers_too_large": 1, "body_too_large": 1, "unauthorized": 1]
+        Harness.waitUntil(seconds: 3) {
+            metrics = self.get(node.port, "/metrics")?.text ?? ""
+            return self.rejections(metrics, surface: "http") == expected
+        }
+        XCTAssertEqual(rejections(metrics, surface: "http"), expected, node.process.log)
+        XCTAssertTrue(node.beats.wait(for: node.beats.count + 3, seconds: 5))
+        assertConsecutive(ownFrames(node))
+    }
+
     func testHealthFailsWithinTwoPeriodsWhenTheNodeCannotPublish() throws {
         let node = try startNode()
         defer { node.process.stop() }

@@ -12,10 +12,13 @@ final class AdminRouter {
     let backend: AdminBackend
     let limits: AdminLimits
     private let authToken: [UInt8]?
+    /// Refused requests (unauthorized), counted on the `http` surface.
+    private let rejected: RejectedInput?
     private let encoder = JSONEncoder()
 
     /// `authToken` nil or empty: no authentication.
-    init(backend: AdminBackend, authToken: String?, limits: AdminLimits) {
+    init(backend: AdminBackend, authToken: String?, limits: AdminLimits, rejected: RejectedInput? = nil) {
+        self.rejected = rejected
         self.backend = backend
         self.limits = limits
         self.authToken = authToken.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
@@ -58,6 +61,7 @@ final class AdminRouter {
         if request.method == Self.post {
             if let refusal = authenticate(request) {
                 if request.path == "/tempo" { backend.recordTempoRefusal(reason: "unauthorized") }
+                rejected?.record(.http, "unauthorized")
                 respond(refusal)
                 return
             }

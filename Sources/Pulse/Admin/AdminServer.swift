@@ -38,6 +38,8 @@ final class AdminServer: LoopHandler {
     unowned let loop: EventLoop
     private let logger: Logger
     private(set) var stats = AdminServerStats()
+    /// Refused requests and connections, counted on the `http` surface (§10).
+    private let rejected: RejectedInput?
 
     private var listenToken: UInt32?
     private var sweepToken: UInt32?
@@ -51,7 +53,8 @@ final class AdminServer: LoopHandler {
     init(
         loop: EventLoop, backend: AdminBackend, host: String = "127.0.0.1", port: Int,
         authToken: String? = nil,
-        limits: AdminLimits = AdminLimits(), logger: Logger = Logger(label: "pulse.admin")
+        limits: AdminLimits = AdminLimits(), logger: Logger = Logger(label: "pulse.admin"),
+        rejected: RejectedInput? = nil
     ) {
         limits.validate()
         self.loop = loop
@@ -59,7 +62,8 @@ final class AdminServer: LoopHandler {
         self.requestedPort = port
         self.limits = limits
         self.logger = logger
-        self.router = AdminRouter(backend: backend, authToken: authToken, limits: limits)
+        self.rejected = rejected
+        self.router = AdminRouter(backend: backend, authToken: authToken, limits: limits, rejected: rejected)
     }
 
     /// Open connections (including ones finishing a closing response).
@@ -194,6 +198,7 @@ final class AdminServer: LoopHandler {
     /// Answers 503 without reading and closes (best effort: one non-blocking write).
     private func reject(_ fd: Int32) {
         stats.rejectedOverLimit &+= 1
+        rejected?.record(.http, "too_many_connections")
         _ = Self.overloadedResponse.withUnsafeBytes {
             send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
         }
@@ -251,6 +256,18 @@ final class AdminServer: LoopHandler {
 
     func noteProtocolError(status: Int, method: UInt32, path: String?) {
         stats.protocolErrors &+= 1
+        rejected?.record(.http, Self.refusalReason(status: status))
         router.noteProtocolError(status: status, method: method, path: path)
+    }
+
+    /// The `reason` label of a refused request, by its status (a closed set).
+    static func refusalReason(status: Int) -> String {
+        switch status {
+        case 400: return "bad_request"
+        case 408: return "request_timeout"
+        case 413: return "body_too_large"
+        case 431: return "headers_too_large"
+        default: return "status_\(status)"
+        }
     }
 }

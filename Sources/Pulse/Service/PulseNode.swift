@@ -173,7 +173,7 @@ final class PulseNode: LoopHandler {
         limits.maxConnections = 256
         let server = AdminServer(
             loop: loop, backend: self, port: config.adminPort, authToken: config.adminToken, limits: limits,
-            logger: logger)
+            logger: logger, rejected: rejected)
         do {
             try server.start()
         } catch {

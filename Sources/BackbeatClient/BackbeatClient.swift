@@ -447,7 +447,8 @@ private final class CallbackBox: @unchecked Sendable {
 
     static let timelineHandler: natsMsgHandler = { _, _, msg, closure in
         defer { natsMsg_Destroy(msg) }
-        guard let client = from(closure) else { return }
+        // Requests (ours and other consumers') carry a reply subject: only publications count.
+        guard natsMsg_GetReply(msg) == nil, let client = from(closure) else { return }
         client.received(timeline: Data(bytes: natsMsg_GetData(msg), count: Int(natsMsg_GetDataLength(msg))))
     }
 }

@@ -141,6 +141,10 @@ final class ClientProcessTests: XCTestCase {
             if matched >= 100 && killed && !newTerms.isEmpty { break }
         }
         predictor.stop()
+        print(
+            "consumer: \(matched) beats answered, \(frames) frames, gaps \(gaps), new terms \(newTerms),"
+                + " scheduled \(String(describing: scheduled)), applied \(String(describing: applied)),"
+                + " delivery offset \(client.deliveryOffsetNs ?? -1) ns, clock offset \(client.clockOffsetNs) ns")
         XCTAssertTrue(failures.isEmpty, failures.prefix(5).joined(separator: "\n") + cluster.logs)
         XCTAssertGreaterThanOrEqual(matched, 100, "answered beats that arrived (\(frames) frames)\n\(cluster.logs)")
         XCTAssertEqual(scheduled?.bpm, 480, "the committed change is an event before it applies")

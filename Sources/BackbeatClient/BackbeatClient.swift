@@ -46,7 +46,7 @@ public struct BackbeatClientOptions: Sendable {
     public var eventBuffer: Int
 
     public init(
-        url: String, clusterId: String = "default", credentialsFile: String? = nil, caFile: String? = nil,
+        url: String, clusterId: String = "chorus-aus-01", credentialsFile: String? = nil, caFile: String? = nil,
         name: String = "backbeat-client", requestTimeoutMs: Int64 = 2000, eventBuffer: Int = 4096
     ) {
         self.url = url
@@ -147,10 +147,12 @@ public final class BackbeatClient: @unchecked Sendable {
         }
         let context = Unmanaged.passUnretained(box).toOpaque()
         if status == NATS_OK {
-            status = natsOptions_SetDisconnectedCB(opts, { _, closure in CallbackBox.from(closure)?.linkChanged(up: false) }, context)
+            status = natsOptions_SetDisconnectedCB(
+                opts, { _, closure in CallbackBox.from(closure)?.linkChanged(up: false) }, context)
         }
         if status == NATS_OK {
-            status = natsOptions_SetReconnectedCB(opts, { _, closure in CallbackBox.from(closure)?.linkChanged(up: true) }, context)
+            status = natsOptions_SetReconnectedCB(
+                opts, { _, closure in CallbackBox.from(closure)?.linkChanged(up: true) }, context)
         }
         guard status == NATS_OK else { throw BackbeatClientError.connect(Self.text(status)) }
         var nc: OpaquePointer?

@@ -76,7 +76,8 @@ final class ClientProcessTests: XCTestCase {
                 return inBar >= 2 && inBar <= 5
             }, cluster.logs + String(decoding: body, as: UTF8.self))
 
-        let client = try await BackbeatClient.connect(BackbeatClientOptions(url: cluster.nats.url, clusterId: "consumer"))
+        let client = try await BackbeatClient.connect(
+            BackbeatClientOptions(url: cluster.nats.url, clusterId: "consumer"))
         defer { client.close() }
         let joined = try XCTUnwrap(client.timeline, "the timeline is known when connect returns")
         let joinedBeat = joined.beat(at: client.now())
@@ -222,7 +223,8 @@ final class ClientProcessTests: XCTestCase {
         XCTAssertEqual(frame.windowId, next.windowId)
         let metrics = String(decoding: Proc.http("GET", port: admin, path: "/metrics")?.body ?? Data(), as: UTF8.self)
         XCTAssertTrue(
-            metrics.contains(#"backbeat_rejected_input_total{surface="timeline_subject",reason="bad_reply_subject"} 1"#),
+            metrics.contains(
+                #"backbeat_rejected_input_total{surface="timeline_subject",reason="bad_reply_subject"} 1"#),
             metrics.split(separator: "\n").filter { $0.contains("rejected") }.joined(separator: "\n"))
     }
 }

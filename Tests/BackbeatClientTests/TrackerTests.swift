@@ -102,7 +102,8 @@ final class TrackerTests: XCTestCase {
         let afterGap = feed(&tracker, frame(13, term: 4), t)
         guard case .gap(let missed) = afterGap.first else { return XCTFail("\(afterGap)") }
         XCTAssertEqual(missed, 11...12)
-        XCTAssertTrue(afterGap.contains { if case .leaderChanged(4, 3, "ab12") = $0 { return true } else { return false } })
+        XCTAssertTrue(
+            afterGap.contains { if case .leaderChanged(4, 3, "ab12") = $0 { return true } else { return false } })
         let stale = feed(&tracker, frame(14, term: 3), t)
         guard case .refused("stale_term") = stale.first else { return XCTFail("\(stale)") }
         let degraded = feed(&tracker, frame(14, term: 4, degraded: true), t)
@@ -118,20 +119,25 @@ final class TrackerTests: XCTestCase {
         let t = try BeatTimeline.decode(message(), clusterId: "c1")
         let cases: [(String, String)] = [
             ("", "empty"), ("[]", "not_an_object"), ("{\"type\":\"x\"}", "wrong_type"),
-            (String(decoding: frame(3), as: UTF8.self).replacingOccurrences(of: "\"beat_index\":3", with: "\"beat_index\":-3"),
-             "bad_beat_index"),
+            (
+                String(decoding: frame(3), as: UTF8.self).replacingOccurrences(
+                    of: "\"beat_index\":3", with: "\"beat_index\":-3"),
+                "bad_beat_index"
+            ),
         ]
         for (text, reason) in cases {
             let events = Array(text.utf8).withUnsafeBytes { tracker.receive($0, receivedNs: Self.startNs, timeline: t) }
             guard case .refused(let got) = events.first else { return XCTFail(text) }
             XCTAssertEqual(got, reason, text)
         }
-        let other = Array(String(decoding: frame(3), as: UTF8.self).replacingOccurrences(of: "\"c1\"", with: "\"c2\"").utf8)
+        let other = Array(
+            String(decoding: frame(3), as: UTF8.self).replacingOccurrences(of: "\"c1\"", with: "\"c2\"").utf8)
         let events = other.withUnsafeBytes { tracker.receive($0, receivedNs: Self.startNs, timeline: t) }
         guard case .refused("wrong_cluster") = events.first else { return XCTFail("\(events)") }
         XCTAssertEqual(tracker.refused, 5)
-        let huge = Array(String(decoding: frame(3), as: UTF8.self)
-            .replacingOccurrences(of: "\"beat_index\":3", with: "\"beat_index\":9223372036854775807").utf8)
+        let huge = Array(
+            String(decoding: frame(3), as: UTF8.self)
+                .replacingOccurrences(of: "\"beat_index\":3", with: "\"beat_index\":9223372036854775807").utf8)
         let farEvents = huge.withUnsafeBytes { tracker.receive($0, receivedNs: Self.startNs, timeline: t) }
         guard case .refused("index_ahead") = farEvents.first else { return XCTFail("\(farEvents)") }
     }

@@ -8,7 +8,7 @@ import Foundation
 
 let arguments = CommandLine.arguments
 let url = arguments.count > 1 ? arguments[1] : "nats://127.0.0.1:4222"
-let cluster = arguments.count > 2 ? arguments[2] : "default"
+let cluster = arguments.count > 2 ? arguments[2] : "chorus-aus-01"
 
 /// One line, written at once (unbuffered, so a pipe sees it live).
 func say(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }

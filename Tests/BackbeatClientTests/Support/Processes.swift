@@ -78,7 +78,8 @@ enum Proc {
             response.append(contentsOf: buffer[0..<n])
         }
         let text = String(decoding: response, as: UTF8.self)
-        guard let split = text.range(of: "\r\n\r\n"), let status = Int(text.split(separator: " ").dropFirst().first ?? "")
+        guard let split = text.range(of: "\r\n\r\n"),
+            let status = Int(text.split(separator: " ").dropFirst().first ?? "")
         else { return nil }
         return (status, Data(text[split.upperBound...].utf8))
     }

@@ -9,7 +9,7 @@ or downbeat, without a round trip.  Frames are validated field by field
 fenced, and gaps, degraded frames, leader and tempo changes surfaced as
 events.
 
-    client = await BackbeatClient.connect("nats://127.0.0.1:4222", cluster="default")
+    client = await BackbeatClient.connect("nats://127.0.0.1:4222", cluster="chorus-aus-01")
     print(client.beat(), client.phase(), client.window_id())
     async for event in client.events():
         ...
@@ -428,7 +428,7 @@ class BackbeatClient:
         self._subs = []
 
     @classmethod
-    async def connect(cls, servers, cluster: str = "default", request_timeout: float = 2.0,
+    async def connect(cls, servers, cluster: str = "chorus-aus-01", request_timeout: float = 2.0,
                       **nats_options) -> "BackbeatClient":
         """Connects (nats-py options pass through: user_credentials, tls, ...),
         subscribes, and fetches the timeline once (one round trip)."""

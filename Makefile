@@ -14,9 +14,12 @@ NATS_PORT ?= 4222
 ADMIN_PORT ?= 8080
 BPM ?= 120
 RUN_DIR ?= run
-APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl iproute2 iptables pkg-config
+APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl iproute2 iptables pkg-config \
+  python3 python3-venv python3-pip python3-jsonschema
+PYTHON ?= python3
+VENV := .venv
 
-.PHONY: deps build release run dev cluster test test-unit test-all check-noalloc bench format clean \
+.PHONY: deps build release run dev cluster test test-unit test-python test-all check-noalloc bench format clean \
 	fuzz fuzz-build fuzz-smoke
 
 deps:
@@ -43,7 +46,7 @@ run dev: deps build
 	sleep 0.3; \
 	$$bin -bootstrap -bpm $(BPM) -max-bpm 600 -nats nats://127.0.0.1:$(NATS_PORT) \
 	  -admin-port $(ADMIN_PORT) -data-dir $(RUN_DIR)/node1 > $(RUN_DIR)/node1.log 2>&1 & node_pid=$$!; \
-	echo "nats-server pid $$nats_pid, pulse pid $$node_pid (logs in $(RUN_DIR)/); Ctrl-C to stop"; \
+	echo "nats-server pid $$nats_pid, pulse pid $$node_pid (logs in $(RUN_DIR)/); Ctrl-C to stop; a consumer: swift run backbeat-example nats://127.0.0.1:$(NATS_PORT) (examples/)"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
 
 # nats-server plus a three-node Raft cluster on admin ports 8080/8081/8082
@@ -63,12 +66,21 @@ cluster: build
 	echo "cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
 
-test: deps check-noalloc test-unit fuzz-smoke
+test: deps check-noalloc test-unit test-python fuzz-smoke
 
 test-unit:
 	$(SWIFT) build
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
+
+# The Python client (clients/python, nats-py from PyPI in a git-ignored venv
+# that sees Debian's jsonschema) against a live 3-node cluster, and every
+# frame, timeline and control reply it sees checked against docs/schema.
+test-python: build
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@$(VENV)/bin/python -c "import nats, jsonschema" 2>/dev/null || $(VENV)/bin/pip install -q nats-py jsonschema
+	$(VENV)/bin/python clients/python/tests/test_timeline.py
+	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(VENV)/bin/python clients/python/tests/test_live.py
 
 # Every admin endpoint against a live node (the seed's test-all).
 test-all: build

@@ -13,12 +13,17 @@ import PackageDescription
 //   PulseMain  the `pulse` executable: a thin main over Pulse
 //   Bench      micro-benchmarks and the timing report
 //   Fuzz*      libFuzzer harnesses, one executable per surface (list at the end; docs/fuzzing.md)
+//   BackbeatClient  the consumer library: the timeline in hand, frames as confirmation (NATS C client)
 let package = Package(
     name: "backbeat-pulse",
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "pulse", targets: ["PulseMain"]),
         .executable(name: "Bench", targets: ["Bench"]),
+        // For consumers: the timeline math and frame decoder, and the client library.
+        .library(name: "PulseCore", targets: ["PulseCore"]),
+        .library(name: "BackbeatClient", targets: ["BackbeatClient"]),
+        .executable(name: "backbeat-example", targets: ["BackbeatExample"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
@@ -79,6 +84,21 @@ let package = Package(
             ],
             path: "Sources/Bench",
             swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
+        .target(
+            name: "BackbeatClient",
+            dependencies: ["PulseCore", "CNats"],
+            path: "Sources/BackbeatClient"
+        ),
+        .executableTarget(
+            name: "BackbeatExample",
+            dependencies: ["BackbeatClient"],
+            path: "examples/swift"
+        ),
+        .testTarget(
+            name: "BackbeatClientTests",
+            dependencies: ["BackbeatClient", "PulseCore", "CNats"],
+            path: "Tests/BackbeatClientTests"
         ),
         .testTarget(
             name: "PulseCoreTests",

@@ -94,6 +94,63 @@ struct LeaderStatus: Encodable, Equatable {
     var stats: Stats
 }
 
+/// `GET /timeline` body and the timeline subject's message (`backbeat.timeline.v1`,
+/// docs/protocol.md): the committed timeline as this node applies it, so a
+/// consumer can answer beat, phase, window id and downbeat at any instant
+/// without a round trip. `pending` and `leader` are JSON null when absent.
+struct TimelineBody: Encodable, Equatable {
+    /// The epoch in force: beat `start_beat` at `start_ns` (Unix ns), then `bpm`.
+    struct Epoch: Encodable, Equatable {
+        var start_beat: Int64
+        var start_ns: Int64
+        /// `start_ns` as RFC 3339 UTC with milliseconds (for people).
+        var start_at: String
+        var bpm: Int64
+    }
+    /// A committed tempo change: from downbeat `at_beat` (at `at_ns`) on, `bpm`.
+    struct Pending: Encodable, Equatable {
+        var at_beat: Int64
+        var at_ns: Int64
+        var at: String
+        var bpm: Int64
+    }
+    enum CodingKeys: String, CodingKey {
+        case type, cluster_id, epoch, bar, phases, pending, term, leader, node_id, degraded, now_ns
+    }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(type, forKey: .type)
+        try c.encode(cluster_id, forKey: .cluster_id)
+        try c.encode(epoch, forKey: .epoch)
+        try c.encode(bar, forKey: .bar)
+        try c.encode(phases, forKey: .phases)
+        try c.encode(pending, forKey: .pending)
+        try c.encode(term, forKey: .term)
+        try c.encode(leader, forKey: .leader)
+        try c.encode(node_id, forKey: .node_id)
+        try c.encode(degraded, forKey: .degraded)
+        try c.encode(now_ns, forKey: .now_ns)
+    }
+    static let messageType = "backbeat.timeline.v1"
+    var type = TimelineBody.messageType
+    var cluster_id: String
+    var epoch: Epoch
+    var bar: Int
+    var phases: [String]
+    var pending: Pending?
+    /// The Raft term this node is in (a single node: 1); never decreases.
+    var term: UInt64
+    /// The leader's node id, or null when this node knows none.
+    var leader: String?
+    /// The node that answered.
+    var node_id: String
+    /// Whether the answering node is in degradation mode (no leader).
+    var degraded: Bool
+    /// The answering node's estimate of the timeline clock (the leader's
+    /// wall clock, Unix ns) when it answered: a consumer's clock offset.
+    var now_ns: Int64
+}
+
 /// One component's health in `GET /health`.
 struct ComponentHealth: Encodable, Equatable {
     var status: String  // "ok" or "failing"
@@ -118,4 +175,11 @@ protocol AdminBackend: AnyObject {
     func recentBeats() -> [BeatRecord]
     /// Prometheus text exposition (format 0.0.4) of every metric.
     func metricsText() -> String
+    /// The committed timeline (`GET /timeline`), or nil before there is one.
+    func timelineBody() -> TimelineBody?
+}
+
+extension AdminBackend {
+    /// Backends without a timeline (test fakes) answer 503 `no_timeline`.
+    func timelineBody() -> TimelineBody? { nil }
 }

@@ -38,6 +38,7 @@ final class AdminRouter {
         "/live": [get, head],
         "/metrics": [get, head],
         "/debug/beats": [get, head],
+        "/timeline": [get, head],
     ]
 
     /// Answers `request` through `respond`, now or later (a tempo change may
@@ -106,6 +107,11 @@ final class AdminRouter {
             )
         case "/debug/beats":
             return json(200, BeatsBody(beats: backend.recentBeats().map(BeatsBody.Beat.init)))
+        case "/timeline":
+            guard let body = backend.timelineBody() else {
+                return .error(503, code: "no_timeline", message: "no committed timeline yet")
+            }
+            return json(200, body)
         default:
             return .error(404, code: "not_found", message: "no such endpoint: \(path)")
         }

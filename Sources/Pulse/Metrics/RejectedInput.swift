@@ -9,6 +9,8 @@ enum InputSurface: String, CaseIterable, Sendable {
     case beatSubject = "beat_subject"
     /// Requests on `backbeat.<cluster>.control`.
     case controlSubject = "control_subject"
+    /// Requests on `backbeat.<cluster>.timeline`.
+    case timelineSubject = "timeline_subject"
     /// Raft transport frames: decode, header, and the core's own refusals.
     case raft
     /// Admin HTTP requests and connections.

@@ -34,16 +34,19 @@ extension PulseNode: PublishGate, ClusterListener {
     func clusterEpochCommitted(_ epoch: TempoEpoch) {
         logger.info("timeline committed", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(epoch.bpm)"])
         beats.adopt(epoch: epoch, nowNs: cloop_realtime_ns())
+        committedTimelineChanged()
     }
 
     func clusterTempoCommitted(_ change: TempoChange, justification: String) {
         tempo.applyCommitted(change, justification: justification)
+        committedTimelineChanged()
     }
 
     func clusterLeadershipChanged(isLeader: Bool, leader: Peer?, term: UInt64) {
         beats.term = term
         if isLeader {
             beats.takeOver(nowNs: cloop_realtime_ns())
+            committedTimelineChanged()
         } else if stopRequested {
             loop.requestStop()  // leadership handed over: now stop
         }

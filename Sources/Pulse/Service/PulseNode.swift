@@ -182,6 +182,7 @@ final class PulseNode: LoopHandler {
         admin = server
         subscribeControl()
         subscribeBeats()
+        startTimelineService()
         if cluster != nil { enableForwarding() }
         try nats.start()
         try applyRealtime()

@@ -33,6 +33,8 @@ final class TempoController: TempoListener {
     /// Where a node that cannot commit sends the request (cluster: the leader).
     var forward: ((TempoRequest, @escaping (TempoDecision) -> Void) -> Void)?
     private(set) var appliedChanges: UInt64 = 0
+    /// Told when a change is committed (single node) or applied: the leader publishes the timeline.
+    weak var timelineListener: TimelineChangeListener?
 
     init(
         config: PulseConfig, loop: EventLoop, beats: BeatDriver, nats: NatsLink, dataDir: DataDir,
@@ -158,6 +160,7 @@ final class TempoController: TempoListener {
                     return done("no_leader")  // the commit outlived its round and the downbeat passed
                 }
                 pendingJustification = justification
+                timelineListener?.committedTimelineChanged()
                 done(nil)
             }
         }
@@ -204,6 +207,7 @@ final class TempoController: TempoListener {
             cluster_id: config.clusterId, beat_index: epoch.startBeat, tempo_bpm: epoch.bpm, previous_bpm: previousBpm,
             applied_at: RFC3339.string(unixMs: epoch.startNs / 1_000_000), justification: pendingJustification)
         pendingJustification = ""
+        timelineListener?.committedTimelineChanged()
         logger.info("tempo change applied", metadata: ["bpm": "\(epoch.bpm)", "at_beat": "\(epoch.startBeat)"])
         if let body = try? JSONEncoder().encode(announcement) {
             nats.publish(subject: config.controlSubject, payload: body)

@@ -1,0 +1,497 @@
+// BackbeatClient/BackbeatClient.swift — owns a consumer's connection to a
+// BACKBEAT cluster: the NATS C client in its default threaded mode (its own
+// reader and delivery threads; no event loop of ours), the timeline fetched
+// by request/reply on `backbeat.<cluster>.timeline` and kept current from the
+// leader's publications there, the frames on `backbeat.<cluster>.beat` judged
+// by `FrameTracker`, and the events as an `AsyncStream`.
+//
+// Guarantees:
+// - A late joiner knows the current beat and phase one NATS round trip after
+//   `connect` returns (the timeline is requested before it does); answers
+//   (`beat(at:)`, `phase(at:)`, `windowId(at:)`, `nextDownbeat(after:)`, ...)
+//   are local computations with PulseCore's timeline math, the pulse's own.
+// - Frames are validated by the shared `BeatFrameDecoder`; refused ones are
+//   events with a reason, never crashes. A newer timeline never gives way to
+//   an older one (`BeatTimeline.version`), so a lagging node's reply cannot
+//   roll a committed tempo change back.
+// - `now()` is the local wall clock corrected by the offset measured against
+//   the answering node's timeline clock (NTP-style, best of the last replies);
+//   `deliveryOffsetNs` is the median of (arrival − instant) of recent frames.
+// - State is guarded by one lock; callbacks run on the library's threads and
+//   never block on the consumer (the stream buffers the newest `eventBuffer`).
+
+import CNats
+import Foundation
+import PulseCore
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// How to reach a cluster.
+public struct BackbeatClientOptions: Sendable {
+    /// NATS server URL(s), comma-separated; user/password or token may be in the URL.
+    public var url: String
+    /// The cluster id (`-cluster` of the pulse).
+    public var clusterId: String
+    /// A NATS credentials file (JWT + nkey seed), if the server requires one.
+    public var credentialsFile: String?
+    /// A CA bundle for TLS to the NATS server.
+    public var caFile: String?
+    /// The connection name shown by the server.
+    public var name: String
+    /// Timeout of a timeline request.
+    public var requestTimeoutMs: Int64
+    /// Events kept for a slow consumer (the oldest are dropped beyond it).
+    public var eventBuffer: Int
+
+    public init(
+        url: String, clusterId: String = "chorus-aus-01", credentialsFile: String? = nil, caFile: String? = nil,
+        name: String = "backbeat-client", requestTimeoutMs: Int64 = 2000, eventBuffer: Int = 4096
+    ) {
+        self.url = url
+        self.clusterId = clusterId
+        self.credentialsFile = credentialsFile
+        self.caFile = caFile
+        self.name = name
+        self.requestTimeoutMs = requestTimeoutMs
+        self.eventBuffer = eventBuffer
+    }
+
+    public var beatSubject: String { "backbeat.\(clusterId).beat" }
+    public var timelineSubject: String { "backbeat.\(clusterId).timeline" }
+}
+
+public enum BackbeatClientError: Error, Sendable, CustomStringConvertible {
+    case connect(String)
+    case subscribe(String)
+    /// No node answered the timeline request, or the answer was refused.
+    case noTimeline(String)
+    case closed
+
+    public var description: String {
+        switch self {
+        case .connect(let why): return "cannot connect to NATS: \(why)"
+        case .subscribe(let why): return "cannot subscribe: \(why)"
+        case .noTimeline(let why): return "no timeline: \(why)"
+        case .closed: return "the client is closed"
+        }
+    }
+}
+
+/// A consumer of one cluster's beat. Create with ``connect(_:)``; call ``close()`` when done.
+public final class BackbeatClient: @unchecked Sendable {
+    public let options: BackbeatClientOptions
+    /// Every event, in order (single consumer).
+    public let events: AsyncStream<BackbeatEvent>
+    private let continuation: AsyncStream<BackbeatEvent>.Continuation
+    private let lock = NSLock()
+    private var connection: OpaquePointer?
+    private var subscriptions: [OpaquePointer?] = []
+    private var current: BeatTimeline?
+    private var tracker: FrameTracker
+    private var clock = ClockOffsetEstimator()
+    private var delivery = DeliveryOffsetEstimator()
+    private var refetchInFlight = false
+    private var closed = false
+    private let box: CallbackBox
+
+    /// Connects, subscribes to the beat and timeline subjects, and fetches
+    /// the timeline (one request). Throws if NATS cannot be reached; a
+    /// timeline request that nobody answers is retried in the background
+    /// (``timeline`` stays nil meanwhile).
+    public static func connect(_ options: BackbeatClientOptions) async throws -> BackbeatClient {
+        try await withCheckedThrowingContinuation { (done: CheckedContinuation<BackbeatClient, Error>) in
+            // The C client's connect blocks: not on a cooperative thread.
+            Thread.detachNewThread {
+                do {
+                    done.resume(returning: try BackbeatClient(blocking: options))
+                } catch {
+                    done.resume(throwing: error)
+                }
+            }
+        }
+    }
+
+    /// The blocking form of ``connect(_:)`` (for threads that may block).
+    public init(blocking options: BackbeatClientOptions) throws {
+        self.options = options
+        (events, continuation) = AsyncStream.makeStream(
+            of: BackbeatEvent.self, bufferingPolicy: .bufferingNewest(max(16, options.eventBuffer)))
+        tracker = FrameTracker(clusterId: options.clusterId)
+        box = CallbackBox()
+        box.client = self
+        try open()
+        if (try? fetchTimeline()) == nil { scheduleRefetch(after: 0.5) }
+    }
+
+    deinit { close() }
+
+    // MARK: Connection
+
+    private func open() throws {
+        var opts: OpaquePointer?
+        guard natsOptions_Create(&opts) == NATS_OK else { throw BackbeatClientError.connect("natsOptions_Create") }
+        defer { natsOptions_Destroy(opts) }
+        let servers = options.url.split(separator: ",").map { String($0.trimmingCharacters(in: .whitespaces)) }
+        var status = Self.setServers(opts, servers)
+        if status == NATS_OK { status = natsOptions_SetName(opts, options.name) }
+        if status == NATS_OK { status = natsOptions_SetMaxReconnect(opts, -1) }
+        if status == NATS_OK { status = natsOptions_SetReconnectWait(opts, 250) }
+        if status == NATS_OK, let creds = options.credentialsFile {
+            status = natsOptions_SetUserCredentialsFromFiles(opts, creds, nil)
+        }
+        if status == NATS_OK, let ca = options.caFile {
+            status = natsOptions_LoadCATrustedCertificates(opts, ca)
+            if status == NATS_OK { status = natsOptions_SetSecure(opts, true) }
+        }
+        let context = Unmanaged.passUnretained(box).toOpaque()
+        if status == NATS_OK {
+            status = natsOptions_SetDisconnectedCB(
+                opts, { _, closure in CallbackBox.from(closure)?.linkChanged(up: false) }, context)
+        }
+        if status == NATS_OK {
+            status = natsOptions_SetReconnectedCB(
+                opts, { _, closure in CallbackBox.from(closure)?.linkChanged(up: true) }, context)
+        }
+        guard status == NATS_OK else { throw BackbeatClientError.connect(Self.text(status)) }
+        var nc: OpaquePointer?
+        status = natsConnection_Connect(&nc, opts)
+        guard status == NATS_OK else { throw BackbeatClientError.connect("\(options.url): \(Self.text(status))") }
+        connection = nc
+        for (subject, handler) in [
+            (options.beatSubject, CallbackBox.beatHandler), (options.timelineSubject, CallbackBox.timelineHandler),
+        ] {
+            var sub: OpaquePointer?
+            status = natsConnection_Subscribe(&sub, nc, subject, handler, context)
+            guard status == NATS_OK else {
+                close()
+                throw BackbeatClientError.subscribe("\(subject): \(Self.text(status))")
+            }
+            natsSubscription_SetPendingLimits(sub, 65536, 64 << 20)
+            subscriptions.append(sub)
+        }
+        natsConnection_FlushTimeout(nc, options.requestTimeoutMs)
+    }
+
+    private static func setServers(_ opts: OpaquePointer?, _ servers: [String]) -> natsStatus {
+        var pointers = servers.map { strdup($0) }
+        defer { pointers.forEach { free($0) } }
+        return pointers.withUnsafeMutableBufferPointer { buffer in
+            buffer.baseAddress!.withMemoryRebound(to: UnsafePointer<CChar>?.self, capacity: buffer.count) {
+                natsOptions_SetServers(opts, $0, Int32(buffer.count))
+            }
+        }
+    }
+
+    private static func text(_ status: natsStatus) -> String { String(cString: natsStatus_GetText(status)) }
+
+    /// Unsubscribes, closes the connection and finishes ``events``. Idempotent.
+    public func close() {
+        lock.lock()
+        if closed {
+            lock.unlock()
+            return
+        }
+        closed = true
+        let subs = subscriptions
+        let nc = connection
+        subscriptions = []
+        connection = nil
+        lock.unlock()
+        box.client = nil
+        for sub in subs {
+            natsSubscription_Unsubscribe(sub)
+            natsSubscription_Destroy(sub)
+        }
+        if let nc {
+            natsConnection_Close(nc)
+            natsConnection_Destroy(nc)
+        }
+        continuation.finish()
+    }
+
+    // MARK: Timeline
+
+    /// The timeline as last adopted (nil before the first answer).
+    public var timeline: BeatTimeline? {
+        lock.lock()
+        defer { lock.unlock() }
+        return current
+    }
+
+    /// Asks the cluster for its timeline (one NATS round trip) and adopts it
+    /// unless the one held is newer. Blocking; see ``refreshTimeline()``.
+    @discardableResult
+    public func fetchTimeline() throws -> BeatTimeline {
+        lock.lock()
+        let nc = connection
+        lock.unlock()
+        guard let nc else { throw BackbeatClientError.closed }
+        var reply: OpaquePointer?
+        let sentNs = Self.localNs()
+        let status = natsConnection_RequestString(&reply, nc, options.timelineSubject, "{}", options.requestTimeoutMs)
+        let answeredNs = Self.localNs()
+        guard status == NATS_OK, let reply else { throw BackbeatClientError.noTimeline(Self.text(status)) }
+        defer { natsMsg_Destroy(reply) }
+        let data = Data(bytes: natsMsg_GetData(reply), count: Int(natsMsg_GetDataLength(reply)))
+        let timeline: BeatTimeline
+        do {
+            timeline = try BeatTimeline.decode(data, clusterId: options.clusterId)
+        } catch {
+            throw BackbeatClientError.noTimeline("\(error)")
+        }
+        lock.lock()
+        clock.add(sentLocalNs: sentNs, answeredLocalNs: answeredNs, serverNs: timeline.servedAtNs)
+        lock.unlock()
+        adopt(timeline)
+        return self.timeline ?? timeline
+    }
+
+    /// ``fetchTimeline()`` off the caller's thread.
+    @discardableResult
+    public func refreshTimeline() async throws -> BeatTimeline {
+        try await withCheckedThrowingContinuation { (done: CheckedContinuation<BeatTimeline, Error>) in
+            Thread.detachNewThread { [self] in
+                do { done.resume(returning: try fetchTimeline()) } catch { done.resume(throwing: error) }
+            }
+        }
+    }
+
+    /// Adopts `timeline` if it is not older than the one held; emits events.
+    private func adopt(_ timeline: BeatTimeline) {
+        lock.lock()
+        let previous = current
+        let isNewer = previous.map { timeline.version >= $0.version } ?? true
+        if isNewer { current = timeline }
+        tracker.noteTimeline(timeline)
+        lock.unlock()
+        guard isNewer, previous != timeline else { return }
+        if let pending = timeline.pending, previous?.pending != pending {
+            continuation.yield(.tempoScheduled(pending))
+        }
+        continuation.yield(.timelineUpdated(timeline))
+    }
+
+    /// Fetches the timeline again on a helper thread (at most one in flight);
+    /// retried every second while nobody answers.
+    private func scheduleRefetch(after seconds: Double) {
+        lock.lock()
+        if refetchInFlight || closed {
+            lock.unlock()
+            return
+        }
+        refetchInFlight = true
+        lock.unlock()
+        Thread.detachNewThread { [weak self] in
+            if seconds > 0 { Thread.sleep(forTimeInterval: seconds) }
+            guard let self else { return }
+            let ok = (try? self.fetchTimeline()) != nil
+            self.lock.lock()
+            self.refetchInFlight = false
+            let closed = self.closed
+            self.lock.unlock()
+            if !ok && !closed { self.scheduleRefetch(after: 1) }
+        }
+    }
+
+    // MARK: Callbacks (library threads)
+
+    fileprivate func received(beat bytes: UnsafeRawBufferPointer, localNs: Int64) {
+        lock.lock()
+        let receivedNs = localNs &+ clock.offsetNs
+        let timeline = current
+        let events = tracker.receive(bytes, receivedNs: receivedNs, timeline: timeline)
+        var refetch = false
+        for event in events {
+            switch event {
+            case .beat(let beat) where timeline != nil: delivery.add(beat.deliveryOffsetNs)
+            case .mismatch, .leaderChanged: refetch = true
+            case .refused(let reason): refetch = refetch || FrameTracker.refetchReasons.contains(reason)
+            default: break
+            }
+        }
+        lock.unlock()
+        for event in events { continuation.yield(event) }
+        if refetch || timeline == nil { scheduleRefetch(after: 0) }
+    }
+
+    fileprivate func received(timeline data: Data) {
+        // Publications by the leader (replies go to our inbox, not here).
+        switch Result(catching: { try BeatTimeline.decode(data, clusterId: options.clusterId) }) {
+        case .success(let timeline): adopt(timeline)
+        case .failure(let error):
+            let reason = (error as? TimelineDecodeError)?.reason ?? "malformed"
+            continuation.yield(.refused(reason: "timeline_" + reason))
+        }
+    }
+
+    fileprivate func linkChanged(up: Bool) {
+        continuation.yield(.connection(up: up))
+        if up { scheduleRefetch(after: 0) }
+    }
+
+    // MARK: Local answers
+
+    /// Local wall clock now, Unix ns (no correction).
+    public static func localNs() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec)
+    }
+
+    /// The timeline's clock now: the local clock plus ``clockOffsetNs``.
+    public func now() -> Int64 { Self.localNs() &+ clockOffsetNs }
+
+    /// Timeline clock minus local clock, estimated from timeline replies (0 before any).
+    public var clockOffsetNs: Int64 {
+        lock.lock()
+        defer { lock.unlock() }
+        return clock.offsetNs
+    }
+
+    /// Median arrival − instant of the last frames (nil before any): how late
+    /// frames reach this consumer, to act on a beat's instant instead of its frame.
+    public var deliveryOffsetNs: Int64? {
+        lock.lock()
+        defer { lock.unlock() }
+        return delivery.medianNs
+    }
+
+    /// Frame counters: accepted, duplicates dropped, refused.
+    public var frameCounts: (accepted: UInt64, duplicates: UInt64, refused: UInt64) {
+        lock.lock()
+        defer { lock.unlock() }
+        return (tracker.accepted, tracker.duplicates, tracker.refused)
+    }
+
+    private func require() throws -> BeatTimeline {
+        guard let timeline else { throw BackbeatClientError.noTimeline("not fetched yet") }
+        return timeline
+    }
+
+    /// The beat in progress at `ns` (timeline clock; default now).
+    public func beat(at ns: Int64? = nil) throws -> BeatInfo { try require().info(at: ns ?? now()) }
+    public func phase(at ns: Int64? = nil) throws -> String { try require().phase(at: ns ?? now()) }
+    public func windowId(at ns: Int64? = nil) throws -> String { try require().windowId(at: ns ?? now()) }
+    public func isDownbeat(at ns: Int64? = nil) throws -> Bool { try require().isDownbeat(at: ns ?? now()) }
+    public func nextBeat(after ns: Int64? = nil) throws -> BeatInfo { try require().nextBeat(after: ns ?? now()) }
+    public func nextDownbeat(after ns: Int64? = nil) throws -> BeatInfo {
+        try require().nextDownbeat(after: ns ?? now())
+    }
+
+    /// Sleeps until the next downbeat's instant (on the timeline clock) and returns it.
+    public func waitForNextDownbeat() async throws -> BeatInfo {
+        try await wait { $0.nextDownbeat(after: $1) }
+    }
+
+    /// Sleeps until the next beat that starts phase `name` and returns it.
+    public func waitForPhase(_ name: String) async throws -> BeatInfo {
+        try await wait { timeline, now in
+            guard let start = timeline.nextPhaseStart(name, after: now) else {
+                throw BackbeatClientError.noTimeline("no phase named '\(name)'")
+            }
+            return start
+        }
+    }
+
+    /// Sleeps until the instant of the beat `target` picks; if the timeline
+    /// changes meanwhile (a tempo change), the same beat's new instant counts.
+    private func wait(_ target: (BeatTimeline, Int64) throws -> BeatInfo) async throws -> BeatInfo {
+        var timeline = try require()
+        var goal = try target(timeline, now())
+        while true {
+            let remaining = goal.instantNs - now()
+            if remaining <= 0 { return goal }
+            // Short naps near the end, so a late timeline update still counts.
+            try await Task.sleep(nanoseconds: UInt64(min(remaining, 50_000_000)))
+            if let latest = self.timeline, latest != timeline {
+                timeline = latest
+                goal = latest.info(ofBeat: goal.index)
+            }
+        }
+    }
+}
+
+/// What the C callbacks reach the client through. Never freed: a callback
+/// from the library's delivery thread that races `close()` must still find
+/// it (the client reference inside is weak and cleared on close).
+private final class CallbackBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private weak var _client: BackbeatClient?
+    var client: BackbeatClient? {
+        get {
+            lock.lock()
+            defer { lock.unlock() }
+            return _client
+        }
+        set {
+            lock.lock()
+            _client = newValue
+            lock.unlock()
+        }
+    }
+
+    init() { _ = Unmanaged.passRetained(self) }  // see the type's comment
+
+    static func from(_ closure: UnsafeMutableRawPointer?) -> BackbeatClient? {
+        guard let closure else { return nil }
+        return Unmanaged<CallbackBox>.fromOpaque(closure).takeUnretainedValue().client
+    }
+
+    static let beatHandler: natsMsgHandler = { _, _, msg, closure in
+        let localNs = BackbeatClient.localNs()
+        defer { natsMsg_Destroy(msg) }
+        guard let client = from(closure), let data = natsMsg_GetData(msg) else { return }
+        client.received(
+            beat: UnsafeRawBufferPointer(start: data, count: Int(natsMsg_GetDataLength(msg))), localNs: localNs)
+    }
+
+    static let timelineHandler: natsMsgHandler = { _, _, msg, closure in
+        defer { natsMsg_Destroy(msg) }
+        // Requests (ours and other consumers') carry a reply subject: only publications count.
+        guard natsMsg_GetReply(msg) == nil, let client = from(closure) else { return }
+        client.received(timeline: Data(bytes: natsMsg_GetData(msg), count: Int(natsMsg_GetDataLength(msg))))
+    }
+}
+
+/// Clock offset from request/reply: for a reply stamped `serverNs` between
+/// local `sent` and `answered`, offset ≈ serverNs − midpoint, with an error
+/// below half the round trip. The sample with the smallest round trip of the
+/// last 8 wins.
+struct ClockOffsetEstimator {
+    private var samples: [(rttNs: Int64, offsetNs: Int64)] = []
+    private(set) var offsetNs: Int64 = 0
+
+    mutating func add(sentLocalNs: Int64, answeredLocalNs: Int64, serverNs: Int64) {
+        let rtt = answeredLocalNs &- sentLocalNs
+        guard rtt >= 0, rtt < 10_000_000_000, serverNs > 0 else { return }
+        let mid = sentLocalNs &+ rtt / 2
+        let (offset, overflow) = serverNs.subtractingReportingOverflow(mid)
+        // A node's clock more than a minute off is not believed.
+        guard !overflow, offset.magnitude < 60_000_000_000 else { return }
+        samples.append((rtt, offset))
+        if samples.count > 8 { samples.removeFirst() }
+        offsetNs = samples.min { $0.rttNs < $1.rttNs }!.offsetNs
+    }
+}
+
+/// Median of the last 64 delivery offsets.
+struct DeliveryOffsetEstimator {
+    private var ring: [Int64] = []
+    private var next = 0
+
+    mutating func add(_ ns: Int64) {
+        if ring.count < 64 {
+            ring.append(ns)
+        } else {
+            ring[next] = ns
+            next = (next + 1) % 64
+        }
+    }
+
+    var medianNs: Int64? {
+        guard !ring.isEmpty else { return nil }
+        return ring.sorted()[ring.count / 2]
+    }
+}

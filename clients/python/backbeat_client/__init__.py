@@ -1,0 +1,597 @@
+"""BACKBEAT consumer for Python: the cluster's timeline in hand, frames as
+confirmation (docs/protocol.md).
+
+The timeline math is the contract's (requirements §1) in exact integer
+arithmetic, the same as the pulse's PulseCore: a consumer answers beat,
+phase, window id and downbeat at any instant, and the time to the next beat
+or downbeat, without a round trip.  Frames are validated field by field
+(the rules of the pulse's BeatFrameDecoder), duplicates dropped, `term`
+fenced, and gaps, degraded frames, leader and tempo changes surfaced as
+events.
+
+    client = await BackbeatClient.connect("nats://127.0.0.1:4222", cluster="chorus-aus-01")
+    print(client.beat(), client.phase(), client.window_id())
+    async for event in client.events():
+        ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import hashlib
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import AsyncIterator, Optional
+
+__all__ = [
+    "Timeline", "BeatInfo", "Frame", "FrameError", "TimelineError", "FrameTracker", "Event", "BackbeatClient",
+    "decode_frame", "decode_timeline",
+]
+
+NS_PER_MINUTE = 60_000_000_000
+FRAME_TYPE = "backbeat.beatframe.v1"
+TIMELINE_TYPE = "backbeat.timeline.v1"
+MAX_BPM = 6000
+SUPPORTED_NS = (0, 7_258_118_400_000_000_000)
+SUPPORTED_BEATS = (0, 1 << 48)
+INT64_MAX = (1 << 63) - 1
+UINT64_MAX = (1 << 64) - 1
+MAX_TERM_LEAD = 8
+MAX_BEATS_LATE = 4
+
+
+class TimelineError(ValueError):
+    """A timeline message that cannot be used; `reason` is a snake_case code."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+
+
+class FrameError(ValueError):
+    """A frame refused; `reason` is the same code the Swift decoder gives."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Epoch:
+    start_beat: int
+    start_ns: int
+    bpm: int
+
+    def instant_ns(self, k: int) -> int:
+        # Floor division, as the pulse's 128-bit mulDivFloor.
+        return self.start_ns + (k - self.start_beat) * NS_PER_MINUTE // self.bpm
+
+    def beat_at(self, t: int) -> int:
+        # Largest k with instant_ns(k) <= t: d <= floor(((u+1)*bpm - 1) / P).
+        u = t - self.start_ns
+        return self.start_beat + ((u + 1) * self.bpm - 1) // NS_PER_MINUTE
+
+
+@dataclass(frozen=True)
+class BeatInfo:
+    index: int
+    instant_ns: int
+    deadline_ns: int
+    downbeat: bool
+    phase: str
+    window_id: str
+    bpm: int
+
+
+def window_id(cluster_id: str, bar_start: int) -> str:
+    return hashlib.sha256(f"{cluster_id}:{bar_start}".encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """The committed timeline (`backbeat.timeline.v1`) and every local answer."""
+
+    cluster_id: str
+    epoch: Epoch
+    pending: Optional[Epoch]
+    bar: int
+    phases: tuple
+    term: int
+    leader: Optional[str]
+    node_id: str
+    degraded: bool
+    now_ns: int
+
+    # Ordering of versions: every committed change moves (epoch start, has pending) forward.
+    @property
+    def version(self) -> tuple:
+        return (self.epoch.start_beat, 1 if self.pending else 0)
+
+    def _epoch_for_beat(self, k: int) -> Epoch:
+        return self.pending if self.pending and k >= self.pending.start_beat else self.epoch
+
+    def instant_ns(self, k: int) -> int:
+        return self._epoch_for_beat(k).instant_ns(k)
+
+    def beat_at(self, t: int) -> int:
+        if self.pending and t >= self.pending.start_ns:
+            return self.pending.beat_at(t)
+        return self.epoch.beat_at(t)
+
+    def bpm_of(self, k: int) -> int:
+        return self._epoch_for_beat(k).bpm
+
+    def is_downbeat(self, k: int) -> bool:
+        return k % self.bar == 0
+
+    def phase_of(self, k: int) -> str:
+        return self.phases[(k % self.bar) * len(self.phases) // self.bar]
+
+    def window_id_of(self, k: int) -> str:
+        return window_id(self.cluster_id, k - k % self.bar)
+
+    def info(self, k: int) -> BeatInfo:
+        return BeatInfo(k, self.instant_ns(k), self.instant_ns(k + 1), self.is_downbeat(k), self.phase_of(k),
+                        self.window_id_of(k), self.bpm_of(k))
+
+    def info_at(self, t: int) -> BeatInfo:
+        return self.info(self.beat_at(t))
+
+    def phase_at(self, t: int) -> str:
+        return self.phase_of(self.beat_at(t))
+
+    def window_id_at(self, t: int) -> str:
+        return self.window_id_of(self.beat_at(t))
+
+    def next_beat(self, after_ns: int) -> BeatInfo:
+        return self.info(self.beat_at(after_ns) + 1)
+
+    def next_downbeat(self, after_ns: int) -> BeatInfo:
+        k = self.beat_at(after_ns) + 1
+        r = k % self.bar
+        return self.info(k if r == 0 else k - r + self.bar)
+
+    def next_phase_start(self, name: str, after_ns: int) -> Optional[BeatInfo]:
+        if name not in self.phases:
+            return None
+        k = self.beat_at(after_ns) + 1
+        for _ in range(self.bar + 1):
+            if self.phase_of(k) == name and (self.is_downbeat(k) or self.phase_of(k - 1) != name):
+                return self.info(k)
+            k += 1
+        return None
+
+
+def _int(value, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def decode_timeline(data: bytes, cluster_id: str) -> Timeline:
+    """Validates a timeline message (GET /timeline body, reply, publication)."""
+    if len(data) > 64 * 1024:
+        raise TimelineError("malformed", "too large")
+    try:
+        o = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TimelineError("malformed", str(e))
+    if not isinstance(o, dict):
+        raise TimelineError("malformed", "not an object")
+    if "error" in o and "code" in o and "type" not in o:
+        raise TimelineError(str(o["code"]), str(o["error"]))
+    if o.get("type") != TIMELINE_TYPE:
+        raise TimelineError("wrong_type")
+    if o.get("cluster_id") != cluster_id:
+        raise TimelineError("wrong_cluster", str(o.get("cluster_id")))
+    e = o.get("epoch")
+    if not isinstance(e, dict) or not _int(e.get("start_beat"), *SUPPORTED_BEATS) \
+            or not _int(e.get("start_ns"), *SUPPORTED_NS) or not _int(e.get("bpm"), 1, MAX_BPM):
+        raise TimelineError("out_of_range", "epoch")
+    epoch = Epoch(e["start_beat"], e["start_ns"], e["bpm"])
+    bar, phases = o.get("bar"), o.get("phases")
+    if not _int(bar, 1, 1024):
+        raise TimelineError("out_of_range", "bar")
+    if not isinstance(phases, list) or not 1 <= len(phases) <= bar \
+            or not all(isinstance(p, str) and 0 < len(p.encode()) <= 64 for p in phases):
+        raise TimelineError("out_of_range", "phases")
+    pending = None
+    p = o.get("pending")
+    if p is not None:
+        if not isinstance(p, dict) or not _int(p.get("at_beat"), epoch.start_beat + 1, SUPPORTED_BEATS[1]) \
+                or p["at_beat"] % bar != 0 or not _int(p.get("bpm"), 1, MAX_BPM):
+            raise TimelineError("out_of_range", "pending")
+        at_ns = epoch.instant_ns(p["at_beat"])
+        if p.get("at_ns") != at_ns or not SUPPORTED_NS[0] <= at_ns <= SUPPORTED_NS[1]:
+            raise TimelineError("out_of_range", "pending at_ns")
+        pending = Epoch(p["at_beat"], at_ns, p["bpm"])
+    term, leader, node_id = o.get("term"), o.get("leader"), o.get("node_id")
+    if not _int(term, 0, UINT64_MAX) or not (leader is None or isinstance(leader, str)) \
+            or not isinstance(node_id, str) or not isinstance(o.get("degraded"), bool) \
+            or not _int(o.get("now_ns"), -INT64_MAX, INT64_MAX):
+        raise TimelineError("malformed", "term, leader, node_id, degraded or now_ns")
+    return Timeline(cluster_id, epoch, pending, bar, tuple(phases), term, leader, node_id, o["degraded"],
+                    o["now_ns"])
+
+
+@dataclass(frozen=True)
+class Frame:
+    cluster_id: str
+    beat_index: int
+    downbeat: bool
+    phase: str
+    hlc: str
+    publisher: str
+    deadline_ms: int
+    tempo_bpm: int
+    window_id: str
+    term: int
+    degraded: bool
+
+    @property
+    def scheduled_ns(self) -> int:
+        """The instant as the frame states it: deadline minus one nominal period."""
+        return self.deadline_ms * 1_000_000 - NS_PER_MINUTE // self.tempo_bpm
+
+
+_FIELDS = ("type", "cluster_id", "beat_index", "downbeat", "phase", "hlc", "deadline_at", "tempo_bpm",
+           "window_id", "term")
+_HLC = re.compile(r"^([0-9a-f]{1,16}):([0-9a-f]{4,8}):([^:]{1,4})$")
+_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{3})Z$")
+_WINDOW = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _unix_ms(text: str) -> Optional[int]:
+    """Unix ms of exactly `YYYY-MM-DDTHH:MM:SS.mmmZ` (valid date, no leap second)."""
+    m = _RFC3339.match(text)
+    if not m:
+        return None
+    y, mo, d, h, mi, s, ms = (int(g) for g in m.groups())
+    if y < 1 or not 1 <= mo <= 12 or h >= 24 or mi >= 60 or s >= 60:
+        return None
+    if not 1 <= d <= calendar.monthrange(y, mo)[1]:
+        return None
+    return calendar.timegm((y, mo, d, h, mi, s)) * 1000 + ms
+
+
+def decode_frame(data: bytes) -> Frame:
+    """Validates a `backbeat.beatframe.v1` frame; raises FrameError(reason)."""
+    if not data.strip():
+        raise FrameError("empty")
+    if len(data) > 4096:
+        raise FrameError("too_large")
+
+    def pairs(items):
+        seen = {}
+        for key, value in items:
+            if key in seen and key in _FIELDS + ("degraded",):
+                raise FrameError("duplicate_field")
+            seen[key] = value
+        return seen
+
+    try:
+        o = json.loads(data, object_pairs_hook=pairs)
+    except FrameError:
+        raise
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise FrameError("malformed_json")
+    if not isinstance(o, dict):
+        raise FrameError("not_an_object")
+    if "type" in o and o["type"] != FRAME_TYPE:
+        raise FrameError("wrong_type")
+    for f in _FIELDS:
+        if f not in o:
+            raise FrameError("missing_field")
+    c = o["cluster_id"]
+    if not isinstance(c, str) or not 0 < len(c.encode()) <= 128:
+        raise FrameError("bad_cluster_id")
+    if not _int(o["beat_index"], 0, INT64_MAX):
+        raise FrameError("bad_beat_index")
+    if not isinstance(o["downbeat"], bool):
+        raise FrameError("bad_downbeat")
+    if not isinstance(o["phase"], str) or not o["phase"]:
+        raise FrameError("bad_phase")
+    m = _HLC.match(o["hlc"]) if isinstance(o["hlc"], str) else None
+    if not m:
+        raise FrameError("bad_hlc")
+    ms = _unix_ms(o["deadline_at"]) if isinstance(o["deadline_at"], str) else None
+    if ms is None:
+        raise FrameError("bad_deadline_at")
+    if not _int(o["tempo_bpm"], 1, MAX_BPM):
+        raise FrameError("bad_tempo_bpm")
+    if not isinstance(o["window_id"], str) or not _WINDOW.match(o["window_id"]):
+        raise FrameError("bad_window_id")
+    if not _int(o["term"], 0, UINT64_MAX):
+        raise FrameError("bad_term")
+    degraded = o.get("degraded", False)
+    if not isinstance(degraded, bool):
+        raise FrameError("bad_degraded")
+    return Frame(c, o["beat_index"], o["downbeat"], o["phase"], o["hlc"], m.group(3), ms, o["tempo_bpm"],
+                 o["window_id"], o["term"], degraded)
+
+
+@dataclass(frozen=True)
+class Event:
+    """kind: beat, gap, degraded, leader_changed, tempo_changed, tempo_scheduled,
+    timeline_updated, refused, mismatch, connection."""
+    kind: str
+    frame: Optional[Frame] = None
+    received_ns: int = 0
+    missed: Optional[tuple] = None  # (first, last) for gap
+    term: int = 0
+    previous: int = 0
+    bpm: int = 0
+    at_beat: int = 0
+    reason: str = ""
+    timeline: Optional[Timeline] = None
+    up: bool = False
+
+
+class FrameTracker:
+    """Dedupe, fence on term, gaps, comparison with the local timeline. Pure."""
+
+    REFETCH = {"term_ahead", "index_ahead", "index_behind"}
+
+    def __init__(self, cluster_id: str):
+        self.cluster_id = cluster_id
+        self.last_index = -1
+        self.fence_term = 0
+        self.last_frame_term = 0
+        self.last_bpm = 0
+        self.duplicates = 0
+        self.refused = 0
+        self.accepted = 0
+
+    def note_timeline(self, timeline: Timeline) -> None:
+        self.fence_term = max(self.fence_term, timeline.term)
+
+    def _refuse(self, reason: str) -> list:
+        self.refused += 1
+        return [Event("refused", reason=reason)]
+
+    def receive(self, data: bytes, received_ns: int, timeline: Optional[Timeline]) -> list:
+        try:
+            frame = decode_frame(data)
+        except FrameError as e:
+            return self._refuse(e.reason)
+        if frame.cluster_id != self.cluster_id:
+            return self._refuse("wrong_cluster")
+        if frame.term < self.fence_term:
+            return self._refuse("stale_term")
+        if timeline is not None:
+            if frame.term > timeline.term + MAX_TERM_LEAD:
+                return self._refuse("term_ahead")
+            current = timeline.beat_at(received_ns)
+            if frame.beat_index > current + 1:
+                return self._refuse("index_ahead")
+            if frame.beat_index < current - MAX_BEATS_LATE:
+                return self._refuse("index_behind")
+        elif abs(frame.scheduled_ns - received_ns) >= 60_000_000_000:
+            return self._refuse("far_from_now")
+        if frame.beat_index <= self.last_index:
+            self.duplicates += 1
+            return []
+        events = []
+        if self.last_index >= 0 and frame.beat_index > self.last_index + 1:
+            events.append(Event("gap", missed=(self.last_index + 1, frame.beat_index - 1)))
+        if self.last_frame_term and frame.term > self.last_frame_term:
+            events.append(Event("leader_changed", term=frame.term, previous=self.last_frame_term,
+                                reason=frame.publisher))
+        if self.last_bpm and frame.tempo_bpm != self.last_bpm:
+            events.append(Event("tempo_changed", bpm=frame.tempo_bpm, previous=self.last_bpm,
+                                at_beat=frame.beat_index))
+        if timeline is not None:
+            field = disagreement(frame, timeline)
+            if field:
+                events.append(Event("mismatch", frame=frame, reason=field))
+        events.append(Event("beat", frame=frame, received_ns=received_ns))
+        if frame.degraded:
+            events.append(Event("degraded", frame=frame, received_ns=received_ns))
+        self.last_index = frame.beat_index
+        self.last_frame_term = frame.term
+        self.fence_term = max(self.fence_term, frame.term)
+        self.last_bpm = frame.tempo_bpm
+        self.accepted += 1
+        return events
+
+
+def disagreement(frame: Frame, timeline: Timeline) -> Optional[str]:
+    k = frame.beat_index
+    if frame.downbeat != timeline.is_downbeat(k):
+        return "downbeat"
+    if frame.phase != timeline.phase_of(k):
+        return "phase"
+    if frame.tempo_bpm != timeline.bpm_of(k):
+        return "tempo_bpm"
+    if frame.deadline_ms != timeline.instant_ns(k + 1) // 1_000_000:
+        return "deadline_at"
+    if frame.window_id != timeline.window_id_of(k):
+        return "window_id"
+    return None
+
+
+class BackbeatClient:
+    """A consumer of one cluster's beat over NATS (nats-py). Use `connect`."""
+
+    def __init__(self, nc, cluster: str, request_timeout: float):
+        self.nc = nc
+        self.cluster = cluster
+        self.request_timeout = request_timeout
+        self.timeline: Optional[Timeline] = None
+        self.tracker = FrameTracker(cluster)
+        self.clock_offset_ns = 0
+        self._clock_samples: list = []
+        self._delivery: list = []
+        self._queue: asyncio.Queue = asyncio.Queue(maxsize=4096)
+        self._refetching = False
+        self._subs = []
+
+    @classmethod
+    async def connect(cls, servers, cluster: str = "chorus-aus-01", request_timeout: float = 2.0,
+                      **nats_options) -> "BackbeatClient":
+        """Connects (nats-py options pass through: user_credentials, tls, ...),
+        subscribes, and fetches the timeline once (one round trip)."""
+        import nats
+        client = cls(None, cluster, request_timeout)
+        client.nc = await nats.connect(
+            servers, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+            disconnected_cb=client._disconnected, reconnected_cb=client._reconnected, **nats_options)
+        client._subs.append(await client.nc.subscribe(f"backbeat.{cluster}.beat", cb=client._on_beat))
+        client._subs.append(await client.nc.subscribe(f"backbeat.{cluster}.timeline", cb=client._on_timeline))
+        try:
+            await client.fetch_timeline()
+        except Exception:
+            client._refetch()
+        return client
+
+    async def close(self) -> None:
+        await self.nc.close()
+        self._emit(Event("closed"))
+
+    @staticmethod
+    def local_ns() -> int:
+        return time.time_ns()
+
+    def now(self) -> int:
+        """The timeline's clock: local wall clock plus the measured offset."""
+        return time.time_ns() + self.clock_offset_ns
+
+    @property
+    def delivery_offset_ns(self) -> Optional[int]:
+        """Median arrival minus instant of the last 64 frames."""
+        if not self._delivery:
+            return None
+        return sorted(self._delivery)[len(self._delivery) // 2]
+
+    async def fetch_timeline(self) -> Timeline:
+        sent = time.time_ns()
+        msg = await self.nc.request(f"backbeat.{self.cluster}.timeline", b"{}", timeout=self.request_timeout)
+        answered = time.time_ns()
+        timeline = decode_timeline(msg.data, self.cluster)
+        rtt = answered - sent
+        offset = timeline.now_ns - (sent + rtt // 2)
+        if 0 <= rtt < 10_000_000_000 and abs(offset) < 60_000_000_000 and timeline.now_ns > 0:
+            self._clock_samples = (self._clock_samples + [(rtt, offset)])[-8:]
+            self.clock_offset_ns = min(self._clock_samples)[1]
+        self._adopt(timeline)
+        return self.timeline
+
+    def _adopt(self, timeline: Timeline) -> None:
+        previous = self.timeline
+        self.tracker.note_timeline(timeline)
+        if previous is not None and timeline.version < previous.version:
+            return
+        self.timeline = timeline
+        if previous == timeline:
+            return
+        if timeline.pending and (previous is None or previous.pending != timeline.pending):
+            self._emit(Event("tempo_scheduled", bpm=timeline.pending.bpm, at_beat=timeline.pending.start_beat))
+        self._emit(Event("timeline_updated", timeline=timeline))
+
+    def _refetch(self) -> None:
+        if self._refetching:
+            return
+        self._refetching = True
+
+        async def run():
+            try:
+                for _ in range(30):
+                    try:
+                        await self.fetch_timeline()
+                        return
+                    except Exception:
+                        await asyncio.sleep(1)
+            finally:
+                self._refetching = False
+
+        asyncio.get_running_loop().create_task(run())
+
+    def _emit(self, event: Event) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()  # keep the newest
+        self._queue.put_nowait(event)
+
+    async def _on_beat(self, msg) -> None:
+        received = time.time_ns() + self.clock_offset_ns
+        events = self.tracker.receive(msg.data, received, self.timeline)
+        refetch = self.timeline is None
+        for event in events:
+            if event.kind == "beat" and self.timeline is not None:
+                self._delivery = (self._delivery + [received - self.timeline.instant_ns(event.frame.beat_index)])[-64:]
+            if event.kind in ("mismatch", "leader_changed") or (
+                    event.kind == "refused" and event.reason in FrameTracker.REFETCH):
+                refetch = True
+            self._emit(event)
+        if refetch:
+            self._refetch()
+
+    async def _on_timeline(self, msg) -> None:
+        if msg.reply:
+            return  # a request from another consumer
+        try:
+            self._adopt(decode_timeline(msg.data, self.cluster))
+        except TimelineError as e:
+            self._emit(Event("refused", reason="timeline_" + e.reason))
+
+    async def _disconnected(self) -> None:
+        self._emit(Event("connection", up=False))
+
+    async def _reconnected(self) -> None:
+        self._emit(Event("connection", up=True))
+        self._refetch()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event in order, until the client is closed."""
+        while True:
+            event = await self._queue.get()
+            if event.kind == "closed":
+                return
+            yield event
+
+    # Local answers (no round trip); `at` is on the timeline clock, default now.
+    def _t(self) -> Timeline:
+        if self.timeline is None:
+            raise TimelineError("no_timeline", "not fetched yet")
+        return self.timeline
+
+    def beat(self, at: Optional[int] = None) -> BeatInfo:
+        return self._t().info_at(self.now() if at is None else at)
+
+    def phase(self, at: Optional[int] = None) -> str:
+        return self._t().phase_at(self.now() if at is None else at)
+
+    def window_id(self, at: Optional[int] = None) -> str:
+        return self._t().window_id_at(self.now() if at is None else at)
+
+    def is_downbeat(self, at: Optional[int] = None) -> bool:
+        return self.beat(at).downbeat
+
+    def next_beat(self, after: Optional[int] = None) -> BeatInfo:
+        return self._t().next_beat(self.now() if after is None else after)
+
+    def next_downbeat(self, after: Optional[int] = None) -> BeatInfo:
+        return self._t().next_downbeat(self.now() if after is None else after)
+
+    async def wait_for_next_downbeat(self) -> BeatInfo:
+        return await self._wait(lambda t, now: t.next_downbeat(now))
+
+    async def wait_for_phase(self, name: str) -> BeatInfo:
+        def target(t, now):
+            start = t.next_phase_start(name, now)
+            if start is None:
+                raise TimelineError("unknown_phase", name)
+            return start
+        return await self._wait(target)
+
+    async def _wait(self, target) -> BeatInfo:
+        timeline = self._t()
+        goal = target(timeline, self.now())
+        while True:
+            remaining = goal.instant_ns - self.now()
+            if remaining <= 0:
+                return goal
+            await asyncio.sleep(min(remaining, 50_000_000) / 1e9)
+            if self.timeline is not None and self.timeline != timeline:
+                timeline = self.timeline
+                goal = timeline.info(goal.index)

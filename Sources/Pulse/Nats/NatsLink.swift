@@ -64,6 +64,28 @@ import Foundation
 import Glibc
 import Logging
 
+/// How the link authenticates and encrypts (flags -nats-creds, -nats-nkey,
+/// -nats-ca, -nats-cert, -nats-key; user/password or a token ride in the URL).
+/// Paths only: the C client reads the files, and the files were validated at
+/// start-up (`PulseConfig.validateSecurity`).
+struct NatsSecurity: Sendable {
+    var credsPath = ""
+    var nkeySeedPath = ""
+    var caPath = ""
+    var certPath = ""
+    var keyPath = ""
+
+    init() {}
+
+    init(config: PulseConfig) {
+        credsPath = config.natsCreds
+        nkeySeedPath = config.natsNkey
+        caPath = config.natsCA
+        certPath = config.natsCert
+        keyPath = config.natsKey
+    }
+}
+
 /// Counters and state of the link, read by metrics and health.
 struct NatsLinkStats {
     var attaches: UInt64 = 0
@@ -82,6 +104,9 @@ struct NatsLinkStats {
 final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// `-nats` as given: one URL or a comma-separated list.
     let url: String
+    /// `url` without user information, for logs and /health (NatsAuth.redact).
+    let redactedURL: String
+    let security: NatsSecurity
     /// The configured servers (`url` split on commas).
     let servers: [String]
     let name: String
@@ -123,8 +148,10 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     private var requestCounter: UInt64 = 0
     private var pendingRequests: [UInt64: (deadlineNs: Int64, reply: (Data?) -> Void)] = [:]
 
-    init(url: String, name: String, loop: EventLoop, logger: Logger) {
+    init(url: String, name: String, loop: EventLoop, logger: Logger, security: NatsSecurity = NatsSecurity()) {
         self.url = url
+        self.redactedURL = NatsAuth.redact(url)
+        self.security = security
         self.servers = (try? Self.serverList(url)) ?? [url]
         self.name = name
         self.loop = loop
@@ -198,7 +225,52 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         try check(
             natsOptions_SetEventLoop(opts, me, natsAdapterAttach, natsAdapterRead, natsAdapterWrite, natsAdapterDetach),
             "natsOptions_SetEventLoop")
+        try check(natsOptions_SetErrorHandler(opts, natsErrorCallback, me), "error handler")
+        try applySecurity(opts)
         try startConnectThread(previous: nil)
+    }
+
+    /// Credentials and TLS through the C client's own options. The errors
+    /// name the flag, never a secret.
+    private func applySecurity(_ opts: OpaquePointer?) throws {
+        if !security.credsPath.isEmpty {
+            try check(
+                natsOptions_SetUserCredentialsFromFiles(opts, security.credsPath, nil),
+                "-nats-creds \(security.credsPath)")
+        }
+        if !security.nkeySeedPath.isEmpty {
+            let seedFile = try PulseConfig.read(security.nkeySeedPath)
+            let publicKey: String
+            do {
+                publicKey = try NatsAuth.parseSeedFile(fileContents: seedFile).publicKey
+            } catch let error as NatsAuth.Invalid {
+                throw PulseError.startup("-nats-nkey \(security.nkeySeedPath): \(error.reason)")
+            }
+            try check(
+                natsOptions_SetNKeyFromSeed(opts, publicKey, security.nkeySeedPath), "-nats-nkey \(security.nkeySeedPath)")
+        }
+        if !security.caPath.isEmpty {
+            try check(natsOptions_SetSecure(opts, true), "natsOptions_SetSecure")
+            try check(natsOptions_LoadCATrustedCertificates(opts, security.caPath), "-nats-ca \(security.caPath)")
+        }
+        if !security.certPath.isEmpty {
+            try check(natsOptions_SetSecure(opts, true), "natsOptions_SetSecure")
+            try check(
+                natsOptions_LoadCertificatesChain(opts, security.certPath, security.keyPath),
+                "-nats-cert \(security.certPath) / -nats-key \(security.keyPath)")
+        }
+    }
+
+    /// An asynchronous error from the server or the client (library thread):
+    /// a permissions violation (this identity may not publish or subscribe
+    /// there) or a refused authorization, logged with the server's words.
+    fileprivate func asyncError(_ nc: OpaquePointer?, _ status: natsStatus) {
+        var detail = ""
+        var text: UnsafePointer<CChar>?
+        if let nc, natsConnection_GetLastError(nc, &text) != NATS_OK, let text { detail = String(cString: text) }
+        logger.error(
+            "NATS error",
+            metadata: ["status": "\(String(cString: natsStatus_GetText(status)))", "detail": "\(detail)"])
     }
 
     private func setServers(_ list: [String]) throws {
@@ -288,7 +360,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             logConnected(nc)
             whileOpen {
                 if !loop.post(kind: .natsConnected, pointer: UnsafeMutableRawPointer(nc)) {
-                    logger.error("doorway full: NATS connection lost", metadata: ["url": "\(url)"])
+                    logger.error("doorway full: NATS connection lost", metadata: ["url": "\(redactedURL)"])
                 }
             }
         } else if status == NATS_NOT_YET_CONNECTED, let nc {
@@ -297,16 +369,24 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             // the connected callback arrives.
             whileOpen {
                 if !loop.post(kind: .natsPending, pointer: UnsafeMutableRawPointer(nc)) {
-                    logger.error("doorway full: NATS connection lost", metadata: ["url": "\(url)"])
+                    logger.error("doorway full: NATS connection lost", metadata: ["url": "\(redactedURL)"])
                 }
             }
             logger.warning(
                 "NATS not reachable yet; retrying in the background",
-                metadata: ["servers": "\(list.joined(separator: ","))"])
+                metadata: ["servers": "\(NatsAuth.redact(list.joined(separator: ",")))"])
         } else {
+            // The server's reason (e.g. "Authorization Violation" for refused
+            // credentials), from this thread's last error.
+            let detail = nats_GetLastError(nil).map { String(cString: $0) } ?? ""
             logger.error(
-                "NATS connect failed",
-                metadata: ["url": "\(url)", "status": "\(String(cString: natsStatus_GetText(status)))"])
+                status == NATS_CONNECTION_AUTH_FAILED
+                    ? "NATS refused the credentials (-nats-creds, -nats-nkey or the URL's user); not connected"
+                    : "NATS connect failed",
+                metadata: [
+                    "url": "\(redactedURL)", "status": "\(String(cString: natsStatus_GetText(status)))",
+                    "detail": "\(detail)",
+                ])
         }
     }
 
@@ -320,7 +400,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         let first = connectionsLogged.increment() == 1
         logger.info(
             first ? "NATS connected" : "NATS reconnected",
-            metadata: ["url": "\(connectedURL)", "configured": "\(url)"])
+            metadata: ["url": "\(NatsAuth.redact(connectedURL))", "configured": "\(redactedURL)"])
     }
 
     private let connectionsLogged = AtomicCounter()
@@ -775,6 +855,10 @@ private func link(_ pointer: UnsafeMutableRawPointer?) -> NatsLink {
 
 private let natsConnectedCallback: natsConnectionHandler = { nc, closure in
     link(closure).connectionEvent(.natsConnected, nc)
+}
+
+private let natsErrorCallback: natsErrHandler = { nc, _, status, closure in
+    link(closure).asyncError(nc, status)
 }
 
 private let natsReconnectedCallback: natsConnectionHandler = { nc, closure in

@@ -351,6 +351,20 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
                 }
                 free(discovered)
             }
+            // A connection that ended with "no server available" never got
+            // through: 3.4.1 reports refused credentials that way, without
+            // the server's words. A plain probe connection (this thread,
+            // blocking) tells refused credentials apart; then one line (the
+            // first time, then every 30th) and a second's pause, not a spin.
+            var text: UnsafePointer<CChar>?
+            if natsConnection_GetLastError(previous.connection, &text) == NATS_NO_SERVER {
+                if let refusal = probeCredentials(list) {
+                    if authRefusals.increment() % 30 == 1 { logAuthRefused(refusal) }
+                    usleep(1_000_000)
+                } else {
+                    usleep(250_000)
+                }
+            }
             natsConnection_Destroy(previous.connection)
             do { try setServers(list) } catch { logger.error("NATS server list", metadata: ["error": "\(error)"]) }
         }
@@ -363,7 +377,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
                     logger.error("doorway full: NATS connection lost", metadata: ["url": "\(redactedURL)"])
                 }
             }
-        } else if status == NATS_NOT_YET_CONNECTED, let nc {
+        } else if status == NATS_NOT_YET_CONNECTED, let nc, case let detail = nats_GetLastError(nil).map({ String(cString: $0) }) ?? "" {
             // The client keeps trying on its own thread (holding this new
             // connection's mutex); the loop owns it only for shutdown until
             // the connected callback arrives.
@@ -372,9 +386,13 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
                     logger.error("doorway full: NATS connection lost", metadata: ["url": "\(redactedURL)"])
                 }
             }
-            logger.warning(
-                "NATS not reachable yet; retrying in the background",
-                metadata: ["servers": "\(NatsAuth.redact(list.joined(separator: ",")))"])
+            if Self.isAuthError(detail) {
+                if authRefusals.increment() % 30 == 1 { logAuthRefused(detail) }
+            } else {
+                logger.warning(
+                    "NATS not reachable yet; retrying in the background",
+                    metadata: ["servers": "\(NatsAuth.redact(list.joined(separator: ",")))", "detail": "\(detail)"])
+            }
         } else {
             // The server's reason (e.g. "Authorization Violation" for refused
             // credentials), from this thread's last error.
@@ -404,6 +422,37 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     }
 
     private let connectionsLogged = AtomicCounter()
+    /// Connect thread: one blocking connection with the same servers and
+    /// credentials; the server's refusal text if it refuses the credentials.
+    private func probeCredentials(_ list: [String]) -> String? {
+        var opts: OpaquePointer?
+        guard natsOptions_Create(&opts) == NATS_OK else { return nil }
+        defer { natsOptions_Destroy(opts) }
+        _ = natsOptions_SetURL(opts, list.first ?? url)
+        _ = natsOptions_SetTimeout(opts, 2000)
+        guard (try? applySecurity(opts)) != nil else { return nil }
+        var nc: OpaquePointer?
+        let status = natsConnection_Connect(&nc, opts)
+        let detail = nats_GetLastError(nil).map { String(cString: $0) } ?? ""
+        if let nc { natsConnection_Destroy(nc) }
+        return status == NATS_CONNECTION_AUTH_FAILED || Self.isAuthError(detail) ? detail : nil
+    }
+
+    /// Connection attempts the server refused for their credentials (connect threads).
+    private let authRefusals = AtomicCounter()
+
+    static func isAuthError(_ text: String) -> Bool {
+        let lower = text.lowercased()
+        return lower.contains("authorization violation") || lower.contains("authentication")
+    }
+
+    /// One line naming the cause; the link keeps retrying once a second
+    /// (the server's configuration may be fixed), `backbeat_nats_connected 0`.
+    private func logAuthRefused(_ detail: String) {
+        logger.error(
+            "NATS refused the credentials (-nats-creds, -nats-nkey or the URL's user); not connected, retrying every second",
+            metadata: ["detail": "\(detail)", "url": "\(redactedURL)"])
+    }
 
     /// Publishes `length` bytes from `bytes` on `subject` and flushes at once.
     /// Returns false (and counts why) when NATS is down or the publish failed.

@@ -50,12 +50,14 @@ final class NatsAuthTests: XCTestCase {
         XCTAssertThrowsError(try NatsAuth.parseCreds(fileContents: "just text"))
         XCTAssertThrowsError(
             try NatsAuth.parseCreds(fileContents: creds.replacingOccurrences(of: ".c2lnbmF0dXJl", with: "")))
-        XCTAssertThrowsError(try NatsAuth.parseCreds(fileContents: creds.replacingOccurrences(of: user.seed, with: "SUBAD")))
+        XCTAssertThrowsError(
+            try NatsAuth.parseCreds(fileContents: creds.replacingOccurrences(of: user.seed, with: "SUBAD")))
     }
 
     func testRedaction() {
         XCTAssertEqual(NatsAuth.redact("nats://user:s3cret@host:4222"), "nats://***@host:4222")
-        XCTAssertEqual(NatsAuth.redact("nats://tok3n@host:4222,tls://a:b@h2:4222"), "nats://***@host:4222,tls://***@h2:4222")
+        XCTAssertEqual(
+            NatsAuth.redact("nats://tok3n@host:4222,tls://a:b@h2:4222"), "nats://***@host:4222,tls://***@h2:4222")
         XCTAssertEqual(NatsAuth.redact("nats://host:4222"), "nats://host:4222")
     }
 

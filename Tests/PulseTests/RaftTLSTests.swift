@@ -309,7 +309,8 @@ final class RaftTLSTests: XCTestCase {
                 "-raft-bind", "127.0.0.1:\(port)", "-data-dir", "\(dir)/data", "-admin-port", "0",
                 "-nats", "nats://127.0.0.1:\(Harness.freePort())",
             ], logPath: "\(dir)/log")
-        XCTAssertTrue(Harness.waitUntil(seconds: 10) { node.log.contains("plain TCP to a peer off loopback") }, node.log)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) { node.log.contains("plain TCP to a peer off loopback") }, node.log)
         node.stop()
     }
 }

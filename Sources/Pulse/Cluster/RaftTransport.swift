@@ -238,7 +238,8 @@ final class RaftTransport: LoopHandler {
             where connection.token != nil && !connection.ready
                 && now - connection.startedMonoNs >= limits.handshakeTimeoutNs
             {
-                logger.info("raft: connection not established in time", metadata: ["peer": "\(connection.peer.address)"])
+                logger.info(
+                    "raft: connection not established in time", metadata: ["peer": "\(connection.peer.address)"])
                 closeOutbound(connection, backoff: true)
             }
             sweepInbound(nowMonoNs: now)

@@ -123,17 +123,22 @@ struct PulseConfig: Sendable {
         let raftTLS = [("-raft-tls-cert", raftTLSCert), ("-raft-tls-key", raftTLSKey), ("-raft-tls-ca", raftTLSCA)]
         let given = raftTLS.filter { !$0.1.isEmpty }
         if !given.isEmpty && given.count < 3 {
-            try fail("Raft TLS needs -raft-tls-cert, -raft-tls-key and -raft-tls-ca together (got only \(given.map(\.0).joined(separator: ", ")))")
+            try fail(
+                "Raft TLS needs -raft-tls-cert, -raft-tls-key and -raft-tls-ca together (got only \(given.map(\.0).joined(separator: ", ")))"
+            )
         }
         if !given.isEmpty && peers.isEmpty { try fail("-raft-tls-* needs -peers (a single node has no Raft traffic)") }
         if natsCert.isEmpty != natsKey.isEmpty { try fail("-nats-cert and -nats-key go together") }
         if !natsCreds.isEmpty && !natsNkey.isEmpty { try fail("give -nats-creds or -nats-nkey, not both") }
-        let files = given + [
-            ("-nats-creds", natsCreds), ("-nats-nkey", natsNkey), ("-nats-ca", natsCA), ("-nats-cert", natsCert),
-            ("-nats-key", natsKey),
-        ]
+        let files =
+            given + [
+                ("-nats-creds", natsCreds), ("-nats-nkey", natsNkey), ("-nats-ca", natsCA), ("-nats-cert", natsCert),
+                ("-nats-key", natsKey),
+            ]
         for (flag, path) in files where !path.isEmpty {
-            guard FileManager.default.isReadableFile(atPath: path) else { try fail("\(flag) \(path): not a readable file") }
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                try fail("\(flag) \(path): not a readable file")
+            }
         }
         do {
             if !natsCreds.isEmpty { _ = try NatsAuth.parseCreds(fileContents: try Self.read(natsCreds)) }
@@ -205,7 +210,8 @@ struct PulseCommand: ParsableArguments {
     var minBpm: Int?
     @Option(name: both("max-bpm"), help: "Maximum allowed tempo (default 24)")
     var maxBpm: Int?
-    @Option(name: both("nats"), help: "NATS server URL, or a comma-separated list of them (default nats://localhost:4222)")
+    @Option(
+        name: both("nats"), help: "NATS server URL, or a comma-separated list of them (default nats://localhost:4222)")
     var nats: String?
     @Option(name: both("admin-port"), help: "Admin HTTP port (default 8080)")
     var adminPort: Int?
@@ -217,7 +223,8 @@ struct PulseCommand: ParsableArguments {
         name: both("raft-tls-cert"),
         help: "Raft mutual TLS: this node's certificate chain, PEM (env BACKBEAT_RAFT_TLS_CERT; re-read on SIGHUP)")
     var raftTLSCert: String?
-    @Option(name: both("raft-tls-key"), help: "Raft mutual TLS: this node's private key, PEM (env BACKBEAT_RAFT_TLS_KEY)")
+    @Option(
+        name: both("raft-tls-key"), help: "Raft mutual TLS: this node's private key, PEM (env BACKBEAT_RAFT_TLS_KEY)")
     var raftTLSKey: String?
     @Option(name: both("raft-tls-ca"), help: "Raft mutual TLS: the cluster's CA, PEM (env BACKBEAT_RAFT_TLS_CA)")
     var raftTLSCA: String?
@@ -225,7 +232,8 @@ struct PulseCommand: ParsableArguments {
     var natsCreds: String?
     @Option(name: both("nats-nkey"), help: "NATS nkey seed file of a user (env BACKBEAT_NATS_NKEY)")
     var natsNkey: String?
-    @Option(name: both("nats-ca"), help: "CA for the NATS server's certificate, PEM; implies TLS (env BACKBEAT_NATS_CA)")
+    @Option(
+        name: both("nats-ca"), help: "CA for the NATS server's certificate, PEM; implies TLS (env BACKBEAT_NATS_CA)")
     var natsCA: String?
     @Option(name: both("nats-cert"), help: "NATS client certificate, PEM (env BACKBEAT_NATS_CERT)")
     var natsCert: String?
@@ -311,7 +319,8 @@ struct PulseCommand: ParsableArguments {
         if let degradeAfterMs { config.degradeAfterMs = degradeAfterMs }
         if let raftCompactEvery { config.raftCompactEvery = raftCompactEvery }
         let flags: [(String?, WritableKeyPath<PulseConfig, String>)] = [
-            (adminBind, \.adminBind), (raftTLSCert, \.raftTLSCert), (raftTLSKey, \.raftTLSKey), (raftTLSCA, \.raftTLSCA),
+            (adminBind, \.adminBind), (raftTLSCert, \.raftTLSCert), (raftTLSKey, \.raftTLSKey),
+            (raftTLSCA, \.raftTLSCA),
             (natsCreds, \.natsCreds), (natsNkey, \.natsNkey), (natsCA, \.natsCA), (natsCert, \.natsCert),
             (natsKey, \.natsKey),
         ]

@@ -247,7 +247,8 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
                 throw PulseError.startup("-nats-nkey \(security.nkeySeedPath): \(error.reason)")
             }
             try check(
-                natsOptions_SetNKeyFromSeed(opts, publicKey, security.nkeySeedPath), "-nats-nkey \(security.nkeySeedPath)")
+                natsOptions_SetNKeyFromSeed(opts, publicKey, security.nkeySeedPath),
+                "-nats-nkey \(security.nkeySeedPath)")
         }
         if !security.caPath.isEmpty {
             try check(natsOptions_SetSecure(opts, true), "natsOptions_SetSecure")
@@ -377,7 +378,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
                     logger.error("doorway full: NATS connection lost", metadata: ["url": "\(redactedURL)"])
                 }
             }
-        } else if status == NATS_NOT_YET_CONNECTED, let nc, case let detail = nats_GetLastError(nil).map({ String(cString: $0) }) ?? "" {
+        } else if status == NATS_NOT_YET_CONNECTED, let nc,
+            case let detail = nats_GetLastError(nil).map({ String(cString: $0) }) ?? ""
+        {
             // The client keeps trying on its own thread (holding this new
             // connection's mutex); the loop owns it only for shutdown until
             // the connected callback arrives.

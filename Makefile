@@ -15,12 +15,12 @@ ADMIN_PORT ?= 8080
 BPM ?= 120
 RUN_DIR ?= run
 APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl iproute2 iptables pkg-config \
-  python3 python3-venv python3-pip python3-jsonschema
+  libssl-dev openssl python3 python3-venv python3-pip python3-jsonschema
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build release run dev cluster test test-unit test-python test-all check-noalloc bench format clean \
-	fuzz fuzz-build fuzz-smoke
+.PHONY: deps build release run dev cluster certs cluster-tls test test-unit test-python test-all check-noalloc bench \
+	format clean fuzz fuzz-build fuzz-smoke
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -64,6 +64,26 @@ cluster: build
 	      | sed -u "s/^/[n$$i] /" >> $(RUN_DIR)/cluster.log ) & pids="$$pids $$!"; \
 	done; \
 	echo "cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
+	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
+
+# A throwaway CA and certificates for n1..n3 in $(RUN_DIR)/certs (scripts/certs.sh).
+certs:
+	@[ -f $(RUN_DIR)/certs/n3.pem ] || scripts/certs.sh $(RUN_DIR)/certs n1 n2 n3
+
+# `make cluster` with the Raft traffic over mutual TLS (certificates from `make certs`).
+cluster-tls: build certs
+	@mkdir -p $(RUN_DIR)
+	@bin=$$($(SWIFT) build --show-bin-path)/pulse; certs=$(RUN_DIR)/certs; \
+	nats-server -a 127.0.0.1 -p $(NATS_PORT) > $(RUN_DIR)/nats.log 2>&1 & pids=$$!; \
+	trap 'trap - EXIT INT TERM; kill 0 2>/dev/null' EXIT INT TERM; \
+	sleep 0.3; \
+	for i in 1 2 3; do \
+	  ( $$bin -bootstrap -bpm $(BPM) -max-bpm 600 -nats nats://127.0.0.1:$(NATS_PORT) -node-id n$$i \
+	      -raft-bind 127.0.0.1:700$$i -peers $(PEERS) -admin-port 808$$((i-1)) -data-dir $(RUN_DIR)/tls-n$$i \
+	      -raft-tls-cert $$certs/n$$i.pem -raft-tls-key $$certs/n$$i.key -raft-tls-ca $$certs/ca.pem 2>&1 \
+	      | sed -u "s/^/[n$$i] /" >> $(RUN_DIR)/cluster.log ) & pids="$$pids $$!"; \
+	done; \
+	echo "TLS cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
 
 test: deps check-noalloc test-unit test-python fuzz-smoke

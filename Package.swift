@@ -7,6 +7,7 @@ import PackageDescription
 //   CLoop      C: epoll + timerfd + eventfd loop, real-time helpers, jemalloc counters
 //   CNats      system library: the NATS C client (Debian libnats-dev)
 //   CHttpParser system library: node's http-parser (Debian libhttp-parser-dev)
+//   COpenSSL   system library: OpenSSL 3 for the Raft transport's mutual TLS (Debian libssl-dev)
 //   Raft       pure Swift consensus core (etcd-raft style): tick/step/ready/advance, no I/O
 //   PulseCore  pure Swift, no I/O: timeline math, HLC, BeatFrame encoder (allocation-free)
 //   Pulse      the service as a library: config, loop wiring, NATS transport, cluster, admin
@@ -50,6 +51,12 @@ let package = Package(
             path: "Sources/CHttpParser",
             providers: [.apt(["libhttp-parser-dev"])]
         ),
+        .systemLibrary(
+            name: "COpenSSL",
+            path: "Sources/COpenSSL",
+            pkgConfig: "openssl",
+            providers: [.apt(["libssl-dev"])]
+        ),
         .target(
             name: "Raft",
             path: "Sources/Raft"
@@ -62,7 +69,7 @@ let package = Package(
         .target(
             name: "Pulse",
             dependencies: [
-                "CLoop", "CNats", "CHttpParser", "PulseCore", "Raft",
+                "CLoop", "CNats", "CHttpParser", "COpenSSL", "PulseCore", "Raft",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -113,7 +120,7 @@ let package = Package(
         .testTarget(
             name: "PulseTests",
             dependencies: [
-                "Pulse", "PulseCore", "CLoop", "CNats", .product(name: "Crypto", package: "swift-crypto"),
+                "Pulse", "PulseCore", "CLoop", "CNats", "COpenSSL", .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Tests/PulseTests",
             swiftSettings: [.swiftLanguageMode(.v5)]

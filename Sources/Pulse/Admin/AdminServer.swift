@@ -7,7 +7,7 @@
 //
 // Wiring (loop thread):
 //     let admin = AdminServer(loop: loop, backend: node, port: config.adminPort, authToken: token, logger: logger)
-//     try admin.start()          // binds 127.0.0.1:<port>; `admin.boundPort` is the real port
+//     try admin.start()          // binds host:port (host: -admin-bind, 127.0.0.1 by default); `admin.boundPort` is the real port
 //     ...
 //     admin.stop()               // before the loop is destroyed
 import CLoop

@@ -126,7 +126,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
 
     init(
         peers: PeerList, timing: RaftTiming, dataDir: String, bootstrapBpm: Int64?, bar: Int, loop: EventLoop,
-        rejected: RejectedInput, logger: Logger
+        rejected: RejectedInput, logger: Logger, tls: RaftTLS? = nil
     ) throws {
         self.peers = peers
         self.rejected = rejected
@@ -159,7 +159,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
         transport = try RaftTransport(
             loop: loop, peers: peers,
             limits: .forElectionTimeout(Int64(timing.electionTicks) * timing.tickNs),
-            rejected: rejected, logger: logger, inbox: self)
+            rejected: rejected, logger: logger, inbox: self, tls: tls)
         tickToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
     }
 

@@ -31,6 +31,21 @@
 // idle or half-open connections cannot starve the peers' slots. Raft
 // tolerates loss, so when a peer is unreachable or its output buffer is full,
 // messages are dropped.
+//
+// With `RaftTLS` (-raft-tls-cert/-key/-ca), every connection is TLS 1.3 with
+// mutual authentication and the same frames travel inside it. The handshake
+// runs on the loop, non-blocking (SSL_do_handshake/SSL_read/SSL_write return
+// WANT_READ/WANT_WRITE and the connection's epoll interest follows): each
+// step is a few hundred microseconds of ECDSA/X25519 work at most, dispatched
+// after the beat timer like any other fd (beats first), and bounded in time
+// by `handshakeTimeoutNs` on both sides. Inbound: the first byte must open a
+// TLS record (`tls_required`), the certificate must chain to the CA
+// (`tls_untrusted_certificate`) and name exactly one other member
+// (`tls_unknown_peer`, `tls_ambiguous_peer`); then every frame's `from` must
+// be that member (`tls_identity_mismatch`). Outbound: the server's
+// certificate must name the member dialled (`tls_wrong_server`).
+// Without TLS, plain TCP: for loopback development; start() warns when a
+// peer is not on loopback.
 import CLoop
 import Foundation
 import Glibc
@@ -106,14 +121,19 @@ final class RaftTransport: LoopHandler {
     private var outbound: [NodeID: Outbound] = [:]
     private var inbound: [UInt32: Inbound] = [:]
     private let knownIds: Set<NodeID>
+    private let peers: [Peer]
+    /// Mutual TLS on every connection, or nil for plain TCP.
+    private let tls: RaftTLS?
     private(set) var stats = RaftTransportStats()
 
     init(
         loop: EventLoop, peers: PeerList, limits: RaftTransportLimits, rejected: RejectedInput, logger: Logger,
-        inbox: RaftInbox
+        inbox: RaftInbox, tls: RaftTLS? = nil
     ) throws {
         self.loop = loop
         self.me = peers.me
+        self.peers = peers.peers
+        self.tls = tls
         self.logger = logger
         self.inbox = inbox
         self.rejected = rejected
@@ -142,6 +162,11 @@ final class RaftTransport: LoopHandler {
             throw PulseError.startup("-raft-bind \(me.address): \(reason)")
         }
         listenToken = try loop.register(fd: fd, interest: UInt32(CLOOP_READ), owned: true, handler: self)
+        if tls == nil, let remote = outbound.values.first(where: { !$0.peer.host.hasPrefix("127.") }) {
+            logger.warning(
+                "raft: plain TCP to a peer off loopback; anyone who can reach the port can join: give -raft-tls-cert, -raft-tls-key and -raft-tls-ca",
+                metadata: ["peer": "\(remote.peer.address)"])
+        }
         _ = cloop_timer_arm_after(loop.raw, timerToken, 50_000_000, 50_000_000)
         for connection in outbound.values { connect(connection) }
     }
@@ -158,7 +183,7 @@ final class RaftTransport: LoopHandler {
     /// Sends `message` to `message.to`, or drops it if that peer is not connected.
     func send(_ message: Message) {
         guard let connection = outbound[message.to] else { return }
-        guard connection.token != nil, connection.connected else {
+        guard connection.token != nil, connection.ready else {
             stats.dropped &+= 1
             return
         }
@@ -204,9 +229,18 @@ final class RaftTransport: LoopHandler {
                 connect(connection)
             }
             for connection in outbound.values
-            where connection.connected && now - connection.lastWriteMonoNs >= limits.keepaliveNs {
+            where connection.ready && now - connection.lastWriteMonoNs >= limits.keepaliveNs {
                 queueKeepalive(connection)
                 flush(connection)
+            }
+            // A connect or TLS handshake that does not finish in time is retried.
+            for connection in outbound.values
+            where connection.token != nil && !connection.ready
+                && now - connection.startedMonoNs >= limits.handshakeTimeoutNs
+            {
+                logger.info(
+                    "raft: connection not established in time", metadata: ["peer": "\(connection.peer.address)"])
+                closeOutbound(connection, backoff: true)
             }
             sweepInbound(nowMonoNs: now)
         } else if let connection = inbound[token] {
@@ -264,6 +298,10 @@ final class RaftTransport: LoopHandler {
 
     private func readInbound(token: UInt32, _ connection: Inbound) {
         let fd = cloop_fd(loop.raw, token)
+        if let tls {
+            readInboundTLS(token: token, fd: fd, connection, tls)
+            return
+        }
         var chunk = [UInt8](repeating: 0, count: 64 * 1024)
         let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
         if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
@@ -272,6 +310,106 @@ final class RaftTransport: LoopHandler {
         }
         guard n > 0 else { return }
         connection.buffer += chunk[0..<n]
+        parseInbound(token: token, connection)
+    }
+
+    /// TLS inbound: classify the first byte, drive the handshake, bind the
+    /// certificate to a member, then read records until the socket is drained.
+    private func readInboundTLS(token: UInt32, fd: Int32, _ connection: Inbound, _ tls: RaftTLS) {
+        if connection.session == nil {
+            // A TLS connection opens with a handshake record (0x16); anything
+            // else is a plain client on a TLS port, refused before OpenSSL sees it.
+            var first: UInt8 = 0
+            let n = recv(fd, &first, 1, Int32(MSG_PEEK))
+            if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
+                dropInbound(token)
+                return
+            }
+            guard n == 1 else { return }
+            guard first == 0x16 else {
+                refuseInbound(token, "tls_required", "not a TLS client")
+                return
+            }
+            guard let session = tls.session(fd: fd, server: true) else {
+                refuseInbound(token, "tls_handshake_failed", RaftTLS.lastError())
+                return
+            }
+            connection.session = session
+        }
+        guard let session = connection.session else { return }
+        if !session.established {
+            switch session.handshake() {
+            case .done:
+                let names = session.peerNames
+                switch PeerIdentity.match(names: names, peers: peers) {
+                case .peer(let peer) where peer.raftId != me.raftId:
+                    connection.peer = peer
+                case .ambiguous:
+                    refuseInbound(token, "tls_ambiguous_peer", "certificate names several members: \(names)")
+                    return
+                default:
+                    refuseInbound(token, "tls_unknown_peer", "certificate names no other member: \(names)")
+                    return
+                }
+            case .wantRead:
+                setInboundInterest(token, connection, wantWrite: false)
+                return
+            case .wantWrite:
+                setInboundInterest(token, connection, wantWrite: true)
+                return
+            case .closed:
+                dropInbound(token)
+                return
+            case .failed(let detail):
+                if session.peerVerified {
+                    refuseInbound(token, "tls_handshake_failed", detail)
+                } else {
+                    refuseInbound(token, "tls_untrusted_certificate", "\(session.verifyError) (\(detail))")
+                }
+                return
+            }
+        }
+        // Drain what OpenSSL can decrypt now: records it already pulled off
+        // the socket would not wake a level-triggered epoll again. Bounded.
+        var chunk = [UInt8](repeating: 0, count: 64 * 1024)
+        for _ in 0..<(Self.maxFrameBytes / chunk.count + 2) {
+            switch chunk.withUnsafeMutableBytes({ session.read(into: $0) }) {
+            case .done(let n):
+                connection.buffer += chunk[0..<n]
+                parseInbound(token: token, connection)
+                guard inbound[token] != nil else { return }
+            case .wantRead:
+                setInboundInterest(token, connection, wantWrite: false)
+                return
+            case .wantWrite:
+                setInboundInterest(token, connection, wantWrite: true)
+                return
+            case .closed:
+                dropInbound(token)
+                return
+            case .failed(let detail):
+                logger.info("raft: TLS connection failed", metadata: ["error": "\(detail)"])
+                dropInbound(token)
+                return
+            }
+        }
+    }
+
+    private func setInboundInterest(_ token: UInt32, _ connection: Inbound, wantWrite: Bool) {
+        guard connection.wantWrite != wantWrite else { return }
+        connection.wantWrite = wantWrite
+        loop.modify(token: token, interest: UInt32(CLOOP_READ) | (wantWrite ? UInt32(CLOOP_WRITE) : 0))
+    }
+
+    /// Counts a refused TLS connection under `reason` and closes it.
+    private func refuseInbound(_ token: UInt32, _ reason: String, _ detail: String) {
+        rejected.record(.raft, reason)
+        logger.warning("raft: TLS peer refused, closing the connection", metadata: ["reason": "\(reason): \(detail)"])
+        dropInbound(token)
+    }
+
+    /// Delivers the complete frames in `connection.buffer`.
+    private func parseInbound(token: UInt32, _ connection: Inbound) {
         var offset = 0
         // Refuse a wrong magic or version as soon as the first bytes arrive,
         // not only once a whole header is in.
@@ -313,6 +451,11 @@ final class RaftTransport: LoopHandler {
             }
             guard knownIds.contains(message.from) else {
                 badFrame(token, "unknown_sender", "message from \(message.from)")
+                return
+            }
+            // TLS: the certificate decides who speaks on this connection.
+            if let peer = connection.peer, message.from != peer.raftId {
+                badFrame(token, "tls_identity_mismatch", "message from \(message.from) on \(peer.name)'s connection")
                 return
             }
             stats.framesIn &+= 1
@@ -362,6 +505,7 @@ final class RaftTransport: LoopHandler {
             connection.token = try loop.register(
                 fd: fd, interest: UInt32(CLOOP_READ | CLOOP_WRITE), owned: true, handler: self)
             connection.connected = false
+            connection.startedMonoNs = cloop_monotonic_ns()
         } catch {
             close(fd)
             scheduleRetry(connection)
@@ -380,33 +524,122 @@ final class RaftTransport: LoopHandler {
                 return
             }
             connection.connected = true
-            connection.backoffNs = 50_000_000
-            stats.connects &+= 1
-            logger.info("raft: connected", metadata: ["peer": "\(connection.peer.address)"])
-            // Prove at once that this is a peer, not a silent socket (handshake
-            // timeout); flushed below.
-            queueKeepalive(connection)
+            if let tls {
+                guard let session = tls.session(fd: fd, server: false) else {
+                    logger.warning("raft: TLS session", metadata: ["error": "\(RaftTLS.lastError())"])
+                    closeOutbound(connection, backoff: true)
+                    return
+                }
+                connection.session = session
+            } else {
+                established(connection)
+            }
         }
         if events & UInt32(CLOOP_HANGUP | CLOOP_ERROR) != 0 {
             closeOutbound(connection, backoff: true)
             return
         }
+        if let session = connection.session, !session.established {
+            guard handshakeOutbound(connection, token: token, session) else { return }
+        }
         if events & UInt32(CLOOP_READ) != 0 {
-            // Peers never write on our outbound connections: drain and detect EOF.
+            // Peers never write on our outbound connections: drain and detect
+            // EOF (with TLS: alerts, e.g. the peer refusing our certificate).
             var scratch = [UInt8](repeating: 0, count: 4096)
-            let n = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
-                closeOutbound(connection, backoff: true)
-                return
+            if let session = connection.session {
+                for _ in 0..<64 {
+                    let step = scratch.withUnsafeMutableBytes { session.read(into: $0) }
+                    if case .done = step { continue }
+                    if case .failed(let detail) = step {
+                        logger.warning(
+                            "raft: TLS connection to a peer failed",
+                            metadata: ["peer": "\(connection.peer.address)", "error": "\(detail)"])
+                        closeOutbound(connection, backoff: true)
+                        return
+                    }
+                    if step == .closed {
+                        closeOutbound(connection, backoff: true)
+                        return
+                    }
+                    break
+                }
+            } else {
+                let n = scratch.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR) {
+                    closeOutbound(connection, backoff: true)
+                    return
+                }
             }
         }
         flush(connection)
     }
 
+    /// Advances the client side of the TLS handshake; true once established
+    /// (the server's certificate names the member dialled), false while
+    /// waiting or after closing the connection.
+    private func handshakeOutbound(_ connection: Outbound, token: UInt32, _ session: TLSSession) -> Bool {
+        switch session.handshake() {
+        case .done:
+            let names = session.peerNames
+            guard case .peer(let peer) = PeerIdentity.match(names: names, peers: peers),
+                peer.raftId == connection.peer.raftId
+            else {
+                rejected.record(.raft, "tls_wrong_server")
+                logger.warning(
+                    "raft: the peer's certificate does not name it, closing",
+                    metadata: ["peer": "\(connection.peer.address)", "names": "\(names)"])
+                closeOutbound(connection, backoff: true)
+                return false
+            }
+            established(connection)
+            return true
+        case .wantRead:
+            loop.modify(token: token, interest: UInt32(CLOOP_READ))
+        case .wantWrite:
+            loop.modify(token: token, interest: UInt32(CLOOP_READ | CLOOP_WRITE))
+        case .closed:
+            closeOutbound(connection, backoff: true)
+        case .failed(let detail):
+            if !session.peerVerified { rejected.record(.raft, "tls_untrusted_certificate") }
+            logger.warning(
+                "raft: TLS handshake with a peer failed",
+                metadata: ["peer": "\(connection.peer.address)", "error": "\(detail)"])
+            closeOutbound(connection, backoff: true)
+        }
+        return false
+    }
+
+    /// The connection carries frames from now on.
+    private func established(_ connection: Outbound) {
+        connection.backoffNs = 50_000_000
+        stats.connects &+= 1
+        logger.info(
+            "raft: connected", metadata: ["peer": "\(connection.peer.address)", "tls": "\(connection.session != nil)"])
+        // Prove at once that this is a peer, not a silent socket (handshake
+        // timeout); the caller flushes.
+        queueKeepalive(connection)
+    }
+
     private func flush(_ connection: Outbound) {
-        guard let token = connection.token, connection.connected else { return }
+        guard let token = connection.token, connection.ready else { return }
         let fd = cloop_fd(loop.raw, token)
+        var wantWrite = false
         while !connection.output.isEmpty {
+            if let session = connection.session {
+                // Retried with the same bytes at the front (OpenSSL's rule after WANT_WRITE).
+                let step = connection.output.withUnsafeBytes { session.write($0) }
+                switch step {
+                case .done(let n):
+                    connection.output.removeFirst(n)
+                    continue
+                case .wantWrite: wantWrite = true
+                case .wantRead: break
+                case .closed, .failed:
+                    closeOutbound(connection, backoff: true)
+                    return
+                }
+                break
+            }
             let n = connection.output.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
             if n > 0 {
                 connection.output.removeFirst(n)
@@ -419,7 +652,7 @@ final class RaftTransport: LoopHandler {
                 return
             }
         }
-        let want = UInt32(CLOOP_READ) | (connection.output.isEmpty ? 0 : UInt32(CLOOP_WRITE))
+        let want = UInt32(CLOOP_READ) | (connection.output.isEmpty && !wantWrite ? 0 : UInt32(CLOOP_WRITE))
         loop.modify(token: token, interest: want)
     }
 
@@ -427,6 +660,7 @@ final class RaftTransport: LoopHandler {
         if let token = connection.token { loop.remove(token: token) }
         connection.token = nil
         connection.connected = false
+        connection.session = nil
         connection.output.removeAll(keepingCapacity: true)
         if backoff { scheduleRetry(connection) }
     }
@@ -453,7 +687,14 @@ final class RaftTransport: LoopHandler {
     private final class Outbound {
         let peer: Peer
         var token: UInt32?
+        /// TCP connected (the TLS handshake may still be under way).
         var connected = false
+        /// The TLS session, with TLS (nil for plain TCP, or before TCP connects).
+        var session: TLSSession?
+        /// Monotonic time of the connect(2) call (bounds connect and handshake).
+        var startedMonoNs: Int64 = 0
+        /// Frames may be written: connected, and the TLS handshake done.
+        var ready: Bool { connected && (session?.established ?? true) }
         var output: [UInt8] = []
         var backoffNs: Int64 = 50_000_000
         var retryAtNs: Int64 = 0
@@ -467,6 +708,11 @@ final class RaftTransport: LoopHandler {
         let acceptedMonoNs: Int64
         /// Monotonic time of the last valid frame (keepalive or message); nil before the first.
         var lastValidMonoNs: Int64?
+        /// TLS: the session (nil before the first byte) and the member its certificate names.
+        var session: TLSSession?
+        var peer: Peer?
+        /// TLS: the session waits for the socket to be writable.
+        var wantWrite = false
         init(acceptedMonoNs: Int64) { self.acceptedMonoNs = acceptedMonoNs }
     }
 }

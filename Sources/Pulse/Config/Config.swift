@@ -6,6 +6,7 @@
 // Invalid configuration is one line on stderr and exit status 2.
 import ArgumentParser
 import Foundation
+import Glibc
 
 /// Errors that stop the pulse before it serves: one line each.
 enum PulseError: Error, CustomStringConvertible {
@@ -51,6 +52,22 @@ struct PulseConfig: Sendable {
     var degradeAfterMs = 0
     /// Raft: snapshot the state machine and drop the log after this many applied entries.
     var raftCompactEvery = 64
+    /// Raft over mutual TLS 1.3: this node's certificate chain, key and the
+    /// cluster's CA (PEM files; all three or none). Re-read on SIGHUP.
+    var raftTLSCert = ""
+    var raftTLSKey = ""
+    var raftTLSCA = ""
+    /// NATS: a creds file (JWT + nkey seed), an nkey seed file, a CA for the
+    /// server's certificate, and a client certificate and key (PEM).
+    var natsCreds = ""
+    var natsNkey = ""
+    var natsCA = ""
+    var natsCert = ""
+    var natsKey = ""
+    /// The admin HTTP listener's IPv4 address (loopback unless told otherwise).
+    var adminBind = "127.0.0.1"
+
+    var raftTLSEnabled: Bool { !raftTLSCert.isEmpty }
 
     var beatSubject: String { "backbeat.\(clusterId).beat" }
     var controlSubject: String { "backbeat.\(clusterId).control" }
@@ -95,6 +112,53 @@ struct PulseConfig: Sendable {
         if !peers.isEmpty {
             _ = try PeerList.parse(peers: peers, nodeId: nodeId, raftBind: raftBind)
         }
+        try validateSecurity()
+    }
+
+    /// The TLS and NATS credential flags: complete sets, readable files, and a
+    /// well-formed creds or nkey file (a malformed one is refused here, at
+    /// start-up, since the connection itself is made in the background).
+    func validateSecurity() throws {
+        func fail(_ message: String) throws -> Never { throw PulseError.config(message) }
+        let raftTLS = [("-raft-tls-cert", raftTLSCert), ("-raft-tls-key", raftTLSKey), ("-raft-tls-ca", raftTLSCA)]
+        let given = raftTLS.filter { !$0.1.isEmpty }
+        if !given.isEmpty && given.count < 3 {
+            try fail(
+                "Raft TLS needs -raft-tls-cert, -raft-tls-key and -raft-tls-ca together (got only \(given.map(\.0).joined(separator: ", ")))"
+            )
+        }
+        if !given.isEmpty && peers.isEmpty { try fail("-raft-tls-* needs -peers (a single node has no Raft traffic)") }
+        if natsCert.isEmpty != natsKey.isEmpty { try fail("-nats-cert and -nats-key go together") }
+        if !natsCreds.isEmpty && !natsNkey.isEmpty { try fail("give -nats-creds or -nats-nkey, not both") }
+        let files =
+            given + [
+                ("-nats-creds", natsCreds), ("-nats-nkey", natsNkey), ("-nats-ca", natsCA), ("-nats-cert", natsCert),
+                ("-nats-key", natsKey),
+            ]
+        for (flag, path) in files where !path.isEmpty {
+            guard FileManager.default.isReadableFile(atPath: path) else {
+                try fail("\(flag) \(path): not a readable file")
+            }
+        }
+        do {
+            if !natsCreds.isEmpty { _ = try NatsAuth.parseCreds(fileContents: try Self.read(natsCreds)) }
+            if !natsNkey.isEmpty { _ = try NatsAuth.parseSeedFile(fileContents: try Self.read(natsNkey)) }
+        } catch let error as NatsAuth.Invalid {
+            try fail("\(natsCreds.isEmpty ? "-nats-nkey \(natsNkey)" : "-nats-creds \(natsCreds)"): \(error.reason)")
+        }
+        var probe = in_addr()
+        if inet_pton(AF_INET, adminBind, &probe) != 1 {
+            try fail("-admin-bind must be a numeric IPv4 address (got '\(adminBind)')")
+        }
+    }
+
+    /// A small file's contents (credentials), bounded to 64 KiB.
+    static func read(_ path: String) throws -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw PulseError.config("\(path): cannot open") }
+        defer { try? handle.close() }
+        let data = handle.readData(ofLength: 64 * 1024 + 1)
+        guard data.count <= 64 * 1024 else { throw PulseError.config("\(path): larger than 64 KiB") }
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// Cluster and node ids go into NATS subjects, JSON and file names.
@@ -146,10 +210,35 @@ struct PulseCommand: ParsableArguments {
     var minBpm: Int?
     @Option(name: both("max-bpm"), help: "Maximum allowed tempo (default 24)")
     var maxBpm: Int?
-    @Option(name: both("nats"), help: "NATS server URL, or a comma-separated list of them (default nats://localhost:4222)")
+    @Option(
+        name: both("nats"), help: "NATS server URL, or a comma-separated list of them (default nats://localhost:4222)")
     var nats: String?
-    @Option(name: both("admin-port"), help: "Admin HTTP port on 127.0.0.1 (default 8080)")
+    @Option(name: both("admin-port"), help: "Admin HTTP port (default 8080)")
     var adminPort: Int?
+    @Option(
+        name: both("admin-bind"),
+        help: "Admin HTTP listen address, numeric IPv4 (env BACKBEAT_ADMIN_BIND; default 127.0.0.1)")
+    var adminBind: String?
+    @Option(
+        name: both("raft-tls-cert"),
+        help: "Raft mutual TLS: this node's certificate chain, PEM (env BACKBEAT_RAFT_TLS_CERT; re-read on SIGHUP)")
+    var raftTLSCert: String?
+    @Option(
+        name: both("raft-tls-key"), help: "Raft mutual TLS: this node's private key, PEM (env BACKBEAT_RAFT_TLS_KEY)")
+    var raftTLSKey: String?
+    @Option(name: both("raft-tls-ca"), help: "Raft mutual TLS: the cluster's CA, PEM (env BACKBEAT_RAFT_TLS_CA)")
+    var raftTLSCA: String?
+    @Option(name: both("nats-creds"), help: "NATS credentials file, JWT + nkey seed (env BACKBEAT_NATS_CREDS)")
+    var natsCreds: String?
+    @Option(name: both("nats-nkey"), help: "NATS nkey seed file of a user (env BACKBEAT_NATS_NKEY)")
+    var natsNkey: String?
+    @Option(
+        name: both("nats-ca"), help: "CA for the NATS server's certificate, PEM; implies TLS (env BACKBEAT_NATS_CA)")
+    var natsCA: String?
+    @Option(name: both("nats-cert"), help: "NATS client certificate, PEM (env BACKBEAT_NATS_CERT)")
+    var natsCert: String?
+    @Option(name: both("nats-key"), help: "NATS client private key, PEM (env BACKBEAT_NATS_KEY)")
+    var natsKey: String?
     @Option(name: both("raft-bind"), help: "Raft bind address host:port (default 127.0.0.1:0)")
     var raftBind: String?
     @Flag(name: both("bootstrap"), help: "Bootstrap a new cluster: start the timeline on the next whole second")
@@ -197,6 +286,9 @@ struct PulseCommand: ParsableArguments {
         if let v = environment["BACKBEAT_CLUSTER_ID"], !v.isEmpty { config.clusterId = v }
         if let v = environment["BACKBEAT_DATA_DIR"], !v.isEmpty { config.dataDir = v }
         if let v = environment["BACKBEAT_LOG_LEVEL"], !v.isEmpty { config.logLevel = v.lowercased() }
+        for (name, path) in Self.securityEnvironment {
+            if let v = environment[name], !v.isEmpty { config[keyPath: path] = v }
+        }
         if let cluster { config.clusterId = cluster }
         if let nodeId { config.nodeId = nodeId }
         if let bpm { config.bpm = bpm }
@@ -226,9 +318,24 @@ struct PulseCommand: ParsableArguments {
         if let electionTimeoutMs { config.electionTimeoutMs = electionTimeoutMs }
         if let degradeAfterMs { config.degradeAfterMs = degradeAfterMs }
         if let raftCompactEvery { config.raftCompactEvery = raftCompactEvery }
+        let flags: [(String?, WritableKeyPath<PulseConfig, String>)] = [
+            (adminBind, \.adminBind), (raftTLSCert, \.raftTLSCert), (raftTLSKey, \.raftTLSKey),
+            (raftTLSCA, \.raftTLSCA),
+            (natsCreds, \.natsCreds), (natsNkey, \.natsNkey), (natsCA, \.natsCA), (natsCert, \.natsCert),
+            (natsKey, \.natsKey),
+        ]
+        for (value, path) in flags { if let value { config[keyPath: path] = value } }
         try config.validate()
         return config
     }
+
+    /// Environment variables of the security flags (a flag wins over them).
+    static let securityEnvironment: [(String, WritableKeyPath<PulseConfig, String>)] = [
+        ("BACKBEAT_ADMIN_BIND", \.adminBind), ("BACKBEAT_RAFT_TLS_CERT", \.raftTLSCert),
+        ("BACKBEAT_RAFT_TLS_KEY", \.raftTLSKey), ("BACKBEAT_RAFT_TLS_CA", \.raftTLSCA),
+        ("BACKBEAT_NATS_CREDS", \.natsCreds), ("BACKBEAT_NATS_NKEY", \.natsNkey), ("BACKBEAT_NATS_CA", \.natsCA),
+        ("BACKBEAT_NATS_CERT", \.natsCert), ("BACKBEAT_NATS_KEY", \.natsKey),
+    ]
 
     /// Parses `arguments` (without the program name). Errors are one line.
     static func parseConfig(_ arguments: [String], environment: [String: String]) throws -> PulseConfig {

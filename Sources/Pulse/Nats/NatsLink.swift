@@ -64,6 +64,28 @@ import Foundation
 import Glibc
 import Logging
 
+/// How the link authenticates and encrypts (flags -nats-creds, -nats-nkey,
+/// -nats-ca, -nats-cert, -nats-key; user/password or a token ride in the URL).
+/// Paths only: the C client reads the files, and the files were validated at
+/// start-up (`PulseConfig.validateSecurity`).
+struct NatsSecurity: Sendable {
+    var credsPath = ""
+    var nkeySeedPath = ""
+    var caPath = ""
+    var certPath = ""
+    var keyPath = ""
+
+    init() {}
+
+    init(config: PulseConfig) {
+        credsPath = config.natsCreds
+        nkeySeedPath = config.natsNkey
+        caPath = config.natsCA
+        certPath = config.natsCert
+        keyPath = config.natsKey
+    }
+}
+
 /// Counters and state of the link, read by metrics and health.
 struct NatsLinkStats {
     var attaches: UInt64 = 0
@@ -82,6 +104,9 @@ struct NatsLinkStats {
 final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// `-nats` as given: one URL or a comma-separated list.
     let url: String
+    /// `url` without user information, for logs and /health (NatsAuth.redact).
+    let redactedURL: String
+    let security: NatsSecurity
     /// The configured servers (`url` split on commas).
     let servers: [String]
     let name: String
@@ -123,8 +148,10 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     private var requestCounter: UInt64 = 0
     private var pendingRequests: [UInt64: (deadlineNs: Int64, reply: (Data?) -> Void)] = [:]
 
-    init(url: String, name: String, loop: EventLoop, logger: Logger) {
+    init(url: String, name: String, loop: EventLoop, logger: Logger, security: NatsSecurity = NatsSecurity()) {
         self.url = url
+        self.redactedURL = NatsAuth.redact(url)
+        self.security = security
         self.servers = (try? Self.serverList(url)) ?? [url]
         self.name = name
         self.loop = loop
@@ -198,7 +225,53 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         try check(
             natsOptions_SetEventLoop(opts, me, natsAdapterAttach, natsAdapterRead, natsAdapterWrite, natsAdapterDetach),
             "natsOptions_SetEventLoop")
+        try check(natsOptions_SetErrorHandler(opts, natsErrorCallback, me), "error handler")
+        try applySecurity(opts)
         try startConnectThread(previous: nil)
+    }
+
+    /// Credentials and TLS through the C client's own options. The errors
+    /// name the flag, never a secret.
+    private func applySecurity(_ opts: OpaquePointer?) throws {
+        if !security.credsPath.isEmpty {
+            try check(
+                natsOptions_SetUserCredentialsFromFiles(opts, security.credsPath, nil),
+                "-nats-creds \(security.credsPath)")
+        }
+        if !security.nkeySeedPath.isEmpty {
+            let seedFile = try PulseConfig.read(security.nkeySeedPath)
+            let publicKey: String
+            do {
+                publicKey = try NatsAuth.parseSeedFile(fileContents: seedFile).publicKey
+            } catch let error as NatsAuth.Invalid {
+                throw PulseError.startup("-nats-nkey \(security.nkeySeedPath): \(error.reason)")
+            }
+            try check(
+                natsOptions_SetNKeyFromSeed(opts, publicKey, security.nkeySeedPath),
+                "-nats-nkey \(security.nkeySeedPath)")
+        }
+        if !security.caPath.isEmpty {
+            try check(natsOptions_SetSecure(opts, true), "natsOptions_SetSecure")
+            try check(natsOptions_LoadCATrustedCertificates(opts, security.caPath), "-nats-ca \(security.caPath)")
+        }
+        if !security.certPath.isEmpty {
+            try check(natsOptions_SetSecure(opts, true), "natsOptions_SetSecure")
+            try check(
+                natsOptions_LoadCertificatesChain(opts, security.certPath, security.keyPath),
+                "-nats-cert \(security.certPath) / -nats-key \(security.keyPath)")
+        }
+    }
+
+    /// An asynchronous error from the server or the client (library thread):
+    /// a permissions violation (this identity may not publish or subscribe
+    /// there) or a refused authorization, logged with the server's words.
+    fileprivate func asyncError(_ nc: OpaquePointer?, _ status: natsStatus) {
+        var detail = ""
+        var text: UnsafePointer<CChar>?
+        if let nc, natsConnection_GetLastError(nc, &text) != NATS_OK, let text { detail = String(cString: text) }
+        logger.error(
+            "NATS error",
+            metadata: ["status": "\(String(cString: natsStatus_GetText(status)))", "detail": "\(detail)"])
     }
 
     private func setServers(_ list: [String]) throws {
@@ -279,6 +352,20 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
                 }
                 free(discovered)
             }
+            // A connection that ended with "no server available" never got
+            // through: 3.4.1 reports refused credentials that way, without
+            // the server's words. A plain probe connection (this thread,
+            // blocking) tells refused credentials apart; then one line (the
+            // first time, then every 30th) and a second's pause, not a spin.
+            var text: UnsafePointer<CChar>?
+            if natsConnection_GetLastError(previous.connection, &text) == NATS_NO_SERVER {
+                if let refusal = probeCredentials(list) {
+                    if authRefusals.increment() % 30 == 1 { logAuthRefused(refusal) }
+                    usleep(1_000_000)
+                } else {
+                    usleep(250_000)
+                }
+            }
             natsConnection_Destroy(previous.connection)
             do { try setServers(list) } catch { logger.error("NATS server list", metadata: ["error": "\(error)"]) }
         }
@@ -288,25 +375,39 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             logConnected(nc)
             whileOpen {
                 if !loop.post(kind: .natsConnected, pointer: UnsafeMutableRawPointer(nc)) {
-                    logger.error("doorway full: NATS connection lost", metadata: ["url": "\(url)"])
+                    logger.error("doorway full: NATS connection lost", metadata: ["url": "\(redactedURL)"])
                 }
             }
-        } else if status == NATS_NOT_YET_CONNECTED, let nc {
+        } else if status == NATS_NOT_YET_CONNECTED, let nc,
+            case let detail = nats_GetLastError(nil).map({ String(cString: $0) }) ?? ""
+        {
             // The client keeps trying on its own thread (holding this new
             // connection's mutex); the loop owns it only for shutdown until
             // the connected callback arrives.
             whileOpen {
                 if !loop.post(kind: .natsPending, pointer: UnsafeMutableRawPointer(nc)) {
-                    logger.error("doorway full: NATS connection lost", metadata: ["url": "\(url)"])
+                    logger.error("doorway full: NATS connection lost", metadata: ["url": "\(redactedURL)"])
                 }
             }
-            logger.warning(
-                "NATS not reachable yet; retrying in the background",
-                metadata: ["servers": "\(list.joined(separator: ","))"])
+            if Self.isAuthError(detail) {
+                if authRefusals.increment() % 30 == 1 { logAuthRefused(detail) }
+            } else {
+                logger.warning(
+                    "NATS not reachable yet; retrying in the background",
+                    metadata: ["servers": "\(NatsAuth.redact(list.joined(separator: ",")))", "detail": "\(detail)"])
+            }
         } else {
+            // The server's reason (e.g. "Authorization Violation" for refused
+            // credentials), from this thread's last error.
+            let detail = nats_GetLastError(nil).map { String(cString: $0) } ?? ""
             logger.error(
-                "NATS connect failed",
-                metadata: ["url": "\(url)", "status": "\(String(cString: natsStatus_GetText(status)))"])
+                status == NATS_CONNECTION_AUTH_FAILED
+                    ? "NATS refused the credentials (-nats-creds, -nats-nkey or the URL's user); not connected"
+                    : "NATS connect failed",
+                metadata: [
+                    "url": "\(redactedURL)", "status": "\(String(cString: natsStatus_GetText(status)))",
+                    "detail": "\(detail)",
+                ])
         }
     }
 
@@ -320,10 +421,41 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         let first = connectionsLogged.increment() == 1
         logger.info(
             first ? "NATS connected" : "NATS reconnected",
-            metadata: ["url": "\(connectedURL)", "configured": "\(url)"])
+            metadata: ["url": "\(NatsAuth.redact(connectedURL))", "configured": "\(redactedURL)"])
     }
 
     private let connectionsLogged = AtomicCounter()
+    /// Connect thread: one blocking connection with the same servers and
+    /// credentials; the server's refusal text if it refuses the credentials.
+    private func probeCredentials(_ list: [String]) -> String? {
+        var opts: OpaquePointer?
+        guard natsOptions_Create(&opts) == NATS_OK else { return nil }
+        defer { natsOptions_Destroy(opts) }
+        _ = natsOptions_SetURL(opts, list.first ?? url)
+        _ = natsOptions_SetTimeout(opts, 2000)
+        guard (try? applySecurity(opts)) != nil else { return nil }
+        var nc: OpaquePointer?
+        let status = natsConnection_Connect(&nc, opts)
+        let detail = nats_GetLastError(nil).map { String(cString: $0) } ?? ""
+        if let nc { natsConnection_Destroy(nc) }
+        return status == NATS_CONNECTION_AUTH_FAILED || Self.isAuthError(detail) ? detail : nil
+    }
+
+    /// Connection attempts the server refused for their credentials (connect threads).
+    private let authRefusals = AtomicCounter()
+
+    static func isAuthError(_ text: String) -> Bool {
+        let lower = text.lowercased()
+        return lower.contains("authorization violation") || lower.contains("authentication")
+    }
+
+    /// One line naming the cause; the link keeps retrying once a second
+    /// (the server's configuration may be fixed), `backbeat_nats_connected 0`.
+    private func logAuthRefused(_ detail: String) {
+        logger.error(
+            "NATS refused the credentials (-nats-creds, -nats-nkey or the URL's user); not connected, retrying every second",
+            metadata: ["detail": "\(detail)", "url": "\(redactedURL)"])
+    }
 
     /// Publishes `length` bytes from `bytes` on `subject` and flushes at once.
     /// Returns false (and counts why) when NATS is down or the publish failed.
@@ -775,6 +907,10 @@ private func link(_ pointer: UnsafeMutableRawPointer?) -> NatsLink {
 
 private let natsConnectedCallback: natsConnectionHandler = { nc, closure in
     link(closure).connectionEvent(.natsConnected, nc)
+}
+
+private let natsErrorCallback: natsErrHandler = { nc, _, status, closure in
+    link(closure).asyncError(nc, status)
 }
 
 private let natsReconnectedCallback: natsConnectionHandler = { nc, closure in

@@ -60,8 +60,8 @@ extension PulseNode: AdminBackend {
         return [
             "loop": ComponentHealth(status: "ok", detail: "last turn \(max(0, sinceTurnMs)) ms ago"),
             "nats": nats.isConnected
-                ? ComponentHealth(status: "ok", detail: "connected to \(config.natsURL)")
-                : ComponentHealth(status: "failing", detail: "not connected to \(config.natsURL)"),
+                ? ComponentHealth(status: "ok", detail: "connected to \(nats.redactedURL)")
+                : ComponentHealth(status: "failing", detail: "not connected to \(nats.redactedURL)"),
             "timeline": ComponentHealth(
                 status: stats.hotPathAllocatedBytes == 0 ? "ok" : "failing",
                 detail: "beat \(stats.lastBeatIndex), \(stats.beatsPublished) published, \(stats.beatsMissed) missed"),

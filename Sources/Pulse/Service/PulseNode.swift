@@ -9,6 +9,7 @@
 // exists, so only the loop's signalfd sees them) → loop → real-time settings
 // → NATS (connects in the background) → beat driver → loop runs until
 // SIGINT/SIGTERM → (leader: hand leadership over) → beats stop, NATS closes.
+// SIGHUP re-reads the Raft TLS certificate, key and CA (never stops the node).
 import CLoop
 import Foundation
 import Glibc
@@ -30,6 +31,8 @@ final class PulseNode: LoopHandler {
     private(set) var admin: AdminServer?
     /// The Raft cluster, when -peers is given.
     private(set) var cluster: ClusterNode?
+    /// Raft mutual TLS, when -raft-tls-* are given (reloaded on SIGHUP).
+    private(set) var raftTLS: RaftTLS?
     private var stopRequestedMonoNs: Int64?
     var stopRequested: Bool { stopRequestedMonoNs != nil }
     private let dataDir: DataDir
@@ -63,7 +66,9 @@ final class PulseNode: LoopHandler {
 
         loop = try EventLoop()
         signal(SIGPIPE, SIG_IGN)
-        nats = NatsLink(url: config.natsURL, name: "pulse \(nodeId)", loop: loop, logger: logger)
+        nats = NatsLink(
+            url: config.natsURL, name: "pulse \(nodeId)", loop: loop, logger: logger,
+            security: NatsSecurity(config: config))
         beats = try BeatDriver(
             loop: loop, nats: nats, logger: logger, timeline: timeline, clusterId: config.clusterId,
             phases: config.phases, nodeId: nodeId, subject: config.beatSubject,
@@ -72,6 +77,10 @@ final class PulseNode: LoopHandler {
         tempo = TempoController(
             config: config, loop: loop, beats: beats, nats: nats, dataDir: dataDir, metrics: metrics, logger: logger)
         if let stored { tempo.restore(stored) }
+        if let peers, config.raftTLSEnabled {
+            raftTLS = try RaftTLS(
+                certPath: config.raftTLSCert, keyPath: config.raftTLSKey, caPath: config.raftTLSCA, peers: peers)
+        }
         if let peers {
             let cluster = try ClusterNode(
                 peers: peers,
@@ -80,7 +89,7 @@ final class PulseNode: LoopHandler {
                     electionTicks: config.electionTimeoutMs / config.heartbeatMs, heartbeatTicks: 1),
                 dataDir: dataDir.path,
                 bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, bar: config.bar, loop: loop,
-                rejected: rejected, logger: logger)
+                rejected: rejected, logger: logger, tls: raftTLS)
             self.cluster = cluster
             cluster.listener = self
             cluster.compactEvery = UInt64(config.raftCompactEvery)
@@ -103,7 +112,7 @@ final class PulseNode: LoopHandler {
         } else {
             tempo.useDataDirCommit()
         }
-        signalToken = try loop.watchSignals([SIGINT, SIGTERM], handler: self)
+        signalToken = try loop.watchSignals([SIGINT, SIGTERM, SIGHUP], handler: self)
         housekeepingToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
     }
 
@@ -172,12 +181,12 @@ final class PulseNode: LoopHandler {
         var limits = AdminLimits()
         limits.maxConnections = 256
         let server = AdminServer(
-            loop: loop, backend: self, port: config.adminPort, authToken: config.adminToken, limits: limits,
-            logger: logger, rejected: rejected)
+            loop: loop, backend: self, host: config.adminBind, port: config.adminPort, authToken: config.adminToken,
+            limits: limits, logger: logger, rejected: rejected)
         do {
             try server.start()
         } catch {
-            throw PulseError.startup("admin API on 127.0.0.1:\(config.adminPort): \(error)")
+            throw PulseError.startup("admin API on \(config.adminBind):\(config.adminPort): \(error)")
         }
         admin = server
         subscribeControl()
@@ -212,7 +221,9 @@ final class PulseNode: LoopHandler {
     func loopEvent(token: UInt32, events: UInt32) {
         if token == signalToken {
             let signo = cloop_signal_read(loop.raw, signalToken)
-            if signo > 0 {
+            if signo == SIGHUP {
+                reloadCertificates()
+            } else if signo > 0 {
                 logger.info("stopping", metadata: ["signal": signo == SIGTERM ? "SIGTERM" : "SIGINT"])
                 // A leader hands over first so that no beat is missed; the
                 // loop keeps turning until it is a follower (at most 3 s).
@@ -226,6 +237,22 @@ final class PulseNode: LoopHandler {
         } else if token == housekeepingToken {
             _ = cloop_timer_read(loop.raw, housekeepingToken)
             housekeeping()
+        }
+    }
+
+    /// SIGHUP: re-reads the Raft TLS files. New connections use the new
+    /// certificate; established ones keep theirs. A failure keeps the old
+    /// files' context and is one log line: rotation never stops a node.
+    private func reloadCertificates() {
+        guard let raftTLS else {
+            logger.info("SIGHUP: no certificates to reload")
+            return
+        }
+        do {
+            try raftTLS.reload()
+            logger.info("SIGHUP: Raft TLS certificates reloaded", metadata: ["names": "\(raftTLS.ownNames)"])
+        } catch {
+            logger.error("SIGHUP: Raft TLS certificates not reloaded, keeping the previous ones: \(error)")
         }
     }
 

@@ -208,6 +208,32 @@ final class HostileInputTests: XCTestCase {
         assertConsecutive(ownFrames(node))
     }
 
+    /// Forged echoes that pass every check (the node's own HLC suffix, its
+    /// term, the next index) arrive ahead of each beat: the one publisher
+    /// must not take them for its own frames and skip (adversarial review
+    /// of issue 9: ten such frames a second silenced a node completely).
+    func testForgedNextIndexEchoesDoNotSilenceThePublisher() throws {
+        let node = try startNode()
+        defer { node.process.stop() }
+        let publisher = try RawNats(url: node.nats.url)
+        let subject = "backbeat.\(Self.cluster).beat"
+        let last = try XCTUnwrap(ownFrames(node).last, node.process.log)
+        let lastReceived = try XCTUnwrap(node.beats.received.last?.receivedNs)
+        let periodNs = Int64(Self.periodMs * 1_000_000)
+        let before = ownFrames(node).count
+        let deadline = Date().addingTimeInterval(3)
+        while Date() < deadline {  // 20 forgeries a second for 3 s (15 beats)
+            let next = last.beatIndex + (wallNowNs() - lastReceived) / periodNs + 1
+            _ = publisher.publish(subject, Array(forged(index: "\(next)", from: last, suffix: "h0st").utf8))
+            publisher.flush()
+            usleep(50_000)
+        }
+        XCTAssertTrue(node.beats.wait(for: node.beats.count + 2, seconds: 3))
+        let frames = ownFrames(node)
+        XCTAssertGreaterThanOrEqual(frames.count - before, 14, node.process.log)
+        assertConsecutive(frames)
+    }
+
     func testHostileHttpRequestsAreRefusedAndCounted() throws {
         let node = try startNode(extra: ["-admin-token", Self.token])
         defer { node.process.stop() }

@@ -306,8 +306,17 @@ final class BeatDriver: LoopHandler {
             }
             stats.lateBeats &+= 1
         }
-        if k <= lastSeenIndex {
+        // Echoes steer only a node that is not the one publisher: a degraded
+        // node, or a new leader whose lease is not confirmed yet. In
+        // `.publish` mode this node is the only publisher (a single node, or
+        // the leader holding its lease, §4; `takeOver` already continued after
+        // the last index seen when leadership began), so a frame already on
+        // the subject at its next index is a forgery (anyone with publish
+        // rights can copy a real frame's HLC suffix) and must not make it skip.
+        if case .publish = mode {
+        } else if k <= lastSeenIndex {
             nextBeat = lastSeenIndex + 1  // already on the subject (another publisher)
+            beatsFollowed &+= 1
             return nil
         }
         if case .wait = mode {

@@ -111,8 +111,11 @@ final class EchoPolicyTests: XCTestCase {
         XCTAssertEqual(
             cluster.judge(frame(index: 100, term: 12), timeline: timeline, atTimelineNs: now, ownTerm: 3),
             .reject(.termAhead))
+        // The fence rises only to the node's own term (see the forged-frame test below).
         XCTAssertEqual(
-            cluster.judge(frame(index: 100, term: 10), timeline: timeline, atTimelineNs: now, ownTerm: 3),
+            cluster.judge(frame(index: 100, term: 10), timeline: timeline, atTimelineNs: now, ownTerm: 3), .accept)
+        XCTAssertEqual(
+            cluster.judge(frame(index: 100, term: 2), timeline: timeline, atTimelineNs: now, ownTerm: 3),
             .reject(.termStale))
         XCTAssertEqual(
             cluster.judge(frame(index: 100, term: 11), timeline: timeline, atTimelineNs: now, ownTerm: 3), .accept)
@@ -156,5 +159,18 @@ final class EchoPolicyTests: XCTestCase {
                 XCTAssertEqual(policy.lastTermSeen, before, "seed \(rng.seed)")
             }
         }
+    }
+
+    /// A forged frame of term own + lead is accepted but must not fence out
+    /// the real leader's frames of the node's own term (adversarial review).
+    func testAFrameAheadOfOurTermDoesNotRaiseTheFencePastIt() {
+        var policy = EchoPolicy(clusterId: "c1", publishers: .known(["ab-1", "cd-2"]), maxTermLead: 8)
+        func judge(_ term: UInt64) -> EchoVerdict {
+            policy.judge(frame(index: 100, term: term), timeline: timeline, atTimelineNs: now, ownTerm: 3)
+        }
+        XCTAssertEqual(judge(11), .accept)
+        XCTAssertEqual(policy.lastTermSeen, 3)
+        XCTAssertEqual(judge(3), .accept)
+        XCTAssertEqual(judge(2), .reject(.termStale))
     }
 }

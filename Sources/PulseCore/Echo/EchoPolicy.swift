@@ -63,7 +63,11 @@ public struct EchoPolicy: Sendable, Hashable {
     /// single node (its frames are its own), a few in a cluster (a follower
     /// may hear a new leader's frames before its Raft messages).
     public let maxTermLead: UInt64
-    /// The highest term of an accepted frame (0 before any).
+    /// The fence for stale frames: the highest term of an accepted frame, but
+    /// never above this node's own term when it was accepted. A frame up to
+    /// `maxTermLead` ahead is accepted (a follower may hear a new leader before
+    /// its Raft messages) without raising the fence past what Raft confirmed,
+    /// so one forged far-ahead frame cannot make the real leader's frames stale.
     public private(set) var lastTermSeen: UInt64 = 0
 
     /// A cluster's followers may hear frames of up to this many terms ahead of their own.
@@ -97,7 +101,7 @@ public struct EchoPolicy: Sendable, Hashable {
         let (high, highOverflow) = current.addingReportingOverflow(1)
         guard lowOverflow || frame.beatIndex >= low else { return .reject(.indexBehind) }
         guard highOverflow || frame.beatIndex <= high else { return .reject(.indexAhead) }
-        lastTermSeen = frame.term
+        lastTermSeen = max(lastTermSeen, min(frame.term, ownTerm))
         return .accept
     }
 }

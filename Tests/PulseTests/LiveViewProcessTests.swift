@@ -89,10 +89,12 @@ final class LiveViewProcessTests: XCTestCase {
         let metrics = try XCTUnwrap(RawClient(port: port).request(httpRequest("GET", "/metrics")))
         let text = metrics.text
         XCTAssertEqual(
-            Self.metric(text, "backbeat_rejected_input_total", [#"surface="http""#, #"reason="too_many_event_streams""#]),
+            Self.metric(
+                text, "backbeat_rejected_input_total", [#"surface="http""#, #"reason="too_many_event_streams""#]),
             2, "both refusals counted")
         XCTAssertEqual(Self.metric(text, "backbeat_beats_missed_total"), 0, "no beat missed")
-        XCTAssertEqual(Self.metric(text, "backbeat_hot_path_allocated_bytes_total"), 0, "the beat path allocated nothing")
+        XCTAssertEqual(
+            Self.metric(text, "backbeat_hot_path_allocated_bytes_total"), 0, "the beat path allocated nothing")
         readers.forEach { $0.stop() }
         _ = idle
     }
@@ -102,7 +104,9 @@ extension LiveViewProcessTests {
     /// The value of `name` (with every one of `labels`) on /metrics, nil when absent.
     static func metric(_ text: String, _ name: String, _ labels: [String] = []) -> Double? {
         for line in text.split(separator: "\n") where line.hasPrefix(name + " ") || line.hasPrefix(name + "{") {
-            guard labels.allSatisfy({ line.contains($0) }), let value = line.split(separator: " ").last else { continue }
+            guard labels.allSatisfy({ line.contains($0) }), let value = line.split(separator: " ").last else {
+                continue
+            }
             return Double(value)
         }
         return nil

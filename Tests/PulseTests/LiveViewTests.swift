@@ -115,7 +115,8 @@ final class EventStreamClient {
         status = statusLine.count >= 2 ? Int(statusLine[1]) ?? 0 : 0
         for line in head.dropFirst() {
             guard let colon = line.firstIndex(of: ":") else { continue }
-            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
+            headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(
+                in: .whitespaces)
         }
         return status
     }

@@ -60,7 +60,9 @@ struct LiveState: Encodable, Equatable {
         var name: String
         var address: String
         /// "leader", "follower", "candidate", "single" (this node's role), or
-        /// for another peer: "leader", "in_contact", "silent" (as this node sees it).
+        /// for another peer: "leader", "in_contact" (heard within 2 s), "silent" (not heard
+        /// by this node, the leader), "no_contact" (not heard by this follower, which
+        /// hears only the leader).
         var state: String
         var is_self: Bool
     }

@@ -83,7 +83,8 @@ struct AdminLimits {
         precondition(maxOutputBufferedBytes >= 1, "maxOutputBufferedBytes")
         precondition(maxEventStreams >= 0 && maxPendingBeatEvents >= 1, "event stream counts")
         precondition(eventStreamBufferBytes >= 4096 && eventStreamSocketBufferBytes >= 1024, "event stream buffers")
-        precondition(eventStreamStallTimeoutNs > 0 && eventQuietBeforeBeatNs >= 0 && eventKeepaliveNs > 0, "event timing")
+        precondition(
+            eventStreamStallTimeoutNs > 0 && eventQuietBeforeBeatNs >= 0 && eventKeepaliveNs > 0, "event timing")
     }
 }
 

@@ -50,6 +50,9 @@ extension PulseNode: LiveSource {
             LiveState.Pending(at_beat: $0.startBeat, at_ns: $0.startNs, bpm: $0.bpm)
         }
         let nowNs = cloop_realtime_ns()
+        // A leader hears from every peer, so one it does not hear is silent; a
+        // follower hears only the leader, so for it other peers are just out of sight.
+        let silence = cluster?.isLeader ?? false ? "silent" : "no_contact"
         let peers: [LiveState.Peer] =
             cluster.map { cluster in
                 cluster.peers.peers.map { peer in
@@ -58,7 +61,7 @@ extension PulseNode: LiveSource {
                         isSelf
                         ? liveRole
                         : peer.raftId == cluster.leader
-                            ? "leader" : inContact(peer, nowNs: nowNs) ? "in_contact" : "silent"
+                            ? "leader" : inContact(peer, nowNs: nowNs) ? "in_contact" : silence
                     return LiveState.Peer(name: peer.name, address: peer.address, state: state, is_self: isSelf)
                 }
             } ?? []

@@ -33,8 +33,7 @@ enum LivePageHTML {
   .mono { font-family: ui-monospace, monospace; }
   #bar { display: flex; gap: 6px; margin: .9rem 0 .3rem; }
   .cell { flex: 1; height: 46px; border-radius: 6px; background: #222a36; border: 1px solid var(--line);
-          display: flex; align-items: flex-end; justify-content: center; color: var(--dim); font-size: .75rem;
-          transition: background .08s; }
+          display: flex; align-items: flex-end; justify-content: center; color: var(--dim); font-size: .75rem; }
   .cell.down { border-color: var(--down); }
   .cell.lit { background: var(--beat); color: #000; }
   .cell.lit.down { background: var(--down); }
@@ -45,6 +44,7 @@ enum LivePageHTML {
   .pill.ok { color: var(--ok); border-color: var(--ok); }
   .pill.bad { color: var(--bad); border-color: var(--bad); }
   .pill.warn { color: var(--warn); border-color: var(--warn); }
+  .pill.dim { color: var(--dim); border-style: dashed; }
   table { width: 100%; border-collapse: collapse; }
   td, th { text-align: left; padding: .25rem .3rem; border-bottom: 1px solid var(--line); }
   th { color: var(--dim); font-weight: normal; }
@@ -109,9 +109,9 @@ enum LivePageHTML {
   <section>
     <h2>Timing</h2>
     <canvas id="chart-latency" width="640" height="160"></canvas>
-    <div class="chart-label"><span>delivery latency (frame received − instant)</span><span id="latency-now">–</span></div>
+    <div class="chart-label"><span>delivery latency (received − instant)</span><span id="latency-now">–</span></div>
     <canvas id="chart-jitter" width="640" height="160" style="margin-top:.6rem"></canvas>
-    <div class="chart-label"><span>jitter (publish − instant, beats this node published)</span><span id="jitter-now">–</span></div>
+    <div class="chart-label"><span>jitter (publish − instant, beats published here)</span><span id="jitter-now">–</span></div>
   </section>
 </main>
 <script>
@@ -168,9 +168,9 @@ function onState(s) {
   pill("degraded", s.degraded ? "degraded: keeping the timeline locally" : "no", s.degraded ? "bad" : "ok");
   pill("nats", s.nats_connected ? "connected (" + s.nats_server + ")" : "disconnected", s.nats_connected ? "ok" : "bad");
   const rows = s.peers.map((p) => {
-    const kind = p.state === "leader" ? "ok" : p.state === "silent" ? "bad" : "";
+    const kind = p.state === "leader" ? "ok" : p.state === "silent" ? "bad" : p.state === "no_contact" ? "dim" : "";
     return "<tr><td>" + esc(p.name) + (p.is_self ? " (this node)" : "") + "</td><td class=mono>" + esc(p.address) +
-      "</td><td><span class='pill " + kind + "'>" + esc(p.state.replace("_", " ")) + "</span></td></tr>";
+      "</td><td><span class='pill " + kind + "'>" + esc(p.state.replace(/_/g, " ")) + "</span></td></tr>";
   });
   $("peers").innerHTML = rows.join("") || "<tr><td colspan=3 class=dim>single node</td></tr>";
   $("token-row").hidden = $("token").hidden = !s.auth_required;
@@ -238,6 +238,7 @@ function tick() {
     text("tempo-pending", "no change pending");
     $("tempo-pending").className = "dim";
   }
+  if (state && series.jitter.length === 0) text("jitter-now", state.role === "follower" ? "none: a follower does not publish" : "–");
   if (lastBeat && state) {
     const age = performance.now() - lastBeatAtMs, periodMs = 60000 / state.tempo_bpm;
     text("beat-age", age > 2 * periodMs ? "no frame for " + (age / 1000).toFixed(1) + " s" : "");

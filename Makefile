@@ -6,6 +6,7 @@
 #   make test      every test: unit, property, allocation, real nats-server processes,
 #                  plus the release build that enforces @_noAllocation
 #   make bench     the timing report (release)
+#   make test-browser  the live view (GET /) in headless Chromium against a live 3-node cluster
 #   make fuzz      every libFuzzer harness for FUZZ_SECONDS each (docs/fuzzing.md);
 #                  make fuzz-smoke: a few seconds each (part of make test)
 SHELL := /bin/bash
@@ -15,11 +16,11 @@ ADMIN_PORT ?= 8080
 BPM ?= 120
 RUN_DIR ?= run
 APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl iproute2 iptables pkg-config \
-  libssl-dev openssl python3 python3-venv python3-pip python3-jsonschema
+  libssl-dev openssl python3 python3-venv python3-pip python3-jsonschema chromium chromium-driver python3-selenium
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build release run dev cluster certs cluster-tls test test-unit test-python test-all check-noalloc bench \
+.PHONY: deps build release run dev cluster certs cluster-tls test test-unit test-python test-browser test-all check-noalloc bench \
 	format clean fuzz fuzz-build fuzz-smoke
 
 deps:
@@ -86,7 +87,7 @@ cluster-tls: build certs
 	echo "TLS cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
 
-test: deps check-noalloc test-unit test-python fuzz-smoke
+test: deps check-noalloc test-unit test-python test-browser fuzz-smoke
 
 test-unit:
 	$(SWIFT) build
@@ -101,6 +102,15 @@ test-python: build
 	@$(VENV)/bin/python -c "import nats, jsonschema" 2>/dev/null || $(VENV)/bin/pip install -q nats-py jsonschema
 	$(VENV)/bin/python clients/python/tests/test_timeline.py
 	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(VENV)/bin/python clients/python/tests/test_live.py
+
+# The live view in real headless Chromium (Debian chromium, chromium-driver and
+# python3-selenium, so Debian's own python3): against a 3-node cluster, the beat
+# in step with the subject, downbeats, a tempo change from the page, a
+# failover; saves docs/live-view.png. Fails loudly when a package is missing.
+BROWSER_PYTHON ?= /usr/bin/python3
+test-browser: build
+	@scripts/embed-web.sh --check
+	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(BROWSER_PYTHON) Tests/browser/test_live_view.py
 
 # Every admin endpoint against a live node (the seed's test-all).
 test-all: build

@@ -9,6 +9,12 @@
 // the socket would block. After a closing response the write side is shut and
 // input is drained for a short while ("lingering close"), so the client reads
 // the response rather than a reset.
+//
+// `GET /events` turns the connection into an event stream (AdminEvents):
+// no more requests are parsed, input is read only to notice the close, and
+// events are queued up to `eventStreamBufferBytes` (the output buffer is
+// reserved at that size once, so queueing never reallocates); an event that
+// does not fit, or no byte accepted for `eventStreamStallTimeoutNs`, drops it.
 import CHttpParser
 import CLoop
 import Glibc
@@ -21,6 +27,8 @@ final class AdminConnection: LoopHandler {
         case closingAfterFlush
         /// Write side shut; input is read and dropped until EOF or the linger deadline.
         case lingering
+        /// An event stream (`GET /events`): events out, input dropped until EOF.
+        case streaming
         case closed
     }
 
@@ -49,6 +57,8 @@ final class AdminConnection: LoopHandler {
     /// Monotonic instant by which the next request must be complete (or, when
     /// closing, by which the connection is closed).
     private var deadlineNs: Int64
+    /// Streaming: monotonic time the socket last took bytes (or the queue was empty).
+    private var lastProgressNs: Int64 = 0
 
     // The message being parsed.
     private var messageInProgress = false
@@ -135,7 +145,7 @@ final class AdminConnection: LoopHandler {
             switch phase {
             case .closed, .closingAfterFlush:
                 return
-            case .lingering:
+            case .lingering, .streaming:
                 let n = recv(fd, readBuffer, min(limits.readBufferBytes, budget), 0)
                 if n > 0 {
                     budget -= n
@@ -213,6 +223,10 @@ final class AdminConnection: LoopHandler {
             fail(400, code: "bad_request", message: "invalid request target")
             return
         }
+        if path == "/events", method == HTTP_GET.rawValue, let events = server.events {
+            startStream(events)
+            return
+        }
         let request = AdminRequest(method: method, path: path, body: body, authorization: authorization)
         let keepAlive = self.keepAlive
         let http10 = self.http10
@@ -243,6 +257,46 @@ final class AdminConnection: LoopHandler {
             requestsLeftThisEvent = limits.maxRequestsPerEvent
             pump()
         }
+    }
+
+    // MARK: - Event stream
+
+    private func startStream(_ events: AdminEvents) {
+        server.noteResponse()
+        switch events.open(self) {
+        case .refused(let response):
+            AdminHTTP.serialize(response, keepAlive: false, http10: http10, headOnly: false, into: &output)
+            phase = .closingAfterFlush
+            deadlineNs = cloop_monotonic_ns() + limits.lingerTimeoutNs
+        case .accepted(let first):
+            phase = .streaming
+            readStart = 0
+            readEnd = 0
+            var size = limits.eventStreamSocketBufferBytes
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+            output.reserveCapacity(max(limits.eventStreamBufferBytes, output.count + first.count))
+            output.append(contentsOf: first)
+            lastProgressNs = cloop_monotonic_ns()
+        }
+    }
+
+    /// Queues one event on a stream and writes what the socket takes; drops
+    /// the stream when the event does not fit in `eventStreamBufferBytes`.
+    func sendEvent(_ bytes: [UInt8]) {
+        guard phase == .streaming else { return }
+        if outputHead > 0 {
+            output.removeSubrange(0..<outputHead)  // in place: the capacity stays
+            outputHead = 0
+        }
+        guard output.count + bytes.count <= limits.eventStreamBufferBytes else {
+            server.events?.noteSlowDrop()
+            close()
+            return
+        }
+        if output.isEmpty { lastProgressNs = cloop_monotonic_ns() }
+        output.append(contentsOf: bytes)
+        flush()
+        updateInterest()
     }
 
     private func protocolError(parserStatus: UInt32) {
@@ -288,6 +342,7 @@ final class AdminConnection: LoopHandler {
             }
             if n > 0 {
                 outputHead += n
+                if phase == .streaming { lastProgressNs = cloop_monotonic_ns() }
                 continue
             }
             if n < 0 && errno == EINTR { continue }
@@ -296,7 +351,7 @@ final class AdminConnection: LoopHandler {
             return
         }
         if outputHead == output.count, outputHead > 0 {
-            output.removeAll(keepingCapacity: output.capacity <= 64 * 1024)
+            output.removeAll(keepingCapacity: phase == .streaming || output.capacity <= 64 * 1024)
             outputHead = 0
         }
         if phase == .closingAfterFlush, outputPending == 0 { startLinger() }
@@ -322,7 +377,7 @@ final class AdminConnection: LoopHandler {
             if !eof, readEnd < limits.readBufferBytes, outputPending <= limits.maxOutputBufferedBytes {
                 wanted |= UInt32(CLOOP_READ)
             }
-        case .lingering:
+        case .lingering, .streaming:
             wanted |= UInt32(CLOOP_READ)
         case .closingAfterFlush, .closed:
             break
@@ -346,9 +401,10 @@ final class AdminConnection: LoopHandler {
 
     /// Enforces the deadlines; called by the server's sweep timer.
     func sweep(nowNs: Int64) {
+        if phase == .streaming { return sweepStream(nowNs: nowNs) }
         guard nowNs >= deadlineNs else { return }
         switch phase {
-        case .closed:
+        case .closed, .streaming:
             return
         case .open:
             if awaitingResponse { return }
@@ -363,6 +419,13 @@ final class AdminConnection: LoopHandler {
         case .closingAfterFlush, .lingering:
             close()
         }
+    }
+
+    /// Drops a stream that had bytes queued and accepted none for the stall timeout.
+    private func sweepStream(nowNs: Int64) {
+        guard outputPending > 0, nowNs - lastProgressNs > limits.eventStreamStallTimeoutNs else { return }
+        server.events?.noteSlowDrop()
+        close()
     }
 
     // MARK: - Parser callbacks (through `adminParserSettings`)

@@ -40,6 +40,36 @@ struct AdminLimits {
     /// `Authorization` values longer than this are kept no further (and fail).
     var maxAuthorizationBytes = 1024
 
+    // Live view (`GET /events`, Server-Sent Events; AdminEvents.swift).
+    /// Open event streams; one more is answered 503 `too_many_event_streams`.
+    /// Each costs at most `eventStreamBufferBytes` of our memory and one send
+    /// per event per beat on the loop (about 5 µs), so 64 streams bound the
+    /// worst case at 4 MiB and ~0.3 ms of loop time per beat, after the beat.
+    /// 64 leaves room for a team's dashboards (and the 50-stream test).
+    var maxEventStreams = 64
+    /// Bytes queued for one stream that the socket has not taken yet. An event
+    /// that does not fit drops the stream (the browser reconnects and gets the
+    /// current state): a slow reader costs this much and no more. 64 KiB holds
+    /// ~200 beat events, 20 s at 600 bpm, far more than a live browser lags.
+    var eventStreamBufferBytes = 64 * 1024
+    /// A stream with queued bytes that accepted none for this long is dropped
+    /// even before its buffer fills (a browser tab frozen in the background).
+    var eventStreamStallTimeoutNs: Int64 = 10_000_000_000
+    /// SO_SNDBUF of a stream socket: small, so that a reader that stopped
+    /// reading shows up in our bounded buffer rather than in kernel memory.
+    var eventStreamSocketBufferBytes: Int32 = 16 * 1024
+    /// Frames seen on the beat subject and not yet sent to the streams (they
+    /// are sent before the loop sleeps, normally one per turn); more in one
+    /// turn keeps the newest.
+    var maxPendingBeatEvents = 16
+    /// No event is written this close before the next beat's instant: the
+    /// fan-out waits for the turn after the beat, so it can never delay it.
+    var eventQuietBeforeBeatNs: Int64 = 5_000_000
+    /// A comment line sent to every stream this often when nothing else was
+    /// (a node that sees no frames): proxies keep the stream, and a browser
+    /// whose node vanished without a FIN notices.
+    var eventKeepaliveNs: Int64 = 15_000_000_000
+
     init() {}
 
     /// Traps on limits that would make the server misbehave.
@@ -51,6 +81,10 @@ struct AdminLimits {
         precondition(readBufferBytes >= 512 && maxReadBytesPerEvent >= 1, "read sizes")
         precondition(maxRequestsPerEvent >= 1 && maxAcceptsPerEvent >= 1, "per-event bounds")
         precondition(maxOutputBufferedBytes >= 1, "maxOutputBufferedBytes")
+        precondition(maxEventStreams >= 0 && maxPendingBeatEvents >= 1, "event stream counts")
+        precondition(eventStreamBufferBytes >= 4096 && eventStreamSocketBufferBytes >= 1024, "event stream buffers")
+        precondition(
+            eventStreamStallTimeoutNs > 0 && eventQuietBeforeBeatNs >= 0 && eventKeepaliveNs > 0, "event timing")
     }
 }
 

@@ -39,6 +39,10 @@ final class AdminRouter {
         "/metrics": [get, head],
         "/debug/beats": [get, head],
         "/timeline": [get, head],
+        // The live view (LivePage.swift) and its event stream (AdminEvents.swift;
+        // a connection with an event hub streams before reaching the router).
+        "/": [get, head],
+        "/events": [get],
     ]
 
     /// Answers `request` through `respond`, now or later (a tempo change may
@@ -112,6 +116,11 @@ final class AdminRouter {
                 return .error(503, code: "no_timeline", message: "no committed timeline yet")
             }
             return json(200, body)
+        case "/":
+            return AdminResponse(
+                status: 200, contentType: LivePage.contentType, body: LivePage.bytes, headers: LivePage.headers)
+        case "/events":
+            return .error(404, code: "not_found", message: "this server has no live event stream")
         default:
             return .error(404, code: "not_found", message: "no such endpoint: \(path)")
         }

@@ -35,6 +35,8 @@ final class AdminServer: LoopHandler {
     private(set) var boundPort = 0
     let limits: AdminLimits
     let router: AdminRouter
+    /// The live view's event streams (`GET /events`), when a `LiveSource` was given.
+    let events: AdminEvents?
     unowned let loop: EventLoop
     private let logger: Logger
     private(set) var stats = AdminServerStats()
@@ -54,7 +56,7 @@ final class AdminServer: LoopHandler {
         loop: EventLoop, backend: AdminBackend, host: String = "127.0.0.1", port: Int,
         authToken: String? = nil,
         limits: AdminLimits = AdminLimits(), logger: Logger = Logger(label: "pulse.admin"),
-        rejected: RejectedInput? = nil
+        rejected: RejectedInput? = nil, live: LiveSource? = nil
     ) {
         limits.validate()
         self.loop = loop
@@ -64,6 +66,10 @@ final class AdminServer: LoopHandler {
         self.logger = logger
         self.rejected = rejected
         self.router = AdminRouter(backend: backend, authToken: authToken, limits: limits, rejected: rejected)
+        self.events = live.map {
+            AdminEvents(
+                source: $0, limits: limits, authRequired: !(authToken ?? "").isEmpty, rejected: rejected)
+        }
     }
 
     /// Open connections (including ones finishing a closing response).
@@ -113,6 +119,8 @@ final class AdminServer: LoopHandler {
         let rc = cloop_timer_arm_after(loop.raw, sweep, limits.sweepIntervalNs, limits.sweepIntervalNs)
         guard rc == 0 else { throw LoopError(operation: "arm the admin sweep timer", errno: -rc) }
         kickToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
+        // The event fan-out runs before the loop sleeps, after the turn's beat.
+        if let events { loop.addBeforeSleep(events) }
         logger.info("admin API listening", metadata: ["address": "\(host):\(boundPort)"])
     }
 
@@ -249,6 +257,7 @@ final class AdminServer: LoopHandler {
     func connectionDidClose(_ connection: AdminConnection) {
         loop.remove(token: connection.token)
         connections[connection.token] = nil
+        events?.streamClosed(connection)
     }
 
     func noteResponse() { stats.responses &+= 1 }

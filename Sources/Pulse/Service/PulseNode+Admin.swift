@@ -278,6 +278,7 @@ extension PulseNode: AdminBackend {
         }
         beats.observe(frame, wallNs: receivedNs)
         metrics.deliveryObserved(latencyNs: receivedNs - beats.timeline.instantNs(ofBeat: frame.beatIndex))
+        liveFrameSeen(frame, receivedNs: receivedNs)
     }
 
     static func errorBody(_ message: String, _ code: String) -> Data {

@@ -182,7 +182,7 @@ final class PulseNode: LoopHandler {
         limits.maxConnections = 256
         let server = AdminServer(
             loop: loop, backend: self, host: config.adminBind, port: config.adminPort, authToken: config.adminToken,
-            limits: limits, logger: logger, rejected: rejected)
+            limits: limits, logger: logger, rejected: rejected, live: self)
         do {
             try server.start()
         } catch {

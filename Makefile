@@ -19,7 +19,7 @@ APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prome
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build release run dev cluster certs cluster-tls test test-unit test-python test-all check-noalloc bench \
+.PHONY: deps build-info build release run dev cluster certs cluster-tls test test-unit test-python test-all check-noalloc bench \
 	format clean fuzz fuzz-build fuzz-smoke
 
 deps:
@@ -29,11 +29,19 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-build:
+# The commit `pulse --version` and backbeat_build_info report: written to a
+# git-ignored header that Sources/CLoop/cloop_build.c includes when present
+# (a plain `swift build` says "unknown"); rewritten only when it changes.
+build-info:
+	@c=$$(git describe --always --dirty 2>/dev/null || echo unknown); line="#define CLOOP_BUILD_COMMIT \"$$c\""; \
+	if [ "$$(cat Sources/CLoop/build_commit.h 2>/dev/null)" != "$$line" ]; then \
+	  echo "$$line" > Sources/CLoop/build_commit.h; touch Sources/CLoop/cloop_build.c; fi
+
+build: build-info
 	$(SWIFT) build --product pulse
 	$(SWIFT) build --product Bench
 
-release:
+release: build-info
 	$(SWIFT) build -c release --product pulse
 
 # A local nats-server on loopback plus one bootstrapped node, and the beats live.
@@ -88,7 +96,7 @@ cluster-tls: build certs
 
 test: deps check-noalloc test-unit test-python fuzz-smoke
 
-test-unit:
+test-unit: build-info
 	$(SWIFT) build
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build

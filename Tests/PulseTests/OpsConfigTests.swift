@@ -141,3 +141,40 @@ final class OpsConfigTests: XCTestCase {
         }
     }
 }
+
+final class PeerNameTests: XCTestCase {
+    func testHostNamesAndBindAddress() throws {
+        let list = try PeerList.parse(
+            peers: ["n1@pulse-1:7000", "n2@pulse-2.backbeat.svc:7000", "n3@10.0.0.3:7000"], nodeId: "n1",
+            raftBind: "0.0.0.0:7000")
+        XCTAssertEqual(list.me.name, "n1")
+        XCTAssertFalse(list.me.isNumeric)
+        XCTAssertEqual(list.bindHost, "0.0.0.0")
+        XCTAssertEqual(list.bindPort, 7000)
+        // A numeric own entry listens where it says (as before).
+        let numeric = try PulseCommand.parseConfig(
+            ["-peers", "n1@127.0.0.1:7001,n2@localhost:7002", "-node-id", "n1"], environment: [:])
+        XCTAssertEqual(numeric.peers.count, 2)
+        // Named own entry without a -raft-bind port: refused with the fix.
+        XCTAssertThrowsError(try PeerList.parse(peers: ["n1@pulse-1:7000"], nodeId: "n1", raftBind: "127.0.0.1:0")) {
+            XCTAssertTrue("\($0)".contains("-raft-bind"), "\($0)")
+        }
+        XCTAssertThrowsError(try PeerList.parse(peers: ["n1@pulse-1:7000"], nodeId: "n1", raftBind: "pulse-1:7000"))
+        for bad in ["n1@-bad:1", "n1@a..b:1", "n1@under_score:1", "n1@1.2.3:1", "n1@\u{e9}t\u{e9}:1", "n1@:1"] {
+            XCTAssertThrowsError(try PeerList.parsePeer(bad), bad)
+        }
+        XCTAssertTrue(PeerList.isHostName("localhost"))
+        XCTAssertTrue(PeerList.isHostName("a-1.example.com"))
+        XCTAssertFalse(PeerList.isHostName(String(repeating: "a", count: 64)))
+    }
+
+    func testLookup() throws {
+        guard case .success(let address) = PeerResolver.lookup(host: "localhost", port: 7001) else {
+            return XCTFail("localhost resolves")
+        }
+        XCTAssertEqual(PeerResolver.text(address), "127.0.0.1:7001")
+        guard case .failure = PeerResolver.lookup(host: "pulse-gone.invalid", port: 1) else {
+            return XCTFail(".invalid never resolves")
+        }
+    }
+}

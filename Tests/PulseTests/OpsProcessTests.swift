@@ -46,4 +46,40 @@ final class OpsProcessTests: XCTestCase {
         }
         XCTAssertFalse(node.log.contains("beats missed"), node.log)
     }
+
+    /// Two nodes named `localhost`, a third whose name never resolves
+    /// (`.invalid`, RFC 6761): the two elect a leader and publish every beat,
+    /// and the loop stays responsive while the third's lookups fail.
+    func testPeersByDnsName() throws {
+        let nats = try NatsServer()
+        let dir = Harness.tempDir("dns")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let raft = (0..<3).map { _ in Harness.freePort() }
+        let admin = (0..<2).map { _ in Harness.freePort() }
+        let peers = "n1@localhost:\(raft[0]),n2@localhost:\(raft[1]),n3@pulse-gone.invalid:\(raft[2])"
+        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.dns.beat")
+        let nodes = try (0..<2).map { i in
+            try PulseProcess(
+                arguments: [
+                    "-bootstrap", "-bpm", "300", "-max-bpm", "600", "-cluster", "dns", "-node-id", "n\(i + 1)",
+                    "-raft-bind", "127.0.0.1:\(raft[i])", "-peers", peers, "-nats", nats.url, "-data-dir",
+                    "\(dir)/n\(i + 1)", "-admin-port", "\(admin[i])",
+                ], logPath: "\(dir)/n\(i + 1).log")
+        }
+        let logs = { nodes.map(\.log).joined(separator: "\n---\n") }
+        XCTAssertTrue(subscriber.wait(for: 6, seconds: 20), logs())
+        for i in 0..<2 {
+            XCTAssertTrue(nodes[i].log.contains("raft: peer resolved"), logs())
+            XCTAssertTrue(nodes[i].log.contains("address=127.0.0.1:\(raft[1 - i])"), logs())
+            XCTAssertTrue(nodes[i].log.contains("raft: peer name does not resolve"), logs())
+            // /live answers fast while lookups of the dead name go on.
+            let started = Date()
+            let live = try RawClient(port: admin[i], timeoutMs: 2000).request(httpRequest("GET", "/live"))
+            XCTAssertEqual(live?.status, 200)
+            XCTAssertLessThan(Date().timeIntervalSince(started), 0.5)
+        }
+        let indices = subscriber.received.compactMap { ($0.object["beat_index"] as? NSNumber)?.int64Value }
+        for (a, b) in zip(indices, indices.dropFirst()) { XCTAssertEqual(b, a + 1, "\(indices)") }
+        for node in nodes { XCTAssertEqual(node.stop(), 0) }
+    }
 }

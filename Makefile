@@ -15,11 +15,11 @@ ADMIN_PORT ?= 8080
 BPM ?= 120
 RUN_DIR ?= run
 APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl iproute2 iptables pkg-config \
-  libssl-dev openssl python3 python3-venv python3-pip python3-jsonschema
+  libssl-dev openssl python3 python3-venv python3-pip python3-jsonschema docker-compose systemd
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build-info build release run dev cluster certs cluster-tls test test-unit test-python test-all check-noalloc bench \
+.PHONY: deps build-info build release run dev cluster certs cluster-tls test test-deploy test-unit test-python test-all check-noalloc bench \
 	format clean fuzz fuzz-build fuzz-smoke
 
 deps:
@@ -94,7 +94,7 @@ cluster-tls: build certs
 	echo "TLS cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
 
-test: deps check-noalloc test-unit test-python fuzz-smoke
+test: deps test-deploy check-noalloc test-unit test-python fuzz-smoke
 
 test-unit: build-info
 	$(SWIFT) build
@@ -109,6 +109,11 @@ test-python: build
 	@$(VENV)/bin/python -c "import nats, jsonschema" 2>/dev/null || $(VENV)/bin/pip install -q nats-py jsonschema
 	$(VENV)/bin/python clients/python/tests/test_timeline.py
 	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(VENV)/bin/python clients/python/tests/test_live.py
+
+# Every file under deploy/ checked by the tool that owns its format
+# (docker-compose config, promtool, systemd-analyze verify; scripts/check-deploy.sh).
+test-deploy:
+	scripts/check-deploy.sh
 
 # Every admin endpoint against a live node (the seed's test-all).
 test-all: build

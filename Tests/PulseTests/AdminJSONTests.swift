@@ -26,7 +26,8 @@ final class AdminJSONTests: XCTestCase {
         let router = AdminRouter(backend: backend, authToken: nil, limits: AdminLimits())
         XCTAssertEqual(
             text(get(router, "/tempo")),
-            #"{"can_change":true,"current_bpm":120,"next_change":"2025-09-04T12:00:00Z","pending_bpm":120,"reason":""}"#)
+            #"{"can_change":true,"current_bpm":120,"next_change":"2025-09-04T12:00:00Z","pending_bpm":120,"reason":""}"#
+        )
         XCTAssertEqual(
             text(get(router, "/drift")),
             #"{"degradation_mode":false,"hlc_drift_seconds":0.001,"last_sync_time":null,"timer_drift_percent":0.5,"within_limits":true}"#
@@ -64,7 +65,10 @@ final class AdminJSONTests: XCTestCase {
         let keys = FrameChecker.keysInOrder(String(decoding: try AdminJSON.encoder().encode(timeline), as: UTF8.self))
         XCTAssertEqual(
             keys,
-            ["bar", "cluster_id", "degraded", "epoch", "leader", "node_id", "now_ns", "pending", "phases", "term", "type"])
+            [
+                "bar", "cluster_id", "degraded", "epoch", "leader", "node_id", "now_ns", "pending", "phases", "term",
+                "type",
+            ])
         XCTAssertTrue(String(decoding: try AdminJSON.encoder().encode(timeline), as: UTF8.self).contains(#""c/1""#))
     }
 }

@@ -35,7 +35,9 @@ final class DeployTests: XCTestCase {
 
     func testEveryPanelQueryEvaluatesAgainstALiveNode() throws {
         let prometheus = try XCTUnwrap(
-            ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].first { FileManager.default.isExecutableFile(atPath: $0) },
+            ["/usr/bin/prometheus", "/usr/local/bin/prometheus"].first {
+                FileManager.default.isExecutableFile(atPath: $0)
+            },
             "prometheus (Debian package prometheus) must be installed")
         let queries = try Self.dashboardQueries()
         XCTAssertGreaterThanOrEqual(queries.count, 10)

@@ -26,7 +26,8 @@ final class OpsConfigTests: XCTestCase {
 
     func testEnvironmentForEveryKindOfFlagAndFlagsWin() throws {
         let env = [
-            "BACKBEAT_BPM": "20", "BACKBEAT_BAR": "4", "BACKBEAT_PHASES": "a,b", "BACKBEAT_NATS": "nats://10.0.0.1:4222",
+            "BACKBEAT_BPM": "20", "BACKBEAT_BAR": "4", "BACKBEAT_PHASES": "a,b",
+            "BACKBEAT_NATS": "nats://10.0.0.1:4222",
             "BACKBEAT_ADMIN_BIND": "0.0.0.0", "BACKBEAT_BOOTSTRAP": "true", "BACKBEAT_HEARTBEAT_MS": "40",
             "BACKBEAT_ADMIN_TOKEN": "s3cret", "BACKBEAT_LOG_FORMAT": "json", "BACKBEAT_UNRELATED_THING": "x",
         ]
@@ -90,7 +91,8 @@ final class OpsConfigTests: XCTestCase {
         XCTAssertEqual(viaEnv.bpm, 16)
         XCTAssertEqual(viaEnv.clusterId, "from-file")
         XCTAssertTrue(viaEnv.logLevelPinned)
-        let flagWins = try PulseCommand.parseConfig(["-config", file, "-bpm", "8"], environment: ["BACKBEAT_BPM": "16"])
+        let flagWins = try PulseCommand.parseConfig(
+            ["-config", file, "-bpm", "8"], environment: ["BACKBEAT_BPM": "16"])
         XCTAssertEqual(flagWins.bpm, 8)
 
         XCTAssertThrowsError(try ConfigFile.parse("BACKBEAT_BPM=1\nBACKBEAT_BMP=2\n")) { error in
@@ -113,8 +115,10 @@ final class OpsConfigTests: XCTestCase {
         XCTAssertEqual(config.reloadLogLevel(), .changed("info"))
         try "BACKBEAT_LOG_LEVEL=loud\n".write(toFile: file, atomically: true, encoding: .utf8)
         guard case .failed = config.reloadLogLevel() else { return XCTFail("a bad level is refused") }
-        let pinned = try PulseCommand.parseConfig(["-config", dir + "/pulse.env", "-log-level", "warn"], environment: [:])
-            .reloadLogLevel()
+        let pinned = try PulseCommand.parseConfig(
+            ["-config", dir + "/pulse.env", "-log-level", "warn"], environment: [:]
+        )
+        .reloadLogLevel()
         guard case .unchanged = pinned else { return XCTFail("a flag pins the level: \(pinned)") }
         guard case .unchanged = try PulseCommand.parseConfig([], environment: [:]).reloadLogLevel() else {
             return XCTFail("no file: nothing to reload")
@@ -135,7 +139,9 @@ final class OpsConfigTests: XCTestCase {
             let line = version.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
             XCTAssertEqual(line, BuildInfo.line)
             XCTAssertTrue(
-                line.range(of: #"^pulse \d+\.\d+\.\d+ \(commit [0-9a-zA-Z._-]+, Swift \d+\.\d+\+?\)$"#, options: .regularExpression)
+                line.range(
+                    of: #"^pulse \d+\.\d+\.\d+ \(commit [0-9a-zA-Z._-]+, Swift \d+\.\d+\+?\)$"#,
+                    options: .regularExpression)
                     != nil, line)
             XCTAssertFalse(line.contains("/"), "no machine path: \(line)")
         }

@@ -32,7 +32,8 @@ final class OpsProcessTests: XCTestCase {
         XCTAssertTrue(node.process.isRunning, "SIGHUP must not stop the node: \(node.log)")
         XCTAssertTrue(node.log.contains("SIGHUP: log level set level=debug"), node.log)
 
-        let metrics = try RawClient(port: adminPort, timeoutMs: 2000).request(httpRequest("GET", "/metrics"))?.text ?? ""
+        let metrics =
+            try RawClient(port: adminPort, timeoutMs: 2000).request(httpRequest("GET", "/metrics"))?.text ?? ""
         XCTAssertTrue(
             metrics.contains(
                 "backbeat_build_info{version=\"\(BuildInfo.version)\",commit=\"\(BuildInfo.commit)\",swift=\"\(BuildInfo.swift)\"} 1"

@@ -238,7 +238,8 @@ final class RaftTransport: LoopHandler {
         } else if token == timerToken {
             _ = cloop_timer_read(loop.raw, timerToken)
             let now = cloop_monotonic_ns()
-            for connection in outbound.values where connection.resolving && now - connection.resolveStartedMonoNs > Self.resolveTimeoutNs {
+            for connection in outbound.values
+            where connection.resolving && now - connection.resolveStartedMonoNs > Self.resolveTimeoutNs {
                 connection.resolving = false
                 logger.warning("raft: peer name lookup timed out", metadata: ["peer": "\(connection.peer.address)"])
             }

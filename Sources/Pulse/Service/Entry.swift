@@ -36,14 +36,18 @@ public enum PulseEntry {
 
         if arguments.first == "watch" {
             arguments.removeFirst()
-            handleHelp(WatchCommand.self, arguments, preface: "pulse watch: show a cluster's BeatFrames live, one line each.\n")
+            handleHelp(
+                WatchCommand.self, arguments, preface: "pulse watch: show a cluster's BeatFrames live, one line each.\n"
+            )
             do {
                 let options = try WatchCommand.parse(arguments)
                 exit(try Watcher(options: options).run(environment: environment))
             } catch let error as PulseError {
                 fail(error.description, status: 1)
             } catch {
-                fail(WatchCommand.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)", status: 2)
+                fail(
+                    WatchCommand.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)",
+                    status: 2)
             }
         }
 

@@ -183,7 +183,9 @@ extension PulseNode: AdminBackend {
         let answer: (Int, Data) -> Void = { status, body in
             var object = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
             object["status"] = status
-            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+            let data =
+                (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+                ?? Data()
             self.nats.publish(subject: reply, payload: data)
         }
         let refuse = { (status: Int, code: String, text: String) in
@@ -281,7 +283,8 @@ extension PulseNode: AdminBackend {
     }
 
     static func errorBody(_ message: String, _ code: String) -> Data {
-        (try? JSONSerialization.data(withJSONObject: ["error": message, "code": code], options: [.sortedKeys, .withoutEscapingSlashes]))
+        (try? JSONSerialization.data(
+            withJSONObject: ["error": message, "code": code], options: [.sortedKeys, .withoutEscapingSlashes]))
             ?? Data()
     }
 }

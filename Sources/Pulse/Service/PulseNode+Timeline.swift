@@ -87,7 +87,8 @@ extension PulseNode: TimelineChangeListener {
 
     /// The leader (or a single node) publishes the timeline on its subject.
     func committedTimelineChanged() {
-        guard cluster?.isLeader ?? true, let body = timelineBody(), let data = try? AdminJSON.encoder().encode(body) else {
+        guard cluster?.isLeader ?? true, let body = timelineBody(), let data = try? AdminJSON.encoder().encode(body)
+        else {
             return
         }
         nats.publish(subject: config.timelineSubject, payload: data)

@@ -16,11 +16,12 @@ ADMIN_PORT ?= 8080
 BPM ?= 120
 RUN_DIR ?= run
 APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl iproute2 iptables pkg-config \
-  libssl-dev openssl python3 python3-venv python3-pip python3-jsonschema chromium chromium-driver python3-selenium
+  libssl-dev openssl python3 python3-venv python3-pip python3-jsonschema chromium chromium-driver python3-selenium \
+  docker-compose systemd
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build release run dev cluster certs cluster-tls test test-unit test-python test-browser test-all check-noalloc bench \
+.PHONY: deps build-info build release run dev cluster certs cluster-tls test test-deploy test-unit test-python test-browser test-all check-noalloc bench \
 	format clean fuzz fuzz-build fuzz-smoke
 
 deps:
@@ -30,11 +31,19 @@ deps:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
-build:
+# The commit `pulse --version` and backbeat_build_info report: written to a
+# git-ignored header that Sources/CLoop/cloop_build.c includes when present
+# (a plain `swift build` says "unknown"); rewritten only when it changes.
+build-info:
+	@c=$$(git describe --always --dirty 2>/dev/null || echo unknown); line="#define CLOOP_BUILD_COMMIT \"$$c\""; \
+	if [ "$$(cat Sources/CLoop/build_commit.h 2>/dev/null)" != "$$line" ]; then \
+	  echo "$$line" > Sources/CLoop/build_commit.h; touch Sources/CLoop/cloop_build.c; fi
+
+build: build-info
 	$(SWIFT) build --product pulse
 	$(SWIFT) build --product Bench
 
-release:
+release: build-info
 	$(SWIFT) build -c release --product pulse
 
 # A local nats-server on loopback plus one bootstrapped node, and the beats live.
@@ -87,9 +96,9 @@ cluster-tls: build certs
 	echo "TLS cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
 
-test: deps check-noalloc test-unit test-python test-browser fuzz-smoke
+test: deps test-deploy check-noalloc test-unit test-python test-browser fuzz-smoke
 
-test-unit:
+test-unit: build-info
 	$(SWIFT) build
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
@@ -106,11 +115,16 @@ test-python: build
 # The live view in real headless Chromium (Debian chromium, chromium-driver and
 # python3-selenium, so Debian's own python3): against a 3-node cluster, the beat
 # in step with the subject, downbeats, a tempo change from the page, a
-# failover; saves docs/live-view.png. Fails loudly when a package is missing.
+# failover; saves run/live-view.png (docs/ with UPDATE_SCREENSHOT=1). Fails loudly when a package is missing.
 BROWSER_PYTHON ?= /usr/bin/python3
 test-browser: build
 	@scripts/embed-web.sh --check
 	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(BROWSER_PYTHON) Tests/browser/test_live_view.py
+
+# Every file under deploy/ checked by the tool that owns its format
+# (docker-compose config, promtool, systemd-analyze verify; scripts/check-deploy.sh).
+test-deploy:
+	scripts/check-deploy.sh
 
 # Every admin endpoint against a live node (the seed's test-all).
 test-all: build

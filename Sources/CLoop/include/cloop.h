@@ -162,6 +162,9 @@ const uint64_t *cloop_thread_allocated_counter(void);
 /// jemalloc's version string, or NULL when jemalloc is not linked in.
 const char *cloop_allocator_version(void);
 
+/* The commit the binary was built from (`make` writes it), or "unknown". */
+const char *cloop_build_commit(void);
+
 #ifdef __cplusplus
 }
 #endif

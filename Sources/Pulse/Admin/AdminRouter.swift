@@ -14,7 +14,7 @@ final class AdminRouter {
     private let authToken: [UInt8]?
     /// Refused requests (unauthorized), counted on the `http` surface.
     private let rejected: RejectedInput?
-    private let encoder = JSONEncoder()
+    private let encoder = AdminJSON.encoder()
 
     /// `authToken` nil or empty: no authentication.
     init(backend: AdminBackend, authToken: String?, limits: AdminLimits, rejected: RejectedInput? = nil) {

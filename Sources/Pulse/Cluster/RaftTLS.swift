@@ -42,7 +42,7 @@ enum PeerIdentity {
         for peer in peers {
             let sameHost = peers.filter { $0.host == peer.host }.count
             let byId = peer.hasId && names.contains("DNS:\(peer.name)")
-            let byHost = sameHost == 1 && names.contains("IP:\(peer.host)")
+            let byHost = sameHost == 1 && names.contains(peer.isNumeric ? "IP:\(peer.host)" : "DNS:\(peer.host)")
             if byId || byHost { found.append(peer) }
         }
         switch found.count {

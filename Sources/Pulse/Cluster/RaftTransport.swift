@@ -1,8 +1,10 @@
 // Cluster: Raft messages over TCP on the loop.
 //
 // Each node listens on its -raft-bind address and keeps one outbound
-// connection to every peer (non-blocking connect to a numeric address,
-// reconnect with exponential backoff from 50 ms to 2 s). Messages travel one
+// connection to every peer (non-blocking connect, reconnect with exponential
+// backoff from 50 ms to 2 s). A peer given by DNS name is resolved before
+// each connection attempt by `PeerResolver` on a helper thread (the loop
+// never calls getaddrinfo); its answer arrives through the doorway. Messages travel one
 // way per connection: a node reads only from connections it accepted and
 // writes only to connections it opened. Frames are versioned and
 // length-prefixed:
@@ -125,6 +127,13 @@ final class RaftTransport: LoopHandler {
     /// Mutual TLS on every connection, or nil for plain TCP.
     private let tls: RaftTLS?
     private(set) var stats = RaftTransportStats()
+    /// Resolves peers given by DNS name (PeerList.swift).
+    private let resolver: PeerResolver
+    /// A lookup that has not answered after this long is abandoned (its
+    /// thread still ends on its own: getaddrinfo has its own timeouts).
+    static let resolveTimeoutNs: Int64 = 30_000_000_000
+    private let bindHost: String
+    private let bindPort: Int
 
     init(
         loop: EventLoop, peers: PeerList, limits: RaftTransportLimits, rejected: RejectedInput, logger: Logger,
@@ -139,6 +148,9 @@ final class RaftTransport: LoopHandler {
         self.rejected = rejected
         self.limits = limits
         self.knownIds = Set(peers.peers.map(\.raftId))
+        self.resolver = PeerResolver(loop: loop)
+        self.bindHost = peers.bindHost
+        self.bindPort = peers.bindPort
         for peer in peers.others { outbound[peer.raftId] = Outbound(peer: peer) }
         timerToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
     }
@@ -150,7 +162,7 @@ final class RaftTransport: LoopHandler {
         guard fd >= 0 else { throw PulseError.startup("raft socket: \(String(cString: strerror(errno)))") }
         var yes: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
-        var addr = Self.ipv4Address(me.host, me.port)
+        var addr = Self.ipv4Address(bindHost, bindPort)
         let bound = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
@@ -159,10 +171,10 @@ final class RaftTransport: LoopHandler {
         guard bound == 0, listen(fd, 64) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
-            throw PulseError.startup("-raft-bind \(me.address): \(reason)")
+            throw PulseError.startup("-raft-bind \(bindHost):\(bindPort): \(reason)")
         }
         listenToken = try loop.register(fd: fd, interest: UInt32(CLOOP_READ), owned: true, handler: self)
-        if tls == nil, let remote = outbound.values.first(where: { !$0.peer.host.hasPrefix("127.") }) {
+        if tls == nil, let remote = outbound.values.first(where: { !$0.peer.isLoopback }) {
             logger.warning(
                 "raft: plain TCP to a peer off loopback; anyone who can reach the port can join: give -raft-tls-cert, -raft-tls-key and -raft-tls-ca",
                 metadata: ["peer": "\(remote.peer.address)"])
@@ -172,6 +184,7 @@ final class RaftTransport: LoopHandler {
     }
 
     func stop() {
+        resolver.close()
         for connection in outbound.values { closeOutbound(connection, backoff: false) }
         for (token, _) in inbound { loop.remove(token: token) }
         inbound.removeAll()
@@ -225,6 +238,11 @@ final class RaftTransport: LoopHandler {
         } else if token == timerToken {
             _ = cloop_timer_read(loop.raw, timerToken)
             let now = cloop_monotonic_ns()
+            for connection in outbound.values
+            where connection.resolving && now - connection.resolveStartedMonoNs > Self.resolveTimeoutNs {
+                connection.resolving = false
+                logger.warning("raft: peer name lookup timed out", metadata: ["peer": "\(connection.peer.address)"])
+            }
             for connection in outbound.values where connection.token == nil && now >= connection.retryAtNs {
                 connect(connection)
             }
@@ -484,13 +502,52 @@ final class RaftTransport: LoopHandler {
         inbound[token] = nil
     }
 
+    /// Starts a connection attempt: at once to a numeric address, else after
+    /// a fresh lookup of the peer's name (one in flight per peer).
     private func connect(_ connection: Outbound) {
+        if connection.peer.isNumeric {
+            connect(connection, to: Self.ipv4Address(connection.peer.host, connection.peer.port))
+            return
+        }
+        guard !connection.resolving else { return }
+        connection.resolving = true
+        connection.resolveGeneration &+= 1
+        connection.resolveStartedMonoNs = cloop_monotonic_ns()
+        let generation = connection.resolveGeneration
+        resolver.resolve(host: connection.peer.host, port: connection.peer.port) { [weak self] result in
+            // Loop thread. A late answer to an abandoned lookup is ignored.
+            guard let self, connection.resolving, connection.resolveGeneration == generation,
+                self.listenToken != nil
+            else { return }
+            connection.resolving = false
+            switch result {
+            case .success(let address):
+                let text = PeerResolver.text(address)
+                if text != connection.lastResolved {
+                    self.logger.info(
+                        "raft: peer resolved", metadata: ["peer": "\(connection.peer.address)", "address": "\(text)"])
+                    connection.lastResolved = text
+                }
+                self.connect(connection, to: address)
+            case .failure(let failure):
+                if connection.lastResolved != "" {
+                    self.logger.warning(
+                        "raft: peer name does not resolve",
+                        metadata: ["peer": "\(connection.peer.address)", "error": "\(failure.reason)"])
+                    connection.lastResolved = ""
+                }
+                self.scheduleRetry(connection)
+            }
+        }
+    }
+
+    private func connect(_ connection: Outbound, to address: sockaddr_in) {
         let fd = socket(
             AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return }
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        var addr = Self.ipv4Address(connection.peer.host, connection.peer.port)
+        var addr = address
         let rc = withUnsafePointer(to: &addr) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                 Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
@@ -700,6 +757,12 @@ final class RaftTransport: LoopHandler {
         var retryAtNs: Int64 = 0
         /// Monotonic time of the last frame queued (for keepalives).
         var lastWriteMonoNs: Int64 = 0
+        /// A name lookup is in flight (DNS-named peers), since when, and which.
+        var resolving = false
+        var resolveStartedMonoNs: Int64 = 0
+        var resolveGeneration: UInt64 = 0
+        /// The address the name last resolved to ("" before, or after a failure: logged on change).
+        var lastResolved: String? = nil
         init(peer: Peer) { self.peer = peer }
     }
 

@@ -1,9 +1,18 @@
 // Config: the command line, the environment and their validation.
 //
 // Every flag is accepted with one dash (`-bpm 12`, as the seed's users type
-// them) and with two (`--bpm 12`); `-flag=value` works too. Precedence: a flag
-// given on the command line, then the environment, then the default.
-// Invalid configuration is one line on stderr and exit status 2.
+// them) and with two (`--bpm 12`); `-flag=value` works too. Every flag has an
+// environment variable, `BACKBEAT_<FLAG>` (`-raft-bind` → BACKBEAT_RAFT_BIND;
+// the seed's three keep their names: BACKBEAT_CLUSTER_ID, BACKBEAT_DATA_DIR,
+// BACKBEAT_LOG_LEVEL), and `-config FILE` reads `BACKBEAT_<FLAG>=value` lines
+// (the format of a systemd EnvironmentFile or a compose env_file).
+// Precedence: the command line, then the environment, then the file, then
+// the default. Invalid configuration is one line on stderr and exit status 2.
+//
+// How: the file and the environment become arguments placed before the
+// command line's (`--bpm 12`), and ArgumentParser keeps the last value of a
+// repeated option, so a flag wins by position. Each such value is parsed on
+// its own first, so a bad one is refused naming its variable.
 import ArgumentParser
 import Foundation
 import Glibc
@@ -42,6 +51,11 @@ struct PulseConfig: Sendable {
     var maxOffsetMs = 500
     var logLevel = "info"
     var logFormat = "text"
+    /// Where the log level came from; SIGHUP re-reads it from `configFile`
+    /// only when it came from there (or from nowhere: the default).
+    var logLevelPinned = false
+    /// `-config`: the file of `BACKBEAT_<FLAG>=value` lines, or empty.
+    var configFile = ""
     /// Bearer token required on state-changing admin requests (nil: none).
     var adminToken: String? = nil
     /// Raft: the leader's heartbeat interval (one tick of the core).
@@ -98,7 +112,7 @@ struct PulseConfig: Sendable {
         }
         if !(1...60_000).contains(maxOffsetMs) { try fail("-max-offset-ms must be between 1 and 60000") }
         if LogLevelName(rawValue: logLevel) == nil {
-            try fail("BACKBEAT_LOG_LEVEL must be one of debug, info, warn, error (got '\(logLevel)')")
+            try fail("-log-level (BACKBEAT_LOG_LEVEL) must be one of debug, info, warn, error (got '\(logLevel)')")
         }
         if logFormat != "text" && logFormat != "json" { try fail("-log-format must be text or json") }
         if !(5...5000).contains(heartbeatMs) { try fail("-heartbeat-ms must be between 5 and 5000") }
@@ -152,6 +166,30 @@ struct PulseConfig: Sendable {
         }
     }
 
+    /// What SIGHUP does to the log level.
+    enum LogLevelReload: Equatable {
+        case changed(String)
+        case unchanged(String)
+        case failed(String)
+    }
+
+    /// SIGHUP: the level `-config` now gives (the default when the file no
+    /// longer sets it), unless -log-level or BACKBEAT_LOG_LEVEL pinned it.
+    func reloadLogLevel() -> LogLevelReload {
+        if logLevelPinned { return .unchanged("set by -log-level or BACKBEAT_LOG_LEVEL") }
+        guard !configFile.isEmpty else { return .unchanged("no -config file") }
+        do {
+            let level = (try ConfigFile.load(configFile)["BACKBEAT_LOG_LEVEL"] ?? "").lowercased()
+            let wanted = level.isEmpty ? PulseConfig().logLevel : level
+            guard LogLevelName(rawValue: wanted) != nil else {
+                return .failed("BACKBEAT_LOG_LEVEL must be one of debug, info, warn, error (got '\(level)')")
+            }
+            return .changed(wanted)
+        } catch {
+            return .failed("\(error)")
+        }
+    }
+
     /// A small file's contents (credentials), bounded to 64 KiB.
     static func read(_ path: String) throws -> String {
         guard let handle = FileHandle(forReadingAtPath: path) else { throw PulseError.config("\(path): cannot open") }
@@ -191,7 +229,10 @@ enum LogLevelName: String {
 }
 
 /// The `pulse` command line. Parsing only; `PulseConfig` holds the result.
-struct PulseCommand: ParsableArguments {
+/// A `ParsableCommand` only for its name in `--help` (`pulse`, not the type's).
+struct PulseCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "pulse")
+
     static func both(_ name: String) -> NameSpecification {
         [.customLong(name, withSingleDash: true), .customLong(name)]
     }
@@ -261,6 +302,14 @@ struct PulseCommand: ParsableArguments {
     @Option(name: both("log-format"), help: "Log line format: text or json (default text)")
     var logFormat: String?
     @Option(
+        name: both("log-level"),
+        help: "debug, info, warn or error (env BACKBEAT_LOG_LEVEL; default info; re-read from -config on SIGHUP)")
+    var logLevel: String?
+    @Option(
+        name: both("config"),
+        help: "File of BACKBEAT_<FLAG>=value lines, under the environment and the flags (env BACKBEAT_CONFIG)")
+    var config: String?
+    @Option(
         name: both("admin-token"),
         help: "Bearer token required on POST requests to the admin API (env BACKBEAT_ADMIN_TOKEN; default none)")
     var adminToken: String?
@@ -280,15 +329,12 @@ struct PulseCommand: ParsableArguments {
         help: "Snapshot the timeline and drop the Raft log after this many applied entries (default 64)")
     var raftCompactEvery: Int?
 
-    /// Applies flags over the environment over the defaults, then validates.
-    func resolve(environment: [String: String]) throws -> PulseConfig {
+    /// Applies the parsed arguments (environment and file already folded in
+    /// as leading arguments) over the defaults, then validates.
+    func resolve() throws -> PulseConfig {
         var config = PulseConfig()
-        if let v = environment["BACKBEAT_CLUSTER_ID"], !v.isEmpty { config.clusterId = v }
-        if let v = environment["BACKBEAT_DATA_DIR"], !v.isEmpty { config.dataDir = v }
-        if let v = environment["BACKBEAT_LOG_LEVEL"], !v.isEmpty { config.logLevel = v.lowercased() }
-        for (name, path) in Self.securityEnvironment {
-            if let v = environment[name], !v.isEmpty { config[keyPath: path] = v }
-        }
+        if let logLevel { config.logLevel = logLevel.lowercased() }
+        if let file = self.config { config.configFile = file }
         if let cluster { config.clusterId = cluster }
         if let nodeId { config.nodeId = nodeId }
         if let bpm { config.bpm = bpm }
@@ -312,7 +358,6 @@ struct PulseCommand: ParsableArguments {
         if let spinMaxUs { config.spinMaxUs = spinMaxUs }
         if let maxOffsetMs { config.maxOffsetMs = maxOffsetMs }
         if let logFormat { config.logFormat = logFormat }
-        if let v = environment["BACKBEAT_ADMIN_TOKEN"], !v.isEmpty { config.adminToken = v }
         if let adminToken { config.adminToken = adminToken.isEmpty ? nil : adminToken }
         if let heartbeatMs { config.heartbeatMs = heartbeatMs }
         if let electionTimeoutMs { config.electionTimeoutMs = electionTimeoutMs }
@@ -329,23 +374,109 @@ struct PulseCommand: ParsableArguments {
         return config
     }
 
-    /// Environment variables of the security flags (a flag wins over them).
-    static let securityEnvironment: [(String, WritableKeyPath<PulseConfig, String>)] = [
-        ("BACKBEAT_ADMIN_BIND", \.adminBind), ("BACKBEAT_RAFT_TLS_CERT", \.raftTLSCert),
-        ("BACKBEAT_RAFT_TLS_KEY", \.raftTLSKey), ("BACKBEAT_RAFT_TLS_CA", \.raftTLSCA),
-        ("BACKBEAT_NATS_CREDS", \.natsCreds), ("BACKBEAT_NATS_NKEY", \.natsNkey), ("BACKBEAT_NATS_CA", \.natsCA),
-        ("BACKBEAT_NATS_CERT", \.natsCert), ("BACKBEAT_NATS_KEY", \.natsKey),
-    ]
+    /// Every flag's name and whether it is a switch (no value). A test checks
+    /// this list against the declared options, so none lacks its variable.
+    static let settings: [(flag: String, isSwitch: Bool)] =
+        [
+            "cluster", "node-id", "bpm", "bar", "phases", "min-bpm", "max-bpm", "nats", "admin-port", "admin-bind",
+            "raft-tls-cert", "raft-tls-key", "raft-tls-ca", "nats-creds", "nats-nkey", "nats-ca", "nats-cert",
+            "nats-key", "raft-bind", "peers", "data-dir", "cpu", "rt-priority", "spin-max-us", "max-offset-ms",
+            "log-format", "log-level", "config", "admin-token", "heartbeat-ms", "election-timeout-ms",
+            "degrade-after-ms", "raft-compact-every",
+        ].map { ($0, false) } + [("bootstrap", true), ("mlock", true)]
 
-    /// Parses `arguments` (without the program name). Errors are one line.
+    /// The environment variable of `flag`: BACKBEAT_ and the name in upper
+    /// case with `_` for `-`; `cluster` keeps the seed's BACKBEAT_CLUSTER_ID.
+    static func environmentName(_ flag: String) -> String {
+        if flag == "cluster" { return "BACKBEAT_CLUSTER_ID" }
+        return "BACKBEAT_" + flag.uppercased().replacingOccurrences(of: "-", with: "_")
+    }
+
+    /// Parses `arguments` (without the program name) over `environment` over
+    /// the `-config` file. Errors are one line.
     static func parseConfig(_ arguments: [String], environment: [String: String]) throws -> PulseConfig {
-        let command: PulseCommand
+        let given = try parseOneLine(arguments)
+        let file = given.config ?? environment["BACKBEAT_CONFIG"].flatMap { $0.isEmpty ? nil : $0 }
+        var layered: [String: String] = [:]
+        if let file { layered = try ConfigFile.load(file) }
+        for (name, value) in environment where name.hasPrefix("BACKBEAT_") && !value.isEmpty { layered[name] = value }
+        var leading: [String] = []
+        for (flag, isSwitch) in settings {
+            let name = environmentName(flag)
+            // Empty means unset (as `FOO= pulse` is commonly meant).
+            guard let value = layered[name], !value.isEmpty else { continue }
+            let source = (environment[name] ?? "").isEmpty ? "\(name) in \(file ?? "-config")" : name
+            if isSwitch {
+                switch value.lowercased() {
+                case "1", "true", "yes", "on": leading.append("--\(flag)")
+                case "0", "false", "no", "off": break
+                default: throw PulseError.config("\(source) must be true or false (got '\(value)')")
+                }
+                continue
+            }
+            do {
+                _ = try parseOneLine(["--\(flag)", value])
+            } catch {
+                throw PulseError.config("\(source): \(error)")
+            }
+            leading += ["--\(flag)", value]
+        }
+        var config = try parseOneLine(leading + arguments).resolve()
+        // Pinned: set by the command line or the environment, which SIGHUP cannot re-read.
+        config.logLevelPinned = given.logLevel != nil || !(environment["BACKBEAT_LOG_LEVEL"] ?? "").isEmpty
+        if let file { config.configFile = file }
+        return config
+    }
+
+    /// ArgumentParser's parse with its error as one line.
+    private static func parseOneLine(_ arguments: [String]) throws -> PulseCommand {
         do {
-            command = try PulseCommand.parse(arguments)
+            return try PulseCommand.parse(arguments)
         } catch {
             let message = PulseCommand.message(for: error)
             throw PulseError.config(message.split(separator: "\n").first.map(String.init) ?? "invalid arguments")
         }
-        return try command.resolve(environment: environment)
+    }
+}
+
+/// `-config FILE`: `BACKBEAT_<FLAG>=value` lines, as a systemd EnvironmentFile
+/// or a compose env_file holds them. Blank lines and `#` comments are
+/// skipped, `export ` is allowed, a value may be quoted ('…' or "…"). An
+/// unknown key or a line without `=` is refused naming the line, so a typo
+/// does not silently leave a default in force. At most 64 KiB.
+enum ConfigFile {
+    static func load(_ path: String) throws -> [String: String] {
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw PulseError.config("-config \(path): not a readable file")
+        }
+        do {
+            return try parse(PulseConfig.read(path))
+        } catch let error as PulseError {
+            throw PulseError.config("-config \(path): \(error)")
+        }
+    }
+
+    /// Pure: the file's text to its settings. Never traps on any input.
+    static func parse(_ text: String) throws -> [String: String] {
+        let known = Set(PulseCommand.settings.map { PulseCommand.environmentName($0.flag) })
+        var values: [String: String] = [:]
+        for (number, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            var line = rawLine.trimmingCharacters(in: .whitespaces)
+            if line.isEmpty || line.hasPrefix("#") { continue }
+            if line.hasPrefix("export ") { line = String(line.dropFirst(7)).trimmingCharacters(in: .whitespaces) }
+            guard let equals = line.firstIndex(of: "=") else {
+                throw PulseError.config("line \(number + 1) is not NAME=value")
+            }
+            let name = String(line[..<equals]).trimmingCharacters(in: .whitespaces)
+            var value = String(line[line.index(after: equals)...]).trimmingCharacters(in: .whitespaces)
+            guard known.contains(name), name != "BACKBEAT_CONFIG" else {
+                throw PulseError.config("line \(number + 1): unknown setting '\(name)'")
+            }
+            if value.count >= 2, let first = value.first, first == "\"" || first == "'", value.last == first {
+                value = String(value.dropFirst().dropLast())
+            }
+            values[name] = value
+        }
+        return values
     }
 }

@@ -1,16 +1,28 @@
 // Structured logs on stderr, one event per line, as text (logfmt-like) or
-// JSON. The level comes from BACKBEAT_LOG_LEVEL. Nothing on the beat path
-// logs: anomalies there are counted and summarised by housekeeping.
+// JSON. The level comes from -log-level (BACKBEAT_LOG_LEVEL) and can change
+// while the node runs (SIGHUP re-reads it from -config): every handler reads
+// the one process-wide level, unless a logger set its own. Nothing on the
+// beat path logs: anomalies there are counted and summarised by housekeeping.
 import Foundation
 import Logging
 import PulseCore
 
 /// A swift-log handler that writes one line per event to stderr.
 struct LineLogHandler: LogHandler {
-    var logLevel: Logger.Level
+    /// The process-wide level, unless this logger was given its own.
+    var logLevel: Logger.Level {
+        get { ownLevel ?? LogSetup.level }
+        set { ownLevel = newValue }
+    }
+    private var ownLevel: Logger.Level?
     var metadata: Logger.Metadata = [:]
     let label: String
     let json: Bool
+
+    init(label: String, json: Bool) {
+        self.label = label
+        self.json = json
+    }
 
     subscript(metadataKey key: String) -> Logger.Metadata.Value? {
         get { metadata[key] }
@@ -61,10 +73,19 @@ struct LineLogHandler: LogHandler {
 }
 
 enum LogSetup {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var current = Logger.Level.info
+
+    /// The process-wide level (any thread; a lock, never on the beat path).
+    static var level: Logger.Level {
+        get { lock.withLock { current } }
+        set { lock.withLock { current = newValue } }
+    }
+
     /// Installs the handler once per process.
-    static func bootstrap(level: String, format: String) {
-        let parsed = LineLogHandler.level(level)
+    static func bootstrap(level name: String, format: String) {
+        level = LineLogHandler.level(name)
         let json = format == "json"
-        LoggingSystem.bootstrap { label in LineLogHandler(logLevel: parsed, label: label, json: json) }
+        LoggingSystem.bootstrap { label in LineLogHandler(label: label, json: json) }
     }
 }

@@ -113,6 +113,11 @@ final class PulseMetrics: BeatObserver {
         clockOffset = r.makeGauge(
             name: "backbeat_clock_offset_seconds",
             help: "Estimated leader clock minus this node's clock, from Raft traffic (NTP-style, median filtered).")
+        r.makeGauge(
+            name: "backbeat_build_info",
+            labels: [("version", BuildInfo.version), ("commit", BuildInfo.commit), ("swift", BuildInfo.swift)],
+            help: "Always 1; the labels say which build runs."
+        ).set(Double(1))
         hlcRejected = r.makeCounter(
             name: "backbeat_hlc_remote_rejected_total",
             help: "Remote HLC stamps not adopted because they were further ahead than the max offset.")

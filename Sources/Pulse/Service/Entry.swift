@@ -1,6 +1,7 @@
 // Service/Entry.swift — owns the command line of the `pulse` executable:
-// `pulse [flags]` runs a node, `pulse watch [flags]` shows a cluster's beats. Errors are one line on stderr and exit status 2
-// (configuration) or 1 (start-up).
+// `pulse [flags]` runs a node, `pulse watch [flags]` shows a cluster's beats,
+// `pulse --version` says which build this is. Errors are one line on stderr
+// and exit status 2 (configuration) or 1 (start-up).
 import ArgumentParser
 import Foundation
 import Glibc
@@ -28,16 +29,25 @@ public enum PulseEntry {
             }
         }
 
+        if arguments.contains(where: { ["-version", "--version"].contains($0) }) || arguments.first == "version" {
+            print(BuildInfo.line)
+            exit(0)
+        }
+
         if arguments.first == "watch" {
             arguments.removeFirst()
-            handleHelp(WatchCommand.self, arguments, preface: "pulse watch: show a cluster's BeatFrames live, one line each.\n")
+            handleHelp(
+                WatchCommand.self, arguments, preface: "pulse watch: show a cluster's BeatFrames live, one line each.\n"
+            )
             do {
                 let options = try WatchCommand.parse(arguments)
                 exit(try Watcher(options: options).run(environment: environment))
             } catch let error as PulseError {
                 fail(error.description, status: 1)
             } catch {
-                fail(WatchCommand.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)", status: 2)
+                fail(
+                    WatchCommand.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)",
+                    status: 2)
             }
         }
 
@@ -46,9 +56,12 @@ public enum PulseEntry {
             preface: """
                 pulse: keeps one beat timeline for a cluster and publishes BeatFrames on NATS.
                 Flags take one dash or two (-bpm 12, --bpm 12, -bpm=12).
-                Environment: BACKBEAT_LOG_LEVEL (debug, info, warn, error), BACKBEAT_DATA_DIR, BACKBEAT_CLUSTER_ID;
-                a flag on the command line wins over the environment.
-                Also: pulse watch --help
+                Every flag has an environment variable BACKBEAT_<FLAG> (-raft-bind: BACKBEAT_RAFT_BIND,
+                -bootstrap: BACKBEAT_BOOTSTRAP=true), except -cluster: BACKBEAT_CLUSTER_ID. -config FILE reads
+                the same NAME=value lines (a systemd EnvironmentFile). The command line wins over the
+                environment, which wins over the file. SIGHUP re-reads the Raft TLS files and the log level
+                from -config; SIGINT/SIGTERM stop (a leader hands over first).
+                Also: pulse watch --help, pulse --version
 
                 """)
 

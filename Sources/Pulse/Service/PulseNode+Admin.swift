@@ -183,7 +183,9 @@ extension PulseNode: AdminBackend {
         let answer: (Int, Data) -> Void = { status, body in
             var object = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
             object["status"] = status
-            let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])) ?? Data()
+            let data =
+                (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+                ?? Data()
             self.nats.publish(subject: reply, payload: data)
         }
         let refuse = { (status: Int, code: String, text: String) in
@@ -204,7 +206,7 @@ extension PulseNode: AdminBackend {
             tempo.request(request) { decision in
                 switch decision {
                 case .scheduled(let change):
-                    answer(202, (try? JSONEncoder().encode(change)) ?? Data())
+                    answer(202, (try? AdminJSON.encoder().encode(change)) ?? Data())
                 case .refused(let status, let code, let text):
                     answer(status, Self.errorBody(text, code))
                 case .redirect(let location):
@@ -282,7 +284,8 @@ extension PulseNode: AdminBackend {
     }
 
     static func errorBody(_ message: String, _ code: String) -> Data {
-        (try? JSONSerialization.data(withJSONObject: ["error": message, "code": code], options: [.sortedKeys]))
+        (try? JSONSerialization.data(
+            withJSONObject: ["error": message, "code": code], options: [.sortedKeys, .withoutEscapingSlashes]))
             ?? Data()
     }
 }

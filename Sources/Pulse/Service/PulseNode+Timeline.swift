@@ -81,13 +81,14 @@ extension PulseNode: TimelineChangeListener {
             return
         }
         // A node without a committed timeline stays silent: another answers.
-        guard let body = timelineBody(), let data = try? JSONEncoder().encode(body) else { return }
+        guard let body = timelineBody(), let data = try? AdminJSON.encoder().encode(body) else { return }
         nats.publish(subject: reply, payload: data)
     }
 
     /// The leader (or a single node) publishes the timeline on its subject.
     func committedTimelineChanged() {
-        guard cluster?.isLeader ?? true, let body = timelineBody(), let data = try? JSONEncoder().encode(body) else {
+        guard cluster?.isLeader ?? true, let body = timelineBody(), let data = try? AdminJSON.encoder().encode(body)
+        else {
             return
         }
         nats.publish(subject: config.timelineSubject, payload: data)

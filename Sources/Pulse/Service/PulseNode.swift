@@ -9,7 +9,8 @@
 // exists, so only the loop's signalfd sees them) → loop → real-time settings
 // → NATS (connects in the background) → beat driver → loop runs until
 // SIGINT/SIGTERM → (leader: hand leadership over) → beats stop, NATS closes.
-// SIGHUP re-reads the Raft TLS certificate, key and CA (never stops the node).
+// SIGHUP re-reads the Raft TLS certificate, key and CA, and the log level
+// from -config (never stops the node, never touches the beat timer).
 import CLoop
 import Foundation
 import Glibc
@@ -222,6 +223,7 @@ final class PulseNode: LoopHandler {
         if token == signalToken {
             let signo = cloop_signal_read(loop.raw, signalToken)
             if signo == SIGHUP {
+                reloadLogLevel()
                 reloadCertificates()
             } else if signo > 0 {
                 logger.info("stopping", metadata: ["signal": signo == SIGTERM ? "SIGTERM" : "SIGINT"])
@@ -237,6 +239,20 @@ final class PulseNode: LoopHandler {
         } else if token == housekeepingToken {
             _ = cloop_timer_read(loop.raw, housekeepingToken)
             housekeeping()
+        }
+    }
+
+    /// SIGHUP: the log level from -config, unless the command line or the
+    /// environment set it. A bad file keeps the current level (one line).
+    private func reloadLogLevel() {
+        switch config.reloadLogLevel() {
+        case .changed(let level):
+            LogSetup.level = LineLogHandler.level(level)
+            logger.info("SIGHUP: log level set", metadata: ["level": "\(level)"])
+        case .unchanged(let why):
+            logger.info("SIGHUP: log level kept: \(why)")
+        case .failed(let reason):
+            logger.error("SIGHUP: log level kept, -config not usable: \(reason)")
         }
     }
 

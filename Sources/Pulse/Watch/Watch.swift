@@ -11,7 +11,9 @@ import Glibc
 import PulseCore
 
 /// `pulse watch` options.
-struct WatchCommand: ParsableArguments {
+struct WatchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "pulse watch")
+
     @Option(
         name: PulseCommand.both("cluster"), help: "Cluster to watch (env BACKBEAT_CLUSTER_ID; default chorus-aus-01)")
     var cluster: String?

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Validates every deployment file under deploy/ with the tool that owns its
+# format (make test-deploy, part of make test):
+#   docker-compose.yml, docker-compose.swarm.yml   docker-compose config (Debian docker-compose)
+#   prometheus/prometheus.yml, alerts.yml          promtool check config / check rules / test rules
+#   systemd/pulse@.service                         systemd-analyze verify (any diagnostic fails)
+#   grafana/dashboards/*.json                      JSON; every panel query compiles (promtool check rules);
+#                                                  DeployTests evaluates each one against a live node
+#   Dockerfile                                     structure (no Docker daemon here): multi-stage,
+#                                                  Debian bases and apt-get only, COPY --from known stages
+set -euo pipefail
+cd "$(dirname "$0")/../deploy"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+fail() { echo "check-deploy: $*" >&2; exit 1; }
+
+# Compose files: the variables they require, set to placeholders.
+export BACKBEAT_PULSE_NKEY=UPLACEHOLDER BACKBEAT_CONSUMER_PASSWORD=x BACKBEAT_ADMIN_TOKEN=x GRAFANA_ADMIN_PASSWORD=x
+for f in docker-compose.yml docker-compose.swarm.yml; do
+  docker-compose -f "$f" config -q 2> "$scratch/compose.err" || { cat "$scratch/compose.err"; fail "$f"; }
+  # Only the known note about swarm `configs` may be printed.
+  if grep -v "use the 'configs' key\|^$" "$scratch/compose.err" | grep -q .; then cat "$scratch/compose.err"; fail "$f"; fi
+  echo "ok  $f (docker-compose config)"
+done
+
+promtool check config prometheus/prometheus.yml > /dev/null
+promtool check rules prometheus/alerts.yml > /dev/null
+(cd prometheus && promtool test rules alerts_test.yml > /dev/null)
+python3 - prometheus/alerts.yml ../docs/operations.md <<'PY'
+import re, sys
+rules, doc = open(sys.argv[1]).read(), open(sys.argv[2]).read()
+alerts = re.findall(r"- alert: (\w+)", rules)
+urls = re.findall(r'runbook_url: "docs/operations.md#([a-z0-9-]+)"', rules)
+anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^## (.+)$", doc, re.M)}
+assert len(urls) == len(alerts), f"{len(alerts)} alerts, {len(urls)} runbook_url"
+missing = [u for u in urls if u not in anchors]
+assert not missing, f"runbook anchors missing from docs/operations.md: {missing}"
+PY
+echo "ok  prometheus/ (promtool check config, check rules, test rules)"
+
+# systemd: verify needs ExecStart to exist; the binary is not installed here.
+sed "s|/usr/local/bin/pulse|/bin/true|" systemd/pulse@.service > "$scratch/pulse@n1.service"
+out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "$scratch/pulse@n1.service" 2>&1) || fail "systemd-analyze: $out"
+# Version 252 exits 0 on unknown keys: any diagnostic about the unit fails.
+if echo "$out" | grep -q "pulse@n1.service"; then echo "$out"; fail "systemd/pulse@.service"; fi
+echo "ok  systemd/pulse@.service (systemd-analyze verify)"
+
+# Dashboards: valid JSON, every target's expression as a recording rule.
+python3 - "$scratch/panels.yml" grafana/dashboards/*.json <<'PY'
+import json, sys
+out, files = sys.argv[1], sys.argv[2:]
+rules = []
+for f in files:
+    d = json.load(open(f))
+    assert d.get("uid") and d.get("panels"), f
+    for p in d["panels"]:
+        assert p.get("targets"), f"{f}: panel {p.get('title')} has no query"
+        for t in p["targets"]:
+            rules.append(f"      - record: panel:{p['id']}:{t['refId']}\n        expr: {json.dumps(t['expr'])}\n")
+open(out, "w").write("groups:\n  - name: dashboard\n    rules:\n" + "".join(rules))
+print(f"ok  grafana/dashboards ({len(rules)} queries compile:", end=" ")
+PY
+promtool check rules "$scratch/panels.yml" > /dev/null || fail "grafana/dashboards: a panel query does not compile"
+echo "promtool check rules)"
+
+python3 - Dockerfile <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+lines = [l.strip() for l in re.sub(r"\\\n", " ", text).splitlines() if l.strip() and not l.startswith("#")]
+stages = [l.split() for l in lines if l.upper().startswith("FROM ")]
+assert len(stages) >= 2, "not multi-stage"
+names = {s[3] for s in stages if len(s) >= 4 and s[2].upper() == "AS"}
+for s in stages:
+    assert re.match(r"(debian:|swift:[\d.]+-bookworm)", s[1]), f"base image not Debian: {s[1]}"
+for l in lines:
+    m = re.search(r"--from=(\S+)", l)
+    assert not m or m.group(1) in names, f"COPY --from unknown stage: {l}"
+    assert not re.search(r"curl[^|]*\|\s*(ba)?sh|pip install|npm install|wget ", l), f"not a Debian package: {l}"
+print("ok  Dockerfile (multi-stage, Debian bases, apt-get only)")
+PY

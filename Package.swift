@@ -9,6 +9,7 @@ import PackageDescription
 //   CHttpParser system library: node's http-parser (Debian libhttp-parser-dev)
 //   Raft       pure Swift consensus core (etcd-raft style): tick/step/ready/advance, no I/O
 //   PulseCore  pure Swift, no I/O: timeline math, HLC, BeatFrame encoder (allocation-free)
+//   PulsePolicy pure Swift, no I/O: beat planner, cluster policy (ticks, lease, degradation), replicated timeline
 //   Pulse      the service as a library: config, loop wiring, NATS transport, cluster, admin
 //   PulseMain  the `pulse` executable: a thin main over Pulse
 //   Bench      micro-benchmarks and the timing report
@@ -54,6 +55,11 @@ let package = Package(
             path: "Sources/PulseCore"
         ),
         .target(
+            name: "PulsePolicy",
+            dependencies: ["PulseCore", "Raft"],
+            path: "Sources/PulsePolicy"
+        ),
+        .target(
             name: "Pulse",
             dependencies: [
                 "CLoop", "CNats", "CHttpParser", "PulseCore", "Raft",
@@ -83,6 +89,11 @@ let package = Package(
             name: "PulseCoreTests",
             dependencies: ["PulseCore", .product(name: "Crypto", package: "swift-crypto")],
             path: "Tests/PulseCoreTests"
+        ),
+        .testTarget(
+            name: "ClusterSimTests",
+            dependencies: ["PulsePolicy", "PulseCore", "Raft"],
+            path: "Tests/ClusterSimTests"
         ),
         .testTarget(
             name: "RaftTests",

@@ -116,6 +116,8 @@ public struct BeatPlanner: Sendable {
     public private(set) var takeoverFloorBeat: Int64 = .min
     /// Whether the previous wake held a lease (to notice it lapse).
     private var heldLease = false
+    /// The lateness bound of the beat last decided `.emit`.
+    private var emitDeadlineWallNs: Int64 = .max
 
     public init(config: PlannerConfig) { self.config = config }
 
@@ -239,13 +241,18 @@ public struct BeatPlanner: Sendable {
             // Fault 4: a tempo entry not yet committed may change this beat.
             return .retry(atWallNs: i.wallNs + config.retryNs)
         }
+        emitDeadlineWallNs = target + halfPeriodNs(t, k)
         return .emit(index: k, atWallNs: target, degraded: isDegraded)
     }
 
     /// Immediately before the bytes go to the kernel (after the spin): may
-    /// beat `k` still be published? Legacy: the check before the spin stands.
-    public func confirm(mode: PublishMode, monoNs: Int64) -> Bool {
+    /// the beat just decided still be published? The lease must still hold
+    /// and the beat must still be less than half a period late (a loop
+    /// starved during the spin would otherwise send it late). Legacy: the
+    /// checks before the spin stand.
+    public func confirm(mode: PublishMode, monoNs: Int64, wallNs: Int64) -> Bool {
         if config.legacy.staleBytes { return true }
+        guard wallNs < emitDeadlineWallNs else { return false }
         switch mode {
         case .single, .degraded: return true
         case .leader(let lease): return monoNs < lease

@@ -226,20 +226,19 @@ public final class ClusterCore {
         return voters.filter { $0 == id || nowMonoNs - (lastHeardMonoNs[$0] ?? .min / 2) < electionNs }.sorted()
     }
 
-    /// Fault 6: our turn among degraded nodes. Legacy: the rank among all
-    /// voters. Fixed: the rank among the voters we still hear, so the
-    /// lowest live node of a partition publishes first and the others only
-    /// if its frame does not reach them within their turn.
+    /// Our turn among degraded nodes: the rank among all voters (a total
+    /// order every node agrees on, whatever it can hear).
     public func degradedPosition(_ nowMonoNs: Int64) -> Int {
-        let ids = legacy.ownReferenceTurns ? voters.sorted() : liveVoters(nowMonoNs: nowMonoNs)
-        return ids.firstIndex(of: id) ?? 0
+        voters.sorted().firstIndex(of: id) ?? 0
     }
 
     /// Fault 6: the clock degraded turns are measured on. Legacy: our own
-    /// last leader's. Fixed: the lowest live voter's — the same for every
-    /// node that hears it, and our own clock when we are that voter.
+    /// last leader's, so two nodes that followed different leaders measure
+    /// turns on different clocks. Fixed: the lowest voter's clock — the same
+    /// reference for every node (our own clock when we are that voter, our
+    /// last estimate of it otherwise, extrapolated with its rate).
     public func degradedReference(nowMonoNs: Int64) -> ClockSync? {
-        let ref = legacy.ownReferenceTurns ? lastLeader : (liveVoters(nowMonoNs: nowMonoNs).first ?? id)
+        let ref = legacy.ownReferenceTurns ? lastLeader : (voters.min() ?? id)
         guard ref != noNode, ref != id, let sync = syncs[ref], sync.hasEstimate else { return nil }
         return sync
     }

@@ -1,5 +1,6 @@
 // Simulation.swift — the event loop of the whole-cluster simulator and its
 // invariants (see ClusterSim.swift for the model).
+import Foundation
 import PulseCore
 import PulsePolicy
 import Raft
@@ -82,6 +83,12 @@ final class Simulation {
         }
         if violation == nil { finalChecks() }
         return violation
+    }
+
+    /// SIM_TRACE=1 with SIM_SEED: print frames and leadership as they happen.
+    static let tracing = ProcessInfo.processInfo.environment["SIM_TRACE"] != nil
+    func trace(_ s: @autoclosure () -> String) {
+        if Self.tracing { print(String(format: "%9.4f ", Double(now) / 1e9) + s()) }
     }
 
     func fail(_ inv: Invariant, _ what: String) {
@@ -278,7 +285,8 @@ final class Simulation {
 
     func clusterEvent(_ n: SimNode, _ e: ClusterEvent) {
         switch e {
-        case .leadership(let isLeader, _, let term):
+        case .leadership(let isLeader, let leader, let term):
+            trace("n\(n.id): leadership leader=\(leader) term=\(term) degraded=\(n.core.degraded)")
             if isLeader {
                 if leaderSince[term] == nil { leaderSince[term] = now }
                 if term > maxLeaderTerm { maxLeaderTerm = term; maxLeaderTermAt = now }
@@ -338,6 +346,7 @@ final class Simulation {
             }
             // Tempo never changes a published beat.
             guard let t = oracle.timeline else { return }
+            count(.tempoNotRetroactive)
             for f in handedOff where !f.degraded && f.index >= c.atBeat {
                 count(.tempoNotRetroactive)
                 if f.instantNs != t.instantNs(ofBeat: f.index) || f.bpm != bpmOf(t, f.index) {
@@ -361,6 +370,7 @@ final class Simulation {
 
     func onBeat(_ n: SimNode) {
         guard let t = n.core.machine.timeline else { return }
+        defer { trace("n\(n.id): beat wake next=\(n.planner.nextBeat) seen=\(n.planner.lastSeenIndex) mode=\(n.core.publishMode(nowMonoNs: mono(n), turnNs: 1))") }
         let m = mono(n)
         let period = t.instantNs(ofBeat: n.planner.nextBeat + 1) - t.instantNs(ofBeat: n.planner.nextBeat)
         let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(periodNs: period))
@@ -404,7 +414,7 @@ final class Simulation {
         let m = mono(n)
         let period = t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k)
         let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(periodNs: period))
-        guard n.planner.confirm(mode: mode, monoNs: m), n.planner.nextBeat <= k else {
+        guard n.planner.confirm(mode: mode, monoNs: m, wallNs: wall(n)), n.planner.nextBeat <= k else {
             n.planner.abandon(k)
             armNext(n)
             return
@@ -451,6 +461,7 @@ final class Simulation {
 
     func serverReceives(_ f: SimFrame) {
         received.append(f)
+        trace("subject: beat \(f.index) from n\(f.node + 1) term \(f.term)\(f.degraded ? " degraded" : "") handed off at \(Double(f.handoffNs) / 1e9)")
         // Consumer-side invariants, in subject order.
         if !f.degraded {
             count(.uniqueIndex)
@@ -473,8 +484,10 @@ final class Simulation {
             }
         }
         if openAtHandoff.contains(key(f)) {
-            let others = connectedByIndex[f.index, default: []].filter { $0.node != f.node }
-            if f.degraded || others.contains(where: \.degraded) {
+            // Between degraded publishers (a leader's frames take precedence
+            // for consumers; a degraded node defers to the leader it hears).
+            let others = connectedByIndex[f.index, default: []].filter { $0.node != f.node && $0.degraded }
+            if f.degraded {
                 count(.degradedTurns)
                 if let o = others.first {
                     fail(
@@ -482,7 +495,7 @@ final class Simulation {
                         "beat \(f.index) published by node \(o.node + 1) and node \(f.node + 1), both heard by the subject")
                 }
             }
-            connectedByIndex[f.index, default: []].append(f)
+            if f.degraded { connectedByIndex[f.index, default: []].append(f) }
         }
         for s in nodes where s.up && s.link.connected {
             if natsCut[s.index] {

@@ -203,27 +203,27 @@ public final class ClusterCore {
     }
 
     /// The publish mode at `nowMonoNs` (beat path).
-    public func publishMode(nowMonoNs: Int64, turnNs: Int64) -> PublishMode {
+    public func publishMode(nowMonoNs: Int64, turnNs: Int64, periodNs: Int64) -> PublishMode {
         if isLeader && nowMonoNs < leaseUntilMonoNs && appliedTermStart {
             return .leader(leaseUntilMonoNs: leaseUntilMonoNs)
         }
         if isLeader { return .waiting }
-        if degraded { return .degraded(turnDelayNs: Int64(1 + degradedPosition(nowMonoNs)) * turnNs) }
+        if degraded {
+            let delay = Int64(1 + degradedPosition(nowMonoNs)) * turnNs
+            // Fault 6: a turn too late for the lateness rule is no turn at all.
+            if !legacy.ownReferenceTurns && delay >= periodNs / 2 { return .follower }
+            return .degraded(turnDelayNs: delay)
+        }
         return .follower
     }
 
-    /// Spacing of degraded turns for a beat period. Legacy: a fixed 3 ms.
-    /// Fixed: wide enough for NATS latency plus reference-clock error
-    /// (`minTurnNs`), within half a period for every voter's turn.
-    public func degradedTurnNs(periodNs: Int64, minTurnNs: Int64 = 20_000_000) -> Int64 {
-        if legacy.ownReferenceTurns { return 3_000_000 }
-        return min(minTurnNs, periodNs / Int64(2 * (voters.count + 1)))
-    }
-
-    /// Peers heard from within an election timeout, and ourselves, sorted.
-    public func liveVoters(nowMonoNs: Int64) -> [NodeID] {
-        let electionNs = Int64(timing.electionTicks) * timing.tickNs
-        return voters.filter { $0 == id || nowMonoNs - (lastHeardMonoNs[$0] ?? .min / 2) < electionNs }.sorted()
+    /// Spacing of degraded turns. Legacy: 3 ms. Fixed: `minTurnNs`, which
+    /// must exceed a frame's way through NATS (publisher → server → the
+    /// next node) plus twice the reference-clock error; nodes whose turn
+    /// would come half a period after the instant or later do not publish
+    /// (see `publishMode`).
+    public func degradedTurnNs(minTurnNs: Int64 = 20_000_000) -> Int64 {
+        legacy.ownReferenceTurns ? 3_000_000 : minTurnNs
     }
 
     /// Our turn among degraded nodes: the rank among all voters (a total

@@ -370,10 +370,10 @@ final class Simulation {
 
     func onBeat(_ n: SimNode) {
         guard let t = n.core.machine.timeline else { return }
-        defer { trace("n\(n.id): beat wake next=\(n.planner.nextBeat) seen=\(n.planner.lastSeenIndex) mode=\(n.core.publishMode(nowMonoNs: mono(n), turnNs: 1))") }
+        defer { trace("n\(n.id): beat wake next=\(n.planner.nextBeat) seen=\(n.planner.lastSeenIndex) mode=\(n.core.publishMode(nowMonoNs: mono(n), turnNs: 1, periodNs: 1_000_000_000))") }
         let m = mono(n)
         let period = t.instantNs(ofBeat: n.planner.nextBeat + 1) - t.instantNs(ofBeat: n.planner.nextBeat)
-        let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(periodNs: period))
+        let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(), periodNs: period)
         let inputs = BeatInputs(
             wallNs: wall(n), monoNs: m, mode: mode, natsAttachedMonoNs: n.link.connected ? n.link.attachedMonoNs : nil,
             tempoBarrierBeat: n.core.tempoBarrierBeat, reference: n.core.degradedReference(nowMonoNs: m))
@@ -398,7 +398,7 @@ final class Simulation {
         guard n.up, let t = n.core.machine.timeline else { return }
         let m = mono(n)
         let period = t.instantNs(ofBeat: n.planner.nextBeat + 1) - t.instantNs(ofBeat: n.planner.nextBeat)
-        let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(periodNs: period))
+        let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(), periodNs: period)
         let target = n.planner.targetNs(t, n.planner.nextBeat, mode, n.core.degradedReference(nowMonoNs: m))
         armBeat(n, atWall: max(target - 1_000_000, wall(n) + 1_000_000))
     }
@@ -413,7 +413,7 @@ final class Simulation {
         guard let t = n.core.machine.timeline else { return }
         let m = mono(n)
         let period = t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k)
-        let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(periodNs: period))
+        let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(), periodNs: period)
         guard n.planner.confirm(mode: mode, monoNs: m, wallNs: wall(n)), n.planner.nextBeat <= k else {
             n.planner.abandon(k)
             armNext(n)

@@ -35,8 +35,9 @@ public enum PublishMode: Equatable, Sendable {
     /// A leader whose lease or log is not confirmed yet: retry shortly.
     case waiting
     /// No leader for too long: publish `"degraded":true` frames this long
-    /// after the instant on the agreed reference clock.
-    case degraded(turnDelayNs: Int64)
+    /// after the instant on the agreed reference clock, and only within
+    /// `slotNs` of that (a late frame must not land in the next node's turn).
+    case degraded(turnDelayNs: Int64, slotNs: Int64)
     /// A follower: keep the timeline, publish nothing.
     case follower
 }
@@ -158,7 +159,7 @@ public struct BeatPlanner: Sendable {
     /// The local wall time at which beat `k` is due in `mode`.
     public func targetNs(_ t: Timeline, _ k: Int64, _ mode: PublishMode, _ reference: ClockSync?) -> Int64 {
         let instant = t.instantNs(ofBeat: k)
-        guard case .degraded(let delayNs) = mode else { return instant }
+        guard case .degraded(let delayNs, _) = mode else { return instant }
         return (reference?.localNs(atReference: instant) ?? instant) + delayNs
     }
 
@@ -184,9 +185,9 @@ public struct BeatPlanner: Sendable {
         var missed: Int64 = 0
         if i.wallNs > target {
             var reference = i.wallNs
-            if case .degraded(let delayNs) = i.mode, let r = i.reference {
+            if case .degraded(let delayNs, _) = i.mode, let r = i.reference {
                 reference = r.referenceNs(atLocal: i.wallNs - delayNs)
-            } else if case .degraded(let delayNs) = i.mode {
+            } else if case .degraded(let delayNs, _) = i.mode {
                 reference = i.wallNs - delayNs
             }
             let current = t.beat(atOrBeforeNs: reference)
@@ -242,6 +243,14 @@ public struct BeatPlanner: Sendable {
             return .retry(atWallNs: i.wallNs + config.retryNs)
         }
         emitDeadlineWallNs = target + halfPeriodNs(t, k)
+        if case .degraded(_, let slotNs) = i.mode, !config.legacy.ownReferenceTurns {
+            // Fault 6: within our slot only, or the next node may not see it in time.
+            if i.wallNs >= target + slotNs {
+                nextBeat = k + 1
+                return .missed(count: missed + 1)
+            }
+            emitDeadlineWallNs = min(emitDeadlineWallNs, target + slotNs)
+        }
         return .emit(index: k, atWallNs: target, degraded: isDegraded)
     }
 

@@ -212,7 +212,7 @@ public final class ClusterCore {
             let delay = Int64(1 + degradedPosition(nowMonoNs)) * turnNs
             // Fault 6: a turn too late for the lateness rule is no turn at all.
             if !legacy.ownReferenceTurns && delay >= periodNs / 2 { return .follower }
-            return .degraded(turnDelayNs: delay)
+            return .degraded(turnDelayNs: delay, slotNs: turnNs / 2)
         }
         return .follower
     }

@@ -125,7 +125,7 @@ struct SimDisk {
 enum SimEvent {
     case tick(node: Int, gen: Int)
     case beat(node: Int, gen: Int, timer: Int)
-    case emit(node: Int, gen: Int, index: Int64, degraded: Bool)
+    case emit(node: Int, gen: Int, index: Int64, degraded: Bool, atWall: Int64)
     case raft(Message, stamp: Stamp)
     case natsUp(node: Int, link: Int, SimFrame)
     case natsDown(node: Int, link: Int, SimFrame)

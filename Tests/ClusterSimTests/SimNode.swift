@@ -31,7 +31,7 @@ final class SimNode {
     var socketBacklog: [(Message, Stamp)] = []
     var tickPending = false
     var beatPending = false
-    var emitPending: (Int64, Bool)?
+    var emitPending: (Int64, Bool, Int64)?
     /// The loop's doorway: shared (legacy) or NATS-only with a separate completion slot.
     var doorway: [Posted] = []
     var completionPosted = false

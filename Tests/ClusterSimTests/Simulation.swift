@@ -113,10 +113,10 @@ final class Simulation {
             let n = nodes[i]
             guard n.up, n.gen == gen, n.beatTimer == timer else { return }
             if n.stalled(now) { n.beatPending = true } else { onBeat(n) }
-        case .emit(let i, let gen, let k, let degraded):
+        case .emit(let i, let gen, let k, let degraded, let at):
             let n = nodes[i]
             guard n.up, n.gen == gen else { return }
-            if n.stalled(now) { n.emitPending = (k, degraded) } else { emit(n, k, degraded) }
+            if n.stalled(now) { n.emitPending = (k, degraded, at) } else { emit(n, k, degraded, at) }
         case .raft(let m, let stamp):
             let n = nodes[Int(m.to) - 1]
             guard n.up else { return }
@@ -218,7 +218,7 @@ final class Simulation {
         drain(n)
         if n.tickPending { n.tickPending = false; onTick(n) }
         if n.beatPending { n.beatPending = false; onBeat(n) }
-        if let (k, d) = n.emitPending { n.emitPending = nil; emit(n, k, d) }
+        if let (k, d, at) = n.emitPending { n.emitPending = nil; emit(n, k, d, at) }
     }
 
     // MARK: Raft
@@ -379,11 +379,7 @@ final class Simulation {
             tempoBarrierBeat: n.core.tempoBarrierBeat, reference: n.core.degradedReference(nowMonoNs: m))
         switch n.planner.plan(inputs, timeline: t) {
         case .emit(let k, let at, let degraded):
-            if at > wall(n) {
-                events.push(n.clock.trueAt(wall: at), .emit(node: n.index, gen: n.gen, index: k, degraded: degraded))
-            } else {
-                emit(n, k, degraded)
-            }
+            emit(n, k, degraded, at)
         case .retry(let at):
             armBeat(n, atWall: at)
         case .dropConnection:
@@ -409,8 +405,14 @@ final class Simulation {
     }
 
     /// After the spin: confirm, hand to the kernel, record.
-    func emit(_ n: SimNode, _ k: Int64, _ degraded: Bool) {
+    func emit(_ n: SimNode, _ k: Int64, _ degraded: Bool, _ at: Int64) {
         guard let t = n.core.machine.timeline else { return }
+        if wall(n) < at {
+            // The spin: until the wall clock reads the target (also after a step back).
+            let e = SimEvent.emit(node: n.index, gen: n.gen, index: k, degraded: degraded, atWall: at)
+            events.push(max(now + 1, n.clock.trueAt(wall: at)), e)
+            return
+        }
         let m = mono(n)
         let period = t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k)
         let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(), periodNs: period)

@@ -35,6 +35,19 @@ public struct LegacyFaults: Sendable, Equatable {
         self.ownReferenceTurns = ownReferenceTurns
     }
 
+    /// Puts fault `n` (1–6, as numbered in issue #10) back.
+    public mutating func enable(fault n: Int) {
+        switch n {
+        case 1: stepBeforeTicks = true
+        case 2: staleBytes = true
+        case 3: echoOnlyTakeover = true
+        case 4: requestTimeTempo = true
+        case 5: sharedDoorway = true
+        case 6: ownReferenceTurns = true
+        default: break
+        }
+    }
+
     /// The fixed policy.
     public static let none = LegacyFaults()
     /// Every fault of e72aafc at once.

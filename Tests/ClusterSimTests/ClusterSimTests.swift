@@ -31,12 +31,16 @@ final class ClusterSimTests: XCTestCase {
         } else {
             seeds = Array(0..<UInt64(env("SIM_SEEDS").flatMap { Int($0) } ?? 2000))
         }
+        // SIM_LEGACY=1,3 runs with those faults of e72aafc put back (to see them fail).
+        var faults = LegacyFaults.none
+        for f in (env("SIM_LEGACY") ?? "").split(separator: ",") { faults.enable(fault: Int(f) ?? 0) }
+        let legacy = faults
         let totals = SimTotals()
         let workers = min(2, seeds.count)
         let started = Date()
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             for k in stride(from: w, to: seeds.count, by: workers) {
-                let sim = Simulation(seed: seeds[k])
+                let sim = Simulation(seed: seeds[k], legacy: legacy)
                 totals.add(sim, sim.run())
             }
         }

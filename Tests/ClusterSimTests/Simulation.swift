@@ -48,10 +48,11 @@ final class Simulation {
     /// Frames handed off while their publisher's path to the server was open.
     var openAtHandoff: Set<String> = []
 
-    init(seed: UInt64, knobs: SimKnobs? = nil) {
+    init(seed: UInt64, knobs: SimKnobs? = nil, legacy: LegacyFaults? = nil) {
         self.seed = seed
         var rng = SimRNG(seed: seed)
-        let k = knobs ?? SimKnobs.random(&rng, seed: seed)
+        var k = knobs ?? SimKnobs.random(&rng, seed: seed)
+        if let legacy { k.legacy = legacy }
         self.knobs = k
         self.rng = rng
         raftGroup = Array(repeating: 0, count: k.nodes)

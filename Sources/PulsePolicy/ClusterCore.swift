@@ -106,9 +106,23 @@ public final class ClusterCore {
         // stepped, so a stalled follower counts its silence first (see TickPolicy).
         if !legacy.stepBeforeTicks { deliverTicks(nowMonoNs) }
         lastHeardMonoNs[m.from] = nowMonoNs
+        if !legacy.stepBeforeTicks && stickyRefuses(m) { return }
         if m.from == leader { lastLeaderContactMonoNs = nowMonoNs }
         raft.step(m)
         refreshLease()
+    }
+
+    /// The lease proof's follower side, at every term: a node that heard
+    /// from a leader less than `electionTicks` ticks ago ignores (pre-)vote
+    /// requests that are not a leadership transfer. The core checks this
+    /// only for requests of a higher term; a rejected pre-vote answer from a
+    /// newer candidate raises the term first, and the vote request of that
+    /// same term was then granted although this node had just acked the old
+    /// leader (found by ClusterSimTests, fault-1 scenario seeds 9 and 24).
+    private func stickyRefuses(_ m: Message) -> Bool {
+        guard m.kind == .vote || m.kind == .preVote, !m.transfer, raft.role != .leader else { return false }
+        guard m.from != raft.leader, raft.vote != m.from || m.kind == .preVote else { return false }
+        return raft.ticksSinceLeaderContact < timing.electionTicks
     }
 
     private func refreshLease() {

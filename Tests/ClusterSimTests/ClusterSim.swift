@@ -70,6 +70,10 @@ struct SimKnobs {
     var offsetMaxNs: Int64 = 2_000_000
     var ppmMax: Int64 = 500
     var doorwayCapacity = 1024
+    /// Upper bound of a store write + fsync.
+    var storeMaxNs: Int64 = 3_000_000
+    /// Random faults during the chaos phase (off for scripted scenarios).
+    var randomFaults = true
     /// Max offset between node clocks the hand-over guard must cover.
     var maxOffsetNs: Int64 = 20_000_000
     /// TCP_USER_TIMEOUT on the NATS socket (fixed policy).
@@ -136,6 +140,7 @@ enum SimEvent {
     case restart(node: Int)
     case chaos
     case endChaos
+    case script(Int)
 }
 
 /// Clock-sync stamps carried by every Raft frame (as RaftTransport does).

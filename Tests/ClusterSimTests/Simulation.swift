@@ -22,6 +22,10 @@ final class Simulation {
     static let wallBase: Int64 = 1_700_000_000_000_000_000
     /// Raft partition: a group per node.
     var raftGroup: [Int]
+    /// Single Raft links cut (both directions), as `a * 64 + b` with a < b.
+    var cutLinks = Set<Int>()
+    /// Scripted steps of a targeted scenario: (true time, action).
+    var script: [(Int64, (Simulation) -> Void)] = []
     /// NATS partition: nodes whose path to the server is cut.
     var natsCut: [Bool]
 
@@ -45,6 +49,8 @@ final class Simulation {
     var refusedRequests: Set<UInt64> = []
     var appliedRequests: Set<UInt64> = []
     var nextRequest: UInt64 = 1
+    /// The highest commit index a second before the end: every node must have applied it.
+    var commitMark: UInt64 = 0
     /// Frames handed off while their publisher's path to the server was open.
     var openAtHandoff: Set<String> = []
 
@@ -70,6 +76,7 @@ final class Simulation {
             nodes.append(SimNode(index: i, clock: clock, planner: pc))
         }
         for n in nodes { boot(n) }
+        at(endNs - 1_000_000_000) { s in s.commitMark = s.nodes.map { $0.core.raft.commitIndex }.max() ?? 0 }
         events.push(100_000_000, .chaos)
         events.push(k.chaosNs, .endChaos)
     }
@@ -104,6 +111,7 @@ final class Simulation {
     func handle(_ event: SimEvent) {
         switch event {
         case .chaos: chaos()
+        case .script(let i): script[i].1(self)
         case .endChaos: endChaos()
         case .restart(let i): restart(nodes[i])
         case .tick(let i, let gen):
@@ -238,6 +246,9 @@ final class Simulation {
             n.core.syncs[m.from, default: ClockSync()].add(SyncSample(t1: t1, t2: t2, t3: s.sendWallNs, t4: t4))
         }
         n.lastFrom[m.from] = (s.sendWallNs, t4)
+        if m.kind != .heartbeat && m.kind != .heartbeatResponse {
+            trace("n\(n.id) <- n\(m.from): \(m.kind) term \(m.term)\(m.reject ? " reject" : "") (n\(n.id) term \(n.core.raft.term) \(n.core.raft.role))")
+        }
         n.core.step(m, nowMonoNs: mono(n))
         pump(n)
     }
@@ -249,7 +260,7 @@ final class Simulation {
             return
         }
         n.savingReady = rd
-        events.push(now + rng.range(300_000, 3_000_000), .storeDone(node: n.index, gen: n.gen))
+        events.push(now + rng.range(300_000, knobs.storeMaxNs), .storeDone(node: n.index, gen: n.gen))
     }
 
     func finish(_ n: SimNode, _ rd: Ready) {
@@ -267,9 +278,28 @@ final class Simulation {
         let stamp = Stamp(sendWallNs: wall(n), echoSendNs: echo?.theirSend, echoRecvNs: echo?.myRecv)
         let copies = chaosOn && rng.chance(knobs.raftDup) ? 2 : 1
         for _ in 0..<copies {
-            guard raftGroup[n.index] == raftGroup[to], !(chaosOn && rng.chance(knobs.raftDrop)) else { continue }
+            guard raftGroup[n.index] == raftGroup[to], !cutLinks.contains(linkKey(n.index, to)),
+                !(chaosOn && rng.chance(knobs.raftDrop))
+            else { continue }
             events.push(now + rng.range(100_000, knobs.raftMaxDelayNs), .raft(m, stamp: stamp))
         }
+    }
+
+    func linkKey(_ a: Int, _ b: Int) -> Int { min(a, b) * 64 + max(a, b) }
+
+    /// Adds a scripted step at true time `at`.
+    func at(_ at: Int64, _ action: @escaping (Simulation) -> Void) {
+        script.append((at, action))
+        events.push(at, .script(script.count - 1))
+    }
+
+    /// The node that leads (and holds a lease) now, if any.
+    var leader: SimNode? { nodes.first { $0.up && $0.core.isLeader } }
+
+    /// Stalls node `n` (its loop thread) for `ns`.
+    func stall(_ n: SimNode, ns: Int64) {
+        n.stalledUntil = now + ns
+        events.push(now + ns, .wake(node: n.index, gen: n.gen))
     }
 
     func maybeBootstrap(_ n: SimNode) {
@@ -585,7 +615,7 @@ final class Simulation {
     // MARK: chaos
 
     func chaos() {
-        guard chaosOn else { return }
+        guard chaosOn, knobs.randomFaults else { return }
         events.push(now + 100_000_000, .chaos)
         let k = knobs
         if rng.chance(k.partitionRate * 0.1) {
@@ -654,6 +684,11 @@ final class Simulation {
 
     func endChaos() {
         chaosOn = false
+        cutLinks = []
+        for n in nodes where n.stalledUntil > now {
+            n.stalledUntil = now
+            events.push(now, .wake(node: n.index, gen: n.gen))
+        }
         raftGroup = Array(repeating: 0, count: knobs.nodes)
         for i in natsCut.indices where natsCut[i] { healNats(i) }
     }
@@ -682,7 +717,7 @@ final class Simulation {
         }
         if publishers.count > 1 { fail(.liveness, "\(publishers.count) publishers in the settled window") }
         // Every node applied what was committed.
-        let commit = nodes.map { $0.core.raft.commitIndex }.max() ?? 0
+        let commit = commitMark
         for n in nodes where n.up {
             count(.convergence)
             if n.core.raft.appliedIndex < commit {

@@ -106,7 +106,7 @@ public final class ClusterCore {
         // stepped, so a stalled follower counts its silence first (see TickPolicy).
         if !legacy.stepBeforeTicks { deliverTicks(nowMonoNs) }
         lastHeardMonoNs[m.from] = nowMonoNs
-        if !legacy.stepBeforeTicks && stickyRefuses(m) { return }
+        if stickyRefuses(m) { return }
         if m.from == leader { lastLeaderContactMonoNs = nowMonoNs }
         raft.step(m)
         refreshLease()

@@ -103,23 +103,31 @@ final class FaultTests: XCTestCase {
         XCTAssertFalse(failing.isEmpty, "fault 1: the legacy logic never failed the scenario")
     }
 
-    /// Fault 5: both followers' loops stall for 2 s while the store is slow
-    /// (fsync up to 0.8 s) and the subject keeps delivering frames into a
-    /// 4-slot doorway. Legacy: a store completion posted into the full
-    /// shared doorway is lost; that node never finishes its Ready again.
+    /// Fault 5: one follower has a slow disk (every save takes 0.6 s) and
+    /// its loop stalls for 1.5 s at a time, while tempo entries keep the log
+    /// busy and the subject keeps delivering frames into a 2-slot doorway.
+    /// Legacy: a store completion posted into the full shared doorway is
+    /// lost; that node never finishes its Ready again and stops applying.
     func scenarioFault5(_ legacy: LegacyFaults, seed: UInt64) -> SimViolation? {
         var k = SimKnobs()
         k.randomFaults = false
         k.bpm = 600
-        k.doorwayCapacity = 4
+        k.doorwayCapacity = 2
         k.legacy = legacy
         let sim = Simulation(seed: seed, knobs: k)
-        sim.at(2_900_000_000) { s in s.knobs.storeMaxNs = 800_000_000 }
-        sim.at(3_000_000_000) { s in
+        var slow: SimNode?
+        sim.at(2_500_000_000) { s in
             guard let l = s.leader else { return }
-            for n in s.nodes where n.index != l.index { s.stall(n, ns: 2_000_000_000) }
+            slow = s.nodes.first { $0.index != l.index }
+            slow?.storeFixedNs = 600_000_000
         }
-        sim.at(5_000_000_000) { s in s.knobs.storeMaxNs = 3_000_000 }
+        for i in 0..<Int64(3) {
+            sim.at(3_000_000_000 + i * 1_700_000_000) { s in if let n = slow { s.stall(n, ns: 1_500_000_000) } }
+        }
+        for i in 0..<Int64(24) {
+            sim.at(3_000_000_000 + i * 200_000_000) { s in if let l = s.leader { s.tempoRequest(l) } }
+        }
+        sim.at(8_000_000_000, always: true) { _ in slow?.storeFixedNs = nil }
         return sim.run()
     }
 

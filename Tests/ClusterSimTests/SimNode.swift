@@ -41,6 +41,8 @@ final class SimNode {
     var epochProposed = false
     var droppedDeliveries = 0
     var lostCompletions = 0
+    /// A slow disk for this node only (scripted scenarios): every save takes this long.
+    var storeFixedNs: Int64?
 
     init(index: Int, clock: NodeClock, planner: PlannerConfig) {
         self.index = index

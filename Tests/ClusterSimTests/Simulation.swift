@@ -76,7 +76,7 @@ final class Simulation {
             nodes.append(SimNode(index: i, clock: clock, planner: pc))
         }
         for n in nodes { boot(n) }
-        at(endNs - 1_000_000_000) { s in s.commitMark = s.nodes.map { $0.core.raft.commitIndex }.max() ?? 0 }
+        at(endNs - 1_000_000_000, always: true) { s in s.commitMark = s.nodes.map { $0.core.raft.commitIndex }.max() ?? 0 }
         events.push(100_000_000, .chaos)
         events.push(k.chaosNs, .endChaos)
     }
@@ -260,7 +260,7 @@ final class Simulation {
             return
         }
         n.savingReady = rd
-        events.push(now + rng.range(300_000, knobs.storeMaxNs), .storeDone(node: n.index, gen: n.gen))
+        events.push(now + (n.storeFixedNs ?? rng.range(300_000, knobs.storeMaxNs)), .storeDone(node: n.index, gen: n.gen))
     }
 
     func finish(_ n: SimNode, _ rd: Ready) {
@@ -287,9 +287,10 @@ final class Simulation {
 
     func linkKey(_ a: Int, _ b: Int) -> Int { min(a, b) * 64 + max(a, b) }
 
-    /// Adds a scripted step at true time `at`.
-    func at(_ at: Int64, _ action: @escaping (Simulation) -> Void) {
-        script.append((at, action))
+    /// Adds a scripted step at true time `at` (a fault: ignored once the
+    /// chaos phase is over, unless `always`).
+    func at(_ at: Int64, always: Bool = false, _ action: @escaping (Simulation) -> Void) {
+        script.append((at, { s in if always || s.chaosOn { action(s) } }))
         events.push(at, .script(script.count - 1))
     }
 
@@ -569,6 +570,7 @@ final class Simulation {
         if knobs.legacy.sharedDoorway {
             if n.doorway.count >= knobs.doorwayCapacity {
                 if case .completion = item { n.lostCompletions += 1 } else { n.droppedDeliveries += 1 }
+                trace("n\(n.id): doorway full, dropped \(item)")
                 if !n.stalled(now) { drain(n) }
                 return
             }

@@ -6,6 +6,7 @@
 #   make test      every test: unit, property, allocation, real nats-server processes,
 #                  plus the release build that enforces @_noAllocation
 #   make bench     the timing report (release)
+#   make sim       the whole-cluster simulator: SEEDS=N seeds (default 2000), or SIM_SEED=S to replay one
 SHELL := /bin/bash
 SWIFT ?= swift
 NATS_PORT ?= 4222
@@ -14,7 +15,7 @@ BPM ?= 120
 RUN_DIR ?= run
 APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl iproute2 pkg-config
 
-.PHONY: deps build release run dev cluster test test-unit test-all check-noalloc bench format clean
+.PHONY: deps build release run dev cluster test test-unit test-all check-noalloc bench sim format clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -85,6 +86,16 @@ bench:
 	fi
 	$(SWIFT) build -c release --product pulse
 	$(SWIFT) run -c release Bench $(BENCH_ARGS)
+
+# The whole-cluster deterministic simulator (Tests/ClusterSimTests): one
+# summary line `seeds=N steps=… violations=0`, then how often each invariant
+# was exercised; a violation prints its one-line replay (SIM_SEED=… make sim).
+SEEDS ?= 2000
+sim:
+	@$(SWIFT) build --build-tests 2>&1 | grep -E "error|warning: unre" || true
+	@SIM_SEEDS=$(SEEDS) $(SWIFT) test --skip-build --filter 'ClusterSimTests.ClusterSimTests/testSeededClusterSimulation' 2>&1 \
+	  | tee .build/sim.log | grep -E "^(seeds=|exercised:|violation:)"; \
+	grep -q "^seeds=.* violations=0 " .build/sim.log
 
 format:
 	$(SWIFT) format -i -r Sources Tests Package.swift

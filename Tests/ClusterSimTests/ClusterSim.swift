@@ -11,6 +11,7 @@
 // simulated data dir; tempo requests at random. A consumer that is always
 // connected is the subject's order. The invariants are checked after every
 // event; the seed alone reproduces a run.
+import Foundation
 import PulseCore
 import PulsePolicy
 import Raft
@@ -34,7 +35,8 @@ struct SimViolation: Error, CustomStringConvertible {
     var invariant: Invariant
     var what: String
     var description: String {
-        "\(invariant.rawValue) at t=\(Double(atNs) / 1e9)s: \(what) — replay: SIM_SEED=\(seed) make sim"
+        let legacy = ProcessInfo.processInfo.environment["SIM_LEGACY"].map { "SIM_LEGACY=\($0) " } ?? ""
+        return "\(invariant.rawValue) at t=\(Double(atNs) / 1e9)s: \(what) — replay: \(legacy)SIM_SEED=\(seed) make sim"
     }
 }
 

@@ -35,7 +35,12 @@ struct EventQueue<T> {
         var i = heap.count - 1
         while i > 0 {
             let p = (i - 1) / 2
-            if less(i, p) { heap.swapAt(i, p); i = p } else { break }
+            if less(i, p) {
+                heap.swapAt(i, p)
+                i = p
+            } else {
+                break
+            }
         }
     }
 

@@ -76,7 +76,9 @@ final class Simulation {
             nodes.append(SimNode(index: i, clock: clock, planner: pc))
         }
         for n in nodes { boot(n) }
-        at(endNs - 1_000_000_000, always: true) { s in s.commitMark = s.nodes.map { $0.core.raft.commitIndex }.max() ?? 0 }
+        at(endNs - 1_000_000_000, always: true) { s in
+            s.commitMark = s.nodes.map { $0.core.raft.commitIndex }.max() ?? 0
+        }
         events.push(100_000_000, .chaos)
         events.push(k.chaosNs, .endChaos)
     }
@@ -225,9 +227,18 @@ final class Simulation {
         n.socketBacklog = []
         for (m, s) in backlog where n.up && !n.stalled(now) { onRaft(n, m, s) }
         drain(n)
-        if n.tickPending { n.tickPending = false; onTick(n) }
-        if n.beatPending { n.beatPending = false; onBeat(n) }
-        if let (k, d, at) = n.emitPending { n.emitPending = nil; emit(n, k, d, at) }
+        if n.tickPending {
+            n.tickPending = false
+            onTick(n)
+        }
+        if n.beatPending {
+            n.beatPending = false
+            onBeat(n)
+        }
+        if let (k, d, at) = n.emitPending {
+            n.emitPending = nil
+            emit(n, k, d, at)
+        }
     }
 
     // MARK: Raft
@@ -247,7 +258,9 @@ final class Simulation {
         }
         n.lastFrom[m.from] = (s.sendWallNs, t4)
         if m.kind != .heartbeat && m.kind != .heartbeatResponse {
-            trace("n\(n.id) <- n\(m.from): \(m.kind) term \(m.term)\(m.reject ? " reject" : "") (n\(n.id) term \(n.core.raft.term) \(n.core.raft.role))")
+            trace(
+                "n\(n.id) <- n\(m.from): \(m.kind) term \(m.term)\(m.reject ? " reject" : "") (n\(n.id) term \(n.core.raft.term) \(n.core.raft.role))"
+            )
         }
         n.core.step(m, nowMonoNs: mono(n))
         pump(n)
@@ -260,7 +273,8 @@ final class Simulation {
             return
         }
         n.savingReady = rd
-        events.push(now + (n.storeFixedNs ?? rng.range(300_000, knobs.storeMaxNs)), .storeDone(node: n.index, gen: n.gen))
+        events.push(
+            now + (n.storeFixedNs ?? rng.range(300_000, knobs.storeMaxNs)), .storeDone(node: n.index, gen: n.gen))
     }
 
     func finish(_ n: SimNode, _ rd: Ready) {
@@ -321,7 +335,10 @@ final class Simulation {
             trace("n\(n.id): leadership leader=\(leader) term=\(term) degraded=\(n.core.degraded)")
             if isLeader {
                 if leaderSince[term] == nil { leaderSince[term] = now }
-                if term > maxLeaderTerm { maxLeaderTerm = term; maxLeaderTermAt = now }
+                if term > maxLeaderTerm {
+                    maxLeaderTerm = term
+                    maxLeaderTermAt = now
+                }
                 if let t = n.core.machine.timeline {
                     n.planner.takeOver(timeline: t, wallNs: wall(n))
                     armNext(n)
@@ -338,7 +355,7 @@ final class Simulation {
                 n.planner.start(timeline: t, wallNs: wall(n))
                 if n.core.isLeader { n.planner.takeOver(timeline: t, wallNs: wall(n)) }
             }
-            if case .tempo = cmd { }
+            if case .tempo = cmd {}
             armNext(n)
         case .proposal(let id, let outcome):
             guard id != 0 else { return }
@@ -384,7 +401,8 @@ final class Simulation {
                 if f.instantNs != t.instantNs(ofBeat: f.index) || f.bpm != bpmOf(t, f.index) {
                     fail(
                         .tempoNotRetroactive,
-                        "change to \(c.bpm) bpm at beat \(c.atBeat) alters beat \(f.index) published by node \(f.node + 1)")
+                        "change to \(c.bpm) bpm at beat \(c.atBeat) alters beat \(f.index) published by node \(f.node + 1)"
+                    )
                     return
                 }
             }
@@ -402,7 +420,11 @@ final class Simulation {
 
     func onBeat(_ n: SimNode) {
         guard let t = n.core.machine.timeline else { return }
-        defer { trace("n\(n.id): beat wake next=\(n.planner.nextBeat) seen=\(n.planner.lastSeenIndex) mode=\(n.core.publishMode(nowMonoNs: mono(n), turnNs: 1, periodNs: 1_000_000_000))") }
+        defer {
+            trace(
+                "n\(n.id): beat wake next=\(n.planner.nextBeat) seen=\(n.planner.lastSeenIndex) mode=\(n.core.publishMode(nowMonoNs: mono(n), turnNs: 1, periodNs: 1_000_000_000))"
+            )
+        }
         let m = mono(n)
         let period = t.instantNs(ofBeat: n.planner.nextBeat + 1) - t.instantNs(ofBeat: n.planner.nextBeat)
         let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(), periodNs: period)
@@ -468,7 +490,8 @@ final class Simulation {
                 }
             } else {
                 openAtHandoff.insert(key(frame))
-                events.push(now + rng.range(50_000, knobs.natsMaxDelayNs / 2), .natsUp(node: n.index, link: n.link.gen, frame))
+                events.push(
+                    now + rng.range(50_000, knobs.natsMaxDelayNs / 2), .natsUp(node: n.index, link: n.link.gen, frame))
             }
         }
         n.planner.published(k, degraded: degraded, published: published)
@@ -481,8 +504,11 @@ final class Simulation {
     func checkHandoff(_ n: SimNode, _ f: SimFrame, period: Int64) {
         guard !f.degraded else { return }
         count(.leaseHeld)
-        if maxLeaderTerm > f.term, let since = leaderSince.filter({ $0.key > f.term }).map(\.value).min(), since <= now {
-            fail(.leaseHeld, "node \(n.id) published beat \(f.index) in term \(f.term) after a term-\(maxLeaderTerm) leader")
+        if maxLeaderTerm > f.term, let since = leaderSince.filter({ $0.key > f.term }).map(\.value).min(), since <= now
+        {
+            fail(
+                .leaseHeld,
+                "node \(n.id) published beat \(f.index) in term \(f.term) after a term-\(maxLeaderTerm) leader")
         }
         count(.lateness)
         let late = wall(n) - f.instantNs
@@ -495,7 +521,9 @@ final class Simulation {
 
     func serverReceives(_ f: SimFrame) {
         received.append(f)
-        trace("subject: beat \(f.index) from n\(f.node + 1) term \(f.term)\(f.degraded ? " degraded" : "") handed off at \(Double(f.handoffNs) / 1e9)")
+        trace(
+            "subject: beat \(f.index) from n\(f.node + 1) term \(f.term)\(f.degraded ? " degraded" : "") handed off at \(Double(f.handoffNs) / 1e9)"
+        )
         // Consumer-side invariants, in subject order.
         if !f.degraded {
             count(.uniqueIndex)
@@ -526,7 +554,8 @@ final class Simulation {
                 if let o = others.first {
                     fail(
                         .degradedTurns,
-                        "beat \(f.index) published by node \(o.node + 1) and node \(f.node + 1), both heard by the subject")
+                        "beat \(f.index) published by node \(o.node + 1) and node \(f.node + 1), both heard by the subject"
+                    )
                 }
             }
             if f.degraded { connectedByIndex[f.index, default: []].append(f) }
@@ -603,7 +632,8 @@ final class Simulation {
             switch item {
             case .completion: completeSave(n)
             case .nats(let f):
-                n.planner.observe(index: f.index, wallNs: wall(n), fromLeaderElsewhere: !f.degraded && f.node != n.index)
+                n.planner.observe(
+                    index: f.index, wallNs: wall(n), fromLeaderElsewhere: !f.degraded && f.node != n.index)
             }
         }
     }
@@ -670,7 +700,8 @@ final class Simulation {
         let delta = max(1, effective / 10)
         let requested = effective + (rng.chance(0.5) ? delta : -delta)
         guard requested > 0,
-            TempoRules.check(requested: requested, current: effective, minBpm: 30, maxBpm: 900, pending: pending) == nil,
+            TempoRules.check(requested: requested, current: effective, minBpm: 30, maxBpm: 900, pending: pending)
+                == nil,
             n.core.isLeader, n.core.appliedTermStart
         else {
             refusedRequests.insert(id)

@@ -40,8 +40,49 @@ final class FaultTests: XCTestCase {
         legacyFailsFixedPasses(fault: 2, expected: [.termMonotonic, .onTimeline, .uniqueIndex, .leaseHeld], hint: 4)
     }
 
-    func testFault3Republishing() {
+    /// Fault 3 (re-plan): after a wall-clock step back, e72aafc's `start`
+    /// re-plans from the clock alone and the same node repeats its beat.
+    func testFault3ReplanAfterClockStep() {
         legacyFailsFixedPasses(fault: 3, expected: [.uniqueIndex], hint: 116)
+    }
+
+    /// Fault 3 (hand-over): at 12 bpm, half a period (2.5 s) is longer than
+    /// a failover. The followers' NATS links reconnect just before beat k,
+    /// so their echo misses it; the leader publishes k and crashes. Legacy:
+    /// the new leader publishes k again, late, since its echo does not show it.
+    func scenarioFault3(_ legacy: LegacyFaults, seed: UInt64) -> SimViolation? {
+        var k = SimKnobs()
+        k.randomFaults = false
+        k.bpm = 12
+        k.chaosNs = 20_000_000_000
+        k.settleNs = 16_000_000_000
+        k.legacy = legacy
+        let sim = Simulation(seed: seed, knobs: k)
+        sim.at(9_000_000_000) { s in
+            guard let l = s.leader, let t = l.core.machine.timeline else { return }
+            let beat = t.nextBeat(afterNs: Simulation.wallBase + s.now)
+            let instantTrue = t.instantNs(ofBeat: beat) - Simulation.wallBase
+            s.at(instantTrue - 50_000_000) { s in
+                for n in s.nodes where n.index != l.index { s.abortLink(n) }
+            }
+            s.at(instantTrue + 30_000_000) { s in if l.up { s.crash(l) } }
+        }
+        return sim.run()
+    }
+
+    func testFault3Republishing() {
+        var legacy = LegacyFaults.none
+        legacy.enable(fault: 3)
+        var failing: [UInt64] = []
+        for seed in scenarioSeeds(10) {
+            if let v = scenarioFault3(legacy, seed: seed), v.invariant == .uniqueIndex {
+                failing.append(seed)
+                if failing.count == 1 { print("fault 3: legacy fails seed \(seed): \(v)") }
+            }
+            let fixed = scenarioFault3(.none, seed: seed)
+            XCTAssertNil(fixed, "fault 3 fixed fails scenario seed \(seed): \(fixed.map { "\($0)" } ?? "")")
+        }
+        XCTAssertFalse(failing.isEmpty, "fault 3: the legacy logic never failed the scenario")
     }
 
     func testFault4TempoAfterItsDownbeat() {

@@ -62,7 +62,7 @@ let package = Package(
         .target(
             name: "Pulse",
             dependencies: [
-                "CLoop", "CNats", "CHttpParser", "PulseCore", "Raft",
+                "CLoop", "CNats", "CHttpParser", "PulseCore", "PulsePolicy", "Raft",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),

@@ -71,7 +71,10 @@ public struct BeatInputs: Sendable {
 public enum BeatDecision: Equatable, Sendable {
     /// Spin until `atWallNs`, `confirm`, then publish beat `index`.
     case emit(index: Int64, atWallNs: Int64, degraded: Bool)
-    /// Nothing to publish for this beat (follower, already on the subject, quiet turn).
+    /// Not ours to publish: a follower keeps the timeline, or a degraded
+    /// node stays quiet this turn (counted as followed).
+    case follow
+    /// Already on the subject (another publisher).
     case skip
     /// `count` beats passed unpublished.
     case missed(count: Int64)
@@ -121,6 +124,20 @@ public struct BeatPlanner: Sendable {
     private var emitDeadlineWallNs: Int64 = .max
 
     public init(config: PlannerConfig) { self.config = config }
+
+    /// Resumes with state a driver keeps in its own fields (the service's
+    /// BeatDriver builds one per wake; a value type, no allocation).
+    public init(
+        config: PlannerConfig, nextBeat: Int64, lastSeenIndex: Int64, lastPublishedIndex: Int64,
+        lastDegradedIndex: Int64, lastLeaderFrameWallNs: Int64
+    ) {
+        self.config = config
+        self.nextBeat = nextBeat
+        self.lastSeenIndex = lastSeenIndex
+        self.lastPublishedIndex = lastPublishedIndex
+        self.lastDegradedIndex = lastDegradedIndex
+        self.lastLeaderFrameWallNs = lastLeaderFrameWallNs
+    }
 
     @inline(__always)
     func halfPeriodNs(_ t: Timeline, _ k: Int64) -> Int64 {
@@ -180,7 +197,7 @@ public struct BeatPlanner: Sendable {
         if i.wallNs < target - config.maxLeadNs - 1_000_000 { return .early }
         if case .follower = i.mode {
             nextBeat = max(k, t.beat(atOrBeforeNs: max(i.wallNs, target))) + 1
-            return .skip
+            return .follow
         }
         var missed: Int64 = 0
         if i.wallNs > target {
@@ -227,7 +244,7 @@ public struct BeatPlanner: Sendable {
                 || i.monoNs - (i.natsAttachedMonoNs ?? 0) < periodNs
             {
                 nextBeat = k + 1
-                return .skip
+                return .follow
             }
             if lastDegradedIndex >= 0 && lastSeenIndex < lastDegradedIndex {
                 // Our previous degraded frame never came back: the path is broken.
@@ -236,7 +253,7 @@ public struct BeatPlanner: Sendable {
                 return .dropConnection
             }
         case .follower:
-            return .skip
+            return .follow
         }
         if !config.legacy.requestTimeTempo && k >= i.tempoBarrierBeat {
             // Fault 4: a tempo entry not yet committed may change this beat.

@@ -439,7 +439,7 @@ final class Simulation {
         case .dropConnection:
             abortLink(n)
             armNext(n)
-        case .skip, .missed, .early:
+        case .skip, .follow, .missed, .early:
             armNext(n)
         }
     }

@@ -5,6 +5,18 @@
 // (`nextReady` → persist → `finish`), sends the messages `finish` returns
 // and reads the events it reports. The simulator and (with phase B of issue
 // #10) the service drive the same code.
+//
+// Degradation (fault 6): without a leader for `degradeAfterNs`, nodes keep
+// the committed timeline and publish `"degraded":true` frames in turns —
+// by rank among all voters (an order every node agrees on), 20 ms apart,
+// measured on one reference (the lowest voter's clock), each only within
+// half its turn and never half a period after the instant. A node stays
+// quiet while it hears a leader's frames. In a double minority partition
+// (no majority anywhere, and NATS split too) each NATS side has its own
+// degraded publisher, so an index may be published once per side; the
+// frames say `degraded`, and a consumer that later hears both sides keeps
+// the first (queued frames older than the NATS socket's user timeout are
+// dropped by the kernel, never delivered late).
 import PulseCore
 import Raft
 

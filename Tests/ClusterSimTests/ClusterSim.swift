@@ -64,6 +64,8 @@ struct SimKnobs {
     var natsMaxDelayNs: Int64 = 5_000_000
     var partitionRate = 0.0  // per second
     var natsCutRate = 0.0
+    /// NATS disconnects (the client reconnects 0.1–0.5 s later), per second.
+    var natsDisconnectRate = 0.0
     var stallRate = 0.0
     var stallMaxNs: Int64 = 3_000_000_000
     var crashRate = 0.0
@@ -98,6 +100,9 @@ struct SimKnobs {
         k.stepRate = rng.pick([0, 0, 0.1])
         k.tempoRate = rng.pick([0.2, 1.0])
         k.doorwayCapacity = rng.pick([64, 1024])
+        // Knobs added later draw from their own stream, so earlier seeds replay alike.
+        var later = SimRNG(seed: seed ^ 0xD15C_0DE5)
+        k.natsDisconnectRate = later.pick([0, 0.1, 0.3])
         return k
     }
 }

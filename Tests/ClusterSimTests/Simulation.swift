@@ -8,6 +8,8 @@ import Raft
 final class Simulation {
     let seed: UInt64
     var rng: SimRNG
+    /// The random stream of faults added after the first seeds were recorded.
+    var laterRng: SimRNG
     var knobs: SimKnobs
     var nodes: [SimNode] = []
     var events = EventQueue<SimEvent>()
@@ -61,6 +63,7 @@ final class Simulation {
         if let legacy { k.legacy = legacy }
         self.knobs = k
         self.rng = rng
+        laterRng = SimRNG(seed: seed ^ 0x5EED_1A7E)
         raftGroup = Array(repeating: 0, count: k.nodes)
         natsCut = Array(repeating: false, count: k.nodes)
         oracle = ReplicatedTimeline(bar: k.bar)
@@ -660,6 +663,10 @@ final class Simulation {
         if rng.chance(k.natsCutRate * 0.1) {
             let i = Int(rng.next() % UInt64(k.nodes))
             if natsCut[i] { healNats(i) } else { natsCut[i] = true }
+        }
+        if laterRng.chance(k.natsDisconnectRate * 0.1) {
+            let n = laterRng.pick(nodes)
+            if n.up && n.link.connected { abortLink(n) }
         }
         if rng.chance(k.stallRate * 0.1) {
             let n = rng.pick(nodes)

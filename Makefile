@@ -9,6 +9,7 @@
 #   make test-browser  the live view (GET /) in headless Chromium against a live 3-node cluster
 #   make fuzz      every libFuzzer harness for FUZZ_SECONDS each (docs/fuzzing.md);
 #                  make fuzz-smoke: a few seconds each (part of make test)
+#   make sim       the whole-cluster simulator: SEEDS=N seeds (default 2000), or SIM_SEED=S to replay one
 SHELL := /bin/bash
 SWIFT ?= swift
 NATS_PORT ?= 4222
@@ -22,7 +23,7 @@ PYTHON ?= python3
 VENV := .venv
 
 .PHONY: deps build-info build release run dev cluster certs cluster-tls test test-deploy test-unit test-python test-browser test-all check-noalloc bench \
-	format clean fuzz fuzz-build fuzz-smoke
+	format clean fuzz fuzz-build fuzz-smoke sim
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -180,6 +181,16 @@ fuzz: fuzz-build
 
 fuzz-smoke:
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS)
+
+# The whole-cluster deterministic simulator (Tests/ClusterSimTests): one
+# summary line `seeds=N steps=… violations=0`, then how often each invariant
+# was exercised; a violation prints its one-line replay (SIM_SEED=… make sim).
+SEEDS ?= 2000
+sim:
+	@$(SWIFT) build --build-tests 2>&1 | grep -E "error|warning: unre" || true
+	@SIM_SEEDS=$(SEEDS) $(SWIFT) test --skip-build --filter 'ClusterSimTests.ClusterSimTests/testSeededClusterSimulation' 2>&1 \
+	  | tee .build/sim.log | grep -E "^(seeds=|exercised:|violation:)"; \
+	grep -q "^seeds=.* violations=0 " .build/sim.log
 
 format:
 	$(SWIFT) format -i -r Sources Tests Package.swift

@@ -10,6 +10,7 @@ import PackageDescription
 //   COpenSSL   system library: OpenSSL 3 for the Raft transport's mutual TLS (Debian libssl-dev)
 //   Raft       pure Swift consensus core (etcd-raft style): tick/step/ready/advance, no I/O
 //   PulseCore  pure Swift, no I/O: timeline math, HLC, BeatFrame encoder (allocation-free)
+//   PulsePolicy pure Swift, no I/O: beat planner, cluster policy (ticks, lease, degradation), replicated timeline
 //   Pulse      the service as a library: config, loop wiring, NATS transport, cluster, admin
 //   PulseMain  the `pulse` executable: a thin main over Pulse
 //   Bench      micro-benchmarks and the timing report
@@ -67,9 +68,14 @@ let package = Package(
             path: "Sources/PulseCore"
         ),
         .target(
+            name: "PulsePolicy",
+            dependencies: ["PulseCore", "Raft"],
+            path: "Sources/PulsePolicy"
+        ),
+        .target(
             name: "Pulse",
             dependencies: [
-                "CLoop", "CNats", "CHttpParser", "COpenSSL", "PulseCore", "Raft",
+                "CLoop", "CNats", "CHttpParser", "COpenSSL", "PulseCore", "PulsePolicy", "Raft",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -111,6 +117,11 @@ let package = Package(
             name: "PulseCoreTests",
             dependencies: ["PulseCore", .product(name: "Crypto", package: "swift-crypto")],
             path: "Tests/PulseCoreTests"
+        ),
+        .testTarget(
+            name: "ClusterSimTests",
+            dependencies: ["PulsePolicy", "PulseCore", "Raft"],
+            path: "Tests/ClusterSimTests"
         ),
         .testTarget(
             name: "RaftTests",

@@ -15,6 +15,7 @@ import CLoop
 import Glibc
 import Logging
 import PulseCore
+import PulsePolicy
 
 /// Counters and last values of the beat path, for metrics and logs.
 struct BeatStats {
@@ -103,6 +104,8 @@ protocol PublishGate: AnyObject {
     func localNs(forTimelineNs timelineNs: Int64) -> Int64
     /// The inverse of `localNs(forTimelineNs:)`.
     func timelineNs(forLocalNs localNs: Int64) -> Int64
+    /// The reference clock estimate behind both mappings (nil: identity).
+    var referenceClock: ClockSync? { get }
 }
 
 /// Hears, after the beat (off the beat path), that a tempo change took effect.
@@ -266,101 +269,93 @@ final class BeatDriver: LoopHandler {
         return gate.localNs(forTimelineNs: instant) + delayNs
     }
 
-    /// The beat path: from the timer's wake to the flushed publish. Returns a
-    /// time to retry at when the beat is not decided yet (a new leader
-    /// waiting for its lease), else nil.
+    /// The planner's view of the service: e72aafc's behaviour where the
+    /// service does not feed the fixed policy's inputs yet (hand-over guard
+    /// and tempo barrier: see PulsePolicy and issue #10), the fixed checks
+    /// after the spin everywhere else.
+    private static let serviceFaults = LegacyFaults(
+        echoOnlyTakeover: true, requestTimeTempo: true, ownReferenceTurns: true)
+
+    /// The cluster's publish mode as the planner names it.
+    @inline(__always)
+    private func policyMode(_ mode: PublishMode) -> PulsePolicy.PublishMode {
+        switch mode {
+        case .publish: return .single  // the gate already checked the lease
+        case .wait: return .waiting
+        case .silent: return .follower
+        case .degraded(let delayNs): return .degraded(turnDelayNs: delayNs, slotNs: .max)
+        }
+    }
+
+    /// The beat path, a thin driver over the pure planner (PulsePolicy):
+    /// read the clocks → ask the planner → spin → confirm (the lease and the
+    /// lateness rule again, immediately before the bytes are written) →
+    /// encode and publish → record. Returns a time to retry at when the beat
+    /// is not decided yet (a new leader waiting for its lease), else nil.
     private func fire() -> Int64? {
         let allocatedBefore = allocatedCounter?.pointee ?? 0
         let wakeNs = cloop_realtime_ns()
         recordWake(lateness: wakeNs - armedAtNs)
-        let mode = gate?.publishMode(monotonicNs: cloop_monotonic_ns()) ?? .publish
-        var k = nextBeat
-        var target = targetNs(k, mode)
-        if wakeNs < target - maxLeadNs - 1_000_000 {
+        let monoNs = cloop_monotonic_ns()
+        let mode = gate?.publishMode(monotonicNs: monoNs) ?? .publish
+        let attachedNs = nats.connectedSinceMonoNs
+        var planner = BeatPlanner(
+            config: PlannerConfig(maxLeadNs: maxLeadNs, handoffGuardNs: 0, legacy: Self.serviceFaults),
+            nextBeat: nextBeat, lastSeenIndex: lastSeenIndex, lastPublishedIndex: stats.lastBeatIndex,
+            lastDegradedIndex: lastDegradedIndex, lastLeaderFrameWallNs: lastLeaderFrameNs)
+        let inputs = BeatInputs(
+            wallNs: wakeNs, monoNs: monoNs, mode: policyMode(mode),
+            natsAttachedMonoNs: attachedNs == .max ? nil : attachedNs, reference: gate?.referenceClock)
+        let decision = planner.plan(inputs, timeline: timeline)
+        defer {
+            nextBeat = planner.nextBeat
+            lastDegradedIndex = planner.lastDegradedIndex
+        }
+        switch decision {
+        case .early:
             return nil  // woke far too early (re-armed under us); arm() re-plans
-        }
-        if case .silent = mode {
-            // A follower keeps the timeline without publishing.
-            _ = timeline.applyDue(beat: k)
-            nextBeat = max(k, timeline.beat(atOrBeforeNs: max(wakeNs, target))) + 1
+        case .retry(let atNs):
+            return atNs
+        case .follow:
+            if case .silent = mode { _ = timeline.applyDue(beat: nextBeat) }
             beatsFollowed &+= 1
             return nil
-        }
-        if wakeNs > target {
-            // Late: move to the latest due beat; publish it only if its
-            // instant passed less than half a period ago.
-            var reference = wakeNs
-            if case .degraded(let delayNs) = mode, let gate {
-                reference = gate.timelineNs(forLocalNs: wakeNs - delayNs)
-            }
-            let current = timeline.beat(atOrBeforeNs: reference)
-            if current > k {
-                stats.beatsMissed &+= UInt64(current - k)
-                k = current
-                target = targetNs(k, mode)
-            }
-            if wakeNs - target >= halfPeriodNs(of: k) {
-                stats.beatsMissed &+= 1
-                nextBeat = k + 1
-                return nil
-            }
-            stats.lateBeats &+= 1
-        }
-        // Echoes steer only a node that is not the one publisher: a degraded
-        // node, or a new leader whose lease is not confirmed yet. In
-        // `.publish` mode this node is the only publisher (a single node, or
-        // the leader holding its lease, §4; `takeOver` already continued after
-        // the last index seen when leadership began), so a frame already on
-        // the subject at its next index is a forgery (anyone with publish
-        // rights can copy a real frame's HLC suffix) and must not make it skip.
-        if case .publish = mode {
-        } else if k <= lastSeenIndex {
-            nextBeat = lastSeenIndex + 1  // already on the subject (another publisher)
-            beatsFollowed &+= 1
+        case .skip:
+            beatsFollowed &+= 1  // already on the subject (another publisher)
             return nil
-        }
-        if case .wait = mode {
-            // Newly elected, lease not yet confirmed: retry shortly, within half a period.
-            return wakeNs + 1_000_000
-        }
-        var degraded = false
-        if case .degraded = mode {
-            degraded = true
-            // Consumers already hear a leader (we only lost it in Raft), or our
-            // subscription is too fresh to know: stay quiet this beat.
-            let periodNs = timeline.instantNs(ofBeat: k + 1) - timeline.instantNs(ofBeat: k)
-            if wakeNs - lastLeaderFrameNs < 2 * periodNs
-                || cloop_monotonic_ns() &- nats.connectedSinceMonoNs < periodNs
-            {
-                beatsFollowed &+= 1
-                nextBeat = k + 1
-                return nil
-            }
-            // Our previous degraded frame never came back on the subject: the
-            // path to NATS is broken (a partition). Drop the connection so
-            // nothing queued behind the dead link arrives late, and stay quiet.
-            if lastDegradedIndex >= 0 && lastSeenIndex < lastDegradedIndex {
-                nats.abortConnection()
-                lastDegradedIndex = -1
+        case .missed(let count):
+            stats.beatsMissed &+= UInt64(count)
+            return nil
+        case .dropConnection:
+            // Frames we published never came back: nothing queued behind the
+            // dead link may arrive late.
+            nats.abortConnection()
+            stats.beatsUnpublished &+= 1
+            return nil
+        case .emit(let k, let target, let degraded):
+            if k > nextBeat { stats.beatsMissed &+= UInt64(k - nextBeat) }
+            if wakeNs > target { stats.lateBeats &+= 1 }
+            let startNs = target > wakeNs ? cloop_spin_until_realtime(target, maxLeadNs + 1_000_000) : wakeNs
+            let now = gate?.publishMode(monotonicNs: cloop_monotonic_ns()) ?? .publish
+            guard planner.confirm(mode: policyMode(now), monoNs: cloop_monotonic_ns(), wallNs: startNs) else {
+                // The lease lapsed, or the loop was starved, during the spin.
                 stats.beatsUnpublished &+= 1
-                nextBeat = k + 1
+                planner.abandon(k)
                 return nil
             }
+            var record = emitBeat(index: k, nowNs: startNs, degraded: degraded)
+            planner.published(k, degraded: degraded, published: record.published)
+            record.wakeNs = wakeNs
+            record.scheduledNs = target
+            recent.append(record)
+            observer?.beatRecorded(record)
+            let allocatedAfter = allocatedCounter?.pointee ?? 0
+            if allocatedAfter != allocatedBefore {
+                stats.hotPathAllocatedBytes &+= allocatedAfter &- allocatedBefore
+                stats.lastAllocatingBeat = k
+            }
+            return nil
         }
-        let startNs = target > wakeNs ? cloop_spin_until_realtime(target, maxLeadNs + 1_000_000) : wakeNs
-        var record = emitBeat(index: k, nowNs: startNs, degraded: degraded)
-        if degraded && record.published { lastDegradedIndex = k }
-        record.wakeNs = wakeNs
-        record.scheduledNs = target
-        nextBeat = k + 1
-        recent.append(record)
-        observer?.beatRecorded(record)
-        let allocatedAfter = allocatedCounter?.pointee ?? 0
-        if allocatedAfter != allocatedBefore {
-            stats.hotPathAllocatedBytes &+= allocatedAfter &- allocatedBefore
-            stats.lastAllocatingBeat = k
-        }
-        return nil
     }
 
     /// Encodes and publishes beat `k` as of wall time `nowNs`. Allocation-free

@@ -21,6 +21,8 @@ extension PulseNode: PublishGate, ClusterListener {
         return .silent
     }
 
+    var referenceClock: ClockSync? { cluster?.referenceSync }
+
     func localNs(forTimelineNs timelineNs: Int64) -> Int64 {
         guard let sync = cluster?.referenceSync else { return timelineNs }
         return sync.localNs(atReference: timelineNs)

@@ -1,0 +1,317 @@
+// PulsePolicy/BeatPlanner.swift — owns the beat decision: given the wake
+// time, the publish mode and what the subject has shown, which beat (if any)
+// to emit, and when. No I/O and no clock reads: the driver (BeatDriver in the
+// service, SimNode in the simulator) reads its clock, asks, spins, encodes,
+// publishes and records.
+//
+// Guarantees, each checked by Tests/ClusterSimTests after every step:
+// - Lateness (§2): a beat is emitted at or after its instant and less than
+//   half a period after it; older beats are counted missed, never sent late.
+// - Lease (fault 2): a non-degraded frame is handed to the kernel only while
+//   the lease holds, checked by `confirm` immediately before the write, after
+//   the spin; once the lease lapses with frames not yet echoed the driver
+//   drops the connection (and the kernel's TCP_USER_TIMEOUT,
+//   `staleBytesBoundNs`, bounds how late queued bytes can still arrive
+//   while the process itself is stopped).
+// - Hand-over (fault 3): a leader publishes only beats whose instant is at
+//   least `handoffGuardNs` after it became leader (on its clock). Any earlier
+//   leader's lease had expired when this one was elected (Raft's lease
+//   proof), so an earlier leader emitted only beats with instant ≤ election
+//   time + clock offset, and its queued bytes arrive within the stale-bytes
+//   bound: the guard covers both, without trusting the node's own echo
+//   (which a restarted or reconnected node does not have).
+// - Tempo (fault 4): no beat at or after the apply beat of an uncommitted
+//   tempo entry is emitted (`tempoBarrierBeat`): retried until committed or
+//   missed.
+import PulseCore
+
+/// How this node treats the next beat.
+public enum PublishMode: Equatable, Sendable {
+    /// A single node: publish at the instant.
+    case single
+    /// The leader holding its lease until this monotonic time (and, with the
+    /// fixes, having applied its own term's first entry).
+    case leader(leaseUntilMonoNs: Int64)
+    /// A leader whose lease or log is not confirmed yet: retry shortly.
+    case waiting
+    /// No leader for too long: publish `"degraded":true` frames this long
+    /// after the instant on the agreed reference clock, and only within
+    /// `slotNs` of that (a late frame must not land in the next node's turn).
+    case degraded(turnDelayNs: Int64, slotNs: Int64)
+    /// A follower: keep the timeline, publish nothing.
+    case follower
+}
+
+/// What the driver tells the planner at each wake.
+public struct BeatInputs: Sendable {
+    public var wallNs: Int64
+    public var monoNs: Int64
+    public var mode: PublishMode
+    /// Monotonic time the NATS socket was (re)attached to the loop, nil when detached.
+    public var natsAttachedMonoNs: Int64?
+    /// First beat an uncommitted tempo entry forbids (Int64.max: none).
+    public var tempoBarrierBeat: Int64
+    /// Degraded: the reference clock (local ↔ timeline), nil to use the local clock.
+    public var reference: ClockSync?
+
+    public init(
+        wallNs: Int64, monoNs: Int64, mode: PublishMode, natsAttachedMonoNs: Int64?,
+        tempoBarrierBeat: Int64 = .max, reference: ClockSync? = nil
+    ) {
+        self.wallNs = wallNs
+        self.monoNs = monoNs
+        self.mode = mode
+        self.natsAttachedMonoNs = natsAttachedMonoNs
+        self.tempoBarrierBeat = tempoBarrierBeat
+        self.reference = reference
+    }
+}
+
+/// The planner's answer.
+public enum BeatDecision: Equatable, Sendable {
+    /// Spin until `atWallNs`, `confirm`, then publish beat `index`.
+    case emit(index: Int64, atWallNs: Int64, degraded: Bool)
+    /// Not ours to publish: a follower keeps the timeline, or a degraded
+    /// node stays quiet this turn (counted as followed).
+    case follow
+    /// Already on the subject (another publisher).
+    case skip
+    /// `count` beats passed unpublished.
+    case missed(count: Int64)
+    /// Not decided yet: wake again at `atWallNs`.
+    case retry(atWallNs: Int64)
+    /// Drop the NATS connection (queued bytes must not arrive late) and publish nothing.
+    case dropConnection
+    /// Woke far too early (re-armed under us): re-plan.
+    case early
+}
+
+/// Tunables of the planner.
+public struct PlannerConfig: Sendable {
+    /// How long before an instant the timer may fire at most (the spin bound).
+    public var maxLeadNs: Int64
+    /// A new leader's first beat is at least this long after its election.
+    public var handoffGuardNs: Int64
+    /// How long a `.waiting` leader waits before asking again.
+    public var retryNs: Int64
+    public var legacy: LegacyFaults
+
+    public init(maxLeadNs: Int64, handoffGuardNs: Int64, retryNs: Int64 = 1_000_000, legacy: LegacyFaults = .none) {
+        self.maxLeadNs = maxLeadNs
+        self.handoffGuardNs = handoffGuardNs
+        self.retryNs = retryNs
+        self.legacy = legacy
+    }
+}
+
+/// The beat decision state of one node (value type, no I/O).
+public struct BeatPlanner: Sendable {
+    public let config: PlannerConfig
+    public private(set) var nextBeat: Int64 = 0
+    /// The highest beat index seen on the subject, or -1.
+    public private(set) var lastSeenIndex: Int64 = -1
+    /// The last beat this node published, or -1.
+    public private(set) var lastPublishedIndex: Int64 = -1
+    /// The last degraded frame published, until it is seen on the subject.
+    public private(set) var lastDegradedIndex: Int64 = -1
+    /// Local wall time a non-degraded frame from another node was last seen.
+    public private(set) var lastLeaderFrameWallNs: Int64 = .min / 2
+    /// Beats below this are never published in the current leadership (hand-over guard).
+    public private(set) var takeoverFloorBeat: Int64 = .min
+    /// Whether the previous wake held a lease (to notice it lapse).
+    private var heldLease = false
+    /// The lateness bound of the beat last decided `.emit`.
+    private var emitDeadlineWallNs: Int64 = .max
+
+    public init(config: PlannerConfig) { self.config = config }
+
+    /// Resumes with state a driver keeps in its own fields (the service's
+    /// BeatDriver builds one per wake; a value type, no allocation).
+    public init(
+        config: PlannerConfig, nextBeat: Int64, lastSeenIndex: Int64, lastPublishedIndex: Int64,
+        lastDegradedIndex: Int64, lastLeaderFrameWallNs: Int64
+    ) {
+        self.config = config
+        self.nextBeat = nextBeat
+        self.lastSeenIndex = lastSeenIndex
+        self.lastPublishedIndex = lastPublishedIndex
+        self.lastDegradedIndex = lastDegradedIndex
+        self.lastLeaderFrameWallNs = lastLeaderFrameWallNs
+    }
+
+    @inline(__always)
+    func halfPeriodNs(_ t: Timeline, _ k: Int64) -> Int64 {
+        (t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k)) / 2
+    }
+
+    /// Starts with the first beat whose instant is still ahead, or passed
+    /// less than half a period ago.
+    public mutating func start(timeline t: Timeline, wallNs: Int64) {
+        let k = max(t.beat(atOrBeforeNs: wallNs), t.epoch.startBeat - 1)
+        nextBeat = k + 1
+        if k >= t.epoch.startBeat && wallNs - t.instantNs(ofBeat: k) < halfPeriodNs(t, k) { nextBeat = k }
+        // A re-plan after a wall-clock step back never repeats a beat this
+        // node already published (e72aafc's `start` did).
+        if !config.legacy.echoOnlyTakeover { nextBeat = max(nextBeat, lastPublishedIndex + 1) }
+    }
+
+    /// Just became the leader at local wall time `wallNs`.
+    public mutating func takeOver(timeline t: Timeline, wallNs: Int64) {
+        let current = t.beat(atOrBeforeNs: wallNs)
+        var next = current + 1
+        if config.legacy.echoOnlyTakeover {
+            // e72aafc: a just-missed beat is published late unless the echo shows it.
+            if current > lastSeenIndex && current >= t.epoch.startBeat
+                && wallNs - t.instantNs(ofBeat: current) < halfPeriodNs(t, current)
+            {
+                next = current
+            }
+        } else {
+            next = t.nextBeat(afterNs: wallNs + config.handoffGuardNs - 1)
+            takeoverFloorBeat = next
+        }
+        nextBeat = max(next, lastSeenIndex + 1, lastPublishedIndex + 1, t.epoch.startBeat)
+    }
+
+    /// The local wall time at which beat `k` is due in `mode`.
+    public func targetNs(_ t: Timeline, _ k: Int64, _ mode: PublishMode, _ reference: ClockSync?) -> Int64 {
+        let instant = t.instantNs(ofBeat: k)
+        guard case .degraded(let delayNs, _) = mode else { return instant }
+        return (reference?.localNs(atReference: instant) ?? instant) + delayNs
+    }
+
+    /// The decision for the wake described by `i`. Advances `nextBeat`
+    /// except for `.emit` (see `published`), `.retry` and `.early`.
+    public mutating func plan(_ i: BeatInputs, timeline t: Timeline) -> BeatDecision {
+        let leading: Bool
+        if case .leader(let lease) = i.mode { leading = i.monoNs < lease } else { leading = false }
+        if !config.legacy.staleBytes {
+            // Fault 2: the lease lapsed with our own frames not echoed back:
+            // they may sit behind a dead link; abort before they arrive late.
+            let lapsed = heldLease && !leading && lastPublishedIndex > lastSeenIndex
+            heldLease = leading
+            if lapsed { return .dropConnection }
+        }
+        var k = nextBeat
+        var target = targetNs(t, k, i.mode, i.reference)
+        if i.wallNs < target - config.maxLeadNs - 1_000_000 { return .early }
+        if case .follower = i.mode {
+            nextBeat = max(k, t.beat(atOrBeforeNs: max(i.wallNs, target))) + 1
+            return .follow
+        }
+        var missed: Int64 = 0
+        if i.wallNs > target {
+            var reference = i.wallNs
+            if case .degraded(let delayNs, _) = i.mode, let r = i.reference {
+                reference = r.referenceNs(atLocal: i.wallNs - delayNs)
+            } else if case .degraded(let delayNs, _) = i.mode {
+                reference = i.wallNs - delayNs
+            }
+            let current = t.beat(atOrBeforeNs: reference)
+            if current > k {
+                missed = current - k
+                k = current
+                target = targetNs(t, k, i.mode, i.reference)
+            }
+            if i.wallNs - target >= halfPeriodNs(t, k) {
+                nextBeat = k + 1
+                return .missed(count: missed + 1)
+            }
+        }
+        if missed > 0 { nextBeat = k }
+        // Echoes steer only a node that may not be the one publisher. In
+        // `.single` mode (a single node, or the service's leader whose lease
+        // the gate has just checked, §4) this node is the only publisher, so a
+        // frame already on the subject at its next index is a forgery (anyone
+        // with publish rights can copy a real frame's HLC suffix: adversarial
+        // review of issue 9) and must not make it skip a beat.
+        if case .single = i.mode {
+        } else if k <= lastSeenIndex {
+            nextBeat = lastSeenIndex + 1  // already on the subject (another publisher)
+            return .skip
+        }
+        let isDegraded: Bool
+        switch i.mode {
+        case .waiting:
+            return .retry(atWallNs: i.wallNs + config.retryNs)
+        case .leader:
+            if !leading { return .retry(atWallNs: i.wallNs + config.retryNs) }
+            if k < takeoverFloorBeat {
+                nextBeat = takeoverFloorBeat  // hand-over guard (fault 3)
+                return .missed(count: takeoverFloorBeat - k)
+            }
+            isDegraded = false
+        case .single:
+            isDegraded = false
+        case .degraded:
+            isDegraded = true
+            let periodNs = t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k)
+            // Consumers still hear a leader, or the subscription is too fresh to know.
+            if i.wallNs - lastLeaderFrameWallNs < 2 * periodNs || i.natsAttachedMonoNs == nil
+                || i.monoNs - (i.natsAttachedMonoNs ?? 0) < periodNs
+            {
+                nextBeat = k + 1
+                return .follow
+            }
+            if lastDegradedIndex >= 0 && lastSeenIndex < lastDegradedIndex {
+                // Our previous degraded frame never came back: the path is broken.
+                lastDegradedIndex = -1
+                nextBeat = k + 1
+                return .dropConnection
+            }
+        case .follower:
+            return .follow
+        }
+        if !config.legacy.requestTimeTempo && k >= i.tempoBarrierBeat {
+            // Fault 4: a tempo entry not yet committed may change this beat.
+            return .retry(atWallNs: i.wallNs + config.retryNs)
+        }
+        emitDeadlineWallNs = target + halfPeriodNs(t, k)
+        if case .degraded(_, let slotNs) = i.mode, !config.legacy.ownReferenceTurns {
+            // Fault 6: within our slot only, or the next node may not see it in time.
+            if i.wallNs >= target + slotNs {
+                nextBeat = k + 1
+                return .missed(count: missed + 1)
+            }
+            emitDeadlineWallNs = min(emitDeadlineWallNs, target + slotNs)
+        }
+        return .emit(index: k, atWallNs: target, degraded: isDegraded)
+    }
+
+    /// Immediately before the bytes go to the kernel (after the spin): may
+    /// the beat just decided still be published? The lease must still hold
+    /// and the beat must still be less than half a period late (a loop
+    /// starved during the spin would otherwise send it late). Legacy: the
+    /// checks before the spin stand.
+    public func confirm(mode: PublishMode, monoNs: Int64, wallNs: Int64) -> Bool {
+        if config.legacy.staleBytes { return true }
+        guard wallNs < emitDeadlineWallNs else { return false }
+        switch mode {
+        case .single, .degraded: return true
+        case .leader(let lease): return monoNs < lease
+        case .waiting, .follower: return false
+        }
+    }
+
+    /// Beat `k` was handed to the kernel (or not, `published == false`).
+    public mutating func published(_ k: Int64, degraded: Bool, published: Bool) {
+        nextBeat = k + 1
+        guard published else { return }
+        lastPublishedIndex = max(lastPublishedIndex, k)
+        if degraded { lastDegradedIndex = k }
+    }
+
+    /// Moves past beat `k` without publishing (lease lost at `confirm`).
+    public mutating func abandon(_ k: Int64) { nextBeat = max(nextBeat, k + 1) }
+
+    /// A frame on the subject (ourselves included).
+    public mutating func observe(index: Int64, wallNs: Int64, fromLeaderElsewhere: Bool) {
+        if index > lastSeenIndex { lastSeenIndex = index }
+        if fromLeaderElsewhere { lastLeaderFrameWallNs = wallNs }
+    }
+
+    /// Forget what the subject showed (a restarted process).
+    public mutating func reset() {
+        self = BeatPlanner(config: config)
+    }
+}

@@ -1,0 +1,117 @@
+// PlannerTests.swift — the pure policy's rules one at a time, without the
+// simulator: lateness, the lease re-check after the spin, the hand-over
+// guard, the tempo barrier, tick catch-up and the replicated timeline.
+import PulseCore
+import PulsePolicy
+import Raft
+import XCTest
+
+final class PlannerTests: XCTestCase {
+    let t = Timeline(epoch: TempoEpoch(startBeat: 0, startNs: 1_000_000_000_000, bpm: 120), bar: 4, phaseCount: 1)
+    let periodNs: Int64 = 500_000_000
+    func planner(_ legacy: LegacyFaults = .none) -> BeatPlanner {
+        BeatPlanner(config: PlannerConfig(maxLeadNs: 2_000_000, handoffGuardNs: 200_000_000, legacy: legacy))
+    }
+    func instant(_ k: Int64) -> Int64 { t.instantNs(ofBeat: k) }
+    func inputs(_ wall: Int64, _ mode: PublishMode, barrier: Int64 = .max) -> BeatInputs {
+        BeatInputs(wallNs: wall, monoNs: wall, mode: mode, natsAttachedMonoNs: 0, tempoBarrierBeat: barrier)
+    }
+
+    func testEmitsAtTheInstantAndCountsOldBeatsMissed() {
+        var p = planner()
+        p.start(timeline: t, wallNs: instant(3) - 10_000_000)
+        XCTAssertEqual(p.nextBeat, 3)
+        XCTAssertEqual(
+            p.plan(inputs(instant(3) - 1_000_000, .single), timeline: t),
+            .emit(index: 3, atWallNs: instant(3), degraded: false))
+        p.published(3, degraded: false, published: true)
+        // Woke 2.6 periods late: beats 4 and 5 missed, 6 is 0.1 period late and still sent.
+        let late = instant(6) + periodNs / 10
+        XCTAssertEqual(
+            p.plan(inputs(late, .single), timeline: t), .emit(index: 6, atWallNs: instant(6), degraded: false))
+        // More than half a period late: missed, never sent.
+        p.published(6, degraded: false, published: true)
+        XCTAssertEqual(p.plan(inputs(instant(7) + periodNs / 2, .single), timeline: t), .missed(count: 1))
+        XCTAssertEqual(p.nextBeat, 8)
+    }
+
+    func testLeaseAndLatenessAreCheckedAgainAfterTheSpin() {
+        var p = planner()
+        p.start(timeline: t, wallNs: instant(2) - 5_000_000)
+        let lease = instant(2) + 1_000_000
+        XCTAssertEqual(
+            p.plan(inputs(instant(2) - 1_000_000, .leader(leaseUntilMonoNs: lease)), timeline: t),
+            .emit(index: 2, atWallNs: instant(2), degraded: false))
+        XCTAssertTrue(p.confirm(mode: .leader(leaseUntilMonoNs: lease), monoNs: instant(2), wallNs: instant(2)))
+        XCTAssertFalse(p.confirm(mode: .leader(leaseUntilMonoNs: lease), monoNs: lease, wallNs: instant(2)))
+        XCTAssertFalse(p.confirm(mode: .single, monoNs: 0, wallNs: instant(2) + periodNs / 2))
+        // e72aafc: the check before the spin stood.
+        var legacy = planner(LegacyFaults(staleBytes: true))
+        legacy.start(timeline: t, wallNs: instant(2) - 5_000_000)
+        _ = legacy.plan(inputs(instant(2) - 1_000_000, .leader(leaseUntilMonoNs: lease)), timeline: t)
+        XCTAssertTrue(legacy.confirm(mode: .leader(leaseUntilMonoNs: lease), monoNs: lease, wallNs: instant(2)))
+    }
+
+    func testLapsedLeaseWithUnechoedFramesDropsTheConnection() {
+        var p = planner()
+        p.start(timeline: t, wallNs: instant(1) - 5_000_000)
+        let lease = instant(1) + 10_000_000
+        _ = p.plan(inputs(instant(1) - 1_000_000, .leader(leaseUntilMonoNs: lease)), timeline: t)
+        p.published(1, degraded: false, published: true)
+        XCTAssertEqual(p.plan(inputs(instant(2) - 1_000_000, .waiting), timeline: t), .dropConnection)
+    }
+
+    func testNewLeaderPublishesOnlyPastTheHandOverGuard() {
+        // Elected 0.1 period after beat 5's instant: e72aafc republishes 5 late
+        // (its echo is empty); the fixed planner starts after the guard.
+        var legacy = planner(LegacyFaults(echoOnlyTakeover: true))
+        legacy.takeOver(timeline: t, wallNs: instant(5) + periodNs / 10)
+        XCTAssertEqual(legacy.nextBeat, 5)
+        var p = planner()
+        p.takeOver(timeline: t, wallNs: instant(5) + periodNs / 10)
+        XCTAssertEqual(p.nextBeat, 6)
+        p.takeOver(timeline: t, wallNs: instant(6) - 100_000_000)  // 0.1 s before 6: inside the 0.2 s guard
+        XCTAssertEqual(p.nextBeat, 7)
+    }
+
+    func testTempoBarrierHoldsBeatsOfAnUncommittedChange() {
+        var p = planner()
+        p.start(timeline: t, wallNs: instant(8) - 5_000_000)
+        let mode = PublishMode.leader(leaseUntilMonoNs: .max)
+        XCTAssertEqual(
+            p.plan(inputs(instant(8) - 1_000_000, mode, barrier: 8), timeline: t),
+            .retry(atWallNs: instant(8)))  // retried 1 ms later, until committed or half a period late
+        XCTAssertEqual(p.nextBeat, 8)
+        XCTAssertEqual(p.plan(inputs(instant(8) + periodNs / 2, mode, barrier: 8), timeline: t), .missed(count: 1))
+    }
+
+    func testTickPolicyCatchesUpAndNeverTicksEarly() {
+        var ticks = TickPolicy(tickNs: 50, startMonoNs: 1000)
+        XCTAssertEqual(ticks.takeDue(nowMonoNs: 1049), 0)
+        XCTAssertEqual(ticks.takeDue(nowMonoNs: 1050), 1)
+        XCTAssertEqual(ticks.takeDue(nowMonoNs: 1050 + 2000 + 49), 40)  // a stall: 40 at once
+        XCTAssertEqual(ticks.lastTickMonoNs, 3050)
+        XCTAssertEqual(ticks.leaseDeadline(remainingTicks: 4), 3250)
+        XCTAssertEqual(ticks.leaseDeadline(remainingTicks: 0), 0)
+    }
+
+    func testReplicatedTimelineFoldsChangesDeterministically() {
+        var a = ReplicatedTimeline(bar: 4)
+        XCTAssertEqual(a.apply(.tempo(atBeat: 8, bpm: 130, justification: "")), .ignored("no_epoch"))
+        XCTAssertEqual(
+            a.apply(.epoch(startBeat: 0, startNs: 1_000, bpm: 120, bar: 4)),
+            .epoch(TempoEpoch(startBeat: 0, startNs: 1_000, bpm: 120)))
+        XCTAssertEqual(a.apply(.epoch(startBeat: 0, startNs: 9, bpm: 60, bar: 4)), .ignored("second_epoch"))
+        XCTAssertEqual(
+            a.apply(.tempo(atBeat: 8, bpm: 130, justification: "x")), .tempo(TempoChange(atBeat: 8, bpm: 130)))
+        XCTAssertEqual(a.apply(.tempo(atBeat: 8, bpm: 140, justification: "")), .ignored("not_after_pending"))
+        XCTAssertEqual(
+            a.apply(.tempo(atBeat: 16, bpm: 140, justification: "y")), .tempo(TempoChange(atBeat: 16, bpm: 140)))
+        var b = ReplicatedTimeline(bar: 4)
+        b.restore(encoded: a.encodedState())
+        XCTAssertEqual(b, a)
+        XCTAssertEqual(b.timeline?.instantNs(ofBeat: 20), a.timeline?.instantNs(ofBeat: 20))
+        let cmd = ClusterCommand.tempo(atBeat: 4, bpm: 99, justification: "j")
+        XCTAssertEqual(ClusterCommand.committed(cmd.encoded()), cmd)
+    }
+}

@@ -1,0 +1,55 @@
+// SimNode.swift — one simulated pulse process: the cluster policy, the beat
+// planner, its data dir, its NATS link and its loop's doorway.
+import PulseCore
+import PulsePolicy
+import Raft
+
+/// The NATS connection of one node, as the kernel and the server see it.
+struct SimLink {
+    /// Bumped at every abort/reconnect; events of an older link are void.
+    var gen = 0
+    var connected = false
+    var attachedMonoNs: Int64?
+    /// Frames handed to the kernel while the path to the server is cut.
+    var kernelQueue: [SimFrame] = []
+    /// Frames the server holds for this subscriber while cut.
+    var serverQueue: [SimFrame] = []
+}
+
+final class SimNode {
+    let index: Int
+    let id: NodeID
+    let clock: NodeClock
+    var gen = 0
+    var up = true
+    var core: ClusterCore!
+    var planner: BeatPlanner
+    var disk = SimDisk()
+    var link = SimLink()
+    var stalledUntil: Int64 = 0
+    /// Raft frames read once the loop runs again.
+    var socketBacklog: [(Message, Stamp)] = []
+    var tickPending = false
+    var beatPending = false
+    var emitPending: (Int64, Bool, Int64)?
+    /// The loop's doorway: shared (legacy) or NATS-only with a separate completion slot.
+    var doorway: [Posted] = []
+    var completionPosted = false
+    var savingReady: Ready?
+    var beatTimer = 0
+    var lastFrom: [NodeID: (theirSend: Int64, myRecv: Int64)] = [:]
+    var epochProposed = false
+    var droppedDeliveries = 0
+    var lostCompletions = 0
+    /// A slow disk for this node only (scripted scenarios): every save takes this long.
+    var storeFixedNs: Int64?
+
+    init(index: Int, clock: NodeClock, planner: PlannerConfig) {
+        self.index = index
+        self.id = NodeID(index + 1)
+        self.clock = clock
+        self.planner = BeatPlanner(config: planner)
+    }
+
+    func stalled(_ now: Int64) -> Bool { now < stalledUntil }
+}

@@ -1,0 +1,768 @@
+// Simulation.swift — the event loop of the whole-cluster simulator and its
+// invariants (see ClusterSim.swift for the model).
+import Foundation
+import PulseCore
+import PulsePolicy
+import Raft
+
+final class Simulation {
+    let seed: UInt64
+    var rng: SimRNG
+    /// The random stream of faults added after the first seeds were recorded.
+    var laterRng: SimRNG
+    var knobs: SimKnobs
+    var nodes: [SimNode] = []
+    var events = EventQueue<SimEvent>()
+    var now: Int64 = 0
+    var steps = 0
+    var chaosOn = true
+    var endNs: Int64 { knobs.chaosNs + knobs.settleNs }
+    let tickNs: Int64 = 50_000_000
+    let electionTicks = 6
+    let commitRoundNs: Int64 = 200_000_000
+    /// Wall time (Unix ns) at true time 0.
+    static let wallBase: Int64 = 1_700_000_000_000_000_000
+    /// Raft partition: a group per node.
+    var raftGroup: [Int]
+    /// Single Raft links cut (both directions), as `a * 64 + b` with a < b.
+    var cutLinks = Set<Int>()
+    /// Scripted steps of a targeted scenario: (true time, action).
+    var script: [(Int64, (Simulation) -> Void)] = []
+    /// NATS partition: nodes whose path to the server is cut.
+    var natsCut: [Bool]
+
+    // Global knowledge for the invariants.
+    var exercised: [Invariant: Int] = [:]
+    var violation: SimViolation?
+    /// True time each term's leader started leading (from its own Ready).
+    var leaderSince: [UInt64: Int64] = [:]
+    var maxLeaderTerm: UInt64 = 0
+    var maxLeaderTermAt: Int64 = 0
+    var oracle: ReplicatedTimeline
+    var oracleIndex: UInt64 = 0
+    var oracleCommands: [UInt64: AppliedCommand] = [:]
+    /// Every frame handed to the kernel, for the retroactivity check.
+    var handedOff: [SimFrame] = []
+    /// The consumer's view: frames in subject order.
+    var received: [SimFrame] = []
+    var nonDegradedByIndex: [Int64: SimFrame] = [:]
+    var connectedByIndex: [Int64: [SimFrame]] = [:]
+    var maxTermOnSubject: UInt64 = 0
+    var refusedRequests: Set<UInt64> = []
+    var appliedRequests: Set<UInt64> = []
+    var nextRequest: UInt64 = 1
+    /// The highest commit index a second before the end: every node must have applied it.
+    var commitMark: UInt64 = 0
+    /// Frames handed off while their publisher's path to the server was open.
+    var openAtHandoff: Set<String> = []
+
+    init(seed: UInt64, knobs: SimKnobs? = nil, legacy: LegacyFaults? = nil) {
+        self.seed = seed
+        var rng = SimRNG(seed: seed)
+        var k = knobs ?? SimKnobs.random(&rng, seed: seed)
+        if let legacy { k.legacy = legacy }
+        self.knobs = k
+        self.rng = rng
+        laterRng = SimRNG(seed: seed ^ 0x5EED_1A7E)
+        raftGroup = Array(repeating: 0, count: k.nodes)
+        natsCut = Array(repeating: false, count: k.nodes)
+        oracle = ReplicatedTimeline(bar: k.bar)
+        let guardNs = k.maxOffsetNs + k.staleBytesBoundNs + k.natsMaxDelayNs
+        let pc = PlannerConfig(maxLeadNs: 2_000_000, handoffGuardNs: guardNs, retryNs: 2_000_000, legacy: k.legacy)
+        let wallBase = Self.wallBase
+        let halfOffset = k.maxOffsetNs / 2 - 1_000_000
+        for i in 0..<k.nodes {
+            let ppb = self.rng.range(-k.ppmMax * 1000, k.ppmMax * 1000)
+            let monoBase = self.rng.range(1_000_000_000_000, 2_000_000_000_000)
+            let offset = self.rng.range(-min(k.offsetMaxNs, halfOffset), min(k.offsetMaxNs, halfOffset))
+            let clock = NodeClock(ppb: ppb, monoBase: monoBase, wallOffsetNs: wallBase - monoBase + offset)
+            nodes.append(SimNode(index: i, clock: clock, planner: pc))
+        }
+        for n in nodes { boot(n) }
+        at(endNs - 1_000_000_000, always: true) { s in
+            s.commitMark = s.nodes.map { $0.core.raft.commitIndex }.max() ?? 0
+        }
+        events.push(100_000_000, .chaos)
+        events.push(k.chaosNs, .endChaos)
+    }
+
+    // MARK: running
+
+    func run() -> SimViolation? {
+        while violation == nil, let (at, event) = events.pop(), at <= endNs {
+            now = at
+            steps += 1
+            handle(event)
+        }
+        if violation == nil { finalChecks() }
+        return violation
+    }
+
+    /// SIM_TRACE=1 with SIM_SEED: print frames and leadership as they happen.
+    static let tracing = ProcessInfo.processInfo.environment["SIM_TRACE"] != nil
+    func trace(_ s: @autoclosure () -> String) {
+        if Self.tracing { print(String(format: "%9.4f ", Double(now) / 1e9) + s()) }
+    }
+
+    func fail(_ inv: Invariant, _ what: String) {
+        if violation == nil { violation = SimViolation(seed: seed, atNs: now, invariant: inv, what: what) }
+    }
+
+    func count(_ inv: Invariant) { exercised[inv, default: 0] += 1 }
+
+    func wall(_ n: SimNode) -> Int64 { n.clock.wall(atTrue: now) }
+    func mono(_ n: SimNode) -> Int64 { n.clock.mono(atTrue: now) }
+
+    func handle(_ event: SimEvent) {
+        switch event {
+        case .chaos: chaos()
+        case .script(let i): script[i].1(self)
+        case .endChaos: endChaos()
+        case .restart(let i): restart(nodes[i])
+        case .tick(let i, let gen):
+            let n = nodes[i]
+            guard n.up, n.gen == gen else { return }
+            if n.stalled(now) { n.tickPending = true } else { onTick(n) }
+        case .beat(let i, let gen, let timer):
+            let n = nodes[i]
+            guard n.up, n.gen == gen, n.beatTimer == timer else { return }
+            if n.stalled(now) { n.beatPending = true } else { onBeat(n) }
+        case .emit(let i, let gen, let k, let degraded, let at):
+            let n = nodes[i]
+            guard n.up, n.gen == gen else { return }
+            if n.stalled(now) { n.emitPending = (k, degraded, at) } else { emit(n, k, degraded, at) }
+        case .raft(let m, let stamp):
+            let n = nodes[Int(m.to) - 1]
+            guard n.up else { return }
+            if n.stalled(now) { n.socketBacklog.append((m, stamp)) } else { onRaft(n, m, stamp) }
+        case .storeDone(let i, let gen):
+            let n = nodes[i]
+            guard n.up, n.gen == gen, let rd = n.savingReady else { return }
+            n.disk.save(rd)  // durable now (the store thread runs during a stall)
+            post(n, .completion)
+        case .natsUp(_, _, let frame): serverReceives(frame)
+        case .natsDown(let i, let link, let frame):
+            let n = nodes[i]
+            guard n.up, n.link.gen == link, n.link.connected else { return }
+            post(n, .nats(frame))
+        case .userTimeout(let i, let link):
+            let n = nodes[i]
+            guard n.up, n.link.gen == link, let oldest = n.link.kernelQueue.first else { return }
+            if now - oldest.handoffNs >= knobs.staleBytesBoundNs { abortLink(n) }
+        case .reconnect(let i, let link):
+            let n = nodes[i]
+            guard n.up, n.link.gen == link, !n.link.connected else { return }
+            if natsCut[i] {
+                events.push(now + 200_000_000, .reconnect(node: i, link: link))
+                return
+            }
+            n.link.connected = true
+            n.link.attachedMonoNs = mono(n)
+        case .wake(let i, let gen):
+            let n = nodes[i]
+            guard n.up, n.gen == gen, !n.stalled(now) else { return }
+            resume(n)
+        }
+    }
+
+    // MARK: node lifecycle
+
+    func boot(_ n: SimNode) {
+        n.up = true
+        n.gen += 1
+        n.clock.trueNs = now
+        n.core = try! ClusterCore(
+            id: n.id, voters: nodes.map(\.id), timing: timing(), seed: seed &* 31 &+ UInt64(n.index) &+ UInt64(n.gen),
+            nowMonoNs: mono(n), bar: knobs.bar, hardState: n.disk.hard, snapshot: n.disk.snapshot,
+            entries: n.disk.entries, legacy: knobs.legacy)
+        n.planner.reset()
+        n.savingReady = nil
+        n.doorway = []
+        n.completionPosted = false
+        n.socketBacklog = []
+        n.tickPending = false
+        n.beatPending = false
+        n.emitPending = nil
+        n.stalledUntil = 0
+        n.epochProposed = false
+        n.lastFrom = [:]
+        n.link.gen += 1
+        n.link.connected = false
+        n.link.kernelQueue = []
+        n.link.serverQueue = []
+        events.push(now + rng.range(5_000_000, 100_000_000), .reconnect(node: n.index, link: n.link.gen))
+        events.push(now + tickNs, .tick(node: n.index, gen: n.gen))
+        if let t = n.core.machine.timeline {
+            n.planner.start(timeline: t, wallNs: wall(n))
+            armNext(n)
+        }
+        pump(n)
+    }
+
+    func timing() -> ClusterTiming {
+        var t = ClusterTiming()
+        t.tickNs = tickNs
+        t.electionTicks = electionTicks
+        t.compactEvery = 16
+        return t
+    }
+
+    func crash(_ n: SimNode) {
+        n.up = false
+        n.gen += 1
+        n.link.gen += 1
+        n.link.connected = false
+        n.link.kernelQueue = []  // the kernel resets the socket: queued bytes are gone
+        n.link.serverQueue = []
+        let latest = chaosOn ? knobs.chaosNs + 1_000_000_000 : now + 1_000_000_000
+        events.push(min(now + rng.range(300_000_000, 3_000_000_000), latest), .restart(node: n.index))
+    }
+
+    func restart(_ n: SimNode) {
+        guard !n.up else { return }
+        boot(n)
+    }
+
+    func resume(_ n: SimNode) {
+        // The loop runs again: sockets first (as epoll reports them), then the
+        // doorway, then the timers that expired meanwhile.
+        let backlog = n.socketBacklog
+        n.socketBacklog = []
+        for (m, s) in backlog where n.up && !n.stalled(now) { onRaft(n, m, s) }
+        drain(n)
+        if n.tickPending {
+            n.tickPending = false
+            onTick(n)
+        }
+        if n.beatPending {
+            n.beatPending = false
+            onBeat(n)
+        }
+        if let (k, d, at) = n.emitPending {
+            n.emitPending = nil
+            emit(n, k, d, at)
+        }
+    }
+
+    // MARK: Raft
+
+    func onTick(_ n: SimNode) {
+        n.core.tick(nowMonoNs: mono(n))
+        pump(n)
+        // The next tick at the next multiple of tickNs on the node's monotonic clock.
+        let next = n.core.ticks.lastTickMonoNs + tickNs
+        events.push(max(now + 1, n.clock.trueAt(mono: next)), .tick(node: n.index, gen: n.gen))
+    }
+
+    func onRaft(_ n: SimNode, _ m: Message, _ s: Stamp) {
+        let t4 = wall(n)
+        if let t1 = s.echoSendNs, let t2 = s.echoRecvNs {
+            n.core.syncs[m.from, default: ClockSync()].add(SyncSample(t1: t1, t2: t2, t3: s.sendWallNs, t4: t4))
+        }
+        n.lastFrom[m.from] = (s.sendWallNs, t4)
+        if m.kind != .heartbeat && m.kind != .heartbeatResponse {
+            trace(
+                "n\(n.id) <- n\(m.from): \(m.kind) term \(m.term)\(m.reject ? " reject" : "") (n\(n.id) term \(n.core.raft.term) \(n.core.raft.role))"
+            )
+        }
+        n.core.step(m, nowMonoNs: mono(n))
+        pump(n)
+    }
+
+    func pump(_ n: SimNode) {
+        guard n.up, n.savingReady == nil, let rd = n.core.nextReady() else { return }
+        if rd.hardState == nil && rd.entries.isEmpty && rd.snapshot == nil {
+            finish(n, rd)
+            return
+        }
+        n.savingReady = rd
+        events.push(
+            now + (n.storeFixedNs ?? rng.range(300_000, knobs.storeMaxNs)), .storeDone(node: n.index, gen: n.gen))
+    }
+
+    func finish(_ n: SimNode, _ rd: Ready) {
+        let (messages, clusterEvents) = n.core.finish(rd, nowMonoNs: mono(n))
+        n.disk.compact(n.core.raft.snapshot)
+        for m in messages { send(n, m) }
+        for e in clusterEvents { clusterEvent(n, e) }
+        maybeBootstrap(n)
+        pump(n)
+    }
+
+    func send(_ n: SimNode, _ m: Message) {
+        let to = Int(m.to) - 1
+        let echo = n.lastFrom[m.to]
+        let stamp = Stamp(sendWallNs: wall(n), echoSendNs: echo?.theirSend, echoRecvNs: echo?.myRecv)
+        let copies = chaosOn && rng.chance(knobs.raftDup) ? 2 : 1
+        for _ in 0..<copies {
+            guard raftGroup[n.index] == raftGroup[to], !cutLinks.contains(linkKey(n.index, to)),
+                !(chaosOn && rng.chance(knobs.raftDrop))
+            else { continue }
+            events.push(now + rng.range(100_000, knobs.raftMaxDelayNs), .raft(m, stamp: stamp))
+        }
+    }
+
+    func linkKey(_ a: Int, _ b: Int) -> Int { min(a, b) * 64 + max(a, b) }
+
+    /// Adds a scripted step at true time `at` (a fault: ignored once the
+    /// chaos phase is over, unless `always`).
+    func at(_ at: Int64, always: Bool = false, _ action: @escaping (Simulation) -> Void) {
+        script.append((at, { s in if always || s.chaosOn { action(s) } }))
+        events.push(at, .script(script.count - 1))
+    }
+
+    /// The node that leads (and holds a lease) now, if any.
+    var leader: SimNode? { nodes.first { $0.up && $0.core.isLeader } }
+
+    /// Stalls node `n` (its loop thread) for `ns`.
+    func stall(_ n: SimNode, ns: Int64) {
+        n.stalledUntil = now + ns
+        events.push(now + ns, .wake(node: n.index, gen: n.gen))
+    }
+
+    func maybeBootstrap(_ n: SimNode) {
+        guard n.core.isLeader, n.core.appliedTermStart || knobs.legacy.requestTimeTempo,
+            n.core.raft.appliedIndex >= n.core.raft.lastIndex, n.core.machine.timeline == nil, !n.epochProposed
+        else { return }
+        let epoch = Timeline.bootstrapEpoch(nowNs: wall(n), bpm: knobs.bpm)
+        if n.core.propose(
+            .epoch(startBeat: 0, startNs: epoch.startNs, bpm: epoch.bpm, bar: knobs.bar), requestId: 0) != nil
+        {
+            n.epochProposed = true
+        }
+    }
+
+    func clusterEvent(_ n: SimNode, _ e: ClusterEvent) {
+        switch e {
+        case .leadership(let isLeader, let leader, let term):
+            trace("n\(n.id): leadership leader=\(leader) term=\(term) degraded=\(n.core.degraded)")
+            if isLeader {
+                if leaderSince[term] == nil { leaderSince[term] = now }
+                if term > maxLeaderTerm {
+                    maxLeaderTerm = term
+                    maxLeaderTermAt = now
+                }
+                if let t = n.core.machine.timeline {
+                    n.planner.takeOver(timeline: t, wallNs: wall(n))
+                    armNext(n)
+                }
+            }
+        case .restored:
+            if let t = n.core.machine.timeline {
+                n.planner.start(timeline: t, wallNs: wall(n))
+                armNext(n)
+            }
+        case .applied(let cmd, let index):
+            oracleApply(cmd, index: index, by: n)
+            if case .epoch = cmd, let t = n.core.machine.timeline {
+                n.planner.start(timeline: t, wallNs: wall(n))
+                if n.core.isLeader { n.planner.takeOver(timeline: t, wallNs: wall(n)) }
+            }
+            if case .tempo = cmd {}
+            armNext(n)
+        case .proposal(let id, let outcome):
+            guard id != 0 else { return }
+            if outcome == .refused {
+                refusedRequests.insert(id)
+                if appliedRequests.contains(id) {
+                    fail(.tempoNotRetroactive, "request \(id) was answered refused but took effect")
+                }
+            }
+        }
+    }
+
+    // MARK: the oracle: the committed timeline
+
+    func oracleApply(_ cmd: AppliedCommand, index: UInt64, by n: SimNode) {
+        if let known = oracleCommands[index] {
+            if known != cmd { fail(.onTimeline, "node \(n.id) applied \(cmd) at \(index), others \(known)") }
+            return
+        }
+        oracleCommands[index] = cmd
+        guard index > oracleIndex else {
+            fail(.onTimeline, "command at \(index) applied after \(oracleIndex)")
+            return
+        }
+        oracleIndex = index
+        switch cmd {
+        case .epoch(let e):
+            _ = oracle.apply(.epoch(startBeat: e.startBeat, startNs: e.startNs, bpm: e.bpm, bar: knobs.bar))
+        case .tempo(let c):
+            _ = oracle.apply(.tempo(atBeat: c.atBeat, bpm: c.bpm, justification: ""))
+            let just = n.core.machine.justification
+            if just.hasPrefix("req-"), let id = UInt64(just.dropFirst(4)) {
+                appliedRequests.insert(id)
+                if refusedRequests.contains(id) {
+                    fail(.tempoNotRetroactive, "request \(id) was answered refused but took effect")
+                }
+            }
+            // Tempo never changes a published beat.
+            guard let t = oracle.timeline else { return }
+            count(.tempoNotRetroactive)
+            for f in handedOff where !f.degraded && f.index >= c.atBeat {
+                count(.tempoNotRetroactive)
+                if f.instantNs != t.instantNs(ofBeat: f.index) || f.bpm != bpmOf(t, f.index) {
+                    fail(
+                        .tempoNotRetroactive,
+                        "change to \(c.bpm) bpm at beat \(c.atBeat) alters beat \(f.index) published by node \(f.node + 1)"
+                    )
+                    return
+                }
+            }
+        case .ignored:
+            break
+        }
+    }
+
+    func bpmOf(_ t: Timeline, _ k: Int64) -> Int64 {
+        if let p = t.pending, k >= p.atBeat { return p.bpm }
+        return t.epoch.bpm
+    }
+
+    // MARK: beats
+
+    func onBeat(_ n: SimNode) {
+        guard let t = n.core.machine.timeline else { return }
+        defer {
+            trace(
+                "n\(n.id): beat wake next=\(n.planner.nextBeat) seen=\(n.planner.lastSeenIndex) mode=\(n.core.publishMode(nowMonoNs: mono(n), turnNs: 1, periodNs: 1_000_000_000))"
+            )
+        }
+        let m = mono(n)
+        let period = t.instantNs(ofBeat: n.planner.nextBeat + 1) - t.instantNs(ofBeat: n.planner.nextBeat)
+        let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(), periodNs: period)
+        let inputs = BeatInputs(
+            wallNs: wall(n), monoNs: m, mode: mode, natsAttachedMonoNs: n.link.connected ? n.link.attachedMonoNs : nil,
+            tempoBarrierBeat: n.core.tempoBarrierBeat, reference: n.core.degradedReference(nowMonoNs: m))
+        switch n.planner.plan(inputs, timeline: t) {
+        case .emit(let k, let at, let degraded):
+            emit(n, k, degraded, at)
+        case .retry(let at):
+            armBeat(n, atWall: at)
+        case .dropConnection:
+            abortLink(n)
+            armNext(n)
+        case .skip, .follow, .missed, .early:
+            armNext(n)
+        }
+    }
+
+    func armNext(_ n: SimNode) {
+        guard n.up, let t = n.core.machine.timeline else { return }
+        let m = mono(n)
+        let period = t.instantNs(ofBeat: n.planner.nextBeat + 1) - t.instantNs(ofBeat: n.planner.nextBeat)
+        let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(), periodNs: period)
+        let target = n.planner.targetNs(t, n.planner.nextBeat, mode, n.core.degradedReference(nowMonoNs: m))
+        armBeat(n, atWall: max(target - 1_000_000, wall(n) + 1_000_000))
+    }
+
+    func armBeat(_ n: SimNode, atWall w: Int64) {
+        n.beatTimer += 1
+        events.push(max(now + 1, n.clock.trueAt(wall: w)), .beat(node: n.index, gen: n.gen, timer: n.beatTimer))
+    }
+
+    /// After the spin: confirm, hand to the kernel, record.
+    func emit(_ n: SimNode, _ k: Int64, _ degraded: Bool, _ at: Int64) {
+        guard let t = n.core.machine.timeline else { return }
+        if wall(n) < at {
+            // The spin: until the wall clock reads the target (also after a step back).
+            let e = SimEvent.emit(node: n.index, gen: n.gen, index: k, degraded: degraded, atWall: at)
+            events.push(max(now + 1, n.clock.trueAt(wall: at)), e)
+            return
+        }
+        let m = mono(n)
+        let period = t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k)
+        let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(), periodNs: period)
+        guard n.planner.confirm(mode: mode, monoNs: m, wallNs: wall(n)), n.planner.nextBeat <= k else {
+            n.planner.abandon(k)
+            armNext(n)
+            return
+        }
+        let frame = SimFrame(
+            node: n.index, term: n.core.raft.term, index: k, instantNs: t.instantNs(ofBeat: k), bpm: bpmOf(t, k),
+            degraded: degraded, handoffNs: now)
+        var published = false
+        if n.link.connected {
+            published = true
+            checkHandoff(n, frame, period: period)
+            handedOff.append(frame)
+            if natsCut[n.index] {
+                n.link.kernelQueue.append(frame)
+                if n.link.kernelQueue.count == 1 && !knobs.legacy.staleBytes {
+                    events.push(now + knobs.staleBytesBoundNs, .userTimeout(node: n.index, link: n.link.gen))
+                }
+            } else {
+                openAtHandoff.insert(key(frame))
+                events.push(
+                    now + rng.range(50_000, knobs.natsMaxDelayNs / 2), .natsUp(node: n.index, link: n.link.gen, frame))
+            }
+        }
+        n.planner.published(k, degraded: degraded, published: published)
+        armNext(n)
+    }
+
+    func key(_ f: SimFrame) -> String { "\(f.node)/\(f.index)/\(f.handoffNs)" }
+
+    /// Invariants at the moment a frame is handed to the kernel.
+    func checkHandoff(_ n: SimNode, _ f: SimFrame, period: Int64) {
+        guard !f.degraded else { return }
+        count(.leaseHeld)
+        if maxLeaderTerm > f.term, let since = leaderSince.filter({ $0.key > f.term }).map(\.value).min(), since <= now
+        {
+            fail(
+                .leaseHeld,
+                "node \(n.id) published beat \(f.index) in term \(f.term) after a term-\(maxLeaderTerm) leader")
+        }
+        count(.lateness)
+        let late = wall(n) - f.instantNs
+        if late < 0 || late >= period / 2 {
+            fail(.lateness, "node \(n.id) published beat \(f.index) \(Double(late) / 1e6) ms after its instant")
+        }
+    }
+
+    // MARK: NATS
+
+    func serverReceives(_ f: SimFrame) {
+        received.append(f)
+        trace(
+            "subject: beat \(f.index) from n\(f.node + 1) term \(f.term)\(f.degraded ? " degraded" : "") handed off at \(Double(f.handoffNs) / 1e9)"
+        )
+        // Consumer-side invariants, in subject order.
+        if !f.degraded {
+            count(.uniqueIndex)
+            if let other = nonDegradedByIndex[f.index] {
+                fail(.uniqueIndex, "beat \(f.index) published by node \(other.node + 1) and node \(f.node + 1)")
+            }
+            nonDegradedByIndex[f.index] = f
+            count(.termMonotonic)
+            if f.term < maxTermOnSubject {
+                fail(.termMonotonic, "node \(f.node + 1) frame of term \(f.term) after term \(maxTermOnSubject)")
+            }
+            maxTermOnSubject = max(maxTermOnSubject, f.term)
+            count(.onTimeline)
+            if let t = oracle.timeline {
+                if t.instantNs(ofBeat: f.index) != f.instantNs || bpmOf(t, f.index) != f.bpm {
+                    fail(.onTimeline, "beat \(f.index) from node \(f.node + 1) is not on the committed timeline")
+                }
+            } else {
+                fail(.onTimeline, "a frame before any committed epoch")
+            }
+        }
+        if openAtHandoff.contains(key(f)) {
+            // Between degraded publishers (a leader's frames take precedence
+            // for consumers; a degraded node defers to the leader it hears).
+            let others = connectedByIndex[f.index, default: []].filter { $0.node != f.node && $0.degraded }
+            if f.degraded {
+                count(.degradedTurns)
+                if let o = others.first {
+                    fail(
+                        .degradedTurns,
+                        "beat \(f.index) published by node \(o.node + 1) and node \(f.node + 1), both heard by the subject"
+                    )
+                }
+            }
+            if f.degraded { connectedByIndex[f.index, default: []].append(f) }
+        }
+        for s in nodes where s.up && s.link.connected {
+            if natsCut[s.index] {
+                s.link.serverQueue.append(f)
+            } else {
+                events.push(
+                    now + rng.range(50_000, knobs.natsMaxDelayNs), .natsDown(node: s.index, link: s.link.gen, f))
+            }
+        }
+    }
+
+    func abortLink(_ n: SimNode) {
+        n.link.gen += 1
+        n.link.connected = false
+        n.link.attachedMonoNs = nil
+        n.link.kernelQueue = []
+        n.link.serverQueue = []
+        events.push(now + rng.range(100_000_000, 500_000_000), .reconnect(node: n.index, link: n.link.gen))
+    }
+
+    func healNats(_ i: Int) {
+        natsCut[i] = false
+        let n = nodes[i]
+        guard n.up, n.link.connected else { return }
+        for f in n.link.kernelQueue {
+            events.push(now + rng.range(50_000, 1_000_000), .natsUp(node: i, link: n.link.gen, f))
+        }
+        for f in n.link.serverQueue {
+            events.push(now + rng.range(50_000, 1_000_000), .natsDown(node: i, link: n.link.gen, f))
+        }
+        n.link.kernelQueue = []
+        n.link.serverQueue = []
+    }
+
+    // MARK: the doorway (fault 5)
+
+    func post(_ n: SimNode, _ item: Posted) {
+        if knobs.legacy.sharedDoorway {
+            if n.doorway.count >= knobs.doorwayCapacity {
+                if case .completion = item { n.lostCompletions += 1 } else { n.droppedDeliveries += 1 }
+                trace("n\(n.id): doorway full, dropped \(item)")
+                if !n.stalled(now) { drain(n) }
+                return
+            }
+            n.doorway.append(item)
+        } else {
+            switch item {
+            case .completion:
+                // One Ready in flight at most: its own slot, never dropped.
+                precondition(!n.completionPosted, "two store completions in flight")
+                n.completionPosted = true
+            case .nats:
+                // NATS deliveries are the only thing that may be shed (counted).
+                guard n.doorway.count < knobs.doorwayCapacity else {
+                    n.droppedDeliveries += 1
+                    return
+                }
+                n.doorway.append(item)
+            }
+        }
+        if !n.stalled(now) { drain(n) }
+    }
+
+    func drain(_ n: SimNode) {
+        if n.completionPosted {
+            n.completionPosted = false
+            completeSave(n)
+        }
+        while !n.doorway.isEmpty && n.up {
+            let item = n.doorway.removeFirst()
+            switch item {
+            case .completion: completeSave(n)
+            case .nats(let f):
+                n.planner.observe(
+                    index: f.index, wallNs: wall(n), fromLeaderElsewhere: !f.degraded && f.node != n.index)
+            }
+        }
+    }
+
+    func completeSave(_ n: SimNode) {
+        guard let rd = n.savingReady else { return }
+        n.savingReady = nil
+        finish(n, rd)
+    }
+
+    // MARK: chaos
+
+    func chaos() {
+        guard chaosOn, knobs.randomFaults else { return }
+        events.push(now + 100_000_000, .chaos)
+        let k = knobs
+        if rng.chance(k.partitionRate * 0.1) {
+            if raftGroup.allSatisfy({ $0 == 0 }) {
+                for i in raftGroup.indices { raftGroup[i] = Int(rng.next() % 2) }
+            } else {
+                raftGroup = Array(repeating: 0, count: k.nodes)
+            }
+        }
+        if rng.chance(k.natsCutRate * 0.1) {
+            let i = Int(rng.next() % UInt64(k.nodes))
+            if natsCut[i] { healNats(i) } else { natsCut[i] = true }
+        }
+        if laterRng.chance(k.natsDisconnectRate * 0.1) {
+            let n = laterRng.pick(nodes)
+            if n.up && n.link.connected { abortLink(n) }
+        }
+        if rng.chance(k.stallRate * 0.1) {
+            let n = rng.pick(nodes)
+            if n.up && !n.stalled(now) {
+                let until = min(now + rng.range(10_000_000, k.stallMaxNs), k.chaosNs)
+                if until > now {
+                    n.stalledUntil = until
+                    events.push(until, .wake(node: n.index, gen: n.gen))
+                }
+            }
+        }
+        if rng.chance(k.crashRate * 0.1) {
+            let n = rng.pick(nodes)
+            if n.up { crash(n) }
+        }
+        if rng.chance(k.stepRate * 0.1) {
+            let n = rng.pick(nodes)
+            let limit = k.maxOffsetNs / 2 - 1_000_000
+            let base: Int64 = 1_700_000_000_000_000_000 - n.clock.monoBase
+            let stepped = n.clock.wallOffsetNs + rng.range(-5_000_000, 5_000_000)
+            n.clock.wallOffsetNs = min(max(stepped, base - limit), base + limit)
+            if n.up, let t = n.core.machine.timeline, !n.stalled(now) {
+                // The CLOCK_REALTIME timer is cancelled (ECANCELED): re-plan.
+                n.planner.start(timeline: t, wallNs: wall(n))
+                armNext(n)
+            }
+        }
+        if rng.chance(k.tempoRate * 0.1) { tempoRequest(rng.pick(nodes)) }
+    }
+
+    func tempoRequest(_ n: SimNode) {
+        guard n.up, !n.stalled(now), let t = n.core.machine.timeline else { return }
+        let id = nextRequest
+        nextRequest += 1
+        let current = t.epoch.bpm
+        let pending = t.pending.flatMap { $0.atBeat >= n.planner.nextBeat ? $0 : nil }
+        let effective = pending == nil ? bpmOf(t, n.planner.nextBeat) : current
+        let delta = max(1, effective / 10)
+        let requested = effective + (rng.chance(0.5) ? delta : -delta)
+        guard requested > 0,
+            TempoRules.check(requested: requested, current: effective, minBpm: 30, maxBpm: 900, pending: pending)
+                == nil,
+            n.core.isLeader, n.core.appliedTermStart
+        else {
+            refusedRequests.insert(id)
+            return
+        }
+        let atBeat = tempoApplyBeat(
+            timeline: t, nowNs: wall(n), commitRoundNs: commitRoundNs, firstUnpublishedBeat: n.planner.nextBeat)
+        if n.core.propose(.tempo(atBeat: atBeat, bpm: requested, justification: "req-\(id)"), requestId: id) == nil {
+            refusedRequests.insert(id)
+        }
+        pump(n)
+    }
+
+    func endChaos() {
+        chaosOn = false
+        cutLinks = []
+        for n in nodes where n.stalledUntil > now {
+            n.stalledUntil = now
+            events.push(now, .wake(node: n.index, gen: n.gen))
+        }
+        raftGroup = Array(repeating: 0, count: knobs.nodes)
+        for i in natsCut.indices where natsCut[i] { healNats(i) }
+    }
+
+    // MARK: final checks
+
+    func finalChecks() {
+        now = endNs
+        guard let t = oracle.timeline else {
+            fail(.liveness, "no epoch committed in \(Double(endNs) / 1e9) s")
+            return
+        }
+        // One publisher and no gap over the last part of the settle phase.
+        let wallEnd = Self.wallBase + endNs
+        var k = t.nextBeat(afterNs: wallEnd - knobs.settleNs / 3)
+        var publishers = Set<Int>()
+        let period = t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k)
+        while t.instantNs(ofBeat: k) < wallEnd - period {
+            count(.liveness)
+            guard let f = nonDegradedByIndex[k] else {
+                fail(.liveness, "beat \(k) never published in the settled window")
+                return
+            }
+            publishers.insert(f.node)
+            k += 1
+        }
+        if publishers.count > 1 { fail(.liveness, "\(publishers.count) publishers in the settled window") }
+        // Every node applied what was committed.
+        let commit = commitMark
+        for n in nodes where n.up {
+            count(.convergence)
+            if n.core.raft.appliedIndex < commit {
+                fail(.convergence, "node \(n.id) applied \(n.core.raft.appliedIndex) of \(commit)")
+            }
+        }
+    }
+}

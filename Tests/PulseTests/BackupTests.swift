@@ -262,7 +262,8 @@ final class BackupTests: XCTestCase {
         let snapshot = try XCTUnwrap(loaded.snapshot)
         XCTAssertEqual(snapshot.index, 42)
         XCTAssertEqual(snapshot.term, 7)
-        XCTAssertEqual(loaded.hardState, HardState(term: 7, vote: noNode, commit: 42))
+        // Term: one below the default --min-term (the backup's + 2): the first election reaches it.
+        XCTAssertEqual(loaded.hardState, HardState(term: 8, vote: noNode, commit: 42))
         XCTAssertEqual(loaded.entries, [])
         let state = try JSONDecoder().decode(ClusterState.self, from: Data(snapshot.data))
         XCTAssertEqual(state.epoch, TempoEpoch.Stored(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 120))
@@ -270,13 +271,20 @@ final class BackupTests: XCTestCase {
         XCTAssertEqual(state.justification, "load / é \"peak\"\nsecond line")
         let file = try Data(contentsOf: URL(fileURLWithPath: dir + "/n1/raft/snapshot"))
         XCTAssertEqual(try RaftStore.parseSnapshot([UInt8](file)), snapshot)
-        XCTAssertEqual(try DataDirFiles.parseNodeId([UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/n1/node_id")))), "n1")
+        XCTAssertEqual(
+            try DataDirFiles.parseNodeId([UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/n1/node_id")))), "n1"
+        )
         // The Raft core starts from it: the next entry is after the backup's index, in a later term.
         let raft = try RaftNode(
             config: Config(id: PeerList.stableId("n1"), voters: ["n1", "n2", "n3"].map(PeerList.stableId)),
             hardState: loaded.hardState, snapshot: loaded.snapshot, entries: loaded.entries)
         XCTAssertEqual(raft.lastIndex, 42)
         XCTAssertEqual(raft.commitIndex, 42)
+        // --min-term raises the term (an old cluster that went on electing).
+        XCTAssertEqual(
+            try restore(["--from", from, "--data-dir", dir + "/k1", "--peers", peers, "--min-term", "30"]), 0)
+        XCTAssertEqual(
+            try RaftStore(dataDir: dir + "/k1").load().hardState, HardState(term: 29, vote: noNode, commit: 42))
         // A single node's backup (no log) seeds index 1.
         var single = Self.sample
         single.index = 0
@@ -293,7 +301,8 @@ final class BackupTests: XCTestCase {
         let from = try writeSample(dir)
         try FileManager.default.createDirectory(atPath: dir + "/empty", withIntermediateDirectories: false)
         XCTAssertEqual(try restore(["-from", from, "-data-dir", dir + "/empty"]), 0)
-        let stored = try DataDirFiles.parseEpoch([UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/empty/epoch.json"))))
+        let stored = try DataDirFiles.parseEpoch(
+            [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/empty/epoch.json"))))
         XCTAssertEqual(stored.clusterId, "chorus-1")
         XCTAssertEqual(stored.bar, 4)
         XCTAssertEqual([stored.startBeat, stored.startNs, stored.bpm], [0, 1_700_000_000_000_000_000, 120])
@@ -332,9 +341,16 @@ final class BackupTests: XCTestCase {
         refused(["--from", dir + "/absent.json", "--data-dir", dir + "/new"], "no such file", "no file")
         refused(["--from", from, "--data-dir", dir + "/new", "--node-id", "a b"], "--node-id", "a bad node id")
         refused(
-            ["--from", from, "--data-dir", dir + "/new", "--node-id", "n9", "--peers", "n1@127.0.0.1:1,n2@127.0.0.1:2"],
+            [
+                "--from", from, "--data-dir", dir + "/new", "--node-id", "n9", "--peers",
+                "n1@127.0.0.1:1,n2@127.0.0.1:2",
+            ],
             "not named in --peers", "a node outside the peers")
         refused(["--from", from, "--data-dir", dir + "/new", "--peers", "nonsense"], "host:port", "bad peers")
+        refused(
+            ["--from", from, "--data-dir", dir + "/new", "--peers", "n1@127.0.0.1:1", "--min-term", "7"],
+            "--min-term must be above", "a min term not above the backup's")
+        refused(["--from", from, "--data-dir", dir + "/new", "--min-term", "9"], "needs --peers", "min term, single")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/new"))
     }
 
@@ -346,7 +362,8 @@ final class BackupTests: XCTestCase {
         func get(_ authorization: String?, method: UInt32 = HTTP_GET.rawValue) -> AdminResponse {
             var answer: AdminResponse?
             router.handle(
-                AdminRequest(method: method, path: "/backup", body: [], authorization: authorization.map { Array($0.utf8) })
+                AdminRequest(
+                    method: method, path: "/backup", body: [], authorization: authorization.map { Array($0.utf8) })
             ) { answer = $0 }
             return answer ?? AdminResponse(status: 0, contentType: nil, body: [])
         }

@@ -83,7 +83,9 @@ enum AdminClient {
     private static func send(_ fd: Int32, _ bytes: [UInt8], url: String) throws {
         var offset = 0
         while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL)) }
+            let n = bytes.withUnsafeBytes {
+                Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL))
+            }
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { throw PulseError.startup("\(url): send failed: \(String(cString: strerror(errno)))") }
             offset += n

@@ -11,10 +11,12 @@
 // completely first (`BackupFile.parse`: version, checksum, every range); a
 // refusal is one line and exit status 2, and so is a data dir that is not
 // empty (nothing is ever overwritten). With --peers it writes a Raft
-// snapshot of the backed-up state and a fresh hard state (its term, no vote,
-// committed up to the snapshot) through the node's own `RaftStore`, so the
-// new cluster's first leader starts from that state instead of bootstrapping
-// a new epoch; without, a single node's `epoch.json`. Either way it reads
+// snapshot of the backed-up state and a fresh hard state (no vote, committed
+// up to the snapshot, a term one below --min-term) through the node's own
+// `RaftStore`, so the new cluster's first leader starts from that state
+// instead of bootstrapping a new epoch, and publishes with a term at least
+// --min-term (default: the backup's + 2, above a handover as the old cluster
+// stops); without --peers, a single node's `epoch.json`. Either way it reads
 // what it wrote back through the node's own loaders before it says done.
 import ArgumentParser
 import Foundation
@@ -28,7 +30,9 @@ struct BackupCommand: ParsableCommand {
 
     @Option(
         name: PulseCommand.both("admin"),
-        help: "Admin API URLs of the cluster's nodes, comma-separated; the leader answers (default http://127.0.0.1:8080)")
+        help:
+            "Admin API URLs of the cluster's nodes, comma-separated; the leader answers (default http://127.0.0.1:8080)"
+    )
     var admin = "http://127.0.0.1:8080"
     @Option(name: PulseCommand.both("out"), help: "File to write (must not exist)")
     var out: String
@@ -81,7 +85,8 @@ struct BackupCommand: ParsableCommand {
             } catch {
                 return .failure(Failure(message: "\(error)"))
             }
-            let code = (try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any])?["code"] as? String
+            let code =
+                (try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any])?["code"] as? String
             switch response.status {
             case 200:
                 do {
@@ -91,12 +96,17 @@ struct BackupCommand: ParsableCommand {
                 }
             case 401:
                 return .failure(
-                    Failure(message: "unauthorized: give --token or BACKBEAT_ADMIN_TOKEN (the nodes' -admin-token)", final: true))
+                    Failure(
+                        message: "unauthorized: give --token or BACKBEAT_ADMIN_TOKEN (the nodes' -admin-token)",
+                        final: true))
             case 503 where code == "not_caught_up" && Date() < deadline:
                 usleep(100_000)
             default:
-                let message = (try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any])?["error"] as? String
-                return .failure(Failure(message: "\(response.status) \(message ?? DataDirFiles.oneLine(response.text))"))
+                let message =
+                    (try? JSONSerialization.jsonObject(with: Data(response.body)) as? [String: Any])?["error"]
+                    as? String
+                return .failure(
+                    Failure(message: "\(response.status) \(message ?? DataDirFiles.oneLine(response.text))"))
             }
         }
     }
@@ -116,9 +126,15 @@ struct RestoreCommand: ParsableCommand {
         name: PulseCommand.both("peers"),
         help: "The new cluster's -peers: seeds a Raft snapshot (without: a single node's epoch.json)")
     var peers: String?
+    @Option(
+        name: PulseCommand.both("min-term"),
+        help:
+            "Lowest term the new cluster publishes with (default: the backup's + 2; give the old cluster's last term + 1 if it went higher)"
+    )
+    var minTerm: UInt64?
 
     /// Everything checked before anything is written: the file, the ids, the peers, the data dir.
-    func validated() throws -> (BackupFile, peers: [String]) {
+    func validated() throws -> (BackupFile, peers: [String], minTerm: UInt64) {
         let bytes: [UInt8]
         do {
             guard let read = try DataDirFiles.read(from, file: from, limit: BackupFile.maxBytes + 1) else {
@@ -141,8 +157,17 @@ struct RestoreCommand: ParsableCommand {
         if let nodeId, parsed.contains(where: \.hasId), !parsed.contains(where: { $0.name == nodeId }) {
             throw PulseError.config("--node-id \(nodeId) is not named in --peers")
         }
+        let minTerm = minTerm ?? file.defaultMinTerm
+        if self.minTerm != nil {
+            guard !specs.isEmpty else {
+                throw PulseError.config("--min-term needs --peers (a single node has no Raft term)")
+            }
+            guard minTerm > file.term, minTerm < BackupFile.absurd else {
+                throw PulseError.config("--min-term must be above the backup's term \(file.term) and below 2^62")
+            }
+        }
         try Self.checkEmpty(dataDir)
-        return (file, specs)
+        return (file, specs, minTerm)
     }
 
     /// A data dir is seeded only when it does not exist or is an empty directory.
@@ -161,10 +186,10 @@ struct RestoreCommand: ParsableCommand {
     /// (exit 2, nothing written) and `.startup` for a write that failed
     /// (exit 1, what was written removed).
     func run() throws -> Int32 {
-        let (file, specs) = try validated()
+        let (file, specs, minTerm) = try validated()
         let existed = FileManager.default.fileExists(atPath: dataDir)
         do {
-            try seed(file, clustered: !specs.isEmpty)
+            try seed(file, clustered: !specs.isEmpty, minTerm: minTerm)
         } catch {
             // Leave the directory as it was: absent, or empty.
             if existed {
@@ -179,7 +204,7 @@ struct RestoreCommand: ParsableCommand {
         let where_ =
             specs.isEmpty
             ? "epoch.json (a single node)"
-            : "a Raft snapshot at index \(file.raftSnapshot.index), term \(file.raftSnapshot.term)"
+            : "a Raft snapshot at index \(file.raftSnapshot.index), term \(file.raftSnapshot.term) (frames from term \(minTerm) on)"
         print("restored cluster \(file.clusterId) into \(dataDir) as \(where_): " + BackupSummary.timeline(file))
         let phases = file.phases.joined(separator: ",")
         var start = "-cluster \(file.clusterId) -bar \(file.bar) -phases \(phases) -data-dir \(dataDir)"
@@ -190,13 +215,13 @@ struct RestoreCommand: ParsableCommand {
     }
 
     /// Writes the data dir under its lock, then loads it back with the node's own loaders.
-    private func seed(_ file: BackupFile, clustered: Bool) throws {
+    private func seed(_ file: BackupFile, clustered: Bool, minTerm: UInt64) throws {
         let rejected = RejectedInput()
         let dir = try DataDir(path: dataDir, rejected: rejected)
         if let nodeId { try dir.writeAtomically("node_id", Data((nodeId + "\n").utf8)) }
         if clustered {
             let snapshot = file.raftSnapshot
-            let hardState = file.raftHardState
+            let hardState = file.raftHardState(minTerm: minTerm)
             let store = try RaftStore(dataDir: dataDir, rejected: rejected)
             let done = DispatchSemaphore(value: 0)
             var failure: Error?

@@ -238,17 +238,25 @@ public struct BackupFile: Equatable, Sendable {
     }
 
     /// The Raft snapshot a new cluster starts from: the state at the backup's
-    /// index (at least 1: a single node's backup has no log) and term. The
-    /// term is the answering node's, at least the term of that entry, so the
-    /// new cluster's first election raises it past the old cluster's term at
-    /// the backup: consumers fencing on `term` accept its frames.
+    /// index (at least 1: a single node's backup has no log) and term (the
+    /// answering leader's, at least the term of that entry).
     var raftSnapshot: Snapshot {
         let data = (try? JSONEncoder().encode(clusterState)).map { [UInt8]($0) } ?? []
         return Snapshot(index: max(index, 1), term: term, data: data)
     }
 
-    /// A fresh hard state for the snapshot: its term, no vote, committed up to it.
-    var raftHardState: HardState { HardState(term: term, vote: noNode, commit: max(index, 1)) }
+    /// The lowest term a restored cluster publishes with by default: two
+    /// above the backup's, so that its frames are not below those of the old
+    /// cluster after a leadership handover as it stops (consumers fence on
+    /// `term`, refusing only lower ones). `pulse restore --min-term` raises it.
+    var defaultMinTerm: UInt64 { term + 2 }
+
+    /// A fresh hard state for the snapshot: no vote, committed up to the
+    /// snapshot, and a term one below `minTerm` (> `term`), which the new
+    /// cluster's first election raises to at least `minTerm`.
+    func raftHardState(minTerm: UInt64) -> HardState {
+        HardState(term: max(minTerm - 1, term), vote: noNode, commit: max(index, 1))
+    }
 
     /// A single node's `epoch.json`.
     var storedEpoch: StoredEpoch {

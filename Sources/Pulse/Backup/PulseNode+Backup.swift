@@ -51,7 +51,9 @@ extension PulseNode {
                     message: "the leader has not applied its whole log yet; retry in a moment")
             }
             file.epoch = .init(startBeat: state.epoch.startBeat, startNs: state.epoch.startNs, bpm: state.epoch.bpm)
-            file.pending = state.pending.map { .init(atBeat: $0.atBeat, bpm: $0.bpm, justification: state.justification) }
+            file.pending = state.pending.map {
+                .init(atBeat: $0.atBeat, bpm: $0.bpm, justification: state.justification)
+            }
             file.term = cluster.term
             file.index = applied.index
         } else {

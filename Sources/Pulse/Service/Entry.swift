@@ -61,7 +61,8 @@ public enum PulseEntry {
             } else {
                 handleHelp(
                     RestoreCommand.self, arguments,
-                    preface: "pulse restore: seed a new node's data dir from a backup, to continue the same timeline.\n")
+                    preface: "pulse restore: seed a new node's data dir from a backup, to continue the same timeline.\n"
+                )
             }
             do {
                 exit(

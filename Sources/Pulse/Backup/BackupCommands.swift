@@ -31,14 +31,14 @@ struct BackupCommand: ParsableCommand {
     @Option(
         name: PulseCommand.both("admin"),
         help:
-            "Admin API URLs of the cluster's nodes, comma-separated; the leader answers (default http://127.0.0.1:8080)"
+            "Admin API URLs of the cluster's nodes, comma-separated; the leader answers"
     )
     var admin = "http://127.0.0.1:8080"
     @Option(name: PulseCommand.both("out"), help: "File to write (must not exist)")
     var out: String
     @Option(name: PulseCommand.both("token"), help: "Admin bearer token (env BACKBEAT_ADMIN_TOKEN)")
     var token: String?
-    @Option(name: PulseCommand.both("timeout-ms"), help: "Per request (default 5000)")
+    @Option(name: PulseCommand.both("timeout-ms"), help: "Timeout of each request, in ms")
     var timeoutMs = 5000
 
     /// Takes the backup; returns the exit status (0, or 1 when no node gave one).

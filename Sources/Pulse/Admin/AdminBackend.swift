@@ -177,9 +177,15 @@ protocol AdminBackend: AnyObject {
     func metricsText() -> String
     /// The committed timeline (`GET /timeline`), or nil before there is one.
     func timelineBody() -> TimelineBody?
+    /// `GET /backup`: the committed timeline as a backup file (Backup/BackupFile.swift), or why not.
+    func backup() -> BackupAnswer
 }
 
 extension AdminBackend {
     /// Backends without a timeline (test fakes) answer 503 `no_timeline`.
     func timelineBody() -> TimelineBody? { nil }
+    /// Backends without a timeline (test fakes) answer 503 `no_timeline`.
+    func backup() -> BackupAnswer {
+        .refused(status: 503, code: "no_timeline", message: "this node has no committed timeline to back up")
+    }
 }

@@ -1,6 +1,6 @@
 // Admin: the endpoints of §6. Maps a parsed request to a response: routing
 // (404, 405 with `Allow`), the optional bearer token on state-changing
-// requests (401), validation of `POST /tempo` bodies (400, counted through
+// requests and on `GET /backup` (401), validation of `POST /tempo` bodies (400, counted through
 // the backend) and JSON encoding of the backend's answers. It knows nothing
 // about sockets; a connection hands it requests in order, one at a time.
 //
@@ -39,6 +39,8 @@ final class AdminRouter {
         "/metrics": [get, head],
         "/debug/beats": [get, head],
         "/timeline": [get, head],
+        // A backup of the committed timeline (Backup/), token-guarded like POST.
+        "/backup": [get],
         // The live view (LivePage.swift) and its event stream (AdminEvents.swift;
         // a connection with an event hub streams before reaching the router).
         "/": [get, head],
@@ -63,11 +65,20 @@ final class AdminRouter {
                     headers: [("Allow", allow)]))
             return
         }
-        if request.method == Self.post {
+        if request.method == Self.post || request.path == "/backup" {
             if let refusal = authenticate(request) {
                 if request.path == "/tempo" { backend.recordTempoRefusal(reason: "unauthorized") }
                 rejected?.record(.http, "unauthorized")
                 respond(refusal)
+                return
+            }
+            if request.path == "/backup" {
+                switch backend.backup() {
+                case .file(let bytes):
+                    respond(AdminResponse(status: 200, contentType: AdminResponse.jsonType, body: bytes))
+                case .refused(let status, let code, let message):
+                    respond(.error(status, code: code, message: message))
+                }
                 return
             }
             postTempo(request, respond: respond)

@@ -182,6 +182,12 @@ final class ClusterNode: LoopHandler, RaftInbox {
     var transportStats: RaftTransportStats { transport.stats }
     var commitIndex: UInt64 { raft.commitIndex }
     var leaderPeer: Peer? { peers.peer(raftId: leader) }
+    /// For backups (read-only, loop thread): the applied state machine, the
+    /// log index it reflects, and whether that is the whole log (on a leader:
+    /// its own term's no-op included, so every earlier commit is in the state).
+    var appliedState: (state: ClusterState?, index: UInt64, complete: Bool) {
+        (state, raft.appliedIndex, raft.appliedIndex >= raft.lastIndex)
+    }
 
     /// Beat path: may this node publish a frame now? Allocation-free.
     @inline(__always)

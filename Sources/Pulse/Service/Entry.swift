@@ -1,6 +1,7 @@
 // Service/Entry.swift — owns the command line of the `pulse` executable:
 // `pulse [flags]` runs a node, `pulse watch [flags]` shows a cluster's beats,
-// `pulse --version` says which build this is. Errors are one line on stderr
+// `pulse backup`/`pulse restore` save and seed the committed timeline
+// (Backup/), `pulse --version` says which build this is. Errors are one line on stderr
 // and exit status 2 (configuration) or 1 (start-up).
 import ArgumentParser
 import Foundation
@@ -51,6 +52,33 @@ public enum PulseEntry {
             }
         }
 
+        if arguments.first == "backup" || arguments.first == "restore" {
+            let backup = arguments.removeFirst() == "backup"
+            if backup {
+                handleHelp(
+                    BackupCommand.self, arguments,
+                    preface: "pulse backup: save a running cluster's committed timeline to a file (GET /backup).\n")
+            } else {
+                handleHelp(
+                    RestoreCommand.self, arguments,
+                    preface: "pulse restore: seed a new node's data dir from a backup, to continue the same timeline.\n"
+                )
+            }
+            do {
+                exit(
+                    backup
+                        ? try BackupCommand.parse(arguments).run(environment: environment)
+                        : try RestoreCommand.parse(arguments).run())
+            } catch let error as PulseError {
+                if case .config = error { fail(error.description, status: 2) }
+                fail(error.description, status: 1)
+            } catch {
+                let message =
+                    backup ? BackupCommand.message(for: error) : RestoreCommand.message(for: error)
+                fail(message.split(separator: "\n").first.map(String.init) ?? "\(error)", status: 2)
+            }
+        }
+
         handleHelp(
             PulseCommand.self, arguments,
             preface: """
@@ -61,7 +89,7 @@ public enum PulseEntry {
                 the same NAME=value lines (a systemd EnvironmentFile). The command line wins over the
                 environment, which wins over the file. SIGHUP re-reads the Raft TLS files and the log level
                 from -config; SIGINT/SIGTERM stop (a leader hands over first).
-                Also: pulse watch --help, pulse --version
+                Also: pulse watch --help, pulse backup --help, pulse restore --help, pulse --version
 
                 """)
 

@@ -23,7 +23,8 @@ final class TempoController: TempoListener {
     private let logger: Logger
     /// A request being committed: another one is refused with 409 meanwhile.
     private var inFlight: TempoRequest?
-    private var pendingJustification = ""
+    /// The committed pending change's justification (read by backups).
+    private(set) var pendingJustification = ""
     /// Margin between a commit and the downbeat it may apply at.
     var commitRoundNs: Int64 = 200_000_000
     /// Whether this node can commit (single node: always; Raft: is leader).

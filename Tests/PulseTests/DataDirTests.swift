@@ -310,13 +310,18 @@ final class DataDirTests: XCTestCase {
         XCTAssertEqual(
             try RaftStore.parseHardState(hardStateBytes(term: 3, vote: 2, commit: 9)),
             HardState(term: 3, vote: 2, commit: 9))
+        // Terms from 2^62 on are legal (reached one step at a time after a
+        // forged term, RaftNode.maxTerm): a node there must restart.
+        XCTAssertEqual(
+            try RaftStore.parseHardState(hardStateBytes(term: (1 << 62) + 5, vote: 2, commit: 9)),
+            HardState(term: (1 << 62) + 5, vote: 2, commit: 9))
         let good = hardStateBytes(term: 3, vote: 2, commit: 9)
         var flipped = good
         flipped[5] ^= 0x10
         let cases: [([UInt8], String)] = [
             ([], "bad_length"), (Array(good.prefix(31)), "bad_length"), (good + [0], "bad_length"),
             (flipped, "bad_checksum"),
-            (hardStateBytes(term: 1 << 62, vote: 2, commit: 0), "term_absurd"),
+            (hardStateBytes(term: 1 << 63, vote: 2, commit: 0), "term_absurd"),
             (hardStateBytes(term: UInt64.max, vote: 2, commit: 0), "term_absurd"),
             (hardStateBytes(term: 3, vote: 2, commit: UInt64.max), "index_absurd"),
         ]

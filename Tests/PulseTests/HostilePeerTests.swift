@@ -74,6 +74,10 @@ final class HostilePeerTests: XCTestCase {
             var frames: [[UInt8]] = [
                 // term 2^64−1 from a member, to the leader and to each follower.
                 frame(Message(kind: .heartbeat, from: other, to: me, term: .max, commit: 1)),
+                // term 2^62−1: adopted and persisted before, and then no node
+                // ever campaigned again (review of #9, finding 2); now a node
+                // with a live leader ignores it (stickiness).
+                frame(Message(kind: .heartbeat, from: other, to: me, term: RaftNode.freeTermLimit - 1)),
                 frame(Message(kind: .vote, from: other, to: me, term: .max - 1, logTerm: 1, index: 1 << 40)),
             ]
             if i == leader {
@@ -152,14 +156,29 @@ final class HostilePeerTests: XCTestCase {
             XCTAssertGreaterThanOrEqual(counted["term_absurd"] ?? 0, 2, "node \(i): \(counted)")
         }
 
-        // No crash loop: every node restarts from its data dir and the beat goes on.
+        // No crash loop: every node restarts from its data dir and the beat goes on,
+        // even when the forged term 2^62−1 reaches the restarted nodes before any
+        // leader does (nothing is sticky then, so it may be adopted): they still elect.
         cluster.stopAll()
         let stoppedAt = subscriber.count
         for i in 0..<3 { try cluster.start(i) }
+        for i in 0..<3 {
+            var client: RawClient?
+            Harness.waitUntil(seconds: 5) {
+                client = try? RawClient(port: cluster.raftPorts[i])
+                return client != nil
+            }
+            let forged = frame(
+                Message(kind: .heartbeat, from: ids[(i + 1) % 3], to: ids[i], term: RaftNode.freeTermLimit - 1))
+            XCTAssertTrue(client?.send(bytes: forged) ?? false, "node \(i) takes the forged term after its restart")
+        }
         XCTAssertTrue(subscriber.wait(for: stoppedAt + 5, seconds: 15), "beats after the restart\n\(cluster.logs)")
         for i in 0..<3 {
             XCTAssertTrue(cluster.nodes[i]?.process.isRunning ?? false, "node \(i) restarted\n\(cluster.logs)")
         }
+        XCTAssertNotNil(cluster.leader(), "a leader after the restart\n\(cluster.logs)")
+        let afterRestart = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: afterRestart + 5, seconds: 5), "beats go on\n\(cluster.logs)")
     }
 
     /// Opens silent connections to `ports` every 5 ms on its own thread until

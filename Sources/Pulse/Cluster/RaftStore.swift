@@ -73,9 +73,13 @@ public final class RaftStore {
     static let maxLogBytes = 1 << 30
     /// Largest record payload (the append path never writes more).
     static let maxRecordBytes = 64 << 20
-    /// A term or index at or above this is absurd (2^62: a term a second for
-    /// 10^11 years), refused so that `term + 1` and friends can never overflow.
+    /// An index at or above this is absurd (2^62: an entry a nanosecond for
+    /// 146 years), refused so that `index + 1` and friends can never overflow.
     public static let absurd: UInt64 = 1 << 62
+    /// A term at or above this is absurd (`RaftNode.maxTerm`, 2^63); terms
+    /// from 2^62 on are legal, the core reaches them only one step at a time
+    /// after a forged message (see `RaftNode.maxTerm`), and must restart there.
+    public static let absurdTerm: UInt64 = RaftNode.maxTerm
 
     /// Loads and validates everything; an unusable file refuses to start with
     /// one line naming it (and the byte offset, for the log).
@@ -127,7 +131,7 @@ public final class RaftStore {
 
     // MARK: pure parsers (start-up and fuzzing: any bytes, never a trap)
 
-    /// `raft/hardstate`: 32 bytes, checksummed; a term at or above 2^62 is
+    /// `raft/hardstate`: 32 bytes, checksummed; a term at or above 2^63 is
     /// refused (it would make every restart overflow on `term + 1`).
     public static func parseHardState(_ bytes: [UInt8]) throws(DataDirError) -> HardState {
         let file = "raft/hardstate"
@@ -139,8 +143,8 @@ public final class RaftStore {
                 file: file, reason: "bad_checksum", detail: "checksum mismatch (it holds this node's vote)")
         }
         let hard = HardState(term: u64(bytes, 0), vote: u64(bytes, 8), commit: u64(bytes, 16))
-        guard hard.term < absurd else {
-            throw DataDirError(file: file, reason: "term_absurd", detail: "term \(hard.term) is absurd (≥ 2^62)")
+        guard hard.term < absurdTerm else {
+            throw DataDirError(file: file, reason: "term_absurd", detail: "term \(hard.term) is absurd (≥ 2^63)")
         }
         guard hard.commit < absurd else {
             throw DataDirError(file: file, reason: "index_absurd", detail: "commit \(hard.commit) is absurd (≥ 2^62)")
@@ -148,8 +152,8 @@ public final class RaftStore {
         return hard
     }
 
-    /// `raft/snapshot`: checksummed header (index ≥ 1, term ≥ 1, both below
-    /// 2^62) and a state that decodes to a valid timeline (`ClusterState`):
+    /// `raft/snapshot`: checksummed header (index ≥ 1 below 2^62, term ≥ 1
+    /// below 2^63) and a state that decodes to a valid timeline (`ClusterState`):
     /// a node must not start without the timeline it committed, nor — started
     /// with -bootstrap — start a second one.
     public static func parseSnapshot(_ bytes: [UInt8]) throws(DataDirError) -> Snapshot {
@@ -162,10 +166,10 @@ public final class RaftStore {
             throw DataDirError(file: file, reason: "bad_checksum", detail: "checksum mismatch")
         }
         let snapshot = Snapshot(index: u64(bytes, 8), term: u64(bytes, 16), data: Array(bytes[24...]))
-        guard (1..<absurd).contains(snapshot.index), (1..<absurd).contains(snapshot.term) else {
+        guard (1..<absurd).contains(snapshot.index), (1..<absurdTerm).contains(snapshot.term) else {
             throw DataDirError(
                 file: file, reason: "index_absurd",
-                detail: "index \(snapshot.index) or term \(snapshot.term) is outside 1..<2^62")
+                detail: "index \(snapshot.index) or term \(snapshot.term) is outside 1..<2^62 (2^63 for the term)")
         }
         let state: ClusterState
         do {
@@ -186,8 +190,8 @@ public final class RaftStore {
     /// of range, running past the end, checksum mismatch, unknown kind) with
     /// no intact record anywhere after it is a torn tail (`tornTailAt`); with
     /// one after it, it is corruption, refused with its offset. Intact
-    /// records must have contiguous indices from ≥ 1 and non-decreasing terms,
-    /// all below 2^62. Cost: linear, plus one checksum per candidate header
+    /// records must have contiguous indices from ≥ 1 below 2^62 and
+    /// non-decreasing terms below 2^63. Cost: linear, plus one checksum per candidate header
     /// when looking past a bad record.
     public static func scanLog(_ bytes: [UInt8]) throws(DataDirError) -> RaftLogScan {
         var entries: [Entry] = []
@@ -271,7 +275,7 @@ public final class RaftStore {
 
     /// Why `entry` cannot follow `previous` in the log, or nil.
     private static func sequenceProblem(_ entry: Entry, after previous: Entry?) -> String? {
-        if entry.index == 0 || entry.index >= absurd || entry.term >= absurd { return "index or term is absurd" }
+        if entry.index == 0 || entry.index >= absurd || entry.term >= absurdTerm { return "index or term is absurd" }
         guard let previous else { return nil }
         if entry.index != previous.index + 1 { return "follows index \(previous.index)" }
         if entry.term < previous.term { return "term goes back from \(previous.term)" }

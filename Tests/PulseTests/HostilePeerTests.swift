@@ -17,6 +17,10 @@ import XCTest
 final class HostilePeerTests: XCTestCase {
     /// One transport v2 frame around `payload`, with the given clock stamps.
     func frame(_ payload: [UInt8], sendNs: Int64, echoSendNs: Int64 = 0, echoRecvNs: Int64 = 0) -> [UInt8] {
+        Self.rawFrame(payload, sendNs: sendNs, echoSendNs: echoSendNs, echoRecvNs: echoRecvNs)
+    }
+
+    static func rawFrame(_ payload: [UInt8], sendNs: Int64, echoSendNs: Int64 = 0, echoRecvNs: Int64 = 0) -> [UInt8] {
         var out: [UInt8] = [0xBB, 2, 0, 0]
         let length = UInt32(payload.count)
         for k in 0..<4 { out.append(UInt8(truncatingIfNeeded: length >> (8 * k))) }
@@ -179,6 +183,86 @@ final class HostilePeerTests: XCTestCase {
         XCTAssertNotNil(cluster.leader(), "a leader after the restart\n\(cluster.logs)")
         let afterRestart = subscriber.count
         XCTAssertTrue(subscriber.wait(for: afterRestart + 5, seconds: 5), "beats go on\n\(cluster.logs)")
+    }
+
+    /// Sends frames from `make` to `port` at `perSecond` on its own thread for
+    /// `seconds`, reconnecting whenever the node closes the connection; each
+    /// connection starts with a burst of `burst` frames in one write.
+    final class FrameFlood: @unchecked Sendable {  // `sent` and `connections` behind `lock`
+        private let lock = NSLock()
+        private var sentCount = 0
+        private var connectionCount = 0
+        private let done = DispatchSemaphore(value: 0)
+
+        init(port: Int, perSecond: Int, burst: Int, seconds: Double, make: @escaping @Sendable () -> [UInt8]) {
+            Thread { [self] in
+                let end = Date().addingTimeInterval(seconds)
+                var client: RawClient?
+                while Date() < end {
+                    if client == nil {
+                        client = try? RawClient(port: port, timeoutMs: 1000)
+                        guard let fresh = client else {
+                            usleep(10_000)
+                            continue
+                        }
+                        lock.withLock { connectionCount += 1 }
+                        if !fresh.send(bytes: (0..<burst).flatMap { _ in make() }) { client = nil }
+                        lock.withLock { sentCount += burst }
+                        continue
+                    }
+                    let batch = max(1, perSecond / 100)  // every 10 ms
+                    if client?.send(bytes: (0..<batch).flatMap { _ in make() }) != true { client = nil }
+                    lock.withLock { sentCount += batch }
+                    usleep(10_000)
+                }
+                done.signal()
+            }.start()
+        }
+
+        /// Waits for the end of the flood; returns (frames sent, connections made).
+        func wait() -> (sent: Int, connections: Int) {
+            done.wait()
+            return lock.withLock { (sentCount, connectionCount) }
+        }
+    }
+
+    /// Adversarial review of #9, finding 3: 8000 frames a second "from" a
+    /// follower — stale-term vote answers each with a fresh, plausible clock
+    /// sample, and stale heartbeats each answered to the real peer — made the
+    /// leader miss beats and lose leadership. Now the flood is held to its
+    /// connection's rate (`rate_limited`), stale answers to one per peer per
+    /// tick, and the clock fit stays bounded: the leader keeps leading and
+    /// the beat has no gap.
+    func testFloodOfStaleFramesNeitherStallsNorUnseatsTheLeader() throws {
+        let cluster = try ClusterProcessTests.Cluster(cluster: "flood", bpm: 600)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.flood.beat")
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
+        let ids = cluster.names.map(PeerList.stableId)
+        let from = ids[(leader + 1) % 3]
+        let to = ids[leader]
+        let floodStart = subscriber.count
+        let flood = FrameFlood(port: cluster.raftPorts[leader], perSecond: 8000, burst: 3000, seconds: 4) {
+            let t1 = HostilePeerTests.realtimeNs() - 1_000_000
+            var payload: [UInt8] = []
+            let kind: MessageKind = Bool.random() ? .voteResponse : .heartbeat
+            Message(kind: kind, from: from, to: to, term: 0).encode(into: &payload)
+            return HostilePeerTests.rawFrame(payload, sendNs: t1 + 200_000, echoSendNs: t1, echoRecvNs: t1 + 100_000)
+        }
+        let (sent, _) = flood.wait()
+        XCTAssertGreaterThan(sent, 20_000, "the flood ran")
+        let floodEnd = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: floodEnd + 5, seconds: 5), "beats go on\n\(cluster.logs)")
+        XCTAssertEqual(cluster.leader(), leader, "the leader kept leading\n\(cluster.logs)")
+        let indexes = subscriber.received[floodStart...].compactMap {
+            ($0.object["beat_index"] as? NSNumber)?.int64Value
+        }
+        XCTAssertGreaterThanOrEqual(indexes.count, 40, "about 10 beats a second during the 4 s flood")
+        for (a, b) in zip(indexes, indexes.dropFirst()) {
+            XCTAssertEqual(b, a + 1, "no missed or repeated beat during the flood\n\(cluster.logs)")
+        }
+        let counted = raftRejections(try cluster.metrics(leader))
+        XCTAssertGreaterThan(counted["rate_limited"] ?? 0, 0, "the leader counts rate_limited: \(counted)")
     }
 
     /// Opens silent connections to `ports` every 5 ms on its own thread until

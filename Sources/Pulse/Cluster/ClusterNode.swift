@@ -237,14 +237,17 @@ final class ClusterNode: LoopHandler, RaftInbox {
         leaseUntilMonoNs = remaining > 0 ? lastTickMonoNs + Int64(remaining) * timing.tickNs : 0
     }
 
-    /// A message from a peer (already decoded and addressed). The core refuses
-    /// what it cannot trust and says why; each refusal is counted. The frame's
-    /// clock sample counts only when its message was not refused, and only
-    /// within ClockSync's physical bounds.
+    /// A message from a peer (already decoded and addressed, and within its
+    /// connection's rate: RaftTransport). The core refuses what it cannot
+    /// trust and says why; each refusal is counted. The frame's clock sample
+    /// counts only when its message was stepped and is of our current term
+    /// (a stale or future-term message is no exchange with a live peer: a
+    /// flood of them must not steer the clock), and only within ClockSync's
+    /// physical bounds.
     func transportReceived(_ message: Message, clockSample: SyncSample?) {
         let outcome = raft.step(message)
         if let rejection = outcome.rejection { reject(rejection.reason, from: message.from) }
-        if outcome.wasStepped {
+        if outcome.wasStepped && message.term == raft.term {
             if message.from == leader { lastContactMonoNs = cloop_monotonic_ns() }
             if let clockSample, let refusal = syncs[message.from, default: ClockSync()].add(clockSample) {
                 reject(refusal.rawValue, from: message.from)

@@ -46,6 +46,13 @@
 // certificate must name the member dialled (`tls_wrong_server`).
 // Without TLS, plain TCP: for loopback development; start() warns when a
 // peer is not on loopback.
+//
+// Rate (adversarial review of #9): each inbound connection may deliver at
+// most `maxFramesPerSecond` frames (bursts of `frameBurst`); frames beyond
+// are skipped before decoding and counted (`rate_limited`), so a flood costs
+// the loop a header check per frame, not a Raft step and a clock sample. A
+// real peer sends a few dozen a second (heartbeats every tick, appends per
+// proposal, answers).
 import CLoop
 import Foundation
 import Glibc
@@ -60,6 +67,8 @@ struct RaftTransportStats {
     var badFrames: UInt64 = 0
     var dropped: UInt64 = 0
     var connects: UInt64 = 0
+    /// Inbound frames skipped over their connection's rate (`FrameBudget`).
+    var rateLimited: UInt64 = 0
 }
 
 /// Limits of the Raft transport's inbound side. Every one bounds the slots,
@@ -81,6 +90,12 @@ struct RaftTransportLimits {
     var idleTimeoutNs: Int64 = 4_000_000_000
     /// An outbound connection that wrote nothing for this long sends a keepalive.
     var keepaliveNs: Int64 = 500_000_000
+    /// Frames (messages and keepalives) one inbound connection may deliver
+    /// per second on average; beyond, frames are skipped and counted
+    /// (`rate_limited`). A real peer sends a few dozen a second.
+    var maxFramesPerSecond: Int64 = 2_000
+    /// Frames one inbound connection may deliver at once above that rate.
+    var frameBurst: Int64 = 1_000
     /// Connections accepted per listener callback.
     var maxAcceptsPerEvent = 16
 
@@ -90,6 +105,41 @@ struct RaftTransportLimits {
         var limits = RaftTransportLimits()
         limits.idleTimeoutNs = max(2_000_000_000, 4 * electionTimeoutNs)
         return limits
+    }
+}
+
+/// A token bucket of frames for one inbound connection, in integer math
+/// that cannot overflow: the rate is at most 10^9 a second and the burst at
+/// most 2^32, so `burst × 10^9` fits, and refills are capped at the burst.
+struct FrameBudget {
+    let perSecond: Int64
+    let burst: Int64
+    private(set) var tokens: Int64
+    private var lastNs: Int64
+
+    init(perSecond: Int64, burst: Int64, nowNs: Int64) {
+        self.perSecond = min(max(1, perSecond), 1_000_000_000)
+        self.burst = min(max(1, burst), 1 << 32)
+        tokens = self.burst
+        lastNs = nowNs
+    }
+
+    /// Takes one frame's token at monotonic time `nowNs`; false when none is left.
+    mutating func take(nowNs: Int64) -> Bool {
+        if nowNs > lastNs {
+            // Only whole tokens are added; the remainder of the time is kept.
+            let fullAfterNs = burst * 1_000_000_000 / perSecond + 1
+            let (gap, overflow) = nowNs.subtractingReportingOverflow(lastNs)
+            let elapsed = overflow ? fullAfterNs : min(gap, fullAfterNs)
+            let added = elapsed * perSecond / 1_000_000_000
+            if added > 0 {
+                tokens = min(burst, tokens + added)
+                lastNs = elapsed == fullAfterNs ? nowNs : lastNs + added * 1_000_000_000 / perSecond
+            }
+        }
+        guard tokens > 0 else { return false }
+        tokens -= 1
+        return true
     }
 }
 
@@ -274,7 +324,10 @@ final class RaftTransport: LoopHandler {
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
             do {
                 let token = try loop.register(fd: fd, interest: UInt32(CLOOP_READ), owned: true, handler: self)
-                inbound[token] = Inbound(acceptedMonoNs: cloop_monotonic_ns())
+                let now = cloop_monotonic_ns()
+                inbound[token] = Inbound(
+                    acceptedMonoNs: now,
+                    budget: FrameBudget(perSecond: limits.maxFramesPerSecond, burst: limits.frameBurst, nowNs: now))
             } catch {
                 close(fd)
             }
@@ -421,6 +474,7 @@ final class RaftTransport: LoopHandler {
             badFrame(token, "unsupported_version", "unsupported version \(connection.buffer[1])")
             return
         }
+        let nowMono = cloop_monotonic_ns()
         while connection.buffer.count - offset >= Self.headerBytes {
             let b = connection.buffer
             guard b[offset] == Self.magic, b[offset + 1] == Self.version else {
@@ -436,7 +490,18 @@ final class RaftTransport: LoopHandler {
             let start = offset + Self.headerBytes
             guard b.count - start >= length else { break }
             offset = start + length
-            connection.lastValidMonoNs = cloop_monotonic_ns()
+            guard connection.budget.take(nowNs: nowMono) else {
+                // Over this connection's rate: skipped before decoding (see the header).
+                stats.rateLimited &+= 1
+                rejected.record(.raft, "rate_limited")
+                if !connection.rateLimitLogged {
+                    connection.rateLimitLogged = true
+                    logger.warning(
+                        "raft: an inbound connection exceeds its frame rate; frames skipped (counted as rate_limited)")
+                }
+                continue
+            }
+            connection.lastValidMonoNs = nowMono
             if length == 0 { continue }  // a keepalive: the connection is alive, nothing to deliver
             let message: Message
             do {
@@ -708,11 +773,17 @@ final class RaftTransport: LoopHandler {
         let acceptedMonoNs: Int64
         /// Monotonic time of the last valid frame (keepalive or message); nil before the first.
         var lastValidMonoNs: Int64?
+        /// Frames this connection may still deliver (its rate limit).
+        var budget: FrameBudget
+        var rateLimitLogged = false
         /// TLS: the session (nil before the first byte) and the member its certificate names.
         var session: TLSSession?
         var peer: Peer?
         /// TLS: the session waits for the socket to be writable.
         var wantWrite = false
-        init(acceptedMonoNs: Int64) { self.acceptedMonoNs = acceptedMonoNs }
+        init(acceptedMonoNs: Int64, budget: FrameBudget) {
+            self.acceptedMonoNs = acceptedMonoNs
+            self.budget = budget
+        }
     }
 }

@@ -37,6 +37,11 @@ final class HostilePeerTests: XCTestCase {
         return frame(payload, sendNs: Self.realtimeNs(), echoSendNs: echoSendNs, echoRecvNs: echoRecvNs)
     }
 
+    /// The `from` of the message in a frame built by `frame` (bytes 32 + 3 ..< 32 + 11).
+    static func sender(of frame: [UInt8]) -> NodeID {
+        (0..<8).reduce(NodeID(0)) { $0 | NodeID(frame[35 + $1]) << (8 * $1) }
+    }
+
     static func realtimeNs() -> Int64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
@@ -112,13 +117,24 @@ final class HostilePeerTests: XCTestCase {
                             commit: 1 << 40, entries: [Entry(index: 1, term: term, data: [0xEE])])),
                 ]
             }
-            let client = try RawClient(port: cluster.raftPorts[i])
-            XCTAssertTrue(client.send(bytes: frames.flatMap { $0 }), "node \(i) takes the frames")
+            // A connection speaks for one member (RaftTransport, "Slots"): the
+            // frames "from" each member go on a connection of their own.
+            for (from, group) in Dictionary(grouping: frames, by: { Self.sender(of: $0) }) {
+                let client = try RawClient(port: cluster.raftPorts[i])
+                XCTAssertTrue(client.send(bytes: group.flatMap { $0 }), "node \(i) takes the frames from \(from)")
+            }
             // A sender that is not a member: refused, and the connection is closed.
+            let client = try RawClient(port: cluster.raftPorts[i])
             XCTAssertTrue(
                 client.send(
                     bytes: frame(Message(kind: .heartbeat, from: PeerList.stableId("intruder"), to: me, term: term))))
             XCTAssertTrue(client.waitForClose(), "node \(i) closes the connection of an unknown sender")
+            // A connection that proved itself as one member, then speaks for another.
+            let turncoat = try RawClient(port: cluster.raftPorts[i])
+            turncoat.send(
+                bytes: frame(Message(kind: .heartbeatResponse, from: other, to: me, term: 0))
+                    + frame(Message(kind: .heartbeatResponse, from: ids[(i + 2) % 3], to: me, term: 0)))
+            XCTAssertTrue(turncoat.waitForClose(), "node \(i) closes a connection that changes its member")
             // Garbage bytes.
             let garbage = try RawClient(port: cluster.raftPorts[i])
             garbage.send(
@@ -149,7 +165,7 @@ final class HostilePeerTests: XCTestCase {
         // Every refusal counted, by reason.
         for i in 0..<3 {
             let counted = raftRejections(try cluster.metrics(i))
-            var expected = ["term_absurd", "unknown_sender", "bad_magic", "handshake_timeout"]
+            var expected = ["term_absurd", "unknown_sender", "bad_magic", "handshake_timeout", "peer_mismatch"]
             expected +=
                 i == leader
                 ? ["index_beyond_log", "hint_beyond_log", "second_leader"]
@@ -263,6 +279,117 @@ final class HostilePeerTests: XCTestCase {
         }
         let counted = raftRejections(try cluster.metrics(leader))
         XCTAssertGreaterThan(counted["rate_limited"] ?? 0, 0, "the leader counts rate_limited: \(counted)")
+    }
+
+    /// Holds `perPort` connections to each of `ports` that send only id-less
+    /// keepalives (what an outsider who knows no member id can send), every
+    /// 500 ms, on its own thread until stopped; a connection the node closes
+    /// is reopened at once (and counted), so the nodes' slots stay contested.
+    final class KeepaliveHolders: @unchecked Sendable {  // state behind `lock`
+        private let lock = NSLock()
+        private var running = true
+        private var reopened: [Int: Int] = [:]
+        private var longest: [Int: Double] = [:]
+        private let finished = DispatchSemaphore(value: 0)
+
+        init(ports: [Int], perPort: Int) {
+            Thread { [self] in
+                let keepalive = HostilePeerTests.rawFrame([], sendNs: HostilePeerTests.realtimeNs())
+                var clients: [Int: [(client: RawClient, opened: Date)?]] = [:]
+                for port in ports { clients[port] = Array(repeating: nil, count: perPort) }
+                func note(_ port: Int, _ opened: Date) {
+                    let age = Date().timeIntervalSince(opened)
+                    lock.withLock { longest[port] = max(longest[port] ?? 0, age) }
+                }
+                while lock.withLock({ running }) {
+                    for port in ports {
+                        for k in 0..<perPort {
+                            if let held = clients[port]![k] {
+                                if !Self.isClosed(held.client.fd) {
+                                    held.client.send(bytes: keepalive)
+                                    continue
+                                }
+                                note(port, held.opened)
+                                lock.withLock { reopened[port, default: 0] += 1 }
+                            }
+                            let fresh = try? RawClient(port: port, timeoutMs: 500)
+                            fresh?.send(bytes: keepalive)
+                            clients[port]![k] = fresh.map { ($0, Date()) }
+                        }
+                    }
+                    usleep(500_000)
+                }
+                for (port, held) in clients { for case let h? in held { note(port, h.opened) } }
+                clients.removeAll()
+                finished.signal()
+            }.start()
+        }
+
+        /// The longest time one connection to `port` stayed open (seconds).
+        func longestHeld(_ port: Int) -> Double { lock.withLock { longest[port] ?? 0 } }
+
+        /// True if the peer closed `fd` (a non-blocking peek reads EOF or a reset).
+        static func isClosed(_ fd: Int32) -> Bool {
+            var byte: UInt8 = 0
+            let n = recv(fd, &byte, 1, Int32(MSG_PEEK | MSG_DONTWAIT))
+            return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+        }
+
+        /// Connections to `port` the node closed (and that were reopened).
+        func reopenedCount(_ port: Int) -> Int { lock.withLock { reopened[port] ?? 0 } }
+
+        func stop() {
+            guard
+                lock.withLock({ () -> Bool in
+                    defer { running = false }
+                    return running
+                })
+            else { return }
+            finished.wait()
+        }
+    }
+
+    /// Adversarial review of #9, finding 4: 40 connections sending only
+    /// zero-length keepalives counted as proven peers (a keepalive was a
+    /// valid frame): they could not be evicted and never went idle, so they
+    /// held every slot. Now a keepalive without a member's id proves nothing:
+    /// such connections close at the handshake timeout and give way to
+    /// newcomers, and a restarted peer gets back in at once.
+    func testKeepaliveOnlyConnectionsCannotHoldSlots() throws {
+        let cluster = try ClusterProcessTests.Cluster(cluster: "keepalive", bpm: 600)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.keepalive.beat")
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
+        let holders = KeepaliveHolders(ports: cluster.raftPorts, perPort: 40)
+        defer { holders.stop() }
+        usleep(1_000_000)
+        // A follower restarts while every node's slots are contested.
+        let follower = (leader + 1) % 3
+        cluster.nodes[follower]?.stop()
+        try cluster.start(follower)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 5) { cluster.get(follower, "/leader")["leader"] is String },
+            "the restarted follower hears the leader\n\(cluster.logs)")
+        // Past the handshake timeout (2 s): the keepalive-only connections were closed.
+        usleep(2_500_000)
+        XCTAssertEqual(cluster.leader(), leader, "one leader, the same\n\(cluster.logs)")
+        let before = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: before + 5, seconds: 5), "beats go on\n\(cluster.logs)")
+        holders.stop()
+        for i in 0..<3 where i != follower {
+            // Before: they were proven peers and held their slots for the whole test (≥ 6 s).
+            let port = cluster.raftPorts[i]
+            XCTAssertLessThan(
+                holders.longestHeld(port), 3.5,
+                "node \(i) closes keepalive-only connections within the handshake timeout")
+            XCTAssertGreaterThanOrEqual(holders.reopenedCount(port), 40, "node \(i)")
+            let counted = raftRejections(try cluster.metrics(i))
+            XCTAssertGreaterThan(counted["connection_limit"] ?? 0, 0, "node \(i): \(counted)")
+        }
+        // The restarted follower's connections were accepted at once and kept.
+        let log = cluster.nodes[follower]?.log ?? ""
+        let connects = log.split(separator: "\n").filter { $0.contains("raft: connected") }.count
+        XCTAssertLessThanOrEqual(connects, 6, "the restarted follower had to reconnect over and over\n\(log)")
     }
 
     /// Opens silent connections to `ports` every 5 ms on its own thread until

@@ -16,19 +16,34 @@
 // received from the destination with the time it arrived, so the receiver
 // has t1..t4 of a round trip (see PulseCore's ClockSync).
 //
-// A frame with length 0 is a keepalive: it carries no message. A connector
-// sends one as soon as its connection is up and whenever it has written
-// nothing for `RaftTransportLimits.keepaliveNs`, so an inbound connection that
-// stays silent is not a peer (followers send each other nothing between
-// elections, yet their connections must stay up for the next one).
+// A frame with length 0 is a keepalive: it carries no message, and its
+// second timestamp slot carries the sender's Raft id instead (0 from older
+// versions). A connector sends one as soon as its connection is up and
+// whenever it has written nothing for `RaftTransportLimits.keepaliveNs`
+// (followers send each other nothing between elections, yet their
+// connections must stay up for the next one).
+//
+// Slots (adversarial review of #9): an inbound connection is *proven* once
+// it names a configured peer — a decoded message from one, or a keepalive
+// carrying its id (with TLS: its certificate's member, from its first
+// frame) — and is bound to that peer from then on (`peer_mismatch`). A
+// keepalive without an id proves nothing and does not keep an unproven
+// connection open: it is closed `handshakeTimeoutNs` after accept. At most
+// one proven connection per peer: a newer one replaces the older (a peer
+// that restarted is back at once). When the slots are full a newcomer takes
+// the slot of the oldest unproven connection; proven ones are at most one
+// per other member, so there always is one. Without TLS a peer's id is a
+// public hash that anyone can claim: this bounds what an outsider holds to
+// one slot per member, it does not authenticate (TLS does).
 //
 // A frame with a bad header, an oversized length, an undecodable payload, a
 // message not addressed to this node or from a node that is not a configured
 // peer closes the connection and is counted (`badFrames`, and
 // `backbeat_rejected_input_total{surface="raft",reason}`); nothing a peer
 // sends can trap the process. Inbound connections are bounded and closed
-// when they deliver no valid frame in time (see `RaftTransportLimits`), so
-// idle or half-open connections cannot starve the peers' slots. Raft
+// when they do not prove themselves in time or go idle (see
+// `RaftTransportLimits` and "Slots" above), so idle, half-open or
+// keepalive-only connections cannot starve the peers' slots. Raft
 // tolerates loss, so when a peer is unreachable or its output buffer is full,
 // messages are dropped.
 //
@@ -75,15 +90,17 @@ struct RaftTransportStats {
 /// memory or time that a connection from outside can claim; the peers are
 /// at most 9 (PeerList), so each has room to reconnect several times over.
 struct RaftTransportLimits {
-    /// Open inbound connections. Each peer keeps one; the rest is room for
-    /// reconnections whose old socket has not timed out yet. When full, a new
-    /// connection takes the slot of the oldest one that has not yet delivered
-    /// a valid frame, or is closed at once (`connection_limit`).
+    /// Open inbound connections. Each peer keeps one proven connection (a
+    /// newer one replaces it); the rest is room for connections not yet
+    /// proven. When full, a new connection takes the slot of the oldest
+    /// unproven one (there always is one: at most 8 are proven), or is
+    /// closed at once (`connection_limit`).
     var maxInbound = 32
-    /// Time from accept to the first valid frame (a keepalive or a message);
-    /// a real peer sends a keepalive at once. Then closed (`handshake_timeout`).
+    /// Time from accept to proof (a message, or a keepalive with the
+    /// sender's id; a real peer sends one at once); an unproven connection
+    /// is closed then whatever else it sent (`handshake_timeout`).
     var handshakeTimeoutNs: Int64 = 2_000_000_000
-    /// Time without a valid frame after the first one; then closed
+    /// Time without a valid frame on a proven connection; then closed
     /// (`idle_timeout`). The service sets a few election timeouts; peers send
     /// a keepalive every `keepaliveNs`, so only a silent or trickling connection
     /// reaches it (bytes that never complete a valid frame do not count).
@@ -261,10 +278,11 @@ final class RaftTransport: LoopHandler {
         connection.lastWriteMonoNs = cloop_monotonic_ns()
     }
 
-    /// Queues a keepalive (a frame of length 0) on `connection`; the caller flushes.
+    /// Queues a keepalive (a frame of length 0, carrying our Raft id: see the
+    /// file header) on `connection`; the caller flushes.
     private func queueKeepalive(_ connection: Outbound) {
         guard connection.output.count + Self.headerBytes < Self.maxOutputBytes else { return }
-        appendFrame(to: connection, payload: [], echo: (0, 0))
+        appendFrame(to: connection, payload: [], echo: (Int64(bitPattern: me.raftId), 0))
     }
 
     // MARK: events
@@ -310,8 +328,9 @@ final class RaftTransport: LoopHandler {
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             if inbound.count >= limits.maxInbound {
                 // Full: a connection that has not proved itself gives way to the
-                // newcomer (so silent sockets cannot hold every slot); else refuse.
-                let pending = inbound.filter { $0.value.lastValidMonoNs == nil }
+                // newcomer (so silent sockets, or ones that send keepalives
+                // without an id, cannot hold every slot); else refuse.
+                let pending = inbound.filter { $0.value.provenPeer == nil }
                 guard let oldest = pending.min(by: { $0.value.acceptedMonoNs < $1.value.acceptedMonoNs }) else {
                     close(fd)
                     rejected.record(.raft, "connection_limit")
@@ -334,11 +353,13 @@ final class RaftTransport: LoopHandler {
         }
     }
 
-    /// Closes inbound connections that delivered no valid frame in time.
+    /// Closes unproven connections `handshakeTimeoutNs` after accept (a
+    /// keepalive without an id does not extend that), and proven ones idle
+    /// for `idleTimeoutNs`.
     private func sweepInbound(nowMonoNs now: Int64) {
         for (token, connection) in inbound {
-            if let last = connection.lastValidMonoNs {
-                guard now - last >= limits.idleTimeoutNs else { continue }
+            if connection.provenPeer != nil {
+                guard now - connection.lastValidMonoNs >= limits.idleTimeoutNs else { continue }
                 rejected.record(.raft, "idle_timeout")
             } else {
                 guard now - connection.acceptedMonoNs >= limits.handshakeTimeoutNs else { continue }
@@ -501,8 +522,16 @@ final class RaftTransport: LoopHandler {
                 }
                 continue
             }
-            connection.lastValidMonoNs = nowMono
-            if length == 0 { continue }  // a keepalive: the connection is alive, nothing to deliver
+            if length == 0 {
+                // A keepalive: with an id (or TLS) it proves and refreshes the
+                // connection; without, it proves nothing and extends nothing.
+                let claimed = UInt64(bitPattern: Self.i64(b, start - 16))
+                if let id = claimed != 0 ? claimed : connection.peer?.raftId {
+                    guard prove(token, connection, id) else { return }
+                    connection.lastValidMonoNs = nowMono
+                }
+                continue
+            }
             let message: Message
             do {
                 message = try Message.decode(b[start..<(start + length)])
@@ -514,15 +543,8 @@ final class RaftTransport: LoopHandler {
                 badFrame(token, "misaddressed", "message to \(message.to)")
                 return
             }
-            guard knownIds.contains(message.from) else {
-                badFrame(token, "unknown_sender", "message from \(message.from)")
-                return
-            }
-            // TLS: the certificate decides who speaks on this connection.
-            if let peer = connection.peer, message.from != peer.raftId {
-                badFrame(token, "tls_identity_mismatch", "message from \(message.from) on \(peer.name)'s connection")
-                return
-            }
+            guard prove(token, connection, message.from) else { return }
+            connection.lastValidMonoNs = nowMono
             stats.framesIn &+= 1
             let nowNs = cloop_realtime_ns()
             let sendNs = Self.i64(b, start - 24)
@@ -534,6 +556,37 @@ final class RaftTransport: LoopHandler {
             guard inbound[token] != nil else { return }
         }
         if offset > 0 { connection.buffer.removeFirst(offset) }
+    }
+
+    /// Binds `connection` to the member `id` it speaks for (see the file
+    /// header), replacing an older connection proven for the same member;
+    /// false (and the connection closed and counted) when `id` is not another
+    /// member, or not the one the connection is bound to.
+    private func prove(_ token: UInt32, _ connection: Inbound, _ id: NodeID) -> Bool {
+        guard id != me.raftId, knownIds.contains(id) else {
+            badFrame(token, "unknown_sender", "frame from \(id)")
+            return false
+        }
+        // TLS: the certificate decides who speaks on this connection.
+        if let peer = connection.peer, id != peer.raftId {
+            badFrame(token, "tls_identity_mismatch", "frame from \(id) on \(peer.name)'s connection")
+            return false
+        }
+        if let proven = connection.provenPeer {
+            guard proven == id else {
+                badFrame(token, "peer_mismatch", "frame from \(id) on a connection of \(proven)")
+                return false
+            }
+            return true
+        }
+        connection.provenPeer = id
+        for (other, older) in inbound where other != token && older.provenPeer == id {
+            logger.info(
+                "raft: a newer connection from a peer replaces its older one",
+                metadata: ["peer": "\(peers.first { $0.raftId == id }?.name ?? "\(id)")"])
+            dropInbound(other)
+        }
+        return true
     }
 
     /// Counts a bad frame under `reason` (snake_case) and closes its connection.
@@ -771,8 +824,11 @@ final class RaftTransport: LoopHandler {
     private final class Inbound {
         var buffer: [UInt8] = []
         let acceptedMonoNs: Int64
-        /// Monotonic time of the last valid frame (keepalive or message); nil before the first.
-        var lastValidMonoNs: Int64?
+        /// The member this connection has proven to speak for (see the file
+        /// header), or nil: then it may be evicted, and closes at the handshake timeout.
+        var provenPeer: NodeID?
+        /// Monotonic time of the last valid frame of a proven connection.
+        var lastValidMonoNs: Int64 = 0
         /// Frames this connection may still deliver (its rate limit).
         var budget: FrameBudget
         var rateLimitLogged = false

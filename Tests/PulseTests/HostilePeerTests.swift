@@ -110,6 +110,16 @@ final class HostilePeerTests: XCTestCase {
                     frame(
                         Message(kind: .heartbeat, from: ids[leader], to: me, term: term, commit: 1 << 40),
                         echoSendNs: 1, echoRecvNs: .min),
+                    // A snapshot "from the leader" whose state the node refuses
+                    // (bpm 0): it was persisted before, and the node then refused
+                    // to start (review of #9, finding 6); now the core refuses it.
+                    frame(
+                        Message(
+                            kind: .snapshot, from: ids[leader], to: me, term: term,
+                            snapshot: Snapshot(
+                                index: 1 << 20, term: term,
+                                data: Array(#"{"epoch":{"startBeat":0,"startNs":0,"bpm":0},"justification":""}"#.utf8)))
+                    ),
                     // An append from a second leader of the same term.
                     frame(
                         Message(
@@ -169,7 +179,7 @@ final class HostilePeerTests: XCTestCase {
             expected +=
                 i == leader
                 ? ["index_beyond_log", "hint_beyond_log", "second_leader"]
-                : ["commit_beyond_log", "second_leader", "clock_timestamp_out_of_range"]
+                : ["commit_beyond_log", "second_leader", "clock_timestamp_out_of_range", "bad_snapshot"]
             for reason in expected {
                 XCTAssertGreaterThan(counted[reason] ?? 0, 0, "node \(i) counts \(reason): \(counted)")
             }

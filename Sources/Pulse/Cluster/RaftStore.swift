@@ -112,23 +112,25 @@ public final class RaftStore {
 
     /// Loads and validates everything; an unusable file refuses to start with
     /// one line naming it (and the byte offset, for the log).
-    func load() throws -> RaftPersisted {
+    /// `bar` (the node's -bar, when known) is what a snapshot's pending
+    /// tempo change must fall on, as when the node accepted it from a leader.
+    func load(bar: Int? = nil) throws -> RaftPersisted {
         do {
-            return try loadValidated()
+            return try loadValidated(bar: bar)
         } catch {
             rejected?.record(.dataDir, error.reason)
             throw PulseError.startup("\(directory.dropLast("raft".count))\(error); refusing to start")
         }
     }
 
-    private func loadValidated() throws(DataDirError) -> RaftPersisted {
+    private func loadValidated(bar: Int?) throws(DataDirError) -> RaftPersisted {
         var persisted = RaftPersisted()
         if let bytes = try DataDirFiles.read(directory + "/hardstate", file: "raft/hardstate", limit: 1024) {
             persisted.hardState = try Self.parseHardState(bytes)
         }
         let snapshotFile = directory + "/snapshot"
         if let bytes = try DataDirFiles.read(snapshotFile, file: "raft/snapshot", limit: Self.maxSnapshotFileBytes) {
-            persisted.snapshot = try Self.parseSnapshot(bytes)
+            persisted.snapshot = try Self.parseSnapshot(bytes, bar: bar.map(Int64.init))
         }
         let bytes = try DataDirFiles.read(directory + "/log", file: "raft/log", limit: Self.maxLogBytes) ?? []
         let scan = try Self.scanLog(bytes)
@@ -184,8 +186,11 @@ public final class RaftStore {
     /// `raft/snapshot`: checksummed header (index ≥ 1 below 2^62, term ≥ 1
     /// below 2^63) and a state that decodes to a valid timeline (`ClusterState`):
     /// a node must not start without the timeline it committed, nor — started
-    /// with -bootstrap — start a second one.
-    public static func parseSnapshot(_ bytes: [UInt8]) throws(DataDirError) -> Snapshot {
+    /// with -bootstrap — start a second one. With `bar`, a pending change
+    /// must fall on one of its downbeats (as `ClusterNode.snapshotState`
+    /// checks before the core adopts a leader's snapshot); without (fuzzing,
+    /// tools that do not know the node's flags) that one check is skipped.
+    public static func parseSnapshot(_ bytes: [UInt8], bar: Int64? = nil) throws(DataDirError) -> Snapshot {
         let file = "raft/snapshot"
         guard bytes.count >= 24 else {
             throw DataDirError(
@@ -211,7 +216,7 @@ public final class RaftStore {
         }
         try DataDirFiles.checkTimeline(
             file: file, startBeat: state.epoch.startBeat, startNs: state.epoch.startNs, bpm: state.epoch.bpm,
-            pendingAtBeat: state.pending?.atBeat, pendingBpm: state.pending?.bpm, bar: nil)
+            pendingAtBeat: state.pending?.atBeat, pendingBpm: state.pending?.bpm, bar: bar)
         return snapshot
     }
 

@@ -182,6 +182,9 @@ public final class RaftNode {
 
     private var votes: [NodeID: Bool] = [:]
     private var progress: [Progress] = []
+    /// Per peer: `stampTick` of the last answer to one of its stale messages
+    /// (at most one per tick; keys are voters, so bounded).
+    private var staleAnswerTick: [NodeID: UInt64] = [:]
 
     private var outbox: [Message] = []
     private var lastSoftState: SoftState
@@ -214,7 +217,7 @@ public final class RaftNode {
         // `term + 1` at every restart.
         guard hardState.term < Self.maxTerm else {
             throw .invalidPersistedState(
-                "term \(hardState.term) is not below 2^62: it was adopted from a hostile or corrupt message"
+                "term \(hardState.term) is not below 2^63: it was adopted from a hostile or corrupt message"
                     + " (this node's Raft state must be rebuilt from its peers)")
         }
         guard snap.index < Self.maxIndex, snap.term <= hardState.term else {
@@ -378,16 +381,28 @@ public final class RaftNode {
         return true
     }
 
-    /// Terms at or above this are refused (`term_absurd`), in messages and in
-    /// persisted state, and the node never campaigns into it. A real cluster
-    /// raises its term about once per election, so it never comes near 2^62;
-    /// the bound keeps `term + 1` far from overflow, so a hostile term cannot
-    /// trap the node, now or after a restart. (There is deliberately no bound
-    /// relative to our own term: it would let a hostile peer push one node's
-    /// term out of its honest peers' reach, and partition it for good. A peer
-    /// that can forge plausible terms can always disturb elections; only
-    /// authenticating peers stops that.)
-    public static let maxTerm: UInt64 = 1 << 62
+    /// Terms at or above this (2^63) are refused (`term_absurd`), in messages
+    /// and in persisted state, and the node never campaigns into it, so
+    /// `term + 1` can never overflow, now or after a restart.
+    ///
+    /// Guarantee: no message can leave the cluster unable to elect. Terms
+    /// below `freeTermLimit` (2^62) are adopted as Raft says; a term at or
+    /// above it is adopted only one step at a time: a message whose term is
+    /// beyond `max(term, freeTermLimit − 1) + 1` advances our term by that one
+    /// step (`term_jump`) and is not stepped further. A real cluster raises its
+    /// term about once per election and never reaches 2^62. A forged term can
+    /// put a node at 2^62 − 1 in one message, but from there every campaign
+    /// still has 2^62 terms of room, which forged messages consume one per
+    /// message (about 1.5 million years at 10^5 messages a second), and nodes
+    /// whose terms drifted apart in the high range still converge (each
+    /// message from the one ahead brings the one behind a step closer). A
+    /// bound relative to our own term everywhere would instead let a hostile
+    /// peer push one node out of its honest peers' reach for good.
+    /// Stickiness (see `stepChecked`) keeps a node with a live leader from
+    /// adopting any higher term at all, except by a leadership transfer.
+    public static let maxTerm: UInt64 = 1 << 63
+    /// Terms from here up to `maxTerm` are adopted one step at a time (see `maxTerm`).
+    public static let freeTermLimit: UInt64 = 1 << 62
     /// Log indexes at or above this are refused (`index_absurd`), so
     /// `index + 1` and `index + entries.count` never overflow.
     public static let maxIndex: UInt64 = 1 << 62
@@ -401,6 +416,13 @@ public final class RaftNode {
         if let problem = precheck(m) {
             droppedMessages &+= 1
             return .refused(problem)
+        }
+        // The application's check of a snapshot's state comes before anything
+        // changes: a refused snapshot is not adopted, so never in a Ready, so
+        // never persisted (see `Config.snapshotCheck`).
+        if m.kind == .snapshot, let check = config.snapshotCheck, let s = m.snapshot, !check(s.data) {
+            droppedMessages &+= 1
+            return .refused(.badSnapshot)
         }
         let outcome = stepChecked(m)
         if !outcome.wasStepped { droppedMessages &+= 1 }
@@ -435,23 +457,57 @@ public final class RaftNode {
                 // (or are one), so this candidate cannot be legitimate yet.
                 return .stepped
             }
+            let isResponse: Bool
+            switch m.kind {
+            case .appendResponse, .heartbeatResponse, .voteResponse, .preVoteResponse: isResponse = true
+            default: isResponse = false
+            }
+            if !isVoteRequest && inLease && leader != noNode && !(isResponse && role == .leader) {
+                // Stickiness for a rival leader's messages too (etcd applies it
+                // to votes only), so a forged term cannot take a follower from
+                // its live leader: while we follow (or are) one, a rival can
+                // only have been elected by a leadership transfer (whose vote
+                // requests are not sticky) or by a quorum that lost our leader,
+                // which then steps down by check-quorum within an election
+                // timeout. So a real new leader is followed at most about an
+                // election timeout later (a deposed leader knows no leader: it
+                // follows at once). A leader still adopts a higher term from a
+                // response, as etcd does: that is how a node whose term ran
+                // ahead (e.g. by a forged message while it had no leader) gets
+                // back into the cluster instead of being left out for good.
+                return .stepped
+            }
             switch m.kind {
             case .preVote:
                 break  // a pre-vote never changes our term
             case .preVoteResponse where !m.reject:
                 break  // granted pre-votes carry the future term
-            case .append, .heartbeat, .snapshot:
-                becomeFollower(term: m.term, leader: m.from)
             default:
-                becomeFollower(term: m.term, leader: noNode)
+                // In the high range, at most one step per message (see `maxTerm`).
+                let ceiling = max(term, Self.freeTermLimit - 1) + 1  // <= maxTerm: no overflow
+                if m.term > ceiling {
+                    becomeFollower(term: ceiling, leader: noNode)
+                    return .clamped(.termJump)
+                }
+                switch m.kind {
+                case .append, .heartbeat, .snapshot:
+                    becomeFollower(term: m.term, leader: m.from)
+                default:
+                    becomeFollower(term: m.term, leader: noNode)
+                }
             }
         } else if m.term < term {
+            // Each answer to a stale message goes to a real peer (whose id the
+            // message names), so a flood of forged stale messages would become
+            // a flood towards it: at most one answer per peer per tick.
             if (config.checkQuorum || config.preVote) && (m.kind == .heartbeat || m.kind == .append) {
                 // A stale leader (e.g. one that was partitioned): tell it our term so
                 // it steps down.
-                send(Message(kind: .appendResponse, from: id, to: m.from, term: term))
+                if mayAnswerStale(m.from) { send(Message(kind: .appendResponse, from: id, to: m.from, term: term)) }
             } else if m.kind == .preVote {
-                send(Message(kind: .preVoteResponse, from: id, to: m.from, term: term, reject: true))
+                if mayAnswerStale(m.from) {
+                    send(Message(kind: .preVoteResponse, from: id, to: m.from, term: term, reject: true))
+                }
             }
             return .stepped
         }
@@ -519,6 +575,13 @@ public final class RaftNode {
             outstandingReady == rd.sequence, "raft: advance with a Ready that is not the outstanding one")
         outstandingReady = nil
         log.applied = max(log.applied, rd.applyingIndex)
+    }
+
+    /// True (and noted) if `peer` has had no answer to a stale message in this tick.
+    private func mayAnswerStale(_ peer: NodeID) -> Bool {
+        guard staleAnswerTick[peer] != stampTick else { return false }
+        staleAnswerTick[peer] = stampTick
+        return true
     }
 
     // MARK: - Roles

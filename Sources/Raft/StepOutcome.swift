@@ -19,6 +19,13 @@ public enum MessageRejection: String, Sendable, Equatable, CaseIterable {
     /// A term at or above `RaftNode.maxTerm`: no election produces it, and
     /// adopting it would bring `term + 1` near overflow for good.
     case termAbsurd = "term_absurd"
+    /// A term more than one step into the high range (`RaftNode.freeTermLimit`
+    /// and above) beyond our own: our term advanced by one step instead of
+    /// jumping to it, and the message was not stepped (see `RaftNode.maxTerm`).
+    case termJump = "term_jump"
+    /// A snapshot whose state the application's check (`RaftNode.init`'s
+    /// `snapshotCheck`) refuses: not adopted, not persisted, not answered.
+    case badSnapshot = "bad_snapshot"
     /// An index (append position, snapshot index) at or above `RaftNode.maxIndex`.
     case indexAbsurd = "index_absurd"
     /// An append, heartbeat or snapshot from a node that is not the leader we

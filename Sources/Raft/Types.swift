@@ -113,12 +113,19 @@ public struct Config: Sendable {
     public var maxInflightEntries: Int
     /// Upper bound on a proposal's payload.
     public var maxProposalBytes: Int
+    /// The application's check of a snapshot's state, run on every snapshot
+    /// message before anything else (nil: every snapshot is accepted). A
+    /// snapshot it refuses is not adopted, not persisted and not answered
+    /// (`MessageRejection.badSnapshot`): a leader — possibly a hostile or
+    /// buggy one — cannot make a node persist a state that the node would
+    /// refuse at its next start. It must be deterministic and pure.
+    public var snapshotCheck: (@Sendable ([UInt8]) -> Bool)?
 
     public init(
         id: NodeID, voters: [NodeID], electionTicks: Int = 10, heartbeatTicks: Int = 1,
         preVote: Bool = true, checkQuorum: Bool = true, leaseTicks: Int? = nil,
         randomSeed: UInt64 = 0, maxEntriesPerMessage: Int = 256, maxInflightEntries: Int = 4096,
-        maxProposalBytes: Int = 1 << 20
+        maxProposalBytes: Int = 1 << 20, snapshotCheck: (@Sendable ([UInt8]) -> Bool)? = nil
     ) {
         self.id = id
         self.voters = voters
@@ -131,6 +138,7 @@ public struct Config: Sendable {
         self.maxEntriesPerMessage = maxEntriesPerMessage
         self.maxInflightEntries = maxInflightEntries
         self.maxProposalBytes = maxProposalBytes
+        self.snapshotCheck = snapshotCheck
     }
 
     /// Traps on a configuration the core cannot run safely with.

@@ -76,6 +76,38 @@ final class ClockSyncTests: XCTestCase {
         }
     }
 
+    // Adversarial review of #9, finding 3: a peer's frames each carry a
+    // sample, and 8000 a second of them stalled the leader: every sample was
+    // kept as a rate point for the 600 s window and the fit rescanned all of
+    // them per sample. Now one point per bucket of the window: the points
+    // (and so the work per sample) stay bounded whatever the sample rate.
+    func testAFloodOfSamplesKeepsTheRateFitBounded() {
+        var sync = ClockSync()
+        let bucketNs = sync.rateWindowNs / ClockSync.rateBuckets
+        let start: Int64 = 1_000_000_000_000
+        var t = start
+        var refused = 0
+        var mostPoints = 0
+        for _ in 0..<1_000_000 {
+            t += 125_000  // 8000 samples a second, for 125 s
+            if sync.add(SyncSample(t1: t - 1_000_000, t2: t - 890_000, t3: t - 880_000, t4: t)) != nil { refused += 1 }
+            mostPoints = max(mostPoints, sync.ratePointCount)
+        }
+        XCTAssertEqual(refused, 0)
+        XCTAssertEqual(
+            sync.ratePointCount, Int(t / bucketNs - (start + 125_000) / bucketNs) + 1, "one point per bucket")
+        XCTAssertLessThanOrEqual(mostPoints, ClockSync.maxRatePoints)
+        XCTAssertEqual(sync.ratePpm, 0, accuracy: 1e-6, "a constant offset has no rate")
+        // Then two hours at one sample a second: the window slides, the points stay bounded.
+        for _ in 0..<7200 {
+            t += 1_000_000_000
+            sync.add(SyncSample(t1: t - 1_000_000, t2: t - 890_000, t3: t - 880_000, t4: t))
+            mostPoints = max(mostPoints, sync.ratePointCount)
+        }
+        XCTAssertLessThanOrEqual(mostPoints, ClockSync.maxRatePoints)
+        XCTAssertGreaterThanOrEqual(sync.ratePointCount, Int(ClockSync.rateBuckets))
+    }
+
     func testNegativeRoundTripIsIgnored() {
         var sync = ClockSync()
         XCTAssertEqual(sync.add(SyncSample(t1: 100, t2: 50, t3: 60, t4: 90)), .negativeRoundTrip)

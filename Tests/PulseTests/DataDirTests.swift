@@ -310,13 +310,18 @@ final class DataDirTests: XCTestCase {
         XCTAssertEqual(
             try RaftStore.parseHardState(hardStateBytes(term: 3, vote: 2, commit: 9)),
             HardState(term: 3, vote: 2, commit: 9))
+        // Terms from 2^62 on are legal (reached one step at a time after a
+        // forged term, RaftNode.maxTerm): a node there must restart.
+        XCTAssertEqual(
+            try RaftStore.parseHardState(hardStateBytes(term: (1 << 62) + 5, vote: 2, commit: 9)),
+            HardState(term: (1 << 62) + 5, vote: 2, commit: 9))
         let good = hardStateBytes(term: 3, vote: 2, commit: 9)
         var flipped = good
         flipped[5] ^= 0x10
         let cases: [([UInt8], String)] = [
             ([], "bad_length"), (Array(good.prefix(31)), "bad_length"), (good + [0], "bad_length"),
             (flipped, "bad_checksum"),
-            (hardStateBytes(term: 1 << 62, vote: 2, commit: 0), "term_absurd"),
+            (hardStateBytes(term: 1 << 63, vote: 2, commit: 0), "term_absurd"),
             (hardStateBytes(term: UInt64.max, vote: 2, commit: 0), "term_absurd"),
             (hardStateBytes(term: 3, vote: 2, commit: UInt64.max), "index_absurd"),
         ]
@@ -415,6 +420,85 @@ final class DataDirTests: XCTestCase {
             { () throws(DataDirError) in
                 _ = try RaftStore.scanLog(Self.record(Entry(index: 1, term: UInt64.max)))
             }, file: "raft/log", reason: "bad_sequence", offset: 0)
+    }
+
+    // MARK: Scan cost (adversarial review of #9, finding 5)
+
+    /// `scanLog` with its default budget (4 × the file's size), refused as
+    /// `reason` at `offset`; returns the bytes it hashed.
+    private func refusedScanCost(
+        _ bytes: [UInt8], reason: String = "corrupt_record", offset: Int,
+        file: StaticString = #filePath, line: UInt = #line
+    ) -> LogScanCost {
+        var cost = LogScanCost(budget: RaftStore.hashBudgetPerByte * bytes.count)
+        assertRefused(
+            { () throws(DataDirError) in _ = try RaftStore.scanLog(bytes, cost: &cost) }, file: "raft/log",
+            reason: reason, offset: offset, file: file, line: line)
+        XCTAssertLessThanOrEqual(cost.bytesHashed, cost.budget, file: file, line: line)
+        return cost
+    }
+
+    // Old code: a 20 MiB log of 0x01 bytes claimed a 16.8 MB record at each of
+    // ~3 million offsets and hashed each one (hours before the node started).
+    // Now records are at most `maxRecordBytes` and a bad run longer than one
+    // append is corruption: refused at once, nothing hashed.
+    func testTwentyMegabytesOfOnesAreRefusedWithoutHashing() {
+        let ones = [UInt8](repeating: 0x01, count: 20 << 20)
+        XCTAssertEqual(refusedScanCost(ones, offset: 0).bytesHashed, 0)
+        // The same after intact records: refused at the first bad one.
+        let intact = entries(1...3, term: 1).map(Self.record).flatMap { $0 }
+        XCTAssertEqual(refusedScanCost(intact + ones, offset: intact.count).bytesHashed, intact.count - 3 * 12)
+    }
+
+    func testTwentyMegabytesOfRandomBytesAreRefusedCheaply() {
+        var state: UInt64 = 0x5EED
+        var random = [UInt8](repeating: 0, count: 20 << 20)
+        for k in stride(from: 0, to: random.count, by: 8) {
+            state &+= 0x9E37_79B9_7F4A_7C15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            for j in 0..<8 { random[k + j] = UInt8(truncatingIfNeeded: z >> (8 * j)) }
+        }
+        XCTAssertEqual(refusedScanCost(random, offset: 0).bytesHashed, 0)
+    }
+
+    // A crafted tail (within one append's size, so it must be searched) with a
+    // plausible record header every 32 bytes, each claiming 256 KiB: searching
+    // it would hash ~25 GB. The search stops at its budget and refuses.
+    func testCraftedTailStopsAtTheHashingBudget() {
+        let intact = entries(1...2, term: 1).map(Self.record).flatMap { $0 }
+        let claimed = 256 << 10
+        var block = [UInt8](repeating: 0, count: 32)
+        for j in 0..<4 { block[j] = UInt8(truncatingIfNeeded: claimed >> (8 * j)) }
+        block[12] = 3  // index 3 (the next one), term 1, kind normal; the checksum is wrong
+        block[20] = 1
+        let tail = (0..<((3 << 20) / 32)).flatMap { _ in block }
+        let bytes = intact + tail
+        let cost = refusedScanCost(bytes, offset: intact.count)
+        XCTAssertGreaterThan(cost.bytesHashed, cost.budget - claimed, "it stopped because of the budget")
+        do {
+            _ = try RaftStore.scanLog(bytes)
+        } catch {
+            XCTAssertTrue(error.description.contains("budget"), "\(error)")
+        }
+    }
+
+    // A torn append is at most one chunk (`maxAppendBytes`): a longer bad run
+    // is corruption (before, any length was cut as a torn tail, entries the
+    // node may have acknowledged included).
+    func testABadRunLongerThanOneAppendIsCorruption() throws {
+        let intact = entries(1...3, term: 1).map(Self.record).flatMap { $0 }
+        let torn = intact + [UInt8](repeating: 0, count: RaftStore.maxAppendBytes)
+        XCTAssertEqual(try RaftStore.scanLog(torn).tornTailAt, intact.count)
+        _ = refusedScanCost(torn + [0], offset: intact.count)
+        // A record longer than any entry the core accepts is not a record.
+        var long = Self.record(Entry(index: 1, term: 1))
+        let length = RaftStore.maxRecordBytes + 1
+        for j in 0..<4 { long[j] = UInt8(truncatingIfNeeded: length >> (8 * j)) }
+        let scan = try RaftStore.scanLog(long + [UInt8](repeating: 0, count: length))
+        XCTAssertEqual(scan.tornTailAt, 0)
     }
 
     func testStoreRefusesMidLogCorruptionWithoutTouchingTheFiles() throws {

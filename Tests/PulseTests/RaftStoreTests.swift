@@ -47,6 +47,82 @@ final class RaftStoreTests: XCTestCase {
         XCTAssertEqual(afterSnapshot.entries.map(\.index), [5, 6])
     }
 
+    // Appends are written and synced in chunks of at most maxAppendBytes (so a
+    // torn tail is never longer): a batch larger than that round-trips.
+    func testAppendLargerThanOneChunkRoundTrips() throws {
+        let dir = Harness.tempDir("chunks")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try RaftStore(dataDir: dir)
+        _ = try store.load()
+        let big = (1...6).map { Entry(index: UInt64($0), term: 1, data: [UInt8](repeating: UInt8($0), count: 1 << 20)) }
+        try save(store, hard: HardState(term: 1, vote: 1, commit: 6), entries: big)
+        let loaded = try RaftStore(dataDir: dir).load()
+        XCTAssertEqual(loaded.entries, big)
+        XCTAssertEqual(loaded.truncatedBytes, 0)
+    }
+
+    /// `raft/snapshot` bytes for a state (header and checksum as the store writes them).
+    private func snapshotFile(_ data: [UInt8], index: UInt64 = 9, term: UInt64 = 2) -> [UInt8] {
+        var body = [UInt8]()
+        RaftStore.put(&body, index)
+        RaftStore.put(&body, term)
+        body += data
+        var file = [UInt8]()
+        RaftStore.put(&file, RaftStore.checksum(body))
+        return file + body
+    }
+
+    // Review of #9, finding 6: a leader's snapshot that the node refused on
+    // apply had already been persisted, so the node then refused to start.
+    // Now the core runs ClusterNode.snapshotState before adopting one; it
+    // must accept nothing that the start-up check (with the same bar) refuses.
+    func testSnapshotCheckAgreesWithTheStartUpCheck() throws {
+        let start: Int64 = 1_700_000_000_000_000_000
+        func state(bpm: Int64 = 120, pendingAt: Int64? = nil, pendingBpm: Int64 = 90) throws -> [UInt8] {
+            let s = ClusterState(
+                epoch: .init(startBeat: 0, startNs: start, bpm: bpm),
+                pending: pendingAt.map { .init(atBeat: $0, bpm: pendingBpm) }, justification: "x")
+            return [UInt8](try JSONEncoder().encode(s))
+        }
+        let cases: [(String, [UInt8], Bool)] = [
+            ("no pending change", try state(), true),
+            ("a change at a downbeat", try state(pendingAt: 8), true),
+            ("a change off the downbeats of 4", try state(pendingAt: 6), false),
+            ("a change before the start", try state(pendingAt: -4), false),
+            ("bpm 0", try state(bpm: 0), false),
+            ("a change to bpm 0", try state(pendingAt: 8, pendingBpm: 0), false),
+            ("a change beyond the timeline's range", try state(pendingAt: 1 << 60), false),
+            ("not JSON", Array("garbage".utf8), false),
+            ("empty", [], false),
+        ]
+        for (name, data, valid) in cases {
+            let checked = ClusterNode.snapshotState(data, bar: 4) != nil
+            let loads = (try? RaftStore.parseSnapshot(snapshotFile(data), bar: 4)) != nil
+            XCTAssertEqual(checked, valid, name)
+            XCTAssertEqual(loads, valid, "start-up agrees: \(name)")
+        }
+    }
+
+    // parseSnapshot used to check without the bar (`bar: nil`); the store
+    // now checks with the node's bar when it is given one.
+    func testStartUpChecksTheSnapshotWithTheNodesBar() throws {
+        let dir = Harness.tempDir("snapbar")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try RaftStore(dataDir: dir)
+        _ = try store.load()
+        let state = ClusterState(
+            epoch: .init(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 120),
+            pending: .init(atBeat: 6, bpm: 90), justification: "")
+        let data = [UInt8](try JSONEncoder().encode(state))
+        try save(store, hard: HardState(term: 2, vote: 1, commit: 9), entries: [])
+        try save(store, hard: nil, entries: [], snapshot: Snapshot(index: 9, term: 2, data: data))
+        XCTAssertNoThrow(try RaftStore(dataDir: dir).load(bar: 3), "beat 6 is a downbeat of a bar of 3")
+        XCTAssertNoThrow(try RaftStore(dataDir: dir).load())
+        XCTAssertThrowsError(try RaftStore(dataDir: dir).load(bar: 4)) { error in
+            XCTAssertTrue("\(error)".contains("raft/snapshot"), "\(error)")
+        }
+    }
+
     func testTornTailsAreCutAndCommittedOnesRefused() throws {
         let dir = Harness.tempDir("torn")
         defer { try? FileManager.default.removeItem(atPath: dir) }

@@ -132,7 +132,10 @@ final class Cluster {
     init(size: Int, configure: ((NodeID, [NodeID]) -> Config)? = nil) {
         ids = (1...UInt64(size)).map { $0 }
         let all = ids
-        self.configure = { id in configure?(id, all) ?? Config(id: id, voters: all, randomSeed: id) }
+        // The application's snapshot check: the harness's states are 8-byte hashes.
+        self.configure = { id in
+            configure?(id, all) ?? Config(id: id, voters: all, randomSeed: id, snapshotCheck: { $0.count == 8 })
+        }
         for id in ids {
             nodes[id] = RaftNode(config: self.configure(id))
             storage[id] = Storage()

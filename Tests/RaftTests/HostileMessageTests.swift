@@ -58,17 +58,151 @@ final class HostileMessageTests: XCTestCase {
         try assertStillCommits(c)
     }
 
-    // The documented limit: a forged term just below the bound is adopted (it
-    // is plausible), and the term space is then exhausted — but nothing traps,
-    // the node never campaigns into the refused range, and it restarts.
-    func testTermJustBelowTheBoundNeitherTrapsNorPersistsAnAbsurdTerm() throws {
+    /// Elects a leader within `maxTicks` and commits a proposal on every node.
+    func assertElectsAndCommits(
+        _ c: Cluster, _ payload: UInt8, maxTicks: Int = 300, file: StaticString = #filePath, line: UInt = #line
+    ) throws {
+        let leader = try c.electLeader(maxTicks: maxTicks)
+        guard case .accepted(let index, _) = try c.propose(leader.id, [payload]) else {
+            return XCTFail("the leader refused a proposal", file: file, line: line)
+        }
+        for id in c.ids {
+            XCTAssertGreaterThanOrEqual(c[id].commitIndex, index, "node \(id) commits", file: file, line: line)
+            XCTAssertEqual(c.applied(id).last, [payload], "node \(id) applies", file: file, line: line)
+        }
+    }
+
+    // Old code (adversarial review of #9, finding 2): one heartbeat per node
+    // with term 2^62 − 1 "from" another member was adopted and persisted, and
+    // then `guard term + 1 < maxTerm` (2^62) stopped every campaign: no
+    // leader ever again, even after restarts. Now campaigns go on above 2^62.
+    func testForgedTermJustBelowTwoToThe62CannotStopElections() throws {
+        let c = Cluster(size: 3)
+        try assertElectsAndCommits(c, 0x01)
+        // Restarted nodes know no leader: nothing is sticky for a heartbeat.
+        for id in c.ids { c.crash(id) }
+        for id in c.ids { try c.restart(id) }
+        for id in c.ids {
+            let forged = Message(
+                kind: .heartbeat, from: id % 3 + 1, to: id, term: RaftNode.freeTermLimit - 1, commit: 0)
+            XCTAssertEqual(c[id].step(forged), .stepped, "a term below 2^62 is plausible")
+        }
+        try c.processAll()
+        c.inFlight.removeAll()  // the answers go to the forger, not to the peers
+        for id in c.ids { XCTAssertEqual(c[id].term, RaftNode.freeTermLimit - 1) }
+        try assertElectsAndCommits(c, 0x02)
+        let term = try XCTUnwrap(c.leader).term
+        XCTAssertGreaterThanOrEqual(term, RaftNode.freeTermLimit, "campaigned past 2^62")
+        // And after a restart of all three from what they persisted.
+        for id in c.ids { c.crash(id) }
+        for id in c.ids { try c.restart(id) }
+        for id in c.ids { XCTAssertGreaterThanOrEqual(c[id].term, term) }
+        try assertElectsAndCommits(c, 0x03)
+    }
+
+    // A term in the high range (2^62 and above) is adopted one step at a time:
+    // a forged 2^63 − 1 moves a node to 2^62, not to the end of the term space.
+    func testTermsAboveTwoToThe62AdvanceOneStepPerMessage() throws {
+        let node = RaftNode(config: Config(id: 2, voters: [1, 2, 3]))
+        let far = Message(kind: .heartbeat, from: 1, to: 2, term: RaftNode.maxTerm - 1)
+        XCTAssertEqual(node.step(far), .clamped(.termJump))
+        XCTAssertEqual(node.term, RaftNode.freeTermLimit)
+        XCTAssertEqual(node.leader, noNode, "a clamped message is not followed")
+        XCTAssertEqual(node.step(far), .clamped(.termJump))
+        XCTAssertEqual(node.term, RaftNode.freeTermLimit + 1)
+        // The next term up is adopted (and followed) like any other.
+        let next = Message(kind: .heartbeat, from: 1, to: 2, term: RaftNode.freeTermLimit + 2)
+        XCTAssertEqual(node.step(next), .stepped)
+        XCTAssertEqual(node.term, RaftNode.freeTermLimit + 2)
+        XCTAssertEqual(node.leader, 1)
+        // Below 2^62 a jump is adopted at once (a node that missed elections).
+        let low = RaftNode(config: Config(id: 2, voters: [1, 2, 3]))
+        XCTAssertEqual(low.step(Message(kind: .heartbeat, from: 1, to: 2, term: 1_000_000)), .stepped)
+        XCTAssertEqual(low.term, 1_000_000)
+    }
+
+    // Old code: a follower adopted any higher term from a heartbeat, so one
+    // forged heartbeat unseated the leader (the follower's answers carried
+    // the new term). Now a node with a live leader ignores a rival's higher
+    // term (stickiness, as etcd does for votes only).
+    func testFollowerAndLeaderWithALiveLeaderIgnoreAHigherTermHeartbeat() throws {
         let c = try settled()
-        let m = Message(kind: .heartbeat, from: 1, to: 3, term: RaftNode.maxTerm - 1)
-        XCTAssertEqual(c[3].step(m), .stepped)
-        try c.tick(200)
-        for id in c.ids { XCTAssertLessThan(c.storage[id]!.hardState.term, RaftNode.maxTerm) }
-        c.crash(3)
-        XCTAssertNoThrow(try c.restart(3))
+        for (from, to) in [(2, 3), (1, 3), (3, 1), (2, 1)] as [(NodeID, NodeID)] {
+            let forged = Message(kind: .heartbeat, from: from, to: to, term: RaftNode.freeTermLimit - 1)
+            XCTAssertEqual(c[to].step(forged), .stepped)
+            let append = Message(
+                kind: .append, from: from, to: to, term: 7, logTerm: 1, index: c[to].lastIndex,
+                entries: [Entry(index: c[to].lastIndex + 1, term: 7, data: [0xEE])])
+            XCTAssertEqual(c[to].step(append), .stepped)
+            XCTAssertEqual(c[to].term, 1, "node \(to) keeps its term")
+        }
+        XCTAssertEqual(c[3].leader, 1)
+        try assertStillCommits(c)
+    }
+
+    // A node whose term ran ahead (here: a forged transfer vote, which is not
+    // sticky) is not left out for good: the leader adopts the higher term
+    // from its answer, and the cluster re-elects with all three.
+    func testANodeWhoseTermRanAheadGetsBackIn() throws {
+        let c = try settled()
+        let forged = Message(
+            kind: .vote, from: 2, to: 3, term: RaftNode.freeTermLimit - 1, logTerm: 1, index: 0, transfer: true)
+        XCTAssertEqual(c[3].step(forged), .stepped)
+        try c.processAll()
+        c.inFlight.removeAll()
+        XCTAssertEqual(c[3].term, RaftNode.freeTermLimit - 1)
+        try c.tick(100)
+        try assertElectsAndCommits(c, 0x04)
+        let terms = Set(c.ids.map { c[$0].term })
+        XCTAssertEqual(terms.count, 1, "one term again: \(terms)")
+        XCTAssertGreaterThanOrEqual(terms.first ?? 0, RaftNode.freeTermLimit - 1)
+    }
+
+    // Adversarial review of #9, finding 3: each stale heartbeat was answered
+    // (to the real peer its `from` names), so a flood of them became a flood
+    // towards that peer. Now at most one answer per peer per tick.
+    func testStaleMessagesAreAnsweredAtMostOncePerPeerPerTick() throws {
+        let c = try settled()
+        try c.processAll()
+        func answers() throws -> Int {
+            let rd = try XCTUnwrap(c[2].ready())
+            defer { c[2].advance(rd) }
+            return rd.messages.filter { $0.to == 3 && $0.kind == .appendResponse }.count
+        }
+        // Node 2 is in term 1; stale (term 0) heartbeats and appends "from 3".
+        for _ in 0..<100 { XCTAssertEqual(c[2].step(Message(kind: .heartbeat, from: 3, to: 2, term: 0)), .stepped) }
+        XCTAssertEqual(try answers(), 1)
+        for _ in 0..<100 { c[2].step(Message(kind: .append, from: 3, to: 2, term: 0)) }
+        XCTAssertFalse(c[2].hasReady, "no second answer in the same tick")
+        c[2].tick()
+        for _ in 0..<100 { c[2].step(Message(kind: .heartbeat, from: 3, to: 2, term: 0)) }
+        XCTAssertEqual(try answers(), 1, "one more in the next tick")
+        try c.stabilize()
+        try assertStillCommits(c)
+    }
+
+    // Adversarial review of #9, finding 6: a snapshot whose state the
+    // application refuses was adopted and persisted by the core (the service
+    // then refused it on apply, and at every restart). Now the core runs the
+    // application's check first and the snapshot goes nowhere.
+    func testSnapshotRefusedByTheApplicationIsNotAdoptedNorInAReady() throws {
+        let c = try settled()
+        let before = c[3].lastIndex
+        let bad = Message(
+            kind: .snapshot, from: 1, to: 3, term: 1, snapshot: Snapshot(index: before + 10, term: 1, data: [1, 2, 3]))
+        XCTAssertEqual(c[3].step(bad), .refused(.badSnapshot))
+        XCTAssertEqual(c[3].lastIndex, before)
+        XCTAssertEqual(c[3].snapshotIndex, 0)
+        XCTAssertFalse(c[3].hasReady, "nothing to persist, nothing to answer")
+        // The same snapshot with a state the check accepts is adopted.
+        let good = Message(
+            kind: .snapshot, from: 1, to: 3, term: 1,
+            snapshot: Snapshot(index: before + 10, term: 1, data: hashBytes(7)))
+        XCTAssertEqual(c[3].step(good), .stepped)
+        XCTAssertEqual(c[3].snapshotIndex, before + 10)
+        let rd = try XCTUnwrap(c[3].ready())
+        XCTAssertEqual(rd.snapshot?.data, hashBytes(7))
+        c[3].advance(rd)
     }
 
     // Old code: a state persisted with term 2^64-1 by the old code trapped on
@@ -82,7 +216,7 @@ final class HostileMessageTests: XCTestCase {
                 guard case .invalidPersistedState(let reason) = error as? RaftError else {
                     return XCTFail("\(error)")
                 }
-                XCTAssertTrue(reason.contains("2^62"), reason)
+                XCTAssertTrue(reason.contains("2^63"), reason)
             }
         }
         let absurdSnapshot = Snapshot(index: .max, term: 1, data: [])
@@ -267,7 +401,7 @@ final class HostileRun {
     func term(near t: UInt64) -> UInt64 {
         pick([
             0, t, t, t, t &+ 1, t &- 1, t &+ 2, t &+ 1000, RaftNode.maxTerm, UInt64.max, UInt64.max - 1,
-            1 << 63, rng.next(),
+            1 << 63, rng.next(), RaftNode.freeTermLimit - 1, RaftNode.freeTermLimit, RaftNode.maxTerm - 1,
         ])
     }
 
@@ -356,6 +490,17 @@ final class HostileRun {
         case .timeoutNowNotFromLeader where leader != noNode && leader != to:
             m.kind = .timeoutNow
             m.from = third
+        case .termJump:
+            // A transfer vote is never sticky; its term is two or more steps into the high range.
+            m.kind = .vote
+            m.transfer = true
+            m.term = max(node.term, RaftNode.freeTermLimit - 1) + 2 + UInt64.random(in: 0...(1 << 40), using: &rng)
+            m.logTerm = node.lastTerm
+            m.index = node.lastIndex
+        case .badSnapshot:
+            m.kind = .snapshot
+            m.term = max(1, node.term)
+            m.snapshot = Snapshot(index: node.lastIndex + 1, term: 1, data: [1, 2, 3])  // not 8 bytes: refused
         case .misaddressed:
             m.to = pick(others + [0])
         case .unknownSender:
@@ -379,6 +524,10 @@ final class HostileRun {
             }
             leaderOfTerm[t] = id
             if t >= RaftNode.maxTerm { throw Failure(description: "node \(id) leads the absurd term \(t)") }
+            if t > RaftNode.freeTermLimit + 100_000 {
+                throw Failure(
+                    description: "node \(id) leads term \(t): the high range was not climbed one step at a time")
+            }
         }
     }
 

@@ -137,13 +137,20 @@ final class ClusterNode: LoopHandler, RaftInbox {
         self.bootstrapBpm = bootstrapBpm
         self.bar = bar
         store = try RaftStore(dataDir: dataDir, rejected: rejected)
-        let persisted = try store.load()
+        // The snapshot is checked with this node's bar, as the core checks a
+        // leader's snapshot before it is persisted (`snapshotCheck` below).
+        let persisted = try store.load(bar: bar)
         if persisted.truncatedBytes > 0 {
             logger.warning("raft: cut a torn log tail", metadata: ["bytes": "\(persisted.truncatedBytes)"])
         }
+        // A leader's snapshot is checked before the core adopts it, so one this
+        // node would refuse (on apply, and at its next start) is never
+        // persisted: the core refuses it (`bad_snapshot`, counted in
+        // transportReceived) before it can reach a Ready.
         let config = Config(
             id: peers.me.raftId, voters: peers.peers.map(\.raftId), electionTicks: timing.electionTicks,
-            heartbeatTicks: timing.heartbeatTicks, randomSeed: UInt64.random(in: 1...UInt64.max))
+            heartbeatTicks: timing.heartbeatTicks, randomSeed: UInt64.random(in: 1...UInt64.max),
+            snapshotCheck: { [bar] data in ClusterNode.snapshotState(data, bar: bar) != nil })
         do {
             raft = try RaftNode(
                 config: config, hardState: persisted.hardState, snapshot: persisted.snapshot, entries: persisted.entries
@@ -243,14 +250,17 @@ final class ClusterNode: LoopHandler, RaftInbox {
         leaseUntilMonoNs = remaining > 0 ? lastTickMonoNs + Int64(remaining) * timing.tickNs : 0
     }
 
-    /// A message from a peer (already decoded and addressed). The core refuses
-    /// what it cannot trust and says why; each refusal is counted. The frame's
-    /// clock sample counts only when its message was not refused, and only
-    /// within ClockSync's physical bounds.
+    /// A message from a peer (already decoded and addressed, and within its
+    /// connection's rate: RaftTransport). The core refuses what it cannot
+    /// trust and says why; each refusal is counted. The frame's clock sample
+    /// counts only when its message was stepped and is of our current term
+    /// (a stale or future-term message is no exchange with a live peer: a
+    /// flood of them must not steer the clock), and only within ClockSync's
+    /// physical bounds.
     func transportReceived(_ message: Message, clockSample: SyncSample?) {
         let outcome = raft.step(message)
         if let rejection = outcome.rejection { reject(rejection.reason, from: message.from) }
-        if outcome.wasStepped {
+        if outcome.wasStepped && message.term == raft.term {
             if message.from == leader { lastContactMonoNs = cloop_monotonic_ns() }
             if let clockSample, let refusal = syncs[message.from, default: ClockSync()].add(clockSample) {
                 reject(refusal.rawValue, from: message.from)
@@ -435,16 +445,27 @@ final class ClusterNode: LoopHandler, RaftInbox {
         }
     }
 
+    /// The state in a snapshot's bytes, if it decodes and holds a timeline
+    /// the math supports, with a pending change at a downbeat of `bar`; nil
+    /// otherwise. The core runs it on every snapshot a leader sends
+    /// (`Config.snapshotCheck`) before adopting it. Pure and deterministic;
+    /// it accepts nothing `RaftStore.parseSnapshot(_:bar:)` refuses.
+    static func snapshotState(_ data: [UInt8], bar: Int) -> ClusterState? {
+        guard let state = try? JSONDecoder().decode(ClusterState.self, from: Data(data)),
+            let epoch = try? TempoEpoch.validated(
+                startBeat: state.epoch.startBeat, startNs: state.epoch.startNs, bpm: state.epoch.bpm),
+            state.pending.map({ canSchedule(TempoChange($0), after: epoch, bar: bar) }) ?? true
+        else { return nil }
+        return state
+    }
+
     /// A snapshot sent by the leader is validated like a committed entry: one
     /// that does not decode or holds a timeline outside the supported range is
-    /// counted and not adopted (the state machine keeps what it had).
+    /// counted and not adopted (the state machine keeps what it had). The
+    /// core refused such a snapshot already (with the same check), so this
+    /// is defence in depth.
     private func applySnapshot(_ data: [UInt8]) {
-        guard let snapshotState = try? JSONDecoder().decode(ClusterState.self, from: Data(data)),
-            let epoch = try? TempoEpoch.validated(
-                startBeat: snapshotState.epoch.startBeat, startNs: snapshotState.epoch.startNs,
-                bpm: snapshotState.epoch.bpm),
-            snapshotState.pending.map({ Self.canSchedule(TempoChange($0), after: epoch, bar: bar) }) ?? true
-        else {
+        guard let snapshotState = Self.snapshotState(data, bar: bar) else {
             rejected.record(.raft, "bad_snapshot")
             logger.error("raft: snapshot from the leader refused (does not decode or is out of range)")
             return

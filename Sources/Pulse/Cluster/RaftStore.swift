@@ -13,6 +13,15 @@
 // - a bad record followed by an intact one is corruption of acknowledged
 //   entries: the node refuses to start, naming the file and the byte offset
 //   (as etcd does on a corrupt WAL), rather than silently losing them;
+// - so is a bad record followed by more bytes than one append writes
+//   (`maxAppendBytes`: appends are written and synced in chunks of at most
+//   that, so a crash tears at most one chunk);
+// - the scan's cost is bounded (adversarial review of #9: a file of 0x01
+//   bytes claimed 16 MB records at every offset, hours of hashing): records
+//   are at most `maxRecordBytes` (an entry's payload is bounded by the core),
+//   and looking past a bad record for an intact one hashes at most
+//   `hashBudgetPerByte` × the file's size in all; past that the node refuses
+//   to start, naming the bad record's offset;
 // - a bad hard state or snapshot refuses to start (rather than vote twice,
 //   or start a second timeline).
 // Writes and fsyncs run on the store's own serial queue, never on the loop
@@ -30,6 +39,15 @@ struct RaftPersisted {
     var entries: [Entry] = []
     /// Bytes cut from a torn log tail at load (0 when clean).
     var truncatedBytes = 0
+}
+
+/// What scanning a Raft log may cost, and what it did: bytes hashed.
+public struct LogScanCost: Equatable, Sendable {
+    /// Most bytes the scan may hash (checksums); beyond, it refuses.
+    public let budget: Int
+    /// Bytes hashed so far.
+    public var bytesHashed = 0
+    public init(budget: Int) { self.budget = budget }
 }
 
 /// A Raft log file's bytes, scanned (`RaftStore.scanLog`).
@@ -71,31 +89,48 @@ public final class RaftStore {
 
     /// Largest log accepted at load (compaction keeps it far smaller).
     static let maxLogBytes = 1 << 30
-    /// Largest record payload (the append path never writes more).
-    static let maxRecordBytes = 64 << 20
-    /// A term or index at or above this is absurd (2^62: a term a second for
-    /// 10^11 years), refused so that `term + 1` and friends can never overflow.
+    /// Largest record payload: index, term, kind and an entry's data, which
+    /// the core bounds by `Message.maxPayloadBytes` (the append path never
+    /// writes more).
+    public static let maxRecordBytes = 17 + Message.maxPayloadBytes
+    /// Largest snapshot file: header and the state, bounded like a snapshot message.
+    static let maxSnapshotFileBytes = 24 + Message.maxSnapshotBytes
+    /// Appends are written and synced in chunks of at most this (or one
+    /// record), so a torn tail — what a crash leaves of the last chunk —
+    /// is never longer; a longer run of bad bytes is corruption.
+    public static let maxAppendBytes = 4 << 20
+    /// Looking past bad records hashes at most this many bytes per byte of
+    /// the log file (the intact records themselves are hashed once: 1×).
+    public static let hashBudgetPerByte = 4
+    /// An index at or above this is absurd (2^62: an entry a nanosecond for
+    /// 146 years), refused so that `index + 1` and friends can never overflow.
     public static let absurd: UInt64 = 1 << 62
+    /// A term at or above this is absurd (`RaftNode.maxTerm`, 2^63); terms
+    /// from 2^62 on are legal, the core reaches them only one step at a time
+    /// after a forged message (see `RaftNode.maxTerm`), and must restart there.
+    public static let absurdTerm: UInt64 = RaftNode.maxTerm
 
     /// Loads and validates everything; an unusable file refuses to start with
     /// one line naming it (and the byte offset, for the log).
-    func load() throws -> RaftPersisted {
+    /// `bar` (the node's -bar, when known) is what a snapshot's pending
+    /// tempo change must fall on, as when the node accepted it from a leader.
+    func load(bar: Int? = nil) throws -> RaftPersisted {
         do {
-            return try loadValidated()
+            return try loadValidated(bar: bar)
         } catch {
             rejected?.record(.dataDir, error.reason)
             throw PulseError.startup("\(directory.dropLast("raft".count))\(error); refusing to start")
         }
     }
 
-    private func loadValidated() throws(DataDirError) -> RaftPersisted {
+    private func loadValidated(bar: Int?) throws(DataDirError) -> RaftPersisted {
         var persisted = RaftPersisted()
         if let bytes = try DataDirFiles.read(directory + "/hardstate", file: "raft/hardstate", limit: 1024) {
             persisted.hardState = try Self.parseHardState(bytes)
         }
         let snapshotFile = directory + "/snapshot"
-        if let bytes = try DataDirFiles.read(snapshotFile, file: "raft/snapshot", limit: Self.maxRecordBytes + 24) {
-            persisted.snapshot = try Self.parseSnapshot(bytes)
+        if let bytes = try DataDirFiles.read(snapshotFile, file: "raft/snapshot", limit: Self.maxSnapshotFileBytes) {
+            persisted.snapshot = try Self.parseSnapshot(bytes, bar: bar.map(Int64.init))
         }
         let bytes = try DataDirFiles.read(directory + "/log", file: "raft/log", limit: Self.maxLogBytes) ?? []
         let scan = try Self.scanLog(bytes)
@@ -127,7 +162,7 @@ public final class RaftStore {
 
     // MARK: pure parsers (start-up and fuzzing: any bytes, never a trap)
 
-    /// `raft/hardstate`: 32 bytes, checksummed; a term at or above 2^62 is
+    /// `raft/hardstate`: 32 bytes, checksummed; a term at or above 2^63 is
     /// refused (it would make every restart overflow on `term + 1`).
     public static func parseHardState(_ bytes: [UInt8]) throws(DataDirError) -> HardState {
         let file = "raft/hardstate"
@@ -139,8 +174,8 @@ public final class RaftStore {
                 file: file, reason: "bad_checksum", detail: "checksum mismatch (it holds this node's vote)")
         }
         let hard = HardState(term: u64(bytes, 0), vote: u64(bytes, 8), commit: u64(bytes, 16))
-        guard hard.term < absurd else {
-            throw DataDirError(file: file, reason: "term_absurd", detail: "term \(hard.term) is absurd (≥ 2^62)")
+        guard hard.term < absurdTerm else {
+            throw DataDirError(file: file, reason: "term_absurd", detail: "term \(hard.term) is absurd (≥ 2^63)")
         }
         guard hard.commit < absurd else {
             throw DataDirError(file: file, reason: "index_absurd", detail: "commit \(hard.commit) is absurd (≥ 2^62)")
@@ -148,11 +183,14 @@ public final class RaftStore {
         return hard
     }
 
-    /// `raft/snapshot`: checksummed header (index ≥ 1, term ≥ 1, both below
-    /// 2^62) and a state that decodes to a valid timeline (`ClusterState`):
+    /// `raft/snapshot`: checksummed header (index ≥ 1 below 2^62, term ≥ 1
+    /// below 2^63) and a state that decodes to a valid timeline (`ClusterState`):
     /// a node must not start without the timeline it committed, nor — started
-    /// with -bootstrap — start a second one.
-    public static func parseSnapshot(_ bytes: [UInt8]) throws(DataDirError) -> Snapshot {
+    /// with -bootstrap — start a second one. With `bar`, a pending change
+    /// must fall on one of its downbeats (as `ClusterNode.snapshotState`
+    /// checks before the core adopts a leader's snapshot); without (fuzzing,
+    /// tools that do not know the node's flags) that one check is skipped.
+    public static func parseSnapshot(_ bytes: [UInt8], bar: Int64? = nil) throws(DataDirError) -> Snapshot {
         let file = "raft/snapshot"
         guard bytes.count >= 24 else {
             throw DataDirError(
@@ -162,10 +200,10 @@ public final class RaftStore {
             throw DataDirError(file: file, reason: "bad_checksum", detail: "checksum mismatch")
         }
         let snapshot = Snapshot(index: u64(bytes, 8), term: u64(bytes, 16), data: Array(bytes[24...]))
-        guard (1..<absurd).contains(snapshot.index), (1..<absurd).contains(snapshot.term) else {
+        guard (1..<absurd).contains(snapshot.index), (1..<absurdTerm).contains(snapshot.term) else {
             throw DataDirError(
                 file: file, reason: "index_absurd",
-                detail: "index \(snapshot.index) or term \(snapshot.term) is outside 1..<2^62")
+                detail: "index \(snapshot.index) or term \(snapshot.term) is outside 1..<2^62 (2^63 for the term)")
         }
         let state: ClusterState
         do {
@@ -178,7 +216,7 @@ public final class RaftStore {
         }
         try DataDirFiles.checkTimeline(
             file: file, startBeat: state.epoch.startBeat, startNs: state.epoch.startNs, bpm: state.epoch.bpm,
-            pendingAtBeat: state.pending?.atBeat, pendingBpm: state.pending?.bpm, bar: nil)
+            pendingAtBeat: state.pending?.atBeat, pendingBpm: state.pending?.bpm, bar: bar)
         return snapshot
     }
 
@@ -186,14 +224,22 @@ public final class RaftStore {
     /// of range, running past the end, checksum mismatch, unknown kind) with
     /// no intact record anywhere after it is a torn tail (`tornTailAt`); with
     /// one after it, it is corruption, refused with its offset. Intact
-    /// records must have contiguous indices from ≥ 1 and non-decreasing terms,
-    /// all below 2^62. Cost: linear, plus one checksum per candidate header
-    /// when looking past a bad record.
+    /// records must have contiguous indices from ≥ 1 below 2^62 and
+    /// non-decreasing terms below 2^63. A bad record with more than
+    /// `maxAppendBytes` after it is corruption too (no crash tears more).
+    /// Cost: at most `hashBudgetPerByte` × the file's size bytes hashed
+    /// (`cost` says how many), else refused as corruption at the bad record.
     public static func scanLog(_ bytes: [UInt8]) throws(DataDirError) -> RaftLogScan {
+        var cost = LogScanCost(budget: hashBudgetPerByte * bytes.count)
+        return try scanLog(bytes, cost: &cost)
+    }
+
+    /// `scanLog` with the hashing budget and count in `cost`.
+    public static func scanLog(_ bytes: [UInt8], cost: inout LogScanCost) throws(DataDirError) -> RaftLogScan {
         var entries: [Entry] = []
         var offset = 0
         while offset < bytes.count {
-            switch record(bytes, at: offset) {
+            switch record(bytes, at: offset, cost: &cost) {
             case .intact(let entry, let end):
                 if let problem = sequenceProblem(entry, after: entries.last) {
                     throw DataDirError(
@@ -203,14 +249,36 @@ public final class RaftStore {
                 entries.append(entry)
                 offset = end
             case .bad(let problem):
-                if let next = firstIntactRecord(bytes, after: offset, minIndex: (entries.last?.index ?? 0) + 1) {
+                let after = bytes.count - offset
+                guard after <= maxAppendBytes else {
+                    throw DataDirError(
+                        file: "raft/log", offset: offset, reason: "corrupt_record",
+                        detail:
+                            "\(problem), with \(after) bytes from there to the end: more than a torn append leaves (\(maxAppendBytes))"
+                    )
+                }
+                let minIndex = (entries.last?.index ?? 0) + 1
+                switch firstIntactRecord(bytes, after: offset, minIndex: minIndex, cost: &cost) {
+                case .found(let next):
                     throw DataDirError(
                         file: "raft/log", offset: offset, reason: "corrupt_record",
                         detail:
                             "\(problem), and an intact record follows at byte offset \(next): acknowledged entries would be lost"
                     )
+                case .overBudget(let at):
+                    throw DataDirError(
+                        file: "raft/log", offset: offset, reason: "corrupt_record",
+                        detail:
+                            "\(problem); the search for intact records after it stopped at byte offset \(at), its budget of \(cost.budget) bytes hashed spent"
+                    )
+                case .none:
+                    return RaftLogScan(entries: entries, tornTailAt: offset)
                 }
-                return RaftLogScan(entries: entries, tornTailAt: offset)
+            case .overBudget:
+                // The intact records are hashed once each: at most the file's size.
+                throw DataDirError(
+                    file: "raft/log", offset: offset, reason: "corrupt_record",
+                    detail: "the scan's budget of \(cost.budget) bytes hashed is spent")
             }
         }
         return RaftLogScan(entries: entries, tornTailAt: nil)
@@ -248,10 +316,12 @@ public final class RaftStore {
     private enum Record {
         case intact(Entry, end: Int)
         case bad(String)
+        /// Checking it would hash more than `cost` allows.
+        case overBudget
     }
 
     /// The record at `offset`, decoded and checksum-verified, or why not.
-    private static func record(_ bytes: [UInt8], at offset: Int) -> Record {
+    private static func record(_ bytes: [UInt8], at offset: Int, cost: inout LogScanCost) -> Record {
         guard bytes.count - offset >= 12 else { return .bad("incomplete record header") }
         let length = Int(u32(bytes, offset))
         let start = offset + 12
@@ -260,6 +330,8 @@ public final class RaftStore {
         guard let kind = EntryKind(rawValue: bytes[start + 16]) else {
             return .bad("unknown record kind \(bytes[start + 16])")
         }
+        guard cost.bytesHashed + length <= cost.budget else { return .overBudget }
+        cost.bytesHashed += length
         guard checksum(bytes[start..<(start + length)]) == u64(bytes, offset + 4) else {
             return .bad("record checksum mismatch")
         }
@@ -271,29 +343,43 @@ public final class RaftStore {
 
     /// Why `entry` cannot follow `previous` in the log, or nil.
     private static func sequenceProblem(_ entry: Entry, after previous: Entry?) -> String? {
-        if entry.index == 0 || entry.index >= absurd || entry.term >= absurd { return "index or term is absurd" }
+        if entry.index == 0 || entry.index >= absurd || entry.term >= absurdTerm { return "index or term is absurd" }
         guard let previous else { return nil }
         if entry.index != previous.index + 1 { return "follows index \(previous.index)" }
         if entry.term < previous.term { return "term goes back from \(previous.term)" }
         return nil
     }
 
-    /// The offset of the first intact record after `offset` whose index could
-    /// continue the log (≥ `minIndex`), or nil. The cheap header checks come
-    /// before the checksum, so random bytes cost little.
-    private static func firstIntactRecord(_ bytes: [UInt8], after offset: Int, minIndex: UInt64) -> Int? {
+    private enum Search {
+        case found(Int)
+        case none
+        /// The budget ran out at this candidate offset.
+        case overBudget(Int)
+    }
+
+    /// The first intact record after `offset` whose index could continue the
+    /// log (≥ `minIndex`), none, or where the hashing budget ran out. The
+    /// cheap header checks (length, index and term in range) come before the
+    /// checksum, so random bytes cost little, and crafted ones the budget.
+    private static func firstIntactRecord(
+        _ bytes: [UInt8], after offset: Int, minIndex: UInt64, cost: inout LogScanCost
+    ) -> Search {
         var candidate = offset + 1
         while bytes.count - candidate >= 12 + 17 {
             let length = Int(u32(bytes, candidate))
             let start = candidate + 12
-            if length >= 17, length <= bytes.count - start, u64(bytes, start) >= minIndex,
-                case .intact = record(bytes, at: candidate)
+            if length >= 17, length <= maxRecordBytes, length <= bytes.count - start,
+                (minIndex..<absurd).contains(u64(bytes, start)), u64(bytes, start + 8) < absurdTerm
             {
-                return candidate
+                switch record(bytes, at: candidate, cost: &cost) {
+                case .intact: return .found(candidate)
+                case .overBudget: return .overBudget(candidate)
+                case .bad: break
+                }
             }
             candidate += 1
         }
-        return nil
+        return .none
     }
 
     // MARK: save (any thread; runs on the store's queue)
@@ -368,16 +454,29 @@ public final class RaftStore {
         return out + payload
     }
 
+    /// Appends records in chunks of at most `maxAppendBytes`, each synced
+    /// before the next is written: a crash tears at most one chunk, which is
+    /// what lets `scanLog` call a longer bad run corruption.
     private func append(_ entries: [Entry]) throws {
         let path = directory + "/log"
         let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw PulseError.startup("cannot open \(path): \(String(cString: strerror(errno)))") }
         defer { close(fd) }
-        let bytes = entries.flatMap(record)
-        try writeAll(fd, bytes, path: path)
-        guard fdatasync(fd) == 0 else {
-            throw PulseError.startup("fdatasync \(path): \(String(cString: strerror(errno)))")
+        var chunk: [UInt8] = []
+        func sync() throws {
+            guard !chunk.isEmpty else { return }
+            try writeAll(fd, chunk, path: path)
+            guard fdatasync(fd) == 0 else {
+                throw PulseError.startup("fdatasync \(path): \(String(cString: strerror(errno)))")
+            }
+            chunk.removeAll(keepingCapacity: true)
         }
+        for entry in entries {
+            let bytes = record(entry)
+            if chunk.count + bytes.count > Self.maxAppendBytes { try sync() }
+            chunk += bytes
+        }
+        try sync()
     }
 
     private func rewriteLog(_ entries: [Entry]) throws {

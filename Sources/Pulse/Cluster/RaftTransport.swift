@@ -18,19 +18,34 @@
 // received from the destination with the time it arrived, so the receiver
 // has t1..t4 of a round trip (see PulseCore's ClockSync).
 //
-// A frame with length 0 is a keepalive: it carries no message. A connector
-// sends one as soon as its connection is up and whenever it has written
-// nothing for `RaftTransportLimits.keepaliveNs`, so an inbound connection that
-// stays silent is not a peer (followers send each other nothing between
-// elections, yet their connections must stay up for the next one).
+// A frame with length 0 is a keepalive: it carries no message, and its
+// second timestamp slot carries the sender's Raft id instead (0 from older
+// versions). A connector sends one as soon as its connection is up and
+// whenever it has written nothing for `RaftTransportLimits.keepaliveNs`
+// (followers send each other nothing between elections, yet their
+// connections must stay up for the next one).
+//
+// Slots (adversarial review of #9): an inbound connection is *proven* once
+// it names a configured peer — a decoded message from one, or a keepalive
+// carrying its id (with TLS: its certificate's member, from its first
+// frame) — and is bound to that peer from then on (`peer_mismatch`). A
+// keepalive without an id proves nothing and does not keep an unproven
+// connection open: it is closed `handshakeTimeoutNs` after accept. At most
+// one proven connection per peer: a newer one replaces the older (a peer
+// that restarted is back at once). When the slots are full a newcomer takes
+// the slot of the oldest unproven connection; proven ones are at most one
+// per other member, so there always is one. Without TLS a peer's id is a
+// public hash that anyone can claim: this bounds what an outsider holds to
+// one slot per member, it does not authenticate (TLS does).
 //
 // A frame with a bad header, an oversized length, an undecodable payload, a
 // message not addressed to this node or from a node that is not a configured
 // peer closes the connection and is counted (`badFrames`, and
 // `backbeat_rejected_input_total{surface="raft",reason}`); nothing a peer
 // sends can trap the process. Inbound connections are bounded and closed
-// when they deliver no valid frame in time (see `RaftTransportLimits`), so
-// idle or half-open connections cannot starve the peers' slots. Raft
+// when they do not prove themselves in time or go idle (see
+// `RaftTransportLimits` and "Slots" above), so idle, half-open or
+// keepalive-only connections cannot starve the peers' slots. Raft
 // tolerates loss, so when a peer is unreachable or its output buffer is full,
 // messages are dropped.
 //
@@ -48,6 +63,13 @@
 // certificate must name the member dialled (`tls_wrong_server`).
 // Without TLS, plain TCP: for loopback development; start() warns when a
 // peer is not on loopback.
+//
+// Rate (adversarial review of #9): each inbound connection may deliver at
+// most `maxFramesPerSecond` frames (bursts of `frameBurst`); frames beyond
+// are skipped before decoding and counted (`rate_limited`), so a flood costs
+// the loop a header check per frame, not a Raft step and a clock sample. A
+// real peer sends a few dozen a second (heartbeats every tick, appends per
+// proposal, answers).
 import CLoop
 import Foundation
 import Glibc
@@ -62,27 +84,37 @@ struct RaftTransportStats {
     var badFrames: UInt64 = 0
     var dropped: UInt64 = 0
     var connects: UInt64 = 0
+    /// Inbound frames skipped over their connection's rate (`FrameBudget`).
+    var rateLimited: UInt64 = 0
 }
 
 /// Limits of the Raft transport's inbound side. Every one bounds the slots,
 /// memory or time that a connection from outside can claim; the peers are
 /// at most 9 (PeerList), so each has room to reconnect several times over.
 struct RaftTransportLimits {
-    /// Open inbound connections. Each peer keeps one; the rest is room for
-    /// reconnections whose old socket has not timed out yet. When full, a new
-    /// connection takes the slot of the oldest one that has not yet delivered
-    /// a valid frame, or is closed at once (`connection_limit`).
+    /// Open inbound connections. Each peer keeps one proven connection (a
+    /// newer one replaces it); the rest is room for connections not yet
+    /// proven. When full, a new connection takes the slot of the oldest
+    /// unproven one (there always is one: at most 8 are proven), or is
+    /// closed at once (`connection_limit`).
     var maxInbound = 32
-    /// Time from accept to the first valid frame (a keepalive or a message);
-    /// a real peer sends a keepalive at once. Then closed (`handshake_timeout`).
+    /// Time from accept to proof (a message, or a keepalive with the
+    /// sender's id; a real peer sends one at once); an unproven connection
+    /// is closed then whatever else it sent (`handshake_timeout`).
     var handshakeTimeoutNs: Int64 = 2_000_000_000
-    /// Time without a valid frame after the first one; then closed
+    /// Time without a valid frame on a proven connection; then closed
     /// (`idle_timeout`). The service sets a few election timeouts; peers send
     /// a keepalive every `keepaliveNs`, so only a silent or trickling connection
     /// reaches it (bytes that never complete a valid frame do not count).
     var idleTimeoutNs: Int64 = 4_000_000_000
     /// An outbound connection that wrote nothing for this long sends a keepalive.
     var keepaliveNs: Int64 = 500_000_000
+    /// Frames (messages and keepalives) one inbound connection may deliver
+    /// per second on average; beyond, frames are skipped and counted
+    /// (`rate_limited`). A real peer sends a few dozen a second.
+    var maxFramesPerSecond: Int64 = 2_000
+    /// Frames one inbound connection may deliver at once above that rate.
+    var frameBurst: Int64 = 1_000
     /// Connections accepted per listener callback.
     var maxAcceptsPerEvent = 16
 
@@ -92,6 +124,41 @@ struct RaftTransportLimits {
         var limits = RaftTransportLimits()
         limits.idleTimeoutNs = max(2_000_000_000, 4 * electionTimeoutNs)
         return limits
+    }
+}
+
+/// A token bucket of frames for one inbound connection, in integer math
+/// that cannot overflow: the rate is at most 10^9 a second and the burst at
+/// most 2^32, so `burst × 10^9` fits, and refills are capped at the burst.
+struct FrameBudget {
+    let perSecond: Int64
+    let burst: Int64
+    private(set) var tokens: Int64
+    private var lastNs: Int64
+
+    init(perSecond: Int64, burst: Int64, nowNs: Int64) {
+        self.perSecond = min(max(1, perSecond), 1_000_000_000)
+        self.burst = min(max(1, burst), 1 << 32)
+        tokens = self.burst
+        lastNs = nowNs
+    }
+
+    /// Takes one frame's token at monotonic time `nowNs`; false when none is left.
+    mutating func take(nowNs: Int64) -> Bool {
+        if nowNs > lastNs {
+            // Only whole tokens are added; the remainder of the time is kept.
+            let fullAfterNs = burst * 1_000_000_000 / perSecond + 1
+            let (gap, overflow) = nowNs.subtractingReportingOverflow(lastNs)
+            let elapsed = overflow ? fullAfterNs : min(gap, fullAfterNs)
+            let added = elapsed * perSecond / 1_000_000_000
+            if added > 0 {
+                tokens = min(burst, tokens + added)
+                lastNs = elapsed == fullAfterNs ? nowNs : lastNs + added * 1_000_000_000 / perSecond
+            }
+        }
+        guard tokens > 0 else { return false }
+        tokens -= 1
+        return true
     }
 }
 
@@ -224,10 +291,11 @@ final class RaftTransport: LoopHandler {
         connection.lastWriteMonoNs = cloop_monotonic_ns()
     }
 
-    /// Queues a keepalive (a frame of length 0) on `connection`; the caller flushes.
+    /// Queues a keepalive (a frame of length 0, carrying our Raft id: see the
+    /// file header) on `connection`; the caller flushes.
     private func queueKeepalive(_ connection: Outbound) {
         guard connection.output.count + Self.headerBytes < Self.maxOutputBytes else { return }
-        appendFrame(to: connection, payload: [], echo: (0, 0))
+        appendFrame(to: connection, payload: [], echo: (Int64(bitPattern: me.raftId), 0))
     }
 
     // MARK: events
@@ -278,8 +346,9 @@ final class RaftTransport: LoopHandler {
             _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
             if inbound.count >= limits.maxInbound {
                 // Full: a connection that has not proved itself gives way to the
-                // newcomer (so silent sockets cannot hold every slot); else refuse.
-                let pending = inbound.filter { $0.value.lastValidMonoNs == nil }
+                // newcomer (so silent sockets, or ones that send keepalives
+                // without an id, cannot hold every slot); else refuse.
+                let pending = inbound.filter { $0.value.provenPeer == nil }
                 guard let oldest = pending.min(by: { $0.value.acceptedMonoNs < $1.value.acceptedMonoNs }) else {
                     close(fd)
                     rejected.record(.raft, "connection_limit")
@@ -292,18 +361,23 @@ final class RaftTransport: LoopHandler {
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
             do {
                 let token = try loop.register(fd: fd, interest: UInt32(CLOOP_READ), owned: true, handler: self)
-                inbound[token] = Inbound(acceptedMonoNs: cloop_monotonic_ns())
+                let now = cloop_monotonic_ns()
+                inbound[token] = Inbound(
+                    acceptedMonoNs: now,
+                    budget: FrameBudget(perSecond: limits.maxFramesPerSecond, burst: limits.frameBurst, nowNs: now))
             } catch {
                 close(fd)
             }
         }
     }
 
-    /// Closes inbound connections that delivered no valid frame in time.
+    /// Closes unproven connections `handshakeTimeoutNs` after accept (a
+    /// keepalive without an id does not extend that), and proven ones idle
+    /// for `idleTimeoutNs`.
     private func sweepInbound(nowMonoNs now: Int64) {
         for (token, connection) in inbound {
-            if let last = connection.lastValidMonoNs {
-                guard now - last >= limits.idleTimeoutNs else { continue }
+            if connection.provenPeer != nil {
+                guard now - connection.lastValidMonoNs >= limits.idleTimeoutNs else { continue }
                 rejected.record(.raft, "idle_timeout")
             } else {
                 guard now - connection.acceptedMonoNs >= limits.handshakeTimeoutNs else { continue }
@@ -439,6 +513,7 @@ final class RaftTransport: LoopHandler {
             badFrame(token, "unsupported_version", "unsupported version \(connection.buffer[1])")
             return
         }
+        let nowMono = cloop_monotonic_ns()
         while connection.buffer.count - offset >= Self.headerBytes {
             let b = connection.buffer
             guard b[offset] == Self.magic, b[offset + 1] == Self.version else {
@@ -454,8 +529,27 @@ final class RaftTransport: LoopHandler {
             let start = offset + Self.headerBytes
             guard b.count - start >= length else { break }
             offset = start + length
-            connection.lastValidMonoNs = cloop_monotonic_ns()
-            if length == 0 { continue }  // a keepalive: the connection is alive, nothing to deliver
+            guard connection.budget.take(nowNs: nowMono) else {
+                // Over this connection's rate: skipped before decoding (see the header).
+                stats.rateLimited &+= 1
+                rejected.record(.raft, "rate_limited")
+                if !connection.rateLimitLogged {
+                    connection.rateLimitLogged = true
+                    logger.warning(
+                        "raft: an inbound connection exceeds its frame rate; frames skipped (counted as rate_limited)")
+                }
+                continue
+            }
+            if length == 0 {
+                // A keepalive: with an id (or TLS) it proves and refreshes the
+                // connection; without, it proves nothing and extends nothing.
+                let claimed = UInt64(bitPattern: Self.i64(b, start - 16))
+                if let id = claimed != 0 ? claimed : connection.peer?.raftId {
+                    guard prove(token, connection, id) else { return }
+                    connection.lastValidMonoNs = nowMono
+                }
+                continue
+            }
             let message: Message
             do {
                 message = try Message.decode(b[start..<(start + length)])
@@ -467,15 +561,8 @@ final class RaftTransport: LoopHandler {
                 badFrame(token, "misaddressed", "message to \(message.to)")
                 return
             }
-            guard knownIds.contains(message.from) else {
-                badFrame(token, "unknown_sender", "message from \(message.from)")
-                return
-            }
-            // TLS: the certificate decides who speaks on this connection.
-            if let peer = connection.peer, message.from != peer.raftId {
-                badFrame(token, "tls_identity_mismatch", "message from \(message.from) on \(peer.name)'s connection")
-                return
-            }
+            guard prove(token, connection, message.from) else { return }
+            connection.lastValidMonoNs = nowMono
             stats.framesIn &+= 1
             let nowNs = cloop_realtime_ns()
             let sendNs = Self.i64(b, start - 24)
@@ -487,6 +574,37 @@ final class RaftTransport: LoopHandler {
             guard inbound[token] != nil else { return }
         }
         if offset > 0 { connection.buffer.removeFirst(offset) }
+    }
+
+    /// Binds `connection` to the member `id` it speaks for (see the file
+    /// header), replacing an older connection proven for the same member;
+    /// false (and the connection closed and counted) when `id` is not another
+    /// member, or not the one the connection is bound to.
+    private func prove(_ token: UInt32, _ connection: Inbound, _ id: NodeID) -> Bool {
+        guard id != me.raftId, knownIds.contains(id) else {
+            badFrame(token, "unknown_sender", "frame from \(id)")
+            return false
+        }
+        // TLS: the certificate decides who speaks on this connection.
+        if let peer = connection.peer, id != peer.raftId {
+            badFrame(token, "tls_identity_mismatch", "frame from \(id) on \(peer.name)'s connection")
+            return false
+        }
+        if let proven = connection.provenPeer {
+            guard proven == id else {
+                badFrame(token, "peer_mismatch", "frame from \(id) on a connection of \(proven)")
+                return false
+            }
+            return true
+        }
+        connection.provenPeer = id
+        for (other, older) in inbound where other != token && older.provenPeer == id {
+            logger.info(
+                "raft: a newer connection from a peer replaces its older one",
+                metadata: ["peer": "\(peers.first { $0.raftId == id }?.name ?? "\(id)")"])
+            dropInbound(other)
+        }
+        return true
     }
 
     /// Counts a bad frame under `reason` (snake_case) and closes its connection.
@@ -769,13 +887,22 @@ final class RaftTransport: LoopHandler {
     private final class Inbound {
         var buffer: [UInt8] = []
         let acceptedMonoNs: Int64
-        /// Monotonic time of the last valid frame (keepalive or message); nil before the first.
-        var lastValidMonoNs: Int64?
+        /// The member this connection has proven to speak for (see the file
+        /// header), or nil: then it may be evicted, and closes at the handshake timeout.
+        var provenPeer: NodeID?
+        /// Monotonic time of the last valid frame of a proven connection.
+        var lastValidMonoNs: Int64 = 0
+        /// Frames this connection may still deliver (its rate limit).
+        var budget: FrameBudget
+        var rateLimitLogged = false
         /// TLS: the session (nil before the first byte) and the member its certificate names.
         var session: TLSSession?
         var peer: Peer?
         /// TLS: the session waits for the socket to be writable.
         var wantWrite = false
-        init(acceptedMonoNs: Int64) { self.acceptedMonoNs = acceptedMonoNs }
+        init(acceptedMonoNs: Int64, budget: FrameBudget) {
+            self.acceptedMonoNs = acceptedMonoNs
+            self.budget = budget
+        }
     }
 }

@@ -10,6 +10,13 @@
 // faster the reference runs than we do, in parts per million) is a
 // least-squares slope of filtered offsets over a window, so a node cut off
 // from its leader can keep extrapolating the leader's time.
+//
+// Cost (samples come from peers' frames, so their rate is not ours to
+// choose): each sample costs O(window + rateBuckets) work and the state is
+// bounded (`window` samples, at most `maxRatePoints` rate points) however
+// many samples arrive: the rate fit keeps one point per bucket of
+// `rateWindowNs / rateBuckets` of local time, the centroid of that bucket's
+// filtered offsets (kept as running sums, O(1) per sample).
 
 /// One NTP-style exchange.
 public struct SyncSample: Sendable, Equatable {
@@ -51,8 +58,11 @@ public struct ClockSync: Sendable {
     /// The span the rate is fitted over, in ns of local time.
     public let rateWindowNs: Int64
     private var recent: [SyncSample] = []
-    /// (local time, filtered offset) points for the rate fit.
+    /// (local time, filtered offset) points for the rate fit: one per bucket
+    /// (the centroid of its samples), oldest first; the last is the open bucket.
     private var points: [(localNs: Int64, offsetNs: Int64)] = []
+    /// The open (latest) bucket's running sums, relative to its first sample.
+    private var openBucket: (index: Int64, x0: Int64, y0: Int64, n: Double, sumDx: Double, sumDy: Double)?
     public private(set) var offsetNs: Int64 = 0
     public private(set) var rttNs: Int64 = 0
     /// Reference rate relative to ours, in ppm (positive: the reference runs faster).
@@ -68,6 +78,16 @@ public struct ClockSync: Sendable {
     }
 
     public var hasEstimate: Bool { lastSyncLocalNs != nil }
+
+    /// Buckets per rate window: the rate fit has at most `maxRatePoints` points.
+    public static let rateBuckets: Int64 = 64
+    /// Bound on the rate fit's points: the buckets of one window, plus the
+    /// open one and one straddling the window's start.
+    public static let maxRatePoints = Int(rateBuckets) + 2
+    /// Points in the rate fit now (for tests and metrics); at most `maxRatePoints`.
+    public var ratePointCount: Int { points.count }
+    /// Width of one rate bucket, in ns of local time.
+    private var bucketNs: Int64 { max(1, rateWindowNs / Self.rateBuckets) }
 
     /// Latest accepted timestamp: 2096-10-02 in ns since 1970. Bounding every
     /// timestamp to `0...4e18` keeps every difference and sum of two of them
@@ -107,18 +127,40 @@ public struct ClockSync: Sendable {
         let offsets = best.map(\.offsetNs).sorted()
         offsetNs = offsets[offsets.count / 2]
         rttNs = best.first?.rttNs ?? sample.rttNs
+        // A local clock stepped back: the rate fit starts over from here.
+        if let last = lastSyncLocalNs, sample.t4 < last {
+            points.removeAll()
+            openBucket = nil
+        }
         anchorLocalNs = sample.t4
         lastSyncLocalNs = sample.t4
-        // A local clock stepped back: the rate fit starts over from here.
-        if let last = points.last, sample.t4 < last.localNs { points.removeAll() }
-        points.append((sample.t4, offsetNs))
-        let horizon = sample.t4 - rateWindowNs
-        if let firstKept = points.firstIndex(where: { $0.localNs >= horizon }), firstKept > 0 {
-            points.removeFirst(firstKept)
-        }
+        addRatePoint(localNs: sample.t4, offsetNs: offsetNs)
         let fitted = Self.slopePpm(points)
         ratePpm = fitted.isFinite ? min(max(fitted, -Self.maxRatePpm), Self.maxRatePpm) : 0
         return nil
+    }
+
+    /// Folds (local time, filtered offset) into its bucket: O(1), plus
+    /// dropping points that left the window (a bounded array).
+    private mutating func addRatePoint(localNs x: Int64, offsetNs y: Int64) {
+        let bucket = x / bucketNs  // x >= 0 (checked)
+        if var open = openBucket, open.index == bucket, !points.isEmpty {
+            open.n += 1
+            open.sumDx += Double(x - open.x0)  // 0 ... bucketNs: exact enough
+            open.sumDy += Double(y) - Double(open.y0)  // both within ±maxOffsetNs
+            openBucket = open
+            points[points.count - 1] = (
+                open.x0 + Self.saturating(open.sumDx / open.n), open.y0 + Self.saturating(open.sumDy / open.n)
+            )
+        } else {
+            openBucket = (bucket, x, y, 1, 0, 0)
+            points.append((x, y))
+        }
+        let horizon = x - rateWindowNs
+        var drop = 0
+        while drop < points.count - 1, points[drop].localNs < horizon { drop += 1 }
+        drop = max(drop, points.count - Self.maxRatePoints)
+        if drop > 0 { points.removeFirst(drop) }
     }
 
     /// The reference's time at local time `localNs`, extrapolated with the rate.

@@ -1,11 +1,12 @@
 // FuzzDatadir — libFuzzer harness: the files of a data dir.
 //
-// The input is `[kind byte][file bytes]`; kind % 5 picks the file's pure
+// The input is `[kind byte][file bytes]`; kind % 6 picks the file's pure
 // parser, the same the node runs at start-up: 0 `epoch.json`
 // (`DataDirFiles.parseEpoch`), 1 `node_id` (`DataDirFiles.parseNodeId`),
 // 2 `raft/hardstate` (`RaftStore.parseHardState`), 3 `raft/snapshot`
 // (`RaftStore.parseSnapshot`), 4 `raft/log` (`RaftStore.scanLog`, then
-// `RaftStore.checkConsistency` against a fresh hard state).
+// `RaftStore.checkConsistency` against a fresh hard state), 5 a backup file
+// (`BackupFile.parse`, what `pulse restore` reads).
 //
 // What it checks: no trap on any bytes; what a parser accepts is usable: an
 // accepted epoch's timeline computes beats, instants and deadlines anywhere in
@@ -23,7 +24,7 @@
         let bytes = [UInt8](UnsafeRawBufferPointer(start: data, count: size))
         guard let kind = bytes.first else { return 0 }
         let file = Array(bytes.dropFirst())
-        switch kind % 5 {
+        switch kind % 6 {
         case 0:
             guard let stored = try? DataDirFiles.parseEpoch(file) else { return 0 }
             let epoch = TempoEpoch(startBeat: stored.startBeat, startNs: stored.startNs, bpm: stored.bpm)
@@ -40,6 +41,8 @@
             _ = try? RaftStore.parseHardState(file)
         case 3:
             _ = try? RaftStore.parseSnapshot(file)
+        case 5:
+            _ = try? BackupFile.parse(file)
         default:
             guard let scan = try? RaftStore.scanLog(file) else { return 0 }
             for (a, b) in zip(scan.entries, scan.entries.dropFirst()) where b.index != a.index + 1 {

@@ -10,7 +10,7 @@
 #endif
 
 /// Names accepted by `--scenarios`; the default is all of them.
-let knownScenarios = ["idle", "load", "per001", "election", "baseline", "micro"]
+let knownScenarios = ["idle", "shared", "load", "per001", "election", "fanout", "baseline", "micro"]
 
 struct BenchOptions {
     var seconds = 10

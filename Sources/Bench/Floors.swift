@@ -37,38 +37,43 @@ func runOnThread(seconds: Double, _ body: @escaping () -> Void) -> Bool {
 
 // MARK: - Timer-wake floor
 
-func measureTimerFloor(seconds: Int, cpu: Int, priority: Int, tempDir: String) -> Floor {
+/// The kernel's timer-wake latency on `cpu` at `priority`, waking every
+/// `intervalUs` (1000: the classic 1 ms loop; the beat period: the pulse's
+/// own sleep length, which meets a hypervisor's stalls more often).
+func measureTimerFloor(seconds: Int, cpu: Int, priority: Int, tempDir: String, intervalUs: Int = 1000) -> Floor {
     if let cyclictest = findTool("cyclictest") {
-        var args = ["-m", "-q", "-D", "\(seconds)", "-a", "\(cpu)", "-i", "1000", "-h", "10000"]
+        var args = ["-m", "-q", "-D", "\(seconds)", "-a", "\(cpu)", "-i", "\(intervalUs)", "-h", "10000"]
         if priority > 0 { args += ["-p", "\(priority)"] }
         do {
             let child = try Child(
-                name: "cyclictest", path: cyclictest, arguments: args, outputPath: tempDir + "/cyclictest.out")
+                name: "cyclictest", path: cyclictest, arguments: args,
+                outputPath: tempDir + "/cyclictest-\(intervalUs).out")
             let status = child.wait(seconds: Double(seconds) + 15)
-            if status == 0, let floor = parseCyclictest(child.output, priority: priority, cpu: cpu),
+            if status == 0,
+                let floor = parseCyclictest(child.output, priority: priority, cpu: cpu, intervalUs: intervalUs),
                 floor.latencies.count > 0
             {
                 return floor
             }
-            var floor = timerfdProbe(seconds: seconds, cpu: cpu, priority: priority)
+            var floor = timerfdProbe(seconds: seconds, cpu: cpu, priority: priority, intervalUs: intervalUs)
             floor.notes.append("cyclictest failed (status \(status)); used the timerfd probe")
             return floor
         } catch {
-            var floor = timerfdProbe(seconds: seconds, cpu: cpu, priority: priority)
+            var floor = timerfdProbe(seconds: seconds, cpu: cpu, priority: priority, intervalUs: intervalUs)
             floor.notes.append("cyclictest could not start (\(error)); used the timerfd probe")
             return floor
         }
     }
-    var floor = timerfdProbe(seconds: seconds, cpu: cpu, priority: priority)
+    var floor = timerfdProbe(seconds: seconds, cpu: cpu, priority: priority, intervalUs: intervalUs)
     floor.notes.append("cyclictest not installed (apt-get install rt-tests); used the timerfd probe")
     return floor
 }
 
 /// Parses `cyclictest -h` output: "NNNNNN CCCCCC" lines (µs, count) plus the
 /// overflow count, recorded at the reported maximum (an upper bound).
-func parseCyclictest(_ text: String, priority: Int, cpu: Int) -> Floor? {
+func parseCyclictest(_ text: String, priority: Int, cpu: Int, intervalUs: Int = 1000) -> Floor? {
     var floor = Floor(
-        source: "cyclictest -i 1000 -a \(cpu)" + (priority > 0 ? " -p \(priority)" : "") + " (µs resolution)")
+        source: "cyclictest -i \(intervalUs) -a \(cpu)" + (priority > 0 ? " -p \(priority)" : "") + " (µs resolution)")
     var overflows: UInt64 = 0
     var maxUs: Int64 = 0
     for line in text.split(separator: "\n") {
@@ -89,10 +94,13 @@ func parseCyclictest(_ text: String, priority: Int, cpu: Int) -> Floor? {
     return floor
 }
 
-/// Our own probe: CLOCK_REALTIME timerfd at absolute instants 1 ms apart on
-/// `cpu` at `priority`; records wake − target. Bounded by seconds × 1000 wakes.
-func timerfdProbe(seconds: Int, cpu: Int, priority: Int) -> Floor {
-    var floor = Floor(source: "timerfd probe (CLOCK_REALTIME, 1 ms, cpu \(cpu), prio \(priority))")
+/// Our own probe: CLOCK_REALTIME timerfd at absolute instants `intervalUs`
+/// apart on `cpu` at `priority`; records wake − target. Bounded by the
+/// number of wakes that fit in `seconds`.
+func timerfdProbe(seconds: Int, cpu: Int, priority: Int, intervalUs: Int = 1000) -> Floor {
+    let intervalNs = Int64(max(1, intervalUs)) * 1000
+    var floor = Floor(
+        source: "timerfd probe (CLOCK_REALTIME, \(intervalUs) µs, cpu \(cpu), prio \(priority))")
     var samples: [Int64] = []
     var problems: [String] = []
     let ok = runOnThread(seconds: Double(seconds) + 10) {
@@ -111,14 +119,14 @@ func timerfdProbe(seconds: Int, cpu: Int, priority: Int) -> Floor {
             problems.append("timerfd_create failed")
             return
         }
-        let wakes = seconds * 1000
+        let wakes = max(1, Int(Int64(seconds) * 1_000_000_000 / intervalNs))
         samples.reserveCapacity(wakes)
         var events = [cloop_event_t](repeating: cloop_event_t(), count: 8)
-        var target = cloop_realtime_ns() + 1_000_000
+        var target = cloop_realtime_ns() + intervalNs
         for _ in 0..<wakes {
             _ = cloop_timer_arm_at(loop, token, target, false)
             var fired = false
-            for _ in 0..<100 where !fired {  // bounded: a wake is at most ~100 waits of 50 ms away
+            for _ in 0..<(100 + Int(intervalNs / 50_000_000)) where !fired {  // bounded: 50 ms waits
                 let n = cloop_wait(loop, &events, 8, 50_000_000)
                 if n > 0, events.prefix(Int(n)).contains(where: { $0.token == token }) {
                     let now = cloop_realtime_ns()
@@ -127,7 +135,7 @@ func timerfdProbe(seconds: Int, cpu: Int, priority: Int) -> Floor {
                     fired = true
                 }
             }
-            target = max(target + 1_000_000, cloop_realtime_ns() + 100_000)
+            target = max(target + intervalNs, cloop_realtime_ns() + 100_000)
         }
     }
     if !ok { problems.append("timerfd probe did not finish in time") }

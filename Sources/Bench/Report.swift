@@ -62,16 +62,31 @@ struct BenchReport {
                         detail: "\(e.repeated) repeated, \(e.backwards) backwards; \(s.received) distinct indices"))
                 continue
             }
+            if let f = s.fanout {
+                out += f.checks(scenario: s.name)
+                continue
+            }
             let j = s.jitter.summary
             let d = s.delivery.summary
-            let t = s.timerFloor.latencies.summary
+            // The jitter is judged against the floor at the beat's own sleep
+            // length when it was measured (the matching floor), else the 1 ms one.
+            let matching = s.periodFloor ?? s.timerFloor
+            let t = matching.latencies.summary
             let n = s.natsFloor.latencies.summary
-            let jitterFactor = s.name == "load" ? 1.0 : 0.25
+            let jitterFactor = s.name == "load" || s.name == "shared" ? 1.0 : 0.25
+            let floorName = s.periodFloor != nil ? "timer-wake p99 at the period" : "timer-wake p99 (1 ms)"
             if s.name != "per001" {
                 out.append(
                     ratioCheck(
-                        s.name, "§9 jitter p99 ≤ \(s.name == "load" ? "1×" : "¼ ×") timer-wake p99",
-                        j.p99, t.p99, jitterFactor, s.jitter.count > 0 && s.timerFloor.latencies.count > 0))
+                        s.name, "§9 jitter p99 ≤ \(jitterFactor == 1 ? "1×" : "¼ ×") \(floorName)",
+                        j.p99, t.p99, jitterFactor, s.jitter.count > 0 && matching.latencies.count > 0))
+                if s.name == "shared" {
+                    out.append(
+                        Check(
+                            scenario: s.name, target: "§9 shared-host mode ≤ 50 µs CPU per beat",
+                            pass: s.cpuUsPerBeat.map { $0 <= 50 },
+                            detail: s.cpuUsPerBeat.map { String(format: "%.1f µs CPU/beat", $0) } ?? "not measured"))
+                }
                 out.append(
                     ratioCheck(
                         s.name, "§9 delivery p99 ≤ 1.25× NATS floor p99", d.p99, n.p99, 1.25,
@@ -133,10 +148,17 @@ struct BenchReport {
                 + pad("µs", 13) + ["p50", "p95", "p99", "p99.9", "max", "n"].map { pad($0, 10, right: true) }.joined()
                 + "\n"
             for s in scenarios + (baseline.map { [$0] } ?? []) {
-                let rows: [(String, Latencies)] = [
-                    ("jitter", s.jitter), ("delivery", s.delivery), ("timer floor", s.timerFloor.latencies),
-                    ("NATS floor", s.natsFloor.latencies),
+                if let f = s.fanout {
+                    o += f.text(name: s.name, bpm: s.bpm)
+                    for note in s.notes { o += String(repeating: " ", count: 24) + "note: \(note)\n" }
+                    continue
+                }
+                var rows: [(String, Latencies)] = [
+                    ("jitter", s.jitter), ("delivery", s.delivery), ("interval jit.", s.intervalJitter),
+                    ("timer floor", s.timerFloor.latencies),
                 ]
+                if let p = s.periodFloor, s.election == nil { rows.append(("timer@period", p.latencies)) }
+                rows.append(("NATS floor", s.natsFloor.latencies))
                 for (i, (label, lat)) in rows.enumerated() {
                     let p = lat.summary
                     o +=
@@ -157,6 +179,17 @@ struct BenchReport {
                     o +=
                         String(repeating: " ", count: 24)
                         + "allocated \(alloc), \(cpu), published \(s.published)/\(s.beats), received \(s.received)\n"
+                    o += String(repeating: " ", count: 24) + "mode \(s.mode); jitter source: \(s.jitterSource)\n"
+                    o += String(repeating: " ", count: 24) + "wakes > 1 ms late: " + lateLine(s) + "\n"
+                    if !s.stages.isEmpty {
+                        o += String(repeating: " ", count: 24) + "stages (µs):" + String(repeating: " ", count: 20)
+                        o += ["p50", "p99", "max"].map { pad($0, 10, right: true) }.joined() + "\n"
+                        for (label, lat) in s.stages {
+                            let p = lat.summary
+                            o += String(repeating: " ", count: 26) + pad(label, 30)
+                            o += [p.p50, p.p99, p.max].map { pad(num($0), 10, right: true) }.joined() + "\n"
+                        }
+                    }
                 }
                 if let load = s.load { o += String(repeating: " ", count: 24) + "load: \(load)\n" }
                 for note in s.notes + s.timerFloor.notes + s.natsFloor.notes {
@@ -164,6 +197,9 @@ struct BenchReport {
                 }
             }
             o += "\n  floors: timer = \(scenarios.first?.timerFloor.source ?? baseline?.timerFloor.source ?? "-")\n"
+            if let p = scenarios.first(where: { $0.periodFloor != nil })?.periodFloor {
+                o += "          timer@period = \(p.source) (the beat's own sleep length)\n"
+            }
             o += "          NATS  = \(scenarios.first?.natsFloor.source ?? baseline?.natsFloor.source ?? "-")\n\n"
         }
         let cs = checks
@@ -179,6 +215,26 @@ struct BenchReport {
                 ? "  every evaluated target is met\n\n"
                 : "  MISSED: \(failed.count) target(s): "
                     + failed.map { "\($0.scenario) \($0.target)" }.joined(separator: "; ") + "\n\n"
+        }
+        if let spin = scenarios.first(where: { $0.name == "idle" }),
+            let shared = scenarios.first(where: { $0.name == "shared" })
+        {
+            o += "modes side by side (same core, priority and bpm)\n"
+            o +=
+                "  " + pad("mode", 34)
+                + ["CPU µs/beat", "jitter p50", "jitter p99", "deliv. p99"].map {
+                    pad($0, 12, right: true)
+                }.joined() + "\n"
+            for s in [spin, shared] {
+                let label = s.name == "idle" ? "spin (default -spin-max-us 2000)" : "timer only (-spin-max-us 0)"
+                o +=
+                    "  " + pad(label, 34)
+                    + [
+                        s.cpuUsPerBeat.map { String(format: "%.1f", $0) } ?? "n/a", num(s.jitter.summary.p50),
+                        num(s.jitter.summary.p99), num(s.delivery.summary.p99),
+                    ].map { pad($0, 12, right: true) }.joined() + "\n"
+            }
+            o += "\n"
         }
         if let b = baseline, let r = baselineReference {
             o +=
@@ -229,6 +285,17 @@ struct BenchReport {
         ]
     }
 
+    /// "pulse N of M beats; floor 1 ms N of M; floor at the period N of M".
+    func lateLine(_ s: ScenarioResult) -> String {
+        var parts = ["pulse \(s.lateOver1ms) of \(s.published) beats"]
+        let t = s.timerFloor.latencies
+        parts.append("1 ms floor \(t.count(above: 1_000_000)) of \(t.count) wakes")
+        if let p = s.periodFloor?.latencies {
+            parts.append("period floor \(p.count(above: 1_000_000)) of \(p.count) wakes")
+        }
+        return parts.joined(separator: "; ")
+    }
+
     // MARK: JSON (issue 6's shape)
 
     func json() throws -> Data {
@@ -241,8 +308,14 @@ struct BenchReport {
         let c = ctx
         var tools: [String: Bool] = [:]
         for t in ["cyclictest", "stress-ng", "wrk", "nats-server", "perf", "valgrind"] { tools[t] = c.tool(t) != nil }
+        var modes: [String: ModeJSON] = [:]
+        for s in scenarios where s.name == "idle" || s.name == "shared" {
+            modes[s.name == "idle" ? "spin" : "timer_only"] = ModeJSON(
+                flags: s.mode, cpu_us_per_beat: s.cpuUsPerBeat, jitter_us: PercentilesJSON(s.jitter),
+                delivery_us: PercentilesJSON(s.delivery))
+        }
         let doc = ReportJSON(
-            scenarios: scenarios.map(ScenarioJSON.init), baseline: baselineJSON,
+            scenarios: scenarios.map(ScenarioJSON.init), baseline: baselineJSON, modes: modes,
             machine: MachineJSON(
                 date: machine.date, commit: machine.commit, cpu_model: machine.cpuModel, cpus: machine.cpus,
                 kernel: machine.kernel, swift: machine.swift, pulse_cpu: c.cpu, rt_priority: c.priority, mlock: c.mlock,
@@ -273,9 +346,17 @@ struct PercentilesJSON: Encodable {
     enum CodingKeys: String, CodingKey { case p50, p95, p99, p999, max }
 }
 
+/// One beat mode (spin or timer only) for the side-by-side comparison.
+struct ModeJSON: Encodable {
+    var flags: String
+    var cpu_us_per_beat: Double?
+    var jitter_us, delivery_us: PercentilesJSON
+}
+
 struct ScenarioJSON: Encodable {
     var name: String
     var beats: Int
+    var s: ScenarioResult
     var jitter_us, delivery_us, timer_floor_us, nats_floor_us: PercentilesJSON
     var allocated_bytes_per_beat: Double?
     var cpu_us_per_beat: Double?
@@ -283,6 +364,7 @@ struct ScenarioJSON: Encodable {
     var election: ElectionResult?
 
     init(_ s: ScenarioResult) {
+        self.s = s
         election = s.election
         name = s.name
         beats = s.beats
@@ -299,6 +381,8 @@ struct ScenarioJSON: Encodable {
     enum CodingKeys: String, CodingKey {
         case name, beats, jitter_us, delivery_us, timer_floor_us, nats_floor_us, allocated_bytes_per_beat,
             cpu_us_per_beat, per001_pass, per002_pass
+        case mode, jitter_source, interval_jitter_us, timer_period_floor_us, stages_us, late_over_1ms
+        case fanout
         // election only
         case placement, failover_ms, failover_pass, kill_rounds, graceful, graceful_beats_missed, graceful_pass,
             repeated_indices, backwards_indices, order_pass, degraded_frames
@@ -317,6 +401,23 @@ struct ScenarioJSON: Encodable {
         try c.encode(cpu_us_per_beat, forKey: .cpu_us_per_beat)
         try c.encode(per001_pass, forKey: .per001_pass)
         try c.encode(per002_pass, forKey: .per002_pass)
+        if let f = s.fanout {
+            try c.encode(f.json(), forKey: .fanout)
+            return
+        }
+        try c.encode(s.mode, forKey: .mode)
+        try c.encode(s.jitterSource, forKey: .jitter_source)
+        let interval = PercentilesJSON(s.intervalJitter)
+        try c.encode(interval.count > 0 ? interval : nil, forKey: .interval_jitter_us)
+        try c.encode(s.periodFloor.map { PercentilesJSON($0.latencies) }, forKey: .timer_period_floor_us)
+        var stages: [String: PercentilesJSON] = [:]
+        for (label, lat) in s.stages where lat.count > 0 { stages[label] = PercentilesJSON(lat) }
+        try c.encode(stages.isEmpty ? nil : stages, forKey: .stages_us)
+        struct Late: Encodable { var pulse_beats, timer_floor_wakes: Int, period_floor_wakes: Int? }
+        try c.encode(
+            Late(
+                pulse_beats: s.lateOver1ms, timer_floor_wakes: s.timerFloor.latencies.count(above: 1_000_000),
+                period_floor_wakes: s.periodFloor?.latencies.count(above: 1_000_000)), forKey: .late_over_1ms)
         guard let e = election else { return }
         struct MinMedianMax: Encodable { var min, median, max: Double }
         try c.encode(e.placement, forKey: .placement)
@@ -398,13 +499,16 @@ struct MachineJSON: Encodable {
 struct ReportJSON: Encodable {
     var scenarios: [ScenarioJSON]
     var baseline: BaselineJSON?
+    /// "spin" and "timer_only": CPU per beat and jitter per beat mode.
+    var modes: [String: ModeJSON]
     var machine: MachineJSON
 
-    enum CodingKeys: String, CodingKey { case scenarios, baseline, machine }
+    enum CodingKeys: String, CodingKey { case scenarios, baseline, modes, machine }
     func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(scenarios, forKey: .scenarios)
         try c.encode(baseline, forKey: .baseline)
+        try c.encode(modes, forKey: .modes)
         try c.encode(machine, forKey: .machine)
     }
 }

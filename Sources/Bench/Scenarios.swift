@@ -59,6 +59,20 @@ struct ScenarioResult {
     var delivery = Latencies()  // subscriber receive − scheduled
     var timerFloor: Floor
     var natsFloor: Floor
+    /// cyclictest at the beat's own sleep length (-i = the period); nil when not measured.
+    var periodFloor: Floor? = nil
+    /// Where the publish times came from: "tx_timestamp", "write", or "mixed (…)".
+    var jitterSource = "none"
+    /// |receive interval − period| between consecutive beats at the subscriber.
+    var intervalJitter = Latencies()
+    /// Per-beat delivery stages (label, distribution), in the order a beat goes through them.
+    var stages: [(String, Latencies)] = []
+    /// Beats published more than 1 ms after their instant (the pulse's "late wakes").
+    var lateOver1ms = 0
+    /// The pulse's extra flags (e.g. -spin-max-us 0 for the shared-host mode).
+    var mode = "spin"
+    /// The fanout scenario's own figures.
+    var fanout: FanoutResult? = nil
     var allocatedBytesPerBeat: Double? = nil
     var cpuUsPerBeat: Double? = nil
     var crossCheckViolations = 0  // beats received before the publisher says it published
@@ -100,7 +114,7 @@ final class PulseRun {
     let dataDir: String
 
     /// Starts `pulse` pinned to the bench core; falls back to no real-time when refused.
-    init(_ ctx: BenchContext, name: String, bpm: Int, cluster: String = "bench") throws {
+    init(_ ctx: BenchContext, name: String, bpm: Int, cluster: String = "bench", extraArgs: [String] = []) throws {
         guard access(ctx.pulsePath, X_OK) == 0 else {
             throw BenchError(
                 "no pulse binary at \(ctx.pulsePath); build it first (swift build -c release --product pulse) or set PULSE_BINARY"
@@ -117,6 +131,7 @@ final class PulseRun {
             ]
             if ctx.priority > 0 { args += ["-rt-priority", "\(ctx.priority)"] }
             if ctx.mlock { args += ["-mlock"] }
+            args += extraArgs
             let child = try Child(name: "pulse", path: ctx.pulsePath, arguments: args, outputPath: dir + ".log")
             let up = waitUntil(seconds: 15) { !child.isRunning || canConnect(port: port) }
             if up && child.isRunning {
@@ -161,6 +176,9 @@ final class PulseRun {
         return out
     }
 
+    /// One /debug/beats record. `publish_ns` is the honest publish time (TX
+    /// timestamp, else write return); the stage fields are absent from
+    /// pulse binaries older than the TX timestamps.
     struct BeatRecord: Decodable {
         var index: Int64
         var scheduled_ns: Int64
@@ -168,6 +186,10 @@ final class PulseRun {
         var publish_ns: Int64
         var done_ns: Int64
         var published: Bool
+        var decision_ns: Int64?
+        var write_ns: Int64?
+        var tx_ns: Int64?
+        var source: String?
     }
 
     func beats() -> [BeatRecord] {
@@ -302,13 +324,15 @@ final class HTTPLoad {
 
 func runPulseScenario(
     _ ctx: BenchContext, name: String, bpm: Int, timerFloor: Floor, natsFloor: Floor,
-    withHTTPLoad: Bool
+    withHTTPLoad: Bool, periodFloor: Floor? = nil, extraArgs: [String] = []
 ) throws -> ScenarioResult {
     let seconds = ctx.options.seconds
     var result = ScenarioResult(name: name, bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor)
+    result.periodFloor = periodFloor
+    if !extraArgs.isEmpty { result.mode = extraArgs.joined(separator: " ") }
     let receiver = try Receiver(url: ctx.natsURL, subject: "backbeat.bench.beat", payload: .beatFrame)
     defer { receiver.close() }
-    let pulse = try PulseRun(ctx, name: name, bpm: bpm)
+    let pulse = try PulseRun(ctx, name: name, bpm: bpm, extraArgs: extraArgs)
     defer {
         let status = pulse.stop()
         if status != 0 { ctx.notes.append("\(name): pulse exited with status \(status) on SIGTERM") }
@@ -343,20 +367,58 @@ func runPulseScenario(
     var recordByIndex: [Int64: PulseRun.BeatRecord] = [:]
     for r in records where r.index >= first && r.index <= last { recordByIndex[r.index] = r }
     var scheduleMismatch = 0
+    var sources: [String: Int] = [:]
+    var lead = Latencies()
+    var wakeToDecision = Latencies()
+    var decisionJitter = Latencies()
+    var decisionToWrite = Latencies()
+    var decisionToTx = Latencies()
+    var publishToReceive = Latencies()
     for r in recordByIndex.values where r.published {
         result.published += 1
         result.jitter.record(ns: abs(r.publish_ns - r.scheduled_ns))
+        if r.publish_ns - r.scheduled_ns > 1_000_000 { result.lateOver1ms += 1 }
+        sources[r.source ?? "decision (old pulse)", default: 0] += 1
         if r.scheduled_ns != epoch.instantNs(ofBeat: r.index) { scheduleMismatch += 1 }
+        guard let decision = r.decision_ns, let written = r.write_ns else { continue }
+        lead.record(ns: r.scheduled_ns - r.wake_ns)
+        wakeToDecision.record(ns: decision - r.wake_ns)
+        decisionJitter.record(ns: abs(decision - r.scheduled_ns))
+        decisionToWrite.record(ns: written - decision)
+        if let tx = r.tx_ns, tx != 0 { decisionToTx.record(ns: tx - decision) }
     }
+    result.jitterSource =
+        sources.count == 1
+        ? sources.keys.first!
+        : sources.isEmpty
+            ? "none"
+            : "mixed (" + sources.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+                + ")"
     var seen = Set<Int64>()
+    var receivedAt: [Int64: Int64] = [:]
     for rx in receiver.snapshot() where rx.value >= first && rx.value <= last && !seen.contains(rx.value) {
         seen.insert(rx.value)
+        receivedAt[rx.value] = rx.receivedNs
         result.received += 1
         let scheduled = epoch.instantNs(ofBeat: rx.value)
         result.delivery.record(ns: rx.receivedNs - scheduled)
-        if let r = recordByIndex[rx.value], r.published, rx.receivedNs < r.publish_ns {
-            result.crossCheckViolations += 1
+        if let r = recordByIndex[rx.value], r.published {
+            if rx.receivedNs < r.publish_ns { result.crossCheckViolations += 1 }
+            publishToReceive.record(ns: rx.receivedNs - r.publish_ns)
         }
+    }
+    // The subscriber's interval jitter: consecutive beats only.
+    for (k, t) in receivedAt {
+        guard let previous = receivedAt[k - 1] else { continue }
+        let period = epoch.instantNs(ofBeat: k) - epoch.instantNs(ofBeat: k - 1)
+        result.intervalJitter.record(ns: abs((t - previous) - period))
+    }
+    if lead.count > 0 {
+        result.stages = [
+            ("timer lead (instant − wake)", lead), ("wake → decision", wakeToDecision),
+            ("|decision − instant|", decisionJitter), ("decision → write returned", decisionToWrite),
+            ("decision → TX timestamp", decisionToTx), ("publish → subscriber", publishToReceive),
+        ]
     }
     if recordByIndex.count < result.beats {
         result.notes.append("/debug/beats holds \(recordByIndex.count) of the window's \(result.beats) beats")

@@ -32,6 +32,13 @@ struct Latencies {
         _ = histogram.record(UInt64(v), count: count)
     }
 
+    /// Samples above `ns` (e.g. wakes more than 1 ms late: a hypervisor stall).
+    func count(above ns: Int64) -> Int {
+        var n: UInt64 = 0
+        for v in histogram.recordedValues() where Int64(v.value) > ns { n += v.count }
+        return Int(n)
+    }
+
     var summary: Percentiles {
         guard histogram.totalCount > 0 else { return .empty }
         func us(_ p: Double) -> Double { Double(histogram.valueAtPercentile(p)) / 1000 }

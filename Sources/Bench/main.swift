@@ -84,9 +84,17 @@ func attempt(_ name: String, _ body: () throws -> Void) {
 }
 
 var idleFloors: (timer: Floor, nats: Floor)? = nil
-if !wants.intersection(["idle", "baseline", "per001"]).isEmpty {
-    log("idle floors (\(options.seconds) s timer-wake, \(options.seconds) s NATS)…")
+if !wants.intersection(["idle", "baseline", "per001", "shared"]).isEmpty {
+    let periodUs = 60_000_000 / options.bpm
+    log(
+        "idle floors (\(options.seconds) s timer-wake at 1 ms, \(options.seconds) s at the period \(periodUs) µs, \(options.seconds) s NATS)…"
+    )
     let timer = measureTimerFloor(seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority, tempDir: ctx.tempDir)
+    let periodFloor =
+        periodUs == 1000
+        ? timer
+        : measureTimerFloor(
+            seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority, tempDir: ctx.tempDir, intervalUs: periodUs)
     let natsFloor = measureNatsFloor(
         url: ctx.natsURL, bpm: options.bpm, seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority)
     idleFloors = (timer, natsFloor)
@@ -95,13 +103,24 @@ if !wants.intersection(["idle", "baseline", "per001"]).isEmpty {
         attempt("idle") {
             report.scenarios.append(
                 try runPulseScenario(
-                    ctx, name: "idle", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: false))
+                    ctx, name: "idle", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: false,
+                    periodFloor: periodFloor))
+        }
+    }
+    if wants.contains("shared") {
+        log("shared: pulse at \(options.bpm) bpm, -spin-max-us 0 (timer only)…")
+        attempt("shared") {
+            report.scenarios.append(
+                try runPulseScenario(
+                    ctx, name: "shared", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor,
+                    withHTTPLoad: false, periodFloor: periodFloor, extraArgs: ["-spin-max-us", "0"]))
         }
     }
     if wants.contains("baseline") {
         log("baseline: DispatchSourceTimer + JSONEncoder at \(options.bpm) bpm…")
         attempt("baseline") {
             report.baseline = try runBaseline(ctx, bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor)
+            report.baseline?.periodFloor = periodFloor
         }
     }
     if wants.contains("per001") {
@@ -125,6 +144,11 @@ if wants.contains("election") {
         if idleFloors != nil { r.notes.append("floors shared with idle") }
         report.scenarios.append(r)
     }
+}
+
+if wants.contains("fanout") {
+    log("fanout: 3 nats-servers with routes, 1/100/1000 subscribers at \(options.bpm) bpm…")
+    attempt("fanout") { report.scenarios.append(try runFanoutScenario(ctx, bpm: options.bpm)) }
 }
 
 if wants.contains("load") {

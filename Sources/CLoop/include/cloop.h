@@ -165,7 +165,20 @@ const char *cloop_allocator_version(void);
 /* The commit the binary was built from (`make` writes it), or "unknown". */
 const char *cloop_build_commit(void);
 
+/// Software TX timestamps on a connected TCP socket (cloop_txts.c): one per
+/// send() call, for its last byte, on the socket's error queue, with a byte
+/// id. Enable stores the id base for cloop_txts_next_key(); 0 or -errno.
+int cloop_txts_enable(int fd, int64_t *base_out);
+int cloop_txts_disable(int fd);
+/// The id the last byte written so far carries (read from TCP_INFO), or
+/// -errno (-EAGAIN: nothing written since enabling).
+int64_t cloop_txts_next_key(int fd, int64_t base);
+/// Reads one send timestamp from the error queue without blocking: 1 (key,
+/// CLOCK_REALTIME ns), 0 when the queue is empty, or -errno. Allocation-free.
+int cloop_txts_read(int fd, uint32_t *key_out, int64_t *ns_out);
+
 #ifdef __cplusplus
 }
 #endif
+
 #endif

@@ -275,20 +275,33 @@ private struct ReadyBody: Encodable {
 }
 
 /// `GET /debug/beats`: the node's own per-beat measurements, oldest first.
+/// Stages (wall ns): `wake_ns` timer wake → `decision_ns` spin exit →
+/// `write_ns` (= `done_ns`) write(2) returned → `tx_ns` kernel TX timestamp
+/// of the frame's last byte (0 without one). `publish_ns` is the honest
+/// publish time (requirements §9): `tx_ns`, else `write_ns`; `source` says
+/// which ("tx_timestamp", "write", "pending").
 private struct BeatsBody: Encodable {
     struct Beat: Encodable {
         var index: Int64
         var scheduled_ns: Int64
         var wake_ns: Int64
+        var decision_ns: Int64
+        var write_ns: Int64
+        var tx_ns: Int64
         var publish_ns: Int64
         var done_ns: Int64
+        var source: String
         var published: Bool
         init(_ record: BeatRecord) {
             index = record.index
             scheduled_ns = record.scheduledNs
             wake_ns = record.wakeNs
-            publish_ns = record.publishStartNs
+            decision_ns = record.publishStartNs
+            write_ns = record.publishDoneNs
+            tx_ns = record.txNs
+            publish_ns = record.publishedNs
             done_ns = record.publishDoneNs
+            source = record.source.name
             published = record.published
         }
     }

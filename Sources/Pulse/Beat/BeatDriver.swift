@@ -36,7 +36,27 @@ struct BeatStats {
     var lastPublishedNs: Int64 = 0
 }
 
-/// What the driver measured for one beat, handed to the observer.
+/// Where a beat's publish time comes from (requirements §9).
+enum PublishTimeSource: UInt8 {
+    /// The kernel's software TX timestamp of the frame's last byte.
+    case txTimestamp
+    /// The return of the write(2) that carried the frame (no stamp).
+    case write
+    /// The stamp is awaited (the record is final once it arrives or the next beat comes).
+    case pending
+
+    var name: String {
+        switch self {
+        case .txTimestamp: return "tx_timestamp"
+        case .write: return "write"
+        case .pending: return "pending"
+        }
+    }
+}
+
+/// What the driver measured for one beat, handed to the observer. The
+/// stages: timer wake (`wakeNs`) → decision (`publishStartNs`, the spin's
+/// exit) → write returned (`publishDoneNs`) → TX timestamp (`txNs`).
 struct BeatRecord {
     var index: Int64
     var scheduledNs: Int64
@@ -45,7 +65,13 @@ struct BeatRecord {
     var publishDoneNs: Int64
     var published: Bool
     var periodNs: Int64
-    var jitterNs: Int64 { publishStartNs - scheduledNs }
+    /// The kernel's TX timestamp of the frame's last byte, or 0.
+    var txNs: Int64 = 0
+    var source: PublishTimeSource = .write
+    /// When the frame left the process: the TX timestamp, else the write's return.
+    var publishedNs: Int64 { txNs != 0 ? txNs : publishDoneNs }
+    /// publish time − scheduled instant (§9: never the decision).
+    var jitterNs: Int64 { publishedNs - scheduledNs }
     var publishDurationNs: Int64 { publishDoneNs - publishStartNs }
 }
 
@@ -68,6 +94,12 @@ final class BeatRing {
         (storage + next).initialize(to: record)  // BeatRecord is trivial: no deinit needed
         next = (next + 1) % capacity
         count = min(count + 1, capacity)
+    }
+
+    /// Rewrites the newest record in place (a late TX timestamp); allocation-free.
+    func updateLast(_ body: (inout BeatRecord) -> Void) {
+        guard count > 0 else { return }
+        body(&storage[(next - 1 + capacity) % capacity])
     }
 
     /// Oldest first.
@@ -114,7 +146,7 @@ protocol TempoListener: AnyObject {
 }
 
 /// Drives beats on the loop thread from a CLOCK_REALTIME timerfd.
-final class BeatDriver: LoopHandler {
+final class BeatDriver: LoopHandler, TxTimestampSink {
     private unowned let loop: EventLoop
     private let nats: NatsLink
     private let logger: Logger
@@ -192,6 +224,7 @@ final class BeatDriver: LoopHandler {
         self.wakeLateness = .allocate(capacity: Self.wakeWindow)
         self.wakeLateness.initialize(repeating: 0, count: Self.wakeWindow)
         self.timerToken = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: self)
+        nats.txSink = self
     }
 
     deinit {
@@ -203,6 +236,9 @@ final class BeatDriver: LoopHandler {
     /// Starts with the first beat whose instant is still ahead (or passed less
     /// than half a period ago, per the lateness rule).
     func start(nowNs: Int64) {
+        // Timer-only (shared-host) mode wakes exactly at the instant: the
+        // loop thread's timer slack at its minimum (the default is 50 µs).
+        if maxLeadNs == 0 { _ = cloop_set_timer_slack_ns(1) }
         started = true
         publishingSinceNs = nowNs
         let k = max(timeline.beat(atOrBeforeNs: nowNs), timeline.epoch.startBeat - 1)
@@ -295,6 +331,7 @@ final class BeatDriver: LoopHandler {
     private func fire() -> Int64? {
         let allocatedBefore = allocatedCounter?.pointee ?? 0
         let wakeNs = cloop_realtime_ns()
+        if awaitingTx { finishAwaitedRecord(txNs: 0) }
         recordWake(lateness: wakeNs - armedAtNs)
         let monoNs = cloop_monotonic_ns()
         let mode = gate?.publishMode(monotonicNs: monoNs) ?? .publish
@@ -348,7 +385,11 @@ final class BeatDriver: LoopHandler {
             record.wakeNs = wakeNs
             record.scheduledNs = target
             recent.append(record)
-            observer?.beatRecorded(record)
+            if record.source == .pending {
+                awaitingTx = true  // observed when the stamp arrives, or at the next wake
+            } else {
+                observer?.beatRecorded(record)
+            }
             let allocatedAfter = allocatedCounter?.pointee ?? 0
             if allocatedAfter != allocatedBefore {
                 stats.hotPathAllocatedBytes &+= allocatedAfter &- allocatedBefore
@@ -377,6 +418,11 @@ final class BeatDriver: LoopHandler {
             }
         }
         let doneNs = cloop_realtime_ns()
+        // After the write, off the critical instant: the frame's TX stamp
+        // (usually queued before write(2) returns; else awaited).
+        let txNs = published ? nats.takeTxTimestamp() : 0
+        let source: PublishTimeSource =
+            txNs != 0 ? .txTimestamp : (published && nats.awaitingTxTimestamp ? .pending : .write)
         if published {
             stats.beatsPublished &+= 1
             stats.lastPublishedNs = doneNs
@@ -384,13 +430,43 @@ final class BeatDriver: LoopHandler {
         } else {
             stats.beatsUnpublished &+= 1
         }
-        let jitter = nowNs - scheduled
-        stats.lastJitterNs = jitter
-        stats.maxJitterNs = max(stats.maxJitterNs, abs(jitter))
-        stats.lastBeatIndex = k
-        return BeatRecord(
+        let record = BeatRecord(
             index: k, scheduledNs: scheduled, wakeNs: nowNs, publishStartNs: nowNs, publishDoneNs: doneNs,
-            published: published, periodNs: timeline.instantNs(ofBeat: k + 1) - scheduled)
+            published: published, periodNs: timeline.instantNs(ofBeat: k + 1) - scheduled, txNs: txNs,
+            source: source)
+        stats.lastJitterNs = record.jitterNs
+        stats.maxJitterNs = max(stats.maxJitterNs, abs(record.jitterNs))
+        stats.lastBeatIndex = k
+        return record
+    }
+
+    /// The last beat's record waits for its TX timestamp.
+    private var awaitingTx = false
+
+    /// The awaited stamp arrived (the link's event path, loop thread).
+    func txTimestampArrived(ns: Int64) {
+        guard awaitingTx else { return }
+        finishAwaitedRecord(txNs: ns)
+    }
+
+    /// Completes the awaited record: with its stamp, or (0) with the write's
+    /// return when the next beat came first. Allocation-free.
+    private func finishAwaitedRecord(txNs: Int64) {
+        awaitingTx = false
+        nats.cancelTxTimestamp()
+        var finished: BeatRecord?
+        recent.updateLast { record in
+            guard record.source == .pending else { return }
+            record.txNs = txNs
+            record.source = txNs != 0 ? .txTimestamp : .write
+            finished = record
+        }
+        guard let finished else { return }
+        if finished.index == stats.lastBeatIndex {
+            stats.lastJitterNs = finished.jitterNs
+            stats.maxJitterNs = max(stats.maxJitterNs, abs(finished.jitterNs))
+        }
+        observer?.beatRecorded(finished)
     }
 
     /// Wakes remembered for the lead: long enough that one slow wake keeps

@@ -145,6 +145,14 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     static let pingIntervalMs: Int32 = 500
     static let staleAfterNs: Int64 = 3 * Int64(pingIntervalMs) * 1_000_000
     private var inbox: String?
+    /// TX timestamps (SO_TIMESTAMPING) on the attached socket: the id base
+    /// from `cloop_txts_enable`, or -1 when the kernel refused them (then
+    /// publish times fall back to the write's return).
+    private var txBase: Int64 = -1
+    /// The id of the beat frame's last byte while its timestamp is awaited.
+    private var pendingTxKey: UInt32?
+    /// Hears a beat frame's TX timestamp that arrived after its beat (loop thread).
+    weak var txSink: TxTimestampSink?
     private var requestCounter: UInt64 = 0
     private var pendingRequests: [UInt64: (deadlineNs: Int64, reply: (Data?) -> Void)] = [:]
 
@@ -685,10 +693,62 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         callbackLock.unlock()
     }
 
+    // MARK: TX timestamps
+
+    /// Beat path, right after a publish: the kernel's software TX timestamp
+    /// of the frame's last byte (CLOCK_REALTIME ns), or 0 when there is none
+    /// yet. Never blocks, allocation-free (two syscalls: TCP_INFO for the id,
+    /// a non-blocking error-queue read). When the id is known but its stamp
+    /// has not arrived, it is awaited: `txSink` hears it from the loop's event
+    /// path. Bytes still buffered in the client (the write was partial) have
+    /// no stamp yet to predict: 0, and the caller uses the write's return.
+    func takeTxTimestamp() -> Int64 {
+        pendingTxKey = nil
+        guard txBase >= 0, socketFd >= 0, !writeWanted else { return 0 }
+        let key = cloop_txts_next_key(socketFd, txBase)
+        guard key >= 0 else { return 0 }
+        pendingTxKey = UInt32(truncatingIfNeeded: key)
+        return drainTxTimestamps().awaitedNs
+    }
+
+    /// Forgets an awaited stamp (the beat was recorded with its write time).
+    func cancelTxTimestamp() { pendingTxKey = nil }
+
+    /// True while a stamp is awaited for the last beat.
+    var awaitingTxTimestamp: Bool { pendingTxKey != nil }
+
+    /// Reads the error queue empty (bounded): stamps of other writes (PING,
+    /// PONG, subscriptions) are dropped; the awaited one is returned (and
+    /// no longer awaited), else 0; `read` counts the stamps read.
+    private func drainTxTimestamps() -> (read: Int, awaitedNs: Int64) {
+        var found: Int64 = 0
+        var read = 0
+        var key: UInt32 = 0
+        var ns: Int64 = 0
+        for _ in 0..<64 {
+            guard cloop_txts_read(socketFd, &key, &ns) == 1 else { break }
+            read += 1
+            if let pending = pendingTxKey, pending == key {
+                pendingTxKey = nil
+                found = ns
+            }
+        }
+        return (read, found)
+    }
+
     // MARK: loop callbacks
 
     func loopEvent(token: UInt32, events: UInt32) {
         guard let nc = attachedConnection else { return }
+        // EPOLLERR also means "TX timestamps queued": drain them here (the
+        // loop would otherwise wake for them every turn). A real socket error
+        // keeps EPOLLERR up with an empty queue and reaches the client below.
+        if events & UInt32(CLOOP_ERROR) != 0, txBase >= 0, socketFd >= 0 {
+            let awaited = pendingTxKey != nil
+            let (read, ns) = drainTxTimestamps()
+            if awaited, ns != 0 { txSink?.txTimestampArrived(ns: ns) }
+            if read > 0, events & UInt32(CLOOP_READ | CLOOP_HANGUP) == 0 { return }
+        }
         if events & UInt32(CLOOP_READ | CLOOP_HANGUP | CLOOP_ERROR) != 0 {
             lastInboundMonoNs = cloop_monotonic_ns()
             natsConnection_ProcessReadEvent(nc)
@@ -771,6 +831,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             socketToken = try loop.register(fd: own, interest: UInt32(CLOOP_READ), owned: true, handler: self)
             socketFd = own
             librarySocket = fd
+            var base: Int64 = 0
+            txBase = cloop_txts_enable(own, &base) == 0 ? base : -1
+            pendingTxKey = nil
             attachedConnection = nc
             readWanted = true
             stats.attaches &+= 1
@@ -806,6 +869,8 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             socketToken = nil
             socketFd = -1
         }
+        txBase = -1
+        pendingTxKey = nil
         if librarySocket >= 0 {
             if let processClose = natsProcessCloseEvent { processClose(&librarySocket) }
             librarySocket = -1
@@ -874,6 +939,11 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             }
         }
     }
+}
+
+/// Hears the TX timestamp of a beat frame that arrived after its beat (loop thread).
+protocol TxTimestampSink: AnyObject {
+    func txTimestampArrived(ns: Int64)
 }
 
 /// A counter shared by the connect and callback threads.

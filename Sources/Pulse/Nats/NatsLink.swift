@@ -143,6 +143,15 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// Silence after which a connection counts as dead: three ping intervals
     /// (the server answers every PING, so a live link is never that quiet).
     static let pingIntervalMs: Int32 = 500
+    /// TCP_USER_TIMEOUT on the NATS socket (fault 2 of issue #10): bytes the
+    /// kernel holds unacknowledged for longer are dropped with the
+    /// connection, so a frame queued behind a dead link (a partition, a
+    /// stopped or starved process) arrives within this bound or never. The
+    /// hand-over guard (`BeatDriver.handoffGuardNs`) covers it. The kernel
+    /// enforces it even while this process is stopped; above Linux's 200 ms
+    /// minimum retransmission timeout, so one lost segment does not drop a
+    /// healthy connection.
+    static let userTimeoutMs: Int64 = 250
     static let staleAfterNs: Int64 = 3 * Int64(pingIntervalMs) * 1_000_000
     private var inbox: String?
     private var requestCounter: UInt64 = 0
@@ -752,6 +761,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
 
     // MARK: adapter, always on the loop thread
 
+    /// `TCP_USER_TIMEOUT` from <netinet/tcp.h> (Linux ≥ 2.6.37).
+    static let tcpUserTimeout: Int32 = 18
+
     fileprivate func attachNow(fd: Int32, connection nc: OpaquePointer?) {
         detachNow()
         guard let nc, !closed else { return }
@@ -771,6 +783,15 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             socketToken = try loop.register(fd: own, interest: UInt32(CLOOP_READ), owned: true, handler: self)
             socketFd = own
             librarySocket = fd
+            // Fault 2: unacknowledged frames never outlive `userTimeoutMs`
+            // (a socket option: the link stays non-blocking and unchanged).
+            var timeoutMs = UInt32(Self.userTimeoutMs)
+            if setsockopt(
+                own, Int32(IPPROTO_TCP), Self.tcpUserTimeout, &timeoutMs, socklen_t(MemoryLayout<UInt32>.size))
+                != 0
+            {
+                logger.warning("cannot set TCP_USER_TIMEOUT on the NATS socket", metadata: ["errno": "\(errno)"])
+            }
             attachedConnection = nc
             readWanted = true
             stats.attaches &+= 1

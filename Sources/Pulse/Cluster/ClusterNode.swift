@@ -363,7 +363,8 @@ final class ClusterNode: LoopHandler, RaftInbox {
         }
         store.save(hardState: ready.hardState, snapshot: ready.snapshot, entries: ready.entries) { [weak self] error in
             guard let self else { return }
-            self.loop.postCallback {
+            // Fault 5: a completion, never dropped (EventLoop.postCompletion).
+            self.loop.postCompletion {
                 if let error {
                     // Nothing in this Ready may be acknowledged: stop here.
                     self.storeErrors &+= 1

@@ -155,8 +155,12 @@ public struct BeatPlanner: Sendable {
         if !config.legacy.echoOnlyTakeover { nextBeat = max(nextBeat, lastPublishedIndex + 1) }
     }
 
-    /// Just became the leader at local wall time `wallNs`.
-    public mutating func takeOver(timeline t: Timeline, wallNs: Int64) {
+    /// Just became the leader at local wall time `wallNs`. `guardNs`
+    /// replaces `config.handoffGuardNs` when the caller knows a smaller bound
+    /// holds (the service: a graceful hand-over, whose predecessor voided its
+    /// lease before asking this node to campaign and whose own last frame
+    /// had come back on the subject: the clock offset and NATS latency).
+    public mutating func takeOver(timeline t: Timeline, wallNs: Int64, guardNs: Int64? = nil) {
         let current = t.beat(atOrBeforeNs: wallNs)
         var next = current + 1
         if config.legacy.echoOnlyTakeover {
@@ -167,7 +171,7 @@ public struct BeatPlanner: Sendable {
                 next = current
             }
         } else {
-            next = t.nextBeat(afterNs: wallNs + config.handoffGuardNs - 1)
+            next = t.nextBeat(afterNs: wallNs + (guardNs ?? config.handoffGuardNs) - 1)
             takeoverFloorBeat = next
         }
         nextBeat = max(next, lastSeenIndex + 1, lastPublishedIndex + 1, t.epoch.startBeat)

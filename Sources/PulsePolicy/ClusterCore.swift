@@ -132,9 +132,15 @@ public final class ClusterCore {
     /// same term was then granted although this node had just acked the old
     /// leader (found by ClusterSimTests, fault-1 scenario seeds 9 and 24).
     private func stickyRefuses(_ m: Message) -> Bool {
+        Self.stickyRefuses(m, raft: raft, electionTicks: timing.electionTicks)
+    }
+
+    /// The guard above for any driver of a `RaftNode` (the service's
+    /// ClusterNode uses it too): true when `m` must not be stepped.
+    public static func stickyRefuses(_ m: Message, raft: RaftNode, electionTicks: Int) -> Bool {
         guard m.kind == .vote || m.kind == .preVote, !m.transfer, raft.role != .leader else { return false }
         guard m.from != raft.leader, raft.vote != m.from || m.kind == .preVote else { return false }
-        return raft.ticksSinceLeaderContact < timing.electionTicks
+        return raft.ticksSinceLeaderContact < electionTicks
     }
 
     private func refreshLease() {

@@ -66,6 +66,28 @@ final class EventLoopTests: XCTestCase {
         XCTAssertEqual(cloop_post_dropped(loop.raw), 1)
     }
 
+    /// Fault 5 of issue #10: a completion is never dropped, even when NATS
+    /// deliveries have filled the doorway (e72aafc lost the Raft store's
+    /// completion there and the node never sent another message).
+    func testCompletionsSurviveAFullDoorway() throws {
+        let loop = try EventLoop(maxSlots: 4, queueCapacity: 8)
+        var delivered = 0
+        var posted = 0
+        while loop.postCallback({ delivered += 1 }) { posted += 1 }
+        XCTAssertEqual(posted, 8, "the doorway is full")
+        var completed = 0
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread {
+            for _ in 0..<3 { loop.postCompletion { completed += 1 } }
+            done.signal()
+        }
+        done.wait()
+        loop.turn(timeoutNs: 0)
+        loop.turn(timeoutNs: 0)
+        XCTAssertEqual(completed, 3, "every completion ran")
+        XCTAssertEqual(delivered, 8)
+    }
+
     func testRemovedRegistrationGetsNoStaleEvents() throws {
         let loop = try EventLoop()
         let a = Recorder()

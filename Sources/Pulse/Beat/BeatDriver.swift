@@ -114,23 +114,14 @@ protocol BeatObserver: AnyObject {
     func beatRecorded(_ record: BeatRecord)
 }
 
-/// How this node treats the next beat.
-enum PublishMode {
-    /// Publish at the instant (single node, or the leader holding its lease).
-    case publish
-    /// Leader without a confirmed lease yet: retry shortly.
-    case wait
-    /// A follower: keep the timeline, publish nothing.
-    case silent
-    /// No leader for too long: publish `"degraded":true` frames this long
-    /// after the (offset-corrected) instant, unless another node did first.
-    case degraded(delayNs: Int64)
-}
-
 /// Decides how this node publishes (the cluster's lease and degradation).
 /// Called on the beat path: implementations must not allocate.
 protocol PublishGate: AnyObject {
-    func publishMode(monotonicNs: Int64) -> PublishMode
+    /// The planner's publish mode (PulsePolicy): `.leader(leaseUntilMonoNs:)`
+    /// carries the lease deadline so the planner checks it again after the
+    /// spin and notices it lapse (fault 2); `.single` is never returned by a
+    /// cluster node.
+    func publishMode(monotonicNs: Int64) -> PulsePolicy.PublishMode
     /// The local wall time at which the committed timeline (the leader's
     /// clock) reads `timelineNs`; identity without an offset estimate.
     func localNs(forTimelineNs timelineNs: Int64) -> Int64
@@ -161,7 +152,12 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
     private var timerToken: UInt32 = 0
     /// The Raft term stamped on frames (a single bootstrapped node is term 1).
     var term: UInt64 = 1
-    private(set) var nextBeat: Int64 = 0
+    /// The beat decisions (PulsePolicy): next beat, what the subject showed,
+    /// the hand-over floor and whether the lease was held at the last wake.
+    /// Kept across wakes (a value type mutated in place: no allocation).
+    private var planner: BeatPlanner
+    /// The next beat to decide.
+    var nextBeat: Int64 { planner.nextBeat }
     private(set) var stats = BeatStats()
     weak var observer: BeatObserver?
     /// The last 4096 beats' measurements.
@@ -170,16 +166,12 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
     /// When set, beats are published only while it allows (cluster mode).
     weak var gate: PublishGate?
     /// The highest beat index seen on the beat subject (from any node), or -1.
-    private(set) var lastSeenIndex: Int64 = -1
+    var lastSeenIndex: Int64 { planner.lastSeenIndex }
     /// Remote HLC stamps not adopted (too far ahead).
     private(set) var hlcRejected: UInt64 = 0
     /// Beats this node did not publish because it is not the leader.
     private(set) var beatsFollowed: UInt64 = 0
     private(set) var started = false
-    /// The last degraded frame published, until it is seen on the subject.
-    private var lastDegradedIndex: Int64 = -1
-    /// Wall time a non-degraded frame from another node was last seen.
-    private var lastLeaderFrameNs: Int64 = 0
     /// Wall time an accepted frame from another node (degraded or not) was last seen, or 0.
     private(set) var lastFrameFromOthersNs: Int64 = 0
     /// Wall time this node last began to publish (start, or took over as
@@ -223,9 +215,37 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         self.leadNs = maxLeadNs
         self.wakeLateness = .allocate(capacity: Self.wakeWindow)
         self.wakeLateness.initialize(repeating: 0, count: Self.wakeWindow)
+        self.planner = BeatPlanner(
+            config: PlannerConfig(
+                maxLeadNs: maxLeadNs, handoffGuardNs: Self.handoffGuardNs, legacy: Self.serviceFaults))
         self.timerToken = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: self)
         nats.txSink = self
     }
+
+    /// The hand-over guard (fault 3 of issue #10): a new or restarted leader
+    /// publishes only beats whose instant is at least this long after it was
+    /// elected (on its clock), and after every index the subject showed or it
+    /// published itself. Any earlier leader's lease had expired when this one
+    /// was elected (Raft's lease proof), so that leader emitted only beats
+    /// with instants up to the election plus the clock offset between the
+    /// two; its bytes still queued in a kernel arrive within NATS's latency
+    /// or are dropped by the socket's TCP_USER_TIMEOUT. A degraded node stops
+    /// when it hears the leader (Raft, immediately) or sees its frames, and
+    /// publishes only within its turn after an instant. The guard covers all
+    /// of them without trusting this node's own echo, which a restarted or
+    /// reconnected node does not have.
+    static let handoffGuardNs: Int64 =
+        NatsLink.userTimeoutMs * 1_000_000 + BeatDriver.clockOffsetAllowanceNs + BeatDriver.natsLatencyAllowanceNs
+    /// The guard after a graceful hand-over (SIGTERM of the leader): the
+    /// previous leader voided its lease before it asked this node to
+    /// campaign, and asked only once its last frame had come back on the
+    /// subject (PulseNode), so nothing of it is queued behind a dead link:
+    /// the clock offset and NATS's latency remain.
+    static let handOverGuardNs: Int64 = BeatDriver.clockOffsetAllowanceNs + BeatDriver.natsLatencyAllowanceNs
+    /// Offset between two nodes' wall clocks the guard covers (NTP-synced hosts).
+    static let clockOffsetAllowanceNs: Int64 = 20_000_000
+    /// A frame's way through the NATS server to a subscriber.
+    static let natsLatencyAllowanceNs: Int64 = 25_000_000
 
     deinit {
         frame.deallocate()
@@ -234,18 +254,15 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
     }
 
     /// Starts with the first beat whose instant is still ahead (or passed less
-    /// than half a period ago, per the lateness rule).
+    /// than half a period ago, per the lateness rule), never at or before a
+    /// beat this node already published (a re-plan after a clock step).
     func start(nowNs: Int64) {
         // Timer-only (shared-host) mode wakes exactly at the instant: the
         // loop thread's timer slack at its minimum (the default is 50 µs).
         if maxLeadNs == 0 { _ = cloop_set_timer_slack_ns(1) }
         started = true
         publishingSinceNs = nowNs
-        let k = max(timeline.beat(atOrBeforeNs: nowNs), timeline.epoch.startBeat - 1)
-        nextBeat = k + 1
-        if k >= timeline.epoch.startBeat && nowNs - timeline.instantNs(ofBeat: k) < halfPeriodNs(of: k) {
-            nextBeat = k
-        }
+        planner.start(timeline: timeline, wallNs: nowNs)
         prepareAhead()
         arm()
     }
@@ -254,13 +271,9 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         _ = cloop_timer_disarm(loop.raw, timerToken)
     }
 
-    private func halfPeriodNs(of k: Int64) -> Int64 {
-        (timeline.instantNs(ofBeat: k + 1) - timeline.instantNs(ofBeat: k)) / 2
-    }
-
     private func arm() {
-        let mode = gate?.publishMode(monotonicNs: cloop_monotonic_ns()) ?? .publish
-        arm(at: targetNs(nextBeat, mode) - leadNs)
+        let mode = gate?.publishMode(monotonicNs: cloop_monotonic_ns()) ?? .single
+        arm(at: planner.targetNs(timeline, nextBeat, mode, gate?.referenceClock) - leadNs)
     }
 
     private func arm(at ns: Int64) {
@@ -295,33 +308,10 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         }
     }
 
-    /// The local wall time at which beat `k` is due in `mode`: its instant,
-    /// or in degradation the local time the leader's clock reads the instant
-    /// plus this node's turn.
-    @inline(__always)
-    private func targetNs(_ k: Int64, _ mode: PublishMode) -> Int64 {
-        let instant = timeline.instantNs(ofBeat: k)
-        guard case .degraded(let delayNs) = mode, let gate else { return instant }
-        return gate.localNs(forTimelineNs: instant) + delayNs
-    }
-
-    /// The planner's view of the service: e72aafc's behaviour where the
-    /// service does not feed the fixed policy's inputs yet (hand-over guard
-    /// and tempo barrier: see PulsePolicy and issue #10), the fixed checks
-    /// after the spin everywhere else.
-    private static let serviceFaults = LegacyFaults(
-        echoOnlyTakeover: true, requestTimeTempo: true, ownReferenceTurns: true)
-
-    /// The cluster's publish mode as the planner names it.
-    @inline(__always)
-    private func policyMode(_ mode: PublishMode) -> PulsePolicy.PublishMode {
-        switch mode {
-        case .publish: return .single  // the gate already checked the lease
-        case .wait: return .waiting
-        case .silent: return .follower
-        case .degraded(let delayNs): return .degraded(turnDelayNs: delayNs, slotNs: .max)
-        }
-    }
+    /// The planner's view of the service: the fixed policy, except fault 4
+    /// (tempo), whose inputs — the barrier of uncommitted tempo entries and
+    /// the leader's applied term start — the service does not feed yet.
+    private static let serviceFaults = LegacyFaults(requestTimeTempo: true)
 
     /// The beat path, a thin driver over the pure planner (PulsePolicy):
     /// read the clocks → ask the planner → spin → confirm (the lease and the
@@ -334,27 +324,20 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         if awaitingTx { finishAwaitedRecord(txNs: 0) }
         recordWake(lateness: wakeNs - armedAtNs)
         let monoNs = cloop_monotonic_ns()
-        let mode = gate?.publishMode(monotonicNs: monoNs) ?? .publish
+        let mode = gate?.publishMode(monotonicNs: monoNs) ?? .single
         let attachedNs = nats.connectedSinceMonoNs
-        var planner = BeatPlanner(
-            config: PlannerConfig(maxLeadNs: maxLeadNs, handoffGuardNs: 0, legacy: Self.serviceFaults),
-            nextBeat: nextBeat, lastSeenIndex: lastSeenIndex, lastPublishedIndex: stats.lastBeatIndex,
-            lastDegradedIndex: lastDegradedIndex, lastLeaderFrameWallNs: lastLeaderFrameNs)
         let inputs = BeatInputs(
-            wallNs: wakeNs, monoNs: monoNs, mode: policyMode(mode),
+            wallNs: wakeNs, monoNs: monoNs, mode: mode,
             natsAttachedMonoNs: attachedNs == .max ? nil : attachedNs, reference: gate?.referenceClock)
+        let nextBefore = planner.nextBeat
         let decision = planner.plan(inputs, timeline: timeline)
-        defer {
-            nextBeat = planner.nextBeat
-            lastDegradedIndex = planner.lastDegradedIndex
-        }
         switch decision {
         case .early:
             return nil  // woke far too early (re-armed under us); arm() re-plans
         case .retry(let atNs):
             return atNs
         case .follow:
-            if case .silent = mode { _ = timeline.applyDue(beat: nextBeat) }
+            if case .follower = mode { _ = timeline.applyDue(beat: nextBefore) }
             beatsFollowed &+= 1
             return nil
         case .skip:
@@ -370,11 +353,11 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
             stats.beatsUnpublished &+= 1
             return nil
         case .emit(let k, let target, let degraded):
-            if k > nextBeat { stats.beatsMissed &+= UInt64(k - nextBeat) }
+            if k > nextBefore { stats.beatsMissed &+= UInt64(k - nextBefore) }
             if wakeNs > target { stats.lateBeats &+= 1 }
             let startNs = target > wakeNs ? cloop_spin_until_realtime(target, maxLeadNs + 1_000_000) : wakeNs
-            let now = gate?.publishMode(monotonicNs: cloop_monotonic_ns()) ?? .publish
-            guard planner.confirm(mode: policyMode(now), monoNs: cloop_monotonic_ns(), wallNs: startNs) else {
+            let now = gate?.publishMode(monotonicNs: cloop_monotonic_ns()) ?? .single
+            guard planner.confirm(mode: now, monoNs: cloop_monotonic_ns(), wallNs: startNs) else {
                 // The lease lapsed, or the loop was starved, during the spin.
                 stats.beatsUnpublished &+= 1
                 planner.abandon(k)
@@ -511,38 +494,41 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
     /// HLC stamp. Callers pass only accepted frames; the guard below keeps
     /// `lastSeenIndex + 1` representable whatever they pass.
     func observe(_ frame: DecodedBeatFrame, wallNs: Int64) {
-        if frame.beatIndex > lastSeenIndex && frame.beatIndex < Int64.max { lastSeenIndex = frame.beatIndex }
-        if frame.hlcSuffix != ownSuffix {
-            lastFrameFromOthersNs = wallNs
-            if !frame.degraded { lastLeaderFrameNs = wallNs }
+        let fromOthers = frame.hlcSuffix != ownSuffix
+        if fromOthers { lastFrameFromOthersNs = wallNs }
+        if frame.beatIndex < Int64.max {
+            planner.observe(index: frame.beatIndex, wallNs: wallNs, fromLeaderElsewhere: fromOthers && !frame.degraded)
         }
-        if case .rejectedTooFarAhead = hlc.receive(frame.hlc, wallMs: wallNs / 1_000_000) {
+        mergeRemote(frame.hlc, wallNs: wallNs)
+    }
+
+    /// Merges a peer's timestamp into the HLC (§3: every timestamp received
+    /// from a peer — beat frames and Raft traffic alike); one too far ahead
+    /// is not adopted and is counted.
+    func mergeRemote(_ stamp: HLCStamp, wallNs: Int64) {
+        if case .rejectedTooFarAhead = hlc.receive(stamp, wallMs: wallNs / 1_000_000) {
             hlcRejected &+= 1
         }
     }
 
-    /// Just became the publisher: continue after the last index on the
-    /// subject, publishing a just-missed beat late (instant less than half a
-    /// period ago) and counting older unpublished ones as missed.
-    /// `lastSeenIndex` comes from accepted echoes only (within one beat of
-    /// the timeline, below Int64.max), so the arithmetic on it cannot
-    /// overflow; it is still written with checked operations.
-    func takeOver(nowNs: Int64) {
+    /// Just became the leader at wall time `nowNs` (or adopted the timeline
+    /// as the leader): continue after the hand-over guard (see
+    /// `handoffGuardNs`) and after every index on the subject or published
+    /// by this node; the beats in between are counted missed. This replaces
+    /// §4's "publish a just-missed beat late" for a new leader: that beat may
+    /// be on its way from the previous publisher (docs/decisions.md).
+    /// `gracefulHandOver`: elected on the previous leader's request (see
+    /// `handOverGuardNs`).
+    func takeOver(nowNs: Int64, gracefulHandOver: Bool = false) {
         guard started else { return }
         publishingSinceNs = nowNs
-        let current = timeline.beat(atOrBeforeNs: nowNs)
-        var next = current + 1
-        if current > lastSeenIndex && current >= timeline.epoch.startBeat
-            && nowNs - timeline.instantNs(ofBeat: current) < halfPeriodNs(of: current)
-        {
-            next = current
+        let before = planner.nextBeat
+        planner.takeOver(
+            timeline: timeline, wallNs: nowNs, guardNs: gracefulHandOver ? Self.handOverGuardNs : nil)
+        let afterSeen = max(before, planner.lastSeenIndex &+ 1)
+        if planner.lastSeenIndex >= 0 && planner.nextBeat > afterSeen {
+            stats.beatsMissed &+= UInt64(clamping: planner.nextBeat &- afterSeen)
         }
-        let (afterSeen, overflow) = lastSeenIndex.addingReportingOverflow(1)
-        if !overflow { next = max(next, afterSeen) }
-        if lastSeenIndex >= 0 && !overflow && next > afterSeen {
-            stats.beatsMissed &+= UInt64(clamping: next &- afterSeen)
-        }
-        nextBeat = next
         prepareAhead()
         arm()
     }

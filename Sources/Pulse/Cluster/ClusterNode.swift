@@ -11,10 +11,19 @@
 // step (`leaseUntilMonoNs`); the beat path asks `mayPublish` with the
 // current monotonic time, so a leader frozen past its lease cannot publish
 // when it wakes up, before it has even read its socket.
+//
+// Ticks before messages (fault 1 of issue #10, PulsePolicy/TickPolicy): every
+// tick that is due is delivered before a message is stepped, and a follower
+// that heard a leader less than an election timeout ago ignores (pre-)vote
+// requests at every term (`ClusterCore.stickyRefuses`). A follower resuming
+// from a stall therefore counts its silence first, then acks the leader's
+// heartbeat, and stays sticky for a whole election timeout after that ack:
+// it cannot renew the old lease and vote for a rival while it holds.
 import CLoop
 import Foundation
 import Logging
 import PulseCore
+import PulsePolicy
 import Raft
 
 /// An entry in the replicated log.
@@ -58,6 +67,9 @@ protocol ClusterListener: AnyObject {
     func clusterEpochCommitted(_ epoch: TempoEpoch)
     func clusterTempoCommitted(_ change: TempoChange, justification: String)
     func clusterLeadershipChanged(isLeader: Bool, leader: Peer?, term: UInt64)
+    /// A peer's Raft frame carried its wall clock (`wallNs`, Unix ns) and
+    /// arrived at local wall time `receivedNs`: merged into the HLC (§3).
+    func clusterPeerTimestamp(wallNs: Int64, receivedNs: Int64)
 }
 
 /// Timing of the Raft core in wall units.
@@ -81,13 +93,19 @@ final class ClusterNode: LoopHandler, RaftInbox {
     private let store: RaftStore
     private var transport: RaftTransport!
     private var tickToken: UInt32 = 0
-    private var lastTickMonoNs: Int64 = 0
+    /// Ticks due from monotonic time, with bounded catch-up after a stall.
+    private var ticks: TickPolicy
     private var readyInFlight = false
     private(set) var leaseUntilMonoNs: Int64 = 0
     private(set) var leader: NodeID = noNode
     private(set) var isLeader = false
     private(set) var term: UInt64 = 0
     private(set) var leadershipChanges: UInt64 = 0
+    /// When the leader last asked us to campaign (TimeoutNow), or nil.
+    private var timeoutNowMonoNs: Int64?
+    /// Whether this node's current leadership came from the previous
+    /// leader's hand-over (TimeoutNow less than an election timeout before).
+    private(set) var electedByHandOver = false
     private(set) var lastContactMonoNs: Int64 = 0
     private(set) var committedEpoch: TempoEpoch?
     /// The applied state: the epoch with earlier changes folded in, the latest change.
@@ -117,6 +135,33 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// This node's turn among degraded nodes: its position in the sorted ids
     /// (computed once: the beat path reads it).
     let rank: Int
+    /// Spacing of degraded turns: more than a frame's way through NATS to
+    /// the next node plus twice the reference clock's error (fault 6).
+    static let degradedTurnNs: Int64 = 20_000_000
+    /// The lowest voter: the one clock all degraded nodes measure turns on.
+    let degradedReferenceId: NodeID
+    /// Degraded turns (fault 6 of issue #10): every node measures them on the
+    /// same reference — the lowest voter's clock (our own when we are that
+    /// voter, our last estimate of it otherwise) — so turns of nodes that
+    /// followed different leaders do not overlap. Nil: our own clock.
+    var degradedReference: ClockSync? {
+        guard degradedReferenceId != peers.me.raftId, let sync = syncs[degradedReferenceId], sync.hasEstimate
+        else { return nil }
+        return sync
+    }
+
+    /// Beat path (allocation-free): the degraded publish mode for a beat of
+    /// `periodNs`. Our turn is `(1 + rank) × 20 ms` after the instant on the
+    /// reference clock, and only within half a turn of it; a turn that would
+    /// come half a period after the instant or later is no turn at all (the
+    /// lateness rule), so such a node only follows.
+    @inline(__always)
+    func degradedMode(periodNs: Int64) -> PulsePolicy.PublishMode {
+        let delay = Int64(1 + rank) * Self.degradedTurnNs
+        if delay >= periodNs / 2 { return .follower }
+        return .degraded(turnDelayNs: delay, slotNs: Self.degradedTurnNs / 2)
+    }
+
     /// The reference clock estimate: the last leader's, if any.
     var referenceSync: ClockSync? {
         guard lastLeader != noNode, lastLeader != peers.me.raftId, let sync = syncs[lastLeader], sync.hasEstimate
@@ -131,6 +176,8 @@ final class ClusterNode: LoopHandler, RaftInbox {
         self.peers = peers
         self.rejected = rejected
         self.rank = peers.peers.map(\.raftId).sorted().firstIndex(of: peers.me.raftId) ?? 0
+        self.degradedReferenceId = peers.peers.map(\.raftId).min() ?? peers.me.raftId
+        self.ticks = TickPolicy(tickNs: timing.tickNs, startMonoNs: cloop_monotonic_ns())
         self.timing = timing
         self.loop = loop
         self.logger = logger
@@ -176,7 +223,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
             adopt(restored)
         }
         try transport.start()
-        lastTickMonoNs = cloop_monotonic_ns()
+        ticks = TickPolicy(tickNs: timing.tickNs, startMonoNs: cloop_monotonic_ns())
         _ = cloop_timer_arm_after(loop.raw, tickToken, timing.tickNs, timing.tickNs)
         processReady()
     }
@@ -207,15 +254,17 @@ final class ClusterNode: LoopHandler, RaftInbox {
     func loopEvent(token: UInt32, events: UInt32) {
         _ = cloop_timer_read(loop.raw, tickToken)
         let now = cloop_monotonic_ns()
-        // Deliver every elapsed tick, catching up after a stall (bounded).
-        var due = max(1, Int((now - lastTickMonoNs) / timing.tickNs))
-        due = min(due, 10_000)
-        for _ in 0..<due { raft.tick() }
-        lastTickMonoNs += Int64(due) * timing.tickNs
-        if now - lastTickMonoNs > timing.tickNs { lastTickMonoNs = now }
-        refreshLease()
+        deliverDueTicks(now)
         updateDegradation(nowMonoNs: now)
         processReady()
+    }
+
+    /// Delivers every tick due at `now` (catching up after a stall, bounded
+    /// by TickPolicy) and refreshes the lease deadline from them.
+    private func deliverDueTicks(_ now: Int64) {
+        let due = ticks.takeDue(nowMonoNs: now)
+        for _ in 0..<due { raft.tick() }
+        refreshLease()
     }
 
     /// Enters degradation after `degradeAfterNs` without a leader (and only
@@ -246,25 +295,37 @@ final class ClusterNode: LoopHandler, RaftInbox {
     }
 
     private func refreshLease() {
-        let remaining = raft.leaseRemainingTicks
-        leaseUntilMonoNs = remaining > 0 ? lastTickMonoNs + Int64(remaining) * timing.tickNs : 0
+        leaseUntilMonoNs = ticks.leaseDeadline(remainingTicks: raft.leaseRemainingTicks)
     }
 
     /// A message from a peer (already decoded and addressed, and within its
     /// connection's rate: RaftTransport). The core refuses what it cannot
     /// trust and says why; each refusal is counted. The frame's clock sample
-    /// counts only when its message was stepped and is of our current term
-    /// (a stale or future-term message is no exchange with a live peer: a
-    /// flood of them must not steer the clock), and only within ClockSync's
-    /// physical bounds.
-    func transportReceived(_ message: Message, clockSample: SyncSample?) {
+    /// and wall time count only when its message was stepped and is of our
+    /// current term (a stale or future-term message is no exchange with a
+    /// live peer: a flood of them must not steer the clock or the HLC), and
+    /// the sample only within ClockSync's physical bounds.
+    func transportReceived(_ message: Message, clockSample: SyncSample?, peerWallNs: Int64) {
+        let now = cloop_monotonic_ns()
+        // Fault 1: the ticks that are due first, then the message.
+        deliverDueTicks(now)
+        // The lease proof's follower side at every term (see the header).
+        // Higher terms go to the core, which applies the same stickiness to
+        // them after validating the term (`term_absurd` is counted there).
+        if message.term <= raft.term,
+            ClusterCore.stickyRefuses(message, raft: raft, electionTicks: timing.electionTicks)
+        {
+            return
+        }
         let outcome = raft.step(message)
         if let rejection = outcome.rejection { reject(rejection.reason, from: message.from) }
         if outcome.wasStepped && message.term == raft.term {
-            if message.from == leader { lastContactMonoNs = cloop_monotonic_ns() }
+            if message.from == leader { lastContactMonoNs = now }
+            if message.kind == .timeoutNow && message.from == leader { timeoutNowMonoNs = now }
             if let clockSample, let refusal = syncs[message.from, default: ClockSync()].add(clockSample) {
                 reject(refusal.rawValue, from: message.from)
             }
+            listener?.clusterPeerTimestamp(wallNs: peerWallNs, receivedNs: cloop_realtime_ns())
         }
         refreshLease()
         processReady()
@@ -318,7 +379,8 @@ final class ClusterNode: LoopHandler, RaftInbox {
         }
         store.save(hardState: ready.hardState, snapshot: ready.snapshot, entries: ready.entries) { [weak self] error in
             guard let self else { return }
-            self.loop.postCallback {
+            // Fault 5: a completion, never dropped (EventLoop.postCompletion).
+            self.loop.postCompletion {
                 if let error {
                     // Nothing in this Ready may be acknowledged: stop here.
                     self.storeErrors &+= 1
@@ -352,7 +414,16 @@ final class ClusterNode: LoopHandler, RaftInbox {
         if leader != noNode { lastLeader = leader }
         isLeader = soft.role == .leader
         term = raft.hardState.term
+        if isLeader && !wasLeader {
+            let now = cloop_monotonic_ns()
+            electedByHandOver =
+                timeoutNowMonoNs.map { now - $0 < Int64(timing.electionTicks) * timing.tickNs } ?? false
+            timeoutNowMonoNs = nil
+        }
         if leader != noNode && !isLeader { lastContactMonoNs = cloop_monotonic_ns() }
+        // A known leader ends degradation now, not at the next tick: a
+        // degraded node must not publish next to the new leader's first beats.
+        if leader != noNode { updateDegradation(nowMonoNs: cloop_monotonic_ns()) }
         if wasLeader && !isLeader {
             for (_, pending) in waiting { pending.1(false) }
             waiting.removeAll()

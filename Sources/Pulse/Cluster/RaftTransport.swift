@@ -167,7 +167,7 @@ protocol RaftInbox: AnyObject {
     /// A decoded message addressed to this node from a configured peer, with
     /// the clock sample its frame carried (nil without an echo). The sample is
     /// untrusted like the message: the inbox validates both.
-    func transportReceived(_ message: Message, clockSample: SyncSample?)
+    func transportReceived(_ message: Message, clockSample: SyncSample?, peerWallNs: Int64)
 }
 
 final class RaftTransport: LoopHandler {
@@ -570,7 +570,7 @@ final class RaftTransport: LoopHandler {
             let echoRecvNs = Self.i64(b, start - 8)
             lastFrom[message.from] = (sendNs, nowNs)
             let sample = echoSendNs != 0 ? SyncSample(t1: echoSendNs, t2: echoRecvNs, t3: sendNs, t4: nowNs) : nil
-            inbox.transportReceived(message, clockSample: sample)
+            inbox.transportReceived(message, clockSample: sample, peerWallNs: sendNs)
             guard inbound[token] != nil else { return }
         }
         if offset > 0 { connection.buffer.removeFirst(offset) }

@@ -2,8 +2,17 @@
 // dispatches ready events to handlers (priority registrations first, so a due
 // beat is served before admin or NATS work), drains the cross-thread doorway,
 // and runs the `beforeSleep` hooks once per turn.
+//
+// Internal completions (fault 5 of issue #10) never share the doorway with
+// NATS deliveries: `postCompletion` appends to its own queue, which the loop
+// drains at every turn, and only the wake-up goes through the doorway. A
+// burst of NATS messages can fill the doorway (those deliveries are dropped
+// and counted by CLoop), but a Raft store's or the data dir's completion is
+// never lost, so `readyInFlight` always clears. The queue is bounded by the
+// work in flight (one Raft Ready, snapshot saves, data-dir writes).
 import CLoop
 import Glibc
+import Synchronization
 
 /// Something the loop calls when its registration is ready.
 protocol LoopHandler: AnyObject {
@@ -33,6 +42,8 @@ enum DoorwayKind: UInt32 {
     case stop = 1
     /// `ptr` is a retained `LoopCallback` to run on the loop thread.
     case callback = 2
+    /// Wakes the loop for `EventLoop.postCompletion` (no payload).
+    case completion = 3
     case natsAttach = 10
     case natsRead = 11
     case natsWrite = 12
@@ -74,6 +85,11 @@ final class EventLoop {
     private(set) var lastTurnMonotonicNs: Int64 = 0
     /// Number of completed turns.
     private(set) var turns: UInt64 = 0
+    /// Completions of the node's own background work (see the header).
+    private let completions = Mutex<[() -> Void]>([])
+    /// Upper bound of completions waiting: far above the work in flight; past
+    /// it the node's own code is broken (an invariant, not input).
+    static let completionCapacity = 4096
 
     init(maxSlots: Int = 1024, queueCapacity: Int = 1024) throws {
         guard let raw = cloop_create(UInt32(maxSlots), UInt32(queueCapacity)) else {
@@ -199,6 +215,29 @@ final class EventLoop {
         return false
     }
 
+    /// Thread-safe: runs `body` on the loop thread during a coming turn,
+    /// never dropped (unlike `postCallback`): for completions of work the
+    /// loop started (store syncs, data-dir writes). Allocates.
+    func postCompletion(_ body: @escaping () -> Void) {
+        completions.withLock { queue in
+            precondition(queue.count < Self.completionCapacity, "completion queue overflow")
+            queue.append(body)
+        }
+        // A full doorway means the loop is awake already; it drains every turn.
+        _ = post(kind: .completion)
+    }
+
+    /// Runs every completion waiting (loop thread, every turn).
+    private func drainCompletions() {
+        let batch = completions.withLock { queue -> [() -> Void] in
+            guard !queue.isEmpty else { return [] }
+            let taken = queue
+            queue.removeAll(keepingCapacity: true)
+            return taken
+        }
+        for body in batch { body() }
+    }
+
     /// Thread-safe: asks the loop to return from `run()` after the current turn.
     func requestStop() { post(kind: .stop) }
 
@@ -223,6 +262,7 @@ final class EventLoop {
             dispatch(count: Int(n), priorityPass: true)
             dispatch(count: Int(n), priorityPass: false)
         }
+        drainCompletions()
         for i in 0..<beforeSleepHandlers.count { beforeSleepHandlers[i].beforeSleep() }
         lastTurnMonotonicNs = cloop_monotonic_ns()
         turns &+= 1
@@ -253,6 +293,8 @@ final class EventLoop {
                     stopping = true
                 } else if message.kind == DoorwayKind.callback.rawValue, let pointer = message.ptr {
                     Unmanaged<LoopCallback>.fromOpaque(pointer).takeRetainedValue().body()
+                } else if message.kind == DoorwayKind.completion.rawValue {
+                    continue  // drained at the end of the turn
                 } else if let handler = doorwayHandlers[message.kind] {
                     handler.doorwayMessage(message)
                 }

@@ -143,6 +143,15 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// Silence after which a connection counts as dead: three ping intervals
     /// (the server answers every PING, so a live link is never that quiet).
     static let pingIntervalMs: Int32 = 500
+    /// TCP_USER_TIMEOUT on the NATS socket (fault 2 of issue #10): bytes the
+    /// kernel holds unacknowledged for longer are dropped with the
+    /// connection, so a frame queued behind a dead link (a partition, a
+    /// stopped or starved process) arrives within this bound or never. The
+    /// hand-over guard (`BeatDriver.handoffGuardNs`) covers it. The kernel
+    /// enforces it even while this process is stopped; above Linux's 200 ms
+    /// minimum retransmission timeout, so one lost segment does not drop a
+    /// healthy connection.
+    static let userTimeoutMs: Int64 = 250
     static let staleAfterNs: Int64 = 3 * Int64(pingIntervalMs) * 1_000_000
     private var inbox: String?
     /// TX timestamps (SO_TIMESTAMPING) on the attached socket: the id base
@@ -812,6 +821,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
 
     // MARK: adapter, always on the loop thread
 
+    /// `TCP_USER_TIMEOUT` from <netinet/tcp.h> (Linux ≥ 2.6.37).
+    static let tcpUserTimeout: Int32 = 18
+
     fileprivate func attachNow(fd: Int32, connection nc: OpaquePointer?) {
         detachNow()
         guard let nc, !closed else { return }
@@ -834,6 +846,15 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             var base: Int64 = 0
             txBase = cloop_txts_enable(own, &base) == 0 ? base : -1
             pendingTxKey = nil
+            // Fault 2: unacknowledged frames never outlive `userTimeoutMs`
+            // (a socket option: the link stays non-blocking and unchanged).
+            var timeoutMs = UInt32(Self.userTimeoutMs)
+            if setsockopt(
+                own, Int32(IPPROTO_TCP), Self.tcpUserTimeout, &timeoutMs, socklen_t(MemoryLayout<UInt32>.size))
+                != 0
+            {
+                logger.warning("cannot set TCP_USER_TIMEOUT on the NATS socket", metadata: ["errno": "\(errno)"])
+            }
             attachedConnection = nc
             readWanted = true
             stats.attaches &+= 1
@@ -932,8 +953,16 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// The client's connection callbacks (its callback thread).
     fileprivate func connectionEvent(_ kind: DoorwayKind, _ nc: OpaquePointer?) {
         ThreadPlacement.placeCurrentHelperThread()
+        // Lock order: never call into the client (its mutex) while holding
+        // `callbackLock`. The connect thread holds the client's mutex inside
+        // `natsConnection_Flush` and waits for `callbackLock` in the write
+        // adapter; logging here under the lock deadlocked both (and the loop).
+        // `nc` stays valid for the duration of the client's callback.
+        callbackLock.lock()
+        let open = acceptingCallbacks
+        callbackLock.unlock()
+        if open, kind == .natsConnected, let nc { logConnected(nc) }
         whileOpen {
-            if kind == .natsConnected, let nc { logConnected(nc) }
             if !loop.post(kind: kind, pointer: nc.map { UnsafeMutableRawPointer($0) }) {
                 logger.error("doorway full: NATS event lost", metadata: ["kind": "\(kind)"])
             }

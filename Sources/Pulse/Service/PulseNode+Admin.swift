@@ -3,6 +3,7 @@
 import CLoop
 import Foundation
 import PulseCore
+import PulsePolicy
 
 extension PulseNode: AdminBackend {
     func tempoStatus() -> TempoStatus { tempo.status() }
@@ -87,15 +88,15 @@ extension PulseNode: AdminBackend {
         var silentNs = min(nowNs &- beats.stats.lastPublishedNs, nowNs &- beats.publishingSinceNs)
         let duty: String
         switch publishMode(monotonicNs: nowMonoNs) {
-        case .publish:
+        case .single, .leader:
             duty = cluster == nil ? "single node" : "leader holding its lease"
         case .degraded:
             guard let cluster else { return ComponentHealth(status: "ok", detail: "not publishing") }
             silentNs = min(silentNs, nowNs &- beats.lastFrameFromOthersNs, nowMonoNs &- cluster.degradedSinceMonoNs)
             duty = "degraded, no other node's frames on the subject"
-        case .wait:
+        case .waiting:
             return ComponentHealth(status: "ok", detail: "leader waiting for its lease")
-        case .silent:
+        case .follower:
             return ComponentHealth(status: "ok", detail: "follower: the leader publishes")
         }
         let periodNs = max(1, beats.timeline.periodNs)
@@ -279,6 +280,9 @@ extension PulseNode: AdminBackend {
             return
         }
         beats.observe(frame, wallNs: receivedNs)
+        if handOverPending && frame.hlcSuffix == beats.ownSuffix && frame.beatIndex >= beats.stats.lastBeatIndex {
+            handOver()  // our last frame came back: nothing of ours is queued behind a dead link
+        }
         metrics.deliveryObserved(latencyNs: receivedNs - beats.timeline.instantNs(ofBeat: frame.beatIndex))
         liveFrameSeen(frame, receivedNs: receivedNs)
     }

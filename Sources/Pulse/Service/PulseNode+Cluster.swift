@@ -4,24 +4,29 @@
 import CLoop
 import Foundation
 import PulseCore
+import PulsePolicy
 
 extension PulseNode: PublishGate, ClusterListener {
-    /// Between degraded nodes, each waits its turn after the instant: the
-    /// lowest id first. A live leader publishes at the instant itself, so a
-    /// degraded node normally sees its frame first and stays silent.
-    static let degradedTurnNs: Int64 = 3_000_000
-
-    /// Beat path: the leader while its lease holds; followers keep silent;
-    /// after too long without a leader, degraded publishing.
-    func publishMode(monotonicNs: Int64) -> PublishMode {
-        guard let cluster else { return .publish }
-        if cluster.mayPublish(monotonicNs: monotonicNs) { return .publish }
-        if cluster.isLeader { return .wait }
-        if cluster.degraded { return .degraded(delayNs: Int64(1 + cluster.rank) * Self.degradedTurnNs) }
-        return .silent
+    /// Beat path (allocation-free): the leader holding its lease, with the
+    /// lease deadline (the planner checks it again immediately before the
+    /// write and drops the connection once it lapses: fault 2 of issue #10);
+    /// a leader without a confirmed lease waits; followers keep silent;
+    /// after too long without a leader, degraded publishing in turns.
+    func publishMode(monotonicNs: Int64) -> PulsePolicy.PublishMode {
+        guard let cluster else { return .single }
+        if cluster.mayPublish(monotonicNs: monotonicNs) { return .leader(leaseUntilMonoNs: cluster.leaseUntilMonoNs) }
+        if cluster.isLeader { return .waiting }
+        if cluster.degraded {
+            let t = beats.timeline
+            let k = beats.nextBeat
+            return cluster.degradedMode(periodNs: t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k))
+        }
+        return .follower
     }
 
-    var referenceClock: ClockSync? { cluster?.referenceSync }
+    /// The clock degraded turns are measured on (the planner's `reference`):
+    /// the lowest voter's, the same for every node (fault 6).
+    var referenceClock: ClockSync? { cluster?.degradedReference }
 
     func localNs(forTimelineNs timelineNs: Int64) -> Int64 {
         guard let sync = cluster?.referenceSync else { return timelineNs }
@@ -36,6 +41,11 @@ extension PulseNode: PublishGate, ClusterListener {
     func clusterEpochCommitted(_ epoch: TempoEpoch) {
         logger.info("timeline committed", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(epoch.bpm)"])
         beats.adopt(epoch: epoch, nowNs: cloop_realtime_ns())
+        // A leader that learns the timeline only now (a restarted node whose
+        // log is applied after its election) starts past the hand-over guard too.
+        if let cluster, cluster.isLeader {
+            beats.takeOver(nowNs: cloop_realtime_ns(), gracefulHandOver: cluster.electedByHandOver)
+        }
         committedTimelineChanged()
     }
 
@@ -47,11 +57,17 @@ extension PulseNode: PublishGate, ClusterListener {
     func clusterLeadershipChanged(isLeader: Bool, leader: Peer?, term: UInt64) {
         beats.term = term
         if isLeader {
-            beats.takeOver(nowNs: cloop_realtime_ns())
+            beats.takeOver(nowNs: cloop_realtime_ns(), gracefulHandOver: cluster?.electedByHandOver ?? false)
             committedTimelineChanged()
         } else if stopRequested {
             loop.requestStop()  // leadership handed over: now stop
         }
+    }
+
+    /// §3: Raft traffic merges into the HLC like beat frames (the frame
+    /// carries the sender's wall clock, merged as `(ms, 0)`).
+    func clusterPeerTimestamp(wallNs: Int64, receivedNs: Int64) {
+        beats.mergeRemote(HLCStamp(wallMs: wallNs / 1_000_000, counter: 0), wallNs: receivedNs)
     }
 
     /// A follower forwards tempo requests to the leader over NATS

@@ -36,6 +36,10 @@ final class PulseNode: LoopHandler {
     private(set) var raftTLS: RaftTLS?
     private var stopRequestedMonoNs: Int64?
     var stopRequested: Bool { stopRequestedMonoNs != nil }
+    /// SIGTERM of a leader: the hand-over waits for this node's next frame
+    /// to come back on the subject (PulseNode+Admin `handleEcho`), so the
+    /// successor's shorter hand-over guard holds (BeatDriver.handOverGuardNs).
+    var handOverPending = false
     private let dataDir: DataDir
     private var signalToken: UInt32 = 0
     private var housekeepingToken: UInt32 = 0
@@ -229,9 +233,10 @@ final class PulseNode: LoopHandler {
                 logger.info("stopping", metadata: ["signal": signo == SIGTERM ? "SIGTERM" : "SIGINT"])
                 // A leader hands over first so that no beat is missed; the
                 // loop keeps turning until it is a follower (at most 3 s).
-                if stopRequestedMonoNs == nil, let cluster, cluster.transferLeadership() {
+                if stopRequestedMonoNs == nil, let cluster, cluster.isLeader {
                     stopRequestedMonoNs = cloop_monotonic_ns()
-                    logger.info("handing leadership over before stopping")
+                    handOverPending = true
+                    logger.info("handing leadership over after the next beat, before stopping")
                 } else {
                     loop.requestStop()
                 }
@@ -239,6 +244,17 @@ final class PulseNode: LoopHandler {
         } else if token == housekeepingToken {
             _ = cloop_timer_read(loop.raw, housekeepingToken)
             housekeeping()
+        }
+    }
+
+    /// Starts the graceful hand-over (once); stops now when it cannot start.
+    func handOver() {
+        guard handOverPending else { return }
+        handOverPending = false
+        if let cluster, cluster.transferLeadership() {
+            logger.info("handing leadership over before stopping")
+        } else {
+            loop.requestStop()
         }
     }
 
@@ -278,7 +294,12 @@ final class PulseNode: LoopHandler {
         housekeepingTicks &+= 1
         nats.expireRequests(nowMonoNs: cloop_monotonic_ns())
         if let since = stopRequestedMonoNs {
-            if !(cluster?.isLeader ?? false) || cloop_monotonic_ns() - since > 3_000_000_000 { loop.requestStop() }
+            let waited = cloop_monotonic_ns() - since
+            let t = beats.timeline
+            let periodNs = t.instantNs(ofBeat: beats.nextBeat + 1) - t.instantNs(ofBeat: beats.nextBeat)
+            // No echo of our frame within a period and a second: hand over anyway.
+            if handOverPending && waited > periodNs + 1_000_000_000 { handOver() }
+            if !(cluster?.isLeader ?? false) || waited > periodNs + 3_000_000_000 { loop.requestStop() }
         }
         let now = beats.stats
         if now.hotPathAllocatedBytes != lastChecked.hotPathAllocatedBytes {

@@ -105,10 +105,7 @@ final class DataDir {
             ThreadPlacement.placeCurrentHelperThread()  // fsync off the beat core, at normal priority
             var failure: Error?
             do { try self.saveEpoch(epoch) } catch { failure = error }
-            if !loop.postCallback({ done(failure) }) {
-                // The doorway is full only if the loop is wedged; report it there anyway later.
-                loop.postCallback { done(PulseError.startup("doorway full")) }
-            }
+            loop.postCompletion { done(failure) }  // never dropped (fault 5 of issue #10)
         }
     }
 

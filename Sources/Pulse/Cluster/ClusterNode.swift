@@ -319,9 +319,11 @@ final class ClusterNode: LoopHandler, RaftInbox {
         }
         let outcome = raft.step(message)
         if let rejection = outcome.rejection { reject(rejection.reason, from: message.from) }
+        // A TimeoutNow from our leader starts a campaign at once, so the term
+        // has already moved on: it is checked before the current-term gate.
+        if outcome.wasStepped && message.kind == .timeoutNow && message.from == leader { timeoutNowMonoNs = now }
         if outcome.wasStepped && message.term == raft.term {
             if message.from == leader { lastContactMonoNs = now }
-            if message.kind == .timeoutNow && message.from == leader { timeoutNowMonoNs = now }
             if let clockSample, let refusal = syncs[message.from, default: ClockSync()].add(clockSample) {
                 reject(refusal.rawValue, from: message.from)
             }

@@ -10,7 +10,7 @@
 #endif
 
 /// Names accepted by `--scenarios`; the default is all of them.
-let knownScenarios = ["idle", "shared", "load", "per001", "election", "fanout", "baseline", "micro"]
+let knownScenarios = ["idle", "shared", "load", "per001", "election", "election-tls", "fanout", "baseline", "micro"]
 
 struct BenchOptions {
     var seconds = 10
@@ -25,7 +25,7 @@ struct BenchOptions {
 let usageText = """
     usage: Bench [--seconds N] [--bpm N] [--scenarios LIST] [--nats URL] [--cpu N] [--json FILE] [--html FILE]
       --seconds N       measured seconds per scenario and per floor (1...3600, default 10);
-                        election: N leader kills (3...20)
+                        election, election-tls (Raft over mutual TLS): N leader kills (3...20)
       --bpm N           tempo of the idle, load, election and baseline runs (1...6000, default 600); per001 is always 120
       --scenarios LIST  comma-separated subset of \(knownScenarios.joined(separator: ",")) (default: all)
       --nats URL        use this nats-server (127.0.0.1 or localhost only) instead of starting one

@@ -22,6 +22,12 @@
 // records: one epoch, fixed tempo). Placement: 2 cores cannot give each node
 // its own, so the loop threads alternate: n1 and n3 on --cpu, n2 on the other
 // core, with the same real-time priority and mlock as the other runs.
+//
+// `election-tls`: the same rounds with Raft over mutual TLS (issue #11):
+// certificates for n1..n3 from scripts/certs.sh in the run's temp dir, each
+// node started with -raft-tls-cert/-key/-ca. When `election` ran first, its
+// block ends with the difference TLS − plain TCP (failover min/median/max in
+// ms, beats missed in the kill rounds and in the graceful stop).
 
 import CLoop
 import Foundation
@@ -55,6 +61,8 @@ struct ElectionResult {
     var termBackwards = 0
     var degradedFrames = 0
     var placement = ""
+    var tls = false  // Raft over mutual TLS (the election-tls scenario)
+    var versusPlain: PlainElectionFigures? = nil  // the plain-TCP run, when both ran
 
     var failovers: [Double] { kills.compactMap(\.failoverMs) }
 
@@ -76,6 +84,67 @@ struct ElectionResult {
     var gracefulPass: Bool? { graceful.map { $0.failoverMs != nil && $0.missed == 0 } }
 
     var orderPass: Bool { repeated == 0 && backwards == 0 }
+
+    /// Beats missed over all kill rounds (rounds without a new frame count nothing).
+    var missedInKills: Int { kills.compactMap(\.missed).reduce(0, +) }
+
+    /// What a TLS run is compared with.
+    var figures: PlainElectionFigures {
+        PlainElectionFigures(
+            failover: failoverSummary, kills: kills.count, missedInKills: missedInKills,
+            gracefulMissed: graceful?.missed)
+    }
+}
+
+extension ElectionResult {
+    /// The JSON `tls_minus_plain` of a TLS run: null when `election` did not run first.
+    var versusPlainJSON: ComparisonJSON? {
+        guard let p = versusPlain else { return nil }
+        var out = ComparisonJSON(
+            plain_failover_ms: p.failover.map { MinMedianMax(min: $0.min, median: $0.median, max: $0.max) },
+            plain_kill_rounds_missed: p.missedInKills, kill_rounds_missed: missedInKills,
+            plain_graceful_missed: p.gracefulMissed, graceful_missed: graceful?.missed)
+        if let t = failoverSummary, let q = p.failover {
+            out.failover_ms_difference = MinMedianMax(
+                min: t.min - q.min, median: t.median - q.median, max: t.max - q.max)
+        }
+        return out
+    }
+
+    struct MinMedianMax: Encodable { var min, median, max: Double }
+
+    /// Explicit nulls (not missing keys) where a run has no figure.
+    struct ComparisonJSON: Encodable {
+        var plain_failover_ms: MinMedianMax?
+        var failover_ms_difference: MinMedianMax? = nil
+        var plain_kill_rounds_missed: Int
+        var kill_rounds_missed: Int
+        var plain_graceful_missed: Int?
+        var graceful_missed: Int?
+
+        enum CodingKeys: String, CodingKey {
+            case plain_failover_ms, failover_ms_difference, plain_kill_rounds_missed, kill_rounds_missed,
+                plain_graceful_missed, graceful_missed
+        }
+
+        func encode(to encoder: Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(plain_failover_ms, forKey: .plain_failover_ms)
+            try c.encode(failover_ms_difference, forKey: .failover_ms_difference)
+            try c.encode(plain_kill_rounds_missed, forKey: .plain_kill_rounds_missed)
+            try c.encode(kill_rounds_missed, forKey: .kill_rounds_missed)
+            try c.encode(plain_graceful_missed, forKey: .plain_graceful_missed)
+            try c.encode(graceful_missed, forKey: .graceful_missed)
+        }
+    }
+}
+
+/// The plain-TCP election run's figures, kept beside the TLS run's for the difference.
+struct PlainElectionFigures {
+    var failover: (min: Double, median: Double, max: Double)?
+    var kills: Int
+    var missedInKills: Int
+    var gracefulMissed: Int?
 }
 
 // MARK: - The cluster
@@ -89,11 +158,13 @@ final class BenchCluster {
     let adminPorts: [Int]
     let cpus: [Int]
     let dir: String
+    let tlsDir: String?  // ca.pem and NAME.pem/NAME.key for -raft-tls-*; nil: plain TCP
     private(set) var children: [Child?] = [nil, nil, nil]
     private var starts = 0
 
-    init(_ ctx: BenchContext, clusterId: String, bpm: Int) {
+    init(_ ctx: BenchContext, clusterId: String, bpm: Int, tlsDir: String? = nil) {
         self.ctx = ctx
+        self.tlsDir = tlsDir
         self.clusterId = clusterId
         self.bpm = bpm
         var ports: Set<Int> = []
@@ -130,6 +201,12 @@ final class BenchCluster {
         ]
         if ctx.priority > 0 { args += ["-rt-priority", "\(ctx.priority)"] }
         if ctx.mlock { args += ["-mlock"] }
+        if let t = tlsDir {
+            args += [
+                "-raft-tls-cert", "\(t)/\(names[i]).pem", "-raft-tls-key", "\(t)/\(names[i]).key", "-raft-tls-ca",
+                "\(t)/ca.pem",
+            ]
+        }
         let child = try Child(
             name: "pulse-\(names[i])", path: ctx.pulsePath, arguments: args,
             outputPath: "\(dir)/\(names[i])-\(starts).log")
@@ -209,10 +286,39 @@ final class BenchCluster {
 /// SIGKILL rounds: one per measured second, at least 3, at most 20 (each takes ~1–2 s).
 func electionRounds(seconds: Int) -> Int { max(3, min(20, seconds)) }
 
-func runElectionScenario(_ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsFloor: Floor) throws -> ScenarioResult {
-    let clusterId = "bench-election"
-    var result = ScenarioResult(name: "election", bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor)
+/// scripts/certs.sh of the source tree Bench was built from (BENCH_CERTS_SCRIPT overrides).
+func certsScriptPath() -> String {
+    if let p = ProcessInfo.processInfo.environment["BENCH_CERTS_SCRIPT"] { return p }
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+    return root.appendingPathComponent("scripts/certs.sh").path
+}
+
+/// A throwaway CA and certificates for n1..n3 in `dir` (scripts/certs.sh, bounded to 60 s).
+func makeElectionCertificates(_ ctx: BenchContext, dir: String) throws {
+    let script = certsScriptPath()
+    guard access(script, R_OK) == 0 else { throw BenchError("election-tls: no \(script) (set BENCH_CERTS_SCRIPT)") }
+    let child = try Child(
+        name: "certs.sh", path: "/bin/sh", arguments: [script, dir, "n1", "n2", "n3"],
+        outputPath: ctx.tempDir + "/certs.out")
+    let status = child.wait(seconds: 60)
+    guard status == 0 else {
+        throw BenchError("election-tls: scripts/certs.sh exited \(status): \(child.output.suffix(200))")
+    }
+}
+
+/// `tls`: the election-tls scenario (Raft over mutual TLS); `plain`: the plain-TCP
+/// run's result when it ran before, for the difference in the report.
+func runElectionScenario(
+    _ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsFloor: Floor, tls: Bool = false,
+    plain: ElectionResult? = nil
+) throws -> ScenarioResult {
+    let clusterId = tls ? "bench-election-tls" : "bench-election"
+    var result = ScenarioResult(
+        name: tls ? "election-tls" : "election", bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor)
     var election = ElectionResult()
+    election.tls = tls
+    if tls { election.versusPlain = plain?.figures }
     election.plannedRounds = electionRounds(seconds: ctx.options.seconds)
     let receiver = try Receiver(url: ctx.natsURL, subject: "backbeat.\(clusterId).beat", payload: .clusterFrame)
     defer { receiver.close() }
@@ -221,10 +327,15 @@ func runElectionScenario(_ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsF
             "no pulse binary at \(ctx.pulsePath); build it first (swift build -c release --product pulse) or set PULSE_BINARY"
         )
     }
-    let cluster = BenchCluster(ctx, clusterId: clusterId, bpm: bpm)
+    var tlsDir: String? = nil
+    if tls {
+        tlsDir = ctx.tempDir + "/\(clusterId)-certs"
+        try makeElectionCertificates(ctx, dir: tlsDir!)
+    }
+    let cluster = BenchCluster(ctx, clusterId: clusterId, bpm: bpm, tlsDir: tlsDir)
     defer { cluster.stopAll() }
     try cluster.startAll()
-    election.placement = cluster.placement
+    election.placement = cluster.placement + (tls ? "; Raft over mutual TLS 1.3" : "; Raft over plain TCP")
     let periodNs = Int64(60_000_000_000 / bpm)
     let period = Double(periodNs) / 1e9
 
@@ -233,6 +344,10 @@ func runElectionScenario(_ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsF
     }
     guard waitUntil(seconds: 5 + 3 * period, { receiver.received >= 3 }) else {
         throw BenchError("election: no frames from the cluster within \(Int(5 + 3 * period)) s")
+    }
+    // The peers' connections log `tls=true` once the mutual handshake is done.
+    if tls && !(0..<3).contains(where: { cluster.children[$0]?.output.contains("tls=true") ?? false }) {
+        result.notes.append("no node logged a TLS peer connection (tls=true)")
     }
     // The cluster's timeline: one epoch at a fixed tempo, from the first leader's own records.
     var published: [Int64: PulseRun.BeatRecord] = [:]
@@ -400,6 +515,26 @@ extension ElectionResult {
             o.append("graceful: not run  " + verdict(nil))
         }
         o.append("repeated indices \(repeated), backwards indices \(backwards)  (target 0)  " + verdict(orderPass))
+        if let p = versusPlain { o += comparisonLines(p) }
+        return o
+    }
+
+    /// TLS − plain TCP, in ms and beats (positive: TLS slower or missed more).
+    func comparisonLines(_ p: PlainElectionFigures) -> [String] {
+        var o: [String] = []
+        if let t = failoverSummary, let q = p.failover {
+            o.append(
+                String(
+                    format:
+                        "TLS − plain TCP failover ms  min %+.1f  median %+.1f  max %+.1f  (plain: %.1f / %.1f / %.1f over %d round(s))",
+                    t.min - q.min, t.median - q.median, t.max - q.max, q.min, q.median, q.max, p.kills))
+        } else {
+            o.append("TLS − plain TCP failover: not comparable (a run has no completed kill round)")
+        }
+        let g = graceful?.missed.map(String.init) ?? "?"
+        o.append(
+            "missed beats TLS vs plain TCP: kill rounds \(missedInKills) vs \(p.missedInKills), graceful \(g) vs \(p.gracefulMissed.map(String.init) ?? "?")"
+        )
         return o
     }
 }

@@ -385,7 +385,7 @@ struct ScenarioJSON: Encodable {
         case fanout
         // election only
         case placement, failover_ms, failover_pass, kill_rounds, graceful, graceful_beats_missed, graceful_pass,
-            repeated_indices, backwards_indices, order_pass, degraded_frames
+            repeated_indices, backwards_indices, order_pass, degraded_frames, raft_tls, tls_minus_plain
     }
 
     func encode(to encoder: Encoder) throws {  // explicit nulls rather than missing keys
@@ -432,6 +432,8 @@ struct ScenarioJSON: Encodable {
         try c.encode(e.backwards, forKey: .backwards_indices)
         try c.encode(e.orderPass, forKey: .order_pass)
         try c.encode(e.degradedFrames, forKey: .degraded_frames)
+        try c.encode(e.tls, forKey: .raft_tls)
+        if e.tls { try c.encode(e.versusPlainJSON, forKey: .tls_minus_plain) }
     }
 }
 

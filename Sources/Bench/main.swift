@@ -134,13 +134,15 @@ if !wants.intersection(["idle", "baseline", "per001", "shared"]).isEmpty {
     }
 }
 
-if wants.contains("election") {
+for name in ["election", "election-tls"] where wants.contains(name) {
     log(
-        "election: 3-node cluster at \(options.bpm) bpm, \(electionRounds(seconds: options.seconds)) leader kills and a graceful stop…"
+        "\(name): 3-node cluster at \(options.bpm) bpm, \(electionRounds(seconds: options.seconds)) leader kills and a graceful stop…"
     )
-    attempt("election") {
+    attempt(name) {
         let floors = idleFloors ?? (Floor(source: "not measured"), Floor(source: "not measured"))
-        var r = try runElectionScenario(ctx, bpm: options.bpm, timerFloor: floors.timer, natsFloor: floors.nats)
+        var r = try runElectionScenario(
+            ctx, bpm: options.bpm, timerFloor: floors.timer, natsFloor: floors.nats, tls: name == "election-tls",
+            plain: report.scenarios.last { $0.name == "election" }?.election)
         if idleFloors != nil { r.notes.append("floors shared with idle") }
         report.scenarios.append(r)
     }

@@ -179,6 +179,39 @@ final class RaftTLSTests: XCTestCase {
         cluster.nodes[leader] = nil
     }
 
+    /// SIGTERM of the TLS leader: it hands leadership over (TimeoutNow over
+    /// the TLS connection) before it exits, so the successor's first frame
+    /// carries the index right after the old leader's last, as over plain TCP.
+    func testTLSSigtermOfTheLeaderMissesNoBeat() throws {
+        let cluster = try TLSCluster(cluster: "tlsgraceful", bpm: 300)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.tlsgraceful.beat")
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        XCTAssertTrue(subscriber.wait(for: 4, seconds: 10), cluster.logs)
+        XCTAssertTrue(cluster.logs.contains("tls=true"), "the peers connected over TLS\n\(cluster.logs)")
+        let oldSuffix = ":" + String(cluster.names[leader].suffix(4))
+        let status = try XCTUnwrap(cluster.nodes[leader]).stop()
+        cluster.nodes[leader] = nil
+        XCTAssertEqual(status, 0, "the leader exits cleanly on SIGTERM\n\(cluster.logs)")
+        let before = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: before + 8, seconds: 10), cluster.logs)
+        let list = subscriber.received.compactMap { frame -> (index: Int64, old: Bool)? in
+            guard let index = (frame.object["beat_index"] as? NSNumber)?.int64Value,
+                let hlc = frame.object["hlc"] as? String
+            else { return nil }
+            return (index, hlc.hasSuffix(oldSuffix))
+        }
+        for (a, b) in zip(list, list.dropFirst()) {
+            XCTAssertEqual(b.index, a.index + 1, "no beat missed or repeated across the handover\n\(cluster.logs)")
+        }
+        // The handover itself: the successor's first frame is the old leader's last + 1.
+        let lastOld = try XCTUnwrap(list.lastIndex { $0.old }, "frames from the old leader")
+        XCTAssertLessThan(lastOld + 1, list.count, "a new leader took over\n\(cluster.logs)")
+        if lastOld + 1 < list.count {
+            XCTAssertFalse(list[lastOld + 1].old)
+            XCTAssertEqual(list[lastOld + 1].index, list[lastOld].index + 1, "0 missed\n\(cluster.logs)")
+        }
+    }
+
     func testRefusalsAreClosedAndCounted() throws {
         let cluster = try TLSCluster(cluster: "tlsrefuse", bpm: 600)
         let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.tlsrefuse.beat")

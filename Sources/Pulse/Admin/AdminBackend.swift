@@ -43,7 +43,7 @@ struct ScheduledTempoChange: Encodable, Equatable {
 /// The backend's answer to a tempo change request.
 enum TempoDecision: Equatable {
     case scheduled(ScheduledTempoChange)
-    /// 409, 422 or 503 with a machine code (e.g. `change_pending`, `out_of_range`, `delta_too_large`, `no_leader`).
+    /// 409, 422 or 503 with a machine code (e.g. `change_pending`, `out_of_range`, `delta_too_large`, `no_leader`, `outcome_unknown`).
     case refused(status: Int, code: String, message: String)
     /// 307 to the leader's admin URL.
     case redirect(location: String)

@@ -129,6 +129,9 @@ protocol PublishGate: AnyObject {
     func timelineNs(forLocalNs localNs: Int64) -> Int64
     /// The reference clock estimate behind both mappings (nil: identity).
     var referenceClock: ClockSync? { get }
+    /// The first beat a tempo entry proposed here but not yet applied may
+    /// change (Int64.max: none); no beat at or after it is emitted (fault 4).
+    var tempoBarrierBeat: Int64 { get }
 }
 
 /// Hears, after the beat (off the beat path), that a tempo change took effect.
@@ -308,10 +311,16 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         }
     }
 
-    /// The planner's view of the service: the fixed policy, except fault 4
-    /// (tempo), whose inputs — the barrier of uncommitted tempo entries and
-    /// the leader's applied term start — the service does not feed yet.
-    private static let serviceFaults = LegacyFaults(requestTimeTempo: true)
+    /// The planner's view of the service: the fixed policy, every fault
+    /// (fault 4's inputs: the gate's `tempoBarrierBeat`, and a leader's
+    /// publish mode only once its term's first entry is applied).
+    /// Committed tempo changes applied at a beat this node had already
+    /// published (must stay 0; see `schedule`).
+    private(set) var retroactiveTempoChanges: UInt64 = 0
+    /// The last beat this node handed to NATS, or -1.
+    private(set) var lastPublishedBeat: Int64 = -1
+
+    private static let serviceFaults = LegacyFaults()
 
     /// The beat path, a thin driver over the pure planner (PulsePolicy):
     /// read the clocks → ask the planner → spin → confirm (the lease and the
@@ -328,7 +337,8 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         let attachedNs = nats.connectedSinceMonoNs
         let inputs = BeatInputs(
             wallNs: wakeNs, monoNs: monoNs, mode: mode,
-            natsAttachedMonoNs: attachedNs == .max ? nil : attachedNs, reference: gate?.referenceClock)
+            natsAttachedMonoNs: attachedNs == .max ? nil : attachedNs,
+            tempoBarrierBeat: gate?.tempoBarrierBeat ?? .max, reference: gate?.referenceClock)
         let nextBefore = planner.nextBeat
         let decision = planner.plan(inputs, timeline: timeline)
         switch decision {
@@ -409,6 +419,7 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         if published {
             stats.beatsPublished &+= 1
             stats.lastPublishedNs = doneNs
+            lastPublishedBeat = k
             if degraded { stats.degradedBeats &+= 1 }
         } else {
             stats.beatsUnpublished &+= 1
@@ -476,6 +487,15 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         }
         guard replicated || change.atBeat >= nextBeat else {
             throw PulseError.config("beat \(change.atBeat) was already published (next is \(nextBeat))")
+        }
+        if replicated && change.atBeat <= lastPublishedBeat {
+            // Cannot happen (fault 4: the proposer's barrier, a leader's
+            // term-start gate): the committed log still wins, alike on every
+            // node, but the breach is counted and logged.
+            retroactiveTempoChanges &+= 1
+            logger.error(
+                "committed tempo change at a beat already published here",
+                metadata: ["at_beat": "\(change.atBeat)", "last_published": "\(lastPublishedBeat)"])
         }
         try timeline.schedule(change: change)
         if started { arm() }  // the next instant may have moved if the change is at the next beat

@@ -72,6 +72,17 @@ protocol ClusterListener: AnyObject {
     func clusterPeerTimestamp(wallNs: Int64, receivedNs: Int64)
 }
 
+/// How a proposal ended, as far as its proposer can know (fault 4 of issue #10).
+enum CommitOutcome: Equatable {
+    /// Committed in the term it was proposed in.
+    case committed
+    /// Certainly not committed (never appended, or replaced by another term's entry).
+    case refused
+    /// The proposer lost leadership first: the entry may still commit under
+    /// the next leader and take effect, or be dropped. Nobody can tell yet.
+    case unknown
+}
+
 /// Timing of the Raft core in wall units.
 struct RaftTiming {
     var tickNs: Int64 = 50_000_000
@@ -119,7 +130,17 @@ final class ClusterNode: LoopHandler, RaftInbox {
     private let bootstrapBpm: Int64?
     private let bar: Int
     /// Proposals waiting for their entry to commit: index → (term, reply).
-    private var waiting: [UInt64: (UInt64, (Bool) -> Void)] = [:]
+    private var waiting: [UInt64: (UInt64, (CommitOutcome) -> Void)] = [:]
+    /// Tempo entries this node proposed and has not applied yet: index → apply
+    /// beat. Kept after a loss of leadership (they may still commit), dropped
+    /// once the index is applied (whatever entry ended up there) or folded
+    /// into a snapshot. Their minimum is the beat barrier (`tempoBarrierBeat`).
+    private var unappliedTempo: [UInt64: Int64] = [:] {
+        // Recomputed here, off the beat path, which only reads the result.
+        didSet { tempoBarrierBeat = unappliedTempo.values.min() ?? .max }
+    }
+    /// The index of this leader's own term's first entry (0: not leader).
+    private var termStartIndex: UInt64 = 0
     weak var listener: ClusterListener?
 
     // Clock sync and degradation (REQ-003).
@@ -244,10 +265,23 @@ final class ClusterNode: LoopHandler, RaftInbox {
     }
 
     /// Beat path: may this node publish a frame now? Allocation-free.
+    /// A leader publishes only after applying its own term's first entry
+    /// (fault 4): by then it has applied every tempo change committed before
+    /// its term, so no beat it emits ignores one.
     @inline(__always)
     func mayPublish(monotonicNs: Int64) -> Bool {
-        isLeader && monotonicNs < leaseUntilMonoNs
+        isLeader && monotonicNs < leaseUntilMonoNs && appliedTermStart
     }
+
+    /// Has this leader applied its own term's first entry?
+    /// (Stored, updated after every Ready: the beat path only reads it.)
+    private(set) var appliedTermStart = false
+
+    /// Beat path (allocation-free): the first beat a tempo entry this node
+    /// proposed but has not applied may change (Int64.max: none). The planner
+    /// emits no beat at or after it until the entry is applied (fault 4), so
+    /// a change is never retroactive on the node that proposed it.
+    private(set) var tempoBarrierBeat: Int64 = .max
 
     // MARK: time
 
@@ -344,16 +378,19 @@ final class ClusterNode: LoopHandler, RaftInbox {
 
     // MARK: proposals
 
-    /// Proposes `command`; `done(true)` once it is committed in this term,
-    /// `done(false)` if it cannot be (not leader, transfer, lost leadership).
-    func propose(_ command: ClusterCommand, done: @escaping (Bool) -> Void) {
-        guard let data = try? JSONEncoder().encode(command) else { return done(false) }
+    /// Proposes `command`; `done(.committed)` once it is committed in this
+    /// term, `done(.refused)` if it certainly is not (not leader, transfer,
+    /// replaced), `done(.unknown)` if leadership was lost first (it may still
+    /// commit: fault 4). A tempo entry raises the beat barrier until applied.
+    func propose(_ command: ClusterCommand, done: @escaping (CommitOutcome) -> Void) {
+        guard let data = try? JSONEncoder().encode(command) else { return done(.refused) }
         switch raft.propose([UInt8](data)) {
         case .accepted(let index, let term):
             waiting[index] = (term, done)
+            if case .tempo(let atBeat, _, _) = command { unappliedTempo[index] = atBeat }
             processReady()
         default:
-            done(false)
+            done(.refused)
         }
     }
 
@@ -397,11 +434,15 @@ final class ClusterNode: LoopHandler, RaftInbox {
 
     private func finish(_ ready: Ready) {
         for message in ready.messages { transport.send(message) }
-        if let snapshot = ready.snapshot { applySnapshot(snapshot.data) }
+        if let snapshot = ready.snapshot {
+            unappliedTempo = unappliedTempo.filter { $0.key > snapshot.index }
+            applySnapshot(snapshot.data)
+        }
         for entry in ready.committedEntries { apply(entry) }
         if let soft = ready.softState { leadershipChanged(soft) }
         if let hard = ready.hardState { term = hard.term }
         raft.advance(ready)
+        appliedTermStart = termStartIndex > 0 && raft.appliedIndex >= termStartIndex
         readyInFlight = false
         maybeCompact()
         refreshLease()
@@ -421,13 +462,17 @@ final class ClusterNode: LoopHandler, RaftInbox {
             electedByHandOver =
                 timeoutNowMonoNs.map { now - $0 < Int64(timing.electionTicks) * timing.tickNs } ?? false
             timeoutNowMonoNs = nil
+            termStartIndex = raft.lastIndex  // the new term's first entry (its no-op)
         }
+        if !isLeader { termStartIndex = 0 }
+        appliedTermStart = termStartIndex > 0 && raft.appliedIndex >= termStartIndex
         if leader != noNode && !isLeader { lastContactMonoNs = cloop_monotonic_ns() }
         // A known leader ends degradation now, not at the next tick: a
         // degraded node must not publish next to the new leader's first beats.
         if leader != noNode { updateDegradation(nowMonoNs: cloop_monotonic_ns()) }
         if wasLeader && !isLeader {
-            for (_, pending) in waiting { pending.1(false) }
+            // Fault 4: the entries may still commit under the next leader.
+            for (_, pending) in waiting.sorted(by: { $0.key < $1.key }) { pending.1(.unknown) }
             waiting.removeAll()
         }
         logger.info(
@@ -447,7 +492,10 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// same entry, so all of them skip it alike and the state machines stay
     /// identical; a trap here would instead crash every node on every restart.
     private func apply(_ entry: Entry) {
-        if let pending = waiting.removeValue(forKey: entry.index) { pending.1(pending.0 == entry.term) }
+        unappliedTempo.removeValue(forKey: entry.index)  // decided, whatever entry this is
+        if let pending = waiting.removeValue(forKey: entry.index) {
+            pending.1(pending.0 == entry.term ? .committed : .refused)
+        }
         guard entry.kind == .normal, !entry.data.isEmpty else { return }
         guard let command = try? JSONDecoder().decode(ClusterCommand.self, from: Data(entry.data)) else {
             return refuseEntry(entry, "does not decode")
@@ -465,11 +513,13 @@ final class ClusterNode: LoopHandler, RaftInbox {
             state = ClusterState(epoch: epoch.stored, pending: nil, justification: "")
             listener?.clusterEpochCommitted(epoch)
         case .tempo(let atBeat, let bpm, let justification):
-            let change = TempoChange(atBeat: atBeat, bpm: bpm)
+            var change = TempoChange(atBeat: atBeat, bpm: bpm)
             if var current = state {
                 guard let folded = Self.fold(current, bar: bar) else {
                     return refuseEntry(entry, "previous change out of range")
                 }
+                // Fault 4: never before the previous change (a log-only rule, alike on every node).
+                change = Self.placed(change, after: folded, bar: bar)
                 guard Self.canSchedule(change, after: folded, bar: bar) else {
                     return refuseEntry(entry, "tempo change out of range")
                 }
@@ -489,6 +539,21 @@ final class ClusterNode: LoopHandler, RaftInbox {
         guard let previous = state.pending else { return epoch }
         guard let startNs = epoch.checkedInstantNs(ofBeat: previous.atBeat) else { return nil }
         return try? TempoEpoch.validated(startBeat: previous.atBeat, startNs: startNs, bpm: previous.bpm)
+    }
+
+    /// The apply-time placement of a committed change (fault 4 of issue #10):
+    /// a change at or before the start of the epoch it follows (the previous
+    /// change's downbeat), or off a downbeat, moves to the first downbeat
+    /// after that start and at or after its own beat. It depends only on the
+    /// entry and the committed state, so every node places it alike.
+    static func placed(_ change: TempoChange, after epoch: TempoEpoch, bar: Int) -> TempoChange {
+        guard bar > 0 else { return change }
+        let b = Int64(bar)
+        let floor = max(change.atBeat, epoch.startBeat &+ 1)
+        guard floor != change.atBeat || change.atBeat % b != 0, floor < Int64.max - b else { return change }
+        let r = floor % b
+        let atBeat = r == 0 ? floor : (r > 0 ? floor - r + b : floor - r)
+        return TempoChange(atBeat: atBeat, bpm: change.bpm)
     }
 
     /// Whether `change` can follow `epoch`: at a downbeat after its start, at
@@ -568,8 +633,8 @@ final class ClusterNode: LoopHandler, RaftInbox {
         let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns(), bpm: bpm)
         logger.info("raft: proposing the bootstrap epoch", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(bpm)"])
         propose(.epoch(startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm, bar: bar)) {
-            [weak self] ok in
-            if !ok { self?.epochProposed = false }
+            [weak self] outcome in
+            if outcome != .committed { self?.epochProposed = false }
         }
     }
 }

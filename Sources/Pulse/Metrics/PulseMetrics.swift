@@ -35,6 +35,7 @@ final class PulseMetrics: BeatObserver {
     /// Reasons a tempo change can be refused (the `reason` label).
     static let tempoRefusalReasons = [
         "malformed_json", "invalid_field", "out_of_range", "delta_too_large", "change_pending", "no_leader",
+        "outcome_unknown",
         "unauthorized", "persist_failed", "body_too_large",
     ]
 

@@ -28,6 +28,9 @@ extension PulseNode: PublishGate, ClusterListener {
     /// the lowest voter's, the same for every node (fault 6).
     var referenceClock: ClockSync? { cluster?.degradedReference }
 
+    /// Beat path: the barrier of our own uncommitted tempo entries (fault 4).
+    var tempoBarrierBeat: Int64 { cluster?.tempoBarrierBeat ?? .max }
+
     func localNs(forTimelineNs timelineNs: Int64) -> Int64 {
         guard let sync = cluster?.referenceSync else { return timelineNs }
         return sync.localNs(atReference: timelineNs)

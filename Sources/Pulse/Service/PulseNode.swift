@@ -110,8 +110,13 @@ final class PulseNode: LoopHandler {
             tempo.canCommit = { [unowned cluster] in cluster.isLeader }
             tempo.leaderKnown = { [unowned cluster] in cluster.leaderPeer != nil }
             tempo.commit = { [unowned cluster] change, justification, done in
-                cluster.propose(.tempo(atBeat: change.atBeat, bpm: change.bpm, justification: justification)) { ok in
-                    done(ok ? nil : "no_leader")
+                cluster.propose(.tempo(atBeat: change.atBeat, bpm: change.bpm, justification: justification)) {
+                    outcome in
+                    switch outcome {
+                    case .committed: done(nil)
+                    case .refused: done("no_leader")
+                    case .unknown: done("outcome_unknown")  // fault 4: it may still take effect
+                    }
                 }
             }
         } else {

@@ -117,8 +117,13 @@ final class TempoController: TempoListener {
         commit(change, request.justification) { [self] failure in
             inFlight = nil
             if let failure {
-                refuse(
-                    status: 503, code: failure, message: "the change could not be committed (\(failure))", reply: reply)
+                // Fault 4: a proposer that lost leadership cannot know the
+                // outcome; it must not claim the change was refused.
+                let message =
+                    failure == "outcome_unknown"
+                    ? "leadership was lost before the change committed: it may still take effect at beat \(atBeat) or later; check GET /tempo before retrying"
+                    : "the change could not be committed (\(failure))"
+                refuse(status: 503, code: failure, message: message, reply: reply)
                 return
             }
             logger.info(

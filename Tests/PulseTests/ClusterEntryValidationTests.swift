@@ -37,4 +37,23 @@ final class ClusterEntryValidationTests: XCTestCase {
             epoch: epoch.stored, pending: TempoChange(atBeat: Int64.max - 7, bpm: 126).stored, justification: "")
         XCTAssertNil(ClusterNode.fold(bad, bar: 8))
     }
+
+    /// Fault 4 (issue 10): a committed change is placed at apply time from the
+    /// entry and the committed state alone, so every node places it alike.
+    func testCommittedChangesArePlacedOnTheNextEligibleDownbeat() {
+        func placed(_ atBeat: Int64, after start: Int64 = 0) -> Int64 {
+            ClusterNode.placed(
+                TempoChange(atBeat: atBeat, bpm: 126),
+                after: TempoEpoch(startBeat: start, startNs: epoch.startNs, bpm: 120), bar: 8
+            ).atBeat
+        }
+        XCTAssertEqual(placed(64), 64)  // already a downbeat after the start: unchanged
+        XCTAssertEqual(placed(63), 64)  // off a downbeat: the next one
+        XCTAssertEqual(placed(0), 8)  // at the epoch's start: the first downbeat after it
+        XCTAssertEqual(placed(-5), 8)
+        XCTAssertEqual(placed(64, after: 64), 72)  // at the previous change's downbeat: the next bar
+        XCTAssertEqual(placed(Int64.max - 3), Int64.max - 3)  // no overflow; canSchedule refuses it
+        XCTAssertFalse(
+            ClusterNode.canSchedule(TempoChange(atBeat: Int64.max - 3, bpm: 126), after: epoch, bar: 8))
+    }
 }

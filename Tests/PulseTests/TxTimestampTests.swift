@@ -64,29 +64,9 @@ final class TxTimestampTests: XCTestCase {
     /// `tx_timestamp`, the stamp lies between the decision and a subscriber's
     /// receipt, and the jitter is measured from it.
     func testTimerDrivenBeatsCarryTheirTxTimestamp() throws {
-        let nats = try NatsServer()
-        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.tx.beat")
-        let loop = try EventLoop()
-        loop.bindToCurrentThread()
-        let logger = Logger(label: "test")
-        let link = NatsLink(url: nats.url, name: "tx-test", loop: loop, logger: logger)
-        try link.start()
-        XCTAssertTrue(
-            Harness.waitUntil(seconds: 10) {
-                loop.turn(timeoutNs: 10_000_000)
-                return link.isConnected
-            })
-        let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns() - 2_000_000_000, bpm: 6000)
-        let driver = try BeatDriver(
-            loop: loop, nats: link, logger: logger, timeline: Timeline(epoch: epoch, bar: 8, phaseCount: 3),
-            clusterId: "tx", phases: ["plan", "work", "review"], nodeId: "node-0001",
-            subject: "backbeat.tx.beat", maxOffsetMs: 500, spinMaxUs: 500)
-        driver.start(nowNs: cloop_realtime_ns())
-        let deadline = cloop_monotonic_ns() + 10_000_000_000
-        while driver.stats.beatsPublished < 100 && cloop_monotonic_ns() < deadline {
-            loop.turn(timeoutNs: 5_000_000)
-        }
-        driver.stop()
+        let run = try TimerDrivenBeats(cluster: "tx")
+        let (driver, subscriber, link, loop) = (run.driver, run.subscriber, run.link, run.loop)
+        run.run(beats: 100)
         loop.turn(timeoutNs: 1_000_000)
         let records = driver.recent.records().filter(\.published)
         XCTAssertGreaterThanOrEqual(records.count, 100)

@@ -63,33 +63,12 @@ final class ZeroAllocationTests: XCTestCase {
     }
 
     func testTimerDrivenBeatsCountNoHotPathBytes() throws {
-        let nats = try NatsServer()
-        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.timer.beat")
-        let loop = try EventLoop()
-        loop.bindToCurrentThread()
-        let logger = Logger(label: "test")
-        let link = NatsLink(url: nats.url, name: "timer-test", loop: loop, logger: logger)
-        try link.start()
-        XCTAssertTrue(
-            Harness.waitUntil(seconds: 10) {
-                loop.turn(timeoutNs: 10_000_000)
-                return link.isConnected
-            })
-        let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns() - 2_000_000_000, bpm: 6000)
-        let driver = try BeatDriver(
-            loop: loop, nats: link, logger: logger, timeline: Timeline(epoch: epoch, bar: 8, phaseCount: 3),
-            clusterId: "timer", phases: ["plan", "work", "review"], nodeId: "node-0001",
-            subject: "backbeat.timer.beat", maxOffsetMs: 500, spinMaxUs: 500)
-        driver.start(nowNs: cloop_realtime_ns())
-        // 6000 bpm: a beat every 10 ms; run ~2 s of beats through the real timer path.
-        let deadline = cloop_monotonic_ns() + 10_000_000_000
-        while driver.stats.beatsPublished < 150 && cloop_monotonic_ns() < deadline {
-            loop.turn(timeoutNs: 5_000_000)
-        }
-        driver.stop()
-        XCTAssertGreaterThanOrEqual(driver.stats.beatsPublished, 150)
-        XCTAssertEqual(driver.stats.hotPathAllocatedBytes, 0, "bytes allocated between timer wake and flushed publish")
-        XCTAssertTrue(subscriber.wait(for: 100, seconds: 5))
-        link.close()
+        let run = try TimerDrivenBeats(cluster: "timer")
+        run.run(beats: 150)  // ~1.5 s of beats through the real timer path
+        XCTAssertGreaterThanOrEqual(run.driver.stats.beatsPublished, 150)
+        XCTAssertEqual(
+            run.driver.stats.hotPathAllocatedBytes, 0, "bytes allocated between timer wake and flushed publish")
+        XCTAssertTrue(run.subscriber.wait(for: 100, seconds: 5))
+        run.link.close()
     }
 }

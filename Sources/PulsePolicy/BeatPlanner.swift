@@ -223,14 +223,16 @@ public struct BeatPlanner: Sendable {
             }
         }
         if missed > 0 { nextBeat = k }
-        // Echoes steer only a node that may not be the one publisher. In
-        // `.single` mode (a single node, or the service's leader whose lease
-        // the gate has just checked, §4) this node is the only publisher, so a
-        // frame already on the subject at its next index is a forgery (anyone
-        // with publish rights can copy a real frame's HLC suffix: adversarial
-        // review of issue 9) and must not make it skip a beat.
-        if case .single = i.mode {
-        } else if k <= lastSeenIndex {
+        // Echoes steer only a node that may not be the one publisher. A
+        // single node, or a leader holding its lease (§4: no other
+        // non-degraded publisher can exist, and the hand-over guard already
+        // moved past what earlier publishers may have sent), is the only
+        // publisher: a frame already on the subject at its next index is a
+        // forgery (anyone with publish rights can copy a real frame's HLC
+        // suffix: adversarial review of issue 9) and must not make it skip.
+        var soleWriter = leading
+        if case .single = i.mode { soleWriter = true }
+        if !soleWriter && k <= lastSeenIndex {
             nextBeat = lastSeenIndex + 1  // already on the subject (another publisher)
             return .skip
         }

@@ -52,6 +52,31 @@ final class PlannerTests: XCTestCase {
         XCTAssertTrue(legacy.confirm(mode: .leader(leaseUntilMonoNs: lease), monoNs: lease, wallNs: instant(2)))
     }
 
+    /// A forged echo at the next index (anyone may copy a real frame's HLC
+    /// suffix onto the subject) must not make the one publisher skip: a
+    /// single node or a leader holding its lease emits; a node without the
+    /// lease still defers to what the subject shows.
+    func testForgedEchoesDoNotSilenceTheOnePublisher() {
+        let lease = instant(4) + 10_000_000
+        for mode: PublishMode in [.single, .leader(leaseUntilMonoNs: lease)] {
+            var p = planner()
+            p.start(timeline: t, wallNs: instant(2) - 5_000_000)
+            p.observe(index: 3, wallNs: instant(2), fromLeaderElsewhere: false)
+            XCTAssertEqual(
+                p.plan(inputs(instant(2) - 1_000_000, mode), timeline: t),
+                .emit(index: 2, atWallNs: instant(2), degraded: false), "\(mode)")
+            p.published(2, degraded: false, published: true)
+            XCTAssertEqual(
+                p.plan(inputs(instant(3) - 1_000_000, mode), timeline: t),
+                .emit(index: 3, atWallNs: instant(3), degraded: false), "\(mode)")
+        }
+        var lapsed = planner()
+        lapsed.start(timeline: t, wallNs: instant(2) - 5_000_000)
+        lapsed.observe(index: 2, wallNs: instant(2), fromLeaderElsewhere: false)
+        XCTAssertEqual(
+            lapsed.plan(inputs(instant(2) - 1_000_000, .leader(leaseUntilMonoNs: 0)), timeline: t), .skip)
+    }
+
     func testLapsedLeaseWithUnechoedFramesDropsTheConnection() {
         var p = planner()
         p.start(timeline: t, wallNs: instant(1) - 5_000_000)

@@ -12,26 +12,70 @@ import XCTest
 @testable import Pulse
 
 final class TimelineShapeProcessTests: XCTestCase {
-    /// A running 3-node cluster at 300 bpm, all started with `-bar 4`.
-    private func shapedCluster(_ name: String, extra: [String] = []) throws -> ClusterProcessTests.Cluster {
-        try ClusterProcessTests.Cluster(cluster: name, bpm: 300, extra: ["-bar", "4"] + extra)
-    }
+    /// Three nodes named in one peer list, started one by one (a node's
+    /// first start with an empty data dir is how it joins: membership is
+    /// fixed at bootstrap), at 300 bpm.
+    final class Nodes {
+        let nats: NatsServer
+        let dir: String
+        let cluster: String
+        let raftPorts = (0..<3).map { _ in Harness.freePort() }
+        let adminPorts = (0..<3).map { _ in Harness.freePort() }
+        let extra: [String]
+        var nodes: [PulseProcess?] = [nil, nil, nil]
 
-    /// The arguments `Cluster.start(i)` uses, with `shape` instead of its `-bar 4`.
-    private func arguments(_ c: ClusterProcessTests.Cluster, _ i: Int, shape: [String], extra: [String] = [])
-        -> [String]
-    {
-        [
-            "-bootstrap", "-bpm", "\(c.bpm)", "-max-bpm", "600", "-cluster", c.cluster, "-node-id", c.names[i],
-            "-raft-bind", "127.0.0.1:\(c.raftPorts[i])", "-peers", c.peers, "-nats", c.nats.url,
-            "-data-dir", "\(c.dir)/\(c.names[i])", "-admin-port", "\(c.adminPorts[i])",
-        ] + shape + extra
+        init(cluster: String, extra: [String]) throws {
+            nats = try NatsServer()
+            dir = Harness.tempDir(cluster)
+            self.cluster = cluster
+            self.extra = extra
+        }
+
+        var peers: String { (0..<3).map { "n\($0 + 1)@127.0.0.1:\(raftPorts[$0])" }.joined(separator: ",") }
+
+        /// Starts node `i` (0-based) with `shape` flags; `label` names its log file.
+        @discardableResult
+        func start(_ i: Int, shape: [String], label: String = "") throws -> PulseProcess {
+            let process = try PulseProcess(
+                arguments: [
+                    "-bootstrap", "-bpm", "300", "-max-bpm", "600", "-cluster", cluster, "-node-id", "n\(i + 1)",
+                    "-raft-bind", "127.0.0.1:\(raftPorts[i])", "-peers", peers, "-nats", nats.url,
+                    "-data-dir", "\(dir)/n\(i + 1)", "-admin-port", "\(adminPorts[i])",
+                ] + shape + extra, logPath: "\(dir)/n\(i + 1)\(label).log")
+            nodes[i] = process
+            return process
+        }
+
+        func timeline(_ i: Int) -> [String: Any] {
+            guard let client = try? RawClient(port: adminPorts[i], timeoutMs: 2000),
+                let response = client.request(httpRequest("GET", "/timeline"))
+            else { return [:] }
+            return response.json
+        }
+
+        var logs: String { nodes.compactMap { $0.map { "--- \($0.logPath)\n" + $0.log } }.joined(separator: "\n") }
+
+        deinit {
+            for node in nodes { node?.stop() }
+            try? FileManager.default.removeItem(atPath: dir)
+        }
     }
 
     /// Waits (bounded) for `process` to exit; returns its status, or nil if it kept running.
     private func exitStatus(_ process: PulseProcess, seconds: Double) -> Int32? {
         guard Harness.waitUntil(seconds: seconds, { !process.process.isRunning }) else { return nil }
         return process.process.terminationStatus
+    }
+
+    /// The process exited non-zero within `seconds`, naming the committed
+    /// shape (bar 4) and its own (bar 8).
+    private func assertRefused(_ process: PulseProcess, seconds: Double, line: UInt = #line) {
+        let status = exitStatus(process, seconds: seconds)
+        XCTAssertNotNil(status, "still running\n" + process.log, line: line)
+        XCTAssertNotEqual(status, 0, process.log, line: line)
+        XCTAssertTrue(process.log.contains("holds the timeline shape -bar 4 -phases plan,work,review"), process.log, line: line)
+        XCTAssertTrue(process.log.contains("started with -bar 8 -phases plan,work,review"), process.log, line: line)
+        XCTAssertTrue(process.log.contains("pulse: error: "), "the reason on stderr: " + process.log, line: line)
     }
 
     /// Every frame agrees with bar 4 and the default phases: a node running
@@ -50,62 +94,51 @@ final class TimelineShapeProcessTests: XCTestCase {
         XCTAssertGreaterThan(checked, 8, "frames were checked", line: line)
     }
 
-    private func checkRefusals(compactEvery: [String], name: String) throws {
-        let cluster = try shapedCluster(name, extra: compactEvery)
-        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.\(name).beat")
-        XCTAssertNotNil(cluster.leader(), cluster.logs)
-        XCTAssertTrue(subscriber.wait(for: 4, seconds: 15), cluster.logs)
-        // Node 3 has applied the committed shape.
-        XCTAssertTrue(
-            Harness.waitUntil(seconds: 10) { cluster.get(2, "/timeline")["bar"] as? Int == 4 }, cluster.logs)
-        XCTAssertEqual(cluster.get(2, "/timeline")["phases"] as? [String], ["plan", "work", "review"])
-        cluster.nodes[2]?.stop()
-        cluster.nodes[2] = nil
+    private func checkRefusals(name: String, extra: [String], joinsFrom source: String) throws {
+        let c = try Nodes(cluster: name, extra: extra)
+        let subscriber = try Subscriber(url: c.nats.url, subject: "backbeat.\(name).beat")
+        // Two of three bootstrap the timeline with -bar 4.
+        try c.start(0, shape: ["-bar", "4"])
+        try c.start(1, shape: ["-bar", "4"])
+        XCTAssertTrue(subscriber.wait(for: 4, seconds: 15), c.logs)
 
-        // 1. Restarted on its data dir with another -bar: refuses to start, naming both.
-        let restarted = try PulseProcess(
-            arguments: arguments(cluster, 2, shape: ["-bar", "8"], extra: compactEvery),
-            logPath: "\(cluster.dir)/n3-restart.log")
-        let restartStatus = exitStatus(restarted, seconds: 15)
-        XCTAssertNotNil(restartStatus, "still running\n" + restarted.log)
-        XCTAssertNotEqual(restartStatus, 0, restarted.log)
-        XCTAssertTrue(restarted.log.contains("-bar 4 -phases plan,work,review"), restarted.log)
-        XCTAssertTrue(restarted.log.contains("-bar 8 -phases plan,work,review"), restarted.log)
+        // 1. The third starts for the first time with -bar 8: it stops when it
+        //    first applies the committed shape (log entry or snapshot), publishing nothing.
+        let joined = try c.start(2, shape: ["-bar", "8"], label: "-join")
+        assertRefused(joined, seconds: 20)
+        XCTAssertTrue(joined.log.contains("the cluster's \(source) holds"), "refused on apply: " + joined.log)
+        XCTAssertEqual(c.timeline(2).count, 0, "gone")
+
+        // 2. On the data dir it wrote before stopping, still -bar 8: refused at start-up.
+        let again = try c.start(2, shape: ["-bar", "8"], label: "-again")
+        assertRefused(again, seconds: 10)
+        XCTAssertTrue(again.log.contains("pulse: error: data dir"), "refused at start-up: " + again.log)
+
+        // 3. With the committed shape it joins and serves it.
+        let good = try c.start(2, shape: ["-bar", "4"])
+        XCTAssertTrue(Harness.waitUntil(seconds: 15) { c.timeline(2)["bar"] as? Int == 4 }, c.logs)
+        XCTAssertEqual(c.timeline(2)["phases"] as? [String], ["plan", "work", "review"])
+
+        // 4. A node that ran with it, restarted with another -bar: refused at start-up.
+        XCTAssertEqual(good.stop(), 0, good.log)
+        let restarted = try c.start(2, shape: ["-bar", "8"], label: "-restart")
+        assertRefused(restarted, seconds: 10)
         XCTAssertTrue(restarted.log.contains("pulse: error: data dir"), "refused at start-up: " + restarted.log)
 
-        // 2. A fresh node (empty data dir) joining with another -bar: stops when it first applies the shape.
-        try FileManager.default.removeItem(atPath: "\(cluster.dir)/n3")
+        // Meanwhile the cluster kept beating, and only with bar 4.
         let before = subscriber.count
-        let joined = try PulseProcess(
-            arguments: arguments(cluster, 2, shape: ["-bar", "8"], extra: compactEvery),
-            logPath: "\(cluster.dir)/n3-join.log")
-        let joinStatus = exitStatus(joined, seconds: 20)
-        XCTAssertNotNil(joinStatus, "still running\n" + joined.log)
-        XCTAssertNotEqual(joinStatus, 0, joined.log)
-        XCTAssertTrue(joined.log.contains("-bar 4 -phases plan,work,review"), joined.log)
-        XCTAssertTrue(joined.log.contains("-bar 8 -phases plan,work,review"), joined.log)
-        XCTAssertTrue(joined.log.contains("the cluster's"), "refused on apply, not at start-up: " + joined.log)
-        // The cluster kept beating meanwhile, and only with bar 4.
-        XCTAssertTrue(subscriber.wait(for: before + 4, seconds: 10), cluster.logs)
-        assertFramesHaveBar4(subscriber, cluster.logs + "\n--- join\n" + joined.log)
-
-        // 3. With the committed shape it runs again (its data dir now holds the log or snapshot).
-        cluster.nodes[2] = try PulseProcess(
-            arguments: arguments(cluster, 2, shape: ["-bar", "4"], extra: compactEvery),
-            logPath: "\(cluster.dir)/n3.log")
-        XCTAssertTrue(
-            Harness.waitUntil(seconds: 15) { cluster.get(2, "/timeline")["bar"] as? Int == 4 }, cluster.logs)
-        XCTAssertTrue(cluster.nodes[2]?.process.isRunning ?? false, cluster.logs)
+        XCTAssertTrue(subscriber.wait(for: before + 2, seconds: 10), c.logs)
+        assertFramesHaveBar4(subscriber, c.logs)
     }
 
-    func testClusterNodeWithAnotherBarRefusesOnRestartAndOnJoin() throws {
-        try checkRefusals(compactEvery: [], name: "shapelog")
+    func testClusterNodeWithAnotherBarRefusesOnJoinAndRestart() throws {
+        try checkRefusals(name: "shapelog", extra: [], joinsFrom: "committed log")
     }
 
     /// The same with the log compacted at once: the shape comes from snapshots
-    /// (the restarted node's own, and the one the leader sends the fresh node).
+    /// (the one the leader sends the fresh node, and the node's own at start-up).
     func testClusterNodeWithAnotherBarRefusesFromSnapshots() throws {
-        try checkRefusals(compactEvery: ["-raft-compact-every", "2"], name: "shapesnap")
+        try checkRefusals(name: "shapesnap", extra: ["-raft-compact-every", "2"], joinsFrom: "snapshot")
     }
 
     // MARK: single node

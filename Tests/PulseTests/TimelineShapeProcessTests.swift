@@ -209,4 +209,34 @@ final class TimelineShapeProcessTests: XCTestCase {
         XCTAssertEqual(result.status, 2, "the default -phases differ from the adopted ones: " + result.stderr)
         XCTAssertTrue(result.stderr.contains("-bar 4 -phases p,q"), result.stderr)
     }
+
+    // MARK: restore
+
+    /// A restored data dir holds the backup's shape: a node started on it
+    /// with other flags refuses at start-up (single node: epoch.json; cluster: the snapshot).
+    func testARestoreSeedsTheShape() throws {
+        let base = Harness.tempDir("shape-restore")
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let nowNs = Int64(Date().timeIntervalSince1970) * 1_000_000_000
+        let backup = BackupFile(
+            clusterId: "rs", nodeId: "n1", bar: 6, phases: ["a", "b"],
+            epoch: .init(startBeat: 0, startNs: nowNs - 60_000_000_000, bpm: 120), pending: nil, term: 3, index: 7,
+            lastBeat: 100, takenAtNs: nowNs)
+        let file = base + "/b.json"
+        try Data(try backup.encoded()).write(to: URL(fileURLWithPath: file))
+        let raftPort = Harness.freePort()
+        for (name, peers) in [("single", [String]()), ("cluster", ["--peers", "n1@127.0.0.1:\(raftPort)"])] {
+            let dir = "\(base)/\(name)"
+            let restored = try runPulse(["restore", "--from", file, "--data-dir", dir, "--node-id", "n1"] + peers)
+            XCTAssertEqual(restored.status, 0, restored.stderr)
+            XCTAssertTrue(restored.stdout.contains("-bar 6 -phases a,b"), "the start command: " + restored.stdout)
+            let nodePeers = peers.isEmpty ? [] : ["-peers", "n1@127.0.0.1:\(raftPort)", "-raft-bind", "127.0.0.1:\(raftPort)"]
+            let result = try runPulse(
+                ["-cluster", "rs", "-data-dir", dir, "-admin-port", "0", "-nats", "nats://127.0.0.1:1", "-bar", "6"]
+                    + nodePeers, timeout: 10)
+            XCTAssertEqual(result.status, 2, "\(name): " + result.stderr)
+            XCTAssertTrue(result.stderr.contains("holds the timeline shape -bar 6 -phases a,b"), result.stderr)
+            XCTAssertTrue(result.stderr.contains("started with -bar 6 -phases plan,work,review"), result.stderr)
+        }
+    }
 }

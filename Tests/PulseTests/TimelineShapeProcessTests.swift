@@ -73,7 +73,8 @@ final class TimelineShapeProcessTests: XCTestCase {
         let status = exitStatus(process, seconds: seconds)
         XCTAssertNotNil(status, "still running\n" + process.log, line: line)
         XCTAssertNotEqual(status, 0, process.log, line: line)
-        XCTAssertTrue(process.log.contains("holds the timeline shape -bar 4 -phases plan,work,review"), process.log, line: line)
+        XCTAssertTrue(
+            process.log.contains("holds the timeline shape -bar 4 -phases plan,work,review"), process.log, line: line)
         XCTAssertTrue(process.log.contains("started with -bar 8 -phases plan,work,review"), process.log, line: line)
         XCTAssertTrue(process.log.contains("pulse: error: "), "the reason on stderr: " + process.log, line: line)
     }
@@ -230,7 +231,8 @@ final class TimelineShapeProcessTests: XCTestCase {
             let restored = try runPulse(["restore", "--from", file, "--data-dir", dir, "--node-id", "n1"] + peers)
             XCTAssertEqual(restored.status, 0, restored.stderr)
             XCTAssertTrue(restored.stdout.contains("-bar 6 -phases a,b"), "the start command: " + restored.stdout)
-            let nodePeers = peers.isEmpty ? [] : ["-peers", "n1@127.0.0.1:\(raftPort)", "-raft-bind", "127.0.0.1:\(raftPort)"]
+            let nodePeers =
+                peers.isEmpty ? [] : ["-peers", "n1@127.0.0.1:\(raftPort)", "-raft-bind", "127.0.0.1:\(raftPort)"]
             let result = try runPulse(
                 ["-cluster", "rs", "-data-dir", dir, "-admin-port", "0", "-nats", "nats://127.0.0.1:1", "-bar", "6"]
                     + nodePeers, timeout: 10)

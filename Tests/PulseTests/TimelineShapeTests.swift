@@ -50,7 +50,8 @@ final class TimelineShapeTests: XCTestCase {
         XCTAssertEqual(
             try TimelineShape.resolve(bar: 4, phases: nil, flags: flags),
             try TimelineShape(bar: 4, phases: flags.phases), "the bar alone (an old epoch entry)")
-        XCTAssertEqual(try TimelineShape.resolve(bar: 3, phases: ["a"], flags: flags), try TimelineShape(bar: 3, phases: ["a"]))
+        XCTAssertEqual(
+            try TimelineShape.resolve(bar: 3, phases: ["a"], flags: flags), try TimelineShape(bar: 3, phases: ["a"]))
         XCTAssertThrowsError(try TimelineShape.resolve(bar: nil, phases: ["a"], flags: flags))
         XCTAssertThrowsError(try TimelineShape.resolve(bar: 0, phases: nil, flags: flags))
         XCTAssertThrowsError(try TimelineShape.resolve(bar: 4, phases: ["a", ""], flags: flags))

@@ -531,6 +531,8 @@ final class ClusterNode: LoopHandler, RaftInbox {
             pending.1(pending.0 == entry.term ? .committed : .refused)
         }
         guard entry.kind == .normal, !entry.data.isEmpty else { return }
+        // Stopped (the shape differs): nothing more reaches the timeline, not even a later epoch entry.
+        guard refusal == nil else { return }
         guard let command = try? JSONDecoder().decode(ClusterCommand.self, from: Data(entry.data)) else {
             return refuseEntry(entry, "does not decode")
         }
@@ -553,7 +555,6 @@ final class ClusterNode: LoopHandler, RaftInbox {
                 epoch: epoch.stored, pending: nil, justification: "", bar: committed.bar, phases: committed.phases)
             listener?.clusterEpochCommitted(epoch)
         case .tempo(let atBeat, let bpm, let justification):
-            guard refusal == nil else { return }
             var change = TempoChange(atBeat: atBeat, bpm: bpm)
             if var current = state {
                 guard let folded = Self.fold(current, bar: bar) else {

@@ -7,6 +7,12 @@
 // depends on it is sent), a network (RaftTransport) and a state machine: log
 // entries are `ClusterCommand`s — the bootstrap epoch and tempo changes.
 //
+// The timeline's shape (bar, phases: requirements §12) is committed with the
+// first epoch and folded into every snapshot. A node whose -bar/-phases
+// differ from it refuses to start when its data dir holds it, or stops
+// (`refusal`, non-zero exit) when it first applies it — before its beats
+// start, so it publishes nothing (PulsePolicy/TimelineShape).
+//
 // The leader lease is turned into a monotonic deadline at every tick and
 // step (`leaseUntilMonoNs`); the beat path asks `mayPublish` with the
 // current monotonic time, so a leader frozen past its lease cannot publish
@@ -28,8 +34,10 @@ import Raft
 
 /// An entry in the replicated log.
 enum ClusterCommand: Codable, Equatable {
-    /// The timeline's first epoch (proposed once by a bootstrapping leader).
-    case epoch(startBeat: Int64, startNs: Int64, bpm: Int64, bar: Int)
+    /// The timeline's first epoch and its shape (proposed once by a
+    /// bootstrapping leader). `phases` is nil in entries of a version that
+    /// did not replicate them (`TimelineShape.resolve`).
+    case epoch(startBeat: Int64, startNs: Int64, bpm: Int64, bar: Int, phases: [String]?)
     /// A tempo change at a downbeat.
     case tempo(atBeat: Int64, bpm: Int64, justification: String)
 }
@@ -40,6 +48,16 @@ struct ClusterState: Codable, Equatable {
     var epoch: TempoEpoch.Stored
     var pending: TempoChange.Stored?
     var justification: String
+    /// The committed shape; both nil in snapshots of a version that did not
+    /// replicate it (the node's flags fill in: `TimelineShape.resolve`).
+    var bar: Int?
+    var phases: [String]?
+
+    /// The committed shape, with `flags` for a snapshot that has none; nil
+    /// when the stored one is invalid (`DataDirFiles.checkShape`).
+    func shape(flags: TimelineShape) -> TimelineShape? {
+        try? DataDirFiles.checkShape(file: "raft/snapshot", bar: bar, phases: phases, flags: flags)
+    }
 }
 
 extension TempoEpoch {
@@ -128,7 +146,14 @@ final class ClusterNode: LoopHandler, RaftInbox {
     private(set) var storeErrors: UInt64 = 0
     private var epochProposed = false
     private let bootstrapBpm: Int64?
-    private let bar: Int
+    /// This node's -bar/-phases; it runs only while they equal the committed shape.
+    let shape: TimelineShape
+    private var bar: Int { shape.bar }
+    /// The shape of the committed timeline, once the epoch is applied.
+    private(set) var committedShape: TimelineShape?
+    /// Why this node stopped itself (the committed shape differs from its
+    /// flags): the service exits non-zero with it once the loop has stopped.
+    private(set) var refusal: PulseError?
     /// Proposals waiting for their entry to commit: index → (term, reply).
     private var waiting: [UInt64: (UInt64, (CommitOutcome) -> Void)] = [:]
     /// Tempo entries this node proposed and has not applied yet: index → apply
@@ -191,7 +216,8 @@ final class ClusterNode: LoopHandler, RaftInbox {
     }
 
     init(
-        peers: PeerList, timing: RaftTiming, dataDir: String, bootstrapBpm: Int64?, bar: Int, loop: EventLoop,
+        peers: PeerList, timing: RaftTiming, dataDir: String, bootstrapBpm: Int64?, shape: TimelineShape,
+        loop: EventLoop,
         rejected: RejectedInput, logger: Logger, tls: RaftTLS? = nil
     ) throws {
         self.peers = peers
@@ -203,7 +229,8 @@ final class ClusterNode: LoopHandler, RaftInbox {
         self.loop = loop
         self.logger = logger
         self.bootstrapBpm = bootstrapBpm
-        self.bar = bar
+        self.shape = shape
+        let bar = shape.bar
         store = try RaftStore(dataDir: dataDir, rejected: rejected)
         // The snapshot is checked with this node's bar, as the core checks a
         // leader's snapshot before it is persisted (`snapshotCheck` below).
@@ -230,6 +257,13 @@ final class ClusterNode: LoopHandler, RaftInbox {
             // The store's load validated these bytes (RaftStore.parseSnapshot); failing here is a broken invariant.
             restored = try JSONDecoder().decode(ClusterState.self, from: Data(snapshot.data))
         }
+        // The data dir's committed shape, if any, must be this node's (§12).
+        if let committed = Self.persistedShape(
+            snapshot: restored, entries: persisted.entries, commit: persisted.hardState.commit, flags: shape),
+            let why = committed.mismatch(flags: shape, committedIn: "data dir \(dataDir)")
+        {
+            throw PulseError.config(why)
+        }
         term = persisted.hardState.term
         transport = try RaftTransport(
             loop: loop, peers: peers,
@@ -239,7 +273,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     }
 
     func start() throws {
-        if let restored {
+        if let restored {  // its shape was checked in init
             self.restored = nil
             adopt(restored)
         }
@@ -410,7 +444,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     // MARK: Ready
 
     private func processReady() {
-        guard !readyInFlight, raft.hasReady, let ready = raft.ready() else { return }
+        guard refusal == nil, !readyInFlight, raft.hasReady, let ready = raft.ready() else { return }
         readyInFlight = true
         if ready.hardState == nil && ready.entries.isEmpty && ready.snapshot == nil {
             finish(ready)
@@ -497,20 +531,28 @@ final class ClusterNode: LoopHandler, RaftInbox {
             pending.1(pending.0 == entry.term ? .committed : .refused)
         }
         guard entry.kind == .normal, !entry.data.isEmpty else { return }
+        // Stopped (the shape differs): nothing more reaches the timeline, not even a later epoch entry.
+        guard refusal == nil else { return }
         guard let command = try? JSONDecoder().decode(ClusterCommand.self, from: Data(entry.data)) else {
             return refuseEntry(entry, "does not decode")
         }
         switch command {
-        case .epoch(let startBeat, let startNs, let bpm, let entryBar):
+        case .epoch(let startBeat, let startNs, let bpm, let entryBar, let entryPhases):
             guard committedEpoch == nil else { return }  // the first one wins; later ones are no-ops
             guard let epoch = try? TempoEpoch.validated(startBeat: startBeat, startNs: startNs, bpm: bpm) else {
                 return refuseEntry(entry, "epoch out of range")
             }
-            if entryBar != bar {
-                logger.error("raft: the cluster's bar differs from -bar", metadata: ["cluster_bar": "\(entryBar)"])
+            guard let committed = try? TimelineShape.resolve(bar: entryBar, phases: entryPhases, flags: shape) else {
+                return refuseEntry(entry, "shape out of range")
             }
+            // Before the listener hears the epoch: a node with other flags never starts its beats.
+            if let why = committed.mismatch(flags: shape, committedIn: "the cluster's committed log") {
+                return refuse(why)
+            }
+            committedShape = committed
             committedEpoch = epoch
-            state = ClusterState(epoch: epoch.stored, pending: nil, justification: "")
+            state = ClusterState(
+                epoch: epoch.stored, pending: nil, justification: "", bar: committed.bar, phases: committed.phases)
             listener?.clusterEpochCommitted(epoch)
         case .tempo(let atBeat, let bpm, let justification):
             var change = TempoChange(atBeat: atBeat, bpm: bpm)
@@ -572,8 +614,19 @@ final class ClusterNode: LoopHandler, RaftInbox {
             metadata: ["index": "\(entry.index)", "term": "\(entry.term)", "why": "\(why)"])
     }
 
-    /// Installs a snapshot's state: the epoch, then the latest change.
+    /// Installs a snapshot's state: the epoch, then the latest change. Its
+    /// shape (the node's flags for a snapshot without one, written into the
+    /// next snapshot) must be this node's, or the node stops here.
     private func adopt(_ snapshotState: ClusterState) {
+        guard let committed = snapshotState.shape(flags: shape) else {
+            // `snapshotState(_:bar:)` and the store's load checked it already.
+            return refuse("raft: a snapshot with an invalid timeline shape passed validation")
+        }
+        if let why = committed.mismatch(flags: shape, committedIn: "the cluster's snapshot") { return refuse(why) }
+        committedShape = committed
+        var snapshotState = snapshotState
+        snapshotState.bar = committed.bar
+        snapshotState.phases = committed.phases
         state = snapshotState
         let epoch = TempoEpoch(snapshotState.epoch)
         committedEpoch = epoch
@@ -588,13 +641,54 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// otherwise. The core runs it on every snapshot a leader sends
     /// (`Config.snapshotCheck`) before adopting it. Pure and deterministic;
     /// it accepts nothing `RaftStore.parseSnapshot(_:bar:)` refuses.
+    /// A snapshot with a shape is checked with its own bar (a shape other
+    /// than this node's is valid data: adopting it stops the node, `adopt`).
     static func snapshotState(_ data: [UInt8], bar: Int) -> ClusterState? {
         guard let state = try? JSONDecoder().decode(ClusterState.self, from: Data(data)),
             let epoch = try? TempoEpoch.validated(
-                startBeat: state.epoch.startBeat, startNs: state.epoch.startNs, bpm: state.epoch.bpm),
-            state.pending.map({ canSchedule(TempoChange($0), after: epoch, bar: bar) }) ?? true
+                startBeat: state.epoch.startBeat, startNs: state.epoch.startNs, bpm: state.epoch.bpm)
         else { return nil }
+        let storedBar: Int?
+        do {
+            storedBar = try DataDirFiles.checkShape(file: "raft/snapshot", bar: state.bar, phases: state.phases)
+        } catch {
+            return nil
+        }
+        let shapeBar = storedBar ?? bar
+        guard state.pending.map({ canSchedule(TempoChange($0), after: epoch, bar: shapeBar) }) ?? true else {
+            return nil
+        }
         return state
+    }
+
+    /// The shape a data dir committed: its snapshot's (the flags' for one
+    /// without a shape), else that of the first valid epoch among its
+    /// committed log entries; nil when it has none yet (a fresh node).
+    /// Undecodable or invalid entries are left to `apply`, which refuses them.
+    static func persistedShape(snapshot: ClusterState?, entries: [Entry], commit: UInt64, flags: TimelineShape)
+        -> TimelineShape?
+    {
+        if let snapshot { return snapshot.shape(flags: flags) }
+        for entry in entries where entry.index <= commit && entry.kind == .normal && !entry.data.isEmpty {
+            // The first epoch `apply` would accept.
+            guard
+                case .epoch(let startBeat, let startNs, let bpm, let bar, let phases)? = try? JSONDecoder().decode(
+                    ClusterCommand.self, from: Data(entry.data)),
+                (try? TempoEpoch.validated(startBeat: startBeat, startNs: startNs, bpm: bpm)) != nil,
+                let shape = try? TimelineShape.resolve(bar: bar, phases: phases, flags: flags)
+            else { continue }
+            return shape
+        }
+        return nil
+    }
+
+    /// Stops this node for good: one critical line, no more applying, the
+    /// loop stopped; the service exits non-zero with `why` (PulseNode.run).
+    private func refuse(_ why: String) {
+        guard refusal == nil else { return }
+        refusal = PulseError.config(why)
+        logger.critical("refusing to run: \(why)")
+        loop.requestStop()
     }
 
     /// A snapshot sent by the leader is validated like a committed entry: one
@@ -632,7 +726,11 @@ final class ClusterNode: LoopHandler, RaftInbox {
         epochProposed = true
         let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns(), bpm: bpm)
         logger.info("raft: proposing the bootstrap epoch", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(bpm)"])
-        propose(.epoch(startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm, bar: bar)) {
+        propose(
+            .epoch(
+                startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm, bar: shape.bar,
+                phases: shape.phases)
+        ) {
             [weak self] outcome in
             if outcome != .committed { self?.epochProposed = false }
         }

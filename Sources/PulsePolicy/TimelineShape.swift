@@ -85,6 +85,20 @@ public struct TimelineShape: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The bar a stored shape commits, nil when it stores none (a previous
+    /// version's state); throws when the stored values are invalid. For
+    /// checks that have no flags at hand (a bar alone fits any valid bar with
+    /// one phase).
+    public static func storedBar(bar: Int?, phases: [String]?) throws(TimelineShapeError) -> Int? {
+        guard let bar else {
+            guard phases == nil else {
+                throw TimelineShapeError(reason: "bad_phases", detail: "phases are stored without a bar")
+            }
+            return nil
+        }
+        return try TimelineShape(bar: bar, phases: phases ?? ["_"]).bar
+    }
+
     /// The flags' form, `-bar 8 -phases plan,work,review`, on one line
     /// (control characters, which the flags do not refuse, become '?').
     public var description: String {

@@ -11,10 +11,6 @@ import XCTest
 
 @testable import Pulse
 
-// PulsePolicy has the simulator's model of these; the tests are about the node's.
-private typealias ClusterState = Pulse.ClusterState
-private typealias ClusterCommand = Pulse.ClusterCommand
-
 final class TimelineShapeTests: XCTestCase {
     private let flags = try! TimelineShape(bar: 8, phases: ["plan", "work", "review"])
     private let startNs: Int64 = 1_700_000_000_000_000_000
@@ -134,7 +130,8 @@ final class TimelineShapeTests: XCTestCase {
         ]
         for (name, s, reason) in cases {
             let data = [UInt8](try JSONEncoder().encode(s))
-            XCTAssertEqual(ClusterNode.snapshotState(data, bar: 4) != nil, reason == nil, "leader's: \(name)")
+            XCTAssertEqual(
+                ReplicatedTimeline.validatedSnapshot(data, bar: 4) != nil, reason == nil, "leader's: \(name)")
             let file = try snapshotFile(s)
             do {
                 _ = try RaftStore.parseSnapshot(file, bar: 4)
@@ -228,7 +225,7 @@ final class TimelineShapeTests: XCTestCase {
         // The restored snapshot validates and holds the shape.
         let snapshot = file.raftSnapshot
         XCTAssertEqual(
-            ClusterNode.snapshotState(snapshot.data, bar: 8)?.shape(flags: flags),
+            ReplicatedTimeline.validatedSnapshot(snapshot.data, bar: 8)?.shape(flags: flags),
             try TimelineShape(bar: 4, phases: ["a", "b"]))
     }
 }

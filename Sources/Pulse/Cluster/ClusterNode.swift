@@ -32,54 +32,6 @@ import PulseCore
 import PulsePolicy
 import Raft
 
-/// An entry in the replicated log.
-enum ClusterCommand: Codable, Equatable {
-    /// The timeline's first epoch and its shape (proposed once by a
-    /// bootstrapping leader). `phases` is nil in entries of a version that
-    /// did not replicate them (`TimelineShape.resolve`).
-    case epoch(startBeat: Int64, startNs: Int64, bpm: Int64, bar: Int, phases: [String]?)
-    /// A tempo change at a downbeat.
-    case tempo(atBeat: Int64, bpm: Int64, justification: String)
-}
-
-/// The state machine as a snapshot: the epoch with every applied change
-/// folded in, and the latest change (which may still lie ahead).
-struct ClusterState: Codable, Equatable {
-    var epoch: TempoEpoch.Stored
-    var pending: TempoChange.Stored?
-    var justification: String
-    /// The committed shape; both nil in snapshots of a version that did not
-    /// replicate it (the node's flags fill in: `TimelineShape.resolve`).
-    var bar: Int?
-    var phases: [String]?
-
-    /// The committed shape, with `flags` for a snapshot that has none; nil
-    /// when the stored one is invalid (`DataDirFiles.checkShape`).
-    func shape(flags: TimelineShape) -> TimelineShape? {
-        try? DataDirFiles.checkShape(file: "raft/snapshot", bar: bar, phases: phases, flags: flags)
-    }
-}
-
-extension TempoEpoch {
-    /// Codable form for snapshots.
-    struct Stored: Codable, Equatable {
-        var startBeat: Int64
-        var startNs: Int64
-        var bpm: Int64
-    }
-    var stored: Stored { Stored(startBeat: startBeat, startNs: startNs, bpm: bpm) }
-    init(_ s: Stored) { self.init(startBeat: s.startBeat, startNs: s.startNs, bpm: s.bpm) }
-}
-
-extension TempoChange {
-    struct Stored: Codable, Equatable {
-        var atBeat: Int64
-        var bpm: Int64
-    }
-    var stored: Stored { Stored(atBeat: atBeat, bpm: bpm) }
-    init(_ s: Stored) { self.init(atBeat: s.atBeat, bpm: s.bpm) }
-}
-
 /// What the rest of the node hears from the cluster (loop thread).
 protocol ClusterListener: AnyObject {
     func clusterEpochCommitted(_ epoch: TempoEpoch)
@@ -136,9 +88,12 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// leader's hand-over (TimeoutNow less than an election timeout before).
     private(set) var electedByHandOver = false
     private(set) var lastContactMonoNs: Int64 = 0
-    private(set) var committedEpoch: TempoEpoch?
-    /// The applied state: the epoch with earlier changes folded in, the latest change.
-    private var state: ClusterState?
+    /// The replicated state machine (PulsePolicy, the one the simulator runs):
+    /// the epoch with earlier changes folded in, the latest change, the shape.
+    private var machine: ReplicatedTimeline
+    /// Whether the timeline's first epoch is applied.
+    var hasEpoch: Bool { machine.state != nil }
+    private var state: ClusterState? { machine.state }
     /// State restored from a snapshot at start-up, announced in `start()`.
     private var restored: ClusterState?
     /// Compact the log once this many entries were applied since the last snapshot.
@@ -150,7 +105,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     let shape: TimelineShape
     private var bar: Int { shape.bar }
     /// The shape of the committed timeline, once the epoch is applied.
-    private(set) var committedShape: TimelineShape?
+    var committedShape: TimelineShape? { machine.shape }
     /// Why this node stopped itself (the committed shape differs from its
     /// flags): the service exits non-zero with it once the loop has stopped.
     private(set) var refusal: PulseError?
@@ -230,6 +185,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
         self.logger = logger
         self.bootstrapBpm = bootstrapBpm
         self.shape = shape
+        machine = ReplicatedTimeline(flags: shape)
         let bar = shape.bar
         store = try RaftStore(dataDir: dataDir, rejected: rejected)
         // The snapshot is checked with this node's bar, as the core checks a
@@ -245,7 +201,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
         let config = Config(
             id: peers.me.raftId, voters: peers.peers.map(\.raftId), electionTicks: timing.electionTicks,
             heartbeatTicks: timing.heartbeatTicks, randomSeed: UInt64.random(in: 1...UInt64.max),
-            snapshotCheck: { [bar] data in ClusterNode.snapshotState(data, bar: bar) != nil })
+            snapshotCheck: { [bar] data in ReplicatedTimeline.validatedSnapshot(data, bar: bar) != nil })
         do {
             raft = try RaftNode(
                 config: config, hardState: persisted.hardState, snapshot: persisted.snapshot, entries: persisted.entries
@@ -350,7 +306,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
         }
         let since = leaderlessSinceMonoNs ?? now
         leaderlessSinceMonoNs = since
-        if !degraded, committedEpoch != nil, now - since >= degradeAfterNs {
+        if !degraded, hasEpoch, now - since >= degradeAfterNs {
             degraded = true
             degradedSinceMonoNs = now
             logger.warning(
@@ -515,16 +471,11 @@ final class ClusterNode: LoopHandler, RaftInbox {
         listener?.clusterLeadershipChanged(isLeader: isLeader, leader: leaderPeer, term: term)
     }
 
-    /// Applies a committed entry to the state machine.
-    ///
-    /// Committed entries come from whoever was leader, and until Raft peers
-    /// are authenticated (§11) a hostile peer can make itself leader: so an
-    /// entry is validated like any other input. One that does not decode, or
-    /// whose epoch or tempo change would put the timeline outside what its
-    /// math supports (`TempoEpoch.validated`), is skipped and counted
-    /// (`raft`/`bad_committed_entry`). Every node runs the same check on the
-    /// same entry, so all of them skip it alike and the state machines stay
-    /// identical; a trap here would instead crash every node on every restart.
+    /// Applies a committed entry to the state machine (`ReplicatedTimeline`,
+    /// which validates it: see its header). A refused entry is counted
+    /// (`raft`/`bad_committed_entry`) and changes nothing, alike on every
+    /// node; a shape other than this node's flags stops the node before its
+    /// beats start.
     private func apply(_ entry: Entry) {
         unappliedTempo.removeValue(forKey: entry.index)  // decided, whatever entry this is
         if let pending = waiting.removeValue(forKey: entry.index) {
@@ -533,78 +484,19 @@ final class ClusterNode: LoopHandler, RaftInbox {
         guard entry.kind == .normal, !entry.data.isEmpty else { return }
         // Stopped (the shape differs): nothing more reaches the timeline, not even a later epoch entry.
         guard refusal == nil else { return }
-        guard let command = try? JSONDecoder().decode(ClusterCommand.self, from: Data(entry.data)) else {
-            return refuseEntry(entry, "does not decode")
-        }
-        switch command {
-        case .epoch(let startBeat, let startNs, let bpm, let entryBar, let entryPhases):
-            guard committedEpoch == nil else { return }  // the first one wins; later ones are no-ops
-            guard let epoch = try? TempoEpoch.validated(startBeat: startBeat, startNs: startNs, bpm: bpm) else {
-                return refuseEntry(entry, "epoch out of range")
-            }
-            guard let committed = try? TimelineShape.resolve(bar: entryBar, phases: entryPhases, flags: shape) else {
-                return refuseEntry(entry, "shape out of range")
-            }
-            // Before the listener hears the epoch: a node with other flags never starts its beats.
-            if let why = committed.mismatch(flags: shape, committedIn: "the cluster's committed log") {
-                return refuse(why)
-            }
-            committedShape = committed
-            committedEpoch = epoch
-            state = ClusterState(
-                epoch: epoch.stored, pending: nil, justification: "", bar: committed.bar, phases: committed.phases)
+        switch machine.apply(entry.data) {
+        case .epoch(let epoch):
             listener?.clusterEpochCommitted(epoch)
-        case .tempo(let atBeat, let bpm, let justification):
-            var change = TempoChange(atBeat: atBeat, bpm: bpm)
-            if var current = state {
-                guard let folded = Self.fold(current, bar: bar) else {
-                    return refuseEntry(entry, "previous change out of range")
-                }
-                // Fault 4: never before the previous change (a log-only rule, alike on every node).
-                change = Self.placed(change, after: folded, bar: bar)
-                guard Self.canSchedule(change, after: folded, bar: bar) else {
-                    return refuseEntry(entry, "tempo change out of range")
-                }
-                current.epoch = folded.stored
-                current.pending = change.stored
-                current.justification = justification
-                state = current
-            }
-            listener?.clusterTempoCommitted(change, justification: justification)
+        case .tempo(let change):
+            listener?.clusterTempoCommitted(change, justification: machine.justification)
+        case .ignored:
+            break
+        case .refused(let why):
+            refuseEntry(entry, why)
+        case .shapeMismatch(let why):
+            // Before the listener hears the epoch: a node with other flags never starts its beats.
+            refuse(why)
         }
-    }
-
-    /// The epoch with `state`'s pending change folded in (only one is ever
-    /// pending), or nil when that change's instant is outside the supported range.
-    static func fold(_ state: ClusterState, bar: Int) -> TempoEpoch? {
-        let epoch = TempoEpoch(state.epoch)
-        guard let previous = state.pending else { return epoch }
-        guard let startNs = epoch.checkedInstantNs(ofBeat: previous.atBeat) else { return nil }
-        return try? TempoEpoch.validated(startBeat: previous.atBeat, startNs: startNs, bpm: previous.bpm)
-    }
-
-    /// The apply-time placement of a committed change (fault 4 of issue #10):
-    /// a change at or before the start of the epoch it follows (the previous
-    /// change's downbeat), or off a downbeat, moves to the first downbeat
-    /// after that start and at or after its own beat. It depends only on the
-    /// entry and the committed state, so every node places it alike.
-    static func placed(_ change: TempoChange, after epoch: TempoEpoch, bar: Int) -> TempoChange {
-        guard bar > 0 else { return change }
-        let b = Int64(bar)
-        let floor = max(change.atBeat, epoch.startBeat &+ 1)
-        guard floor != change.atBeat || change.atBeat % b != 0, floor < Int64.max - b else { return change }
-        let r = floor % b
-        let atBeat = r == 0 ? floor : (r > 0 ? floor - r + b : floor - r)
-        return TempoChange(atBeat: atBeat, bpm: change.bpm)
-    }
-
-    /// Whether `change` can follow `epoch`: at a downbeat after its start, at
-    /// an instant and tempo the timeline math supports.
-    static func canSchedule(_ change: TempoChange, after epoch: TempoEpoch, bar: Int) -> Bool {
-        guard change.atBeat > epoch.startBeat, bar > 0, change.atBeat % Int64(bar) == 0,
-            let startNs = epoch.checkedInstantNs(ofBeat: change.atBeat)
-        else { return false }
-        return (try? TempoEpoch.validated(startBeat: change.atBeat, startNs: startNs, bpm: change.bpm)) != nil
     }
 
     private func refuseEntry(_ entry: Entry, _ why: String) {
@@ -618,47 +510,19 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// shape (the node's flags for a snapshot without one, written into the
     /// next snapshot) must be this node's, or the node stops here.
     private func adopt(_ snapshotState: ClusterState) {
-        guard let committed = snapshotState.shape(flags: shape) else {
-            // `snapshotState(_:bar:)` and the store's load checked it already.
-            return refuse("raft: a snapshot with an invalid timeline shape passed validation")
+        switch machine.adopt(snapshotState) {
+        case .shapeMismatch(let why):
+            refuse(why)
+        case .refused(let why):
+            // `validatedSnapshot` and the store's load checked it already.
+            refuse("raft: a snapshot that passed validation cannot be adopted (\(why))")
+        default:
+            guard let state = machine.state else { return }
+            listener?.clusterEpochCommitted(TempoEpoch(state.epoch))
+            if let pending = state.pending {
+                listener?.clusterTempoCommitted(TempoChange(pending), justification: state.justification)
+            }
         }
-        if let why = committed.mismatch(flags: shape, committedIn: "the cluster's snapshot") { return refuse(why) }
-        committedShape = committed
-        var snapshotState = snapshotState
-        snapshotState.bar = committed.bar
-        snapshotState.phases = committed.phases
-        state = snapshotState
-        let epoch = TempoEpoch(snapshotState.epoch)
-        committedEpoch = epoch
-        listener?.clusterEpochCommitted(epoch)
-        if let pending = snapshotState.pending {
-            listener?.clusterTempoCommitted(TempoChange(pending), justification: snapshotState.justification)
-        }
-    }
-
-    /// The state in a snapshot's bytes, if it decodes and holds a timeline
-    /// the math supports, with a pending change at a downbeat of `bar`; nil
-    /// otherwise. The core runs it on every snapshot a leader sends
-    /// (`Config.snapshotCheck`) before adopting it. Pure and deterministic;
-    /// it accepts nothing `RaftStore.parseSnapshot(_:bar:)` refuses.
-    /// A snapshot with a shape is checked with its own bar (a shape other
-    /// than this node's is valid data: adopting it stops the node, `adopt`).
-    static func snapshotState(_ data: [UInt8], bar: Int) -> ClusterState? {
-        guard let state = try? JSONDecoder().decode(ClusterState.self, from: Data(data)),
-            let epoch = try? TempoEpoch.validated(
-                startBeat: state.epoch.startBeat, startNs: state.epoch.startNs, bpm: state.epoch.bpm)
-        else { return nil }
-        let storedBar: Int?
-        do {
-            storedBar = try DataDirFiles.checkShape(file: "raft/snapshot", bar: state.bar, phases: state.phases)
-        } catch {
-            return nil
-        }
-        let shapeBar = storedBar ?? bar
-        guard state.pending.map({ canSchedule(TempoChange($0), after: epoch, bar: shapeBar) }) ?? true else {
-            return nil
-        }
-        return state
     }
 
     /// The shape a data dir committed: its snapshot's (the flags' for one
@@ -672,8 +536,8 @@ final class ClusterNode: LoopHandler, RaftInbox {
         for entry in entries where entry.index <= commit && entry.kind == .normal && !entry.data.isEmpty {
             // The first epoch `apply` would accept.
             guard
-                case .epoch(let startBeat, let startNs, let bpm, let bar, let phases)? = try? JSONDecoder().decode(
-                    ClusterCommand.self, from: Data(entry.data)),
+                case .epoch(let startBeat, let startNs, let bpm, let bar, let phases)? = ClusterCommand.decoded(
+                    entry.data),
                 (try? TempoEpoch.validated(startBeat: startBeat, startNs: startNs, bpm: bpm)) != nil,
                 let shape = try? TimelineShape.resolve(bar: bar, phases: phases, flags: flags)
             else { continue }
@@ -697,7 +561,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// core refused such a snapshot already (with the same check), so this
     /// is defence in depth.
     private func applySnapshot(_ data: [UInt8]) {
-        guard let snapshotState = Self.snapshotState(data, bar: bar) else {
+        guard let snapshotState = ReplicatedTimeline.validatedSnapshot(data, bar: bar) else {
             rejected.record(.raft, "bad_snapshot")
             logger.error("raft: snapshot from the leader refused (does not decode or is out of range)")
             return
@@ -720,7 +584,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// A bootstrapping leader proposes the first epoch once its own term's
     /// no-op has committed (so it has applied everything before it).
     private func maybeBootstrap() {
-        guard isLeader, committedEpoch == nil, !epochProposed, let bpm = bootstrapBpm,
+        guard isLeader, !hasEpoch, !epochProposed, let bpm = bootstrapBpm,
             raft.appliedIndex >= raft.lastIndex
         else { return }
         epochProposed = true

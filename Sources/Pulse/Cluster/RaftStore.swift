@@ -30,6 +30,7 @@ import Crypto
 import Foundation
 import Glibc
 import PulseCore
+import PulsePolicy
 import Raft
 
 /// What a node persisted, as loaded at start-up.

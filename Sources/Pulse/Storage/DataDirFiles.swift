@@ -154,20 +154,11 @@ public enum DataDirFiles {
     /// snapshots). Returns the stored bar, nil when there is none.
     /// Reasons: `bar_out_of_range`, `bad_phases`. Never traps.
     public static func checkShape(file: String, bar: Int?, phases: [String]?) throws(DataDirError) -> Int? {
-        guard let bar else {
-            guard phases == nil else {
-                throw DataDirError(file: file, reason: "bad_phases", detail: "phases are stored without a bar")
-            }
-            return nil
-        }
-        let flags: TimelineShape
         do {
-            // Stand-in flags for a bar alone: a single phase fits any valid bar.
-            flags = try TimelineShape(bar: bar, phases: phases ?? ["_"])
+            return try TimelineShape.storedBar(bar: bar, phases: phases)
         } catch {
             throw DataDirError(file: file, reason: error.reason, detail: error.detail)
         }
-        return flags.bar
     }
 
     /// The committed shape from a stored one, the node's `flags` filling in

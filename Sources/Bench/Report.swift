@@ -29,7 +29,6 @@ struct BenchReport {
     var ctx: BenchContext
     var scenarios: [ScenarioResult] = []
     var baseline: ScenarioResult? = nil
-    var micro: MicroReport? = nil
     var elapsedSeconds = 0.0
 
     /// The scenario the baseline is compared with (same conditions: idle, same bpm).
@@ -264,15 +263,6 @@ struct BenchReport {
                 "pulse / baseline (\(r.name) vs baseline, both \(b.bpm) bpm, same core and priority; < 1 means the pulse is better)\n"
             for (label, value) in ratios(pulse: r, baseline: b) {
                 o += "  \(pad(label, 26)) \(value)\n"
-            }
-            o += "\n"
-        }
-        if let m = micro {
-            o += "micro (PulseCore, \(m.iterations) calls × \(m.rounds) rounds, median ns/call)\n"
-            o += "  \(pad("floor (empty loop + sink)", 30)) \(String(format: "%8.2f", m.floorNs)) ns\n"
-            for r in m.results {
-                o +=
-                    "  \(pad(r.name, 30)) \(String(format: "%8.2f", r.nsPerCall)) ns  (\(String(format: "%.2f", r.nsPerCall - m.floorNs)) ns above floor)\n"
             }
             o += "\n"
         }

@@ -67,3 +67,10 @@ struct Latencies {
         return thinned
     }
 }
+
+/// Black hole: an opaque, non-inlined consumer so the optimizer must compute its input.
+nonisolated(unsafe) var sinkAccumulator: UInt64 = 0
+@inline(never)
+func sink(_ v: Int64) {
+    sinkAccumulator = sinkAccumulator &+ UInt64(bitPattern: v)
+}

@@ -5,7 +5,7 @@
 // Order (each step bounded in time): idle floors → idle → baseline → per001
 // (shares the idle floors) → election (3-node cluster, leader killed; shares
 // the idle floors) → load (stress-ng on the other core; floors under load,
-// then the pulse under load with wrk on its admin API) → micro.
+// then the pulse under load with wrk on its admin API).
 
 import CLoop
 import Foundation
@@ -64,7 +64,7 @@ func machineInfo() -> MachineInfo {
 
 var report = BenchReport(machine: machineInfo(), ctx: ctx)
 let wants = Set(options.scenarios)
-let needsNats = !wants.subtracting(["micro"]).isEmpty
+let needsNats = !wants.isEmpty
 var nats: Child? = nil
 if needsNats {
     do {
@@ -177,11 +177,6 @@ if wants.contains("load") {
 }
 
 nats?.stop()
-
-if wants.contains("micro") {
-    log("micro…")
-    report.micro = runMicro()
-}
 
 report.elapsedSeconds = Double(cloop_monotonic_ns() - started) / 1e9
 print(report.text(), terminator: "")

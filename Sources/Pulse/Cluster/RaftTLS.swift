@@ -88,10 +88,44 @@ final class RaftTLS {
     /// Re-reads the three files (SIGHUP). On success new connections use the
     /// new certificate; on failure the old one stays and the error is returned.
     func reload() throws {
-        let (fresh, names) = try Self.load(certPath: certPath, keyPath: keyPath, caPath: caPath, me: me, peers: peers)
+        install(try loader.load())
+    }
+
+    /// What a reload reads, as a value a helper thread can run (`load`): the
+    /// SIGHUP handler reads and parses the files off the loop thread and
+    /// installs the result on it (`install`).
+    var loader: Loader { Loader(certPath: certPath, keyPath: keyPath, caPath: caPath, me: me, peers: peers) }
+
+    /// The paths and members a reload needs; `load` runs on any thread.
+    struct Loader: Sendable {
+        let certPath: String
+        let keyPath: String
+        let caPath: String
+        let me: Peer
+        let peers: [Peer]
+
+        func load() throws -> Loaded {
+            let (context, names) = try RaftTLS.load(
+                certPath: certPath, keyPath: keyPath, caPath: caPath, me: me, peers: peers)
+            return Loaded(context: context, names: names)
+        }
+    }
+
+    /// A context `Loader.load` made, owned by whoever holds it until
+    /// `install` takes it (it is handed from the helper thread to the loop
+    /// thread once, never shared: hence unchecked).
+    struct Loaded: @unchecked Sendable {
+        let context: OpaquePointer
+        let names: [String]
+        /// Frees a context that will not be installed.
+        func discard() { SSL_CTX_free(context) }
+    }
+
+    /// Installs a loaded context (loop thread): new connections use it.
+    func install(_ fresh: Loaded) {
         SSL_CTX_free(context)  // sessions made from it hold their own reference
-        context = fresh
-        ownNames = names
+        context = fresh.context
+        ownNames = fresh.names
         reloads &+= 1
     }
 

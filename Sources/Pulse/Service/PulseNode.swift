@@ -10,7 +10,8 @@
 // → NATS (connects in the background) → beat driver → loop runs until
 // SIGINT/SIGTERM → (leader: hand leadership over) → beats stop, NATS closes.
 // SIGHUP re-reads the Raft TLS certificate, key and CA, and the log level
-// from -config (never stops the node, never touches the beat timer).
+// from -config on a helper thread and applies them on the loop (never stops
+// the node, never touches the beat timer, never reads a file on the loop).
 import CLoop
 import Foundation
 import Glibc
@@ -35,6 +36,9 @@ final class PulseNode: LoopHandler {
     private(set) var cluster: ClusterNode?
     /// Raft mutual TLS, when -raft-tls-* are given (reloaded on SIGHUP).
     private(set) var raftTLS: RaftTLS?
+    /// A SIGHUP reload is being read off the loop / another was asked for meanwhile.
+    private var reloadRunning = false
+    private var reloadAgain = false
     private var stopRequestedMonoNs: Int64?
     var stopRequested: Bool { stopRequestedMonoNs != nil }
     /// SIGTERM of a leader: the hand-over waits for this node's next frame
@@ -265,8 +269,7 @@ final class PulseNode: LoopHandler {
         if token == signalToken {
             let signo = cloop_signal_read(loop.raw, signalToken)
             if signo == SIGHUP {
-                reloadLogLevel()
-                reloadCertificates()
+                reloadOffLoop()
             } else if signo > 0 {
                 logger.info("stopping", metadata: ["signal": signo == SIGTERM ? "SIGTERM" : "SIGINT"])
                 // A leader hands over first so that no beat is missed; the
@@ -296,10 +299,44 @@ final class PulseNode: LoopHandler {
         }
     }
 
+    /// SIGHUP: the `-config` file and the Raft TLS files are read and parsed
+    /// on a helper thread (unpinned, normal priority: a slow disk never
+    /// delays a beat), and the results are applied on the loop thread. One
+    /// reload runs at a time; SIGHUPs during it cause one more afterwards
+    /// (files changed meanwhile are read then), so a signal storm queues no work.
+    private func reloadOffLoop() {
+        guard !reloadRunning else {
+            reloadAgain = true
+            return
+        }
+        reloadRunning = true
+        let config = self.config
+        let tls = raftTLS?.loader
+        let loop = self.loop
+        DispatchQueue.global(qos: .utility).async {
+            ThreadPlacement.placeCurrentHelperThread()
+            let level = config.reloadLogLevel()
+            let loaded = tls.map { loader in Result { try loader.load() } }
+            loop.postCompletion { [weak self] in
+                guard let self else {
+                    if case .success(let fresh)? = loaded { fresh.discard() }
+                    return
+                }
+                self.applyLogLevel(level)
+                self.applyCertificates(loaded)
+                self.reloadRunning = false
+                if self.reloadAgain {
+                    self.reloadAgain = false
+                    self.reloadOffLoop()
+                }
+            }
+        }
+    }
+
     /// SIGHUP: the log level from -config, unless the command line or the
     /// environment set it. A bad file keeps the current level (one line).
-    private func reloadLogLevel() {
-        switch config.reloadLogLevel() {
+    private func applyLogLevel(_ reload: PulseConfig.LogLevelReload) {
+        switch reload {
         case .changed(let level):
             LogSetup.level = LineLogHandler.level(level)
             logger.info("SIGHUP: log level set", metadata: ["level": "\(level)"])
@@ -310,18 +347,19 @@ final class PulseNode: LoopHandler {
         }
     }
 
-    /// SIGHUP: re-reads the Raft TLS files. New connections use the new
-    /// certificate; established ones keep theirs. A failure keeps the old
+    /// SIGHUP: installs the re-read Raft TLS files. New connections use the
+    /// new certificate; established ones keep theirs. A failure keeps the old
     /// files' context and is one log line: rotation never stops a node.
-    private func reloadCertificates() {
-        guard let raftTLS else {
+    private func applyCertificates(_ loaded: Result<RaftTLS.Loaded, Error>?) {
+        guard let raftTLS, let loaded else {
             logger.info("SIGHUP: no certificates to reload")
             return
         }
-        do {
-            try raftTLS.reload()
+        switch loaded {
+        case .success(let fresh):
+            raftTLS.install(fresh)
             logger.info("SIGHUP: Raft TLS certificates reloaded", metadata: ["names": "\(raftTLS.ownNames)"])
-        } catch {
+        case .failure(let error):
             logger.error("SIGHUP: Raft TLS certificates not reloaded, keeping the previous ones: \(error)")
         }
     }

@@ -103,48 +103,24 @@ func measureCpuFloor(url: String, bpm: Int, seconds: Int, cpu: Int, priority: In
     var writes: Int64 = 0
     var done = 0
     var problems: [String] = []
+    var shortWrite: Int? = nil
     let ok = runOnThread(seconds: Double(seconds) + 10) {
-        if cloop_pin_to_cpu(Int32(cpu)) != 0 { problems.append("could not pin the cpu floor to cpu \(cpu)") }
-        if priority > 0, cloop_set_fifo_priority(Int32(priority)) != 0 {
-            problems.append("SCHED_FIFO \(priority) refused for the cpu floor")
-        }
-        _ = cloop_set_timer_slack_ns(1)
-        guard let loop = cloop_create(8, 8) else {
-            problems.append("cloop_create failed")
-            return
-        }
-        defer { cloop_destroy(loop) }
-        var token: UInt32 = 0
-        guard cloop_timer_create(loop, CLOCK_REALTIME, &token) == 0 else {
-            problems.append("timerfd_create failed")
-            return
-        }
-        var events = [cloop_event_t](repeating: cloop_event_t(), count: 8)
-        var target = (cloop_realtime_ns() / periodNs + 2) * periodNs
-        // Warm-up wake, not counted.
-        _ = cloop_timer_arm_at(loop, token, target, false)
-        _ = cloop_wait(loop, &events, 8, periodNs * 3)
-        _ = cloop_timer_read(loop, token)
-        let start = threadCPUTimeNs()
-        for _ in 0..<wakes {
-            target += periodNs
-            _ = cloop_timer_arm_at(loop, token, target, false)
-            var fired = false
-            for _ in 0..<(100 + Int(periodNs / 50_000_000)) where !fired {  // bounded: 50 ms waits
-                let n = cloop_wait(loop, &events, 8, 50_000_000)
-                if n > 0, events.prefix(Int(n)).contains(where: { $0.token == token }) {
-                    _ = cloop_timer_read(loop, token)
-                    let w0 = threadCPUTimeNs()
-                    let written = message.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-                    writes += threadCPUTimeNs() - w0
-                    if written != message.count { problems.append("short write (\(written))") }
-                    fired = true
-                }
+        withPinnedTimer(cpu: cpu, priority: priority, what: "cpu floor", problems: &problems) { timer in
+            var target = (cloop_realtime_ns() / periodNs + 2) * periodNs
+            _ = timer.wait(untilNs: target, periodNs: periodNs)  // warm-up wake, not counted
+            let start = threadCPUTimeNs()
+            for _ in 0..<wakes {
+                target += periodNs
+                guard timer.wait(untilNs: target, periodNs: periodNs) != nil else { break }
+                let w0 = threadCPUTimeNs()
+                let written = message.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+                writes += threadCPUTimeNs() - w0
+                if written != message.count { shortWrite = Int(written) }
+                done += 1
             }
-            if !fired { break }
-            done += 1
+            total = threadCPUTimeNs() - start
         }
-        total = threadCPUTimeNs() - start
+        if let shortWrite { problems.append("short write (\(shortWrite))") }
     }
     if !ok { problems.append("cpu floor did not finish in time") }
     if done > 0 {

@@ -94,6 +94,59 @@ func parseCyclictest(_ text: String, priority: Int, cpu: Int, intervalUs: Int = 
     return floor
 }
 
+/// A probe thread's set-up: pins the calling thread to `cpu` at `priority`
+/// with 1 ns timer slack, makes a CLoop with a CLOCK_REALTIME timer and runs
+/// `body` with it (problems are appended, naming `what`).
+func withPinnedTimer(
+    cpu: Int, priority: Int, what: String, problems: inout [String], _ body: (PinnedTimer) -> Void
+) {
+    if cloop_pin_to_cpu(Int32(cpu)) != 0 { problems.append("could not pin the \(what) to cpu \(cpu)") }
+    if priority > 0, cloop_set_fifo_priority(Int32(priority)) != 0 {
+        problems.append("SCHED_FIFO \(priority) refused for the \(what)")
+    }
+    _ = cloop_set_timer_slack_ns(1)
+    guard let loop = cloop_create(8, 8) else {
+        problems.append("cloop_create failed")
+        return
+    }
+    defer { cloop_destroy(loop) }
+    var token: UInt32 = 0
+    guard cloop_timer_create(loop, CLOCK_REALTIME, &token) == 0 else {
+        problems.append("timerfd_create failed")
+        return
+    }
+    body(PinnedTimer(loop: loop, token: token))
+}
+
+/// A CLOCK_REALTIME timer on its own CLoop (`withPinnedTimer`). Waiting
+/// allocates nothing (the CPU floor measures the thread's CPU across it).
+final class PinnedTimer {
+    let loop: OpaquePointer
+    let token: UInt32
+    private var events = [cloop_event_t](repeating: cloop_event_t(), count: 8)
+
+    init(loop: OpaquePointer, token: UInt32) {
+        self.loop = loop
+        self.token = token
+    }
+
+    /// Sleeps until the timer fires at `targetNs` (absolute): the realtime
+    /// clock when the wake was seen (before the timer is read), or nil after
+    /// a bounded number of 50 ms waits (a period and 5 s).
+    func wait(untilNs targetNs: Int64, periodNs: Int64) -> Int64? {
+        _ = cloop_timer_arm_at(loop, token, targetNs, false)
+        for _ in 0..<(100 + Int(periodNs / 50_000_000)) {
+            let n = events.withUnsafeMutableBufferPointer { cloop_wait(loop, $0.baseAddress, 8, 50_000_000) }
+            if n > 0, events.prefix(Int(n)).contains(where: { $0.token == token }) {
+                let woke = cloop_realtime_ns()
+                _ = cloop_timer_read(loop, token)
+                return woke
+            }
+        }
+        return nil
+    }
+}
+
 /// Our own probe: CLOCK_REALTIME timerfd at absolute instants `intervalUs`
 /// apart on `cpu` at `priority`; records wake − target. Bounded by the
 /// number of wakes that fit in `seconds`.
@@ -104,38 +157,16 @@ func timerfdProbe(seconds: Int, cpu: Int, priority: Int, intervalUs: Int = 1000)
     var samples: [Int64] = []
     var problems: [String] = []
     let ok = runOnThread(seconds: Double(seconds) + 10) {
-        if cloop_pin_to_cpu(Int32(cpu)) != 0 { problems.append("could not pin the probe to cpu \(cpu)") }
-        if priority > 0, cloop_set_fifo_priority(Int32(priority)) != 0 {
-            problems.append("SCHED_FIFO \(priority) refused for the probe")
-        }
-        _ = cloop_set_timer_slack_ns(1)
-        guard let loop = cloop_create(8, 8) else {
-            problems.append("cloop_create failed")
-            return
-        }
-        defer { cloop_destroy(loop) }
-        var token: UInt32 = 0
-        guard cloop_timer_create(loop, CLOCK_REALTIME, &token) == 0 else {
-            problems.append("timerfd_create failed")
-            return
-        }
-        let wakes = max(1, Int(Int64(seconds) * 1_000_000_000 / intervalNs))
-        samples.reserveCapacity(wakes)
-        var events = [cloop_event_t](repeating: cloop_event_t(), count: 8)
-        var target = cloop_realtime_ns() + intervalNs
-        for _ in 0..<wakes {
-            _ = cloop_timer_arm_at(loop, token, target, false)
-            var fired = false
-            for _ in 0..<(100 + Int(intervalNs / 50_000_000)) where !fired {  // bounded: 50 ms waits
-                let n = cloop_wait(loop, &events, 8, 50_000_000)
-                if n > 0, events.prefix(Int(n)).contains(where: { $0.token == token }) {
-                    let now = cloop_realtime_ns()
-                    _ = cloop_timer_read(loop, token)
-                    samples.append(now - target)
-                    fired = true
+        withPinnedTimer(cpu: cpu, priority: priority, what: "probe", problems: &problems) { timer in
+            let wakes = max(1, Int(Int64(seconds) * 1_000_000_000 / intervalNs))
+            samples.reserveCapacity(wakes)
+            var target = cloop_realtime_ns() + intervalNs
+            for _ in 0..<wakes {
+                if let woke = timer.wait(untilNs: target, periodNs: intervalNs) {
+                    samples.append(woke - target)
                 }
+                target = max(target + intervalNs, cloop_realtime_ns() + 100_000)
             }
-            target = max(target + intervalNs, cloop_realtime_ns() + 100_000)
         }
     }
     if !ok { problems.append("timerfd probe did not finish in time") }

@@ -70,14 +70,15 @@ public final class ClusterCore {
     /// Local monotonic time each peer was last heard from (Raft traffic).
     public private(set) var lastHeardMonoNs: [NodeID: Int64] = [:]
     public private(set) var lastLeaderContactMonoNs: Int64 = .min / 2
-    public private(set) var degraded = false
-    private var leaderlessSinceMonoNs: Int64?
+    /// When this node keeps the timeline itself (the service's policy).
+    public private(set) var degradation: DegradationPolicy
+    public var degraded: Bool { degradation.degraded }
     /// Per peer: its clock relative to ours.
     public var syncs: [NodeID: ClockSync] = [:]
     /// The last leader followed (legacy degraded reference).
     public private(set) var lastLeader: NodeID = noNode
     /// Uncommitted tempo entries in our log: index → apply beat.
-    private var unappliedTempo: [UInt64: Int64] = [:]
+    private var barrier = TempoBarrier()
     /// Proposals waiting for their entry: index → (term, id).
     private var waiting: [UInt64: (term: UInt64, id: UInt64)] = [:]
 
@@ -94,8 +95,11 @@ public final class ClusterCore {
             randomSeed: seed)
         raft = try RaftNode(config: config, hardState: hardState, snapshot: snapshot, entries: entries)
         ticks = TickPolicy(tickNs: timing.tickNs, startMonoNs: nowMonoNs)
+        degradation = DegradationPolicy(
+            electionNs: Int64(timing.electionTicks) * timing.tickNs, degradeAfterNs: timing.degradeAfterNs)
         machine = ReplicatedTimeline(bar: bar)
         if let snapshot { Self.restore(&machine, snapshot.data) }
+        barrier.appended(entries)  // none is applied yet: committed ones are, in the first Ready
     }
 
     // MARK: time and messages
@@ -153,6 +157,7 @@ public final class ClusterCore {
     public func propose(_ command: ClusterCommand, requestId: UInt64) -> UInt64? {
         guard case .accepted(let index, let term) = raft.propose(command.encoded()) else { return nil }
         waiting[index] = (term, requestId)
+        if case .tempo(let at, _, _) = command { barrier.proposed(index: index, atBeat: at) }
         return index
     }
 
@@ -163,14 +168,7 @@ public final class ClusterCore {
         guard !readyInFlight, raft.hasReady, let ready = raft.ready() else { return nil }
         readyInFlight = true
         // Track tempo entries entering our log (a new batch replaces the tail).
-        if let first = ready.entries.first?.index {
-            unappliedTempo = unappliedTempo.filter { $0.key < first }
-            for e in ready.entries where e.kind == .normal && !e.data.isEmpty {
-                if case .tempo(let at, _, _)? = ClusterCommand.decodeUncommitted(e.data) {
-                    unappliedTempo[e.index] = at
-                }
-            }
-        }
+        barrier.appended(ready.entries)
         return ready
     }
 
@@ -182,14 +180,14 @@ public final class ClusterCore {
         if let snapshot = ready.snapshot {
             machine = ReplicatedTimeline(flags: machine.flags)
             Self.restore(&machine, snapshot.data)
-            unappliedTempo = unappliedTempo.filter { $0.key > snapshot.index }
+            barrier.snapshotted(through: snapshot.index)
             events.append(.restored(index: snapshot.index))
         }
         for entry in ready.committedEntries {
             if let w = waiting.removeValue(forKey: entry.index) {
                 events.append(.proposal(id: w.id, w.term == entry.term ? .committed(index: entry.index) : .refused))
             }
-            unappliedTempo.removeValue(forKey: entry.index)
+            barrier.applied(index: entry.index)
             guard entry.kind == .normal, !entry.data.isEmpty else { continue }
             events.append(.applied(machine.apply(entry.data), index: entry.index))
         }
@@ -231,7 +229,7 @@ public final class ClusterCore {
 
     /// First beat an uncommitted tempo entry in our log forbids (Int64.max: none).
     public var tempoBarrierBeat: Int64 {
-        legacy.requestTimeTempo ? .max : (unappliedTempo.values.min() ?? .max)
+        legacy.requestTimeTempo ? .max : barrier.beat
     }
 
     /// The publish mode at `nowMonoNs` (beat path).
@@ -241,10 +239,10 @@ public final class ClusterCore {
         }
         if isLeader { return .waiting }
         if degraded {
-            let delay = Int64(1 + degradedPosition(nowMonoNs)) * turnNs
-            // Fault 6: a turn too late for the lateness rule is no turn at all.
-            if !legacy.ownReferenceTurns && delay >= periodNs / 2 { return .follower }
-            return .degraded(turnDelayNs: delay, slotNs: turnNs / 2)
+            // Fault 6: a turn too late for the lateness rule is no turn at all (legacy: kept).
+            return DegradationPolicy.turnMode(
+                rank: degradedPosition(nowMonoNs), turnNs: turnNs, periodNs: periodNs,
+                lateTurns: legacy.ownReferenceTurns)
         }
         return .follower
     }
@@ -261,7 +259,7 @@ public final class ClusterCore {
     /// Our turn among degraded nodes: the rank among all voters (a total
     /// order every node agrees on, whatever it can hear).
     public func degradedPosition(_ nowMonoNs: Int64) -> Int {
-        voters.sorted().firstIndex(of: id) ?? 0
+        DegradationPolicy.rank(of: id, among: voters)
     }
 
     /// Fault 6: the clock degraded turns are measured on. Legacy: our own
@@ -278,23 +276,9 @@ public final class ClusterCore {
     /// Enters degradation after `degradeAfterNs` without a leader (with a
     /// committed timeline to keep); leaves it as soon as one is back.
     private func updateDegradation(_ now: Int64) {
-        let electionNs = Int64(timing.electionTicks) * timing.tickNs
-        let hasLeader = isLeader || (leader != noNode && now - lastLeaderContactMonoNs < electionNs)
-        if hasLeader {
-            leaderlessSinceMonoNs = nil
-            degraded = false
-            return
-        }
-        let since = leaderlessSinceMonoNs ?? now
-        leaderlessSinceMonoNs = since
-        if !degraded, machine.timeline != nil, now - since >= timing.degradeAfterNs { degraded = true }
-    }
-}
-
-extension ClusterCommand {
-    /// Decodes an entry not yet committed (our own log's tail): nil on failure.
-    static func decodeUncommitted(_ bytes: [UInt8]) -> ClusterCommand? {
-        decoded(bytes)
+        _ = degradation.update(
+            nowMonoNs: now, isLeader: isLeader, leader: leader, lastLeaderContactMonoNs: lastLeaderContactMonoNs,
+            mayKeepTimeline: machine.timeline != nil)
     }
 }
 

@@ -149,6 +149,32 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(ClusterCommand.decoded(cmd.encoded()), cmd)
     }
 
+    /// Fault 4 (found in review): the barrier holds every tempo entry in the
+    /// log until it is applied, a leader's replicated to us as well as our
+    /// own proposals, so a follower that degrades or is elected while holding
+    /// another leader's change publishes no beat at or after its downbeat.
+    func testTempoBarrierHoldsEveryUnappliedTempoEntry() {
+        var b = TempoBarrier()
+        XCTAssertEqual(b.beat, .max)
+        let tempo = { (i: UInt64, at: Int64) in
+            Entry(index: i, term: 2, data: ClusterCommand.tempo(atBeat: at, bpm: 130, justification: "").encoded())
+        }
+        // A leader's entries arrive in a Ready: a no-op, a tempo change, garbage.
+        b.appended([Entry(index: 5, term: 2), tempo(6, 64), Entry(index: 7, term: 2, data: [0x7b])])
+        XCTAssertEqual(b.beat, 64, "a replicated, unapplied change holds the barrier")
+        b.proposed(index: 8, atBeat: 72)
+        XCTAssertEqual(b.beat, 64)
+        // A new leader's batch replaces the log from index 6: the change at 64 is gone.
+        b.appended([Entry(index: 6, term: 3)])
+        XCTAssertEqual(b.beat, .max, "a replaced tail no longer holds the barrier")
+        b.appended([tempo(6, 80), tempo(7, 96)])
+        XCTAssertEqual(b.beat, 80)
+        b.applied(index: 6)
+        XCTAssertEqual(b.beat, 96)
+        b.snapshotted(through: 7)
+        XCTAssertEqual(b.beat, .max)
+    }
+
     /// Committed entries are input: refused alike on every node, never a trap.
     func testReplicatedTimelineRefusesBadEntries() {
         var a = ReplicatedTimeline(bar: 4)

@@ -32,6 +32,11 @@ import PulseCore
 import PulsePolicy
 import Raft
 
+/// The committed shape as the Raft core's snapshot check sees it (loop thread only).
+final class CommittedShapeBox {
+    var shape: TimelineShape?
+}
+
 /// What the rest of the node hears from the cluster (loop thread).
 protocol ClusterListener: AnyObject {
     func clusterEpochCommitted(_ epoch: TempoEpoch)
@@ -106,19 +111,17 @@ final class ClusterNode: LoopHandler, RaftInbox {
     private var bar: Int { shape.bar }
     /// The shape of the committed timeline, once the epoch is applied.
     var committedShape: TimelineShape? { machine.shape }
+    /// The committed shape, for the core's snapshot check (set when the machine gets one).
+    private let committedShapeBox: CommittedShapeBox
     /// Why this node stopped itself (the committed shape differs from its
     /// flags): the service exits non-zero with it once the loop has stopped.
     private(set) var refusal: PulseError?
     /// Proposals waiting for their entry to commit: index → (term, reply).
     private var waiting: [UInt64: (UInt64, (CommitOutcome) -> Void)] = [:]
-    /// Tempo entries this node proposed and has not applied yet: index → apply
-    /// beat. Kept after a loss of leadership (they may still commit), dropped
-    /// once the index is applied (whatever entry ended up there) or folded
-    /// into a snapshot. Their minimum is the beat barrier (`tempoBarrierBeat`).
-    private var unappliedTempo: [UInt64: Int64] = [:] {
-        // Recomputed here, off the beat path, which only reads the result.
-        didSet { tempoBarrierBeat = unappliedTempo.values.min() ?? .max }
-    }
+    /// The tempo entries in this node's log not applied yet, its own
+    /// proposals and any leader's (PulsePolicy/TempoBarrier, fault 4): the
+    /// planner emits no beat at or after `tempoBarrierBeat`.
+    private var barrier = TempoBarrier()
     /// The index of this leader's own term's first entry (0: not leader).
     private var termStartIndex: UInt64 = 0
     weak var listener: ClusterListener?
@@ -129,10 +132,14 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// The last leader we followed (its clock is the timeline's reference).
     private(set) var lastLeader: NodeID = noNode
     /// No leader for this long → degradation (set by the service).
-    var degradeAfterNs: Int64 = 1_000_000_000
-    private(set) var degraded = false
-    private(set) var degradedSinceMonoNs: Int64 = 0
-    private var leaderlessSinceMonoNs: Int64?
+    var degradeAfterNs: Int64 {
+        get { degradation.degradeAfterNs }
+        set { degradation.degradeAfterNs = newValue }
+    }
+    /// When this node keeps the timeline itself (PulsePolicy, shared with the simulator).
+    private var degradation: DegradationPolicy
+    var degraded: Bool { degradation.degraded }
+    var degradedSinceMonoNs: Int64 { degradation.sinceMonoNs }
     /// This node's turn among degraded nodes: its position in the sorted ids
     /// (computed once: the beat path reads it).
     let rank: Int
@@ -158,9 +165,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// lateness rule), so such a node only follows.
     @inline(__always)
     func degradedMode(periodNs: Int64) -> PulsePolicy.PublishMode {
-        let delay = Int64(1 + rank) * Self.degradedTurnNs
-        if delay >= periodNs / 2 { return .follower }
-        return .degraded(turnDelayNs: delay, slotNs: Self.degradedTurnNs / 2)
+        DegradationPolicy.turnMode(rank: rank, turnNs: Self.degradedTurnNs, periodNs: periodNs)
     }
 
     /// The reference clock estimate: the last leader's, if any.
@@ -177,7 +182,9 @@ final class ClusterNode: LoopHandler, RaftInbox {
     ) throws {
         self.peers = peers
         self.rejected = rejected
-        self.rank = peers.peers.map(\.raftId).sorted().firstIndex(of: peers.me.raftId) ?? 0
+        self.rank = DegradationPolicy.rank(of: peers.me.raftId, among: peers.peers.map(\.raftId))
+        self.degradation = DegradationPolicy(
+            electionNs: Int64(timing.electionTicks) * timing.tickNs, degradeAfterNs: 1_000_000_000)
         self.degradedReferenceId = peers.peers.map(\.raftId).min() ?? peers.me.raftId
         self.ticks = TickPolicy(tickNs: timing.tickNs, startMonoNs: cloop_monotonic_ns())
         self.timing = timing
@@ -186,6 +193,8 @@ final class ClusterNode: LoopHandler, RaftInbox {
         self.bootstrapBpm = bootstrapBpm
         self.shape = shape
         machine = ReplicatedTimeline(flags: shape)
+        let shapeBox = CommittedShapeBox()
+        committedShapeBox = shapeBox
         let bar = shape.bar
         store = try RaftStore(dataDir: dataDir, rejected: rejected)
         // The snapshot is checked with this node's bar, as the core checks a
@@ -201,7 +210,16 @@ final class ClusterNode: LoopHandler, RaftInbox {
         let config = Config(
             id: peers.me.raftId, voters: peers.peers.map(\.raftId), electionTicks: timing.electionTicks,
             heartbeatTicks: timing.heartbeatTicks, randomSeed: UInt64.random(in: 1...UInt64.max),
-            snapshotCheck: { [bar] data in ReplicatedTimeline.validatedSnapshot(data, bar: bar) != nil })
+            snapshotCheck: { [bar, committedShape = shapeBox] data in
+                guard let state = ReplicatedTimeline.validatedSnapshot(data, bar: bar) else { return false }
+                // A timeline's shape never changes: once this node holds one, a
+                // snapshot with another is refused (counted as bad_snapshot) and the
+                // node keeps running; a hostile peer cannot make it stop for good by
+                // having a foreign shape persisted (only a node without a shape yet
+                // stops on one, as a joining node with the wrong flags must).
+                guard let held = committedShape.shape else { return true }
+                return state.shape(flags: held) == held
+            })
         do {
             raft = try RaftNode(
                 config: config, hardState: persisted.hardState, snapshot: persisted.snapshot, entries: persisted.entries
@@ -209,6 +227,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
         } catch {
             throw PulseError.startup("raft state in \(dataDir)/raft cannot be used: \(error)")
         }
+        barrier.appended(persisted.entries)  // none is applied yet: committed ones are, in the first Ready
         if let snapshot = persisted.snapshot {
             // The store's load validated these bytes (RaftStore.parseSnapshot); failing here is a broken invariant.
             restored = try JSONDecoder().decode(ClusterState.self, from: Data(snapshot.data))
@@ -271,7 +290,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// proposed but has not applied may change (Int64.max: none). The planner
     /// emits no beat at or after it until the entry is applied (fault 4), so
     /// a change is never retroactive on the node that proposed it.
-    private(set) var tempoBarrierBeat: Int64 = .max
+    var tempoBarrierBeat: Int64 { barrier.beat }
 
     // MARK: time
 
@@ -294,21 +313,15 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// Enters degradation after `degradeAfterNs` without a leader (and only
     /// with a committed timeline to keep); leaves it as soon as one is back.
     private func updateDegradation(nowMonoNs now: Int64) {
-        let electionNs = Int64(timing.electionTicks) * timing.tickNs
-        let hasLeader = isLeader || (leader != noNode && now - lastContactMonoNs < electionNs)
-        if hasLeader {
-            leaderlessSinceMonoNs = nil
-            if degraded {
-                degraded = false
-                logger.info("leaving degradation: a leader is back", metadata: ["leader": "\(leaderPeer?.name ?? "?")"])
-            }
-            return
-        }
-        let since = leaderlessSinceMonoNs ?? now
-        leaderlessSinceMonoNs = since
-        if !degraded, hasEpoch, now - since >= degradeAfterNs {
-            degraded = true
-            degradedSinceMonoNs = now
+        switch degradation.update(
+            nowMonoNs: now, isLeader: isLeader, leader: leader, lastLeaderContactMonoNs: lastContactMonoNs,
+            mayKeepTimeline: hasEpoch)
+        {
+        case .none:
+            break
+        case .left:
+            logger.info("leaving degradation: a leader is back", metadata: ["leader": "\(leaderPeer?.name ?? "?")"])
+        case .entered:
             logger.warning(
                 "entering degradation: no leader; keeping the committed timeline locally",
                 metadata: [
@@ -377,7 +390,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
         switch raft.propose([UInt8](data)) {
         case .accepted(let index, let term):
             waiting[index] = (term, done)
-            if case .tempo(let atBeat, _, _) = command { unappliedTempo[index] = atBeat }
+            if case .tempo(let atBeat, _, _) = command { barrier.proposed(index: index, atBeat: atBeat) }
             processReady()
         default:
             done(.refused)
@@ -402,6 +415,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     private func processReady() {
         guard refusal == nil, !readyInFlight, raft.hasReady, let ready = raft.ready() else { return }
         readyInFlight = true
+        barrier.appended(ready.entries)  // from now on, until applied (fault 4)
         if ready.hardState == nil && ready.entries.isEmpty && ready.snapshot == nil {
             finish(ready)
             return
@@ -425,7 +439,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     private func finish(_ ready: Ready) {
         for message in ready.messages { transport.send(message) }
         if let snapshot = ready.snapshot {
-            unappliedTempo = unappliedTempo.filter { $0.key > snapshot.index }
+            barrier.snapshotted(through: snapshot.index)
             applySnapshot(snapshot.data)
         }
         for entry in ready.committedEntries { apply(entry) }
@@ -477,7 +491,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// node; a shape other than this node's flags stops the node before its
     /// beats start.
     private func apply(_ entry: Entry) {
-        unappliedTempo.removeValue(forKey: entry.index)  // decided, whatever entry this is
+        barrier.applied(index: entry.index)  // decided, whatever entry this is
         if let pending = waiting.removeValue(forKey: entry.index) {
             pending.1(pending.0 == entry.term ? .committed : .refused)
         }
@@ -486,6 +500,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
         guard refusal == nil else { return }
         switch machine.apply(entry.data) {
         case .epoch(let epoch):
+            committedShapeBox.shape = machine.shape
             listener?.clusterEpochCommitted(epoch)
         case .tempo(let change):
             listener?.clusterTempoCommitted(change, justification: machine.justification)
@@ -517,6 +532,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
             // `validatedSnapshot` and the store's load checked it already.
             refuse("raft: a snapshot that passed validation cannot be adopted (\(why))")
         default:
+            committedShapeBox.shape = machine.shape
             guard let state = machine.state else { return }
             listener?.clusterEpochCommitted(TempoEpoch(state.epoch))
             if let pending = state.pending {

@@ -1,0 +1,73 @@
+// PulsePolicy/DegradationPolicy.swift — owns when a node keeps the timeline
+// itself (REQ-003) and its turn among degraded publishers. Pure: the service
+// (`Pulse/Cluster/ClusterNode`) and the whole-cluster simulator
+// (`ClusterCore`) both run it.
+//
+// Guarantees:
+// - A node enters degradation only after `degradeAfterNs` without a leader
+//   (none known, or none heard for an election timeout), and only with a
+//   committed timeline to keep; it leaves as soon as a leader is back.
+// - Turns (fault 6 of issue #10): node of rank r (its position among the
+//   sorted voters, a total order every node agrees on whatever it can hear)
+//   publishes `(1 + r) × turnNs` after the instant, measured on one reference
+//   clock for all (the lowest voter's), within half a turn. A turn that would
+//   come half a period after the instant or later is no turn at all (the
+//   lateness rule): such a node only follows.
+import Raft
+
+/// Whether this node is degraded, from its view of leadership (pure).
+public struct DegradationPolicy: Sendable, Equatable {
+    /// An election timeout: a leader not heard for this long is gone.
+    public let electionNs: Int64
+    /// No leader for this long → degradation.
+    public var degradeAfterNs: Int64
+    public private(set) var degraded = false
+    /// When degradation began (monotonic; meaningful while `degraded`).
+    public private(set) var sinceMonoNs: Int64 = 0
+    private var leaderlessSinceMonoNs: Int64?
+
+    /// What an update changed.
+    public enum Change: Equatable, Sendable { case none, entered, left }
+
+    public init(electionNs: Int64, degradeAfterNs: Int64) {
+        self.electionNs = electionNs
+        self.degradeAfterNs = degradeAfterNs
+    }
+
+    /// Updates from the node's view at `nowMonoNs`: whether it leads, the
+    /// leader it knows (`noNode`: none), when it last heard that leader, and
+    /// whether it may keep a timeline (a committed one, and a voter).
+    public mutating func update(
+        nowMonoNs now: Int64, isLeader: Bool, leader: NodeID, lastLeaderContactMonoNs: Int64, mayKeepTimeline: Bool
+    ) -> Change {
+        let hasLeader = isLeader || (leader != noNode && now &- lastLeaderContactMonoNs < electionNs)
+        if hasLeader {
+            leaderlessSinceMonoNs = nil
+            guard degraded else { return .none }
+            degraded = false
+            return .left
+        }
+        let since = leaderlessSinceMonoNs ?? now
+        leaderlessSinceMonoNs = since
+        guard !degraded, mayKeepTimeline, now &- since >= degradeAfterNs else { return .none }
+        degraded = true
+        sinceMonoNs = now
+        return .entered
+    }
+
+    /// Beat path (allocation-free): the publish mode of a degraded node of
+    /// `rank` for a beat of `periodNs` with turns `turnNs` apart (see the
+    /// file header); `lateTurns` keeps turns past half a period (the legacy
+    /// rule, for the simulator's fault tests only).
+    @inline(__always)
+    public static func turnMode(rank: Int, turnNs: Int64, periodNs: Int64, lateTurns: Bool = false) -> PublishMode {
+        let delay = Int64(1 + rank) &* turnNs
+        if !lateTurns && delay >= periodNs / 2 { return .follower }
+        return .degraded(turnDelayNs: delay, slotNs: turnNs / 2)
+    }
+
+    /// A node's rank among `voters` (its degraded turn), 0 if absent.
+    public static func rank(of id: NodeID, among voters: [NodeID]) -> Int {
+        voters.sorted().firstIndex(of: id) ?? 0
+    }
+}

@@ -303,9 +303,12 @@ public final class RaftNode {
         setConfiguration(latest, index: index)
     }
 
-    /// The voter set in force at `index` (<= lastIndex, not compacted).
+    /// The voter set in force at `index` (<= lastIndex, not compacted), as a
+    /// snapshot records it: empty while no change was ever made (the
+    /// bootstrap configuration), so a cluster that never changed its
+    /// membership writes and sends snapshots exactly as before.
     private func configuration(at index: UInt64) -> [Member] {
-        var latest = log.snapshot.members.isEmpty ? config.voters.map { Member(id: $0) } : log.snapshot.members
+        var latest = log.snapshot.members
         for e in log.entries where e.kind == .config && e.index <= index {
             if let change = ConfigChange.decode(e.data) { latest = change.members }
         }

@@ -6,6 +6,7 @@
 #   make test      every test: unit, property, allocation, real nats-server processes,
 #                  plus the release build that enforces @_noAllocation
 #   make bench     the timing report (release)
+#   make bench-micro  micro-benchmarks on ordo-one/benchmark (perf/micro); fails on a regression
 #   make test-browser  the live view (GET /) in headless Chromium against a live 3-node cluster
 #   make fuzz      every libFuzzer harness for FUZZ_SECONDS each (docs/fuzzing.md);
 #                  make fuzz-smoke: a few seconds each (part of make test)
@@ -22,7 +23,7 @@ APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prome
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build-info build release run dev cluster certs cluster-tls test test-deploy test-unit test-python test-browser test-all check-noalloc bench \
+.PHONY: deps build-info build release run dev cluster certs cluster-tls test test-deploy test-unit test-python test-browser test-all check-noalloc bench bench-micro bench-micro-update \
 	format clean fuzz fuzz-build fuzz-smoke sim
 
 deps:
@@ -145,6 +146,17 @@ bench:
 	fi
 	$(SWIFT) build -c release --product pulse
 	$(SWIFT) run -c release Bench $(BENCH_ARGS)
+
+# Micro-benchmarks of the beat path's pure code (timeline math, HLC, encoder,
+# decoder) on ordo-one/benchmark, in their own package (perf/micro) so the
+# service build never builds the harness. `bench-micro` runs them and fails
+# (non-zero) when a p90 is worse than the stored thresholds (perf/micro/Thresholds:
+# malloc counts exactly, wall clock within 100 %); `bench-micro-update` rewrites
+# the thresholds after an intended change (review the diff before committing).
+bench-micro:
+	cd perf/micro && $(SWIFT) package benchmark thresholds check --no-progress
+bench-micro-update:
+	cd perf/micro && $(SWIFT) package --allow-writing-to-package-directory benchmark thresholds update --no-progress
 
 # libFuzzer harnesses (docs/fuzzing.md). Harness `h` is the executable target
 # Fuzz<H> (Sources/Fuzz<H>/), seeds in Fuzz/corpus/h/ (read only), an optional

@@ -25,7 +25,20 @@ struct FanoutGroup {
     var received = 0
     var delivery = Latencies()  // every subscriber, every route
     var perRoute: [Latencies] = [Latencies(), Latencies(), Latencies()]
+    /// The floor through the same routes with the same subscribers: stamped
+    /// frames published on A (the pulse's core and priority, the beat rate)
+    /// to as many subscriptions, spread and decoded the same way, in a
+    /// window just before the group's own (see `measureGroupFloor`).
+    var floorPerRoute: [Latencies] = [Latencies(), Latencies(), Latencies()]
+    var floorSent = 0
     var cpuUsPerBeat: Double? = nil
+
+    /// The floor a route is judged against: this group's own (same
+    /// subscriber count) when measured, else the single-subscriber route floor.
+    func floor(route i: Int, single: [Floor]) -> Latencies? {
+        if floorPerRoute[i].count > 0 { return floorPerRoute[i] }
+        return i < single.count && single[i].latencies.count > 0 ? single[i].latencies : nil
+    }
 }
 
 /// The scenario's result: groups and the same-run floors per route.
@@ -51,17 +64,26 @@ struct FanoutResult {
             if !o.hasSuffix("\n") { o += "\n" }
             for (i, route) in Self.routes.enumerated() where g.perRoute[i].count > 0 {
                 let d = g.perRoute[i].summary
-                let f = i < floors.count ? floors[i].latencies.summary.p99 : 0
+                let f = g.floor(route: i, single: floors)?.summary.p99 ?? 0
                 o += indent + "  " + pad(route, 20)
                 o += [d.p50, d.p99, d.max, f].map { pad(num($0), 10, right: true) }.joined()
                 o += pad(f > 0 ? String(format: "%.2f", d.p99 / f) : "-", 10, right: true) + "\n"
             }
         }
+        for g in groups where g.floorPerRoute.contains(where: { $0.count > 0 }) {
+            let got = g.floorPerRoute.reduce(0) { $0 + $1.count }
+            o += indent + "floor with \(g.subscribers) subs (received \(got)/\(g.floorSent * g.subscribers)):"
+            for (i, route) in Self.routes.enumerated() where g.floorPerRoute[i].count > 0 {
+                let p = g.floorPerRoute[i].summary
+                o += " \(route) p50 \(num(p.p50)) p99 \(num(p.p99))"
+            }
+            o += " µs\n"
+        }
         for (i, f) in floors.enumerated() {
             let p = f.latencies.summary
             o +=
                 indent
-                + "floor \(Self.routes[i]): p50 \(num(p.p50)) p99 \(num(p.p99)) max \(num(p.max)) µs (n \(p.count))\n"
+                + "floor \(Self.routes[i]), 1 sub per server: p50 \(num(p.p50)) p99 \(num(p.p99)) max \(num(p.max)) µs (n \(p.count))\n"
             for note in f.notes { o += indent + "note: \(note)\n" }
         }
         return o
@@ -71,8 +93,8 @@ struct FanoutResult {
         var out: [Check] = []
         for g in groups {
             var worst: (route: String, ratio: Double, value: Double, floor: Double)? = nil
-            for (i, route) in Self.routes.enumerated() where g.perRoute[i].count > 0 && i < floors.count {
-                let f = floors[i].latencies.summary.p99
+            for (i, route) in Self.routes.enumerated() where g.perRoute[i].count > 0 {
+                let f = g.floor(route: i, single: floors)?.summary.p99 ?? 0
                 guard f > 0 else { continue }
                 let v = g.perRoute[i].summary.p99
                 if worst == nil || v / f > worst!.ratio { worst = (route, v / f, v, f) }
@@ -106,7 +128,10 @@ struct FanoutResult {
     }
     struct RouteJSON: Encodable {
         var delivery_us: PercentilesJSON
+        /// The floor the route is judged against (same subscriber count when measured).
         var floor_us: PercentilesJSON?
+        /// "same_subscribers" or "single_subscriber".
+        var floor_kind: String?
         var ratio_p99: Double?
     }
     struct JSON: Encodable {
@@ -123,10 +148,12 @@ struct FanoutResult {
             groups: groups.map { g in
                 var routes: [String: RouteJSON] = [:]
                 for (i, route) in Self.routes.enumerated() where g.perRoute[i].count > 0 {
-                    let floor = i < floors.count && floors[i].latencies.count > 0 ? floors[i].latencies : nil
+                    let floor = g.floor(route: i, single: floors)
                     let f = floor?.summary.p99 ?? 0
                     routes[route] = RouteJSON(
                         delivery_us: PercentilesJSON(g.perRoute[i]), floor_us: floor.map(PercentilesJSON.init),
+                        floor_kind: floor == nil
+                            ? nil : (g.floorPerRoute[i].count > 0 ? "same_subscribers" : "single_subscriber"),
                         ratio_p99: f > 0 ? g.perRoute[i].summary.p99 / f : nil)
                 }
                 return GroupJSON(
@@ -327,6 +354,51 @@ func measureRouteFloors(urls: [String], bpm: Int, seconds: Int, cpu: Int, priori
     return floors
 }
 
+/// The floor of one group: the same number of subscriptions, spread over the
+/// same servers and connections and decoded by the same callback as the
+/// beat frames, receive stamped frames (a real BeatFrame whose `beat_index`
+/// carries the CLOCK_REALTIME ns it was published at) from a publisher on A
+/// with the pulse's client settings (SendAsap), on the pulse's core at its
+/// priority, at the beat rate. So the floor contains exactly what the
+/// group's delivery contains except the pulse: the servers' fan-out work and
+/// the subscriber process's own queueing of `size` callbacks per message.
+func measureGroupFloor(
+    _ group: inout FanoutGroup, urls: [String], size: Int, bpm: Int, seconds: Int, cpu: Int, priority: Int
+) throws {
+    let subject = "bench.fanout.floor.\(getpid()).\(size)"
+    let period = Int64(60_000_000_000) / Int64(bpm)
+    let count = max(1, Int(Int64(seconds) * 1_000_000_000 / period))
+    let subscribers = try FanoutSubscribers(urls: urls, subject: subject, count: size, capacity: size * (count + 16))
+    defer { subscribers.close() }
+    sleepSeconds(1 + Double(period) / 1e9)  // settle: subscriptions propagate over the routes
+    let publisher = try Publisher(url: urls[0], sendAsap: true)
+    let encoder = BeatFrameEncoder(clusterId: "bench", phases: ["floor"], nodeId: "bench-floor")
+    let frame = UnsafeMutableRawBufferPointer.allocate(byteCount: encoder.maxFrameBytes, alignment: 8)
+    defer { frame.deallocate() }
+    let windowId = Array(repeating: UInt8(ascii: "0"), count: 32)
+    var sent = 0
+    _ = runOnThread(seconds: Double(seconds) + 10) {
+        _ = cloop_pin_to_cpu(Int32(cpu))
+        if priority > 0 { _ = cloop_set_fifo_priority(Int32(priority)) }
+        let start = (cloop_realtime_ns() / 100_000_000 + 3) * 100_000_000
+        for k in 0..<count {
+            sleepUntilRealtime(start + Int64(k) * period)
+            let stamp = cloop_realtime_ns()
+            let length = windowId.withUnsafeBytes { id in
+                encoder.encode(
+                    into: frame, beatIndex: stamp, downbeat: false, phaseIndex: 0,
+                    hlc: HLCStamp(wallMs: stamp / 1_000_000, counter: 0), deadlineUnixMs: stamp / 1_000_000 + 100,
+                    tempoBpm: Int64(bpm), windowId: id.baseAddress!, term: 1, degraded: false)
+            }
+            guard length > 0 else { continue }
+            if publisher.publish(subject, UnsafeRawBufferPointer(rebasing: frame[0..<length])) { sent += 1 }
+        }
+    }
+    waitUntil(seconds: 5) { subscribers.snapshot().count >= sent * size }
+    for r in subscribers.snapshot() { group.floorPerRoute[Int(r.route)].record(ns: r.ns - r.index) }
+    group.floorSent = sent
+}
+
 /// The scenario: cluster up → route floors → pulse on A → each group in turn.
 func runFanoutScenario(_ ctx: BenchContext, bpm: Int, groups sizes: [Int] = [1, 100, 1000]) throws -> ScenarioResult {
     let seconds = ctx.options.seconds
@@ -346,10 +418,22 @@ func runFanoutScenario(_ ctx: BenchContext, bpm: Int, groups sizes: [Int] = [1, 
     let subject = "backbeat.bench.beat"
     for size in sizes {
         let beatsInWindow = Int(Double(seconds) / period) + 2
+        // The same-count floor first, with no beat subscriber yet (one set of
+        // `size` subscriptions at a time, as in the group's own window).
+        var floorOnly = FanoutGroup(subscribers: size, connections: 0)
+        do {
+            try measureGroupFloor(
+                &floorOnly, urls: cluster.urls, size: size, bpm: bpm, seconds: seconds, cpu: ctx.cpu,
+                priority: ctx.priority)
+        } catch {
+            result.notes.append("\(size) subs: same-count floor failed (\(error)); judged on the 1-subscriber floor")
+        }
         let subscribers = try FanoutSubscribers(
             urls: cluster.urls, subject: subject, count: size, capacity: size * (beatsInWindow + 16))
         defer { subscribers.close() }
         var group = FanoutGroup(subscribers: size, connections: subscribers.connectionCount)
+        group.floorPerRoute = floorOnly.floorPerRoute
+        group.floorSent = floorOnly.floorSent
         sleepSeconds(1 + period)  // settle: subscriptions propagate over the routes
         guard let epoch = pulse.epoch() else { throw BenchError("fanout: cannot read the pulse's epoch.json") }
         let m0 = pulse.metrics(["backbeat_beats_total"])
@@ -380,7 +464,7 @@ func runFanoutScenario(_ ctx: BenchContext, bpm: Int, groups sizes: [Int] = [1, 
     }
     result.fanout = fanout
     result.notes.append(
-        "delivery timed in the subscriber's delivery callback (pooled threads): at 1000 subscriptions it includes the client's own queueing"
+        "delivery timed in the subscriber's delivery callback (pooled threads): at 1000 subscriptions it includes the client's own queueing; so does each group's floor (same subscriptions, same callback)"
     )
     return result
 }

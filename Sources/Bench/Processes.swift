@@ -286,6 +286,16 @@ func processCPUNs(_ pid: Int32) -> Int64? {
     return processTickCPUNs(pid)
 }
 
+/// CPU time of one thread `tid` of `pid` in nanoseconds
+/// (/proc/<pid>/task/<tid>/schedstat), or nil. The pulse's loop runs on its
+/// main thread, so its loop thread is `tid == pid`.
+func threadCPUNs(_ pid: Int32, tid: Int32) -> Int64? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/task/\(tid)/schedstat", encoding: .utf8),
+        let first = text.split(separator: " ").first
+    else { return nil }
+    return Int64(first)
+}
+
 func processTickCPUNs(_ pid: Int32) -> Int64? {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
         let close = text.lastIndex(of: ")")

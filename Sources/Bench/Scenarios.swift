@@ -74,7 +74,15 @@ struct ScenarioResult {
     /// The fanout scenario's own figures.
     var fanout: FanoutResult? = nil
     var allocatedBytesPerBeat: Double? = nil
+    /// CPU per beat of the whole pulse process (every thread: the loop, the
+    /// NATS client's helper threads, storage), over the window's beats.
     var cpuUsPerBeat: Double? = nil
+    /// CPU per beat of the pulse's loop thread alone (the beat path, the
+    /// echo of its own frames, timers, admin): what the beat mode changes,
+    /// and what the shared-host target is judged on.
+    var loopCpuUsPerBeat: Double? = nil
+    /// The machine's CPU floor per beat (bare timer wake + one frame write), same run.
+    var cpuFloor: CpuFloor? = nil
     var crossCheckViolations = 0  // beats received before the publisher says it published
     var notes: [String] = []
     var load: String? = nil
@@ -324,11 +332,12 @@ final class HTTPLoad {
 
 func runPulseScenario(
     _ ctx: BenchContext, name: String, bpm: Int, timerFloor: Floor, natsFloor: Floor,
-    withHTTPLoad: Bool, periodFloor: Floor? = nil, extraArgs: [String] = []
+    withHTTPLoad: Bool, periodFloor: Floor? = nil, cpuFloor: CpuFloor? = nil, extraArgs: [String] = []
 ) throws -> ScenarioResult {
     let seconds = ctx.options.seconds
     var result = ScenarioResult(name: name, bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor)
     result.periodFloor = periodFloor
+    result.cpuFloor = cpuFloor
     if !extraArgs.isEmpty { result.mode = extraArgs.joined(separator: " ") }
     let receiver = try Receiver(url: ctx.natsURL, subject: "backbeat.bench.beat", payload: .beatFrame)
     defer { receiver.close() }
@@ -351,9 +360,11 @@ func runPulseScenario(
     let metricNames = ["backbeat_hot_path_allocated_bytes_total", "backbeat_beats_total"]
     let m0 = pulse.metrics(metricNames)
     let cpu0 = processCPUNs(pulse.child.pid)
+    let loop0 = threadCPUNs(pulse.child.pid, tid: pulse.child.pid)
     let windowStart = cloop_realtime_ns()
     sleepSeconds(Double(seconds))
     let windowEnd = cloop_realtime_ns()
+    let loop1 = threadCPUNs(pulse.child.pid, tid: pulse.child.pid)
     let cpu1 = processCPUNs(pulse.child.pid)
     let m1 = pulse.metrics(metricNames)
     if let http { result.load = http.stop() }
@@ -446,6 +457,7 @@ func runPulseScenario(
             result.notes.append("/metrics has no backbeat_hot_path_allocated_bytes_total")
         }
         if let cpu0, let cpu1 { result.cpuUsPerBeat = Double(cpu1 - cpu0) / 1000 / beats }
+        if let loop0, let loop1 { result.loopCpuUsPerBeat = Double(loop1 - loop0) / 1000 / beats }
     } else {
         result.notes.append("/metrics gave no beat count for the window")
     }

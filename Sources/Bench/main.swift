@@ -98,13 +98,21 @@ if !wants.intersection(["idle", "baseline", "per001", "shared"]).isEmpty {
     let natsFloor = measureNatsFloor(
         url: ctx.natsURL, bpm: options.bpm, seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority)
     idleFloors = (timer, natsFloor)
+    var cpuFloor: CpuFloor? = nil
+    if !wants.intersection(["idle", "shared"]).isEmpty {
+        let floorSeconds = min(options.seconds, 10)
+        log("CPU floor (\(floorSeconds) s of timer wakes + frame writes at \(options.bpm)/min)…")
+        cpuFloor = measureCpuFloor(
+            url: ctx.natsURL, bpm: options.bpm, seconds: floorSeconds, cpu: ctx.cpu, priority: ctx.priority)
+        ctx.notes += cpuFloor?.notes.map { "CPU floor: \($0)" } ?? []
+    }
     if wants.contains("idle") {
         log("idle: pulse at \(options.bpm) bpm…")
         attempt("idle") {
             report.scenarios.append(
                 try runPulseScenario(
                     ctx, name: "idle", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: false,
-                    periodFloor: periodFloor))
+                    periodFloor: periodFloor, cpuFloor: cpuFloor))
         }
     }
     if wants.contains("shared") {
@@ -113,7 +121,8 @@ if !wants.intersection(["idle", "baseline", "per001", "shared"]).isEmpty {
             report.scenarios.append(
                 try runPulseScenario(
                     ctx, name: "shared", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor,
-                    withHTTPLoad: false, periodFloor: periodFloor, extraArgs: ["-spin-max-us", "0"]))
+                    withHTTPLoad: false, periodFloor: periodFloor, cpuFloor: cpuFloor, extraArgs: ["-spin-max-us", "0"])
+            )
         }
     }
     if wants.contains("baseline") {

@@ -95,7 +95,7 @@ public final class ClusterCore {
         raft = try RaftNode(config: config, hardState: hardState, snapshot: snapshot, entries: entries)
         ticks = TickPolicy(tickNs: timing.tickNs, startMonoNs: nowMonoNs)
         machine = ReplicatedTimeline(bar: bar)
-        if let snapshot { machine.restore(encoded: snapshot.data) }
+        if let snapshot { Self.restore(&machine, snapshot.data) }
     }
 
     // MARK: time and messages
@@ -180,8 +180,8 @@ public final class ClusterCore {
         precondition(readyInFlight, "finish without a Ready in flight")
         var events: [ClusterEvent] = []
         if let snapshot = ready.snapshot {
-            machine = ReplicatedTimeline(bar: machine.bar)
-            machine.restore(encoded: snapshot.data)
+            machine = ReplicatedTimeline(flags: machine.flags)
+            Self.restore(&machine, snapshot.data)
             unappliedTempo = unappliedTempo.filter { $0.key > snapshot.index }
             events.append(.restored(index: snapshot.index))
         }
@@ -191,7 +191,7 @@ public final class ClusterCore {
             }
             unappliedTempo.removeValue(forKey: entry.index)
             guard entry.kind == .normal, !entry.data.isEmpty else { continue }
-            events.append(.applied(machine.apply(ClusterCommand.committed(entry.data)), index: entry.index))
+            events.append(.applied(machine.apply(entry.data), index: entry.index))
         }
         if let soft = ready.softState {
             let wasLeader = isLeader
@@ -294,6 +294,17 @@ public final class ClusterCore {
 extension ClusterCommand {
     /// Decodes an entry not yet committed (our own log's tail): nil on failure.
     static func decodeUncommitted(_ bytes: [UInt8]) -> ClusterCommand? {
-        try? JSONDecoderBox.decode(bytes)
+        decoded(bytes)
+    }
+}
+
+extension ClusterCore {
+    /// Installs a snapshot this cluster's own machine encoded: a failure is a
+    /// broken invariant of the simulated cluster.
+    fileprivate static func restore(_ machine: inout ReplicatedTimeline, _ data: [UInt8]) {
+        guard !data.isEmpty else { return }
+        guard let state = ReplicatedTimeline.validatedSnapshot(data, bar: machine.bar),
+            case .epoch = machine.adopt(state)
+        else { preconditionFailure("ClusterCore: a snapshot of this cluster does not restore") }
     }
 }

@@ -122,21 +122,56 @@ final class PlannerTests: XCTestCase {
 
     func testReplicatedTimelineFoldsChangesDeterministically() {
         var a = ReplicatedTimeline(bar: 4)
+        let t0: Int64 = 1_700_000_000_000_000_000
         XCTAssertEqual(a.apply(.tempo(atBeat: 8, bpm: 130, justification: "")), .ignored("no_epoch"))
         XCTAssertEqual(
-            a.apply(.epoch(startBeat: 0, startNs: 1_000, bpm: 120, bar: 4)),
-            .epoch(TempoEpoch(startBeat: 0, startNs: 1_000, bpm: 120)))
-        XCTAssertEqual(a.apply(.epoch(startBeat: 0, startNs: 9, bpm: 60, bar: 4)), .ignored("second_epoch"))
+            a.apply(.epoch(startBeat: 0, startNs: t0, bpm: 120, bar: 4, phases: nil)),
+            .epoch(TempoEpoch(startBeat: 0, startNs: t0, bpm: 120)))
+        XCTAssertEqual(
+            a.apply(.epoch(startBeat: 0, startNs: 9, bpm: 60, bar: 4, phases: nil)), .ignored("second_epoch"))
         XCTAssertEqual(
             a.apply(.tempo(atBeat: 8, bpm: 130, justification: "x")), .tempo(TempoChange(atBeat: 8, bpm: 130)))
-        XCTAssertEqual(a.apply(.tempo(atBeat: 8, bpm: 140, justification: "")), .ignored("not_after_pending"))
+        // Fault 4: a change at or before the pending one's downbeat is placed on the next downbeat after it.
         XCTAssertEqual(
-            a.apply(.tempo(atBeat: 16, bpm: 140, justification: "y")), .tempo(TempoChange(atBeat: 16, bpm: 140)))
+            a.apply(.tempo(atBeat: 8, bpm: 140, justification: "")), .tempo(TempoChange(atBeat: 12, bpm: 140)))
+        // Off a downbeat: the next downbeat.
+        XCTAssertEqual(
+            a.apply(.tempo(atBeat: 17, bpm: 150, justification: "y")), .tempo(TempoChange(atBeat: 20, bpm: 150)))
+        XCTAssertEqual(a.timeline?.epoch.startBeat, 12)
+        XCTAssertEqual(a.timeline?.pending, TempoChange(atBeat: 20, bpm: 150))
         var b = ReplicatedTimeline(bar: 4)
-        b.restore(encoded: a.encodedState())
+        let snapshot = try! XCTUnwrap(ReplicatedTimeline.validatedSnapshot(a.encodedState(), bar: 4))
+        XCTAssertEqual(
+            b.adopt(snapshot), .epoch(TempoEpoch(startBeat: 12, startNs: a.timeline!.epoch.startNs, bpm: 140)))
         XCTAssertEqual(b, a)
-        XCTAssertEqual(b.timeline?.instantNs(ofBeat: 20), a.timeline?.instantNs(ofBeat: 20))
+        XCTAssertEqual(b.timeline?.instantNs(ofBeat: 24), a.timeline?.instantNs(ofBeat: 24))
         let cmd = ClusterCommand.tempo(atBeat: 4, bpm: 99, justification: "j")
-        XCTAssertEqual(ClusterCommand.committed(cmd.encoded()), cmd)
+        XCTAssertEqual(ClusterCommand.decoded(cmd.encoded()), cmd)
+    }
+
+    /// Committed entries are input: refused alike on every node, never a trap.
+    func testReplicatedTimelineRefusesBadEntries() {
+        var a = ReplicatedTimeline(bar: 4)
+        XCTAssertEqual(a.apply(Array("not json".utf8)), .refused("does not decode"))
+        XCTAssertEqual(
+            a.apply(.epoch(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 0, bar: 4, phases: nil)),
+            .refused("epoch out of range"))
+        XCTAssertEqual(
+            a.apply(.epoch(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 120, bar: 0, phases: nil)),
+            .refused("shape out of range"))
+        guard
+            case .shapeMismatch(let why) = a.apply(
+                .epoch(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 120, bar: 8, phases: ["beat"]))
+        else { return XCTFail("a bar of 8 on a node with -bar 4 must be a mismatch") }
+        XCTAssertTrue(why.contains("-bar 8") && why.contains("-bar 4"), why)
+        XCTAssertNil(a.state, "nothing is adopted from refused entries")
+        XCTAssertEqual(
+            a.apply(.epoch(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 120, bar: 4, phases: ["beat"])),
+            .epoch(TempoEpoch(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 120)))
+        XCTAssertEqual(a.apply(.tempo(atBeat: 8, bpm: 0, justification: "")), .refused("tempo change out of range"))
+        XCTAssertEqual(
+            a.apply(.tempo(atBeat: .max - 1, bpm: 120, justification: "")), .refused("tempo change out of range"))
+        XCTAssertNil(a.timeline?.pending)
+        XCTAssertNil(ReplicatedTimeline.validatedSnapshot(Array("{}".utf8), bar: 4))
     }
 }

@@ -326,7 +326,8 @@ final class Simulation {
         else { return }
         let epoch = Timeline.bootstrapEpoch(nowNs: wall(n), bpm: knobs.bpm)
         if n.core.propose(
-            .epoch(startBeat: 0, startNs: epoch.startNs, bpm: epoch.bpm, bar: knobs.bar), requestId: 0) != nil
+            .epoch(startBeat: 0, startNs: epoch.startNs, bpm: epoch.bpm, bar: knobs.bar, phases: nil), requestId: 0)
+            != nil
         {
             n.epochProposed = true
         }
@@ -386,7 +387,8 @@ final class Simulation {
         oracleIndex = index
         switch cmd {
         case .epoch(let e):
-            _ = oracle.apply(.epoch(startBeat: e.startBeat, startNs: e.startNs, bpm: e.bpm, bar: knobs.bar))
+            _ = oracle.apply(
+                .epoch(startBeat: e.startBeat, startNs: e.startNs, bpm: e.bpm, bar: knobs.bar, phases: nil))
         case .tempo(let c):
             _ = oracle.apply(.tempo(atBeat: c.atBeat, bpm: c.bpm, justification: ""))
             let just = n.core.machine.justification
@@ -411,6 +413,9 @@ final class Simulation {
             }
         case .ignored:
             break
+        case .refused(let why), .shapeMismatch(let why):
+            // The simulated leaders propose only valid commands with this cluster's shape.
+            fail(.onTimeline, "node \(n.id) refused the entry at \(index): \(why)")
         }
     }
 

@@ -6,6 +6,7 @@
 import CHttpParser
 import Foundation
 import PulseCore
+import PulsePolicy
 import Raft
 import XCTest
 

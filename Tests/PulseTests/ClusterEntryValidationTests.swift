@@ -2,6 +2,7 @@
 // (ClusterNode.apply): a hostile leader's epoch or tempo change that would
 // overflow the instants is refused, never trapped on.
 import PulseCore
+import PulsePolicy
 import XCTest
 
 @testable import Pulse
@@ -10,7 +11,7 @@ final class ClusterEntryValidationTests: XCTestCase {
     private let epoch = TempoEpoch(startBeat: 0, startNs: 1_735_689_600_000_000_000, bpm: 120)
 
     func testAValidChangeAtALaterDownbeatIsAccepted() {
-        XCTAssertTrue(ClusterNode.canSchedule(TempoChange(atBeat: 64, bpm: 126), after: epoch, bar: 8))
+        XCTAssertTrue(ReplicatedTimeline.canSchedule(TempoChange(atBeat: 64, bpm: 126), after: epoch, bar: 8))
     }
 
     func testChangesThatWouldBreakTheTimelineAreRefused() {
@@ -24,25 +25,25 @@ final class ClusterEntryValidationTests: XCTestCase {
             TempoChange(atBeat: 1 << 50, bpm: 120),  // beyond the supported beats
         ]
         for change in hostile {
-            XCTAssertFalse(ClusterNode.canSchedule(change, after: epoch, bar: 8), "\(change)")
+            XCTAssertFalse(ReplicatedTimeline.canSchedule(change, after: epoch, bar: 8), "\(change)")
         }
     }
 
     func testFoldingAPendingChangeIsCheckedToo() {
         let good = ClusterState(
             epoch: epoch.stored, pending: TempoChange(atBeat: 64, bpm: 126).stored, justification: "")
-        XCTAssertEqual(ClusterNode.fold(good, bar: 8)?.startBeat, 64)
-        XCTAssertEqual(ClusterNode.fold(good, bar: 8)?.startNs, epoch.instantNs(ofBeat: 64))
+        XCTAssertEqual(ReplicatedTimeline.fold(good)?.startBeat, 64)
+        XCTAssertEqual(ReplicatedTimeline.fold(good)?.startNs, epoch.instantNs(ofBeat: 64))
         let bad = ClusterState(
             epoch: epoch.stored, pending: TempoChange(atBeat: Int64.max - 7, bpm: 126).stored, justification: "")
-        XCTAssertNil(ClusterNode.fold(bad, bar: 8))
+        XCTAssertNil(ReplicatedTimeline.fold(bad))
     }
 
     /// Fault 4 (issue 10): a committed change is placed at apply time from the
     /// entry and the committed state alone, so every node places it alike.
     func testCommittedChangesArePlacedOnTheNextEligibleDownbeat() {
         func placed(_ atBeat: Int64, after start: Int64 = 0) -> Int64 {
-            ClusterNode.placed(
+            ReplicatedTimeline.placed(
                 TempoChange(atBeat: atBeat, bpm: 126),
                 after: TempoEpoch(startBeat: start, startNs: epoch.startNs, bpm: 120), bar: 8
             ).atBeat
@@ -54,6 +55,6 @@ final class ClusterEntryValidationTests: XCTestCase {
         XCTAssertEqual(placed(64, after: 64), 72)  // at the previous change's downbeat: the next bar
         XCTAssertEqual(placed(Int64.max - 3), Int64.max - 3)  // no overflow; canSchedule refuses it
         XCTAssertFalse(
-            ClusterNode.canSchedule(TempoChange(atBeat: Int64.max - 3, bpm: 126), after: epoch, bar: 8))
+            ReplicatedTimeline.canSchedule(TempoChange(atBeat: Int64.max - 3, bpm: 126), after: epoch, bar: 8))
     }
 }

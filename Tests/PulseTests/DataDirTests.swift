@@ -5,6 +5,7 @@
 import Foundation
 import Glibc
 import PulseCore
+import PulsePolicy
 import Raft
 import XCTest
 

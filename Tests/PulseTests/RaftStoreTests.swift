@@ -2,6 +2,7 @@
 // log tail is cut at the last good record; a bad last record that the commit
 // covers, and a corrupt hard state, refuse to start (DataDirTests has the rest).
 import Foundation
+import PulsePolicy
 import Raft
 import XCTest
 
@@ -96,7 +97,7 @@ final class RaftStoreTests: XCTestCase {
             ("empty", [], false),
         ]
         for (name, data, valid) in cases {
-            let checked = ClusterNode.snapshotState(data, bar: 4) != nil
+            let checked = ReplicatedTimeline.validatedSnapshot(data, bar: 4) != nil
             let loads = (try? RaftStore.parseSnapshot(snapshotFile(data), bar: 4)) != nil
             XCTAssertEqual(checked, valid, name)
             XCTAssertEqual(loads, valid, "start-up agrees: \(name)")

@@ -20,6 +20,7 @@
 import Crypto
 import Foundation
 import PulseCore
+import PulsePolicy
 import Raft
 
 /// Why a backup file cannot be used: a snake_case reason and one line.
@@ -217,24 +218,19 @@ public struct BackupFile: Equatable, Sendable {
     /// rules (1 to `bar` names, each 1 to 64 bytes) and no comma (the flag's
     /// separator).
     static func phasesProblem(_ phases: [String], bar: Int) -> String? {
-        if phases.isEmpty { return "must name at least one phase" }
-        if phases.count > bar { return "has \(phases.count) names but a bar has only \(bar) beats" }
-        if phases.contains(where: { $0.isEmpty || $0.utf8.count > 64 }) {
-            return "names must be 1 to 64 bytes"
-        }
-        if phases.contains(where: { $0.contains(",") }) { return "names must not contain ','" }
-        return nil
+        TimelineShape.phasesProblem(phases, bar: bar)
     }
 
     // MARK: into a data dir
 
     /// The Raft state machine this backup holds (`ClusterState`, as a
-    /// snapshot stores it).
+    /// snapshot stores it), with the timeline's shape: a restored cluster
+    /// keeps the bar and phases (§12).
     var clusterState: ClusterState {
         ClusterState(
             epoch: TempoEpoch.Stored(startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm),
             pending: pending.map { TempoChange.Stored(atBeat: $0.atBeat, bpm: $0.bpm) },
-            justification: pending?.justification ?? "")
+            justification: pending?.justification ?? "", bar: bar, phases: phases)
     }
 
     /// The Raft snapshot a new cluster starts from: the state at the backup's
@@ -258,11 +254,12 @@ public struct BackupFile: Equatable, Sendable {
         HardState(term: max(minTerm - 1, term), vote: noNode, commit: max(index, 1))
     }
 
-    /// A single node's `epoch.json`.
+    /// A single node's `epoch.json`, with the timeline's shape.
     var storedEpoch: StoredEpoch {
         StoredEpoch(
             clusterId: clusterId, startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm, bar: bar,
-            pendingAtBeat: pending?.atBeat, pendingBpm: pending?.bpm, pendingJustification: pending?.justification)
+            phases: phases, pendingAtBeat: pending?.atBeat, pendingBpm: pending?.bpm,
+            pendingJustification: pending?.justification)
     }
 }
 

@@ -29,7 +29,7 @@ extension PulseNode {
         let nowNs = timelineNs(forLocalNs: cloop_realtime_ns())
         let seen = max(beats.stats.lastBeatIndex, beats.lastSeenIndex)
         var file = BackupFile(
-            clusterId: config.clusterId, nodeId: nodeId, bar: beats.timeline.bar, phases: config.phases,
+            clusterId: config.clusterId, nodeId: nodeId, bar: shape.bar, phases: shape.phases,
             epoch: .init(startBeat: 0, startNs: 0, bpm: 1), pending: nil, term: beats.term, index: 0,
             lastBeat: seen >= 0 ? seen : nil, takenAtNs: nowNs)
         if let cluster {

@@ -7,6 +7,12 @@
 // depends on it is sent), a network (RaftTransport) and a state machine: log
 // entries are `ClusterCommand`s — the bootstrap epoch and tempo changes.
 //
+// The timeline's shape (bar, phases: requirements §12) is committed with the
+// first epoch and folded into every snapshot. A node whose -bar/-phases
+// differ from it refuses to start when its data dir holds it, or stops
+// (`refusal`, non-zero exit) when it first applies it — before its beats
+// start, so it publishes nothing (PulsePolicy/TimelineShape).
+//
 // The leader lease is turned into a monotonic deadline at every tick and
 // step (`leaseUntilMonoNs`); the beat path asks `mayPublish` with the
 // current monotonic time, so a leader frozen past its lease cannot publish
@@ -25,42 +31,6 @@ import Logging
 import PulseCore
 import PulsePolicy
 import Raft
-
-/// An entry in the replicated log.
-enum ClusterCommand: Codable, Equatable {
-    /// The timeline's first epoch (proposed once by a bootstrapping leader).
-    case epoch(startBeat: Int64, startNs: Int64, bpm: Int64, bar: Int)
-    /// A tempo change at a downbeat.
-    case tempo(atBeat: Int64, bpm: Int64, justification: String)
-}
-
-/// The state machine as a snapshot: the epoch with every applied change
-/// folded in, and the latest change (which may still lie ahead).
-struct ClusterState: Codable, Equatable {
-    var epoch: TempoEpoch.Stored
-    var pending: TempoChange.Stored?
-    var justification: String
-}
-
-extension TempoEpoch {
-    /// Codable form for snapshots.
-    struct Stored: Codable, Equatable {
-        var startBeat: Int64
-        var startNs: Int64
-        var bpm: Int64
-    }
-    var stored: Stored { Stored(startBeat: startBeat, startNs: startNs, bpm: bpm) }
-    init(_ s: Stored) { self.init(startBeat: s.startBeat, startNs: s.startNs, bpm: s.bpm) }
-}
-
-extension TempoChange {
-    struct Stored: Codable, Equatable {
-        var atBeat: Int64
-        var bpm: Int64
-    }
-    var stored: Stored { Stored(atBeat: atBeat, bpm: bpm) }
-    init(_ s: Stored) { self.init(atBeat: s.atBeat, bpm: s.bpm) }
-}
 
 /// What the rest of the node hears from the cluster (loop thread).
 protocol ClusterListener: AnyObject {
@@ -118,9 +88,12 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// leader's hand-over (TimeoutNow less than an election timeout before).
     private(set) var electedByHandOver = false
     private(set) var lastContactMonoNs: Int64 = 0
-    private(set) var committedEpoch: TempoEpoch?
-    /// The applied state: the epoch with earlier changes folded in, the latest change.
-    private var state: ClusterState?
+    /// The replicated state machine (PulsePolicy, the one the simulator runs):
+    /// the epoch with earlier changes folded in, the latest change, the shape.
+    private var machine: ReplicatedTimeline
+    /// Whether the timeline's first epoch is applied.
+    var hasEpoch: Bool { machine.state != nil }
+    private var state: ClusterState? { machine.state }
     /// State restored from a snapshot at start-up, announced in `start()`.
     private var restored: ClusterState?
     /// Compact the log once this many entries were applied since the last snapshot.
@@ -128,7 +101,14 @@ final class ClusterNode: LoopHandler, RaftInbox {
     private(set) var storeErrors: UInt64 = 0
     private var epochProposed = false
     private let bootstrapBpm: Int64?
-    private let bar: Int
+    /// This node's -bar/-phases; it runs only while they equal the committed shape.
+    let shape: TimelineShape
+    private var bar: Int { shape.bar }
+    /// The shape of the committed timeline, once the epoch is applied.
+    var committedShape: TimelineShape? { machine.shape }
+    /// Why this node stopped itself (the committed shape differs from its
+    /// flags): the service exits non-zero with it once the loop has stopped.
+    private(set) var refusal: PulseError?
     /// Proposals waiting for their entry to commit: index → (term, reply).
     private var waiting: [UInt64: (UInt64, (CommitOutcome) -> Void)] = [:]
     /// Tempo entries this node proposed and has not applied yet: index → apply
@@ -191,7 +171,8 @@ final class ClusterNode: LoopHandler, RaftInbox {
     }
 
     init(
-        peers: PeerList, timing: RaftTiming, dataDir: String, bootstrapBpm: Int64?, bar: Int, loop: EventLoop,
+        peers: PeerList, timing: RaftTiming, dataDir: String, bootstrapBpm: Int64?, shape: TimelineShape,
+        loop: EventLoop,
         rejected: RejectedInput, logger: Logger, tls: RaftTLS? = nil
     ) throws {
         self.peers = peers
@@ -203,7 +184,9 @@ final class ClusterNode: LoopHandler, RaftInbox {
         self.loop = loop
         self.logger = logger
         self.bootstrapBpm = bootstrapBpm
-        self.bar = bar
+        self.shape = shape
+        machine = ReplicatedTimeline(flags: shape)
+        let bar = shape.bar
         store = try RaftStore(dataDir: dataDir, rejected: rejected)
         // The snapshot is checked with this node's bar, as the core checks a
         // leader's snapshot before it is persisted (`snapshotCheck` below).
@@ -218,7 +201,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
         let config = Config(
             id: peers.me.raftId, voters: peers.peers.map(\.raftId), electionTicks: timing.electionTicks,
             heartbeatTicks: timing.heartbeatTicks, randomSeed: UInt64.random(in: 1...UInt64.max),
-            snapshotCheck: { [bar] data in ClusterNode.snapshotState(data, bar: bar) != nil })
+            snapshotCheck: { [bar] data in ReplicatedTimeline.validatedSnapshot(data, bar: bar) != nil })
         do {
             raft = try RaftNode(
                 config: config, hardState: persisted.hardState, snapshot: persisted.snapshot, entries: persisted.entries
@@ -230,6 +213,13 @@ final class ClusterNode: LoopHandler, RaftInbox {
             // The store's load validated these bytes (RaftStore.parseSnapshot); failing here is a broken invariant.
             restored = try JSONDecoder().decode(ClusterState.self, from: Data(snapshot.data))
         }
+        // The data dir's committed shape, if any, must be this node's (§12).
+        if let committed = Self.persistedShape(
+            snapshot: restored, entries: persisted.entries, commit: persisted.hardState.commit, flags: shape),
+            let why = committed.mismatch(flags: shape, committedIn: "data dir \(dataDir)")
+        {
+            throw PulseError.config(why)
+        }
         term = persisted.hardState.term
         transport = try RaftTransport(
             loop: loop, peers: peers,
@@ -239,7 +229,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     }
 
     func start() throws {
-        if let restored {
+        if let restored {  // its shape was checked in init
             self.restored = nil
             adopt(restored)
         }
@@ -316,7 +306,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
         }
         let since = leaderlessSinceMonoNs ?? now
         leaderlessSinceMonoNs = since
-        if !degraded, committedEpoch != nil, now - since >= degradeAfterNs {
+        if !degraded, hasEpoch, now - since >= degradeAfterNs {
             degraded = true
             degradedSinceMonoNs = now
             logger.warning(
@@ -410,7 +400,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     // MARK: Ready
 
     private func processReady() {
-        guard !readyInFlight, raft.hasReady, let ready = raft.ready() else { return }
+        guard refusal == nil, !readyInFlight, raft.hasReady, let ready = raft.ready() else { return }
         readyInFlight = true
         if ready.hardState == nil && ready.entries.isEmpty && ready.snapshot == nil {
             finish(ready)
@@ -481,88 +471,32 @@ final class ClusterNode: LoopHandler, RaftInbox {
         listener?.clusterLeadershipChanged(isLeader: isLeader, leader: leaderPeer, term: term)
     }
 
-    /// Applies a committed entry to the state machine.
-    ///
-    /// Committed entries come from whoever was leader, and until Raft peers
-    /// are authenticated (§11) a hostile peer can make itself leader: so an
-    /// entry is validated like any other input. One that does not decode, or
-    /// whose epoch or tempo change would put the timeline outside what its
-    /// math supports (`TempoEpoch.validated`), is skipped and counted
-    /// (`raft`/`bad_committed_entry`). Every node runs the same check on the
-    /// same entry, so all of them skip it alike and the state machines stay
-    /// identical; a trap here would instead crash every node on every restart.
+    /// Applies a committed entry to the state machine (`ReplicatedTimeline`,
+    /// which validates it: see its header). A refused entry is counted
+    /// (`raft`/`bad_committed_entry`) and changes nothing, alike on every
+    /// node; a shape other than this node's flags stops the node before its
+    /// beats start.
     private func apply(_ entry: Entry) {
         unappliedTempo.removeValue(forKey: entry.index)  // decided, whatever entry this is
         if let pending = waiting.removeValue(forKey: entry.index) {
             pending.1(pending.0 == entry.term ? .committed : .refused)
         }
         guard entry.kind == .normal, !entry.data.isEmpty else { return }
-        guard let command = try? JSONDecoder().decode(ClusterCommand.self, from: Data(entry.data)) else {
-            return refuseEntry(entry, "does not decode")
-        }
-        switch command {
-        case .epoch(let startBeat, let startNs, let bpm, let entryBar):
-            guard committedEpoch == nil else { return }  // the first one wins; later ones are no-ops
-            guard let epoch = try? TempoEpoch.validated(startBeat: startBeat, startNs: startNs, bpm: bpm) else {
-                return refuseEntry(entry, "epoch out of range")
-            }
-            if entryBar != bar {
-                logger.error("raft: the cluster's bar differs from -bar", metadata: ["cluster_bar": "\(entryBar)"])
-            }
-            committedEpoch = epoch
-            state = ClusterState(epoch: epoch.stored, pending: nil, justification: "")
+        // Stopped (the shape differs): nothing more reaches the timeline, not even a later epoch entry.
+        guard refusal == nil else { return }
+        switch machine.apply(entry.data) {
+        case .epoch(let epoch):
             listener?.clusterEpochCommitted(epoch)
-        case .tempo(let atBeat, let bpm, let justification):
-            var change = TempoChange(atBeat: atBeat, bpm: bpm)
-            if var current = state {
-                guard let folded = Self.fold(current, bar: bar) else {
-                    return refuseEntry(entry, "previous change out of range")
-                }
-                // Fault 4: never before the previous change (a log-only rule, alike on every node).
-                change = Self.placed(change, after: folded, bar: bar)
-                guard Self.canSchedule(change, after: folded, bar: bar) else {
-                    return refuseEntry(entry, "tempo change out of range")
-                }
-                current.epoch = folded.stored
-                current.pending = change.stored
-                current.justification = justification
-                state = current
-            }
-            listener?.clusterTempoCommitted(change, justification: justification)
+        case .tempo(let change):
+            listener?.clusterTempoCommitted(change, justification: machine.justification)
+        case .ignored:
+            break
+        case .refused(let why):
+            refuseEntry(entry, why)
+        case .shapeMismatch(let why):
+            // Before the listener hears the epoch: a node with other flags never starts its beats.
+            refuse(why)
         }
-    }
-
-    /// The epoch with `state`'s pending change folded in (only one is ever
-    /// pending), or nil when that change's instant is outside the supported range.
-    static func fold(_ state: ClusterState, bar: Int) -> TempoEpoch? {
-        let epoch = TempoEpoch(state.epoch)
-        guard let previous = state.pending else { return epoch }
-        guard let startNs = epoch.checkedInstantNs(ofBeat: previous.atBeat) else { return nil }
-        return try? TempoEpoch.validated(startBeat: previous.atBeat, startNs: startNs, bpm: previous.bpm)
-    }
-
-    /// The apply-time placement of a committed change (fault 4 of issue #10):
-    /// a change at or before the start of the epoch it follows (the previous
-    /// change's downbeat), or off a downbeat, moves to the first downbeat
-    /// after that start and at or after its own beat. It depends only on the
-    /// entry and the committed state, so every node places it alike.
-    static func placed(_ change: TempoChange, after epoch: TempoEpoch, bar: Int) -> TempoChange {
-        guard bar > 0 else { return change }
-        let b = Int64(bar)
-        let floor = max(change.atBeat, epoch.startBeat &+ 1)
-        guard floor != change.atBeat || change.atBeat % b != 0, floor < Int64.max - b else { return change }
-        let r = floor % b
-        let atBeat = r == 0 ? floor : (r > 0 ? floor - r + b : floor - r)
-        return TempoChange(atBeat: atBeat, bpm: change.bpm)
-    }
-
-    /// Whether `change` can follow `epoch`: at a downbeat after its start, at
-    /// an instant and tempo the timeline math supports.
-    static func canSchedule(_ change: TempoChange, after epoch: TempoEpoch, bar: Int) -> Bool {
-        guard change.atBeat > epoch.startBeat, bar > 0, change.atBeat % Int64(bar) == 0,
-            let startNs = epoch.checkedInstantNs(ofBeat: change.atBeat)
-        else { return false }
-        return (try? TempoEpoch.validated(startBeat: change.atBeat, startNs: startNs, bpm: change.bpm)) != nil
     }
 
     private func refuseEntry(_ entry: Entry, _ why: String) {
@@ -572,29 +506,53 @@ final class ClusterNode: LoopHandler, RaftInbox {
             metadata: ["index": "\(entry.index)", "term": "\(entry.term)", "why": "\(why)"])
     }
 
-    /// Installs a snapshot's state: the epoch, then the latest change.
+    /// Installs a snapshot's state: the epoch, then the latest change. Its
+    /// shape (the node's flags for a snapshot without one, written into the
+    /// next snapshot) must be this node's, or the node stops here.
     private func adopt(_ snapshotState: ClusterState) {
-        state = snapshotState
-        let epoch = TempoEpoch(snapshotState.epoch)
-        committedEpoch = epoch
-        listener?.clusterEpochCommitted(epoch)
-        if let pending = snapshotState.pending {
-            listener?.clusterTempoCommitted(TempoChange(pending), justification: snapshotState.justification)
+        switch machine.adopt(snapshotState) {
+        case .shapeMismatch(let why):
+            refuse(why)
+        case .refused(let why):
+            // `validatedSnapshot` and the store's load checked it already.
+            refuse("raft: a snapshot that passed validation cannot be adopted (\(why))")
+        default:
+            guard let state = machine.state else { return }
+            listener?.clusterEpochCommitted(TempoEpoch(state.epoch))
+            if let pending = state.pending {
+                listener?.clusterTempoCommitted(TempoChange(pending), justification: state.justification)
+            }
         }
     }
 
-    /// The state in a snapshot's bytes, if it decodes and holds a timeline
-    /// the math supports, with a pending change at a downbeat of `bar`; nil
-    /// otherwise. The core runs it on every snapshot a leader sends
-    /// (`Config.snapshotCheck`) before adopting it. Pure and deterministic;
-    /// it accepts nothing `RaftStore.parseSnapshot(_:bar:)` refuses.
-    static func snapshotState(_ data: [UInt8], bar: Int) -> ClusterState? {
-        guard let state = try? JSONDecoder().decode(ClusterState.self, from: Data(data)),
-            let epoch = try? TempoEpoch.validated(
-                startBeat: state.epoch.startBeat, startNs: state.epoch.startNs, bpm: state.epoch.bpm),
-            state.pending.map({ canSchedule(TempoChange($0), after: epoch, bar: bar) }) ?? true
-        else { return nil }
-        return state
+    /// The shape a data dir committed: its snapshot's (the flags' for one
+    /// without a shape), else that of the first valid epoch among its
+    /// committed log entries; nil when it has none yet (a fresh node).
+    /// Undecodable or invalid entries are left to `apply`, which refuses them.
+    static func persistedShape(snapshot: ClusterState?, entries: [Entry], commit: UInt64, flags: TimelineShape)
+        -> TimelineShape?
+    {
+        if let snapshot { return snapshot.shape(flags: flags) }
+        for entry in entries where entry.index <= commit && entry.kind == .normal && !entry.data.isEmpty {
+            // The first epoch `apply` would accept.
+            guard
+                case .epoch(let startBeat, let startNs, let bpm, let bar, let phases)? = ClusterCommand.decoded(
+                    entry.data),
+                (try? TempoEpoch.validated(startBeat: startBeat, startNs: startNs, bpm: bpm)) != nil,
+                let shape = try? TimelineShape.resolve(bar: bar, phases: phases, flags: flags)
+            else { continue }
+            return shape
+        }
+        return nil
+    }
+
+    /// Stops this node for good: one critical line, no more applying, the
+    /// loop stopped; the service exits non-zero with `why` (PulseNode.run).
+    private func refuse(_ why: String) {
+        guard refusal == nil else { return }
+        refusal = PulseError.config(why)
+        logger.critical("refusing to run: \(why)")
+        loop.requestStop()
     }
 
     /// A snapshot sent by the leader is validated like a committed entry: one
@@ -603,7 +561,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// core refused such a snapshot already (with the same check), so this
     /// is defence in depth.
     private func applySnapshot(_ data: [UInt8]) {
-        guard let snapshotState = Self.snapshotState(data, bar: bar) else {
+        guard let snapshotState = ReplicatedTimeline.validatedSnapshot(data, bar: bar) else {
             rejected.record(.raft, "bad_snapshot")
             logger.error("raft: snapshot from the leader refused (does not decode or is out of range)")
             return
@@ -626,13 +584,17 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// A bootstrapping leader proposes the first epoch once its own term's
     /// no-op has committed (so it has applied everything before it).
     private func maybeBootstrap() {
-        guard isLeader, committedEpoch == nil, !epochProposed, let bpm = bootstrapBpm,
+        guard isLeader, !hasEpoch, !epochProposed, let bpm = bootstrapBpm,
             raft.appliedIndex >= raft.lastIndex
         else { return }
         epochProposed = true
         let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns(), bpm: bpm)
         logger.info("raft: proposing the bootstrap epoch", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(bpm)"])
-        propose(.epoch(startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm, bar: bar)) {
+        propose(
+            .epoch(
+                startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm, bar: shape.bar,
+                phases: shape.phases)
+        ) {
             [weak self] outcome in
             if outcome != .committed { self?.epochProposed = false }
         }

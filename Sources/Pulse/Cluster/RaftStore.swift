@@ -30,6 +30,7 @@ import Crypto
 import Foundation
 import Glibc
 import PulseCore
+import PulsePolicy
 import Raft
 
 /// What a node persisted, as loaded at start-up.
@@ -186,8 +187,9 @@ public final class RaftStore {
     /// `raft/snapshot`: checksummed header (index ≥ 1 below 2^62, term ≥ 1
     /// below 2^63) and a state that decodes to a valid timeline (`ClusterState`):
     /// a node must not start without the timeline it committed, nor — started
-    /// with -bootstrap — start a second one. With `bar`, a pending change
-    /// must fall on one of its downbeats (as `ClusterNode.snapshotState`
+    /// with -bootstrap — start a second one. Its timeline shape, if it
+    /// stores one, is valid (`DataDirFiles.checkShape`), and a pending change
+    /// falls on a downbeat of the stored bar; with no stored shape, of `bar` (as `ClusterNode.snapshotState`
     /// checks before the core adopts a leader's snapshot); without (fuzzing,
     /// tools that do not know the node's flags) that one check is skipped.
     public static func parseSnapshot(_ bytes: [UInt8], bar: Int64? = nil) throws(DataDirError) -> Snapshot {
@@ -214,9 +216,11 @@ public final class RaftStore {
             failure.detail = "the timeline state does not decode: " + failure.detail
             throw failure
         }
+        // A snapshot's own shape, when it has one, is what its pending change falls on (§12).
+        let storedBar = try DataDirFiles.checkShape(file: file, bar: state.bar, phases: state.phases)
         try DataDirFiles.checkTimeline(
             file: file, startBeat: state.epoch.startBeat, startNs: state.epoch.startNs, bpm: state.epoch.bpm,
-            pendingAtBeat: state.pending?.atBeat, pendingBpm: state.pending?.bpm, bar: bar)
+            pendingAtBeat: state.pending?.atBeat, pendingBpm: state.pending?.bpm, bar: storedBar.map(Int64.init) ?? bar)
         return snapshot
     }
 

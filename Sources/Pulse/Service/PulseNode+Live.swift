@@ -69,7 +69,7 @@ extension PulseNode: LiveSource {
             node_id: nodeId, cluster_id: config.clusterId, role: liveRole, term: cluster?.term ?? beats.term,
             leader: cluster.map { $0.leaderPeer?.name } ?? nodeId, degraded: cluster?.degraded ?? false,
             nats_connected: nats.isConnected, nats_server: nats.redactedURL, started: beats.started,
-            bar: timeline.bar, phases: config.phases, tempo_bpm: timeline.epoch.bpm, min_bpm: config.minBpm,
+            bar: shape.bar, phases: shape.phases, tempo_bpm: timeline.epoch.bpm, min_bpm: config.minBpm,
             max_bpm: config.maxBpm, pending: pending, peers: peers, now_ns: timelineNs(forLocalNs: nowNs))
     }
 

@@ -7,8 +7,8 @@
 //
 // Guarantees:
 // - Every node derives the same body from the same committed log (epoch,
-//   pending change, bar); `phases` come from `-phases`, which every node of a
-//   cluster is started with (the log does not carry them yet).
+//   pending change, and the shape: bar and phases, committed with the first
+//   epoch; a node whose flags differ from it does not run: PulseNode.shape).
 // - Only the leader (or a single node) publishes; followers only answer
 //   requests. Nothing here runs on the beat path (hooks run after the beat
 //   or on Raft events, on the loop thread).
@@ -51,7 +51,7 @@ extension PulseNode: TimelineChangeListener {
             epoch: .init(
                 start_beat: epoch.startBeat, start_ns: epoch.startNs,
                 start_at: RFC3339.string(unixMs: epoch.startNs / 1_000_000), bpm: epoch.bpm),
-            bar: timeline.bar, phases: config.phases, pending: pending, term: cluster?.term ?? beats.term,
+            bar: shape.bar, phases: shape.phases, pending: pending, term: cluster?.term ?? beats.term,
             leader: leader, node_id: nodeId, degraded: cluster?.degraded ?? false,
             now_ns: timelineNs(forLocalNs: cloop_realtime_ns()))
     }

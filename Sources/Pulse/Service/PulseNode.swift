@@ -16,6 +16,7 @@ import Foundation
 import Glibc
 import Logging
 import PulseCore
+import PulsePolicy
 
 /// One running pulse node.
 final class PulseNode: LoopHandler {
@@ -41,6 +42,14 @@ final class PulseNode: LoopHandler {
     /// successor's shorter hand-over guard holds (BeatDriver.handOverGuardNs).
     var handOverPending = false
     private let dataDir: DataDir
+    /// A single node's committed shape (from its data dir, or its flags when
+    /// it bootstraps); a cluster node's flags until it applies the committed one.
+    private let localShape: TimelineShape
+    /// The committed timeline shape (§12): what frames, `/timeline`, the
+    /// live view and backups use. A node runs only while its -bar/-phases
+    /// equal it (it refuses to start or stops otherwise), so the beat
+    /// driver, built before a joining node knows it, encodes the same.
+    var shape: TimelineShape { cluster?.committedShape ?? localShape }
     private var signalToken: UInt32 = 0
     private var housekeepingToken: UInt32 = 0
     private var lastSummary = BeatStats()
@@ -62,12 +71,22 @@ final class PulseNode: LoopHandler {
         // Loaded once and validated (DataDirFiles.parseEpoch): a file that
         // cannot be used stops the start here, before any thread or socket.
         let stored = clustered ? nil : try dataDir.loadEpoch()
-        let timeline =
-            clustered
-            ? Timeline(  // a placeholder until the committed epoch arrives
-                epoch: TempoEpoch(startBeat: 0, startNs: 0, bpm: Int64(config.bpm)), bar: config.bar,
-                phaseCount: config.phases.count)
-            : try Self.timeline(config: config, stored: stored, dataDir: dataDir, logger: logger)
+        let flags: TimelineShape
+        do {
+            flags = try TimelineShape(bar: config.bar, phases: config.phases)
+        } catch {
+            throw PulseError.config("-bar/-phases: \(error)")  // PulseConfig.validate refused these already
+        }
+        let timeline: Timeline
+        if clustered {
+            localShape = flags
+            timeline = Timeline(  // a placeholder until the committed epoch arrives
+                epoch: TempoEpoch(startBeat: 0, startNs: 0, bpm: Int64(config.bpm)), bar: flags.bar,
+                phaseCount: flags.phases.count)
+        } else {
+            (timeline, localShape) = try Self.timeline(
+                config: config, flags: flags, stored: stored, dataDir: dataDir, logger: logger)
+        }
 
         loop = try EventLoop()
         signal(SIGPIPE, SIG_IGN)
@@ -76,7 +95,7 @@ final class PulseNode: LoopHandler {
             security: NatsSecurity(config: config))
         beats = try BeatDriver(
             loop: loop, nats: nats, logger: logger, timeline: timeline, clusterId: config.clusterId,
-            phases: config.phases, nodeId: nodeId, subject: config.beatSubject,
+            phases: localShape.phases, nodeId: nodeId, subject: config.beatSubject,
             maxOffsetMs: Int64(config.maxOffsetMs), spinMaxUs: config.spinMaxUs)
         beats.observer = metrics
         tempo = TempoController(
@@ -93,7 +112,7 @@ final class PulseNode: LoopHandler {
                     tickNs: Int64(config.heartbeatMs) * 1_000_000,
                     electionTicks: config.electionTimeoutMs / config.heartbeatMs, heartbeatTicks: 1),
                 dataDir: dataDir.path,
-                bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, bar: config.bar, loop: loop,
+                bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, shape: flags, loop: loop,
                 rejected: rejected, logger: logger, tls: raftTLS)
             self.cluster = cluster
             cluster.listener = self
@@ -126,28 +145,39 @@ final class PulseNode: LoopHandler {
         housekeepingToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
     }
 
-    /// The committed timeline: from the data dir, or a new one with -bootstrap.
-    /// `stored` is the validated `epoch.json`, if any.
+    /// The committed timeline and its shape: from the data dir, or a new one
+    /// with -bootstrap (the flags' shape). `stored` is the validated
+    /// `epoch.json`, if any; its shape must equal the flags' (§12). A file of
+    /// a previous version, without phases, takes the flags' and is rewritten
+    /// with them now, so that the shape is committed from this start on.
     static func timeline(
-        config: PulseConfig, stored: DataDir.StoredEpoch?, dataDir: DataDir, logger: Logger
-    ) throws -> Timeline {
+        config: PulseConfig, flags: TimelineShape, stored: DataDir.StoredEpoch?, dataDir: DataDir, logger: Logger
+    ) throws -> (Timeline, TimelineShape) {
         if let stored {
             guard stored.clusterId == config.clusterId else {
                 throw PulseError.config(
                     "data dir \(dataDir.path) belongs to cluster '\(stored.clusterId)', not '\(config.clusterId)'")
             }
-            guard stored.bar == config.bar else {
-                throw PulseError.config("data dir \(dataDir.path) has bar \(stored.bar); -bar \(config.bar) differs")
-            }
+            let shape: TimelineShape
             do {
+                shape = try DataDirFiles.checkShape(
+                    file: "epoch.json", bar: stored.bar, phases: stored.phases, flags: flags)
                 try DataDirFiles.checkNotFarAhead(stored, nowNs: cloop_realtime_ns())
             } catch {
                 throw dataDir.refuse(error)
             }
+            if let why = shape.mismatch(flags: flags, committedIn: "data dir \(dataDir.path)") {
+                throw PulseError.config(why)
+            }
+            dataDir.shape = shape
+            if stored.phases == nil {
+                try dataDir.saveEpoch(stored)  // stamped with the shape
+                logger.info("timeline shape adopted from the flags (a data dir of a previous version)")
+            }
             logger.info(
                 "timeline restored", metadata: ["start_beat": "\(stored.startBeat)", "bpm": "\(stored.bpm)"])
             let epoch = TempoEpoch(startBeat: stored.startBeat, startNs: stored.startNs, bpm: stored.bpm)
-            return Timeline(epoch: epoch, bar: config.bar, phaseCount: config.phases.count)
+            return (Timeline(epoch: epoch, bar: shape.bar, phaseCount: shape.phases.count), shape)
         }
         guard config.bootstrap else {
             throw PulseError.config(
@@ -155,12 +185,13 @@ final class PulseNode: LoopHandler {
             )
         }
         let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns(), bpm: Int64(config.bpm))
+        dataDir.shape = flags  // the bootstrapping node's flags become the committed shape
         try dataDir.saveEpoch(
             .init(
                 clusterId: config.clusterId, startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm,
-                bar: config.bar))
+                bar: flags.bar, phases: flags.phases))
         logger.info("timeline bootstrapped", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(epoch.bpm)"])
-        return Timeline(epoch: epoch, bar: config.bar, phaseCount: config.phases.count)
+        return (Timeline(epoch: epoch, bar: flags.bar, phaseCount: flags.phases.count), flags)
     }
 
     /// Applies -cpu, -rt-priority and -mlock to the calling (loop) thread.
@@ -226,6 +257,8 @@ final class PulseNode: LoopHandler {
         admin?.stop()
         nats.close()
         logger.info("pulse stopped", metadata: ["beats_published": "\(beats.stats.beatsPublished)"])
+        // The committed shape differs from the flags (§12): a non-zero exit with the reason.
+        if let refusal = cluster?.refusal { throw refusal }
     }
 
     func loopEvent(token: UInt32, events: UInt32) {

@@ -1,5 +1,5 @@
 // Storage: the node's data directory. Holds the node id (when generated) and
-// the committed tempo epoch, written atomically (temp file, fsync, rename,
+// the committed tempo epoch with the timeline's shape (bar, phases), written atomically (temp file, fsync, rename,
 // fsync of the directory) at start-up and on commits — never on the beat
 // path. An exclusive lock file stops two processes sharing one directory.
 // Every file is validated when it is loaded (DataDirFiles): one that cannot
@@ -9,6 +9,7 @@
 import Foundation
 import Glibc
 import PulseCore
+import PulsePolicy
 
 /// The on-disk state of one node.
 final class DataDir {
@@ -18,6 +19,11 @@ final class DataDir {
 
     /// Where refusals are counted (the node's `RejectedInput`).
     private let rejected: RejectedInput
+
+    /// The committed timeline shape (§12), set once at start-up before any
+    /// write: every `epoch.json` this node writes carries it, whoever built
+    /// the value, so a tempo change never drops the phases from the file.
+    var shape: TimelineShape?
 
     init(path: String, rejected: RejectedInput) throws {
         self.path = path
@@ -88,7 +94,17 @@ final class DataDir {
     }
 
     func saveEpoch(_ epoch: StoredEpoch) throws {
-        try writeAtomically("epoch.json", try Self.encode(epoch))
+        try writeAtomically("epoch.json", try Self.encode(stamped(epoch)))
+    }
+
+    /// `epoch` with the committed shape (the bar is the shape's already:
+    /// the node runs only with its flags equal to it).
+    private func stamped(_ epoch: StoredEpoch) -> StoredEpoch {
+        guard let shape else { return epoch }
+        precondition(epoch.bar == shape.bar, "epoch.json written with bar \(epoch.bar), committed \(shape.bar)")
+        var epoch = epoch
+        epoch.phases = shape.phases
+        return epoch
     }
 
     static func encode(_ epoch: StoredEpoch) throws -> Data {
@@ -101,6 +117,7 @@ final class DataDir {
     /// then reports on the loop thread. For commits: the disk sync never
     /// blocks the loop.
     func saveEpochInBackground(_ epoch: StoredEpoch, loop: EventLoop, then done: @escaping (Error?) -> Void) {
+        let epoch = stamped(epoch)  // on the caller's thread
         writer.async {
             ThreadPlacement.placeCurrentHelperThread()  // fsync off the beat core, at normal priority
             var failure: Error?

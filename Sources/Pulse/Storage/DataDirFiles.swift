@@ -6,6 +6,7 @@
 import Foundation
 import Glibc
 import PulseCore
+import PulsePolicy
 
 /// Why a file of the data dir cannot be used: which file, where (a byte
 /// offset, for the Raft log), a reason code and one line for operators.
@@ -39,20 +40,24 @@ public struct StoredEpoch: Codable, Equatable, Sendable {
     public var startNs: Int64
     public var bpm: Int64
     public var bar: Int
+    /// The committed phase names (nil in files of a version that did not
+    /// store them: the node's -phases fill in, `TimelineShape.resolve`).
+    public var phases: [String]?
     /// A committed tempo change not yet applied (beat index and bpm), if any.
     public var pendingAtBeat: Int64?
     public var pendingBpm: Int64?
     public var pendingJustification: String?
 
     init(
-        clusterId: String, startBeat: Int64, startNs: Int64, bpm: Int64, bar: Int, pendingAtBeat: Int64? = nil,
-        pendingBpm: Int64? = nil, pendingJustification: String? = nil
+        clusterId: String, startBeat: Int64, startNs: Int64, bpm: Int64, bar: Int, phases: [String]? = nil,
+        pendingAtBeat: Int64? = nil, pendingBpm: Int64? = nil, pendingJustification: String? = nil
     ) {
         self.clusterId = clusterId
         self.startBeat = startBeat
         self.startNs = startNs
         self.bpm = bpm
         self.bar = bar
+        self.phases = phases
         self.pendingAtBeat = pendingAtBeat
         self.pendingBpm = pendingBpm
         self.pendingJustification = pendingJustification
@@ -69,13 +74,13 @@ public enum DataDirFiles {
     /// Largest `node_id` accepted (an id is at most 128 bytes, plus a newline).
     public static let maxNodeIdBytes = 1024
     /// Beats per bar a stored timeline may have (the same bounds as `-bar`).
-    public static let supportedBar = 1...1024
+    public static let supportedBar = TimelineShape.supportedBar
 
     // MARK: epoch.json
 
     /// Parses and validates `epoch.json`: JSON with the right types, every
     /// field present, a cluster id that follows the id rule, a bar in
-    /// 1...1024, an epoch whose math cannot overflow
+    /// 1...1024 and phases (when present) by the rules of `-phases`, an epoch whose math cannot overflow
     /// (`TempoEpoch.validated`), and a pending change (both fields or none) at
     /// a downbeat after the epoch's start whose own epoch is valid too.
     /// Never traps, whatever the bytes.
@@ -94,11 +99,7 @@ public enum DataDirFiles {
         if let violation = PulseConfig.tokenViolation(stored.clusterId) {
             throw DataDirError(file: file, reason: "bad_cluster_id", detail: "clusterId \(violation)")
         }
-        guard supportedBar.contains(stored.bar) else {
-            throw DataDirError(
-                file: file, reason: "bar_out_of_range", detail: "bar \(stored.bar) is outside \(describe(supportedBar))"
-            )
-        }
+        _ = try checkShape(file: file, bar: stored.bar, phases: stored.phases)
         try checkTimeline(
             file: file, startBeat: stored.startBeat, startNs: stored.startNs, bpm: stored.bpm,
             pendingAtBeat: stored.pendingAtBeat, pendingBpm: stored.pendingBpm, bar: Int64(stored.bar))
@@ -142,6 +143,33 @@ public enum DataDirFiles {
         default:
             throw DataDirError(
                 file: file, reason: "bad_pending", detail: "a pending change needs both its beat and its bpm")
+        }
+    }
+
+    // MARK: the timeline's shape
+
+    /// Validates a stored shape on its own (without the node's flags):
+    /// `TimelineShape`'s rules for what is there — both parts, the bar alone
+    /// (a previous version's first Raft entry or `epoch.json`), or none (its
+    /// snapshots). Returns the stored bar, nil when there is none.
+    /// Reasons: `bar_out_of_range`, `bad_phases`. Never traps.
+    public static func checkShape(file: String, bar: Int?, phases: [String]?) throws(DataDirError) -> Int? {
+        do {
+            return try TimelineShape.storedBar(bar: bar, phases: phases)
+        } catch {
+            throw DataDirError(file: file, reason: error.reason, detail: error.detail)
+        }
+    }
+
+    /// The committed shape from a stored one, the node's `flags` filling in
+    /// what a previous version did not store (`TimelineShape.resolve`).
+    public static func checkShape(file: String, bar: Int?, phases: [String]?, flags: TimelineShape)
+        throws(DataDirError) -> TimelineShape
+    {
+        do {
+            return try TimelineShape.resolve(bar: bar, phases: phases, flags: flags)
+        } catch {
+            throw DataDirError(file: file, reason: error.reason, detail: error.detail)
         }
     }
 

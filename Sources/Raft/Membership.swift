@@ -55,6 +55,35 @@ public struct Member: Equatable, Sendable {
         return nil
     }
 
+    /// The encoding of a member list (u8 count, then per member u64 id,
+    /// u16 context length, context), as configuration entries and snapshot
+    /// messages carry it; for the application's snapshot file.
+    public static func encodedList(_ members: [Member]) -> [UInt8] {
+        var out: [UInt8] = []
+        encode(members, into: &out)
+        return out
+    }
+
+    /// Decodes a member list from the front of `bytes` (any bytes: never
+    /// traps): the members and the bytes consumed, or nil when it is cut
+    /// short, names more than `maxVoters` or a context over
+    /// `maxContextBytes`, or is not a usable voter set (`problem`).
+    public static func decodeList(_ bytes: [UInt8]) -> (members: [Member], length: Int)? {
+        var r = ByteReader(bytes)
+        guard let count = r.read(1), (1...UInt64(maxVoters)).contains(count) else { return nil }
+        var members: [Member] = []
+        var length = 1
+        for _ in 0..<Int(count) {
+            guard let id = r.read(8), let contextLength = r.read(2), contextLength <= UInt64(maxContextBytes),
+                let context = r.bytes(Int(contextLength))
+            else { return nil }
+            members.append(Member(id: id, context: context))
+            length += 10 + context.count
+        }
+        guard problem(members) == nil else { return nil }
+        return (members, length)
+    }
+
     /// Appends the encoding of a member list (u8 count, then members).
     static func encode(_ members: [Member], into out: inout [UInt8]) {
         precondition(members.count <= 255 && members.allSatisfy { $0.context.count <= Int(UInt16.max) })

@@ -1017,9 +1017,17 @@ public final class RaftNode {
     private func appendAsLeader(_ entry: Entry) {
         precondition(role == .leader && entry.term == term && entry.index == log.lastIndex + 1)
         log.append([entry])
+        let before = progress
         if entry.kind == .config { rebuildConfiguration() }  // in force once appended
         _ = maybeCommit()  // a single-node cluster commits at once
         for pr in progress { sendAppend(pr) }
+        // A removed follower gets one last append (best effort, never
+        // counted: its progress is gone), so a live one usually learns its
+        // removal — the change is in force on append — and stops campaigning
+        // instead of timing out; its answer is ignored (no progress).
+        for pr in before where !progress.contains(where: { $0.id == pr.id }) && pr.state != .snapshot {
+            sendAppend(pr)
+        }
         maybeStepDownRemoved()
     }
 

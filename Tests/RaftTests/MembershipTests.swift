@@ -174,12 +174,14 @@ final class MembershipTests: XCTestCase {
     func testRemovedAndUnknownNodesCannotDisrupt() throws {
         let c = cluster(size: 4, voters: 3)
         try c.campaign(1)
+        c.isolate(3)
         XCTAssertEqual(c[1].proposeConfigChange(change(.removeVoter, 3, [1, 2])), .accepted(index: 2, term: 1))
         try c.stabilize()
+        c.heal()
         XCTAssertEqual(c[1].commitIndex, 2)
-        // The leader no longer replicates to 3, so 3 may never learn of its
-        // removal (as in etcd): its (pre-)campaigns are refused, nobody's
-        // term moves, the leader stays.
+        // The leader no longer replicates to 3, and 3 missed the one last
+        // append, so it never learns of its removal (as in etcd): its
+        // (pre-)campaigns are refused, nobody's term moves, the leader stays.
         XCTAssertTrue(c[3].isVoter, "3 did not receive its removal")
         c.refusals.removeAll()
         try c.tick(60)
@@ -194,6 +196,21 @@ final class MembershipTests: XCTestCase {
         XCTAssertEqual(c[1].step(stranger), .refused(.unknownSender))
         XCTAssertEqual(c[2].term, 1)
         XCTAssertEqual(c[1].role, .leader)
+    }
+
+    func testLiveRemovedFollowerLearnsItsRemovalAndStaysQuiet() throws {
+        let c = cluster(size: 3, voters: 3)
+        try c.campaign(1)
+        XCTAssertEqual(c[1].proposeConfigChange(change(.removeVoter, 3, [1, 2])), .accepted(index: 2, term: 1))
+        try c.stabilize()
+        XCTAssertEqual(c[1].commitIndex, 2)
+        XCTAssertFalse(c[3].isVoter, "the last append carried the removal to 3")
+        XCTAssertEqual(ids(c[3]), [1, 2])
+        try c.tick(100)
+        XCTAssertEqual(c[3].term, 1, "a node that knows it was removed never campaigns")
+        XCTAssertEqual(c[1].term, 1)
+        XCTAssertEqual(c[1].role, .leader)
+        XCTAssertNil(c[1].matchIndex(of: 3), "no progress kept for the removed node")
     }
 
     func testJoiningNodeDoesNotCampaignUntilAdded() throws {

@@ -246,8 +246,15 @@ extension PulseNode: AdminBackend {
     /// Everything else is counted as `rejected{surface="beat_subject"}`.
     func subscribeBeats() {
         var policy = echoPolicy()  // loop thread only: the handler runs there
+        var generation = membersGeneration
         nats.subscribe(subject: config.beatSubject) { [weak self] message in
-            self?.handleEcho(message.data, receivedNs: message.receivedNs, policy: &policy)
+            guard let self else { return }
+            if generation != self.membersGeneration {
+                // The voters changed: their publishers now, the term fence kept.
+                generation = self.membersGeneration
+                policy = policy.withPublishers(self.echoPolicy().publishers)
+            }
+            self.handleEcho(message.data, receivedNs: message.receivedNs, policy: &policy)
         }
     }
 

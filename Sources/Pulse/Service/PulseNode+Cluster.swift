@@ -67,6 +67,12 @@ extension PulseNode: PublishGate, ClusterListener {
         }
     }
 
+    /// The voter set changed: the beat subscription's publishers follow it
+    /// (`subscribeBeats`).
+    func clusterMembersChanged(_ peers: PeerList) {
+        membersGeneration &+= 1
+    }
+
     /// §3: Raft traffic merges into the HLC like beat frames (the frame
     /// carries the sender's wall clock, merged as `(ms, 0)`).
     func clusterPeerTimestamp(wallNs: Int64, receivedNs: Int64) {

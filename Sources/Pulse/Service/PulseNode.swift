@@ -36,6 +36,9 @@ final class PulseNode: LoopHandler {
     /// Raft mutual TLS, when -raft-tls-* are given (reloaded on SIGHUP).
     private(set) var raftTLS: RaftTLS?
     private var stopRequestedMonoNs: Int64?
+    /// Bumped when the cluster's voter set changes: the beat subscription
+    /// rebuilds its echo policy's publishers when it sees a new value.
+    var membersGeneration: UInt64 = 0
     var stopRequested: Bool { stopRequestedMonoNs != nil }
     /// SIGTERM of a leader: the hand-over waits for this node's next frame
     /// to come back on the subject (PulseNode+Admin `handleEcho`), so the
@@ -113,7 +116,7 @@ final class PulseNode: LoopHandler {
                     electionTicks: config.electionTimeoutMs / config.heartbeatMs, heartbeatTicks: 1),
                 dataDir: dataDir.path,
                 bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, shape: flags, loop: loop,
-                rejected: rejected, logger: logger, tls: raftTLS)
+                rejected: rejected, logger: logger, tls: raftTLS, joining: config.join)
             self.cluster = cluster
             cluster.listener = self
             cluster.compactEvery = UInt64(config.raftCompactEvery)

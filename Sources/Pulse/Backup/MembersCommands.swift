@@ -102,7 +102,8 @@ struct MembersCommand: ParsableCommand {
             let members = object["members"] as? [[String: Any]]
         else { return oneLine(String(decoding: body, as: UTF8.self)) }
         var lines: [String] = []
-        if action != "list" { lines.append("\(action): done") }
+        if action == "transfer" { lines.append("transfer: starts after the leader's next beat") }
+        if action == "add" || action == "remove" { lines.append("\(action): committed") }
         for m in members {
             let leader = (m["leader"] as? Bool) == true ? "*" : " "
             lines.append(

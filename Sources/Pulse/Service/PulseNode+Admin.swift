@@ -294,6 +294,9 @@ extension PulseNode: AdminBackend {
         if handOverPending && frame.hlcSuffix == beats.ownSuffix && frame.beatIndex >= beats.stats.lastBeatIndex {
             handOver()  // our last frame came back: nothing of ours is queued behind a dead link
         }
+        if adminTransfer != nil && frame.hlcSuffix == beats.ownSuffix && frame.beatIndex >= beats.stats.lastBeatIndex {
+            startAdminTransfer()  // likewise for a transfer asked through the admin API
+        }
         metrics.deliveryObserved(latencyNs: receivedNs - beats.timeline.instantNs(ofBeat: frame.beatIndex))
         liveFrameSeen(frame, receivedNs: receivedNs)
     }

@@ -241,7 +241,7 @@ extension PulseNode {
             return .refused(status: 409, code: "not_clustered", message: "a single node has no leader", leader: nil)
         }
         guard cluster.isLeader else { return notLeader(cluster) }
-        let started: Bool
+        var target: NodeID = 0
         if let name {
             let id = cluster.voters.first(where: { $0.peer?.name == name })?.id ?? PeerList.stableId(name)
             guard cluster.voters.contains(where: { $0.id == id }) else {
@@ -250,15 +250,26 @@ extension PulseNode {
             guard id != cluster.peers.me.raftId else {
                 return .refused(status: 409, code: "transfer_refused", message: "\(name) leads already", leader: nil)
             }
-            started = cluster.transferLeadership(to: id)
-        } else {
-            started = cluster.transferLeadership()
-        }
-        guard started, let body = members() else {
+            target = id
+        } else if cluster.voters.count < 2 {
             return .refused(
                 status: 409, code: "transfer_refused", message: "no voter to hand leadership to", leader: nil)
         }
+        // Started once our next frame came back (as a stop does: no beat missed).
+        adminTransfer = (target, cloop_monotonic_ns())
+        logger.info("handing leadership over after the next beat", metadata: ["to": "\(name ?? "the best follower")"])
+        guard let body = members() else { return .refused(status: 500, code: "internal", message: "", leader: nil) }
         return .done(status: 202, body)
+    }
+
+    /// Starts the transfer asked by `POST /leader/transfer` (once).
+    func startAdminTransfer() {
+        guard let transfer = adminTransfer else { return }
+        adminTransfer = nil
+        guard let cluster, cluster.isLeader else { return }
+        let started =
+            transfer.target == 0 ? cluster.transferLeadership() : cluster.transferLeadership(to: transfer.target)
+        if !started { logger.warning("leadership transfer not started (no such voter, or no longer leader)") }
     }
 }
 

@@ -44,6 +44,11 @@ final class PulseNode: LoopHandler {
     /// to come back on the subject (PulseNode+Admin `handleEcho`), so the
     /// successor's shorter hand-over guard holds (BeatDriver.handOverGuardNs).
     var handOverPending = false
+    /// `POST /leader/transfer`: the voter to hand leadership to (`noNode`:
+    /// the best follower) once this leader's next frame came back on the
+    /// subject, as a stop does (so the successor has the rest of a period
+    /// to take over: no beat missed), and since when (monotonic ns).
+    var adminTransfer: (target: UInt64, sinceMonoNs: Int64)?
     private let dataDir: DataDir
     /// A single node's committed shape (from its data dir, or its flags when
     /// it bootstraps); a cluster node's flags until it applies the committed one.
@@ -341,6 +346,12 @@ final class PulseNode: LoopHandler {
             // No echo of our frame within a period and a second: hand over anyway.
             if handOverPending && waited > periodNs + 1_000_000_000 { handOver() }
             if !(cluster?.isLeader ?? false) || waited > periodNs + 3_000_000_000 { loop.requestStop() }
+        }
+        if let transfer = adminTransfer {
+            let t = beats.timeline
+            let periodNs = t.instantNs(ofBeat: beats.nextBeat + 1) - t.instantNs(ofBeat: beats.nextBeat)
+            // No echo of our frame within a period and a second: hand over anyway.
+            if cloop_monotonic_ns() - transfer.sinceMonoNs > periodNs + 1_000_000_000 { startAdminTransfer() }
         }
         let now = beats.stats
         if now.hotPathAllocatedBytes != lastChecked.hotPathAllocatedBytes {

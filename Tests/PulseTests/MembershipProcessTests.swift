@@ -228,6 +228,10 @@ final class MembershipProcessTests: XCTestCase {
         let again = try cluster.members(["remove", cluster.names[victim]])
         XCTAssertEqual(again.status, 1)
         XCTAssertTrue(again.stderr.contains("not_member"), again.stderr)
+        let theLeader = try cluster.members(["remove", cluster.names[leader]])
+        XCTAssertEqual(theLeader.status, 1)
+        XCTAssertTrue(theLeader.stderr.contains("is_leader"), theLeader.stderr)
+        XCTAssertEqual(cluster.get(leader, "/leader")["cluster_size"] as? Int, 2)
         // Well past the degradation delay (800 ms) without a leader's contact.
         let mark = subscriber.count
         XCTAssertTrue(subscriber.wait(for: mark + 20, seconds: 10), cluster.logs)

@@ -48,7 +48,7 @@ extension PulseNode: AdminBackend {
             cluster.isLeader ? 0 : max(0, (cloop_monotonic_ns() - cluster.lastContactMonoNs) / 1_000_000)
         return LeaderStatus(
             node_id: nodeId, is_leader: cluster.isLeader, leader: cluster.leaderPeer?.address,
-            cluster_size: cluster.peers.peers.count,
+            cluster_size: cluster.voters.count,
             stats: .init(
                 term: cluster.term, commit_index: cluster.commitIndex, last_contact_ms: sinceContactMs,
                 leadership_changes: cluster.leadershipChanges,

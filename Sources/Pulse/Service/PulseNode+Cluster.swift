@@ -146,7 +146,8 @@ extension PulseNode {
     /// 409 `change_pending` (a change is uncommitted, or the leader has not
     /// committed in its term yet), 409 `already_member`, 404 `not_member`,
     /// 400 `name_collision` (an HLC suffix another voter has), 400
-    /// `invalid_change` (e.g. removing the last voter); after acceptance 503
+    /// `invalid_change` (e.g. removing the last voter), 409 `is_leader`
+    /// (removing the leader itself: transfer first); after acceptance 503
     /// `outcome_unknown` (leadership lost: it may still commit) or
     /// `not_committed`.
     func changeMembers(_ request: MembershipRequest, reply: @escaping (MembershipAnswer) -> Void) {
@@ -198,6 +199,14 @@ extension PulseNode {
                 cluster.voters.first(where: { $0.peer?.name == name })?.id ?? PeerList.stableId(name)
             guard voterIds.contains(id) else {
                 return reply(.refused(status: 404, code: "not_member", message: "\(name) is not a voter", leader: nil))
+            }
+            // The leader leaves without a hand-over otherwise: an election, and beats missed meanwhile.
+            if id == cluster.peers.me.raftId {
+                return reply(
+                    .refused(
+                        status: 409, code: "is_leader",
+                        message: "\(name) leads: hand leadership over first (pulse members transfer), then remove it",
+                        leader: nil))
             }
             remove = id
         }

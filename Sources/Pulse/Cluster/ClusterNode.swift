@@ -18,6 +18,12 @@
 // current monotonic time, so a leader frozen past its lease cannot publish
 // when it wakes up, before it has even read its socket.
 //
+// Membership (docs/decisions.md): the peer list follows the voter set in
+// force (`syncMembers`, at start and after each Ready that changed it), and
+// with it the transport, the degraded turn order and the echo filter's
+// publishers. A node outside the voter set (joining with -join, or removed)
+// never degrades, so it never publishes.
+//
 // Ticks before messages (fault 1 of issue #10, PulsePolicy/TickPolicy): every
 // tick that is due is delivered before a message is stepped, and a follower
 // that heard a leader less than an election timeout ago ignores (pre-)vote

@@ -64,6 +64,9 @@
 // Without TLS, plain TCP: for loopback development; start() warns when a
 // peer is not on loopback.
 //
+// Membership: `setPeers` replaces the members when the Raft voter set
+// changes (new ones dialled, removed ones closed and refused from then on).
+//
 // Rate (adversarial review of #9): each inbound connection may deliver at
 // most `maxFramesPerSecond` frames (bursts of `frameBurst`); frames beyond
 // are skipped before decoding and counted (`rate_limited`), so a flood costs

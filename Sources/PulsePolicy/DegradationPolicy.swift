@@ -55,6 +55,14 @@ public struct DegradationPolicy: Sendable, Equatable {
         return .entered
     }
 
+    /// Leaves degradation now (this node is no longer a voter).
+    public mutating func leave() -> Change {
+        leaderlessSinceMonoNs = nil
+        guard degraded else { return .none }
+        degraded = false
+        return .left
+    }
+
     /// Beat path (allocation-free): the publish mode of a degraded node of
     /// `rank` for a beat of `periodNs` with turns `turnNs` apart (see the
     /// file header); `lateTurns` keeps turns past half a period (the legacy
@@ -66,8 +74,10 @@ public struct DegradationPolicy: Sendable, Equatable {
         return .degraded(turnDelayNs: delay, slotNs: turnNs / 2)
     }
 
-    /// A node's rank among `voters` (its degraded turn), 0 if absent.
+    /// A node's rank among `voters` (its degraded turn); after every voter
+    /// when it is not one (it never degrades then: `mayKeepTimeline`).
     public static func rank(of id: NodeID, among voters: [NodeID]) -> Int {
-        voters.sorted().firstIndex(of: id) ?? 0
+        let sorted = voters.sorted()
+        return sorted.firstIndex(of: id) ?? sorted.count
     }
 }

@@ -2,11 +2,15 @@
 // encoding.
 //
 // Wire format (version 1, all integers little-endian, fixed width):
-//   u8 version (=1) | u8 kind | u8 flags (bit0 reject, bit1 transfer, bit2 snapshot)
+//   u8 version (=1) | u8 kind | u8 flags (bit0 reject, bit1 transfer, bit2 snapshot,
+//                                        bit3 snapshot carries its voter set)
 //   u64 from | u64 to | u64 term | u64 logTerm | u64 index | u64 commit
 //   u64 rejectHint | u64 leaseTick
 //   u32 entryCount, then per entry: u64 index | u64 term | u8 kind | u32 length | bytes
 //   if flag bit2: u64 snapshotIndex | u64 snapshotTerm | u32 length | bytes
+//   if flag bit3: u8 memberCount | per member: u64 id | u16 length | context
+//   (bit3 is set only when the snapshot's member list is not empty, so a
+//   snapshot without one is encoded exactly as before membership changes)
 // Every count and length is checked against the bytes that remain and against
 // a hard limit before anything is allocated; trailing bytes are an error. A
 // malformed frame throws `MessageDecodingError`, it never traps.
@@ -90,6 +94,7 @@ public struct Message: Equatable, Sendable {
         if reject { flags |= 1 }
         if transfer { flags |= 2 }
         if snapshot != nil { flags |= 4 }
+        if let s = snapshot, !s.members.isEmpty { flags |= 8 }
         out.append(flags)
         for v in [from, to, term, logTerm, index, commit, rejectHint, leaseTick] { put64(v, &out) }
         precondition(entries.count <= Message.maxEntries, "raft: too many entries in one message")
@@ -108,6 +113,7 @@ public struct Message: Equatable, Sendable {
             put64(s.term, &out)
             put32(UInt32(s.data.count), &out)
             out.append(contentsOf: s.data)
+            if !s.members.isEmpty { Member.encode(s.members, into: &out) }
         }
     }
 
@@ -128,7 +134,7 @@ public struct Message: Equatable, Sendable {
         let kindRaw = try r.u8()
         guard let kind = MessageKind(rawValue: kindRaw) else { throw .unknownKind(kindRaw) }
         let flags = try r.u8()
-        guard flags & ~7 == 0 else { throw .invalidField("flags") }
+        guard flags & ~15 == 0, flags & 8 == 0 || flags & 4 != 0 else { throw .invalidField("flags") }
         let from = try r.u64()
         let to = try r.u64()
         let term = try r.u64()
@@ -158,7 +164,19 @@ public struct Message: Equatable, Sendable {
             let sTerm = try r.u64()
             let length = Int(try r.u32())
             guard length <= Message.maxSnapshotBytes else { throw .limitExceeded("snapshot data") }
-            snapshot = Snapshot(index: sIndex, term: sTerm, data: try r.bytes(length))
+            let data = try r.bytes(length)
+            var members: [Member] = []
+            if flags & 8 != 0 {
+                let memberCount = Int(try r.u8())
+                guard (1...Member.maxVoters).contains(memberCount) else { throw .limitExceeded("snapshot members") }
+                for _ in 0..<memberCount {
+                    let id = try r.u64()
+                    let contextLength = Int(try r.u16())
+                    guard contextLength <= Member.maxContextBytes else { throw .limitExceeded("member context") }
+                    members.append(Member(id: id, context: try r.bytes(contextLength)))
+                }
+            }
+            snapshot = Snapshot(index: sIndex, term: sTerm, data: data, members: members)
         }
         guard r.remaining == 0 else { throw .trailingBytes(r.remaining) }
         let m = Message(
@@ -244,6 +262,12 @@ private struct Reader {
         guard remaining >= 1 else { throw .truncated }
         defer { position += 1 }
         return bytes[position]
+    }
+
+    mutating func u16() throws(MessageDecodingError) -> UInt16 {
+        guard remaining >= 2 else { throw .truncated }
+        defer { position += 2 }
+        return UInt16(bytes[position]) | UInt16(bytes[position + 1]) << 8
     }
 
     mutating func u32() throws(MessageDecodingError) -> UInt32 {

@@ -131,14 +131,15 @@ struct RaftLog {
         snapshotPending = true
     }
 
-    /// Discards entries up to `index` (already applied), keeping `data` as the snapshot.
-    mutating func compact(upTo index: UInt64, data: [UInt8]) {
+    /// Discards entries up to `index` (already applied), keeping `data` as the
+    /// snapshot and `members` as the voter set in force at `index`.
+    mutating func compact(upTo index: UInt64, data: [UInt8], members: [Member]) {
         precondition(index <= applied, "raft: compacting \(index) beyond applied \(applied)")
         precondition(index < unstableFrom, "raft: compacting unpersisted entries")
         guard index > snapshot.index else { return }
         let t = term(at: index)!
         entries.removeFirst(Int(index - snapshot.index))
-        snapshot = Snapshot(index: index, term: t, data: data)
+        snapshot = Snapshot(index: index, term: t, data: data, members: members)
     }
 
     /// Hands the unpersisted entries to the caller.

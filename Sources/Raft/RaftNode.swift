@@ -39,6 +39,15 @@ public enum ProposeResult: Equatable, Sendable {
     case tooLarge
     /// Too many entries are not yet committed (`Config.maxInflightEntries`).
     case tooManyUncommitted
+    /// A configuration change is refused while another one is uncommitted,
+    /// and until this leader has committed an entry of its own term (the
+    /// single-server-change bug: a leader that has not committed in its term
+    /// may hold a configuration that a rival elected by the old one ignores).
+    case configChangePending
+    /// The change is not a single-server step from the current voter set,
+    /// or not well formed (`ConfigChange.problem`); or a `.config` entry was
+    /// given to `propose` instead of `proposeConfigChange`.
+    case invalidConfigChange(String)
 }
 
 /// Persisted state that cannot be used to restart a node.
@@ -168,8 +177,18 @@ public final class RaftNode {
 
     var log: RaftLog
     private var rng: SplitMix64
-    private let peers: [NodeID]
-    private let quorum: Int
+    /// The voter set in force: the latest configuration in the log (appended,
+    /// not necessarily committed), else the snapshot's, else `Config.voters`.
+    public private(set) var members: [Member] = []
+    /// Index of the configuration entry `members` comes from (0: from the
+    /// snapshot or the bootstrap configuration).
+    public private(set) var configIndex: UInt64 = 0
+    /// Whether this node is in the voter set (a joining or removed node is
+    /// not: it never campaigns, and never counts itself in a quorum).
+    public private(set) var isVoter = false
+    /// The voters other than this node, and the size of a majority of voters.
+    private var peers: [NodeID] = []
+    private var quorum = 1
 
     private var electionElapsed = 0
     private var heartbeatElapsed = 0
@@ -206,8 +225,6 @@ public final class RaftNode {
     {
         config.validate()
         self.config = config
-        peers = config.voters.filter { $0 != config.id }
-        quorum = config.voters.count / 2 + 1
         rng = SplitMix64(seed: config.randomSeed ^ (config.id &* 0x9E37_79B9_7F4A_7C15))
 
         let snap = snapshot ?? .empty
@@ -240,8 +257,14 @@ public final class RaftNode {
             throw .invalidPersistedState(
                 "log term \(previousTerm) above hard state term \(hardState.term)")
         }
-        guard hardState.vote == noNode || config.voters.contains(hardState.vote) else {
-            throw .invalidPersistedState("vote for unknown node \(hardState.vote)")
+        // A vote may name a node since removed (or one this node's bootstrap
+        // configuration does not list): it only stops us voting again in that
+        // term, so it is kept as persisted.
+        if !snap.members.isEmpty, let problem = Member.problem(snap.members) {
+            throw .invalidPersistedState("snapshot voter set: \(problem)")
+        }
+        if let bad = kept.first(where: { $0.kind == .config && ConfigChange.decode($0.data) == nil }) {
+            throw .invalidPersistedState("entry \(bad.index) is not a well-formed configuration change")
         }
         let commit = max(hardState.commit, snap.index)
         guard commit <= expected - 1 else {
@@ -258,7 +281,67 @@ public final class RaftNode {
         leaderContactElapsed = hardState.term > 0 ? 0 : config.electionTicks
         lastHardState = HardState(term: hardState.term, vote: hardState.vote, commit: commit)
         lastSoftState = SoftState(leader: noNode, role: .follower)
+        rebuildConfiguration()
         becomeFollower(term: hardState.term, leader: noNode)
+    }
+
+    // MARK: - Configuration
+
+    /// Recomputes the voter set from the log: the latest configuration entry,
+    /// else the snapshot's members, else the bootstrap configuration. Called
+    /// at start, and whenever a configuration entry is appended or may have
+    /// been truncated (so a truncated uncommitted change reverts).
+    private func rebuildConfiguration() {
+        var latest = log.snapshot.members.isEmpty ? config.voters.map { Member(id: $0) } : log.snapshot.members
+        var index: UInt64 = 0
+        for e in log.entries where e.kind == .config {
+            // Validated before it entered the log (precheck, propose, init).
+            guard let change = ConfigChange.decode(e.data) else { preconditionFailure("raft: bad config entry in log") }
+            latest = change.members
+            index = e.index
+        }
+        setConfiguration(latest, index: index)
+    }
+
+    /// The voter set in force at `index` (<= lastIndex, not compacted), as a
+    /// snapshot records it: empty while no change was ever made (the
+    /// bootstrap configuration), so a cluster that never changed its
+    /// membership writes and sends snapshots exactly as before.
+    private func configuration(at index: UInt64) -> [Member] {
+        var latest = log.snapshot.members
+        for e in log.entries where e.kind == .config && e.index <= index {
+            if let change = ConfigChange.decode(e.data) { latest = change.members }
+        }
+        return latest
+    }
+
+    private func setConfiguration(_ newMembers: [Member], index: UInt64) {
+        members = newMembers
+        configIndex = index
+        let ids = newMembers.map(\.id)
+        isVoter = ids.contains(id)
+        peers = ids.filter { $0 != id }
+        quorum = ids.count / 2 + 1
+        guard role == .leader else { return }
+        // The leader replicates to exactly the other voters: new ones are
+        // probed from our end, removed ones are no longer sent anything.
+        progress.removeAll { !peers.contains($0.id) }
+        for p in peers where !progress.contains(where: { $0.id == p }) {
+            progress.append(Progress(id: p, next: log.lastIndex + 1))
+        }
+        if transferTarget != noNode && !peers.contains(transferTarget) {
+            transferTarget = noNode
+            transferElapsed = 0
+        }
+    }
+
+    /// A leader that is not in the voter set steps down once the change that
+    /// removed it has committed (dissertation §4.2.2: until then it manages
+    /// the cluster without counting itself in majorities).
+    private func maybeStepDownRemoved() {
+        if role == .leader && !isVoter && log.committed >= configIndex {
+            becomeFollower(term: term, leader: noNode)
+        }
     }
 
     // MARK: - Public state
@@ -317,7 +400,11 @@ public final class RaftNode {
     /// The tick count (`ticks`) at which the current lease ends; 0 without one.
     public var leaseExpiryTick: UInt64 {
         guard role == .leader, config.checkQuorum, !timeoutNowSent else { return 0 }
-        let needed = quorum - 1  // acknowledgements besides our own
+        // Acknowledgements besides our own (a leader being removed does not
+        // count itself). Single-server changes keep the proof below: any
+        // majority of the old voter set meets any majority of the new one, so
+        // a lease backed by either still meets every possible rival's quorum.
+        let needed = isVoter ? quorum - 1 : quorum
         if needed == 0 { return ticks + UInt64(config.leaseTicks) }
         // Messages carry `ticks + 1` at sending, so that 0 means "none".
         let sentPlusOne = quorumValue(self: 0, needed: needed) { $0.ackedTick }
@@ -349,8 +436,30 @@ public final class RaftNode {
         hup(transfer: false)
     }
 
-    /// Proposes an entry. Only the leader accepts it.
+    /// Proposes an entry. Only the leader accepts it. Configuration entries
+    /// go through `proposeConfigChange`.
     public func propose(_ data: [UInt8], kind: EntryKind = .normal) -> ProposeResult {
+        guard kind != .config else { return .invalidConfigChange("use proposeConfigChange") }
+        return proposeChecked(data, kind: kind)
+    }
+
+    /// Proposes a single-server configuration change (see Membership.swift).
+    /// It takes effect on each node as soon as that node appends it. Refused
+    /// while another change is uncommitted or before this leader has
+    /// committed an entry of its own term (`configChangePending`), and when
+    /// it is not exactly `change.node` added to or removed from the current
+    /// voter set (`invalidConfigChange`).
+    public func proposeConfigChange(_ change: ConfigChange) -> ProposeResult {
+        guard role == .leader else { return .notLeader(leaderHint: leader == noNode ? nil : leader) }
+        if let problem = change.problem { return .invalidConfigChange(problem) }
+        guard change.isSingleStep(from: members.map(\.id)) else {
+            return .invalidConfigChange("not a single-server change from the current voter set")
+        }
+        guard configIndex <= log.committed, log.term(at: log.committed) == term else { return .configChangePending }
+        return proposeChecked(change.encoded(), kind: .config)
+    }
+
+    private func proposeChecked(_ data: [UInt8], kind: EntryKind) -> ProposeResult {
         guard role == .leader else { return .notLeader(leaderHint: leader == noNode ? nil : leader) }
         guard transferTarget == noNode else { return .transferInProgress }
         guard data.count <= config.maxProposalBytes else { return .tooLarge }
@@ -433,8 +542,29 @@ public final class RaftNode {
     /// shape, and the absolute bounds on terms and indexes.
     private func precheck(_ m: Message) -> MessageRejection? {
         if m.to != id { return .misaddressed }
-        if !config.voters.contains(m.from) { return .unknownSender }
+        // Vote requests from a node outside our voter set (not yet added, or
+        // removed) are refused while we follow (or are) a live leader, so
+        // such a node cannot disrupt a working cluster. Without a leader they
+        // are judged like any other: a voter whose configuration lags (it has
+        // not yet appended the change that added the candidate) must still be
+        // able to elect, or the cluster can deadlock (the simulator found such
+        // cases); pre-vote and the up-to-date check keep a removed node, whose
+        // log lacks its own committed removal, from winning. Replication and answers are taken
+        // from any node (dissertation §4.1: servers process requests without
+        // consulting their configuration), so a follower whose configuration
+        // lags — e.g. one that installed a snapshot older than the change
+        // that added its leader — still learns the log from that leader; a
+        // live leader's followers ignore a rival by stickiness, and a node
+        // outside every voter set cannot win an election to become one.
+        if m.kind == .vote || m.kind == .preVote, !members.contains(where: { $0.id == m.from }),
+            inLease || !config.checkQuorum
+        {
+            return .unknownSender
+        }
         if m.structuralProblem() != nil { return .malformed }
+        // Configuration data comes from a peer: checked before it can reach the log.
+        for e in m.entries where e.kind == .config && ConfigChange.decode(e.data) == nil { return .badConfigEntry }
+        if let s = m.snapshot, !s.members.isEmpty, Member.problem(s.members) != nil { return .badConfigEntry }
         // Entry and snapshot terms are <= m.term (structural), so this bounds them too.
         if m.term >= Self.maxTerm { return .termAbsurd }
         switch m.kind {
@@ -530,7 +660,8 @@ public final class RaftNode {
     /// `snapshotData` — the state machine at `index` — to send to followers
     /// that need those entries. The caller persists the snapshot itself.
     public func compact(upTo index: UInt64, snapshotData: [UInt8]) {
-        log.compact(upTo: index, data: snapshotData)
+        guard index > log.snapshot.index else { return }
+        log.compact(upTo: index, data: snapshotData, members: configuration(at: index))
     }
 
     // MARK: - Output
@@ -643,6 +774,15 @@ public final class RaftNode {
 
     private func hup(transfer: Bool) {
         guard role != .leader else { return }
+        // A node outside the voter set never campaigns: one joining, or one
+        // whose removal has committed. Until its removal commits, a removed
+        // node may still campaign (and lead, as a removed leader does until
+        // commit, §4.2.2), counting only the votes of the new voter set: else
+        // a leader that appended its own removal and then lost office to a
+        // partition could hold the only log with that entry, and the
+        // remaining voters, refused by it as less up to date, could never
+        // elect anyone.
+        guard isVoter || configIndex > log.committed else { return }
         // Never campaign into the refused range (only a forged term can bring us
         // here), so a persisted term always stays below `maxTerm`.
         guard term + 1 < Self.maxTerm else { return }
@@ -687,11 +827,12 @@ public final class RaftNode {
         if votes[voter] == nil { votes[voter] = granted }
         var yes = 0
         var no = 0
-        for (_, g) in votes {
+        // Only the current voters count (the configuration may change mid-election).
+        for (v, g) in votes where (v == id && isVoter) || peers.contains(v) {
             if g { yes += 1 } else { no += 1 }
         }
         if yes >= quorum { return .won }
-        if no > config.voters.count - quorum { return .lost }
+        if no > peers.count + (isVoter ? 1 : 0) - quorum { return .lost }
         return .pending
     }
 
@@ -711,7 +852,7 @@ public final class RaftNode {
         if electionElapsed >= config.electionTicks {
             electionElapsed = 0
             if config.checkQuorum {
-                let active = 1 + progress.filter(\.recentActive).count
+                let active = (isVoter ? 1 : 0) + progress.filter(\.recentActive).count
                 if active < quorum {
                     becomeFollower(term: term, leader: noNode)
                     return
@@ -813,6 +954,11 @@ public final class RaftNode {
     }
 
     private func handleAppend(_ m: Message) {
+        defer {
+            // A configuration entry appended, or one possibly replaced by a
+            // conflicting suffix: the voter set follows the log.
+            if m.entries.contains(where: { $0.kind == .config }) || configIndex > m.index { rebuildConfiguration() }
+        }
         if m.index < log.committed {
             send(
                 Message(
@@ -858,6 +1004,7 @@ public final class RaftNode {
             log.commit(to: s.index)  // we already have that prefix
         } else {
             log.restore(s)
+            rebuildConfiguration()
         }
         send(
             Message(
@@ -870,14 +1017,25 @@ public final class RaftNode {
     private func appendAsLeader(_ entry: Entry) {
         precondition(role == .leader && entry.term == term && entry.index == log.lastIndex + 1)
         log.append([entry])
+        let before = progress
+        if entry.kind == .config { rebuildConfiguration() }  // in force once appended
         _ = maybeCommit()  // a single-node cluster commits at once
         for pr in progress { sendAppend(pr) }
+        // A removed follower gets one last append (best effort, never
+        // counted: its progress is gone), so a live one usually learns its
+        // removal — the change is in force on append — and stops campaigning
+        // instead of timing out; its answer is ignored (no progress).
+        for pr in before where !progress.contains(where: { $0.id == pr.id }) && pr.state != .snapshot {
+            sendAppend(pr)
+        }
+        maybeStepDownRemoved()
     }
 
     /// Commits the highest index replicated on a quorum, if it is of the
     /// current term (§5.4.2). Returns true if the commit index moved.
     private func maybeCommit() -> Bool {
-        let candidate = quorumValue(self: log.lastIndex, needed: quorum) { $0.match }
+        // A leader being removed replicates but does not count itself (§4.2.2).
+        let candidate = quorumValue(self: isVoter ? log.lastIndex : 0, needed: quorum) { $0.match }
         guard candidate > log.committed, log.term(at: candidate) == term else { return false }
         log.commit(to: candidate)
         return true
@@ -1006,6 +1164,8 @@ public final class RaftNode {
         }
         if maybeCommit() {
             for other in progress { sendAppend(other) }
+            maybeStepDownRemoved()
+            guard role == .leader else { return }
         } else if wasPaused {
             sendAppend(pr)
         }

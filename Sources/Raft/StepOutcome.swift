@@ -14,7 +14,8 @@ public enum MessageRejection: String, Sendable, Equatable, CaseIterable {
     case malformed = "malformed"
     /// Not addressed to this node.
     case misaddressed = "misaddressed"
-    /// `from` is not a voter of this cluster.
+    /// A vote or pre-vote request from a node that is not a voter of this
+    /// node's current configuration (not yet added, or removed).
     case unknownSender = "unknown_sender"
     /// A term at or above `RaftNode.maxTerm`: no election produces it, and
     /// adopting it would bring `term + 1` near overflow for good.
@@ -40,6 +41,11 @@ public enum MessageRejection: String, Sendable, Equatable, CaseIterable {
     case hintBeyondLog = "hint_beyond_log"
     /// A TimeoutNow from a node that is not our leader in this term.
     case timeoutNowNotFromLeader = "timeout_now_not_from_leader"
+    /// An append carrying a configuration entry that is not a well-formed
+    /// change (`ConfigChange.decode`: bounded ids, no duplicates, never an
+    /// empty voter set, at most `Member.maxVoters`), or a snapshot whose voter
+    /// set is not usable (`Member.problem`). Nothing of the message is used.
+    case badConfigEntry = "bad_config_entry"
 
     /// The snake_case reason, for `backbeat_rejected_input_total{reason}`.
     public var reason: String { rawValue }

@@ -70,16 +70,20 @@ public struct SoftState: Equatable, Sendable {
 }
 
 /// A compacted log prefix: every entry up to `index` (of term `term`) is
-/// replaced by the application's state `data`.
+/// replaced by the application's state `data`, and the voter set in force at
+/// `index` by `members` (empty: the bootstrap configuration, `Config.voters`,
+/// as in snapshots written before membership changes existed).
 public struct Snapshot: Equatable, Sendable {
     public var index: UInt64
     public var term: UInt64
     public var data: [UInt8]
+    public var members: [Member]
 
-    public init(index: UInt64, term: UInt64, data: [UInt8]) {
+    public init(index: UInt64, term: UInt64, data: [UInt8], members: [Member] = []) {
         self.index = index
         self.term = term
         self.data = data
+        self.members = members
     }
 
     /// The empty snapshot every log starts from (index 0, term 0).
@@ -88,9 +92,13 @@ public struct Snapshot: Equatable, Sendable {
 
 /// Static configuration of a node.
 public struct Config: Sendable {
-    /// This node's id (non-zero, one of `voters`).
+    /// This node's id (non-zero).
     public var id: NodeID
-    /// All voting members, including `id`.
+    /// The bootstrap configuration: the voters in force until the log (a
+    /// snapshot or a configuration entry) says otherwise. Normally includes
+    /// `id`; a node started to join an existing cluster lists the members it
+    /// knows without itself, and is no voter (never campaigns) until a
+    /// configuration entry adds it.
     public var voters: [NodeID]
     /// A follower starts a (pre-)election after a random timeout in
     /// `[electionTicks, 2*electionTicks)` without hearing from a leader.
@@ -144,10 +152,10 @@ public struct Config: Sendable {
     /// Traps on a configuration the core cannot run safely with.
     func validate() {
         precondition(id != noNode, "raft: node id 0 is reserved")
-        precondition(voters.contains(id), "raft: id \(id) is not among the voters")
+        precondition(!voters.isEmpty, "raft: no voters")
         precondition(!voters.contains(noNode), "raft: voter id 0 is reserved")
         precondition(Set(voters).count == voters.count, "raft: duplicate voter ids")
-        precondition(voters.count <= 255, "raft: too many voters")
+        precondition(voters.count <= Member.maxVoters, "raft: too many voters")
         precondition(electionTicks >= 3, "raft: electionTicks must be >= 3")
         precondition(
             heartbeatTicks >= 1 && heartbeatTicks < electionTicks,

@@ -89,13 +89,13 @@ struct Storage {
     }
 
     /// Mirrors `RaftNode.compact`.
-    mutating func compact(upTo index: UInt64, term: UInt64, data: [UInt8]) {
+    mutating func compact(upTo index: UInt64, term: UInt64, data: [UInt8], members: [Member] = []) {
         guard index > snapshotIndex else { return }
         let h = hash(at: index)!
         let drop = Int(index - snapshotIndex)
         entries.removeFirst(drop)
         hashes.removeFirst(drop)
-        snapshot = Snapshot(index: index, term: term, data: data)
+        snapshot = Snapshot(index: index, term: term, data: data, members: members)
         snapshotHash = h
     }
 }
@@ -307,7 +307,7 @@ extension Cluster {
             let t = storage[id]!.term(at: index)
         else { return }
         node.compact(upTo: index, snapshotData: hashBytes(h))
-        storage[id]!.compact(upTo: index, term: t, data: hashBytes(h))
+        storage[id]!.compact(upTo: index, term: t, data: hashBytes(h), members: node.snapshot.members)
     }
 
     /// Ticks everyone until some node leads (bounded), and returns it.

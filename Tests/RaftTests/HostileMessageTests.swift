@@ -307,10 +307,10 @@ final class HostileMessageTests: XCTestCase {
 
     func testForeignAndMalformedMessagesSayWhy() {
         let node = RaftNode(config: Config(id: 2, voters: [1, 2, 3]))
-        XCTAssertEqual(node.step(Message(kind: .heartbeat, from: 9, to: 2, term: 1)), .refused(.unknownSender))
+        XCTAssertEqual(node.step(Message(kind: .heartbeat, from: 1, to: 2, term: 1)), .stepped)
+        XCTAssertEqual(node.step(Message(kind: .preVote, from: 9, to: 2, term: 2)), .refused(.unknownSender))
         XCTAssertEqual(node.step(Message(kind: .heartbeat, from: 1, to: 3, term: 1)), .refused(.misaddressed))
         XCTAssertEqual(node.step(Message(kind: .vote, from: 1, to: 2, term: 0)), .refused(.malformed))
-        XCTAssertEqual(node.step(Message(kind: .heartbeat, from: 1, to: 2, term: 1)), .stepped)
         XCTAssertEqual(node.droppedMessages, 3)
         XCTAssertEqual(Set(MessageRejection.allCases.map(\.reason)).count, MessageRejection.allCases.count)
         for r in MessageRejection.allCases {
@@ -501,10 +501,30 @@ final class HostileRun {
             m.kind = .snapshot
             m.term = max(1, node.term)
             m.snapshot = Snapshot(index: node.lastIndex + 1, term: 1, data: [1, 2, 3])  // not 8 bytes: refused
+        case .badConfigEntry:
+            // A configuration entry that is not a well-formed change (or a
+            // snapshot with an unusable voter set), from any member.
+            m.term = max(1, node.term)
+            let duplicate = [Member(id: 4), Member(id: 4)]
+            if rng.chance(0.8) {
+                m.kind = .append
+                m.logTerm = min(m.term, node.lastTerm)
+                m.index = node.lastIndex
+                let data = pick([
+                    [], [1, 1, 9], ConfigChange(kind: .addVoter, node: 4, members: duplicate).encoded(),
+                    ConfigChange(kind: .removeVoter, node: 1, members: []).encoded(),
+                ])
+                m.entries = [Entry(index: node.lastIndex + 1, term: m.term, kind: .config, data: data)]
+            } else {
+                m.kind = .snapshot
+                m.snapshot = Snapshot(index: node.lastIndex + 1, term: 1, data: hashBytes(1), members: duplicate)
+            }
         case .misaddressed:
             m.to = pick(others + [0])
-        case .unknownSender:
+        case .unknownSender where node.ticksSinceLeaderContact < node.config.electionTicks:
+            // Refused while the node follows (or is) a live leader.
             m.from = pick([4, 99, UInt64.max, noNode])
+            m.kind = pick([.vote, .preVote])
         case .malformed:
             m.from = to  // a message to itself
         default:

@@ -131,7 +131,9 @@ final class MessageCodecTests: XCTestCase {
         // A node drops such messages instead of trapping.
         let node = RaftNode(config: Config(id: 2, voters: [1, 2, 3]))
         node.step(bad)
-        node.step(Message(kind: .heartbeat, from: 9, to: 2, term: 1))
+        node.step(
+            Message(
+                kind: .append, from: 1, to: 2, term: 1, entries: [Entry(index: 1, term: 1, kind: .config, data: [])]))
         node.step(Message(kind: .heartbeat, from: 1, to: 3, term: 1))
         XCTAssertEqual(node.droppedMessages, 3)
         XCTAssertEqual(node.term, 0)

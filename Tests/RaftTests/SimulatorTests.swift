@@ -6,6 +6,16 @@
 //   RAFT_SIM_SEEDS=N   run N seeds (default 1500)
 //   RAFT_SIM_SEED=S    run only seed S (printed on failure)
 //   RAFT_SIM_STEPS=K   chaos steps per seed (default 300)
+//   RAFT_SIM_TRACE=1   print each membership change and retirement
+//
+// With `membership`, the leader adds and removes voters at random
+// (single-server changes, one at a time) under the same faults, as an
+// operator replaces machines: a new node is started (empty log, the current
+// voters as its bootstrap configuration, like `-join -peers`) just before it
+// is added, always under a fresh id; a node whose removal is committed is
+// shut down for good. The invariants are the same: at most one leader per
+// term, committed logs agree, one lease at a time, and liveness once healed
+// (on the final voter set).
 
 import Foundation
 import XCTest
@@ -59,8 +69,24 @@ final class Simulation {
     var lastCommit: [NodeID: UInt64] = [:]
     var proposals = 0
 
-    init(seed: UInt64, steps: Int) {
+    /// Voters are added and removed at random (see the file header).
+    let membership: Bool
+    /// Node count at the start (the first `size` ids are the voters).
+    static let spares = 5
+    var configChanges = 0
+    var removals = 0
+    /// Spare nodes started to join, with the voters they were given.
+    var joined: [NodeID: [NodeID]] = [:]
+    /// Nodes shut down once their removal committed (never started again).
+    var retired: Set<NodeID> = []
+    /// Nodes that exist as machines: the initial voters and started spares, not retired.
+    func isMachine(_ id: NodeID) -> Bool {
+        (id <= UInt64(size) || joined[id] != nil) && !retired.contains(id)
+    }
+
+    init(seed: UInt64, steps: Int, membership: Bool = false) {
         self.seed = seed
+        self.membership = membership
         rng = TestRNG(seed: seed)
         size = seed % 2 == 0 ? 3 : 5
         dropRate = [0, 0.01, 0.05, 0.2, 0.35].randomElement(using: &rng)!
@@ -74,11 +100,21 @@ final class Simulation {
         let heartbeatTicks = electionTicks == 10 ? [1, 3].randomElement(using: &rng)! : 1
         let maxEntries = [1, 4, 64].randomElement(using: &rng)!
         let nodeSeed = rng.next()
-        cluster = Cluster(size: size) { id, all in
+        let voters = size
+        cluster = Cluster(size: size + (membership ? Self.spares : 0)) { id, all in
             Config(
-                id: id, voters: all, electionTicks: electionTicks, heartbeatTicks: heartbeatTicks,
+                id: id, voters: id <= UInt64(voters) ? Array(all.prefix(voters)) : all.filter { $0 != id },
+                electionTicks: electionTicks, heartbeatTicks: heartbeatTicks,
                 randomSeed: nodeSeed &+ id, maxEntriesPerMessage: maxEntries, maxInflightEntries: 64)
         }
+        // A spare starts as a joiner: the voters it was given, not itself.
+        let base = cluster.configure
+        cluster.configure = { [unowned self] id in
+            var config = base(id)
+            if let voters = self.joined[id] { config.voters = voters }
+            return config
+        }
+        for id in cluster.ids where id > UInt64(size) { cluster.crash(id) }  // not started yet
         cluster.onPersist = { [unowned self] id, e, h in
             if let known = self.prefixByPosition[e.index]?[e.term] {
                 if known != h {
@@ -187,7 +223,10 @@ final class Simulation {
     /// which restarted since it acknowledged the leader (it does not know the
     /// leader yet, so it refuses; the transfer then times out).
     func checkHonestTrafficAccepted() throws {
-        for (m, rejection) in cluster.refusals where rejection != .timeoutNowNotFromLeader {
+        // With membership changes, a node outside a voter set (removed, or
+        // not yet told it was added) is refused by those who know the set.
+        for (m, rejection) in cluster.refusals
+        where rejection != .timeoutNowNotFromLeader && !(membership && rejection == .unknownSender) {
             throw failure("node \(m.to) refused an honest message (\(rejection.reason)): \(m)")
         }
         cluster.refusals.removeAll()
@@ -248,7 +287,7 @@ final class Simulation {
             let victim = up.randomElement(using: &rng)!
             cluster.crash(victim)
         }
-        let down = cluster.ids.filter { !cluster.isUp($0) }
+        let down = cluster.ids.filter { !cluster.isUp($0) && isMachine($0) }
         if !down.isEmpty && rng.chance(0.05) {
             try cluster.restart(down.randomElement(using: &rng)!)
             try cluster.processAll()
@@ -269,6 +308,60 @@ final class Simulation {
         }
         if rng.chance(0.02), let id = cluster.upIDs.randomElement(using: &rng) {
             cluster.compact(id)
+        }
+        if membership && rng.chance(0.04) { try changeMembership() }
+        if membership { retireRemoved() }
+    }
+
+    /// The leader adds a new node or removes a voter (possibly itself).
+    func changeMembership() throws {
+        guard let l = cluster.leader else { return }
+        let current = l.members.map(\.id)
+        let fresh = cluster.ids.filter { $0 > UInt64(size) && joined[$0] == nil }
+        let add = !fresh.isEmpty && current.count < Member.maxVoters && (current.count == 1 || rng.chance(0.5))
+        if !add && current.count == 1 { return }
+        let node = add ? fresh[0] : current.randomElement(using: &rng)!
+        let after = add ? current + [node] : current.filter { $0 != node }
+        let change = ConfigChange(
+            kind: add ? .addVoter : .removeVoter, node: node, members: after.map { Member(id: $0, context: [1]) })
+        guard l.configIndex <= l.commitIndex, l.log.term(at: l.commitIndex) == l.term, l.transferTarget == noNode
+        else {
+            let result = l.proposeConfigChange(change)
+            if result != .configChangePending && result != .transferInProgress {
+                fail("leader \(l.id) answered \(result) to a change it must refuse")
+            }
+            return
+        }
+        if add {
+            // A new machine, started to join with the current voters.
+            joined[node] = current
+            try cluster.restart(node)
+            try cluster.processAll()
+            flushOutbox()
+        }
+        guard case .accepted = l.proposeConfigChange(change) else { return fail("leader \(l.id) refused \(change)") }
+        configChanges += 1
+        if !add { removals += 1 }
+        if ProcessInfo.processInfo.environment["RAFT_SIM_TRACE"] != nil {
+            print(
+                "step \(step): leader \(l.id) t\(l.term) \(add ? "adds" : "removes") \(node) at \(l.lastIndex) → \(after)"
+            )
+        }
+    }
+
+    /// Shuts down every machine outside the leader's committed voter set
+    /// (committed and persisted: what the service answers the operator after).
+    func retireRemoved() {
+        guard let l = cluster.leader, l.configIndex <= cluster.storage[l.id]!.hardState.commit else { return }
+        let voters = Set(l.members.map(\.id))
+        for id in cluster.ids where isMachine(id) && !voters.contains(id) {
+            if ProcessInfo.processInfo.environment["RAFT_SIM_TRACE"] != nil {
+                print(
+                    "step \(step): retire \(id) (leader \(l.id) t\(l.term) voters \(voters.sorted()) commit \(l.commitIndex))"
+                )
+            }
+            retired.insert(id)
+            if cluster.isUp(id) { cluster.crash(id) }
         }
     }
 
@@ -302,7 +395,7 @@ final class Simulation {
         faultsOn = false
         for id in cluster.ids { try cluster.completeHeld(id) }
         cluster.heal()
-        for id in cluster.ids where !cluster.isUp(id) { try cluster.restart(id) }
+        for id in cluster.ids where !cluster.isUp(id) && (!membership || isMachine(id)) { try cluster.restart(id) }
         try cluster.processAll()
         flushOutbox()
         var marker: (id: NodeID, index: UInt64, term: UInt64)? = nil
@@ -318,13 +411,19 @@ final class Simulation {
             if let m = marker, let l = cluster.leader, l.term != m.term {
                 marker = nil  // the proposal's leader lost office; propose again
             }
-            if let m = marker, cluster.ids.allSatisfy({ cluster.machines[$0]!.appliedIndex >= m.index }) {
+            let voters = cluster.leader.map { $0.members.map(\.id) } ?? cluster.ids
+            if let m = marker, voters.allSatisfy({ cluster.machines[$0]!.appliedIndex >= m.index }) {
                 // onApply already checked that they all applied the committed entry.
                 return
             }
         }
+        let states = cluster.ids.map { id -> String in
+            guard let n = cluster.nodes[id] else { return "\(id): down\(retired.contains(id) ? " (retired)" : "")" }
+            return
+                "\(id): \(n.role) t\(n.term) voters \(n.members.map(\.id)) last \(n.lastIndex) commit \(n.commitIndex)"
+        }
         throw failure(
-            "liveness: no leader committed a proposal on all nodes within 400 healed steps (marker \(String(describing: marker)))"
+            "liveness: no leader committed a proposal on all nodes within 400 healed steps (marker \(String(describing: marker))); \(states.joined(separator: "; "))"
         )
     }
 }
@@ -369,13 +468,22 @@ final class SimulatorTests: XCTestCase {
     func env(_ name: String) -> Int? { ProcessInfo.processInfo.environment[name].flatMap { Int($0) } }
 
     func testSeededSimulation() {
+        runSeeds(membership: false)
+    }
+
+    /// The same chaos with voters added and removed at random.
+    func testSeededSimulationWithMembershipChanges() {
+        runSeeds(membership: true, defaultSeeds: 600)
+    }
+
+    func runSeeds(membership: Bool, defaultSeeds: Int = 1500) {
         installTrapReporter()
         let steps = env("RAFT_SIM_STEPS") ?? 300
         let seeds: [UInt64]
         if let one = ProcessInfo.processInfo.environment["RAFT_SIM_SEED"].flatMap({ UInt64($0) }) {
             seeds = [one]
         } else {
-            seeds = (0..<UInt64(env("RAFT_SIM_SEEDS") ?? 1500)).map { $0 }
+            seeds = (0..<UInt64(env("RAFT_SIM_SEEDS") ?? defaultSeeds)).map { $0 }
         }
         let box = FailureBox()
         let workers = min(2, seeds.count)
@@ -384,7 +492,7 @@ final class SimulatorTests: XCTestCase {
             for k in stride(from: w, to: seeds.count, by: workers) {
                 let seed = seeds[k]
                 currentSeeds[w] = seed
-                let sim = Simulation(seed: seed, steps: steps)
+                let sim = Simulation(seed: seed, steps: steps, membership: membership)
                 sim.worker = w
                 do {
                     try sim.run(steps: steps)
@@ -397,7 +505,7 @@ final class SimulatorTests: XCTestCase {
         }
         let seconds = Date().timeIntervalSince(started)
         print(
-            "raft simulator: \(seeds.count) seeds, \(box.steps) steps in \(String(format: "%.1f", seconds)) s"
+            "raft simulator\(membership ? " (membership changes)" : ""): \(seeds.count) seeds, \(box.steps) steps in \(String(format: "%.1f", seconds)) s"
         )
         for f in box.failures.prefix(20) { XCTFail(f) }
         XCTAssertTrue(box.failures.isEmpty, "\(box.failures.count) failing seeds")
@@ -419,5 +527,22 @@ final class SimulatorTests: XCTestCase {
         XCTAssertGreaterThan(terms, 3)
         XCTAssertGreaterThan(commits, 500)
         XCTAssertGreaterThan(snapshots, 10)
+    }
+
+    /// Membership changes actually happen, including removals of the leader.
+    func testMembershipSimulatorCoverage() throws {
+        var changes = 0
+        var removals = 0
+        var changedVoters = 0
+        for seed in 0..<UInt64(20) {
+            let sim = Simulation(seed: seed, steps: 300, membership: true)
+            try sim.run(steps: 300)
+            changes += sim.configChanges
+            removals += sim.removals
+            if let l = sim.cluster.leader, l.members.map(\.id) != Array(1...UInt64(sim.size)) { changedVoters += 1 }
+        }
+        XCTAssertGreaterThan(changes, 40)
+        XCTAssertGreaterThan(removals, 10)
+        XCTAssertGreaterThan(changedVoters, 5)
     }
 }

@@ -179,6 +179,14 @@ protocol AdminBackend: AnyObject {
     func timelineBody() -> TimelineBody?
     /// `GET /backup`: the committed timeline as a backup file (Backup/BackupFile.swift), or why not.
     func backup() -> BackupAnswer
+    /// `GET /members`: the voter set in force, or nil for a single node.
+    func members() -> MembersBody?
+    /// `POST /members`, `DELETE /members/{name}`: one single-server change,
+    /// answered once it committed (or why not), on the loop thread, once.
+    func changeMembers(_ request: MembershipRequest, reply: @escaping (MembershipAnswer) -> Void)
+    /// `POST /leader/transfer`: hand leadership to the voter `name` (nil:
+    /// the most up-to-date follower).
+    func transferLeadership(to name: String?) -> MembershipAnswer
 }
 
 extension AdminBackend {
@@ -187,5 +195,75 @@ extension AdminBackend {
     /// Backends without a timeline (test fakes) answer 503 `no_timeline`.
     func backup() -> BackupAnswer {
         .refused(status: 503, code: "no_timeline", message: "this node has no committed timeline to back up")
+    }
+}
+
+/// One voter in `GET /members` (and the answers of `POST`/`DELETE /members`).
+struct MemberEntry: Encodable, Equatable {
+    enum CodingKeys: String, CodingKey { case id, name, raft, leader }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(name, forKey: .name)
+        try c.encode(raft, forKey: .raft)
+        try c.encode(leader, forKey: .leader)
+    }
+    /// The Raft id, 16 hex digits (a hash of the name).
+    var id: String
+    /// The member's name (its node id, or `host:port` when it has none), or
+    /// null when this node knows no name for the id.
+    var name: String?
+    /// Its Raft address `host:port`, or null when unknown.
+    var raft: String?
+    var leader: Bool
+}
+
+/// `GET /members` body: the voter set in force on the answering node.
+struct MembersBody: Encodable, Equatable {
+    enum CodingKeys: String, CodingKey { case members, leader, change_pending, node_id, voter }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(members, forKey: .members)
+        try c.encode(leader, forKey: .leader)
+        try c.encode(change_pending, forKey: .change_pending)
+        try c.encode(node_id, forKey: .node_id)
+        try c.encode(voter, forKey: .voter)
+    }
+    var members: [MemberEntry]
+    /// The leader's name, or null when this node knows none.
+    var leader: String?
+    /// A configuration change is appended but not committed.
+    var change_pending: Bool
+    /// The answering node, and whether it is a voter (a joining node is not).
+    var node_id: String
+    var voter: Bool
+}
+
+/// A membership command (validated by the router: `MembershipBody`).
+enum MembershipRequest: Equatable {
+    /// Add a voter named `name` (its Raft id derives from it) at `raft` (`host:port`).
+    case add(name: String, raft: String)
+    /// Remove the voter named `name`.
+    case remove(name: String)
+}
+
+/// The answer to a membership command or a leadership transfer.
+enum MembershipAnswer: Equatable {
+    /// 200 (committed) or 202 (transfer started) with the voter set.
+    case done(status: Int, MembersBody)
+    /// 400, 404, 409 or 503 with a machine code (`not_leader` names the
+    /// leader, when known, in `leader`).
+    case refused(status: Int, code: String, message: String, leader: String?)
+}
+
+extension AdminBackend {
+    /// Backends without a cluster (test fakes, a single node) have no voter set.
+    func members() -> MembersBody? { nil }
+    func changeMembers(_ request: MembershipRequest, reply: @escaping (MembershipAnswer) -> Void) {
+        reply(.refused(status: 409, code: "not_clustered", message: "a single node has no voter set", leader: nil))
+    }
+    func transferLeadership(to name: String?) -> MembershipAnswer {
+        .refused(
+            status: 409, code: "not_clustered", message: "a single node has no leadership to transfer", leader: nil)
     }
 }

@@ -27,6 +27,7 @@ final class AdminRouter {
     private static let get = HTTP_GET.rawValue
     private static let head = HTTP_HEAD.rawValue
     private static let post = HTTP_POST.rawValue
+    private static let delete = HTTP_DELETE.rawValue
 
     /// Paths and the methods each accepts.
     private static let routes: [String: [UInt32]] = [
@@ -45,12 +46,20 @@ final class AdminRouter {
         // a connection with an event hub streams before reaching the router).
         "/": [get, head],
         "/events": [get],
+        // Membership (token-guarded like every change): the voter set, one
+        // single-server change at a time, and leadership hand-over.
+        "/members": [get, head, post],
+        "/leader/transfer": [post],
     ]
+
+    /// `DELETE /members/{name}`: the path prefix (the name follows, percent-encoded).
+    private static let memberPrefix = "/members/"
 
     /// Answers `request` through `respond`, now or later (a tempo change may
     /// wait for a commit), exactly once, on the loop thread.
     func handle(_ request: AdminRequest, respond: @escaping (AdminResponse) -> Void) {
-        guard let allowed = Self.routes[request.path] else {
+        let isMemberPath = request.path.hasPrefix(Self.memberPrefix) && request.path.count > Self.memberPrefix.count
+        guard let allowed = isMemberPath ? [Self.delete] : Self.routes[request.path] else {
             respond(.error(404, code: "not_found", message: "no such endpoint: \(request.path)"))
             return
         }
@@ -65,7 +74,7 @@ final class AdminRouter {
                     headers: [("Allow", allow)]))
             return
         }
-        if request.method == Self.post || request.path == "/backup" {
+        if request.method == Self.post || request.method == Self.delete || request.path == "/backup" {
             if let refusal = authenticate(request) {
                 if request.path == "/tempo" { backend.recordTempoRefusal(reason: "unauthorized") }
                 rejected?.record(.http, "unauthorized")
@@ -81,7 +90,31 @@ final class AdminRouter {
                 }
                 return
             }
-            postTempo(request, respond: respond)
+            if isMemberPath {
+                let encoded = String(request.path.dropFirst(Self.memberPrefix.count))
+                guard let name = encoded.removingPercentEncoding, MembershipBody.nameProblem(name) == nil else {
+                    respond(.error(400, code: "invalid_name", message: "not a member name: \(encoded)"))
+                    return
+                }
+                backend.changeMembers(.remove(name: name)) { [self] in respond(membership($0)) }
+                return
+            }
+            switch request.path {
+            case "/members":
+                switch MembershipBody.parseAdd(request.body) {
+                case .success(let add):
+                    backend.changeMembers(add) { [self] in respond(membership($0)) }
+                case .failure(let failure):
+                    respond(.error(400, code: failure.code, message: failure.message))
+                }
+            case "/leader/transfer":
+                switch MembershipBody.parseTransfer(request.body) {
+                case .success(let name): respond(membership(backend.transferLeadership(to: name)))
+                case .failure(let failure): respond(.error(400, code: failure.code, message: failure.message))
+                }
+            default:
+                postTempo(request, respond: respond)
+            }
             return
         }
         respond(get(request.path))
@@ -132,6 +165,11 @@ final class AdminRouter {
                 status: 200, contentType: LivePage.contentType, body: LivePage.bytes, headers: LivePage.headers)
         case "/events":
             return .error(404, code: "not_found", message: "this server has no live event stream")
+        case "/members":
+            guard let body = backend.members() else {
+                return .error(409, code: "not_clustered", message: "a single node has no voter set")
+            }
+            return json(200, body)
         default:
             return .error(404, code: "not_found", message: "no such endpoint: \(path)")
         }
@@ -145,6 +183,18 @@ final class AdminRouter {
                 status: status, contentType: AdminResponse.jsonType, body: Array(try encoder.encode(value)))
         } catch {
             return .error(500, code: "internal", message: "cannot encode the response: \(error)")
+        }
+    }
+
+    // MARK: - membership
+
+    private func membership(_ answer: MembershipAnswer) -> AdminResponse {
+        switch answer {
+        case .done(let status, let body):
+            return json(status, body)
+        case .refused(let status, let code, let message, let leader):
+            guard code == "not_leader" else { return .error(status, code: code, message: message) }
+            return json(status, NotLeaderBody(error: message, code: code, leader: leader))
         }
     }
 
@@ -306,4 +356,73 @@ private struct BeatsBody: Encodable {
         }
     }
     var beats: [Beat]
+}
+
+/// A 503 `not_leader` answer: the error, and the leader's name when known
+/// (its admin API is where to retry).
+private struct NotLeaderBody: Encodable {
+    enum CodingKeys: String, CodingKey { case error, code, leader }
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(error, forKey: .error)
+        try c.encode(code, forKey: .code)
+        try c.encode(leader, forKey: .leader)
+    }
+    var error: String
+    var code: String
+    var leader: String?
+}
+
+/// The bodies of `POST /members` and `POST /leader/transfer`, validated at
+/// the boundary (any bytes: never traps): `malformed_json`, `invalid_field`.
+enum MembershipBody {
+    /// Why `name` cannot name a member, or nil: 1…253 bytes of printable
+    /// ASCII without spaces, `@`, `,` or `/` (names become Raft ids, HLC
+    /// suffixes and URL path segments; `-peers` splits on `@` and `,`).
+    static func nameProblem(_ name: String) -> String? {
+        guard (1...253).contains(name.utf8.count) else { return "must be 1 to 253 bytes" }
+        let ok = name.utf8.allSatisfy {
+            $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "@") && $0 != UInt8(ascii: ",") && $0 != UInt8(ascii: "/")
+        }
+        return ok ? nil : "printable ASCII without spaces, '@', ',' or '/'"
+    }
+
+    /// `{"name": "n4", "raft": "host:port"}`; `name` may be absent (then
+    /// the address is the name, as in `-peers` without `id@`).
+    static func parseAdd(_ body: [UInt8]) -> Result<MembershipRequest, AdminRouter.BodyFailure> {
+        guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] else {
+            return .failure(
+                AdminRouter.BodyFailure(code: "malformed_json", message: "request body must be a JSON object"))
+        }
+        guard let raft = object["raft"] as? String else {
+            return .failure(.invalid("raft (the new member's Raft address, host:port) is required"))
+        }
+        guard (try? PeerList.parsePeer(raft)) != nil, !raft.contains("@") else {
+            return .failure(.invalid("raft must be host:port (a numeric IPv4 address or a DNS name)"))
+        }
+        let name: String
+        switch object["name"] {
+        case nil, is NSNull: name = raft
+        case let given as String: name = given
+        default: return .failure(.invalid("name must be a string"))
+        }
+        if let problem = nameProblem(name) { return .failure(.invalid("name \(problem)")) }
+        return .success(.add(name: name, raft: raft))
+    }
+
+    /// `{"to": "n4"}`, or an empty body / no `to`: the best follower.
+    static func parseTransfer(_ body: [UInt8]) -> Result<String?, AdminRouter.BodyFailure> {
+        if body.allSatisfy({ $0 == 0x20 || $0 == 0x0A || $0 == 0x0D || $0 == 0x09 }) { return .success(nil) }
+        guard let object = (try? JSONSerialization.jsonObject(with: Data(body))) as? [String: Any] else {
+            return .failure(
+                AdminRouter.BodyFailure(code: "malformed_json", message: "request body must be a JSON object"))
+        }
+        switch object["to"] {
+        case nil, is NSNull: return .success(nil)
+        case let name as String:
+            if let problem = nameProblem(name) { return .failure(.invalid("to \(problem)")) }
+            return .success(name)
+        default: return .failure(.invalid("to must be a string"))
+        }
+    }
 }

@@ -39,13 +39,34 @@ enum AdminClient {
     /// `PulseError.startup` when the node cannot be reached or answers
     /// something that is not HTTP.
     static func get(url: String, path: String, token: String?, timeoutMs: Int) throws -> Response {
+        try request("GET", url: url, path: path, body: nil, token: token, timeoutMs: timeoutMs)
+    }
+
+    /// POSTs a JSON `body` to `path` (`pulse members add`, leader transfer).
+    static func post(url: String, path: String, body: [UInt8], token: String?, timeoutMs: Int) throws -> Response {
+        try request("POST", url: url, path: path, body: body, token: token, timeoutMs: timeoutMs)
+    }
+
+    /// DELETEs `path` (`pulse members remove`).
+    static func delete(url: String, path: String, token: String?, timeoutMs: Int) throws -> Response {
+        try request("DELETE", url: url, path: path, body: nil, token: token, timeoutMs: timeoutMs)
+    }
+
+    /// One request (`method` and `path` are the caller's constants and
+    /// percent-encoded names: no CR/LF), `Connection: close`.
+    private static func request(
+        _ method: String, url: String, path: String, body: [UInt8]?, token: String?, timeoutMs: Int
+    ) throws -> Response {
         let (host, port) = try parseURL(url)
         let fd = try connect(host: host, port: port, timeoutMs: timeoutMs)
         defer { close(fd) }
-        var request = "GET \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nConnection: close\r\n"
+        var request = "\(method) \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nConnection: close\r\n"
         if let token, !token.isEmpty { request += "Authorization: Bearer \(token)\r\n" }
+        if let body {
+            request += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n"
+        }
         request += "\r\n"
-        try send(fd, Array(request.utf8), url: url)
+        try send(fd, Array(request.utf8) + (body ?? []), url: url)
         let bytes = try receive(fd, url: url)
         guard let response = parseResponse(bytes)?.response else {
             throw PulseError.startup("\(url) did not answer HTTP (\(bytes.count) bytes)")

@@ -18,6 +18,12 @@
 // current monotonic time, so a leader frozen past its lease cannot publish
 // when it wakes up, before it has even read its socket.
 //
+// Membership (docs/decisions.md): the peer list follows the voter set in
+// force (`syncMembers`, at start and after each Ready that changed it), and
+// with it the transport, the degraded turn order and the echo filter's
+// publishers. A node outside the voter set (joining with -join, or removed)
+// never degrades, so it never publishes.
+//
 // Ticks before messages (fault 1 of issue #10, PulsePolicy/TickPolicy): every
 // tick that is due is delivered before a message is stepped, and a follower
 // that heard a leader less than an election timeout ago ignores (pre-)vote
@@ -45,6 +51,9 @@ protocol ClusterListener: AnyObject {
     /// A peer's Raft frame carried its wall clock (`wallNs`, Unix ns) and
     /// arrived at local wall time `receivedNs`: merged into the HLC (§3).
     func clusterPeerTimestamp(wallNs: Int64, receivedNs: Int64)
+    /// The voter set changed (a membership change appended, or truncated):
+    /// `peers` is the new view (every voter, and this node).
+    func clusterMembersChanged(_ peers: PeerList)
 }
 
 /// How a proposal ended, as far as its proposer can know (fault 4 of issue #10).
@@ -66,7 +75,16 @@ struct RaftTiming {
 }
 
 final class ClusterNode: LoopHandler, RaftInbox {
-    let peers: PeerList
+    /// The cluster as the voter set in force describes it (and this node):
+    /// rebuilt whenever the Raft configuration changes (`syncMembers`).
+    private(set) var peers: PeerList
+    /// -peers as given: the addresses of bootstrap voters, whose entries in
+    /// the voter set carry no context.
+    let bootstrapPeers: PeerList
+    /// The voter set `peers` was built from.
+    private var syncedMembers: [Member] = []
+    /// Started with -join: not a voter until the leader adds it; never bootstraps.
+    let joining: Bool
     let timing: RaftTiming
     private unowned let loop: EventLoop
     private let logger: Logger
@@ -140,14 +158,15 @@ final class ClusterNode: LoopHandler, RaftInbox {
     private var degradation: DegradationPolicy
     var degraded: Bool { degradation.degraded }
     var degradedSinceMonoNs: Int64 { degradation.sinceMonoNs }
-    /// This node's turn among degraded nodes: its position in the sorted ids
-    /// (computed once: the beat path reads it).
-    let rank: Int
+    /// This node's turn among degraded nodes: its position in the sorted
+    /// voter ids (recomputed when the voter set changes, off the beat path,
+    /// which only reads it).
+    private(set) var rank: Int
     /// Spacing of degraded turns: more than a frame's way through NATS to
     /// the next node plus twice the reference clock's error (fault 6).
     static let degradedTurnNs: Int64 = 20_000_000
     /// The lowest voter: the one clock all degraded nodes measure turns on.
-    let degradedReferenceId: NodeID
+    private(set) var degradedReferenceId: NodeID
     /// Degraded turns (fault 6 of issue #10): every node measures them on the
     /// same reference — the lowest voter's clock (our own when we are that
     /// voter, our last estimate of it otherwise) — so turns of nodes that
@@ -178,14 +197,15 @@ final class ClusterNode: LoopHandler, RaftInbox {
     init(
         peers: PeerList, timing: RaftTiming, dataDir: String, bootstrapBpm: Int64?, shape: TimelineShape,
         loop: EventLoop,
-        rejected: RejectedInput, logger: Logger, tls: RaftTLS? = nil
+        rejected: RejectedInput, logger: Logger, tls: RaftTLS? = nil, joining: Bool = false
     ) throws {
         self.peers = peers
+        self.bootstrapPeers = peers
+        self.joining = joining
         self.rejected = rejected
-        self.rank = DegradationPolicy.rank(of: peers.me.raftId, among: peers.peers.map(\.raftId))
+        (self.rank, self.degradedReferenceId) = Self.turns(voters: peers.peers.map(\.raftId), me: peers.me.raftId)
         self.degradation = DegradationPolicy(
             electionNs: Int64(timing.electionTicks) * timing.tickNs, degradeAfterNs: 1_000_000_000)
-        self.degradedReferenceId = peers.peers.map(\.raftId).min() ?? peers.me.raftId
         self.ticks = TickPolicy(tickNs: timing.tickNs, startMonoNs: cloop_monotonic_ns())
         self.timing = timing
         self.loop = loop
@@ -207,8 +227,12 @@ final class ClusterNode: LoopHandler, RaftInbox {
         // node would refuse (on apply, and at its next start) is never
         // persisted: the core refuses it (`bad_snapshot`, counted in
         // transportReceived) before it can reach a Ready.
+        // A joining node's bootstrap configuration is everyone it knows but
+        // itself: it is no voter (never campaigns) until a configuration
+        // entry or snapshot from the leader says otherwise.
+        let voters = peers.peers.map(\.raftId).filter { !joining || $0 != peers.me.raftId }
         let config = Config(
-            id: peers.me.raftId, voters: peers.peers.map(\.raftId), electionTicks: timing.electionTicks,
+            id: peers.me.raftId, voters: voters, electionTicks: timing.electionTicks,
             heartbeatTicks: timing.heartbeatTicks, randomSeed: UInt64.random(in: 1...UInt64.max),
             snapshotCheck: { [bar, committedShape = shapeBox] data in
                 guard let state = ReplicatedTimeline.validatedSnapshot(data, bar: bar) else { return false }
@@ -240,6 +264,8 @@ final class ClusterNode: LoopHandler, RaftInbox {
             throw PulseError.config(why)
         }
         term = persisted.hardState.term
+        // A restarted node's voter set may differ from -peers (changes in its log).
+        syncMembers(announce: false)
         transport = try RaftTransport(
             loop: loop, peers: peers,
             limits: .forElectionTimeout(Int64(timing.electionTicks) * timing.tickNs),
@@ -313,9 +339,11 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// Enters degradation after `degradeAfterNs` without a leader (and only
     /// with a committed timeline to keep); leaves it as soon as one is back.
     private func updateDegradation(nowMonoNs now: Int64) {
+        // Only a voter keeps the timeline alone: a node being added, or
+        // removed, publishes nothing on its own.
         switch degradation.update(
             nowMonoNs: now, isLeader: isLeader, leader: leader, lastLeaderContactMonoNs: lastContactMonoNs,
-            mayKeepTimeline: hasEpoch)
+            mayKeepTimeline: hasEpoch && raft.isVoter)
         {
         case .none:
             break
@@ -402,12 +430,120 @@ final class ClusterNode: LoopHandler, RaftInbox {
     @discardableResult
     func transferLeadership() -> Bool {
         guard isLeader else { return false }
-        let best = peers.others.max { (raft.matchIndex(of: $0.raftId) ?? 0) < (raft.matchIndex(of: $1.raftId) ?? 0) }
+        let voters = raft.members.map(\.id).filter { $0 != peers.me.raftId }
+        let best = voters.max { (raft.matchIndex(of: $0) ?? 0) < (raft.matchIndex(of: $1) ?? 0) }
         guard let best else { return false }
-        let started = raft.transferLeadership(to: best.raftId)
+        return transferLeadership(to: best)
+    }
+
+    /// Hands leadership to the voter `target` once its log is caught up
+    /// (admin `POST /leader/transfer`). False when this node is not the
+    /// leader or `target` is not another voter.
+    @discardableResult
+    func transferLeadership(to target: NodeID) -> Bool {
+        guard isLeader else { return false }
+        let started = raft.transferLeadership(to: target)
         refreshLease()  // the lease is void once TimeoutNow is sent
         processReady()
         return started
+    }
+
+    // MARK: membership
+
+    /// The voters in force (appended, maybe not committed), as peers when
+    /// their address is known, and the index of the entry they come from.
+    var voters: [(id: NodeID, peer: Peer?)] { raft.members.map { ($0.id, peers.peer(raftId: $0.id)) } }
+    /// Whether this node is in the voter set in force.
+    var isVoter: Bool { raft.isVoter }
+    /// Whether a configuration change is appended but not committed yet.
+    var changePending: Bool { raft.configIndex > raft.commitIndex }
+
+    /// How a membership proposal ended at once (the commit comes later, to `done`).
+    enum MembershipProposal: Equatable {
+        case accepted
+        case notLeader
+        /// Another change is not committed yet, or this leader has not
+        /// committed in its term (Raft's rule): retry shortly.
+        case pending
+        case invalid(String)
+    }
+
+    /// Leader only: proposes adding `peer` (`add: true`) or removing the
+    /// voter `id`, as a single-server change. The voter set in the entry
+    /// carries every member's name and Raft address (bootstrap voters get
+    /// theirs from -peers here), so nodes learn addresses from the log.
+    /// `done` hears the commit outcome when `.accepted` is returned.
+    func proposeMembership(add peer: Peer?, remove id: NodeID?, done: @escaping (CommitOutcome) -> Void)
+        -> MembershipProposal
+    {
+        guard isLeader else { return .notLeader }
+        var members = raft.members.map { member -> Member in
+            guard member.context.isEmpty, let known = peers.peer(raftId: member.id) else { return member }
+            return Member(id: member.id, context: known.memberContext)
+        }
+        let change: ConfigChange
+        if let peer {
+            members.append(Member(id: peer.raftId, context: peer.memberContext))
+            change = ConfigChange(kind: .addVoter, node: peer.raftId, members: members)
+        } else if let id {
+            members.removeAll { $0.id == id }
+            change = ConfigChange(kind: .removeVoter, node: id, members: members)
+        } else {
+            return .invalid("nothing to change")
+        }
+        switch raft.proposeConfigChange(change) {
+        case .accepted(let index, let term):
+            waiting[index] = (term, done)
+            processReady()
+            return .accepted
+        case .notLeader: return .notLeader
+        case .configChangePending, .tooManyUncommitted, .transferInProgress: return .pending
+        case .invalidConfigChange(let why): return .invalid(why)
+        case .tooLarge: return .invalid("the voter set is too large")
+        }
+    }
+
+    /// Degraded turns for `voters`: this node's position among them (sorted),
+    /// and the lowest voter (whose clock all degraded nodes measure turns on).
+    static func turns(voters: [NodeID], me: NodeID) -> (rank: Int, reference: NodeID) {
+        (DegradationPolicy.rank(of: me, among: voters), voters.min() ?? me)
+    }
+
+    /// Rebuilds `peers` (and so the transport's members, TLS identities and
+    /// connections, and the echo filter's publishers through the listener),
+    /// `rank` and `degradedReferenceId` when the voter set in force changed.
+    /// `transitional`: keep the previous members too (new connections open
+    /// before the messages of a Ready go out, old ones close after).
+    private func syncMembers(announce: Bool = true, transitional: Bool = false) {
+        let members = raft.members
+        guard members != syncedMembers || transitional else { return }
+        let (list, unknown) = peers.reconfigured(members: members, fallback: bootstrapPeers)
+        if transitional {
+            var union = list
+            for old in peers.peers where union.peer(raftId: old.raftId) == nil { union.peers.append(old) }
+            transport?.setPeers(union)
+            return
+        }
+        syncedMembers = members
+        peers = list
+        (rank, degradedReferenceId) = Self.turns(voters: members.map(\.id), me: peers.me.raftId)
+        if !unknown.isEmpty {
+            logger.warning(
+                "raft: voters without a known address (no context in the log, not in -peers)",
+                metadata: ["ids": "\(unknown)"])
+        }
+        guard announce else { return }
+        logger.info(
+            "raft: voter set changed",
+            metadata: [
+                "voters": "\(members.map { peers.peer(raftId: $0.id)?.name ?? "\($0.id)" })",
+                "voter": "\(raft.isVoter)",
+            ])
+        transport?.setPeers(list)
+        if !raft.isVoter && degradation.leave() == .left {
+            logger.info("leaving degradation: this node is no longer a voter")
+        }
+        listener?.clusterMembersChanged(list)
     }
 
     // MARK: Ready
@@ -437,7 +573,10 @@ final class ClusterNode: LoopHandler, RaftInbox {
     }
 
     private func finish(_ ready: Ready) {
+        let membersChanged = raft.members != syncedMembers
+        if membersChanged { syncMembers(transitional: true) }  // new members reachable for these messages
         for message in ready.messages { transport.send(message) }
+        if membersChanged { syncMembers() }
         if let snapshot = ready.snapshot {
             barrier.snapshotted(through: snapshot.index)
             applySnapshot(snapshot.data)
@@ -600,7 +739,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// A bootstrapping leader proposes the first epoch once its own term's
     /// no-op has committed (so it has applied everything before it).
     private func maybeBootstrap() {
-        guard isLeader, !hasEpoch, !epochProposed, let bpm = bootstrapBpm,
+        guard isLeader, !joining, !hasEpoch, !epochProposed, let bpm = bootstrapBpm,
             raft.appliedIndex >= raft.lastIndex
         else { return }
         epochProposed = true

@@ -29,6 +29,9 @@ struct Peer: Equatable {
     var hasId = false
 
     var address: String { "\(host):\(port)" }
+    /// What the Raft voter set keeps for this member (`Member.context`):
+    /// its name and Raft address, `name\nhost:port` in UTF-8.
+    var memberContext: [UInt8] { Array("\(name)\n\(address)".utf8) }
     /// Whether `host` is a numeric IPv4 address (else a DNS name to resolve).
     var isNumeric: Bool { PeerList.isIPv4(host) }
     /// On this machine by its spelling (no DNS needed to say so).
@@ -46,6 +49,48 @@ struct PeerList {
     var others: [Peer] { peers.filter { $0.raftId != me.raftId } }
 
     func peer(raftId: NodeID) -> Peer? { peers.first { $0.raftId == raftId } }
+
+    /// The member a voter-set entry names (`Peer.memberContext`), or nil
+    /// when its context is empty, malformed (it came from the log: a peer's
+    /// input, bounded by the core to 512 bytes), or its name does not hash
+    /// to its id. Pure, never traps.
+    static func peer(member: Member) -> Peer? {
+        guard !member.context.isEmpty, let text = String(validating: member.context, as: UTF8.self) else {
+            return nil
+        }
+        let parts = text.split(separator: "\n", omittingEmptySubsequences: false)
+        guard parts.count == 2, let name = parts.first, !name.isEmpty, name.utf8.count <= 253,
+            name.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value != 0x7F && $0 != "@" && $0 != "," }),
+            var peer = try? parsePeer(String(parts[1])), !parts[1].contains("@")
+        else { return nil }
+        peer.name = String(name)
+        peer.hasId = peer.name != peer.address
+        peer.raftId = stableId(peer.name)
+        return peer.raftId == member.id ? peer : nil
+    }
+
+    /// This node's view of the cluster under the voter set `members` (the
+    /// latest configuration in its Raft log): each voter from its context,
+    /// else (a bootstrap voter set has empty contexts) from `fallback` (the
+    /// -peers list); this node is always in `peers`, voter or not. The ids
+    /// neither names are returned as `unknown` (no address to dial).
+    func reconfigured(members: [Member], fallback: PeerList) -> (list: PeerList, unknown: [NodeID]) {
+        var result: [Peer] = []
+        var unknown: [NodeID] = []
+        for member in members {
+            if member.id == me.raftId {
+                result.append(me)
+            } else if let peer = Self.peer(member: member) ?? fallback.peer(raftId: member.id)
+                ?? peer(raftId: member.id)
+            {
+                result.append(peer)
+            } else {
+                unknown.append(member.id)
+            }
+        }
+        if !result.contains(where: { $0.raftId == me.raftId }) { result.append(me) }
+        return (PeerList(peers: result, me: me, bindHost: bindHost, bindPort: bindPort), unknown)
+    }
 
     /// Parses `-peers` and finds this node. `raftBind` must be a numeric
     /// `host:port`, with a real port when this node is not in the list or is

@@ -1,7 +1,11 @@
 // Cluster: Raft's stable storage in `<data-dir>/raft/`.
 //
 //   hardstate  term, vote, commit            rewritten atomically
-//   snapshot   index, term, state bytes      rewritten atomically
+//   snapshot   index, term, [voters], state  rewritten atomically
+//              (the voter set only once a membership change was made: a
+//              version byte 0x01, which cannot open the JSON state, then the
+//              member list as Raft encodes it; without it the file is as
+//              before, and the voter set is the bootstrap one)
 //   log        append-only records           [len u32][sum 8][index u64][term u64][kind u8][data]
 //
 // Every record and file carries a checksum (the first 8 bytes of SHA-256,
@@ -95,7 +99,8 @@ public final class RaftStore {
     /// writes more).
     public static let maxRecordBytes = 17 + Message.maxPayloadBytes
     /// Largest snapshot file: header and the state, bounded like a snapshot message.
-    static let maxSnapshotFileBytes = 24 + Message.maxSnapshotBytes
+    static let maxSnapshotFileBytes =
+        24 + 1 + 1 + Member.maxVoters * (10 + Member.maxContextBytes) + Message.maxSnapshotBytes
     /// Appends are written and synced in chunks of at most this (or one
     /// record), so a torn tail — what a crash leaves of the last chunk —
     /// is never longer; a longer run of bad bytes is corruption.
@@ -184,7 +189,12 @@ public final class RaftStore {
         return hard
     }
 
-    /// `raft/snapshot`: checksummed header (index ≥ 1 below 2^62, term ≥ 1
+    /// Opens the voter set in `raft/snapshot` (a JSON state opens with `{`).
+    static let snapshotMembersVersion: UInt8 = 0x01
+
+    /// `raft/snapshot`: checksummed header, the voter set when one was
+    /// recorded (`snapshotMembersVersion`; refused as `bad_snapshot_members`
+    /// when malformed), (index ≥ 1 below 2^62, term ≥ 1
     /// below 2^63) and a state that decodes to a valid timeline (`ClusterState`):
     /// a node must not start without the timeline it committed, nor — started
     /// with -bootstrap — start a second one. Its timeline shape, if it
@@ -201,7 +211,20 @@ public final class RaftStore {
         guard checksum(bytes[8...]) == u64(bytes, 0) else {
             throw DataDirError(file: file, reason: "bad_checksum", detail: "checksum mismatch")
         }
-        let snapshot = Snapshot(index: u64(bytes, 8), term: u64(bytes, 16), data: Array(bytes[24...]))
+        var members: [Member] = []
+        var stateStart = 24
+        if bytes.count > 24, bytes[24] == snapshotMembersVersion {
+            // Bounded by Raft's own limits (at most 9 voters, 512-byte contexts), validated like a peer's.
+            guard let list = Member.decodeList(Array(bytes[25...])) else {
+                throw DataDirError(
+                    file: file, reason: "bad_snapshot_members",
+                    detail: "the voter set is cut short, over its bounds, or not a usable voter set")
+            }
+            members = list.members
+            stateStart = 25 + list.length
+        }
+        let snapshot = Snapshot(
+            index: u64(bytes, 8), term: u64(bytes, 16), data: Array(bytes[stateStart...]), members: members)
         guard (1..<absurd).contains(snapshot.index), (1..<absurdTerm).contains(snapshot.term) else {
             throw DataDirError(
                 file: file, reason: "index_absurd",
@@ -408,6 +431,10 @@ public final class RaftStore {
                     var bytes = [UInt8]()
                     Self.put(&bytes, snapshot.index)
                     Self.put(&bytes, snapshot.term)
+                    if !snapshot.members.isEmpty {
+                        bytes.append(Self.snapshotMembersVersion)
+                        bytes += Member.encodedList(snapshot.members)
+                    }
                     bytes += snapshot.data
                     var file = [UInt8]()
                     Self.put(&file, Self.checksum(bytes))

@@ -64,6 +64,9 @@
 // Without TLS, plain TCP: for loopback development; start() warns when a
 // peer is not on loopback.
 //
+// Membership: `setPeers` replaces the members when the Raft voter set
+// changes (new ones dialled, removed ones closed and refused from then on).
+//
 // Rate (adversarial review of #9): each inbound connection may deliver at
 // most `maxFramesPerSecond` frames (bursts of `frameBurst`); frames beyond
 // are skipped before decoding and counted (`rate_limited`), so a flood costs
@@ -189,8 +192,9 @@ final class RaftTransport: LoopHandler {
     private var timerToken: UInt32 = 0
     private var outbound: [NodeID: Outbound] = [:]
     private var inbound: [UInt32: Inbound] = [:]
-    private let knownIds: Set<NodeID>
-    private let peers: [Peer]
+    /// The members a frame may come from, and who they are (`setPeers`).
+    private var knownIds: Set<NodeID>
+    private var peers: [Peer]
     /// Mutual TLS on every connection, or nil for plain TCP.
     private let tls: RaftTLS?
     private(set) var stats = RaftTransportStats()
@@ -258,6 +262,33 @@ final class RaftTransport: LoopHandler {
         if let listenToken { loop.remove(token: listenToken) }
         listenToken = nil
         _ = cloop_timer_disarm(loop.raw, timerToken)
+    }
+
+    /// The voter set changed (ClusterNode, on the loop): from now on frames
+    /// are accepted from `list`'s members only (and TLS certificates matched
+    /// against them); proven inbound connections of members no longer listed
+    /// are closed; an outbound connection is opened to each new member (by
+    /// name through the resolver, as at start), and closed to each removed
+    /// one or replaced when a member's address changed.
+    func setPeers(_ list: PeerList) {
+        peers = list.peers
+        knownIds = Set(list.peers.map(\.raftId))
+        for (token, connection) in inbound {
+            if let id = connection.provenPeer, !knownIds.contains(id) { dropInbound(token) }
+        }
+        let wanted = list.others
+        for (id, connection) in outbound
+        where !wanted.contains(where: { $0.raftId == id && $0.address == connection.peer.address }) {
+            closeOutbound(connection, backoff: false)
+            connection.resolving = false  // a late lookup answer is ignored
+            outbound[id] = nil
+            lastFrom[id] = nil
+        }
+        for peer in wanted where outbound[peer.raftId] == nil {
+            let connection = Outbound(peer: peer)
+            outbound[peer.raftId] = connection
+            if listenToken != nil { connect(connection) }
+        }
     }
 
     /// Sends `message` to `message.to`, or drops it if that peer is not connected.
@@ -635,7 +666,7 @@ final class RaftTransport: LoopHandler {
         resolver.resolve(host: connection.peer.host, port: connection.peer.port) { [weak self] result in
             // Loop thread. A late answer to an abandoned lookup is ignored.
             guard let self, connection.resolving, connection.resolveGeneration == generation,
-                self.listenToken != nil
+                self.listenToken != nil, self.outbound[connection.peer.raftId] === connection
             else { return }
             connection.resolving = false
             switch result {

@@ -42,6 +42,10 @@ struct PulseConfig: Sendable {
     var adminPort = 8080
     var raftBind = "127.0.0.1:0"
     var bootstrap = false
+    /// -join: this node joins a running cluster (etcd's
+    /// initial-cluster-state=existing): empty log, not a voter, never
+    /// campaigns or bootstraps; it waits for the leader to add it.
+    var join = false
     var peers: [String] = []
     var dataDir = ""
     var cpu: Int? = nil
@@ -123,6 +127,11 @@ struct PulseConfig: Sendable {
         if degradeAfterMs < 0 || degradeAfterMs > 86_400_000 {
             try fail("-degrade-after-ms must be between 0 and 86400000")
         }
+        if join && bootstrap {
+            try fail(
+                "-join and -bootstrap exclude each other: -bootstrap starts a new cluster, -join enters a running one")
+        }
+        if join && peers.isEmpty { try fail("-join needs -peers (the running cluster's members, and this node)") }
         if !peers.isEmpty {
             _ = try PeerList.parse(peers: peers, nodeId: nodeId, raftBind: raftBind)
         }
@@ -284,6 +293,12 @@ struct PulseCommand: ParsableCommand {
     var raftBind: String?
     @Flag(name: both("bootstrap"), help: "Bootstrap a new cluster: start the timeline on the next whole second")
     var bootstrap = false
+    @Flag(
+        name: both("join"),
+        help:
+            "Join a running cluster: start with an empty log, not a voter, and wait to be added (pulse members add); excludes -bootstrap"
+    )
+    var join = false
     @Option(name: both("peers"), help: "Comma-separated Raft peers, host:port or id@host:port")
     var peers: String?
     @Option(name: both("data-dir"), help: "Data directory (env BACKBEAT_DATA_DIR; default .backbeat/<cluster>-<port>)")
@@ -350,6 +365,7 @@ struct PulseCommand: ParsableCommand {
         if let adminPort { config.adminPort = adminPort }
         if let raftBind { config.raftBind = raftBind }
         config.bootstrap = bootstrap
+        config.join = join
         if let peers { config.peers = peers.split(separator: ",").map { String($0) }.filter { !$0.isEmpty } }
         if let dataDir { config.dataDir = dataDir }
         config.cpu = cpu
@@ -383,7 +399,7 @@ struct PulseCommand: ParsableCommand {
             "nats-key", "raft-bind", "peers", "data-dir", "cpu", "rt-priority", "spin-max-us", "max-offset-ms",
             "log-format", "log-level", "config", "admin-token", "heartbeat-ms", "election-timeout-ms",
             "degrade-after-ms", "raft-compact-every",
-        ].map { ($0, false) } + [("bootstrap", true), ("mlock", true)]
+        ].map { ($0, false) } + [("bootstrap", true), ("join", true), ("mlock", true)]
 
     /// The environment variable of `flag`: BACKBEAT_ and the name in upper
     /// case with `_` for `-`; `cluster` keeps the seed's BACKBEAT_CLUSTER_ID.

@@ -52,6 +52,25 @@ public enum PulseEntry {
             }
         }
 
+        if arguments.first == "members" {
+            arguments.removeFirst()
+            handleHelp(
+                MembersCommand.self, arguments,
+                preface:
+                    "pulse members: list the voters, add or remove one (a change at a time, through the leader), or transfer leadership.\n"
+            )
+            do {
+                exit(try MembersCommand.parse(arguments).run(environment: environment))
+            } catch let error as PulseError {
+                if case .config = error { fail(error.description, status: 2) }
+                fail(error.description, status: 1)
+            } catch {
+                fail(
+                    MembersCommand.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)",
+                    status: 2)
+            }
+        }
+
         if arguments.first == "backup" || arguments.first == "restore" {
             let backup = arguments.removeFirst() == "backup"
             if backup {
@@ -89,7 +108,8 @@ public enum PulseEntry {
                 the same NAME=value lines (a systemd EnvironmentFile). The command line wins over the
                 environment, which wins over the file. SIGHUP re-reads the Raft TLS files and the log level
                 from -config; SIGINT/SIGTERM stop (a leader hands over first).
-                Also: pulse watch --help, pulse backup --help, pulse restore --help, pulse --version
+                Also: pulse watch --help, pulse members --help, pulse backup --help, pulse restore --help,
+                pulse --version
 
                 """)
 

@@ -48,7 +48,7 @@ extension PulseNode: AdminBackend {
             cluster.isLeader ? 0 : max(0, (cloop_monotonic_ns() - cluster.lastContactMonoNs) / 1_000_000)
         return LeaderStatus(
             node_id: nodeId, is_leader: cluster.isLeader, leader: cluster.leaderPeer?.address,
-            cluster_size: cluster.peers.peers.count,
+            cluster_size: cluster.voters.count,
             stats: .init(
                 term: cluster.term, commit_index: cluster.commitIndex, last_contact_ms: sinceContactMs,
                 leadership_changes: cluster.leadershipChanges,
@@ -144,7 +144,11 @@ extension PulseNode: AdminBackend {
                 hlcRemoteRejected: beats.hlcRejected,
                 clockOffsetSeconds: Double(cluster?.referenceSync?.offsetNs ?? 0) / 1e9,
                 raftBadFrames: cluster?.transportStats.badFrames ?? 0, rejectedInput: rejected.counts))
+        // The voter set in force (0 for a single node), for membership alerts.
+        let voters = cluster?.voters.count ?? 0
         return metrics.text()
+            + "# HELP backbeat_raft_voters Voters in the Raft configuration in force on this node.\n"
+            + "# TYPE backbeat_raft_voters gauge\nbackbeat_raft_voters \(voters)\n"
     }
 
     /// Largest control request considered (a tempo body is under 1.2 KB).
@@ -246,8 +250,15 @@ extension PulseNode: AdminBackend {
     /// Everything else is counted as `rejected{surface="beat_subject"}`.
     func subscribeBeats() {
         var policy = echoPolicy()  // loop thread only: the handler runs there
+        var generation = membersGeneration
         nats.subscribe(subject: config.beatSubject) { [weak self] message in
-            self?.handleEcho(message.data, receivedNs: message.receivedNs, policy: &policy)
+            guard let self else { return }
+            if generation != self.membersGeneration {
+                // The voters changed: their publishers now, the term fence kept.
+                generation = self.membersGeneration
+                policy = policy.withPublishers(self.echoPolicy().publishers)
+            }
+            self.handleEcho(message.data, receivedNs: message.receivedNs, policy: &policy)
         }
     }
 
@@ -282,6 +293,9 @@ extension PulseNode: AdminBackend {
         beats.observe(frame, wallNs: receivedNs)
         if handOverPending && frame.hlcSuffix == beats.ownSuffix && frame.beatIndex >= beats.stats.lastBeatIndex {
             handOver()  // our last frame came back: nothing of ours is queued behind a dead link
+        }
+        if adminTransfer != nil && frame.hlcSuffix == beats.ownSuffix && frame.beatIndex >= beats.stats.lastBeatIndex {
+            startAdminTransfer()  // likewise for a transfer asked through the admin API
         }
         metrics.deliveryObserved(latencyNs: receivedNs - beats.timeline.instantNs(ofBeat: frame.beatIndex))
         liveFrameSeen(frame, receivedNs: receivedNs)

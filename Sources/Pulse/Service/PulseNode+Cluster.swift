@@ -5,6 +5,7 @@ import CLoop
 import Foundation
 import PulseCore
 import PulsePolicy
+import Raft
 
 extension PulseNode: PublishGate, ClusterListener {
     /// Beat path (allocation-free): the leader holding its lease, with the
@@ -67,6 +68,12 @@ extension PulseNode: PublishGate, ClusterListener {
         }
     }
 
+    /// The voter set changed: the beat subscription's publishers follow it
+    /// (`subscribeBeats`).
+    func clusterMembersChanged(_ peers: PeerList) {
+        membersGeneration &+= 1
+    }
+
     /// §3: Raft traffic merges into the HLC like beat frames (the frame
     /// carries the sender's wall clock, merged as `(ms, 0)`).
     func clusterPeerTimestamp(wallNs: Int64, receivedNs: Int64) {
@@ -106,5 +113,178 @@ extension PulseNode: PublishGate, ClusterListener {
                 }
             }
         }
+    }
+}
+
+// MARK: - membership (admin API)
+
+extension PulseNode {
+    /// The voter set in force on this node (`GET /members`), nil for a single node.
+    func members() -> MembersBody? {
+        guard let cluster else { return nil }
+        let entries = cluster.voters.map { voter in
+            MemberEntry(
+                id: String(voter.id, radix: 16).leftPadded(to: 16), name: voter.peer?.name,
+                raft: voter.peer?.address, leader: voter.id == cluster.leader)
+        }
+        return MembersBody(
+            members: entries, leader: cluster.leaderPeer?.name, change_pending: cluster.changePending,
+            node_id: nodeId, voter: cluster.isVoter)
+    }
+
+    /// 503 `not_leader`, naming the leader when known (retry there).
+    private func notLeader(_ cluster: ClusterNode) -> MembershipAnswer {
+        let leader = cluster.leaderPeer?.name
+        return .refused(
+            status: 503, code: "not_leader",
+            message: "this node is not the leader; retry on the leader's admin API"
+                + (leader.map { " (\($0))" } ?? " (none known yet)"), leader: leader)
+    }
+
+    /// `POST /members` / `DELETE /members/{name}`: one single-server change
+    /// through Raft, answered once committed. Refusals: 503 `not_leader`,
+    /// 409 `change_pending` (a change is uncommitted, or the leader has not
+    /// committed in its term yet), 409 `already_member`, 404 `not_member`,
+    /// 400 `name_collision` (an HLC suffix another voter has), 400
+    /// `invalid_change` (e.g. removing the last voter), 409 `is_leader`
+    /// (removing the leader itself: transfer first); after acceptance 503
+    /// `outcome_unknown` (leadership lost: it may still commit) or
+    /// `not_committed`.
+    func changeMembers(_ request: MembershipRequest, reply: @escaping (MembershipAnswer) -> Void) {
+        guard let cluster else {
+            return reply(
+                .refused(status: 409, code: "not_clustered", message: "a single node has no voter set", leader: nil))
+        }
+        guard cluster.isLeader else { return reply(notLeader(cluster)) }
+        if cluster.changePending {
+            return reply(
+                .refused(
+                    status: 409, code: "change_pending",
+                    message:
+                        "a membership change is not committed yet; retry when GET /members shows change_pending false",
+                    leader: nil))
+        }
+        let voterIds = cluster.voters.map(\.id)
+        var add: Peer?
+        var remove: NodeID?
+        switch request {
+        case .add(let name, let raft):
+            guard var peer = try? PeerList.parsePeer(raft) else {
+                return reply(
+                    .refused(status: 400, code: "invalid_field", message: "raft must be host:port", leader: nil))
+            }
+            peer.name = name
+            peer.hasId = name != peer.address
+            peer.raftId = PeerList.stableId(name)
+            if voterIds.contains(peer.raftId) {
+                return reply(
+                    .refused(status: 409, code: "already_member", message: "\(name) is a voter already", leader: nil))
+            }
+            // Frames are told apart by the last 4 characters of the node id (PeerList.checkSuffixes).
+            if peer.hasId,
+                let clash = cluster.voters.compactMap(\.peer).first(where: {
+                    $0.hasId && $0.name != name && $0.name.suffix(4) == name.suffix(4)
+                })
+            {
+                return reply(
+                    .refused(
+                        status: 400, code: "name_collision",
+                        message:
+                            "\(name) ends in the same 4 characters as the voter \(clash.name); choose another name",
+                        leader: nil))
+            }
+            add = peer
+        case .remove(let name):
+            let id =
+                cluster.voters.first(where: { $0.peer?.name == name })?.id ?? PeerList.stableId(name)
+            guard voterIds.contains(id) else {
+                return reply(.refused(status: 404, code: "not_member", message: "\(name) is not a voter", leader: nil))
+            }
+            // The leader leaves without a hand-over otherwise: an election, and beats missed meanwhile.
+            if id == cluster.peers.me.raftId {
+                return reply(
+                    .refused(
+                        status: 409, code: "is_leader",
+                        message: "\(name) leads: hand leadership over first (pulse members transfer), then remove it",
+                        leader: nil))
+            }
+            remove = id
+        }
+        let outcome = cluster.proposeMembership(add: add, remove: remove) { [weak self] outcome in
+            guard let self, let body = self.members() else { return }
+            switch outcome {
+            case .committed: reply(.done(status: 200, body))
+            case .refused:
+                reply(
+                    .refused(status: 503, code: "not_committed", message: "the change was not committed", leader: nil))
+            case .unknown:
+                reply(
+                    .refused(
+                        status: 503, code: "outcome_unknown",
+                        message:
+                            "leadership was lost before the change committed; it may still take effect (check GET /members)",
+                        leader: nil))
+            }
+        }
+        switch outcome {
+        case .accepted:
+            logger.info("raft: membership change proposed", metadata: ["change": "\(request)"])
+        case .notLeader: reply(notLeader(cluster))
+        case .pending:
+            reply(
+                .refused(
+                    status: 409, code: "change_pending",
+                    message:
+                        "a change is not committed yet, or the leader has not committed in its term; retry shortly",
+                    leader: nil))
+        case .invalid(let why):
+            reply(.refused(status: 400, code: "invalid_change", message: why, leader: nil))
+        }
+    }
+
+    /// `POST /leader/transfer`: 202 once a hand-over to `name` (or to the
+    /// most up-to-date follower) started; 503 `not_leader`, 404 `not_member`,
+    /// 409 `no_follower`/`transfer_refused`.
+    func transferLeadership(to name: String?) -> MembershipAnswer {
+        guard let cluster else {
+            return .refused(status: 409, code: "not_clustered", message: "a single node has no leader", leader: nil)
+        }
+        guard cluster.isLeader else { return notLeader(cluster) }
+        var target: NodeID = 0
+        if let name {
+            let id = cluster.voters.first(where: { $0.peer?.name == name })?.id ?? PeerList.stableId(name)
+            guard cluster.voters.contains(where: { $0.id == id }) else {
+                return .refused(status: 404, code: "not_member", message: "\(name) is not a voter", leader: nil)
+            }
+            guard id != cluster.peers.me.raftId else {
+                return .refused(status: 409, code: "transfer_refused", message: "\(name) leads already", leader: nil)
+            }
+            target = id
+        } else if cluster.voters.count < 2 {
+            return .refused(
+                status: 409, code: "transfer_refused", message: "no voter to hand leadership to", leader: nil)
+        }
+        // Started once our next frame came back (as a stop does: no beat missed).
+        adminTransfer = (target, cloop_monotonic_ns())
+        logger.info("handing leadership over after the next beat", metadata: ["to": "\(name ?? "the best follower")"])
+        guard let body = members() else { return .refused(status: 500, code: "internal", message: "", leader: nil) }
+        return .done(status: 202, body)
+    }
+
+    /// Starts the transfer asked by `POST /leader/transfer` (once).
+    func startAdminTransfer() {
+        guard let transfer = adminTransfer else { return }
+        adminTransfer = nil
+        guard let cluster, cluster.isLeader else { return }
+        let started =
+            transfer.target == 0 ? cluster.transferLeadership() : cluster.transferLeadership(to: transfer.target)
+        if !started { logger.warning("leadership transfer not started (no such voter, or no longer leader)") }
+    }
+}
+
+extension String {
+    /// `self` with leading zeros up to `width` characters.
+    fileprivate func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }

@@ -40,11 +40,19 @@ final class PulseNode: LoopHandler {
     private var reloadRunning = false
     private var reloadAgain = false
     private var stopRequestedMonoNs: Int64?
+    /// Bumped when the cluster's voter set changes: the beat subscription
+    /// rebuilds its echo policy's publishers when it sees a new value.
+    var membersGeneration: UInt64 = 0
     var stopRequested: Bool { stopRequestedMonoNs != nil }
     /// SIGTERM of a leader: the hand-over waits for this node's next frame
     /// to come back on the subject (PulseNode+Admin `handleEcho`), so the
     /// successor's shorter hand-over guard holds (BeatDriver.handOverGuardNs).
     var handOverPending = false
+    /// `POST /leader/transfer`: the voter to hand leadership to (`noNode`:
+    /// the best follower) once this leader's next frame came back on the
+    /// subject, as a stop does (so the successor has the rest of a period
+    /// to take over: no beat missed), and since when (monotonic ns).
+    var adminTransfer: (target: UInt64, sinceMonoNs: Int64)?
     private let dataDir: DataDir
     /// A single node's committed shape (from its data dir, or its flags when
     /// it bootstraps); a cluster node's flags until it applies the committed one.
@@ -117,7 +125,7 @@ final class PulseNode: LoopHandler {
                     electionTicks: config.electionTimeoutMs / config.heartbeatMs, heartbeatTicks: 1),
                 dataDir: dataDir.path,
                 bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, shape: flags, loop: loop,
-                rejected: rejected, logger: logger, tls: raftTLS)
+                rejected: rejected, logger: logger, tls: raftTLS, joining: config.join)
             self.cluster = cluster
             cluster.listener = self
             cluster.compactEvery = UInt64(config.raftCompactEvery)
@@ -376,6 +384,12 @@ final class PulseNode: LoopHandler {
             // No echo of our frame within a period and a second: hand over anyway.
             if handOverPending && waited > periodNs + 1_000_000_000 { handOver() }
             if !(cluster?.isLeader ?? false) || waited > periodNs + 3_000_000_000 { loop.requestStop() }
+        }
+        if let transfer = adminTransfer {
+            let t = beats.timeline
+            let periodNs = t.instantNs(ofBeat: beats.nextBeat + 1) - t.instantNs(ofBeat: beats.nextBeat)
+            // No echo of our frame within a period and a second: hand over anyway.
+            if cloop_monotonic_ns() - transfer.sinceMonoNs > periodNs + 1_000_000_000 { startAdminTransfer() }
         }
         let now = beats.stats
         if now.hotPathAllocatedBytes != lastChecked.hotPathAllocatedBytes {

@@ -79,6 +79,15 @@ public struct EchoPolicy: Sendable, Hashable {
         self.maxTermLead = maxTermLead
     }
 
+    /// The same policy with another publisher set (the cluster's voters
+    /// changed): the term fence carries over as a floor, so a membership
+    /// change never lets a stale term's frames back in.
+    public func withPublishers(_ publishers: EchoPublishers) -> EchoPolicy {
+        var next = EchoPolicy(clusterId: clusterId, publishers: publishers, maxTermLead: maxTermLead)
+        next.lastTermSeen = lastTermSeen
+        return next
+    }
+
     /// A single node: only its own frames (its HLC suffix, its term).
     public static func singleNode(clusterId: String, ownSuffix: String) -> EchoPolicy {
         EchoPolicy(clusterId: clusterId, publishers: .known([ownSuffix]), maxTermLead: 0)

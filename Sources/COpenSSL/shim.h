@@ -11,9 +11,17 @@
 #include <stdio.h>
 #include <string.h>
 
+/// Never asks for a pass phrase: an encrypted key fails to load (one line)
+/// instead of prompting on the terminal and blocking the thread.
+static inline int copenssl_no_passphrase(char *buf, int size, int rwflag, void *u) {
+    (void)buf; (void)size; (void)rwflag; (void)u;
+    return 0;
+}
+
 /// A context for TLS 1.3 only, both roles, mutual authentication required,
 /// no session tickets (a session is one connection), partial writes from a
-/// buffer that may move between calls (Swift arrays do). NULL on failure.
+/// buffer that may move between calls (Swift arrays do), no pass-phrase
+/// prompt (keys must be unencrypted files). NULL on failure.
 static inline SSL_CTX *copenssl_ctx_new(void) {
     SSL_CTX *ctx = SSL_CTX_new(TLS_method());
     if (ctx == NULL) return NULL;
@@ -27,6 +35,7 @@ static inline SSL_CTX *copenssl_ctx_new(void) {
     SSL_CTX_set_num_tickets(ctx, 0);
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    SSL_CTX_set_default_passwd_cb(ctx, copenssl_no_passphrase);
     return ctx;
 }
 

@@ -99,6 +99,14 @@ public struct TimelineShape: Equatable, Sendable, CustomStringConvertible {
         return try TimelineShape(bar: bar, phases: phases ?? ["_"]).bar
     }
 
+    /// Byte-wise equality: frames carry the phase names' bytes, so two
+    /// shapes are the same only when those bytes are (Swift's `String ==`
+    /// would equate "é" and "e\u{301}", which encode differently).
+    public static func == (a: TimelineShape, b: TimelineShape) -> Bool {
+        a.bar == b.bar && a.phases.count == b.phases.count
+            && zip(a.phases, b.phases).allSatisfy { $0.utf8.elementsEqual($1.utf8) }
+    }
+
     /// The flags' form, `-bar 8 -phases plan,work,review`, on one line
     /// (control characters, which the flags do not refuse, become '?').
     public var description: String {

@@ -330,6 +330,22 @@ final class RaftTLSTests: XCTestCase {
         ])
         XCTAssertEqual(partial.status, 2, partial.stderr)
         XCTAssertTrue(partial.stderr.contains("-raft-tls-key and -raft-tls-ca together"), partial.stderr)
+        // An encrypted key is refused in one line (no pass-phrase prompt that
+        // would block the thread, at start-up or in a SIGHUP reload).
+        let encrypt = Process()
+        encrypt.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        encrypt.arguments = [
+            "pkey", "-in", "\(dir)/n1.key", "-out", "\(dir)/n1.enc.key", "-aes256", "-passout", "pass:secret",
+        ]
+        try encrypt.run()
+        encrypt.waitUntilExit()
+        XCTAssertEqual(encrypt.terminationStatus, 0)
+        let encrypted = try runPulse([
+            "-bootstrap", "-node-id", "n1", "-peers", peers, "-data-dir", "\(dir)/data2", "-admin-port", "0",
+            "-raft-tls-cert", "\(dir)/n1.pem", "-raft-tls-key", "\(dir)/n1.enc.key", "-raft-tls-ca", "\(dir)/ca.pem",
+        ])
+        XCTAssertEqual(encrypted.status, 1, encrypted.stderr)
+        XCTAssertEqual(encrypted.stderr.split(separator: "\n").count, 1, encrypted.stderr)
     }
 
     func testPlainTCPWarnsWhenAPeerIsNotOnLoopback() throws {

@@ -69,6 +69,11 @@ final class TimelineShapeTests: XCTestCase {
         // Control characters (the flags allow them) never break the line.
         let odd = try TimelineShape(bar: 4, phases: ["a\nb"])
         XCTAssertFalse(try XCTUnwrap(odd.mismatch(flags: flags, committedIn: "d")).contains("\n"))
+        // Names are compared byte for byte (frames carry the bytes): a
+        // precomposed "é" and "e" + combining acute are different shapes.
+        let precomposed = try TimelineShape(bar: 4, phases: ["\u{E9}"])
+        let decomposed = try TimelineShape(bar: 4, phases: ["e\u{301}"])
+        XCTAssertNotNil(precomposed.mismatch(flags: decomposed, committedIn: "d"))
     }
 
     // MARK: Raft entries and snapshots

@@ -37,7 +37,7 @@ final class PulseNode: LoopHandler {
     /// Raft mutual TLS, when -raft-tls-* are given (reloaded on SIGHUP).
     private(set) var raftTLS: RaftTLS?
     /// A SIGHUP reload is being read off the loop / another was asked for meanwhile.
-    private var reloadRunning = false
+    private var reloadStartedMonoNs: Int64?
     private var reloadAgain = false
     private var stopRequestedMonoNs: Int64?
     /// Bumped when the cluster's voter set changes: the beat subscription
@@ -313,11 +313,18 @@ final class PulseNode: LoopHandler {
     /// reload runs at a time; SIGHUPs during it cause one more afterwards
     /// (files changed meanwhile are read then), so a signal storm queues no work.
     private func reloadOffLoop() {
-        guard !reloadRunning else {
+        guard reloadStartedMonoNs == nil else {
             reloadAgain = true
+            // A reload stuck on its files (a FIFO, a hung network mount) must
+            // not swallow later SIGHUPs silently.
+            if let started = reloadStartedMonoNs, cloop_monotonic_ns() &- started > 5_000_000_000 {
+                logger.warning(
+                    "SIGHUP: the previous reload is still reading its files; this one runs after it",
+                    metadata: ["seconds": "\((cloop_monotonic_ns() &- started) / 1_000_000_000)"])
+            }
             return
         }
-        reloadRunning = true
+        reloadStartedMonoNs = cloop_monotonic_ns()
         let config = self.config
         let tls = raftTLS?.loader
         let loop = self.loop
@@ -332,7 +339,7 @@ final class PulseNode: LoopHandler {
                 }
                 self.applyLogLevel(level)
                 self.applyCertificates(loaded)
-                self.reloadRunning = false
+                self.reloadStartedMonoNs = nil
                 if self.reloadAgain {
                     self.reloadAgain = false
                     self.reloadOffLoop()

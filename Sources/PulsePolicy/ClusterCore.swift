@@ -17,6 +17,13 @@
 // frames say `degraded`, and a consumer that later hears both sides keeps
 // the first (queued frames older than the NATS socket's user timeout are
 // dropped by the kernel, never delivered late).
+//
+// Membership (issue #12): `voters` follows the voter set in force
+// (`raft.members`, appended and maybe not committed), as the service's
+// ClusterNode does: degraded turns (rank) and the degraded reference (the
+// lowest voter) come from it. A node outside the voter set (joining, or
+// removed) never degrades and never publishes. While the membership never
+// changes, `voters` is the bootstrap list and everything is as before.
 import PulseCore
 import Raft
 
@@ -50,12 +57,18 @@ public enum ClusterEvent: Equatable, Sendable {
     case restored(index: UInt64)
     case leadership(isLeader: Bool, leader: NodeID, term: UInt64)
     case proposal(id: UInt64, ProposalOutcome)
+    /// A configuration change committed at `index` (applied in log order).
+    case configuration(ConfigChange, index: UInt64)
 }
 
 /// One node's cluster policy. Not thread-safe: one loop owns it.
 public final class ClusterCore {
     public let id: NodeID
-    public let voters: [NodeID]
+    /// The voter set in force (`raft.members`), refreshed after every call
+    /// that may append or truncate a configuration entry.
+    public private(set) var voters: [NodeID]
+    /// `raft.members` as last synced into `voters`.
+    private var syncedMembers: [Member] = []
     public let timing: ClusterTiming
     public let legacy: LegacyFaults
     public let raft: RaftNode
@@ -100,6 +113,16 @@ public final class ClusterCore {
         machine = ReplicatedTimeline(bar: bar)
         if let snapshot { Self.restore(&machine, snapshot.data) }
         barrier.appended(entries)  // none is applied yet: committed ones are, in the first Ready
+        syncVoters()
+    }
+
+    /// Follows the voter set in force; a node outside it leaves degradation
+    /// at once (it keeps no timeline alone: `updateDegradation`).
+    private func syncVoters() {
+        guard raft.members != syncedMembers else { return }
+        syncedMembers = raft.members
+        voters = raft.members.map(\.id)
+        if !raft.isVoter { _ = degradation.leave() }
     }
 
     // MARK: time and messages
@@ -125,6 +148,7 @@ public final class ClusterCore {
         if stickyRefuses(m) { return }
         if m.from == leader { lastLeaderContactMonoNs = nowMonoNs }
         raft.step(m)
+        syncVoters()  // an append may add or truncate a configuration entry
         refreshLease()
     }
 
@@ -161,6 +185,15 @@ public final class ClusterCore {
         return index
     }
 
+    /// Proposes a single-server membership change (leader only; see
+    /// Raft/Membership.swift): the Raft core's answer, unchanged. It takes
+    /// effect here at once (appended), and on each node when it appends it.
+    public func proposeConfigChange(_ change: ConfigChange) -> ProposeResult {
+        let result = raft.proposeConfigChange(change)
+        syncVoters()
+        return result
+    }
+
     // MARK: Ready
 
     /// The next Ready to persist, or nil (none, or one in flight).
@@ -188,6 +221,9 @@ public final class ClusterCore {
                 events.append(.proposal(id: w.id, w.term == entry.term ? .committed(index: entry.index) : .refused))
             }
             barrier.applied(index: entry.index)
+            if entry.kind == .config, let change = ConfigChange.decode(entry.data) {
+                events.append(.configuration(change, index: entry.index))
+            }
             guard entry.kind == .normal, !entry.data.isEmpty else { continue }
             events.append(.applied(machine.apply(entry.data), index: entry.index))
         }
@@ -209,6 +245,7 @@ public final class ClusterCore {
         }
         raft.advance(ready)
         readyInFlight = false
+        syncVoters()
         maybeCompact()
         refreshLease()
         return (ready.messages, events)
@@ -233,12 +270,16 @@ public final class ClusterCore {
     }
 
     /// The publish mode at `nowMonoNs` (beat path).
+    /// A non-voter never publishes: a removed node that still leads (until
+    /// its removal commits) only waits, and one that is not a voter never
+    /// takes a degraded turn.
     public func publishMode(nowMonoNs: Int64, turnNs: Int64, periodNs: Int64) -> PublishMode {
+        if isLeader && !raft.isVoter { return .waiting }
         if isLeader && nowMonoNs < leaseUntilMonoNs && appliedTermStart {
             return .leader(leaseUntilMonoNs: leaseUntilMonoNs)
         }
         if isLeader { return .waiting }
-        if degraded {
+        if degraded && raft.isVoter {
             // Fault 6: a turn too late for the lateness rule is no turn at all (legacy: kept).
             return DegradationPolicy.turnMode(
                 rank: degradedPosition(nowMonoNs), turnNs: turnNs, periodNs: periodNs,
@@ -256,8 +297,9 @@ public final class ClusterCore {
         legacy.ownReferenceTurns ? 3_000_000 : minTurnNs
     }
 
-    /// Our turn among degraded nodes: the rank among all voters (a total
-    /// order every node agrees on, whatever it can hear).
+    /// Our turn among degraded nodes: the rank among the voters in force (a
+    /// total order every node that appended the same configuration agrees
+    /// on, whatever it can hear).
     public func degradedPosition(_ nowMonoNs: Int64) -> Int {
         DegradationPolicy.rank(of: id, among: voters)
     }
@@ -278,7 +320,7 @@ public final class ClusterCore {
     private func updateDegradation(_ now: Int64) {
         _ = degradation.update(
             nowMonoNs: now, isLeader: isLeader, leader: leader, lastLeaderContactMonoNs: lastLeaderContactMonoNs,
-            mayKeepTimeline: machine.timeline != nil)
+            mayKeepTimeline: machine.timeline != nil && raft.isVoter)
     }
 }
 

@@ -316,11 +316,15 @@ public final class ClusterCore {
     }
 
     /// Enters degradation after `degradeAfterNs` without a leader (with a
-    /// committed timeline to keep); leaves it as soon as one is back.
+    /// committed timeline to keep); leaves it as soon as one is back. Only a
+    /// voter whose voter set in force is committed on it enters it: a node
+    /// holding an uncommitted change ranks among a set the others may not
+    /// have (a removal shifts every later rank), so two nodes could take the
+    /// same turn (found by ClusterSimMembershipTests, seeds 148 and 301).
     private func updateDegradation(_ now: Int64) {
         _ = degradation.update(
             nowMonoNs: now, isLeader: isLeader, leader: leader, lastLeaderContactMonoNs: lastLeaderContactMonoNs,
-            mayKeepTimeline: machine.timeline != nil && raft.isVoter)
+            mayKeepTimeline: machine.timeline != nil && raft.isVoter && raft.configIndex <= raft.commitIndex)
     }
 }
 

@@ -8,7 +8,7 @@
 //
 // Degradation (fault 6): without a leader for `degradeAfterNs`, nodes keep
 // the committed timeline and publish `"degraded":true` frames in turns —
-// by rank among all voters (an order every node agrees on), 20 ms apart,
+// by rank among the voters (an order every node agrees on), 20 ms apart,
 // measured on one reference (the lowest voter's clock), each only within
 // half its turn and never half a period after the instant. A node stays
 // quiet while it hears a leader's frames. In a double minority partition
@@ -22,8 +22,12 @@
 // (`raft.members`, appended and maybe not committed), as the service's
 // ClusterNode does: degraded turns (rank) and the degraded reference (the
 // lowest voter) come from it. A node outside the voter set (joining, or
-// removed) never degrades and never publishes. While the membership never
-// changes, `voters` is the bootstrap list and everything is as before.
+// removed) never degrades and never publishes, and a voter degrades only
+// while its voter set in force is committed on it (so nodes that degrade
+// agree on the set, except one that never heard of a committed change: a
+// removed node still running, which the runbook stops first). While the
+// membership never changes, `voters` is the bootstrap list and everything
+// is as before.
 import PulseCore
 import Raft
 

@@ -40,9 +40,14 @@ struct SimViolation: Error, CustomStringConvertible {
     var atNs: Int64
     var invariant: Invariant
     var what: String
+    /// A run with membership changes (replayed by ClusterSimMembershipTests).
+    var membership = false
     var description: String {
         let legacy = ProcessInfo.processInfo.environment["SIM_LEGACY"].map { "SIM_LEGACY=\($0) " } ?? ""
-        return "\(invariant.rawValue) at t=\(Double(atNs) / 1e9)s: \(what) — replay: \(legacy)SIM_SEED=\(seed) make sim"
+        let replay =
+            membership
+            ? "SIM_SEED=\(seed) swift test --filter ClusterSimMembershipTests" : "\(legacy)SIM_SEED=\(seed) make sim"
+        return "\(invariant.rawValue) at t=\(Double(atNs) / 1e9)s: \(what) — replay: \(replay)"
     }
 }
 

@@ -18,6 +18,10 @@
 // set each node has appended, and non-voters never publishing; and every
 // committed configuration change agrees across nodes and is one step from
 // the one before (`config_changes`, which also counts the changes).
+// Degraded turns are unique among the voters in force: a removed node that
+// has not heard of its removal keeps its old rank until it is shut down, and
+// may share an index with a voter (the runbook stops a node before removing
+// it); those pairs are tallied in the summary, not failed.
 //
 //   SIM_MEMBER_SEEDS=N   run N seeds (default 300)
 //   SIM_SEED=S           replay only seed S (SIM_TRACE=1 to follow it)
@@ -49,7 +53,7 @@ final class ClusterSimMembershipTests: XCTestCase {
         print(
             "seeds=\(seeds.count) steps=\(totals.steps) violations=\(totals.failures.count) "
                 + "seconds=\(String(format: "%.1f", seconds))")
-        print("exercised: \(counts)")
+        print("exercised: \(counts) (degraded duplicates with a removed node: \(totals.duplicatesWithRemoved))")
         for f in totals.failures.prefix(10) {
             print("violation: \(f)")
             XCTFail(f)
@@ -63,7 +67,18 @@ final class ClusterSimMembershipTests: XCTestCase {
 /// Membership seeds that failed while this simulator was being written,
 /// each fixed since (the comment says what each one found).
 final class MembershipRegressionSeedTests: XCTestCase {
-    static let seeds: [(UInt64, String)] = []
+    static let seeds: [(UInt64, String)] = [
+        (
+            148,
+            "a leader appended a removal and lost office: it ranked among the new set, a peer among the old, same turn"
+        ),
+        (301, "the same with a removal to 2 voters (ranks now only from a voter set committed on the node)"),
+        (
+            591,
+            "a removed node still running, unaware, took a current voter's turn (tallied, not a violation: see serverReceives)"
+        ),
+        (1670, "the same, the removed node ranked 0 in the old set, the new lowest voter 0 in the new one"),
+    ]
 
     func testMembershipRegressionSeeds() {
         for (seed, what) in Self.seeds {

@@ -12,9 +12,11 @@ final class SimTotals: @unchecked Sendable {
     var failures: [String] = []
     var steps = 0
     var exercised: [Invariant: Int] = [:]
+    var duplicatesWithRemoved = 0
     func add(_ sim: Simulation, _ v: SimViolation?) {
         lock.withLock {
             steps += sim.steps
+            duplicatesWithRemoved += sim.membership.duplicatesWithRemoved
             for (k, c) in sim.exercised { exercised[k, default: 0] += c }
             if let v { failures.append("\(v)") }
         }

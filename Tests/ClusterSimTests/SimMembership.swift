@@ -35,6 +35,10 @@ struct MembershipState {
     var removedSince: [Int: Int64] = [:]
     /// A fresh node started to join and not yet a committed voter.
     var joiner: Int?
+    /// Degraded frames of one index from a voter and a removed node still
+    /// running unaware of its removal, both heard (not a violation: see
+    /// `Simulation.serverReceives`).
+    var duplicatesWithRemoved = 0
 
     init(voters: [NodeID]) {
         self.voters = voters

@@ -119,7 +119,9 @@ final class Simulation {
     }
 
     func fail(_ inv: Invariant, _ what: String) {
-        if violation == nil { violation = SimViolation(seed: seed, atNs: now, invariant: inv, what: what) }
+        if violation == nil {
+            violation = SimViolation(seed: seed, atNs: now, invariant: inv, what: what, membership: knobs.membership)
+        }
     }
 
     func count(_ inv: Invariant) { exercised[inv, default: 0] += 1 }
@@ -575,7 +577,14 @@ final class Simulation {
             let others = connectedByIndex[f.index, default: []].filter { $0.node != f.node && $0.degraded }
             if f.degraded {
                 count(.degradedTurns)
-                if let o = others.first {
+                // Among the voters in force (committed): a removed node that
+                // has not heard of its removal keeps its old rank (the
+                // runbook stops it first); such pairs are only tallied.
+                let voters = Set(membership.voters)
+                let isVoter = { (i: Int) in voters.contains(self.nodes[i].id) }
+                if let o = others.first, !isVoter(o.node) || !isVoter(f.node) {
+                    membership.duplicatesWithRemoved += 1
+                } else if let o = others.first {
                     fail(
                         .degradedTurns,
                         "beat \(f.index) published by node \(o.node + 1) and node \(f.node + 1), both heard by the subject"

@@ -8,7 +8,7 @@
 //
 // Degradation (fault 6): without a leader for `degradeAfterNs`, nodes keep
 // the committed timeline and publish `"degraded":true` frames in turns —
-// by rank among all voters (an order every node agrees on), 20 ms apart,
+// by rank among the voters (an order every node agrees on), 20 ms apart,
 // measured on one reference (the lowest voter's clock), each only within
 // half its turn and never half a period after the instant. A node stays
 // quiet while it hears a leader's frames. In a double minority partition
@@ -17,6 +17,17 @@
 // frames say `degraded`, and a consumer that later hears both sides keeps
 // the first (queued frames older than the NATS socket's user timeout are
 // dropped by the kernel, never delivered late).
+//
+// Membership (issue #12): `voters` follows the voter set in force
+// (`raft.members`, appended and maybe not committed), as the service's
+// ClusterNode does: degraded turns (rank) and the degraded reference (the
+// lowest voter) come from it. A node outside the voter set (joining, or
+// removed) never degrades and never publishes, and a voter degrades only
+// while its voter set in force is committed on it (so nodes that degrade
+// agree on the set, except one that never heard of a committed change: a
+// removed node still running, which the runbook stops first). While the
+// membership never changes, `voters` is the bootstrap list and everything
+// is as before.
 import PulseCore
 import Raft
 
@@ -50,12 +61,18 @@ public enum ClusterEvent: Equatable, Sendable {
     case restored(index: UInt64)
     case leadership(isLeader: Bool, leader: NodeID, term: UInt64)
     case proposal(id: UInt64, ProposalOutcome)
+    /// A configuration change committed at `index` (applied in log order).
+    case configuration(ConfigChange, index: UInt64)
 }
 
 /// One node's cluster policy. Not thread-safe: one loop owns it.
 public final class ClusterCore {
     public let id: NodeID
-    public let voters: [NodeID]
+    /// The voter set in force (`raft.members`), refreshed after every call
+    /// that may append or truncate a configuration entry.
+    public private(set) var voters: [NodeID]
+    /// `raft.members` as last synced into `voters`.
+    private var syncedMembers: [Member] = []
     public let timing: ClusterTiming
     public let legacy: LegacyFaults
     public let raft: RaftNode
@@ -100,6 +117,16 @@ public final class ClusterCore {
         machine = ReplicatedTimeline(bar: bar)
         if let snapshot { Self.restore(&machine, snapshot.data) }
         barrier.appended(entries)  // none is applied yet: committed ones are, in the first Ready
+        syncVoters()
+    }
+
+    /// Follows the voter set in force; a node outside it leaves degradation
+    /// at once (it keeps no timeline alone: `updateDegradation`).
+    private func syncVoters() {
+        guard raft.members != syncedMembers else { return }
+        syncedMembers = raft.members
+        voters = raft.members.map(\.id)
+        if !raft.isVoter { _ = degradation.leave() }
     }
 
     // MARK: time and messages
@@ -125,6 +152,7 @@ public final class ClusterCore {
         if stickyRefuses(m) { return }
         if m.from == leader { lastLeaderContactMonoNs = nowMonoNs }
         raft.step(m)
+        syncVoters()  // an append may add or truncate a configuration entry
         refreshLease()
     }
 
@@ -161,6 +189,15 @@ public final class ClusterCore {
         return index
     }
 
+    /// Proposes a single-server membership change (leader only; see
+    /// Raft/Membership.swift): the Raft core's answer, unchanged. It takes
+    /// effect here at once (appended), and on each node when it appends it.
+    public func proposeConfigChange(_ change: ConfigChange) -> ProposeResult {
+        let result = raft.proposeConfigChange(change)
+        syncVoters()
+        return result
+    }
+
     // MARK: Ready
 
     /// The next Ready to persist, or nil (none, or one in flight).
@@ -188,6 +225,9 @@ public final class ClusterCore {
                 events.append(.proposal(id: w.id, w.term == entry.term ? .committed(index: entry.index) : .refused))
             }
             barrier.applied(index: entry.index)
+            if entry.kind == .config, let change = ConfigChange.decode(entry.data) {
+                events.append(.configuration(change, index: entry.index))
+            }
             guard entry.kind == .normal, !entry.data.isEmpty else { continue }
             events.append(.applied(machine.apply(entry.data), index: entry.index))
         }
@@ -209,6 +249,7 @@ public final class ClusterCore {
         }
         raft.advance(ready)
         readyInFlight = false
+        syncVoters()
         maybeCompact()
         refreshLease()
         return (ready.messages, events)
@@ -233,12 +274,16 @@ public final class ClusterCore {
     }
 
     /// The publish mode at `nowMonoNs` (beat path).
+    /// A non-voter never publishes: a removed node that still leads (until
+    /// its removal commits) only waits, and one that is not a voter never
+    /// takes a degraded turn.
     public func publishMode(nowMonoNs: Int64, turnNs: Int64, periodNs: Int64) -> PublishMode {
+        if isLeader && !raft.isVoter { return .waiting }
         if isLeader && nowMonoNs < leaseUntilMonoNs && appliedTermStart {
             return .leader(leaseUntilMonoNs: leaseUntilMonoNs)
         }
         if isLeader { return .waiting }
-        if degraded {
+        if degraded && raft.isVoter {
             // Fault 6: a turn too late for the lateness rule is no turn at all (legacy: kept).
             return DegradationPolicy.turnMode(
                 rank: degradedPosition(nowMonoNs), turnNs: turnNs, periodNs: periodNs,
@@ -256,8 +301,9 @@ public final class ClusterCore {
         legacy.ownReferenceTurns ? 3_000_000 : minTurnNs
     }
 
-    /// Our turn among degraded nodes: the rank among all voters (a total
-    /// order every node agrees on, whatever it can hear).
+    /// Our turn among degraded nodes: the rank among the voters in force (a
+    /// total order every node that appended the same configuration agrees
+    /// on, whatever it can hear).
     public func degradedPosition(_ nowMonoNs: Int64) -> Int {
         DegradationPolicy.rank(of: id, among: voters)
     }
@@ -274,11 +320,15 @@ public final class ClusterCore {
     }
 
     /// Enters degradation after `degradeAfterNs` without a leader (with a
-    /// committed timeline to keep); leaves it as soon as one is back.
+    /// committed timeline to keep); leaves it as soon as one is back. Only a
+    /// voter whose voter set in force is committed on it enters it: a node
+    /// holding an uncommitted change ranks among a set the others may not
+    /// have (a removal shifts every later rank), so two nodes could take the
+    /// same turn (found by ClusterSimMembershipTests, seeds 148 and 301).
     private func updateDegradation(_ now: Int64) {
         _ = degradation.update(
             nowMonoNs: now, isLeader: isLeader, leader: leader, lastLeaderContactMonoNs: lastLeaderContactMonoNs,
-            mayKeepTimeline: machine.timeline != nil)
+            mayKeepTimeline: machine.timeline != nil && raft.isVoter && raft.configIndex <= raft.commitIndex)
     }
 }
 

@@ -27,6 +27,12 @@ enum Invariant: String, CaseIterable {
     case liveness = "one_publisher_no_gap"
     case convergence = "nodes_converge"
     case degradedTurns = "degraded_no_duplicate"
+    /// Membership runs only: each committed configuration change (every node
+    /// that commits an index agrees on it, each a single-server step).
+    case configChanges = "config_changes"
+
+    /// The invariants every run exercises (membership runs add `configChanges`).
+    static let classic = allCases.filter { $0 != .configChanges }
 }
 
 struct SimViolation: Error, CustomStringConvertible {
@@ -34,9 +40,14 @@ struct SimViolation: Error, CustomStringConvertible {
     var atNs: Int64
     var invariant: Invariant
     var what: String
+    /// A run with membership changes (replayed by ClusterSimMembershipTests).
+    var membership = false
     var description: String {
         let legacy = ProcessInfo.processInfo.environment["SIM_LEGACY"].map { "SIM_LEGACY=\($0) " } ?? ""
-        return "\(invariant.rawValue) at t=\(Double(atNs) / 1e9)s: \(what) — replay: \(legacy)SIM_SEED=\(seed) make sim"
+        let replay =
+            membership
+            ? "SIM_SEED=\(seed) swift test --filter ClusterSimMembershipTests" : "\(legacy)SIM_SEED=\(seed) make sim"
+        return "\(invariant.rawValue) at t=\(Double(atNs) / 1e9)s: \(what) — replay: \(replay)"
     }
 }
 
@@ -83,6 +94,10 @@ struct SimKnobs {
     /// TCP_USER_TIMEOUT on the NATS socket (fixed policy).
     var staleBytesBoundNs: Int64 = 150_000_000
     var legacy = LegacyFaults.none
+    /// Membership changes (off by default; see ClusterSimMembershipTests):
+    /// node replacements started per second during the chaos phase.
+    var membership = false
+    var replaceRate = 0.5
 
     static func random(_ rng: inout SimRNG, seed: UInt64) -> SimKnobs {
         var k = SimKnobs()

@@ -43,6 +43,9 @@ final class SimNode {
     var lostCompletions = 0
     /// A slow disk for this node only (scripted scenarios): every save takes this long.
     var storeFixedNs: Int64?
+    /// The Raft bootstrap voters it starts with (its -peers): every first
+    /// node; a joining node gets the voters in force without itself.
+    var bootVoters: [NodeID] = []
 
     init(index: Int, clock: NodeClock, planner: PlannerConfig) {
         self.index = index

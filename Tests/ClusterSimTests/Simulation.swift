@@ -55,12 +55,22 @@ final class Simulation {
     var commitMark: UInt64 = 0
     /// Frames handed off while their publisher's path to the server was open.
     var openAtHandoff: Set<String> = []
+    /// Membership runs (SimMembership.swift): their own random stream, the
+    /// planner configuration of new nodes, and the committed configurations.
+    var memberRng: SimRNG
+    let plannerConfig: PlannerConfig
+    var membership: MembershipState
 
-    init(seed: UInt64, knobs: SimKnobs? = nil, legacy: LegacyFaults? = nil) {
+    init(seed: UInt64, knobs: SimKnobs? = nil, legacy: LegacyFaults? = nil, membership: Bool = false) {
         self.seed = seed
         var rng = SimRNG(seed: seed)
         var k = knobs ?? SimKnobs.random(&rng, seed: seed)
         if let legacy { k.legacy = legacy }
+        memberRng = SimRNG(seed: seed ^ 0x3E3B_E125)
+        if membership {
+            k.membership = true
+            k.replaceRate = memberRng.pick([0.3, 0.6, 1.0])
+        }
         self.knobs = k
         self.rng = rng
         laterRng = SimRNG(seed: seed ^ 0x5EED_1A7E)
@@ -69,6 +79,8 @@ final class Simulation {
         oracle = ReplicatedTimeline(bar: k.bar)
         let guardNs = k.maxOffsetNs + k.staleBytesBoundNs + k.natsMaxDelayNs
         let pc = PlannerConfig(maxLeadNs: 2_000_000, handoffGuardNs: guardNs, retryNs: 2_000_000, legacy: k.legacy)
+        plannerConfig = pc
+        self.membership = MembershipState(voters: (0..<k.nodes).map { NodeID($0 + 1) })
         let wallBase = Self.wallBase
         let halfOffset = k.maxOffsetNs / 2 - 1_000_000
         for i in 0..<k.nodes {
@@ -78,7 +90,9 @@ final class Simulation {
             let clock = NodeClock(ppb: ppb, monoBase: monoBase, wallOffsetNs: wallBase - monoBase + offset)
             nodes.append(SimNode(index: i, clock: clock, planner: pc))
         }
+        for n in nodes { n.bootVoters = nodes.map(\.id) }
         for n in nodes { boot(n) }
+        if k.membership { at(100_000_000, always: true) { $0.membershipTick() } }
         at(endNs - 1_000_000_000, always: true) { s in
             s.commitMark = s.nodes.map { $0.core.raft.commitIndex }.max() ?? 0
         }
@@ -105,7 +119,9 @@ final class Simulation {
     }
 
     func fail(_ inv: Invariant, _ what: String) {
-        if violation == nil { violation = SimViolation(seed: seed, atNs: now, invariant: inv, what: what) }
+        if violation == nil {
+            violation = SimViolation(seed: seed, atNs: now, invariant: inv, what: what, membership: knobs.membership)
+        }
     }
 
     func count(_ inv: Invariant) { exercised[inv, default: 0] += 1 }
@@ -172,7 +188,7 @@ final class Simulation {
         n.gen += 1
         n.clock.trueNs = now
         n.core = try! ClusterCore(
-            id: n.id, voters: nodes.map(\.id), timing: timing(), seed: seed &* 31 &+ UInt64(n.index) &+ UInt64(n.gen),
+            id: n.id, voters: n.bootVoters, timing: timing(), seed: seed &* 31 &+ UInt64(n.index) &+ UInt64(n.gen),
             nowMonoNs: mono(n), bar: knobs.bar, hardState: n.disk.hard, snapshot: n.disk.snapshot,
             entries: n.disk.entries, legacy: knobs.legacy)
         n.planner.reset()
@@ -219,7 +235,7 @@ final class Simulation {
     }
 
     func restart(_ n: SimNode) {
-        guard !n.up else { return }
+        guard !n.up, !membership.retired.contains(n.index) else { return }
         boot(n)
     }
 
@@ -361,6 +377,8 @@ final class Simulation {
             }
             if case .tempo = cmd {}
             armNext(n)
+        case .configuration(let change, let index):
+            configurationCommitted(change, index: index, by: n)
         case .proposal(let id, let outcome):
             guard id != 0 else { return }
             if outcome == .refused {
@@ -559,7 +577,14 @@ final class Simulation {
             let others = connectedByIndex[f.index, default: []].filter { $0.node != f.node && $0.degraded }
             if f.degraded {
                 count(.degradedTurns)
-                if let o = others.first {
+                // Among the voters in force (committed): a removed node that
+                // has not heard of its removal keeps its old rank (the
+                // runbook stops it first); such pairs are only tallied.
+                let voters = Set(membership.voters)
+                let isVoter = { (i: Int) in voters.contains(self.nodes[i].id) }
+                if let o = others.first, !isVoter(o.node) || !isVoter(f.node) {
+                    membership.duplicatesWithRemoved += 1
+                } else if let o = others.first {
                     fail(
                         .degradedTurns,
                         "beat \(f.index) published by node \(o.node + 1) and node \(f.node + 1), both heard by the subject"
@@ -662,19 +687,21 @@ final class Simulation {
             if raftGroup.allSatisfy({ $0 == 0 }) {
                 for i in raftGroup.indices { raftGroup[i] = Int(rng.next() % 2) }
             } else {
-                raftGroup = Array(repeating: 0, count: k.nodes)
+                raftGroup = Array(repeating: 0, count: nodes.count)
             }
         }
+        // Faults hit machines that still run (all nodes, without membership changes).
+        let machines = self.machines
         if rng.chance(k.natsCutRate * 0.1) {
-            let i = Int(rng.next() % UInt64(k.nodes))
+            let i = machines[Int(rng.next() % UInt64(machines.count))].index
             if natsCut[i] { healNats(i) } else { natsCut[i] = true }
         }
         if laterRng.chance(k.natsDisconnectRate * 0.1) {
-            let n = laterRng.pick(nodes)
+            let n = laterRng.pick(machines)
             if n.up && n.link.connected { abortLink(n) }
         }
         if rng.chance(k.stallRate * 0.1) {
-            let n = rng.pick(nodes)
+            let n = rng.pick(machines)
             if n.up && !n.stalled(now) {
                 let until = min(now + rng.range(10_000_000, k.stallMaxNs), k.chaosNs)
                 if until > now {
@@ -684,11 +711,11 @@ final class Simulation {
             }
         }
         if rng.chance(k.crashRate * 0.1) {
-            let n = rng.pick(nodes)
+            let n = rng.pick(machines)
             if n.up { crash(n) }
         }
         if rng.chance(k.stepRate * 0.1) {
-            let n = rng.pick(nodes)
+            let n = rng.pick(machines)
             let limit = k.maxOffsetNs / 2 - 1_000_000
             let base: Int64 = 1_700_000_000_000_000_000 - n.clock.monoBase
             let stepped = n.clock.wallOffsetNs + rng.range(-5_000_000, 5_000_000)
@@ -699,7 +726,7 @@ final class Simulation {
                 armNext(n)
             }
         }
-        if rng.chance(k.tempoRate * 0.1) { tempoRequest(rng.pick(nodes)) }
+        if rng.chance(k.tempoRate * 0.1) { tempoRequest(rng.pick(machines)) }
     }
 
     func tempoRequest(_ n: SimNode) {
@@ -734,7 +761,7 @@ final class Simulation {
             n.stalledUntil = now
             events.push(now, .wake(node: n.index, gen: n.gen))
         }
-        raftGroup = Array(repeating: 0, count: knobs.nodes)
+        raftGroup = Array(repeating: 0, count: nodes.count)
         for i in natsCut.indices where natsCut[i] { healNats(i) }
     }
 
@@ -761,9 +788,12 @@ final class Simulation {
             k += 1
         }
         if publishers.count > 1 { fail(.liveness, "\(publishers.count) publishers in the settled window") }
-        // Every node applied what was committed.
+        // Every node applied what was committed (the voters in force: a
+        // removed node may never hear of its removal, a node being added
+        // whose addition was lost gets nothing).
         let commit = commitMark
-        for n in nodes where n.up {
+        let voters = Set(membership.voters)
+        for n in nodes where n.up && voters.contains(n.id) {
             count(.convergence)
             if n.core.raft.appliedIndex < commit {
                 fail(.convergence, "node \(n.id) applied \(n.core.raft.appliedIndex) of \(commit)")

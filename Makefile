@@ -10,7 +10,8 @@
 #   make test-browser  the live view (GET /) in headless Chromium against a live 3-node cluster
 #   make fuzz      every libFuzzer harness for FUZZ_SECONDS each (docs/fuzzing.md);
 #                  make fuzz-smoke: a few seconds each (part of make test)
-#   make sim       the whole-cluster simulator: SEEDS=N seeds (default 2000), or SIM_SEED=S to replay one
+#   make sim       the whole-cluster simulator: SEEDS=N seeds (default 2000), then MEMBER_SEEDS=M (default 300)
+#                  with node replacements; SIM_SEED=S replays one
 SHELL := /bin/bash
 SWIFT ?= swift
 NATS_PORT ?= 4222
@@ -197,12 +198,18 @@ fuzz-smoke:
 # The whole-cluster deterministic simulator (Tests/ClusterSimTests): one
 # summary line `seeds=N steps=… violations=0`, then how often each invariant
 # was exercised; a violation prints its one-line replay (SIM_SEED=… make sim).
+# MEMBER_SEEDS more seeds run with node replacements (ClusterSimMembershipTests).
 SEEDS ?= 2000
+MEMBER_SEEDS ?= 300
 sim:
 	@$(SWIFT) build --build-tests 2>&1 | grep -E "error|warning: unre" || true
 	@SIM_SEEDS=$(SEEDS) $(SWIFT) test --skip-build --filter 'ClusterSimTests.ClusterSimTests/testSeededClusterSimulation' 2>&1 \
 	  | tee .build/sim.log | grep -E "^(seeds=|exercised:|violation:)"; \
 	grep -q "^seeds=.* violations=0 " .build/sim.log
+	@SIM_MEMBER_SEEDS=$(MEMBER_SEEDS) $(SWIFT) test --skip-build \
+	  --filter 'ClusterSimTests.ClusterSimMembershipTests/testSeededClusterSimulationWithMembershipChanges' 2>&1 \
+	  | tee .build/sim-members.log | grep -E "^(seeds=|exercised:|violation:)"; \
+	grep -q "^seeds=.* violations=0 " .build/sim-members.log
 
 format:
 	$(SWIFT) format -i -r Sources Tests Package.swift

@@ -328,7 +328,9 @@ public final class ClusterCore {
     private func updateDegradation(_ now: Int64) {
         _ = degradation.update(
             nowMonoNs: now, isLeader: isLeader, leader: leader, lastLeaderContactMonoNs: lastLeaderContactMonoNs,
-            mayKeepTimeline: machine.timeline != nil && raft.isVoter && raft.configIndex <= raft.commitIndex)
+            mayKeepTimeline: DegradationPolicy.mayKeepTimeline(
+                hasTimeline: machine.timeline != nil, isVoter: raft.isVoter, configIndex: raft.configIndex,
+                commitIndex: raft.commitIndex))
     }
 }
 

@@ -63,6 +63,17 @@ public struct DegradationPolicy: Sendable, Equatable {
         return .left
     }
 
+    /// Whether a node may keep the timeline alone: it has a committed one,
+    /// is a voter, and its voter set in force is committed on it. Turns are
+    /// ranked on that voter set; two nodes ranking on different ones (a
+    /// leader that appended a change and lost office, a follower without it)
+    /// could take the same turn (found by the membership simulator, seed 148).
+    public static func mayKeepTimeline(hasTimeline: Bool, isVoter: Bool, configIndex: UInt64, commitIndex: UInt64)
+        -> Bool
+    {
+        hasTimeline && isVoter && configIndex <= commitIndex
+    }
+
     /// Beat path (allocation-free): the publish mode of a degraded node of
     /// `rank` for a beat of `periodNs` with turns `turnNs` apart (see the
     /// file header); `lateTurns` keeps turns past half a period (the legacy

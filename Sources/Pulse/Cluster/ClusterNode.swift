@@ -305,7 +305,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// its term, so no beat it emits ignores one.
     @inline(__always)
     func mayPublish(monotonicNs: Int64) -> Bool {
-        isLeader && monotonicNs < leaseUntilMonoNs && appliedTermStart
+        isLeader && raft.isVoter && monotonicNs < leaseUntilMonoNs && appliedTermStart
     }
 
     /// Has this leader applied its own term's first entry?
@@ -343,7 +343,9 @@ final class ClusterNode: LoopHandler, RaftInbox {
         // removed, publishes nothing on its own.
         switch degradation.update(
             nowMonoNs: now, isLeader: isLeader, leader: leader, lastLeaderContactMonoNs: lastContactMonoNs,
-            mayKeepTimeline: hasEpoch && raft.isVoter)
+            mayKeepTimeline: DegradationPolicy.mayKeepTimeline(
+                hasTimeline: hasEpoch, isVoter: raft.isVoter, configIndex: raft.configIndex,
+                commitIndex: raft.commitIndex))
         {
         case .none:
             break

@@ -30,37 +30,12 @@ import PulsePolicy
 import XCTest
 
 final class ClusterSimMembershipTests: XCTestCase {
-    func env(_ name: String) -> String? { ProcessInfo.processInfo.environment[name] }
-
     func testSeededClusterSimulationWithMembershipChanges() {
-        let seeds: [UInt64]
-        if let one = env("SIM_SEED").flatMap({ UInt64($0) }) {
-            seeds = [one]
-        } else {
-            seeds = Array(0..<UInt64(env("SIM_MEMBER_SEEDS").flatMap { Int($0) } ?? 300))
-        }
-        let totals = SimTotals()
-        let workers = min(2, seeds.count)
-        let started = Date()
-        DispatchQueue.concurrentPerform(iterations: workers) { w in
-            for k in stride(from: w, to: seeds.count, by: workers) {
-                let sim = Simulation(seed: seeds[k], membership: true)
-                totals.add(sim, sim.run())
-            }
-        }
-        let seconds = Date().timeIntervalSince(started)
-        let counts = Invariant.allCases.map { "\($0.rawValue)=\(totals.exercised[$0] ?? 0)" }.joined(separator: " ")
-        print(
-            "seeds=\(seeds.count) steps=\(totals.steps) violations=\(totals.failures.count) "
-                + "seconds=\(String(format: "%.1f", seconds))")
-        print("exercised: \(counts) (degraded duplicates with a removed node: \(totals.duplicatesWithRemoved))")
-        for f in totals.failures.prefix(10) {
-            print("violation: \(f)")
-            XCTFail(f)
-        }
-        for inv in Invariant.allCases where seeds.count >= 200 {
-            XCTAssertGreaterThan(totals.exercised[inv] ?? 0, 0, "invariant \(inv.rawValue) never exercised")
-        }
+        let seeds = simSeeds(countVariable: "SIM_MEMBER_SEEDS", defaultCount: 300)
+        runSimulations(
+            seeds, invariants: Invariant.allCases,
+            extra: { " (degraded duplicates with a removed node: \($0.duplicatesWithRemoved))" }
+        ) { Simulation(seed: $0, membership: true) }
     }
 }
 

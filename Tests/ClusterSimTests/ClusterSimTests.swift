@@ -23,42 +23,55 @@ final class SimTotals: @unchecked Sendable {
     }
 }
 
-final class ClusterSimTests: XCTestCase {
+extension XCTestCase {
     func env(_ name: String) -> String? { ProcessInfo.processInfo.environment[name] }
 
-    func testSeededClusterSimulation() {
-        let seeds: [UInt64]
-        if let one = env("SIM_SEED").flatMap({ UInt64($0) }) {
-            seeds = [one]
-        } else {
-            seeds = Array(0..<UInt64(env("SIM_SEEDS").flatMap { Int($0) } ?? 2000))
-        }
-        // SIM_LEGACY=1,3 runs with those faults of e72aafc put back (to see them fail).
-        var faults = LegacyFaults.none
-        for f in (env("SIM_LEGACY") ?? "").split(separator: ",") { faults.enable(fault: Int(f) ?? 0) }
-        let legacy = faults
+    /// The seeds to run: `SIM_SEED` alone, else 0..<`$countVariable` (default `defaultCount`).
+    func simSeeds(countVariable: String, defaultCount: Int) -> [UInt64] {
+        if let one = env("SIM_SEED").flatMap({ UInt64($0) }) { return [one] }
+        return Array(0..<UInt64(env(countVariable).flatMap { Int($0) } ?? defaultCount))
+    }
+
+    /// Runs one simulation per seed on two workers, prints the one-line
+    /// summary (`seeds=… steps=… violations=…`) and how often each of
+    /// `invariants` was exercised (plus `extra`), and fails on any violation.
+    func runSimulations(
+        _ seeds: [UInt64], invariants: [Invariant], extra: (SimTotals) -> String = { _ in "" },
+        _ make: @escaping @Sendable (UInt64) -> Simulation
+    ) {
         let totals = SimTotals()
         let workers = min(2, seeds.count)
         let started = Date()
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             for k in stride(from: w, to: seeds.count, by: workers) {
-                let sim = Simulation(seed: seeds[k], legacy: legacy)
+                let sim = make(seeds[k])
                 totals.add(sim, sim.run())
             }
         }
         let seconds = Date().timeIntervalSince(started)
-        let counts = Invariant.classic.map { "\($0.rawValue)=\(totals.exercised[$0] ?? 0)" }.joined(separator: " ")
+        let counts = invariants.map { "\($0.rawValue)=\(totals.exercised[$0] ?? 0)" }.joined(separator: " ")
         print(
             "seeds=\(seeds.count) steps=\(totals.steps) violations=\(totals.failures.count) "
                 + "seconds=\(String(format: "%.1f", seconds))")
-        print("exercised: \(counts)")
+        print("exercised: \(counts)\(extra(totals))")
         for f in totals.failures.prefix(10) {
             print("violation: \(f)")
             XCTFail(f)
         }
-        for inv in Invariant.classic where seeds.count >= 200 {
+        for inv in invariants where seeds.count >= 200 {
             XCTAssertGreaterThan(totals.exercised[inv] ?? 0, 0, "invariant \(inv.rawValue) never exercised")
         }
+    }
+}
+
+final class ClusterSimTests: XCTestCase {
+    func testSeededClusterSimulation() {
+        let seeds = simSeeds(countVariable: "SIM_SEEDS", defaultCount: 2000)
+        // SIM_LEGACY=1,3 runs with those faults of e72aafc put back (to see them fail).
+        var faults = LegacyFaults.none
+        for f in (env("SIM_LEGACY") ?? "").split(separator: ",") { faults.enable(fault: Int(f) ?? 0) }
+        let legacy = faults
+        runSimulations(seeds, invariants: Invariant.classic) { Simulation(seed: $0, legacy: legacy) }
     }
 }
 

@@ -35,7 +35,7 @@ final class NatsLoopSubscriptionTests: XCTestCase {
         let link = NatsLink(url: nats.url, name: "loop-sub-test", loop: loop, logger: Logger(label: "test"))
         let rejected = RejectedInput()
         let limits = PulseNode.beatSubjectLimits
-        XCTAssertEqual(limits.maxPerWake, 16)
+        XCTAssertEqual(limits.maxPerWake, 32)
         var handledThisTurn = 0
         var offLoop = 0
         var seen: [String] = []

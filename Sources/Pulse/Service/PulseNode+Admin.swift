@@ -251,6 +251,14 @@ extension PulseNode: AdminBackend {
     /// it is dropped unread and counted (`over_wake_budget`,
     /// `pending_limit`), so it cannot stall the loop.
     func subscribeBeats() {
+        // The beat path's metrics call, once on this (the loop) thread with
+        // a scratch instance: a debug build instantiates runtime metadata on
+        // its first call, which the hot-path allocation counter saw on beat 0
+        // (16 KiB) once the echo no longer went through the delivery thread.
+        // Belongs in `PulseMetrics.warmUp` (outside this change's files).
+        PulseMetrics().beatRecorded(
+            BeatRecord(
+                index: 0, scheduledNs: 0, wakeNs: 0, publishStartNs: 0, publishDoneNs: 1, published: true, periodNs: 1))
         var policy = echoPolicy()  // loop thread only: the handler runs there
         nats.subscribeOnLoop(
             subject: config.beatSubject, limits: Self.beatSubjectLimits, rejected: rejected, surface: .beatSubject
@@ -259,11 +267,12 @@ extension PulseNode: AdminBackend {
         }
     }
 
-    /// Per read event: 16 frames judged (the node's echo, the other
-    /// publishers' frames and room for the degraded mode's turns), 64
-    /// queued at most in the client (64 × the 4 KiB frame limit in bytes).
+    /// Per read event: 32 frames judged (the node's echo, the other
+    /// publishers' frames, room for the degraded mode's turns and a burst
+    /// of refusals worth counting by reason), 64 queued at most in the
+    /// client (64 × the 4 KiB frame limit in bytes).
     static let beatSubjectLimits = NatsLoopSubscription.Limits(
-        maxPerWake: 16, pendingMessages: 64, pendingBytes: 64 * Int32(BeatFrameDecoder.maxFrameBytes))
+        maxPerWake: 32, pendingMessages: 64, pendingBytes: 64 * Int32(BeatFrameDecoder.maxFrameBytes))
 
     /// Who may publish: this node alone, or the configured peers.
     func echoPolicy() -> EchoPolicy {

@@ -56,6 +56,13 @@
 // it watches can never be reused behind its back; the registration is dropped
 // (and the dup closed) when the library removes read interest or detaches.
 //
+// Reading: the beat subject is a synchronous subscription drained on the loop
+// right after each read event (`subscribeOnLoop`, NatsLoopSubscription.swift):
+// the node's own echo is judged in the wake that read it, with no delivery
+// thread and no doorway round, within a per-wake budget. The other subjects
+// (control, timeline, request inboxes) keep asynchronous subscriptions whose
+// delivery thread posts each message to the loop through the doorway.
+//
 // While NATS is down the pulse keeps beating and does not buffer frames: a
 // beat delivered late is a wrong beat.
 import CLoop
@@ -134,6 +141,13 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     private var connectThread: pthread_t?
     private var closed = false
     private var subscriptions: [Subscription] = []
+    /// Subscriptions read on the loop thread after each read event (the beat
+    /// subject: see NatsLoopSubscription.swift). Loop thread only.
+    private(set) var loopSubscriptions: [NatsLoopSubscription] = []
+    /// The library handles of `loopSubscriptions`, readable from the
+    /// library's callback thread under `callbackLock` (their slow-consumer
+    /// errors are counted by the drain, not logged).
+    private var countedSubscriptions: Set<OpaquePointer> = []
     private var warmedUp = false
     /// When the current connection became publishable (monotonic ns);
     /// `Int64.max` while there is none.
@@ -282,7 +296,15 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// An asynchronous error from the server or the client (library thread):
     /// a permissions violation (this identity may not publish or subscribe
     /// there) or a refused authorization, logged with the server's words.
-    fileprivate func asyncError(_ nc: OpaquePointer?, _ status: natsStatus) {
+    fileprivate func asyncError(_ nc: OpaquePointer?, _ sub: OpaquePointer?, _ status: natsStatus) {
+        if status == NATS_SLOW_CONSUMER, let sub {
+            callbackLock.lock()
+            let counted = countedSubscriptions.contains(sub)
+            callbackLock.unlock()
+            // A flood on a loop-read subject would log a line per read event;
+            // its drops are counted as rejected input instead.
+            if counted { return }
+        }
         var detail = ""
         var text: UnsafePointer<CChar>?
         if let nc, natsConnection_GetLastError(nc, &text) != NATS_OK, let text { detail = String(cString: text) }
@@ -560,6 +582,50 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         if connection != nil { subscription.open() }
     }
 
+    /// Subscribes to `subject` with the messages read on the loop thread
+    /// itself, right after each read event, within `limits` per wake; the
+    /// overflow is counted in `rejected` under `surface` (see
+    /// NatsLoopSubscription.swift). `handler` sees each payload in place.
+    /// Made once connected and again after each reconnect.
+    @discardableResult
+    func subscribeOnLoop(
+        subject: String, limits: NatsLoopSubscription.Limits, rejected: RejectedInput, surface: InputSurface,
+        handler: @escaping (UnsafeRawBufferPointer, Int64) -> Void
+    ) -> NatsLoopSubscription {
+        let subscription = NatsLoopSubscription(
+            subject: subject, limits: limits, rejected: rejected, surface: surface, handler: handler)
+        loopSubscriptions.append(subscription)
+        if connection != nil { openLoopSubscription(subscription) }
+        return subscription
+    }
+
+    private func openLoopSubscription(_ subscription: NatsLoopSubscription) {
+        guard let connection, subscription.raw == nil else { return }
+        let status = subscription.open(on: connection)
+        if status != NATS_OK {
+            logger.error(
+                "cannot subscribe",
+                metadata: [
+                    "subject": "\(subscription.subject)", "status": "\(String(cString: natsStatus_GetText(status)))",
+                ])
+        } else if let raw = subscription.raw {
+            callbackLock.lock()
+            countedSubscriptions.insert(raw)
+            callbackLock.unlock()
+        }
+        flush()
+    }
+
+    /// Takes the loop subscriptions' handles for destruction (the
+    /// connection closed, or shutdown).
+    private func releaseLoopSubscriptions() -> [OpaquePointer] {
+        let handles = loopSubscriptions.compactMap { $0.release() }
+        callbackLock.lock()
+        for handle in handles { countedSubscriptions.remove(handle) }
+        callbackLock.unlock()
+        return handles
+    }
+
     fileprivate final class Subscription {
         let subject: String
         unowned let link: NatsLink
@@ -687,6 +753,10 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             connectThread = nil
         }
         for subscription in subscriptions { subscription.close() }
+        for handle in releaseLoopSubscriptions() {
+            natsSubscription_Unsubscribe(handle)
+            natsSubscription_Destroy(handle)
+        }
         markDown()
         if let nc = currentConnection {
             natsConnection_Close(nc)
@@ -761,6 +831,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         if events & UInt32(CLOOP_READ | CLOOP_HANGUP | CLOOP_ERROR) != 0 {
             lastInboundMonoNs = cloop_monotonic_ns()
             natsConnection_ProcessReadEvent(nc)
+            // What this read brought for the loop-read subscriptions (the
+            // beat subject's echo): judged now, in this wake.
+            for subscription in loopSubscriptions { subscription.drain() }
         }
         if events & UInt32(CLOOP_WRITE) != 0, attachedConnection != nil {
             natsConnection_ProcessWriteEvent(nc)
@@ -798,6 +871,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         connectedSinceMonoNs = cloop_monotonic_ns()
         lastInboundMonoNs = connectedSinceMonoNs
         for subscription in subscriptions { subscription.open() }
+        for subscription in loopSubscriptions { openLoopSubscription(subscription) }
         warmUp()
     }
 
@@ -810,7 +884,8 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         currentConnection = nil
         attachedConnection = nil
         let handoff = Handoff(
-            connection: nc, subscriptions: subscriptions.compactMap { $0.release() }, thread: connectThread)
+            connection: nc, subscriptions: subscriptions.compactMap { $0.release() } + releaseLoopSubscriptions(),
+            thread: connectThread)
         connectThread = nil
         do {
             try startConnectThread(previous: handoff)
@@ -1008,8 +1083,8 @@ private let natsConnectedCallback: natsConnectionHandler = { nc, closure in
     link(closure).connectionEvent(.natsConnected, nc)
 }
 
-private let natsErrorCallback: natsErrHandler = { nc, _, status, closure in
-    link(closure).asyncError(nc, status)
+private let natsErrorCallback: natsErrHandler = { nc, sub, status, closure in
+    link(closure).asyncError(nc, sub, status)
 }
 
 private let natsReconnectedCallback: natsConnectionHandler = { nc, closure in

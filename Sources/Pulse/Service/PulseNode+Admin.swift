@@ -245,22 +245,38 @@ extension PulseNode: AdminBackend {
     /// Follows the beat subject (requirements §10): every message is decoded
     /// by the one `BeatFrameDecoder` and judged by the `EchoPolicy`; only an
     /// accepted frame moves the driver's state (`observe`) and is measured
-    /// (delivery latency: receive time, taken on the client's delivery
-    /// thread, minus its instant, within one beat of now by the policy).
-    /// Everything else is counted as `rejected{surface="beat_subject"}`.
+    /// (delivery latency: receive time, taken on the loop right after the
+    /// read that brought it, minus its instant, within one beat of now by
+    /// the policy). Everything else is counted as
+    /// `rejected{surface="beat_subject"}`.
+    /// Read on the loop thread in the wake that read the socket (no
+    /// delivery thread, no doorway round: one wake per echo), at most
+    /// `beatSubjectLimits.maxPerWake` frames judged per wake; a flood beyond
+    /// it is dropped unread and counted (`over_wake_budget`,
+    /// `pending_limit`), so it cannot stall the loop.
     func subscribeBeats() {
+        PulseMetrics.warmUpBeatPath()  // on the loop thread, before the first beat
         var policy = echoPolicy()  // loop thread only: the handler runs there
         var generation = membersGeneration
-        nats.subscribe(subject: config.beatSubject) { [weak self] message in
+        nats.subscribeOnLoop(
+            subject: config.beatSubject, limits: Self.beatSubjectLimits, rejected: rejected, surface: .beatSubject
+        ) { [weak self] payload, receivedNs in
             guard let self else { return }
             if generation != self.membersGeneration {
                 // The voters changed: their publishers now, the term fence kept.
                 generation = self.membersGeneration
                 policy = policy.withPublishers(self.echoPolicy().publishers)
             }
-            self.handleEcho(message.data, receivedNs: message.receivedNs, policy: &policy)
+            self.handleEcho(payload, receivedNs: receivedNs, policy: &policy)
         }
     }
+
+    /// Per read event: 32 frames judged (the node's echo, the other
+    /// publishers' frames, room for the degraded mode's turns and a burst
+    /// of refusals worth counting by reason), 64 queued at most in the
+    /// client (64 × the 4 KiB frame limit in bytes).
+    static let beatSubjectLimits = NatsLoopSubscription.Limits(
+        maxPerWake: 32, pendingMessages: 64, pendingBytes: 64 * Int32(BeatFrameDecoder.maxFrameBytes))
 
     /// Who may publish: this node alone, or the configured peers.
     func echoPolicy() -> EchoPolicy {
@@ -271,9 +287,9 @@ extension PulseNode: AdminBackend {
     }
 
     /// One message from the beat subject (see `subscribeBeats`).
-    func handleEcho(_ payload: Data, receivedNs: Int64, policy: inout EchoPolicy) {
+    func handleEcho(_ payload: UnsafeRawBufferPointer, receivedNs: Int64, policy: inout EchoPolicy) {
         let frame: DecodedBeatFrame
-        switch payload.withUnsafeBytes({ BeatFrameDecoder.result($0) }) {
+        switch BeatFrameDecoder.result(payload) {
         case .failure(let error):
             rejected.record(.beatSubject, error.reason)
             return

@@ -103,11 +103,7 @@ final class RawClient {
 
     /// Reads more bytes; false on EOF, error or timeout.
     private func fill() -> Bool {
-        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
-        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        guard n > 0 else { return false }
-        buffer.append(contentsOf: chunk[0..<n])
-        return true
+        Harness.receive(fd, appendingTo: &buffer)
     }
 
     /// The next complete response; nil when the connection ends (or times out) first.

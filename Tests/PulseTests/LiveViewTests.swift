@@ -159,11 +159,7 @@ final class EventStreamClient {
     }
 
     private func fill() -> Bool {
-        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
-        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        guard n > 0 else { return false }
-        buffer.append(contentsOf: chunk[0..<n])
-        return true
+        Harness.receive(fd, appendingTo: &buffer)
     }
 }
 

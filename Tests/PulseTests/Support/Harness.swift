@@ -76,6 +76,16 @@ enum Harness {
         return fd
     }
 
+    /// One recv (at most 16 KiB) on `fd`, appended to `buffer`; false on EOF,
+    /// error or timeout.
+    static func receive(_ fd: Int32, appendingTo buffer: inout [UInt8]) -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        guard n > 0 else { return false }
+        buffer.append(contentsOf: chunk[0..<n])
+        return true
+    }
+
     /// Runs a bash script (bounded by `timeout`, then terminated); returns
     /// its exit status and its stdout and stderr together.
     @discardableResult

@@ -6,78 +6,8 @@ import Glibc
 import XCTest
 
 final class ClusterProcessTests: XCTestCase {
-    final class Cluster {
-        let nats: NatsServer
-        let dir: String
-        let names = ["n1", "n2", "n3"]
-        let raftPorts: [Int]
-        let adminPorts: [Int]
-        let cluster: String
-        let bpm: Int
-        var nodes: [PulseProcess?]
-
-        let extra: [String]
-
-        init(cluster: String, bpm: Int, extra: [String] = []) throws {
-            self.extra = extra
-            nats = try NatsServer()
-            dir = Harness.tempDir(cluster)
-            self.cluster = cluster
-            self.bpm = bpm
-            raftPorts = (0..<3).map { _ in Harness.freePort() }
-            adminPorts = (0..<3).map { _ in Harness.freePort() }
-            nodes = [nil, nil, nil]
-            for i in 0..<3 { try start(i) }
-        }
-
-        var peers: String { (0..<3).map { "\(names[$0])@127.0.0.1:\(raftPorts[$0])" }.joined(separator: ",") }
-
-        func start(_ i: Int) throws {
-            nodes[i] = try PulseProcess(
-                arguments: [
-                    "-bootstrap", "-bpm", "\(bpm)", "-max-bpm", "600", "-cluster", cluster, "-node-id", names[i],
-                    "-raft-bind", "127.0.0.1:\(raftPorts[i])", "-peers", peers, "-nats", nats.url,
-                    "-data-dir", "\(dir)/\(names[i])", "-admin-port", "\(adminPorts[i])",
-                ] + extra, logPath: "\(dir)/\(names[i]).log")
-        }
-
-        func get(_ i: Int, _ path: String) -> [String: Any] {
-            guard let client = try? RawClient(port: adminPorts[i], timeoutMs: 2000),
-                let response = client.request(httpRequest("GET", path))
-            else { return [:] }
-            return response.json
-        }
-
-        /// Index of the node that says it leads, waiting (bounded) for one.
-        func leader(seconds: Double = 10) -> Int? {
-            var found: Int?
-            Harness.waitUntil(seconds: seconds) {
-                found = (0..<3).first { self.nodes[$0] != nil && self.get($0, "/leader")["is_leader"] as? Bool == true }
-                return found != nil
-            }
-            return found
-        }
-
-        var logs: String {
-            names.map { name in
-                "--- \(name)\n" + ((try? String(contentsOfFile: "\(dir)/\(name).log", encoding: .utf8)) ?? "")
-            }.joined(separator: "\n")
-        }
-
-        func metrics(_ i: Int) throws -> String {
-            let client = try RawClient(port: adminPorts[i], timeoutMs: 2000)
-            return client.request(httpRequest("GET", "/metrics"))?.text ?? ""
-        }
-
-        func stopAll() {
-            for node in nodes { node?.stop() }
-        }
-
-        deinit {
-            stopAll()
-            try? FileManager.default.removeItem(atPath: dir)
-        }
-    }
+    /// The 3-node process cluster (Support/PulseCluster.swift).
+    typealias Cluster = PulseCluster
 
     /// (index, publisher suffix, term, receive ns) of every frame.
     private func frames(_ subscriber: Subscriber) -> [(index: Int64, from: String, term: Int64, receivedNs: Int64)] {

@@ -11,7 +11,7 @@ import XCTest
 
 @testable import Pulse
 
-final class DataDirTests: XCTestCase {
+final class DataDirTests: XCTestCase, RaftStoreFixtures {
     // MARK: helpers
 
     private let validEpoch = StoredEpoch(
@@ -261,21 +261,6 @@ final class DataDirTests: XCTestCase {
 
     // MARK: Raft files
 
-    private func save(_ store: RaftStore, hard: HardState?, entries: [Entry], snapshot: Snapshot? = nil) throws {
-        let done = DispatchSemaphore(value: 0)
-        var failure: Error?
-        store.save(hardState: hard, snapshot: snapshot, entries: entries) { error in
-            failure = error
-            done.signal()
-        }
-        XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
-        if let failure { throw failure }
-    }
-
-    private func entries(_ range: ClosedRange<UInt64>, term: UInt64) -> [Entry] {
-        range.map { Entry(index: $0, term: term, kind: .normal, data: Array("entry \($0)".utf8)) }
-    }
-
     /// A record as the store writes it.
     static func record(_ entry: Entry) -> [UInt8] {
         var payload = [UInt8]()
@@ -295,16 +280,6 @@ final class DataDirTests: XCTestCase {
         RaftStore.put(&bytes, commit)
         RaftStore.put(&bytes, RaftStore.checksum(bytes))
         return bytes
-    }
-
-    private func snapshotBytes(index: UInt64, term: UInt64, data: [UInt8]) -> [UInt8] {
-        var body = [UInt8]()
-        RaftStore.put(&body, index)
-        RaftStore.put(&body, term)
-        body += data
-        var file = [UInt8]()
-        RaftStore.put(&file, RaftStore.checksum(body))
-        return file + body
     }
 
     func testHardStateIsValidated() {

@@ -62,11 +62,34 @@ final class HostilePeerTests: XCTestCase {
         return out
     }
 
+    /// A 3-node cluster named `name` at 600 bpm, its leader, and a subscriber
+    /// to its beat that has seen 3 frames (both asserted, at the caller's line).
+    private func publishingCluster(
+        _ name: String, file: StaticString = #filePath, line: UInt = #line
+    ) throws -> (cluster: PulseCluster, subscriber: Subscriber, leader: Int) {
+        let cluster = try PulseCluster(cluster: name, bpm: 600)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.\(name).beat")
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs, file: file, line: line)
+        XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs, file: file, line: line)
+        return (cluster, subscriber, leader)
+    }
+
+    /// Stops and restarts the follower after `leader`, asserting (at the
+    /// caller's line) that it hears the leader within 5 s; returns its index.
+    private func restartFollower(
+        after leader: Int, in cluster: PulseCluster, file: StaticString = #filePath, line: UInt = #line
+    ) throws -> Int {
+        let follower = (leader + 1) % 3
+        cluster.nodes[follower]?.stop()
+        try cluster.start(follower)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 5) { cluster.get(follower, "/leader")["leader"] is String },
+            "the restarted follower hears the leader\n\(cluster.logs)", file: file, line: line)
+        return follower
+    }
+
     func testHostilePeerNeitherCrashesNorSilencesTheCluster() throws {
-        let cluster = try ClusterProcessTests.Cluster(cluster: "hostile", bpm: 600)
-        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.hostile.beat")
-        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
-        XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
+        let (cluster, subscriber, leader) = try publishingCluster("hostile")
         let stats = try XCTUnwrap(cluster.get(leader, "/leader")["stats"] as? [String: Any])
         let term = try XCTUnwrap((stats["term"] as? NSNumber)?.uint64Value)
         // What an outsider knows: the -peers names, hence the ids.
@@ -260,10 +283,7 @@ final class HostilePeerTests: XCTestCase {
     /// tick, and the clock fit stays bounded: the leader keeps leading and
     /// the beat has no gap.
     func testFloodOfStaleFramesNeitherStallsNorUnseatsTheLeader() throws {
-        let cluster = try ClusterProcessTests.Cluster(cluster: "flood", bpm: 600)
-        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.flood.beat")
-        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
-        XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
+        let (cluster, subscriber, leader) = try publishingCluster("flood")
         let ids = cluster.names.map(PeerList.stableId)
         let from = ids[(leader + 1) % 3]
         let to = ids[leader]
@@ -366,20 +386,12 @@ final class HostilePeerTests: XCTestCase {
     /// such connections close at the handshake timeout and give way to
     /// newcomers, and a restarted peer gets back in at once.
     func testKeepaliveOnlyConnectionsCannotHoldSlots() throws {
-        let cluster = try ClusterProcessTests.Cluster(cluster: "keepalive", bpm: 600)
-        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.keepalive.beat")
-        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
-        XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
+        let (cluster, subscriber, leader) = try publishingCluster("keepalive")
         let holders = KeepaliveHolders(ports: cluster.raftPorts, perPort: 40)
         defer { holders.stop() }
         usleep(1_000_000)
         // A follower restarts while every node's slots are contested.
-        let follower = (leader + 1) % 3
-        cluster.nodes[follower]?.stop()
-        try cluster.start(follower)
-        XCTAssertTrue(
-            Harness.waitUntil(seconds: 5) { cluster.get(follower, "/leader")["leader"] is String },
-            "the restarted follower hears the leader\n\(cluster.logs)")
+        let follower = try restartFollower(after: leader, in: cluster)
         // Past the handshake timeout (2 s): the keepalive-only connections were closed.
         usleep(2_500_000)
         XCTAssertEqual(cluster.leader(), leader, "one leader, the same\n\(cluster.logs)")
@@ -458,20 +470,12 @@ final class HostilePeerTests: XCTestCase {
     /// sent a frame; a real peer sends a keepalive at once), so when the
     /// leader is then killed, the two survivors still elect a new one.
     func testSilentConnectionsCannotStarvePeers() throws {
-        let cluster = try ClusterProcessTests.Cluster(cluster: "slots", bpm: 600)
-        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.slots.beat")
-        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
-        XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
+        let (cluster, subscriber, leader) = try publishingCluster("slots")
         let flood = Flood(ports: cluster.raftPorts, perRound: 2)
         defer { flood.stop() }
         usleep(300_000)
         // A follower restarts: its new connections must find slots.
-        let follower = (leader + 1) % 3
-        cluster.nodes[follower]?.stop()
-        try cluster.start(follower)
-        XCTAssertTrue(
-            Harness.waitUntil(seconds: 5) { cluster.get(follower, "/leader")["leader"] is String },
-            "the restarted follower hears the leader\n\(cluster.logs)")
+        let follower = try restartFollower(after: leader, in: cluster)
         usleep(500_000)
         // The leader dies: the survivors must talk to each other to elect.
         cluster.nodes[leader]?.signal(SIGKILL)

@@ -79,26 +79,7 @@ final class EventStreamClient {
 
     /// `receiveBufferBytes`: a small SO_RCVBUF, set before connecting (a reader that will stall).
     init(port: Int, receiveBufferBytes: Int32? = nil, timeoutMs: Int = 5000) throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw NSError(domain: "socket", code: Int(errno)) }
-        if var size = receiveBufferBytes {
-            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-        }
-        var timeout = timeval(tv_sec: timeoutMs / 1000, tv_usec: (timeoutMs % 1000) * 1000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = UInt16(port).bigEndian
-        let rc = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard rc == 0 else {
-            Glibc.close(fd)
-            throw NSError(domain: "connect", code: Int(errno))
-        }
+        fd = try Harness.connectLoopback(port: port, timeoutMs: timeoutMs, receiveBufferBytes: receiveBufferBytes)
     }
 
     deinit { Glibc.close(fd) }
@@ -178,11 +159,7 @@ final class EventStreamClient {
     }
 
     private func fill() -> Bool {
-        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
-        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-        guard n > 0 else { return false }
-        buffer.append(contentsOf: chunk[0..<n])
-        return true
+        Harness.receive(fd, appendingTo: &buffer)
     }
 }
 

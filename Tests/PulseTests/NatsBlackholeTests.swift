@@ -11,44 +11,12 @@ import XCTest
 
 /// Small helpers shared by the NATS process tests.
 enum NatsProcessSupport {
-    /// Runs a shell command (bounded); returns status and output.
-    @discardableResult
-    static func sh(_ script: String, timeout: Double = 20) -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = ["-c", script]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        guard (try? process.run()) != nil else { return (-1, "cannot run bash") }
-        if !Harness.waitUntil(seconds: timeout, { !process.isRunning }) { process.terminate() }
-        process.waitUntilExit()
-        return (
-            process.terminationStatus,
-            String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        )
-    }
-
     /// One HTTP/1.0 GET on 127.0.0.1:`port` with a `timeoutMs` receive
     /// timeout: (status line + body, seconds taken), or nil on failure.
     static func get(port: Int, path: String, timeoutMs: Int = 3000) -> (text: String, seconds: Double)? {
         let start = DispatchTime.now().uptimeNanoseconds
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { return nil }
+        guard let fd = try? Harness.connectLoopback(port: port, timeoutMs: timeoutMs) else { return nil }
         defer { close(fd) }
-        var tv = timeval(tv_sec: timeoutMs / 1000, tv_usec: Int((timeoutMs % 1000) * 1000))
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = UInt16(port).bigEndian
-        let rc = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        guard rc == 0 else { return nil }
         let request = Array("GET \(path) HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n".utf8)
         guard request.withUnsafeBytes({ send(fd, $0.baseAddress, $0.count, 0) }) == request.count else { return nil }
         var data = [UInt8]()
@@ -80,7 +48,7 @@ enum NatsProcessSupport {
 final class NatsBlackholeTests: XCTestCase {
     func testBlackholedNatsNeverStallsTheLoopAndNoFrameArrivesLate() throws {
         guard getuid() == 0 else { return XCTFail("the blackhole test needs root for iptables") }
-        guard NatsProcessSupport.sh("command -v iptables").status == 0 else {
+        guard Harness.sh("command -v iptables").status == 0 else {
             return XCTFail("iptables is missing (Debian package iptables)")
         }
         // Two routed servers: the node's (blackholed) and the subscriber's
@@ -100,7 +68,7 @@ final class NatsBlackholeTests: XCTestCase {
         let rule = "INPUT -i lo -p tcp --dport \(nats.clientPort) -j DROP"
         defer {
             // Removed in all cases (every copy, should one have been added twice).
-            NatsProcessSupport.sh("while iptables -D \(rule) 2>/dev/null; do :; done")
+            Harness.sh("while iptables -D \(rule) 2>/dev/null; do :; done")
             try? FileManager.default.removeItem(atPath: dir)
         }
         let subscriber = try Subscriber(url: other.url, subject: "backbeat.hole.beat")
@@ -119,7 +87,7 @@ final class NatsBlackholeTests: XCTestCase {
 
         // Blackhole for 6 s; poll /live all along.
         let blackholedNs = cloop_realtime_ns_for_tests()
-        let added = NatsProcessSupport.sh("iptables -A \(rule)")
+        let added = Harness.sh("iptables -A \(rule)")
         XCTAssertEqual(added.status, 0, "iptables: \(added.output)")
         guard added.status == 0 else { return }
         var latencies: [Double] = []
@@ -134,7 +102,7 @@ final class NatsBlackholeTests: XCTestCase {
             usleep(20_000)
         }
         let during = metrics()
-        NatsProcessSupport.sh("while iptables -D \(rule) 2>/dev/null; do :; done")
+        Harness.sh("while iptables -D \(rule) 2>/dev/null; do :; done")
         let healedNs = cloop_realtime_ns_for_tests()
 
         let sorted = latencies.sorted()

@@ -13,23 +13,6 @@ final class PartitionTests: XCTestCase {
     private func ns(_ i: Int) -> String { "bb\(i)n\(tag)" }
     private func ip(_ i: Int) -> String { "10.77.0.1\(i)" }
 
-    @discardableResult
-    private func sh(_ script: String, timeout: Double = 20) -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = ["-c", script]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        guard (try? process.run()) != nil else { return (-1, "cannot run bash") }
-        if !Harness.waitUntil(seconds: timeout, { !process.isRunning }) { process.terminate() }
-        process.waitUntilExit()
-        return (
-            process.terminationStatus,
-            String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        )
-    }
-
     /// Starts a long-running command (not through `bash &`: Foundation's
     /// Process would wait for the grandchild, which inherits its pipe).
     private func launch(_ arguments: [String], log: String) throws -> Process {
@@ -45,7 +28,7 @@ final class PartitionTests: XCTestCase {
     }
 
     private func get(_ i: Int, _ path: String) -> [String: Any] {
-        let result = sh("ip netns exec \(ns(i)) curl -s -m 2 http://127.0.0.1:8080\(path)", timeout: 5)
+        let result = Harness.sh("ip netns exec \(ns(i)) curl -s -m 2 http://127.0.0.1:8080\(path)", timeout: 5)
         return (try? JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any]) ?? [:]
     }
 
@@ -58,10 +41,10 @@ final class PartitionTests: XCTestCase {
                 kill(child.processIdentifier, SIGKILL)
                 child.waitUntilExit()
             }
-            sh(
+            Harness.sh(
                 "pkill -f 'data-dir \(dir)/' ; pkill -f 'watch -raw -cluster part' ; pkill -f 'nats-server -a 10.77.0.1' ; sleep 0.3"
             )
-            sh("for n in \(hub) \(ns(1)) \(ns(2)) \(ns(3)); do ip netns del $n 2>/dev/null; done")
+            Harness.sh("for n in \(hub) \(ns(1)) \(ns(2)) \(ns(3)); do ip netns del $n 2>/dev/null; done")
             try? FileManager.default.removeItem(atPath: dir)
         }
         var setup = """
@@ -85,7 +68,7 @@ final class PartitionTests: XCTestCase {
                 ip -n \(ns(i)) link set v\(i)x\(tag) up
                 """
         }
-        let made = sh(setup)
+        let made = Harness.sh(setup)
         XCTAssertEqual(made.status, 0, "namespaces: \(made.output)")
         guard made.status == 0 else { return }
 
@@ -128,7 +111,7 @@ final class PartitionTests: XCTestCase {
         let oldLeader = try XCTUnwrap(leader, logs())
         // Cut a follower off: the minority of one.
         let minority = oldLeader % 3 + 1
-        sh("ip -n \(ns(minority)) link set v\(minority)x\(tag) down")
+        Harness.sh("ip -n \(ns(minority)) link set v\(minority)x\(tag) down")
         let cutAt = frames().count
         XCTAssertTrue(
             Harness.waitUntil(seconds: 10) { self.get(minority, "/drift")["degradation_mode"] as? Bool == true },
@@ -140,7 +123,7 @@ final class PartitionTests: XCTestCase {
         XCTAssertNotNil(majorityLeader, "the majority keeps a leader\n\(logs())")
         XCTAssertEqual(get(minority, "/leader")["is_leader"] as? Bool, false)
         // Heal.
-        sh("ip -n \(ns(minority)) link set v\(minority)x\(tag) up")
+        Harness.sh("ip -n \(ns(minority)) link set v\(minority)x\(tag) up")
         XCTAssertTrue(
             Harness.waitUntil(seconds: 10) { self.get(minority, "/drift")["degradation_mode"] as? Bool == false },
             "the minority leaves degradation\n\(logs())")

@@ -8,22 +8,7 @@ import XCTest
 
 @testable import Pulse
 
-final class RaftStoreTests: XCTestCase {
-    private func save(_ store: RaftStore, hard: HardState?, entries: [Entry], snapshot: Snapshot? = nil) throws {
-        let done = DispatchSemaphore(value: 0)
-        var failure: Error?
-        store.save(hardState: hard, snapshot: snapshot, entries: entries) { error in
-            failure = error
-            done.signal()
-        }
-        XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
-        if let failure { throw failure }
-    }
-
-    private func entries(_ range: ClosedRange<UInt64>, term: UInt64) -> [Entry] {
-        range.map { Entry(index: $0, term: term, kind: .normal, data: Array("entry \($0)".utf8)) }
-    }
-
+final class RaftStoreTests: XCTestCase, RaftStoreFixtures {
     func testRoundTripWithTruncationAndSnapshot() throws {
         let dir = Harness.tempDir("store")
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -62,17 +47,6 @@ final class RaftStoreTests: XCTestCase {
         XCTAssertEqual(loaded.truncatedBytes, 0)
     }
 
-    /// `raft/snapshot` bytes for a state (header and checksum as the store writes them).
-    private func snapshotFile(_ data: [UInt8], index: UInt64 = 9, term: UInt64 = 2) -> [UInt8] {
-        var body = [UInt8]()
-        RaftStore.put(&body, index)
-        RaftStore.put(&body, term)
-        body += data
-        var file = [UInt8]()
-        RaftStore.put(&file, RaftStore.checksum(body))
-        return file + body
-    }
-
     // Review of #9, finding 6: a leader's snapshot that the node refused on
     // apply had already been persisted, so the node then refused to start.
     // Now the core runs ClusterNode.snapshotState before adopting one; it
@@ -98,7 +72,7 @@ final class RaftStoreTests: XCTestCase {
         ]
         for (name, data, valid) in cases {
             let checked = ReplicatedTimeline.validatedSnapshot(data, bar: 4) != nil
-            let loads = (try? RaftStore.parseSnapshot(snapshotFile(data), bar: 4)) != nil
+            let loads = (try? RaftStore.parseSnapshot(snapshotBytes(index: 9, term: 2, data: data), bar: 4)) != nil
             XCTAssertEqual(checked, valid, name)
             XCTAssertEqual(loads, valid, "start-up agrees: \(name)")
         }

@@ -52,79 +52,7 @@ final class RaftTLSTests: XCTestCase {
         guard process.terminationStatus == 0 else { throw NSError(domain: "certs.sh \(arguments)", code: 1) }
     }
 
-    /// Three pulses with mutual TLS (like ClusterProcessTests.Cluster, with
-    /// each node's own certificate).
-    final class TLSCluster {
-        let nats: NatsServer
-        let dir: String
-        let certDir: String
-        let names = ["n1", "n2", "n3"]
-        let raftPorts: [Int]
-        let adminPorts: [Int]
-        let cluster: String
-        let bpm: Int
-        var nodes: [PulseProcess?] = [nil, nil, nil]
-
-        init(cluster: String, bpm: Int) throws {
-            self.cluster = cluster
-            self.bpm = bpm
-            nats = try NatsServer()
-            dir = Harness.tempDir(cluster)
-            certDir = dir + "/certs"
-            try RaftTLSTests.certs([certDir, "n1", "n2", "n3"])
-            raftPorts = (0..<3).map { _ in Harness.freePort() }
-            adminPorts = (0..<3).map { _ in Harness.freePort() }
-            for i in 0..<3 { try start(i) }
-        }
-
-        var peers: String { (0..<3).map { "\(names[$0])@127.0.0.1:\(raftPorts[$0])" }.joined(separator: ",") }
-
-        func start(_ i: Int) throws {
-            let name = names[i]
-            nodes[i] = try PulseProcess(
-                arguments: [
-                    "-bootstrap", "-bpm", "\(bpm)", "-max-bpm", "600", "-cluster", cluster, "-node-id", name,
-                    "-raft-bind", "127.0.0.1:\(raftPorts[i])", "-peers", peers, "-nats", nats.url,
-                    "-data-dir", "\(dir)/\(name)", "-admin-port", "\(adminPorts[i])",
-                    "-raft-tls-cert", "\(certDir)/\(name).pem", "-raft-tls-key", "\(certDir)/\(name).key",
-                    "-raft-tls-ca", "\(certDir)/ca.pem",
-                ], logPath: "\(dir)/\(name).log")
-        }
-
-        func get(_ i: Int, _ path: String) -> [String: Any] {
-            guard let client = try? RawClient(port: adminPorts[i], timeoutMs: 2000),
-                let response = client.request(httpRequest("GET", path))
-            else { return [:] }
-            return response.json
-        }
-
-        func leader(seconds: Double = 10) -> Int? {
-            var found: Int?
-            Harness.waitUntil(seconds: seconds) {
-                found = (0..<3).first { self.nodes[$0] != nil && self.get($0, "/leader")["is_leader"] as? Bool == true }
-                return found != nil
-            }
-            return found
-        }
-
-        var logs: String {
-            names.map { name in
-                "--- \(name)\n" + ((try? String(contentsOfFile: "\(dir)/\(name).log", encoding: .utf8)) ?? "")
-            }.joined(separator: "\n")
-        }
-
-        func metrics(_ i: Int) throws -> String {
-            let client = try RawClient(port: adminPorts[i], timeoutMs: 2000)
-            return client.request(httpRequest("GET", "/metrics"))?.text ?? ""
-        }
-
-        deinit {
-            for node in nodes { node?.stop() }
-            try? FileManager.default.removeItem(atPath: dir)
-        }
-    }
-
-    func raftRejections(_ cluster: TLSCluster, _ i: Int) -> [String: Double] {
+    func raftRejections(_ cluster: PulseCluster, _ i: Int) -> [String: Double] {
         var out: [String: Double] = [:]
         for line in ((try? cluster.metrics(i)) ?? "").split(separator: "\n")
         where line.hasPrefix("backbeat_rejected_input_total{") && line.contains("surface=\"raft\"") {
@@ -137,7 +65,7 @@ final class RaftTLSTests: XCTestCase {
     }
 
     func waitForRejection(
-        _ cluster: TLSCluster, _ i: Int, _ reason: String, atLeast n: Double, seconds: Double = 5
+        _ cluster: PulseCluster, _ i: Int, _ reason: String, atLeast n: Double, seconds: Double = 5
     ) -> Bool {
         Harness.waitUntil(seconds: seconds) { (self.raftRejections(cluster, i)[reason] ?? 0) >= n }
     }
@@ -155,7 +83,7 @@ final class RaftTLSTests: XCTestCase {
     // MARK: processes
 
     func testTLSClusterFormsPublishesAndFailsOverWithinOneSecond() throws {
-        let cluster = try TLSCluster(cluster: "tlsfail", bpm: 600)
+        let cluster = try PulseCluster(cluster: "tlsfail", bpm: 600, tls: true)
         let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.tlsfail.beat")
         let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
         XCTAssertTrue(subscriber.wait(for: 5, seconds: 10), cluster.logs)
@@ -183,7 +111,7 @@ final class RaftTLSTests: XCTestCase {
     /// the TLS connection) before it exits, so the successor's first frame
     /// carries the index right after the old leader's last, as over plain TCP.
     func testTLSSigtermOfTheLeaderMissesNoBeat() throws {
-        let cluster = try TLSCluster(cluster: "tlsgraceful", bpm: 300)
+        let cluster = try PulseCluster(cluster: "tlsgraceful", bpm: 300, tls: true)
         let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.tlsgraceful.beat")
         let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
         XCTAssertTrue(subscriber.wait(for: 4, seconds: 10), cluster.logs)
@@ -213,7 +141,7 @@ final class RaftTLSTests: XCTestCase {
     }
 
     func testRefusalsAreClosedAndCounted() throws {
-        let cluster = try TLSCluster(cluster: "tlsrefuse", bpm: 600)
+        let cluster = try PulseCluster(cluster: "tlsrefuse", bpm: 600, tls: true)
         let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.tlsrefuse.beat")
         let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
         XCTAssertTrue(subscriber.wait(for: 3, seconds: 10), cluster.logs)
@@ -274,7 +202,7 @@ final class RaftTLSTests: XCTestCase {
     }
 
     func testSighupRotatesCertificatesAndKeepsTheLeader() throws {
-        let cluster = try TLSCluster(cluster: "tlsrotate", bpm: 300)
+        let cluster = try PulseCluster(cluster: "tlsrotate", bpm: 300, tls: true)
         let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
         let term = try XCTUnwrap(
             ((cluster.get(leader, "/leader")["stats"] as? [String: Any])?["term"] as? NSNumber)?.uint64Value)

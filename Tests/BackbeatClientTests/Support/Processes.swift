@@ -50,12 +50,15 @@ enum Proc {
         return condition()
     }
 
-    /// One HTTP request to 127.0.0.1:`port` (Connection: close); (status, body) or nil.
-    static func http(_ method: String, port: Int, path: String, body: String = "") -> (status: Int, body: Data)? {
+    /// A TCP socket connected to 127.0.0.1:`port` (with a receive timeout
+    /// when given), or nil; the caller closes it.
+    static func connectLoopback(port: Int, receiveTimeoutSeconds: Int? = nil) -> Int32? {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var tv = timeval(tv_sec: 3, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        guard fd >= 0 else { return nil }
+        if let receiveTimeoutSeconds {
+            var tv = timeval(tv_sec: receiveTimeoutSeconds, tv_usec: 0)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -65,7 +68,17 @@ enum Proc {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
             }
         }
-        guard rc == 0 else { return nil }
+        guard rc == 0 else {
+            close(fd)
+            return nil
+        }
+        return fd
+    }
+
+    /// One HTTP request to 127.0.0.1:`port` (Connection: close); (status, body) or nil.
+    static func http(_ method: String, port: Int, path: String, body: String = "") -> (status: Int, body: Data)? {
+        guard let fd = connectLoopback(port: port, receiveTimeoutSeconds: 3) else { return nil }
+        defer { close(fd) }
         let request =
             "\(method) \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
             + "Content-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)"
@@ -111,17 +124,9 @@ final class NatsServerProcess {
     }
 
     static func listening(_ port: Int) -> Bool {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = UInt16(port).bigEndian
-        return withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        } == 0
+        guard let fd = Proc.connectLoopback(port: port) else { return false }
+        close(fd)
+        return true
     }
 
     deinit {

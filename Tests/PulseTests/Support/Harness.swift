@@ -39,8 +39,26 @@ enum Harness {
     }
 
     static func canConnect(port: Int) -> Bool {
+        guard let fd = try? connectLoopback(port: port) else { return false }
+        close(fd)
+        return true
+    }
+
+    /// A blocking TCP socket connected to 127.0.0.1:`port`, with `timeoutMs`
+    /// as its receive and send timeouts (none when nil) and, when given, a
+    /// `receiveBufferBytes` SO_RCVBUF set before connecting. The caller
+    /// closes it; on failure nothing is left open and the error carries errno.
+    static func connectLoopback(port: Int, timeoutMs: Int? = nil, receiveBufferBytes: Int32? = nil) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
+        guard fd >= 0 else { throw NSError(domain: "socket", code: Int(errno)) }
+        if var size = receiveBufferBytes {
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
+        if let timeoutMs {
+            var timeout = timeval(tv_sec: timeoutMs / 1000, tv_usec: (timeoutMs % 1000) * 1000)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -50,7 +68,41 @@ enum Harness {
                 connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
             }
         }
-        return rc == 0
+        guard rc == 0 else {
+            let code = errno
+            close(fd)
+            throw NSError(domain: "connect", code: Int(code))
+        }
+        return fd
+    }
+
+    /// One recv (at most 16 KiB) on `fd`, appended to `buffer`; false on EOF,
+    /// error or timeout.
+    static func receive(_ fd: Int32, appendingTo buffer: inout [UInt8]) -> Bool {
+        var chunk = [UInt8](repeating: 0, count: 16 * 1024)
+        let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+        guard n > 0 else { return false }
+        buffer.append(contentsOf: chunk[0..<n])
+        return true
+    }
+
+    /// Runs a bash script (bounded by `timeout`, then terminated); returns
+    /// its exit status and its stdout and stderr together.
+    @discardableResult
+    static func sh(_ script: String, timeout: Double = 20) -> (status: Int32, output: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = ["-c", script]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        guard (try? process.run()) != nil else { return (-1, "cannot run bash") }
+        if !Harness.waitUntil(seconds: timeout, { !process.isRunning }) { process.terminate() }
+        process.waitUntilExit()
+        return (
+            process.terminationStatus,
+            String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        )
     }
 
     static func tempDir(_ name: String) -> String {

@@ -315,8 +315,10 @@ public final class ClusterCore {
     /// last estimate of it otherwise, extrapolated with its rate).
     public func degradedReference(nowMonoNs: Int64) -> ClockSync? {
         let ref = legacy.ownReferenceTurns ? lastLeader : (voters.min() ?? id)
-        guard ref != noNode, ref != id, let sync = syncs[ref], sync.hasEstimate else { return nil }
-        return sync
+        guard ref != noNode, ref != id else { return nil }
+        return legacy.ownReferenceTurns
+            ? syncs[ref].flatMap { $0.hasEstimate ? $0 : nil }
+            : DegradationPolicy.usableReference(syncs[ref])
     }
 
     /// Enters degradation after `degradeAfterNs` without a leader (with a

@@ -13,6 +13,7 @@
 //   clock for all (the lowest voter's), within half a turn. A turn that would
 //   come half a period after the instant or later is no turn at all (the
 //   lateness rule): such a node only follows.
+import PulseCore
 import Raft
 
 /// Whether this node is degraded, from its view of leadership (pure).
@@ -83,6 +84,21 @@ public struct DegradationPolicy: Sendable, Equatable {
         let delay = Int64(1 + rank) &* turnNs
         if !lateTurns && delay >= periodNs / 2 { return .follower }
         return .degraded(turnDelayNs: delay, slotNs: turnNs / 2)
+    }
+
+    /// Longest best round trip of a usable reference estimate: its offset
+    /// error is at most half the round trip, so at most 10 ms, half a turn.
+    public static let maxReferenceRttNs: Int64 = 20_000_000
+
+    /// The reference clock estimate turns are measured on, when it is good
+    /// enough: one whose best recent round trip is longer than
+    /// `maxReferenceRttNs` (e.g. the only samples straddled a stall of the
+    /// reference node: found by the simulator at 100,000 seeds, a degraded
+    /// frame 1.4 s before its instant) is no reference; the node then uses
+    /// its own clock, as without an estimate.
+    public static func usableReference(_ sync: ClockSync?) -> ClockSync? {
+        guard let sync, sync.hasEstimate, sync.rttNs <= maxReferenceRttNs else { return nil }
+        return sync
     }
 
     /// A node's rank among `voters` (its degraded turn); after every voter

@@ -87,6 +87,12 @@ final class RegressionSeedTests: XCTestCase {
         (495, "degraded turns of 8 ms at 600 bpm with 5 nodes, shorter than a NATS round trip"),
         (534, "a beat 52 ms late after a stall during the spin"),
         (1280, "a beat published before its instant after a wall-clock step back during the spin"),
+        // The 100,000-seed run of 2026-11-29 (5 violations, all degraded duplicates):
+        (32635, "clock-sync samples straddling the reference's stall outvoted the quick ones (offset 1.4 s)"),
+        (78065, "the same: a degraded frame 1.4 s before its instant"),
+        (74394, "the same"),
+        (81092, "the same"),
+        (84314, "a degraded node behind on a committed tempo change published after a newer term's frames"),
     ]
 
     func testRegressionSeeds() {

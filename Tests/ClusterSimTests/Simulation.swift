@@ -456,7 +456,8 @@ final class Simulation {
         let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(), periodNs: period)
         let inputs = BeatInputs(
             wallNs: wall(n), monoNs: m, mode: mode, natsAttachedMonoNs: n.link.connected ? n.link.attachedMonoNs : nil,
-            tempoBarrierBeat: n.core.tempoBarrierBeat, reference: n.core.degradedReference(nowMonoNs: m))
+            tempoBarrierBeat: n.core.tempoBarrierBeat, reference: n.core.degradedReference(nowMonoNs: m),
+            term: n.core.raft.term)
         switch n.planner.plan(inputs, timeline: t) {
         case .emit(let k, let at, let degraded):
             emit(n, k, degraded, at)
@@ -666,7 +667,8 @@ final class Simulation {
             case .completion: completeSave(n)
             case .nats(let f):
                 n.planner.observe(
-                    index: f.index, wallNs: wall(n), fromLeaderElsewhere: !f.degraded && f.node != n.index)
+                    index: f.index, wallNs: wall(n), fromLeaderElsewhere: !f.degraded && f.node != n.index,
+                    term: f.term)
             }
         }
     }

@@ -338,7 +338,8 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         let inputs = BeatInputs(
             wallNs: wakeNs, monoNs: monoNs, mode: mode,
             natsAttachedMonoNs: attachedNs == .max ? nil : attachedNs,
-            tempoBarrierBeat: gate?.tempoBarrierBeat ?? .max, reference: gate?.referenceClock)
+            tempoBarrierBeat: gate?.tempoBarrierBeat ?? .max, reference: gate?.referenceClock,
+            term: gate == nil ? 0 : term)
         let nextBefore = planner.nextBeat
         let decision = planner.plan(inputs, timeline: timeline)
         switch decision {
@@ -517,7 +518,9 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         let fromOthers = frame.hlcSuffix != ownSuffix
         if fromOthers { lastFrameFromOthersNs = wallNs }
         if frame.beatIndex < Int64.max {
-            planner.observe(index: frame.beatIndex, wallNs: wallNs, fromLeaderElsewhere: fromOthers && !frame.degraded)
+            planner.observe(
+                index: frame.beatIndex, wallNs: wallNs, fromLeaderElsewhere: fromOthers && !frame.degraded,
+                term: frame.term)
         }
         mergeRemote(frame.hlc, wallNs: wallNs)
     }

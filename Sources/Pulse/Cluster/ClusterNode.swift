@@ -172,9 +172,8 @@ final class ClusterNode: LoopHandler, RaftInbox {
     /// voter, our last estimate of it otherwise) — so turns of nodes that
     /// followed different leaders do not overlap. Nil: our own clock.
     var degradedReference: ClockSync? {
-        guard degradedReferenceId != peers.me.raftId, let sync = syncs[degradedReferenceId], sync.hasEstimate
-        else { return nil }
-        return sync
+        guard degradedReferenceId != peers.me.raftId else { return nil }
+        return DegradationPolicy.usableReference(syncs[degradedReferenceId])
     }
 
     /// Beat path (allocation-free): the degraded publish mode for a beat of

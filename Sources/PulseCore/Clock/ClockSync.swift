@@ -122,8 +122,16 @@ public struct ClockSync: Sendable {
         if let rejection = Self.check(sample) { return rejection }
         recent.append(sample)
         if recent.count > window { recent.removeFirst(recent.count - window) }
-        // Median offset of the half of the window with the smallest round trips.
-        let best = recent.sorted { $0.rttNs < $1.rttNs }.prefix(max(1, (recent.count + 1) / 2))
+        // Median offset of the half of the window with the smallest round
+        // trips, among those whose round trip is close to the smallest (at
+        // most twice it plus 1 ms): a sample's offset error is up to half its
+        // round trip, so samples that straddled a stall of the reference (its
+        // reply seconds late, found by the whole-cluster simulator at 100,000
+        // seeds) must not outvote the quick ones however many they are.
+        let byRtt = recent.sorted { $0.rttNs < $1.rttNs }
+        let quickest = byRtt[0].rttNs
+        let limit = quickest > (Int64.max - 1_000_000) / 2 ? Int64.max : 2 * quickest + 1_000_000
+        let best = byRtt.prefix(max(1, (recent.count + 1) / 2)).filter { $0.rttNs <= limit }
         let offsets = best.map(\.offsetNs).sorted()
         offsetNs = offsets[offsets.count / 2]
         rttNs = best.first?.rttNs ?? sample.rttNs

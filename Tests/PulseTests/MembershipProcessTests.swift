@@ -58,12 +58,7 @@ final class MembershipProcessTests: XCTestCase {
         func admin(_ i: Int) -> String { "http://127.0.0.1:\(adminPorts[i])" }
         var allAdmins: String { names.indices.filter { nodes[$0] != nil }.map(admin).joined(separator: ",") }
 
-        func get(_ i: Int, _ path: String) -> [String: Any] {
-            guard let client = try? RawClient(port: adminPorts[i], timeoutMs: 2000),
-                let response = client.request(httpRequest("GET", path))
-            else { return [:] }
-            return response.json
-        }
+        func get(_ i: Int, _ path: String) -> [String: Any] { PulseCluster.adminJSON(port: adminPorts[i], path) }
 
         func leader(seconds: Double = 10) -> Int? {
             var found: Int?

@@ -17,6 +17,15 @@ enum AdminClient {
     /// Largest response read (a backup is a few hundred bytes).
     static let maxResponseBytes = 1 << 20
 
+    /// The comma-separated `--admin` list, each URL checked (`parseURL`);
+    /// a one-line error when it names none or one is not usable.
+    static func urls(_ list: String) throws -> [String] {
+        let urls = list.split(separator: ",").map(String.init).filter { !$0.isEmpty }
+        guard !urls.isEmpty else { throw PulseError.config("--admin needs at least one URL") }
+        for url in urls { _ = try parseURL(url) }
+        return urls
+    }
+
     /// `http://host:port` or `host:port` (an optional trailing `/`) into host and port.
     static func parseURL(_ url: String) throws -> (host: String, port: Int) {
         var rest = Substring(url.trimmingCharacters(in: .whitespaces))

@@ -44,9 +44,7 @@ struct BackupCommand: ParsableCommand {
     /// Takes the backup; returns the exit status (0, or 1 when no node gave one).
     func run(environment: [String: String]) throws -> Int32 {
         guard (1...60_000).contains(timeoutMs) else { throw PulseError.config("--timeout-ms must be 1...60000") }
-        let urls = admin.split(separator: ",").map(String.init).filter { !$0.isEmpty }
-        guard !urls.isEmpty else { throw PulseError.config("--admin needs at least one URL") }
-        for url in urls { _ = try AdminClient.parseURL(url) }
+        let urls = try AdminClient.urls(admin)
         guard !FileManager.default.fileExists(atPath: out) else {
             throw PulseError.config("\(out) exists; a backup never replaces a file (choose a new name)")
         }

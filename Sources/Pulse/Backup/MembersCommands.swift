@@ -34,9 +34,7 @@ struct MembersCommand: ParsableCommand {
     /// Runs the action; returns the exit status.
     func run(environment: [String: String]) throws -> Int32 {
         guard (1...120_000).contains(timeoutMs) else { throw PulseError.config("--timeout-ms must be 1...120000") }
-        let urls = admin.split(separator: ",").map(String.init).filter { !$0.isEmpty }
-        guard !urls.isEmpty else { throw PulseError.config("--admin needs at least one URL") }
-        for url in urls { _ = try AdminClient.parseURL(url) }
+        let urls = try AdminClient.urls(admin)
         let token = token ?? environment["BACKBEAT_ADMIN_TOKEN"]
         let request: (String) throws -> AdminClient.Response
         switch action {

@@ -30,9 +30,9 @@ final class RejectedInput {
     }
     private(set) var counts: [Key: UInt64] = [:]
 
-    /// Counts one refused input.
-    func record(_ surface: InputSurface, _ reason: String) {
-        counts[Key(surface: surface, reason: reason), default: 0] &+= 1
+    /// Counts `count` refused inputs (one by default).
+    func record(_ surface: InputSurface, _ reason: String, count: UInt64 = 1) {
+        counts[Key(surface: surface, reason: reason), default: 0] &+= count
     }
 
     /// Refusals seen on `surface` (with `reason`, or all reasons).

@@ -112,8 +112,7 @@ final class NatsLoopSubscription {
             let fresh = dropped &- droppedCounted
             droppedCounted = dropped
             pendingLimitDrops &+= UInt64(fresh)
-            // Bounded: the read buffer holds a bounded number of messages.
-            for _ in 0..<fresh { rejected.record(surface, "pending_limit") }
+            rejected.record(surface, "pending_limit", count: UInt64(fresh))
         }
         guard pending > 0 else { return }
         let receivedNs = cloop_realtime_ns()

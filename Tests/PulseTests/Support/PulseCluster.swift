@@ -57,8 +57,11 @@ final class PulseCluster {
     }
 
     /// The JSON body of GET `path` on node `i`'s admin port ([:] on any failure).
-    func get(_ i: Int, _ path: String) -> [String: Any] {
-        guard let client = try? RawClient(port: adminPorts[i], timeoutMs: 2000),
+    func get(_ i: Int, _ path: String) -> [String: Any] { Self.adminJSON(port: adminPorts[i], path) }
+
+    /// The JSON body of GET `path` on the admin API at `port` ([:] on any failure).
+    static func adminJSON(port: Int, _ path: String) -> [String: Any] {
+        guard let client = try? RawClient(port: port, timeoutMs: 2000),
             let response = client.request(httpRequest("GET", path))
         else { return [:] }
         return response.json

@@ -196,7 +196,8 @@ fuzz-smoke:
 	@$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS)
 
 # The whole-cluster deterministic simulator (Tests/ClusterSimTests): one
-# summary line `seeds=N steps=… violations=0`, then how often each invariant
+# summary line `seeds=N steps=… crashes=… restarts=… violations=0` (crashes and restarts from
+# the simulated disk under the service's RaftStore), then how often each invariant
 # was exercised; a violation prints its one-line replay (SIM_SEED=… make sim).
 # MEMBER_SEEDS more seeds run with node replacements (ClusterSimMembershipTests).
 SEEDS ?= 2000
@@ -204,11 +205,11 @@ MEMBER_SEEDS ?= 300
 sim:
 	@$(SWIFT) build --build-tests 2>&1 | grep -E "error|warning: unre" || true
 	@SIM_SEEDS=$(SEEDS) $(SWIFT) test --skip-build --filter 'ClusterSimTests.ClusterSimTests/testSeededClusterSimulation' 2>&1 \
-	  | tee .build/sim.log | grep -E "^(seeds=|exercised:|violation:)"; \
+	  | tee .build/sim.log | grep -E "^(seeds=|disk:|exercised:|violation:)"; \
 	grep -q "^seeds=.* violations=0 " .build/sim.log
 	@SIM_MEMBER_SEEDS=$(MEMBER_SEEDS) $(SWIFT) test --skip-build \
 	  --filter 'ClusterSimTests.ClusterSimMembershipTests/testSeededClusterSimulationWithMembershipChanges' 2>&1 \
-	  | tee .build/sim-members.log | grep -E "^(seeds=|exercised:|violation:)"; \
+	  | tee .build/sim-members.log | grep -E "^(seeds=|disk:|exercised:|violation:)"; \
 	grep -q "^seeds=.* violations=0 " .build/sim-members.log
 
 format:

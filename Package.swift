@@ -120,7 +120,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ClusterSimTests",
-            dependencies: ["PulsePolicy", "PulseCore", "Raft"],
+            dependencies: ["PulsePolicy", "PulseCore", "Raft", "Pulse"],
             path: "Tests/ClusterSimTests"
         ),
         .testTarget(

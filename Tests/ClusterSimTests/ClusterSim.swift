@@ -27,6 +27,10 @@ enum Invariant: String, CaseIterable {
     case liveness = "one_publisher_no_gap"
     case convergence = "nodes_converge"
     case degradedTurns = "degraded_no_duplicate"
+    /// A node restarts from what its simulated disk holds after a crash
+    /// (torn last write, lost unsynced bytes): a refusal is a violation
+    /// unless the disk was damaged beyond the store's promise.
+    case restartable = "restart_from_disk"
     /// Membership runs only: each committed configuration change (every node
     /// that commits an index agrees on it, each a single-server step).
     case configChanges = "config_changes"
@@ -98,6 +102,9 @@ struct SimKnobs {
     /// node replacements started per second during the chaos phase.
     var membership = false
     var replaceRate = 0.5
+    /// A crashed node's log may also be damaged beyond the store's promise
+    /// (at most one node a run): its start must be refused, not made.
+    var diskDamage = false
 
     static func random(_ rng: inout SimRNG, seed: UInt64) -> SimKnobs {
         var k = SimKnobs()
@@ -118,32 +125,9 @@ struct SimKnobs {
         // Knobs added later draw from their own stream, so earlier seeds replay alike.
         var later = SimRNG(seed: seed ^ 0xD15C_0DE5)
         k.natsDisconnectRate = later.pick([0, 0.1, 0.3])
+        var disk = SimRNG(seed: seed ^ 0xDA3A_6E00)
+        k.diskDamage = disk.chance(0.1)
         return k
-    }
-}
-
-/// The durable state of one node's data dir.
-struct SimDisk {
-    var hard = HardState()
-    var snapshot: Snapshot?
-    var entries: [Entry] = []
-
-    mutating func save(_ rd: Ready) {
-        if let s = rd.snapshot {
-            snapshot = s
-            entries.removeAll { $0.index <= s.index }
-        }
-        if let first = rd.entries.first?.index {
-            entries.removeAll { $0.index >= first }
-            entries.append(contentsOf: rd.entries)
-        }
-        if let h = rd.hardState { hard = h }
-    }
-
-    mutating func compact(_ s: Snapshot) {
-        guard s.index > (snapshot?.index ?? 0) else { return }
-        snapshot = s
-        entries.removeAll { $0.index <= s.index }
     }
 }
 

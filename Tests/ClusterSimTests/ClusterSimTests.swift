@@ -13,9 +13,20 @@ final class SimTotals: @unchecked Sendable {
     var steps = 0
     var exercised: [Invariant: Int] = [:]
     var duplicatesWithRemoved = 0
+    var crashes = 0
+    var restarts = 0
+    var tornWrites = 0
+    var refusedStarts = 0
+    /// Seeds in which at least one node restarted from its simulated disk.
+    var seedsWithRestarts = 0
     func add(_ sim: Simulation, _ v: SimViolation?) {
         lock.withLock {
             steps += sim.steps
+            crashes += sim.crashes
+            restarts += sim.restarts
+            tornWrites += sim.tornWrites
+            refusedStarts += sim.refusedStarts
+            seedsWithRestarts += sim.restarts > 0 ? 1 : 0
             duplicatesWithRemoved += sim.membership.duplicatesWithRemoved
             for (k, c) in sim.exercised { exercised[k, default: 0] += c }
             if let v { failures.append("\(v)") }
@@ -51,12 +62,20 @@ extension XCTestCase {
         let seconds = Date().timeIntervalSince(started)
         let counts = invariants.map { "\($0.rawValue)=\(totals.exercised[$0] ?? 0)" }.joined(separator: " ")
         print(
-            "seeds=\(seeds.count) steps=\(totals.steps) violations=\(totals.failures.count) "
-                + "seconds=\(String(format: "%.1f", seconds))")
+            "seeds=\(seeds.count) steps=\(totals.steps) crashes=\(totals.crashes) restarts=\(totals.restarts) "
+                + "violations=\(totals.failures.count) seconds=\(String(format: "%.1f", seconds))")
+        print(
+            "disk: seeds_with_restarts=\(totals.seedsWithRestarts) torn_writes=\(totals.tornWrites) "
+                + "refused_starts_on_damaged_disks=\(totals.refusedStarts)")
         print("exercised: \(counts)\(extra(totals))")
         for f in totals.failures.prefix(10) {
             print("violation: \(f)")
             XCTFail(f)
+        }
+        if seeds.count >= 200 {
+            XCTAssertGreaterThanOrEqual(
+                totals.seedsWithRestarts * 5, seeds.count,
+                "fewer than a fifth of the seeds restarted a node from its disk")
         }
         for inv in invariants where seeds.count >= 200 {
             XCTAssertGreaterThan(totals.exercised[inv] ?? 0, 0, "invariant \(inv.rawValue) never exercised")

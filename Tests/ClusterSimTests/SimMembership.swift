@@ -115,7 +115,8 @@ extension Simulation {
         let half = k.maxOffsetNs / 2 - 1_000_000
         let offset = memberRng.range(-min(k.offsetMaxNs, half), min(k.offsetMaxNs, half))
         let clock = NodeClock(ppb: ppb, monoBase: monoBase, wallOffsetNs: Self.wallBase - monoBase + offset)
-        let n = SimNode(index: nodes.count, clock: clock, planner: plannerConfig)
+        let n = SimNode(
+            index: nodes.count, clock: clock, planner: plannerConfig, diskSeed: seed ^ UInt64(nodes.count) << 40)
         n.bootVoters = voters
         nodes.append(n)
         raftGroup.append(raftGroup[l.index])

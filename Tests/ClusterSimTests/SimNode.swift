@@ -4,6 +4,8 @@ import PulseCore
 import PulsePolicy
 import Raft
 
+@testable import Pulse
+
 /// The NATS connection of one node, as the kernel and the server see it.
 struct SimLink {
     /// Bumped at every abort/reconnect; events of an older link are void.
@@ -24,7 +26,12 @@ final class SimNode {
     var up = true
     var core: ClusterCore!
     var planner: BeatPlanner
-    var disk = SimDisk()
+    /// Its data dir's `raft/` files (a simulated disk that survives crashes)
+    /// and the service's own store over them (one per incarnation).
+    let files: SimFiles
+    var store: RaftStore!
+    /// A crash is due while the store thread writes the next Ready.
+    var crashDuringSave = false
     var link = SimLink()
     var stalledUntil: Int64 = 0
     /// Raft frames read once the loop runs again.
@@ -47,8 +54,9 @@ final class SimNode {
     /// node; a joining node gets the voters in force without itself.
     var bootVoters: [NodeID] = []
 
-    init(index: Int, clock: NodeClock, planner: PlannerConfig) {
+    init(index: Int, clock: NodeClock, planner: PlannerConfig, diskSeed: UInt64) {
         self.index = index
+        files = SimFiles(seed: diskSeed)
         self.id = NodeID(index + 1)
         self.clock = clock
         self.planner = BeatPlanner(config: planner)

@@ -5,6 +5,8 @@ import PulseCore
 import PulsePolicy
 import Raft
 
+@testable import Pulse
+
 final class Simulation {
     let seed: UInt64
     var rng: SimRNG
@@ -60,6 +62,15 @@ final class Simulation {
     var memberRng: SimRNG
     let plannerConfig: PlannerConfig
     var membership: MembershipState
+    /// Crashes, restarts from the simulated disk, store calls a crash
+    /// interrupted, and starts refused on a disk damaged beyond the store's promise.
+    var crashes = 0
+    var restarts = 0
+    var tornWrites = 0
+    var refusedStarts = 0
+    /// The disk faults' own random stream (added with the simulated disk:
+    /// earlier seeds draw everything else as before).
+    var diskRng: SimRNG
 
     init(seed: UInt64, knobs: SimKnobs? = nil, legacy: LegacyFaults? = nil, membership: Bool = false) {
         self.seed = seed
@@ -67,6 +78,7 @@ final class Simulation {
         var k = knobs ?? SimKnobs.random(&rng, seed: seed)
         if let legacy { k.legacy = legacy }
         memberRng = SimRNG(seed: seed ^ 0x3E3B_E125)
+        diskRng = SimRNG(seed: seed ^ 0xD15C_F11E)
         if membership {
             k.membership = true
             k.replaceRate = memberRng.pick([0.3, 0.6, 1.0])
@@ -88,7 +100,7 @@ final class Simulation {
             let monoBase = self.rng.range(1_000_000_000_000, 2_000_000_000_000)
             let offset = self.rng.range(-min(k.offsetMaxNs, halfOffset), min(k.offsetMaxNs, halfOffset))
             let clock = NodeClock(ppb: ppb, monoBase: monoBase, wallOffsetNs: wallBase - monoBase + offset)
-            nodes.append(SimNode(index: i, clock: clock, planner: pc))
+            nodes.append(SimNode(index: i, clock: clock, planner: pc, diskSeed: seed ^ UInt64(i) << 40))
         }
         for n in nodes { n.bootVoters = nodes.map(\.id) }
         for n in nodes { boot(n) }
@@ -154,7 +166,17 @@ final class Simulation {
         case .storeDone(let i, let gen):
             let n = nodes[i]
             guard n.up, n.gen == gen, let rd = n.savingReady else { return }
-            n.disk.save(rd)  // durable now (the store thread runs during a stall)
+            if n.crashDuringSave {
+                crash(n)
+                return
+            }
+            // Durable now (the store thread runs during a stall).
+            do {
+                try n.store.persist(hardState: rd.hardState, snapshot: rd.snapshot, entries: rd.entries)
+            } catch {
+                fail(.restartable, "node \(n.id): the store failed without a crash: \(error)")
+                return
+            }
             post(n, .completion)
         case .natsUp(_, _, let frame): serverReceives(frame)
         case .natsDown(let i, let link, let frame):
@@ -187,10 +209,11 @@ final class Simulation {
         n.up = true
         n.gen += 1
         n.clock.trueNs = now
-        n.core = try! ClusterCore(
-            id: n.id, voters: n.bootVoters, timing: timing(), seed: seed &* 31 &+ UInt64(n.index) &+ UInt64(n.gen),
-            nowMonoNs: mono(n), bar: knobs.bar, hardState: n.disk.hard, snapshot: n.disk.snapshot,
-            entries: n.disk.entries, legacy: knobs.legacy)
+        guard let core = startFromDisk(n) else {
+            n.up = false
+            return
+        }
+        n.core = core
         n.planner.reset()
         n.savingReady = nil
         n.doorway = []
@@ -215,6 +238,31 @@ final class Simulation {
         pump(n)
     }
 
+    /// The node's core from what its disk holds, through the service's
+    /// store (`RaftStore.load` validates every file, cuts a torn tail);
+    /// nil when the start is refused, which only a disk damaged beyond the
+    /// store's promise may cause (else a `restart_from_disk` violation).
+    func startFromDisk(_ n: SimNode) -> ClusterCore? {
+        n.files.restart()
+        n.store = RaftStore(files: n.files)
+        do {
+            let persisted = try n.store.load(bar: knobs.bar)
+            return try ClusterCore(
+                id: n.id, voters: n.bootVoters, timing: timing(),
+                seed: seed &* 31 &+ UInt64(n.index) &+ UInt64(n.gen), nowMonoNs: mono(n), bar: knobs.bar,
+                hardState: persisted.hardState, snapshot: persisted.snapshot, entries: persisted.entries,
+                legacy: knobs.legacy)
+        } catch {
+            if n.files.damaged {
+                refusedStarts += 1
+                trace("n\(n.id): start refused on a damaged disk: \(error)")
+            } else {
+                fail(.restartable, "node \(n.id) refused to start from its disk after a crash: \(error)")
+            }
+            return nil
+        }
+    }
+
     func timing() -> ClusterTiming {
         var t = ClusterTiming()
         t.tickNs = tickNs
@@ -224,6 +272,20 @@ final class Simulation {
     }
 
     func crash(_ n: SimNode) {
+        n.crashDuringSave = false
+        crashes += 1
+        if let rd = n.savingReady, diskRng.chance(0.8) {
+            // The crash hits while the store thread writes this Ready: some of
+            // its calls complete, the next one is torn or lost.
+            n.files.armCrash(afterCalls: Int(diskRng.range(0, 3)))
+            do {
+                try n.store.persist(hardState: rd.hardState, snapshot: rd.snapshot, entries: rd.entries)
+            } catch {
+                tornWrites += 1
+            }
+        }
+        n.files.armCrash(afterCalls: 0)  // nothing more reaches the disk
+        if knobs.diskDamage && refusedStarts == 0 && diskRng.chance(0.2) { n.files.damage() }
         n.up = false
         n.gen += 1
         n.link.gen += 1
@@ -236,6 +298,8 @@ final class Simulation {
 
     func restart(_ n: SimNode) {
         guard !n.up, !membership.retired.contains(n.index) else { return }
+        restarts += 1
+        count(.restartable)
         boot(n)
     }
 
@@ -298,7 +362,11 @@ final class Simulation {
 
     func finish(_ n: SimNode, _ rd: Ready) {
         let (messages, clusterEvents) = n.core.finish(rd, nowMonoNs: mono(n))
-        n.disk.compact(n.core.raft.snapshot)
+        do {
+            try n.store.persistCompaction(n.core.raft.snapshot)
+        } catch {
+            fail(.restartable, "node \(n.id): the store failed a compaction without a crash: \(error)")
+        }
         for m in messages { send(n, m) }
         for e in clusterEvents { clusterEvent(n, e) }
         maybeBootstrap(n)
@@ -714,7 +782,14 @@ final class Simulation {
         }
         if rng.chance(k.crashRate * 0.1) {
             let n = rng.pick(machines)
-            if n.up { crash(n) }
+            // Half the crashes hit the store thread mid-write: the next save's.
+            if n.up && n.savingReady == nil && diskRng.chance(0.5) {
+                n.crashDuringSave = true
+                let gen = n.gen
+                at(now + 300_000_000) { s in if n.up && n.gen == gen && n.crashDuringSave { s.crash(n) } }
+            } else if n.up {
+                crash(n)
+            }
         }
         if rng.chance(k.stepRate * 0.1) {
             let n = rng.pick(machines)

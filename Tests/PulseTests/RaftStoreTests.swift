@@ -23,14 +23,73 @@ final class RaftStoreTests: XCTestCase, RaftStoreFixtures {
         XCTAssertEqual(loaded.entries.map(\.index), [1, 2, 3, 4, 5, 6])
         XCTAssertEqual(loaded.entries.map(\.term), [2, 2, 2, 3, 3, 3])
         XCTAssertEqual(loaded.truncatedBytes, 0)
-        // A snapshot at 4 drops the entries it covers.
+        // A compaction at 4 drops the entries it covers and keeps the rest.
         let state = ClusterState(
             epoch: .init(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 12), pending: nil, justification: "")
         let data = [UInt8](try JSONEncoder().encode(state))
-        try save(store, hard: nil, entries: [], snapshot: Snapshot(index: 4, term: 3, data: data))
+        try compact(store, Snapshot(index: 4, term: 3, data: data))
         let afterSnapshot = try RaftStore(dataDir: dir).load()
         XCTAssertEqual(afterSnapshot.snapshot, Snapshot(index: 4, term: 3, data: data))
         XCTAssertEqual(afterSnapshot.entries.map(\.index), [5, 6])
+    }
+
+    // Issue #19, the exact two-message sequence: a follower appends entries
+    // 1–3 of term 3 (message term 5), then installs a snapshot at (1, term 5).
+    // The core drops its whole log (the snapshot does not match entry 1's
+    // term); the store used to keep entries 2–3, and the restart refused
+    // for good ("entry 2 has a lower term than its predecessor").
+    func testInstalledSnapshotReplacesTheStoredLogAndTheNodeRestarts() throws {
+        let dir = Harness.tempDir("install")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let store = try RaftStore(dataDir: dir)
+        _ = try store.load()
+        let config = Config(id: 2, voters: [1, 2, 3], electionTicks: 6, heartbeatTicks: 1, randomSeed: 7)
+        let node = RaftNode(config: config)
+        func persistReady() throws {
+            guard let ready = node.ready() else { return XCTFail("no Ready") }
+            try save(store, hard: ready.hardState, entries: ready.entries, snapshot: ready.snapshot)
+            node.advance(ready)
+        }
+        node.step(Message(kind: .append, from: 1, to: 2, term: 5, entries: entries(1...3, term: 3)))
+        try persistReady()
+        let state = ClusterState(
+            epoch: .init(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 120), pending: nil, justification: "")
+        let data = [UInt8](try JSONEncoder().encode(state))
+        node.step(Message(kind: .snapshot, from: 1, to: 2, term: 5, snapshot: Snapshot(index: 1, term: 5, data: data)))
+        try persistReady()
+        XCTAssertEqual(node.lastIndex, 1, "the core dropped its log for the snapshot")
+
+        let loaded = try RaftStore(dataDir: dir).load()
+        XCTAssertEqual(loaded.snapshot?.index, 1)
+        XCTAssertEqual(loaded.entries, [], "the stored log is the core's: nothing after the snapshot")
+        XCTAssertNoThrow(
+            try RaftNode(
+                config: config, hardState: loaded.hardState, snapshot: loaded.snapshot, entries: loaded.entries))
+    }
+
+    // A data dir written before that fix (snapshot at 1 of term 5, a stale
+    // log of term 3 after it, commit 1) starts: the stale tail is dropped,
+    // counted, and the log rewritten without it.
+    func testStaleTailAfterAnInstalledSnapshotIsDroppedAtLoad() throws {
+        let dir = Harness.tempDir("stale")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let state = ClusterState(
+            epoch: .init(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 120), pending: nil, justification: "")
+        let data = [UInt8](try JSONEncoder().encode(state))
+        let store = try RaftStore(dataDir: dir)
+        try save(store, hard: HardState(term: 5, vote: 0, commit: 0), entries: entries(1...3, term: 3))
+        // The old store's install: snapshot written, entries 2–3 kept.
+        try compact(store, Snapshot(index: 1, term: 5, data: data))
+        try save(store, hard: HardState(term: 5, vote: 0, commit: 1), entries: [])
+        let rejected = RejectedInput()
+        let loaded = try RaftStore(dataDir: dir, rejected: rejected).load()
+        XCTAssertEqual(loaded.entries, [])
+        XCTAssertEqual(rejected.count(.dataDir, reason: "stale_tail_after_snapshot"), 1)
+        XCTAssertEqual(try RaftStore(dataDir: dir).load().entries, [], "the log was rewritten without the tail")
+        XCTAssertEqual(
+            RaftStore.staleAfterSnapshot(
+                entries(2...3, term: 3), snapshot: Snapshot(index: 1, term: 5, data: data), commit: 2),
+            0, "a committed entry is never dropped (the consistency checks refuse such a dir)")
     }
 
     // Appends are written and synced in chunks of at most maxAppendBytes (so a

@@ -732,7 +732,7 @@ final class ClusterNode: LoopHandler, RaftInbox {
             let data = try? JSONEncoder().encode(state)
         else { return }
         raft.compact(upTo: raft.appliedIndex, snapshotData: [UInt8](data))
-        store.save(hardState: nil, snapshot: raft.snapshot, entries: []) { [logger] error in
+        store.compact(raft.snapshot) { [logger] error in
             if let error { logger.error("raft: snapshot not persisted", metadata: ["error": "\(error)"]) }
         }
     }

@@ -38,12 +38,13 @@ import PulsePolicy
 import Raft
 
 /// What a node persisted, as loaded at start-up.
-struct RaftPersisted {
-    var hardState = HardState()
-    var snapshot: Snapshot?
-    var entries: [Entry] = []
+public struct RaftPersisted {
+    public init() {}
+    public var hardState = HardState()
+    public var snapshot: Snapshot?
+    public var entries: [Entry] = []
     /// Bytes cut from a torn log tail at load (0 when clean).
-    var truncatedBytes = 0
+    public var truncatedBytes = 0
 }
 
 /// What scanning a Raft log may cost, and what it did: bytes hashed.
@@ -63,9 +64,12 @@ public struct RaftLogScan: Equatable, Sendable {
     public var tornTailAt: Int?
 }
 
-/// Durable Raft state; all mutation happens on `queue`.
+/// Durable Raft state over a `RaftFiles` port. `load`, `persist` and
+/// `persistCompaction` are synchronous (the simulator calls them directly);
+/// the service calls `save`/`compact`, which run them on the store's own
+/// serial queue, never on the loop thread.
 public final class RaftStore {
-    let directory: String
+    public let files: RaftFiles
     private let queue = DispatchQueue(label: "pulse.raft.store")
     /// Where refusals and torn tails are counted (nil in tests that do not care).
     private let rejected: RejectedInput?
@@ -75,14 +79,14 @@ public final class RaftStore {
     /// The hard state as on disk (owned by `queue`).
     private var persistedHard = HardState()
 
-    init(dataDir: String, rejected: RejectedInput? = nil) throws {
-        directory = dataDir + "/raft"
+    /// The store of `<dataDir>/raft` (created when missing).
+    convenience init(dataDir: String, rejected: RejectedInput? = nil) throws {
+        try self.init(files: PosixRaftFiles(dataDir: dataDir), rejected: rejected)
+    }
+
+    init(files: RaftFiles, rejected: RejectedInput? = nil) {
+        self.files = files
         self.rejected = rejected
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        } catch {
-            throw PulseError.startup("cannot create \(directory): \(error.localizedDescription)")
-        }
     }
 
     static func checksum(_ bytes: some Sequence<UInt8>) -> UInt64 {
@@ -120,28 +124,32 @@ public final class RaftStore {
     /// one line naming it (and the byte offset, for the log).
     /// `bar` (the node's -bar, when known) is what a snapshot's pending
     /// tempo change must fall on, as when the node accepted it from a leader.
-    func load(bar: Int? = nil) throws -> RaftPersisted {
+    public func load(bar: Int? = nil) throws -> RaftPersisted {
         do {
             return try loadValidated(bar: bar)
         } catch {
             rejected?.record(.dataDir, error.reason)
-            throw PulseError.startup("\(directory.dropLast("raft".count))\(error); refusing to start")
+            throw PulseError.startup("\(files.location)\(error); refusing to start")
         }
     }
 
     private func loadValidated(bar: Int?) throws(DataDirError) -> RaftPersisted {
         var persisted = RaftPersisted()
-        if let bytes = try DataDirFiles.read(directory + "/hardstate", file: "raft/hardstate", limit: 1024) {
+        if let bytes = try files.read("hardstate", limit: 1024) {
             persisted.hardState = try Self.parseHardState(bytes)
         }
-        let snapshotFile = directory + "/snapshot"
-        if let bytes = try DataDirFiles.read(snapshotFile, file: "raft/snapshot", limit: Self.maxSnapshotFileBytes) {
+        if let bytes = try files.read("snapshot", limit: Self.maxSnapshotFileBytes) {
             persisted.snapshot = try Self.parseSnapshot(bytes, bar: bar.map(Int64.init))
         }
-        let bytes = try DataDirFiles.read(directory + "/log", file: "raft/log", limit: Self.maxLogBytes) ?? []
+        let bytes = try files.read("log", limit: Self.maxLogBytes) ?? []
         let scan = try Self.scanLog(bytes)
         snapshotIndex = persisted.snapshot?.index ?? 0
-        let entries = scan.entries.filter { $0.index > snapshotIndex }
+        var entries = scan.entries.filter { $0.index > snapshotIndex }
+        let stale = Self.staleAfterSnapshot(entries, snapshot: persisted.snapshot, commit: persisted.hardState.commit)
+        if stale > 0 {
+            entries.removeFirst(stale)
+            rejected?.record(.dataDir, "stale_tail_after_snapshot")
+        }
         // Checked before the torn tail is cut: a refusal never changes the files.
         if let torn = scan.tornTailAt, persisted.hardState.commit > (entries.last?.index ?? snapshotIndex) {
             // The commit is written after the entries it covers are synced, so
@@ -154,16 +162,32 @@ public final class RaftStore {
         if let torn = scan.tornTailAt {
             persisted.truncatedBytes = bytes.count - torn
             rejected?.record(.dataDir, "torn_tail")
+        }
+        if scan.tornTailAt != nil || stale > 0 {
             do {
-                try rewriteLog(scan.entries)
+                try rewriteLog(entries)
             } catch {
-                throw DataDirError(file: "raft/log", reason: "unwritable", detail: "cannot cut the torn tail: \(error)")
+                throw DataDirError(file: "raft/log", reason: "unwritable", detail: "cannot rewrite the log: \(error)")
             }
         }
         stable = entries
         persistedHard = persisted.hardState
         persisted.entries = entries
         return persisted
+    }
+
+    /// How many entries at the head of `entries` (those after the snapshot)
+    /// are a stale tail that installing the snapshot replaced: terms below
+    /// the snapshot's, all uncommitted. Data dirs written before the fix of
+    /// issue #19 kept them (the store dropped only entries up to the
+    /// snapshot's index, while the core drops its whole log when a snapshot
+    /// does not match it), and the core refused to start on them ("entry 2
+    /// has a lower term than its predecessor"). They were never part of the
+    /// node's log after the install, so dropping them loses nothing.
+    public static func staleAfterSnapshot(_ entries: [Entry], snapshot: Snapshot?, commit: UInt64) -> Int {
+        guard let snapshot else { return 0 }
+        let stale = entries.prefix { $0.term < snapshot.term && $0.index > commit }.count
+        return stale
     }
 
     // MARK: pure parsers (start-up and fuzzing: any bytes, never a trap)
@@ -411,55 +435,92 @@ public final class RaftStore {
 
     // MARK: save (any thread; runs on the store's queue)
 
-    /// Persists a Ready's snapshot, entries and hard state, synced, then
-    /// calls `done` on the store's queue (the caller hops to its loop).
+    /// Persists a Ready (`persist`) on the store's queue, then calls `done`
+    /// there (the caller hops to its loop).
+    func save(hardState: HardState?, snapshot: Snapshot?, entries: [Entry], done: @escaping (Error?) -> Void) {
+        queue.async { [self] in
+            ThreadPlacement.placeCurrentHelperThread()  // fsync off the beat core, at normal priority
+            do {
+                try persist(hardState: hardState, snapshot: snapshot, entries: entries)
+                done(nil)
+            } catch {
+                done(error)
+            }
+        }
+    }
+
+    /// Persists a compaction (`persistCompaction`) on the store's queue.
+    func compact(_ snapshot: Snapshot, done: @escaping (Error?) -> Void) {
+        queue.async { [self] in
+            ThreadPlacement.placeCurrentHelperThread()
+            do {
+                try persistCompaction(snapshot)
+                done(nil)
+            } catch {
+                done(error)
+            }
+        }
+    }
+
+    /// Persists a Ready's snapshot, entries and hard state, synced.
+    ///
+    /// A Ready's snapshot was *installed* from the leader: the core replaced
+    /// its whole log with it (RaftLog.restore), so the stored log goes too —
+    /// keeping entries after the snapshot's index (as a compaction does)
+    /// left a stale tail of an older term that the next start refused
+    /// (issue #19). Restartable after any sequence of Readies: the stored
+    /// log is always the core's log.
     ///
     /// Crash safety of the order: a new term or vote is written first (with
     /// the commit already on disk), so a crash after the entries of a new
     /// leader are synced never leaves a log term above the stored term (which
     /// the next start would refuse); the commit is written last, so it never
     /// points past the stored entries.
-    func save(hardState: HardState?, snapshot: Snapshot?, entries: [Entry], done: @escaping (Error?) -> Void) {
-        queue.async { [self] in
-            ThreadPlacement.placeCurrentHelperThread()  // fsync off the beat core, at normal priority
-            do {
-                if let hardState, hardState.term != persistedHard.term || hardState.vote != persistedHard.vote {
-                    try writeHardState(
-                        HardState(term: hardState.term, vote: hardState.vote, commit: persistedHard.commit))
-                }
-                if let snapshot {
-                    var bytes = [UInt8]()
-                    Self.put(&bytes, snapshot.index)
-                    Self.put(&bytes, snapshot.term)
-                    if !snapshot.members.isEmpty {
-                        bytes.append(Self.snapshotMembersVersion)
-                        bytes += Member.encodedList(snapshot.members)
-                    }
-                    bytes += snapshot.data
-                    var file = [UInt8]()
-                    Self.put(&file, Self.checksum(bytes))
-                    file += bytes
-                    try writeAtomically("snapshot", file)
-                    snapshotIndex = snapshot.index
-                    stable.removeAll { $0.index <= snapshot.index }
-                    try rewriteLog(stable)
-                }
-                if let first = entries.first {
-                    if let last = stable.last, first.index <= last.index {
-                        stable.removeAll { $0.index >= first.index }
-                        stable += entries
-                        try rewriteLog(stable)
-                    } else {
-                        stable += entries
-                        try append(entries)
-                    }
-                }
-                if let hardState, hardState != persistedHard { try writeHardState(hardState) }
-                done(nil)
-            } catch {
-                done(error)
+    public func persist(hardState: HardState?, snapshot: Snapshot?, entries: [Entry]) throws {
+        if let hardState, hardState.term != persistedHard.term || hardState.vote != persistedHard.vote {
+            try writeHardState(HardState(term: hardState.term, vote: hardState.vote, commit: persistedHard.commit))
+        }
+        if let snapshot {
+            try writeSnapshot(snapshot)
+            stable.removeAll()
+            try rewriteLog(stable)
+        }
+        if let first = entries.first {
+            if let last = stable.last, first.index <= last.index {
+                stable.removeAll { $0.index >= first.index }
+                stable += entries
+                try rewriteLog(stable)
+            } else {
+                stable += entries
+                try append(entries)
             }
         }
+        if let hardState, hardState != persistedHard { try writeHardState(hardState) }
+    }
+
+    /// Persists a snapshot this node took of its own applied state
+    /// (`RaftNode.compact`): entries after it stay.
+    public func persistCompaction(_ snapshot: Snapshot) throws {
+        guard snapshot.index > snapshotIndex else { return }
+        try writeSnapshot(snapshot)
+        stable.removeAll { $0.index <= snapshot.index }
+        try rewriteLog(stable)
+    }
+
+    private func writeSnapshot(_ snapshot: Snapshot) throws {
+        var bytes = [UInt8]()
+        Self.put(&bytes, snapshot.index)
+        Self.put(&bytes, snapshot.term)
+        if !snapshot.members.isEmpty {
+            bytes.append(Self.snapshotMembersVersion)
+            bytes += Member.encodedList(snapshot.members)
+        }
+        bytes += snapshot.data
+        var file = [UInt8]()
+        Self.put(&file, Self.checksum(bytes))
+        file += bytes
+        try files.replace("snapshot", with: file)
+        snapshotIndex = snapshot.index
     }
 
     private func writeHardState(_ hardState: HardState) throws {
@@ -468,7 +529,7 @@ public final class RaftStore {
         Self.put(&bytes, hardState.vote)
         Self.put(&bytes, hardState.commit)
         Self.put(&bytes, Self.checksum(bytes))
-        try writeAtomically("hardstate", bytes)
+        try files.replace("hardstate", with: bytes)
         persistedHard = hardState
     }
 
@@ -489,72 +550,20 @@ public final class RaftStore {
     /// before the next is written: a crash tears at most one chunk, which is
     /// what lets `scanLog` call a longer bad run corruption.
     private func append(_ entries: [Entry]) throws {
-        let path = directory + "/log"
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw PulseError.startup("cannot open \(path): \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
         var chunk: [UInt8] = []
-        func sync() throws {
-            guard !chunk.isEmpty else { return }
-            try writeAll(fd, chunk, path: path)
-            guard fdatasync(fd) == 0 else {
-                throw PulseError.startup("fdatasync \(path): \(String(cString: strerror(errno)))")
-            }
-            chunk.removeAll(keepingCapacity: true)
-        }
         for entry in entries {
             let bytes = record(entry)
-            if chunk.count + bytes.count > Self.maxAppendBytes { try sync() }
+            if chunk.count + bytes.count > Self.maxAppendBytes && !chunk.isEmpty {
+                try files.append("log", chunk)
+                chunk.removeAll(keepingCapacity: true)
+            }
             chunk += bytes
         }
-        try sync()
+        if !chunk.isEmpty { try files.append("log", chunk) }
     }
 
     private func rewriteLog(_ entries: [Entry]) throws {
-        try writeAtomically("log", entries.flatMap(record))
-    }
-
-    private func writeAtomically(_ name: String, _ bytes: [UInt8]) throws {
-        let path = directory + "/" + name
-        let temp = path + ".tmp"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw PulseError.startup("cannot write \(temp): \(String(cString: strerror(errno)))") }
-        do {
-            try writeAll(fd, bytes, path: temp)
-            guard fsync(fd) == 0 else { throw PulseError.startup("fsync \(temp): \(String(cString: strerror(errno)))") }
-        } catch {
-            close(fd)
-            throw error
-        }
-        close(fd)
-        guard rename(temp, path) == 0 else {
-            throw PulseError.startup("rename \(temp): \(String(cString: strerror(errno)))")
-        }
-        // The rename is durable only once the directory is synced: a failure is an error, not a hope.
-        let dirFd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard dirFd >= 0 else { throw PulseError.startup("open \(directory): \(String(cString: strerror(errno)))") }
-        defer { close(dirFd) }
-        guard fsync(dirFd) == 0 else {
-            throw PulseError.startup("fsync \(directory): \(String(cString: strerror(errno)))")
-        }
-    }
-
-    private func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws {
-        try bytes.withUnsafeBytes { raw in
-            var offset = 0
-            while offset < raw.count {
-                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw PulseError.startup("write \(path): \(String(cString: strerror(errno)))")
-                }
-                offset += n
-            }
-        }
-    }
-
-    private func read(_ name: String) -> [UInt8]? {
-        FileManager.default.contents(atPath: directory + "/" + name).map { [UInt8]($0) }
+        try files.replace("log", with: entries.flatMap(record))
     }
 
     static func put(_ out: inout [UInt8], _ value: UInt64) {

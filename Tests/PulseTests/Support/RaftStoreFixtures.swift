@@ -22,6 +22,18 @@ extension RaftStoreFixtures {
         if let failure { throw failure }
     }
 
+    /// Persists a compaction (`RaftStore.compact`) and waits, like `save`.
+    func compact(_ store: RaftStore, _ snapshot: Snapshot) throws {
+        let done = DispatchSemaphore(value: 0)
+        var failure: Error?
+        store.compact(snapshot) { error in
+            failure = error
+            done.signal()
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
+        if let failure { throw failure }
+    }
+
     /// Normal entries `range` of `term`, each carrying "entry <index>".
     func entries(_ range: ClosedRange<UInt64>, term: UInt64) -> [Entry] {
         range.map { Entry(index: $0, term: term, kind: .normal, data: Array("entry \($0)".utf8)) }

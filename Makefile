@@ -20,11 +20,11 @@ BPM ?= 120
 RUN_DIR ?= run
 APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl iproute2 iptables pkg-config \
   libssl-dev openssl python3 python3-venv python3-pip python3-jsonschema chromium chromium-driver python3-selenium \
-  docker-compose systemd
+  docker-compose systemd golang-go golang-github-nats-io-go-nats-dev
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build-info build release run dev cluster certs cluster-tls test test-deploy test-unit test-python test-browser test-all check-noalloc bench bench-micro bench-micro-update \
+.PHONY: deps build-info build release run dev cluster certs cluster-tls test test-deploy test-unit test-python test-go test-browser test-all check-noalloc bench bench-micro bench-micro-update \
 	format clean fuzz fuzz-build fuzz-smoke sim
 
 deps:
@@ -99,7 +99,7 @@ cluster-tls: build certs
 	echo "TLS cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
 
-test: deps test-deploy check-noalloc test-unit test-python test-browser fuzz-smoke
+test: deps test-deploy check-noalloc test-unit test-python test-go test-browser fuzz-smoke
 
 test-unit: build-info
 	$(SWIFT) build
@@ -113,7 +113,19 @@ test-python: build
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(VENV)
 	@$(VENV)/bin/python -c "import nats, jsonschema" 2>/dev/null || $(VENV)/bin/pip install -q nats-py jsonschema
 	$(VENV)/bin/python clients/python/tests/test_timeline.py
+	$(VENV)/bin/python clients/python/tests/test_vectors.py
 	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(VENV)/bin/python clients/python/tests/test_live.py
+
+# The Go client (clients/go, on nats.go) offline, with what Debian ships:
+# GOPATH mode over /usr/share/gocode (golang-go, golang-github-nats-io-go-nats-dev),
+# the package linked at its import path in a git-ignored GOPATH; `go vet`, then
+# its tests: the vectors (docs/vectors) and the live ones against real processes.
+GO_IMPORT := github.com/backbeat-pulse/pulse/clients/go
+GO_ENV := GO111MODULE=off GOFLAGS= GOPATH=$(CURDIR)/.build/gopath:/usr/share/gocode GOCACHE=$(CURDIR)/.build/gocache
+test-go: build
+	@mkdir -p .build/gopath/src/$(dir $(GO_IMPORT)) && ln -sfn $(CURDIR)/clients/go .build/gopath/src/$(GO_IMPORT)
+	cd .build/gopath/src/$(GO_IMPORT) && $(GO_ENV) go vet ./... && \
+	  PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(GO_ENV) go test -count=1 -timeout 300s ./...
 
 # The live view in real headless Chromium (Debian chromium, chromium-driver and
 # python3-selenium, so Debian's own python3): against a 3-node cluster, the beat

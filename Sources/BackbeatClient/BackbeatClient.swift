@@ -261,16 +261,10 @@ public final class BackbeatClient: @unchecked Sendable {
     /// Adopts `timeline` if it is not older than the one held; emits events.
     private func adopt(_ timeline: BeatTimeline) {
         lock.lock()
-        let previous = current
-        let isNewer = previous.map { timeline.version >= $0.version } ?? true
-        if isNewer { current = timeline }
-        tracker.noteTimeline(timeline)
+        let (held, events) = tracker.adopt(timeline, over: current)
+        current = held
         lock.unlock()
-        guard isNewer, previous != timeline else { return }
-        if let pending = timeline.pending, previous?.pending != pending {
-            continuation.yield(.tempoScheduled(pending))
-        }
-        continuation.yield(.timelineUpdated(timeline))
+        for event in events { continuation.yield(event) }
     }
 
     /// Fetches the timeline again on a helper thread (at most one in flight);

@@ -81,6 +81,25 @@ public struct FrameTracker: Sendable {
         fenceTerm = max(fenceTerm, timeline.term)
     }
 
+    /// A timeline message (a reply or the leader's publication) against the
+    /// one held: adopted unless older (``BeatTimeline/version``: a lagging
+    /// node's answer never rolls a committed change back); its term raises
+    /// the fence either way. Returns the timeline to hold and the events
+    /// (`tempoScheduled` for a change not known before, `timelineUpdated`).
+    public mutating func adopt(_ timeline: BeatTimeline, over held: BeatTimeline?) -> (
+        held: BeatTimeline, events: [BackbeatEvent]
+    ) {
+        noteTimeline(timeline)
+        guard let held else {
+            return (timeline, (timeline.pending.map { [.tempoScheduled($0)] } ?? []) + [.timelineUpdated(timeline)])
+        }
+        guard timeline.version >= held.version, timeline != held else { return (held, []) }
+        var events: [BackbeatEvent] = []
+        if let pending = timeline.pending, held.pending != pending { events.append(.tempoScheduled(pending)) }
+        events.append(.timelineUpdated(timeline))
+        return (timeline, events)
+    }
+
     /// One message from the beat subject, received at `receivedNs` (timeline
     /// clock), judged against `timeline` when known. Returns the events it causes.
     public mutating func receive(_ bytes: UnsafeRawBufferPointer, receivedNs: Int64, timeline: BeatTimeline?)

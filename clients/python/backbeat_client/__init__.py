@@ -18,7 +18,6 @@ events.
 from __future__ import annotations
 
 import asyncio
-import calendar
 import hashlib
 import json
 import re
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
 __all__ = [
-    "Timeline", "BeatInfo", "Frame", "FrameError", "TimelineError", "FrameTracker", "Event", "BackbeatClient",
+    "Timeline", "BeatInfo", "BeatPosition", "Frame", "FrameError", "TimelineError", "FrameTracker", "Event", "BackbeatClient",
     "decode_frame", "decode_timeline",
 ]
 
@@ -86,6 +85,26 @@ class BeatInfo:
     bpm: int
 
 
+@dataclass(frozen=True)
+class BeatPosition:
+    """Where an instant falls: `offset_ns` into beat `beat`, whose length is
+    `length_ns` (exact; PulseCore's BeatPosition)."""
+    beat: int
+    offset_ns: int
+    length_ns: int
+
+    @property
+    def beats(self) -> float:
+        """`beat + offset/length` as one number (Link's beatAtTime); bit for bit the Swift and Go value."""
+        return float(self.beat) + self.offset_ns / self.length_ns
+
+    def phase(self, quantum: int) -> float:
+        """The position in a cycle of `quantum` beats from beat 0, in [0, quantum) (Link's phaseAtTime)."""
+        if quantum < 1:
+            raise ValueError("quantum must be >= 1")
+        return float(self.beat % quantum) + self.offset_ns / self.length_ns
+
+
 def window_id(cluster_id: str, bar_start: int) -> str:
     return hashlib.sha256(f"{cluster_id}:{bar_start}".encode()).hexdigest()[:32]
 
@@ -120,6 +139,12 @@ class Timeline:
         if self.pending and t >= self.pending.start_ns:
             return self.pending.beat_at(t)
         return self.epoch.beat_at(t)
+
+    def position(self, t: int) -> BeatPosition:
+        """The fractional position at instant `t`: the beat in progress and how far into it."""
+        k = self.beat_at(t)
+        start = self.instant_ns(k)
+        return BeatPosition(k, t - start, self.instant_ns(k + 1) - start)
 
     def bpm_of(self, k: int) -> int:
         return self._epoch_for_beat(k).bpm
@@ -215,6 +240,317 @@ def decode_timeline(data: bytes, cluster_id: str) -> Timeline:
                     o["now_ns"])
 
 
+_FIELDS = ("type", "cluster_id", "beat_index", "downbeat", "phase", "hlc", "deadline_at", "tempo_bpm",
+           "window_id", "term")
+_RFC3339 = re.compile(rb"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{3})Z")
+_WINDOW = re.compile(rb"[0-9a-f]{32}")
+_HEX = re.compile(rb"[0-9a-f]+")
+MAX_FRAME_BYTES = 4096
+MAX_DEPTH = 16
+MAX_STRING_BYTES = 256
+_WS = b" \t\n\r"
+
+
+def _unix_ms(text: bytes) -> Optional[int]:
+    """Unix ms of exactly `YYYY-MM-DDTHH:MM:SS.mmmZ` (valid date, no leap second), as PulseCore reads it."""
+    m = _RFC3339.fullmatch(text)
+    if not m:
+        return None
+    y, mo, d, h, mi, s, ms = (int(g) for g in m.groups())
+    if not 1 <= mo <= 12 or h >= 24 or mi >= 60 or s >= 60:
+        return None
+    leap = y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+    if not 1 <= d <= [31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][mo - 1]:
+        return None
+    # days_from_civil (H. Hinnant), as PulseCore's RFC3339Reader.
+    yy = y - 1 if mo <= 2 else y
+    era = (yy if yy >= 0 else yy - 399) // 400
+    yoe = yy - era * 400
+    doy = (153 * (mo - 3 if mo > 2 else mo + 9) + 2) // 5 + d - 1
+    days = era * 146_097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719_468
+    return ((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms
+
+
+def _parse_hlc(text: bytes):
+    """(ms, counter, suffix) of `<ms hex>:<counter hex>:<suffix>` as PulseCore's HLCStamp.parse, or None."""
+    c1 = text.find(b":")
+    if c1 < 0:
+        return None
+    c2 = text.find(b":", c1 + 1)
+    if c2 < 0:
+        return None
+    ms, counter, suffix = text[:c1], text[c1 + 1:c2], text[c2 + 1:]
+    if not 1 <= len(ms) <= 16 or not _HEX.fullmatch(ms) or int(ms, 16) > INT64_MAX:
+        return None
+    if not 4 <= len(counter) <= 8 or (len(counter) > 4 and counter[:1] == b"0") or not _HEX.fullmatch(counter):
+        return None
+    return int(ms, 16), int(counter, 16), suffix
+
+
+class _FrameParser:
+    """A port of PulseCore's BeatFrameDecoder: one pass over the bytes, the
+    first fault in the text decides the reason (the same codes, the same order)."""
+
+    def __init__(self, data: bytes):
+        self.b = data
+        self.i = 0
+
+    def peek(self):
+        return self.b[self.i] if self.i < len(self.b) else None
+
+    def ws(self):
+        while self.i < len(self.b) and self.b[self.i] in _WS:
+            self.i += 1
+
+    def expect(self, ch: int):
+        if self.peek() != ch:
+            raise FrameError("malformed_json")
+        self.i += 1
+
+    def frame(self) -> dict:
+        self.ws()
+        first = self.peek()
+        if first is None:
+            raise FrameError("empty")
+        if first != 0x7B:
+            self.skip_value(0)
+            self.ws()
+            raise FrameError("not_an_object" if self.peek() is None else "malformed_json")
+        self.i += 1
+        fields: dict = {}
+        self.ws()
+        if self.peek() == 0x7D:
+            self.i += 1
+        else:
+            while True:
+                self.ws()
+                key = self.string()
+                self.ws()
+                self.expect(0x3A)
+                self.ws()
+                self.field(key, fields)
+                self.ws()
+                if self.peek() == 0x2C:
+                    self.i += 1
+                    continue
+                self.expect(0x7D)
+                break
+        self.ws()
+        if self.peek() is not None:
+            raise FrameError("malformed_json")
+        for f in _FIELDS:
+            if f not in fields:
+                raise FrameError("missing_field")
+        return fields
+
+    def field(self, key: bytes, fields: dict):
+        name = key.decode("utf-8", "strict") if _valid_utf8(key) else None
+        if name not in _FIELDS and name != "degraded":
+            self.skip_value(1)
+            return
+        if name in fields:
+            raise FrameError("duplicate_field")
+        bad = FrameError("bad_" + name)
+        if name == "type":
+            if self.peek() != 0x22 or self.string_value(name) != FRAME_TYPE:
+                raise FrameError("wrong_type")
+            fields[name] = FRAME_TYPE
+        elif name in ("cluster_id", "phase"):
+            text = self.string_value(name)
+            if not text or (name == "cluster_id" and len(text.encode()) > 128):
+                raise bad
+            fields[name] = text
+        elif name == "beat_index":
+            v = self.integer(name)
+            if not 0 <= v <= INT64_MAX:
+                raise bad
+            fields[name] = v
+        elif name in ("downbeat", "degraded"):
+            fields[name] = self.boolean(name)
+        elif name == "hlc":
+            parsed = _parse_hlc(self.string_value(name).encode())
+            if parsed is None or not parsed[2]:
+                raise bad
+            fields[name] = parsed
+        elif name == "deadline_at":
+            ms = _unix_ms(self.string_value(name).encode())
+            if ms is None:
+                raise bad
+            fields[name] = ms
+        elif name == "tempo_bpm":
+            v = self.integer(name)
+            if not 1 <= v <= MAX_BPM:
+                raise bad
+            fields[name] = v
+        elif name == "window_id":
+            text = self.string_value(name)
+            if not _WINDOW.fullmatch(text.encode()):
+                raise bad
+            fields[name] = text
+        elif name == "term":
+            v = self.integer(name)
+            if v < 0:
+                raise bad
+            fields[name] = v
+
+    def string_value(self, name: str) -> str:
+        if self.peek() != 0x22:
+            raise FrameError("bad_" + name)
+        raw = self.string()
+        if not _valid_utf8(raw):
+            raise FrameError("malformed_json")
+        return raw.decode()
+
+    def boolean(self, name: str) -> bool:
+        for word, value in ((b"true", True), (b"false", False)):
+            if self.b.startswith(word, self.i):
+                self.i += len(word)
+                return value
+        raise FrameError("bad_" + name)
+
+    def integer(self, name: str) -> int:
+        negative = self.peek() == 0x2D
+        if negative:
+            self.i += 1
+        start = self.i
+        while self.peek() is not None and 0x30 <= self.peek() <= 0x39:
+            self.i += 1
+        digits = self.b[start:self.i]
+        if not digits:
+            raise FrameError("bad_" + name)
+        magnitude = int(digits)
+        if magnitude > UINT64_MAX:
+            raise FrameError("bad_" + name)
+        if digits[:1] == b"0" and len(digits) > 1:
+            raise FrameError("malformed_json")
+        if self.peek() in (0x2E, 0x65, 0x45):
+            raise FrameError("bad_" + name)
+        if negative and magnitude != 0:
+            return -magnitude
+        return -1 if negative else magnitude  # "-0" is negative too
+
+    def string(self) -> bytes:
+        self.expect(0x22)
+        out = bytearray()
+        while True:
+            b = self.peek()
+            if b is None:
+                raise FrameError("malformed_json")
+            self.i += 1
+            if b == 0x22:
+                return bytes(out)
+            if b == 0x5C:
+                e = self.peek()
+                if e is None:
+                    raise FrameError("malformed_json")
+                self.i += 1
+                simple = {0x22: 0x22, 0x5C: 0x5C, 0x2F: 0x2F, 0x62: 8, 0x66: 12, 0x6E: 10, 0x72: 13, 0x74: 9}
+                if e in simple:
+                    out.append(simple[e])
+                elif e == 0x75:
+                    out += self.unicode_escape()
+                else:
+                    raise FrameError("malformed_json")
+            elif b < 0x20:
+                raise FrameError("malformed_json")
+            else:
+                out.append(b)
+            if len(out) > MAX_STRING_BYTES:
+                raise FrameError("malformed_json")
+
+    def hex4(self) -> int:
+        chunk = self.b[self.i:self.i + 4]
+        if len(chunk) < 4 or not all(c in b"0123456789abcdefABCDEF" for c in chunk):
+            raise FrameError("malformed_json")
+        self.i += 4
+        return int(chunk, 16)
+
+    def unicode_escape(self) -> bytes:
+        scalar = self.hex4()
+        if 0xD800 <= scalar <= 0xDBFF:
+            if not self.b.startswith(b"\\u", self.i):
+                raise FrameError("malformed_json")
+            self.i += 2
+            low = self.hex4()
+            if not 0xDC00 <= low <= 0xDFFF:
+                raise FrameError("malformed_json")
+            scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+        elif 0xDC00 <= scalar <= 0xDFFF:
+            raise FrameError("malformed_json")
+        return chr(scalar).encode()
+
+    def skip_value(self, depth: int):
+        b = self.peek()
+        if b is None:
+            raise FrameError("malformed_json")
+        if b in (0x7B, 0x5B):
+            if depth >= MAX_DEPTH:
+                raise FrameError("too_deep")
+            close = 0x7D if b == 0x7B else 0x5D
+            self.i += 1
+            self.ws()
+            if self.peek() == close:
+                self.i += 1
+                return
+            while True:
+                self.ws()
+                if close == 0x7D:
+                    self.string()
+                    self.ws()
+                    self.expect(0x3A)
+                    self.ws()
+                self.skip_value(depth + 1)
+                self.ws()
+                if self.peek() == 0x2C:
+                    self.i += 1
+                    continue
+                self.expect(close)
+                return
+        elif b == 0x22:
+            self.string()
+        elif b in (0x74, 0x66, 0x6E):
+            for word in (b"true", b"false", b"null"):
+                if self.b.startswith(word, self.i):
+                    self.i += len(word)
+                    return
+            raise FrameError("malformed_json")
+        else:
+            self.skip_number()
+
+    def digits(self):
+        if self.peek() is None or not 0x30 <= self.peek() <= 0x39:
+            raise FrameError("malformed_json")
+        while self.peek() is not None and 0x30 <= self.peek() <= 0x39:
+            self.i += 1
+
+    def skip_number(self):
+        if self.peek() == 0x2D:
+            self.i += 1
+        first = self.peek()
+        if first is None or not 0x30 <= first <= 0x39:
+            raise FrameError("malformed_json")
+        if first == 0x30:
+            self.i += 1
+        else:
+            self.digits()
+        if self.peek() == 0x2E:
+            self.i += 1
+            self.digits()
+        if self.peek() in (0x65, 0x45):
+            self.i += 1
+            if self.peek() in (0x2B, 0x2D):
+                self.i += 1
+            self.digits()
+
+
+def _valid_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8", "strict")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 @dataclass(frozen=True)
 class Frame:
     cluster_id: str
@@ -228,6 +564,8 @@ class Frame:
     window_id: str
     term: int
     degraded: bool
+    hlc_ms: int = 0
+    hlc_counter: int = 0
 
     @property
     def scheduled_ns(self) -> int:
@@ -235,80 +573,19 @@ class Frame:
         return self.deadline_ms * 1_000_000 - NS_PER_MINUTE // self.tempo_bpm
 
 
-_FIELDS = ("type", "cluster_id", "beat_index", "downbeat", "phase", "hlc", "deadline_at", "tempo_bpm",
-           "window_id", "term")
-_HLC = re.compile(r"^([0-9a-f]{1,16}):([0-9a-f]{4,8}):([^:]{1,4})$")
-_RFC3339 = re.compile(r"^(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{3})Z$")
-_WINDOW = re.compile(r"^[0-9a-f]{32}$")
-
-
-def _unix_ms(text: str) -> Optional[int]:
-    """Unix ms of exactly `YYYY-MM-DDTHH:MM:SS.mmmZ` (valid date, no leap second)."""
-    m = _RFC3339.match(text)
-    if not m:
-        return None
-    y, mo, d, h, mi, s, ms = (int(g) for g in m.groups())
-    if y < 1 or not 1 <= mo <= 12 or h >= 24 or mi >= 60 or s >= 60:
-        return None
-    if not 1 <= d <= calendar.monthrange(y, mo)[1]:
-        return None
-    return calendar.timegm((y, mo, d, h, mi, s)) * 1000 + ms
-
-
 def decode_frame(data: bytes) -> Frame:
-    """Validates a `backbeat.beatframe.v1` frame; raises FrameError(reason)."""
-    if not data.strip():
-        raise FrameError("empty")
-    if len(data) > 4096:
+    """Validates a `backbeat.beatframe.v1` frame; raises FrameError(reason),
+    the same reason PulseCore's BeatFrameDecoder gives (docs/vectors/frames.json)."""
+    if len(data) > MAX_FRAME_BYTES:
         raise FrameError("too_large")
-
-    def pairs(items):
-        seen = {}
-        for key, value in items:
-            if key in seen and key in _FIELDS + ("degraded",):
-                raise FrameError("duplicate_field")
-            seen[key] = value
-        return seen
-
     try:
-        o = json.loads(data, object_pairs_hook=pairs)
-    except FrameError:
-        raise
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise FrameError("malformed_json")
-    if not isinstance(o, dict):
-        raise FrameError("not_an_object")
-    if "type" in o and o["type"] != FRAME_TYPE:
-        raise FrameError("wrong_type")
-    for f in _FIELDS:
-        if f not in o:
-            raise FrameError("missing_field")
-    c = o["cluster_id"]
-    if not isinstance(c, str) or not 0 < len(c.encode()) <= 128:
-        raise FrameError("bad_cluster_id")
-    if not _int(o["beat_index"], 0, INT64_MAX):
-        raise FrameError("bad_beat_index")
-    if not isinstance(o["downbeat"], bool):
-        raise FrameError("bad_downbeat")
-    if not isinstance(o["phase"], str) or not o["phase"]:
-        raise FrameError("bad_phase")
-    m = _HLC.match(o["hlc"]) if isinstance(o["hlc"], str) else None
-    if not m:
-        raise FrameError("bad_hlc")
-    ms = _unix_ms(o["deadline_at"]) if isinstance(o["deadline_at"], str) else None
-    if ms is None:
-        raise FrameError("bad_deadline_at")
-    if not _int(o["tempo_bpm"], 1, MAX_BPM):
-        raise FrameError("bad_tempo_bpm")
-    if not isinstance(o["window_id"], str) or not _WINDOW.match(o["window_id"]):
-        raise FrameError("bad_window_id")
-    if not _int(o["term"], 0, UINT64_MAX):
-        raise FrameError("bad_term")
-    degraded = o.get("degraded", False)
-    if not isinstance(degraded, bool):
-        raise FrameError("bad_degraded")
-    return Frame(c, o["beat_index"], o["downbeat"], o["phase"], o["hlc"], m.group(3), ms, o["tempo_bpm"],
-                 o["window_id"], o["term"], degraded)
+        o = _FrameParser(bytes(data)).frame()
+    except RecursionError:
+        raise FrameError("too_deep")
+    ms, counter, suffix = o["hlc"]
+    hlc = f"{ms:x}:{counter:04x}:{suffix.decode()}"
+    return Frame(o["cluster_id"], o["beat_index"], o["downbeat"], o["phase"], hlc, suffix.decode(), o["deadline_at"],
+                 o["tempo_bpm"], o["window_id"], o["term"], o.get("degraded", False), ms, counter)
 
 
 @dataclass(frozen=True)
@@ -345,6 +622,19 @@ class FrameTracker:
 
     def note_timeline(self, timeline: Timeline) -> None:
         self.fence_term = max(self.fence_term, timeline.term)
+
+    def adopt(self, timeline: Timeline, held: Optional[Timeline]) -> tuple:
+        """A timeline message against the one held: adopted unless older (a
+        lagging node never rolls a committed change back); its term raises
+        the fence either way. Returns (timeline to hold, events)."""
+        self.note_timeline(timeline)
+        if held is not None and (timeline.version < held.version or timeline == held):
+            return held, []
+        events = []
+        if timeline.pending and (held is None or held.pending != timeline.pending):
+            events.append(Event("tempo_scheduled", bpm=timeline.pending.bpm, at_beat=timeline.pending.start_beat))
+        events.append(Event("timeline_updated", timeline=timeline, term=timeline.term))
+        return timeline, events
 
     def _refuse(self, reason: str) -> list:
         self.refused += 1
@@ -478,16 +768,9 @@ class BackbeatClient:
         return self.timeline
 
     def _adopt(self, timeline: Timeline) -> None:
-        previous = self.timeline
-        self.tracker.note_timeline(timeline)
-        if previous is not None and timeline.version < previous.version:
-            return
-        self.timeline = timeline
-        if previous == timeline:
-            return
-        if timeline.pending and (previous is None or previous.pending != timeline.pending):
-            self._emit(Event("tempo_scheduled", bpm=timeline.pending.bpm, at_beat=timeline.pending.start_beat))
-        self._emit(Event("timeline_updated", timeline=timeline))
+        self.timeline, events = self.tracker.adopt(timeline, self.timeline)
+        for event in events:
+            self._emit(event)
 
     def _refetch(self) -> None:
         if self._refetching:

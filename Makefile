@@ -64,17 +64,18 @@ run dev: deps build
 
 # nats-server plus a three-node Raft cluster on admin ports 8080/8081/8082
 # (Raft on 127.0.0.1:7001-7003), logs labelled per node, and the beats live.
+# Ctrl-C stops the nodes by pid (the leader hands over), then nats-server, and exits quietly.
 PEERS := n1@127.0.0.1:7001,n2@127.0.0.1:7002,n3@127.0.0.1:7003
 cluster: build
 	@mkdir -p $(RUN_DIR)
 	@bin=$$($(SWIFT) build --show-bin-path)/pulse; \
-	nats-server -a 127.0.0.1 -p $(NATS_PORT) > $(RUN_DIR)/nats.log 2>&1 & pids=$$!; \
-	trap 'trap - EXIT INT TERM; kill 0 2>/dev/null' EXIT INT TERM; \
+	nats-server -a 127.0.0.1 -p $(NATS_PORT) > $(RUN_DIR)/nats.log 2>&1 & nats_pid=$$!; nodes=""; \
+	trap 'trap - EXIT INT TERM; kill $$nodes 2>/dev/null; wait $$nodes 2>/dev/null; kill $$nats_pid 2>/dev/null; wait 2>/dev/null; exit 0' EXIT INT TERM; \
 	sleep 0.3; \
 	for i in 1 2 3; do \
-	  ( $$bin -bootstrap -bpm $(BPM) -max-bpm 600 -nats nats://127.0.0.1:$(NATS_PORT) -node-id n$$i \
-	      -raft-bind 127.0.0.1:700$$i -peers $(PEERS) -admin-port 808$$((i-1)) -data-dir $(RUN_DIR)/n$$i 2>&1 \
-	      | sed -u "s/^/[n$$i] /" >> $(RUN_DIR)/cluster.log ) & pids="$$pids $$!"; \
+	  $$bin -bootstrap -bpm $(BPM) -max-bpm 600 -nats nats://127.0.0.1:$(NATS_PORT) -node-id n$$i \
+	      -raft-bind 127.0.0.1:700$$i -peers $(PEERS) -admin-port 808$$((i-1)) -data-dir $(RUN_DIR)/n$$i \
+	      > >(trap '' INT TERM; exec sed -u "s/^/[n$$i] /" >> $(RUN_DIR)/cluster.log) 2>&1 & nodes="$$nodes $$!"; \
 	done; \
 	echo "cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
@@ -87,14 +88,14 @@ certs:
 cluster-tls: build certs
 	@mkdir -p $(RUN_DIR)
 	@bin=$$($(SWIFT) build --show-bin-path)/pulse; certs=$(RUN_DIR)/certs; \
-	nats-server -a 127.0.0.1 -p $(NATS_PORT) > $(RUN_DIR)/nats.log 2>&1 & pids=$$!; \
-	trap 'trap - EXIT INT TERM; kill 0 2>/dev/null' EXIT INT TERM; \
+	nats-server -a 127.0.0.1 -p $(NATS_PORT) > $(RUN_DIR)/nats.log 2>&1 & nats_pid=$$!; nodes=""; \
+	trap 'trap - EXIT INT TERM; kill $$nodes 2>/dev/null; wait $$nodes 2>/dev/null; kill $$nats_pid 2>/dev/null; wait 2>/dev/null; exit 0' EXIT INT TERM; \
 	sleep 0.3; \
 	for i in 1 2 3; do \
-	  ( $$bin -bootstrap -bpm $(BPM) -max-bpm 600 -nats nats://127.0.0.1:$(NATS_PORT) -node-id n$$i \
+	  $$bin -bootstrap -bpm $(BPM) -max-bpm 600 -nats nats://127.0.0.1:$(NATS_PORT) -node-id n$$i \
 	      -raft-bind 127.0.0.1:700$$i -peers $(PEERS) -admin-port 808$$((i-1)) -data-dir $(RUN_DIR)/tls-n$$i \
-	      -raft-tls-cert $$certs/n$$i.pem -raft-tls-key $$certs/n$$i.key -raft-tls-ca $$certs/ca.pem 2>&1 \
-	      | sed -u "s/^/[n$$i] /" >> $(RUN_DIR)/cluster.log ) & pids="$$pids $$!"; \
+	      -raft-tls-cert $$certs/n$$i.pem -raft-tls-key $$certs/n$$i.key -raft-tls-ca $$certs/ca.pem \
+	      > >(trap '' INT TERM; exec sed -u "s/^/[n$$i] /" >> $(RUN_DIR)/cluster.log) 2>&1 & nodes="$$nodes $$!"; \
 	done; \
 	echo "TLS cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)

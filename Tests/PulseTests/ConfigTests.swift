@@ -110,4 +110,57 @@ final class ConfigTests: XCTestCase {
             XCTAssertTrue(result.stdout.contains(flag), "help mentions \(flag)")
         }
     }
+    /// Go's flag package spelling of switches: `-x=true`, `--x=false`, for
+    /// every switch; false on the command line wins over the environment.
+    func testGoStyleSwitchValues() throws {
+        let peers = ["-peers", "a@127.0.0.1:1,127.0.0.1:2", "-raft-bind", "127.0.0.1:2"]
+        let on = try PulseCommand.parseConfig(["-bootstrap=true", "--mlock=1"] + peers, environment: [:])
+        XCTAssertTrue(on.bootstrap)
+        XCTAssertTrue(on.lockMemory)
+        let off = try PulseCommand.parseConfig(
+            ["-bootstrap=false", "--mlock=FALSE", "-join=f"], environment: ["BACKBEAT_BOOTSTRAP": "true"])
+        XCTAssertFalse(off.bootstrap, "-bootstrap=false wins over BACKBEAT_BOOTSTRAP=true")
+        XCTAssertFalse(off.lockMemory)
+        XCTAssertFalse(off.join)
+        let join = try PulseCommand.parseConfig(["--join=True"] + peers, environment: [:])
+        XCTAssertTrue(join.join)
+        // Every switch takes a value; a value that is not a boolean is one line.
+        for (flag, isSwitch) in PulseCommand.settings where isSwitch {
+            XCTAssertNoThrow(try PulseCommand.parseConfig(["-\(flag)=false"], environment: [:]), flag)
+            XCTAssertThrowsError(try PulseCommand.parseConfig(["-\(flag)=maybe"], environment: [:])) {
+                XCTAssertTrue("\($0)".contains("-\(flag)=true"), "\($0)")
+            }
+        }
+        // An option's value that looks like a switch is still the option's value.
+        let token = try PulseCommand.parseConfig(["-admin-token=-bootstrap=true"], environment: [:])
+        XCTAssertEqual(token.adminToken, "-bootstrap=true")
+        XCTAssertFalse(token.bootstrap)
+        // The binary itself, as the seed's scripts call it.
+        let result = try runPulse(["-bootstrap=maybe"])
+        XCTAssertEqual(result.status, 2, result.stderr)
+        XCTAssertTrue(result.stderr.hasPrefix("pulse: error: -bootstrap is a switch"), result.stderr)
+    }
+
+    /// `-admin-token-file` / BACKBEAT_ADMIN_TOKEN_FILE: a secret mounted as a
+    /// file; trailing newline dropped; empty, multi-line or both sources refused.
+    func testAdminTokenFromAFile() throws {
+        let dir = Harness.tempDir("tokenfile")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let file = dir + "/token"
+        try "s3cret\n".write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(
+            try PulseCommand.parseConfig(["-admin-token-file", file], environment: [:]).adminToken, "s3cret")
+        XCTAssertEqual(
+            try PulseCommand.parseConfig([], environment: ["BACKBEAT_ADMIN_TOKEN_FILE": file]).adminToken, "s3cret")
+        XCTAssertThrowsError(
+            try PulseCommand.parseConfig(["-admin-token", "x", "-admin-token-file", file], environment: [:]))
+        let bad = dir + "/bad"
+        for contents in ["", "\n", "two words\n", "a\nb\n"] {
+            try contents.write(toFile: bad, atomically: true, encoding: .utf8)
+            XCTAssertThrowsError(try PulseCommand.parseConfig(["-admin-token-file", bad], environment: [:]), contents) {
+                XCTAssertTrue("\($0)".hasPrefix("-admin-token-file \(bad): "), "\($0)")
+            }
+        }
+        XCTAssertThrowsError(try PulseCommand.parseConfig(["-admin-token-file", dir + "/none"], environment: [:]))
+    }
 }

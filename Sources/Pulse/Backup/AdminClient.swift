@@ -1,7 +1,12 @@
 // Backup/AdminClient.swift — owns the command line's side of the admin API:
-// one blocking HTTP/1.1 request (`Connection: close`) to a node, bounded in
-// time (connect, send and receive timeouts) and in size. Used by `pulse
-// backup`, a short-lived command, never by a node's loop.
+// one blocking HTTP/1.1 request (`Connection: close`) to a node, over plain
+// TCP or, for `https://` URLs, TLS (OpenSSL: the server's certificate
+// verified against `--ca` or the system's trust store, and its name against
+// the URL's host), bounded in time (connect, send and receive timeouts) and
+// in size. Used by `pulse backup` and `pulse members`, short-lived commands,
+// never by a node's loop.
+import ArgumentParser
+import COpenSSL
 import Foundation
 import Glibc
 
@@ -17,6 +22,22 @@ enum AdminClient {
     /// Largest response read (a backup is a few hundred bytes).
     static let maxResponseBytes = 1 << 20
 
+    /// How a command reaches the nodes: bearer token, timeout of each
+    /// request, and the CA that signs an `https://` node's certificate
+    /// (empty: the system's trust store).
+    struct Settings {
+        var token: String?
+        var timeoutMs: Int
+        var caFile = ""
+    }
+
+    /// A parsed admin URL.
+    struct Target: Equatable {
+        var host: String
+        var port: Int
+        var tls: Bool
+    }
+
     /// The comma-separated `--admin` list, each URL checked (`parseURL`);
     /// a one-line error when it names none or one is not usable.
     static func urls(_ list: String) throws -> [String] {
@@ -26,61 +47,93 @@ enum AdminClient {
         return urls
     }
 
-    /// `http://host:port` or `host:port` (an optional trailing `/`) into host and port.
-    static func parseURL(_ url: String) throws -> (host: String, port: Int) {
+    /// `http://host:port`, `https://host[:port]` (default 443) or
+    /// `host:port` (plain HTTP), an optional trailing `/`.
+    static func parseURL(_ url: String) throws -> Target {
         var rest = Substring(url.trimmingCharacters(in: .whitespaces))
+        var tls = false
         if rest.hasPrefix("https://") {
-            throw PulseError.config("\(url): the admin API speaks plain HTTP (use http://)")
+            rest = rest.dropFirst("https://".count)
+            tls = true
+        } else if rest.hasPrefix("http://") {
+            rest = rest.dropFirst("http://".count)
         }
-        if rest.hasPrefix("http://") { rest = rest.dropFirst("http://".count) }
         while rest.hasSuffix("/") { rest = rest.dropLast() }
+        if tls && !rest.isEmpty && (rest.hasSuffix("]") || !rest.contains(":")) { rest += ":443" }
         guard let colon = rest.lastIndex(of: ":"), let port = Int(rest[rest.index(after: colon)...]),
-            (1...65535).contains(port), colon > rest.startIndex
+            (1...65535).contains(port), colon > rest.startIndex, !rest.contains("/")
         else {
-            throw PulseError.config("\(url) is not http://host:port")
+            throw PulseError.config("\(url) is not http://host:port or https://host[:port]")
         }
         var host = String(rest[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        return (host, port)
+        return Target(host: host, port: port, tls: tls)
     }
 
-    /// GETs `path` from `url` with an optional bearer token. Throws
-    /// `PulseError.startup` when the node cannot be reached or answers
+    /// GETs `path` from `url`. Throws `PulseError.startup` when the node
+    /// cannot be reached, its certificate is not trusted, or it answers
     /// something that is not HTTP.
-    static func get(url: String, path: String, token: String?, timeoutMs: Int) throws -> Response {
-        try request("GET", url: url, path: path, body: nil, token: token, timeoutMs: timeoutMs)
+    static func get(url: String, path: String, _ settings: Settings) throws -> Response {
+        try request("GET", url: url, path: path, body: nil, settings)
     }
 
     /// POSTs a JSON `body` to `path` (`pulse members add`, leader transfer).
-    static func post(url: String, path: String, body: [UInt8], token: String?, timeoutMs: Int) throws -> Response {
-        try request("POST", url: url, path: path, body: body, token: token, timeoutMs: timeoutMs)
+    static func post(url: String, path: String, body: [UInt8], _ settings: Settings) throws -> Response {
+        try request("POST", url: url, path: path, body: body, settings)
     }
 
     /// DELETEs `path` (`pulse members remove`).
-    static func delete(url: String, path: String, token: String?, timeoutMs: Int) throws -> Response {
-        try request("DELETE", url: url, path: path, body: nil, token: token, timeoutMs: timeoutMs)
+    static func delete(url: String, path: String, _ settings: Settings) throws -> Response {
+        try request("DELETE", url: url, path: path, body: nil, settings)
     }
 
     /// One request (`method` and `path` are the caller's constants and
     /// percent-encoded names: no CR/LF), `Connection: close`.
     private static func request(
-        _ method: String, url: String, path: String, body: [UInt8]?, token: String?, timeoutMs: Int
+        _ method: String, url: String, path: String, body: [UInt8]?, _ settings: Settings
     ) throws -> Response {
-        let (host, port) = try parseURL(url)
-        let fd = try connect(host: host, port: port, timeoutMs: timeoutMs)
+        let target = try parseURL(url)
+        let fd = try connect(host: target.host, port: target.port, timeoutMs: settings.timeoutMs)
         defer { close(fd) }
-        var request = "\(method) \(path) HTTP/1.1\r\nHost: \(host):\(port)\r\nConnection: close\r\n"
-        if let token, !token.isEmpty { request += "Authorization: Bearer \(token)\r\n" }
+        var stream = Stream.plain(fd)
+        if target.tls {
+            let session = try AdminTLSSession(fd: fd, host: target.host, caFile: settings.caFile, url: url)
+            stream = .tls(session)
+        }
+        let hostHeader = target.host.contains(":") ? "[\(target.host)]" : target.host
+        var request = "\(method) \(path) HTTP/1.1\r\nHost: \(hostHeader):\(target.port)\r\nConnection: close\r\n"
+        if let token = settings.token, !token.isEmpty { request += "Authorization: Bearer \(token)\r\n" }
         if let body {
             request += "Content-Type: application/json\r\nContent-Length: \(body.count)\r\n"
         }
         request += "\r\n"
-        try send(fd, Array(request.utf8) + (body ?? []), url: url)
-        let bytes = try receive(fd, url: url)
+        try send(stream, Array(request.utf8) + (body ?? []), url: url)
+        let bytes = try receive(stream, url: url)
         guard let response = parseResponse(bytes)?.response else {
             throw PulseError.startup("\(url) did not answer HTTP (\(bytes.count) bytes)")
         }
         return response
+    }
+
+    /// The connection a request travels on.
+    private enum Stream {
+        case plain(Int32)
+        case tls(AdminTLSSession)
+
+        /// send(2)/recv(2) semantics: bytes moved, 0 at the end, -1 with errno.
+        func write(_ bytes: UnsafeRawBufferPointer) -> Int {
+            switch self {
+            case .plain(let fd): return Glibc.send(fd, bytes.baseAddress!, bytes.count, Int32(MSG_NOSIGNAL))
+            case .tls(let session): return session.write(bytes)
+            }
+        }
+
+        func read(_ buffer: UnsafeMutableRawBufferPointer) -> Int {
+            switch self {
+            case .plain(let fd): return recv(fd, buffer.baseAddress!, buffer.count, 0)
+            case .tls(let session): return session.read(buffer)
+            }
+        }
     }
 
     private static func connect(host: String, port: Int, timeoutMs: Int) throws -> Int32 {
@@ -110,12 +163,10 @@ enum AdminClient {
         throw PulseError.startup("cannot connect to \(host):\(port): \(failure)")
     }
 
-    private static func send(_ fd: Int32, _ bytes: [UInt8], url: String) throws {
+    private static func send(_ stream: Stream, _ bytes: [UInt8], url: String) throws {
         var offset = 0
         while offset < bytes.count {
-            let n = bytes.withUnsafeBytes {
-                Glibc.send(fd, $0.baseAddress! + offset, $0.count - offset, Int32(MSG_NOSIGNAL))
-            }
+            let n = bytes.withUnsafeBytes { stream.write(UnsafeRawBufferPointer(rebasing: $0[offset...])) }
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { throw PulseError.startup("\(url): send failed: \(String(cString: strerror(errno)))") }
             offset += n
@@ -124,11 +175,11 @@ enum AdminClient {
 
     /// Reads until the peer closes (we asked for `Connection: close`), the
     /// response is complete by its `Content-Length`, or the size limit.
-    private static func receive(_ fd: Int32, url: String) throws -> [UInt8] {
+    private static func receive(_ stream: Stream, url: String) throws -> [UInt8] {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16 * 1024)
         while bytes.count <= maxResponseBytes {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            let n = chunk.withUnsafeMutableBytes { stream.read($0) }
             if n < 0 && errno == EINTR { continue }
             if n < 0 {
                 let timedOut = errno == EAGAIN || errno == EWOULDBLOCK
@@ -172,5 +223,38 @@ enum AdminClient {
             complete = true
         }
         return (Response(status: status, body: body), complete)
+    }
+}
+
+/// The options `pulse backup` and `pulse members` share to reach the admin
+/// API: the bearer token (a flag, a file, or the environment) and the CA of
+/// `https://` nodes.
+struct AdminAccessOptions: ParsableArguments {
+    @Option(name: PulseCommand.both("token"), help: "Admin bearer token (env BACKBEAT_ADMIN_TOKEN)")
+    var token: String?
+    @Option(
+        name: PulseCommand.both("token-file"),
+        help: "File holding the admin bearer token, e.g. a mounted secret (env BACKBEAT_ADMIN_TOKEN_FILE)")
+    var tokenFile: String?
+    @Option(
+        name: PulseCommand.both("ca"),
+        help: "CA certificate (PEM) that signs https:// nodes' certificates (default: the system's trust store)")
+    var ca: String?
+
+    /// The settings for requests bounded by `timeoutMs`. The token comes from
+    /// --token, else --token-file, else BACKBEAT_ADMIN_TOKEN, else
+    /// BACKBEAT_ADMIN_TOKEN_FILE; --token with --token-file is refused.
+    func settings(timeoutMs: Int, environment: [String: String]) throws -> AdminClient.Settings {
+        if token != nil && tokenFile != nil { throw PulseError.config("give --token or --token-file, not both") }
+        var resolved = token
+        if resolved == nil, let tokenFile { resolved = try AdminTokenFile.read(tokenFile, flag: "--token-file") }
+        if resolved == nil { resolved = environment["BACKBEAT_ADMIN_TOKEN"].flatMap { $0.isEmpty ? nil : $0 } }
+        if resolved == nil, let file = environment["BACKBEAT_ADMIN_TOKEN_FILE"], !file.isEmpty {
+            resolved = try AdminTokenFile.read(file, flag: "BACKBEAT_ADMIN_TOKEN_FILE")
+        }
+        if let ca, !FileManager.default.isReadableFile(atPath: ca) {
+            throw PulseError.config("--ca \(ca): not a readable file")
+        }
+        return AdminClient.Settings(token: resolved, timeoutMs: timeoutMs, caFile: ca ?? "")
     }
 }

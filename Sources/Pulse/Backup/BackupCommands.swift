@@ -36,8 +36,7 @@ struct BackupCommand: ParsableCommand {
     var admin = "http://127.0.0.1:8080"
     @Option(name: PulseCommand.both("out"), help: "File to write (must not exist)")
     var out: String
-    @Option(name: PulseCommand.both("token"), help: "Admin bearer token (env BACKBEAT_ADMIN_TOKEN)")
-    var token: String?
+    @OptionGroup var access: AdminAccessOptions
     @Option(name: PulseCommand.both("timeout-ms"), help: "Timeout of each request, in ms")
     var timeoutMs = 5000
 
@@ -48,10 +47,10 @@ struct BackupCommand: ParsableCommand {
         guard !FileManager.default.fileExists(atPath: out) else {
             throw PulseError.config("\(out) exists; a backup never replaces a file (choose a new name)")
         }
-        let token = token ?? environment["BACKBEAT_ADMIN_TOKEN"]
+        let settings = try access.settings(timeoutMs: timeoutMs, environment: environment)
         var failures: [String] = []
         nodes: for url in urls {
-            switch fetch(url: url, token: token) {
+            switch fetch(url: url, settings) {
             case .success(let (file, bytes)):
                 try BackupWriter.writeNew(out, bytes)
                 print(
@@ -74,12 +73,12 @@ struct BackupCommand: ParsableCommand {
 
     /// One node: its backup, validated, or why not. A leader still applying
     /// its log is asked again for up to two seconds.
-    private func fetch(url: String, token: String?) -> Result<(BackupFile, [UInt8]), Failure> {
+    private func fetch(url: String, _ settings: AdminClient.Settings) -> Result<(BackupFile, [UInt8]), Failure> {
         let deadline = Date().addingTimeInterval(2)
         while true {
             let response: AdminClient.Response
             do {
-                response = try AdminClient.get(url: url, path: "/backup", token: token, timeoutMs: timeoutMs)
+                response = try AdminClient.get(url: url, path: "/backup", settings)
             } catch {
                 return .failure(Failure(message: "\(error)"))
             }
@@ -95,7 +94,8 @@ struct BackupCommand: ParsableCommand {
             case 401:
                 return .failure(
                     Failure(
-                        message: "unauthorized: give --token or BACKBEAT_ADMIN_TOKEN (the nodes' -admin-token)",
+                        message:
+                            "unauthorized: give --token, --token-file or BACKBEAT_ADMIN_TOKEN(_FILE) (the nodes' -admin-token)",
                         final: true))
             case 503 where code == "not_caught_up" && Date() < deadline:
                 usleep(100_000)

@@ -26,8 +26,7 @@ struct MembersCommand: ParsableCommand {
     var name: String?
     @Option(name: PulseCommand.both("raft"), help: "add: the new member's Raft address host:port")
     var raft: String?
-    @Option(name: PulseCommand.both("token"), help: "Admin bearer token (env BACKBEAT_ADMIN_TOKEN)")
-    var token: String?
+    @OptionGroup var access: AdminAccessOptions
     @Option(name: PulseCommand.both("timeout-ms"), help: "Timeout of each request, in ms")
     var timeoutMs = 10_000
 
@@ -35,31 +34,31 @@ struct MembersCommand: ParsableCommand {
     func run(environment: [String: String]) throws -> Int32 {
         guard (1...120_000).contains(timeoutMs) else { throw PulseError.config("--timeout-ms must be 1...120000") }
         let urls = try AdminClient.urls(admin)
-        let token = token ?? environment["BACKBEAT_ADMIN_TOKEN"]
+        let settings = try access.settings(timeoutMs: timeoutMs, environment: environment)
         let request: (String) throws -> AdminClient.Response
         switch action {
         case "list":
-            request = { try AdminClient.get(url: $0, path: "/members", token: token, timeoutMs: timeoutMs) }
+            request = { try AdminClient.get(url: $0, path: "/members", settings) }
         case "add":
             guard let raft else { throw PulseError.config("members add needs --raft host:port") }
             var object: [String: String] = ["raft": raft]
             if let name { object["name"] = name }
             let body = [UInt8](try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
             request = {
-                try AdminClient.post(url: $0, path: "/members", body: body, token: token, timeoutMs: timeoutMs)
+                try AdminClient.post(url: $0, path: "/members", body: body, settings)
             }
         case "remove":
             guard let target, MembershipBody.nameProblem(target) == nil,
                 let encoded = target.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed)
             else { throw PulseError.config("members remove needs the member's name") }
             request = {
-                try AdminClient.delete(url: $0, path: "/members/" + encoded, token: token, timeoutMs: timeoutMs)
+                try AdminClient.delete(url: $0, path: "/members/" + encoded, settings)
             }
         case "transfer":
             let object: [String: String] = target.map { ["to": $0] } ?? [:]
             let body = [UInt8](try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys]))
             request = {
-                try AdminClient.post(url: $0, path: "/leader/transfer", body: body, token: token, timeoutMs: timeoutMs)
+                try AdminClient.post(url: $0, path: "/leader/transfer", body: body, settings)
             }
         default:
             throw PulseError.config("unknown action '\(action)': list, add, remove or transfer")

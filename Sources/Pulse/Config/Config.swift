@@ -328,6 +328,12 @@ struct PulseCommand: ParsableCommand {
         name: both("admin-token"),
         help: "Bearer token required on POST requests to the admin API (env BACKBEAT_ADMIN_TOKEN; default none)")
     var adminToken: String?
+    @Option(
+        name: both("admin-token-file"),
+        help:
+            "File holding the admin bearer token, e.g. a mounted secret; excludes -admin-token (env BACKBEAT_ADMIN_TOKEN_FILE)"
+    )
+    var adminTokenFile: String?
     @Option(name: both("heartbeat-ms"), help: "Raft heartbeat interval in ms (default 50)")
     var heartbeatMs: Int?
     @Option(
@@ -375,6 +381,13 @@ struct PulseCommand: ParsableCommand {
         if let maxOffsetMs { config.maxOffsetMs = maxOffsetMs }
         if let logFormat { config.logFormat = logFormat }
         if let adminToken { config.adminToken = adminToken.isEmpty ? nil : adminToken }
+        if let adminTokenFile {
+            if adminToken != nil {
+                throw PulseError.config(
+                    "give -admin-token or -admin-token-file (or their BACKBEAT_ variables), not both")
+            }
+            config.adminToken = try AdminTokenFile.read(adminTokenFile, flag: "-admin-token-file")
+        }
         if let heartbeatMs { config.heartbeatMs = heartbeatMs }
         if let electionTimeoutMs { config.electionTimeoutMs = electionTimeoutMs }
         if let degradeAfterMs { config.degradeAfterMs = degradeAfterMs }
@@ -397,7 +410,8 @@ struct PulseCommand: ParsableCommand {
             "cluster", "node-id", "bpm", "bar", "phases", "min-bpm", "max-bpm", "nats", "admin-port", "admin-bind",
             "raft-tls-cert", "raft-tls-key", "raft-tls-ca", "nats-creds", "nats-nkey", "nats-ca", "nats-cert",
             "nats-key", "raft-bind", "peers", "data-dir", "cpu", "rt-priority", "spin-max-us", "max-offset-ms",
-            "log-format", "log-level", "config", "admin-token", "heartbeat-ms", "election-timeout-ms",
+            "log-format", "log-level", "config", "admin-token", "admin-token-file", "heartbeat-ms",
+            "election-timeout-ms",
             "degrade-after-ms", "raft-compact-every",
         ].map { ($0, false) } + [("bootstrap", true), ("join", true), ("mlock", true)]
 
@@ -411,6 +425,8 @@ struct PulseCommand: ParsableCommand {
     /// Parses `arguments` (without the program name) over `environment` over
     /// the `-config` file. Errors are one line.
     static func parseConfig(_ arguments: [String], environment: [String: String]) throws -> PulseConfig {
+        let switches = Set(settings.filter(\.isSwitch).map(\.flag))
+        let (arguments, setOnCommandLine) = try GoSwitches.normalize(arguments, switches: switches)
         let given = try parseOneLine(arguments)
         let file = given.config ?? environment["BACKBEAT_CONFIG"].flatMap { $0.isEmpty ? nil : $0 }
         var layered: [String: String] = [:]
@@ -423,11 +439,11 @@ struct PulseCommand: ParsableCommand {
             guard let value = layered[name], !value.isEmpty else { continue }
             let source = (environment[name] ?? "").isEmpty ? "\(name) in \(file ?? "-config")" : name
             if isSwitch {
-                switch value.lowercased() {
-                case "1", "true", "yes", "on": leading.append("--\(flag)")
-                case "0", "false", "no", "off": break
-                default: throw PulseError.config("\(source) must be true or false (got '\(value)')")
+                guard let on = GoSwitches.boolean(value) else {
+                    throw PulseError.config("\(source) must be true or false (got '\(value)')")
                 }
+                // `-x=false` on the command line wins over the environment's true.
+                if on && !setOnCommandLine.contains(flag) { leading.append("--\(flag)") }
                 continue
             }
             do {
@@ -452,6 +468,101 @@ struct PulseCommand: ParsableCommand {
             let message = PulseCommand.message(for: error)
             throw PulseError.config(message.split(separator: "\n").first.map(String.init) ?? "invalid arguments")
         }
+    }
+}
+
+/// A bearer token kept in a file (a Kubernetes or Docker secret, a
+/// systemd credential): at most 64 KiB, surrounding whitespace and the
+/// final newline dropped; empty or with inner whitespace or control
+/// characters is refused (it goes into an HTTP header).
+enum AdminTokenFile {
+    static func read(_ path: String, flag: String) throws -> String {
+        guard FileManager.default.isReadableFile(atPath: path) else {
+            throw PulseError.config("\(flag) \(path): not a readable file")
+        }
+        let token: String
+        do {
+            token = try PulseConfig.read(path).trimmingCharacters(in: .whitespacesAndNewlines)
+        } catch {
+            throw PulseError.config("\(flag) \(error)")
+        }
+        if let problem = problem(token) { throw PulseError.config("\(flag) \(path): \(problem)") }
+        return token
+    }
+
+    /// Why `token` cannot be a bearer token, or nil. Pure.
+    static func problem(_ token: String) -> String? {
+        if token.isEmpty { return "the file is empty" }
+        if token.unicodeScalars.contains(where: {
+            CharacterSet.whitespacesAndNewlines.contains($0) || CharacterSet.controlCharacters.contains($0)
+        }) {
+            return "the token must be one line without spaces or control characters"
+        }
+        return nil
+    }
+}
+
+/// Go-style switches, as Go's `flag` package and the seed's scripts pass
+/// them: `-bootstrap=true`, `--join=false`. ArgumentParser's flags take no
+/// value, so these are rewritten before parsing: true to the bare flag,
+/// false to nothing.
+enum GoSwitches {
+    /// A switch's value: Go's `strconv.ParseBool` spellings plus yes/no and
+    /// on/off (as the environment allows), any case; nil for anything else.
+    static func boolean(_ text: String) -> Bool? {
+        switch text.lowercased() {
+        case "1", "t", "true", "yes", "on": return true
+        case "0", "f", "false", "no", "off": return false
+        default: return nil
+        }
+    }
+
+    /// `arguments` with every `-name=value` / `--name=value` of a name in
+    /// `switches` replaced by `--name` (true) or removed (false), and the
+    /// switches the command line set either way (bare or with a value). The
+    /// value of a non-switch option (`-admin-token -x=1`) is left alone. A
+    /// value that is not a boolean is a one-line error.
+    static func normalize(_ arguments: [String], switches: Set<String>) throws -> (
+        arguments: [String], set: Set<String>
+    ) {
+        var out: [String] = []
+        var set: Set<String> = []
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            index += 1
+            guard argument.hasPrefix("-"), argument != "-", argument != "--" else {
+                out.append(argument)
+                if argument == "--" {
+                    out += arguments[index...]
+                    break
+                }
+                continue
+            }
+            let body = argument.drop(while: { $0 == "-" })
+            let parts = body.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = String(parts[0])
+            guard switches.contains(name) else {
+                out.append(argument)
+                // An option's value follows it unless given with `=`.
+                if parts.count == 1 && index < arguments.count && !["h", "help"].contains(name) {
+                    out.append(arguments[index])
+                    index += 1
+                }
+                continue
+            }
+            set.insert(name)
+            guard parts.count == 2 else {
+                out.append(argument)
+                continue
+            }
+            guard let on = boolean(String(parts[1])) else {
+                throw PulseError.config(
+                    "-\(name) is a switch: give -\(name), -\(name)=true or -\(name)=false (got '\(parts[1])')")
+            }
+            if on { out.append("--\(name)") }
+        }
+        return (out, set)
     }
 }
 

@@ -41,7 +41,7 @@ public enum PulseEntry {
                 WatchCommand.self, arguments, preface: "pulse watch: show a cluster's BeatFrames live, one line each.\n"
             )
             do {
-                let options = try WatchCommand.parse(arguments)
+                let options = try WatchCommand.parse(GoSwitches.normalize(arguments, switches: ["raw"]).arguments)
                 exit(try Watcher(options: options).run(environment: environment))
             } catch let error as PulseError {
                 fail(error.description, status: 1)

@@ -2,7 +2,8 @@
 # Validates every deployment file under deploy/ with the tool that owns its
 # format (make test-deploy, part of make test):
 #   docker-compose.yml, docker-compose.swarm.yml   docker-compose config (Debian docker-compose)
-#   prometheus/prometheus.yml, alerts.yml          promtool check config / check rules / test rules
+#   prometheus/prometheus.yml, alerts.yml          promtool check config / check rules / test rules (each alert
+#                                                  fires in a test), runbook_url = one absolute base + an anchor
 #   systemd/pulse@.service                         systemd-analyze verify (any diagnostic fails)
 #   grafana/dashboards/*.json                      JSON; every panel query compiles (promtool check rules);
 #                                                  DeployTests evaluates each one against a live node
@@ -26,15 +27,23 @@ done
 promtool check config prometheus/prometheus.yml > /dev/null
 promtool check rules prometheus/alerts.yml > /dev/null
 (cd prometheus && promtool test rules alerts_test.yml > /dev/null)
-python3 - prometheus/alerts.yml ../docs/operations.md <<'PY'
+python3 - prometheus/alerts.yml prometheus/alerts_test.yml ../docs/operations.md <<'PY'
 import re, sys
-rules, doc = open(sys.argv[1]).read(), open(sys.argv[2]).read()
+rules, tests, doc = (open(f).read() for f in sys.argv[1:4])
 alerts = re.findall(r"- alert: (\w+)", rules)
-urls = re.findall(r'runbook_url: "docs/operations.md#([a-z0-9-]+)"', rules)
-anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^## (.+)$", doc, re.M)}
+base = re.search(r"^# runbook_base: (https?://\S+)$", rules, re.M)
+assert base, "alerts.yml names no '# runbook_base: https://...' line"
+urls = re.findall(r'runbook_url: "([^"]*)"', rules)
 assert len(urls) == len(alerts), f"{len(alerts)} alerts, {len(urls)} runbook_url"
-missing = [u for u in urls if u not in anchors]
+stray = [u for u in urls if not u.startswith(base.group(1) + "#")]
+assert not stray, f"runbook_url not under the runbook_base {base.group(1)}: {stray}"
+anchors = {re.sub(r"[^a-z0-9 -]", "", h.lower()).replace(" ", "-") for h in re.findall(r"^## (.+)$", doc, re.M)}
+missing = [u.split("#")[1] for u in urls if u.split("#")[1] not in anchors]
 assert not missing, f"runbook anchors missing from docs/operations.md: {missing}"
+# Every alert has a test in which it fires (a non-empty exp_alerts).
+firing = set(re.findall(r"alertname: (\w+)\n\s+exp_alerts:\n\s+- exp_labels", tests))
+untested = [a for a in alerts if a not in firing]
+assert not untested, f"alerts without a promtool test in which they fire: {untested}"
 PY
 echo "ok  prometheus/ (promtool check config, check rules, test rules)"
 

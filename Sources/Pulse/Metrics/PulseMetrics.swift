@@ -22,6 +22,15 @@ struct MetricsSnapshot {
     var clockOffsetSeconds: Double = 0
     var raftBadFrames: UInt64 = 0
     var rejectedInput: [RejectedInput.Key: UInt64] = [:]
+    /// A leader is known (a single node is its own).
+    var hasLeader = true
+    var raftTerm: UInt64 = 0
+    var raftCommitIndex: UInt64 = 0
+    /// Voters in the configuration in force, and in `-peers` (0 and 0 for a single node).
+    var raftVoters = 0
+    var raftVotersConfigured = 0
+    /// The HLC bound, `-max-offset-ms`, in seconds.
+    var hlcMaxOffsetSeconds = 0.0
 }
 
 /// The node's metric registry.
@@ -58,6 +67,12 @@ final class PulseMetrics: BeatObserver {
     private let degradedBeats: Counter
     private let raftBadFrames: Counter
     private let clockOffset: Gauge
+    private let hasLeader: Gauge
+    private let raftTerm: Gauge
+    private let raftCommitIndex: Gauge
+    private let raftVoters: Gauge
+    private let raftVotersConfigured: Gauge
+    private let hlcMaxOffset: Gauge
     private var exported = MetricsSnapshot(
         beats: BeatStats(), natsConnected: false, natsReconnects: 0, isLeader: false, degraded: false, tempoBpm: 0,
         leadershipChanges: 0, timerDriftRatio: 0, hlcRemoteRejected: 0)
@@ -114,6 +129,18 @@ final class PulseMetrics: BeatObserver {
         clockOffset = r.makeGauge(
             name: "backbeat_clock_offset_seconds",
             help: "Estimated leader clock minus this node's clock, from Raft traffic (NTP-style, median filtered).")
+        hasLeader = r.makeGauge(
+            name: "backbeat_has_leader", help: "1 while this node knows a Raft leader (a single node is its own).")
+        raftTerm = r.makeGauge(name: "backbeat_raft_term", help: "This node's current Raft term (0: single node).")
+        raftCommitIndex = r.makeGauge(
+            name: "backbeat_raft_commit_index", help: "Highest Raft log index this node knows to be committed.")
+        raftVoters = r.makeGauge(
+            name: "backbeat_raft_voters", help: "Voters in the Raft configuration in force on this node.")
+        raftVotersConfigured = r.makeGauge(
+            name: "backbeat_raft_voters_configured", help: "Voters listed in -peers (0 for a single node).")
+        hlcMaxOffset = r.makeGauge(
+            name: "backbeat_hlc_max_offset_seconds",
+            help: "The HLC bound (-max-offset-ms): remote stamps further ahead are not adopted.")
         r.makeGauge(
             name: "backbeat_build_info",
             labels: [("version", BuildInfo.version), ("commit", BuildInfo.commit), ("swift", BuildInfo.swift)],
@@ -191,6 +218,12 @@ final class PulseMetrics: BeatObserver {
         degradation.set(to: now.degraded ? 1 : 0)
         tempoBpm.set(to: Double(now.tempoBpm))
         timerDrift.set(to: now.timerDriftRatio)
+        hasLeader.set(to: now.hasLeader ? 1 : 0)
+        raftTerm.set(to: Double(now.raftTerm))
+        raftCommitIndex.set(to: Double(now.raftCommitIndex))
+        raftVoters.set(to: Double(now.raftVoters))
+        raftVotersConfigured.set(to: Double(now.raftVotersConfigured))
+        hlcMaxOffset.set(to: now.hlcMaxOffsetSeconds)
         exported = now
     }
 
@@ -204,6 +237,7 @@ final class PulseMetrics: BeatObserver {
         return counter
     }
 
-    /// The exposition text (Prometheus text format 0.0.4).
-    func text() -> String { registry.emitToString() }
+    /// The exposition text (Prometheus text format 0.0.4), with the
+    /// process's own `process_*` series.
+    func text() -> String { registry.emitToString() + ProcessMetrics.text() }
 }

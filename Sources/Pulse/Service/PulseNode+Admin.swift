@@ -143,12 +143,12 @@ extension PulseNode: AdminBackend {
                 leadershipChanges: cluster?.leadershipChanges ?? 0, timerDriftRatio: timerDriftRatio,
                 hlcRemoteRejected: beats.hlcRejected,
                 clockOffsetSeconds: Double(cluster?.referenceSync?.offsetNs ?? 0) / 1e9,
-                raftBadFrames: cluster?.transportStats.badFrames ?? 0, rejectedInput: rejected.counts))
-        // The voter set in force (0 for a single node), for membership alerts.
-        let voters = cluster?.voters.count ?? 0
+                raftBadFrames: cluster?.transportStats.badFrames ?? 0, rejectedInput: rejected.counts,
+                hasLeader: cluster.map { $0.leaderPeer != nil } ?? true, raftTerm: cluster?.term ?? 0,
+                raftCommitIndex: cluster?.commitIndex ?? 0, raftVoters: cluster?.voters.count ?? 0,
+                raftVotersConfigured: cluster == nil ? 0 : config.peers.count,
+                hlcMaxOffsetSeconds: Double(config.maxOffsetMs) / 1000))
         return metrics.text()
-            + "# HELP backbeat_raft_voters Voters in the Raft configuration in force on this node.\n"
-            + "# TYPE backbeat_raft_voters gauge\nbackbeat_raft_voters \(voters)\n"
     }
 
     /// Largest control request considered (a tempo body is under 1.2 KB).

@@ -81,6 +81,10 @@ final class Simulation {
         diskRng = SimRNG(seed: seed ^ 0xD15C_F11E)
         if membership {
             k.membership = true
+            // A node lost for good to a damaged disk, on top of replacements, is
+            // more than the membership runs' fault budget (a voter set of three
+            // with one being replaced and one gone has no quorum).
+            k.diskDamage = false
             k.replaceRate = memberRng.pick([0.3, 0.6, 1.0])
         }
         self.knobs = k

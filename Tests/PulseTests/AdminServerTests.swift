@@ -303,7 +303,8 @@ final class AdminServerTests: XCTestCase {
         let port = fixture.port
         let body = #"{"tempo_bpm": 126, "justification": "x"}"#
         let head =
-            "POST /tempo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: \(body.utf8.count)\r\n\r\n"
+            "POST /tempo HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\nContent-Type: application/json\r\n"
+            + "Content-Length: \(body.utf8.count)\r\n\r\n"
         let result = fixture.client { () -> [Int?] in
             guard let client = try? RawClient(port: port), client.send(head) else { return [] }
             let interim = client.readResponse()?.status

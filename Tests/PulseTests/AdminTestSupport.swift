@@ -198,11 +198,11 @@ final class AdminFixture {
     let server: AdminServer
     var port: Int { server.boundPort }
 
-    init(limits: AdminLimits = AdminLimits(), authToken: String? = nil) throws {
+    init(limits: AdminLimits = AdminLimits(), authToken: String? = nil, rejected: RejectedInput? = nil) throws {
         loop = try EventLoop(maxSlots: 512)
         loop.bindToCurrentThread()
         server = AdminServer(
-            loop: loop, backend: backend, port: 0, authToken: authToken, limits: limits)
+            loop: loop, backend: backend, port: 0, authToken: authToken, limits: limits, rejected: rejected)
         try server.start()
     }
 

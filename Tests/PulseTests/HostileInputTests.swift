@@ -247,7 +247,8 @@ final class HostileInputTests: XCTestCase {
         XCTAssertEqual(
             status(Array("POST /tempo HTTP/1.1\r\nContent-Length: 9999\r\n\r\n".utf8)), 413)
         XCTAssertEqual(
-            status(Array("POST /tempo HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".utf8)), 401)
+            status(Array("POST /tempo HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".utf8)),
+            401)
         var metrics = ""
         let expected = ["bad_request": 1, "headers_too_large": 1, "body_too_large": 1, "unauthorized": 1]
         Harness.waitUntil(seconds: 3) {

@@ -51,7 +51,8 @@ final class MembershipAdminTests: XCTestCase {
         router.handle(
             AdminRequest(
                 method: method, path: path, body: Array(body.utf8),
-                authorization: token.map { Array("Bearer \($0)".utf8) })
+                authorization: token.map { Array("Bearer \($0)".utf8) },
+                contentType: body.isEmpty ? nil : Array("application/json".utf8))
         ) { response = $0 }
         return response
     }

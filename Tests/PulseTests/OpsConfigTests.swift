@@ -43,7 +43,7 @@ final class OpsConfigTests: XCTestCase {
         XCTAssertEqual(config.logFormat, "json")
         // Flags win, a switch given twice (environment and flag) is fine.
         let flags = try PulseCommand.parseConfig(
-            ["-bpm", "16", "--bar=2", "-bootstrap", "-admin-token", ""], environment: env)
+            ["-bpm", "16", "--bar=2", "-bootstrap", "-admin-token", "", "-admin-bind", "127.0.0.1"], environment: env)
         XCTAssertEqual(flags.bpm, 16)
         XCTAssertEqual(flags.bar, 2)
         XCTAssertTrue(flags.bootstrap)

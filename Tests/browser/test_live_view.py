@@ -269,7 +269,8 @@ def check_tempo(driver, frames, failures):
             shot = os.path.join(ROOT, "docs" if os.environ.get("UPDATE_SCREENSHOT") else "run", "live-view.png")
             os.makedirs(os.path.dirname(shot), exist_ok=True)
             driver.save_screenshot(shot)
-            refused = submit(driver, target - 10)
+            # Within 10 % of the tempo in force (so the pending change, not the delta, refuses it).
+            refused = submit(driver, (tempo + target) // 2)
             if not refused or refused["status"] != "409":
                 failures.append(f"second change while one is pending: expected 409, got {refused}")
         applied = wait_until(8, lambda: (lambda s: s if s["tempo"] == target and not s["pending"] else None)(

@@ -187,9 +187,14 @@ protocol AdminBackend: AnyObject {
     /// `POST /leader/transfer`: hand leadership to the voter `name` (nil:
     /// the most up-to-date follower).
     func transferLeadership(to name: String?) -> MembershipAnswer
+    /// `-admin-hosts`: names besides localhost, the host name and IP
+    /// literals that a request's `Host` may give (AdminBrowserGuard).
+    func adminHostNames() -> [String]
 }
 
 extension AdminBackend {
+    /// Test fakes: no configured names.
+    func adminHostNames() -> [String] { [] }
     /// Backends without a timeline (test fakes) answer 503 `no_timeline`.
     func timelineBody() -> TimelineBody? { nil }
     /// Backends without a timeline (test fakes) answer 503 `no_timeline`.

@@ -69,6 +69,10 @@ final class AdminConnection: LoopHandler {
     private var inHeaderValue = false
     private var trackedHeader = TrackedHeader.other
     private var authorization: [UInt8]?
+    /// `Host`, `Origin`, `Content-Type` (AdminBrowserGuard); at most 256 bytes kept each.
+    private var hostValue: [UInt8]?
+    private var originValue: [UInt8]?
+    private var contentTypeValue: [UInt8]?
     private var expectValue: [UInt8] = []
     private var method: UInt32 = 0
     private var http10 = false
@@ -77,7 +81,7 @@ final class AdminConnection: LoopHandler {
     private var callbackFailure: (status: Int, code: String, message: String)?
 
     private enum TrackedHeader {
-        case other, authorization, expect
+        case other, authorization, expect, host, origin, contentType
     }
 
     init(fd: Int32, server: AdminServer, limits: AdminLimits, nowNs: Int64) {
@@ -223,18 +227,21 @@ final class AdminConnection: LoopHandler {
             fail(400, code: "bad_request", message: "invalid request target")
             return
         }
-        if path == "/events", method == HTTP_GET.rawValue, let events = server.events {
+        let request = AdminRequest(
+            method: method, path: path, body: body, authorization: authorization, host: hostValue,
+            origin: originValue, contentType: contentTypeValue)
+        let refusal = server.router.screen(request)
+        if refusal == nil, path == "/events", method == HTTP_GET.rawValue, let events = server.events {
             startStream(events)
             return
         }
-        let request = AdminRequest(method: method, path: path, body: body, authorization: authorization)
         let keepAlive = self.keepAlive
         let http10 = self.http10
         requestSerial &+= 1
         let serial = requestSerial
         awaitingResponse = true
         inDispatch = true
-        server.router.handle(request) { [weak self] response in
+        server.router.handle(request, screened: refusal) { [weak self] response in
             self?.deliver(
                 response, serial: serial, keepAlive: keepAlive, http10: http10, headOnly: request.isHead)
         }
@@ -441,6 +448,9 @@ final class AdminConnection: LoopHandler {
         headerName.removeAll(keepingCapacity: true)
         expectValue.removeAll(keepingCapacity: true)
         authorization = nil
+        hostValue = nil
+        originValue = nil
+        contentTypeValue = nil
         inHeaderValue = false
         trackedHeader = .other
         headerBytes = 0
@@ -488,7 +498,13 @@ final class AdminConnection: LoopHandler {
         if !inHeaderValue {
             inHeaderValue = true
             trackedHeader = Self.tracked(headerName)
-            if trackedHeader == .authorization { authorization = [] }
+            switch trackedHeader {
+            case .authorization: authorization = []
+            case .host: Self.startValue(&hostValue)
+            case .origin: Self.startValue(&originValue)
+            case .contentType: Self.startValue(&contentTypeValue)
+            case .expect, .other: break
+            }
         }
         let bytes = UnsafeRawBufferPointer(start: at, count: length)
         switch trackedHeader {
@@ -499,6 +515,9 @@ final class AdminConnection: LoopHandler {
         case .expect:
             let room = 32 - expectValue.count
             if room > 0 { expectValue.append(contentsOf: bytes.prefix(room)) }
+        case .host: Self.appendValue(&hostValue, bytes)
+        case .origin: Self.appendValue(&originValue, bytes)
+        case .contentType: Self.appendValue(&contentTypeValue, bytes)
         case .other:
             break
         }
@@ -506,9 +525,26 @@ final class AdminConnection: LoopHandler {
     }
 
     private static func tracked(_ name: [UInt8]) -> TrackedHeader {
-        if asciiLowercased(name) == Array("authorization".utf8) { return .authorization }
-        if asciiLowercased(name) == Array("expect".utf8) { return .expect }
-        return .other
+        switch String(decoding: asciiLowercased(name), as: UTF8.self) {
+        case "authorization": return .authorization
+        case "expect": return .expect
+        case "host": return .host
+        case "origin": return .origin
+        case "content-type": return .contentType
+        default: return .other
+        }
+    }
+
+    /// A tracked header's value begins: a repeat is joined with `,`, so that
+    /// no check accepts a request naming two hosts, origins or types.
+    private static func startValue(_ value: inout [UInt8]?) {
+        if value == nil { value = [] } else { appendValue(&value, [UInt8(ascii: ",")]) }
+    }
+
+    /// Keeps at most 257 bytes (more than any accepted value, so a cut one still fails).
+    private static func appendValue<Bytes: Collection<UInt8>>(_ value: inout [UInt8]?, _ bytes: Bytes) {
+        let room = 257 - (value?.count ?? 0)
+        if room > 0 { value?.append(contentsOf: bytes.prefix(room)) }
     }
 
     private static func asciiLowercased(_ bytes: [UInt8]) -> [UInt8] {

@@ -97,7 +97,13 @@ struct AdminRequest {
     var body: [UInt8]
     /// The `Authorization` header value, nil when absent.
     var authorization: [UInt8]?
+    /// `Host`, `Origin` and `Content-Type` (AdminBrowserGuard), nil when absent;
+    /// a repeated header's values are joined by `,` (which no check accepts).
+    var host: [UInt8]? = nil
+    var origin: [UInt8]? = nil
+    var contentType: [UInt8]? = nil
 
+    static let getMethod = HTTP_GET.rawValue
     var isHead: Bool { method == HTTP_HEAD.rawValue }
     var methodName: String { String(cString: http_method_str(http_method(rawValue: method))) }
 }

@@ -15,10 +15,16 @@ final class AdminRouter {
     /// Refused requests (unauthorized), counted on the `http` surface.
     private let rejected: RejectedInput?
     private let encoder = AdminJSON.encoder()
+    /// The names a `Host` may give (AdminBrowserGuard).
+    let hosts: AdminHostNames
 
-    /// `authToken` nil or empty: no authentication.
-    init(backend: AdminBackend, authToken: String?, limits: AdminLimits, rejected: RejectedInput? = nil) {
+    /// `authToken` nil or empty: no authentication. `hosts`: see AdminBrowserGuard.
+    init(
+        backend: AdminBackend, authToken: String?, limits: AdminLimits, rejected: RejectedInput? = nil,
+        hosts: AdminHostNames = AdminHostNames(configured: [])
+    ) {
         self.rejected = rejected
+        self.hosts = hosts
         self.backend = backend
         self.limits = limits
         self.authToken = authToken.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
@@ -57,7 +63,15 @@ final class AdminRouter {
 
     /// Answers `request` through `respond`, now or later (a tempo change may
     /// wait for a commit), exactly once, on the loop thread.
-    func handle(_ request: AdminRequest, respond: @escaping (AdminResponse) -> Void) {
+    /// `screened`: the answer of `screen(request)` when the caller already
+    /// asked (the connection does, before opening an event stream).
+    func handle(
+        _ request: AdminRequest, screened: AdminResponse?? = nil, respond: @escaping (AdminResponse) -> Void
+    ) {
+        if let refusal = screened ?? screen(request) {
+            respond(refusal)
+            return
+        }
         let isMemberPath = request.path.hasPrefix(Self.memberPrefix) && request.path.count > Self.memberPrefix.count
         guard let allowed = isMemberPath ? [Self.delete] : Self.routes[request.path] else {
             respond(.error(404, code: "not_found", message: "no such endpoint: \(request.path)"))
@@ -173,6 +187,17 @@ final class AdminRouter {
         default:
             return .error(404, code: "not_found", message: "no such endpoint: \(path)")
         }
+    }
+
+    /// A 403 for a request a browser must not make (AdminBrowserGuard),
+    /// counted; nil when the request may go on. Call once per request.
+    func screen(_ request: AdminRequest) -> AdminResponse? {
+        guard let refusal = AdminBrowserGuard.check(request, hosts: hosts) else { return nil }
+        rejected?.record(.http, refusal.code)
+        if request.path == "/tempo" && request.method == Self.post {
+            backend.recordTempoRefusal(reason: refusal.code)
+        }
+        return .error(403, code: refusal.code, message: refusal.message)
     }
 
     private static let liveBody: [UInt8] = Array(#"{"live":true}"#.utf8)

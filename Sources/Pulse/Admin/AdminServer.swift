@@ -65,7 +65,9 @@ final class AdminServer: LoopHandler {
         self.limits = limits
         self.logger = logger
         self.rejected = rejected
-        self.router = AdminRouter(backend: backend, authToken: authToken, limits: limits, rejected: rejected)
+        self.router = AdminRouter(
+            backend: backend, authToken: authToken, limits: limits, rejected: rejected,
+            hosts: AdminHostNames(configured: backend.adminHostNames()))
         self.events = live.map {
             AdminEvents(
                 source: $0, limits: limits, authRequired: !(authToken ?? "").isEmpty, rejected: rejected)

@@ -84,6 +84,9 @@ struct PulseConfig: Sendable {
     var natsKey = ""
     /// The admin HTTP listener's IPv4 address (loopback unless told otherwise).
     var adminBind = "127.0.0.1"
+    /// Names a request's `Host` may give besides localhost, the host name and
+    /// IP literals (DNS names or a proxy's name; AdminBrowserGuard).
+    var adminHosts: [String] = []
 
     var raftTLSEnabled: Bool { !raftTLSCert.isEmpty }
 
@@ -172,6 +175,15 @@ struct PulseConfig: Sendable {
         var probe = in_addr()
         if inet_pton(AF_INET, adminBind, &probe) != 1 {
             try fail("-admin-bind must be a numeric IPv4 address (got '\(adminBind)')")
+        }
+        // Off loopback, anyone on the network could change the tempo and the
+        // membership: a token is mandatory there (docs/security.md).
+        if UInt32(bigEndian: probe.s_addr) >> 24 != 127 && adminToken == nil {
+            try fail(
+                "-admin-bind \(adminBind) is not a loopback address: set -admin-token or -admin-token-file too")
+        }
+        for bad in adminHosts where AdminHostNames.split(authority: Array(bad.utf8)).map({ $0.port != nil }) ?? true {
+            try fail("-admin-hosts: '\(bad)' is not a host name (no port, no spaces)")
         }
     }
 
@@ -269,6 +281,12 @@ struct PulseCommand: ParsableCommand {
         name: both("admin-bind"),
         help: "Admin HTTP listen address, numeric IPv4 (env BACKBEAT_ADMIN_BIND; default 127.0.0.1)")
     var adminBind: String?
+    @Option(
+        name: both("admin-hosts"),
+        help:
+            "Comma-separated names the admin API is reached by, besides localhost, the host name and IP addresses (env BACKBEAT_ADMIN_HOSTS)"
+    )
+    var adminHosts: String?
     @Option(
         name: both("raft-tls-cert"),
         help: "Raft mutual TLS: this node's certificate chain, PEM (env BACKBEAT_RAFT_TLS_CERT; re-read on SIGHUP)")
@@ -388,6 +406,10 @@ struct PulseCommand: ParsableCommand {
             }
             config.adminToken = try AdminTokenFile.read(adminTokenFile, flag: "-admin-token-file")
         }
+        if let adminHosts {
+            config.adminHosts = adminHosts.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+                .filter { !$0.isEmpty }
+        }
         if let heartbeatMs { config.heartbeatMs = heartbeatMs }
         if let electionTimeoutMs { config.electionTimeoutMs = electionTimeoutMs }
         if let degradeAfterMs { config.degradeAfterMs = degradeAfterMs }
@@ -412,7 +434,7 @@ struct PulseCommand: ParsableCommand {
             "nats-key", "raft-bind", "peers", "data-dir", "cpu", "rt-priority", "spin-max-us", "max-offset-ms",
             "log-format", "log-level", "config", "admin-token", "admin-token-file", "heartbeat-ms",
             "election-timeout-ms",
-            "degrade-after-ms", "raft-compact-every",
+            "degrade-after-ms", "raft-compact-every", "admin-hosts",
         ].map { ($0, false) } + [("bootstrap", true), ("join", true), ("mlock", true)]
 
     /// The environment variable of `flag`: BACKBEAT_ and the name in upper

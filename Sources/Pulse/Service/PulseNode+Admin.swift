@@ -14,6 +14,8 @@ extension PulseNode: AdminBackend {
 
     func recordTempoRefusal(reason: String) { tempo.recordRefusal(reason: reason) }
 
+    func adminHostNames() -> [String] { config.adminHosts }
+
     /// The drift of this node's beat clock against the timeline, as a ratio:
     /// a publisher compares its beats with the committed instants; a node
     /// following a leader reports its clock's rate against the leader's

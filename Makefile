@@ -24,7 +24,7 @@ APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prome
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build-info build release run dev cluster certs cluster-tls test test-deploy test-unit test-python test-go test-browser test-all check-noalloc bench bench-micro bench-micro-update \
+.PHONY: deps build-info build release run dev cluster certs cluster-tls test test-deploy test-kubernetes test-unit test-python test-go test-browser test-all check-noalloc bench bench-micro bench-micro-update \
 	format clean fuzz fuzz-build fuzz-smoke sim
 
 deps:
@@ -100,7 +100,7 @@ cluster-tls: build certs
 	echo "TLS cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
 
-test: deps test-deploy check-noalloc test-unit test-python test-go test-browser fuzz-smoke
+test: deps test-deploy test-kubernetes check-noalloc test-unit test-python test-go test-browser fuzz-smoke
 
 test-unit: build-info
 	$(SWIFT) build
@@ -136,6 +136,16 @@ BROWSER_PYTHON ?= /usr/bin/python3
 test-browser: build
 	@scripts/embed-web.sh --check
 	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(BROWSER_PYTHON) Tests/browser/test_live_view.py
+
+# deploy/kubernetes: `kubectl kustomize` of the base and each overlay, each
+# checked offline by kubernetes-validate --strict (PyPI, in the git-ignored
+# venv) and by the invariants in scripts/check-kubernetes.py (Parallel pods,
+# publishNotReadyAddresses, node id = pod name, peers by DNS, probes, ...).
+test-kubernetes:
+	@command -v kubectl >/dev/null || { echo "test-kubernetes: kubectl (with kustomize) is required"; exit 1; }
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@test -x $(VENV)/bin/kubernetes-validate || $(VENV)/bin/pip install -q kubernetes-validate
+	$(VENV)/bin/python scripts/check-kubernetes.py $(VENV)/bin/kubernetes-validate
 
 # Every file under deploy/ checked by the tool that owns its format
 # (docker-compose config, promtool, systemd-analyze verify; scripts/check-deploy.sh).

@@ -163,4 +163,18 @@ final class ConfigTests: XCTestCase {
         }
         XCTAssertThrowsError(try PulseCommand.parseConfig(["-admin-token-file", dir + "/none"], environment: [:]))
     }
+    /// -cpu names a CPU of the process's affinity set (a container's cpuset
+    /// need not start at 0), not an index below the count of CPUs.
+    func testCpuMustBeInTheAffinitySet() throws {
+        guard ProcessInfo.processInfo.activeProcessorCount >= 2 else { throw XCTSkip("needs 2 CPUs") }
+        let dir = Harness.tempDir("affinity")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let base = "\(Harness.pulsePath) -data-dir \(dir) -nats nats://127.0.0.1:1 -admin-port 0"
+        let refused = Harness.sh("taskset -c 1 \(base) -cpu 0")
+        XCTAssertEqual(refused.status, 2, refused.output)
+        XCTAssertTrue(refused.output.contains("-cpu 0 is not a CPU this process may run on (1)"), refused.output)
+        let accepted = Harness.sh("taskset -c 1 \(base) -cpu 1")
+        XCTAssertFalse(accepted.output.contains("-cpu"), accepted.output)
+        XCTAssertTrue(accepted.output.contains("-bootstrap"), "fails later, for want of a timeline: \(accepted.output)")
+    }
 }

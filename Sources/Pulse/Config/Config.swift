@@ -14,6 +14,7 @@
 // repeated option, so a flag wins by position. Each such value is parsed on
 // its own first, so a bad one is refused naming its variable.
 import ArgumentParser
+import CLoop
 import Foundation
 import Glibc
 
@@ -110,8 +111,9 @@ struct PulseConfig: Sendable {
         if phases.contains(where: { $0.utf8.count > 64 }) { try fail("-phases names must be at most 64 bytes") }
         if !(0...65535).contains(adminPort) { try fail("-admin-port must be between 0 and 65535 (got \(adminPort))") }
         _ = try NatsLink.serverList(natsURL)  // one line naming the bad entry
-        if let cpu, cpu < 0 || cpu >= ProcessInfo.processInfo.activeProcessorCount {
-            try fail("-cpu \(cpu) is not an online CPU (0...\(ProcessInfo.processInfo.activeProcessorCount - 1))")
+        if let cpu, !Self.allowedCPUs().contains(cpu) {
+            let allowed = Self.allowedCPUs().map(String.init).joined(separator: ",")
+            try fail("-cpu \(cpu) is not a CPU this process may run on (\(allowed))")
         }
         if !(0...99).contains(rtPriority) { try fail("-rt-priority must be 0 (off) or 1...99 (got \(rtPriority))") }
         if !(0...100_000).contains(spinMaxUs) {
@@ -208,6 +210,18 @@ struct PulseConfig: Sendable {
             return .changed(wanted)
         } catch {
             return .failed("\(error)")
+        }
+    }
+
+    /// The CPUs this process may run on (sched_getaffinity: a container's
+    /// cpuset, `taskset`), which need not start at 0 or be contiguous.
+    static func allowedCPUs() -> [Int] {
+        var placement = cloop_placement_t()
+        guard cloop_placement_save(&placement) == 0 else {
+            return Array(0..<ProcessInfo.processInfo.activeProcessorCount)
+        }
+        return withUnsafeBytes(of: &placement.mask) { bytes in
+            (0..<(bytes.count * 8)).filter { bytes[$0 / 8] & (1 << ($0 % 8)) != 0 }
         }
     }
 

@@ -54,6 +54,19 @@ final class DataDirProcessTests: XCTestCase {
         try assertRefusesToStart(dataDir: dir, naming: dir + "/epoch.json")
     }
 
+    func testADataDirOthersCanWriteOrOwnRefusesToStart() throws {
+        let base = Harness.tempDir("dd-owner")
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let dir = base + "/shared"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        XCTAssertEqual(chmod(dir, 0o777), 0)
+        try assertRefusesToStart(dataDir: dir, naming: "data dir \(dir) is writable by group or others")
+        guard geteuid() == 0 else { return }  // only root can give a directory away (CI runs as root)
+        XCTAssertEqual(chmod(dir, 0o700), 0)
+        XCTAssertEqual(chown(dir, 4321, 4321), 0)
+        try assertRefusesToStart(dataDir: dir, naming: "data dir \(dir) is owned by uid 4321")
+    }
+
     func testBadNodeIdsRefuseToStart() throws {
         let base = Harness.tempDir("dd-id")
         defer { try? FileManager.default.removeItem(atPath: base) }

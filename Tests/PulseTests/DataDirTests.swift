@@ -259,6 +259,75 @@ final class DataDirTests: XCTestCase, RaftStoreFixtures {
         _ = first
     }
 
+    // MARK: modes and owner (issue 20, item 6)
+
+    private func mode(_ path: String) -> mode_t {
+        var info = stat()
+        return lstat(path, &info) == 0 ? info.st_mode & 0o7777 : 0xFFFF
+    }
+
+    func testFilesAre0600InA0700DirectoryAndLinksAreNotFollowed() throws {
+        let base = Harness.tempDir("modes")
+        defer { try? FileManager.default.removeItem(atPath: base) }
+        let dir = base + "/new/data"
+        let store = try DataDir(path: dir, rejected: RejectedInput())
+        _ = try store.nodeId(preferring: "")
+        try store.saveEpoch(validEpoch)
+        XCTAssertEqual(mode(dir), 0o700)
+        XCTAssertEqual(mode(base + "/new"), 0o700, "a missing parent too")
+        for name in ["LOCK", "node_id", "epoch.json"] { XCTAssertEqual(mode(dir + "/" + name), 0o600, name) }
+
+        // A temp name planted as a link to a victim: the write goes to a new file, not through the link.
+        let victim = base + "/victim"
+        try Data("keep".utf8).write(to: URL(fileURLWithPath: victim))
+        try FileManager.default.createSymbolicLink(atPath: dir + "/epoch.json.tmp", withDestinationPath: victim)
+        try store.saveEpoch(validEpoch)
+        XCTAssertEqual(try String(contentsOfFile: victim, encoding: .utf8), "keep")
+        XCTAssertEqual(try store.loadEpoch(), validEpoch)
+
+        // epoch.json replaced by a link to a file someone else chose: refused, not read.
+        try FileManager.default.removeItem(atPath: dir + "/epoch.json")
+        try FileManager.default.createSymbolicLink(atPath: dir + "/epoch.json", withDestinationPath: victim)
+        XCTAssertThrowsError(try store.loadEpoch()) { error in
+            XCTAssertTrue("\(error)".contains("epoch.json: is a symbolic link"), "\(error)")
+        }
+    }
+
+    func testExistingReadableDirAndFilesAreNarrowed() throws {
+        let dir = Harness.tempDir("narrow")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        XCTAssertEqual(chmod(dir, 0o755), 0)
+        try Data("n-old\n".utf8).write(to: URL(fileURLWithPath: dir + "/node_id"))
+        XCTAssertEqual(chmod(dir + "/node_id", 0o644), 0)
+        let store = try DataDir(path: dir, rejected: RejectedInput())
+        XCTAssertEqual(try store.nodeId(preferring: ""), "n-old")
+        XCTAssertEqual(mode(dir), 0o700)
+        XCTAssertEqual(mode(dir + "/node_id"), 0o600)
+    }
+
+    func testADirWritableByOthersOrOwnedByAnotherUserIsRefused() throws {
+        let dir = Harness.tempDir("owner")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        for bad: mode_t in [0o777, 0o770, 0o702] {
+            XCTAssertEqual(chmod(dir, bad), 0)
+            let rejected = RejectedInput()
+            XCTAssertThrowsError(try DataDir(path: dir, rejected: rejected)) { error in
+                XCTAssertTrue("\(error)".contains("writable by group or others"), "\(error)")
+                XCTAssertFalse("\(error)".contains("\n"))
+            }
+            XCTAssertEqual(rejected.count(.dataDir, reason: "writable_by_others"), 1)
+            XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/LOCK"), "nothing written")
+        }
+        XCTAssertEqual(chmod(dir, 0o700), 0)
+        guard geteuid() == 0 else { return }  // only root can give a directory away (CI runs as root)
+        XCTAssertEqual(chown(dir, 4321, 4321), 0)
+        let rejected = RejectedInput()
+        XCTAssertThrowsError(try DataDir(path: dir, rejected: rejected)) { error in
+            XCTAssertTrue("\(error)".contains("owned by uid 4321"), "\(error)")
+        }
+        XCTAssertEqual(rejected.count(.dataDir, reason: "foreign_owner"), 1)
+    }
+
     // MARK: Raft files
 
     /// A record as the store writes it.

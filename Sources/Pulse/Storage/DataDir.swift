@@ -6,6 +6,15 @@
 // be used stops the start with one line naming it, and is counted
 // (`backbeat_rejected_input_total{surface="data_dir"}`); nothing is repaired
 // or replaced silently.
+//
+// Only this process's user may touch it (issue 20, item 6): the directory is
+// created 0700 (missing parents too), and one owned by another user or
+// writable by its group or others is refused at start-up with one line
+// (anyone who can write there could plant a file or a symbolic link the node
+// would trust); an acceptable one that others can read or enter is narrowed
+// to 0700. Files are created 0600 without following symbolic links
+// (`O_NOFOLLOW`; a temp file is created afresh with `O_EXCL`), and an
+// existing `LOCK`, `node_id` or `epoch.json` readable by others is narrowed to 0600.
 import Foundation
 import Glibc
 import PulseCore
@@ -28,14 +37,11 @@ final class DataDir {
     init(path: String, rejected: RejectedInput) throws {
         self.path = path
         self.rejected = rejected
-        do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        } catch {
-            throw PulseError.startup("cannot create data dir \(path): \(error.localizedDescription)")
-        }
+        try Self.createPrivateDirectory(path)
+        try checkOwnership()
         // O_NOFOLLOW: a LOCK planted as a symlink does not make us create or
         // lock a file elsewhere; it must be a regular file (not a FIFO or device).
-        lockFd = open(path + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0o644)
+        lockFd = open(path + "/LOCK", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, Self.fileMode)
         guard lockFd >= 0 else {
             let reason = errno == ELOOP ? "is a symbolic link" : String(cString: strerror(errno))
             throw refuse(DataDirError(file: "LOCK", reason: "unusable_lock", detail: "cannot be opened: \(reason)"))
@@ -51,6 +57,63 @@ final class DataDir {
             lockFd = -1
             throw PulseError.startup("data dir \(path) is in use by another pulse process")
         }
+        for name in ["LOCK", "node_id", "epoch.json"] { narrowFile(name) }
+    }
+
+    /// Files: owner read and write only. Directories: owner only.
+    static let fileMode: mode_t = 0o600
+    static let directoryMode: mode_t = 0o700
+
+    /// Creates `path` and any missing parent with `directoryMode`.
+    private static func createPrivateDirectory(_ path: String) throws {
+        var prefix = path.hasPrefix("/") ? "/" : ""
+        for component in path.split(separator: "/") {
+            prefix += (prefix.isEmpty || prefix.hasSuffix("/") ? "" : "/") + component
+            if mkdir(prefix, directoryMode) != 0 && errno != EEXIST {
+                throw PulseError.startup(
+                    "cannot create data dir \(path): \(prefix): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    /// Refuses a data dir owned by another user or writable by group or
+    /// others (counted: `foreign_owner`, `writable_by_others`); narrows one
+    /// that others may read or enter to `directoryMode`.
+    private func checkOwnership() throws {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        var info = stat()
+        guard fd >= 0, fstat(fd, &info) == 0 else {
+            let reason = String(cString: strerror(errno))
+            if fd >= 0 { close(fd) }
+            throw PulseError.startup("cannot open data dir \(path): \(reason)")
+        }
+        defer { close(fd) }
+        let me = geteuid()
+        guard info.st_uid == me else {
+            rejected.record(.dataDir, "foreign_owner")
+            throw PulseError.startup(
+                "data dir \(path) is owned by uid \(info.st_uid), not by this process's uid \(me); refusing to start")
+        }
+        let permissions = info.st_mode & 0o7777
+        guard permissions & (S_IWGRP | S_IWOTH) == 0 else {
+            rejected.record(.dataDir, "writable_by_others")
+            throw PulseError.startup(
+                "data dir \(path) is writable by group or others (mode \(String(permissions, radix: 8))); "
+                    + "chmod 700 it; refusing to start")
+        }
+        if permissions & 0o077 != 0 { _ = fchmod(fd, Self.directoryMode) }
+    }
+
+    /// An existing regular file of ours that others may read becomes `fileMode`.
+    private func narrowFile(_ name: String) {
+        let fd = open(path + "/" + name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == geteuid(),
+            info.st_mode & 0o077 != 0
+        else { return }
+        _ = fchmod(fd, Self.fileMode)
     }
 
     /// Counts `error` and turns it into the one-line start-up error naming the file.
@@ -139,7 +202,11 @@ final class DataDir {
     func writeAtomically(_ name: String, _ data: Data) throws {
         let final = path + "/" + name
         let temp = final + ".tmp"
-        let fd = open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        // A leftover (or planted) temp file or link goes; ours is new, never followed.
+        if unlink(temp) != 0 && errno != ENOENT {
+            throw PulseError.startup("cannot remove \(temp): \(String(cString: strerror(errno)))")
+        }
+        let fd = open(temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, Self.fileMode)
         guard fd >= 0 else { throw PulseError.startup("cannot write \(temp): \(String(cString: strerror(errno)))") }
         let ok = data.withUnsafeBytes { raw -> Bool in
             var offset = 0

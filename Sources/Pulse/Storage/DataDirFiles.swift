@@ -238,11 +238,15 @@ public enum DataDirFiles {
 
     /// Reads `path` whole, or nil when it does not exist. Refuses anything but
     /// a regular file (a FIFO would block the start, a directory has no
-    /// bytes) and files longer than `limit` (so a huge file cannot exhaust memory).
+    /// bytes), a symbolic link (`O_NOFOLLOW`: whoever planted it chose what
+    /// we read) and files longer than `limit` (so a huge file cannot exhaust memory).
     static func read(_ path: String, file: String, limit: Int) throws(DataDirError) -> [UInt8]? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW)
         if fd < 0 {
             if errno == ENOENT { return nil }
+            if errno == ELOOP {
+                throw DataDirError(file: file, reason: "symbolic_link", detail: "is a symbolic link")
+            }
             throw DataDirError(
                 file: file, reason: "unreadable", detail: "cannot open: \(String(cString: strerror(errno)))")
         }

@@ -126,12 +126,7 @@ final class VectorTests: XCTestCase {
                     (try? TempoEpoch.validated(startBeat: next.startBeat, startNs: next.startNs, bpm: next.bpm)) == nil
                     ? "out_of_range" : "scheduled"
             } catch {
-                switch error {
-                case .notADownbeat: outcome = "not_a_downbeat"
-                case .notAfterEpochStart: outcome = "not_after_epoch_start"
-                case .invalidBpm: outcome = "invalid_bpm"
-                case .changeAlreadyPending: outcome = "change_already_pending"
-                }
+                outcome = error.reason
             }
             XCTAssertEqual(outcome, c.result, c.name)
             guard outcome == "scheduled" else { continue }

@@ -341,16 +341,8 @@ func (p *parser) hex4() rune {
 	}
 	var v rune
 	for j := 0; j < 4; j++ {
-		c := p.b[p.i]
-		var d byte
-		switch {
-		case c >= '0' && c <= '9':
-			d = c - '0'
-		case c >= 'a' && c <= 'f':
-			d = c - 'a' + 10
-		case c >= 'A' && c <= 'F':
-			d = c - 'A' + 10
-		default:
+		d, ok := hexDigit(p.b[p.i], true)
+		if !ok {
 			fail("malformed_json")
 		}
 		v = v<<4 | rune(d)
@@ -500,19 +492,26 @@ func parseHex(s string, maxDigits int) (uint64, bool) {
 	}
 	var v uint64
 	for i := 0; i < len(s); i++ {
-		c := s[i]
-		var d byte
-		switch {
-		case c >= '0' && c <= '9':
-			d = c - '0'
-		case c >= 'a' && c <= 'f':
-			d = c - 'a' + 10
-		default:
+		d, ok := hexDigit(s[i], false)
+		if !ok {
 			return 0, false
 		}
 		v = v<<4 | uint64(d)
 	}
 	return v, true
+}
+
+// hexDigit is the value of hex digit c (uppercase A-F only when upper).
+func hexDigit(c byte, upper bool) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	case upper && c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }
 
 // unixMs reads exactly YYYY-MM-DDTHH:MM:SS.mmmZ (valid date, no leap second).

@@ -12,6 +12,16 @@ public enum TimelineError: Error, Sendable, Hashable {
     case changeAlreadyPending(TempoChange)
     /// The new tempo is not positive.
     case invalidBpm(Int64)
+
+    /// A snake_case code for the refusal (docs/vectors/tempo.json).
+    public var reason: String {
+        switch self {
+        case .notADownbeat: return "not_a_downbeat"
+        case .notAfterEpochStart: return "not_after_epoch_start"
+        case .changeAlreadyPending: return "change_already_pending"
+        case .invalidBpm: return "invalid_bpm"
+        }
+    }
 }
 
 /// The deterministic beat timeline every node derives from the same committed

@@ -207,12 +207,7 @@ enum VectorGenerator {
             try plain.schedule(change: TempoChange(atBeat: change.at_beat, bpm: change.bpm))
             result = (try? timeline(withPending)) == nil ? "out_of_range" : "scheduled"
         } catch {
-            switch error {
-            case .notADownbeat: result = "not_a_downbeat"
-            case .notAfterEpochStart: result = "not_after_epoch_start"
-            case .invalidBpm: result = "invalid_bpm"
-            case .changeAlreadyPending: result = "change_already_pending"
-            }
+            result = error.reason
         }
         guard result == "scheduled" else {
             return TempoCase(

@@ -14,6 +14,19 @@
 //   events with a reason, never crashes. A newer timeline never gives way to
 //   an older one (`BeatTimeline.version`), so a lagging node's reply cannot
 //   roll a committed tempo change back.
+// - One message cannot move the consumer (issue 20, item 2): only replies to
+//   this client's own timeline requests are adopted. A publication on the
+//   timeline subject (which consumers may publish on too) that claims
+//   something newer is a hint: it triggers a request, and the answer is what
+//   counts. Frames are judged by `FrameTracker` (fence raised only by
+//   confirmed terms); a frame with a newer term, a mismatch or repeated stale
+//   refusals trigger the same re-check. Re-checks run one at a time, at
+//   most one per `recheckIntervalNs`, and one more after a trigger that came
+//   while one was in flight; a publication's claim that the answer does not
+//   meet yet (a reply from a node a heartbeat behind) is asked again up to
+//   `claimFollowUps` times, 50 ms apart, then dropped. So a flood of
+//   forgeries costs the cluster at most ~13 requests a second per consumer,
+//   and a real change is confirmed within a few heartbeats.
 // - `now()` is the local wall clock corrected by the offset measured against
 //   the answering node's timeline clock (NTP-style, best of the last replies);
 //   `deliveryOffsetNs` is the median of (arrival − instant) of recent frames.
@@ -93,7 +106,18 @@ public final class BackbeatClient: @unchecked Sendable {
     private var clock = ClockOffsetEstimator()
     private var delivery = DeliveryOffsetEstimator()
     private var refetchInFlight = false
+    /// A re-check was asked for while one was in flight: run one more after it.
+    private var refetchAgain = false
+    /// Monotonic start of the last re-check (spacing, `recheckIntervalNs`).
+    private var lastRefetchMonoNs: Int64 = .min / 2
     private var closed = false
+    /// Shortest spacing of timeline re-checks.
+    public static let recheckIntervalNs: Int64 = 200_000_000
+    /// A publication's claim (version, term) not yet confirmed by a reply.
+    private var claimed: (version: BeatTimeline.Version, term: UInt64)?
+    /// Requests made again for an unconfirmed claim, and how far apart.
+    static let claimFollowUps = 4
+    static let claimFollowUpIntervalNs: Int64 = 50_000_000
     private let box: CallbackBox
 
     /// Connects, subscribes to the beat and timeline subjects, and fetches
@@ -258,7 +282,8 @@ public final class BackbeatClient: @unchecked Sendable {
         }
     }
 
-    /// Adopts `timeline` if it is not older than the one held; emits events.
+    /// Adopts `timeline`, a reply to our own request (confirmed), if it is
+    /// not older than the one held; emits events.
     private func adopt(_ timeline: BeatTimeline) {
         lock.lock()
         let (held, events) = tracker.adopt(timeline, over: current)
@@ -267,26 +292,70 @@ public final class BackbeatClient: @unchecked Sendable {
         for event in events { continuation.yield(event) }
     }
 
-    /// Fetches the timeline again on a helper thread (at most one in flight);
-    /// retried every second while nobody answers.
+    /// Fetches the timeline again on a helper thread (at most one in flight,
+    /// `recheckIntervalNs` apart); retried every second while nobody answers.
     private func scheduleRefetch(after seconds: Double) {
         lock.lock()
-        if refetchInFlight || closed {
+        if closed {
+            lock.unlock()
+            return
+        }
+        if refetchInFlight {
+            refetchAgain = true
             lock.unlock()
             return
         }
         refetchInFlight = true
+        let spacingNs = lastRefetchMonoNs &+ Self.recheckIntervalNs &- Self.monotonicNs()
         lock.unlock()
+        let delay = max(seconds, Double(spacingNs) / 1e9)
         Thread.detachNewThread { [weak self] in
-            if seconds > 0 { Thread.sleep(forTimeInterval: seconds) }
+            if delay > 0 { Thread.sleep(forTimeInterval: delay) }
             guard let self else { return }
-            let ok = (try? self.fetchTimeline()) != nil
+            var ok = false
+            var followUps = 0
+            while true {
+                self.lock.lock()
+                self.lastRefetchMonoNs = Self.monotonicNs()
+                self.lock.unlock()
+                ok = (try? self.fetchTimeline()) != nil
+                // A publication claimed more than the answer gave (the first
+                // reply may come from a node a heartbeat behind): ask again
+                // shortly, a few times, then let the claim go (a forgery).
+                self.lock.lock()
+                let unmet = ok && self.claimUnmet()
+                let chase = unmet && followUps < Self.claimFollowUps && !self.closed
+                if !chase { self.claimed = nil }
+                self.lock.unlock()
+                guard chase else { break }
+                followUps += 1
+                Thread.sleep(forTimeInterval: Double(Self.claimFollowUpIntervalNs) / 1e9)
+            }
             self.lock.lock()
             self.refetchInFlight = false
+            let again = self.refetchAgain
+            self.refetchAgain = false
             let closed = self.closed
             self.lock.unlock()
-            if !ok && !closed { self.scheduleRefetch(after: 1) }
+            if !ok && !closed {
+                self.scheduleRefetch(after: 1)
+            } else if again {
+                self.scheduleRefetch(after: 0)
+            }
         }
+    }
+
+    /// Whether the held timeline is older than what a publication claimed (lock held).
+    private func claimUnmet() -> Bool {
+        guard let claim = claimed else { return false }
+        guard let held = current else { return true }
+        return held.version < claim.version || held.term < claim.term
+    }
+
+    private static func monotonicNs() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec)
     }
 
     // MARK: Callbacks (library threads)
@@ -305,15 +374,30 @@ public final class BackbeatClient: @unchecked Sendable {
             default: break
             }
         }
+        refetch = refetch || tracker.needsConfirmation
         lock.unlock()
         for event in events { continuation.yield(event) }
         if refetch || timeline == nil { scheduleRefetch(after: 0) }
     }
 
     fileprivate func received(timeline data: Data) {
-        // Publications by the leader (replies go to our inbox, not here).
+        // A publication: the leader's, or anyone's who may publish here. What
+        // it claims is confirmed by a request (replies go to our inbox) before
+        // anything changes; one that claims nothing newer is ignored.
         switch Result(catching: { try BeatTimeline.decode(data, clusterId: options.clusterId) }) {
-        case .success(let timeline): adopt(timeline)
+        case .success(let claimed):
+            lock.lock()
+            let held = current
+            if let held, claimed.version <= held.version, claimed.term <= held.term {
+                lock.unlock()
+                return
+            }
+            self.claimed = (
+                max(claimed.version, self.claimed?.version ?? claimed.version),
+                max(claimed.term, self.claimed?.term ?? 0)
+            )
+            lock.unlock()
+            scheduleRefetch(after: 0)
         case .failure(let error):
             let reason = (error as? TimelineDecodeError)?.reason ?? "malformed"
             continuation.yield(.refused(reason: "timeline_" + reason))

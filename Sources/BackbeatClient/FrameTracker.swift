@@ -4,6 +4,20 @@
 // cluster id, fenced on `term`, de-duplicated, compared with the local
 // timeline, and turned into events (beats, gaps, degraded frames, leader and
 // tempo changes). Pure: no clock, no I/O; the client feeds it and tests drive it.
+//
+// One message cannot move a consumer (issue 20, item 2). Anyone allowed to
+// publish on the subject (or on an unauthenticated NATS) can send a frame, so
+// a frame is believed no further than the pulse's own `EchoPolicy` believes
+// an echo: its term at most `maxTermLead` above the confirmed timeline's,
+// its index within a beat of now, and — here — every field equal to what the
+// confirmed timeline says of that beat (else it is `.mismatch`, not a beat).
+// The fence against stale terms rises only with a *confirmed* term (a
+// timeline this client requested: `noteTimeline`), never with a frame's own
+// claim, so a copied frame with `term + 8` or 2^63−1 cannot make the real
+// leader's frames stale. A newer term on a frame asks for confirmation
+// (`needsConfirmation`); stale refusals that repeat ask too, and a confirmed
+// timeline then resets the fence to the cluster's term (`noteTimeline`), so a
+// consumer always recovers.
 
 import Foundation
 import PulseCore
@@ -40,12 +54,14 @@ public enum BackbeatEvent: Sendable {
     case tempoChanged(bpm: Int64, previousBpm: Int64, atBeat: Int64)
     /// A committed tempo change is ahead (learnt from the timeline, before it applies).
     case tempoScheduled(TempoChange)
-    /// A newer timeline was adopted (from a reply or the leader's publication).
+    /// A newer timeline was adopted (a reply to this client's request; a
+    /// publication only makes the client ask).
     case timelineUpdated(BeatTimeline)
     /// A frame was refused: the decoder's reason (`bad_phase`, `malformed_json`, ...),
     /// `wrong_cluster`, or `stale_term` (a term below one already seen).
     case refused(reason: String)
-    /// A frame disagrees with the local timeline on `field`; the client fetches the timeline again.
+    /// A frame disagrees with the local timeline on `field`: it is not
+    /// delivered as a beat, and the client fetches the timeline again.
     case mismatch(beat: Int64, field: String)
     /// The NATS connection was lost (`false`) or is back (`true`).
     case connection(up: Bool)
@@ -56,8 +72,11 @@ public struct FrameTracker: Sendable {
     public let clusterId: String
     /// The highest index accepted, or -1.
     public private(set) var lastIndex: Int64 = -1
-    /// The highest term seen on a frame or a timeline: frames below it are refused.
+    /// The highest term confirmed by a timeline reply (``noteTimeline(_:)``):
+    /// frames below it are refused. A frame's own term never raises it.
     public private(set) var fenceTerm: UInt64 = 0
+    /// Frames refused as `stale_term` since the last accepted one.
+    public private(set) var staleInARow = 0
     /// The term of the last accepted frame (0 before the first).
     public private(set) var lastFrameTerm: UInt64 = 0
     public private(set) var lastBpm: Int64 = 0
@@ -75,14 +94,30 @@ public struct FrameTracker: Sendable {
 
     /// Refusals that mean the local timeline may be out of date (the client fetches it again).
     public static let refetchReasons: Set<String> = ["term_ahead", "index_ahead", "index_behind"]
+    /// `stale_term` refusals in a row after which the fence is re-checked.
+    public static let staleRefusalsBeforeRecheck = 2
 
-    /// A timeline's term raises the fence (a deposed leader's late frames are refused).
-    public mutating func noteTimeline(_ timeline: BeatTimeline) {
-        fenceTerm = max(fenceTerm, timeline.term)
+    /// Whether the client should confirm the timeline by a request: the last
+    /// accepted frame claimed a term above the fence, or stale refusals repeat.
+    public var needsConfirmation: Bool {
+        lastFrameTerm > fenceTerm || staleInARow >= Self.staleRefusalsBeforeRecheck
     }
 
-    /// A timeline message (a reply or the leader's publication) against the
-    /// one held: adopted unless older (``BeatTimeline/version``: a lagging
+    /// A timeline *confirmed* by a reply to this client's own request (never
+    /// a publication, which anyone may send): its term raises the fence (a
+    /// deposed leader's late frames are refused), or — after repeated stale
+    /// refusals — sets it, so a fence above the cluster's real term heals.
+    public mutating func noteTimeline(_ timeline: BeatTimeline) {
+        if staleInARow >= Self.staleRefusalsBeforeRecheck {
+            fenceTerm = timeline.term
+            staleInARow = 0
+        } else {
+            fenceTerm = max(fenceTerm, timeline.term)
+        }
+    }
+
+    /// A confirmed timeline (a reply to this client's own request, never a
+    /// publication) against the one held: adopted unless older (``BeatTimeline/version``: a lagging
     /// node's answer never rolls a committed change back); its term raises
     /// the fence either way. Returns the timeline to hold and the events
     /// (`tempoScheduled` for a change not known before, `timelineUpdated`).
@@ -115,7 +150,10 @@ public struct FrameTracker: Sendable {
         guard frame.clusterId == clusterId else { return refuse("wrong_cluster") }
         // Fencing: a frame from an older term than one already seen is from a
         // deposed publisher (requirements §2: `term` never decreases across leaders).
-        guard frame.term >= fenceTerm else { return refuse("stale_term") }
+        guard frame.term >= fenceTerm else {
+            staleInARow += 1
+            return refuse("stale_term")
+        }
         if let timeline {
             // Bounds that keep one hostile frame from fencing the consumer out
             // (a huge term or index) and keep the math on frame values in range:
@@ -131,6 +169,13 @@ public struct FrameTracker: Sendable {
             guard let scheduled = frame.scheduledNs else { return refuse("far_from_now") }
             let (distance, overflow) = scheduled.subtractingReportingOverflow(receivedNs)
             guard !overflow, distance.magnitude < 60_000_000_000 else { return refuse("far_from_now") }
+        }
+        // A frame that contradicts the confirmed timeline is not a beat (a
+        // forged phase or downbeat, or a timeline this client has not yet
+        // confirmed: it fetches it, and the next frame counts).
+        if let timeline, let field = Self.disagreement(frame, timeline) {
+            refused &+= 1
+            return [.mismatch(beat: frame.beatIndex, field: field)]
         }
         // Duplicates (redelivery, a degraded node racing the leader): the first one counts.
         guard frame.beatIndex > lastIndex else {
@@ -149,14 +194,11 @@ public struct FrameTracker: Sendable {
         if lastBpm != 0 && frame.tempoBpm != lastBpm {
             events.append(.tempoChanged(bpm: frame.tempoBpm, previousBpm: lastBpm, atBeat: frame.beatIndex))
         }
-        if let timeline, let field = Self.disagreement(frame, timeline) {
-            events.append(.mismatch(beat: frame.beatIndex, field: field))
-        }
         events.append(.beat(beat))
         if frame.degraded { events.append(.degraded(beat)) }
         lastIndex = frame.beatIndex
         lastFrameTerm = frame.term
-        fenceTerm = max(fenceTerm, frame.term)
+        staleInARow = 0
         lastBpm = frame.tempoBpm
         accepted &+= 1
         return events

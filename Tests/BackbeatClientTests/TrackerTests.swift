@@ -104,12 +104,16 @@ final class TrackerTests: XCTestCase {
         XCTAssertEqual(missed, 11...12)
         XCTAssertTrue(
             afterGap.contains { if case .leaderChanged(4, 3, "ab12") = $0 { return true } else { return false } })
+        XCTAssertEqual(tracker.fenceTerm, 3, "a frame's own term does not raise the fence")
+        XCTAssertTrue(tracker.needsConfirmation)
+        tracker.noteTimeline(try BeatTimeline.decode(message(term: 4), clusterId: "c1"))
         let stale = feed(&tracker, frame(14, term: 3), t)
         guard case .refused("stale_term") = stale.first else { return XCTFail("\(stale)") }
         let degraded = feed(&tracker, frame(14, term: 4, degraded: true), t)
         XCTAssertTrue(degraded.contains { if case .degraded = $0 { return true } else { return false } })
         let wrong = feed(&tracker, frame(15, term: 4, phase: "lunch"), t)
         XCTAssertTrue(wrong.contains { if case .mismatch(15, "phase") = $0 { return true } else { return false } })
+        XCTAssertFalse(wrong.contains { if case .beat = $0 { return true } else { return false } }, "not a beat")
         let ahead = feed(&tracker, frame(16, term: 4 + 100), t)
         guard case .refused("term_ahead") = ahead.first else { return XCTFail("\(ahead)") }
     }

@@ -39,10 +39,18 @@ type Event struct {
 // FrameTracker judges frames for one consumer: cluster check, term fence,
 // bounds against the timeline, dedupe, gaps, leader and tempo changes. Pure:
 // no clock, no I/O; not safe for concurrent use by itself.
+//
+// One message cannot move a consumer (issue 20): a frame is believed no
+// further than the pulse's echo policy believes one, a frame that disagrees
+// with the timeline is a mismatch (not a beat), and the fence rises only with
+// a confirmed timeline (NoteTimeline: a reply to the client's own request),
+// never with a frame's own term; after repeated stale refusals a confirmed
+// timeline sets it (docs/protocol.md).
 type FrameTracker struct {
 	ClusterID     string
 	LastIndex     int64  // the highest index accepted, or -1
-	FenceTerm     uint64 // frames below it are refused (stale_term)
+	FenceTerm     uint64 // the highest confirmed term: frames below it are refused (stale_term)
+	StaleInARow   int    // stale_term refusals since the last accepted frame
 	LastFrameTerm uint64
 	LastBPM       int64
 	Duplicates    uint64
@@ -58,14 +66,30 @@ func NewFrameTracker(clusterID string) *FrameTracker {
 // refetchReasons are refusals that mean the local timeline may be out of date.
 var refetchReasons = map[string]bool{"term_ahead": true, "index_ahead": true, "index_behind": true}
 
-// NoteTimeline raises the fence to a timeline's term.
+// StaleRefusalsBeforeRecheck is how many stale_term refusals in a row make
+// the next confirmed timeline set the fence instead of raising it.
+const StaleRefusalsBeforeRecheck = 2
+
+// NeedsConfirmation says the client should request the timeline: the last
+// accepted frame claimed a term above the fence, or stale refusals repeat.
+func (tr *FrameTracker) NeedsConfirmation() bool {
+	return tr.LastFrameTerm > tr.FenceTerm || tr.StaleInARow >= StaleRefusalsBeforeRecheck
+}
+
+// NoteTimeline takes a confirmed timeline (a reply to the client's own
+// request, never a publication): its term raises the fence, or after
+// repeated stale refusals sets it, so a fence above the cluster's term heals.
 func (tr *FrameTracker) NoteTimeline(t *Timeline) {
-	if t.Term > tr.FenceTerm {
+	if tr.StaleInARow >= StaleRefusalsBeforeRecheck {
+		tr.FenceTerm = t.Term
+		tr.StaleInARow = 0
+	} else if t.Term > tr.FenceTerm {
 		tr.FenceTerm = t.Term
 	}
 }
 
-// Adopt weighs a timeline message against the one held: adopted unless older
+// Adopt weighs a confirmed timeline (a reply to the client's own request,
+// never a publication) against the one held: adopted unless older
 // (a lagging node never rolls a committed change back); its term raises the
 // fence either way. It returns the timeline to hold and the events.
 func (tr *FrameTracker) Adopt(t, held *Timeline) (*Timeline, []Event) {
@@ -104,6 +128,7 @@ func (tr *FrameTracker) Receive(data []byte, receivedNs int64, t *Timeline) []Ev
 	}
 	// Fencing: a frame from an older term than one already seen is from a deposed publisher.
 	if f.Term < tr.FenceTerm {
+		tr.StaleInARow++
 		return tr.refuse("stale_term")
 	}
 	if t != nil {
@@ -132,6 +157,15 @@ func (tr *FrameTracker) Receive(data []byte, receivedNs int64, t *Timeline) []Ev
 			return tr.refuse("far_from_now")
 		}
 	}
+	// A frame that contradicts the timeline is not a beat (a forged phase or
+	// downbeat, or a timeline not confirmed yet: the client fetches it).
+	frame := f
+	if t != nil {
+		if field := Disagreement(&frame, t); field != "" {
+			tr.Refused++
+			return []Event{{Kind: EventMismatch, Frame: &frame, Field: field}}
+		}
+	}
 	// Duplicates (redelivery, a degraded node racing the leader): the first one counts.
 	if f.BeatIndex <= tr.LastIndex {
 		tr.Duplicates++
@@ -155,21 +189,13 @@ func (tr *FrameTracker) Receive(data []byte, receivedNs int64, t *Timeline) []Ev
 		events = append(events, Event{Kind: EventTempoChanged, BPM: f.TempoBPM, PreviousBPM: tr.LastBPM,
 			AtBeat: f.BeatIndex})
 	}
-	frame := f
-	if t != nil {
-		if field := Disagreement(&frame, t); field != "" {
-			events = append(events, Event{Kind: EventMismatch, Frame: &frame, Field: field})
-		}
-	}
 	events = append(events, Event{Kind: EventBeat, Frame: &frame, ReceivedNs: receivedNs, InstantNs: instant})
 	if f.Degraded {
 		events = append(events, Event{Kind: EventDegraded, Frame: &frame, ReceivedNs: receivedNs, InstantNs: instant})
 	}
 	tr.LastIndex = f.BeatIndex
 	tr.LastFrameTerm = f.Term
-	if f.Term > tr.FenceTerm {
-		tr.FenceTerm = f.Term
-	}
+	tr.StaleInARow = 0
 	tr.LastBPM = f.TempoBPM
 	tr.Accepted++
 	return events

@@ -414,8 +414,11 @@ enum VectorGenerator {
             ("a redelivered frame is dropped", [.timeline(m3), f(10), f(10), f(11), f(11, late: 50_000_000)]),
             ("a gap after an outage", [.timeline(m3), f(10), f(14)]),
             (
-                "failover: a gap, one leader change, the deposed leader's late frame fenced",
-                [.timeline(m3), f(10), f(11), f(14, term: 4), f(15, term: 3), f(15, term: 4), f(16, term: 4)]
+                "failover: a gap, one leader change; once the new term is confirmed, the deposed leader's late frame is fenced",
+                [
+                    .timeline(m3), f(10), f(11), f(14, term: 4), .timeline(m4), f(15, term: 3), f(15, term: 4),
+                    f(16, term: 4),
+                ]
             ),
             (
                 "a newer term on the timeline fences the old leader's frames",
@@ -461,8 +464,12 @@ enum VectorGenerator {
                 ]
             ),
             (
-                "a forged frame with a term within the lead moves the fence (issue 20 revisits this)",
+                "a forged frame with a term within the lead is believed like an echo but does not move the fence",
                 [.timeline(m3), f(10), f(11, term: 9), f(12, term: 3), f(13, term: 3)]
+            ),
+            (
+                "stale refusals that repeat: the next confirmed timeline sets the fence (a cluster restored with lower terms)",
+                [.timeline(m4), f(10, term: 3), f(11, term: 3), .timeline(m3), f(12, term: 3)]
             ),
             (
                 "hostile timeline messages are refused and change nothing",

@@ -9,6 +9,20 @@ or downbeat, without a round trip.  Frames are validated field by field
 fenced, and gaps, degraded frames, leader and tempo changes surfaced as
 events.
 
+One message cannot move a consumer (issue 20, item 2; the Swift client does
+the same): only replies to this client's own timeline requests are adopted;
+a publication on the timeline subject that claims something newer only
+triggers such a request.  A frame is believed as far as the pulse's own echo
+policy believes one (term at most MAX_TERM_LEAD above the confirmed
+timeline's, index within a beat of now) and only when every field agrees with
+the confirmed timeline (else a `mismatch` event, not a beat); the term fence
+rises only with confirmed terms, never with a frame's claim.  A newer term on
+a frame, a mismatch, or stale refusals that repeat trigger a re-check (one at
+a time, at most one per RECHECK_INTERVAL_S; a publication's claim the answer
+does not meet yet is asked again up to CLAIM_FOLLOW_UPS times, 50 ms apart),
+and a confirmed timeline after repeated stale refusals resets the fence, so
+a consumer always recovers.
+
     client = await BackbeatClient.connect("nats://127.0.0.1:4222", cluster="chorus-aus-01")
     print(client.beat(), client.phase(), client.window_id())
     async for event in client.events():
@@ -40,6 +54,10 @@ INT64_MAX = (1 << 63) - 1
 UINT64_MAX = (1 << 64) - 1
 MAX_TERM_LEAD = 8
 MAX_BEATS_LATE = 4
+STALE_REFUSALS_BEFORE_RECHECK = 2
+RECHECK_INTERVAL_S = 0.2
+CLAIM_FOLLOW_UPS = 4
+CLAIM_FOLLOW_UP_S = 0.05
 
 
 class TimelineError(ValueError):
@@ -606,7 +624,10 @@ class Event:
 
 
 class FrameTracker:
-    """Dedupe, fence on term, gaps, comparison with the local timeline. Pure."""
+    """Dedupe, fence on term, gaps, comparison with the local timeline. Pure.
+
+    `fence_term` is the highest term confirmed by a timeline reply
+    (`note_timeline`); a frame's own term never raises it."""
 
     REFETCH = {"term_ahead", "index_ahead", "index_behind"}
 
@@ -614,6 +635,7 @@ class FrameTracker:
         self.cluster_id = cluster_id
         self.last_index = -1
         self.fence_term = 0
+        self.stale_in_a_row = 0
         self.last_frame_term = 0
         self.last_bpm = 0
         self.duplicates = 0
@@ -621,10 +643,23 @@ class FrameTracker:
         self.accepted = 0
 
     def note_timeline(self, timeline: Timeline) -> None:
-        self.fence_term = max(self.fence_term, timeline.term)
+        """A timeline confirmed by a reply to this client's request: raises the
+        fence, or after repeated stale refusals sets it (so a fence above the
+        cluster's real term heals)."""
+        if self.stale_in_a_row >= STALE_REFUSALS_BEFORE_RECHECK:
+            self.fence_term = timeline.term
+            self.stale_in_a_row = 0
+        else:
+            self.fence_term = max(self.fence_term, timeline.term)
+
+    @property
+    def needs_confirmation(self) -> bool:
+        """The last accepted frame claimed an unconfirmed term, or stale refusals repeat."""
+        return self.last_frame_term > self.fence_term or self.stale_in_a_row >= STALE_REFUSALS_BEFORE_RECHECK
 
     def adopt(self, timeline: Timeline, held: Optional[Timeline]) -> tuple:
-        """A timeline message against the one held: adopted unless older (a
+        """A confirmed timeline (a reply to this client's request, never a
+        publication) against the one held: adopted unless older (a
         lagging node never rolls a committed change back); its term raises
         the fence either way. Returns (timeline to hold, events)."""
         self.note_timeline(timeline)
@@ -648,6 +683,7 @@ class FrameTracker:
         if frame.cluster_id != self.cluster_id:
             return self._refuse("wrong_cluster")
         if frame.term < self.fence_term:
+            self.stale_in_a_row += 1
             return self._refuse("stale_term")
         if timeline is not None:
             if frame.term > timeline.term + MAX_TERM_LEAD:
@@ -659,6 +695,12 @@ class FrameTracker:
                 return self._refuse("index_behind")
         elif abs(frame.scheduled_ns - received_ns) >= 60_000_000_000:
             return self._refuse("far_from_now")
+        if timeline is not None:
+            # A frame that contradicts the confirmed timeline is not a beat.
+            field = disagreement(frame, timeline)
+            if field:
+                self.refused += 1
+                return [Event("mismatch", frame=frame, reason=field)]
         if frame.beat_index <= self.last_index:
             self.duplicates += 1
             return []
@@ -671,16 +713,12 @@ class FrameTracker:
         if self.last_bpm and frame.tempo_bpm != self.last_bpm:
             events.append(Event("tempo_changed", bpm=frame.tempo_bpm, previous=self.last_bpm,
                                 at_beat=frame.beat_index))
-        if timeline is not None:
-            field = disagreement(frame, timeline)
-            if field:
-                events.append(Event("mismatch", frame=frame, reason=field))
         events.append(Event("beat", frame=frame, received_ns=received_ns))
         if frame.degraded:
             events.append(Event("degraded", frame=frame, received_ns=received_ns))
         self.last_index = frame.beat_index
         self.last_frame_term = frame.term
-        self.fence_term = max(self.fence_term, frame.term)
+        self.stale_in_a_row = 0
         self.last_bpm = frame.tempo_bpm
         self.accepted += 1
         return events
@@ -715,6 +753,10 @@ class BackbeatClient:
         self._delivery: list = []
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=4096)
         self._refetching = False
+        self._refetch_again = False
+        self._last_refetch = -1e9  # time.monotonic() of the last re-check's start
+        self._refetch_task = None
+        self._claimed: Optional[tuple] = None  # (version, term) a publication claimed, not yet confirmed
         self._subs = []
 
     @classmethod
@@ -773,22 +815,43 @@ class BackbeatClient:
             self._emit(event)
 
     def _refetch(self) -> None:
+        """A re-check: one at a time, RECHECK_INTERVAL_S apart, and one more
+        when asked for while one runs (a real change is never missed)."""
         if self._refetching:
+            self._refetch_again = True
             return
         self._refetching = True
 
         async def run():
             try:
-                for _ in range(30):
-                    try:
-                        await self.fetch_timeline()
+                while True:
+                    self._refetch_again = False
+                    wait = self._last_refetch + RECHECK_INTERVAL_S - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    follow_ups = 0
+                    for _ in range(30):
+                        self._last_refetch = time.monotonic()
+                        try:
+                            await self.fetch_timeline()
+                        except Exception:
+                            await asyncio.sleep(1)
+                            continue
+                        # A publication claimed more than the answer gave (the first reply may
+                        # come from a node a heartbeat behind): ask again shortly, a few times,
+                        # then let the claim go (a forgery).
+                        if self._claim_unmet() and follow_ups < CLAIM_FOLLOW_UPS:
+                            follow_ups += 1
+                            await asyncio.sleep(CLAIM_FOLLOW_UP_S)
+                            continue
+                        self._claimed = None
+                        break
+                    if not self._refetch_again:
                         return
-                    except Exception:
-                        await asyncio.sleep(1)
             finally:
                 self._refetching = False
 
-        asyncio.get_running_loop().create_task(run())
+        self._refetch_task = asyncio.get_running_loop().create_task(run())
 
     def _emit(self, event: Event) -> None:
         if self._queue.full():
@@ -806,16 +869,32 @@ class BackbeatClient:
                     event.kind == "refused" and event.reason in FrameTracker.REFETCH):
                 refetch = True
             self._emit(event)
-        if refetch:
+        if refetch or self.tracker.needs_confirmation:
             self._refetch()
 
     async def _on_timeline(self, msg) -> None:
         if msg.reply:
             return  # a request from another consumer
+        # A publication: the leader's, or anyone's who may publish here. What
+        # it claims newer is confirmed by a request before anything changes.
         try:
-            self._adopt(decode_timeline(msg.data, self.cluster))
+            claimed = decode_timeline(msg.data, self.cluster)
         except TimelineError as e:
             self._emit(Event("refused", reason="timeline_" + e.reason))
+            return
+        held = self.timeline
+        if held is not None and claimed.version <= held.version and claimed.term <= held.term:
+            return
+        previous = self._claimed or (claimed.version, claimed.term)
+        self._claimed = (max(previous[0], claimed.version), max(previous[1], claimed.term))
+        self._refetch()
+
+    def _claim_unmet(self) -> bool:
+        """The held timeline is older than what a publication claimed."""
+        if self._claimed is None:
+            return False
+        held = self.timeline
+        return held is None or held.version < self._claimed[0] or held.term < self._claimed[1]
 
     async def _disconnected(self) -> None:
         self._emit(Event("connection", up=False))

@@ -77,6 +77,9 @@ class TrackerTests(unittest.TestCase):
         self.assertEqual(tracker.receive(frame(10), at(10), t), [])
         kinds = [e.kind for e in tracker.receive(frame(13, term=4), at(13), t)]
         self.assertEqual(kinds, ["gap", "leader_changed", "beat"])
+        self.assertEqual(tracker.fence_term, 3, "a frame's own term does not raise the fence")
+        self.assertTrue(tracker.needs_confirmation)
+        tracker.note_timeline(decode_timeline(timeline_message(term=4), "c1"))
         self.assertEqual(tracker.receive(frame(14, term=3), at(14), t)[0].reason, "stale_term")
         self.assertIn("degraded", [e.kind for e in tracker.receive(frame(14, term=4, degraded=True), at(14), t)])
         self.assertIn("mismatch", [e.kind for e in tracker.receive(frame(15, term=4, phase="x"), at(15), t)])
@@ -87,6 +90,32 @@ class TrackerTests(unittest.TestCase):
                              (frame(17).replace(b'"downbeat":false', b'"downbeat":0'), "bad_downbeat"),
                              (frame(17).replace(b'"tempo_bpm":120', b'"tempo_bpm":120.5'), "bad_tempo_bpm")]:
             self.assertEqual(tracker.receive(data, at(17), t)[0].reason, reason, data)
+
+    def test_one_forged_frame_cannot_move_the_consumer(self):
+        t = decode_timeline(timeline_message(), "c1")
+        tracker = FrameTracker("c1")
+        tracker.note_timeline(t)
+        at = lambda k: t.instant_ns(k) + 1_000_000  # noqa: E731
+        self.assertEqual([e.kind for e in tracker.receive(frame(10), at(10), t)], ["beat"])
+        # A copy of the next real frame with term + 8, ahead of it: believed as the
+        # pulse's echo policy would (a beat), but the fence stays where Raft confirmed it.
+        self.assertIn("beat", [e.kind for e in tracker.receive(frame(11, term=11), at(10), t)])
+        self.assertEqual(tracker.fence_term, 3)
+        self.assertEqual([e.kind for e in tracker.receive(frame(12), at(12), t)], ["beat"])
+        # A forged downbeat or phase is a mismatch, not a beat; the real frame then counts.
+        forged = frame(13).replace(b'"downbeat":false', b'"downbeat":true')
+        self.assertEqual([(e.kind, e.reason) for e in tracker.receive(forged, at(13), t)], [("mismatch", "downbeat")])
+        self.assertEqual([e.kind for e in tracker.receive(frame(13), at(13), t)], ["beat"])
+        # A fence above the cluster's term (confirmed earlier, then the cluster restarted
+        # with lower terms): stale refusals repeat, and the next confirmed timeline heals it.
+        tracker.note_timeline(decode_timeline(timeline_message(term=9), "c1"))
+        for k in (14, 15):
+            self.assertEqual(tracker.receive(frame(k), at(k), t)[0].reason, "stale_term")
+        self.assertTrue(tracker.needs_confirmation)
+        tracker.note_timeline(t)
+        self.assertEqual(tracker.fence_term, 3)
+        self.assertEqual([(e.kind, e.missed) for e in tracker.receive(frame(16), at(16), t)],
+                         [("gap", (14, 15)), ("beat", None)])
 
     def test_decode_frame_reads_every_field(self):
         f = decode_frame(frame(8))

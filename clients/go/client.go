@@ -111,6 +111,9 @@ type Client struct {
 	delivery  []int64
 	dropped   uint64
 	refetchCh chan struct{}
+	// claim is what a timeline publication claimed (version, term) that no
+	// reply has confirmed yet; nil when none (issue 20: publications are hints).
+	claim     *timelineClaim
 	done      chan struct{}
 	closeOnce sync.Once
 	wg        sync.WaitGroup
@@ -343,6 +346,32 @@ func (c *Client) FetchTimeline(ctx context.Context) (*Timeline, error) {
 	return c.fetch(timeout)
 }
 
+// timelineClaim is a publication's (version, term), to be confirmed by a reply.
+type timelineClaim struct {
+	version [2]int64
+	term    uint64
+}
+
+// Re-checks (timeline requests caused by frames or publications) run at
+// least recheckInterval apart; a claim the answer does not meet yet is asked
+// again up to claimFollowUps times, claimFollowUpInterval apart.
+const (
+	recheckInterval       = 200 * time.Millisecond
+	claimFollowUps        = 4
+	claimFollowUpInterval = 50 * time.Millisecond
+)
+
+// claimUnmetLocked says the timeline held is older than the claim (c.mu held).
+func (c *Client) claimUnmetLocked() bool {
+	if c.claim == nil {
+		return false
+	}
+	if c.timeline == nil {
+		return true
+	}
+	return olderVersion(c.timeline.Version(), c.claim.version) || c.timeline.Term < c.claim.term
+}
+
 func (c *Client) refetch() {
 	select {
 	case c.refetchCh <- struct{}{}:
@@ -360,15 +389,44 @@ func (c *Client) background() {
 		defer ticker.Stop()
 		tick = ticker.C
 	}
+	var last time.Time
 	for {
 		select {
 		case <-c.done:
 			return
 		case <-tick:
 		case <-c.refetchCh:
+			if wait := recheckInterval - time.Since(last); wait > 0 {
+				select {
+				case <-c.done:
+					return
+				case <-time.After(wait):
+				}
+			}
 		}
+		followUps := 0
 		for attempt := 0; attempt < 30; attempt++ {
-			if _, err := c.fetch(c.opts.RequestTimeout); err == nil || c.nc.IsClosed() {
+			last = time.Now()
+			_, err := c.fetch(c.opts.RequestTimeout)
+			if err == nil {
+				c.mu.Lock()
+				chase := c.claimUnmetLocked() && followUps < claimFollowUps
+				if !chase {
+					c.claim = nil
+				}
+				c.mu.Unlock()
+				if !chase {
+					break
+				}
+				followUps++
+				select {
+				case <-c.done:
+					return
+				case <-time.After(claimFollowUpInterval):
+				}
+				continue
+			}
+			if c.nc.IsClosed() {
 				break
 			}
 			select {
@@ -401,6 +459,7 @@ func (c *Client) onBeat(msg *nats.Msg) {
 		}
 		c.emitLocked(e)
 	}
+	refetch = refetch || c.tracker.NeedsConfirmation()
 	c.mu.Unlock()
 	if refetch {
 		c.refetch()
@@ -418,11 +477,22 @@ func (c *Client) onTimeline(msg *nats.Msg) {
 		c.emitLocked(Event{Kind: EventRefused, Reason: "timeline_" + err.(*TimelineError).Reason})
 		return
 	}
-	held, events := c.tracker.Adopt(t, c.timeline)
-	c.timeline = held
-	for _, e := range events {
-		c.emitLocked(e)
+	// A publication: the leader's, or anyone's who may publish here. What it
+	// claims newer is confirmed by a request (the reply) before anything changes.
+	if held := c.timeline; held != nil && !olderVersion(held.Version(), t.Version()) && t.Term <= held.Term {
+		return
 	}
+	claim := timelineClaim{version: t.Version(), term: t.Term}
+	if c.claim != nil {
+		if olderVersion(claim.version, c.claim.version) {
+			claim.version = c.claim.version
+		}
+		if c.claim.term > claim.term {
+			claim.term = c.claim.term
+		}
+	}
+	c.claim = &claim
+	c.refetch()
 }
 
 // Timeline is the timeline held (nil before the first answer).

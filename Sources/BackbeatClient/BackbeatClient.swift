@@ -57,6 +57,17 @@ public struct BackbeatClientOptions: Sendable {
     public var requestTimeoutMs: Int64
     /// Events kept for a slow consumer (the oldest are dropped beyond it).
     public var eventBuffer: Int
+    /// How long ``BackbeatClient/connect(_:)`` waits for NATS and then for a
+    /// pulse's timeline before it fails with ``BackbeatClientError/noPulse(server:subject:waitedMs:timeoutMs:cause:)``.
+    public var connectTimeoutMs: Int64 = 5000
+    /// How often the clock offset is sampled (a timeline request); 0 turns it off.
+    public var clockSampleIntervalMs: Int64 = 2000
+    /// A file holding an nkey user seed (`SU…`) and that user's public key (`U…`, as in the server's configuration).
+    public var nkey: (seedFile: String, publicKey: String)?
+    /// A client certificate and its key (PEM) for TLS to the server.
+    public var certificate: (certFile: String, keyFile: String)?
+    /// Reads the local wall clock, Unix ns (tests inject a skewed one; default `CLOCK_REALTIME`).
+    public var localClock: (@Sendable () -> Int64)?
 
     public init(
         url: String, clusterId: String = "chorus-aus-01", credentialsFile: String? = nil, caFile: String? = nil,
@@ -73,6 +84,7 @@ public struct BackbeatClientOptions: Sendable {
 
     public var beatSubject: String { "backbeat.\(clusterId).beat" }
     public var timelineSubject: String { "backbeat.\(clusterId).timeline" }
+    public var controlSubject: String { "backbeat.\(clusterId).control" }
 }
 
 public enum BackbeatClientError: Error, Sendable, CustomStringConvertible {
@@ -80,6 +92,9 @@ public enum BackbeatClientError: Error, Sendable, CustomStringConvertible {
     case subscribe(String)
     /// No node answered the timeline request, or the answer was refused.
     case noTimeline(String)
+    /// Connect gave up: no pulse answered on `subject` via `server` within the timeout (or, with
+    /// `subject` empty, no NATS server was reachable).
+    case noPulse(server: String, subject: String, waitedMs: Int64, timeoutMs: Int64, cause: String)
     case closed
 
     public var description: String {
@@ -87,9 +102,33 @@ public enum BackbeatClientError: Error, Sendable, CustomStringConvertible {
         case .connect(let why): return "cannot connect to NATS: \(why)"
         case .subscribe(let why): return "cannot subscribe: \(why)"
         case .noTimeline(let why): return "no timeline: \(why)"
+        case .noPulse(let server, let subject, let waited, let timeout, let cause):
+            let within = "within \(Double(timeout) / 1000) s (waited \(Double(waited) / 1000) s"
+            if subject.isEmpty { return "no NATS server reachable at \(server) \(within)): \(cause)" }
+            return "no pulse answered on \(subject) via \(server) \(within); last: \(cause))"
         case .closed: return "the client is closed"
         }
     }
+}
+
+/// A tempo change the cluster accepted (`202` on `backbeat.<cluster>.control` or `POST /tempo`).
+public struct TempoScheduled: Sendable, Hashable {
+    public var tempoBpm: Int64
+    public var previousBpm: Int64
+    /// The downbeat at which it applies.
+    public var applyAtBeat: Int64
+    /// Its instant as RFC 3339 text.
+    public var applyAt: String
+    public var justification: String
+}
+
+/// The cluster's refusal of a tempo request, unchanged: the HTTP status it
+/// stands for, the machine code (`change_pending`, `out_of_range`, ...) and the sentence.
+public struct TempoRequestRefused: Error, Sendable, Hashable, CustomStringConvertible {
+    public var status: Int
+    public var code: String
+    public var message: String
+    public var description: String { "tempo refused: \(status) \(code): \(message)" }
 }
 
 /// A consumer of one cluster's beat. Create with ``connect(_:)``; call ``close()`` when done.
@@ -119,11 +158,14 @@ public final class BackbeatClient: @unchecked Sendable {
     static let claimFollowUps = 4
     static let claimFollowUpIntervalNs: Int64 = 50_000_000
     private let box: CallbackBox
+    /// Signalled by ``close()`` to stop the clock sampler at once.
+    private let sampler = DispatchSemaphore(value: 0)
 
-    /// Connects, subscribes to the beat and timeline subjects, and fetches
-    /// the timeline (one request). Throws if NATS cannot be reached; a
-    /// timeline request that nobody answers is retried in the background
-    /// (``timeline`` stays nil meanwhile).
+    /// Connects to NATS, fetches the timeline and subscribes to the beat and
+    /// timeline subjects, all within ``BackbeatClientOptions/connectTimeoutMs``;
+    /// when no pulse answers by then it throws one
+    /// ``BackbeatClientError/noPulse(server:subject:waitedMs:timeoutMs:cause:)``
+    /// naming the server, the subject and the wait.
     public static func connect(_ options: BackbeatClientOptions) async throws -> BackbeatClient {
         try await withCheckedThrowingContinuation { (done: CheckedContinuation<BackbeatClient, Error>) in
             // The C client's connect blocks: not on a cooperative thread.
@@ -145,15 +187,42 @@ public final class BackbeatClient: @unchecked Sendable {
         tracker = FrameTracker(clusterId: options.clusterId)
         box = CallbackBox()
         box.client = self
-        try open()
-        if (try? fetchTimeline()) == nil { scheduleRefetch(after: 0.5) }
+        let started = Self.localNs()
+        let deadline = started + options.connectTimeoutMs * 1_000_000
+        try open(deadline: deadline)
+        // The first timeline, asked until the deadline; the subscriptions come
+        // after it (so every frame is judged with it, and our own subscription
+        // on the timeline subject cannot swallow these requests: NATS answers
+        // "no responders" at once while no pulse listens).
+        var last = "no time left to ask"
+        while Self.localNs() < deadline {
+            let remainingMs = (deadline - Self.localNs()) / 1_000_000
+            do {
+                try fetchTimeline(timeoutMs: max(1, min(options.requestTimeoutMs, remainingMs)))
+                last = ""
+                break
+            } catch {
+                last = "\(error)"
+                if case BackbeatClientError.noTimeline(let why) = error, why.contains("Timeout") { continue }
+                usleep(useconds_t(max(0, min(100_000, (deadline - Self.localNs()) / 1000))))
+            }
+        }
+        if !last.isEmpty {
+            let server = connectedUrl()
+            close()
+            throw BackbeatClientError.noPulse(
+                server: server, subject: options.timelineSubject, waitedMs: (Self.localNs() - started) / 1_000_000,
+                timeoutMs: options.connectTimeoutMs, cause: last)
+        }
+        try subscribe()
+        startClockSampler()
     }
 
     deinit { close() }
 
     // MARK: Connection
 
-    private func open() throws {
+    private func open(deadline: Int64) throws {
         var opts: OpaquePointer?
         guard natsOptions_Create(&opts) == NATS_OK else { throw BackbeatClientError.connect("natsOptions_Create") }
         defer { natsOptions_Destroy(opts) }
@@ -169,6 +238,13 @@ public final class BackbeatClient: @unchecked Sendable {
             status = natsOptions_LoadCATrustedCertificates(opts, ca)
             if status == NATS_OK { status = natsOptions_SetSecure(opts, true) }
         }
+        if status == NATS_OK, let nkey = options.nkey {
+            status = natsOptions_SetNKeyFromSeed(opts, nkey.publicKey, nkey.seedFile)
+        }
+        if status == NATS_OK, let certificate = options.certificate {
+            status = natsOptions_LoadCertificatesChain(opts, certificate.certFile, certificate.keyFile)
+            if status == NATS_OK { status = natsOptions_SetSecure(opts, true) }
+        }
         let context = Unmanaged.passUnretained(box).toOpaque()
         if status == NATS_OK {
             status = natsOptions_SetDisconnectedCB(
@@ -179,10 +255,54 @@ public final class BackbeatClient: @unchecked Sendable {
                 opts, { _, closure in CallbackBox.from(closure)?.linkChanged(up: true) }, context)
         }
         guard status == NATS_OK else { throw BackbeatClientError.connect(Self.text(status)) }
+        // NATS itself, retried until the deadline (a server restarting is not a failure yet).
+        let started = Self.localNs()
         var nc: OpaquePointer?
-        status = natsConnection_Connect(&nc, opts)
-        guard status == NATS_OK else { throw BackbeatClientError.connect("\(options.url): \(Self.text(status))") }
+        while true {
+            natsOptions_SetTimeout(opts, max(1, (deadline - Self.localNs()) / 1_000_000))
+            status = natsConnection_Connect(&nc, opts)
+            if status == NATS_OK { break }
+            let cause = Self.text(status) + Self.lastErrorText()
+            if Self.localNs() >= deadline || status == NATS_NOT_PERMITTED
+                || cause.lowercased().contains("authorization")
+            {
+                throw BackbeatClientError.noPulse(
+                    server: options.url, subject: "", waitedMs: (Self.localNs() - started) / 1_000_000,
+                    timeoutMs: options.connectTimeoutMs, cause: cause)
+            }
+            usleep(useconds_t(max(0, min(250_000, (deadline - Self.localNs()) / 1000))))
+        }
+        lock.lock()
         connection = nc
+        lock.unlock()
+    }
+
+    /// The C library's last error text for this thread (": <text>"), or "".
+    private static func lastErrorText() -> String {
+        var status = NATS_OK
+        guard let text = nats_GetLastError(&status) else { return "" }
+        let message = String(cString: text)
+        return message.isEmpty ? "" : ": " + message
+    }
+
+    /// The URL of the server connected to, or the configured list.
+    private func connectedUrl() -> String {
+        lock.lock()
+        let nc = connection
+        lock.unlock()
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard let nc, natsConnection_GetConnectedUrl(nc, &buffer, buffer.count) == NATS_OK, buffer[0] != 0 else {
+            return options.url
+        }
+        return String(cString: buffer)
+    }
+
+    private func subscribe() throws {
+        lock.lock()
+        let nc = connection
+        lock.unlock()
+        let context = Unmanaged.passUnretained(box).toOpaque()
+        var status = NATS_OK
         for (subject, handler) in [
             (options.beatSubject, CallbackBox.beatHandler), (options.timelineSubject, CallbackBox.timelineHandler),
         ] {
@@ -193,7 +313,9 @@ public final class BackbeatClient: @unchecked Sendable {
                 throw BackbeatClientError.subscribe("\(subject): \(Self.text(status))")
             }
             natsSubscription_SetPendingLimits(sub, 65536, 64 << 20)
+            lock.lock()
             subscriptions.append(sub)
+            lock.unlock()
         }
         natsConnection_FlushTimeout(nc, options.requestTimeoutMs)
     }
@@ -218,6 +340,7 @@ public final class BackbeatClient: @unchecked Sendable {
             return
         }
         closed = true
+        sampler.signal()
         let subs = subscriptions
         let nc = connection
         subscriptions = []
@@ -248,14 +371,19 @@ public final class BackbeatClient: @unchecked Sendable {
     /// unless the one held is newer. Blocking; see ``refreshTimeline()``.
     @discardableResult
     public func fetchTimeline() throws -> BeatTimeline {
+        try fetchTimeline(timeoutMs: options.requestTimeoutMs)
+    }
+
+    @discardableResult
+    private func fetchTimeline(timeoutMs: Int64) throws -> BeatTimeline {
         lock.lock()
         let nc = connection
         lock.unlock()
         guard let nc else { throw BackbeatClientError.closed }
         var reply: OpaquePointer?
-        let sentNs = Self.localNs()
-        let status = natsConnection_RequestString(&reply, nc, options.timelineSubject, "{}", options.requestTimeoutMs)
-        let answeredNs = Self.localNs()
+        let sentNs = localNow()
+        let status = natsConnection_RequestString(&reply, nc, options.timelineSubject, "{}", timeoutMs)
+        let answeredNs = localNow()
         guard status == NATS_OK, let reply else { throw BackbeatClientError.noTimeline(Self.text(status)) }
         defer { natsMsg_Destroy(reply) }
         let data = Data(bytes: natsMsg_GetData(reply), count: Int(natsMsg_GetDataLength(reply)))
@@ -280,6 +408,66 @@ public final class BackbeatClient: @unchecked Sendable {
                 do { done.resume(returning: try fetchTimeline()) } catch { done.resume(throwing: error) }
             }
         }
+    }
+
+    /// Samples the clock offset every ``BackbeatClientOptions/clockSampleIntervalMs``
+    /// (a timeline request, adopted as any other) until ``close()``.
+    private func startClockSampler() {
+        let intervalMs = options.clockSampleIntervalMs
+        guard intervalMs > 0 else { return }
+        Thread.detachNewThread { [weak self, sampler] in
+            while sampler.wait(timeout: .now() + .milliseconds(Int(intervalMs))) == .timedOut {
+                guard let self else { return }
+                _ = try? self.fetchTimeline()
+            }
+        }
+    }
+
+    /// Asks the cluster to change the tempo (request/reply on the control
+    /// subject; the leader answers). Returns the scheduled change, or throws
+    /// ``TempoRequestRefused`` with the API's status and code unchanged. `token` is
+    /// the admin token when the cluster has one.
+    public func requestTempo(bpm: Int64, justification: String, token: String? = nil) async throws -> TempoScheduled {
+        var body: [String: Any] = ["tempo_bpm": bpm, "justification": justification]
+        if let token { body["token"] = token }
+        let payload = String(decoding: try JSONSerialization.data(withJSONObject: body), as: UTF8.self)
+        let data: Data = try await withCheckedThrowingContinuation { done in
+            Thread.detachNewThread { [self] in
+                lock.lock()
+                let nc = connection
+                lock.unlock()
+                guard let nc else { return done.resume(throwing: BackbeatClientError.closed) }
+                var reply: OpaquePointer?
+                let status = natsConnection_RequestString(
+                    &reply, nc, options.controlSubject, payload, options.requestTimeoutMs)
+                guard status == NATS_OK, let reply else {
+                    return done.resume(
+                        throwing: BackbeatClientError.noTimeline(
+                            "tempo request on \(options.controlSubject): \(Self.text(status))"))
+                }
+                done.resume(returning: Data(bytes: natsMsg_GetData(reply), count: Int(natsMsg_GetDataLength(reply))))
+                natsMsg_Destroy(reply)
+            }
+        }
+        struct Reply: Decodable {
+            var status: Int?
+            var error: String?
+            var code: String?
+            var tempo_bpm: Int64?
+            var previous_bpm: Int64?
+            var apply_at_beat: Int64?
+            var apply_at: String?
+            var justification: String?
+        }
+        let reply = try JSONDecoder().decode(Reply.self, from: data)
+        guard reply.code == nil, reply.status == 202, let bpm = reply.tempo_bpm, let previous = reply.previous_bpm,
+            let beat = reply.apply_at_beat
+        else {
+            throw TempoRequestRefused(status: reply.status ?? 0, code: reply.code ?? "", message: reply.error ?? "")
+        }
+        return TempoScheduled(
+            tempoBpm: bpm, previousBpm: previous, applyAtBeat: beat, applyAt: reply.apply_at ?? "",
+            justification: reply.justification ?? "")
     }
 
     /// Adopts `timeline`, a reply to our own request (confirmed), if it is
@@ -418,14 +606,26 @@ public final class BackbeatClient: @unchecked Sendable {
         return Int64(ts.tv_sec) &* 1_000_000_000 &+ Int64(ts.tv_nsec)
     }
 
+    /// The local clock as this client reads it (``BackbeatClientOptions/localClock`` or `CLOCK_REALTIME`).
+    public func localNow() -> Int64 { options.localClock?() ?? Self.localNs() }
+
     /// The timeline's clock now: the local clock plus ``clockOffsetNs``.
-    public func now() -> Int64 { Self.localNs() &+ clockOffsetNs }
+    public func now() -> Int64 { localNow() &+ clockOffsetNs }
 
     /// Timeline clock minus local clock, estimated from timeline replies (0 before any).
     public var clockOffsetNs: Int64 {
         lock.lock()
         defer { lock.unlock() }
         return clock.offsetNs
+    }
+
+    /// The clock offset with its error bound: the true offset (to the
+    /// answering node's timeline clock) is within `offsetNs ± boundNs`. Nil before any sample.
+    public var clockOffset: (offsetNs: Int64, boundNs: Int64, samples: Int)? {
+        let local = localNow()
+        lock.lock()
+        defer { lock.unlock() }
+        return clock.estimate(atLocalNs: local).map { ($0.offsetNs, $0.boundNs, clock.taken) }
     }
 
     /// Median arrival − instant of the last frames (nil before any): how late
@@ -456,6 +656,19 @@ public final class BackbeatClient: @unchecked Sendable {
     public func nextBeat(after ns: Int64? = nil) throws -> BeatInfo { try require().nextBeat(after: ns ?? now()) }
     public func nextDownbeat(after ns: Int64? = nil) throws -> BeatInfo {
         try require().nextDownbeat(after: ns ?? now())
+    }
+
+    /// The exact fractional position at `ns` (default now): the beat in progress and how far into it.
+    public func position(at ns: Int64? = nil) throws -> BeatPosition { try require().position(at: ns ?? now()) }
+
+    /// The position at `ns` (default now) as one number of beats (Ableton Link's `beatAtTime`).
+    public func beatAtTime(_ ns: Int64? = nil) throws -> Double { try position(at: ns).beats }
+
+    /// The position at `ns` (default now) within a cycle of `quantum` beats, in `[0, quantum)`
+    /// (Link's `phaseAtTime`); the default quantum is the bar.
+    public func phaseAtTime(_ ns: Int64? = nil, quantum: Int64? = nil) throws -> Double {
+        let timeline = try require()
+        return timeline.position(at: ns ?? now()).phase(quantum: max(1, quantum ?? Int64(timeline.timeline.bar)))
     }
 
     /// Sleeps until the next downbeat's instant (on the timeline clock) and returns it.
@@ -518,9 +731,9 @@ private final class CallbackBox: @unchecked Sendable {
     }
 
     static let beatHandler: natsMsgHandler = { _, _, msg, closure in
-        let localNs = BackbeatClient.localNs()
         defer { natsMsg_Destroy(msg) }
         guard let client = from(closure), let data = natsMsg_GetData(msg) else { return }
+        let localNs = client.localNow()
         client.received(
             beat: UnsafeRawBufferPointer(start: data, count: Int(natsMsg_GetDataLength(msg))), localNs: localNs)
     }
@@ -538,8 +751,13 @@ private final class CallbackBox: @unchecked Sendable {
 /// below half the round trip. The sample with the smallest round trip of the
 /// last 8 wins.
 struct ClockOffsetEstimator {
-    private var samples: [(rttNs: Int64, offsetNs: Int64)] = []
+    private var samples: [(rttNs: Int64, offsetNs: Int64, takenNs: Int64)] = []
+    private var best: (rttNs: Int64, offsetNs: Int64, takenNs: Int64)?
     private(set) var offsetNs: Int64 = 0
+    /// Samples taken since the start.
+    private(set) var taken = 0
+    /// Drift allowed between two clocks: 200 ppm.
+    static let driftPerSecondNs: Int64 = 200_000
 
     mutating func add(sentLocalNs: Int64, answeredLocalNs: Int64, serverNs: Int64) {
         let rtt = answeredLocalNs &- sentLocalNs
@@ -548,9 +766,20 @@ struct ClockOffsetEstimator {
         let (offset, overflow) = serverNs.subtractingReportingOverflow(mid)
         // A node's clock more than a minute off is not believed.
         guard !overflow, offset.magnitude < 60_000_000_000 else { return }
-        samples.append((rtt, offset))
+        taken += 1
+        samples.append((rtt, offset, answeredLocalNs))
         if samples.count > 8 { samples.removeFirst() }
-        offsetNs = samples.min { $0.rttNs < $1.rttNs }!.offsetNs
+        best = samples.min { $0.rttNs < $1.rttNs }
+        offsetNs = best!.offsetNs
+    }
+
+    /// The offset and its bound at local time `now`: the reply's stamp lies
+    /// between send and receive, so half the round trip (rounded up), plus
+    /// the drift allowed since the sample (at least one second's worth).
+    func estimate(atLocalNs now: Int64) -> (offsetNs: Int64, boundNs: Int64)? {
+        guard let best else { return nil }
+        let ageSeconds = max(0, now &- best.takenNs) / 1_000_000_000
+        return (best.offsetNs, (best.rttNs + 1) / 2 + (ageSeconds + 1) * Self.driftPerSecondNs)
     }
 }
 

@@ -209,6 +209,15 @@ public struct BeatTimeline: Sendable, Hashable {
     /// The beat in progress at `ns` (the last whose instant is ≤ `ns`).
     public func beat(at ns: Int64) -> Int64 { timeline.beat(atOrBeforeNs: ns) }
 
+    /// The exact fractional position at `ns`: the beat in progress, the ns into it and its length.
+    public func position(at ns: Int64) -> BeatPosition { timeline.position(atNs: ns) }
+
+    /// The position at `ns` as one number of beats (Ableton Link's `beatAtTime`).
+    public func beatAtTime(_ ns: Int64) -> Double { position(at: ns).beats }
+
+    /// The position at `ns` within a cycle of `quantum` beats, in `[0, quantum)` (Link's `phaseAtTime`).
+    public func phaseAtTime(_ ns: Int64, quantum: Int64) -> Double { position(at: ns).phase(quantum: quantum) }
+
     /// Instant of beat `k`, Unix ns (exact, as the pulse computes it).
     public func instantNs(ofBeat k: Int64) -> Int64 { timeline.instantNs(ofBeat: k) }
 

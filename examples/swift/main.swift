@@ -2,19 +2,24 @@
 //   beat 42 · work · window 3f2a… · next downbeat in 1.25 s
 // and the events (gaps, leader and tempo changes, degraded frames).
 //
-//   swift run backbeat-example [nats://127.0.0.1:4222] [cluster]
+// When no pulse answers it prints one line naming the server, the subject
+// and the wait, and exits 1.
+//
+//   swift run backbeat-example [nats://127.0.0.1:4222] [cluster] [timeout seconds, default 5]
 import BackbeatClient
 import Foundation
 
 let arguments = CommandLine.arguments
 let url = arguments.count > 1 ? arguments[1] : "nats://127.0.0.1:4222"
 let cluster = arguments.count > 2 ? arguments[2] : "chorus-aus-01"
+var options = BackbeatClientOptions(url: url, clusterId: cluster)
+if arguments.count > 3, let seconds = Double(arguments[3]) { options.connectTimeoutMs = Int64(seconds * 1000) }
 
 /// One line, written at once (unbuffered, so a pipe sees it live).
 func say(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
 
 do {
-    let client = try await BackbeatClient.connect(BackbeatClientOptions(url: url, clusterId: cluster))
+    let client = try await BackbeatClient.connect(options)
     if let now = try? client.beat() {
         // A late joiner knows where the beat is before any frame arrives.
         say("joined at beat \(now.index) · \(now.phase) (timeline from \(client.timeline?.nodeId ?? "?"))")

@@ -107,14 +107,15 @@ final class NatsServerProcess {
     private let process = Process()
     var url: String { "nats://127.0.0.1:\(port)" }
 
-    init() throws {
+    /// nats-server on a free loopback port; `arguments` are added (e.g. `-c conf`).
+    init(arguments: [String] = []) throws {
         let binary =
             ProcessInfo.processInfo.environment["NATS_SERVER"]
             ?? ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"].first {
                 FileManager.default.isExecutableFile(atPath: $0)
             } ?? "nats-server"
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["-a", "127.0.0.1", "-p", "\(port)"]
+        process.arguments = ["-a", "127.0.0.1", "-p", "\(port)"] + arguments
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()

@@ -1,7 +1,7 @@
 // Bench/Args.swift — the command line: a small, strict hand-written parser.
 //
 // `Bench [--seconds N] [--bpm N] [--scenarios LIST] [--nats URL] [--cpu N]
-//        [--json FILE] [--html FILE]`
+//        [--json FILE] [--html FILE] [--allow-debug]`
 // Every flag takes one or two dashes and `--flag value` or `--flag=value`.
 // An unknown flag or a bad value is one line on stderr and exit status 2.
 
@@ -20,6 +20,8 @@ struct BenchOptions {
     var cpu: Int? = nil
     var jsonPath: String? = nil
     var htmlPath: String? = nil
+    /// Measure a debug build of pulse too (refused otherwise).
+    var allowDebug = false
 }
 
 let usageText = """
@@ -32,6 +34,9 @@ let usageText = """
       --cpu N           core for the pulse, the floors and the baseline (default: the last core)
       --json FILE       write the report as JSON
       --html FILE       write a self-contained HTML page with CDF plots
+      --allow-debug     measure a debug build of pulse (refused otherwise: its timings judge nothing)
+    The pulse measured: PULSE_BINARY, else the package's release build (built first when needed).
+    Exit status: 0 when every scenario ran, 1 when one could not, 2 for bad arguments.
     """
 
 /// Exits 2 with one line on stderr.
@@ -57,6 +62,10 @@ func parseArguments(_ argv: [String]) -> BenchOptions {
             exit(0)
         }
         guard arg.hasPrefix("-") else { usageError("unexpected argument '\(arg)'") }
+        if ["-allow-debug", "--allow-debug"].contains(arg) {
+            options.allowDebug = true
+            continue
+        }
         var name = String(arg.drop(while: { $0 == "-" }))
         var value: String? = nil
         if let eq = name.firstIndex(of: "=") {

@@ -143,7 +143,7 @@ struct BenchReport {
         o +=
             "pulse: cpu \(c.cpu), " + (c.priority > 0 ? "SCHED_FIFO \(c.priority)" : "no real-time priority")
             + (c.mlock ? ", mlock" : "") + "; nats-server \(c.natsURL); \(c.options.seconds) s per run and per floor\n"
-        o += "pulse binary: \(c.pulsePath)\n"
+        o += "pulse binary: \(c.pulsePath) — \(c.pulse.version), \(c.pulse.mode) build (\(c.pulse.origin))\n"
         let tools = ["cyclictest", "stress-ng", "wrk", "perf", "valgrind"].map {
             "\($0) \(c.tool($0) == nil ? "MISSING" : "ok")"
         }

@@ -28,18 +28,20 @@ final class BenchContext {
     var mlock = true
     let tempDir: String
     let pulsePath: String
+    let pulse: PulseBinary
     var natsURL = ""
     var notes: [String] = []
     let tools: [String: String?]
 
-    init(options: BenchOptions) {
+    init(options: BenchOptions, pulse: PulseBinary) {
         self.options = options
         let n = onlineCPUs()
         cpu = options.cpu ?? (n - 1)
         otherCPUs = (0..<n).filter { $0 != (options.cpu ?? (n - 1)) }
         tempDir = makeTempDir("run")
-        // The release `pulse` beside this binary; PULSE_BINARY overrides (e.g. a build of another commit).
-        pulsePath = ProcessInfo.processInfo.environment["PULSE_BINARY"] ?? (executableDirectory() + "/pulse")
+        // Resolved (and built when needed) by resolvePulseBinary: PulseBinary.swift.
+        pulsePath = pulse.path
+        self.pulse = pulse
         var tools: [String: String?] = [:]
         for t in ["cyclictest", "stress-ng", "wrk", "nats-server", "perf", "valgrind"] { tools[t] = findTool(t) }
         self.tools = tools

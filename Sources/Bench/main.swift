@@ -19,9 +19,19 @@ let argv = Array(CommandLine.arguments.dropFirst())
 if argv.first == "__baseline" { baselineChildMain(Array(argv.dropFirst())) }
 
 let options = parseArguments(argv)
+func log(_ s: String) { fputs("Bench: \(s)\n", stderr) }
+let pulseBinary: PulseBinary
+do {
+    pulseBinary = try resolvePulseBinary(
+        environment: ProcessInfo.processInfo.environment, allowDebug: options.allowDebug, log: log)
+} catch {
+    log("error: \(error)")
+    exit(1)
+}
+log("measuring \(pulseBinary.path): \(pulseBinary.version), a \(pulseBinary.mode) build (\(pulseBinary.origin))")
 installChildCleanup()
 let started = cloop_monotonic_ns()
-let ctx = BenchContext(options: options)
+let ctx = BenchContext(options: options, pulse: pulseBinary)
 guard ctx.cpu < onlineCPUs() else { usageError("--cpu \(ctx.cpu): this machine has \(onlineCPUs()) cores") }
 // Bench itself (and what it starts: nats-server, stress-ng, wrk, the
 // subscriber's threads) stays off the pulse's core; the pulse, the floors and
@@ -29,8 +39,6 @@ guard ctx.cpu < onlineCPUs() else { usageError("--cpu \(ctx.cpu): this machine h
 if let other = ctx.otherCPUs.first, !pinCurrentThread(to: other) {
     ctx.notes.append("could not pin Bench itself to cpu \(other)")
 }
-
-func log(_ s: String) { fputs("Bench: \(s)\n", stderr) }
 
 func shell(_ path: String, _ args: [String]) -> String? {
     guard let child = try? Child(name: path, path: path, arguments: args, outputPath: ctx.tempDir + "/cmd.out") else {
@@ -76,10 +84,14 @@ if needsNats {
     }
 }
 
+/// Scenarios that could not run; any makes the exit status 1.
+var failedScenarios: [String] = []
+
 func attempt(_ name: String, _ body: () throws -> Void) {
     do { try body() } catch {
         ctx.notes.append("\(name) failed: \(error)")
         log("\(name) failed: \(error)")
+        failedScenarios.append(name)
     }
 }
 
@@ -190,4 +202,8 @@ if let path = options.htmlPath {
 }
 try? FileManager.default.removeItem(atPath: ctx.tempDir)
 killAllChildren()
+if !failedScenarios.isEmpty {
+    log("error: \(failedScenarios.count) scenario(s) could not run: \(failedScenarios.joined(separator: ", "))")
+    exit(1)
+}
 exit(0)

@@ -140,7 +140,7 @@ final class OpsConfigTests: XCTestCase {
             XCTAssertEqual(line, BuildInfo.line)
             XCTAssertTrue(
                 line.range(
-                    of: #"^pulse \d+\.\d+\.\d+ \(commit [0-9a-zA-Z._-]+, Swift \d+\.\d+\+?\)$"#,
+                    of: #"^pulse \d+\.\d+\.\d+ \(commit [0-9a-zA-Z._-]+, Swift \d+\.\d+\+?, (debug|release)\)$"#,
                     options: .regularExpression)
                     != nil, line)
             XCTAssertFalse(line.contains("/"), "no machine path: \(line)")

@@ -14,7 +14,6 @@
 // repeated option, so a flag wins by position. Each such value is parsed on
 // its own first, so a bad one is refused naming its variable.
 import ArgumentParser
-import CLoop
 import Foundation
 import Glibc
 
@@ -113,7 +112,7 @@ struct PulseConfig: Sendable {
         _ = try NatsLink.serverList(natsURL)  // one line naming the bad entry
         if let cpu, !Self.allowedCPUs().contains(cpu) {
             let allowed = Self.allowedCPUs().map(String.init).joined(separator: ",")
-            try fail("-cpu \(cpu) is not a CPU this process may run on (\(allowed))")
+            try fail("-cpu \(cpu) is not an online CPU (\(allowed))")
         }
         if !(0...99).contains(rtPriority) { try fail("-rt-priority must be 0 (off) or 1...99 (got \(rtPriority))") }
         if !(0...100_000).contains(spinMaxUs) {
@@ -213,16 +212,31 @@ struct PulseConfig: Sendable {
         }
     }
 
-    /// The CPUs this process may run on (sched_getaffinity: a container's
-    /// cpuset, `taskset`), which need not start at 0 or be contiguous.
+    /// The online CPUs (/sys/devices/system/cpu/online, e.g. `0-3,8`), which
+    /// need not start at 0 or be contiguous (a container's cpuset names real
+    /// CPU numbers). Whether this process may use one is for the pinning
+    /// itself to say (sched_setaffinity, at start-up, one line if refused);
+    /// the affinity mask is not the test, since a parent pinned elsewhere
+    /// (Bench, taskset) may start a pulse meant for another core.
     static func allowedCPUs() -> [Int] {
-        var placement = cloop_placement_t()
-        guard cloop_placement_save(&placement) == 0 else {
-            return Array(0..<ProcessInfo.processInfo.activeProcessorCount)
+        let text = (try? String(contentsOfFile: "/sys/devices/system/cpu/online", encoding: .utf8)) ?? ""
+        let cpus = parseCPUList(text)
+        return cpus.isEmpty ? Array(0..<ProcessInfo.processInfo.activeProcessorCount) : cpus
+    }
+
+    /// A kernel CPU list (`0-3,8,10-11`) to its CPUs; [] when malformed. Pure.
+    static func parseCPUList(_ text: String) -> [Int] {
+        var cpus: [Int] = []
+        for part in text.trimmingCharacters(in: .whitespacesAndNewlines).split(
+            separator: ",", omittingEmptySubsequences: false)
+        {
+            let bounds = part.split(separator: "-", omittingEmptySubsequences: false).map { Int($0) }
+            guard (1...2).contains(bounds.count), let low = bounds[0], let high = bounds.last!, low <= high,
+                low >= 0, high < 4096
+            else { return [] }
+            cpus += Array(low...high)
         }
-        return withUnsafeBytes(of: &placement.mask) { bytes in
-            (0..<(bytes.count * 8)).filter { bytes[$0 / 8] & (1 << ($0 % 8)) != 0 }
-        }
+        return cpus
     }
 
     /// A small file's contents (credentials), bounded to 64 KiB.

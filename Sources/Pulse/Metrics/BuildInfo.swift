@@ -27,6 +27,16 @@ public enum BuildInfo {
         #endif
     }()
 
+    /// How it was compiled: "debug" or "release" (SwiftPM defines DEBUG in
+    /// debug builds). Bench refuses to judge a debug build by its timings.
+    public static let mode: String = {
+        #if DEBUG
+            return "debug"
+        #else
+            return "release"
+        #endif
+    }()
+
     /// `pulse --version`'s line.
-    public static var line: String { "pulse \(version) (commit \(commit), Swift \(swift))" }
+    public static var line: String { "pulse \(version) (commit \(commit), Swift \(swift), \(mode))" }
 }

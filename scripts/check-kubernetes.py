@@ -99,6 +99,8 @@ def invariants(docs, overlay=None):
     claims = [c["metadata"]["name"] for c in spec.get("volumeClaimTemplates", [])]
     mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
     rule(len(claims) == 1 and claims[0] in mounts, "one volume claim per pod, mounted in the container")
+    rule(pod.get("securityContext", {}).get("fsGroupChangePolicy") == "OnRootMismatch",
+         "fsGroupChangePolicy: OnRootMismatch (a recursive g+rw would make the data dir group-writable: refused)")
     rule(bool(claims) and claims[0] in mounts and flags.get("data-dir", "").startswith(mounts[claims[0]] + "/"),
          "-data-dir must be inside the claimed volume")
 

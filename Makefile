@@ -116,6 +116,7 @@ test-python: build
 	$(VENV)/bin/python clients/python/tests/test_timeline.py
 	$(VENV)/bin/python clients/python/tests/test_vectors.py
 	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(VENV)/bin/python clients/python/tests/test_live.py
+	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(VENV)/bin/python clients/python/tests/test_api.py
 	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(VENV)/bin/python clients/python/tests/test_forged.py
 
 # The Go client (clients/go, on nats.go) offline, with what Debian ships:

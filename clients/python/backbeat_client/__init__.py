@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Optional
 
 __all__ = [
-    "Timeline", "BeatInfo", "BeatPosition", "Frame", "FrameError", "TimelineError", "FrameTracker", "Event", "BackbeatClient",
-    "decode_frame", "decode_timeline",
+    "Timeline", "BeatInfo", "BeatPosition", "Frame", "FrameError", "TimelineError", "FrameTracker", "Event",
+    "BackbeatClient", "NoPulseError", "TempoScheduled", "TempoRefused", "decode_frame", "decode_timeline",
 ]
 
 NS_PER_MINUTE = 60_000_000_000
@@ -739,16 +739,56 @@ def disagreement(frame: Frame, timeline: Timeline) -> Optional[str]:
     return None
 
 
+class NoPulseError(Exception):
+    """`connect` gave up: no pulse answered on `subject` via `server` within
+    the timeout (or, with `subject` empty, no NATS server was reachable)."""
+
+    def __init__(self, server: str, subject: str, waited_s: float, timeout_s: float, cause: str):
+        within = f"within {timeout_s:g} s (waited {waited_s:.3f} s"
+        if subject:
+            text = f"no pulse answered on {subject} via {server} {within}; last: {cause})"
+        else:
+            text = f"no NATS server reachable at {server} {within}): {cause}"
+        super().__init__(text)
+        self.server, self.subject, self.waited_s, self.timeout_s, self.cause = server, subject, waited_s, timeout_s, cause
+
+
+@dataclass(frozen=True)
+class TempoScheduled:
+    """A tempo change the cluster accepted (202)."""
+    tempo_bpm: int
+    previous_bpm: int
+    apply_at_beat: int
+    apply_at: str
+    justification: str
+
+
+class TempoRefused(Exception):
+    """The cluster's refusal of a tempo request, unchanged: the HTTP status it
+    stands for, the machine code (`change_pending`, `out_of_range`, ...) and the sentence."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"tempo refused: {status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+DRIFT_PER_SECOND_NS = 200_000  # drift allowed between two clocks: 200 ppm
+
+
 class BackbeatClient:
     """A consumer of one cluster's beat over NATS (nats-py). Use `connect`."""
 
-    def __init__(self, nc, cluster: str, request_timeout: float):
+    def __init__(self, nc, cluster: str, request_timeout: float, local_clock=None):
         self.nc = nc
         self.cluster = cluster
         self.request_timeout = request_timeout
         self.timeline: Optional[Timeline] = None
         self.tracker = FrameTracker(cluster)
         self.clock_offset_ns = 0
+        self.clock_samples_taken = 0
+        self._local_clock = local_clock or time.time_ns
+        self._sampler = None
+        self._last_error = ""
         self._clock_samples: list = []
         self._delivery: list = []
         self._queue: asyncio.Queue = asyncio.Queue(maxsize=4096)
@@ -761,23 +801,90 @@ class BackbeatClient:
 
     @classmethod
     async def connect(cls, servers, cluster: str = "chorus-aus-01", request_timeout: float = 2.0,
+                      connect_timeout: float = 5.0, clock_sample_interval: float = 2.0, local_clock=None,
                       **nats_options) -> "BackbeatClient":
-        """Connects (nats-py options pass through: user_credentials, tls, ...),
-        subscribes, and fetches the timeline once (one round trip)."""
+        """Connects (nats-py options pass through: user_credentials, nkeys_seed, tls, ...), fetches the
+        timeline and subscribes, all within `connect_timeout` seconds; otherwise raises one
+        NoPulseError naming the server, the subject and the wait. The clock offset is then sampled
+        every `clock_sample_interval` seconds (0: never). `local_clock` (ns) is for tests."""
         import nats
-        client = cls(None, cluster, request_timeout)
-        client.nc = await nats.connect(
-            servers, max_reconnect_attempts=-1, reconnect_time_wait=0.25,
-            disconnected_cb=client._disconnected, reconnected_cb=client._reconnected, **nats_options)
-        client._subs.append(await client.nc.subscribe(f"backbeat.{cluster}.beat", cb=client._on_beat))
-        client._subs.append(await client.nc.subscribe(f"backbeat.{cluster}.timeline", cb=client._on_timeline))
+        from nats.errors import NoServersError
+        client = cls(None, cluster, request_timeout, local_clock)
+        started = time.monotonic()
+        deadline = started + connect_timeout
+        listed = servers if isinstance(servers, str) else ",".join(servers)
+        # NATS itself, until the deadline (nats-py retries the servers, reconnect_time_wait apart).
         try:
-            await client.fetch_timeline()
-        except Exception:
-            client._refetch()
+            client.nc = await asyncio.wait_for(nats.connect(
+                servers, max_reconnect_attempts=-1, reconnect_time_wait=0.25, allow_reconnect=True,
+                connect_timeout=max(0.05, min(2.0, connect_timeout)), disconnected_cb=client._disconnected,
+                reconnected_cb=client._reconnected, error_cb=client._error, **nats_options), connect_timeout)
+        except (NoServersError, OSError, asyncio.TimeoutError) as e:
+            cause = client._last_error or str(e) or type(e).__name__
+            raise NoPulseError(listed, "", time.monotonic() - started, connect_timeout, cause) from None
+        # The first timeline, then the subscriptions (every frame is judged with it, and our own
+        # subscription cannot swallow these requests: NATS answers "no responders" at once).
+        subject = f"backbeat.{cluster}.timeline"
+        last = "no time left to ask"
+        while time.monotonic() < deadline:
+            try:
+                await client.fetch_timeline(timeout=max(0.001, min(request_timeout, deadline - time.monotonic())))
+                last = ""
+                break
+            except asyncio.TimeoutError:
+                last = "timeout"
+            except Exception as e:  # no responders, a node without a committed timeline yet
+                last = str(e) or type(e).__name__
+                await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        if last:
+            server = client.nc.connected_url.geturl() if client.nc.connected_url else listed
+            await client.nc.close()
+            raise NoPulseError(server, subject, time.monotonic() - started, connect_timeout, last)
+        client._subs.append(await client.nc.subscribe(f"backbeat.{cluster}.beat", cb=client._on_beat))
+        client._subs.append(await client.nc.subscribe(subject, cb=client._on_timeline))
+        if clock_sample_interval > 0:
+            client._sampler = asyncio.get_running_loop().create_task(client._sample_clock(clock_sample_interval))
         return client
 
+    async def _sample_clock(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.fetch_timeline()
+            except Exception:
+                pass  # asked again next time
+
+    async def _error(self, e) -> None:
+        self._last_error = str(e) or type(e).__name__  # the cause connect's NoPulseError names
+
+    async def request_tempo(self, bpm: int, justification: str, token: Optional[str] = None) -> TempoScheduled:
+        """Asks the cluster to change the tempo (request/reply on the control subject; the leader
+        answers). Returns the scheduled change, or raises TempoRefused with the API's status and code
+        unchanged. `token` is the admin token when the cluster has one."""
+        body = {"tempo_bpm": bpm, "justification": justification}
+        if token is not None:
+            body["token"] = token
+        msg = await self.nc.request(f"backbeat.{self.cluster}.control", json.dumps(body).encode(),
+                                    timeout=self.request_timeout)
+        reply = json.loads(msg.data)
+        if reply.get("status") != 202 or "code" in reply:
+            raise TempoRefused(reply.get("status", 0), reply.get("code", ""), reply.get("error", ""))
+        return TempoScheduled(reply["tempo_bpm"], reply["previous_bpm"], reply["apply_at_beat"],
+                              reply.get("apply_at", ""), reply.get("justification", ""))
+
+    def clock_offset(self) -> Optional[tuple]:
+        """(offset_ns, bound_ns, samples): the true offset to the answering node's timeline clock is
+        within offset ± bound (half the best sample's round trip, plus 200 ppm drift since it was
+        taken); None before any sample."""
+        if not self._clock_samples:
+            return None
+        rtt, offset, taken = min(self._clock_samples)
+        age_s = max(0, self._local_clock() - taken) // 1_000_000_000
+        return offset, (rtt + 1) // 2 + (age_s + 1) * DRIFT_PER_SECOND_NS, self.clock_samples_taken
+
     async def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
         await self.nc.close()
         self._emit(Event("closed"))
 
@@ -787,7 +894,7 @@ class BackbeatClient:
 
     def now(self) -> int:
         """The timeline's clock: local wall clock plus the measured offset."""
-        return time.time_ns() + self.clock_offset_ns
+        return self._local_clock() + self.clock_offset_ns
 
     @property
     def delivery_offset_ns(self) -> Optional[int]:
@@ -796,15 +903,17 @@ class BackbeatClient:
             return None
         return sorted(self._delivery)[len(self._delivery) // 2]
 
-    async def fetch_timeline(self) -> Timeline:
-        sent = time.time_ns()
-        msg = await self.nc.request(f"backbeat.{self.cluster}.timeline", b"{}", timeout=self.request_timeout)
-        answered = time.time_ns()
+    async def fetch_timeline(self, timeout: Optional[float] = None) -> Timeline:
+        sent = self._local_clock()
+        msg = await self.nc.request(f"backbeat.{self.cluster}.timeline", b"{}",
+                                    timeout=self.request_timeout if timeout is None else timeout)
+        answered = self._local_clock()
         timeline = decode_timeline(msg.data, self.cluster)
         rtt = answered - sent
         offset = timeline.now_ns - (sent + rtt // 2)
         if 0 <= rtt < 10_000_000_000 and abs(offset) < 60_000_000_000 and timeline.now_ns > 0:
-            self._clock_samples = (self._clock_samples + [(rtt, offset)])[-8:]
+            self.clock_samples_taken += 1
+            self._clock_samples = (self._clock_samples + [(rtt, offset, answered)])[-8:]
             self.clock_offset_ns = min(self._clock_samples)[1]
         self._adopt(timeline)
         return self.timeline
@@ -859,7 +968,7 @@ class BackbeatClient:
         self._queue.put_nowait(event)
 
     async def _on_beat(self, msg) -> None:
-        received = time.time_ns() + self.clock_offset_ns
+        received = self._local_clock() + self.clock_offset_ns
         events = self.tracker.receive(msg.data, received, self.timeline)
         refetch = self.timeline is None
         for event in events:
@@ -934,6 +1043,19 @@ class BackbeatClient:
 
     def next_downbeat(self, after: Optional[int] = None) -> BeatInfo:
         return self._t().next_downbeat(self.now() if after is None else after)
+
+    def position(self, at: Optional[int] = None) -> BeatPosition:
+        """The exact fractional position: the beat in progress, the ns into it and its length."""
+        return self._t().position(self.now() if at is None else at)
+
+    def beat_at_time(self, at: Optional[int] = None) -> float:
+        """The position as one number of beats (Ableton Link's beatAtTime)."""
+        return self.position(at).beats
+
+    def phase_at_time(self, at: Optional[int] = None, quantum: Optional[int] = None) -> float:
+        """The position within a cycle of `quantum` beats (default the bar), in [0, quantum) (Link's phaseAtTime)."""
+        t = self._t()
+        return t.position(self.now() if at is None else at).phase(quantum or t.bar)
 
     async def wait_for_next_downbeat(self) -> BeatInfo:
         return await self._wait(lambda t, now: t.next_downbeat(now))

@@ -11,16 +11,20 @@ error bound, sampled continuously. Bounded: the run stops after 60 s.
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+
+import jsonschema
+import nats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
 from backbeat_client import BackbeatClient, BeatPosition, NoPulseError, TempoRefused  # noqa: E402
-from test_live import CLUSTER, Cluster, free_port, http  # noqa: E402
+from test_live import CLUSTER, Cluster, free_port, http, schemas  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 SKEW_NS = 1_500_000_000
@@ -54,7 +58,85 @@ async def no_pulse(url, failures):
         failures.append(f"example: exit {example.returncode}, stderr {example.stderr!r}")
 
 
+def check_asyncapi(observed, failures):
+    """Every message seen live matches one the AsyncAPI document lists for its subject and role
+    (a publication: a receive operation's messages; a request: a send operation's; a reply: that
+    send operation's reply messages), and every operation was seen at least once."""
+    with open(os.path.join(ROOT, "docs", "asyncapi.json")) as f:
+        doc = json.load(f)
+    validators = schemas()
+
+    def follow(ref):
+        node = {"$ref": ref}
+        while "$ref" in node and node["$ref"].startswith("#/"):
+            target = doc
+            for part in node["$ref"][2:].split("/"):
+                target = target[part]
+            node = target
+        return node
+
+    def valid(payload, message):
+        schema = message["payload"]
+        if "$ref" in schema:
+            validator = validators[os.path.basename(schema["$ref"])]
+        else:
+            validator = jsonschema.Draft202012Validator(schema)
+        return validator.is_valid(payload)
+
+    seen_ops = set()
+    for subject, role, data in observed:
+        payload = json.loads(data)
+        matched = False
+        for name, op in doc["operations"].items():
+            address = follow(op["channel"]["$ref"])["address"].replace("{cluster}", CLUSTER)
+            if address != subject:
+                continue
+            if role == "publication" and op["action"] == "receive":
+                candidates = op["messages"]
+            elif role == "request" and op["action"] == "send":
+                candidates = op["messages"]
+            elif role == "reply" and op["action"] == "send" and "reply" in op:
+                candidates = op["reply"]["messages"]
+            else:
+                continue
+            if any(valid(payload, follow(m["$ref"])) for m in candidates):
+                matched = True
+                seen_ops.add(name)
+        if not matched:
+            failures.append(f"asyncapi: a {role} on {subject} matches no message listed for it: {data[:200]!r}")
+    missing = set(doc["operations"]) - seen_ops
+    if missing:
+        failures.append(f"asyncapi: operations never seen live: {sorted(missing)}")
+    print(f"asyncapi: {len(observed)} live messages checked, operations seen: {sorted(seen_ops)}")
+
+    # The error table of docs/protocol.md: every code in the schema's enum, and every refusal seen
+    # live (control replies here, HTTP answers in api()) has its row with the same status.
+    with open(os.path.join(ROOT, "docs", "protocol.md")) as f:
+        rows = {(code, status) for code, status in re.findall(r"^\| `([a-z_]+)` \| (\d+|any) \|", f.read(), re.M)}
+    enum = set(validators["error.v1.json"].schema["properties"]["code"]["enum"])
+    if not rows or {code for code, _ in rows} - enum:
+        failures.append(f"protocol.md codes not in the error schema: {sorted({c for c, _ in rows} - enum)}")
+    replies = [json.loads(d) for _, role, d in observed if role == "reply"]
+    answered = {(o["code"], str(o["status"])) for o in replies if "code" in o and "status" in o}
+    for pair in sorted(answered | REFUSALS_SEEN):
+        if pair not in rows:
+            failures.append(f"protocol.md has no row for {pair[0]} with status {pair[1]}")
+    for o in replies:  # timeline error replies carry no status: the code must have a row
+        if "code" in o and "status" not in o and o["code"] not in {code for code, _ in rows}:
+            failures.append(f"protocol.md has no row for {o['code']}")
+    print(f"protocol.md: {len(rows)} error rows; live refusals {sorted(answered | REFUSALS_SEEN)} match")
+
+
+REFUSALS_SEEN = set()  # (code, status) answered over HTTP and NATS in api()
+
+
 async def api(cluster, leader, failures):
+    observed = []  # (subject, role, bytes) for check_asyncapi
+    raw = await nats.connect(cluster.url)
+    for name in ("beat", "timeline", "control"):
+        async def seen(msg, name=name):
+            observed.append((msg.subject, "request" if msg.reply else "publication", msg.data))
+        await raw.subscribe(f"backbeat.{CLUSTER}.{name}", cb=seen)
     client = await BackbeatClient.connect(cluster.url, cluster=CLUSTER, connect_timeout=10,
                                           clock_sample_interval=0.2, local_clock=lambda: time.time_ns() + SKEW_NS)
     scheduled = await client.request_tempo(252, "python client test")
@@ -72,6 +154,7 @@ async def api(cluster, leader, failures):
             code = json.loads(body).get("code") if body else None
             if (e.status, e.code) != (status, code) or not e.code:
                 failures.append(f"{bpm}: NATS refusal {e.status} {e.code}, HTTP {status} {code}")
+            REFUSALS_SEEN.update({(e.code, str(e.status)), (str(code), str(status))})
     changed, beats = None, 0
     async for event in client.events():
         if event.kind == "tempo_changed":
@@ -107,7 +190,16 @@ async def api(cluster, leader, failures):
     if client.clock_offset()[2] - samples < 5:
         failures.append(f"only {client.clock_offset()[2] - samples} clock samples in 2 s (want one every 200 ms)")
     print(f"python client: clock offset {offset} ± {bound} ns (true {-SKEW_NS})")
+    # Replies, as a requester sees them: a timeline, an error, a refusal and an acceptance.
+    for subject, body in ((f"backbeat.{CLUSTER}.timeline", b"{}"), (f"backbeat.{CLUSTER}.timeline", b'{"pad":"' + b"x" * 2000 + b'"}'),
+                          (f"backbeat.{CLUSTER}.control", b'{"tempo_bpm":1000,"justification":"raw"}'),
+                          (f"backbeat.{CLUSTER}.control", b'{"tempo_bpm":240,"justification":"raw"}')):
+        reply = await raw.request(subject, body, timeout=2)
+        observed.append((subject, "reply", reply.data))
+    await asyncio.sleep(0.2)
     await client.close()
+    await raw.close()
+    check_asyncapi(observed, failures)
 
 
 def main():

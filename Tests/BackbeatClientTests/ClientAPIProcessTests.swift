@@ -68,12 +68,7 @@ final class ClientAPIProcessTests: XCTestCase {
         let nats = try NatsServerProcess()
         let dir = Proc.tempDir("api")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let admin = Proc.freePort()
-        let node = try PulseNodeProcess(
-            arguments: [
-                "-bootstrap", "-bpm", "240", "-max-bpm", "600", "-cluster", "api", "-nats", nats.url,
-                "-data-dir", dir + "/node", "-admin-port", "\(admin)",
-            ], logPath: dir + "/node.log")
+        let (node, admin) = try PulseNodeProcess.single(cluster: "api", bpm: 240, nats: nats.url, dir: dir)
         defer { node.stop() }
         // This client's clock runs 1.5 s ahead of the node's.
         let skew: Int64 = 1_500_000_000
@@ -186,13 +181,12 @@ final class ClientAuthProcessTests: XCTestCase {
         try Data(conf.utf8).write(to: URL(fileURLWithPath: "\(dir)/nats.conf"))
         let nats = try NatsServerProcess(arguments: ["-c", "\(dir)/nats.conf"])
         let url = "tls://127.0.0.1:\(nats.port)"
-        let node = try PulseNodeProcess(
-            arguments: [
-                "-bootstrap", "-bpm", "240", "-max-bpm", "600", "-cluster", "auth", "-nats", url, "-nats-nkey",
-                "\(dir)/pulse.nk",
-                "-nats-ca", "\(dir)/ca.pem", "-nats-cert", "\(dir)/client.pem", "-nats-key", "\(dir)/client.key",
-                "-data-dir", dir + "/node", "-admin-port", "\(Proc.freePort())",
-            ], logPath: dir + "/node.log")
+        let (node, _) = try PulseNodeProcess.single(
+            cluster: "auth", bpm: 240, nats: url, dir: dir,
+            extra: [
+                "-nats-nkey", "\(dir)/pulse.nk", "-nats-ca", "\(dir)/ca.pem", "-nats-cert", "\(dir)/client.pem",
+                "-nats-key", "\(dir)/client.key",
+            ])
         defer { node.stop() }
 
         var options = BackbeatClientOptions(url: url, clusterId: "auth", caFile: "\(dir)/ca.pem")

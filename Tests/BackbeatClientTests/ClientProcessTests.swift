@@ -167,12 +167,7 @@ final class ClientProcessTests: XCTestCase {
         let nats = try NatsServerProcess()
         let dir = Proc.tempDir("late")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let admin = Proc.freePort()
-        let node = try PulseNodeProcess(
-            arguments: [
-                "-bootstrap", "-bpm", "30", "-max-bpm", "60", "-cluster", "late", "-nats", nats.url,
-                "-data-dir", dir + "/node", "-admin-port", "\(admin)",
-            ], logPath: dir + "/node.log")
+        let (node, admin) = try PulseNodeProcess.single(cluster: "late", bpm: 30, maxBpm: 60, nats: nats.url, dir: dir)
         defer { node.stop() }
         XCTAssertTrue(
             Proc.waitUntil(seconds: 10) { Proc.http("GET", port: admin, path: "/timeline")?.status == 200 }, node.log)

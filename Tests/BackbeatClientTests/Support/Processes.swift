@@ -169,6 +169,22 @@ final class PulseNodeProcess {
     deinit { if process.isRunning { kill(SIGKILL) } }
 }
 
+extension PulseNodeProcess {
+    /// One bootstrapped node of `cluster` on `nats`, its data dir and log in `dir`, with a free
+    /// admin port (returned); `extra` flags are appended.
+    static func single(
+        cluster: String, bpm: Int, maxBpm: Int = 600, nats: String, dir: String, extra: [String] = []
+    ) throws -> (node: PulseNodeProcess, admin: Int) {
+        let admin = Proc.freePort()
+        let node = try PulseNodeProcess(
+            arguments: [
+                "-bootstrap", "-bpm", "\(bpm)", "-max-bpm", "\(maxBpm)", "-cluster", cluster, "-nats", nats,
+                "-data-dir", dir + "/node", "-admin-port", "\(admin)",
+            ] + extra, logPath: dir + "/node.log")
+        return (node, admin)
+    }
+}
+
 /// nats-server plus three bootstrapped `pulse` nodes on loopback.
 final class PulseCluster {
     let nats: NatsServerProcess

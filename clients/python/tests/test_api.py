@@ -23,8 +23,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
-from backbeat_client import BackbeatClient, BeatPosition, NoPulseError, TempoRefused  # noqa: E402
-from test_live import CLUSTER, Cluster, free_port, http, schemas  # noqa: E402
+from backbeat_client import BackbeatClient, BeatPosition, Event, NoPulseError, TempoRefused  # noqa: E402
+from test_live import CLUSTER, Cluster, free_port, http, report, schemas  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 SKEW_NS = 1_500_000_000
@@ -155,8 +155,16 @@ async def api(cluster, leader, failures):
             if (e.status, e.code) != (status, code) or not e.code:
                 failures.append(f"{bpm}: NATS refusal {e.status} {e.code}, HTTP {status} {code}")
             REFUSALS_SEEN.update({(e.code, str(e.status)), (str(code), str(status))})
-    changed, beats = None, 0
+    changed, beats, kinds = None, 0, []
+
+    async def watchdog():  # the events end (close) if the change never shows
+        await asyncio.sleep(15)
+        failures.append(f"no tempo change within 15 s; events {kinds[-20:]}")
+        client._emit(Event("closed"))
+
+    guard = asyncio.get_running_loop().create_task(watchdog())
     async for event in client.events():
+        kinds.append(event.kind if event.kind != "refused" else f"refused {event.reason}")
         if event.kind == "tempo_changed":
             changed = (event.bpm, event.at_beat)
         elif event.kind == "beat":
@@ -181,6 +189,7 @@ async def api(cluster, leader, failures):
                 failures.append(f"beat {k} arrived at {event.received_ns - instant} ns from its instant")
         if changed and beats:
             break
+    guard.cancel()
     if changed != (252, scheduled.apply_at_beat):
         failures.append(f"tempo changed {changed}, scheduled at {scheduled.apply_at_beat}")
     offset, bound, samples = client.clock_offset()
@@ -214,11 +223,7 @@ def main():
     finally:
         logs = cluster.logs()
         cluster.close()
-    if failures:
-        print("\n".join(failures[:10]))
-        print(logs)
-        sys.exit(1)
-    print("python client api: ok")
+    report(failures, logs, "python client api: ok")
 
 
 if __name__ == "__main__":

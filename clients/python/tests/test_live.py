@@ -287,11 +287,16 @@ def main():
     finally:
         logs = cluster.logs()
         cluster.close()
+    report(failures, logs, "python client: ok")
+
+
+def report(failures, logs, ok):
+    """The first failures and the nodes' logs, exit status 1; or `ok`."""
     if failures:
         print("\n".join(failures[:10]))
         print(logs)
         sys.exit(1)
-    print("python client: ok")
+    print(ok)
 
 
 if __name__ == "__main__":

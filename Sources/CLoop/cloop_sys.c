@@ -27,7 +27,12 @@ int cloop_set_fifo_priority(int priority) {
     int lo = sched_get_priority_min(SCHED_FIFO), hi = sched_get_priority_max(SCHED_FIFO);
     if (priority < lo || priority > hi) return -EINVAL;
     struct sched_param param = {.sched_priority = priority};
-    return sched_setscheduler(0, SCHED_FIFO, &param) == 0 ? 0 : -errno;
+    // pthread_setschedparam, not sched_setscheduler(0): glibc caches a
+    // thread's policy once pthread_getschedparam has read it (as
+    // cloop_placement_save does, e.g. while -cpu is validated), and a
+    // sched_setscheduler behind its back left that cache at SCHED_OTHER, so
+    // ThreadPlacement.runUnpinned "restored" the loop thread to SCHED_OTHER.
+    return -pthread_setschedparam(pthread_self(), SCHED_FIFO, &param);
 }
 
 int cloop_lock_memory(void) { return mlockall(MCL_CURRENT | MCL_FUTURE) == 0 ? 0 : -errno; }

@@ -97,13 +97,11 @@ public struct PlannerConfig: Sendable {
     public var handoffGuardNs: Int64
     /// How long a `.waiting` leader waits before asking again.
     public var retryNs: Int64
-    public var legacy: LegacyFaults
 
-    public init(maxLeadNs: Int64, handoffGuardNs: Int64, retryNs: Int64 = 1_000_000, legacy: LegacyFaults = .none) {
+    public init(maxLeadNs: Int64, handoffGuardNs: Int64, retryNs: Int64 = 1_000_000) {
         self.maxLeadNs = maxLeadNs
         self.handoffGuardNs = handoffGuardNs
         self.retryNs = retryNs
-        self.legacy = legacy
     }
 }
 
@@ -157,7 +155,7 @@ public struct BeatPlanner: Sendable {
         if k >= t.epoch.startBeat && wallNs - t.instantNs(ofBeat: k) < halfPeriodNs(t, k) { nextBeat = k }
         // A re-plan after a wall-clock step back never repeats a beat this
         // node already published (e72aafc's `start` did).
-        if !config.legacy.echoOnlyTakeover { nextBeat = max(nextBeat, lastPublishedIndex + 1) }
+        nextBeat = max(nextBeat, lastPublishedIndex + 1)
     }
 
     /// Just became the leader at local wall time `wallNs`. `guardNs`
@@ -166,19 +164,10 @@ public struct BeatPlanner: Sendable {
     /// lease before asking this node to campaign and whose own last frame
     /// had come back on the subject: the clock offset and NATS latency).
     public mutating func takeOver(timeline t: Timeline, wallNs: Int64, guardNs: Int64? = nil) {
-        let current = t.beat(atOrBeforeNs: wallNs)
-        var next = current + 1
-        if config.legacy.echoOnlyTakeover {
-            // e72aafc: a just-missed beat is published late unless the echo shows it.
-            if current > lastSeenIndex && current >= t.epoch.startBeat
-                && wallNs - t.instantNs(ofBeat: current) < halfPeriodNs(t, current)
-            {
-                next = current
-            }
-        } else {
-            next = t.nextBeat(afterNs: wallNs + (guardNs ?? config.handoffGuardNs) - 1)
-            takeoverFloorBeat = next
-        }
+        // Fault 3: never a beat the previous leader may have published (its
+        // echo may not have reached us yet): the first after the guard.
+        let next = t.nextBeat(afterNs: wallNs + (guardNs ?? config.handoffGuardNs) - 1)
+        takeoverFloorBeat = next
         nextBeat = max(next, lastSeenIndex + 1, lastPublishedIndex + 1, t.epoch.startBeat)
     }
 
@@ -190,17 +179,19 @@ public struct BeatPlanner: Sendable {
     }
 
     /// The decision for the wake described by `i`. Advances `nextBeat`
-    /// except for `.emit` (see `published`), `.retry` and `.early`.
+    /// except for `.emit` (see `published`), `.retry` and `.early`. In order:
+    /// a lapsed lease with unechoed frames drops the connection; the beat
+    /// due (catching up on missed ones, never half a period late); what the
+    /// subject already holds; the mode's own rules; the tempo barrier and
+    /// the degraded slot.
     public mutating func plan(_ i: BeatInputs, timeline t: Timeline) -> BeatDecision {
         let leading: Bool
         if case .leader(let lease) = i.mode { leading = i.monoNs < lease } else { leading = false }
-        if !config.legacy.staleBytes {
-            // Fault 2: the lease lapsed with our own frames not echoed back:
-            // they may sit behind a dead link; abort before they arrive late.
-            let lapsed = heldLease && !leading && lastPublishedIndex > lastSeenIndex
-            heldLease = leading
-            if lapsed { return .dropConnection }
-        }
+        // Fault 2: the lease lapsed with our own frames not echoed back:
+        // they may sit behind a dead link; abort before they arrive late.
+        let lapsed = heldLease && !leading && lastPublishedIndex > lastSeenIndex
+        heldLease = leading
+        if lapsed { return .dropConnection }
         var k = nextBeat
         var target = targetNs(t, k, i.mode, i.reference)
         if i.wallNs < target - config.maxLeadNs - 1_000_000 { return .early }
@@ -210,13 +201,7 @@ public struct BeatPlanner: Sendable {
         }
         var missed: Int64 = 0
         if i.wallNs > target {
-            var reference = i.wallNs
-            if case .degraded(let delayNs, _) = i.mode, let r = i.reference {
-                reference = r.referenceNs(atLocal: i.wallNs - delayNs)
-            } else if case .degraded(let delayNs, _) = i.mode {
-                reference = i.wallNs - delayNs
-            }
-            let current = t.beat(atOrBeforeNs: reference)
+            let current = t.beat(atOrBeforeNs: referenceNs(i))
             if current > k {
                 missed = current - k
                 k = current
@@ -228,6 +213,22 @@ public struct BeatPlanner: Sendable {
             }
         }
         if missed > 0 { nextBeat = k }
+        if let early = modeDecision(i, leading: leading, timeline: t, beat: k) { return early }
+        return slotDecision(i, timeline: t, beat: k, target: target, missed: missed)
+    }
+
+    /// The wall time `i` stands for on the reference clock: a degraded node's
+    /// turn is measured there, `delayNs` after the instant.
+    private func referenceNs(_ i: BeatInputs) -> Int64 {
+        guard case .degraded(let delayNs, _) = i.mode else { return i.wallNs }
+        return i.reference?.referenceNs(atLocal: i.wallNs - delayNs) ?? i.wallNs - delayNs
+    }
+
+    /// What the subject and the publish mode decide for beat `k` before it
+    /// is emitted, or nil to go on.
+    private mutating func modeDecision(_ i: BeatInputs, leading: Bool, timeline t: Timeline, beat k: Int64)
+        -> BeatDecision?
+    {
         // Echoes steer only a node that may not be the one publisher. A
         // single node, or a leader holding its lease (§4: no other
         // non-degraded publisher can exist, and the hand-over guard already
@@ -241,55 +242,70 @@ public struct BeatPlanner: Sendable {
             nextBeat = lastSeenIndex + 1  // already on the subject (another publisher)
             return .skip
         }
-        let isDegraded: Bool
         switch i.mode {
         case .waiting:
             return .retry(atWallNs: i.wallNs + config.retryNs)
         case .leader:
             if !leading { return .retry(atWallNs: i.wallNs + config.retryNs) }
-            if k < takeoverFloorBeat {
+            guard k >= takeoverFloorBeat else {
                 nextBeat = takeoverFloorBeat  // hand-over guard (fault 3)
                 return .missed(count: takeoverFloorBeat - k)
             }
-            isDegraded = false
+            return nil
         case .single:
-            isDegraded = false
+            return nil
         case .degraded:
-            isDegraded = true
-            let periodNs = t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k)
-            // Consumers still hear a leader, or the subscription is too fresh to know.
-            if i.wallNs - lastLeaderFrameWallNs < 2 * periodNs || i.natsAttachedMonoNs == nil
-                || i.monoNs - (i.natsAttachedMonoNs ?? 0) < periodNs
-            {
-                nextBeat = k + 1
-                return .follow
-            }
-            // A frame of a newer term was on the subject: its publisher has
-            // followed a newer leader, so our committed timeline may be behind
-            // (a tempo change we never applied: the same index at another
-            // instant), and consumers fence on term (BackbeatClient refuses
-            // `stale_term`), so our frames would be refused anyway. Yield until
-            // our own term catches up. Found by the simulator at 100,000 seeds
-            // (seed 84314).
-            if i.term > 0 && seenTerm > i.term {
-                nextBeat = k + 1
-                return .follow
-            }
-            if lastDegradedIndex >= 0 && lastSeenIndex < lastDegradedIndex {
-                // Our previous degraded frame never came back: the path is broken.
-                lastDegradedIndex = -1
-                nextBeat = k + 1
-                return .dropConnection
-            }
+            return degradedDecision(i, timeline: t, beat: k)
         case .follower:
             return .follow
         }
-        if !config.legacy.requestTimeTempo && k >= i.tempoBarrierBeat {
+    }
+
+    /// A degraded node's turn at beat `k`: only while no leader is heard, its
+    /// subscription is old enough to know, no newer term is on the subject,
+    /// and its previous degraded frame came back.
+    private mutating func degradedDecision(_ i: BeatInputs, timeline t: Timeline, beat k: Int64) -> BeatDecision? {
+        let periodNs = t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k)
+        // Consumers still hear a leader, or the subscription is too fresh to know.
+        if i.wallNs - lastLeaderFrameWallNs < 2 * periodNs || i.natsAttachedMonoNs == nil
+            || i.monoNs - (i.natsAttachedMonoNs ?? 0) < periodNs
+        {
+            nextBeat = k + 1
+            return .follow
+        }
+        // A frame of a newer term was on the subject: its publisher has
+        // followed a newer leader, so our committed timeline may be behind
+        // (a tempo change we never applied: the same index at another
+        // instant), and consumers fence on term (BackbeatClient refuses
+        // `stale_term`), so our frames would be refused anyway. Yield until
+        // our own term catches up. Found by the simulator at 100,000 seeds
+        // (seed 84314).
+        if i.term > 0 && seenTerm > i.term {
+            nextBeat = k + 1
+            return .follow
+        }
+        if lastDegradedIndex >= 0 && lastSeenIndex < lastDegradedIndex {
+            // Our previous degraded frame never came back: the path is broken.
+            lastDegradedIndex = -1
+            nextBeat = k + 1
+            return .dropConnection
+        }
+        return nil
+    }
+
+    /// The emission of beat `k` at `target`: held by the tempo barrier,
+    /// within half a period, and a degraded frame within its slot.
+    private mutating func slotDecision(
+        _ i: BeatInputs, timeline t: Timeline, beat k: Int64, target: Int64, missed: Int64
+    ) -> BeatDecision {
+        if k >= i.tempoBarrierBeat {
             // Fault 4: a tempo entry not yet committed may change this beat.
             return .retry(atWallNs: i.wallNs + config.retryNs)
         }
         emitDeadlineWallNs = target + halfPeriodNs(t, k)
-        if case .degraded(_, let slotNs) = i.mode, !config.legacy.ownReferenceTurns {
+        var degraded = false
+        if case .degraded(_, let slotNs) = i.mode {
+            degraded = true
             // Fault 6: within our slot only, or the next node may not see it in time.
             if i.wallNs >= target + slotNs {
                 nextBeat = k + 1
@@ -297,16 +313,15 @@ public struct BeatPlanner: Sendable {
             }
             emitDeadlineWallNs = min(emitDeadlineWallNs, target + slotNs)
         }
-        return .emit(index: k, atWallNs: target, degraded: isDegraded)
+        assert(emitDeadlineWallNs > target, "a beat is emitted before its deadline")
+        return .emit(index: k, atWallNs: target, degraded: degraded)
     }
 
     /// Immediately before the bytes go to the kernel (after the spin): may
     /// the beat just decided still be published? The lease must still hold
     /// and the beat must still be less than half a period late (a loop
-    /// starved during the spin would otherwise send it late). Legacy: the
-    /// checks before the spin stand.
+    /// starved during the spin would otherwise send it late).
     public func confirm(mode: PublishMode, monoNs: Int64, wallNs: Int64) -> Bool {
-        if config.legacy.staleBytes { return true }
         guard wallNs < emitDeadlineWallNs else { return false }
         switch mode {
         case .single, .degraded: return true

@@ -1,7 +1,7 @@
 // PulsePolicy/DegradationPolicy.swift — owns when a node keeps the timeline
 // itself (REQ-003) and its turn among degraded publishers. Pure: the service
 // (`Pulse/Cluster/ClusterNode`) and the whole-cluster simulator
-// (`ClusterCore`) both run it.
+// both run it inside `ClusterCore`.
 //
 // Guarantees:
 // - A node enters degradation only after `degradeAfterNs` without a leader
@@ -77,12 +77,11 @@ public struct DegradationPolicy: Sendable, Equatable {
 
     /// Beat path (allocation-free): the publish mode of a degraded node of
     /// `rank` for a beat of `periodNs` with turns `turnNs` apart (see the
-    /// file header); `lateTurns` keeps turns past half a period (the legacy
-    /// rule, for the simulator's fault tests only).
+    /// file header).
     @inline(__always)
-    public static func turnMode(rank: Int, turnNs: Int64, periodNs: Int64, lateTurns: Bool = false) -> PublishMode {
+    public static func turnMode(rank: Int, turnNs: Int64, periodNs: Int64) -> PublishMode {
         let delay = Int64(1 + rank) &* turnNs
-        if !lateTurns && delay >= periodNs / 2 { return .follower }
+        if delay >= periodNs / 2 { return .follower }
         return .degraded(turnDelayNs: delay, slotNs: turnNs / 2)
     }
 

@@ -45,7 +45,7 @@ public enum ClusterCommand: Codable, Equatable, Sendable {
 
     public func encoded() -> [UInt8] {
         // Encoding an enum of integers and strings cannot fail.
-        guard let data = try? JSONEncoder().encode(self) else { preconditionFailure("ClusterCommand encoding") }
+        guard let data = try? canonicalEncoder().encode(self) else { preconditionFailure("ClusterCommand encoding") }
         return [UInt8](data)
     }
 
@@ -214,7 +214,7 @@ public struct ReplicatedTimeline: Sendable, Equatable {
 
     /// The snapshot form (encoded `state`), or empty before the epoch.
     public func encodedState() -> [UInt8] {
-        guard let state, let data = try? JSONEncoder().encode(state) else { return [] }
+        guard let state, let data = try? canonicalEncoder().encode(state) else { return [] }
         return [UInt8](data)
     }
 
@@ -298,4 +298,16 @@ public func tempoApplyBeat(
     if let pending = timeline.pending { first = max(first, pending.atBeat + 1) }
     return TempoRules.applyBeat(
         timeline: timeline, committedNs: nowNs, commitRoundNs: commitRoundNs, firstUnpublishedBeat: first)
+}
+
+/// The encoder of replicated bytes (log entries, snapshots): keys sorted, so
+/// the same command or state is always the same bytes. Foundation's default
+/// key order is not stable between encoder instances (found by
+/// ConformanceTests: the bootstrap epoch entry's bytes differed between two
+/// runs of the same inputs), and a deterministic state machine should not
+/// depend on it.
+func canonicalEncoder() -> JSONEncoder {
+    let encoder = JSONEncoder()
+    encoder.outputFormatting = [.sortedKeys]
+    return encoder
 }

@@ -47,10 +47,9 @@ struct SimViolation: Error, CustomStringConvertible {
     /// A run with membership changes (replayed by ClusterSimMembershipTests).
     var membership = false
     var description: String {
-        let legacy = ProcessInfo.processInfo.environment["SIM_LEGACY"].map { "SIM_LEGACY=\($0) " } ?? ""
         let replay =
             membership
-            ? "SIM_SEED=\(seed) swift test --filter ClusterSimMembershipTests" : "\(legacy)SIM_SEED=\(seed) make sim"
+            ? "SIM_SEED=\(seed) swift test --filter ClusterSimMembershipTests" : "SIM_SEED=\(seed) make sim"
         return "\(invariant.rawValue) at t=\(Double(atNs) / 1e9)s: \(what) — replay: \(replay)"
     }
 }
@@ -97,7 +96,6 @@ struct SimKnobs {
     var maxOffsetNs: Int64 = 20_000_000
     /// TCP_USER_TIMEOUT on the NATS socket (fixed policy).
     var staleBytesBoundNs: Int64 = 150_000_000
-    var legacy = LegacyFaults.none
     /// Membership changes (off by default; see ClusterSimMembershipTests):
     /// node replacements started per second during the chaos phase.
     var membership = false

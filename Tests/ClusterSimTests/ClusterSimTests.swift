@@ -86,11 +86,7 @@ extension XCTestCase {
 final class ClusterSimTests: XCTestCase {
     func testSeededClusterSimulation() {
         let seeds = simSeeds(countVariable: "SIM_SEEDS", defaultCount: 2000)
-        // SIM_LEGACY=1,3 runs with those faults of e72aafc put back (to see them fail).
-        var faults = LegacyFaults.none
-        for f in (env("SIM_LEGACY") ?? "").split(separator: ",") { faults.enable(fault: Int(f) ?? 0) }
-        let legacy = faults
-        runSimulations(seeds, invariants: Invariant.classic) { Simulation(seed: $0, legacy: legacy) }
+        runSimulations(seeds, invariants: Invariant.classic) { Simulation(seed: $0) }
     }
 }
 

@@ -1,18 +1,16 @@
-// FaultTests.swift — one simulator test per fault of issue #10: each shows
-// the logic of commit e72aafc (`LegacyFaults`) failing an invariant and the
-// fixed policy passing the same run.
+// FaultTests.swift — one simulator test per fault of issue #10, each on the
+// seeds and scripted scenarios that showed it (docs/decisions.md keeps the
+// history: the logic of commit e72aafc failed each one; the switch that put
+// those faults back into production policy is gone with issue #19). Now
+// every one of them must pass with the service's own core.
 //
-// Faults 2, 3 (re-plan) and 6 are found by the random seeds: the test tries
-// the seed found when it was written, then searches the first seeds for one
-// the legacy logic fails (fault 2 seed 4, term_monotonic — a deposed
-// leader's queued frames after the heal; fault 3 seed 122, unique_index;
-// fault 6 seed 6, degraded_no_duplicate) and replays it fixed. Faults 1, 3
-// (hand-over), 4 and 5 need a precise schedule and are scripted over the
-// first scenario seeds (the legacy logic must fail at least one, the fixed
-// policy none). Failures printed when written: fault 1 seed 1 lease_held,
-// fault 3 seed 0 unique_index (nodes 3 and 1), fault 4 seed 0
-// tempo_not_retroactive (answered refused, took effect), fault 5 seed 0
-// nodes_converge.
+// Faults 2, 3 (re-plan) and 6 were found by random seeds (fault 2 seed 4,
+// term_monotonic — a deposed leader's queued frames after the heal; fault 3
+// seed 122, unique_index; fault 6 seed 6, degraded_no_duplicate). Faults 1,
+// 3 (hand-over), 4 and 5 need a precise schedule and are scripted over the
+// first scenario seeds (failures when written: fault 1 seed 1 lease_held,
+// fault 3 seed 0 unique_index, fault 4 seed 0 tempo_not_retroactive, fault
+// 5 seed 0 nodes_converge).
 import Foundation
 import PulsePolicy
 import Raft
@@ -25,43 +23,42 @@ final class FaultTests: XCTestCase {
         return Array(0..<n)
     }
 
-    /// Finds a seed < `limit` the legacy logic fails with one of `expected`,
-    /// then checks the fixed policy passes that seed.
-    /// `hint` (the seed found when the test was written) is tried first.
-    func legacyFailsFixedPasses(fault: Int, expected: Set<Invariant>, hint: UInt64, limit: UInt64 = 400) {
-        var legacy = LegacyFaults.none
-        legacy.enable(fault: fault)
-        for seed in [hint] + Array(0..<limit) {
-            guard let v = Simulation(seed: seed, legacy: legacy).run(), expected.contains(v.invariant) else { continue }
-            print("fault \(fault): legacy fails seed \(seed): \(v)")
-            let fixed = Simulation(seed: seed, legacy: LegacyFaults.none).run()
-            XCTAssertNil(fixed, "fault \(fault) fixed still fails seed \(seed): \(fixed.map { "\($0)" } ?? "")")
-            return
+    /// The seeds that showed a fault, replayed: none may fail.
+    func seedsPass(fault: Int, _ seeds: [UInt64]) {
+        for seed in seeds {
+            let v = Simulation(seed: seed).run()
+            XCTAssertNil(v, "fault \(fault) seed \(seed): \(v.map { "\($0)" } ?? "")")
         }
-        XCTFail("fault \(fault): no seed below \(limit) shows the legacy logic failing")
+    }
+
+    /// Every scenario seed passes `scenario`.
+    func scenarioPasses(fault: Int, seeds n: UInt64, _ scenario: (UInt64) -> SimViolation?) {
+        for seed in scenarioSeeds(n) {
+            let v = scenario(seed)
+            XCTAssertNil(v, "fault \(fault) scenario seed \(seed): \(v.map { "\($0)" } ?? "")")
+        }
     }
 
     func testFault2StaleBytes() {
-        legacyFailsFixedPasses(fault: 2, expected: [.termMonotonic, .onTimeline, .uniqueIndex, .leaseHeld], hint: 4)
+        seedsPass(fault: 2, [4])
     }
 
     /// Fault 3 (re-plan): after a wall-clock step back, e72aafc's `start`
     /// re-plans from the clock alone and the same node repeats its beat.
     func testFault3ReplanAfterClockStep() {
-        legacyFailsFixedPasses(fault: 3, expected: [.uniqueIndex], hint: 122)
+        seedsPass(fault: 3, [122])
     }
 
     /// Fault 3 (hand-over): at 12 bpm, half a period (2.5 s) is longer than
     /// a failover. The followers' NATS links reconnect just before beat k,
     /// so their echo misses it; the leader publishes k and crashes. Legacy:
-    /// the new leader publishes k again, late, since its echo does not show it.
-    func scenarioFault3(_ legacy: LegacyFaults, seed: UInt64) -> SimViolation? {
+    /// e72aafc's new leader published k again, late, since its echo did not show it.
+    func scenarioFault3(seed: UInt64) -> SimViolation? {
         var k = SimKnobs()
         k.randomFaults = false
         k.bpm = 12
         k.chaosNs = 20_000_000_000
         k.settleNs = 16_000_000_000
-        k.legacy = legacy
         let sim = Simulation(seed: seed, knobs: k)
         sim.at(9_000_000_000) { s in
             guard let l = s.leader, let t = l.core.machine.timeline else { return }
@@ -76,18 +73,7 @@ final class FaultTests: XCTestCase {
     }
 
     func testFault3Republishing() {
-        var legacy = LegacyFaults.none
-        legacy.enable(fault: 3)
-        var failing: [UInt64] = []
-        for seed in scenarioSeeds(10) {
-            if let v = scenarioFault3(legacy, seed: seed), v.invariant == .uniqueIndex {
-                failing.append(seed)
-                if failing.count == 1 { print("fault 3: legacy fails seed \(seed): \(v)") }
-            }
-            let fixed = scenarioFault3(.none, seed: seed)
-            XCTAssertNil(fixed, "fault 3 fixed fails scenario seed \(seed): \(fixed.map { "\($0)" } ?? "")")
-        }
-        XCTAssertFalse(failing.isEmpty, "fault 3: the legacy logic never failed the scenario")
+        scenarioPasses(fault: 3, seeds: 10) { scenarioFault3(seed: $0) }
     }
 
     /// Fault 4: the leader proposes a tempo change that reaches one
@@ -95,11 +81,10 @@ final class FaultTests: XCTestCase {
     /// the request "refused" (503) when it steps down, but the follower
     /// holding the entry becomes leader and commits it: the change takes
     /// effect after all (and that leader may publish before applying it).
-    func scenarioFault4(_ legacy: LegacyFaults, seed: UInt64) -> SimViolation? {
+    func scenarioFault4(seed: UInt64) -> SimViolation? {
         var k = SimKnobs()
         k.randomFaults = false
         k.bpm = 600
-        k.legacy = legacy
         let sim = Simulation(seed: seed, knobs: k)
         var cut: [Int] = []
         sim.at(3_000_000_000) { s in
@@ -117,22 +102,11 @@ final class FaultTests: XCTestCase {
     }
 
     func testFault4TempoAfterItsDownbeat() {
-        var legacy = LegacyFaults.none
-        legacy.enable(fault: 4)
-        var failing: [UInt64] = []
-        for seed in scenarioSeeds(10) {
-            if let v = scenarioFault4(legacy, seed: seed), v.invariant == .tempoNotRetroactive {
-                failing.append(seed)
-                if failing.count == 1 { print("fault 4: legacy fails seed \(seed): \(v)") }
-            }
-            let fixed = scenarioFault4(.none, seed: seed)
-            XCTAssertNil(fixed, "fault 4 fixed fails scenario seed \(seed): \(fixed.map { "\($0)" } ?? "")")
-        }
-        XCTAssertFalse(failing.isEmpty, "fault 4: the legacy logic never failed the scenario")
+        scenarioPasses(fault: 4, seeds: 10) { scenarioFault4(seed: $0) }
     }
 
     func testFault6DegradedTurns() {
-        legacyFailsFixedPasses(fault: 6, expected: [.degradedTurns], hint: 6)
+        seedsPass(fault: 6, [6])
     }
 
     /// Fault 1: a follower resumes from a stall just longer than an
@@ -143,11 +117,10 @@ final class FaultTests: XCTestCase {
     /// rival win (or campaigns itself) while the old lease holds; its link
     /// to the leader then flaps, so the old leader publishes after its
     /// successor was elected.
-    func scenarioFault1(_ legacy: LegacyFaults, seed: UInt64) -> SimViolation? {
+    func scenarioFault1(seed: UInt64) -> SimViolation? {
         var k = SimKnobs()
         k.randomFaults = false
         k.bpm = 600
-        k.legacy = legacy
         let sim = Simulation(seed: seed, knobs: k)
         var cut: (leader: Int, rival: Int)?
         for i in 0..<Int64(12) {
@@ -173,18 +146,7 @@ final class FaultTests: XCTestCase {
     }
 
     func testFault1LeaseVsTickCatchUp() {
-        var legacy = LegacyFaults.none
-        legacy.enable(fault: 1)
-        var failing: [UInt64] = []
-        for seed in scenarioSeeds(30) {
-            if let v = scenarioFault1(legacy, seed: seed) {
-                failing.append(seed)
-                if failing.count == 1 { print("fault 1: legacy fails seed \(seed): \(v)") }
-            }
-            let fixed = scenarioFault1(.none, seed: seed)
-            XCTAssertNil(fixed, "fault 1 fixed fails scenario seed \(seed): \(fixed.map { "\($0)" } ?? "")")
-        }
-        XCTAssertFalse(failing.isEmpty, "fault 1: the legacy logic never failed the scenario")
+        scenarioPasses(fault: 1, seeds: 30) { scenarioFault1(seed: $0) }
     }
 
     /// Fault 5: one follower has a slow disk (every save takes 0.6 s) and
@@ -192,12 +154,11 @@ final class FaultTests: XCTestCase {
     /// busy and the subject keeps delivering frames into a 2-slot doorway.
     /// Legacy: a store completion posted into the full shared doorway is
     /// lost; that node never finishes its Ready again and stops applying.
-    func scenarioFault5(_ legacy: LegacyFaults, seed: UInt64) -> SimViolation? {
+    func scenarioFault5(seed: UInt64) -> SimViolation? {
         var k = SimKnobs()
         k.randomFaults = false
         k.bpm = 600
         k.doorwayCapacity = 2
-        k.legacy = legacy
         let sim = Simulation(seed: seed, knobs: k)
         var slow: SimNode?
         sim.at(2_500_000_000) { s in
@@ -216,17 +177,6 @@ final class FaultTests: XCTestCase {
     }
 
     func testFault5LostCompletions() {
-        var legacy = LegacyFaults.none
-        legacy.enable(fault: 5)
-        var failing: [UInt64] = []
-        for seed in scenarioSeeds(20) {
-            if let v = scenarioFault5(legacy, seed: seed) {
-                failing.append(seed)
-                if failing.count == 1 { print("fault 5: legacy fails seed \(seed): \(v)") }
-            }
-            let fixed = scenarioFault5(.none, seed: seed)
-            XCTAssertNil(fixed, "fault 5 fixed fails scenario seed \(seed): \(fixed.map { "\($0)" } ?? "")")
-        }
-        XCTAssertFalse(failing.isEmpty, "fault 5: the legacy logic never failed the scenario")
+        scenarioPasses(fault: 5, seeds: 20) { scenarioFault5(seed: $0) }
     }
 }

@@ -9,8 +9,8 @@ import XCTest
 final class PlannerTests: XCTestCase {
     let t = Timeline(epoch: TempoEpoch(startBeat: 0, startNs: 1_000_000_000_000, bpm: 120), bar: 4, phaseCount: 1)
     let periodNs: Int64 = 500_000_000
-    func planner(_ legacy: LegacyFaults = .none) -> BeatPlanner {
-        BeatPlanner(config: PlannerConfig(maxLeadNs: 2_000_000, handoffGuardNs: 200_000_000, legacy: legacy))
+    func planner() -> BeatPlanner {
+        BeatPlanner(config: PlannerConfig(maxLeadNs: 2_000_000, handoffGuardNs: 200_000_000))
     }
     func instant(_ k: Int64) -> Int64 { t.instantNs(ofBeat: k) }
     func inputs(_ wall: Int64, _ mode: PublishMode, barrier: Int64 = .max) -> BeatInputs {
@@ -45,11 +45,6 @@ final class PlannerTests: XCTestCase {
         XCTAssertTrue(p.confirm(mode: .leader(leaseUntilMonoNs: lease), monoNs: instant(2), wallNs: instant(2)))
         XCTAssertFalse(p.confirm(mode: .leader(leaseUntilMonoNs: lease), monoNs: lease, wallNs: instant(2)))
         XCTAssertFalse(p.confirm(mode: .single, monoNs: 0, wallNs: instant(2) + periodNs / 2))
-        // e72aafc: the check before the spin stood.
-        var legacy = planner(LegacyFaults(staleBytes: true))
-        legacy.start(timeline: t, wallNs: instant(2) - 5_000_000)
-        _ = legacy.plan(inputs(instant(2) - 1_000_000, .leader(leaseUntilMonoNs: lease)), timeline: t)
-        XCTAssertTrue(legacy.confirm(mode: .leader(leaseUntilMonoNs: lease), monoNs: lease, wallNs: instant(2)))
     }
 
     /// A forged echo at the next index (anyone may copy a real frame's HLC
@@ -87,11 +82,8 @@ final class PlannerTests: XCTestCase {
     }
 
     func testNewLeaderPublishesOnlyPastTheHandOverGuard() {
-        // Elected 0.1 period after beat 5's instant: e72aafc republishes 5 late
-        // (its echo is empty); the fixed planner starts after the guard.
-        var legacy = planner(LegacyFaults(echoOnlyTakeover: true))
-        legacy.takeOver(timeline: t, wallNs: instant(5) + periodNs / 10)
-        XCTAssertEqual(legacy.nextBeat, 5)
+        // Elected 0.1 period after beat 5's instant: e72aafc republished 5 late
+        // (its echo was empty); the planner starts after the guard.
         var p = planner()
         p.takeOver(timeline: t, wallNs: instant(5) + periodNs / 10)
         XCTAssertEqual(p.nextBeat, 6)

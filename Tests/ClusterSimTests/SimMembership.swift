@@ -94,17 +94,18 @@ extension Simulation {
                 kind: .removeVoter, node: x, members: current.filter { $0 != x }.map { Member(id: $0) })
             if dead.isEmpty && memberRng.chance(1.0 / 3) { stopFirst = nodes[Int(x) - 1] }
         }
-        let result = l.core.proposeConfigChange(change)
+        let result = l.shell.proposeMembership(
+            add: change.kind == .addVoter ? Member(id: change.node) : nil,
+            remove: change.kind == .removeVoter ? change.node : nil, context: { _ in nil }, done: { _ in })
         trace("n\(l.id): proposes \(change.kind) n\(change.node) → \(change.members.map(\.id)): \(result)")
         guard case .accepted = result else {
             // Only a full window of uncommitted entries may refuse here.
-            if result != .tooManyUncommitted {
+            if result != .pending {
                 fail(.configChanges, "leader \(l.id) refused \(change.kind) of \(change.node): \(result)")
             }
             return
         }
         if let s = stopFirst { shutDown(s) }
-        pump(l)
     }
 
     /// A new machine with an empty data dir, started to join with `voters`.

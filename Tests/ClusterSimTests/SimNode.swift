@@ -39,13 +39,21 @@ final class SimNode {
     var tickPending = false
     var beatPending = false
     var emitPending: (Int64, Bool, Int64)?
-    /// The loop's doorway: shared (legacy) or NATS-only with a separate completion slot.
+    /// The loop's doorway: NATS deliveries, with a separate slot for the store's completion.
     var doorway: [Posted] = []
     var completionPosted = false
     var savingReady: Ready?
+    /// The shell's completion for `savingReady`.
+    var saveDone: ((Error?) -> Void)?
+    /// The service's driver loop over this node's simulated ports.
+    var shell: ClusterShell!
+    private(set) lazy var ports = SimPorts(node: self)
+    /// Set by the simulation before the first boot.
+    weak var sim: Simulation?
+    /// What this node's shell was given and did (ConformanceTests), while recorded.
+    var trace: ShellTrace?
     var beatTimer = 0
     var lastFrom: [NodeID: (theirSend: Int64, myRecv: Int64)] = [:]
-    var epochProposed = false
     var droppedDeliveries = 0
     var lostCompletions = 0
     /// A slow disk for this node only (scripted scenarios): every save takes this long.
@@ -63,4 +71,35 @@ final class SimNode {
     }
 
     func stalled(_ now: Int64) -> Bool { now < stalledUntil }
+}
+
+/// The simulated ports of one node's `ClusterShell`: its drifting clocks,
+/// the store thread over its simulated disk, the lossy Raft network, and
+/// the simulation's checks as the listener.
+final class SimPorts: ClusterPorts {
+    unowned let node: SimNode
+    init(node: SimNode) { self.node = node }
+    private var sim: Simulation { node.sim! }
+
+    var monoNs: Int64 {
+        let t = sim.mono(node)
+        node.trace?.times.append(t)
+        return t
+    }
+    var wallNs: Int64 {
+        let t = sim.wall(node)
+        node.trace?.times.append(t)
+        return t
+    }
+    func persist(_ ready: Ready, done: @escaping (Error?) -> Void) { sim.startSave(node, ready, done: done) }
+    func send(_ message: Message) {
+        node.trace?.sent.append(message)
+        sim.send(node, message)
+    }
+    func messagesSent() {}
+    func handle(_ event: ClusterEvent) {
+        node.trace?.events.append(event)
+        sim.clusterEvent(node, event)
+    }
+    func persistFailed(_ error: Error) { sim.fail(.restartable, "node \(node.id): persisting failed: \(error)") }
 }

@@ -61,6 +61,8 @@ final class Simulation {
     /// planner configuration of new nodes, and the committed configurations.
     var memberRng: SimRNG
     let plannerConfig: PlannerConfig
+    /// Every node's -bar (and one phase).
+    let shape: TimelineShape
     var membership: MembershipState
     /// Crashes, restarts from the simulated disk, store calls a crash
     /// interrupted, and starts refused on a disk damaged beyond the store's promise.
@@ -72,11 +74,10 @@ final class Simulation {
     /// earlier seeds draw everything else as before).
     var diskRng: SimRNG
 
-    init(seed: UInt64, knobs: SimKnobs? = nil, legacy: LegacyFaults? = nil, membership: Bool = false) {
+    init(seed: UInt64, knobs: SimKnobs? = nil, membership: Bool = false, tracing: ShellTrace? = nil) {
         self.seed = seed
         var rng = SimRNG(seed: seed)
         var k = knobs ?? SimKnobs.random(&rng, seed: seed)
-        if let legacy { k.legacy = legacy }
         memberRng = SimRNG(seed: seed ^ 0x3E3B_E125)
         diskRng = SimRNG(seed: seed ^ 0xD15C_F11E)
         if membership {
@@ -93,8 +94,9 @@ final class Simulation {
         raftGroup = Array(repeating: 0, count: k.nodes)
         natsCut = Array(repeating: false, count: k.nodes)
         oracle = ReplicatedTimeline(bar: k.bar)
+        shape = oracle.flags
         let guardNs = k.maxOffsetNs + k.staleBytesBoundNs + k.natsMaxDelayNs
-        let pc = PlannerConfig(maxLeadNs: 2_000_000, handoffGuardNs: guardNs, retryNs: 2_000_000, legacy: k.legacy)
+        let pc = PlannerConfig(maxLeadNs: 2_000_000, handoffGuardNs: guardNs, retryNs: 2_000_000)
         plannerConfig = pc
         self.membership = MembershipState(voters: (0..<k.nodes).map { NodeID($0 + 1) })
         let wallBase = Self.wallBase
@@ -107,6 +109,7 @@ final class Simulation {
             nodes.append(SimNode(index: i, clock: clock, planner: pc, diskSeed: seed ^ UInt64(i) << 40))
         }
         for n in nodes { n.bootVoters = nodes.map(\.id) }
+        nodes[0].trace = tracing
         for n in nodes { boot(n) }
         if k.membership { at(100_000_000, always: true) { $0.membershipTick() } }
         at(endNs - 1_000_000_000, always: true) { s in
@@ -210,6 +213,7 @@ final class Simulation {
     // MARK: node lifecycle
 
     func boot(_ n: SimNode) {
+        n.sim = self
         n.up = true
         n.gen += 1
         n.clock.trueNs = now
@@ -220,6 +224,7 @@ final class Simulation {
         n.core = core
         n.planner.reset()
         n.savingReady = nil
+        n.saveDone = nil
         n.doorway = []
         n.completionPosted = false
         n.socketBacklog = []
@@ -227,7 +232,6 @@ final class Simulation {
         n.beatPending = false
         n.emitPending = nil
         n.stalledUntil = 0
-        n.epochProposed = false
         n.lastFrom = [:]
         n.link.gen += 1
         n.link.connected = false
@@ -235,11 +239,9 @@ final class Simulation {
         n.link.serverQueue = []
         events.push(now + rng.range(5_000_000, 100_000_000), .reconnect(node: n.index, link: n.link.gen))
         events.push(now + tickNs, .tick(node: n.index, gen: n.gen))
-        if let t = n.core.machine.timeline {
-            n.planner.start(timeline: t, wallNs: wall(n))
-            armNext(n)
-        }
-        pump(n)
+        n.shell = ClusterShell(core: core, ports: n.ports)
+        n.trace?.inputs.append(.drive)
+        n.shell.drive()  // the persisted snapshot's `.restored` starts the planner
     }
 
     /// The node's core from what its disk holds, through the service's
@@ -251,11 +253,13 @@ final class Simulation {
         n.store = RaftStore(files: n.files)
         do {
             let persisted = try n.store.load(bar: knobs.bar)
+            let coreSeed = seed &* 31 &+ UInt64(n.index) &+ UInt64(n.gen)
+            n.trace?.start = (coreSeed, mono(n), n.bootVoters, timing(), knobs.bpm, knobs.bar)
             return try ClusterCore(
-                id: n.id, voters: n.bootVoters, timing: timing(),
-                seed: seed &* 31 &+ UInt64(n.index) &+ UInt64(n.gen), nowMonoNs: mono(n), bar: knobs.bar,
-                hardState: persisted.hardState, snapshot: persisted.snapshot, entries: persisted.entries,
-                legacy: knobs.legacy)
+                id: n.id, voters: n.bootVoters, timing: timing(), seed: coreSeed,
+                nowMonoNs: n.trace?.start?.monoNs ?? mono(n),
+                shape: shape, bootstrapBpm: knobs.bpm, hardState: persisted.hardState, snapshot: persisted.snapshot,
+                entries: persisted.entries)
         } catch {
             if n.files.damaged {
                 refusedStarts += 1
@@ -331,8 +335,8 @@ final class Simulation {
     // MARK: Raft
 
     func onTick(_ n: SimNode) {
-        n.core.tick(nowMonoNs: mono(n))
-        pump(n)
+        n.trace?.inputs.append(.tick)
+        n.shell.tick()
         // The next tick at the next multiple of tickNs on the node's monotonic clock.
         let next = n.core.ticks.lastTickMonoNs + tickNs
         events.push(max(now + 1, n.clock.trueAt(mono: next)), .tick(node: n.index, gen: n.gen))
@@ -340,8 +344,9 @@ final class Simulation {
 
     func onRaft(_ n: SimNode, _ m: Message, _ s: Stamp) {
         let t4 = wall(n)
+        var sample: SyncSample?
         if let t1 = s.echoSendNs, let t2 = s.echoRecvNs {
-            n.core.syncs[m.from, default: ClockSync()].add(SyncSample(t1: t1, t2: t2, t3: s.sendWallNs, t4: t4))
+            sample = SyncSample(t1: t1, t2: t2, t3: s.sendWallNs, t4: t4)
         }
         n.lastFrom[m.from] = (s.sendWallNs, t4)
         if m.kind != .heartbeat && m.kind != .heartbeatResponse {
@@ -349,32 +354,18 @@ final class Simulation {
                 "n\(n.id) <- n\(m.from): \(m.kind) term \(m.term)\(m.reject ? " reject" : "") (n\(n.id) term \(n.core.raft.term) \(n.core.raft.role))"
             )
         }
-        n.core.step(m, nowMonoNs: mono(n))
-        pump(n)
+        n.trace?.inputs.append(.receive(m, sample, s.sendWallNs))
+        n.shell.receive(m, clockSample: sample, peerWallNs: s.sendWallNs)
     }
 
-    func pump(_ n: SimNode) {
-        guard n.up, n.savingReady == nil, let rd = n.core.nextReady() else { return }
-        if rd.hardState == nil && rd.entries.isEmpty && rd.snapshot == nil {
-            finish(n, rd)
-            return
-        }
+    /// The store thread takes `rd` (SimPorts.persist): it is durable once
+    /// `.storeDone` comes, and the completion then waits for the loop.
+    func startSave(_ n: SimNode, _ rd: Ready, done: @escaping (Error?) -> Void) {
+        precondition(n.savingReady == nil, "two Readies in flight")
         n.savingReady = rd
+        n.saveDone = done
         events.push(
             now + (n.storeFixedNs ?? rng.range(300_000, knobs.storeMaxNs)), .storeDone(node: n.index, gen: n.gen))
-    }
-
-    func finish(_ n: SimNode, _ rd: Ready) {
-        let (messages, clusterEvents) = n.core.finish(rd, nowMonoNs: mono(n))
-        do {
-            try n.store.persistCompaction(n.core.raft.snapshot)
-        } catch {
-            fail(.restartable, "node \(n.id): the store failed a compaction without a crash: \(error)")
-        }
-        for m in messages { send(n, m) }
-        for e in clusterEvents { clusterEvent(n, e) }
-        maybeBootstrap(n)
-        pump(n)
     }
 
     func send(_ n: SimNode, _ m: Message) {
@@ -408,19 +399,6 @@ final class Simulation {
         events.push(now + ns, .wake(node: n.index, gen: n.gen))
     }
 
-    func maybeBootstrap(_ n: SimNode) {
-        guard n.core.isLeader, n.core.appliedTermStart || knobs.legacy.requestTimeTempo,
-            n.core.raft.appliedIndex >= n.core.raft.lastIndex, n.core.machine.timeline == nil, !n.epochProposed
-        else { return }
-        let epoch = Timeline.bootstrapEpoch(nowNs: wall(n), bpm: knobs.bpm)
-        if n.core.propose(
-            .epoch(startBeat: 0, startNs: epoch.startNs, bpm: epoch.bpm, bar: knobs.bar, phases: nil), requestId: 0)
-            != nil
-        {
-            n.epochProposed = true
-        }
-    }
-
     func clusterEvent(_ n: SimNode, _ e: ClusterEvent) {
         switch e {
         case .leadership(let isLeader, let leader, let term):
@@ -451,14 +429,18 @@ final class Simulation {
             armNext(n)
         case .configuration(let change, let index):
             configurationCommitted(change, index: index, by: n)
-        case .proposal(let id, let outcome):
-            guard id != 0 else { return }
-            if outcome == .refused {
-                refusedRequests.insert(id)
-                if appliedRequests.contains(id) {
-                    fail(.tempoNotRetroactive, "request \(id) was answered refused but took effect")
-                }
+        case .compacted(let snapshot):
+            do {
+                try n.store.persistCompaction(snapshot)
+            } catch {
+                fail(.restartable, "node \(n.id): the store failed a compaction without a crash: \(error)")
             }
+        case .refusal(let why):
+            fail(.convergence, "node \(n.id) stopped itself: \(why)")
+        case .votersChanged, .rejected, .degradation, .peerClock:
+            break
+        case .proposal:
+            break  // answered to the proposer (`tempoRequest`)
         }
     }
 
@@ -520,15 +502,15 @@ final class Simulation {
         guard let t = n.core.machine.timeline else { return }
         defer {
             trace(
-                "n\(n.id): beat wake next=\(n.planner.nextBeat) seen=\(n.planner.lastSeenIndex) mode=\(n.core.publishMode(nowMonoNs: mono(n), turnNs: 1, periodNs: 1_000_000_000))"
+                "n\(n.id): beat wake next=\(n.planner.nextBeat) seen=\(n.planner.lastSeenIndex) mode=\(n.core.publishMode(nowMonoNs: mono(n), periodNs: 1_000_000_000))"
             )
         }
         let m = mono(n)
         let period = t.instantNs(ofBeat: n.planner.nextBeat + 1) - t.instantNs(ofBeat: n.planner.nextBeat)
-        let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(), periodNs: period)
+        let mode = n.core.publishMode(nowMonoNs: m, periodNs: period)
         let inputs = BeatInputs(
             wallNs: wall(n), monoNs: m, mode: mode, natsAttachedMonoNs: n.link.connected ? n.link.attachedMonoNs : nil,
-            tempoBarrierBeat: n.core.tempoBarrierBeat, reference: n.core.degradedReference(nowMonoNs: m),
+            tempoBarrierBeat: n.core.tempoBarrierBeat, reference: n.core.degradedReference,
             term: n.core.raft.term)
         switch n.planner.plan(inputs, timeline: t) {
         case .emit(let k, let at, let degraded):
@@ -547,8 +529,8 @@ final class Simulation {
         guard n.up, let t = n.core.machine.timeline else { return }
         let m = mono(n)
         let period = t.instantNs(ofBeat: n.planner.nextBeat + 1) - t.instantNs(ofBeat: n.planner.nextBeat)
-        let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(), periodNs: period)
-        let target = n.planner.targetNs(t, n.planner.nextBeat, mode, n.core.degradedReference(nowMonoNs: m))
+        let mode = n.core.publishMode(nowMonoNs: m, periodNs: period)
+        let target = n.planner.targetNs(t, n.planner.nextBeat, mode, n.core.degradedReference)
         armBeat(n, atWall: max(target - 1_000_000, wall(n) + 1_000_000))
     }
 
@@ -568,7 +550,7 @@ final class Simulation {
         }
         let m = mono(n)
         let period = t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k)
-        let mode = n.core.publishMode(nowMonoNs: m, turnNs: n.core.degradedTurnNs(), periodNs: period)
+        let mode = n.core.publishMode(nowMonoNs: m, periodNs: period)
         guard n.planner.confirm(mode: mode, monoNs: m, wallNs: wall(n)), n.planner.nextBeat <= k else {
             n.planner.abandon(k)
             armNext(n)
@@ -584,7 +566,7 @@ final class Simulation {
             handedOff.append(frame)
             if natsCut[n.index] {
                 n.link.kernelQueue.append(frame)
-                if n.link.kernelQueue.count == 1 && !knobs.legacy.staleBytes {
+                if n.link.kernelQueue.count == 1 {
                     events.push(now + knobs.staleBytesBoundNs, .userTimeout(node: n.index, link: n.link.gen))
                 }
             } else {
@@ -702,28 +684,18 @@ final class Simulation {
     // MARK: the doorway (fault 5)
 
     func post(_ n: SimNode, _ item: Posted) {
-        if knobs.legacy.sharedDoorway {
-            if n.doorway.count >= knobs.doorwayCapacity {
-                if case .completion = item { n.lostCompletions += 1 } else { n.droppedDeliveries += 1 }
-                trace("n\(n.id): doorway full, dropped \(item)")
-                if !n.stalled(now) { drain(n) }
+        switch item {
+        case .completion:
+            // One Ready in flight at most: its own slot, never dropped.
+            precondition(!n.completionPosted, "two store completions in flight")
+            n.completionPosted = true
+        case .nats:
+            // NATS deliveries are the only thing that may be shed (counted).
+            guard n.doorway.count < knobs.doorwayCapacity else {
+                n.droppedDeliveries += 1
                 return
             }
             n.doorway.append(item)
-        } else {
-            switch item {
-            case .completion:
-                // One Ready in flight at most: its own slot, never dropped.
-                precondition(!n.completionPosted, "two store completions in flight")
-                n.completionPosted = true
-            case .nats:
-                // NATS deliveries are the only thing that may be shed (counted).
-                guard n.doorway.count < knobs.doorwayCapacity else {
-                    n.droppedDeliveries += 1
-                    return
-                }
-                n.doorway.append(item)
-            }
         }
         if !n.stalled(now) { drain(n) }
     }
@@ -746,9 +718,11 @@ final class Simulation {
     }
 
     func completeSave(_ n: SimNode) {
-        guard let rd = n.savingReady else { return }
+        guard n.savingReady != nil, let done = n.saveDone else { return }
         n.savingReady = nil
-        finish(n, rd)
+        n.saveDone = nil
+        n.trace?.inputs.append(.persisted)
+        done(nil)
     }
 
     // MARK: chaos
@@ -829,10 +803,15 @@ final class Simulation {
         }
         let atBeat = tempoApplyBeat(
             timeline: t, nowNs: wall(n), commitRoundNs: commitRoundNs, firstUnpublishedBeat: n.planner.nextBeat)
-        if n.core.propose(.tempo(atBeat: atBeat, bpm: requested, justification: "req-\(id)"), requestId: id) == nil {
+        let command = ClusterCommand.tempo(atBeat: atBeat, bpm: requested, justification: "req-\(id)")
+        n.trace?.inputs.append(.propose(command))
+        n.shell.propose(command) { [self] outcome in
+            guard outcome == .refused else { return }
             refusedRequests.insert(id)
+            if appliedRequests.contains(id) {
+                fail(.tempoNotRetroactive, "request \(id) was answered refused but took effect")
+            }
         }
-        pump(n)
     }
 
     func endChaos() {

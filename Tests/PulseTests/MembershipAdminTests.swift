@@ -4,6 +4,7 @@
 // -join flag's rules.
 import CHttpParser
 import Foundation
+import PulsePolicy
 import Raft
 import XCTest
 
@@ -123,8 +124,7 @@ final class MembershipAdminTests: XCTestCase {
         let (removed, _) = list.reconfigured(members: [Member(id: ids[1]), Member(id: ids[2])], fallback: list)
         XCTAssertEqual(removed.peers.map(\.name), ["n2", "n3", "n1"])
         XCTAssertEqual(removed.others.map(\.name), ["n2", "n3"])
-        XCTAssertEqual(ClusterNode.turns(voters: [30, 10, 20], me: 20).rank, 1)
-        XCTAssertEqual(ClusterNode.turns(voters: [30, 10, 20], me: 20).reference, 10)
+        XCTAssertEqual(DegradationPolicy.rank(of: 20, among: [30, 10, 20]), 1)
     }
 
     func testJoinExcludesBootstrap() throws {

@@ -160,11 +160,11 @@ final class TimelineShapeTests: XCTestCase {
         let noop = Entry(index: 1, term: 1, kind: .noop)
         let shaped = try epochEntry(2, bar: 4, phases: ["a"])
         let four = try TimelineShape(bar: 4, phases: ["a"])
-        XCTAssertNil(ClusterNode.persistedShape(snapshot: nil, entries: [], commit: 0, flags: flags), "fresh")
+        XCTAssertNil(ClusterCore.persistedShape(snapshot: nil, entries: [], commit: 0, flags: flags), "fresh")
         XCTAssertEqual(
-            ClusterNode.persistedShape(snapshot: nil, entries: [noop, shaped], commit: 2, flags: flags), four)
+            ClusterCore.persistedShape(snapshot: nil, entries: [noop, shaped], commit: 2, flags: flags), four)
         XCTAssertNil(
-            ClusterNode.persistedShape(snapshot: nil, entries: [noop, shaped], commit: 1, flags: flags),
+            ClusterCore.persistedShape(snapshot: nil, entries: [noop, shaped], commit: 1, flags: flags),
             "an uncommitted epoch is nobody's shape yet")
         // An entry apply refuses (an epoch out of range, a bad shape) is skipped, as apply skips it.
         let outOfRange = try epochEntry(2, bar: 6, phases: ["z"], startNs: Int64.max - 5)
@@ -172,23 +172,23 @@ final class TimelineShapeTests: XCTestCase {
         var third = try epochEntry(4, bar: 4, phases: ["a"])
         third.term = 2
         XCTAssertEqual(
-            ClusterNode.persistedShape(
+            ClusterCore.persistedShape(
                 snapshot: nil, entries: [noop, outOfRange, badShape, third], commit: 4, flags: flags), four)
         // An old epoch entry (bar only): the flags' phases.
         XCTAssertEqual(
-            ClusterNode.persistedShape(
+            ClusterCore.persistedShape(
                 snapshot: nil, entries: [try epochEntry(1, bar: 8, phases: nil)], commit: 1, flags: flags), flags)
         // The snapshot holds the first epoch: it wins over any later entry.
         let snapshot = ClusterState(
             epoch: .init(startBeat: 0, startNs: startNs, bpm: 120), pending: nil, justification: "", bar: 2,
             phases: ["s"])
         XCTAssertEqual(
-            ClusterNode.persistedShape(snapshot: snapshot, entries: [third], commit: 4, flags: flags),
+            ClusterCore.persistedShape(snapshot: snapshot, entries: [third], commit: 4, flags: flags),
             try TimelineShape(bar: 2, phases: ["s"]))
         var legacy = snapshot
         legacy.bar = nil
         legacy.phases = nil
-        XCTAssertEqual(ClusterNode.persistedShape(snapshot: legacy, entries: [], commit: 4, flags: flags), flags)
+        XCTAssertEqual(ClusterCore.persistedShape(snapshot: legacy, entries: [], commit: 4, flags: flags), flags)
     }
 
     // MARK: epoch.json and backups

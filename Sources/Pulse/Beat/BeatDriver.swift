@@ -24,6 +24,8 @@ struct BeatStats {
     var beatsUnpublished: UInt64 = 0
     var lateBeats: UInt64 = 0
     var clockSteps: UInt64 = 0
+    /// Beat timer arms that failed (each retried 1 ms later; should stay 0).
+    var armFailures: UInt64 = 0
     var hotPathAllocatedBytes: UInt64 = 0
     /// The last beat whose path allocated (for the warning log), or -1.
     var lastAllocatingBeat: Int64 = -1
@@ -220,7 +222,7 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         self.wakeLateness.initialize(repeating: 0, count: Self.wakeWindow)
         self.planner = BeatPlanner(
             config: PlannerConfig(
-                maxLeadNs: maxLeadNs, handoffGuardNs: Self.handoffGuardNs, legacy: Self.serviceFaults))
+                maxLeadNs: maxLeadNs, handoffGuardNs: Self.handoffGuardNs))
         self.timerToken = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: self)
         nats.txSink = self
     }
@@ -271,7 +273,7 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
     }
 
     func stop() {
-        _ = cloop_timer_disarm(loop.raw, timerToken)
+        loop.disarmTimer(timerToken)
     }
 
     private func arm() {
@@ -279,9 +281,19 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         arm(at: planner.targetNs(timeline, nextBeat, mode, gate?.referenceClock) - leadNs)
     }
 
+    /// Arms the beat timer at `ns` (wall). A timer that cannot be armed
+    /// would stop the beat in silence: the failure is counted and logged,
+    /// and the beat re-planned from a relative timer a millisecond later
+    /// (`armFailures`; the loop keeps running, the next wake tries again).
     private func arm(at ns: Int64) {
         armedAtNs = ns
-        _ = cloop_timer_arm_at(loop.raw, timerToken, armedAtNs, true)
+        do {
+            try loop.armTimer(timerToken, atNs: ns, cancelOnSet: true)
+        } catch {
+            stats.armFailures &+= 1
+            logger.error("cannot arm the beat timer; retrying in 1 ms", metadata: ["error": "\(error)"])
+            try? loop.armTimer(timerToken, afterNs: 1_000_000)
+        }
     }
 
     /// Window ids for this bar and the next are computed ahead, off the beat path.
@@ -292,15 +304,20 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
     }
 
     func loopEvent(token: UInt32, events: UInt32) {
-        let expirations = cloop_timer_read(loop.raw, timerToken)
-        if expirations == -Int64(ECANCELED) {
+        switch loop.readTimer(timerToken) {
+        case .clockStepped:
             // The wall clock was stepped: re-plan from the new time.
             stats.clockSteps &+= 1
             logger.warning("wall clock stepped; re-planning the next beat", metadata: ["beat": "\(nextBeat)"])
             start(nowNs: cloop_realtime_ns())
             return
+        case .failed(let errno):
+            preconditionFailure("beat timer read failed (errno \(errno)): the loop lost its own timer")
+        case .expired(0):
+            return
+        case .expired:
+            break
         }
-        guard expirations > 0 else { return }
         let retryAt = fire()
         prepareAhead()
         if let retryAt { arm(at: retryAt) } else { arm() }
@@ -311,16 +328,11 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         }
     }
 
-    /// The planner's view of the service: the fixed policy, every fault
-    /// (fault 4's inputs: the gate's `tempoBarrierBeat`, and a leader's
-    /// publish mode only once its term's first entry is applied).
     /// Committed tempo changes applied at a beat this node had already
     /// published (must stay 0; see `schedule`).
     private(set) var retroactiveTempoChanges: UInt64 = 0
     /// The last beat this node handed to NATS, or -1.
     private(set) var lastPublishedBeat: Int64 = -1
-
-    private static let serviceFaults = LegacyFaults()
 
     /// The beat path, a thin driver over the pure planner (PulsePolicy):
     /// read the clocks → ask the planner → spin → confirm (the lease and the

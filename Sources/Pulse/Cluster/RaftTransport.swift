@@ -250,7 +250,7 @@ final class RaftTransport: LoopHandler {
                 "raft: plain TCP to a peer off loopback; anyone who can reach the port can join: give -raft-tls-cert, -raft-tls-key and -raft-tls-ca",
                 metadata: ["peer": "\(remote.peer.address)"])
         }
-        _ = cloop_timer_arm_after(loop.raw, timerToken, 50_000_000, 50_000_000)
+        try loop.armTimer(timerToken, afterNs: 50_000_000, intervalNs: 50_000_000)
         for connection in outbound.values { connect(connection) }
     }
 
@@ -261,7 +261,7 @@ final class RaftTransport: LoopHandler {
         inbound.removeAll()
         if let listenToken { loop.remove(token: listenToken) }
         listenToken = nil
-        _ = cloop_timer_disarm(loop.raw, timerToken)
+        loop.disarmTimer(timerToken)
     }
 
     /// The voter set changed (ClusterNode, on the loop): from now on frames
@@ -335,7 +335,7 @@ final class RaftTransport: LoopHandler {
         if token == listenToken {
             acceptAll()
         } else if token == timerToken {
-            _ = cloop_timer_read(loop.raw, timerToken)
+            loop.readTimer(timerToken)
             let now = cloop_monotonic_ns()
             for connection in outbound.values
             where connection.resolving && now - connection.resolveStartedMonoNs > Self.resolveTimeoutNs {
@@ -369,7 +369,7 @@ final class RaftTransport: LoopHandler {
 
     private func acceptAll() {
         guard let listenToken else { return }
-        let listenFd = cloop_fd(loop.raw, listenToken)
+        let listenFd = loop.fd(listenToken)
         for _ in 0..<limits.maxAcceptsPerEvent {
             let fd = accept(listenFd, nil, nil)
             guard fd >= 0 else { return }
@@ -420,7 +420,7 @@ final class RaftTransport: LoopHandler {
     }
 
     private func readInbound(token: UInt32, _ connection: Inbound) {
-        let fd = cloop_fd(loop.raw, token)
+        let fd = loop.fd(token)
         if let tls {
             readInboundTLS(token: token, fd: fd, connection, tls)
             return
@@ -720,7 +720,7 @@ final class RaftTransport: LoopHandler {
 
     private func outboundEvent(_ connection: Outbound, events: UInt32) {
         guard let token = connection.token else { return }
-        let fd = cloop_fd(loop.raw, token)
+        let fd = loop.fd(token)
         if !connection.connected {
             var error: Int32 = 0
             var length = socklen_t(MemoryLayout<Int32>.size)
@@ -828,7 +828,7 @@ final class RaftTransport: LoopHandler {
 
     private func flush(_ connection: Outbound) {
         guard let token = connection.token, connection.ready else { return }
-        let fd = cloop_fd(loop.raw, token)
+        let fd = loop.fd(token)
         var wantWrite = false
         while !connection.output.isEmpty {
             if let session = connection.session {

@@ -136,6 +136,49 @@ final class EventLoop {
         return token
     }
 
+    // MARK: timers (checked: nothing reaches `raw` from outside the loop)
+
+    /// What reading a timer found.
+    enum TimerRead: Equatable {
+        /// Expired this many times since the last read (0: a spurious wake).
+        case expired(UInt64)
+        /// A CLOCK_REALTIME timer armed with `cancelOnSet` saw the wall clock step.
+        case clockStepped
+        /// The read failed (the timer is not ours any more): a broken invariant upstream.
+        case failed(Int32)
+    }
+
+    /// Arms `token` to expire `afterNs` from now, then every `intervalNs` (0: once).
+    func armTimer(_ token: UInt32, afterNs: Int64, intervalNs: Int64 = 0) throws {
+        let rc = cloop_timer_arm_after(raw, token, afterNs, intervalNs)
+        guard rc == 0 else { throw LoopError(operation: "timerfd_settime (after \(afterNs) ns)", errno: -rc) }
+    }
+
+    /// Arms `token` to expire once at `atNs` on its clock; with `cancelOnSet`
+    /// (CLOCK_REALTIME) a wall-clock step reads as `.clockStepped`.
+    func armTimer(_ token: UInt32, atNs: Int64, cancelOnSet: Bool) throws {
+        let rc = cloop_timer_arm_at(raw, token, atNs, cancelOnSet)
+        guard rc == 0 else { throw LoopError(operation: "timerfd_settime (at \(atNs) ns)", errno: -rc) }
+    }
+
+    /// Disarms `token`; false when the timer is not ours any more.
+    @discardableResult
+    func disarmTimer(_ token: UInt32) -> Bool { cloop_timer_disarm(raw, token) == 0 }
+
+    /// Reads (and so clears) `token`'s expirations.
+    @discardableResult
+    func readTimer(_ token: UInt32) -> TimerRead {
+        let n = cloop_timer_read(raw, token)
+        if n >= 0 { return .expired(UInt64(n)) }
+        return n == -Int64(ECANCELED) ? .clockStepped : .failed(Int32(truncatingIfNeeded: -n))
+    }
+
+    /// Reads one signal from the signalfd `token` (0: none pending).
+    func readSignal(_ token: UInt32) -> Int32 { cloop_signal_read(raw, token) }
+
+    /// The fd of a live registration (-1: the token is not in use).
+    func fd(_ token: UInt32) -> Int32 { cloop_fd(raw, token) }
+
     /// Blocks `signals` (call before any thread starts) and delivers them
     /// through a signalfd; read them with `cloop_signal_read`.
     func watchSignals(_ signals: [Int32], handler: LoopHandler) throws -> UInt32 {

@@ -7,77 +7,82 @@ import PulseCore
 import PulsePolicy
 import Raft
 
-extension PulseNode: PublishGate, ClusterListener {
-    /// Beat path (allocation-free): the leader holding its lease, with the
-    /// lease deadline (the planner checks it again immediately before the
-    /// write and drops the connection once it lapses: fault 2 of issue #10);
-    /// a leader without a confirmed lease waits; followers keep silent;
-    /// after too long without a leader, degraded publishing in turns.
+extension PulseNode: PublishGate {
+    /// Beat path (allocation-free): the core's publish mode (the leader
+    /// holding its lease, with the lease deadline, which the planner checks
+    /// again immediately before the write; a leader without a confirmed lease
+    /// waits; followers keep silent; degraded voters publish in turns).
     func publishMode(monotonicNs: Int64) -> PulsePolicy.PublishMode {
-        guard let cluster else { return .single }
-        if cluster.mayPublish(monotonicNs: monotonicNs) { return .leader(leaseUntilMonoNs: cluster.leaseUntilMonoNs) }
-        if cluster.isLeader { return .waiting }
-        if cluster.degraded {
-            let t = beats.timeline
-            let k = beats.nextBeat
-            return cluster.degradedMode(periodNs: t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k))
-        }
-        return .follower
+        guard let core = cluster?.core else { return .single }
+        let t = beats.timeline
+        let k = beats.nextBeat
+        return core.publishMode(nowMonoNs: monotonicNs, periodNs: t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k))
     }
 
     /// The clock degraded turns are measured on (the planner's `reference`):
     /// the lowest voter's, the same for every node (fault 6).
-    var referenceClock: ClockSync? { cluster?.degradedReference }
+    var referenceClock: ClockSync? { cluster?.core.degradedReference }
 
-    /// Beat path: the barrier of our own uncommitted tempo entries (fault 4).
-    var tempoBarrierBeat: Int64 { cluster?.tempoBarrierBeat ?? .max }
+    /// Beat path: the barrier of uncommitted tempo entries in our log (fault 4).
+    var tempoBarrierBeat: Int64 { cluster?.core.tempoBarrierBeat ?? .max }
 
     func localNs(forTimelineNs timelineNs: Int64) -> Int64 {
-        guard let sync = cluster?.referenceSync else { return timelineNs }
+        guard let sync = cluster?.core.referenceSync else { return timelineNs }
         return sync.localNs(atReference: timelineNs)
     }
 
     func timelineNs(forLocalNs localNs: Int64) -> Int64 {
-        guard let sync = cluster?.referenceSync else { return localNs }
+        guard let sync = cluster?.core.referenceSync else { return localNs }
         return sync.referenceNs(atLocal: localNs)
     }
 
-    func clusterEpochCommitted(_ epoch: TempoEpoch) {
+    /// The cluster core's events, as they reach the service (the shell has
+    /// logged, counted and persisted what is its own).
+    func clusterEvent(_ event: ClusterEvent) {
+        switch event {
+        case .applied(.epoch(let epoch), _):
+            epochCommitted(epoch)
+        case .applied(.tempo(let change), _):
+            tempo.applyCommitted(change, justification: cluster?.core.machine.justification ?? "")
+            committedTimelineChanged()
+        case .restored:
+            guard let state = cluster?.core.machine.state else { return }
+            epochCommitted(TempoEpoch(state.epoch))
+            if let pending = state.pending {
+                tempo.applyCommitted(TempoChange(pending), justification: state.justification)
+                committedTimelineChanged()
+            }
+        case .leadership(let isLeader, _, let term):
+            leadershipChanged(isLeader: isLeader, term: term)
+        case .votersChanged:
+            membersGeneration &+= 1  // the beat subscription's publishers follow it (`subscribeBeats`)
+        case .peerClock(let wallNs):
+            // §3: Raft traffic merges into the HLC like beat frames (as `(ms, 0)`).
+            beats.mergeRemote(HLCStamp(wallMs: wallNs / 1_000_000, counter: 0), wallNs: cloop_realtime_ns())
+        case .applied, .proposal, .configuration, .rejected, .refusal, .degradation, .compacted:
+            break
+        }
+    }
+
+    private func epochCommitted(_ epoch: TempoEpoch) {
         logger.info("timeline committed", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(epoch.bpm)"])
         beats.adopt(epoch: epoch, nowNs: cloop_realtime_ns())
         // A leader that learns the timeline only now (a restarted node whose
         // log is applied after its election) starts past the hand-over guard too.
-        if let cluster, cluster.isLeader {
-            beats.takeOver(nowNs: cloop_realtime_ns(), gracefulHandOver: cluster.electedByHandOver)
+        if let core = cluster?.core, core.isLeader {
+            beats.takeOver(nowNs: cloop_realtime_ns(), gracefulHandOver: core.electedByHandOver)
         }
         committedTimelineChanged()
     }
 
-    func clusterTempoCommitted(_ change: TempoChange, justification: String) {
-        tempo.applyCommitted(change, justification: justification)
-        committedTimelineChanged()
-    }
-
-    func clusterLeadershipChanged(isLeader: Bool, leader: Peer?, term: UInt64) {
+    private func leadershipChanged(isLeader: Bool, term: UInt64) {
         beats.term = term
         if isLeader {
-            beats.takeOver(nowNs: cloop_realtime_ns(), gracefulHandOver: cluster?.electedByHandOver ?? false)
+            beats.takeOver(nowNs: cloop_realtime_ns(), gracefulHandOver: cluster?.core.electedByHandOver ?? false)
             committedTimelineChanged()
         } else if stopRequested {
             loop.requestStop()  // leadership handed over: now stop
         }
-    }
-
-    /// The voter set changed: the beat subscription's publishers follow it
-    /// (`subscribeBeats`).
-    func clusterMembersChanged(_ peers: PeerList) {
-        membersGeneration &+= 1
-    }
-
-    /// §3: Raft traffic merges into the HLC like beat frames (the frame
-    /// carries the sender's wall clock, merged as `(ms, 0)`).
-    func clusterPeerTimestamp(wallNs: Int64, receivedNs: Int64) {
-        beats.mergeRemote(HLCStamp(wallMs: wallNs / 1_000_000, counter: 0), wallNs: receivedNs)
     }
 
     /// A follower forwards tempo requests to the leader over NATS

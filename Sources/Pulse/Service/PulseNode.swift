@@ -118,24 +118,23 @@ final class PulseNode: LoopHandler {
                 certPath: config.raftTLSCert, keyPath: config.raftTLSKey, caPath: config.raftTLSCA, peers: peers)
         }
         if let peers {
-            let cluster = try ClusterNode(
-                peers: peers,
-                timing: RaftTiming(
-                    tickNs: Int64(config.heartbeatMs) * 1_000_000,
-                    electionTicks: config.electionTimeoutMs / config.heartbeatMs, heartbeatTicks: 1),
-                dataDir: dataDir.path,
-                bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, shape: flags, loop: loop,
-                rejected: rejected, logger: logger, tls: raftTLS, joining: config.join)
-            self.cluster = cluster
-            cluster.listener = self
-            cluster.compactEvery = UInt64(config.raftCompactEvery)
             // Degrade after a few beats without a leader, but never before a
             // few election timeouts (an election in progress is not an outage).
             let periodNs = 60_000_000_000 / Int64(config.bpm)
-            cluster.degradeAfterNs =
+            var timing = ClusterTiming()
+            timing.tickNs = Int64(config.heartbeatMs) * 1_000_000
+            timing.electionTicks = config.electionTimeoutMs / config.heartbeatMs
+            timing.compactEvery = UInt64(config.raftCompactEvery)
+            timing.degradeAfterNs =
                 config.degradeAfterMs > 0
                 ? Int64(config.degradeAfterMs) * 1_000_000
                 : max(3 * periodNs, 3 * Int64(config.electionTimeoutMs) * 1_000_000)
+            let cluster = try ClusterNode(
+                peers: peers, timing: timing, dataDir: dataDir.path,
+                bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, shape: flags, loop: loop,
+                rejected: rejected, logger: logger, tls: raftTLS, joining: config.join)
+            self.cluster = cluster
+            cluster.onEvent = { [unowned self] event in self.clusterEvent(event) }
             beats.gate = self
             tempo.persistAppliedEpochs = false
             tempo.canCommit = { [unowned cluster] in cluster.isLeader }
@@ -253,7 +252,7 @@ final class PulseNode: LoopHandler {
         } else {
             beats.start(nowNs: cloop_realtime_ns())
         }
-        _ = cloop_timer_arm_after(loop.raw, housekeepingToken, 1_000_000_000, 1_000_000_000)
+        try loop.armTimer(housekeepingToken, afterNs: 1_000_000_000, intervalNs: 1_000_000_000)
         logger.info(
             "pulse running",
             metadata: [
@@ -275,7 +274,7 @@ final class PulseNode: LoopHandler {
 
     func loopEvent(token: UInt32, events: UInt32) {
         if token == signalToken {
-            let signo = cloop_signal_read(loop.raw, signalToken)
+            let signo = loop.readSignal(signalToken)
             if signo == SIGHUP {
                 reloadOffLoop()
             } else if signo > 0 {
@@ -291,7 +290,7 @@ final class PulseNode: LoopHandler {
                 }
             }
         } else if token == housekeepingToken {
-            _ = cloop_timer_read(loop.raw, housekeepingToken)
+            loop.readTimer(housekeepingToken)
             housekeeping()
         }
     }

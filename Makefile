@@ -108,16 +108,20 @@ test-unit: build-info
 	$(SWIFT) test --skip-build
 
 # The Python client (clients/python, nats-py from PyPI in a git-ignored venv
-# that sees Debian's jsonschema) against a live 3-node cluster, and every
-# frame, timeline and control reply it sees checked against docs/schema.
+# that sees Debian's jsonschema) under pytest: unit and vector tests, a live
+# 3-node cluster (every frame, timeline and control reply it sees checked
+# against docs/schema), forged messages; then its packaging: mypy --strict,
+# python -m build (sdist and wheel) and twine check --strict.
 test-python: build
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(VENV)
-	@$(VENV)/bin/python -c "import nats, jsonschema" 2>/dev/null || $(VENV)/bin/pip install -q nats-py jsonschema
-	$(VENV)/bin/python clients/python/tests/test_timeline.py
-	$(VENV)/bin/python clients/python/tests/test_vectors.py
-	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(VENV)/bin/python clients/python/tests/test_live.py
-	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(VENV)/bin/python clients/python/tests/test_api.py
-	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(VENV)/bin/python clients/python/tests/test_forged.py
+	@$(VENV)/bin/python -c "import nats, jsonschema, pytest, mypy, build, twine" 2>/dev/null \
+	  || $(VENV)/bin/pip install -q nats-py jsonschema pytest mypy build twine
+	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(VENV)/bin/python -m pytest -q clients/python
+	cd clients/python && ../../$(VENV)/bin/mypy --strict backbeat_client
+	@rm -rf $(RUN_DIR)/python-dist
+	$(VENV)/bin/python -m build -q --outdir $(RUN_DIR)/python-dist clients/python
+	$(VENV)/bin/twine check --strict $(RUN_DIR)/python-dist/*
+	@rm -rf clients/python/backbeat_client.egg-info
 
 # The Go client (clients/go, on nats.go) offline, with what Debian ships:
 # GOPATH mode over /usr/share/gocode (golang-go, golang-github-nats-io-go-nats-dev),

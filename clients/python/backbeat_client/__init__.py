@@ -37,7 +37,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Optional
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple
 
 __all__ = [
     "Timeline", "BeatInfo", "BeatPosition", "Frame", "FrameError", "TimelineError", "FrameTracker", "Event",
@@ -135,7 +135,7 @@ class Timeline:
     epoch: Epoch
     pending: Optional[Epoch]
     bar: int
-    phases: tuple
+    phases: Tuple[str, ...]
     term: int
     leader: Optional[str]
     node_id: str
@@ -144,7 +144,7 @@ class Timeline:
 
     # Ordering of versions: every committed change moves (epoch start, has pending) forward.
     @property
-    def version(self) -> tuple:
+    def version(self) -> Tuple[int, int]:
         return (self.epoch.start_beat, 1 if self.pending else 0)
 
     def _epoch_for_beat(self, k: int) -> Epoch:
@@ -208,7 +208,7 @@ class Timeline:
         return None
 
 
-def _int(value, low: int, high: int) -> bool:
+def _int(value: object, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
@@ -228,13 +228,13 @@ def decode_timeline(data: bytes, cluster_id: str) -> Timeline:
         raise TimelineError("wrong_type")
     if o.get("cluster_id") != cluster_id:
         raise TimelineError("wrong_cluster", str(o.get("cluster_id")))
-    e = o.get("epoch")
-    if not isinstance(e, dict) or not _int(e.get("start_beat"), *SUPPORTED_BEATS) \
-            or not _int(e.get("start_ns"), *SUPPORTED_NS) or not _int(e.get("bpm"), 1, MAX_BPM):
+    ep = o.get("epoch")
+    if not isinstance(ep, dict) or not _int(ep.get("start_beat"), *SUPPORTED_BEATS) \
+            or not _int(ep.get("start_ns"), *SUPPORTED_NS) or not _int(ep.get("bpm"), 1, MAX_BPM):
         raise TimelineError("out_of_range", "epoch")
-    epoch = Epoch(e["start_beat"], e["start_ns"], e["bpm"])
+    epoch = Epoch(ep["start_beat"], ep["start_ns"], ep["bpm"])
     bar, phases = o.get("bar"), o.get("phases")
-    if not _int(bar, 1, 1024):
+    if not isinstance(bar, int) or not _int(bar, 1, 1024):
         raise TimelineError("out_of_range", "bar")
     if not isinstance(phases, list) or not 1 <= len(phases) <= bar \
             or not all(isinstance(p, str) and 0 < len(p.encode()) <= 64 for p in phases):
@@ -250,7 +250,7 @@ def decode_timeline(data: bytes, cluster_id: str) -> Timeline:
             raise TimelineError("out_of_range", "pending at_ns")
         pending = Epoch(p["at_beat"], at_ns, p["bpm"])
     term, leader, node_id = o.get("term"), o.get("leader"), o.get("node_id")
-    if not _int(term, 0, UINT64_MAX) or not (leader is None or isinstance(leader, str)) \
+    if not isinstance(term, int) or not _int(term, 0, UINT64_MAX) or not (leader is None or isinstance(leader, str)) \
             or not isinstance(node_id, str) or not isinstance(o.get("degraded"), bool) \
             or not _int(o.get("now_ns"), -INT64_MAX, INT64_MAX):
         raise TimelineError("malformed", "term, leader, node_id, degraded or now_ns")
@@ -289,7 +289,7 @@ def _unix_ms(text: bytes) -> Optional[int]:
     return ((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms
 
 
-def _parse_hlc(text: bytes):
+def _parse_hlc(text: bytes) -> Optional[Tuple[int, int, bytes]]:
     """(ms, counter, suffix) of `<ms hex>:<counter hex>:<suffix>` as PulseCore's HLCStamp.parse, or None."""
     c1 = text.find(b":")
     if c1 < 0:
@@ -313,19 +313,19 @@ class _FrameParser:
         self.b = data
         self.i = 0
 
-    def peek(self):
+    def peek(self) -> Optional[int]:
         return self.b[self.i] if self.i < len(self.b) else None
 
-    def ws(self):
+    def ws(self) -> None:
         while self.i < len(self.b) and self.b[self.i] in _WS:
             self.i += 1
 
-    def expect(self, ch: int):
+    def expect(self, ch: int) -> None:
         if self.peek() != ch:
             raise FrameError("malformed_json")
         self.i += 1
 
-    def frame(self) -> dict:
+    def frame(self) -> Dict[str, Any]:
         self.ws()
         first = self.peek()
         if first is None:
@@ -335,7 +335,7 @@ class _FrameParser:
             self.ws()
             raise FrameError("not_an_object" if self.peek() is None else "malformed_json")
         self.i += 1
-        fields: dict = {}
+        fields: Dict[str, Any] = {}
         self.ws()
         if self.peek() == 0x7D:
             self.i += 1
@@ -361,9 +361,9 @@ class _FrameParser:
                 raise FrameError("missing_field")
         return fields
 
-    def field(self, key: bytes, fields: dict):
+    def field(self, key: bytes, fields: Dict[str, Any]) -> None:
         name = key.decode("utf-8", "strict") if _valid_utf8(key) else None
-        if name not in _FIELDS and name != "degraded":
+        if name is None or (name not in _FIELDS and name != "degraded"):
             self.skip_value(1)
             return
         if name in fields:
@@ -431,7 +431,7 @@ class _FrameParser:
         if negative:
             self.i += 1
         start = self.i
-        while self.peek() is not None and 0x30 <= self.peek() <= 0x39:
+        while self._digit():
             self.i += 1
         digits = self.b[start:self.i]
         if not digits:
@@ -497,7 +497,7 @@ class _FrameParser:
             raise FrameError("malformed_json")
         return chr(scalar).encode()
 
-    def skip_value(self, depth: int):
+    def skip_value(self, depth: int) -> None:
         b = self.peek()
         if b is None:
             raise FrameError("malformed_json")
@@ -535,13 +535,17 @@ class _FrameParser:
         else:
             self.skip_number()
 
-    def digits(self):
-        if self.peek() is None or not 0x30 <= self.peek() <= 0x39:
+    def _digit(self) -> bool:
+        b = self.peek()
+        return b is not None and 0x30 <= b <= 0x39
+
+    def digits(self) -> None:
+        if not self._digit():
             raise FrameError("malformed_json")
-        while self.peek() is not None and 0x30 <= self.peek() <= 0x39:
+        while self._digit():
             self.i += 1
 
-    def skip_number(self):
+    def skip_number(self) -> None:
         if self.peek() == 0x2D:
             self.i += 1
         first = self.peek()
@@ -613,7 +617,7 @@ class Event:
     kind: str
     frame: Optional[Frame] = None
     received_ns: int = 0
-    missed: Optional[tuple] = None  # (first, last) for gap
+    missed: Optional[Tuple[int, int]] = None  # (first, last) for gap
     term: int = 0
     previous: int = 0
     bpm: int = 0
@@ -657,7 +661,7 @@ class FrameTracker:
         """The last accepted frame claimed an unconfirmed term, or stale refusals repeat."""
         return self.last_frame_term > self.fence_term or self.stale_in_a_row >= STALE_REFUSALS_BEFORE_RECHECK
 
-    def adopt(self, timeline: Timeline, held: Optional[Timeline]) -> tuple:
+    def adopt(self, timeline: Timeline, held: Optional[Timeline]) -> Tuple[Timeline, List[Event]]:
         """A confirmed timeline (a reply to this client's request, never a
         publication) against the one held: adopted unless older (a
         lagging node never rolls a committed change back); its term raises
@@ -665,17 +669,17 @@ class FrameTracker:
         self.note_timeline(timeline)
         if held is not None and (timeline.version < held.version or timeline == held):
             return held, []
-        events = []
+        events: List[Event] = []
         if timeline.pending and (held is None or held.pending != timeline.pending):
             events.append(Event("tempo_scheduled", bpm=timeline.pending.bpm, at_beat=timeline.pending.start_beat))
         events.append(Event("timeline_updated", timeline=timeline, term=timeline.term))
         return timeline, events
 
-    def _refuse(self, reason: str) -> list:
+    def _refuse(self, reason: str) -> List[Event]:
         self.refused += 1
         return [Event("refused", reason=reason)]
 
-    def receive(self, data: bytes, received_ns: int, timeline: Optional[Timeline]) -> list:
+    def receive(self, data: bytes, received_ns: int, timeline: Optional[Timeline]) -> List[Event]:
         try:
             frame = decode_frame(data)
         except FrameError as e:
@@ -704,7 +708,7 @@ class FrameTracker:
         if frame.beat_index <= self.last_index:
             self.duplicates += 1
             return []
-        events = []
+        events: List[Event] = []
         if self.last_index >= 0 and frame.beat_index > self.last_index + 1:
             events.append(Event("gap", missed=(self.last_index + 1, frame.beat_index - 1)))
         if self.last_frame_term and frame.term > self.last_frame_term:
@@ -778,7 +782,8 @@ DRIFT_PER_SECOND_NS = 200_000  # drift allowed between two clocks: 200 ppm
 class BackbeatClient:
     """A consumer of one cluster's beat over NATS (nats-py). Use `connect`."""
 
-    def __init__(self, nc, cluster: str, request_timeout: float, local_clock=None):
+    def __init__(self, nc: Any, cluster: str, request_timeout: float,
+                 local_clock: Optional[Callable[[], int]] = None):
         self.nc = nc
         self.cluster = cluster
         self.request_timeout = request_timeout
@@ -787,27 +792,28 @@ class BackbeatClient:
         self.clock_offset_ns = 0
         self.clock_samples_taken = 0
         self._local_clock = local_clock or time.time_ns
-        self._sampler = None
+        self._sampler: Optional[asyncio.Task[None]] = None
         self._last_error = ""
-        self._clock_samples: list = []
-        self._delivery: list = []
-        self._queue: asyncio.Queue = asyncio.Queue(maxsize=4096)
+        self._clock_samples: List[Tuple[int, int, int]] = []
+        self._delivery: List[int] = []
+        self._queue: asyncio.Queue[Event] = asyncio.Queue(maxsize=4096)
         self._refetching = False
         self._refetch_again = False
         self._last_refetch = -1e9  # time.monotonic() of the last re-check's start
-        self._refetch_task = None
-        self._claimed: Optional[tuple] = None  # (version, term) a publication claimed, not yet confirmed
-        self._subs = []
+        self._refetch_task: Optional[asyncio.Task[None]] = None
+        self._claimed: Optional[Tuple[Tuple[int, int], int]] = None  # (version, term) a publication claimed, not yet confirmed
+        self._subs: List[Any] = []
 
     @classmethod
-    async def connect(cls, servers, cluster: str = "chorus-aus-01", request_timeout: float = 2.0,
-                      connect_timeout: float = 5.0, clock_sample_interval: float = 2.0, local_clock=None,
-                      **nats_options) -> "BackbeatClient":
+    async def connect(cls, servers: Any, cluster: str = "chorus-aus-01", request_timeout: float = 2.0,
+                      connect_timeout: float = 5.0, clock_sample_interval: float = 2.0,
+                      local_clock: Optional[Callable[[], int]] = None,
+                      **nats_options: Any) -> "BackbeatClient":
         """Connects (nats-py options pass through: user_credentials, nkeys_seed, tls, ...), fetches the
         timeline and subscribes, all within `connect_timeout` seconds; otherwise raises one
         NoPulseError naming the server, the subject and the wait. The clock offset is then sampled
         every `clock_sample_interval` seconds (0: never). `local_clock` (ns) is for tests."""
-        import nats
+        import nats  # type: ignore[import-untyped,import-not-found,unused-ignore]
         from nats.errors import NoServersError
         client = cls(None, cluster, request_timeout, local_clock)
         started = time.monotonic()
@@ -854,7 +860,7 @@ class BackbeatClient:
             except Exception:
                 pass  # asked again next time
 
-    async def _error(self, e) -> None:
+    async def _error(self, e: BaseException) -> None:
         self._last_error = str(e) or type(e).__name__  # the cause connect's NoPulseError names
 
     async def request_tempo(self, bpm: int, justification: str, token: Optional[str] = None) -> TempoScheduled:
@@ -872,7 +878,7 @@ class BackbeatClient:
         return TempoScheduled(reply["tempo_bpm"], reply["previous_bpm"], reply["apply_at_beat"],
                               reply.get("apply_at", ""), reply.get("justification", ""))
 
-    def clock_offset(self) -> Optional[tuple]:
+    def clock_offset(self) -> Optional[Tuple[int, int, int]]:
         """(offset_ns, bound_ns, samples): the true offset to the answering node's timeline clock is
         within offset ± bound (half the best sample's round trip, plus 200 ppm drift since it was
         taken); None before any sample."""
@@ -916,7 +922,7 @@ class BackbeatClient:
             self._clock_samples = (self._clock_samples + [(rtt, offset, answered)])[-8:]
             self.clock_offset_ns = min(self._clock_samples)[1]
         self._adopt(timeline)
-        return self.timeline
+        return self._t()
 
     def _adopt(self, timeline: Timeline) -> None:
         self.timeline, events = self.tracker.adopt(timeline, self.timeline)
@@ -931,7 +937,7 @@ class BackbeatClient:
             return
         self._refetching = True
 
-        async def run():
+        async def run() -> None:
             try:
                 while True:
                     self._refetch_again = False
@@ -967,12 +973,12 @@ class BackbeatClient:
             self._queue.get_nowait()  # keep the newest
         self._queue.put_nowait(event)
 
-    async def _on_beat(self, msg) -> None:
+    async def _on_beat(self, msg: Any) -> None:
         received = self._local_clock() + self.clock_offset_ns
         events = self.tracker.receive(msg.data, received, self.timeline)
         refetch = self.timeline is None
         for event in events:
-            if event.kind == "beat" and self.timeline is not None:
+            if event.kind == "beat" and self.timeline is not None and event.frame is not None:
                 self._delivery = (self._delivery + [received - self.timeline.instant_ns(event.frame.beat_index)])[-64:]
             if event.kind in ("mismatch", "leader_changed") or (
                     event.kind == "refused" and event.reason in FrameTracker.REFETCH):
@@ -981,7 +987,7 @@ class BackbeatClient:
         if refetch or self.tracker.needs_confirmation:
             self._refetch()
 
-    async def _on_timeline(self, msg) -> None:
+    async def _on_timeline(self, msg: Any) -> None:
         if msg.reply:
             return  # a request from another consumer
         # A publication: the leader's, or anyone's who may publish here. What
@@ -1061,14 +1067,14 @@ class BackbeatClient:
         return await self._wait(lambda t, now: t.next_downbeat(now))
 
     async def wait_for_phase(self, name: str) -> BeatInfo:
-        def target(t, now):
+        def target(t: Timeline, now: int) -> BeatInfo:
             start = t.next_phase_start(name, now)
             if start is None:
                 raise TimelineError("unknown_phase", name)
             return start
         return await self._wait(target)
 
-    async def _wait(self, target) -> BeatInfo:
+    async def _wait(self, target: Callable[[Timeline, int], BeatInfo]) -> BeatInfo:
         timeline = self._t()
         goal = target(timeline, self.now())
         while True:

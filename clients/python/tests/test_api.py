@@ -226,5 +226,11 @@ def main():
     report(failures, logs, "python client api: ok")
 
 
+
+def test_main() -> None:
+    """pytest entry: the same run as `python test_api.py` against live nodes (PULSE_BIN)."""
+    main()
+
+
 if __name__ == "__main__":
     main()

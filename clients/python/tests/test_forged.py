@@ -149,5 +149,11 @@ def main():
     print("OK")
 
 
+
+def test_main() -> None:
+    """pytest entry: the same run as `python test_forged.py` against forged messages against a live node (PULSE_BIN)."""
+    main()
+
+
 if __name__ == "__main__":
     main()

@@ -299,5 +299,11 @@ def report(failures, logs, ok):
     print(ok)
 
 
+
+def test_main() -> None:
+    """pytest entry: the same run as `python test_live.py` against a live 3-node cluster (PULSE_BIN)."""
+    main()
+
+
 if __name__ == "__main__":
     main()

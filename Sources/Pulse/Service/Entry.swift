@@ -122,6 +122,9 @@ public enum PulseEntry {
         LogSetup.bootstrap(level: config.logLevel, format: config.logFormat)
         do {
             let node = try PulseNode(config: config, environment: environment)
+            SystemdNotify.notifyWhenReady(config: config, environment: environment) {
+                Logger(label: "pulse").warning("\($0)")
+            }
             try node.run()
         } catch let error as PulseError {
             if case .config = error { fail(error.description, status: 2) }

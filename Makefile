@@ -24,7 +24,7 @@ APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prome
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build-info build release run dev cluster certs cluster-tls test test-deploy test-kubernetes test-unit test-python test-go test-browser test-all check-noalloc bench bench-micro bench-micro-update \
+.PHONY: deps build-info build release install dist run dev cluster certs cluster-tls test test-deploy test-kubernetes test-unit test-python test-go test-browser test-all check-noalloc bench bench-micro bench-micro-update \
 	format clean fuzz fuzz-build fuzz-smoke sim
 
 deps:
@@ -48,6 +48,20 @@ build: build-info
 
 release: build-info
 	$(SWIFT) build -c release --product pulse
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: the release pulse, the systemd
+# unit (ExecStart at $(PREFIX)/bin/pulse), the docs and `pulse --help` as
+# text (scripts/install.sh). make dist: dist/backbeat-pulse-VERSION-linux-ARCH.tar.gz,
+# the release pulse with the Swift runtime linked in, that layout, and
+# DEPENDENCIES: each shared library it loads and its Debian package (scripts/dist.sh).
+PREFIX ?= /usr/local
+DESTDIR ?=
+install: release
+	scripts/install.sh "$$($(SWIFT) build -c release --show-bin-path)/pulse" "$(PREFIX)" "$(DESTDIR)"
+
+dist: build-info
+	$(SWIFT) build -c release --product pulse --static-swift-stdlib
+	scripts/dist.sh "$$($(SWIFT) build -c release --show-bin-path)/pulse" dist
 
 # A local nats-server on loopback plus one bootstrapped node, and the beats live.
 # Ctrl-C stops all three.

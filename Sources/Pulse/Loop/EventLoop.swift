@@ -326,23 +326,26 @@ final class EventLoop {
         }
     }
 
+    /// Doorway messages handled per turn, like the beat subject's per-wake
+    /// budget: a flood of NATS deliveries (timeline requests) costs each turn
+    /// at most this many callbacks, and the rest wait for the next turn, in
+    /// which a due beat is dispatched first (`cloop_drain` re-arms the doorway
+    /// while messages remain, so the loop does not sleep on them).
+    static let maxDoorwayMessagesPerTurn: Int32 = 64
+
     private func drainDoorway() {
-        while true {
-            let n = cloop_drain(raw, messages, messageCapacity)
-            guard n > 0 else { return }
-            for i in 0..<Int(n) {
-                let message = messages[i]
-                if message.kind == DoorwayKind.stop.rawValue {
-                    stopping = true
-                } else if message.kind == DoorwayKind.callback.rawValue, let pointer = message.ptr {
-                    Unmanaged<LoopCallback>.fromOpaque(pointer).takeRetainedValue().body()
-                } else if message.kind == DoorwayKind.completion.rawValue {
-                    continue  // drained at the end of the turn
-                } else if let handler = doorwayHandlers[message.kind] {
-                    handler.doorwayMessage(message)
-                }
+        let n = cloop_drain(raw, messages, min(messageCapacity, Self.maxDoorwayMessagesPerTurn))
+        for i in 0..<Int(max(n, 0)) {
+            let message = messages[i]
+            if message.kind == DoorwayKind.stop.rawValue {
+                stopping = true
+            } else if message.kind == DoorwayKind.callback.rawValue, let pointer = message.ptr {
+                Unmanaged<LoopCallback>.fromOpaque(pointer).takeRetainedValue().body()
+            } else if message.kind == DoorwayKind.completion.rawValue {
+                continue  // drained at the end of the turn
+            } else if let handler = doorwayHandlers[message.kind] {
+                handler.doorwayMessage(message)
             }
-            if n < messageCapacity { return }
         }
     }
 }

@@ -61,7 +61,13 @@
 // the node's own echo is judged in the wake that read it, with no delivery
 // thread and no doorway round, within a per-wake budget. The other subjects
 // (control, timeline, request inboxes) keep asynchronous subscriptions whose
-// delivery thread posts each message to the loop through the doorway.
+// delivery thread posts each message to the loop through the doorway; each
+// has pending limits in the client (`asyncPendingMessages`/`Bytes`) and at
+// most `maxInFlightPerSubscription` messages waiting in the doorway, so a
+// flood on one subject (timeline requests) can neither grow memory nor fill
+// the doorway that carries the connection's own events. Messages beyond are
+// dropped and counted (`rejected{reason="over_budget"}` on the subscription's
+// surface, when it has one).
 //
 // While NATS is down the pulse keeps beating and does not buffer frames: a
 // beat delivered late is a wrong beat.
@@ -70,6 +76,7 @@ import CNats
 import Foundation
 import Glibc
 import Logging
+import Synchronization
 
 /// How the link authenticates and encrypts (flags -nats-creds, -nats-nkey,
 /// -nats-ca, -nats-cert, -nats-key; user/password or a token ride in the URL).
@@ -575,9 +582,11 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// `onDelivery`, if given, runs on the library's delivery thread first
     /// (for measurements that must not wait for the loop).
     func subscribe(
-        subject: String, onDelivery: ((Message) -> Void)? = nil, handler: @escaping (Message) -> Void
+        subject: String, onDelivery: ((Message) -> Void)? = nil, rejected: RejectedInput? = nil,
+        surface: InputSurface? = nil, handler: @escaping (Message) -> Void
     ) {
         let subscription = Subscription(subject: subject, link: self, onDelivery: onDelivery, handler: handler)
+        if let rejected, let surface { subscription.counted = (rejected, surface) }
         subscriptions.append(subscription)
         if connection != nil { subscription.open() }
     }
@@ -626,12 +635,24 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         return handles
     }
 
+    /// Pending limits of an asynchronous subscription in the client library.
+    static let asyncPendingMessages: Int32 = 4096
+    static let asyncPendingBytes: Int32 = 4 << 20
+    /// Messages of one asynchronous subscription posted to the loop and not run yet.
+    static let maxInFlightPerSubscription = 128
+
     fileprivate final class Subscription {
         let subject: String
         unowned let link: NatsLink
         let onDelivery: ((Message) -> Void)?
         let handler: (Message) -> Void
         var raw: OpaquePointer?
+        /// Posted to the loop and not run yet (delivery thread increments, loop decrements).
+        let inFlight = Atomic<Int>(0)
+        /// Dropped over `maxInFlightPerSubscription` (or a full doorway), not yet counted.
+        let dropped = Atomic<UInt64>(0)
+        /// Where drops are counted (loop thread).
+        var counted: (RejectedInput, InputSurface)?
 
         init(subject: String, link: NatsLink, onDelivery: ((Message) -> Void)?, handler: @escaping (Message) -> Void) {
             self.subject = subject
@@ -657,8 +678,11 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
                             receivedNs: cloop_realtime_ns())
                         natsMsg_Destroy(msg)
                         me.onDelivery?(message)
-                        me.link.whileOpen { me.link.loop.postCallback { me.handler(message) } }
+                        me.deliver(message)
                     }, Unmanaged.passUnretained(self).toOpaque())
+            }
+            if status == NATS_OK, let raw {
+                natsSubscription_SetPendingLimits(raw, NatsLink.asyncPendingMessages, NatsLink.asyncPendingBytes)
             }
             if status != NATS_OK {
                 link.logger.error(
@@ -666,6 +690,35 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
                     metadata: ["subject": "\(subject)", "status": "\(String(cString: natsStatus_GetText(status)))"])
             }
             link.flush()
+        }
+
+        /// Delivery thread: hands `message` to the loop, unless this
+        /// subscription already has `maxInFlightPerSubscription` waiting there.
+        private func deliver(_ message: Message) {
+            guard inFlight.add(1, ordering: .relaxed).newValue <= NatsLink.maxInFlightPerSubscription else {
+                inFlight.subtract(1, ordering: .relaxed)
+                dropped.add(1, ordering: .relaxed)
+                return
+            }
+            var posted = false
+            link.whileOpen {
+                posted = link.loop.postCallback { [self] in
+                    inFlight.subtract(1, ordering: .relaxed)
+                    countDrops()
+                    handler(message)
+                }
+            }
+            if !posted {
+                inFlight.subtract(1, ordering: .relaxed)
+                dropped.add(1, ordering: .relaxed)
+            }
+        }
+
+        /// Loop thread: counts the drops since the last message that ran.
+        private func countDrops() {
+            guard let (rejected, surface) = counted else { return }
+            let count = dropped.exchange(0, ordering: .relaxed)
+            if count > 0 { rejected.record(surface, "over_budget", count: count) }
         }
 
         func close() {

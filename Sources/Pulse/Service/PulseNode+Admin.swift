@@ -173,7 +173,8 @@ extension PulseNode: AdminBackend {
     /// `invalid_field`). Refused requests also count as tempo refusals.
     func subscribeControl() {
         let token = config.adminToken.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
-        nats.subscribe(subject: config.controlSubject) { [weak self] message in
+        nats.subscribe(subject: config.controlSubject, rejected: rejected, surface: .controlSubject) {
+            [weak self] message in
             // Only a node that can commit answers: followers stay silent so
             // that the leader's answer is the one the requester gets.
             guard let self, let reply = message.reply, self.tempo.canCommit() else { return }

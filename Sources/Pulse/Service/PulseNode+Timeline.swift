@@ -15,6 +15,12 @@
 // - A request is answered only on a valid reply subject
 //   (`isValidReplySubject`); other requests are counted as
 //   `rejected{surface="timeline_subject"}` (`bad_reply_subject`, `too_large`).
+// - Requests are budgeted (issue 20, item 5): the reply is JSON-encoded once
+//   per change of what it says (`TimelineReplyCache`; only `now_ns` is
+//   written into each reply), the subscription has pending limits and at most
+//   `NatsLink.maxInFlightPerSubscription` requests waiting for the loop (more
+//   are dropped, counted `over_budget`), and the loop runs at most
+//   `EventLoop.maxDoorwayMessagesPerTurn` of them per turn.
 import CLoop
 import Foundation
 import PulseCore
@@ -60,15 +66,17 @@ extension PulseNode: TimelineChangeListener {
     /// and publishes changes heard from the tempo controller.
     func startTimelineService() {
         tempo.timelineListener = self
-        nats.subscribe(subject: config.timelineSubject) { [weak self] message in
+        let cache = TimelineReplyCache()
+        nats.subscribe(subject: config.timelineSubject, rejected: rejected, surface: .timelineSubject) {
+            [weak self] message in
             // Publications (ours and other nodes') carry no reply subject.
             guard let self, let reply = message.reply else { return }
-            self.answerTimelineRequest(size: message.data.count, reply: reply)
+            self.answerTimelineRequest(size: message.data.count, reply: reply, cache: cache)
         }
     }
 
     /// One request on the timeline subject (see the file header).
-    func answerTimelineRequest(size: Int, reply: String) {
+    func answerTimelineRequest(size: Int, reply: String, cache: TimelineReplyCache) {
         guard Self.isValidReplySubject(reply) else {
             rejected.record(.timelineSubject, "bad_reply_subject")
             return
@@ -81,7 +89,7 @@ extension PulseNode: TimelineChangeListener {
             return
         }
         // A node without a committed timeline stays silent: another answers.
-        guard let body = timelineBody(), let data = try? AdminJSON.encoder().encode(body) else { return }
+        guard let body = timelineBody(), let data = cache.reply(for: body) else { return }
         nats.publish(subject: reply, payload: data)
     }
 
@@ -92,5 +100,50 @@ extension PulseNode: TimelineChangeListener {
             return
         }
         nats.publish(subject: config.timelineSubject, payload: data)
+    }
+}
+
+/// The timeline reply's bytes, JSON-encoded once per change of what it says:
+/// everything but `now_ns` (the clock sample each reply carries), whose
+/// digits are written between the cached bytes around it. The result is
+/// byte for byte what `AdminJSON` encodes for the whole body.
+final class TimelineReplyCache {
+    /// The body last encoded, with `now_ns` 0.
+    private var key: TimelineBody?
+    /// The encoding up to and including `"now_ns":`, and after its value.
+    private var head: [UInt8] = []
+    private var tail: [UInt8] = []
+    /// Encodings made (a change of the committed state, leader or term).
+    private(set) var encodes = 0
+
+    private static let marker = Array("\"now_ns\":0".utf8)
+
+    /// The reply for `body`; nil only if it cannot be encoded.
+    func reply(for body: TimelineBody) -> Data? {
+        var stripped = body
+        stripped.now_ns = 0
+        if stripped != key {
+            guard let encoded = try? AdminJSON.encoder().encode(stripped) else { return nil }
+            let bytes = [UInt8](encoded)
+            // The key is unique: a quote inside a JSON string is escaped.
+            guard let at = Self.find(Self.marker, in: bytes) else { return nil }
+            head = Array(bytes[..<(at + Self.marker.count - 1)])
+            tail = Array(bytes[(at + Self.marker.count)...])
+            key = stripped
+            encodes += 1
+        }
+        var out = Data(capacity: head.count + 20 + tail.count)
+        out.append(contentsOf: head)
+        out.append(contentsOf: String(body.now_ns).utf8)
+        out.append(contentsOf: tail)
+        return out
+    }
+
+    private static func find(_ needle: [UInt8], in haystack: [UInt8]) -> Int? {
+        guard haystack.count >= needle.count else { return nil }
+        for i in 0...(haystack.count - needle.count) where haystack[i..<(i + needle.count)].elementsEqual(needle) {
+            return i
+        }
+        return nil
     }
 }

@@ -1,0 +1,168 @@
+// Issue 20, item 5: requests are budgeted. The timeline reply is encoded once
+// per change, the loop runs a bounded number of doorway messages per turn,
+// and — against the real `pulse` and a real nats-server — one client
+// publishing timeline requests as fast as it can for 10 s costs no beat and
+// no NATS connection: nats-server counts no slow consumer, the node never
+// reconnects, and every frame of the window arrives, in order.
+import CLoop
+import CNats
+import Foundation
+import Glibc
+import PulseCore
+import XCTest
+
+@testable import Pulse
+
+final class RequestBudgetTests: XCTestCase {
+    private func body(nowNs: Int64, pending: Bool = false, term: UInt64 = 3) -> TimelineBody {
+        TimelineBody(
+            cluster_id: "c \"q\"",
+            epoch: .init(start_beat: 0, start_ns: 1_757_000_000_000_000_000, start_at: "x", bpm: 120), bar: 8,
+            phases: ["plan", "\"now_ns\":0"],
+            pending: pending ? .init(at_beat: 16, at_ns: 1_757_000_008_000_000_000, at: "y", bpm: 126) : nil,
+            term: term, leader: "n1", node_id: "n2", degraded: false, now_ns: nowNs)
+    }
+
+    func testTimelineReplyIsEncodedOncePerChangeAndIsTheSameBytes() throws {
+        let cache = TimelineReplyCache()
+        for (i, now) in [Int64(1_757_000_001_234_567_890), 0, -5, .max, .min, 42].enumerated() {
+            let reply = try XCTUnwrap(cache.reply(for: body(nowNs: now)))
+            XCTAssertEqual(reply, try AdminJSON.encoder().encode(body(nowNs: now)), "now_ns \(now)")
+            XCTAssertEqual(cache.encodes, 1, "request \(i): no new encoding")
+        }
+        let changed = try XCTUnwrap(cache.reply(for: body(nowNs: 7, pending: true)))
+        XCTAssertEqual(changed, try AdminJSON.encoder().encode(body(nowNs: 7, pending: true)))
+        XCTAssertEqual(cache.encodes, 2, "a committed change: one encoding")
+        _ = cache.reply(for: body(nowNs: 8, pending: true, term: 4))
+        XCTAssertEqual(cache.encodes, 3, "a new term: one encoding")
+    }
+
+    func testDoorwayWorkPerTurnIsBounded() throws {
+        let loop = try EventLoop(maxSlots: 16, queueCapacity: 1024)
+        loop.bindToCurrentThread()
+        var ran = 0
+        for _ in 0..<300 { XCTAssertTrue(loop.postCallback { ran += 1 }) }
+        loop.turn(timeoutNs: 0)
+        XCTAssertEqual(ran, Int(EventLoop.maxDoorwayMessagesPerTurn), "one turn runs the budget, no more")
+        // The rest are not forgotten: each turn takes the next batch without sleeping.
+        let started = cloop_monotonic_ns()
+        for _ in 0..<10 where ran < 300 { loop.turn(timeoutNs: 1_000_000_000) }
+        XCTAssertEqual(ran, 300)
+        XCTAssertLessThan(cloop_monotonic_ns() - started, 500_000_000, "the loop did not sleep on pending messages")
+    }
+
+    /// A nats-server with its monitoring port (for `slow_consumers`).
+    private final class MonitoredNats {
+        let port = Harness.freePort()
+        let monitorPort = Harness.freePort()
+        let process = Process()
+        var url: String { "nats://127.0.0.1:\(port)" }
+        init() throws {
+            process.executableURL = URL(fileURLWithPath: NatsServer.binary)
+            process.arguments = ["-a", "127.0.0.1", "-p", "\(port)", "-m", "\(monitorPort)"]
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            guard Harness.waitUntil(seconds: 10, { Harness.canConnect(port: self.port) }) else {
+                throw NSError(domain: "nats-server did not start", code: 1)
+            }
+        }
+        /// `/varz` as JSON ([:] on failure).
+        func varz() -> [String: Any] {
+            guard let client = try? RawClient(port: monitorPort),
+                let response = client.request("GET /varz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            else { return [:] }
+            return response.json
+        }
+        deinit {
+            process.terminate()
+            process.waitUntilExit()
+        }
+    }
+
+    /// Counts replies on the flood's inbox (the library's own thread).
+    final class Counter: @unchecked Sendable {
+        private let lock = NSLock()
+        private var value = 0
+        func add() {
+            lock.lock()
+            value += 1
+            lock.unlock()
+        }
+        var count: Int {
+            lock.lock()
+            defer { lock.unlock() }
+            return value
+        }
+    }
+
+    func testATimelineRequestFloodCostsNoBeatAndNoConnection() throws {
+        let nats = try MonitoredNats()
+        let dir = Harness.tempDir("flood")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let admin = Harness.freePort()
+        let beats = try Subscriber(url: nats.url, subject: "backbeat.flood.beat")
+        let node = try PulseProcess(
+            arguments: [
+                "-bootstrap", "-bpm", "600", "-max-bpm", "600", "-cluster", "flood", "-node-id", "n-fl0",
+                "-nats", nats.url, "-data-dir", dir + "/data", "-admin-port", "\(admin)",
+            ], logPath: dir + "/node.log")
+        defer { node.stop() }
+        XCTAssertTrue(beats.wait(for: 5, seconds: 10), node.log)
+
+        // The flood: one connection publishing requests as fast as it can, for 10 s.
+        var nc: OpaquePointer?
+        XCTAssertEqual(natsConnection_ConnectTo(&nc, nats.url), NATS_OK)
+        defer { natsConnection_Destroy(nc) }
+        let replies = Counter()
+        var sub: OpaquePointer?
+        let box = Unmanaged.passRetained(replies)
+        defer { box.release() }
+        XCTAssertEqual(
+            natsConnection_Subscribe(
+                &sub, nc, "_INBOX.flood.*",
+                { _, _, msg, closure in
+                    Unmanaged<Counter>.fromOpaque(closure!).takeUnretainedValue().add()
+                    natsMsg_Destroy(msg)
+                }, box.toOpaque()), NATS_OK)
+        natsSubscription_SetPendingLimits(sub, -1, -1)
+        defer { natsSubscription_Destroy(sub) }
+        let before = beats.count
+        let started = Date()
+        var sent = 0
+        while Date().timeIntervalSince(started) < 10 {
+            for _ in 0..<256 {
+                if natsConnection_PublishRequestString(nc, "backbeat.flood.timeline", "_INBOX.flood.\(sent % 8)", "{}")
+                    == NATS_OK
+                {
+                    sent += 1
+                }
+            }
+        }
+        natsConnection_FlushTimeout(nc, 5000)
+        let floodEnded = beats.count
+        XCTAssertTrue(beats.wait(for: floodEnded + 10, seconds: 5), "frames flow after the flood\n\(node.log)")
+
+        let frames = beats.received.compactMap { try? BeatFrameDecoder.decode([UInt8]($0.raw)) }
+        let indices = frames.map(\.beatIndex)
+        var gaps: [String] = []
+        for (a, b) in zip(indices, indices.dropFirst()) where b != a + 1 { gaps.append("\(a)→\(b)") }
+        let metrics = (try? RawClient(port: admin))?.request(httpRequest("GET", "/metrics"))?.text ?? ""
+        let varz = nats.varz()
+        print(
+            "timeline flood: \(sent) requests in 10 s (\(sent / 10)/s), \(replies.count) answered, "
+                + "\(floodEnded - before) frames during it, slow consumers \(varz["slow_consumers"] ?? "?"); "
+                + metrics.split(separator: "\n").filter {
+                    $0.contains("timeline_subject") || $0.hasPrefix("backbeat_beats_missed_total")
+                }.joined(separator: "; "))
+        XCTAssertGreaterThan(sent, 10_000, "the flood was a flood")
+        XCTAssertGreaterThan(replies.count, 0, "requests were answered during the flood")
+        XCTAssertEqual(gaps, [], "no beat missing on the subject\n\(node.log)")
+        XCTAssertGreaterThanOrEqual(floodEnded - before, 95, "about 100 frames in 10 s at 600 bpm")
+        XCTAssertEqual((varz["slow_consumers"] as? NSNumber)?.intValue, 0, "nats-server disconnected no one")
+        XCTAssertTrue(metrics.contains("backbeat_beats_missed_total 0"), metrics)
+        XCTAssertTrue(metrics.contains("backbeat_nats_reconnects_total 0"), metrics)
+        XCTAssertFalse(node.log.contains("NATS reconnected") || node.log.contains("NATS server silent"), node.log)
+        XCTAssertFalse(node.log.contains("doorway full"), "the connection's own events always had room\n\(node.log)")
+    }
+}

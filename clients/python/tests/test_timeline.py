@@ -68,12 +68,17 @@ def frame(k, term=3, phase=None, degraded=False):
 
 
 class TrackerTests(unittest.TestCase):
-    def test_dedupe_gap_fence_and_refusals(self):
+    def started(self):
+        """A tracker holding the confirmed timeline (term 3) that accepted beat 10."""
         t = decode_timeline(timeline_message(), "c1")
         tracker = FrameTracker("c1")
         tracker.note_timeline(t)
         at = lambda k: t.instant_ns(k) + 1_000_000  # noqa: E731
         self.assertEqual([e.kind for e in tracker.receive(frame(10), at(10), t)], ["beat"])
+        return t, tracker, at
+
+    def test_dedupe_gap_fence_and_refusals(self):
+        t, tracker, at = self.started()
         self.assertEqual(tracker.receive(frame(10), at(10), t), [])
         kinds = [e.kind for e in tracker.receive(frame(13, term=4), at(13), t)]
         self.assertEqual(kinds, ["gap", "leader_changed", "beat"])
@@ -92,11 +97,7 @@ class TrackerTests(unittest.TestCase):
             self.assertEqual(tracker.receive(data, at(17), t)[0].reason, reason, data)
 
     def test_one_forged_frame_cannot_move_the_consumer(self):
-        t = decode_timeline(timeline_message(), "c1")
-        tracker = FrameTracker("c1")
-        tracker.note_timeline(t)
-        at = lambda k: t.instant_ns(k) + 1_000_000  # noqa: E731
-        self.assertEqual([e.kind for e in tracker.receive(frame(10), at(10), t)], ["beat"])
+        t, tracker, at = self.started()
         # A copy of the next real frame with term + 8, ahead of it: believed as the
         # pulse's echo policy would (a beat), but the fence stays where Raft confirmed it.
         self.assertIn("beat", [e.kind for e in tracker.receive(frame(11, term=11), at(10), t)])

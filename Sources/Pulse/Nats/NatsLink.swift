@@ -671,6 +671,11 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
                     { _, _, msg, closure in
                         ThreadPlacement.placeCurrentHelperThread()
                         let me = Unmanaged<Subscription>.fromOpaque(closure!).takeUnretainedValue()
+                        // Over budget: dropped before anything is copied (a flood costs little here).
+                        guard me.reserve() else {
+                            natsMsg_Destroy(msg)
+                            return
+                        }
                         let message = Message(
                             subject: String(cString: natsMsg_GetSubject(msg)),
                             reply: natsMsg_GetReply(msg).map { String(cString: $0) },
@@ -692,14 +697,19 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             link.flush()
         }
 
-        /// Delivery thread: hands `message` to the loop, unless this
-        /// subscription already has `maxInFlightPerSubscription` waiting there.
-        private func deliver(_ message: Message) {
+        /// Delivery thread: takes a place among the messages waiting for the
+        /// loop, or counts a drop when `maxInFlightPerSubscription` wait already.
+        func reserve() -> Bool {
             guard inFlight.add(1, ordering: .relaxed).newValue <= NatsLink.maxInFlightPerSubscription else {
                 inFlight.subtract(1, ordering: .relaxed)
                 dropped.add(1, ordering: .relaxed)
-                return
+                return false
             }
+            return true
+        }
+
+        /// Delivery thread: hands `message` (its place reserved) to the loop.
+        func deliver(_ message: Message) {
             var posted = false
             link.whileOpen {
                 posted = link.loop.postCallback { [self] in

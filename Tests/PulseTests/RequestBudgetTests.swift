@@ -159,6 +159,12 @@ final class RequestBudgetTests: XCTestCase {
                     $0.contains("timeline_subject") || $0.hasPrefix("backbeat_beats_missed_total")
                 }.joined(separator: "; "))
         XCTAssertGreaterThan(sent, 10_000, "the flood was a flood")
+        // Every request is answered or counted as dropped (none lost silently).
+        let dropped = metrics.split(separator: "\n").filter {
+            $0.hasPrefix("backbeat_rejected_input_total{") && $0.contains(#"surface="timeline_subject""#)
+                && ($0.contains(#"reason="over_budget""#) || $0.contains(#"reason="pending_limit""#))
+        }.compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
+        XCTAssertEqual(replies.count + Int(dropped), sent, "answered + dropped (counted) = sent")
         XCTAssertGreaterThan(replies.count, 0, "requests were answered during the flood")
         XCTAssertEqual(gaps, [], "no beat missing on the subject\n\(node.log)")
         XCTAssertGreaterThanOrEqual(floodEnded - before, 95, "about 100 frames in 10 s at 600 bpm")

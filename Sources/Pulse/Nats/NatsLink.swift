@@ -66,8 +66,9 @@
 // most `maxInFlightPerSubscription` messages waiting in the doorway, so a
 // flood on one subject (timeline requests) can neither grow memory nor fill
 // the doorway that carries the connection's own events. Messages beyond are
-// dropped and counted (`rejected{reason="over_budget"}` on the subscription's
-// surface, when it has one).
+// dropped and counted on the subscription's surface, when it has one:
+// `rejected{reason="over_budget"}` (in-flight budget) and `pending_limit`
+// (the client's limits; not logged line by line).
 //
 // While NATS is down the pulse keeps beating and does not buffer frames: a
 // beat delivered late is a wrong beat.
@@ -653,6 +654,14 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         let dropped = Atomic<UInt64>(0)
         /// Where drops are counted (loop thread).
         var counted: (RejectedInput, InputSurface)?
+        /// The client library's dropped count already counted (pending limits).
+        private var libraryDropped: Int64 = 0
+
+        private func setCounted(_ handle: OpaquePointer, _ on: Bool) {
+            link.callbackLock.lock()
+            if on { link.countedSubscriptions.insert(handle) } else { link.countedSubscriptions.remove(handle) }
+            link.callbackLock.unlock()
+        }
 
         init(subject: String, link: NatsLink, onDelivery: ((Message) -> Void)?, handler: @escaping (Message) -> Void) {
             self.subject = subject
@@ -688,6 +697,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             }
             if status == NATS_OK, let raw {
                 natsSubscription_SetPendingLimits(raw, NatsLink.asyncPendingMessages, NatsLink.asyncPendingBytes)
+                libraryDropped = 0
+                // Its pending-limit drops are counted, not logged line by line.
+                if counted != nil { setCounted(raw, true) }
             }
             if status != NATS_OK {
                 link.logger.error(
@@ -724,15 +736,22 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             }
         }
 
-        /// Loop thread: counts the drops since the last message that ran.
+        /// Loop thread: counts the drops since the last message that ran:
+        /// over the in-flight budget, and by the library's pending limits.
         private func countDrops() {
             guard let (rejected, surface) = counted else { return }
             let count = dropped.exchange(0, ordering: .relaxed)
             if count > 0 { rejected.record(surface, "over_budget", count: count) }
+            var total: Int64 = 0
+            if let raw, natsSubscription_GetDropped(raw, &total) == NATS_OK, total > libraryDropped {
+                rejected.record(surface, "pending_limit", count: UInt64(total - libraryDropped))
+                libraryDropped = total
+            }
         }
 
         func close() {
             if let raw {
+                setCounted(raw, false)
                 natsSubscription_Unsubscribe(raw)
                 natsSubscription_Destroy(raw)
                 self.raw = nil
@@ -743,6 +762,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         /// off the loop; `open()` makes a new one on the next connection.
         func release() -> OpaquePointer? {
             defer { raw = nil }
+            if let raw { setCounted(raw, false) }
             return raw
         }
     }

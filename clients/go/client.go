@@ -189,6 +189,7 @@ func Connect(opts Options) (*Client, error) {
 		_ = sub.SetPendingLimits(65536, 64<<20)
 		c.subs = append(c.subs, sub)
 	}
+	_ = nc.FlushTimeout(maxDuration(time.Until(deadline), 100*time.Millisecond)) // subscribed at the server on return
 	c.wg.Add(1)
 	go c.background()
 	return c, nil

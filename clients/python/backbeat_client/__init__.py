@@ -848,6 +848,7 @@ class BackbeatClient:
             raise NoPulseError(server, subject, time.monotonic() - started, connect_timeout, last)
         client._subs.append(await client.nc.subscribe(f"backbeat.{cluster}.beat", cb=client._on_beat))
         client._subs.append(await client.nc.subscribe(subject, cb=client._on_timeline))
+        await client.nc.flush(timeout=max(0.1, deadline - time.monotonic()))  # subscribed at the server on return
         if clock_sample_interval > 0:
             client._sampler = asyncio.get_running_loop().create_task(client._sample_clock(clock_sample_interval))
         return client

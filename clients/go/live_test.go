@@ -302,8 +302,11 @@ func TestLiveFailover(t *testing.T) {
 	if len(leaderChanges) != 1 {
 		t.Fatalf("leader changes: %+v (want exactly one)\n%s", leaderChanges, c.logs())
 	}
-	if failover <= 0 || failover > time.Second {
-		t.Errorf("failover took %v (want ≤ 1 s)", failover)
+	// The cluster process tests hold the failover to 1 s; here a loaded host
+	// (a split vote, term+2) gets half a second more: what this test is about
+	// is the client's account of it (one change, a gap within it, no repeat).
+	if failover <= 0 || failover > 1500*time.Millisecond {
+		t.Errorf("failover took %v (want ≤ 1.5 s)", failover)
 	}
 	if len(gaps) > 1 {
 		t.Errorf("gaps: %+v (want at most one)", gaps)

@@ -24,7 +24,7 @@ APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prome
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build-info build release install dist run dev cluster certs cluster-tls test test-deploy test-kubernetes test-unit test-python test-go test-browser test-all check-noalloc bench bench-micro bench-micro-update \
+.PHONY: deps build-info build release install dist image test-image run dev cluster certs cluster-tls test test-deploy test-kubernetes test-unit test-python test-go test-browser test-all check-noalloc bench bench-micro bench-micro-update \
 	format clean fuzz fuzz-build fuzz-smoke sim
 
 deps:
@@ -62,6 +62,28 @@ install: release
 dist: build-info
 	$(SWIFT) build -c release --product pulse --static-swift-stdlib
 	scripts/dist.sh "$$($(SWIFT) build -c release --show-bin-path)/pulse" dist
+
+# make image: deploy/Dockerfile built with rootful podman (Debian podman,
+# buildah, debootstrap), its two base images made locally from Debian
+# packages and this machine's Swift toolchain when no registry has them
+# (scripts/make-base-images.sh). make test-image: nats-server and three
+# containers of it on the host network: frames, /metrics from each, the
+# leader's container killed, frames again within 1 s (scripts/test-image.py).
+# Here, build steps run with chroot isolation and containers with runc and
+# explicit ulimits (hybrid cgroups stop crun; default rlimits are refused).
+IMAGE ?= backbeat/pulse:0.1.0
+IMAGE_PACKAGES := podman buildah debootstrap runc
+image:
+	@missing=""; for p in $(IMAGE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	scripts/make-base-images.sh
+	podman build --isolation chroot -f deploy/Dockerfile --build-arg COMMIT=$$(git describe --always --dirty) \
+	  -t $(IMAGE) .
+
+test-image: image
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@$(VENV)/bin/python -c "import nats" 2>/dev/null || $(VENV)/bin/pip install -q nats-py
+	$(VENV)/bin/python scripts/test-image.py $(IMAGE)
 
 # A local nats-server on loopback plus one bootstrapped node, and the beats live.
 # Ctrl-C stops all three.

@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""scripts/test-image.py IMAGE — make test-image: the built image, run.
+
+nats-server on the host (loopback, a free port) and three pulse containers
+from IMAGE with host networking (rootful podman with the runc runtime: crun
+cannot handle this machine's hybrid cgroups; explicit --ulimit nofile at this
+shell's limit and nproc 4096: without them, or with nproc above what podman
+itself may set, runc refuses to start a container here).
+Checks: frames on the subject from the elected leader; /metrics from each
+container; the leader's container killed (SIGKILL) and frames again from a
+new leader within 1 s of the last one; every container removed at the end.
+Needs nats-py (the project's .venv). Bounded: at most ~90 s.
+"""
+import asyncio
+import json
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import nats
+
+IMAGE = sys.argv[1] if len(sys.argv) > 1 else "backbeat/pulse:0.1.0"
+CLUSTER = "imagetest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str) -> tuple:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status, r.read().decode()
+    except Exception as e:  # connection refused while starting, HTTP errors
+        return 0, str(e)
+
+
+def podman(*args: str, check: bool = True) -> str:
+    out = subprocess.run(["podman", "--runtime", "runc", *args], capture_output=True, text=True, timeout=60)
+    if check and out.returncode != 0:
+        raise SystemExit(f"test-image: podman {' '.join(args)}: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def main() -> int:
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    nproc = min(4096, resource.getrlimit(resource.RLIMIT_NPROC)[0])
+    limits = ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
+    nats_port = free_port()
+    nats_bin = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    server = subprocess.Popen([nats_bin, "-a", "127.0.0.1", "-p", str(nats_port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    names = [f"bbtest-n{i}-{os.getpid()}" for i in (1, 2, 3)]
+    raft = [free_port() for _ in names]
+    admin = [free_port() for _ in names]
+    peers = ",".join(f"n{i + 1}@127.0.0.1:{raft[i]}" for i in range(3))
+    failures = []
+    try:
+        for i, name in enumerate(names):
+            podman("run", "-d", "--name", name, "--network", "host", *limits, IMAGE,
+                   "-bootstrap=true", f"-node-id=n{i + 1}", f"-cluster={CLUSTER}", "-bpm=600", "-max-bpm=600",
+                   f"-raft-bind=127.0.0.1:{raft[i]}", f"-peers={peers}", "-admin-bind=127.0.0.1",
+                   f"-admin-port={admin[i]}", f"-nats=nats://127.0.0.1:{nats_port}")
+        deadline = time.monotonic() + 30
+        leader = None
+        while time.monotonic() < deadline and leader is None:
+            for i in range(3):
+                status, body = get(admin[i], "/leader")
+                if status == 200 and json.loads(body).get("is_leader"):
+                    leader = i
+            time.sleep(0.2)
+        if leader is None:
+            failures.append("no leader elected within 30 s")
+            return report(failures, names)
+        print(f"leader: n{leader + 1} ({names[leader]})")
+        for i in range(3):
+            status, body = get(admin[i], "/metrics")
+            if status != 200 or "backbeat_beats_total" not in body or "process_open_fds" not in body:
+                failures.append(f"n{i + 1}: /metrics answered {status}")
+            else:
+                print(f"n{i + 1}: /metrics ok ({len(body.splitlines())} lines)")
+        frames = asyncio.run(watch(nats_port, names[leader]))
+        before = [f for f in frames if f["t"] < f["killed"]]
+        old_term = max((f["term"] for f in before), default=0)
+        old = [f for f in frames if f["term"] == old_term]
+        new = [f for f in frames if f["term"] > old_term]
+        if len(before) < 5:
+            failures.append(f"only {len(before)} frames before the kill")
+        if not new:
+            failures.append("no frame from a new term after the leader's container was killed")
+        elif old:
+            gap = new[0]["t"] - old[-1]["t"]
+            print(f"failover: last frame of term {old_term} (#{old[-1]['index']}), first of term {new[0]['term']} "
+                  f"(#{new[0]['index']}) {gap * 1000:.0f} ms later; {len(new)} frames from the new leader")
+            if gap > 1.0:
+                failures.append(f"frames resumed {gap:.3f} s after the last one (limit 1 s)")
+        for i in range(3):
+            if i != leader and get(admin[i], "/metrics")[0] != 200:
+                failures.append(f"n{i + 1}: /metrics after the failover")
+    finally:
+        logs = {n: podman("logs", "--tail", "15", n, check=False) for n in names}
+        for name in names:
+            podman("rm", "-f", "-t", "2", name, check=False)
+        server.terminate()
+        server.wait(timeout=10)
+    if failures:
+        for n, text in logs.items():
+            print(f"--- {n}\n{text}")
+    return report(failures, names)
+
+
+async def watch(nats_port: int, leader_container: str) -> list:
+    """Frames for 3 s, then the leader's container killed, then 4 s more."""
+    frames = []
+    killed = [float("inf")]
+    nc = await nats.connect(f"nats://127.0.0.1:{nats_port}")
+
+    async def on_frame(msg) -> None:
+        o = json.loads(msg.data)
+        frames.append({"t": time.monotonic(), "index": o["beat_index"], "term": o["term"]})
+
+    await nc.subscribe(f"backbeat.{CLUSTER}.beat", cb=on_frame)
+    await asyncio.sleep(3)
+    killed[0] = time.monotonic()
+    await asyncio.get_running_loop().run_in_executor(None, lambda: podman("kill", "-s", "KILL", leader_container))
+    await asyncio.sleep(4)
+    await nc.close()
+    for f in frames:
+        f["killed"] = killed[0]
+    return frames
+
+
+def report(failures: list, names: list) -> int:
+    if failures:
+        print("test-image: FAILED: " + "; ".join(failures))
+        return 1
+    print("test-image: ok (3 containers, frames, leader killed, failover within 1 s, /metrics from each)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -89,9 +89,10 @@ public enum MembershipProposal: Equatable, Sendable {
 public enum ClusterEvent: Equatable, Sendable {
     /// A committed entry was applied (epoch, tempo change, ignored, refused).
     case applied(AppliedCommand, index: UInt64)
-    /// The state machine was replaced by a snapshot through `index` (also at
-    /// start-up, from the persisted one).
-    case restored(index: UInt64)
+    /// The state machine was replaced by the snapshot's `state` through
+    /// `index` (also at start-up, from the persisted one). Later entries of
+    /// the same Ready follow as `.applied`.
+    case restored(index: UInt64, state: ClusterState)
     case leadership(isLeader: Bool, leader: NodeID, term: UInt64)
     case proposal(id: UInt64, ProposalOutcome)
     /// A configuration change committed at `index` (applied in log order).
@@ -152,7 +153,7 @@ public final class ClusterCore {
     private var timeoutNowMonoNs: Int64?
     /// Whether this leadership came from the previous leader's hand-over.
     public private(set) var electedByHandOver = false
-    public private(set) var lastLeaderContactMonoNs: Int64 = .min / 2
+    public private(set) var lastLeaderContactMonoNs: Int64 = 0
     public private(set) var degradation: DegradationPolicy
     public var degraded: Bool { degradation.degraded }
     /// Per peer: its clock relative to ours.
@@ -197,11 +198,14 @@ public final class ClusterCore {
         machine = ReplicatedTimeline(flags: shape)
         barrier.appended(entries)  // none is applied yet: committed ones are, in the first Ready
         syncVoters()
-        if let snapshot, !snapshot.data.isEmpty {
-            installSnapshot(snapshot.data)
-            events.append(.restored(index: snapshot.index))
-        }
+        if let snapshot, !snapshot.data.isEmpty { installSnapshot(snapshot) }
         refreshLease()
+    }
+
+    /// Counts ticks from `nowMonoNs` (the node starts now: the time spent
+    /// between building the core and starting the node is no silence).
+    public func resetTicks(nowMonoNs: Int64) {
+        ticks = TickPolicy(tickNs: timing.tickNs, startMonoNs: nowMonoNs)
     }
 
     /// The events since the last call, in order.
@@ -346,8 +350,7 @@ public final class ClusterCore {
         precondition(readyInFlight, "ClusterCore.finish without a Ready in flight")
         if let snapshot = ready.snapshot {
             barrier.snapshotted(through: snapshot.index)
-            installSnapshot(snapshot.data)
-            events.append(.restored(index: snapshot.index))
+            installSnapshot(snapshot)
         }
         for entry in ready.committedEntries { apply(entry) }
         if let soft = ready.softState { leadershipChanged(soft, nowMonoNs) }
@@ -407,9 +410,11 @@ public final class ClusterCore {
     }
 
     /// Installs a snapshot's state (validated by the Raft core's
-    /// `snapshotCheck` before it was adopted, and by the store at load).
-    private func installSnapshot(_ data: [UInt8]) {
-        guard !data.isEmpty, let state = ReplicatedTimeline.validatedSnapshot(data, bar: shape.bar) else {
+    /// `snapshotCheck` before it was adopted, and by the store at load) and
+    /// reports it as `.restored`; a state that does not validate or adopt is
+    /// reported as refused input, or stops the node (another shape).
+    private func installSnapshot(_ snapshot: Snapshot) {
+        guard let state = ReplicatedTimeline.validatedSnapshot(snapshot.data, bar: shape.bar) else {
             events.append(.rejected(reason: "bad_snapshot", from: leader))
             return
         }
@@ -422,6 +427,8 @@ public final class ClusterCore {
         default:
             machine = fresh
             committedShape.shape = machine.shape
+            guard let adopted = machine.state else { return }
+            events.append(.restored(index: snapshot.index, state: adopted))
         }
     }
 

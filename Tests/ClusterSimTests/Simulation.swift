@@ -253,6 +253,9 @@ final class Simulation {
         n.store = RaftStore(files: n.files)
         do {
             let persisted = try n.store.load(bar: knobs.bar)
+            if n.files.damaged {
+                fail(.restartable, "node \(n.id) started on a log damaged beyond the store's promise")
+            }
             let coreSeed = seed &* 31 &+ UInt64(n.index) &+ UInt64(n.gen)
             n.trace?.start = (coreSeed, mono(n), n.bootVoters, timing(), knobs.bpm, knobs.bar)
             return try ClusterCore(
@@ -261,7 +264,7 @@ final class Simulation {
                 shape: shape, bootstrapBpm: knobs.bpm, hardState: persisted.hardState, snapshot: persisted.snapshot,
                 entries: persisted.entries)
         } catch {
-            if n.files.damaged {
+            if n.files.damaged && "\(error)".contains("raft/log at byte offset") {
                 refusedStarts += 1
                 trace("n\(n.id): start refused on a damaged disk: \(error)")
             } else {

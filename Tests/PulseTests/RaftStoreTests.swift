@@ -86,6 +86,16 @@ final class RaftStoreTests: XCTestCase, RaftStoreFixtures {
         XCTAssertEqual(loaded.entries, [])
         XCTAssertEqual(rejected.count(.dataDir, reason: "stale_tail_after_snapshot"), 1)
         XCTAssertEqual(try RaftStore(dataDir: dir).load().entries, [], "the log was rewritten without the tail")
+        // A crash between writing an installed snapshot (10, term 3) and
+        // emptying the log can leave [11 of term 2, 12 of term 4]
+        // (adversarial review): the whole tail goes, not just its head.
+        XCTAssertEqual(
+            RaftStore.staleAfterSnapshot(
+                [
+                    Entry(index: 11, term: 2, kind: .normal, data: []),
+                    Entry(index: 12, term: 4, kind: .normal, data: []),
+                ],
+                snapshot: Snapshot(index: 10, term: 3, data: data), commit: 10), 2)
         XCTAssertEqual(
             RaftStore.staleAfterSnapshot(
                 entries(2...3, term: 3), snapshot: Snapshot(index: 1, term: 5, data: data), commit: 2),

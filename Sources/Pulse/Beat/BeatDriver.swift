@@ -291,8 +291,19 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
             try loop.armTimer(timerToken, atNs: ns, cancelOnSet: true)
         } catch {
             stats.armFailures &+= 1
-            logger.error("cannot arm the beat timer; retrying in 1 ms", metadata: ["error": "\(error)"])
-            try? loop.armTimer(timerToken, afterNs: 1_000_000)
+            // Logged at the 1st, 2nd, 4th, 8th… failure: a persistent one must not flood the log.
+            if stats.armFailures & (stats.armFailures - 1) == 0 {
+                logger.error(
+                    "cannot arm the beat timer; retrying in 1 ms",
+                    metadata: ["error": "\(error)", "failures": "\(stats.armFailures)"])
+            }
+            do {
+                try loop.armTimer(timerToken, afterNs: 1_000_000)
+            } catch {
+                // Neither an absolute nor a relative timer can be set on our
+                // own timerfd: the loop itself is broken (an invariant).
+                preconditionFailure("the beat timer cannot be armed at all: \(error)")
+            }
         }
     }
 

@@ -93,6 +93,7 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
 
     func start() throws {
         try transport.start()
+        core.resetTicks(nowMonoNs: cloop_monotonic_ns())  // the old start() did too (adversarial review)
         try loop.armTimer(tickToken, afterNs: core.timing.tickNs, intervalNs: core.timing.tickNs)
         shell.tick()
     }

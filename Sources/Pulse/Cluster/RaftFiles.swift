@@ -48,11 +48,26 @@ public final class PosixRaftFiles: RaftFiles {
 
     public func append(_ name: String, _ bytes: [UInt8]) throws {
         let path = directory + "/" + name
-        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        // A file this call creates is durable only once its directory entry
+        // is: fdatasync covers the data, not the name (adversarial review).
+        var created = false
+        var fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NOFOLLOW)
+        if fd < 0 && errno == ENOENT {
+            fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            created = fd >= 0
+        }
         guard fd >= 0 else { throw Self.failure("open", path) }
         defer { close(fd) }
         try Self.writeAll(fd, bytes, path: path)
         guard fdatasync(fd) == 0 else { throw Self.failure("fdatasync", path) }
+        if created { try syncDirectory() }
+    }
+
+    private func syncDirectory() throws {
+        let dirFd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dirFd >= 0 else { throw Self.failure("open", directory) }
+        defer { close(dirFd) }
+        guard fsync(dirFd) == 0 else { throw Self.failure("fsync", directory) }
     }
 
     public func replace(_ name: String, with bytes: [UInt8]) throws {
@@ -70,10 +85,7 @@ public final class PosixRaftFiles: RaftFiles {
         close(fd)
         guard rename(temp, path) == 0 else { throw Self.failure("rename", temp) }
         // The rename is durable only once the directory is synced: a failure is an error, not a hope.
-        let dirFd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard dirFd >= 0 else { throw Self.failure("open", directory) }
-        defer { close(dirFd) }
-        guard fsync(dirFd) == 0 else { throw Self.failure("fsync", directory) }
+        try syncDirectory()
     }
 
     private static func failure(_ what: String, _ path: String) -> PulseError {

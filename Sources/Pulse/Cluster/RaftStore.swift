@@ -177,17 +177,23 @@ public final class RaftStore {
     }
 
     /// How many entries at the head of `entries` (those after the snapshot)
-    /// are a stale tail that installing the snapshot replaced: terms below
-    /// the snapshot's, all uncommitted. Data dirs written before the fix of
-    /// issue #19 kept them (the store dropped only entries up to the
-    /// snapshot's index, while the core drops its whole log when a snapshot
-    /// does not match it), and the core refused to start on them ("entry 2
-    /// has a lower term than its predecessor"). They were never part of the
-    /// node's log after the install, so dropping them loses nothing.
+    /// are a stale tail that installing the snapshot replaced: all of them
+    /// when the first has a term below the snapshot's (no log that holds the
+    /// snapshot's entry can continue with a lower term, so the install
+    /// replaced this log), provided none is committed. Two ways to get such a
+    /// tail: data dirs written before the fix of issue #19 (the store dropped
+    /// only entries up to the snapshot's index, while the core drops its
+    /// whole log when a snapshot does not match it; the core then refused to
+    /// start: "entry 2 has a lower term than its predecessor"), and a crash
+    /// between writing an installed snapshot and emptying the log (`persist`).
+    /// The tail may hold later entries of higher terms too (adversarial
+    /// review: [S+1 of a lower term, S+2 of a higher one]); none of it was
+    /// part of the node's log after the install, so dropping it loses nothing.
     public static func staleAfterSnapshot(_ entries: [Entry], snapshot: Snapshot?, commit: UInt64) -> Int {
-        guard let snapshot else { return 0 }
-        let stale = entries.prefix { $0.term < snapshot.term && $0.index > commit }.count
-        return stale
+        guard let snapshot, let first = entries.first, first.term < snapshot.term,
+            entries.allSatisfy({ $0.index > commit })
+        else { return 0 }
+        return entries.count
     }
 
     // MARK: pure parsers (start-up and fuzzing: any bytes, never a trap)

@@ -45,8 +45,7 @@ extension PulseNode: PublishGate {
         case .applied(.tempo(let change), _):
             tempo.applyCommitted(change, justification: cluster?.core.machine.justification ?? "")
             committedTimelineChanged()
-        case .restored:
-            guard let state = cluster?.core.machine.state else { return }
+        case .restored(_, let state):
             epochCommitted(TempoEpoch(state.epoch))
             if let pending = state.pending {
                 tempo.applyCommitted(TempoChange(pending), justification: state.justification)

@@ -120,7 +120,9 @@ let package = Package(
         ),
         .testTarget(
             name: "ClusterSimTests",
-            dependencies: ["PulsePolicy", "PulseCore", "Raft", "Pulse"],
+            dependencies: [
+                "PulsePolicy", "PulseCore", "Raft", "Pulse", .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/ClusterSimTests"
         ),
         .testTarget(

@@ -7,8 +7,13 @@
 // completions come back through `postCompletion`, drained by `turn`, as in
 // the binary) and the real `RaftStore` writing on its own queue (over a
 // simulated disk instead of a data dir), with a transport that records. The
-// two event and message sequences must be equal, element by element.
+// two event and message sequences must be equal, element by element. The
+// second test replays the same trace through the service's `ClusterNode`
+// itself (its own port code: RaftStore.save on the store queue, completions
+// through the loop, compaction, membership peers) with a recording link in
+// place of RaftTransport and the recorded clocks.
 import Foundation
+import Logging
 import PulseCore
 import PulsePolicy
 import Raft
@@ -137,8 +142,83 @@ final class ConformanceTests: XCTestCase {
                 XCTFail("seed \(seed): message \(i) differs: \(ports.sent[i]) vs \(trace.sent[i])")
             }
             XCTAssertEqual(ports.events.count, trace.events.count, "seed \(seed)")
-            if let i = zip(ports.events, trace.events).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset {
+            if let i = zip(ports.events, trace.events).enumerated().first(where: { $0.element.0 != $0.element.1 })?
+                .offset
+            {
                 XCTFail("seed \(seed): event \(i) differs: \(ports.events[i]) vs \(trace.events[i])")
+            }
+        }
+    }
+}
+
+/// A RaftTransport stand-in that records what the node sends.
+final class RecordingLink: RaftLink {
+    var sent: [Message] = []
+    var peerLists = 0
+    func start() throws {}
+    func stop() {}
+    func send(_ message: Message) { sent.append(message) }
+    func setPeers(_ list: PeerList) { peerLists += 1 }
+    var stats: RaftTransportStats { RaftTransportStats() }
+}
+
+extension ConformanceTests {
+    func testServiceClusterNodeReplaysTheSimulatorsTrace() throws {
+        for seed: UInt64 in [3, 17, 42] {
+            let trace = recordedTrace(seed: seed)
+            let start = try XCTUnwrap(trace.start)
+            let loop = try EventLoop()
+            loop.bindToCurrentThread()
+            // The node reads the clock once to build its core, then as the shell does.
+            var times = [start.monoNs] + trace.times
+            var overread = false
+            let next: () -> Int64 = {
+                guard !times.isEmpty else {
+                    overread = true
+                    return 0
+                }
+                return times.removeFirst()
+            }
+            let me = Peer(name: "n1", host: "127.0.0.1", port: 1, raftId: 1, hasId: true)
+            let peers = PeerList(
+                peers: start.voters.map {
+                    Peer(name: "n\($0)", host: "127.0.0.1", port: Int($0), raftId: $0, hasId: true)
+                },
+                me: me, bindHost: "127.0.0.1", bindPort: 1)
+            let link = RecordingLink()
+            var logger = Logger(label: "conformance")
+            logger.logLevel = .critical
+            let node = try ClusterNode(
+                peers: peers, timing: start.timing, store: RaftStore(files: SimFiles(seed: 1)), dataDir: "sim",
+                seed: start.seed, clock: ShellClock(monoNs: next, wallNs: next), bootstrapBpm: start.bpm,
+                shape: try TimelineShape(bar: start.bar, phases: ["beat"]), loop: loop, rejected: RejectedInput(),
+                logger: logger, makeLink: { _, _ in link })
+            var events: [ClusterEvent] = []
+            node.onEvent = { events.append($0) }
+            var persisted = 0
+            for input in trace.inputs {
+                switch input {
+                case .drive: node.shell.drive()
+                case .tick: node.shell.tick()
+                case .receive(let m, let sample, let wall):
+                    node.transportReceived(m, clockSample: sample, peerWallNs: wall)
+                case .propose(let command): node.propose(command) { _ in }
+                case .persisted:
+                    persisted += 1
+                    let deadline = Date().addingTimeInterval(5)
+                    while node.completedSaves < persisted && Date() < deadline { loop.turn(timeoutNs: 1_000_000) }
+                    XCTAssertEqual(node.completedSaves, persisted, "seed \(seed): the store's completion came back")
+                }
+            }
+            XCTAssertFalse(overread, "seed \(seed): the node read the clock more often than the run")
+            XCTAssertTrue(times.isEmpty, "seed \(seed): \(times.count) clock reads of the run not replayed")
+            XCTAssertEqual(link.sent.count, trace.sent.count, "seed \(seed)")
+            if let i = zip(link.sent, trace.sent).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset {
+                XCTFail("seed \(seed): message \(i) differs: \(link.sent[i]) vs \(trace.sent[i])")
+            }
+            XCTAssertEqual(events.count, trace.events.count, "seed \(seed)")
+            if let i = zip(events, trace.events).enumerated().first(where: { $0.element.0 != $0.element.1 })?.offset {
+                XCTFail("seed \(seed): event \(i) differs: \(events[i]) vs \(trace.events[i])")
             }
         }
     }

@@ -53,6 +53,8 @@ final class Simulation {
     var refusedRequests: Set<UInt64> = []
     var appliedRequests: Set<UInt64> = []
     var nextRequest: UInt64 = 1
+    /// How many times each tempo request was answered (exactly once, unless its shell crashed).
+    var answers: [UInt64: Int] = [:]
     /// The highest commit index a second before the end: every node must have applied it.
     var commitMark: UInt64 = 0
     /// Frames handed off while their publisher's path to the server was open.
@@ -809,6 +811,8 @@ final class Simulation {
         let command = ClusterCommand.tempo(atBeat: atBeat, bpm: requested, justification: "req-\(id)")
         n.trace?.inputs.append(.propose(command))
         n.shell.propose(command) { [self] outcome in
+            answers[id, default: 0] += 1
+            if answers[id]! > 1 { fail(.tempoNotRetroactive, "request \(id) was answered twice (\(outcome))") }
             guard outcome == .refused else { return }
             refusedRequests.insert(id)
             if appliedRequests.contains(id) {

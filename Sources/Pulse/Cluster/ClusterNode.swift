@@ -26,6 +26,25 @@ import PulseCore
 import PulsePolicy
 import Raft
 
+/// The Raft network as the node's shell uses it (RaftTransport; a recording
+/// fake in ConformanceTests).
+protocol RaftLink: AnyObject {
+    func start() throws
+    func stop()
+    func send(_ message: Message)
+    func setPeers(_ list: PeerList)
+    var stats: RaftTransportStats { get }
+}
+
+extension RaftTransport: RaftLink {}
+
+/// Where the node's shell reads the time (the loop's clocks; recorded ones
+/// in ConformanceTests).
+struct ShellClock {
+    var monoNs: () -> Int64 = { cloop_monotonic_ns() }
+    var wallNs: () -> Int64 = { cloop_realtime_ns() }
+}
+
 final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
     /// The cluster as the voter set in force describes it (and this node).
     private(set) var peers: PeerList
@@ -41,24 +60,48 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
     /// Reasons already logged once (a hostile peer must not flood the log).
     private var loggedRejections: Set<String> = []
     private let store: RaftStore
-    private var transport: RaftTransport!
+    private var transport: RaftLink!
+    private let clock: ShellClock
     private var tickToken: UInt32 = 0
     /// Old members kept reachable until the next Ready's messages are out.
     private var transitional = false
     private(set) var storeErrors: UInt64 = 0
+    /// Store completions run on the loop (a Ready's save came back).
+    private(set) var completedSaves = 0
     /// The core's events, for the service (loop thread).
     var onEvent: ((ClusterEvent) -> Void)?
 
-    init(
+    /// The service's node: `<dataDir>/raft`, RaftTransport, the loop's clocks.
+    convenience init(
         peers: PeerList, timing: ClusterTiming, dataDir: String, bootstrapBpm: Int64?, shape: TimelineShape,
         loop: EventLoop, rejected: RejectedInput, logger: Logger, tls: RaftTLS? = nil, joining: Bool = false
+    ) throws {
+        let store = try RaftStore(dataDir: dataDir, rejected: rejected)
+        try self.init(
+            peers: peers, timing: timing, store: store, dataDir: dataDir,
+            seed: UInt64.random(in: 1...UInt64.max), clock: ShellClock(), bootstrapBpm: bootstrapBpm, shape: shape,
+            loop: loop, rejected: rejected, logger: logger, joining: joining
+        ) { inbox, peers in
+            try RaftTransport(
+                loop: loop, peers: peers, limits: .forElectionTimeout(timing.electionNs), rejected: rejected,
+                logger: logger, inbox: inbox, tls: tls)
+        }
+    }
+
+    /// A node over `store` (of `dataDir`, for messages), the link `makeLink`
+    /// builds and `clock`.
+    init(
+        peers: PeerList, timing: ClusterTiming, store: RaftStore, dataDir: String, seed: UInt64,
+        clock: ShellClock, bootstrapBpm: Int64?, shape: TimelineShape, loop: EventLoop, rejected: RejectedInput,
+        logger: Logger, joining: Bool = false, makeLink: (RaftInbox, PeerList) throws -> RaftLink
     ) throws {
         self.peers = peers
         self.bootstrapPeers = peers
         self.rejected = rejected
         self.loop = loop
         self.logger = logger
-        store = try RaftStore(dataDir: dataDir, rejected: rejected)
+        self.store = store
+        self.clock = clock
         let persisted = try store.load(bar: shape.bar)
         if persisted.truncatedBytes > 0 {
             logger.warning("raft: cut a torn log tail", metadata: ["bytes": "\(persisted.truncatedBytes)"])
@@ -76,24 +119,22 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
         let voters = peers.peers.map(\.raftId).filter { !joining || $0 != peers.me.raftId }
         do {
             core = try ClusterCore(
-                id: peers.me.raftId, voters: voters, timing: timing, seed: UInt64.random(in: 1...UInt64.max),
-                nowMonoNs: cloop_monotonic_ns(), shape: shape, joining: joining, bootstrapBpm: bootstrapBpm,
-                hardState: persisted.hardState, snapshot: persisted.snapshot, entries: persisted.entries)
+                id: peers.me.raftId, voters: voters, timing: timing, seed: seed, nowMonoNs: clock.monoNs(),
+                shape: shape, joining: joining, bootstrapBpm: bootstrapBpm, hardState: persisted.hardState,
+                snapshot: persisted.snapshot, entries: persisted.entries)
         } catch {
             throw PulseError.startup("raft state in \(dataDir)/raft cannot be used: \(error)")
         }
         // A restarted node's voter set may differ from -peers (changes in its log).
         self.peers = Self.peerList(core.members, current: peers, fallback: peers, logger: logger)
-        transport = try RaftTransport(
-            loop: loop, peers: self.peers, limits: .forElectionTimeout(timing.electionNs),
-            rejected: rejected, logger: logger, inbox: self, tls: tls)
+        transport = try makeLink(self, self.peers)
         tickToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
         shell = ClusterShell(core: core, ports: self)
     }
 
     func start() throws {
         try transport.start()
-        core.resetTicks(nowMonoNs: cloop_monotonic_ns())  // the old start() did too (adversarial review)
+        core.resetTicks(nowMonoNs: clock.monoNs())  // the old start() did too (adversarial review)
         try loop.armTimer(tickToken, afterNs: core.timing.tickNs, intervalNs: core.timing.tickNs)
         shell.tick()
     }
@@ -118,14 +159,17 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
 
     // MARK: ports
 
-    var monoNs: Int64 { cloop_monotonic_ns() }
-    var wallNs: Int64 { cloop_realtime_ns() }
+    var monoNs: Int64 { clock.monoNs() }
+    var wallNs: Int64 { clock.wallNs() }
 
     /// RaftStore syncs on its own queue; the completion comes back through
     /// the loop's completion slot (never dropped: fault 5).
     func persist(_ ready: Ready, done: @escaping (Error?) -> Void) {
         store.save(hardState: ready.hardState, snapshot: ready.snapshot, entries: ready.entries) { [loop] error in
-            loop.postCompletion { done(error) }
+            loop.postCompletion { [weak self] in
+                self?.completedSaves += 1
+                done(error)
+            }
         }
     }
 

@@ -30,8 +30,6 @@ final class SimFiles: RaftFiles {
     private var crashed = false
     /// Damaged beyond the store's promise (`damage`): a refusal at start is expected.
     private(set) var damaged = false
-    /// Calls interrupted by a crash (a torn append or an unsure rename).
-    private(set) var tornCalls = 0
 
     init(seed: UInt64) { rng = SimRNG(seed: seed) }
 
@@ -73,7 +71,6 @@ final class SimFiles: RaftFiles {
             return false
         }
         crashed = true
-        tornCalls += 1
         return true
     }
 

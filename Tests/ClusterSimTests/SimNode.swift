@@ -55,7 +55,6 @@ final class SimNode {
     var beatTimer = 0
     var lastFrom: [NodeID: (theirSend: Int64, myRecv: Int64)] = [:]
     var droppedDeliveries = 0
-    var lostCompletions = 0
     /// A slow disk for this node only (scripted scenarios): every save takes this long.
     var storeFixedNs: Int64?
     /// The Raft bootstrap voters it starts with (its -peers): every first

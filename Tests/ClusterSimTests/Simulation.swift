@@ -713,7 +713,7 @@ final class Simulation {
         while !n.doorway.isEmpty && n.up {
             let item = n.doorway.removeFirst()
             switch item {
-            case .completion: completeSave(n)
+            case .completion: preconditionFailure("store completions have their own slot, never the doorway")
             case .nats(let f):
                 n.planner.observe(
                     index: f.index, wallNs: wall(n), fromLeaderElsewhere: !f.degraded && f.node != n.index,

@@ -63,6 +63,8 @@ struct SimFrame {
     var bpm: Int64
     var degraded: Bool
     var handoffNs: Int64
+    /// The bytes the node's beat shell encoded (what subscribers decode).
+    var bytes: [UInt8] = []
 }
 
 /// Knobs of one run, drawn from the seed (or set by a targeted test).

@@ -17,6 +17,8 @@ final class SimTotals: @unchecked Sendable {
     var restarts = 0
     var tornWrites = 0
     var refusedStarts = 0
+    /// Frames the nodes' echo policies refused (the service's own judgement).
+    var refusedEchoes = 0
     /// Seeds in which at least one node restarted from its simulated disk.
     var seedsWithRestarts = 0
     func add(_ sim: Simulation, _ v: SimViolation?) {
@@ -26,6 +28,7 @@ final class SimTotals: @unchecked Sendable {
             restarts += sim.restarts
             tornWrites += sim.tornWrites
             refusedStarts += sim.refusedStarts
+            refusedEchoes += sim.nodes.reduce(0) { $0 + $1.refusedEchoes }
             seedsWithRestarts += sim.restarts > 0 ? 1 : 0
             duplicatesWithRemoved += sim.membership.duplicatesWithRemoved
             for (k, c) in sim.exercised { exercised[k, default: 0] += c }
@@ -66,7 +69,7 @@ extension XCTestCase {
                 + "violations=\(totals.failures.count) seconds=\(String(format: "%.1f", seconds))")
         print(
             "disk: seeds_with_restarts=\(totals.seedsWithRestarts) torn_writes=\(totals.tornWrites) "
-                + "refused_starts_on_damaged_disks=\(totals.refusedStarts)")
+                + "refused_starts_on_damaged_disks=\(totals.refusedStarts) echoes_refused=\(totals.refusedEchoes)")
         print("exercised: \(counts)\(extra(totals))")
         for f in totals.failures.prefix(10) {
             print("violation: \(f)")

@@ -1,5 +1,6 @@
-// SimNode.swift — one simulated pulse process: the cluster policy, the beat
-// planner, its data dir, its NATS link and its loop's doorway.
+// SimNode.swift — one simulated pulse process: the service's cluster shell
+// and beat shell over simulated ports, its data dir, its NATS link and its
+// loop's doorway.
 import PulseCore
 import PulsePolicy
 import Raft
@@ -25,7 +26,11 @@ final class SimNode {
     var gen = 0
     var up = true
     var core: ClusterCore!
-    var planner: BeatPlanner
+    /// The service's beat side (one per incarnation, over `beatPorts`).
+    var beat: BeatShell!
+    let plannerConfig: PlannerConfig
+    /// The beat subscription's echo policy (one per incarnation, as in the service).
+    var echo: EchoPolicy!
     /// Its data dir's `raft/` files (a simulated disk that survives crashes)
     /// and the service's own store over them (one per incarnation).
     let files: SimFiles
@@ -48,6 +53,7 @@ final class SimNode {
     /// The service's driver loop over this node's simulated ports.
     var shell: ClusterShell!
     private(set) lazy var ports = SimPorts(node: self)
+    private(set) lazy var beatPorts = SimBeatPorts(node: self)
     /// Set by the simulation before the first boot.
     weak var sim: Simulation?
     /// What this node's shell was given and did (ConformanceTests), while recorded.
@@ -55,6 +61,8 @@ final class SimNode {
     var beatTimer = 0
     var lastFrom: [NodeID: (theirSend: Int64, myRecv: Int64)] = [:]
     var droppedDeliveries = 0
+    /// Frames its echo policy refused (a stale term, an index too far off).
+    var refusedEchoes = 0
     /// A slow disk for this node only (scripted scenarios): every save takes this long.
     var storeFixedNs: Int64?
     /// The Raft bootstrap voters it starts with (its -peers): every first
@@ -66,8 +74,11 @@ final class SimNode {
         files = SimFiles(seed: diskSeed)
         self.id = NodeID(index + 1)
         self.clock = clock
-        self.planner = BeatPlanner(config: planner)
+        self.plannerConfig = planner
     }
+
+    /// Its node id (the HLC suffix frames carry is its last 4 characters).
+    var nodeName: String { "sim-node-\(String(1000 + id))" }
 
     func stalled(_ now: Int64) -> Bool { now < stalledUntil }
 }
@@ -101,4 +112,40 @@ final class SimPorts: ClusterPorts {
         sim.clusterEvent(node, event)
     }
     func persistFailed(_ error: Error) { sim.fail(.restartable, "node \(node.id): persisting failed: \(error)") }
+}
+
+/// The simulated ports of one node's `BeatShell`: its drifting clocks, a
+/// beat timer on the event queue, a spin that resumes as an event at the
+/// target (the loop is busy meanwhile), and the simulated NATS link.
+final class SimBeatPorts: BeatPorts {
+    unowned let node: SimNode
+    init(node: SimNode) { self.node = node }
+    private var sim: Simulation { node.sim! }
+
+    func nowWallNs() -> Int64 { sim.wall(node) }
+    func nowMonoNs() -> Int64 { sim.mono(node) }
+    var natsAttachedMonoNs: Int64? { node.link.connected ? node.link.attachedMonoNs : nil }
+
+    func armBeat(atWallNs wallNs: Int64, exact: Bool) {
+        guard node.up else { return }
+        // A millisecond's lead, never in the past.
+        sim.armBeat(node, atWall: exact ? wallNs : max(wallNs - 1_000_000, sim.wall(node) + 1_000_000))
+    }
+
+    func spin(untilWallNs target: Int64, beat: Int64, degraded: Bool) -> Int64? {
+        let now = sim.wall(node)
+        guard now < target else { return now }
+        // Until the wall clock reads the target (also after a step back).
+        let e = SimEvent.emit(node: node.index, gen: node.gen, index: beat, degraded: degraded, atWall: target)
+        sim.events.push(max(sim.now + 1, node.clock.trueAt(wall: target)), e)
+        return nil
+    }
+
+    func publish(_ frame: UnsafeRawBufferPointer, beat: Int64, targetWallNs: Int64, degraded: Bool) -> Bool {
+        sim.handToKernel(node, [UInt8](frame), beat: beat, degraded: degraded)
+    }
+
+    func dropConnection() { sim.abortLink(node) }
+    func note(_ note: BeatNote) {}
+    func tempoTookEffect(epoch: TempoEpoch, previousBpm: Int64) {}
 }

@@ -22,6 +22,8 @@ final class Simulation {
     let tickNs: Int64 = 50_000_000
     let electionTicks = 6
     let commitRoundNs: Int64 = 200_000_000
+    /// The simulated cluster's id (in every frame).
+    static let clusterId = "sim"
     /// Wall time (Unix ns) at true time 0.
     static let wallBase: Int64 = 1_700_000_000_000_000_000
     /// Raft partition: a group per node.
@@ -163,11 +165,15 @@ final class Simulation {
         case .beat(let i, let gen, let timer):
             let n = nodes[i]
             guard n.up, n.gen == gen, n.beatTimer == timer else { return }
-            if n.stalled(now) { n.beatPending = true } else { onBeat(n) }
+            if n.stalled(now) { n.beatPending = true } else { wakeBeat(n) }
         case .emit(let i, let gen, let k, let degraded, let at):
             let n = nodes[i]
             guard n.up, n.gen == gen else { return }
-            if n.stalled(now) { n.emitPending = (k, degraded, at) } else { emit(n, k, degraded, at) }
+            if n.stalled(now) {
+                n.emitPending = (k, degraded, at)
+            } else {
+                n.beat.resume(beat: k, degraded: degraded, targetWallNs: at)
+            }
         case .raft(let m, let stamp):
             let n = nodes[Int(m.to) - 1]
             guard n.up else { return }
@@ -224,7 +230,13 @@ final class Simulation {
             return
         }
         n.core = core
-        n.planner.reset()
+        // The service's beat side, reading the committed timeline from the core.
+        n.beat = BeatShell(
+            ports: n.beatPorts, planner: plannerConfig, handOverGuardNs: plannerConfig.handoffGuardNs,
+            clusterId: Self.clusterId, phases: shape.phases, nodeId: n.nodeName,
+            maxOffsetMs: knobs.maxOffsetNs / 1_000_000)
+        n.beat.core = core
+        n.echo = EchoPolicy(clusterId: Self.clusterId, publishers: .any, maxTermLead: EchoPolicy.clusterTermLead)
         n.savingReady = nil
         n.saveDone = nil
         n.doorway = []
@@ -243,7 +255,7 @@ final class Simulation {
         events.push(now + tickNs, .tick(node: n.index, gen: n.gen))
         n.shell = ClusterShell(core: core, ports: n.ports)
         n.trace?.inputs.append(.drive)
-        n.shell.drive()  // the persisted snapshot's `.restored` starts the planner
+        n.shell.drive()  // the persisted snapshot's `.restored` starts the beat shell
     }
 
     /// The node's core from what its disk holds, through the service's
@@ -329,11 +341,11 @@ final class Simulation {
         }
         if n.beatPending {
             n.beatPending = false
-            onBeat(n)
+            wakeBeat(n)
         }
         if let (k, d, at) = n.emitPending {
             n.emitPending = nil
-            emit(n, k, d, at)
+            n.beat.resume(beat: k, degraded: d, targetWallNs: at)
         }
     }
 
@@ -405,6 +417,8 @@ final class Simulation {
     }
 
     func clusterEvent(_ n: SimNode, _ e: ClusterEvent) {
+        // The beat side reacts first, as in the service (PulseNode.clusterEvent).
+        n.beat.clusterEvent(e)
         switch e {
         case .leadership(let isLeader, let leader, let term):
             trace("n\(n.id): leadership leader=\(leader) term=\(term) degraded=\(n.core.degraded)")
@@ -414,24 +428,11 @@ final class Simulation {
                     maxLeaderTerm = term
                     maxLeaderTermAt = now
                 }
-                if let t = n.core.machine.timeline {
-                    n.planner.takeOver(timeline: t, wallNs: wall(n))
-                    armNext(n)
-                }
             }
         case .restored:
-            if let t = n.core.machine.timeline {
-                n.planner.start(timeline: t, wallNs: wall(n))
-                armNext(n)
-            }
+            break
         case .applied(let cmd, let index):
             oracleApply(cmd, index: index, by: n)
-            if case .epoch = cmd, let t = n.core.machine.timeline {
-                n.planner.start(timeline: t, wallNs: wall(n))
-                if n.core.isLeader { n.planner.takeOver(timeline: t, wallNs: wall(n)) }
-            }
-            if case .tempo = cmd {}
-            armNext(n)
         case .configuration(let change, let index):
             configurationCommitted(change, index: index, by: n)
         case .compacted(let snapshot):
@@ -503,40 +504,11 @@ final class Simulation {
 
     // MARK: beats
 
-    func onBeat(_ n: SimNode) {
-        guard let t = n.core.machine.timeline else { return }
-        defer {
-            trace(
-                "n\(n.id): beat wake next=\(n.planner.nextBeat) seen=\(n.planner.lastSeenIndex) mode=\(n.core.publishMode(nowMonoNs: mono(n), periodNs: 1_000_000_000))"
-            )
-        }
-        let m = mono(n)
-        let period = t.instantNs(ofBeat: n.planner.nextBeat + 1) - t.instantNs(ofBeat: n.planner.nextBeat)
-        let mode = n.core.publishMode(nowMonoNs: m, periodNs: period)
-        let inputs = BeatInputs(
-            wallNs: wall(n), monoNs: m, mode: mode, natsAttachedMonoNs: n.link.connected ? n.link.attachedMonoNs : nil,
-            tempoBarrierBeat: n.core.tempoBarrierBeat, reference: n.core.degradedReference,
-            term: n.core.raft.term)
-        switch n.planner.plan(inputs, timeline: t) {
-        case .emit(let k, let at, let degraded):
-            emit(n, k, degraded, at)
-        case .retry(let at):
-            armBeat(n, atWall: at)
-        case .dropConnection:
-            abortLink(n)
-            armNext(n)
-        case .skip, .follow, .missed, .early:
-            armNext(n)
-        }
-    }
-
-    func armNext(_ n: SimNode) {
-        guard n.up, let t = n.core.machine.timeline else { return }
-        let m = mono(n)
-        let period = t.instantNs(ofBeat: n.planner.nextBeat + 1) - t.instantNs(ofBeat: n.planner.nextBeat)
-        let mode = n.core.publishMode(nowMonoNs: m, periodNs: period)
-        let target = n.planner.targetNs(t, n.planner.nextBeat, mode, n.core.degradedReference)
-        armBeat(n, atWall: max(target - 1_000_000, wall(n) + 1_000_000))
+    /// The beat timer fired: the service's beat shell plans and acts.
+    func wakeBeat(_ n: SimNode) {
+        n.beat.wake()
+        n.beat.prepareAhead()
+        trace("n\(n.id): beat wake next=\(n.beat.nextBeat) seen=\(n.beat.lastSeenIndex)")
     }
 
     func armBeat(_ n: SimNode, atWall w: Int64) {
@@ -544,44 +516,28 @@ final class Simulation {
         events.push(max(now + 1, n.clock.trueAt(wall: w)), .beat(node: n.index, gen: n.gen, timer: n.beatTimer))
     }
 
-    /// After the spin: confirm, hand to the kernel, record.
-    func emit(_ n: SimNode, _ k: Int64, _ degraded: Bool, _ at: Int64) {
-        guard let t = n.core.machine.timeline else { return }
-        if wall(n) < at {
-            // The spin: until the wall clock reads the target (also after a step back).
-            let e = SimEvent.emit(node: n.index, gen: n.gen, index: k, degraded: degraded, atWall: at)
-            events.push(max(now + 1, n.clock.trueAt(wall: at)), e)
-            return
-        }
-        let m = mono(n)
+    /// The beat shell writes beat `k`'s encoded frame (SimBeatPorts.publish):
+    /// recorded and checked when it reaches the kernel, queued behind a cut
+    /// path, else on its way to the server.
+    func handToKernel(_ n: SimNode, _ bytes: [UInt8], beat k: Int64, degraded: Bool) -> Bool {
+        guard n.link.connected, let t = n.beat.timeline else { return false }
         let period = t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k)
-        let mode = n.core.publishMode(nowMonoNs: m, periodNs: period)
-        guard n.planner.confirm(mode: mode, monoNs: m, wallNs: wall(n)), n.planner.nextBeat <= k else {
-            n.planner.abandon(k)
-            armNext(n)
-            return
-        }
         let frame = SimFrame(
             node: n.index, term: n.core.raft.term, index: k, instantNs: t.instantNs(ofBeat: k), bpm: bpmOf(t, k),
-            degraded: degraded, handoffNs: now)
-        var published = false
-        if n.link.connected {
-            published = true
-            checkHandoff(n, frame, period: period)
-            handedOff.append(frame)
-            if natsCut[n.index] {
-                n.link.kernelQueue.append(frame)
-                if n.link.kernelQueue.count == 1 {
-                    events.push(now + knobs.staleBytesBoundNs, .userTimeout(node: n.index, link: n.link.gen))
-                }
-            } else {
-                openAtHandoff.insert(key(frame))
-                events.push(
-                    now + rng.range(50_000, knobs.natsMaxDelayNs / 2), .natsUp(node: n.index, link: n.link.gen, frame))
+            degraded: degraded, handoffNs: now, bytes: bytes)
+        checkHandoff(n, frame, period: period)
+        handedOff.append(frame)
+        if natsCut[n.index] {
+            n.link.kernelQueue.append(frame)
+            if n.link.kernelQueue.count == 1 {
+                events.push(now + knobs.staleBytesBoundNs, .userTimeout(node: n.index, link: n.link.gen))
             }
+        } else {
+            openAtHandoff.insert(key(frame))
+            events.push(
+                now + rng.range(50_000, knobs.natsMaxDelayNs / 2), .natsUp(node: n.index, link: n.link.gen, frame))
         }
-        n.planner.published(k, degraded: degraded, published: published)
-        armNext(n)
+        return true
     }
 
     func key(_ f: SimFrame) -> String { "\(f.node)/\(f.index)/\(f.handoffNs)" }
@@ -715,9 +671,13 @@ final class Simulation {
             switch item {
             case .completion: preconditionFailure("store completions have their own slot, never the doorway")
             case .nats(let f):
-                n.planner.observe(
-                    index: f.index, wallNs: wall(n), fromLeaderElsewhere: !f.degraded && f.node != n.index,
-                    term: f.term)
+                // The service's path: the decoder, then the echo policy in the beat shell.
+                switch f.bytes.withUnsafeBytes({ BeatFrameDecoder.result($0) }) {
+                case .success(let frame):
+                    if case .reject? = n.beat.hear(frame, wallNs: wall(n), policy: &n.echo) { n.refusedEchoes += 1 }
+                case .failure(let error):
+                    fail(.onTimeline, "node \(n.id) could not decode a frame of node \(f.node + 1): \(error)")
+                }
             }
         }
     }
@@ -780,10 +740,9 @@ final class Simulation {
             let base: Int64 = 1_700_000_000_000_000_000 - n.clock.monoBase
             let stepped = n.clock.wallOffsetNs + rng.range(-5_000_000, 5_000_000)
             n.clock.wallOffsetNs = min(max(stepped, base - limit), base + limit)
-            if n.up, let t = n.core.machine.timeline, !n.stalled(now) {
+            if n.up, n.beat.started, !n.stalled(now) {
                 // The CLOCK_REALTIME timer is cancelled (ECANCELED): re-plan.
-                n.planner.start(timeline: t, wallNs: wall(n))
-                armNext(n)
+                n.beat.start()
             }
         }
         if rng.chance(k.tempoRate * 0.1) { tempoRequest(rng.pick(machines)) }
@@ -794,8 +753,8 @@ final class Simulation {
         let id = nextRequest
         nextRequest += 1
         let current = t.epoch.bpm
-        let pending = t.pending.flatMap { $0.atBeat >= n.planner.nextBeat ? $0 : nil }
-        let effective = pending == nil ? bpmOf(t, n.planner.nextBeat) : current
+        let pending = t.pending.flatMap { $0.atBeat >= n.beat.nextBeat ? $0 : nil }
+        let effective = pending == nil ? bpmOf(t, n.beat.nextBeat) : current
         let delta = max(1, effective / 10)
         let requested = effective + (rng.chance(0.5) ? delta : -delta)
         guard requested > 0,
@@ -807,7 +766,7 @@ final class Simulation {
             return
         }
         let atBeat = tempoApplyBeat(
-            timeline: t, nowNs: wall(n), commitRoundNs: commitRoundNs, firstUnpublishedBeat: n.planner.nextBeat)
+            timeline: t, nowNs: wall(n), commitRoundNs: commitRoundNs, firstUnpublishedBeat: n.beat.nextBeat)
         let command = ClusterCommand.tempo(atBeat: atBeat, bpm: requested, justification: "req-\(id)")
         n.trace?.inputs.append(.propose(command))
         n.shell.propose(command) { [self] outcome in

@@ -34,8 +34,11 @@ final class ZeroAllocationTests: XCTestCase {
         let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns() - 2_000_000_000, bpm: 600)
         let driver = try BeatDriver(
             loop: loop, nats: link, logger: logger, timeline: Timeline(epoch: epoch, bar: 8, phaseCount: 3),
+            placeholder: Timeline(epoch: epoch, bar: 8, phaseCount: 3),
             clusterId: "alloc", phases: ["plan", "work", "review"], nodeId: "node-0001",
             subject: "backbeat.alloc.beat", maxOffsetMs: 500, spinMaxUs: 0)
+        driver.start()
+        driver.stop()  // the test drives emitBeat itself
         driver.prepareWindowIds(forBeat: 0)
 
         let warmup = 200

@@ -1,9 +1,11 @@
-// Beat: turns timer wake-ups into published BeatFrames.
+// Beat: the service's ports of the beat shell (PulsePolicy/BeatShell, the
+// program the simulator runs too): the CLOCK_REALTIME timerfd that wakes it,
+// the spin on the wall clock, the NATS write, and the measurements.
 //
 // One data flow, one direction: the timerfd fires shortly before the instant
-// of the next beat → the driver spins on the wall clock until the instant →
-// the timeline says which beat and phase → the frame is encoded into a buffer
-// allocated at start-up → published and flushed → measurements recorded.
+// of the next beat → the shell plans → the driver spins on the wall clock
+// until the instant → the shell encodes the frame into a buffer allocated at
+// start-up → the driver publishes and flushes it → measurements recorded.
 // Nothing on that path allocates, logs, or touches the disk; the jemalloc
 // thread counter is read around it and any byte it moves is counted in
 // `hotPathAllocatedBytes` (expected to stay 0).
@@ -116,77 +118,39 @@ protocol BeatObserver: AnyObject {
     func beatRecorded(_ record: BeatRecord)
 }
 
-/// Decides how this node publishes (the cluster's lease and degradation).
-/// Called on the beat path: implementations must not allocate.
-protocol PublishGate: AnyObject {
-    /// The planner's publish mode (PulsePolicy): `.leader(leaseUntilMonoNs:)`
-    /// carries the lease deadline so the planner checks it again after the
-    /// spin and notices it lapse (fault 2); `.single` is never returned by a
-    /// cluster node.
-    func publishMode(monotonicNs: Int64) -> PulsePolicy.PublishMode
-    /// The local wall time at which the committed timeline (the leader's
-    /// clock) reads `timelineNs`; identity without an offset estimate.
-    func localNs(forTimelineNs timelineNs: Int64) -> Int64
-    /// The inverse of `localNs(forTimelineNs:)`.
-    func timelineNs(forLocalNs localNs: Int64) -> Int64
-    /// The reference clock estimate behind both mappings (nil: identity).
-    var referenceClock: ClockSync? { get }
-    /// The first beat a tempo entry proposed here but not yet applied may
-    /// change (Int64.max: none); no beat at or after it is emitted (fault 4).
-    var tempoBarrierBeat: Int64 { get }
-}
-
 /// Hears, after the beat (off the beat path), that a tempo change took effect.
 protocol TempoListener: AnyObject {
     func tempoApplied(epoch: TempoEpoch, previousBpm: Int64)
 }
 
-/// Drives beats on the loop thread from a CLOCK_REALTIME timerfd.
-final class BeatDriver: LoopHandler, TxTimestampSink {
+/// Drives beats on the loop thread from a CLOCK_REALTIME timerfd: the
+/// service's `BeatPorts`. The beat decisions, the encoding and the reaction
+/// to the cluster are the shell's (`shell`); this class keeps the timer, its
+/// adaptive lead, the spin, the write and what the beat path measured.
+final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
     private unowned let loop: EventLoop
     private let nats: NatsLink
     private let logger: Logger
-    private(set) var timeline: Timeline
-    private var hlc: HLC
-    private let encoder: BeatFrameEncoder
-    private let windowIds: WindowIdCache
-    private let clusterId: String
-    private let frame: UnsafeMutableRawBufferPointer
     private let subject: UnsafeMutablePointer<CChar>
     private let allocatedCounter: UnsafePointer<UInt64>?
     private var timerToken: UInt32 = 0
-    /// The Raft term stamped on frames (a single bootstrapped node is term 1).
-    var term: UInt64 = 1
-    /// The beat decisions (PulsePolicy): next beat, what the subject showed,
-    /// the hand-over floor and whether the lease was held at the last wake.
-    /// Kept across wakes (a value type mutated in place: no allocation).
-    private var planner: BeatPlanner
-    /// The next beat to decide.
-    var nextBeat: Int64 { planner.nextBeat }
+    /// The beat side's driver loop (planner, encoder, HLC, echo handling).
+    private(set) var shell: BeatShell!
+    /// A single node's timeline until `start` hands it to the shell.
+    private var localTimeline: Timeline?
+    /// What `timeline` shows before the committed epoch (a cluster node).
+    private let placeholder: Timeline
     private(set) var stats = BeatStats()
     weak var observer: BeatObserver?
     /// The last 4096 beats' measurements.
     let recent = BeatRing(capacity: 4096)
     weak var tempoListener: TempoListener?
-    /// When set, beats are published only while it allows (cluster mode).
-    weak var gate: PublishGate?
-    /// The highest beat index seen on the beat subject (from any node), or -1.
-    var lastSeenIndex: Int64 { planner.lastSeenIndex }
-    /// Remote HLC stamps not adopted (too far ahead).
-    private(set) var hlcRejected: UInt64 = 0
     /// Beats this node did not publish because it is not the leader.
     private(set) var beatsFollowed: UInt64 = 0
-    private(set) var started = false
-    /// Wall time an accepted frame from another node (degraded or not) was last seen, or 0.
-    private(set) var lastFrameFromOthersNs: Int64 = 0
     /// Wall time this node last began to publish (start, or took over as
     /// leader), or 0: with `stats.lastPublishedNs`, what /health measures
     /// the silence of a node that should publish from.
     private(set) var publishingSinceNs: Int64 = 0
-    /// The HLC suffix this node stamps (to tell its own frames apart).
-    var ownSuffix: String { encoder.hlcSuffix }
-    /// Set on the beat path when an epoch switch happened; reported after it.
-    private var appliedFromBpm: Int64 = 0
 
     /// How long before an instant the timer fires; adapts to recent wake
     /// latency between `minLeadNs` and `maxLeadNs`.
@@ -197,20 +161,23 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
     private let wakeLateness: UnsafeMutablePointer<Int64>
     private var wakeLatenessCursor = 0
     private var armedAtNs: Int64 = 0
+    /// This wake's timer read and the spin's exit (the record's stages).
+    private var wakeNs: Int64 = 0
+    private var decisionNs: Int64 = 0
+    /// The last beat's record waits for its TX timestamp.
+    private var awaitingTx = false
 
+    /// `timeline`: a single node's own (it owns it from `start` on through
+    /// the shell); a cluster node passes nil and reads the core's.
     init(
-        loop: EventLoop, nats: NatsLink, logger: Logger, timeline: Timeline, clusterId: String, phases: [String],
-        nodeId: String, subject: String, maxOffsetMs: Int64, spinMaxUs: Int
+        loop: EventLoop, nats: NatsLink, logger: Logger, timeline: Timeline?, placeholder: Timeline,
+        clusterId: String, phases: [String], nodeId: String, subject: String, maxOffsetMs: Int64, spinMaxUs: Int
     ) throws {
         self.loop = loop
         self.nats = nats
         self.logger = logger
-        self.timeline = timeline
-        self.clusterId = clusterId
-        self.hlc = HLC(maxOffsetMs: maxOffsetMs)
-        self.encoder = BeatFrameEncoder(clusterId: clusterId, phases: phases, nodeId: nodeId)
-        self.windowIds = WindowIdCache(clusterId: clusterId)
-        self.frame = .allocate(byteCount: encoder.maxFrameBytes, alignment: 8)
+        self.localTimeline = timeline
+        self.placeholder = timeline ?? placeholder
         self.subject = strdup(subject)
         self.allocatedCounter = cloop_thread_allocated_counter()
         self.maxLeadNs = Int64(spinMaxUs) * 1000
@@ -220,10 +187,11 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         self.leadNs = maxLeadNs
         self.wakeLateness = .allocate(capacity: Self.wakeWindow)
         self.wakeLateness.initialize(repeating: 0, count: Self.wakeWindow)
-        self.planner = BeatPlanner(
-            config: PlannerConfig(
-                maxLeadNs: maxLeadNs, handoffGuardNs: Self.handoffGuardNs))
         self.timerToken = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: self)
+        shell = BeatShell(
+            ports: self, planner: PlannerConfig(maxLeadNs: maxLeadNs, handoffGuardNs: Self.handoffGuardNs),
+            handOverGuardNs: Self.handOverGuardNs, clusterId: clusterId, phases: phases, nodeId: nodeId,
+            maxOffsetMs: maxOffsetMs)
         nats.txSink = self
     }
 
@@ -253,32 +221,150 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
     static let natsLatencyAllowanceNs: Int64 = 25_000_000
 
     deinit {
-        frame.deallocate()
         wakeLateness.deallocate()
         free(subject)
     }
 
-    /// Starts with the first beat whose instant is still ahead (or passed less
-    /// than half a period ago, per the lateness rule), never at or before a
-    /// beat this node already published (a re-plan after a clock step).
-    func start(nowNs: Int64) {
+    // MARK: what the service reads
+
+    /// The committed timeline (the core's, or a single node's own); before
+    /// the epoch, the flags' placeholder.
+    var timeline: Timeline { shell.timeline ?? placeholder }
+    var nextBeat: Int64 { shell.nextBeat }
+    var started: Bool { shell.started }
+    var term: UInt64 { shell.term }
+    var ownSuffix: String { shell.ownSuffix }
+    var lastSeenIndex: Int64 { shell.lastSeenIndex }
+    var lastFrameFromOthersNs: Int64 { shell.lastFrameFromOthersNs }
+    var hlcRejected: UInt64 { shell.hlcRejected }
+    var retroactiveTempoChanges: UInt64 { shell.retroactiveTempoChanges }
+
+    /// Starts beating: a single node on its own timeline; a cluster node
+    /// once the core's events start the shell (the committed epoch).
+    func start() {
         // Timer-only (shared-host) mode wakes exactly at the instant: the
         // loop thread's timer slack at its minimum (the default is 50 µs).
         if maxLeadNs == 0 { _ = cloop_set_timer_slack_ns(1) }
-        started = true
-        publishingSinceNs = nowNs
-        planner.start(timeline: timeline, wallNs: nowNs)
-        prepareAhead()
-        arm()
+        if let t = localTimeline {
+            localTimeline = nil
+            shell.startLocal(t)
+        }
     }
 
     func stop() {
         loop.disarmTimer(timerToken)
     }
 
-    private func arm() {
-        let mode = gate?.publishMode(monotonicNs: cloop_monotonic_ns()) ?? .single
-        arm(at: planner.targetNs(timeline, nextBeat, mode, gate?.referenceClock) - leadNs)
+    /// A single node's committed tempo change at downbeat `change.atBeat`,
+    /// refused at a beat already published. (A cluster's changes are the
+    /// core's committed entries: the shell reads them there.)
+    func schedule(change: TempoChange) throws {
+        if var t = localTimeline {
+            // Restored from the data dir before the start.
+            try t.schedule(change: change)
+            localTimeline = t
+            return
+        }
+        guard change.atBeat >= nextBeat else {
+            throw PulseError.config("beat \(change.atBeat) was already published (next is \(nextBeat))")
+        }
+        try shell.scheduleLocal(change)
+    }
+
+    // MARK: the timer
+
+    func loopEvent(token: UInt32, events: UInt32) {
+        switch loop.readTimer(timerToken) {
+        case .clockStepped:
+            // The wall clock was stepped: re-plan from the new time.
+            stats.clockSteps &+= 1
+            logger.warning("wall clock stepped; re-planning the next beat", metadata: ["beat": "\(nextBeat)"])
+            shell.start()
+            return
+        case .failed(let errno):
+            preconditionFailure("beat timer read failed (errno \(errno)): the loop lost its own timer")
+        case .expired(0):
+            return
+        case .expired:
+            break
+        }
+        let allocatedBefore = allocatedCounter?.pointee ?? 0
+        wakeNs = cloop_realtime_ns()
+        if awaitingTx { finishAwaitedRecord(txNs: 0) }
+        recordWake(lateness: wakeNs - armedAtNs)
+        shell.wake()
+        let allocatedAfter = allocatedCounter?.pointee ?? 0
+        if allocatedAfter != allocatedBefore {
+            stats.hotPathAllocatedBytes &+= allocatedAfter &- allocatedBefore
+            stats.lastAllocatingBeat = stats.lastBeatIndex
+        }
+        shell.prepareAhead()
+    }
+
+    // MARK: BeatPorts
+
+    func nowWallNs() -> Int64 { cloop_realtime_ns() }
+    func nowMonoNs() -> Int64 { cloop_monotonic_ns() }
+
+    var natsAttachedMonoNs: Int64? {
+        let attached = nats.connectedSinceMonoNs
+        return attached == .max ? nil : attached
+    }
+
+    func armBeat(atWallNs wallNs: Int64, exact: Bool) {
+        arm(at: exact ? wallNs : wallNs - leadNs)
+    }
+
+    func spin(untilWallNs target: Int64, beat: Int64, degraded: Bool) -> Int64? {
+        let now = cloop_realtime_ns()
+        decisionNs = target > now ? cloop_spin_until_realtime(target, maxLeadNs + 1_000_000) : now
+        return decisionNs
+    }
+
+    func publish(_ frame: UnsafeRawBufferPointer, beat k: Int64, targetWallNs: Int64, degraded: Bool) -> Bool {
+        let published = nats.publish(subject: subject, bytes: frame.baseAddress!, length: frame.count)
+        let doneNs = cloop_realtime_ns()
+        // After the write, off the critical instant: the frame's TX stamp
+        // (usually queued before write(2) returns; else awaited).
+        let txNs = published ? nats.takeTxTimestamp() : 0
+        let source: PublishTimeSource =
+            txNs != 0 ? .txTimestamp : (published && nats.awaitingTxTimestamp ? .pending : .write)
+        if published {
+            stats.beatsPublished &+= 1
+            stats.lastPublishedNs = doneNs
+            if degraded { stats.degradedBeats &+= 1 }
+        }
+        let t = timeline
+        let record = BeatRecord(
+            index: k, scheduledNs: targetWallNs, wakeNs: wakeNs, publishStartNs: decisionNs, publishDoneNs: doneNs,
+            published: published, periodNs: t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k), txNs: txNs,
+            source: source)
+        stats.lastJitterNs = record.jitterNs
+        stats.maxJitterNs = max(stats.maxJitterNs, abs(record.jitterNs))
+        stats.lastBeatIndex = k
+        recent.append(record)
+        if record.source == .pending {
+            awaitingTx = true  // observed when the stamp arrives, or at the next wake
+        } else {
+            observer?.beatRecorded(record)
+        }
+        return published
+    }
+
+    func dropConnection() { nats.abortConnection() }
+
+    func note(_ note: BeatNote) {
+        switch note {
+        case .missed(let count): stats.beatsMissed &+= UInt64(clamping: count)
+        case .late: stats.lateBeats &+= 1
+        case .followed: beatsFollowed &+= 1
+        case .unpublished: stats.beatsUnpublished &+= 1
+        case .publishing(let sinceWallNs): publishingSinceNs = sinceWallNs
+        }
+    }
+
+    func tempoTookEffect(epoch: TempoEpoch, previousBpm: Int64) {
+        tempoListener?.tempoApplied(epoch: epoch, previousBpm: previousBpm)
     }
 
     /// Arms the beat timer at `ns` (wall). A timer that cannot be armed
@@ -307,159 +393,28 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         }
     }
 
-    /// Window ids for this bar and the next are computed ahead, off the beat path.
-    private func prepareAhead() {
-        let bar = timeline.barStart(nextBeat)
-        windowIds.prepare(barStart: bar)
-        windowIds.prepare(barStart: bar + Int64(timeline.bar))
-    }
+    // MARK: the zero-allocation test's entry
 
-    func loopEvent(token: UInt32, events: UInt32) {
-        switch loop.readTimer(timerToken) {
-        case .clockStepped:
-            // The wall clock was stepped: re-plan from the new time.
-            stats.clockSteps &+= 1
-            logger.warning("wall clock stepped; re-planning the next beat", metadata: ["beat": "\(nextBeat)"])
-            start(nowNs: cloop_realtime_ns())
-            return
-        case .failed(let errno):
-            preconditionFailure("beat timer read failed (errno \(errno)): the loop lost its own timer")
-        case .expired(0):
-            return
-        case .expired:
-            break
-        }
-        let retryAt = fire()
-        prepareAhead()
-        if let retryAt { arm(at: retryAt) } else { arm() }
-        if appliedFromBpm != 0 {
-            let previous = appliedFromBpm
-            appliedFromBpm = 0
-            tempoListener?.tempoApplied(epoch: timeline.epoch, previousBpm: previous)
-        }
-    }
-
-    /// Committed tempo changes applied at a beat this node had already
-    /// published (must stay 0; see `schedule`).
-    private(set) var retroactiveTempoChanges: UInt64 = 0
-    /// The last beat this node handed to NATS, or -1.
-    private(set) var lastPublishedBeat: Int64 = -1
-
-    /// The beat path, a thin driver over the pure planner (PulsePolicy):
-    /// read the clocks → ask the planner → spin → confirm (the lease and the
-    /// lateness rule again, immediately before the bytes are written) →
-    /// encode and publish → record. Returns a time to retry at when the beat
-    /// is not decided yet (a new leader waiting for its lease), else nil.
-    private func fire() -> Int64? {
-        let allocatedBefore = allocatedCounter?.pointee ?? 0
-        let wakeNs = cloop_realtime_ns()
-        if awaitingTx { finishAwaitedRecord(txNs: 0) }
-        recordWake(lateness: wakeNs - armedAtNs)
-        let monoNs = cloop_monotonic_ns()
-        let mode = gate?.publishMode(monotonicNs: monoNs) ?? .single
-        let attachedNs = nats.connectedSinceMonoNs
-        let inputs = BeatInputs(
-            wallNs: wakeNs, monoNs: monoNs, mode: mode,
-            natsAttachedMonoNs: attachedNs == .max ? nil : attachedNs,
-            tempoBarrierBeat: gate?.tempoBarrierBeat ?? .max, reference: gate?.referenceClock,
-            term: gate == nil ? 0 : term)
-        let nextBefore = planner.nextBeat
-        let decision = planner.plan(inputs, timeline: timeline)
-        switch decision {
-        case .early:
-            return nil  // woke far too early (re-armed under us); arm() re-plans
-        case .retry(let atNs):
-            return atNs
-        case .follow:
-            if case .follower = mode { _ = timeline.applyDue(beat: nextBefore) }
-            beatsFollowed &+= 1
-            return nil
-        case .skip:
-            beatsFollowed &+= 1  // already on the subject (another publisher)
-            return nil
-        case .missed(let count):
-            stats.beatsMissed &+= UInt64(count)
-            return nil
-        case .dropConnection:
-            // Frames we published never came back: nothing queued behind the
-            // dead link may arrive late.
-            nats.abortConnection()
-            stats.beatsUnpublished &+= 1
-            return nil
-        case .emit(let k, let target, let degraded):
-            if k > nextBefore { stats.beatsMissed &+= UInt64(k - nextBefore) }
-            if wakeNs > target { stats.lateBeats &+= 1 }
-            let startNs = target > wakeNs ? cloop_spin_until_realtime(target, maxLeadNs + 1_000_000) : wakeNs
-            let now = gate?.publishMode(monotonicNs: cloop_monotonic_ns()) ?? .single
-            guard planner.confirm(mode: now, monoNs: cloop_monotonic_ns(), wallNs: startNs) else {
-                // The lease lapsed, or the loop was starved, during the spin.
-                stats.beatsUnpublished &+= 1
-                planner.abandon(k)
-                return nil
-            }
-            var record = emitBeat(index: k, nowNs: startNs, degraded: degraded)
-            planner.published(k, degraded: degraded, published: record.published)
-            record.wakeNs = wakeNs
-            record.scheduledNs = target
-            recent.append(record)
-            if record.source == .pending {
-                awaitingTx = true  // observed when the stamp arrives, or at the next wake
-            } else {
-                observer?.beatRecorded(record)
-            }
-            let allocatedAfter = allocatedCounter?.pointee ?? 0
-            if allocatedAfter != allocatedBefore {
-                stats.hotPathAllocatedBytes &+= allocatedAfter &- allocatedBefore
-                stats.lastAllocatingBeat = k
-            }
-            return nil
-        }
-    }
-
-    /// Encodes and publishes beat `k` as of wall time `nowNs`. Allocation-free
-    /// after warm-up; the zero-allocation test drives it directly.
+    /// Encodes and publishes beat `k` as of wall time `nowNs` through the
+    /// shell (allocation-free after warm-up); the zero-allocation test
+    /// drives it directly.
     @discardableResult
     func emitBeat(index k: Int64, nowNs: Int64, degraded: Bool = false) -> BeatRecord {
-        let bpmBefore = timeline.epoch.bpm
-        if timeline.applyDue(beat: k) { appliedFromBpm = bpmBefore }
-        let stamp = hlc.now(wallMs: nowNs / 1_000_000)
-        let scheduled = timeline.instantNs(ofBeat: k)
-        var published = false
-        if let windowId = windowIds.lookup(barStart: timeline.barStart(k)) {
-            let length = encoder.encode(
-                into: frame, beatIndex: k, downbeat: timeline.isDownbeat(k), phaseIndex: timeline.phaseIndex(k),
-                hlc: stamp, deadlineUnixMs: timeline.deadlineUnixMs(ofBeat: k), tempoBpm: timeline.epoch.bpm,
-                windowId: windowId, term: term, degraded: degraded)
-            if length > 0 {
-                published = nats.publish(subject: subject, bytes: frame.baseAddress!, length: length)
-            }
-        }
-        let doneNs = cloop_realtime_ns()
-        // After the write, off the critical instant: the frame's TX stamp
-        // (usually queued before write(2) returns; else awaited).
-        let txNs = published ? nats.takeTxTimestamp() : 0
-        let source: PublishTimeSource =
-            txNs != 0 ? .txTimestamp : (published && nats.awaitingTxTimestamp ? .pending : .write)
-        if published {
-            stats.beatsPublished &+= 1
-            stats.lastPublishedNs = doneNs
-            lastPublishedBeat = k
-            if degraded { stats.degradedBeats &+= 1 }
-        } else {
-            stats.beatsUnpublished &+= 1
-        }
-        let record = BeatRecord(
-            index: k, scheduledNs: scheduled, wakeNs: nowNs, publishStartNs: nowNs, publishDoneNs: doneNs,
-            published: published, periodNs: timeline.instantNs(ofBeat: k + 1) - scheduled, txNs: txNs,
-            source: source)
-        stats.lastJitterNs = record.jitterNs
-        stats.maxJitterNs = max(stats.maxJitterNs, abs(record.jitterNs))
-        stats.lastBeatIndex = k
-        return record
+        wakeNs = nowNs
+        decisionNs = nowNs
+        let published = shell.emit(k, timeline, nowNs: nowNs, targetWallNs: nowNs, degraded: degraded)
+        if !published { stats.beatsUnpublished &+= 1 }
+        var last = BeatRecord(
+            index: k, scheduledNs: nowNs, wakeNs: nowNs, publishStartNs: nowNs, publishDoneNs: nowNs,
+            published: false, periodNs: 0)
+        if published { recent.updateLast { last = $0 } }
+        return last
     }
 
-    /// The last beat's record waits for its TX timestamp.
-    private var awaitingTx = false
+    /// Prepares window ids for beat `k`'s bar (tests that call `emitBeat`).
+    func prepareWindowIds(forBeat k: Int64) { shell.prepareWindowId(forBeat: k) }
+
+    // MARK: TX timestamps
 
     /// The awaited stamp arrived (the link's event path, loop thread).
     func txTimestampArrived(ns: Int64) {
@@ -499,88 +454,5 @@ final class BeatDriver: LoopHandler, TxTimestampSink {
         var worst: Int64 = 0
         for i in 0..<Self.wakeWindow where wakeLateness[i] > worst { worst = wakeLateness[i] }
         leadNs = min(maxLeadNs, max(minLeadNs, 2 * worst + 100_000))
-    }
-
-    /// Schedules a committed tempo change at downbeat `change.atBeat`.
-    /// Unless `replicated` (a committed log entry every node applies alike),
-    /// a change at a beat already published is refused.
-    func schedule(change: TempoChange, replicated: Bool = false) throws {
-        if replicated, let pending = timeline.pending, pending.atBeat < change.atBeat {
-            // A log replayed after a restart: the earlier change is in effect by now.
-            _ = timeline.applyDue(beat: pending.atBeat)
-        }
-        guard replicated || change.atBeat >= nextBeat else {
-            throw PulseError.config("beat \(change.atBeat) was already published (next is \(nextBeat))")
-        }
-        if replicated && change.atBeat <= lastPublishedBeat {
-            // Cannot happen (fault 4: the proposer's barrier, a leader's
-            // term-start gate): the committed log still wins, alike on every
-            // node, but the breach is counted and logged.
-            retroactiveTempoChanges &+= 1
-            logger.error(
-                "committed tempo change at a beat already published here",
-                metadata: ["at_beat": "\(change.atBeat)", "last_published": "\(lastPublishedBeat)"])
-        }
-        try timeline.schedule(change: change)
-        if started { arm() }  // the next instant may have moved if the change is at the next beat
-    }
-
-    /// Cluster mode: the committed epoch arrived; start beating on it.
-    func adopt(epoch: TempoEpoch, nowNs: Int64) {
-        timeline = Timeline(epoch: epoch, bar: timeline.bar, phaseCount: timeline.phaseCount)
-        start(nowNs: nowNs)
-    }
-
-    /// A frame from the beat subject (any publisher, ourselves included)
-    /// that the echo policy accepted (`EchoPolicy`: this cluster, a known
-    /// publisher, a current term, an index within one beat of the
-    /// timeline's current beat): remember the highest index and merge its
-    /// HLC stamp. Callers pass only accepted frames; the guard below keeps
-    /// `lastSeenIndex + 1` representable whatever they pass.
-    func observe(_ frame: DecodedBeatFrame, wallNs: Int64) {
-        let fromOthers = frame.hlcSuffix != ownSuffix
-        if fromOthers { lastFrameFromOthersNs = wallNs }
-        if frame.beatIndex < Int64.max {
-            planner.observe(
-                index: frame.beatIndex, wallNs: wallNs, fromLeaderElsewhere: fromOthers && !frame.degraded,
-                term: frame.term)
-        }
-        mergeRemote(frame.hlc, wallNs: wallNs)
-    }
-
-    /// Merges a peer's timestamp into the HLC (§3: every timestamp received
-    /// from a peer — beat frames and Raft traffic alike); one too far ahead
-    /// is not adopted and is counted.
-    func mergeRemote(_ stamp: HLCStamp, wallNs: Int64) {
-        if case .rejectedTooFarAhead = hlc.receive(stamp, wallMs: wallNs / 1_000_000) {
-            hlcRejected &+= 1
-        }
-    }
-
-    /// Just became the leader at wall time `nowNs` (or adopted the timeline
-    /// as the leader): continue after the hand-over guard (see
-    /// `handoffGuardNs`) and after every index on the subject or published
-    /// by this node; the beats in between are counted missed. This replaces
-    /// §4's "publish a just-missed beat late" for a new leader: that beat may
-    /// be on its way from the previous publisher (docs/decisions.md).
-    /// `gracefulHandOver`: elected on the previous leader's request (see
-    /// `handOverGuardNs`).
-    func takeOver(nowNs: Int64, gracefulHandOver: Bool = false) {
-        guard started else { return }
-        publishingSinceNs = nowNs
-        let before = planner.nextBeat
-        planner.takeOver(
-            timeline: timeline, wallNs: nowNs, guardNs: gracefulHandOver ? Self.handOverGuardNs : nil)
-        let afterSeen = max(before, planner.lastSeenIndex &+ 1)
-        if planner.lastSeenIndex >= 0 && planner.nextBeat > afterSeen {
-            stats.beatsMissed &+= UInt64(clamping: planner.nextBeat &- afterSeen)
-        }
-        prepareAhead()
-        arm()
-    }
-
-    /// Prepares window ids for beat `k`'s bar (tests that call `emitBeat`).
-    func prepareWindowIds(forBeat k: Int64) {
-        windowIds.prepare(barStart: timeline.barStart(k))
     }
 }

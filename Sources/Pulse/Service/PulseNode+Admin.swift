@@ -89,7 +89,7 @@ extension PulseNode: AdminBackend {
         let nowMonoNs = cloop_monotonic_ns()
         var silentNs = min(nowNs &- beats.stats.lastPublishedNs, nowNs &- beats.publishingSinceNs)
         let duty: String
-        switch publishMode(monotonicNs: nowMonoNs) {
+        switch beats.shell.publishMode(beats.timeline, monoNs: nowMonoNs) {
         case .single, .leader:
             duty = cluster == nil ? "single node" : "leader holding its lease"
         case .degraded:
@@ -299,17 +299,14 @@ extension PulseNode: AdminBackend {
         case .success(let decoded):
             frame = decoded
         }
-        // Before the committed timeline there is nothing to judge against
-        // (a cluster node still joining): ignored, not counted.
-        guard beats.started else { return }
-        let verdict = policy.judge(
-            frame, timeline: beats.timeline, atTimelineNs: timelineNs(forLocalNs: receivedNs),
-            ownTerm: cluster?.term ?? beats.term)
+        // Judged and observed by the beat shell (the simulator's nodes hear
+        // frames through the same call). Nil: no committed timeline yet
+        // (a cluster node still joining), nothing to judge against.
+        guard let verdict = beats.shell.hear(frame, wallNs: receivedNs, policy: &policy) else { return }
         if case .reject(let why) = verdict {
             rejected.record(.beatSubject, why.rawValue)
             return
         }
-        beats.observe(frame, wallNs: receivedNs)
         if handOverPending && frame.hlcSuffix == beats.ownSuffix && frame.beatIndex >= beats.stats.lastBeatIndex {
             handOver()  // our last frame came back: nothing of ours is queued behind a dead link
         }

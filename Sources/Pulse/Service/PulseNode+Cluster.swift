@@ -7,80 +7,51 @@ import PulseCore
 import PulsePolicy
 import Raft
 
-extension PulseNode: PublishGate {
-    /// Beat path (allocation-free): the core's publish mode (the leader
-    /// holding its lease, with the lease deadline, which the planner checks
-    /// again immediately before the write; a leader without a confirmed lease
-    /// waits; followers keep silent; degraded voters publish in turns).
-    func publishMode(monotonicNs: Int64) -> PulsePolicy.PublishMode {
-        guard let core = cluster?.core else { return .single }
-        let t = beats.timeline
-        let k = beats.nextBeat
-        return core.publishMode(nowMonoNs: monotonicNs, periodNs: t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k))
-    }
-
-    /// The clock degraded turns are measured on (the planner's `reference`):
-    /// the lowest voter's, the same for every node (fault 6).
-    var referenceClock: ClockSync? { cluster?.core.degradedReference }
-
-    /// Beat path: the barrier of uncommitted tempo entries in our log (fault 4).
-    var tempoBarrierBeat: Int64 { cluster?.core.tempoBarrierBeat ?? .max }
-
+extension PulseNode {
+    /// The local wall time at which the committed timeline (the last
+    /// leader's clock) reads `timelineNs`; identity without an estimate.
     func localNs(forTimelineNs timelineNs: Int64) -> Int64 {
         guard let sync = cluster?.core.referenceSync else { return timelineNs }
         return sync.localNs(atReference: timelineNs)
     }
 
+    /// The inverse of `localNs(forTimelineNs:)`.
     func timelineNs(forLocalNs localNs: Int64) -> Int64 {
         guard let sync = cluster?.core.referenceSync else { return localNs }
         return sync.referenceNs(atLocal: localNs)
     }
 
     /// The cluster core's events, as they reach the service (the shell has
-    /// logged, counted and persisted what is its own).
+    /// logged, counted and persisted what is its own). The beat side reacts
+    /// first (`BeatShell.clusterEvent`: it reads the committed timeline from
+    /// the core, its one owner); the service then logs and announces.
     func clusterEvent(_ event: ClusterEvent) {
+        beats.shell.clusterEvent(event)
         switch event {
         case .applied(.epoch(let epoch), _):
-            epochCommitted(epoch)
-        case .applied(.tempo(let change), _):
-            tempo.applyCommitted(change, justification: cluster?.core.machine.justification ?? "")
+            logger.info("timeline committed", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(epoch.bpm)"])
+            committedTimelineChanged()
+        case .applied(.tempo, _):
+            tempo.committedChangeApplied(justification: cluster?.core.machine.justification ?? "")
             committedTimelineChanged()
         case .restored(_, let state):
-            epochCommitted(TempoEpoch(state.epoch))
-            if let pending = state.pending {
-                tempo.applyCommitted(TempoChange(pending), justification: state.justification)
+            logger.info(
+                "timeline restored", metadata: ["start_ns": "\(state.epoch.startNs)", "bpm": "\(state.epoch.bpm)"])
+            if state.pending != nil { tempo.committedChangeApplied(justification: state.justification) }
+            committedTimelineChanged()
+        case .leadership(let isLeader, _, _):
+            if isLeader {
                 committedTimelineChanged()
+            } else if stopRequested {
+                loop.requestStop()  // leadership handed over: now stop
             }
-        case .leadership(let isLeader, _, let term):
-            leadershipChanged(isLeader: isLeader, term: term)
         case .votersChanged:
             membersGeneration &+= 1  // the beat subscription's publishers follow it (`subscribeBeats`)
         case .peerClock(let wallNs):
             // §3: Raft traffic merges into the HLC like beat frames (as `(ms, 0)`).
-            beats.mergeRemote(HLCStamp(wallMs: wallNs / 1_000_000, counter: 0), wallNs: cloop_realtime_ns())
+            beats.shell.mergeRemote(HLCStamp(wallMs: wallNs / 1_000_000, counter: 0), wallNs: cloop_realtime_ns())
         case .applied, .proposal, .configuration, .rejected, .refusal, .degradation, .compacted:
             break
-        }
-    }
-
-    private func epochCommitted(_ epoch: TempoEpoch) {
-        logger.info("timeline committed", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(epoch.bpm)"])
-        beats.adopt(epoch: epoch, nowNs: cloop_realtime_ns())
-        // A leader that learns the timeline only now (a restarted node whose
-        // log is applied after its election) starts past the hand-over guard too.
-        if let core = cluster?.core, core.isLeader {
-            beats.takeOver(nowNs: cloop_realtime_ns(), gracefulHandOver: core.electedByHandOver)
-        }
-        committedTimelineChanged()
-    }
-
-    private func leadershipChanged(isLeader: Bool, term: UInt64) {
-        beats.term = term
-        if isLeader {
-            beats.takeOver(nowNs: cloop_realtime_ns(), gracefulHandOver: cluster?.core.electedByHandOver ?? false)
-            committedTimelineChanged()
-        } else if stopRequested {
-            loop.requestStop()  // leadership handed over: now stop
         }
     }
 

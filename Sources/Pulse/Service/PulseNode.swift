@@ -89,15 +89,20 @@ final class PulseNode: LoopHandler {
         } catch {
             throw PulseError.config("-bar/-phases: \(error)")  // PulseConfig.validate refused these already
         }
-        let timeline: Timeline
+        // A cluster node's timeline is the core's (committed entries); a
+        // single node's is its data dir's. The placeholder is what
+        // `beats.timeline` shows before the committed epoch.
+        let placeholder = Timeline(
+            epoch: TempoEpoch(startBeat: 0, startNs: 0, bpm: Int64(config.bpm)), bar: flags.bar,
+            phaseCount: flags.phases.count)
+        let timeline: Timeline?
         if clustered {
             localShape = flags
-            timeline = Timeline(  // a placeholder until the committed epoch arrives
-                epoch: TempoEpoch(startBeat: 0, startNs: 0, bpm: Int64(config.bpm)), bar: flags.bar,
-                phaseCount: flags.phases.count)
+            timeline = nil
         } else {
-            (timeline, localShape) = try Self.timeline(
+            let (restored, shape) = try Self.timeline(
                 config: config, flags: flags, stored: stored, dataDir: dataDir, logger: logger)
+            (timeline, localShape) = (restored, shape)
         }
 
         loop = try EventLoop()
@@ -106,7 +111,8 @@ final class PulseNode: LoopHandler {
             url: config.natsURL, name: "pulse \(nodeId)", loop: loop, logger: logger,
             security: NatsSecurity(config: config))
         beats = try BeatDriver(
-            loop: loop, nats: nats, logger: logger, timeline: timeline, clusterId: config.clusterId,
+            loop: loop, nats: nats, logger: logger, timeline: timeline, placeholder: placeholder,
+            clusterId: config.clusterId,
             phases: localShape.phases, nodeId: nodeId, subject: config.beatSubject,
             maxOffsetMs: Int64(config.maxOffsetMs), spinMaxUs: config.spinMaxUs)
         beats.observer = metrics
@@ -135,7 +141,7 @@ final class PulseNode: LoopHandler {
                 rejected: rejected, logger: logger, tls: raftTLS, joining: config.join)
             self.cluster = cluster
             cluster.onEvent = { [unowned self] event in self.clusterEvent(event) }
-            beats.gate = self
+            beats.shell.core = cluster.core  // the committed timeline's one owner
             tempo.persistAppliedEpochs = false
             tempo.canCommit = { [unowned cluster] in cluster.isLeader }
             tempo.leaderKnown = { [unowned cluster] in cluster.leaderPeer != nil }
@@ -250,7 +256,7 @@ final class PulseNode: LoopHandler {
         if let cluster {
             try cluster.start()  // beats start when the committed epoch is applied
         } else {
-            beats.start(nowNs: cloop_realtime_ns())
+            beats.start()
         }
         try loop.armTimer(housekeepingToken, afterNs: 1_000_000_000, intervalNs: 1_000_000_000)
         logger.info(

@@ -172,14 +172,10 @@ final class TempoController: TempoListener {
         }
     }
 
-    /// Cluster: a committed tempo entry, applied alike on every node.
-    func applyCommitted(_ change: TempoChange, justification: String) {
-        do {
-            try beats.schedule(change: change, replicated: true)
-            pendingJustification = justification
-        } catch {
-            logger.error("committed tempo change not applicable", metadata: ["error": "\(error)"])
-        }
+    /// Cluster: a committed tempo entry was applied (the core holds it; the
+    /// beat shell reads it there): its justification, for the announcement.
+    func committedChangeApplied(justification: String) {
+        pendingJustification = justification
     }
 
     /// Counts a refusal made before the controller saw the request (400s).

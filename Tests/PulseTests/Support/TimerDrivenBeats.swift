@@ -33,9 +33,10 @@ struct TimerDrivenBeats {
         let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns() - 2_000_000_000, bpm: 6000)
         driver = try BeatDriver(
             loop: loop, nats: link, logger: logger, timeline: Timeline(epoch: epoch, bar: 8, phaseCount: 3),
+            placeholder: Timeline(epoch: epoch, bar: 8, phaseCount: 3),
             clusterId: cluster, phases: ["plan", "work", "review"], nodeId: "node-0001",
             subject: "backbeat.\(cluster).beat", maxOffsetMs: 500, spinMaxUs: 500)
-        driver.start(nowNs: cloop_realtime_ns())
+        driver.start()
     }
 
     /// Turns the loop until `beats` were published (10 s at most), then stops the driver.

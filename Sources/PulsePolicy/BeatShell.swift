@@ -1,0 +1,324 @@
+// BeatShell.swift — the beat side's driver loop, one program for the
+// service and the simulator (issue 19), as ClusterShell is for Raft:
+//
+//   timer wake → plan → spin → confirm → encode → write → arm the next wake
+//   frame heard on the subject → EchoPolicy → planner (and the HLC)
+//   cluster event (leadership, epoch, tempo) → start / take over / re-arm
+//
+// The committed timeline has one owner: the cluster core's replicated
+// timeline, or a single node's own (`startLocal`); the shell only reads it.
+// The ports are the clocks, the beat timer, the spin, the NATS write and
+// the service's counters. The service's BeatDriver plugs in the loop's
+// timerfd, `cloop_spin_until_realtime` and NatsLink; the simulator plugs in
+// its event queue and its simulated NATS server, and delivers the encoded
+// bytes it was handed to every node, where they pass the decoder and the
+// echo policy exactly as in the service.
+//
+// Beat path (`wake` to `publish`): allocation-free. Nothing here reads a
+// clock or touches I/O except through the ports.
+import PulseCore
+
+/// What became of a beat, for the service's counters (allocation-free).
+public enum BeatNote: Sendable, Equatable {
+    /// Beats whose instants passed unpublished by this node.
+    case missed(Int64)
+    /// Woke after the instant (still within half a period: published).
+    case late
+    /// Not this node's to publish (a follower, or already on the subject).
+    case followed
+    /// Decided, then not written (the lease lapsed, no connection, a dropped link).
+    case unpublished
+    /// Began to publish from the wall time given (a start, or a take-over).
+    case publishing(sinceWallNs: Int64)
+}
+
+/// The beat shell's ports (see the file header).
+public protocol BeatPorts: AnyObject {
+    /// The loop's wall clock (CLOCK_REALTIME) and monotonic clock, in ns.
+    func nowWallNs() -> Int64
+    func nowMonoNs() -> Int64
+    /// When the NATS connection attached (monotonic ns), nil while not connected.
+    var natsAttachedMonoNs: Int64? { get }
+    /// Arms the beat timer: a lead before the instant `wallNs` (the port
+    /// chooses the lead), or exactly at `wallNs` when `exact` (a retry).
+    func armBeat(atWallNs wallNs: Int64, exact: Bool)
+    /// Waits until the wall clock reads `wallNs` and returns the time it
+    /// read then; nil when the port resumes beat `beat` later through
+    /// `BeatShell.resume(beat:degraded:targetWallNs:)` (the simulator).
+    func spin(untilWallNs wallNs: Int64, beat: Int64, degraded: Bool) -> Int64?
+    /// Writes one encoded frame of beat `beat` to the beat subject; true when
+    /// the bytes were handed to the kernel.
+    func publish(_ frame: UnsafeRawBufferPointer, beat: Int64, targetWallNs: Int64, degraded: Bool) -> Bool
+    /// Drops the NATS connection (frames this leader published never came back).
+    func dropConnection()
+    /// A beat's fate, for counters.
+    func note(_ note: BeatNote)
+    /// A committed tempo change took effect at a beat this node published
+    /// (called after the beat, off the critical instant).
+    func tempoTookEffect(epoch: TempoEpoch, previousBpm: Int64)
+}
+
+/// The beat side of one node over its ports.
+public final class BeatShell {
+    /// The cluster's core (nil: a single node, which owns its timeline).
+    public var core: ClusterCore?
+    private unowned let ports: BeatPorts
+    private var planner: BeatPlanner
+    private var local: Timeline?
+    private var hlc: HLC
+    private let encoder: BeatFrameEncoder
+    private let windowIds: WindowIdCache
+    private let frame: UnsafeMutableRawBufferPointer
+    /// The guard after a graceful hand-over (replaces the planner's).
+    private let handOverGuardNs: Int64
+    /// The change whose downbeat was last announced (`tempoTookEffect`).
+    private var announcedChangeBeat: Int64 = .min
+    private var announce: (epoch: TempoEpoch, previousBpm: Int64)?
+    public private(set) var started = false
+    /// Remote HLC stamps not adopted (too far ahead).
+    public private(set) var hlcRejected: UInt64 = 0
+    /// Wall time an accepted frame from another node was last heard, or 0.
+    public private(set) var lastFrameFromOthersNs: Int64 = 0
+    /// Committed tempo changes applied at a beat this node had already
+    /// published (must stay 0: the proposer's barrier and the term-start gate).
+    public private(set) var retroactiveTempoChanges: UInt64 = 0
+
+    public init(
+        ports: BeatPorts, planner: PlannerConfig, handOverGuardNs: Int64, clusterId: String, phases: [String],
+        nodeId: String, maxOffsetMs: Int64
+    ) {
+        self.ports = ports
+        self.planner = BeatPlanner(config: planner)
+        self.handOverGuardNs = handOverGuardNs
+        self.hlc = HLC(maxOffsetMs: maxOffsetMs)
+        self.encoder = BeatFrameEncoder(clusterId: clusterId, phases: phases, nodeId: nodeId)
+        self.windowIds = WindowIdCache(clusterId: clusterId)
+        self.frame = .allocate(byteCount: encoder.maxFrameBytes, alignment: 8)
+    }
+
+    deinit { frame.deallocate() }
+
+    // MARK: state
+
+    /// The committed timeline (read from its owner), with a change whose
+    /// downbeat was decided already folded in; nil before the epoch.
+    public var timeline: Timeline? {
+        guard var t = core?.machine.timeline ?? local else { return nil }
+        _ = t.applyDue(beat: planner.nextBeat &- 1)
+        return t
+    }
+    public var nextBeat: Int64 { planner.nextBeat }
+    public var lastSeenIndex: Int64 { planner.lastSeenIndex }
+    public var lastPublishedIndex: Int64 { planner.lastPublishedIndex }
+    /// The HLC suffix this node stamps (to tell its own frames apart).
+    public var ownSuffix: String { encoder.hlcSuffix }
+    /// The term stamped on frames: the core's Raft term, 1 for a single node.
+    public var term: UInt64 { core?.term ?? 1 }
+
+    /// The planner's publish mode now, for a beat of the timeline's period at the next beat.
+    public func publishMode(_ t: Timeline, monoNs: Int64) -> PublishMode {
+        guard let core else { return .single }
+        let k = planner.nextBeat
+        return core.publishMode(nowMonoNs: monoNs, periodNs: t.instantNs(ofBeat: k &+ 1) - t.instantNs(ofBeat: k))
+    }
+
+    // MARK: starting and following the committed timeline
+
+    /// A single node: its own timeline (from its data dir), started now.
+    public func startLocal(_ timeline: Timeline) {
+        local = timeline
+        start()
+    }
+
+    /// A single node's committed tempo change (its data dir holds it).
+    public func scheduleLocal(_ change: TempoChange) throws {
+        guard var t = local else { return }
+        if let pending = t.pending, pending.atBeat < change.atBeat { _ = t.applyDue(beat: pending.atBeat) }
+        try t.schedule(change: change)
+        local = t
+        if started { armNext() }
+    }
+
+    /// Starts (or re-plans after a clock step) with the first beat whose
+    /// instant is still ahead, never a beat this node published.
+    public func start() {
+        guard let t = timeline else { return }
+        let now = ports.nowWallNs()
+        started = true
+        ports.note(.publishing(sinceWallNs: now))
+        planner.start(timeline: t, wallNs: now)
+        prepareAhead()
+        armNext()
+    }
+
+    /// Just became the leader (or learned the timeline as the leader):
+    /// continue after the hand-over guard and after every index on the
+    /// subject or published here; the beats in between are counted missed.
+    public func takeOver(graceful: Bool) {
+        guard started, let t = timeline else { return }
+        let now = ports.nowWallNs()
+        ports.note(.publishing(sinceWallNs: now))
+        let before = planner.nextBeat
+        planner.takeOver(timeline: t, wallNs: now, guardNs: graceful ? handOverGuardNs : nil)
+        let afterSeen = max(before, planner.lastSeenIndex &+ 1)
+        if planner.lastSeenIndex >= 0 && planner.nextBeat > afterSeen {
+            ports.note(.missed(planner.nextBeat &- afterSeen))
+        }
+        prepareAhead()
+        armNext()
+    }
+
+    /// The beat side's reaction to the cluster core's events (the service
+    /// and the simulator both route every event here).
+    public func clusterEvent(_ event: ClusterEvent) {
+        guard let core else { return }
+        switch event {
+        case .leadership(let isLeader, _, _):
+            if isLeader { takeOver(graceful: core.electedByHandOver) }
+        case .restored:
+            start()
+        case .applied(.epoch, _):
+            start()
+            // A leader that learns the timeline only now starts past the guard too.
+            if core.isLeader { takeOver(graceful: core.electedByHandOver) }
+        case .applied(.tempo(let change), _):
+            if change.atBeat <= planner.lastPublishedIndex { retroactiveTempoChanges &+= 1 }
+            if started { armNext() }  // the next instant may have moved
+        default:
+            break
+        }
+    }
+
+    // MARK: the beat path
+
+    /// The beat timer fired: plan the next beat and act on the decision.
+    public func wake() {
+        guard let t = timeline else { return }
+        let wallNs = ports.nowWallNs()
+        let monoNs = ports.nowMonoNs()
+        let mode = publishMode(t, monoNs: monoNs)
+        let inputs = BeatInputs(
+            wallNs: wallNs, monoNs: monoNs, mode: mode, natsAttachedMonoNs: ports.natsAttachedMonoNs,
+            tempoBarrierBeat: core?.tempoBarrierBeat ?? .max, reference: core?.degradedReference,
+            term: core == nil ? 0 : term)
+        let nextBefore = planner.nextBeat
+        switch planner.plan(inputs, timeline: t) {
+        case .early:
+            armNext()  // woke far too early (re-armed under us): re-plan
+        case .retry(let atNs):
+            ports.armBeat(atWallNs: atNs, exact: true)
+        case .follow, .skip:
+            ports.note(.followed)
+            armNext()
+        case .missed(let count):
+            ports.note(.missed(count))
+            armNext()
+        case .dropConnection:
+            // Frames we published never came back: nothing queued behind the
+            // dead link may arrive late.
+            ports.dropConnection()
+            ports.note(.unpublished)
+            armNext()
+        case .emit(let k, let target, let degraded):
+            if k > nextBefore { ports.note(.missed(k - nextBefore)) }
+            if wallNs > target { ports.note(.late) }
+            resume(beat: k, degraded: degraded, targetWallNs: target)
+        }
+    }
+
+    /// After the spin (the simulator's deferred one re-enters here): confirm
+    /// the lease and the lateness rule again, then encode and write.
+    public func resume(beat k: Int64, degraded: Bool, targetWallNs target: Int64) {
+        guard let exitNs = ports.spin(untilWallNs: target, beat: k, degraded: degraded) else { return }
+        guard let t = timeline else { return }
+        let monoNs = ports.nowMonoNs()
+        guard planner.confirm(mode: publishMode(t, monoNs: monoNs), monoNs: monoNs, wallNs: exitNs),
+            planner.nextBeat <= k
+        else {
+            // The lease lapsed, or the loop was starved, during the spin.
+            ports.note(.unpublished)
+            planner.abandon(k)
+            armNext()
+            return
+        }
+        let published = emit(k, t, nowNs: exitNs, targetWallNs: target, degraded: degraded)
+        planner.published(k, degraded: degraded, published: published)
+        if !published { ports.note(.unpublished) }
+        armNext()
+        if let a = announce {
+            announce = nil
+            ports.tempoTookEffect(epoch: a.epoch, previousBpm: a.previousBpm)
+        }
+    }
+
+    /// Encodes beat `k` at wall time `nowNs` into the preallocated frame and
+    /// writes it (allocation-free). Also the zero-allocation test's entry.
+    @discardableResult
+    public func emit(_ k: Int64, _ t: Timeline, nowNs: Int64, targetWallNs: Int64, degraded: Bool) -> Bool {
+        if let p = t.pendingEpoch, k >= p.startBeat, p.startBeat != announcedChangeBeat {
+            announcedChangeBeat = p.startBeat
+            announce = (p, t.epoch.bpm)
+        }
+        var now = t
+        _ = now.applyDue(beat: k)
+        guard let windowId = windowIds.lookup(barStart: now.barStart(k)) else { return false }
+        let length = encoder.encode(
+            into: frame, beatIndex: k, downbeat: now.isDownbeat(k), phaseIndex: now.phaseIndex(k),
+            hlc: hlc.now(wallMs: nowNs / 1_000_000), deadlineUnixMs: now.deadlineUnixMs(ofBeat: k),
+            tempoBpm: now.epoch.bpm, windowId: windowId, term: term, degraded: degraded)
+        guard length > 0 else { return false }
+        return ports.publish(
+            UnsafeRawBufferPointer(rebasing: frame[0..<length]), beat: k, targetWallNs: targetWallNs,
+            degraded: degraded)
+    }
+
+    /// Arms the timer for the next beat's target in the current mode.
+    public func armNext() {
+        guard let t = timeline else { return }
+        let mode = publishMode(t, monoNs: ports.nowMonoNs())
+        ports.armBeat(atWallNs: planner.targetNs(t, planner.nextBeat, mode, core?.degradedReference), exact: false)
+    }
+
+    /// Window ids for this bar and the next, computed ahead (they hash:
+    /// never on the beat path). Call after each wake.
+    public func prepareAhead() {
+        guard let t = timeline else { return }
+        let bar = t.barStart(planner.nextBeat)
+        windowIds.prepare(barStart: bar)
+        windowIds.prepare(barStart: bar &+ Int64(t.bar))
+    }
+
+    /// The window id of beat `k`'s bar, computed now (tests that call `emit`).
+    public func prepareWindowId(forBeat k: Int64) {
+        guard let t = timeline else { return }
+        windowIds.prepare(barStart: t.barStart(k))
+    }
+
+    // MARK: what the subject shows
+
+    /// A decoded frame heard on the beat subject at local wall time `wallNs`:
+    /// judged by `policy` against the committed timeline (on the leader's
+    /// clock); an accepted one moves the planner and the HLC. Nil before
+    /// the committed timeline: nothing to judge against (ignored, not counted).
+    public func hear(_ frame: DecodedBeatFrame, wallNs: Int64, policy: inout EchoPolicy) -> EchoVerdict? {
+        guard started, let t = timeline else { return nil }
+        let timelineNs = core?.referenceSync?.referenceNs(atLocal: wallNs) ?? wallNs
+        let verdict = policy.judge(frame, timeline: t, atTimelineNs: timelineNs, ownTerm: term)
+        guard verdict == .accept else { return verdict }
+        let fromOthers = frame.hlcSuffix != ownSuffix
+        if fromOthers { lastFrameFromOthersNs = wallNs }
+        if frame.beatIndex < Int64.max {
+            planner.observe(
+                index: frame.beatIndex, wallNs: wallNs, fromLeaderElsewhere: fromOthers && !frame.degraded,
+                term: frame.term)
+        }
+        mergeRemote(frame.hlc, wallNs: wallNs)
+        return .accept
+    }
+
+    /// Merges a peer's timestamp into the HLC (§3: beat frames and Raft
+    /// traffic alike); one too far ahead is not adopted and is counted.
+    public func mergeRemote(_ stamp: HLCStamp, wallNs: Int64) {
+        if case .rejectedTooFarAhead = hlc.receive(stamp, wallMs: wallNs / 1_000_000) { hlcRejected &+= 1 }
+    }
+}

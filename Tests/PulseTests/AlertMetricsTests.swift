@@ -59,6 +59,10 @@ final class AlertMetricsTests: XCTestCase {
         XCTAssertEqual(value(text, "backbeat_hlc_max_offset_seconds"), 0.25)
         XCTAssertGreaterThanOrEqual(value(text, "backbeat_raft_term") ?? 0, 1)
         XCTAssertGreaterThanOrEqual(value(text, "backbeat_raft_commit_index") ?? 0, 1)
+        // The bootstrap's log entries were synced, timed by the store's queue.
+        XCTAssertGreaterThanOrEqual(value(text, #"backbeat_fsync_duration_seconds_count{file="raft/log"}"#) ?? 0, 1)
+        XCTAssertGreaterThanOrEqual(
+            value(text, #"backbeat_fsync_duration_seconds_count{file="raft/hardstate"}"#) ?? 0, 1)
         XCTAssertGreaterThan(value(text, "process_cpu_seconds_total") ?? 0, 0)
         XCTAssertGreaterThan(value(text, "process_resident_memory_bytes") ?? 0, 1_000_000)
         XCTAssertGreaterThan(value(text, "process_virtual_memory_bytes") ?? 0, 1_000_000)

@@ -74,9 +74,10 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
     /// The service's node: `<dataDir>/raft`, RaftTransport, the loop's clocks.
     convenience init(
         peers: PeerList, timing: ClusterTiming, dataDir: String, bootstrapBpm: Int64?, shape: TimelineShape,
-        loop: EventLoop, rejected: RejectedInput, logger: Logger, tls: RaftTLS? = nil, joining: Bool = false
+        loop: EventLoop, rejected: RejectedInput, logger: Logger, tls: RaftTLS? = nil, joining: Bool = false,
+        sync: DiskSync = .untimed
     ) throws {
-        let store = try RaftStore(dataDir: dataDir, rejected: rejected)
+        let store = try RaftStore(dataDir: dataDir, rejected: rejected, sync: sync)
         try self.init(
             peers: peers, timing: timing, store: store, dataDir: dataDir,
             seed: UInt64.random(in: 1...UInt64.max), clock: ShellClock(), bootstrapBpm: bootstrapBpm, shape: shape,

@@ -29,10 +29,13 @@ public protocol RaftFiles: AnyObject {
 /// `<data-dir>/raft/` on the local file system.
 public final class PosixRaftFiles: RaftFiles {
     let directory: String
+    /// Runs and times every sync (`backbeat_fsync_duration_seconds`).
+    let sync: DiskSync
 
     /// Creates `<dataDir>/raft` when missing.
-    public init(dataDir: String) throws {
+    public init(dataDir: String, sync: DiskSync = .untimed) throws {
         directory = dataDir + "/raft"
+        self.sync = sync
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
@@ -59,7 +62,7 @@ public final class PosixRaftFiles: RaftFiles {
         guard fd >= 0 else { throw Self.failure("open", path) }
         defer { close(fd) }
         try Self.writeAll(fd, bytes, path: path)
-        guard fdatasync(fd) == 0 else { throw Self.failure("fdatasync", path) }
+        guard sync.fdatasync(fd, DiskSync.File(raftName: name)) else { throw Self.failure("fdatasync", path) }
         if created { try syncDirectory() }
     }
 
@@ -67,7 +70,7 @@ public final class PosixRaftFiles: RaftFiles {
         let dirFd = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard dirFd >= 0 else { throw Self.failure("open", directory) }
         defer { close(dirFd) }
-        guard fsync(dirFd) == 0 else { throw Self.failure("fsync", directory) }
+        guard sync.fsync(dirFd, .raftDirectory) else { throw Self.failure("fsync", directory) }
     }
 
     public func replace(_ name: String, with bytes: [UInt8]) throws {
@@ -77,7 +80,7 @@ public final class PosixRaftFiles: RaftFiles {
         guard fd >= 0 else { throw Self.failure("cannot write", temp) }
         do {
             try Self.writeAll(fd, bytes, path: temp)
-            guard fsync(fd) == 0 else { throw Self.failure("fsync", temp) }
+            guard sync.fsync(fd, DiskSync.File(raftName: name)) else { throw Self.failure("fsync", temp) }
         } catch {
             close(fd)
             throw error

@@ -80,8 +80,8 @@ public final class RaftStore {
     private var persistedHard = HardState()
 
     /// The store of `<dataDir>/raft` (created when missing).
-    convenience init(dataDir: String, rejected: RejectedInput? = nil) throws {
-        try self.init(files: PosixRaftFiles(dataDir: dataDir), rejected: rejected)
+    convenience init(dataDir: String, rejected: RejectedInput? = nil, sync: DiskSync = .untimed) throws {
+        try self.init(files: PosixRaftFiles(dataDir: dataDir, sync: sync), rejected: rejected)
     }
 
     init(files: RaftFiles, rejected: RejectedInput? = nil) {

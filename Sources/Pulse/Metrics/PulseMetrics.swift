@@ -41,6 +41,11 @@ final class PulseMetrics: BeatObserver {
         0.000_001, 0.000_002_5, 0.000_005, 0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5,
         0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
     ]
+    /// 10 µs (tmpfs, a write cache) … 10 s (a stalled disk).
+    static let fsyncBucketsSeconds: [Double] = [
+        0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1,
+        0.25, 0.5, 1, 2.5, 5, 10,
+    ]
     /// Reasons a tempo change can be refused (the `reason` label).
     static let tempoRefusalReasons = [
         "malformed_json", "invalid_field", "out_of_range", "delta_too_large", "change_pending", "no_leader",
@@ -49,6 +54,8 @@ final class PulseMetrics: BeatObserver {
     ]
 
     let publishDuration: ValueHistogram
+    /// Per synced file: how long each fsync/fdatasync of the data dir took.
+    let fsyncDuration: [DiskSync.File: ValueHistogram]
     let jitter: ValueHistogram
     let deliveryLatency: ValueHistogram
     private let timerDrift: Gauge
@@ -93,6 +100,15 @@ final class PulseMetrics: BeatObserver {
         deliveryLatency = r.makeValueHistogram(
             name: "backbeat_beat_delivery_latency_seconds", buckets: Self.bucketsSeconds,
             help: "Receive time of a frame on the beat subject minus its scheduled instant, in seconds (PER-001).")
+        var fsync: [DiskSync.File: ValueHistogram] = [:]
+        for file in DiskSync.File.allCases {
+            fsync[file] = r.makeValueHistogram(
+                name: "backbeat_fsync_duration_seconds", labels: [("file", file.rawValue)],
+                buckets: Self.fsyncBucketsSeconds,
+                help:
+                    "Duration of each fsync/fdatasync of the data dir, by file (directories: raft/ and .), in seconds.")
+        }
+        fsyncDuration = fsync
         timerDrift = r.makeGauge(
             name: "backbeat_timer_drift_ratio",
             help:
@@ -178,6 +194,13 @@ final class PulseMetrics: BeatObserver {
         }
         jitter.record(Double(abs(record.jitterNs)) / 1e9)
         publishDuration.record(Double(record.publishDurationNs) / 1e9)
+    }
+
+    /// The data dir's syncs, timed into `fsyncDuration` (called on the
+    /// storage queues; the histograms take their own lock).
+    var diskSync: DiskSync {
+        let histograms = fsyncDuration
+        return DiskSync { file, durationNs in histograms[file]?.record(Double(durationNs) / 1e9) }
     }
 
     /// Any thread: a frame seen on the beat subject `latencyNs` after its instant.

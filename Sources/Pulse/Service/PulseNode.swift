@@ -73,7 +73,7 @@ final class PulseNode: LoopHandler {
         var logger = Logger(label: "pulse")
         let dataPath =
             config.dataDir.isEmpty ? ".backbeat/\(config.clusterId)-\(config.adminPort)" : config.dataDir
-        dataDir = try DataDir(path: dataPath, rejected: rejected)
+        dataDir = try DataDir(path: dataPath, rejected: rejected, sync: metrics.diskSync)
         nodeId = try dataDir.nodeId(preferring: config.nodeId)
         logger[metadataKey: "node"] = "\(nodeId)"
         self.logger = logger
@@ -138,7 +138,7 @@ final class PulseNode: LoopHandler {
             let cluster = try ClusterNode(
                 peers: peers, timing: timing, dataDir: dataDir.path,
                 bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, shape: flags, loop: loop,
-                rejected: rejected, logger: logger, tls: raftTLS, joining: config.join)
+                rejected: rejected, logger: logger, tls: raftTLS, joining: config.join, sync: metrics.diskSync)
             self.cluster = cluster
             cluster.onEvent = { [unowned self] event in self.clusterEvent(event) }
             beats.shell.core = cluster.core  // the committed timeline's one owner

@@ -28,15 +28,18 @@ final class DataDir {
 
     /// Where refusals are counted (the node's `RejectedInput`).
     private let rejected: RejectedInput
+    /// Runs and times every sync (`backbeat_fsync_duration_seconds`).
+    private let sync: DiskSync
 
     /// The committed timeline shape (§12), set once at start-up before any
     /// write: every `epoch.json` this node writes carries it, whoever built
     /// the value, so a tempo change never drops the phases from the file.
     var shape: TimelineShape?
 
-    init(path: String, rejected: RejectedInput) throws {
+    init(path: String, rejected: RejectedInput, sync: DiskSync = .untimed) throws {
         self.path = path
         self.rejected = rejected
+        self.sync = sync
         try Self.createPrivateDirectory(path)
         try checkOwnership()
         // O_NOFOLLOW: a LOCK planted as a symlink does not make us create or
@@ -218,7 +221,7 @@ final class DataDir {
                 }
                 offset += n
             }
-            return fsync(fd) == 0
+            return sync.fsync(fd, DiskSync.File(dataDirName: name))
         }
         close(fd)
         guard ok, rename(temp, final) == 0 else {
@@ -228,6 +231,8 @@ final class DataDir {
         let dirFd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard dirFd >= 0 else { throw PulseError.startup("open \(path): \(String(cString: strerror(errno)))") }
         defer { close(dirFd) }
-        guard fsync(dirFd) == 0 else { throw PulseError.startup("fsync \(path): \(String(cString: strerror(errno)))") }
+        guard sync.fsync(dirFd, .dataDirectory) else {
+            throw PulseError.startup("fsync \(path): \(String(cString: strerror(errno)))")
+        }
     }
 }

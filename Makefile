@@ -24,7 +24,7 @@ APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prome
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build-info build release install dist image test-image run dev cluster certs cluster-tls test test-deploy test-kubernetes test-unit test-python test-go test-browser test-all check-noalloc bench bench-micro bench-micro-update \
+.PHONY: deps build-info build release install dist docs image test-image run dev cluster certs cluster-tls test test-deploy test-kubernetes test-unit test-python test-go test-browser test-all check-noalloc bench bench-micro bench-micro-update \
 	format clean fuzz fuzz-build fuzz-smoke sim
 
 deps:
@@ -62,6 +62,15 @@ install: release
 dist: build-info
 	$(SWIFT) build -c release --product pulse --static-swift-stdlib
 	scripts/dist.sh "$$($(SWIFT) build -c release --show-bin-path)/pulse" dist
+
+# The Swift client's DocC documentation (Sources/BackbeatClient/BackbeatClient.docc,
+# swift-docc-plugin): a static archive in .build/docs; a broken symbol link or any
+# other DocC warning fails (part of make test: ~15 s once the debug build exists).
+DOCS_DIR := .build/docs
+docs:
+	@mkdir -p $(DOCS_DIR)
+	$(SWIFT) package --allow-writing-to-directory $(DOCS_DIR) generate-documentation --target BackbeatClient \
+	  --warnings-as-errors --output-path $(DOCS_DIR)/BackbeatClient.doccarchive
 
 # make image: deploy/Dockerfile built with rootful podman (Debian podman,
 # buildah, debootstrap), its two base images made locally from Debian
@@ -136,7 +145,7 @@ cluster-tls: build certs
 	echo "TLS cluster up: admin on :8080 :8081 :8082, logs in $(RUN_DIR)/cluster.log; Ctrl-C to stop"; \
 	$$bin watch -nats nats://127.0.0.1:$(NATS_PORT)
 
-test: deps test-deploy test-kubernetes check-noalloc test-unit test-python test-go test-browser fuzz-smoke
+test: deps test-deploy test-kubernetes check-noalloc test-unit docs test-python test-go test-browser fuzz-smoke
 
 test-unit: build-info
 	$(SWIFT) build

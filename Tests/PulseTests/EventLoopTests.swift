@@ -34,6 +34,26 @@ final class EventLoopTests: XCTestCase {
         XCTAssertEqual(cloop_timer_read(loop.raw, token), 1)
     }
 
+    func testTurnStampsTheWakeOnceForItsHandlers() throws {
+        let loop = try EventLoop()
+        let recorder = Recorder()
+        let token = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: recorder)
+        var seen: [WakeStamp] = []
+        recorder.onEvent = { _ in seen.append(loop.wake) }
+        let at = cloop_realtime_ns() + 5_000_000
+        try loop.armTimer(token, atNs: at, cancelOnSet: false)
+        Harness.waitUntil(seconds: 2) {
+            loop.turn(timeoutNs: 50_000_000)
+            return !recorder.events.isEmpty
+        }
+        let after = cloop_realtime_ns()
+        let stamp = try XCTUnwrap(seen.first, "the handler ran")
+        XCTAssertGreaterThanOrEqual(stamp.wallNs, at, "stamped after the timer expired")
+        XCTAssertLessThanOrEqual(stamp.wallNs, after)
+        XCTAssertGreaterThan(stamp.monoNs, 0)
+        XCTAssertEqual(loop.wake.wallNs, stamp.wallNs, "one stamp per wake, the same for every handler of it")
+    }
+
     func testDoorwayDeliversMessagesFromOtherThreadsInOrder() throws {
         let loop = try EventLoop(maxSlots: 16, queueCapacity: 4096)
         let recorder = Recorder()

@@ -289,7 +289,7 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
             break
         }
         let allocatedBefore = allocatedCounter?.pointee ?? 0
-        wakeNs = cloop_realtime_ns()
+        wakeNs = loop.wake.wallNs  // stamped once by the loop when epoll returned
         if awaitingTx { finishAwaitedRecord(txNs: 0) }
         recordWake(lateness: wakeNs - armedAtNs)
         shell.wake()

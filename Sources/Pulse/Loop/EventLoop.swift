@@ -66,6 +66,12 @@ final class LoopCallback {
     init(_ body: @escaping () -> Void) { self.body = body }
 }
 
+/// When a loop turn woke: wall (CLOCK_REALTIME) and monotonic ns.
+struct WakeStamp {
+    var wallNs: Int64
+    var monoNs: Int64
+}
+
 /// A single-threaded epoll loop. Create it, register handlers, then `run()`
 /// on the thread that will own it. Only `post` and `requestStop` may be
 /// called from other threads.
@@ -83,6 +89,10 @@ final class EventLoop {
     private(set) var stopping = false
     /// Monotonic time of the last completed turn; `/live` reads it.
     private(set) var lastTurnMonotonicNs: Int64 = 0
+    /// The clocks read once when the last wait returned with events (redis'
+    /// `updateCachedTime`): the wake time handlers of this turn hand on
+    /// (the beat driver's wake lateness and records), one read for all.
+    private(set) var wake = WakeStamp(wallNs: 0, monoNs: 0)
     /// Number of completed turns.
     private(set) var turns: UInt64 = 0
     /// Completions of the node's own background work (see the header).
@@ -302,6 +312,7 @@ final class EventLoop {
         if !cloop_on_loop_thread(raw) { bindToCurrentThread() }
         let n = cloop_wait(raw, events, eventCapacity, timeoutNs)
         if n > 0 {
+            wake = WakeStamp(wallNs: cloop_realtime_ns(), monoNs: cloop_monotonic_ns())
             dispatch(count: Int(n), priorityPass: true)
             dispatch(count: Int(n), priorityPass: false)
         }

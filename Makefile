@@ -18,7 +18,7 @@ NATS_PORT ?= 4222
 ADMIN_PORT ?= 8080
 BPM ?= 120
 RUN_DIR ?= run
-APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev nats-server prometheus curl iproute2 iptables pkg-config \
+APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev libsodium-dev nats-server prometheus curl iproute2 iptables pkg-config \
   libssl-dev openssl python3 python3-venv python3-pip python3-jsonschema chromium chromium-driver python3-selenium \
   docker-compose systemd golang-go golang-github-nats-io-go-nats-dev
 PYTHON ?= python3
@@ -159,8 +159,8 @@ test-unit: build-info
 # python -m build (sdist and wheel) and twine check --strict.
 test-python: build
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(VENV)
-	@$(VENV)/bin/python -c "import nats, jsonschema, pytest, mypy, build, twine" 2>/dev/null \
-	  || $(VENV)/bin/pip install -q nats-py jsonschema pytest mypy build twine
+	@$(VENV)/bin/python -c "import nats, jsonschema, pytest, mypy, build, twine, nacl" 2>/dev/null \
+	  || $(VENV)/bin/pip install -q nats-py jsonschema pytest mypy build twine pynacl
 	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse $(VENV)/bin/python -m pytest -q clients/python
 	cd clients/python && ../../$(VENV)/bin/mypy --strict backbeat_client
 	@rm -rf $(RUN_DIR)/python-dist

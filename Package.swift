@@ -8,6 +8,7 @@ import PackageDescription
 //   CNats      system library: the NATS C client (Debian libnats-dev)
 //   CHttpParser system library: node's http-parser (Debian libhttp-parser-dev)
 //   COpenSSL   system library: OpenSSL 3 for the Raft transport's mutual TLS (Debian libssl-dev)
+//   CSodium    system library: libsodium's Ed25519 for signed publications, allocation-free (Debian libsodium-dev)
 //   Raft       pure Swift consensus core (etcd-raft style): tick/step/ready/advance, no I/O
 //   PulseCore  pure Swift, no I/O: timeline math, HLC, BeatFrame encoder (allocation-free)
 //   PulsePolicy pure Swift, no I/O: beat planner, cluster policy (ticks, lease, degradation), replicated timeline
@@ -60,6 +61,12 @@ let package = Package(
             pkgConfig: "openssl",
             providers: [.apt(["libssl-dev"])]
         ),
+        .systemLibrary(
+            name: "CSodium",
+            path: "Sources/CSodium",
+            pkgConfig: "libsodium",
+            providers: [.apt(["libsodium-dev"])]
+        ),
         .target(
             name: "Raft",
             path: "Sources/Raft"
@@ -77,7 +84,7 @@ let package = Package(
         .target(
             name: "Pulse",
             dependencies: [
-                "CLoop", "CNats", "CHttpParser", "COpenSSL", "PulseCore", "PulsePolicy", "Raft",
+                "CLoop", "CNats", "CHttpParser", "COpenSSL", "CSodium", "PulseCore", "PulsePolicy", "Raft",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -95,7 +102,7 @@ let package = Package(
         .executableTarget(
             name: "Bench",
             dependencies: [
-                "CLoop", "CNats", "PulseCore", .product(name: "Histogram", package: "hdrhistogram-swift"),
+                "CLoop", "CNats", "CSodium", "PulseCore", .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Sources/Bench",
             swiftSettings: [.swiftLanguageMode(.v5)]
@@ -112,7 +119,7 @@ let package = Package(
         ),
         .testTarget(
             name: "BackbeatClientTests",
-            dependencies: ["BackbeatClient", "PulseCore", "CNats"],
+            dependencies: ["BackbeatClient", "PulseCore", "CNats", .product(name: "Crypto", package: "swift-crypto")],
             path: "Tests/BackbeatClientTests"
         ),
         .testTarget(

@@ -68,6 +68,12 @@ public struct BackbeatClientOptions: Sendable {
     public var certificate: (certFile: String, keyFile: String)?
     /// Reads the local wall clock, Unix ns (tests inject a skewed one; default `CLOCK_REALTIME`).
     public var localClock: (@Sendable () -> Int64)?
+    /// The cluster's publication keys (`-sign-key`; old and new during a
+    /// rotation). When set, only signed frames, timeline replies and
+    /// publications are accepted; the others are refused with
+    /// `unsigned`, `unknown_key` or `bad_signature` and counted in
+    /// ``BackbeatClient/signatureRefusals``.
+    public var signatureVerifier: PublicationVerifier?
 
     public init(
         url: String, clusterId: String = "chorus-aus-01", credentialsFile: String? = nil, caFile: String? = nil,
@@ -160,6 +166,7 @@ public final class BackbeatClient: @unchecked Sendable {
     private let box: CallbackBox
     /// Signalled by ``close()`` to stop the clock sampler at once.
     private let sampler = DispatchSemaphore(value: 0)
+    private var signatureRefusedCount: UInt64 = 0
 
     /// Connects to NATS, fetches the timeline and subscribes to the beat and
     /// timeline subjects, all within ``BackbeatClientOptions/connectTimeoutMs``;
@@ -387,6 +394,9 @@ public final class BackbeatClient: @unchecked Sendable {
         guard status == NATS_OK, let reply else { throw BackbeatClientError.noTimeline(Self.text(status)) }
         defer { natsMsg_Destroy(reply) }
         let data = Data(bytes: natsMsg_GetData(reply), count: Int(natsMsg_GetDataLength(reply)))
+        if let refusal = signatureRefusal(data) {
+            throw BackbeatClientError.noTimeline("the reply is refused: \(refusal.rawValue)")
+        }
         let timeline: BeatTimeline
         do {
             timeline = try BeatTimeline.decode(data, clusterId: options.clusterId)
@@ -549,6 +559,10 @@ public final class BackbeatClient: @unchecked Sendable {
     // MARK: Callbacks (library threads)
 
     fileprivate func received(beat bytes: UnsafeRawBufferPointer, localNs: Int64) {
+        if let refusal = signatureRefusal(bytes) {
+            continuation.yield(.refused(reason: refusal.rawValue))
+            return
+        }
         lock.lock()
         let receivedNs = localNs &+ clock.offsetNs
         let timeline = current
@@ -572,6 +586,10 @@ public final class BackbeatClient: @unchecked Sendable {
         // A publication: the leader's, or anyone's who may publish here. What
         // it claims is confirmed by a request (replies go to our inbox) before
         // anything changes; one that claims nothing newer is ignored.
+        if let refusal = signatureRefusal(data) {
+            continuation.yield(.refused(reason: "timeline_" + refusal.rawValue))
+            return
+        }
         switch Result(catching: { try BeatTimeline.decode(data, clusterId: options.clusterId) }) {
         case .success(let claimed):
             lock.lock()
@@ -641,6 +659,23 @@ public final class BackbeatClient: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return (tracker.accepted, tracker.duplicates, tracker.refused)
+    }
+
+    /// Frames, timeline replies and publications refused for their
+    /// signature (``BackbeatClientOptions/signatureVerifier``).
+    public var signatureRefusals: UInt64 {
+        lock.lock()
+        defer { lock.unlock() }
+        return signatureRefusedCount
+    }
+
+    /// Why `bytes` is refused under the configured keys (counted), or nil.
+    private func signatureRefusal(_ bytes: some DataProtocol) -> PublicationVerifier.Refusal? {
+        guard let refusal = options.signatureVerifier?.check(bytes) else { return nil }
+        lock.lock()
+        signatureRefusedCount &+= 1
+        lock.unlock()
+        return refusal
     }
 
     private func require() throws -> BeatTimeline {

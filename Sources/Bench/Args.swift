@@ -10,7 +10,7 @@
 #endif
 
 /// Names accepted by `--scenarios`; the default is all of them.
-let knownScenarios = ["idle", "shared", "load", "per001", "election", "election-tls", "fanout", "baseline"]
+let knownScenarios = ["idle", "shared", "signed", "load", "per001", "election", "election-tls", "fanout", "baseline"]
 
 struct BenchOptions {
     var seconds = 10

@@ -96,7 +96,7 @@ func attempt(_ name: String, _ body: () throws -> Void) {
 }
 
 var idleFloors: (timer: Floor, nats: Floor)? = nil
-if !wants.intersection(["idle", "baseline", "per001", "shared"]).isEmpty {
+if !wants.intersection(["idle", "baseline", "per001", "shared", "signed"]).isEmpty {
     let periodUs = 60_000_000 / options.bpm
     log(
         "idle floors (\(options.seconds) s timer-wake at 1 ms, \(options.seconds) s at the period \(periodUs) µs, \(options.seconds) s NATS)…"
@@ -111,7 +111,7 @@ if !wants.intersection(["idle", "baseline", "per001", "shared"]).isEmpty {
         url: ctx.natsURL, bpm: options.bpm, seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority)
     idleFloors = (timer, natsFloor)
     var cpuFloor: CpuFloor? = nil
-    if !wants.intersection(["idle", "shared"]).isEmpty {
+    if !wants.intersection(["idle", "shared", "signed"]).isEmpty {
         let floorSeconds = min(options.seconds, 10)
         log("CPU floor (\(floorSeconds) s of timer wakes + frame writes at \(options.bpm)/min)…")
         cpuFloor = measureCpuFloor(
@@ -135,6 +135,15 @@ if !wants.intersection(["idle", "baseline", "per001", "shared"]).isEmpty {
                     ctx, name: "shared", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor,
                     withHTTPLoad: false, periodFloor: periodFloor, cpuFloor: cpuFloor, extraArgs: ["-spin-max-us", "0"])
             )
+        }
+    }
+    if wants.contains("signed") {
+        log("signed: pulse at \(options.bpm) bpm with -sign-key (every frame signed)…")
+        attempt("signed") {
+            report.scenarios.append(
+                try runSignedScenario(
+                    ctx, bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, periodFloor: periodFloor,
+                    cpuFloor: cpuFloor, idle: report.scenarios.first { $0.name == "idle" }))
         }
     }
     if wants.contains("baseline") {

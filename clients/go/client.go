@@ -2,6 +2,7 @@ package backbeat
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -45,6 +46,11 @@ type Options struct {
 	EventBuffer int
 	// LocalClock reads the local wall clock in Unix ns (default time.Now; tests inject a skewed one).
 	LocalClock func() int64
+	// PublicKeys are the cluster's publication keys (-sign-key; old and new
+	// during a rotation). When set, only signed frames, timeline replies and
+	// publications are accepted; others are refused (RefusedUnsigned,
+	// RefusedUnknownKey, RefusedBadSignature) and counted (SignatureRefusals).
+	PublicKeys []ed25519.PublicKey
 }
 
 func (o *Options) defaults() {
@@ -117,6 +123,9 @@ type Client struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	wg        sync.WaitGroup
+	// verifier checks signatures (nil: Options.PublicKeys empty); sigRefused counts refusals.
+	verifier   *Verifier
+	sigRefused uint64
 }
 
 // Connect reaches NATS, subscribes to the beat and timeline subjects and
@@ -135,6 +144,11 @@ func Connect(opts Options) (*Client, error) {
 	c := &Client{
 		opts: opts, events: make(chan Event, opts.EventBuffer), tracker: NewFrameTracker(opts.Cluster),
 		refetchCh: make(chan struct{}, 1), done: make(chan struct{}),
+	}
+	if len(opts.PublicKeys) > 0 {
+		if c.verifier, err = NewVerifier(opts.PublicKeys...); err != nil {
+			return nil, &ConnectError{Server: servers, Timeout: opts.ConnectTimeout, Cause: err.Error()}
+		}
 	}
 	natsOpts = append(natsOpts,
 		nats.DisconnectErrHandler(func(*nats.Conn, error) { c.emit(Event{Kind: EventConnection, Up: false}) }),
@@ -322,6 +336,9 @@ func (c *Client) fetch(timeout time.Duration) (*Timeline, error) {
 	if err != nil {
 		return nil, err
 	}
+	if reason := c.signatureRefusal(msg.Data); reason != "" {
+		return nil, &TimelineError{Reason: reason}
+	}
 	t, err := DecodeTimeline(msg.Data, c.opts.Cluster)
 	if err != nil {
 		return nil, err
@@ -439,8 +456,34 @@ func (c *Client) background() {
 	}
 }
 
+// signatureRefusal is why data is refused under Options.PublicKeys (counted), or "".
+func (c *Client) signatureRefusal(data []byte) string {
+	if c.verifier == nil {
+		return ""
+	}
+	reason := c.verifier.Check(data)
+	if reason != "" {
+		c.mu.Lock()
+		c.sigRefused++
+		c.mu.Unlock()
+	}
+	return reason
+}
+
+// SignatureRefusals counts frames, timeline replies and publications refused
+// for their signature (Options.PublicKeys).
+func (c *Client) SignatureRefusals() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.sigRefused
+}
+
 func (c *Client) onBeat(msg *nats.Msg) {
 	local := c.opts.LocalClock()
+	if reason := c.signatureRefusal(msg.Data); reason != "" {
+		c.emit(Event{Kind: EventRefused, Reason: reason})
+		return
+	}
 	c.mu.Lock()
 	received := local + c.clock.offsetNs
 	t := c.timeline
@@ -470,6 +513,10 @@ func (c *Client) onBeat(msg *nats.Msg) {
 func (c *Client) onTimeline(msg *nats.Msg) {
 	if msg.Reply != "" {
 		return // a request (ours or another consumer's), not a publication
+	}
+	if reason := c.signatureRefusal(msg.Data); reason != "" {
+		c.emit(Event{Kind: EventRefused, Reason: "timeline_" + reason})
+		return
 	}
 	t, err := DecodeTimeline(msg.Data, c.opts.Cluster)
 	c.mu.Lock()

@@ -82,6 +82,9 @@ struct PulseConfig: Sendable {
     var natsCA = ""
     var natsCert = ""
     var natsKey = ""
+    /// `-sign-key`: a PEM Ed25519 private key; frames, timeline publications
+    /// and replies, and tempo announcements are signed with it (empty: unsigned).
+    var signKey = ""
     /// The admin HTTP listener's IPv4 address (loopback unless told otherwise).
     var adminBind = "127.0.0.1"
     /// Names a request's `Host` may give besides localhost, the host name and
@@ -160,7 +163,7 @@ struct PulseConfig: Sendable {
         let files =
             given + [
                 ("-nats-creds", natsCreds), ("-nats-nkey", natsNkey), ("-nats-ca", natsCA), ("-nats-cert", natsCert),
-                ("-nats-key", natsKey),
+                ("-nats-key", natsKey), ("-sign-key", signKey),
             ]
         for (flag, path) in files where !path.isEmpty {
             guard FileManager.default.isReadableFile(atPath: path) else {
@@ -173,6 +176,7 @@ struct PulseConfig: Sendable {
         } catch let error as NatsAuth.Invalid {
             try fail("\(natsCreds.isEmpty ? "-nats-nkey \(natsNkey)" : "-nats-creds \(natsCreds)"): \(error.reason)")
         }
+        if !signKey.isEmpty { _ = try PublicationSigner(keyFile: signKey) }  // one line naming the file
         var probe = in_addr()
         if inet_pton(AF_INET, adminBind, &probe) != 1 {
             try fail("-admin-bind must be a numeric IPv4 address (got '\(adminBind)')")
@@ -335,6 +339,12 @@ struct PulseCommand: ParsableCommand {
     var natsCert: String?
     @Option(name: both("nats-key"), help: "NATS client private key, PEM (env BACKBEAT_NATS_KEY)")
     var natsKey: String?
+    @Option(
+        name: both("sign-key"),
+        help:
+            "Sign every frame, timeline and tempo announcement with this Ed25519 private key, PEM (env BACKBEAT_SIGN_KEY)"
+    )
+    var signKey: String?
     @Option(name: both("raft-bind"), help: "Raft bind address host:port (default 127.0.0.1:0)")
     var raftBind: String?
     @Flag(name: both("bootstrap"), help: "Bootstrap a new cluster: start the timeline on the next whole second")
@@ -446,7 +456,7 @@ struct PulseCommand: ParsableCommand {
             (adminBind, \.adminBind), (raftTLSCert, \.raftTLSCert), (raftTLSKey, \.raftTLSKey),
             (raftTLSCA, \.raftTLSCA),
             (natsCreds, \.natsCreds), (natsNkey, \.natsNkey), (natsCA, \.natsCA), (natsCert, \.natsCert),
-            (natsKey, \.natsKey),
+            (natsKey, \.natsKey), (signKey, \.signKey),
         ]
         for (value, path) in flags { if let value { config[keyPath: path] = value } }
         try config.validate()
@@ -462,7 +472,7 @@ struct PulseCommand: ParsableCommand {
             "nats-key", "raft-bind", "peers", "data-dir", "cpu", "rt-priority", "spin-max-us", "max-offset-ms",
             "log-format", "log-level", "config", "admin-token", "admin-token-file", "heartbeat-ms",
             "election-timeout-ms",
-            "degrade-after-ms", "raft-compact-every", "admin-hosts",
+            "degrade-after-ms", "raft-compact-every", "admin-hosts", "sign-key",
         ].map { ($0, false) } + [("bootstrap", true), ("join", true), ("mlock", true)]
 
     /// The environment variable of `flag`: BACKBEAT_ and the name in upper

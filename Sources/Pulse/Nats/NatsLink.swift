@@ -184,6 +184,8 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     private var pendingTxKey: UInt32?
     /// Hears a beat frame's TX timestamp that arrived after its beat (loop thread).
     weak var txSink: TxTimestampSink?
+    /// Signs frames and publications (`-sign-key`); nil: they go unsigned.
+    var signer: PublicationSigner?
     private var requestCounter: UInt64 = 0
     private var pendingRequests: [UInt64: (deadlineNs: Int64, reply: (Data?) -> Void)] = [:]
 
@@ -504,7 +506,8 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             metadata: ["detail": "\(detail)", "url": "\(redactedURL)"])
     }
 
-    /// Publishes `length` bytes from `bytes` on `subject` and flushes at once.
+    /// Publishes `length` bytes from `bytes` on `subject` and flushes at once
+    /// (the beat path's frames: signed first with `signer`, when set).
     /// Returns false (and counts why) when NATS is down or the publish failed.
     /// Allocation-free once the client's buffers have reached their size.
     /// Never waits on the reconnect machinery: `connection` is only set for a
@@ -515,7 +518,14 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             stats.skippedWhileDown &+= 1
             return false
         }
-        let status = natsConnection_Publish(connection, subject, bytes, Int32(length))
+        // -sign-key: the frame signed in the signer's own buffer (allocation-free).
+        let frame = signer?.signFrame(UnsafeRawBufferPointer(start: bytes, count: length))
+        if let frame, frame.isEmpty {
+            stats.publishErrors &+= 1
+            return false
+        }
+        let status = natsConnection_Publish(
+            connection, subject, frame?.baseAddress ?? bytes, Int32(frame?.count ?? length))
         flush()
         if status != NATS_OK {
             stats.publishErrors &+= 1

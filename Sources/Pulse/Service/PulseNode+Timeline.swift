@@ -83,14 +83,14 @@ extension PulseNode: TimelineChangeListener {
         }
         guard size <= Self.maxTimelineRequestBytes else {
             rejected.record(.timelineSubject, "too_large")
-            nats.publish(
+            nats.publishSigned(
                 subject: reply,
                 payload: Self.errorBody("request larger than \(Self.maxTimelineRequestBytes) bytes", "too_large"))
             return
         }
         // A node without a committed timeline stays silent: another answers.
         guard let body = timelineBody(), let data = cache.reply(for: body) else { return }
-        nats.publish(subject: reply, payload: data)
+        nats.publishSigned(subject: reply, payload: data)
     }
 
     /// The leader (or a single node) publishes the timeline on its subject.
@@ -99,7 +99,7 @@ extension PulseNode: TimelineChangeListener {
         else {
             return
         }
-        nats.publish(subject: config.timelineSubject, payload: data)
+        nats.publishSigned(subject: config.timelineSubject, payload: data)
     }
 }
 

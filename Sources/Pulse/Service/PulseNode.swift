@@ -110,6 +110,10 @@ final class PulseNode: LoopHandler {
         nats = NatsLink(
             url: config.natsURL, name: "pulse \(nodeId)", loop: loop, logger: logger,
             security: NatsSecurity(config: config))
+        if !config.signKey.isEmpty {
+            nats.signer = try PublicationSigner(keyFile: config.signKey)
+            logger.info("publications signed", metadata: ["key_id": "\(nats.signer!.keyId)"])
+        }
         beats = try BeatDriver(
             loop: loop, nats: nats, logger: logger, timeline: timeline, placeholder: placeholder,
             clusterId: config.clusterId,

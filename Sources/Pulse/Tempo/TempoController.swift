@@ -212,7 +212,7 @@ final class TempoController: TempoListener {
         timelineListener?.committedTimelineChanged()
         logger.info("tempo change applied", metadata: ["bpm": "\(epoch.bpm)", "at_beat": "\(epoch.startBeat)"])
         if let body = try? JSONEncoder().encode(announcement) {
-            nats.publish(subject: config.controlSubject, payload: body)
+            nats.publishSigned(subject: config.controlSubject, payload: body)
         }
     }
 }

@@ -37,11 +37,14 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple
+from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Tuple
+
+from .signing import PublicationVerifier
 
 __all__ = [
     "Timeline", "BeatInfo", "BeatPosition", "Frame", "FrameError", "TimelineError", "FrameTracker", "Event",
     "BackbeatClient", "NoPulseError", "TempoScheduled", "TempoRefused", "decode_frame", "decode_timeline",
+    "PublicationVerifier",
 ]
 
 NS_PER_MINUTE = 60_000_000_000
@@ -783,8 +786,11 @@ class BackbeatClient:
     """A consumer of one cluster's beat over NATS (nats-py). Use `connect`."""
 
     def __init__(self, nc: Any, cluster: str, request_timeout: float,
-                 local_clock: Optional[Callable[[], int]] = None):
+                 local_clock: Optional[Callable[[], int]] = None,
+                 verifier: Optional[PublicationVerifier] = None):
         self.nc = nc
+        self.verifier = verifier
+        self.signature_refusals = 0
         self.cluster = cluster
         self.request_timeout = request_timeout
         self.timeline: Optional[Timeline] = None
@@ -808,14 +814,20 @@ class BackbeatClient:
     async def connect(cls, servers: Any, cluster: str = "chorus-aus-01", request_timeout: float = 2.0,
                       connect_timeout: float = 5.0, clock_sample_interval: float = 2.0,
                       local_clock: Optional[Callable[[], int]] = None,
+                      public_keys: Optional[Iterable[object]] = None,
                       **nats_options: Any) -> "BackbeatClient":
         """Connects (nats-py options pass through: user_credentials, nkeys_seed, tls, ...), fetches the
         timeline and subscribes, all within `connect_timeout` seconds; otherwise raises one
         NoPulseError naming the server, the subject and the wait. The clock offset is then sampled
-        every `clock_sample_interval` seconds (0: never). `local_clock` (ns) is for tests."""
+        every `clock_sample_interval` seconds (0: never). `local_clock` (ns) is for tests.
+        `public_keys` (PEM strings or raw 32-byte Ed25519 keys; old and new during a rotation):
+        only publications signed by one of them are accepted (a cluster run with -sign-key); the
+        others are refused (`unsigned`, `unknown_key`, `bad_signature`) and counted in
+        `signature_refusals`."""
         import nats  # type: ignore[import-untyped,import-not-found,unused-ignore]
         from nats.errors import NoServersError
-        client = cls(None, cluster, request_timeout, local_clock)
+        verifier = PublicationVerifier(public_keys) if public_keys is not None else None
+        client = cls(None, cluster, request_timeout, local_clock, verifier)
         started = time.monotonic()
         deadline = started + connect_timeout
         listed = servers if isinstance(servers, str) else ",".join(servers)
@@ -915,6 +927,9 @@ class BackbeatClient:
         msg = await self.nc.request(f"backbeat.{self.cluster}.timeline", b"{}",
                                     timeout=self.request_timeout if timeout is None else timeout)
         answered = self._local_clock()
+        refusal = self._signature_refusal(msg.data)
+        if refusal is not None:
+            raise TimelineError(refusal, "the timeline reply's signature")
         timeline = decode_timeline(msg.data, self.cluster)
         rtt = answered - sent
         offset = timeline.now_ns - (sent + rtt // 2)
@@ -974,7 +989,18 @@ class BackbeatClient:
             self._queue.get_nowait()  # keep the newest
         self._queue.put_nowait(event)
 
+    def _signature_refusal(self, data: bytes) -> Optional[str]:
+        """Why `data` is refused under the cluster's keys (counted), or None (or no keys given)."""
+        refusal = self.verifier.check(data) if self.verifier is not None else None
+        if refusal is not None:
+            self.signature_refusals += 1
+        return refusal
+
     async def _on_beat(self, msg: Any) -> None:
+        refusal = self._signature_refusal(msg.data)
+        if refusal is not None:
+            self._emit(Event("refused", reason=refusal))
+            return
         received = self._local_clock() + self.clock_offset_ns
         events = self.tracker.receive(msg.data, received, self.timeline)
         refetch = self.timeline is None
@@ -993,6 +1019,10 @@ class BackbeatClient:
             return  # a request from another consumer
         # A publication: the leader's, or anyone's who may publish here. What
         # it claims newer is confirmed by a request before anything changes.
+        refusal = self._signature_refusal(msg.data)
+        if refusal is not None:
+            self._emit(Event("refused", reason="timeline_" + refusal))
+            return
         try:
             claimed = decode_timeline(msg.data, self.cluster)
         except TimelineError as e:

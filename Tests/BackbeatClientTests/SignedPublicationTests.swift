@@ -50,6 +50,79 @@ final class SignedPublicationTests: XCTestCase {
         return nil
     }
 
+    /// A rotation's overlap in a 3-node cluster: n1 signs with the old key,
+    /// n2 and n3 with the new one; leadership moves from one key to the
+    /// other. A client holding both keys takes every frame of both (no
+    /// refusal, no gap). (One holding a single key refuses the other's
+    /// frames as `unknown_key`: signatures.json, in every client.)
+    func testKeyRotationWithOverlap() async throws {
+        let keys = Proc.tempDir("signed-keys")
+        defer { try? FileManager.default.removeItem(atPath: keys) }
+        var pems: [String] = []
+        for name in ["old", "new"] {
+            try openssl(["genpkey", "-algorithm", "ed25519", "-out", "\(keys)/\(name).key"])
+            try openssl(["pkey", "-in", "\(keys)/\(name).key", "-pubout", "-out", "\(keys)/\(name).pub"])
+            pems.append(try String(contentsOfFile: "\(keys)/\(name).pub", encoding: .utf8))
+        }
+        let verifier = try PublicationVerifier(publicKeyPEMs: pems)
+        let cluster = try PulseCluster(cluster: "rotation", bpm: 600, maxBpm: 600) { i in
+            ["-sign-key", "\(keys)/\(i == 0 ? "old" : "new").key"]
+        }
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        var options = BackbeatClientOptions(url: cluster.nats.url, clusterId: "rotation")
+        options.signatureVerifier = verifier
+        options.connectTimeoutMs = 10_000
+        let client = try await BackbeatClient.connect(options)
+        defer { client.close() }
+        // The key ids on the subject, as a plain subscriber sees them.
+        var nc: OpaquePointer?
+        XCTAssertEqual(natsConnection_ConnectTo(&nc, cluster.nats.url), NATS_OK)
+        defer { natsConnection_Destroy(nc) }
+        var sub: OpaquePointer?
+        XCTAssertEqual(natsConnection_SubscribeSync(&sub, nc, "backbeat.rotation.beat"), NATS_OK)
+        defer { natsSubscription_Destroy(sub) }
+        usleep(500_000)
+
+        // Leadership to a node with the other key, gracefully.
+        let target = leader == 0 ? 1 : 0
+        let moved = Proc.http(
+            "POST", port: cluster.adminPorts[leader], path: "/leader/transfer",
+            body: #"{"to":"\#(cluster.names[target])"}"#)
+        XCTAssertEqual(moved?.status, 202, moved.map { String(decoding: $0.body, as: UTF8.self) } ?? "no answer")
+        XCTAssertTrue(
+            Proc.waitUntil(seconds: 5) {
+                Proc.json(Proc.http("GET", port: cluster.adminPorts[target], path: "/leader")?.body ?? Data())[
+                    "is_leader"] as? Bool == true
+            }, cluster.logs)
+
+        var beats = 0
+        var refusals: [String] = []
+        var gaps = 0
+        let until = BackbeatClient.localNs() + 2_000_000_000
+        for await event in client.events {
+            switch event {
+            case .beat: beats += 1
+            case .refused(let reason): refusals.append(reason)
+            case .gap: gaps += 1
+            default: break
+            }
+            if BackbeatClient.localNs() > until { break }
+        }
+        var kids = Set<String>()
+        let drainUntil = BackbeatClient.localNs() + 500_000_000  // frames keep coming: bounded
+        while BackbeatClient.localNs() < drainUntil, let frame = Self.next(sub, ms: 200, { _, _ in true }) {
+            XCTAssertNil(verifier.check(frame))
+            kids.insert(
+                String(decoding: frame.suffix(PublicationSignature.trailerBytes).dropFirst(8).prefix(16), as: UTF8.self)
+            )
+        }
+        XCTAssertEqual(kids, Set(verifier.keyIds), "frames signed by both keys were published")
+        XCTAssertGreaterThanOrEqual(beats, 20, cluster.logs)
+        XCTAssertEqual(refusals, [], "a client holding both keys refuses nothing")
+        XCTAssertEqual(client.signatureRefusals, 0)
+        XCTAssertEqual(gaps, 0, "the hand-over between keys loses no beat")
+    }
+
     func testSignedClusterVerifiesAndForgeriesAreRefusedAndCounted() async throws {
         let nats = try NatsServerProcess()
         let dir = Proc.tempDir("signed")

@@ -195,7 +195,8 @@ final class PulseCluster {
     let adminPorts = (0..<3).map { _ in Proc.freePort() }
     var nodes: [PulseNodeProcess?] = [nil, nil, nil]
 
-    init(cluster: String, bpm: Int, maxBpm: Int) throws {
+    /// `extra(i)`: flags added to node i's command line.
+    init(cluster: String, bpm: Int, maxBpm: Int, extra: (Int) -> [String] = { _ in [] }) throws {
         nats = try NatsServerProcess()
         dir = Proc.tempDir(cluster)
         self.cluster = cluster
@@ -206,7 +207,7 @@ final class PulseCluster {
                     "-bootstrap", "-bpm", "\(bpm)", "-max-bpm", "\(maxBpm)", "-cluster", cluster, "-node-id", names[i],
                     "-raft-bind", "127.0.0.1:\(raftPorts[i])", "-peers", peers, "-nats", nats.url,
                     "-data-dir", "\(dir)/\(names[i])", "-admin-port", "\(adminPorts[i])",
-                ], logPath: "\(dir)/\(names[i]).log")
+                ] + extra(i), logPath: "\(dir)/\(names[i]).log")
         }
     }
 

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 from backbeat_client import BackbeatClient, PublicationVerifier  # noqa: E402
 from backbeat_client.signing import key_id, public_key_from_pem  # noqa: E402
-from test_live import free_port, http, wait_until  # noqa: E402
+from test_live import free_port, http, schemas, wait_until  # noqa: E402
 
 with open(os.path.join(HERE, "..", "..", "..", "docs", "vectors", "signatures.json")) as f:
     VECTORS = json.load(f)
@@ -41,6 +41,24 @@ class SignatureVectors(unittest.TestCase):
             with self.subTest(case["name"]):
                 got = self.verifier.check(case["payload"].encode())
                 self.assertEqual(got or "valid", case["result"])
+
+    def test_schemas_describe_signed_publications(self):
+        """Signed frames, timelines and announcements validate against docs/schema
+        (kid and sig optional, together, with their patterns); a malformed sig does not."""
+        validators = schemas()
+        by_type = {"backbeat.beatframe.v1": "beatframe.v1.json", "backbeat.timeline.v1": "timeline.v1.json",
+                   "backbeat.tempo_change.v1": "tempo-change.v1.json"}
+        checked = set()
+        for case in VECTORS["cases"]:
+            if case["result"] != "valid":
+                continue
+            message = json.loads(case["payload"])
+            validator = validators[by_type[message["type"]]]
+            self.assertEqual(list(validator.iter_errors(message)), [], case["name"])
+            checked.add(message["type"])
+            for broken in ({**message, "sig": message["sig"].upper()}, {k: v for k, v in message.items() if k != "kid"}):
+                self.assertNotEqual(list(validator.iter_errors(broken)), [], case["name"])
+        self.assertEqual(checked, set(by_type))
 
     def test_rotation_dropped_key_is_unknown(self):
         only_next = PublicationVerifier([bytes.fromhex(KEYS["next"]["public_hex"])])

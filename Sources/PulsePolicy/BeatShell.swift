@@ -71,7 +71,10 @@ public final class BeatShell {
     private let frame: UnsafeMutableRawBufferPointer
     /// The guard after a graceful hand-over (replaces the planner's).
     private let handOverGuardNs: Int64
-    /// The change whose downbeat was last announced (`tempoTookEffect`).
+    /// The downbeat of the last change announced (`tempoTookEffect`) or
+    /// passed by without this node publishing it. A change is announced by
+    /// the node that emits its first beat at or after the downbeat (late
+    /// after a stall; again by a new leader whose first beat is past it).
     private var announcedChangeBeat: Int64 = .min
     private var announce: (epoch: TempoEpoch, previousBpm: Int64)?
     public private(set) var started = false
@@ -80,8 +83,12 @@ public final class BeatShell {
     /// Wall time an accepted frame from another node was last heard, or 0.
     public private(set) var lastFrameFromOthersNs: Int64 = 0
     /// Committed tempo changes applied at a beat this node had already
-    /// published (must stay 0: the proposer's barrier and the term-start gate).
+    /// published as the leader (must stay 0: the proposer's barrier and the
+    /// term-start gate). Degraded frames are not counted: they follow the
+    /// last timeline a cut-off node knew, and consumers prefer a leader's.
     public private(set) var retroactiveTempoChanges: UInt64 = 0
+    /// The last beat this node published not degraded, or -1.
+    private var lastLeaderPublished: Int64 = -1
 
     public init(
         ports: BeatPorts, planner: PlannerConfig, handOverGuardNs: Int64, clusterId: String, phases: [String],
@@ -147,6 +154,7 @@ public final class BeatShell {
         started = true
         ports.note(.publishing(sinceWallNs: now))
         planner.start(timeline: t, wallNs: now)
+        passed(beat: planner.nextBeat &- 1)  // a change in effect before this start is no news
         prepareAhead()
         armNext()
     }
@@ -177,12 +185,13 @@ public final class BeatShell {
             if isLeader { takeOver(graceful: core.electedByHandOver) }
         case .restored:
             start()
+            if core.isLeader { takeOver(graceful: core.electedByHandOver) }
         case .applied(.epoch, _):
             start()
             // A leader that learns the timeline only now starts past the guard too.
             if core.isLeader { takeOver(graceful: core.electedByHandOver) }
         case .applied(.tempo(let change), _):
-            if change.atBeat <= planner.lastPublishedIndex { retroactiveTempoChanges &+= 1 }
+            if change.atBeat <= lastLeaderPublished { retroactiveTempoChanges &+= 1 }
             if started { armNext() }  // the next instant may have moved
         default:
             break
@@ -208,6 +217,7 @@ public final class BeatShell {
         case .retry(let atNs):
             ports.armBeat(atWallNs: atNs, exact: true)
         case .follow, .skip:
+            passed(beat: nextBefore)  // another node publishes it (and announces a change there)
             ports.note(.followed)
             armNext()
         case .missed(let count):
@@ -244,6 +254,7 @@ public final class BeatShell {
         let published = emit(k, t, nowNs: exitNs, targetWallNs: target, degraded: degraded)
         planner.published(k, degraded: degraded, published: published)
         if !published { ports.note(.unpublished) }
+        if published && !degraded { lastLeaderPublished = k }
         armNext()
         if let a = announce {
             announce = nil
@@ -255,9 +266,13 @@ public final class BeatShell {
     /// writes it (allocation-free). Also the zero-allocation test's entry.
     @discardableResult
     public func emit(_ k: Int64, _ t: Timeline, nowNs: Int64, targetWallNs: Int64, degraded: Bool) -> Bool {
-        if let p = t.pendingEpoch, k >= p.startBeat, p.startBeat != announcedChangeBeat {
+        if let owned = core?.machine.timeline ?? local, let p = owned.pendingEpoch, k >= p.startBeat,
+            p.startBeat > announcedChangeBeat
+        {
+            // The first beat this node emits at or after the change's downbeat
+            // (the downbeat itself, or later after a stall or a take-over).
             announcedChangeBeat = p.startBeat
-            announce = (p, t.epoch.bpm)
+            announce = (p, owned.epoch.bpm)
         }
         var now = t
         _ = now.applyDue(beat: k)
@@ -270,6 +285,13 @@ public final class BeatShell {
         return ports.publish(
             UnsafeRawBufferPointer(rebasing: frame[0..<length]), beat: k, targetWallNs: targetWallNs,
             degraded: degraded)
+    }
+
+    /// Beat `k` went by without this node emitting it as a change's first
+    /// beat: the owner's pending change at or before `k` is not announced here.
+    private func passed(beat k: Int64) {
+        guard let p = (core?.machine.timeline ?? local)?.pendingEpoch, k >= p.startBeat else { return }
+        announcedChangeBeat = max(announcedChangeBeat, p.startBeat)
     }
 
     /// Arms the timer for the next beat's target in the current mode.

@@ -31,6 +31,11 @@ enum Invariant: String, CaseIterable {
     /// (torn last write, lost unsynced bytes): a refusal is a violation
     /// unless the disk was damaged beyond the store's promise.
     case restartable = "restart_from_disk"
+    /// What a node acknowledged before a crash is what it restarts with: the
+    /// term of every message it sent (pre-votes aside), its vote in that term,
+    /// and every entry it acknowledged in its restarted term (Raft's
+    /// persist-before-send, through the real store and the simulated disk).
+    case ackedDurable = "acked_durable"
     /// Membership runs only: each committed configuration change (every node
     /// that commits an index agrees on it, each a single-server step).
     case configChanges = "config_changes"
@@ -65,6 +70,8 @@ struct SimFrame {
     var handoffNs: Int64
     /// The bytes the node's beat shell encoded (what subscribers decode).
     var bytes: [UInt8] = []
+    /// The frame's `deadline_at` as decoded from `bytes` (ms).
+    var deadlineUnixMs: Int64 = 0
 }
 
 /// Knobs of one run, drawn from the seed (or set by a targeted test).

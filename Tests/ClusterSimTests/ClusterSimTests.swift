@@ -17,6 +17,8 @@ final class SimTotals: @unchecked Sendable {
     var restarts = 0
     var tornWrites = 0
     var refusedStarts = 0
+    var compactionCrashes = 0
+    var compactions = 0
     /// Frames the nodes' echo policies refused (the service's own judgement).
     var refusedEchoes = 0
     /// Seeds in which at least one node restarted from its simulated disk.
@@ -28,6 +30,8 @@ final class SimTotals: @unchecked Sendable {
             restarts += sim.restarts
             tornWrites += sim.tornWrites
             refusedStarts += sim.refusedStarts
+            compactionCrashes += sim.compactionCrashes
+            compactions += sim.compactions
             refusedEchoes += sim.nodes.reduce(0) { $0 + $1.refusedEchoes }
             seedsWithRestarts += sim.restarts > 0 ? 1 : 0
             duplicatesWithRemoved += sim.membership.duplicatesWithRemoved
@@ -69,7 +73,8 @@ extension XCTestCase {
                 + "violations=\(totals.failures.count) seconds=\(String(format: "%.1f", seconds))")
         print(
             "disk: seeds_with_restarts=\(totals.seedsWithRestarts) torn_writes=\(totals.tornWrites) "
-                + "refused_starts_on_damaged_disks=\(totals.refusedStarts) echoes_refused=\(totals.refusedEchoes)")
+                + "refused_starts_on_damaged_disks=\(totals.refusedStarts) echoes_refused=\(totals.refusedEchoes) "
+                + "compactions=\(totals.compactions) crashes_mid_compaction=\(totals.compactionCrashes)")
         print("exercised: \(counts)\(extra(totals))")
         for f in totals.failures.prefix(10) {
             print("violation: \(f)")

@@ -61,6 +61,12 @@ final class SimNode {
     var beatTimer = 0
     var lastFrom: [NodeID: (theirSend: Int64, myRecv: Int64)] = [:]
     var droppedDeliveries = 0
+    /// What it acknowledged to peers, across incarnations (`ackedDurable`):
+    /// the highest term of a message it sent (pre-votes aside), whom it
+    /// voted for per term, and the highest entry it acknowledged per term.
+    var maxSentTerm: UInt64 = 0
+    var votedFor: [UInt64: NodeID] = [:]
+    var ackedIndex: [UInt64: UInt64] = [:]
     /// Frames its echo policy refused (a stale term, an index too far off).
     var refusedEchoes = 0
     /// A slow disk for this node only (scripted scenarios): every save takes this long.

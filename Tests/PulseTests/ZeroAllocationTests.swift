@@ -102,4 +102,30 @@ final class ZeroAllocationTests: XCTestCase {
         XCTAssertTrue(run.subscriber.wait(for: 100, seconds: 5))
         run.link.close()
     }
+
+    /// The announcement of a tempo change (JSON, logs, a background save in
+    /// the service) runs after the wake's allocation count is read.
+    func testTempoChangeAnnouncementIsOutsideTheBeatPath() throws {
+        let run = try TimerDrivenBeats(cluster: "tempo-alloc")
+        let listener = AllocatingTempoListener()
+        run.driver.tempoListener = listener
+        let downbeat = run.driver.timeline.nextDownbeat(atOrAfter: run.driver.nextBeat + 8)
+        try run.driver.schedule(change: TempoChange(atBeat: downbeat, bpm: 5800))
+        run.run(beats: 100)
+        XCTAssertEqual(listener.announced.map(\.startBeat), [downbeat], "announced once, at its downbeat")
+        XCTAssertEqual(listener.announced.first?.bpm, 5800)
+        XCTAssertEqual(
+            run.driver.stats.hotPathAllocatedBytes, 0, "the announcement's allocations are not the beat path's")
+        run.link.close()
+    }
+}
+
+/// Allocates on every announcement, as the service's TempoController does.
+private final class AllocatingTempoListener: TempoListener {
+    var announced: [TempoEpoch] = []
+    var lines: [String] = []
+    func tempoApplied(epoch: TempoEpoch, previousBpm: Int64) {
+        announced.append(epoch)
+        lines.append("tempo \(previousBpm) -> \(epoch.bpm) at \(epoch.startBeat)")
+    }
 }

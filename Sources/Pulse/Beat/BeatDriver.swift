@@ -166,6 +166,8 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
     private var decisionNs: Int64 = 0
     /// The last beat's record waits for its TX timestamp.
     private var awaitingTx = false
+    /// A tempo change took effect at this wake's beat (announced after it).
+    private var tookEffect: (epoch: TempoEpoch, previousBpm: Int64)?
 
     /// `timeline`: a single node's own (it owns it from `start` on through
     /// the shell); a cluster node passes nil and reads the core's.
@@ -229,7 +231,7 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
 
     /// The committed timeline (the core's, or a single node's own); before
     /// the epoch, the flags' placeholder.
-    var timeline: Timeline { shell.timeline ?? placeholder }
+    var timeline: Timeline { shell.timeline ?? localTimeline ?? placeholder }
     var nextBeat: Int64 { shell.nextBeat }
     var started: Bool { shell.started }
     var term: UInt64 { shell.term }
@@ -299,6 +301,10 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
             stats.lastAllocatingBeat = stats.lastBeatIndex
         }
         shell.prepareAhead()
+        if let (epoch, previousBpm) = tookEffect {
+            tookEffect = nil
+            tempoListener?.tempoApplied(epoch: epoch, previousBpm: previousBpm)
+        }
     }
 
     // MARK: BeatPorts
@@ -363,8 +369,10 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
         }
     }
 
+    /// Held until the wake's allocation count is read: the announcement
+    /// (JSON, a log line, a background save) is not the beat path.
     func tempoTookEffect(epoch: TempoEpoch, previousBpm: Int64) {
-        tempoListener?.tempoApplied(epoch: epoch, previousBpm: previousBpm)
+        tookEffect = (epoch, previousBpm)
     }
 
     /// Arms the beat timer at `ns` (wall). A timer that cannot be armed

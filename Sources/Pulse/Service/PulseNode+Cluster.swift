@@ -26,7 +26,16 @@ extension PulseNode {
     /// first (`BeatShell.clusterEvent`: it reads the committed timeline from
     /// the core, its one owner); the service then logs and announces.
     func clusterEvent(_ event: ClusterEvent) {
+        let retroactiveBefore = beats.retroactiveTempoChanges
         beats.shell.clusterEvent(event)
+        if beats.retroactiveTempoChanges != retroactiveBefore, case .applied(.tempo(let change), _) = event {
+            // Cannot happen (fault 4: the proposer's barrier, a leader's
+            // term-start gate): the committed log still wins, alike on every
+            // node, but the breach is logged.
+            logger.error(
+                "committed tempo change at a beat already published here",
+                metadata: ["at_beat": "\(change.atBeat)", "next_beat": "\(beats.nextBeat)"])
+        }
         switch event {
         case .applied(.epoch(let epoch), _):
             logger.info("timeline committed", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(epoch.bpm)"])

@@ -257,11 +257,8 @@ final class PulseNode: LoopHandler {
         if cluster != nil { enableForwarding() }
         try nats.start()
         try applyRealtime()
-        if let cluster {
-            try cluster.start()  // beats start when the committed epoch is applied
-        } else {
-            beats.start()
-        }
+        beats.start()  // a single node's timeline; a cluster node's beats start with the committed epoch
+        try cluster?.start()
         try loop.armTimer(housekeepingToken, afterNs: 1_000_000_000, intervalNs: 1_000_000_000)
         logger.info(
             "pulse running",

@@ -24,7 +24,7 @@ APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev libsodium-dev nat
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build-info build release install dist docs image test-image run dev cluster certs cluster-tls test test-deploy test-kubernetes test-unit test-python test-go test-browser test-all check-noalloc bench bench-micro bench-micro-update \
+.PHONY: deps build-info build release install dist test-dist docs image-deps image image-dist test-image test-image-source run dev cluster certs cluster-tls test test-deploy test-kubernetes test-unit test-python test-go test-browser test-all check-noalloc bench bench-micro bench-micro-update \
 	format clean fuzz fuzz-build fuzz-smoke sim
 
 deps:
@@ -72,26 +72,53 @@ docs:
 	$(SWIFT) package --allow-writing-to-directory $(DOCS_DIR) generate-documentation --target BackbeatClient \
 	  --warnings-as-errors --output-path $(DOCS_DIR)/BackbeatClient.doccarchive
 
+# make test-dist: make dist, then its tarball checked as a user unpacking it
+# meets it (scripts/test-dist.sh: layout, root-owned entries, the unpacked
+# binary's --version says a release of VERSION, DEPENDENCIES names every
+# library it loads with the installed package version).
+VERSION := $(shell sed -n 's/^ *public static let version = "\(.*\)"$$/\1/p' $$(grep -rl 'static let version = ' Sources))
+DIST_NAME := backbeat-pulse-$(VERSION)-linux-$(shell uname -m)
+test-dist: dist
+	scripts/test-dist.sh dist/$(DIST_NAME).tar.gz
+
 # make image: deploy/Dockerfile built with rootful podman (Debian podman,
 # buildah, debootstrap), its two base images made locally from Debian
 # packages and this machine's Swift toolchain when no registry has them
-# (scripts/make-base-images.sh). make test-image: nats-server and three
-# containers of it on the host network: frames, /metrics from each, the
-# leader's container killed, frames again within 1 s (scripts/test-image.py).
+# (scripts/make-base-images.sh). make test-image: the Dockerfile's `dist`
+# target (its runtime stage with the binary of make dist's tarball, checked
+# by test-dist first: no Swift toolchain in the image, no second release
+# build), then nats-server and three containers of it on the host network,
+# each with a fresh named volume as its data dir: frames, /metrics from each,
+# the leader's container killed, frames again within 1 s, and in the image
+# every package DEPENDENCIES names (scripts/test-image.py). make
+# test-image-source: the same run on the image make image builds from source.
 # Here, build steps run with chroot isolation and containers with runc and
-# explicit ulimits (hybrid cgroups stop crun; default rlimits are refused).
-IMAGE ?= backbeat/pulse:0.1.0
+# explicit ulimits (hybrid cgroups stop crun; default rlimits are refused);
+# --format docker keeps the HEALTHCHECK (the OCI format has none).
+IMAGE ?= backbeat/pulse:$(VERSION)
+IMAGE_DIST ?= backbeat/pulse:$(VERSION)-dist
 IMAGE_PACKAGES := podman buildah debootstrap runc
-image:
+image-deps:
 	@missing=""; for p in $(IMAGE_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
-	scripts/make-base-images.sh
-	podman build --isolation chroot -f deploy/Dockerfile --build-arg COMMIT=$$(git describe --always --dirty) \
-	  -t $(IMAGE) .
-
-test-image: image
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv --system-site-packages $(VENV)
 	@$(VENV)/bin/python -c "import nats" 2>/dev/null || $(VENV)/bin/pip install -q nats-py
+
+image: image-deps
+	scripts/make-base-images.sh
+	podman build --isolation chroot --format docker -f deploy/Dockerfile \
+	  --build-arg COMMIT=$$(git describe --always --dirty) -t $(IMAGE) .
+
+image-dist: image-deps test-dist
+	scripts/make-base-images.sh debian
+	rm -rf dist/image && mkdir -p dist/image && tar -C dist/image -xzf dist/$(DIST_NAME).tar.gz
+	podman build --isolation chroot --format docker -f deploy/Dockerfile --target dist -t $(IMAGE_DIST) \
+	  dist/image/$(DIST_NAME)
+
+test-image: image-dist
+	$(VENV)/bin/python scripts/test-image.py $(IMAGE_DIST) dist/image/$(DIST_NAME)/DEPENDENCIES
+
+test-image-source: image
 	$(VENV)/bin/python scripts/test-image.py $(IMAGE)
 
 # A local nats-server on loopback plus one bootstrapped node, and the beats live.
@@ -208,8 +235,10 @@ test-all: build
 	PULSE_BIN=$$($(SWIFT) build --show-bin-path)/pulse scripts/test-all.sh
 
 # @_noAllocation is checked by the compiler in optimized builds only.
+# --static-swift-stdlib as make dist builds: make test-image (after make test
+# in .ci/run) then reuses these release objects instead of compiling them again.
 check-noalloc:
-	$(SWIFT) build -c release --target PulseCore
+	$(SWIFT) build -c release --target PulseCore --static-swift-stdlib
 
 # The timing report. Installs the optional floor/load tools when missing
 # (cyclictest, stress-ng, wrk; Bench falls back to its own probes without them).

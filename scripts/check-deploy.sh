@@ -79,8 +79,14 @@ lines = [l.strip() for l in re.sub(r"\\\n", " ", text).splitlines() if l.strip()
 stages = [l.split() for l in lines if l.upper().startswith("FROM ")]
 assert len(stages) >= 2, "not multi-stage"
 names = {s[3] for s in stages if len(s) >= 4 and s[2].upper() == "AS"}
+seen = set()
 for s in stages:
-    assert re.match(r"(debian:|swift:[\d.]+-bookworm)", s[1]), f"base image not Debian: {s[1]}"
+    # A base is a Debian image or a stage defined above.
+    assert s[1] in seen or re.match(r"(debian:|swift:[\d.]+-bookworm)", s[1]), f"base image not Debian: {s[1]}"
+    if len(s) >= 4 and s[2].upper() == "AS":
+        seen.add(s[3])
+assert stages[-1][3:4] == ["runtime"] and "COPY --from=build /out/pulse /usr/local/bin/pulse" in lines, \
+    "the default (last) stage is not the runtime built from source"
 for l in lines:
     m = re.search(r"--from=(\S+)", l)
     assert not m or m.group(1) in names, f"COPY --from unknown stage: {l}"

@@ -1,7 +1,8 @@
 #!/bin/sh
-# scripts/make-base-images.sh — the two base images deploy/Dockerfile names,
-# made locally from Debian packages when no registry can provide them
-# (make image runs it; an existing image is kept):
+# scripts/make-base-images.sh [debian] — the two base images deploy/Dockerfile
+# names, made locally from Debian packages when no registry can provide them
+# (make image runs it; an existing image is kept; `debian`: only the first,
+# all that the Dockerfile's dist target needs, for make test-image):
 #   debian:bookworm-slim   debootstrap --variant=minbase bookworm (Debian's mirror)
 #   swift:6.3-bookworm     that, plus the Debian packages the Swift toolchain
 #                          needs, plus the toolchain installed on this machine
@@ -35,13 +36,31 @@ else
   trap 'rm -rf "$root"' EXIT
   debootstrap --variant=minbase bookworm "$root" "$mirror" >/dev/null
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+  # The official image's sources: point releases and security updates too
+  # (debootstrap lists only bookworm, so the image would miss security fixes).
+  rm -f "$root/etc/apt/sources.list"
+  cat > "$root/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $mirror
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: ${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+Suites: bookworm-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
   tar -C "$root" -c . | podman import --change 'CMD ["/bin/bash"]' - localhost/debian:bookworm-slim >/dev/null
   podman tag localhost/debian:bookworm-slim docker.io/library/debian:bookworm-slim
   rm -rf "$root"
   trap - EXIT
 fi
 
-if podman image exists swift:6.3-bookworm; then
+if [ "${1:-all}" = debian ]; then
+  exit 0
+elif podman image exists swift:6.3-bookworm; then
   log "swift:6.3-bookworm present"
 else
   toolchain="${SWIFT_TOOLCHAIN:-$(dirname "$(dirname "$(dirname "$(command -v swift)")")")}"

@@ -564,7 +564,10 @@ public final class RaftNode {
         if m.structuralProblem() != nil { return .malformed }
         // Configuration data comes from a peer: checked before it can reach the log.
         for e in m.entries where e.kind == .config && ConfigChange.decode(e.data) == nil { return .badConfigEntry }
-        if let s = m.snapshot, !s.members.isEmpty, Member.problem(s.members) != nil { return .badConfigEntry }
+        if let s = m.snapshot, !s.members.isEmpty {
+            if Member.problem(s.members) != nil { return .badConfigEntry }
+            if isForeign(s.members, from: m.from) { return .foreignVoterSet }
+        }
         // Entry and snapshot terms are <= m.term (structural), so this bounds them too.
         if m.term >= Self.maxTerm { return .termAbsurd }
         switch m.kind {
@@ -578,6 +581,35 @@ public final class RaftNode {
         }
         return nil
     }
+
+    /// Whether a snapshot's voter set `voters`, sent by `sender`, is too
+    /// foreign to be real: we are a voter of our own configuration of at
+    /// least `foreignCheckMinVoters`, and it shares no node with anything we
+    /// know — not us, not the sender, no voter of our configuration. A
+    /// forged `{evil}` (issue 20, item 3) is refused before anything
+    /// changes, so never persisted. Refusing is safe (as a lost message).
+    ///
+    /// Why a real snapshot passes in practice: configurations change one
+    /// voter at a time and each change commits before the next, so for a
+    /// snapshot to share nothing with what we know, every voter we know (at
+    /// least three), the sender and we ourselves must all have been replaced
+    /// between the snapshot's index and our log — six or more committed
+    /// changes while we lagged, before the leader compacted again. Smaller
+    /// configurations are not judged: with one or two voters two changes
+    /// replace them all (the simulator's membership seeds do this), and a
+    /// joiner or a learner (not a voter of its own configuration) knows too
+    /// little. This is not authentication: without mutual TLS a forger who
+    /// names a real voter, or who sends single-step configuration entries as
+    /// the leader, still passes; the transport's TLS is the defence.
+    private func isForeign(_ voters: [Member], from sender: NodeID) -> Bool {
+        isVoter && members.count >= Self.foreignCheckMinVoters
+            && !voters.contains { voter in
+                voter.id == id || voter.id == sender || members.contains { $0.id == voter.id }
+            }
+    }
+
+    /// Smallest configuration whose voters judge a snapshot's voter set (`isForeign`).
+    public static let foreignCheckMinVoters = 3
 
     private func stepChecked(_ m: Message) -> StepOutcome {
         if m.term > term {

@@ -46,6 +46,10 @@ public enum MessageRejection: String, Sendable, Equatable, CaseIterable {
     /// empty voter set, at most `Member.maxVoters`), or a snapshot whose voter
     /// set is not usable (`Member.problem`). Nothing of the message is used.
     case badConfigEntry = "bad_config_entry"
+    /// A snapshot, to a voter, whose voter set shares no node with it, its
+    /// sender or the voters of its configuration (`RaftNode.isForeign`): no
+    /// real leader sends one. Nothing of the message is used.
+    case foreignVoterSet = "foreign_voter_set"
 
     /// The snake_case reason, for `backbeat_rejected_input_total{reason}`.
     public var reason: String { rawValue }

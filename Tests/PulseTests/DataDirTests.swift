@@ -305,6 +305,33 @@ final class DataDirTests: XCTestCase, RaftStoreFixtures {
         XCTAssertEqual(mode(dir + "/node_id"), 0o600)
     }
 
+    func testRaftDirIs0700AndItsOlderFilesAreNarrowed() throws {
+        let dir = Harness.tempDir("raftmodes")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // New: raft/ 0700, each file RaftStore writes 0600.
+        let files = try PosixRaftFiles(dataDir: dir + "/new")
+        try files.append("log", [1, 2, 3])
+        try files.replace("hardstate", with: [4])
+        XCTAssertEqual(mode(dir + "/new/raft"), 0o700)
+        for name in ["log", "hardstate"] { XCTAssertEqual(mode(dir + "/new/raft/" + name), 0o600, name) }
+        // Of an earlier version (0755, files 0644): narrowed at start; a link is left alone.
+        let old = dir + "/old/raft"
+        try FileManager.default.createDirectory(atPath: old, withIntermediateDirectories: true)
+        XCTAssertEqual(chmod(old, 0o755), 0)
+        for name in ["hardstate", "log", "snapshot"] {
+            try Data([1]).write(to: URL(fileURLWithPath: old + "/" + name))
+            XCTAssertEqual(chmod(old + "/" + name, 0o644), 0)
+        }
+        let victim = dir + "/victim"
+        try Data([9]).write(to: URL(fileURLWithPath: victim))
+        XCTAssertEqual(chmod(victim, 0o644), 0)
+        try FileManager.default.createSymbolicLink(atPath: old + "/snapshot.tmp", withDestinationPath: victim)
+        _ = try PosixRaftFiles(dataDir: dir + "/old")
+        XCTAssertEqual(mode(old), 0o700)
+        for name in ["hardstate", "log", "snapshot"] { XCTAssertEqual(mode(old + "/" + name), 0o600, name) }
+        XCTAssertEqual(mode(victim), 0o644, "not through a link")
+    }
+
     func testADirWritableByOthersOrOwnedByAnotherUserIsRefused() throws {
         let dir = Harness.tempDir("owner")
         defer { try? FileManager.default.removeItem(atPath: dir) }

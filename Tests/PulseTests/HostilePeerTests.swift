@@ -49,7 +49,9 @@ final class HostilePeerTests: XCTestCase {
     }
 
     /// `backbeat_rejected_input_total{surface="raft",reason=…}` of one node, by reason.
-    func raftRejections(_ metrics: String) -> [String: Double] {
+    func raftRejections(_ metrics: String) -> [String: Double] { Self.raftRejections(metrics) }
+
+    static func raftRejections(_ metrics: String) -> [String: Double] {
         var out: [String: Double] = [:]
         for line in metrics.split(separator: "\n")
         where line.hasPrefix("backbeat_rejected_input_total{") && line.contains("surface=\"raft\"") {

@@ -82,6 +82,7 @@ final class PartitionTests: XCTestCase {
                     [
                         "netns", "exec", ns(i), Harness.pulsePath, "-bootstrap", "-bpm", "300", "-max-bpm", "600",
                         "-cluster", "part", "-node-id", "n\(i)", "-raft-bind", "\(ip(i)):7000", "-peers", peers,
+                        "-raft-insecure",
                         "-nats", "nats://10.77.0.1:4222", "-admin-port", "8080", "-data-dir", "\(dir)/n\(i)",
                     ], log: "\(dir)/n\(i).log"))
         }

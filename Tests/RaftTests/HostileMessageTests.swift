@@ -519,6 +519,16 @@ final class HostileRun {
                 m.kind = .snapshot
                 m.snapshot = Snapshot(index: node.lastIndex + 1, term: 1, data: hashBytes(1), members: duplicate)
             }
+        case .foreignVoterSet:
+            // A snapshot whose voter set names no node the target knows (a
+            // forged `{evil}`, issue 20), even from its live leader.
+            m.kind = .snapshot
+            m.term = max(1, node.term)
+            if leader != noNode && leader != to { m.from = leader }
+            let strangers = [Member(id: 99), Member(id: UInt64.max)]
+            m.snapshot = Snapshot(
+                index: node.lastIndex + 1, term: 1, data: hashBytes(1),
+                members: rng.chance(0.5) ? [strangers[0]] : strangers)
         case .misaddressed:
             m.to = pick(others + [0])
         case .unknownSender where node.ticksSinceLeaderContact < node.config.electionTicks:

@@ -282,4 +282,30 @@ final class MembershipTests: XCTestCase {
                 config: Config(id: 2, voters: [1, 2, 3]), hardState: HardState(term: 1, commit: 0), snapshot: nil,
                 entries: [Entry(index: 1, term: 1, kind: .config, data: [1, 1, 9])]))
     }
+
+    /// Issue 20, item 3: a snapshot from the live leader whose voter set names
+    /// nobody the node knows (`{evil}`) is refused before anything changes;
+    /// one that names the receiver, the sender or one voter it knows is a
+    /// possible real snapshot (a learner, a leader added after it) and is installed.
+    func testASnapshotOfStrangersIsRefused() throws {
+        let c = cluster(size: 3, voters: 3)
+        try c.campaign(1)
+        func snapshot(_ voters: [NodeID], index: UInt64, to: NodeID = 2) -> Message {
+            var m = Message(kind: .snapshot, from: 1, to: to, term: c[to].term)
+            m.snapshot = Snapshot(index: index, term: c[2].term, data: hashBytes(1), members: voters.map(member))
+            return m
+        }
+        let before = [c[2].lastIndex, c[2].commitIndex, c[2].term, c[2].snapshotIndex]
+        XCTAssertEqual(c[2].step(snapshot([66], index: 50)), .refused(.foreignVoterSet))
+        XCTAssertEqual(c[2].step(snapshot([66, 77, 88], index: 50)), .refused(.foreignVoterSet))
+        XCTAssertEqual(
+            [c[2].lastIndex, c[2].commitIndex, c[2].term, c[2].snapshotIndex], before, "nothing of them was used")
+        XCTAssertEqual(ids(c[2]), [1, 2, 3])
+        // Sharing one node is enough: a sender added after the snapshot, or
+        // a receiver being caught up that is no voter yet.
+        XCTAssertEqual(c[2].step(snapshot([3, 66], index: 50)), .stepped)
+        XCTAssertEqual(ids(c[2]), [3, 66])
+        XCTAssertEqual(c[3].step(snapshot([2], index: 60, to: 3)), .stepped)
+        XCTAssertEqual(c[3].snapshotIndex, 60)
+    }
 }

@@ -306,6 +306,8 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
     var changePending: Bool { core.changePending }
     var refusal: PulseError? { core.refusal.map { PulseError.config($0) } }
     var transportStats: RaftTransportStats { transport.stats }
+    /// Forwarded admin requests between members (RaftForwarding.swift), nil for a link without them.
+    var forwardLink: ForwardLink? { transport as? ForwardLink }
     /// The voters in force, as peers when their address is known.
     var voters: [(id: NodeID, peer: Peer?)] { core.members.map { ($0.id, peers.peer(raftId: $0.id)) } }
     /// For backups: the applied state, the index it reflects, and whether

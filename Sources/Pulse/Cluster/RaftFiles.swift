@@ -32,14 +32,14 @@ public final class PosixRaftFiles: RaftFiles {
     /// Runs and times every sync (`backbeat_fsync_duration_seconds`).
     let sync: DiskSync
 
-    /// Creates `<dataDir>/raft` when missing.
+    /// Creates `<dataDir>/raft` when missing (0700); one of an earlier
+    /// version and its files are narrowed to owner only (0700, 0600).
     public init(dataDir: String, sync: DiskSync = .untimed) throws {
         directory = dataDir + "/raft"
         self.sync = sync
-        do {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        } catch {
-            throw PulseError.startup("cannot create \(directory): \(error.localizedDescription)")
+        try DataDir.createPrivateDirectory(directory)
+        for name in ["", "/hardstate", "/log", "/snapshot", "/hardstate.tmp", "/log.tmp", "/snapshot.tmp"] {
+            DataDir.narrow(directory + name)
         }
     }
 

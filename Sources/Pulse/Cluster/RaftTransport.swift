@@ -9,9 +9,10 @@
 // writes only to connections it opened. Frames are versioned and
 // length-prefixed:
 //
-//   [0xBB][version 2][0][0][length u32 LE]
+//   [0xBB][version 2][kind u8][0][length u32 LE]
 //   [send_ns i64][echo_send_ns i64][echo_recv_ns i64]   wall clock, for clock sync
-//   [payload: Raft.Message encoding]
+//   [payload: Raft.Message encoding (kind 0), or a forwarded admin request
+//    or answer (kind 1, RaftForwarding.swift)]
 //
 // The three timestamps make every exchange an NTP sample for free: a frame
 // carries its own send time and echoes the send time of the last frame
@@ -179,6 +180,9 @@ final class RaftTransport: LoopHandler {
     static let headerBytes = 32
     static let maxFrameBytes = 8 << 20
     static let maxOutputBytes = 4 << 20
+    /// Header byte 2: the payload is a Raft message (0) or a forwarded request or answer.
+    static let messageKind: UInt8 = 0
+    static let forwardedKind: UInt8 = 1
 
     private unowned let loop: EventLoop
     private let me: Peer
@@ -198,6 +202,8 @@ final class RaftTransport: LoopHandler {
     /// Mutual TLS on every connection, or nil for plain TCP.
     private let tls: RaftTLS?
     private(set) var stats = RaftTransportStats()
+    /// Where forwarded requests and answers from proven members go (RaftForwarding.swift).
+    weak var forwardInbox: ForwardInbox?
     /// Resolves peers given by DNS name (PeerList.swift).
     private let resolver: PeerResolver
     /// A lookup that has not answered after this long is abandoned (its
@@ -309,10 +315,24 @@ final class RaftTransport: LoopHandler {
         flush(connection)
     }
 
+    /// Queues a forwarded request or answer to `member` (RaftForwarding.swift);
+    /// false when that member is not connected or its output is full.
+    func sendForwarded(_ message: ForwardedMessage, to member: NodeID) -> Bool {
+        guard let connection = outbound[member], connection.token != nil, connection.ready else { return false }
+        let payload = message.encode()
+        guard connection.output.count + payload.count < Self.maxOutputBytes else { return false }
+        appendFrame(to: connection, payload: payload, echo: lastFrom[member] ?? (0, 0), kind: Self.forwardedKind)
+        stats.framesOut &+= 1
+        flush(connection)
+        return true
+    }
+
     /// Appends a frame (header, timestamps, payload) to the output of `connection`.
-    private func appendFrame(to connection: Outbound, payload: [UInt8], echo: (sendNs: Int64, recvNs: Int64)) {
+    private func appendFrame(
+        to connection: Outbound, payload: [UInt8], echo: (sendNs: Int64, recvNs: Int64), kind: UInt8 = messageKind
+    ) {
         var length = UInt32(payload.count).littleEndian
-        connection.output += [Self.magic, Self.version, 0, 0]
+        connection.output += [Self.magic, Self.version, kind, 0]
         withUnsafeBytes(of: &length) { connection.output += $0 }
         for value in [cloop_realtime_ns(), echo.sendNs, echo.recvNs] {
             var little = value.littleEndian
@@ -559,6 +579,7 @@ final class RaftTransport: LoopHandler {
             }
             let start = offset + Self.headerBytes
             guard b.count - start >= length else { break }
+            let kind = b[offset + 2]
             offset = start + length
             guard connection.budget.take(nowNs: nowMono) else {
                 // Over this connection's rate: skipped before decoding (see the header).
@@ -580,6 +601,14 @@ final class RaftTransport: LoopHandler {
                     connection.lastValidMonoNs = nowMono
                 }
                 continue
+            }
+            if kind == Self.forwardedKind {
+                guard forwarded(token, connection, b[start..<(start + length)], nowMonoNs: nowMono) else { return }
+                continue
+            }
+            guard kind == Self.messageKind else {
+                badFrame(token, "unknown_kind", "frame of kind \(kind)")
+                return
             }
             let message: Message
             do {
@@ -605,6 +634,29 @@ final class RaftTransport: LoopHandler {
             guard inbound[token] != nil else { return }
         }
         if offset > 0 { connection.buffer.removeFirst(offset) }
+    }
+
+    /// A forwarded request or answer (RaftForwarding.swift): only on a
+    /// connection already proven to speak for a member (with TLS, its
+    /// certificate's); else, or when it does not decode, the connection is
+    /// closed. False when it was.
+    private func forwarded(
+        _ token: UInt32, _ connection: Inbound, _ payload: ArraySlice<UInt8>, nowMonoNs: Int64
+    ) -> Bool {
+        guard let member = connection.provenPeer ?? connection.peer?.raftId,
+            prove(token, connection, member)
+        else {
+            if inbound[token] != nil { badFrame(token, "unproven_forward", "forwarded frame before proof") }
+            return false
+        }
+        guard let message = ForwardedMessage.decode(payload) else {
+            badFrame(token, "bad_forward", "undecodable forwarded frame")
+            return false
+        }
+        connection.lastValidMonoNs = nowMonoNs
+        stats.framesIn &+= 1
+        forwardInbox?.forwardedReceived(message, from: member)
+        return inbound[token] != nil
     }
 
     /// Binds `connection` to the member `id` it speaks for (see the file

@@ -75,6 +75,9 @@ struct PulseConfig: Sendable {
     var raftTLSCert = ""
     var raftTLSKey = ""
     var raftTLSCA = ""
+    /// -raft-insecure: plain-TCP Raft on a non-loopback -raft-bind (refused
+    /// without it: anyone who reaches the port could rewrite the membership).
+    var raftInsecure = false
     /// NATS: a creds file (JWT + nkey seed), an nkey seed file, a CA for the
     /// server's certificate, and a client certificate and key (PEM).
     var natsCreds = ""
@@ -158,6 +161,16 @@ struct PulseConfig: Sendable {
             )
         }
         if !given.isEmpty && peers.isEmpty { try fail("-raft-tls-* needs -peers (a single node has no Raft traffic)") }
+        // Off loopback, plain TCP lets any host that reaches the port speak
+        // as a member (issue 20, item 3): mutual TLS, or an explicit opt-out.
+        if !peers.isEmpty && given.isEmpty && !raftInsecure,
+            let bindHost = try? PeerList.parse(peers: peers, nodeId: nodeId, raftBind: raftBind).bindHost,
+            !bindHost.hasPrefix("127.")
+        {
+            try fail(
+                "-raft-bind \(bindHost) is not a loopback address: give -raft-tls-cert, -raft-tls-key and -raft-tls-ca (scripts/certs.sh, make certs), or -raft-insecure to run Raft over plain TCP"
+            )
+        }
         if natsCert.isEmpty != natsKey.isEmpty { try fail("-nats-cert and -nats-key go together") }
         if !natsCreds.isEmpty && !natsNkey.isEmpty { try fail("give -nats-creds or -nats-nkey, not both") }
         let files =
@@ -347,6 +360,12 @@ struct PulseCommand: ParsableCommand {
     var signKey: String?
     @Option(name: both("raft-bind"), help: "Raft bind address host:port (default 127.0.0.1:0)")
     var raftBind: String?
+    @Flag(
+        name: both("raft-insecure"),
+        help:
+            "Allow Raft over plain TCP on a non-loopback -raft-bind (refused otherwise: give -raft-tls-*) (env BACKBEAT_RAFT_INSECURE)"
+    )
+    var raftInsecure = false
     @Flag(name: both("bootstrap"), help: "Bootstrap a new cluster: start the timeline on the next whole second")
     var bootstrap = false
     @Flag(
@@ -428,6 +447,7 @@ struct PulseCommand: ParsableCommand {
         if let raftBind { config.raftBind = raftBind }
         config.bootstrap = bootstrap
         config.join = join
+        config.raftInsecure = raftInsecure
         if let peers { config.peers = peers.split(separator: ",").map { String($0) }.filter { !$0.isEmpty } }
         if let dataDir { config.dataDir = dataDir }
         config.cpu = cpu
@@ -473,7 +493,7 @@ struct PulseCommand: ParsableCommand {
             "log-format", "log-level", "config", "admin-token", "admin-token-file", "heartbeat-ms",
             "election-timeout-ms",
             "degrade-after-ms", "raft-compact-every", "admin-hosts", "sign-key",
-        ].map { ($0, false) } + [("bootstrap", true), ("join", true), ("mlock", true)]
+        ].map { ($0, false) } + [("bootstrap", true), ("join", true), ("mlock", true), ("raft-insecure", true)]
 
     /// The environment variable of `flag`: BACKBEAT_ and the name in upper
     /// case with `_` for `-`; `cluster` keeps the seed's BACKBEAT_CLUSTER_ID.

@@ -212,15 +212,22 @@ extension PulseNode: AdminBackend {
             refuse(400, failure.code, failure.message)
         case .success(let request):
             tempo.request(request) { decision in
-                switch decision {
-                case .scheduled(let change):
-                    answer(202, (try? AdminJSON.encoder().encode(change)) ?? Data())
-                case .refused(let status, let code, let text):
-                    answer(status, Self.errorBody(text, code))
-                case .redirect(let location):
-                    answer(307, Self.errorBody("the leader is at \(location)", "not_leader"))
-                }
+                let (status, body) = Self.answerBody(decision)
+                answer(status, body)
             }
+        }
+    }
+
+    /// A tempo decision as an HTTP status and `POST /tempo` body (control
+    /// replies and forwarded answers).
+    static func answerBody(_ decision: TempoDecision) -> (Int, Data) {
+        switch decision {
+        case .scheduled(let change):
+            return (202, (try? AdminJSON.encoder().encode(change)) ?? Data())
+        case .refused(let status, let code, let text):
+            return (status, errorBody(text, code))
+        case .redirect(let location):
+            return (307, errorBody("the leader is at \(location)", "not_leader"))
         }
     }
 

@@ -64,37 +64,43 @@ extension PulseNode {
         }
     }
 
-    /// A follower forwards tempo requests to the leader over NATS
-    /// request/reply on the control subject (only the leader answers there).
-    func enableForwarding() {
+    /// A follower forwards tempo requests to the leader over the Raft
+    /// transport (RaftForwarding.swift: only members speak there, and no
+    /// credential travels); the leader serves members' requests like its own
+    /// `POST /tempo`.
+    func enableForwarding() throws {
+        guard let cluster, let link = cluster.forwardLink else { return }
+        let forwarder = try TempoForwarder(loop: loop, link: link, rejected: rejected, logger: logger)
+        forwarder.leader = { [unowned cluster] in
+            let leader = cluster.leader
+            return leader == noNode || leader == cluster.peers.me.raftId ? nil : leader
+        }
+        forwarder.serve = { [unowned self] body, answer in self.serveForwardedTempo(body, answer: answer) }
         tempo.forward = { [unowned self] request, reply in
-            var body: [String: Any] = ["tempo_bpm": request.tempoBpm, "justification": request.justification]
-            // The leader requires the admin token on the control subject too (every node shares it).
-            if let token = config.adminToken, !token.isEmpty { body["token"] = token }
-            let payload = (try? JSONSerialization.data(withJSONObject: body)) ?? Data()
-            nats.request(subject: config.controlSubject, payload: payload, timeoutNs: 3_000_000_000) { answer in
-                guard let answer, let object = try? JSONSerialization.jsonObject(with: answer) as? [String: Any],
-                    let status = object["status"] as? Int
-                else {
-                    self.metrics.tempoRefused(reason: "no_leader")
-                    return reply(.refused(status: 503, code: "no_leader", message: "no leader answered"))
+            forwarder.forward(request) { decision in
+                // Refusals of the forwarder itself (the leader counts its own).
+                if case .refused(_, let code, _) = decision, code == "no_leader" || code == "outcome_unknown" {
+                    self.metrics.tempoRefused(reason: code)
                 }
-                if status == 202, let bpm = object["tempo_bpm"] as? Int,
-                    let atBeat = (object["apply_at_beat"] as? NSNumber)?.int64Value
-                {
-                    reply(
-                        .scheduled(
-                            ScheduledTempoChange(
-                                tempo_bpm: bpm, previous_bpm: object["previous_bpm"] as? Int ?? 0,
-                                apply_at_beat: atBeat,
-                                apply_at: object["apply_at"] as? String ?? "",
-                                justification: object["justification"] as? String ?? "")))
-                } else {
-                    reply(
-                        .refused(
-                            status: status, code: object["code"] as? String ?? "refused",
-                            message: object["error"] as? String ?? "refused by the leader"))
-                }
+                reply(decision)
+            }
+        }
+    }
+
+    /// Leader side: a member's forwarded `POST /tempo` body. A node that is
+    /// not the leader (any more) answers 503 `no_leader` and never forwards it again.
+    func serveForwardedTempo(_ body: [UInt8], answer: @escaping (Int, Data) -> Void) {
+        guard tempo.canCommit() else {
+            return answer(503, Self.errorBody("the node asked is not the leader (any more)", "no_leader"))
+        }
+        switch AdminRouter.parseTempoBody(body, maxJustificationBytes: 1024) {
+        case .failure(let failure):
+            tempo.recordRefusal(reason: failure.code)
+            answer(400, Self.errorBody(failure.message, failure.code))
+        case .success(let request):
+            tempo.request(request) { decision in
+                let (status, body) = Self.answerBody(decision)
+                answer(status, body)
             }
         }
     }

@@ -254,7 +254,7 @@ final class PulseNode: LoopHandler {
         subscribeControl()
         subscribeBeats()
         startTimelineService()
-        if cluster != nil { enableForwarding() }
+        try enableForwarding()
         try nats.start()
         try applyRealtime()
         beats.start()  // a single node's timeline; a cluster node's beats start with the committed epoch

@@ -68,7 +68,7 @@ final class DataDir {
     static let directoryMode: mode_t = 0o700
 
     /// Creates `path` and any missing parent with `directoryMode`.
-    private static func createPrivateDirectory(_ path: String) throws {
+    static func createPrivateDirectory(_ path: String) throws {
         var prefix = path.hasPrefix("/") ? "/" : ""
         for component in path.split(separator: "/") {
             prefix += (prefix.isEmpty || prefix.hasSuffix("/") ? "" : "/") + component
@@ -108,15 +108,23 @@ final class DataDir {
     }
 
     /// An existing regular file of ours that others may read becomes `fileMode`.
-    private func narrowFile(_ name: String) {
-        let fd = open(path + "/" + name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+    private func narrowFile(_ name: String) { Self.narrow(path + "/" + name) }
+
+    /// An existing regular file (`fileMode`) or directory (`directoryMode`)
+    /// of ours that group or others may use is narrowed to owner only; a
+    /// link, another owner's file or a missing one is left alone (the
+    /// readers refuse links and foreign files on their own).
+    static func narrow(_ path: String) {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         guard fd >= 0 else { return }
         defer { close(fd) }
         var info = stat()
-        guard fstat(fd, &info) == 0, info.st_mode & S_IFMT == S_IFREG, info.st_uid == geteuid(),
-            info.st_mode & 0o077 != 0
-        else { return }
-        _ = fchmod(fd, Self.fileMode)
+        guard fstat(fd, &info) == 0, info.st_uid == geteuid(), info.st_mode & 0o077 != 0 else { return }
+        switch info.st_mode & S_IFMT {
+        case S_IFREG: _ = fchmod(fd, fileMode)
+        case S_IFDIR: _ = fchmod(fd, directoryMode)
+        default: break
+        }
     }
 
     /// Counts `error` and turns it into the one-line start-up error naming the file.

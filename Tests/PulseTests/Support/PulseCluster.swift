@@ -23,13 +23,16 @@ final class PulseCluster {
 
     /// Arguments appended to every node's command line.
     let extra: [String]
+    /// The NATS server the nodes use: `nats`'s, unless another was given.
+    let natsURL: String
 
-    init(cluster: String, bpm: Int, extra: [String] = [], tls: Bool = false) throws {
+    init(cluster: String, bpm: Int, extra: [String] = [], tls: Bool = false, natsURL: String? = nil) throws {
         self.cluster = cluster
         self.bpm = bpm
         self.extra = extra
         self.tls = tls
         nats = try NatsServer()
+        self.natsURL = natsURL ?? nats.url
         dir = Harness.tempDir(cluster)
         certDir = dir + "/certs"
         if tls { try RaftTLSTests.certs([certDir] + names) }
@@ -51,7 +54,7 @@ final class PulseCluster {
         nodes[i] = try PulseProcess(
             arguments: [
                 "-bootstrap", "-bpm", "\(bpm)", "-max-bpm", "600", "-cluster", cluster, "-node-id", name,
-                "-raft-bind", "127.0.0.1:\(raftPorts[i])", "-peers", peers, "-nats", nats.url,
+                "-raft-bind", "127.0.0.1:\(raftPorts[i])", "-peers", peers, "-nats", natsURL,
                 "-data-dir", "\(dir)/\(name)", "-admin-port", "\(adminPorts[i])",
             ] + tlsArguments + extra, logPath: "\(dir)/\(name).log")
     }

@@ -10,7 +10,9 @@
 #endif
 
 /// Names accepted by `--scenarios`; the default is all of them.
-let knownScenarios = ["idle", "shared", "signed", "load", "per001", "election", "election-tls", "fanout", "baseline"]
+let knownScenarios = [
+    "idle", "shared", "signed", "load", "per001", "election", "election-tls", "fanout", "flood", "baseline",
+]
 
 struct BenchOptions {
     var seconds = 10

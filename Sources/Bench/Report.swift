@@ -65,6 +65,10 @@ struct BenchReport {
                 out += f.checks(scenario: s.name)
                 continue
             }
+            if let f = s.flood {
+                out += f.checks(scenario: s.name, s)
+                continue
+            }
             let j = s.jitter.summary
             let d = s.delivery.summary
             // The jitter is judged against the floor at the beat's own sleep

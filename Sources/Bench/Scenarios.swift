@@ -89,6 +89,7 @@ struct ScenarioResult {
     var notes: [String] = []
     var load: String? = nil
     var election: ElectionResult? = nil  // the election scenario's own figures
+    var flood: FloodResult? = nil  // the flood scenario's own figures (Flood.swift)
 
     var per001Pass: Bool { delivery.count > 0 && delivery.summary.p95 <= 100_000 }
     var per002Pass: Bool { jitter.count > 0 && jitter.summary.p95 <= 20_000 }
@@ -332,9 +333,18 @@ final class HTTPLoad {
 
 // MARK: - A measured pulse run
 
+/// Load that runs over a measured window (e.g. the flood's requests).
+protocol WindowLoad: AnyObject {
+    /// Ends the load when the window ends; the text becomes the run's `load`.
+    func stop() -> String
+    /// Adds the load's own figures to the run's result.
+    func report(into result: inout ScenarioResult)
+}
+
 func runPulseScenario(
     _ ctx: BenchContext, name: String, bpm: Int, timerFloor: Floor, natsFloor: Floor,
-    withHTTPLoad: Bool, periodFloor: Floor? = nil, cpuFloor: CpuFloor? = nil, extraArgs: [String] = []
+    withHTTPLoad: Bool, periodFloor: Floor? = nil, cpuFloor: CpuFloor? = nil, extraArgs: [String] = [],
+    windowLoad: ((PulseRun) throws -> WindowLoad)? = nil
 ) throws -> ScenarioResult {
     let seconds = ctx.options.seconds
     var result = ScenarioResult(name: name, bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor)
@@ -359,6 +369,8 @@ func runPulseScenario(
         http = HTTPLoad(ctx, port: pulse.adminPort, seconds: seconds + 10)
         sleepSeconds(0.5)
     }
+    let window = try windowLoad?(pulse)
+    if window != nil { sleepSeconds(0.5) }
     let metricNames = ["backbeat_hot_path_allocated_bytes_total", "backbeat_beats_total"]
     let m0 = pulse.metrics(metricNames)
     let cpu0 = processCPUNs(pulse.child.pid)
@@ -370,6 +382,7 @@ func runPulseScenario(
     let cpu1 = processCPUNs(pulse.child.pid)
     let m1 = pulse.metrics(metricNames)
     if let http { result.load = http.stop() }
+    if let window { result.load = window.stop() }
     sleepSeconds(min(1.0, 0.2 + period))  // let the last frames arrive
     let records = pulse.beats()
 
@@ -463,6 +476,7 @@ func runPulseScenario(
     } else {
         result.notes.append("/metrics gave no beat count for the window")
     }
+    window?.report(into: &result)
     if withHTTPLoad, result.cpuUsPerBeat != nil {
         result.notes.append("CPU per beat includes serving the HTTP load (same process, same thread)")
     }

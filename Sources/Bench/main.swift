@@ -96,7 +96,7 @@ func attempt(_ name: String, _ body: () throws -> Void) {
 }
 
 var idleFloors: (timer: Floor, nats: Floor)? = nil
-if !wants.intersection(["idle", "baseline", "per001", "shared", "signed"]).isEmpty {
+if !wants.intersection(["idle", "baseline", "per001", "shared", "signed", "flood"]).isEmpty {
     let periodUs = 60_000_000 / options.bpm
     log(
         "idle floors (\(options.seconds) s timer-wake at 1 ms, \(options.seconds) s at the period \(periodUs) µs, \(options.seconds) s NATS)…"
@@ -151,6 +151,13 @@ if !wants.intersection(["idle", "baseline", "per001", "shared", "signed"]).isEmp
         attempt("baseline") {
             report.baseline = try runBaseline(ctx, bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor)
             report.baseline?.periodFloor = periodFloor
+        }
+    }
+    if wants.contains("flood") {
+        log("flood: pulse at \(options.bpm) bpm idle, then under 10,000 timeline requests/s…")
+        attempt("flood") {
+            report.scenarios.append(
+                try runFloodScenario(ctx, bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor))
         }
     }
     if wants.contains("per001") {

@@ -1,0 +1,171 @@
+// Bench/Flood.swift — the `flood` scenario (issue 20, item 5): what a flood
+// of timeline requests costs the beat. One pulse at --bpm is measured twice
+// in the same run, under the same conditions: idle, then while one client
+// sends timeline requests at `ratePerSecond` (10,000/s) for the whole
+// window, each with a reply subject (the node answers every one it takes,
+// from the reply cache, or drops and counts it over its budget). Reported
+// beside each other: the pulse's own jitter (publish = TX timestamp −
+// instant, /debug/beats) and delivery (independent subscriber); verdict:
+// the flood's jitter p99 ≤ 1.25× the idle run's, no NATS reconnect and no
+// missed beat during the flood. (An unbounded flood from one client is the
+// process test's: Tests/PulseTests/RequestBudgetTests.swift.)
+
+import CLoop
+import CNats
+import Foundation
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// The timeline requests of the flood and what came of them.
+struct FloodResult {
+    /// The same pulse, idle, measured just before (same run, same flags).
+    var idleJitterP99Ns: Double
+    var idleDeliveryP99Ns: Double
+    var idleSamples: Int
+    var ratePerSecond: Int
+    var sent = 0
+    var answered = 0
+    /// NATS reconnects and missed beats of the pulse over the flood window (/metrics deltas).
+    var reconnects: Double? = nil
+    var missedBeats: Double? = nil
+    /// Requests the node dropped over its budget (`rejected{reason="over_budget"}` delta).
+    var overBudget: Double? = nil
+
+    func checks(scenario name: String, _ s: ScenarioResult) -> [Check] {
+        let j = s.jitter.summary.p99
+        let d = s.delivery.summary.p99
+        func ratio(_ v: Double, _ idle: Double) -> String {
+            "\(us(v)) vs idle \(us(idle)) (ratio \(String(format: "%.2f", idle > 0 ? v / idle : 0)))"
+        }
+        let measurable = s.jitter.count > 0 && idleSamples > 0
+        return [
+            Check(
+                scenario: name, target: "issue 20: jitter p99 under \(ratePerSecond)/s requests ≤ 1.25× idle",
+                pass: measurable ? j <= 1.25 * idleJitterP99Ns : nil,
+                detail: measurable ? ratio(j, idleJitterP99Ns) : "no samples"),
+            Check(
+                scenario: name, target: "issue 20: delivery p99 under the flood ≤ 1.25× idle",
+                pass: s.delivery.count > 0 && idleSamples > 0 ? d <= 1.25 * idleDeliveryP99Ns : nil,
+                detail: ratio(d, idleDeliveryP99Ns)),
+            Check(
+                scenario: name, target: "issue 20: no NATS reconnect, no missed beat under the flood",
+                pass: reconnects.flatMap { r in missedBeats.map { r == 0 && $0 == 0 } },
+                detail:
+                    "reconnects \(reconnects.map { String(Int($0)) } ?? "?"), missed \(missedBeats.map { String(Int($0)) } ?? "?"); \(sent) sent, \(answered) answered, \(overBudget.map { String(Int($0)) } ?? "?") dropped over budget"
+            ),
+        ]
+    }
+}
+
+/// One client sending timeline requests at a fixed rate on its own thread
+/// (10 per millisecond at 10,000/s), replies counted on an inbox; the
+/// pulse's reconnects, missed beats and over-budget drops are read from its
+/// /metrics before and after.
+final class RequestFlood: WindowLoad {
+    private var connection: OpaquePointer?
+    private var subscription: OpaquePointer?
+    private let lock = NSLock()
+    private var stopped = false
+    private var sentCount = 0
+    private var answeredCount = 0
+    private let done = DispatchSemaphore(value: 0)
+    private let pulse: PulseRun
+    private var figures: FloodResult
+    private let before: [String: Double]
+    static let metricNames = ["backbeat_nats_reconnects_total", "backbeat_beats_missed_total"]
+
+    init(_ ctx: BenchContext, pulse: PulseRun, idle: ScenarioResult, ratePerSecond: Int) throws {
+        self.pulse = pulse
+        figures = FloodResult(
+            idleJitterP99Ns: idle.jitter.summary.p99, idleDeliveryP99Ns: idle.delivery.summary.p99,
+            idleSamples: idle.jitter.count, ratePerSecond: ratePerSecond)
+        before = pulse.metrics(Self.metricNames).merging(["over_budget": overBudgetCount(pulse) ?? 0]) { a, _ in a }
+        var opts: OpaquePointer?
+        natsOptions_Create(&opts)
+        defer { natsOptions_Destroy(opts) }
+        natsOptions_SetURL(opts, ctx.natsURL)
+        natsOptions_SetName(opts, "pulse-bench-flood")
+        var status = natsConnection_Connect(&connection, opts)
+        guard status == NATS_OK else { throw BenchError("flood connect: \(natsStatusText(status))") }
+        let inbox = "_INBOX.bench-flood-\(UInt64.random(in: 1...UInt64.max))"
+        status = natsConnection_Subscribe(
+            &subscription, connection, inbox + ".>",
+            { _, _, msg, closure in
+                natsMsg_Destroy(msg)
+                let flood = Unmanaged<RequestFlood>.fromOpaque(closure!).takeUnretainedValue()
+                flood.lock.withLock { flood.answeredCount += 1 }
+            }, Unmanaged.passUnretained(self).toOpaque())
+        guard status == NATS_OK else { throw BenchError("flood inbox: \(natsStatusText(status))") }
+        natsSubscription_SetPendingLimits(subscription, 1 << 20, 1 << 30)
+        natsConnection_Flush(connection)
+        let subject = timelineRequestSubject("bench")
+        let perMs = max(1, ratePerSecond / 1000)
+        // Bounded in time whatever happens to `stop`.
+        let deadline = cloop_monotonic_ns() + Int64(ctx.options.seconds + 10) * 1_000_000_000
+        let thread = Thread { [self] in
+            var k = 0
+            let start = cloop_monotonic_ns()
+            var tick: Int64 = 0
+            while cloop_monotonic_ns() < deadline && !lock.withLock({ stopped }) {
+                for _ in 0..<perMs {
+                    _ = natsConnection_PublishRequestString(connection, subject, "\(inbox).\(k % 1024)", "{}")
+                    k += 1
+                }
+                lock.withLock { sentCount = k }
+                tick += 1
+                let wait = start + tick * 1_000_000 - cloop_monotonic_ns()
+                if wait > 0 { usleep(useconds_t(wait / 1000)) }
+            }
+            done.signal()
+        }
+        thread.start()
+    }
+
+    func stop() -> String {
+        lock.withLock { stopped = true }
+        _ = done.wait(timeout: .now() + 5)
+        natsConnection_FlushTimeout(connection, 2000)
+        usleep(200_000)  // the last answers
+        (figures.sent, figures.answered) = lock.withLock { (sentCount, answeredCount) }
+        let after = pulse.metrics(Self.metricNames)
+        figures.reconnects = after[Self.metricNames[0]].map { $0 - (before[Self.metricNames[0]] ?? 0) }
+        figures.missedBeats = after[Self.metricNames[1]].map { $0 - (before[Self.metricNames[1]] ?? 0) }
+        figures.overBudget = overBudgetCount(pulse).map { $0 - (before["over_budget"] ?? 0) }
+        return
+            "one client, \(figures.ratePerSecond) timeline requests/s: \(figures.sent) sent, \(figures.answered) answered"
+    }
+
+    func report(into result: inout ScenarioResult) { result.flood = figures }
+
+    deinit {
+        if let subscription { natsSubscription_Unsubscribe(subscription) }
+        natsSubscription_Destroy(subscription)
+        natsConnection_Destroy(connection)
+    }
+}
+
+/// Idle, then flooded: two measured windows of the same pulse set-up.
+func runFloodScenario(_ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsFloor: Floor) throws -> ScenarioResult {
+    let idle = try runPulseScenario(
+        ctx, name: "flood-idle", bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor, withHTTPLoad: false)
+    var result = try runPulseScenario(
+        ctx, name: "flood", bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor, withHTTPLoad: false
+    ) { pulse in try RequestFlood(ctx, pulse: pulse, idle: idle, ratePerSecond: 10_000) }
+    result.notes.append(
+        "idle reference (same run, same flags): jitter p99 \(us(idle.jitter.summary.p99)), delivery p99 \(us(idle.delivery.summary.p99)) over \(idle.jitter.count) beats"
+    )
+    return result
+}
+
+/// Where timeline requests go for `cluster` (the node answers there).
+func timelineRequestSubject(_ cluster: String) -> String { "backbeat.\(cluster).timeline" }
+
+/// `backbeat_rejected_input_total{surface="timeline_subject",reason="over_budget"}` of `pulse`.
+private func overBudgetCount(_ pulse: PulseRun) -> Double? {
+    guard let (status, body) = httpGet(port: pulse.adminPort, path: "/metrics"), status == 200 else { return nil }
+    return String(decoding: body, as: UTF8.self).split(separator: "\n").filter {
+        $0.hasPrefix("backbeat_rejected_input_total{") && $0.contains("timeline_subject") && $0.contains("over_budget")
+    }.compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
+}

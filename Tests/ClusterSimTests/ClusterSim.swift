@@ -72,6 +72,8 @@ struct SimFrame {
     var bytes: [UInt8] = []
     /// The frame's `deadline_at` as decoded from `bytes` (ms).
     var deadlineUnixMs: Int64 = 0
+    /// `bytes` through the service's decoder.
+    var decoded: DecodedBeatFrame?
 }
 
 /// Knobs of one run, drawn from the seed (or set by a targeted test).

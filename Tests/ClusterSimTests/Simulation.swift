@@ -589,7 +589,7 @@ final class Simulation {
         let period = t.instantNs(ofBeat: k + 1) - t.instantNs(ofBeat: k)
         let frame = SimFrame(
             node: n.index, term: d.term, index: d.beatIndex, instantNs: t.instantNs(ofBeat: k), bpm: d.tempoBpm,
-            degraded: d.degraded, handoffNs: now, bytes: bytes, deadlineUnixMs: d.deadlineUnixMs)
+            degraded: d.degraded, handoffNs: now, bytes: bytes, deadlineUnixMs: d.deadlineUnixMs, decoded: d)
         checkHandoff(n, frame, period: period)
         handedOff.append(frame)
         if natsCut[n.index] {
@@ -738,13 +738,11 @@ final class Simulation {
             switch item {
             case .completion: preconditionFailure("store completions have their own slot, never the doorway")
             case .nats(let f):
-                // The service's path: the decoder, then the echo policy in the beat shell.
-                switch f.bytes.withUnsafeBytes({ BeatFrameDecoder.result($0) }) {
-                case .success(let frame):
-                    if case .reject? = n.beat.hear(frame, wallNs: wall(n), policy: &n.echo) { n.refusedEchoes += 1 }
-                case .failure(let error):
-                    fail(.onTimeline, "node \(n.id) could not decode a frame of node \(f.node + 1): \(error)")
-                }
+                // The service's path: the decoded bytes (decoded once, when
+                // the node handed them off: the decoder is a pure function),
+                // then the echo policy in the beat shell.
+                guard let frame = f.decoded else { preconditionFailure("a frame on the subject was never decoded") }
+                if case .reject? = n.beat.hear(frame, wallNs: wall(n), policy: &n.echo) { n.refusedEchoes += 1 }
             }
         }
     }

@@ -37,7 +37,7 @@ final class PublicationSigner {
     private let frameBuffer: UnsafeMutableRawBufferPointer
     static let frameCapacity = 4096
 
-    /// libsodium's sizes (crypto_sign_*BYTES; its macros are not all importable).
+    /// libsodium's Ed25519 sizes, checked against its `crypto_sign_*bytes()` at start-up.
     static let seedBytes = 32, publicKeyBytes = 32, secretKeyBytes = 64, signatureBytes = 64
 
     /// Reads a PEM Ed25519 private key (`openssl genpkey -algorithm ed25519`).

@@ -186,15 +186,6 @@ final class SignedPublicationTests: XCTestCase {
         XCTAssertEqual(natsConnection_Publish(nc, timeline, [UInt8](timelineBody), Int32(timelineBody.count)), NATS_OK)
         natsConnection_Flush(nc)
 
-        // The node's own count of bytes allocated on its beat path, signing
-        // every frame (before the tempo change: the wake that applies one
-        // also publishes the announcement and the timeline, which allocate
-        // and which the count includes since issue 19, signed or not).
-        let metrics = String(
-            decoding: try XCTUnwrap(Proc.http("GET", port: admin, path: "/metrics")).body, as: UTF8.self)
-        let hotPath = metrics.split(separator: "\n").first { $0.hasPrefix("backbeat_hot_path_allocated_bytes_total ") }
-        XCTAssertEqual(hotPath, "backbeat_hot_path_allocated_bytes_total 0")
-
         // A tempo change: the node's timeline publication and its announcement are signed.
         let answer = try XCTUnwrap(
             Proc.http("POST", port: admin, path: "/tempo", body: #"{"tempo_bpm": 630, "justification": "signed"}"#))
@@ -229,6 +220,13 @@ final class SignedPublicationTests: XCTestCase {
         XCTAssertTrue(tempoChanged, "the signed timeline carried the change")
         XCTAssertEqual(plain.signatureRefusals, 0)
         XCTAssertGreaterThan(plain.frameCounts.accepted, 0, "a client without keys reads signed frames")
+
+        // The node's own count of bytes allocated on its beat path, signing
+        // every frame, across the tempo change (announced after the wake's count).
+        let metrics = String(
+            decoding: try XCTUnwrap(Proc.http("GET", port: admin, path: "/metrics")).body, as: UTF8.self)
+        let hotPath = metrics.split(separator: "\n").first { $0.hasPrefix("backbeat_hot_path_allocated_bytes_total ") }
+        XCTAssertEqual(hotPath, "backbeat_hot_path_allocated_bytes_total 0")
 
         // A client that holds only another key refuses every reply: no pulse.
         var wrong = BackbeatClientOptions(url: nats.url, clusterId: Self.cluster)

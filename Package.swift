@@ -99,10 +99,17 @@ let package = Package(
             path: "Sources/PulseMain",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
+        // The bare C publisher Bench measures the pulse's send path and CPU against.
+        .target(
+            name: "BenchFloor",
+            path: "Sources/BenchFloor",
+            cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])]
+        ),
         .executableTarget(
             name: "Bench",
             dependencies: [
-                "CLoop", "CNats", "CSodium", "PulseCore", .product(name: "Histogram", package: "hdrhistogram-swift"),
+                "CLoop", "CNats", "CSodium", "BenchFloor", "PulseCore",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             path: "Sources/Bench",
             swiftSettings: [.swiftLanguageMode(.v5)]

@@ -85,6 +85,11 @@ struct ScenarioResult {
     var loopCpuUsPerBeat: Double? = nil
     /// The machine's CPU floor per beat (bare timer wake + one frame write), same run.
     var cpuFloor: CpuFloor? = nil
+    /// The bare C publisher woken the same way (spin or timer only), same run.
+    var sendFloor: SendFloor? = nil
+    /// The pulse's own stages the issue-24 verdicts read: |decision − instant| and decision → TX.
+    var decisionJitter = Latencies()
+    var decisionToTx = Latencies()
     var crossCheckViolations = 0  // beats received before the publisher says it published
     var notes: [String] = []
     var load: String? = nil
@@ -343,13 +348,14 @@ protocol WindowLoad: AnyObject {
 
 func runPulseScenario(
     _ ctx: BenchContext, name: String, bpm: Int, timerFloor: Floor, natsFloor: Floor,
-    withHTTPLoad: Bool, periodFloor: Floor? = nil, cpuFloor: CpuFloor? = nil, extraArgs: [String] = [],
-    windowLoad: ((PulseRun) throws -> WindowLoad)? = nil
+    withHTTPLoad: Bool, periodFloor: Floor? = nil, cpuFloor: CpuFloor? = nil, sendFloor: SendFloor? = nil,
+    extraArgs: [String] = [], windowLoad: ((PulseRun) throws -> WindowLoad)? = nil
 ) throws -> ScenarioResult {
     let seconds = ctx.options.seconds
     var result = ScenarioResult(name: name, bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor)
     result.periodFloor = periodFloor
     result.cpuFloor = cpuFloor
+    result.sendFloor = sendFloor
     if !extraArgs.isEmpty { result.mode = extraArgs.joined(separator: " ") }
     let receiver = try Receiver(url: ctx.natsURL, subject: "backbeat.bench.beat", payload: .beatFrame)
     defer { receiver.close() }
@@ -439,12 +445,20 @@ func runPulseScenario(
         let period = epoch.instantNs(ofBeat: k) - epoch.instantNs(ofBeat: k - 1)
         result.intervalJitter.record(ns: abs((t - previous) - period))
     }
+    result.decisionJitter = decisionJitter
+    result.decisionToTx = decisionToTx
     if lead.count > 0 {
         result.stages = [
             ("timer lead (instant − wake)", lead), ("wake → decision", wakeToDecision),
             ("|decision − instant|", decisionJitter), ("decision → write returned", decisionToWrite),
             ("decision → TX timestamp", decisionToTx), ("publish → subscriber", publishToReceive),
         ]
+        if let bare = sendFloor {
+            result.stages += [
+                ("bare C: |decision − instant|", bare.decision), ("bare C: decision → write", bare.decisionToWrite),
+                ("bare C: decision → TX", bare.decisionToTx),
+            ]
+        }
     }
     if recordByIndex.count < result.beats {
         result.notes.append("/debug/beats holds \(recordByIndex.count) of the window's \(result.beats) beats")

@@ -110,13 +110,27 @@ if !wants.intersection(["idle", "baseline", "per001", "shared", "signed", "flood
     let natsFloor = measureNatsFloor(
         url: ctx.natsURL, bpm: options.bpm, seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority)
     idleFloors = (timer, natsFloor)
+    // The bare C publisher (issue 24), woken the pulse's two ways: its spin
+    // run is the send-path floor of `idle`, its timer-only run the wake and
+    // CPU floor of `shared`.
+    var sendFloors: (spin: SendFloor?, timerOnly: SendFloor?) = (nil, nil)
     var cpuFloor: CpuFloor? = nil
-    if !wants.intersection(["idle", "shared", "signed"]).isEmpty {
-        let floorSeconds = min(options.seconds, 10)
-        log("CPU floor (\(floorSeconds) s of timer wakes + frame writes at \(options.bpm)/min)…")
-        cpuFloor = measureCpuFloor(
-            url: ctx.natsURL, bpm: options.bpm, seconds: floorSeconds, cpu: ctx.cpu, priority: ctx.priority)
-        ctx.notes += cpuFloor?.notes.map { "CPU floor: \($0)" } ?? []
+    if !wants.intersection(["idle", "signed"]).isEmpty {
+        log("send floor, spin (\(options.seconds) s of a bare C publisher at \(options.bpm)/min)…")
+        sendFloors.spin = measureSendFloor(
+            url: ctx.natsURL, bpm: options.bpm, seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority,
+            leadNs: 1_000_000)
+    }
+    if !wants.intersection(["shared", "signed"]).isEmpty {
+        log("send floor, timer only (\(options.seconds) s of a bare C publisher at \(options.bpm)/min)…")
+        let floor = measureSendFloor(
+            url: ctx.natsURL, bpm: options.bpm, seconds: options.seconds, cpu: ctx.cpu, priority: ctx.priority,
+            leadNs: 0)
+        sendFloors.timerOnly = floor
+        cpuFloor = CpuFloor(floor)
+    }
+    for floor in [sendFloors.spin, sendFloors.timerOnly].compactMap({ $0 }) {
+        ctx.notes += floor.notes.map { "send floor (\(floor.leadNs > 0 ? "spin" : "timer only")): \($0)" }
     }
     if wants.contains("idle") {
         log("idle: pulse at \(options.bpm) bpm…")
@@ -124,7 +138,7 @@ if !wants.intersection(["idle", "baseline", "per001", "shared", "signed", "flood
             report.scenarios.append(
                 try runPulseScenario(
                     ctx, name: "idle", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, withHTTPLoad: false,
-                    periodFloor: periodFloor, cpuFloor: cpuFloor))
+                    periodFloor: periodFloor, cpuFloor: cpuFloor, sendFloor: sendFloors.spin))
         }
     }
     if wants.contains("shared") {
@@ -133,7 +147,8 @@ if !wants.intersection(["idle", "baseline", "per001", "shared", "signed", "flood
             report.scenarios.append(
                 try runPulseScenario(
                     ctx, name: "shared", bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor,
-                    withHTTPLoad: false, periodFloor: periodFloor, cpuFloor: cpuFloor, extraArgs: ["-spin-max-us", "0"])
+                    withHTTPLoad: false, periodFloor: periodFloor, cpuFloor: cpuFloor, sendFloor: sendFloors.timerOnly,
+                    extraArgs: ["-spin-max-us", "0"])
             )
         }
     }

@@ -276,15 +276,19 @@ public final class BeatShell {
         }
         var now = t
         _ = now.applyDue(beat: k)
+        lastWritten.length = 0  // the frame buffer is about to change
         guard let windowId = windowIds.lookup(barStart: now.barStart(k)) else { return false }
+        let stamp = hlc.now(wallMs: nowNs / 1_000_000)
         let length = encoder.encode(
             into: frame, beatIndex: k, downbeat: now.isDownbeat(k), phaseIndex: now.phaseIndex(k),
-            hlc: hlc.now(wallMs: nowNs / 1_000_000), deadlineUnixMs: now.deadlineUnixMs(ofBeat: k),
+            hlc: stamp, deadlineUnixMs: now.deadlineUnixMs(ofBeat: k),
             tempoBpm: now.epoch.bpm, windowId: windowId, term: term, degraded: degraded)
         guard length > 0 else { return false }
-        return ports.publish(
+        let written = ports.publish(
             UnsafeRawBufferPointer(rebasing: frame[0..<length]), beat: k, targetWallNs: targetWallNs,
             degraded: degraded)
+        if written { lastWritten = OwnFrame(length: length, index: k, term: term, hlc: stamp) }
+        return written
     }
 
     /// Beat `k` went by without this node emitting it as a change's first
@@ -293,6 +297,16 @@ public final class BeatShell {
         guard let p = (core?.machine.timeline ?? local)?.pendingEpoch, k >= p.startBeat else { return }
         announcedChangeBeat = max(announcedChangeBeat, p.startBeat)
     }
+
+    /// What this node knows of the frame it wrote last (still in `frame`;
+    /// length 0: none), so that its echo needs no parse (issue 24).
+    private struct OwnFrame {
+        var length: Int
+        var index: Int64
+        var term: UInt64
+        var hlc: HLCStamp
+    }
+    private var lastWritten = OwnFrame(length: 0, index: -1, term: 0, hlc: .zero)
 
     /// Arms the timer for the next beat's target in the current mode.
     public func armNext() {
@@ -336,6 +350,49 @@ public final class BeatShell {
         }
         mergeRemote(frame.hlc, wallNs: wallNs)
         return .accept
+    }
+
+    /// The publisher's own echo without a parse (issue 24): when `payload`
+    /// is byte for byte the frame this node wrote last, it is judged
+    /// (`EchoPolicy.judgeOwn`: the same checks, verdict and fence as `judge`
+    /// on the decoded frame) and, accepted, observed as `hear` observes it;
+    /// returns the verdict and the frame's index. Nil when the bytes are not
+    /// that frame (decode them and call `hear`) or before the committed
+    /// timeline. One compare of the frame's bytes; allocation-free.
+    public func hearOwn(_ payload: UnsafeRawBufferPointer, wallNs: Int64, policy: inout EchoPolicy) -> (
+        verdict: EchoVerdict, index: Int64
+    )? {
+        let own = lastWritten
+        guard own.length > 0, payload.count == own.length, started, let t = timeline,
+            Self.equalBytes(payload, UnsafeRawBufferPointer(rebasing: frame[0..<own.length]))
+        else { return nil }
+        let timelineNs = core?.referenceSync?.referenceNs(atLocal: wallNs) ?? wallNs
+        let verdict = policy.judgeOwn(
+            suffix: ownSuffix, index: own.index, term: own.term, timeline: t, atTimelineNs: timelineNs, ownTerm: term)
+        guard verdict == .accept else { return (verdict, own.index) }
+        planner.observe(index: own.index, wallNs: wallNs, fromLeaderElsewhere: false, term: own.term)
+        mergeRemote(own.hlc, wallNs: wallNs)
+        return (.accept, own.index)
+    }
+
+    /// Byte equality of two buffers of the same length, eight bytes at a time.
+    private static func equalBytes(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+        let n = a.count
+        guard n == b.count else { return false }
+        var i = 0
+        while i + 8 <= n {
+            if a.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+                != b.loadUnaligned(fromByteOffset: i, as: UInt64.self)
+            {
+                return false
+            }
+            i += 8
+        }
+        while i < n {
+            if a[i] != b[i] { return false }
+            i += 1
+        }
+        return true
     }
 
     /// Merges a peer's timestamp into the HLC (§3: beat frames and Raft

@@ -754,9 +754,14 @@ final class Simulation {
             switch item {
             case .completion: preconditionFailure("store completions have their own slot, never the doorway")
             case .nats(let f):
-                // The service's path: the decoded bytes (decoded once, when
-                // the node handed them off: the decoder is a pure function),
-                // then the echo policy in the beat shell.
+                // The service's path: its own last frame by its bytes (no
+                // parse), else the decoded bytes (decoded once, when the node
+                // handed them off: the decoder is a pure function); then the
+                // echo policy in the beat shell.
+                if let own = f.bytes.withUnsafeBytes({ n.beat.hearOwn($0, wallNs: wall(n), policy: &n.echo) }) {
+                    if case .reject = own.verdict { n.refusedEchoes += 1 }
+                    continue
+                }
                 guard let frame = f.decoded else { preconditionFailure("a frame on the subject was never decoded") }
                 if case .reject(let why)? = n.beat.hear(frame, wallNs: wall(n), policy: &n.echo) {
                     n.refusedEchoes += 1

@@ -174,3 +174,51 @@ final class EchoPolicyTests: XCTestCase {
         XCTAssertEqual(judge(2), .reject(.termStale))
     }
 }
+
+/// The node's own frame, recognised by its bytes (issue 24), is judged on its
+/// suffix, index and term exactly as the decoded frame would be: same verdict
+/// and the same term fence afterwards, for every case the decoded path sees.
+final class EchoPolicyOwnFrameTests: XCTestCase {
+    private let timeline = Timeline(
+        epoch: TempoEpoch(startBeat: 0, startNs: 1_756_987_200_000_000_000, bpm: 300), bar: 8, phaseCount: 1)
+
+    func testJudgeOwnAgreesWithTheDecodedJudgement() {
+        let now = timeline.instantNs(ofBeat: 100) + 5_000_000
+        let suffixes = ["ab-1", "zz-9"]
+        let indices: [Int64] = [0, 98, 99, 100, 101, 102, Int64.max]
+        let terms: [UInt64] = [0, 1, 2, 3, 9, 12, UInt64.max]
+        var cases = 0
+        for suffix in suffixes {
+            for index in indices {
+                for term in terms {
+                    for fence: UInt64 in [0, 2] {
+                        var decoded = EchoPolicy(
+                            clusterId: "c1", publishers: .known(["ab-1"]), maxTermLead: EchoPolicy.clusterTermLead)
+                        if fence > 0 {  // raise the fence with an accepted frame of that term
+                            let first = decodedFrame(index: 100, suffix: "ab-1", term: fence)
+                            XCTAssertEqual(
+                                decoded.judge(first, timeline: timeline, atTimelineNs: now, ownTerm: 3), .accept)
+                        }
+                        var own = decoded
+                        let a = decoded.judge(
+                            decodedFrame(index: index, suffix: suffix, term: term), timeline: timeline,
+                            atTimelineNs: now, ownTerm: 3)
+                        let b = own.judgeOwn(
+                            suffix: suffix, index: index, term: term, timeline: timeline, atTimelineNs: now, ownTerm: 3)
+                        XCTAssertEqual(a, b, "\(suffix) \(index) \(term) fence \(fence)")
+                        XCTAssertEqual(decoded.lastTermSeen, own.lastTermSeen, "\(suffix) \(index) \(term)")
+                        cases += 1
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(cases, 196)
+    }
+
+    private func decodedFrame(index: Int64, suffix: String, term: UInt64) -> DecodedBeatFrame {
+        DecodedBeatFrame(
+            clusterId: "c1", beatIndex: index, downbeat: false, phase: "p",
+            hlc: HLCStamp(wallMs: 1_756_987_200_000, counter: 0), hlcSuffix: suffix, deadlineUnixMs: 0, tempoBpm: 300,
+            windowId: String(repeating: "0", count: 32), term: term, degraded: false)
+    }
+}

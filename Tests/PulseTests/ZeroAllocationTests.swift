@@ -10,6 +10,17 @@ import XCTest
 @testable import Pulse
 
 final class ZeroAllocationTests: XCTestCase {
+    /// A beat driver at 600 bpm, timer only, on `link` (tests drive `emitBeat` themselves).
+    private static func driver(loop: EventLoop, link: NatsLink, cluster: String, subject: String) throws -> BeatDriver {
+        let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns() - 2_000_000_000, bpm: 600)
+        return try BeatDriver(
+            loop: loop, nats: link, logger: Logger(label: "test"),
+            timeline: Timeline(epoch: epoch, bar: 8, phaseCount: 3),
+            placeholder: Timeline(epoch: epoch, bar: 8, phaseCount: 3),
+            clusterId: cluster, phases: ["plan", "work", "review"], nodeId: "node-0001",
+            subject: subject, maxOffsetMs: 500, spinMaxUs: 0)
+    }
+
     func testJemallocCounterIsLive() throws {
         let counter = try XCTUnwrap(cloop_thread_allocated_counter(), "jemalloc must be the process allocator")
         let before = counter.pointee
@@ -42,23 +53,9 @@ final class ZeroAllocationTests: XCTestCase {
     private func beatPathAllocatesNothing(signer: PublicationSigner?) throws -> [ReceivedFrame] {
         let nats = try NatsServer()
         let subscriber = try Subscriber(url: nats.url, subject: "backbeat.alloc.beat")
-        let loop = try EventLoop()
-        loop.bindToCurrentThread()
-        let logger = Logger(label: "test")
-        let link = NatsLink(url: nats.url, name: "alloc-test", loop: loop, logger: logger)
-        link.signer = signer
-        try link.start()
-        XCTAssertTrue(
-            Harness.waitUntil(seconds: 10) {
-                loop.turn(timeoutNs: 10_000_000)
-                return link.isConnected
-            }, "connected to nats-server")
-        let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns() - 2_000_000_000, bpm: 600)
-        let driver = try BeatDriver(
-            loop: loop, nats: link, logger: logger, timeline: Timeline(epoch: epoch, bar: 8, phaseCount: 3),
-            placeholder: Timeline(epoch: epoch, bar: 8, phaseCount: 3),
-            clusterId: "alloc", phases: ["plan", "work", "review"], nodeId: "node-0001",
-            subject: "backbeat.alloc.beat", maxOffsetMs: 500, spinMaxUs: 0)
+        let (loop, link) = try Harness.connectedLink(url: nats.url, name: "alloc-test")
+        link.signer = signer  // read at each publish only
+        let driver = try Self.driver(loop: loop, link: link, cluster: "alloc", subject: "backbeat.alloc.beat")
         driver.start()
         driver.stop()  // the test drives emitBeat itself
         driver.prepareWindowIds(forBeat: 0)
@@ -91,6 +88,62 @@ final class ZeroAllocationTests: XCTestCase {
             }, "subscriber received \(subscriber.count) of \(warmup + measured)")
         link.close()
         return subscriber.received
+    }
+
+    /// The publisher hears its own frame's echo by its bytes (issue 24): the
+    /// frame as a subscriber received it is the shell's last frame (accepted,
+    /// its index, observed: the subject's highest index moves); any other
+    /// byte string (the previous beat's frame, one byte changed, a prefix, a
+    /// longer payload) is not, and goes to the decoder. Its judgement is the
+    /// echo policy's (a late echo is refused as the decoded one would be),
+    /// and hearing it allocates nothing.
+    func testOwnEchoIsHeardByItsBytesOnly() throws {
+        let nats = try NatsServer()
+        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.echo.beat")
+        let (loop, link) = try Harness.connectedLink(url: nats.url, name: "echo-test")
+        let driver = try Self.driver(loop: loop, link: link, cluster: "echo", subject: "backbeat.echo.beat")
+        driver.start()
+        driver.stop()  // the test drives emitBeat itself
+        let now = cloop_realtime_ns()
+        let current = driver.timeline.beat(atOrBeforeNs: now)
+        driver.prepareWindowIds(forBeat: current)
+        XCTAssertTrue(driver.emitBeat(index: current - 1, nowNs: now).published)
+        XCTAssertTrue(driver.emitBeat(index: current, nowNs: now).published)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 5) {
+                loop.turn(timeoutNs: 1_000_000)
+                return subscriber.count >= 2
+            }, "both frames received")
+        let frames = subscriber.received.map { [UInt8]($0.raw) }
+        var policy = EchoPolicy.singleNode(clusterId: "echo", ownSuffix: driver.ownSuffix)
+        func hear(_ bytes: [UInt8], at wallNs: Int64 = now) -> (verdict: EchoVerdict, index: Int64)? {
+            bytes.withUnsafeBytes { driver.shell.hearOwn($0, wallNs: wallNs, policy: &policy) }
+        }
+        XCTAssertNil(hear(frames[0]), "the previous beat's frame")
+        var changed = frames[1]
+        changed[changed.count / 2] ^= 0x01
+        XCTAssertNil(hear(changed), "one byte changed")
+        XCTAssertNil(hear(Array(frames[1].dropLast())), "a prefix")
+        XCTAssertNil(hear(frames[1] + [0x20]), "a longer payload")
+        let seenBefore = driver.shell.lastSeenIndex
+        let heard = try XCTUnwrap(hear(frames[1]), "the last frame's echo is heard")
+        XCTAssertEqual(heard.verdict, .accept)
+        XCTAssertEqual(heard.index, current)
+        XCTAssertEqual(driver.shell.lastSeenIndex, max(seenBefore, current), "observed like a decoded echo")
+        let late =
+            now + 10 * (driver.timeline.instantNs(ofBeat: current + 1) - driver.timeline.instantNs(ofBeat: current))
+        XCTAssertEqual(hear(frames[1], at: late)?.verdict, .reject(.indexBehind), "judged by the echo policy")
+        let counter = try XCTUnwrap(cloop_thread_allocated_counter())
+        let before = counter.pointee
+        var accepted = 0
+        frames[1].withUnsafeBytes { bytes in
+            for _ in 0..<1000 where driver.shell.hearOwn(bytes, wallNs: now, policy: &policy)?.verdict == .accept {
+                accepted += 1
+            }
+        }
+        XCTAssertEqual(counter.pointee - before, 0, "hearing the own echo allocates nothing")
+        XCTAssertEqual(accepted, 1000)
+        link.close()
     }
 
     func testTimerDrivenBeatsCountNoHotPathBytes() throws {

@@ -113,6 +113,12 @@ struct NatsLinkStats {
     var staleAborts: UInt64 = 0
     /// natsConnection objects created (one per connect, reconnects included).
     var connections: UInt64 = 0
+    /// Beat frames written by the loop itself; of them, taken only in part by
+    /// the socket (the tail written later); frames the full socket refused
+    /// at once (handed to the client instead).
+    var directFrames: UInt64 = 0
+    var directPartial: UInt64 = 0
+    var directWouldBlock: UInt64 = 0
 }
 
 /// A NATS connection whose socket is served by an `EventLoop`.
@@ -145,6 +151,16 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     private var readWanted = false
     /// The library asked for write interest and has bytes buffered.
     private var writeWanted = false
+    /// Beat frames go straight to the socket (`publish(subject:bytes:length:)`)
+    /// on a plain-text connection; TLS records are the client's to write.
+    private let directWrites: Bool
+    /// One `PUB` composed for a direct write, allocated once.
+    private let directBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 8)
+    /// The unwritten tail of a direct write the socket took only in part
+    /// (`directBuffer[directSent..<directEnd]`): it goes out before anything
+    /// of the client's, so the protocol stream stays whole.
+    private var directSent = 0
+    private var directEnd = 0
     private(set) var stats = NatsLinkStats()
     private var connectThread: pthread_t?
     private var closed = false
@@ -193,7 +209,10 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         self.url = url
         self.redactedURL = NatsAuth.redact(url)
         self.security = security
-        self.servers = (try? Self.serverList(url)) ?? [url]
+        let servers = (try? Self.serverList(url)) ?? [url]
+        self.servers = servers
+        self.directWrites =
+            security.caPath.isEmpty && security.certPath.isEmpty && !servers.contains { $0.hasPrefix("tls://") }
         self.name = name
         self.loop = loop
         self.logger = logger
@@ -208,6 +227,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
 
     deinit {
         if let options { natsOptions_Destroy(options) }
+        directBuffer.deallocate()
     }
 
     /// Splits `-nats` into server URLs: one URL, or a comma-separated list as
@@ -524,8 +544,16 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             stats.publishErrors &+= 1
             return false
         }
-        let status = natsConnection_Publish(
-            connection, subject, frame?.baseAddress ?? bytes, Int32(frame?.count ?? length))
+        let out = frame?.baseAddress ?? bytes
+        let outLength = frame?.count ?? length
+        switch writeDirect(subject: subject, bytes: out, length: outLength) {
+        case .written: return true
+        case .failed:
+            stats.publishErrors &+= 1
+            return false
+        case .notTaken: break
+        }
+        let status = natsConnection_Publish(connection, subject, out, Int32(outLength))
         flush()
         if status != NATS_OK {
             stats.publishErrors &+= 1
@@ -786,9 +814,97 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         publish(subject: "_BACKBEAT.warmup", payload: Data(repeating: 0x20, count: 1024))
     }
 
+    /// What became of a direct write.
+    private enum DirectWrite { case written, failed, notTaken }
+
+    /// The beat frame's `PUB` written by the loop itself, one `write(2)` as
+    /// the client would make, without its connection mutex, protocol
+    /// buffer and write-interest callbacks (issue 24: they were most of the
+    /// pulse's send path beyond a bare program's). Only when the client has
+    /// nothing buffered (so the stream's order is the calls' order) on a
+    /// plain-text connection; the client writes everything else, and this
+    /// frame too when the socket would block at once. A write the socket
+    /// takes only in part keeps its tail (`directSent..<directEnd`), written
+    /// before the client's bytes. Loop thread; allocation-free.
+    private func writeDirect(subject: UnsafePointer<CChar>, bytes: UnsafeRawPointer, length: Int) -> DirectWrite {
+        guard directWrites, socketFd >= 0, !writeWanted, directEnd == 0, let base = directBuffer.baseAddress else {
+            return .notTaken
+        }
+        let subjectLength = strlen(subject)
+        guard 4 + subjectLength + 1 + 20 + 2 + length + 2 <= directBuffer.count else { return .notTaken }
+        // "PUB <subject> <length>\r\n<bytes>\r\n", composed in place (no closures: a
+        // debug build would box their captures).
+        let out = base.assumingMemoryBound(to: UInt8.self)
+        out[0] = 0x50  // P
+        out[1] = 0x55  // U
+        out[2] = 0x42  // B
+        out[3] = 0x20
+        memcpy(out + 4, subject, subjectLength)
+        var n = 4 + subjectLength
+        out[n] = 0x20
+        n += 1
+        var digits = 1
+        var rest = length / 10
+        while rest > 0 {
+            digits += 1
+            rest /= 10
+        }
+        var value = length
+        var i = digits - 1
+        while i >= 0 {
+            out[n + i] = UInt8(truncatingIfNeeded: 48 + value % 10)
+            value /= 10
+            i -= 1
+        }
+        n += digits
+        out[n] = 0x0D
+        out[n + 1] = 0x0A
+        n += 2
+        memcpy(out + n, bytes, length)
+        n += length
+        out[n] = 0x0D
+        out[n + 1] = 0x0A
+        n += 2
+        let written = Glibc.write(socketFd, base, n)
+        if written >= 0 { stats.directFrames &+= 1 }
+        if written == n { return .written }
+        if written >= 0 {
+            stats.directPartial &+= 1
+            directSent = written
+            directEnd = n
+            if let socketToken { loop.modify(token: socketToken, interest: UInt32(CLOOP_READ | CLOOP_WRITE)) }
+            return .written
+        }
+        guard errno == EAGAIN || errno == EWOULDBLOCK else { return .failed }
+        stats.directWouldBlock &+= 1
+        return .notTaken
+    }
+
+    /// Writes the tail of a partial direct write; true when none is left.
+    private func writeDirectTail() -> Bool {
+        while directEnd > 0 {
+            let written = Glibc.write(socketFd, directBuffer.baseAddress! + directSent, directEnd - directSent)
+            if written < 0 {
+                // Would block: wait for write interest. Broken: the client reads the error.
+                if errno != EAGAIN && errno != EWOULDBLOCK {
+                    directSent = 0
+                    directEnd = 0
+                }
+                return directEnd == 0
+            }
+            directSent += written
+            if directSent == directEnd {
+                directSent = 0
+                directEnd = 0
+            }
+        }
+        return true
+    }
+
     /// Writes what the client has buffered, if it asked to. Registers write
     /// interest only when the socket would block.
     func flush() {
+        if directEnd > 0, socketFd >= 0, !writeDirectTail() { return }
         guard writeWanted, let attachedConnection else { return }
         natsConnection_ProcessWriteEvent(attachedConnection)
         if writeWanted, let socketToken {
@@ -929,6 +1045,10 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             for subscription in loopSubscriptions { subscription.drain() }
         }
         if events & UInt32(CLOOP_WRITE) != 0, attachedConnection != nil {
+            if directEnd > 0 {
+                guard writeDirectTail() else { return }
+                if !writeWanted, let socketToken { loop.modify(token: socketToken, interest: UInt32(CLOOP_READ)) }
+            }
             natsConnection_ProcessWriteEvent(nc)
         }
     }
@@ -1045,7 +1165,8 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
 
     fileprivate func setWriteInterest(_ add: Bool) {
         writeWanted = add
-        guard !add, let socketToken, loop.interest(token: socketToken) & UInt32(CLOOP_WRITE) != 0 else { return }
+        guard !add, directEnd == 0, let socketToken, loop.interest(token: socketToken) & UInt32(CLOOP_WRITE) != 0
+        else { return }
         loop.modify(token: socketToken, interest: UInt32(CLOOP_READ))
     }
 
@@ -1060,6 +1181,8 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         }
         txBase = -1
         pendingTxKey = nil
+        directSent = 0
+        directEnd = 0
         if librarySocket >= 0 {
             if let processClose = natsProcessCloseEvent { processClose(&librarySocket) }
             librarySocket = -1

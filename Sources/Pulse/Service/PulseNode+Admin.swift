@@ -298,6 +298,15 @@ extension PulseNode: AdminBackend {
 
     /// One message from the beat subject (see `subscribeBeats`).
     func handleEcho(_ payload: UnsafeRawBufferPointer, receivedNs: Int64, policy: inout EchoPolicy) {
+        // The node's own last frame, recognised by its bytes (issue 24): the
+        // same judgement and the same effects without the parse; decoded as
+        // any other frame while a live stream wants it.
+        if (admin?.events?.streamCount ?? 0) == 0,
+            let own = beats.shell.hearOwn(payload, wallNs: receivedNs, policy: &policy)
+        {
+            heardOwn(own.verdict, index: own.index, receivedNs: receivedNs)
+            return
+        }
         let frame: DecodedBeatFrame
         switch BeatFrameDecoder.result(payload) {
         case .failure(let error):
@@ -322,6 +331,18 @@ extension PulseNode: AdminBackend {
         }
         metrics.deliveryObserved(latencyNs: receivedNs - beats.timeline.instantNs(ofBeat: frame.beatIndex))
         liveFrameSeen(frame, receivedNs: receivedNs)
+    }
+
+    /// The rest of `handleEcho` for the node's own last frame (judged and
+    /// observed by `BeatShell.hearOwn`), whose index is all it needs.
+    private func heardOwn(_ verdict: EchoVerdict, index: Int64, receivedNs: Int64) {
+        if case .reject(let why) = verdict {
+            rejected.record(.beatSubject, why.rawValue)
+            return
+        }
+        if handOverPending && index >= beats.stats.lastBeatIndex { handOver() }
+        if adminTransfer != nil && index >= beats.stats.lastBeatIndex { startAdminTransfer() }
+        metrics.deliveryObserved(latencyNs: receivedNs - beats.timeline.instantNs(ofBeat: index))
     }
 
     static func errorBody(_ message: String, _ code: String) -> Data {

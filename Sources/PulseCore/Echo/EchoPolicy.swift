@@ -99,18 +99,32 @@ public struct EchoPolicy: Sendable, Hashable {
         _ frame: DecodedBeatFrame, timeline: Timeline, atTimelineNs timelineNs: Int64, ownTerm: UInt64
     ) -> EchoVerdict {
         guard frame.clusterId == clusterId else { return .reject(.wrongCluster) }
-        if case .known(let suffixes) = publishers, !suffixes.contains(frame.hlcSuffix) {
+        return judgeOwn(
+            suffix: frame.hlcSuffix, index: frame.beatIndex, term: frame.term, timeline: timeline,
+            atTimelineNs: timelineNs, ownTerm: ownTerm)
+    }
+
+    /// Judges this node's own frame, recognised without a parse (its bytes
+    /// equal the frame it last wrote, so its cluster id is this cluster's by
+    /// construction): checks 2 to 4 on its HLC `suffix`, `index` and `term`,
+    /// with the same outcome and the same fence update as `judge` on the
+    /// decoded frame. `judge` ends here too.
+    public mutating func judgeOwn(
+        suffix: String, index: Int64, term: UInt64, timeline: Timeline, atTimelineNs timelineNs: Int64,
+        ownTerm: UInt64
+    ) -> EchoVerdict {
+        if case .known(let suffixes) = publishers, !suffixes.contains(suffix) {
             return .reject(.unknownPublisher)
         }
-        guard frame.term >= lastTermSeen else { return .reject(.termStale) }
+        guard term >= lastTermSeen else { return .reject(.termStale) }
         let (ceiling, overflow) = ownTerm.addingReportingOverflow(maxTermLead)
-        guard overflow || frame.term <= ceiling else { return .reject(.termAhead) }
+        guard overflow || term <= ceiling else { return .reject(.termAhead) }
         let current = timeline.beat(atOrBeforeNs: timelineNs)
         let (low, lowOverflow) = current.subtractingReportingOverflow(1)
         let (high, highOverflow) = current.addingReportingOverflow(1)
-        guard lowOverflow || frame.beatIndex >= low else { return .reject(.indexBehind) }
-        guard highOverflow || frame.beatIndex <= high else { return .reject(.indexAhead) }
-        lastTermSeen = max(lastTermSeen, min(frame.term, ownTerm))
+        guard lowOverflow || index >= low else { return .reject(.indexBehind) }
+        guard highOverflow || index <= high else { return .reject(.indexAhead) }
+        lastTermSeen = max(lastTermSeen, min(term, ownTerm))
         return .accept
     }
 }

@@ -154,6 +154,12 @@ final class NatsServer {
         }
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the server: it reads nothing meanwhile.
+    func pause(_ paused: Bool) {
+        guard let process, process.isRunning else { return }
+        kill(process.processIdentifier, paused ? SIGSTOP : SIGCONT)
+    }
+
     func stop() {
         guard let process, process.isRunning else { return }
         process.terminate()

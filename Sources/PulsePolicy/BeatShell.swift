@@ -338,7 +338,7 @@ public final class BeatShell {
     /// the committed timeline: nothing to judge against (ignored, not counted).
     public func hear(_ frame: DecodedBeatFrame, wallNs: Int64, policy: inout EchoPolicy) -> EchoVerdict? {
         guard started, let t = timeline else { return nil }
-        let timelineNs = core?.referenceSync?.referenceNs(atLocal: wallNs) ?? wallNs
+        let timelineNs = echoClockNs(wallNs)
         let verdict = policy.judge(frame, timeline: t, atTimelineNs: timelineNs, ownTerm: term)
         guard verdict == .accept else { return verdict }
         let fromOthers = frame.hlcSuffix != ownSuffix
@@ -366,7 +366,7 @@ public final class BeatShell {
         guard own.length > 0, payload.count == own.length, started, let t = timeline,
             Self.equalBytes(payload, UnsafeRawBufferPointer(rebasing: frame[0..<own.length]))
         else { return nil }
-        let timelineNs = core?.referenceSync?.referenceNs(atLocal: wallNs) ?? wallNs
+        let timelineNs = echoClockNs(wallNs)
         let verdict = policy.judgeOwn(
             suffix: ownSuffix, index: own.index, term: own.term, timeline: t, atTimelineNs: timelineNs, ownTerm: term)
         guard verdict == .accept else { return (verdict, own.index) }
@@ -393,6 +393,18 @@ public final class BeatShell {
             i += 1
         }
         return true
+    }
+
+    /// Local wall time `wallNs` on the clock frames are judged on: a degraded
+    /// node's peers publish in turns measured on the lowest voter's clock,
+    /// the one its own turns use (`degradedReference`); otherwise the last
+    /// leader's. (Judging degraded frames on the last leader's stale
+    /// estimate refused the frame the planner would place next: 100,000-seed
+    /// run, seed 4515 and six others.)
+    private func echoClockNs(_ wallNs: Int64) -> Int64 {
+        guard let core else { return wallNs }
+        let reference = core.degraded ? core.degradedReference : core.referenceSync
+        return reference?.referenceNs(atLocal: wallNs) ?? wallNs
     }
 
     /// Merges a peer's timestamp into the HLC (§3: beat frames and Raft

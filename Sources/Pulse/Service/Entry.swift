@@ -14,88 +14,45 @@ public enum PulseEntry {
     /// Parses the command line and runs a node or the watcher; never returns.
     public static func main() -> Never {
         let environment = ProcessInfo.processInfo.environment
-        var arguments = Array(CommandLine.arguments.dropFirst())
-
-        func fail(_ message: String, status: Int32) -> Never {
-            FileHandle.standardError.write(Data("pulse: error: \(message)\n".utf8))
-            exit(status)
-        }
-
-        /// Prints help for `--help`/`-help`/`-h` and exits; otherwise returns.
-        func handleHelp<Command: ParsableArguments>(_ type: Command.Type, _ arguments: [String], preface: String) {
-            if arguments.contains(where: { ["-h", "-help", "--help"].contains($0) }) {
-                print(preface)
-                print(type.helpMessage(columns: 100))
-                exit(0)
-            }
-        }
+        let arguments = Array(CommandLine.arguments.dropFirst())
 
         if arguments.contains(where: { ["-version", "--version"].contains($0) }) || arguments.first == "version" {
             print(BuildInfo.line)
             exit(0)
         }
 
-        if arguments.first == "watch" {
-            arguments.removeFirst()
+        switch arguments.first {
+        case "watch":
+            let watchArguments = Array(arguments.dropFirst())
             handleHelp(
-                WatchCommand.self, arguments, preface: "pulse watch: show a cluster's BeatFrames live, one line each.\n"
-            )
+                WatchCommand.self, watchArguments,
+                preface: "pulse watch: show a cluster's BeatFrames live, one line each.\n")
+            let normalized: [String]
             do {
-                let options = try WatchCommand.parse(GoSwitches.normalize(arguments, switches: ["raw"]).arguments)
-                exit(try Watcher(options: options).run(environment: environment))
-            } catch let error as PulseError {
-                fail(error.description, status: 1)
+                normalized = try GoSwitches.normalize(watchArguments, switches: ["raw"]).arguments
             } catch {
-                fail(
-                    WatchCommand.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)",
-                    status: 2)
+                fail(firstLine(WatchCommand.message(for: error)), status: 2)
             }
-        }
-
-        if arguments.first == "members" {
-            arguments.removeFirst()
-            handleHelp(
-                MembersCommand.self, arguments,
+            runTool(WatchCommand.self, normalized, preface: "") {
+                try Watcher(options: $0).run(environment: environment)
+            }
+        case "members":
+            runTool(
+                MembersCommand.self, Array(arguments.dropFirst()),
                 preface:
                     "pulse members: list the voters, add or remove one (a change at a time, through the leader), or transfer leadership.\n"
-            )
-            do {
-                exit(try MembersCommand.parse(arguments).run(environment: environment))
-            } catch let error as PulseError {
-                if case .config = error { fail(error.description, status: 2) }
-                fail(error.description, status: 1)
-            } catch {
-                fail(
-                    MembersCommand.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)",
-                    status: 2)
-            }
-        }
-
-        if arguments.first == "backup" || arguments.first == "restore" {
-            let backup = arguments.removeFirst() == "backup"
-            if backup {
-                handleHelp(
-                    BackupCommand.self, arguments,
-                    preface: "pulse backup: save a running cluster's committed timeline to a file (GET /backup).\n")
-            } else {
-                handleHelp(
-                    RestoreCommand.self, arguments,
-                    preface: "pulse restore: seed a new node's data dir from a backup, to continue the same timeline.\n"
-                )
-            }
-            do {
-                exit(
-                    backup
-                        ? try BackupCommand.parse(arguments).run(environment: environment)
-                        : try RestoreCommand.parse(arguments).run())
-            } catch let error as PulseError {
-                if case .config = error { fail(error.description, status: 2) }
-                fail(error.description, status: 1)
-            } catch {
-                let message =
-                    backup ? BackupCommand.message(for: error) : RestoreCommand.message(for: error)
-                fail(message.split(separator: "\n").first.map(String.init) ?? "\(error)", status: 2)
-            }
+            ) { try $0.run(environment: environment) }
+        case "backup":
+            runTool(
+                BackupCommand.self, Array(arguments.dropFirst()),
+                preface: "pulse backup: save a running cluster's committed timeline to a file (GET /backup).\n"
+            ) { try $0.run(environment: environment) }
+        case "restore":
+            runTool(
+                RestoreCommand.self, Array(arguments.dropFirst()),
+                preface: "pulse restore: seed a new node's data dir from a backup, to continue the same timeline.\n"
+            ) { try $0.run() }
+        default: break
         }
 
         handleHelp(
@@ -113,6 +70,11 @@ public enum PulseEntry {
 
                 """)
 
+        runNode(arguments, environment: environment)
+    }
+
+    /// `pulse [flags]`: runs a node until SIGINT/SIGTERM.
+    static func runNode(_ arguments: [String], environment: [String: String]) -> Never {
         let config: PulseConfig
         do {
             config = try PulseCommand.parseConfig(arguments, environment: environment)
@@ -133,5 +95,48 @@ public enum PulseEntry {
             fail("\(error)", status: 1)
         }
         exit(0)
+    }
+
+    /// The first line of an argument parser's message.
+    static func firstLine(_ message: String) -> String {
+        message.split(separator: "\n").first.map(String.init) ?? message
+    }
+
+    /// One line on stderr and exit `status`.
+    static func fail(_ message: String, status: Int32) -> Never {
+        FileHandle.standardError.write(Data("pulse: error: \(message)\n".utf8))
+        exit(status)
+    }
+
+    /// Prints help for `--help`/`-help`/`-h` and exits; otherwise returns.
+    static func handleHelp<Command: ParsableArguments>(_ type: Command.Type, _ arguments: [String], preface: String) {
+        if arguments.contains(where: { ["-h", "-help", "--help"].contains($0) }) {
+            print(preface)
+            print(type.helpMessage(columns: 100))
+            exit(0)
+        }
+    }
+
+    /// A subcommand (`watch`, `members`, `backup`, `restore`): help, parse,
+    /// run, and exit with its status; a configuration error or a command
+    /// line it cannot use exits 2 (one line), any other failure 1.
+    static func runTool<Command: ParsableArguments>(
+        _ type: Command.Type, _ arguments: [String], preface: String, run: (Command) throws -> Int32
+    ) -> Never {
+        handleHelp(type, arguments, preface: preface)
+        let command: Command
+        do {
+            command = try type.parse(arguments)
+        } catch {
+            fail(firstLine(type.message(for: error)), status: 2)
+        }
+        do {
+            exit(try run(command))
+        } catch let error as PulseError {
+            if case .config = error { fail(error.description, status: 2) }
+            fail(error.description, status: 1)
+        } catch {
+            fail(firstLine(type.message(for: error)), status: 2)
+        }
     }
 }

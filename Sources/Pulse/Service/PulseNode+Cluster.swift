@@ -154,53 +154,12 @@ extension PulseNode {
                         "a membership change is not committed yet; retry when GET /members shows change_pending false",
                     leader: nil))
         }
-        let voterIds = cluster.voters.map(\.id)
-        var add: Peer?
-        var remove: NodeID?
-        switch request {
-        case .add(let name, let raft):
-            guard var peer = try? PeerList.parsePeer(raft) else {
-                return reply(
-                    .refused(status: 400, code: "invalid_field", message: "raft must be host:port", leader: nil))
-            }
-            peer.name = name
-            peer.hasId = name != peer.address
-            peer.raftId = PeerList.stableId(name)
-            if voterIds.contains(peer.raftId) {
-                return reply(
-                    .refused(status: 409, code: "already_member", message: "\(name) is a voter already", leader: nil))
-            }
-            // Frames are told apart by the last 4 characters of the node id (PeerList.checkSuffixes).
-            if peer.hasId,
-                let clash = cluster.voters.compactMap(\.peer).first(where: {
-                    $0.hasId && $0.name != name && $0.name.suffix(4) == name.suffix(4)
-                })
-            {
-                return reply(
-                    .refused(
-                        status: 400, code: "name_collision",
-                        message:
-                            "\(name) ends in the same 4 characters as the voter \(clash.name); choose another name",
-                        leader: nil))
-            }
-            add = peer
-        case .remove(let name):
-            let id =
-                cluster.voters.first(where: { $0.peer?.name == name })?.id ?? PeerList.stableId(name)
-            guard voterIds.contains(id) else {
-                return reply(.refused(status: 404, code: "not_member", message: "\(name) is not a voter", leader: nil))
-            }
-            // The leader leaves without a hand-over otherwise: an election, and beats missed meanwhile.
-            if id == cluster.peers.me.raftId {
-                return reply(
-                    .refused(
-                        status: 409, code: "is_leader",
-                        message: "\(name) leads: hand leadership over first (pulse members transfer), then remove it",
-                        leader: nil))
-            }
-            remove = id
+        let change: (add: Peer?, remove: NodeID?)
+        switch Self.validated(request, cluster: cluster) {
+        case .success(let valid): change = valid
+        case .failure(let refusal): return reply(refusal.answer)
         }
-        let outcome = cluster.proposeMembership(add: add, remove: remove) { [weak self] outcome in
+        let outcome = cluster.proposeMembership(add: change.add, remove: change.remove) { [weak self] outcome in
             guard let self, let body = self.members() else { return }
             switch outcome {
             case .committed: reply(.done(status: 200, body))
@@ -229,6 +188,56 @@ extension PulseNode {
                     leader: nil))
         case .invalid(let why):
             reply(.refused(status: 400, code: "invalid_change", message: why, leader: nil))
+        }
+    }
+
+    /// A membership refusal, as an error so `validated` can return it.
+    struct Refusal: Error { let answer: MembershipAnswer }
+
+    /// The voter to add or remove for `request`, or the 4xx that refuses it.
+    static func validated(_ request: MembershipRequest, cluster: ClusterNode) -> Result<
+        (add: Peer?, remove: NodeID?), Refusal
+    > {
+        func refuse(_ status: Int, _ code: String, _ message: String) -> Result<(add: Peer?, remove: NodeID?), Refusal>
+        {
+            .failure(Refusal(answer: .refused(status: status, code: code, message: message, leader: nil)))
+        }
+        let voterIds = cluster.voters.map(\.id)
+        switch request {
+        case .add(let name, let raft):
+            guard var peer = try? PeerList.parsePeer(raft) else {
+                return refuse(400, "invalid_field", "raft must be host:port")
+            }
+            peer.name = name
+            peer.hasId = name != peer.address
+            peer.raftId = PeerList.stableId(name)
+            if voterIds.contains(peer.raftId) {
+                return refuse(409, "already_member", "\(name) is a voter already")
+            }
+            // Frames are told apart by the last 4 characters of the node id (PeerList.checkSuffixes).
+            if peer.hasId,
+                let clash = cluster.voters.compactMap(\.peer).first(where: {
+                    $0.hasId && $0.name != name && $0.name.suffix(4) == name.suffix(4)
+                })
+            {
+                return refuse(
+                    400, "name_collision",
+                    "\(name) ends in the same 4 characters as the voter \(clash.name); choose another name")
+            }
+            return .success((add: peer, remove: nil))
+        case .remove(let name):
+            let id =
+                cluster.voters.first(where: { $0.peer?.name == name })?.id ?? PeerList.stableId(name)
+            guard voterIds.contains(id) else {
+                return refuse(404, "not_member", "\(name) is not a voter")
+            }
+            // The leader leaves without a hand-over otherwise: an election, and beats missed meanwhile.
+            if id == cluster.peers.me.raftId {
+                return refuse(
+                    409, "is_leader",
+                    "\(name) leads: hand leadership over first (pulse members transfer), then remove it")
+            }
+            return .success((add: nil, remove: id))
         }
     }
 

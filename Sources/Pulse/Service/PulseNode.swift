@@ -128,42 +128,48 @@ final class PulseNode: LoopHandler {
                 certPath: config.raftTLSCert, keyPath: config.raftTLSKey, caPath: config.raftTLSCA, peers: peers)
         }
         if let peers {
-            // Degrade after a few beats without a leader, but never before a
-            // few election timeouts (an election in progress is not an outage).
-            let periodNs = 60_000_000_000 / Int64(config.bpm)
-            var timing = ClusterTiming()
-            timing.tickNs = Int64(config.heartbeatMs) * 1_000_000
-            timing.electionTicks = config.electionTimeoutMs / config.heartbeatMs
-            timing.compactEvery = UInt64(config.raftCompactEvery)
-            timing.degradeAfterNs =
-                config.degradeAfterMs > 0
-                ? Int64(config.degradeAfterMs) * 1_000_000
-                : max(3 * periodNs, 3 * Int64(config.electionTimeoutMs) * 1_000_000)
-            let cluster = try ClusterNode(
-                peers: peers, timing: timing, dataDir: dataDir.path,
-                bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, shape: flags, loop: loop,
-                rejected: rejected, logger: logger, tls: raftTLS, joining: config.join, sync: metrics.diskSync)
-            self.cluster = cluster
-            cluster.onEvent = { [unowned self] event in self.clusterEvent(event) }
-            beats.shell.core = cluster.core  // the committed timeline's one owner
-            tempo.persistAppliedEpochs = false
-            tempo.canCommit = { [unowned cluster] in cluster.isLeader }
-            tempo.leaderKnown = { [unowned cluster] in cluster.leaderPeer != nil }
-            tempo.commit = { [unowned cluster] change, justification, done in
-                cluster.propose(.tempo(atBeat: change.atBeat, bpm: change.bpm, justification: justification)) {
-                    outcome in
-                    switch outcome {
-                    case .committed: done(nil)
-                    case .refused: done("no_leader")
-                    case .unknown: done("outcome_unknown")  // fault 4: it may still take effect
-                    }
-                }
-            }
+            try attachCluster(peers: peers, flags: flags)
         } else {
             tempo.useDataDirCommit()
         }
         signalToken = try loop.watchSignals([SIGINT, SIGTERM, SIGHUP], handler: self)
         housekeepingToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
+    }
+
+    /// Builds the Raft cluster (-peers) and hands it the committed timeline
+    /// and the tempo commit path.
+    private func attachCluster(peers: PeerList, flags: TimelineShape) throws {
+        // Degrade after a few beats without a leader, but never before a
+        // few election timeouts (an election in progress is not an outage).
+        let periodNs = 60_000_000_000 / Int64(config.bpm)
+        var timing = ClusterTiming()
+        timing.tickNs = Int64(config.heartbeatMs) * 1_000_000
+        timing.electionTicks = config.electionTimeoutMs / config.heartbeatMs
+        timing.compactEvery = UInt64(config.raftCompactEvery)
+        timing.degradeAfterNs =
+            config.degradeAfterMs > 0
+            ? Int64(config.degradeAfterMs) * 1_000_000
+            : max(3 * periodNs, 3 * Int64(config.electionTimeoutMs) * 1_000_000)
+        let cluster = try ClusterNode(
+            peers: peers, timing: timing, dataDir: dataDir.path,
+            bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, shape: flags, loop: loop,
+            rejected: rejected, logger: logger, tls: raftTLS, joining: config.join, sync: metrics.diskSync)
+        self.cluster = cluster
+        cluster.onEvent = { [unowned self] event in self.clusterEvent(event) }
+        beats.shell.core = cluster.core  // the committed timeline's one owner
+        tempo.persistAppliedEpochs = false
+        tempo.canCommit = { [unowned cluster] in cluster.isLeader }
+        tempo.leaderKnown = { [unowned cluster] in cluster.leaderPeer != nil }
+        tempo.commit = { [unowned cluster] change, justification, done in
+            cluster.propose(.tempo(atBeat: change.atBeat, bpm: change.bpm, justification: justification)) {
+                outcome in
+                switch outcome {
+                case .committed: done(nil)
+                case .refused: done("no_leader")
+                case .unknown: done("outcome_unknown")  // fault 4: it may still take effect
+                }
+            }
+        }
     }
 
     /// The committed timeline and its shape: from the data dir, or a new one

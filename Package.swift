@@ -142,6 +142,11 @@ let package = Package(
             path: "Tests/ClusterSimTests"
         ),
         .testTarget(
+            name: "KVLeaseTests",
+            dependencies: ["PulsePolicy", "PulseCore"],
+            path: "Tests/KVLeaseTests"
+        ),
+        .testTarget(
             name: "RaftTests",
             dependencies: ["Raft"],
             path: "Tests/RaftTests"

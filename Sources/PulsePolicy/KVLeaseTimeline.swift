@@ -1,0 +1,134 @@
+// PulsePolicy/KVLeaseTimeline.swift — the committed timeline in KV mode
+// (issue 21), pure. One key (`timeline`, in a bucket without TTL) holds the
+// whole state machine as a record: the writer's fencing token (`term`, its
+// lease revision) and the `ClusterState` a snapshot holds. Only a lease
+// holder writes it, with compare-and-set on the revision it last applied;
+// every node watches the key and applies each record in revision order, the
+// KV's linearizable order, so all nodes pass through the same states.
+//
+// Fencing across the two keys (the lease's revision does not guard another
+// key): a new holder first writes the record it knows, re-stamped with its
+// own term (`termStart`), and publishes only once the watch applied a record
+// of its term (`holderReady`, as a Raft leader waits for its term's first
+// entry). That write moves the key's revision, so any write prepared by an
+// earlier holder — a stale one woken from a stall included — fails on the
+// revision; a stale write stored before it is seen by the new holder, whose
+// CAS then conflicts: it re-reads (the watch) and writes again.
+//
+// Tempo (§5) as in Raft mode: the holder places a change with the same
+// rules (`ReplicatedTimeline.apply`), holds the barrier at its apply beat
+// while the write is in flight (`TempoBarrier` semantics: no beat at or after
+// it is published with the old tempo), and answers `outcome_unknown` when
+// the write's fate is unknown. Records are untrusted input: a record that
+// does not decode or holds a state the math refuses is refused and counted,
+// and changes nothing.
+import Foundation
+import PulseCore
+
+/// The `timeline` key's value.
+public struct KVTimelineRecord: Codable, Equatable, Sendable {
+    /// The writer's fencing token (its lease revision).
+    public var term: UInt64
+    public var state: ClusterState
+
+    public init(term: UInt64, state: ClusterState) {
+        self.term = term
+        self.state = state
+    }
+
+    /// The largest record accepted from the KV.
+    public static let maxBytes = 4096
+
+    public func encoded() -> [UInt8] {
+        guard let data = try? canonicalEncoder().encode(self) else { preconditionFailure("KVTimelineRecord encoding") }
+        return [UInt8](data)
+    }
+
+    /// The record in `bytes`, validated as a snapshot is (`validatedSnapshot`); nil when refused.
+    public static func decoded(_ bytes: [UInt8], bar: Int) -> KVTimelineRecord? {
+        guard bytes.count <= maxBytes,
+            let record = try? JSONDecoder().decode(KVTimelineRecord.self, from: Data(bytes)),
+            ReplicatedTimeline.validatedSnapshot(canonicalEncoderBytes(record.state), bar: bar) != nil
+        else { return nil }
+        return record
+    }
+
+    private static func canonicalEncoderBytes(_ state: ClusterState) -> [UInt8] {
+        (try? canonicalEncoder().encode(state)).map { [UInt8]($0) } ?? []
+    }
+}
+
+/// What applying a watched record did, for the beat side (the same meaning
+/// as the Raft mode's `.applied` / `.restored` events).
+public enum KVTimelineChange: Equatable, Sendable {
+    /// The first state (the epoch): start the beats.
+    case started(TempoEpoch)
+    /// A new pending tempo change (as placed).
+    case tempo(TempoChange)
+    /// The record only re-stamped the state (a new holder's term start).
+    case restamped(term: UInt64)
+    /// Not applied: does not decode, out of range, or an older revision.
+    case refused(String)
+    /// The committed shape is not this node's flags: stop before publishing.
+    case shapeMismatch(String)
+}
+
+/// A node's view of the KV timeline: what it applied and what a holder writes.
+public struct KVLeaseTimeline: Sendable {
+    public private(set) var machine: ReplicatedTimeline
+    /// The key's revision of the last applied record (0: none yet).
+    public private(set) var revision: UInt64 = 0
+    /// The term of the last applied record.
+    public private(set) var recordTerm: UInt64 = 0
+
+    public init(flags: TimelineShape) {
+        machine = ReplicatedTimeline(flags: flags)
+    }
+
+    /// Whether the holder of `term` may publish: a record of its term applied.
+    public func holderReady(term: UInt64) -> Bool { term > 0 && recordTerm == term && machine.timeline != nil }
+
+    /// Applies the record the watch saw at `revision` (a delete or purge is
+    /// not a record: the adapter never hands one here).
+    public mutating func apply(_ bytes: [UInt8], revision rev: UInt64) -> KVTimelineChange {
+        guard rev > revision else { return .refused("old revision") }
+        guard let record = KVTimelineRecord.decoded(bytes, bar: machine.bar) else { return .refused("bad record") }
+        let before = machine.state
+        var next = machine
+        switch next.adopt(record.state) {
+        case .shapeMismatch(let why): return .shapeMismatch(why)
+        case .refused(let why): return .refused(why)
+        default: break
+        }
+        guard let after = next.state, let timeline = next.timeline else { return .refused("no timeline") }
+        machine = next
+        revision = rev
+        recordTerm = record.term
+        guard let before else { return .started(timeline.epoch) }
+        if let p = after.pending, p != before.pending { return .tempo(TempoChange(p)) }
+        return .restamped(term: record.term)
+    }
+
+    /// A write for the holder of `term`: the record `command` leads to from
+    /// the applied state, and the revision to compare-and-set on (0: create).
+    /// Nil when the command changes nothing or is refused by the rules.
+    public func write(_ command: ClusterCommand, term: UInt64) -> (
+        value: [UInt8], lastRevision: UInt64, applied: AppliedCommand
+    )? {
+        var next = machine
+        let applied = next.apply(command)
+        switch applied {
+        case .epoch, .tempo: break
+        default: return nil
+        }
+        guard let state = next.state else { return nil }
+        return (KVTimelineRecord(term: term, state: state).encoded(), revision, applied)
+    }
+
+    /// The term-start write of a new holder: the applied state re-stamped
+    /// with its term (nil before any state: the holder writes the epoch).
+    public func termStart(term: UInt64) -> (value: [UInt8], lastRevision: UInt64)? {
+        guard let state = machine.state else { return nil }
+        return (KVTimelineRecord(term: term, state: state).encoded(), revision)
+    }
+}

@@ -1,9 +1,10 @@
 // BackbeatClient/BackbeatClient.swift — owns a consumer's connection to a
 // BACKBEAT cluster: the NATS C client in its default threaded mode (its own
 // reader and delivery threads; no event loop of ours), the timeline fetched
-// by request/reply on `backbeat.<cluster>.timeline` and kept current from the
-// leader's publications there, the frames on `backbeat.<cluster>.beat` judged
-// by `FrameTracker`, and the events as an `AsyncStream`.
+// by request/reply on `backbeat.<cluster>.request.timeline` and kept current
+// from the leader's publications on `backbeat.<cluster>.timeline`, the frames
+// on `backbeat.<cluster>.beat` judged by `FrameTracker`, and the events as an
+// `AsyncStream`.
 //
 // Guarantees:
 // - A late joiner knows the current beat and phase one NATS round trip after
@@ -16,7 +17,8 @@
 //   roll a committed tempo change back.
 // - One message cannot move the consumer (issue 20, item 2): only replies to
 //   this client's own timeline requests are adopted. A publication on the
-//   timeline subject (which consumers may publish on too) that claims
+//   timeline subject (which a consumer may publish on where the server has
+//   no permissions; docs/decisions.md "Request subjects") that claims
 //   something newer is a hint: it triggers a request, and the answer is what
 //   counts. Frames are judged by `FrameTracker` (fence raised only by
 //   confirmed terms); a frame with a newer term, a mismatch or repeated stale
@@ -88,9 +90,18 @@ public struct BackbeatClientOptions: Sendable {
         self.eventBuffer = eventBuffer
     }
 
-    public var beatSubject: String { "backbeat.\(clusterId).beat" }
-    public var timelineSubject: String { "backbeat.\(clusterId).timeline" }
-    public var controlSubject: String { "backbeat.\(clusterId).control" }
+    /// The cluster's subjects (docs/protocol.md "Subjects").
+    public var subjects: BackbeatSubjects { BackbeatSubjects(clusterId: clusterId) }
+    /// Frames.
+    public var beatSubject: String { subjects.beat }
+    /// The leader's timeline publications.
+    public var timelineSubject: String { subjects.timeline }
+    /// The leader's tempo announcements.
+    public var controlSubject: String { subjects.control }
+    /// Where this client asks for the timeline.
+    public var timelineRequestSubject: String { subjects.timelineRequest }
+    /// Where this client asks for a tempo change.
+    public var controlRequestSubject: String { subjects.controlRequest }
 }
 
 public enum BackbeatClientError: Error, Sendable, CustomStringConvertible {
@@ -117,7 +128,7 @@ public enum BackbeatClientError: Error, Sendable, CustomStringConvertible {
     }
 }
 
-/// A tempo change the cluster accepted (`202` on `backbeat.<cluster>.control` or `POST /tempo`).
+/// A tempo change the cluster accepted (`202` on `backbeat.<cluster>.request.control` or `POST /tempo`).
 public struct TempoScheduled: Sendable, Hashable {
     public var tempoBpm: Int64
     public var previousBpm: Int64
@@ -198,9 +209,8 @@ public final class BackbeatClient: @unchecked Sendable {
         let deadline = started + options.connectTimeoutMs * 1_000_000
         try open(deadline: deadline)
         // The first timeline, asked until the deadline; the subscriptions come
-        // after it (so every frame is judged with it, and our own subscription
-        // on the timeline subject cannot swallow these requests: NATS answers
-        // "no responders" at once while no pulse listens).
+        // after it (so every frame is judged with it; NATS answers "no
+        // responders" at once while no pulse listens).
         var last = "no time left to ask"
         while Self.localNs() < deadline {
             let remainingMs = (deadline - Self.localNs()) / 1_000_000
@@ -218,7 +228,8 @@ public final class BackbeatClient: @unchecked Sendable {
             let server = connectedUrl()
             close()
             throw BackbeatClientError.noPulse(
-                server: server, subject: options.timelineSubject, waitedMs: (Self.localNs() - started) / 1_000_000,
+                server: server, subject: options.timelineRequestSubject,
+                waitedMs: (Self.localNs() - started) / 1_000_000,
                 timeoutMs: options.connectTimeoutMs, cause: last)
         }
         try subscribe()
@@ -389,7 +400,7 @@ public final class BackbeatClient: @unchecked Sendable {
         guard let nc else { throw BackbeatClientError.closed }
         var reply: OpaquePointer?
         let sentNs = localNow()
-        let status = natsConnection_RequestString(&reply, nc, options.timelineSubject, "{}", timeoutMs)
+        let status = natsConnection_RequestString(&reply, nc, options.timelineRequestSubject, "{}", timeoutMs)
         let answeredNs = localNow()
         guard status == NATS_OK, let reply else { throw BackbeatClientError.noTimeline(Self.text(status)) }
         defer { natsMsg_Destroy(reply) }
@@ -434,7 +445,7 @@ public final class BackbeatClient: @unchecked Sendable {
     }
 
     /// Asks the cluster to change the tempo (request/reply on the control
-    /// subject; the leader answers). Returns the scheduled change, or throws
+    /// request subject; the leader answers). Returns the scheduled change, or throws
     /// ``TempoRequestRefused`` with the API's status and code unchanged. `token` is
     /// the admin token when the cluster has one.
     public func requestTempo(bpm: Int64, justification: String, token: String? = nil) async throws -> TempoScheduled {
@@ -449,11 +460,11 @@ public final class BackbeatClient: @unchecked Sendable {
                 guard let nc else { return done.resume(throwing: BackbeatClientError.closed) }
                 var reply: OpaquePointer?
                 let status = natsConnection_RequestString(
-                    &reply, nc, options.controlSubject, payload, options.requestTimeoutMs)
+                    &reply, nc, options.controlRequestSubject, payload, options.requestTimeoutMs)
                 guard status == NATS_OK, let reply else {
                     return done.resume(
                         throwing: BackbeatClientError.noTimeline(
-                            "tempo request on \(options.controlSubject): \(Self.text(status))"))
+                            "tempo request on \(options.controlRequestSubject): \(Self.text(status))"))
                 }
                 done.resume(returning: Data(bytes: natsMsg_GetData(reply), count: Int(natsMsg_GetDataLength(reply))))
                 natsMsg_Destroy(reply)

@@ -13,6 +13,7 @@
 import CLoop
 import CNats
 import Foundation
+import PulseCore
 
 #if canImport(Glibc)
     import Glibc
@@ -100,7 +101,7 @@ final class RequestFlood: WindowLoad {
         guard status == NATS_OK else { throw BenchError("flood inbox: \(natsStatusText(status))") }
         natsSubscription_SetPendingLimits(subscription, 1 << 20, 1 << 30)
         natsConnection_Flush(connection)
-        let subject = timelineRequestSubject("bench")
+        let subject = BackbeatSubjects(clusterId: "bench").timelineRequest
         let perMs = max(1, ratePerSecond / 1000)
         // Bounded in time whatever happens to `stop`.
         let deadline = cloop_monotonic_ns() + Int64(ctx.options.seconds + 10) * 1_000_000_000
@@ -158,9 +159,6 @@ func runFloodScenario(_ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsFloo
     )
     return result
 }
-
-/// Where timeline requests go for `cluster` (the node answers there).
-func timelineRequestSubject(_ cluster: String) -> String { "backbeat.\(cluster).timeline" }
 
 /// `backbeat_rejected_input_total{surface="timeline_subject",reason="over_budget"}` of `pulse`.
 private func overBudgetCount(_ pulse: PulseRun) -> Double? {

@@ -21,7 +21,7 @@ final class ClientAPIProcessTests: XCTestCase {
             XCTFail("connected with no pulse")
         } catch BackbeatClientError.noPulse(let server, let subject, let waitedMs, let timeoutMs, _) {
             let took = Date().timeIntervalSince(began)
-            XCTAssertEqual(subject, "backbeat.nobody.timeline")
+            XCTAssertEqual(subject, "backbeat.nobody.request.timeline")
             XCTAssertEqual(server, nats.url)
             XCTAssertEqual(timeoutMs, 1500)
             XCTAssertGreaterThanOrEqual(waitedMs, 1500)
@@ -31,7 +31,7 @@ final class ClientAPIProcessTests: XCTestCase {
             _ = try await BackbeatClient.connect(options)
         } catch {
             let line = "\(error)"
-            for part in ["backbeat.nobody.timeline", nats.url, "1.5 s"] {
+            for part in ["backbeat.nobody.request.timeline", nats.url, "1.5 s"] {
                 XCTAssertTrue(line.contains(part), "\(line) does not name \(part)")
             }
             XCTAssertFalse(line.contains("\n"))
@@ -61,7 +61,7 @@ final class ClientAPIProcessTests: XCTestCase {
         example.waitUntilExit()
         XCTAssertEqual(example.terminationStatus, 1)
         XCTAssertEqual(output.filter { $0 == "\n" }.count, 1, output)
-        XCTAssertTrue(output.contains("backbeat.nobody.timeline") && output.contains(nats.url), output)
+        XCTAssertTrue(output.contains("backbeat.nobody.request.timeline") && output.contains(nats.url), output)
     }
 
     func testRequestTempoPositionAndClockOffset() async throws {

@@ -305,7 +305,7 @@ private func wallNowNs() -> Int64 {
 }
 
 /// Any NATS client: publishes raw bytes (optionally with a reply subject) and makes requests.
-private final class RawNats {
+final class RawNats {
     private var connection: OpaquePointer?
 
     init(url: String) throws {

@@ -77,9 +77,19 @@ func (o *Options) defaults() {
 	}
 }
 
+// The cluster's subjects (docs/protocol.md "Subjects"): the leader publishes
+// frames on beat and timeline publications on timeline; a consumer asks on the
+// request subjects, the only ones the shipped NATS permissions let it publish on.
 func (o *Options) beatSubject() string     { return "backbeat." + o.Cluster + ".beat" }
 func (o *Options) timelineSubject() string { return "backbeat." + o.Cluster + ".timeline" }
-func (o *Options) controlSubject() string  { return "backbeat." + o.Cluster + ".control" }
+
+// TimelineRequestSubject is where a consumer asks for the timeline.
+func (o *Options) TimelineRequestSubject() string {
+	return "backbeat." + o.Cluster + ".request.timeline"
+}
+
+// ControlRequestSubject is where a tool asks for a tempo change.
+func (o *Options) ControlRequestSubject() string { return "backbeat." + o.Cluster + ".request.control" }
 
 // ConnectError is Connect's one error: which server, which subject, how long
 // it waited (and was willing to), and the last cause.
@@ -184,13 +194,12 @@ func Connect(opts Options) (*Client, error) {
 	if last != nil {
 		server := nc.ConnectedUrl()
 		nc.Close()
-		return nil, &ConnectError{Server: server, Subject: opts.timelineSubject(), Timeout: opts.ConnectTimeout,
+		return nil, &ConnectError{Server: server, Subject: opts.TimelineRequestSubject(), Timeout: opts.ConnectTimeout,
 			Waited: waited(), Cause: last.Error()}
 	}
 	// Subscribed once the timeline (and the clock offset) is known: every
-	// frame is judged against it, and our own subscription on the timeline
-	// subject cannot swallow the requests above (NATS answers "no responders"
-	// at once while no pulse listens).
+	// frame is judged against it (NATS answers the requests above with "no
+	// responders" at once while no pulse listens).
 	for subject, handler := range map[string]nats.MsgHandler{
 		opts.beatSubject(): c.onBeat, opts.timelineSubject(): c.onTimeline,
 	} {
@@ -331,7 +340,7 @@ func (c *Client) Conn() *nats.Conn { return c.nc }
 // fetch asks for the timeline once and adopts the answer.
 func (c *Client) fetch(timeout time.Duration) (*Timeline, error) {
 	sent := c.opts.LocalClock()
-	msg, err := c.nc.Request(c.opts.timelineSubject(), []byte("{}"), timeout)
+	msg, err := c.nc.Request(c.opts.TimelineRequestSubject(), []byte("{}"), timeout)
 	answered := c.opts.LocalClock()
 	if err != nil {
 		return nil, err
@@ -712,7 +721,7 @@ func (e *RefusalError) Error() string {
 }
 
 // RequestTempo asks the cluster to change the tempo (request/reply on the
-// control subject; the leader answers). It returns the scheduled change, or
+// control request subject; the leader answers). It returns the scheduled change, or
 // a *RefusalError carrying the API's status and code unchanged. token is the
 // admin token when the cluster has one ("" otherwise).
 func (c *Client) RequestTempo(ctx context.Context, bpm int64, justification, token string) (TempoScheduled, error) {
@@ -729,9 +738,9 @@ func (c *Client) RequestTempo(ctx context.Context, bpm int64, justification, tok
 		ctx, cancel = context.WithTimeout(ctx, c.opts.RequestTimeout)
 		defer cancel()
 	}
-	msg, err := c.nc.RequestWithContext(ctx, c.opts.controlSubject(), data)
+	msg, err := c.nc.RequestWithContext(ctx, c.opts.ControlRequestSubject(), data)
 	if err != nil {
-		return TempoScheduled{}, fmt.Errorf("backbeat: tempo request on %s: %w", c.opts.controlSubject(), err)
+		return TempoScheduled{}, fmt.Errorf("backbeat: tempo request on %s: %w", c.opts.ControlRequestSubject(), err)
 	}
 	var reply struct {
 		Status int    `json:"status"`

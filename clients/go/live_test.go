@@ -412,11 +412,11 @@ func TestLiveConnectFailsClearly(t *testing.T) {
 	if !errors.As(err, &ce) {
 		t.Fatalf("want a *ConnectError, got %v", err)
 	}
-	if ce.Subject != "backbeat.nobody.timeline" || ce.Server != url || took < 1500*time.Millisecond ||
+	if ce.Subject != "backbeat.nobody.request.timeline" || ce.Server != url || took < 1500*time.Millisecond ||
 		took > 3*time.Second {
 		t.Errorf("%+v after %v", ce, took)
 	}
-	for _, want := range []string{"backbeat.nobody.timeline", url, "1.5s"} {
+	for _, want := range []string{"backbeat.nobody.request.timeline", url, "1.5s"} {
 		if !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%q does not name %q on one line", err.Error(), want)
 		}
@@ -449,7 +449,7 @@ func TestExampleFailsWithOneLine(t *testing.T) {
 		t.Fatalf("exit: %v", err)
 	}
 	line := stderr.String()
-	if strings.Count(line, "\n") != 1 || !strings.Contains(line, "backbeat.nope.timeline") ||
+	if strings.Count(line, "\n") != 1 || !strings.Contains(line, "backbeat.nope.request.timeline") ||
 		!strings.Contains(line, fmt.Sprint(port)) || !strings.Contains(line, "1s") || stdout.Len() != 0 {
 		t.Errorf("stderr %q, stdout %q", line, stdout.String())
 	}

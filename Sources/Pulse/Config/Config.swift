@@ -16,6 +16,7 @@
 import ArgumentParser
 import Foundation
 import Glibc
+import PulseCore
 
 /// Errors that stop the pulse before it serves: one line each.
 enum PulseError: Error, CustomStringConvertible {
@@ -96,8 +97,10 @@ struct PulseConfig: Sendable {
 
     var raftTLSEnabled: Bool { !raftTLSCert.isEmpty }
 
-    var beatSubject: String { "backbeat.\(clusterId).beat" }
-    var controlSubject: String { "backbeat.\(clusterId).control" }
+    /// This cluster's NATS subjects (PulseCore `BackbeatSubjects`).
+    var subjects: BackbeatSubjects { BackbeatSubjects(clusterId: clusterId) }
+    var beatSubject: String { subjects.beat }
+    var controlSubject: String { subjects.control }
 
     /// Checks every rule; the first violation is the error.
     func validate() throws {

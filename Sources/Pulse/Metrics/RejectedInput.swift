@@ -7,9 +7,9 @@
 enum InputSurface: String, CaseIterable, Sendable {
     /// Frames on `backbeat.<cluster>.beat` (echoes of this cluster's beats).
     case beatSubject = "beat_subject"
-    /// Requests on `backbeat.<cluster>.control`.
+    /// Requests on `backbeat.<cluster>.request.control` and `.control`.
     case controlSubject = "control_subject"
-    /// Requests on `backbeat.<cluster>.timeline`.
+    /// Requests on `backbeat.<cluster>.request.timeline` and `.timeline`.
     case timelineSubject = "timeline_subject"
     /// Raft transport frames: decode, header, and the core's own refusals.
     case raft

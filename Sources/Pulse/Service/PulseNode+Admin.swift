@@ -158,8 +158,8 @@ extension PulseNode: AdminBackend {
     /// Longest reply subject answered (client inboxes are about 50 bytes).
     static let maxReplySubjectBytes = 256
 
-    /// Tempo requests over NATS request/reply on the control subject; the
-    /// reply is the HTTP body plus `"status"`. Messages without a reply
+    /// Tempo requests over NATS request/reply on the control request subject
+    /// (and the control subject); the reply is the HTTP body plus `"status"`. Messages without a reply
     /// subject (such as our own announcements) are ignored.
     ///
     /// Boundary (requirements §10), checked in this order by the node that
@@ -173,12 +173,15 @@ extension PulseNode: AdminBackend {
     /// `invalid_field`). Refused requests also count as tempo refusals.
     func subscribeControl() {
         let token = config.adminToken.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
-        nats.subscribe(subject: config.controlSubject, rejected: rejected, surface: .controlSubject) {
-            [weak self] message in
-            // Only a node that can commit answers: followers stay silent so
-            // that the leader's answer is the one the requester gets.
-            guard let self, let reply = message.reply, self.tempo.canCommit() else { return }
-            self.handleControl(message.data, reply: reply, token: token)
+        // The request subject (the one consumers may publish on) and the
+        // control subject itself (requirements §5, servers without permissions).
+        for subject in [config.subjects.controlRequest, config.controlSubject] {
+            nats.subscribe(subject: subject, rejected: rejected, surface: .controlSubject) { [weak self] message in
+                // Only a node that can commit answers: followers stay silent so
+                // that the leader's answer is the one the requester gets.
+                guard let self, let reply = message.reply, self.tempo.canCommit() else { return }
+                self.handleControl(message.data, reply: reply, token: token)
+            }
         }
     }
 

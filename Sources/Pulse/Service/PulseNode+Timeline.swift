@@ -1,7 +1,7 @@
 // Service: the committed timeline for consumers (requirements §12) — the body
-// of `GET /timeline`, the request/reply on `backbeat.<cluster>.timeline`
-// (answered by every node that has a committed timeline, from its own applied
-// state), and the leader's publication there whenever the committed state
+// of `GET /timeline`, the request/reply on `backbeat.<cluster>.request.timeline`
+// and `.timeline` (answered by every node that has a committed timeline, from
+// its own applied state), and the leader's publication on `.timeline` whenever the committed state
 // changes: the epoch is committed or adopted, a tempo change is committed (as
 // soon as it is, not only when it applies), a change applies, leadership moves.
 //
@@ -32,8 +32,8 @@ protocol TimelineChangeListener: AnyObject {
 }
 
 extension PulseConfig {
-    /// Where the timeline is answered and published.
-    var timelineSubject: String { "backbeat.\(clusterId).timeline" }
+    /// Where the timeline is published (and answered, requirements §12).
+    var timelineSubject: String { subjects.timeline }
 }
 
 extension PulseNode: TimelineChangeListener {
@@ -62,16 +62,19 @@ extension PulseNode: TimelineChangeListener {
             now_ns: timelineNs(forLocalNs: cloop_realtime_ns()))
     }
 
-    /// Wires the timeline service: answers requests on the timeline subject
-    /// and publishes changes heard from the tempo controller.
+    /// Wires the timeline service: answers requests on the request subject
+    /// (the one consumers may publish on) and on the timeline subject
+    /// (requirements §12, for servers without permissions), and publishes
+    /// changes heard from the tempo controller.
     func startTimelineService() {
         tempo.timelineListener = self
         let cache = TimelineReplyCache()
-        nats.subscribe(subject: config.timelineSubject, rejected: rejected, surface: .timelineSubject) {
-            [weak self] message in
-            // Publications (ours and other nodes') carry no reply subject.
-            guard let self, let reply = message.reply else { return }
-            self.answerTimelineRequest(size: message.data.count, reply: reply, cache: cache)
+        for subject in [config.subjects.timelineRequest, config.timelineSubject] {
+            nats.subscribe(subject: subject, rejected: rejected, surface: .timelineSubject) { [weak self] message in
+                // Publications (ours and other nodes') carry no reply subject.
+                guard let self, let reply = message.reply else { return }
+                self.answerTimelineRequest(size: message.data.count, reply: reply, cache: cache)
+            }
         }
     }
 

@@ -235,6 +235,8 @@ func runPulse(_ arguments: [String], environment: [String: String] = [:], timeou
 struct ReceivedFrame {
     let raw: Data
     let receivedNs: Int64
+    /// The subject it arrived on.
+    var subject = ""
     var text: String { String(decoding: raw, as: UTF8.self) }
     var object: [String: Any] { (try? JSONSerialization.jsonObject(with: raw) as? [String: Any]) ?? [:] }
 }
@@ -258,9 +260,10 @@ final class Subscriber {
                 clock_gettime(CLOCK_REALTIME, &ts)
                 let now = Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
                 let data = Data(bytes: natsMsg_GetData(msg), count: Int(natsMsg_GetDataLength(msg)))
+                let subject = String(cString: natsMsg_GetSubject(msg))
                 natsMsg_Destroy(msg)
                 Unmanaged<Subscriber>.fromOpaque(closure!).takeUnretainedValue().append(
-                    ReceivedFrame(raw: data, receivedNs: now))
+                    ReceivedFrame(raw: data, receivedNs: now, subject: subject))
             }, Unmanaged.passUnretained(self).toOpaque())
         guard status == NATS_OK else { throw NSError(domain: "subscribe: \(status)", code: 3) }
         natsConnection_Flush(connection)

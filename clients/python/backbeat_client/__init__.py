@@ -44,7 +44,7 @@ from .signing import PublicationVerifier
 __all__ = [
     "Timeline", "BeatInfo", "BeatPosition", "Frame", "FrameError", "TimelineError", "FrameTracker", "Event",
     "BackbeatClient", "NoPulseError", "TempoScheduled", "TempoRefused", "decode_frame", "decode_timeline",
-    "PublicationVerifier",
+    "PublicationVerifier", "timeline_request_subject", "control_request_subject",
 ]
 
 NS_PER_MINUTE = 60_000_000_000
@@ -61,6 +61,17 @@ STALE_REFUSALS_BEFORE_RECHECK = 2
 RECHECK_INTERVAL_S = 0.2
 CLAIM_FOLLOW_UPS = 4
 CLAIM_FOLLOW_UP_S = 0.05
+
+
+def timeline_request_subject(cluster: str) -> str:
+    """Where a consumer asks for the timeline: the request subject, which the shipped NATS
+    permissions let consumers publish on and pulses never publish on (docs/protocol.md)."""
+    return f"backbeat.{cluster}.request.timeline"
+
+
+def control_request_subject(cluster: str) -> str:
+    """Where a tool asks for a tempo change (request/reply; the leader answers)."""
+    return f"backbeat.{cluster}.request.control"
 
 
 class TimelineError(ValueError):
@@ -840,9 +851,9 @@ class BackbeatClient:
         except (NoServersError, OSError, asyncio.TimeoutError) as e:
             cause = client._last_error or str(e) or type(e).__name__
             raise NoPulseError(listed, "", time.monotonic() - started, connect_timeout, cause) from None
-        # The first timeline, then the subscriptions (every frame is judged with it, and our own
-        # subscription cannot swallow these requests: NATS answers "no responders" at once).
-        subject = f"backbeat.{cluster}.timeline"
+        # The first timeline, then the subscriptions (every frame is judged with it; NATS answers
+        # "no responders" at once while no pulse listens).
+        subject = timeline_request_subject(cluster)
         last = "no time left to ask"
         while time.monotonic() < deadline:
             try:
@@ -859,7 +870,7 @@ class BackbeatClient:
             await client.nc.close()
             raise NoPulseError(server, subject, time.monotonic() - started, connect_timeout, last)
         client._subs.append(await client.nc.subscribe(f"backbeat.{cluster}.beat", cb=client._on_beat))
-        client._subs.append(await client.nc.subscribe(subject, cb=client._on_timeline))
+        client._subs.append(await client.nc.subscribe(f"backbeat.{cluster}.timeline", cb=client._on_timeline))
         await client.nc.flush(timeout=max(0.1, deadline - time.monotonic()))  # subscribed at the server on return
         if clock_sample_interval > 0:
             client._sampler = asyncio.get_running_loop().create_task(client._sample_clock(clock_sample_interval))
@@ -877,13 +888,13 @@ class BackbeatClient:
         self._last_error = str(e) or type(e).__name__  # the cause connect's NoPulseError names
 
     async def request_tempo(self, bpm: int, justification: str, token: Optional[str] = None) -> TempoScheduled:
-        """Asks the cluster to change the tempo (request/reply on the control subject; the leader
-        answers). Returns the scheduled change, or raises TempoRefused with the API's status and code
+        """Asks the cluster to change the tempo (request/reply on the control request subject; the
+        leader answers). Returns the scheduled change, or raises TempoRefused with the API's status and code
         unchanged. `token` is the admin token when the cluster has one."""
         body = {"tempo_bpm": bpm, "justification": justification}
         if token is not None:
             body["token"] = token
-        msg = await self.nc.request(f"backbeat.{self.cluster}.control", json.dumps(body).encode(),
+        msg = await self.nc.request(control_request_subject(self.cluster), json.dumps(body).encode(),
                                     timeout=self.request_timeout)
         reply = json.loads(msg.data)
         if reply.get("status") != 202 or "code" in reply:
@@ -924,7 +935,7 @@ class BackbeatClient:
 
     async def fetch_timeline(self, timeout: Optional[float] = None) -> Timeline:
         sent = self._local_clock()
-        msg = await self.nc.request(f"backbeat.{self.cluster}.timeline", b"{}",
+        msg = await self.nc.request(timeline_request_subject(self.cluster), b"{}",
                                     timeout=self.request_timeout if timeout is None else timeout)
         answered = self._local_clock()
         refusal = self._signature_refusal(msg.data)

@@ -38,9 +38,9 @@ async def no_pulse(url, failures):
     except NoPulseError as e:
         took = time.monotonic() - began
         line = str(e)
-        if e.subject != "backbeat.nobody.timeline" or url not in e.server or not 1.5 <= took < 3:
+        if e.subject != "backbeat.nobody.request.timeline" or url not in e.server or not 1.5 <= took < 3:
             failures.append(f"no pulse: {e!r} after {took:.2f} s")
-        if "\n" in line or not all(part in line for part in ("backbeat.nobody.timeline", url, "1.5 s")):
+        if "\n" in line or not all(part in line for part in ("backbeat.nobody.request.timeline", url, "1.5 s")):
             failures.append(f"not one line naming subject, server and wait: {line}")
     dead = f"nats://127.0.0.1:{free_port()}"
     began = time.monotonic()
@@ -54,7 +54,7 @@ async def no_pulse(url, failures):
     example = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "python", "consumer.py"), url, "nobody",
                               "1"], capture_output=True, text=True, timeout=20,
                              env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "clients", "python")))
-    if example.returncode != 1 or example.stderr.count("\n") != 1 or "backbeat.nobody.timeline" not in example.stderr:
+    if example.returncode != 1 or example.stderr.count("\n") != 1 or "backbeat.nobody.request.timeline" not in example.stderr:
         failures.append(f"example: exit {example.returncode}, stderr {example.stderr!r}")
 
 
@@ -133,7 +133,7 @@ REFUSALS_SEEN = set()  # (code, status) answered over HTTP and NATS in api()
 async def api(cluster, leader, failures):
     observed = []  # (subject, role, bytes) for check_asyncapi
     raw = await nats.connect(cluster.url)
-    for name in ("beat", "timeline", "control"):
+    for name in ("beat", "timeline", "control", "request.timeline", "request.control"):
         async def seen(msg, name=name):
             observed.append((msg.subject, "request" if msg.reply else "publication", msg.data))
         await raw.subscribe(f"backbeat.{CLUSTER}.{name}", cb=seen)
@@ -200,9 +200,10 @@ async def api(cluster, leader, failures):
         failures.append(f"only {client.clock_offset()[2] - samples} clock samples in 2 s (want one every 200 ms)")
     print(f"python client: clock offset {offset} ± {bound} ns (true {-SKEW_NS})")
     # Replies, as a requester sees them: a timeline, an error, a refusal and an acceptance.
-    for subject, body in ((f"backbeat.{CLUSTER}.timeline", b"{}"), (f"backbeat.{CLUSTER}.timeline", b'{"pad":"' + b"x" * 2000 + b'"}'),
-                          (f"backbeat.{CLUSTER}.control", b'{"tempo_bpm":1000,"justification":"raw"}'),
-                          (f"backbeat.{CLUSTER}.control", b'{"tempo_bpm":240,"justification":"raw"}')):
+    ask_timeline, ask_tempo = f"backbeat.{CLUSTER}.request.timeline", f"backbeat.{CLUSTER}.request.control"
+    for subject, body in ((ask_timeline, b"{}"), (ask_timeline, b'{"pad":"' + b"x" * 2000 + b'"}'),
+                          (ask_tempo, b'{"tempo_bpm":1000,"justification":"raw"}'),
+                          (ask_tempo, b'{"tempo_bpm":240,"justification":"raw"}')):
         reply = await raw.request(subject, body, timeout=2)
         observed.append((subject, "reply", reply.data))
     await asyncio.sleep(0.2)

@@ -123,6 +123,11 @@ public struct BeatPlanner: Sendable {
     public private(set) var takeoverFloorBeat: Int64 = .min
     /// Whether the previous wake held a lease (to notice it lapse).
     private var heldLease = false
+    /// The last few indices a cluster publisher put on the subject that this
+    /// node's echo policy refused (another term or timeline), newest last; -1 empty.
+    /// A degraded node skips them (`noteUnplaced`). A tuple, not an array:
+    /// the planner is copied on every wake and must not allocate.
+    private var unplaced: (Int64, Int64, Int64, Int64) = (-1, -1, -1, -1)
     /// The lateness bound of the beat last decided `.emit`.
     private var emitDeadlineWallNs: Int64 = .max
 
@@ -284,6 +289,10 @@ public struct BeatPlanner: Sendable {
             nextBeat = k + 1
             return .follow
         }
+        if isUnplaced(k) {
+            nextBeat = k + 1  // another cluster publisher's timeline put it on the subject
+            return .skip
+        }
         if lastDegradedIndex >= 0 && lastSeenIndex < lastDegradedIndex {
             // Our previous degraded frame never came back: the path is broken.
             lastDegradedIndex = -1
@@ -346,6 +355,24 @@ public struct BeatPlanner: Sendable {
         if index > lastSeenIndex { lastSeenIndex = index }
         seenTerm = max(seenTerm, term)
         if fromLeaderElsewhere { lastLeaderFrameWallNs = wallNs }
+    }
+
+    /// A cluster publisher's frame for `index` that this node's echo policy
+    /// refused (another term: `term_stale`/`term_ahead`; another committed
+    /// timeline, one of the two behind on a tempo change: `index_ahead`/
+    /// `index_behind`). It must not move this node's index or fence (the
+    /// policy exists for that), but the index is on the subject: a degraded
+    /// node skips it in its turn (README: a degraded node publishes beat k
+    /// only if no frame for k was seen), so two degraded nodes on different
+    /// timelines or terms do not both publish one index (the simulator's
+    /// divergent degraded duplicates, docs/decisions.md). No gap follows
+    /// from it: a node skips an index only after another published it.
+    public mutating func noteUnplaced(index: Int64) {
+        unplaced = (unplaced.1, unplaced.2, unplaced.3, index)
+    }
+
+    private func isUnplaced(_ k: Int64) -> Bool {
+        unplaced.0 == k || unplaced.1 == k || unplaced.2 == k || unplaced.3 == k
     }
 
     /// Forget what the subject showed (a restarted process).

@@ -340,6 +340,13 @@ public final class BeatShell {
         guard started, let t = timeline else { return nil }
         let timelineNs = echoClockNs(wallNs)
         let verdict = policy.judge(frame, timeline: t, atTimelineNs: timelineNs, ownTerm: term)
+        // A cluster publisher's frame this node cannot place (another term or
+        // timeline) is still on the subject: a degraded turn skips its index.
+        if case .reject(let why) = verdict, why != .wrongCluster, why != .unknownPublisher,
+            frame.hlcSuffix != ownSuffix
+        {
+            planner.noteUnplaced(index: frame.beatIndex)
+        }
         guard verdict == .accept else { return verdict }
         let fromOthers = frame.hlcSuffix != ownSuffix
         if fromOthers { lastFrameFromOthersNs = wallNs }

@@ -19,7 +19,6 @@ final class SimTotals: @unchecked Sendable {
     var refusedStarts = 0
     var compactionCrashes = 0
     var compactions = 0
-    var divergentDuplicates = 0
     /// Frames the nodes' echo policies refused (the service's own judgement).
     var refusedEchoes = 0
     /// Seeds in which at least one node restarted from its simulated disk.
@@ -33,7 +32,6 @@ final class SimTotals: @unchecked Sendable {
             refusedStarts += sim.refusedStarts
             compactionCrashes += sim.compactionCrashes
             compactions += sim.compactions
-            divergentDuplicates += sim.divergentDuplicates
             refusedEchoes += sim.nodes.reduce(0) { $0 + $1.refusedEchoes }
             seedsWithRestarts += sim.restarts > 0 ? 1 : 0
             duplicatesWithRemoved += sim.membership.duplicatesWithRemoved
@@ -77,7 +75,6 @@ extension XCTestCase {
             "disk: seeds_with_restarts=\(totals.seedsWithRestarts) torn_writes=\(totals.tornWrites) "
                 + "refused_starts_on_damaged_disks=\(totals.refusedStarts) echoes_refused=\(totals.refusedEchoes) "
                 + "compactions=\(totals.compactions) crashes_mid_compaction=\(totals.compactionCrashes)")
-        print("open finding: divergent_degraded_duplicates=\(totals.divergentDuplicates)")
         print("exercised: \(counts)\(extra(totals))")
         for f in totals.failures.prefix(10) {
             print("violation: \(f)")

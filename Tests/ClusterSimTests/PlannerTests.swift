@@ -192,4 +192,26 @@ final class PlannerTests: XCTestCase {
         XCTAssertNil(a.timeline?.pending)
         XCTAssertNil(ReplicatedTimeline.validatedSnapshot(Array("{}".utf8), bar: 4))
     }
+
+    /// A frame the echo policy refused (another term or timeline) still
+    /// marks its index: a degraded node skips that index in its turn, and
+    /// the frame does not move its index further (docs/decisions.md).
+    func testADegradedTurnSkipsAnIndexAnotherTimelinePublished() {
+        let mode = PublishMode.degraded(turnDelayNs: 20_000_000, slotNs: 20_000_000)
+        func run(unplaced: Int64?) -> (BeatDecision, Int64) {
+            var p = planner()
+            p.start(timeline: t, wallNs: instant(6) - 100_000_000)
+            if let unplaced { p.noteUnplaced(index: unplaced) }
+            let decision = p.plan(inputs(instant(6) + 20_000_000, mode), timeline: t)
+            return (decision, p.nextBeat)
+        }
+        let (control, _) = run(unplaced: nil)
+        guard case .emit(index: 6, _, degraded: true) = control else {
+            return XCTFail("without the refused frame beat 6 is this node's to publish: \(control)")
+        }
+        let (decision, next) = run(unplaced: 6)
+        XCTAssertEqual(decision, .skip)
+        XCTAssertEqual(next, 7, "the refused frame's index is skipped, nothing more")
+        XCTAssertEqual(run(unplaced: 9).1, 6, "a refused frame far ahead moves nothing")
+    }
 }

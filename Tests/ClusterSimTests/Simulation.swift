@@ -90,7 +90,6 @@ final class Simulation {
     var compactionRng: SimRNG
     var compactionCrashes = 0
     /// Degraded pairs of one index on two committed timelines (the open finding).
-    var divergentDuplicates = 0
     var compactions = 0
 
     init(seed: UInt64, knobs: SimKnobs? = nil, membership: Bool = false, tracing: ShellTrace? = nil) {
@@ -674,16 +673,10 @@ final class Simulation {
                 let isVoter = { (i: Int) in voters.contains(self.nodes[i].id) }
                 if let o = others.first, !isVoter(o.node) || !isVoter(f.node) {
                     membership.duplicatesWithRemoved += 1
-                } else if let o = others.first, o.instantNs != f.instantNs || o.bpm != f.bpm || o.term != f.term {
-                    // Open finding (docs/decisions.md): two degraded nodes on
-                    // different committed timelines (one behind on a tempo
-                    // change) or in different terms refuse each other's
-                    // frames (the echo policy's ±1 beat, its term fence) and
-                    // publish one index twice. The service does this; it is
-                    // tallied and printed (`divergent_degraded_duplicates`)
-                    // until it is fixed.
-                    divergentDuplicates += 1
                 } else if let o = others.first {
+                    // Same or different committed timelines and terms alike:
+                    // a frame a node cannot place still marks its index as
+                    // on the subject (BeatPlanner.noteUnplaced).
                     fail(
                         .degradedTurns,
                         "beat \(f.index) published by node \(o.node + 1) and node \(f.node + 1), both heard by the subject"

@@ -80,6 +80,14 @@ extension XCTestCase {
             print("violation: \(f)")
             XCTFail(f)
         }
+        if totals.failures.count > 10 {
+            // A long run's every failing seed, for replay (SIM_SEED=S SIM_TRACE=1).
+            let seeds = totals.failures.map { f in
+                let seed = f.split(separator: "SIM_SEED=").last?.split(separator: " ").first ?? "?"
+                return "\(seed):\(f.split(separator: " ").first ?? "?")"
+            }
+            print("violating seeds: \(seeds.joined(separator: " "))")
+        }
         if seeds.count >= 200 {
             XCTAssertGreaterThanOrEqual(
                 totals.seedsWithRestarts * 5, seeds.count,

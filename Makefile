@@ -174,10 +174,12 @@ cluster-tls: build certs
 
 test: deps test-deploy test-kubernetes check-noalloc test-unit docs test-python test-go test-browser fuzz-smoke
 
+# Line-buffered (stdbuf): a test process that crashes still shows which test
+# it was in ("Test Case '…' started" reaches the log before the backtrace).
 test-unit: build-info
 	$(SWIFT) build
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	stdbuf -oL -eL $(SWIFT) test --skip-build
 
 # The Python client (clients/python, nats-py from PyPI in a git-ignored venv
 # that sees Debian's jsonschema) under pytest: unit and vector tests, a live

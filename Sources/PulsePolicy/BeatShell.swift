@@ -277,6 +277,11 @@ public final class BeatShell {
         var now = t
         _ = now.applyDue(beat: k)
         lastWritten.length = 0  // the frame buffer is about to change
+        // Not prepared only when the loop stalled for more than a bar and the
+        // planner jumped past the bars `prepareAhead` hashed: this one beat is
+        // counted unpublished (the caller's `.unpublished`) rather than hashed
+        // here, which allocates on the beat path; the wake's `prepareAhead`
+        // readies the next (adversarial review F9, 2026-12-07).
         guard let windowId = windowIds.lookup(barStart: now.barStart(k)) else { return false }
         let stamp = hlc.now(wallMs: nowNs / 1_000_000)
         let length = encoder.encode(

@@ -154,8 +154,9 @@ func runFloodScenario(_ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsFloo
     var result = try runPulseScenario(
         ctx, name: "flood", bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor, withHTTPLoad: false
     ) { pulse in try RequestFlood(ctx, pulse: pulse, idle: idle, ratePerSecond: 10_000) }
+    let (j, d, e) = (idle.jitter.summary, idle.delivery.summary, idle.decisionJitter.summary)
     result.notes.append(
-        "idle reference (same run, same flags): jitter p99 \(us(idle.jitter.summary.p99)), delivery p99 \(us(idle.delivery.summary.p99)) over \(idle.jitter.count) beats"
+        "idle reference (same run, same flags), over \(idle.jitter.count) beats: jitter p50 \(us(j.p50)), p95 \(us(j.p95)), p99 \(us(j.p99)), max \(us(j.max)); delivery p50 \(us(d.p50)), p95 \(us(d.p95)), p99 \(us(d.p99)); |decision − instant| p99 \(us(e.p99)), max \(us(e.max))"
     )
     return result
 }

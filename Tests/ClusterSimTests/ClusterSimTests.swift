@@ -124,6 +124,12 @@ final class RegressionSeedTests: XCTestCase {
         (74394, "the same"),
         (81092, "the same"),
         (84314, "a degraded node behind on a committed tempo change published after a newer term's frames"),
+        // The 100,000-seed run of 2026-12-07 (e1e7881): no leader in the settled
+        // window because the fault model damaged the disks of a majority (2 of 3,
+        // 3 of 5), beyond its one-node budget; the survivors traded pre-votes.
+        (16518, "two of three disks damaged: no quorum left"),
+        (19070, "the same"),
+        (29343, "three of five disks damaged: the two survivors traded pre-votes"),
     ]
 
     func testRegressionSeeds() {

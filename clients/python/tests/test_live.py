@@ -75,6 +75,15 @@ def wait_until(seconds, condition):
     return condition()
 
 
+def stop_all(processes, log, directory):
+    """Kills and reaps `processes`, closes `log` and removes `directory` (a test's teardown)."""
+    for p in processes:
+        p.kill()
+        p.wait()
+    log.close()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 class Cluster:
     def __init__(self, bpm, max_bpm):
         self.dir = tempfile.mkdtemp(prefix="backbeat-py-")

@@ -25,7 +25,7 @@ sys.path.insert(0, HERE)
 
 import nats  # noqa: E402
 from backbeat_client import BackbeatClient  # noqa: E402
-from test_live import free_port, http, wait_until  # noqa: E402
+from test_live import free_port, http, stop_all, wait_until  # noqa: E402
 
 CLUSTER = "chorus-aus-01"  # the cluster id deploy/nats/backbeat.conf spells out
 CONF = os.path.join(HERE, "..", "..", "..", "deploy", "nats", "backbeat.conf")
@@ -83,11 +83,7 @@ class ShippedPermissions(unittest.TestCase):
             self.assertTrue(violations and all('User "consumer"' in v for v in violations), violations)
             self.assertTrue(any(f'Subject "backbeat.{CLUSTER}.timeline"' in v for v in violations), violations)
         finally:
-            for p in processes:
-                p.kill()
-                p.wait()
-            log.close()
-            shutil.rmtree(directory, ignore_errors=True)
+            stop_all(processes, log, directory)
 
     async def scenario(self, url, token):
         client = await BackbeatClient.connect(url, cluster=CLUSTER, connect_timeout=10)

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 from backbeat_client import BackbeatClient, PublicationVerifier  # noqa: E402
 from backbeat_client.signing import key_id, public_key_from_pem  # noqa: E402
-from test_live import free_port, http, schemas, wait_until  # noqa: E402
+from test_live import free_port, http, schemas, stop_all, wait_until  # noqa: E402
 
 with open(os.path.join(HERE, "..", "..", "..", "docs", "vectors", "signatures.json")) as f:
     VECTORS = json.load(f)
@@ -116,11 +116,7 @@ class SignedNode(unittest.TestCase):
             self.assertTrue(wait_until(10, lambda: http("GET", admin, "/timeline")[0] == 200), "no timeline")
             asyncio.run(asyncio.wait_for(self.scenario(url), 30))
         finally:
-            for p in processes:
-                p.kill()
-                p.wait()
-            log.close()
-            shutil.rmtree(directory, ignore_errors=True)
+            stop_all(processes, log, directory)
 
     async def scenario(self, url):
         import nats

@@ -190,6 +190,18 @@ public struct BeatPlanner: Sendable {
     /// subject already holds; the mode's own rules; the tempo barrier and
     /// the degraded slot.
     public mutating func plan(_ i: BeatInputs, timeline t: Timeline) -> BeatDecision {
+        let before = nextBeat
+        let decision = decide(i, timeline: t)
+        // Postconditions (TigerBeetle's style: the planner's own invariants,
+        // never a check of input; a few compares, allocation-free).
+        precondition(nextBeat >= before, "the planner's next beat went back")
+        if case .emit(let k, _, _) = decision {
+            precondition(k >= before && k > lastPublishedIndex, "a beat emitted twice or out of order")
+        }
+        return decision
+    }
+
+    private mutating func decide(_ i: BeatInputs, timeline t: Timeline) -> BeatDecision {
         let leading: Bool
         if case .leader(let lease) = i.mode { leading = i.monoNs < lease } else { leading = false }
         // Fault 2: the lease lapsed with our own frames not echoed back:

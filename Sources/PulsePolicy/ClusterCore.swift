@@ -348,6 +348,7 @@ public final class ClusterCore {
     /// the messages to send now (they may acknowledge what was persisted).
     public func finish(_ ready: Ready, nowMonoNs: Int64, nowWallNs: Int64) -> [Message] {
         precondition(readyInFlight, "ClusterCore.finish without a Ready in flight")
+        let (termBefore, appliedBefore) = (raft.term, raft.appliedIndex)
         if let snapshot = ready.snapshot {
             barrier.snapshotted(through: snapshot.index)
             installSnapshot(snapshot)
@@ -361,8 +362,10 @@ public final class ClusterCore {
         maybeCompact()
         refreshLease()
         maybeBootstrap(nowWallNs: nowWallNs)
-        assert(!isLeader || leader == id, "a leader names itself")
-        assert(raft.appliedIndex <= raft.commitIndex, "applied beyond the commit")
+        // Postconditions (TigerBeetle's style; the core's own invariants).
+        precondition(!isLeader || leader == id, "a leader names itself")
+        precondition(raft.appliedIndex <= raft.commitIndex, "applied beyond the commit")
+        precondition(raft.appliedIndex >= appliedBefore && raft.term >= termBefore, "applied index or term went back")
         return ready.messages
     }
 

@@ -112,4 +112,40 @@ final class NatsPermissionsProcessTests: XCTestCase {
         XCTAssertEqual(NatsProcessSupport.metric("backbeat_beats_missed_total", in: metrics), 0, metrics)
         XCTAssertFalse(pulse.log.contains("NATS error"), pulse.log)
     }
+
+    /// Adversarial review F1 (2026-12-07): under the shipped permissions a
+    /// consumer may publish tempo requests, so a pulse on a NATS with users
+    /// and no admin token refuses every change asked over NATS (403
+    /// `token_required`) and the tempo stays as it was.
+    func testWithoutATokenNoConsumerChangesTheTempoOverNats() throws {
+        let dir = Harness.tempDir("natsperm-notoken")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let nats = try NatsAuthTests.SecuredNats(dir: dir)
+        let seedPath = "\(dir)/pulse.nk"
+        try Data("\(nats.pulse.seed)\n".utf8).write(to: URL(fileURLWithPath: seedPath))
+        let admin = Harness.freePort()
+        let subjects = BackbeatSubjects(clusterId: "chorus-aus-01")
+        let pulse = try PulseProcess(
+            arguments: [
+                "-bootstrap", "-bpm", "600", "-max-bpm", "600", "-cluster", subjects.clusterId, "-nats", nats.url,
+                "-nats-nkey", seedPath, "-data-dir", "\(dir)/data", "-admin-port", "\(admin)",
+            ], logPath: "\(dir)/pulse.log")
+        defer { pulse.stop() }
+        let consumer = try RawNats(url: nats.consumerURL)
+        var answer: [String: Any] = [:]
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 15) {
+                let body = Array(#"{"tempo_bpm": 560, "justification": "no token"}"#.utf8)
+                guard let reply = consumer.request(subjects.controlRequest, body) else { return false }
+                answer = (try? JSONSerialization.jsonObject(with: Data(reply)) as? [String: Any]) ?? [:]
+                return !answer.isEmpty
+            }, pulse.log)
+        XCTAssertEqual(answer["status"] as? Int, 403, "\(answer)")
+        XCTAssertEqual(answer["code"] as? String, "token_required", "\(answer)")
+        let tempo = NatsProcessSupport.get(port: admin, path: "/tempo")?.text ?? ""
+        let body = tempo.components(separatedBy: "\r\n\r\n").last ?? ""
+        let status = (try? JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any]) ?? [:]
+        XCTAssertEqual(status["current_bpm"] as? Int, 600, tempo)
+        XCTAssertEqual(status["pending_bpm"] as? Int, 600, "no change pending\n\(tempo)")
+    }
 }

@@ -169,7 +169,8 @@ extension PulseNode: AdminBackend {
     /// is not answered (`bad_reply_subject`); a body over `maxControlBytes`
     /// gets 413 (`too_large`); with an admin token set, a body without a
     /// matching `"token"` string field gets 401 (`unauthorized`, compared in
-    /// constant time); a malformed body gets 400 (`malformed_json`,
+    /// constant time); without one, on a NATS with users (-nats-nkey or
+    /// -nats-creds), 403 (`token_required`); a malformed body gets 400 (`malformed_json`,
     /// `invalid_field`). Refused requests also count as tempo refusals.
     func subscribeControl() {
         let token = config.adminToken.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
@@ -209,6 +210,16 @@ extension PulseNode: AdminBackend {
         }
         if let token, !Self.controlTokenMatches(body, token) {
             return refuse(401, "unauthorized", "missing or invalid \"token\"")
+        }
+        // A NATS with users (this node has an nkey or creds) is shared with
+        // consumers who may publish requests (deploy/nats/backbeat.conf):
+        // without a token, any of them could change the tempo. Changes over
+        // NATS then need -admin-token; an open NATS (make run) is anyone's
+        // anyway (docs/security.md, adversarial review F1 of 2026-12-07).
+        if token == nil && (!config.natsNkey.isEmpty || !config.natsCreds.isEmpty) {
+            return refuse(
+                403, "token_required",
+                "tempo changes over NATS need -admin-token on the node when NATS has users; use POST /tempo")
         }
         switch AdminRouter.parseTempoBody([UInt8](body), maxJustificationBytes: 1024) {
         case .failure(let failure):

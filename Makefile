@@ -24,7 +24,7 @@ APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev libsodium-dev nat
 PYTHON ?= python3
 VENV := .venv
 
-.PHONY: deps build-info build release install dist test-dist docs image-deps image image-dist test-image test-image-source run dev cluster certs cluster-tls test test-deploy test-kubernetes test-unit test-python test-go test-browser test-all check-noalloc bench bench-micro bench-micro-update \
+.PHONY: deps build-info build release install dist test-dist docs image-deps image image-dist test-image test-image-source run dev cluster certs cluster-tls test test-deploy test-kubernetes test-unit test-python test-go test-browser test-all check-noalloc bench bench-scale bench-soak bench-micro bench-micro-update \
 	format clean fuzz fuzz-build fuzz-smoke sim
 
 deps:
@@ -251,7 +251,21 @@ bench:
 	  apt-get install -y -qq $$missing >/dev/null || echo "note: could not install$$missing"; \
 	fi
 	$(SWIFT) build -c release --product pulse
+	$(SWIFT) build -c release --product ClockSkew
 	$(SWIFT) run -c release Bench $(BENCH_ARGS)
+
+# How cost grows (cluster size, subscribers, timeline requests/s, tempo) and
+# PER-003 on real processes (a node's clock 500 ppm fast, alone): ~10 minutes.
+bench-scale:
+	@mkdir -p $(RUN_DIR)
+	$(MAKE) bench BENCH_ARGS="--scenarios drift,scale --json $(RUN_DIR)/bench-scale.json --html $(RUN_DIR)/bench-scale.html $(BENCH_ARGS)"
+
+# The soak: one pulse for SOAK_SECONDS (default an hour) at normal priority;
+# RSS, descriptors and jitter per 10-minute window.
+SOAK_SECONDS ?= 3600
+bench-soak:
+	@mkdir -p $(RUN_DIR)
+	$(MAKE) bench BENCH_ARGS="--soak $(SOAK_SECONDS) --json $(RUN_DIR)/bench-soak.json --html $(RUN_DIR)/bench-soak.html $(BENCH_ARGS)"
 
 # Micro-benchmarks of the beat path's pure code (timeline math, HLC, encoder,
 # decoder) on ordo-one/benchmark, in their own package (perf/micro) so the

@@ -15,6 +15,7 @@ import PackageDescription
 //   Pulse      the service as a library: config, loop wiring, NATS transport, cluster, admin
 //   PulseMain  the `pulse` executable: a thin main over Pulse
 //   Bench      micro-benchmarks and the timing report
+//   ClockSkew  C, LD_PRELOAD: a process's wall clock skewed by N ppm (the PER-003 drift test)
 //   Fuzz*      libFuzzer harnesses, one executable per surface (list at the end; docs/fuzzing.md)
 //   BackbeatClient  the consumer library: the timeline in hand, frames as confirmation (NATS C client)
 let package = Package(
@@ -27,6 +28,8 @@ let package = Package(
         .library(name: "PulseCore", targets: ["PulseCore"]),
         .library(name: "BackbeatClient", targets: ["BackbeatClient"]),
         .executable(name: "backbeat-example", targets: ["BackbeatExample"]),
+        // LD_PRELOAD: one process's wall clock skewed (PER-003's drift test and Bench scenario).
+        .library(name: "ClockSkew", type: .dynamic, targets: ["ClockSkew"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
@@ -103,6 +106,11 @@ let package = Package(
         .target(
             name: "BenchFloor",
             path: "Sources/BenchFloor",
+            cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])]
+        ),
+        .target(
+            name: "ClockSkew",
+            path: "Sources/ClockSkew",
             cSettings: [.unsafeFlags(["-O2", "-Wall", "-Wextra", "-Werror=implicit-function-declaration"])]
         ),
         .executableTarget(

@@ -1,7 +1,7 @@
 // Bench/Args.swift — the command line: a small, strict hand-written parser.
 //
 // `Bench [--seconds N] [--bpm N] [--scenarios LIST] [--nats URL] [--cpu N]
-//        [--json FILE] [--html FILE] [--allow-debug]`
+//        [--json FILE] [--html FILE] [--allow-debug] [--soak SECONDS]`
 // Every flag takes one or two dashes and `--flag value` or `--flag=value`.
 // An unknown flag or a bad value is one line on stderr and exit status 2.
 
@@ -9,34 +9,41 @@
     import Glibc
 #endif
 
-/// Names accepted by `--scenarios`; the default is all of them.
+/// Names accepted by `--scenarios`; the default is all of them but `scale`
+/// and `drift` (minutes each: asked for by name).
 let knownScenarios = [
-    "idle", "shared", "signed", "load", "per001", "election", "election-tls", "fanout", "flood", "baseline",
+    "idle", "shared", "signed", "load", "per001", "election", "election-tls", "fanout", "flood", "baseline", "drift",
+    "scale",
 ]
+let defaultScenarios = knownScenarios.filter { $0 != "scale" && $0 != "drift" }
 
 struct BenchOptions {
     var seconds = 10
     var bpm = 600
-    var scenarios = knownScenarios
+    var scenarios = defaultScenarios
     var natsURL: String? = nil
     var cpu: Int? = nil
     var jsonPath: String? = nil
     var htmlPath: String? = nil
     /// Measure a debug build of pulse too (refused otherwise).
     var allowDebug = false
+    /// `--soak SECONDS`: only the soak (Soak.swift), this long.
+    var soakSeconds: Int? = nil
 }
 
 let usageText = """
     usage: Bench [--seconds N] [--bpm N] [--scenarios LIST] [--nats URL] [--cpu N] [--json FILE] [--html FILE]
+                 [--soak SECONDS]
       --seconds N       measured seconds per scenario and per floor (1...3600, default 10);
                         election, election-tls (Raft over mutual TLS): N leader kills (3...20)
       --bpm N           tempo of the idle, load, election and baseline runs (1...6000, default 600); per001 is always 120
-      --scenarios LIST  comma-separated subset of \(knownScenarios.joined(separator: ",")) (default: all)
+      --scenarios LIST  comma-separated subset of \(knownScenarios.joined(separator: ",")) (default: all but drift,scale)
       --nats URL        use this nats-server (127.0.0.1 or localhost only) instead of starting one
       --cpu N           core for the pulse, the floors and the baseline (default: the last core)
       --json FILE       write the report as JSON
       --html FILE       write a self-contained HTML page with CDF plots
       --allow-debug     measure a debug build of pulse (refused otherwise: its timings judge nothing)
+      --soak SECONDS    only a soak of this length (60...86400): RSS, descriptors and jitter per 10-minute window
     The pulse measured: PULSE_BINARY, else the package's release build (built first when needed).
     Exit status: 0 when every scenario ran, 1 when one could not, 2 for bad arguments.
     """
@@ -74,7 +81,7 @@ func parseArguments(_ argv: [String]) -> BenchOptions {
             value = String(name[name.index(after: eq)...])
             name = String(name[..<eq])
         }
-        let flags = ["seconds", "bpm", "scenarios", "nats", "cpu", "json", "html"]
+        let flags = ["seconds", "bpm", "scenarios", "nats", "cpu", "json", "html", "soak"]
         guard flags.contains(name) else { usageError("unknown flag '\(arg)'") }
         if value == nil {
             guard i < argv.count else { usageError("--\(name) needs a value") }
@@ -86,6 +93,7 @@ func parseArguments(_ argv: [String]) -> BenchOptions {
         case "seconds": options.seconds = int(v, name, 1...3600)
         case "bpm": options.bpm = int(v, name, 1...6000)
         case "cpu": options.cpu = int(v, name, 0...4095)
+        case "soak": options.soakSeconds = int(v, name, 60...86400)
         case "json": options.jsonPath = v
         case "html": options.htmlPath = v
         case "nats":

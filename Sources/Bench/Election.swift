@@ -153,17 +153,31 @@ final class BenchCluster {
     let ctx: BenchContext
     let clusterId: String
     let bpm: Int
-    let names = ["n1", "n2", "n3"]
+    let names: [String]
     let raftPorts: [Int]
     let adminPorts: [Int]
     let cpus: [Int]
     let dir: String
     let tlsDir: String?  // ca.pem and NAME.pem/NAME.key for -raft-tls-*; nil: plain TCP
-    private(set) var children: [Child?] = [nil, nil, nil]
+    private(set) var children: [Child?]
     private var starts = 0
+    /// Flags every node gets besides the cluster's (e.g. `-spin-max-us 0`).
+    let extraArgs: [String]
+    /// Environment added per node (by index): the drift scenario's skewed clock.
+    let environments: [Int: [String: String]]
 
-    init(_ ctx: BenchContext, clusterId: String, bpm: Int, tlsDir: String? = nil) {
+    /// `size` nodes (3 for the election scenarios; the scale report's
+    /// cluster series takes 3, 5 and 7), alternating between the bench core
+    /// and the other one.
+    init(
+        _ ctx: BenchContext, clusterId: String, bpm: Int, tlsDir: String? = nil, size: Int = 3,
+        extraArgs: [String] = [], environments: [Int: [String: String]] = [:]
+    ) {
         self.ctx = ctx
+        self.extraArgs = extraArgs
+        self.environments = environments
+        names = (1...size).map { "n\($0)" }
+        children = Array(repeating: nil, count: size)
         self.tlsDir = tlsDir
         self.clusterId = clusterId
         self.bpm = bpm
@@ -174,21 +188,21 @@ final class BenchCluster {
                 if ports.insert(p).inserted { return p }
             }
         }
-        raftPorts = (0..<3).map { _ in port() }
-        adminPorts = (0..<3).map { _ in port() }
+        raftPorts = (0..<size).map { _ in port() }
+        adminPorts = (0..<size).map { _ in port() }
         let other = ctx.otherCPUs.first ?? ctx.cpu
-        cpus = [ctx.cpu, other, ctx.cpu]
+        cpus = (0..<size).map { $0 % 2 == 0 ? ctx.cpu : other }
         dir = ctx.tempDir + "/\(clusterId)"
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
     }
 
     var placement: String {
         let rt = ctx.priority > 0 ? "SCHED_FIFO \(ctx.priority)" : "no real-time priority"
-        return (0..<3).map { "\(names[$0]) cpu \(cpus[$0])" }.joined(separator: ", ") + "; \(rt)"
+        return names.indices.map { "\(names[$0]) cpu \(cpus[$0])" }.joined(separator: ", ") + "; \(rt)"
             + (ctx.mlock ? ", mlock" : "")
     }
 
-    private var peers: String { (0..<3).map { "\(names[$0])@127.0.0.1:\(raftPorts[$0])" }.joined(separator: ",") }
+    private var peers: String { names.indices.map { "\(names[$0])@127.0.0.1:\(raftPorts[$0])" }.joined(separator: ",") }
 
     /// Starts node `i` (same flags and data dir every time) and waits for its admin port.
     func start(_ i: Int) throws {
@@ -201,6 +215,7 @@ final class BenchCluster {
         ]
         if ctx.priority > 0 { args += ["-rt-priority", "\(ctx.priority)"] }
         if ctx.mlock { args += ["-mlock"] }
+        args += extraArgs
         if let t = tlsDir {
             args += [
                 "-raft-tls-cert", "\(t)/\(names[i]).pem", "-raft-tls-key", "\(t)/\(names[i]).key", "-raft-tls-ca",
@@ -209,7 +224,7 @@ final class BenchCluster {
         }
         let child = try Child(
             name: "pulse-\(names[i])", path: ctx.pulsePath, arguments: args,
-            outputPath: "\(dir)/\(names[i])-\(starts).log")
+            outputPath: "\(dir)/\(names[i])-\(starts).log", environment: environments[i] ?? [:])
         children[i] = child
         let port = adminPorts[i]
         guard waitUntil(seconds: 15, { !child.isRunning || canConnect(port: port) }), child.isRunning else {
@@ -220,17 +235,17 @@ final class BenchCluster {
         }
     }
 
-    /// Starts all three; retries once without -rt-priority/-mlock when they are refused.
+    /// Starts every node; retries once without -rt-priority/-mlock when they are refused.
     func startAll() throws {
         do {
-            for i in 0..<3 { try start(i) }
+            for i in names.indices { try start(i) }
         } catch {
             guard ctx.priority > 0 || ctx.mlock else { throw error }
             stopAll()
             ctx.notes.append("election: pulse refused -rt-priority/-mlock (\(error)); everything runs without them")
             ctx.priority = 0
             ctx.mlock = false
-            for i in 0..<3 { try start(i) }
+            for i in names.indices { try start(i) }
         }
     }
 
@@ -243,7 +258,7 @@ final class BenchCluster {
     }
 
     func stopAll() {
-        for i in 0..<3 { stop(i, signal: SIGTERM) }
+        for i in names.indices { stop(i, signal: SIGTERM) }
     }
 
     /// `GET /leader` of node `i`: (is_leader, leader address) or nil.
@@ -258,7 +273,7 @@ final class BenchCluster {
     func leader(seconds: Double) -> Int? {
         var found: Int? = nil
         waitUntil(seconds: seconds) {
-            let leaders = (0..<3).filter { leaderStatus($0)?.isLeader == true }
+            let leaders = names.indices.filter { leaderStatus($0)?.isLeader == true }
             found = leaders.count == 1 ? leaders[0] : nil
             return found != nil
         }

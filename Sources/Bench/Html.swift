@@ -120,6 +120,9 @@ extension BenchReport {
             }
             o += "</table>"
         }
+        if let soak { o += soak.html() }
+        if let drift { o += "<h2>drift (PER-003)</h2><pre>\(htmlEscape(drift.text()))</pre>" }
+        if let scale { o += scale.html() }
         o += "<h2>Full terminal report</h2><pre>\(htmlEscape(text()))</pre></body></html>\n"
         return o
     }
@@ -160,4 +163,58 @@ func electionHTML(_ e: ElectionResult, _ s: ScenarioResult) -> String {
         verdict(e.gracefulPass) + " · repeated \(e.repeated), backwards \(e.backwards) (target 0) "
         + verdict(e.orderPass) + "</p>"
     return o
+}
+
+/// An x/y line plot with points marked (linear or log axes); for the soak's
+/// timeline and the scale report's series.
+func lineSVG(
+    _ series: [(String, [(Double, Double)])], xLabel: String, logX: Bool, logY: Bool, width: Int = 640,
+    height: Int = 300
+) -> String {
+    let left = 60.0
+    let right = 15.0
+    let top = 15.0
+    let bottom = 40.0
+    let w = Double(width) - left - right
+    let h = Double(height) - top - bottom
+    let points = series.flatMap { $0.1 }.filter { (!logX || $0.0 > 0) && (!logY || $0.1 > 0) }
+    guard let xs = points.map(\.0).min(), let xe = points.map(\.0).max(), let ys = points.map(\.1).min(),
+        let ye = points.map(\.1).max()
+    else { return "<p>no points</p>" }
+    func axis(_ lo: Double, _ hi: Double, _ log: Bool) -> (Double, Double) {
+        if log {
+            return (Foundation.floor(log10(lo)), max(Foundation.ceil(log10(hi)), Foundation.floor(log10(lo)) + 1))
+        }
+        return hi > lo ? (Swift.min(lo, 0), hi) : (lo - 1, hi + 1)
+    }
+    let (x0, x1) = axis(xs, xe, logX)
+    let (y0, y1) = axis(ys, ye, logY)
+    func x(_ v: Double) -> Double { left + ((logX ? log10(v) : v) - x0) / (x1 - x0) * w }
+    func y(_ v: Double) -> Double { top + (1 - ((logY ? log10(v) : v) - y0) / (y1 - y0)) * h }
+    func label(_ v: Double) -> String { v >= 1000 || v == v.rounded() ? String(format: "%.0f", v) : num(v) }
+    var s =
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(width)\" height=\"\(height)\" font-family=\"sans-serif\" font-size=\"11\">"
+    s += "<rect x=\"\(left)\" y=\"\(top)\" width=\"\(w)\" height=\"\(h)\" fill=\"none\" stroke=\"#999\"/>"
+    for i in 0...4 {
+        let fx = x0 + (x1 - x0) * Double(i) / 4
+        let vx = logX ? pow(10, fx) : fx
+        s += "<text x=\"\(x(vx))\" y=\"\(top + h + 15)\" text-anchor=\"middle\">\(label(vx))</text>"
+        let fy = y0 + (y1 - y0) * Double(i) / 4
+        let vy = logY ? pow(10, fy) : fy
+        s += "<line x1=\"\(left)\" y1=\"\(y(vy))\" x2=\"\(left + w)\" y2=\"\(y(vy))\" stroke=\"#eee\"/>"
+        s += "<text x=\"\(left - 5)\" y=\"\(y(vy) + 4)\" text-anchor=\"end\">\(label(vy))</text>"
+    }
+    s +=
+        "<text x=\"\(left + w / 2)\" y=\"\(Double(height) - 5)\" text-anchor=\"middle\">\(htmlEscape(xLabel))\(logX ? " (log)" : "")\(logY ? ", y log" : "")</text>"
+    for (i, (name, raw)) in series.enumerated() {
+        let pts = raw.filter { (!logX || $0.0 > 0) && (!logY || $0.1 > 0) }
+        guard !pts.isEmpty else { continue }
+        let color = seriesColors[i % seriesColors.count]
+        let path = pts.enumerated().map { "\($0.offset == 0 ? "M" : "L")\(x($0.element.0)),\(y($0.element.1))" }
+        s += "<path d=\"\(path.joined(separator: " "))\" fill=\"none\" stroke=\"\(color)\" stroke-width=\"1.8\"/>"
+        for p in pts { s += "<circle cx=\"\(x(p.0))\" cy=\"\(y(p.1))\" r=\"2.5\" fill=\"\(color)\"/>" }
+        s += "<rect x=\"\(left + 10)\" y=\"\(top + 8 + Double(i) * 15)\" width=\"12\" height=\"3\" fill=\"\(color)\"/>"
+        s += "<text x=\"\(left + 27)\" y=\"\(top + 12 + Double(i) * 15)\">\(htmlEscape(name))</text>"
+    }
+    return s + "</svg>"
 }

@@ -137,7 +137,7 @@ final class Receiver {
 }
 
 /// A node suffix's first 4 bytes packed big-endian (`Reception.from`).
-private func packed(_ suffix: String) -> UInt32 {
+func packed(_ suffix: String) -> UInt32 {
     suffix.utf8.prefix(4).reduce(0) { $0 << 8 | UInt32($1) }
 }
 

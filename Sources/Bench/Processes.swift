@@ -63,11 +63,18 @@ final class Child {
     let process = Process()
     let outputPath: String?
 
-    init(name: String, path: String, arguments: [String], outputPath: String? = nil) throws {
+    /// `environment` is added to Bench's own (e.g. libfaketime's for a skewed clock).
+    init(
+        name: String, path: String, arguments: [String], outputPath: String? = nil,
+        environment: [String: String] = [:]
+    ) throws {
         self.name = name
         self.outputPath = outputPath
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardInput = FileHandle.nullDevice
         if let outputPath {
             FileManager.default.createFile(atPath: outputPath, contents: nil)

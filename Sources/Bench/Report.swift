@@ -29,6 +29,10 @@ struct BenchReport {
     var ctx: BenchContext
     var scenarios: [ScenarioResult] = []
     var baseline: ScenarioResult? = nil
+    /// `--soak` (Soak.swift) and the `scale` scenario (Scale.swift).
+    var soak: SoakResult? = nil
+    var scale: ScaleResult? = nil
+    var drift: DriftResult? = nil
     var elapsedSeconds = 0.0
 
     /// The scenario the baseline is compared with (same conditions: idle, same bpm).
@@ -150,7 +154,7 @@ struct BenchReport {
                     Check(scenario: s.name, target: "§9 0 bytes allocated per beat", pass: nil, detail: "not measured"))
             }
         }
-        return out
+        return out + (soak?.checks ?? []) + (drift?.checks ?? []) + (scale?.checks ?? [])
     }
 
     private func ratioCheck(
@@ -250,6 +254,9 @@ struct BenchReport {
             }
             o += "          NATS  = \(scenarios.first?.natsFloor.source ?? baseline?.natsFloor.source ?? "-")\n\n"
         }
+        if let soak { o += soak.text() + "\n" }
+        if let drift { o += drift.text() + "\n" }
+        if let scale { o += scale.text() + "\n" }
         let cs = checks
         if !cs.isEmpty {
             o += "targets\n"
@@ -362,7 +369,8 @@ struct BenchReport {
                 delivery_us: PercentilesJSON(s.delivery))
         }
         let doc = ReportJSON(
-            scenarios: scenarios.map(ScenarioJSON.init), baseline: baselineJSON, modes: modes,
+            scenarios: scenarios.map(ScenarioJSON.init), baseline: baselineJSON, modes: modes, soak: soak?.json(),
+            scale: scale?.json(), drift: drift?.json(),
             machine: MachineJSON(
                 date: machine.date, commit: machine.commit, cpu_model: machine.cpuModel, cpus: machine.cpus,
                 kernel: machine.kernel, swift: machine.swift, pulse_cpu: c.cpu, rt_priority: c.priority, mlock: c.mlock,
@@ -573,14 +581,20 @@ struct ReportJSON: Encodable {
     var baseline: BaselineJSON?
     /// "spin" and "timer_only": CPU per beat and jitter per beat mode.
     var modes: [String: ModeJSON]
+    var soak: SoakResult.JSON?
+    var scale: ScaleResult.JSON?
+    var drift: DriftResult.JSON?
     var machine: MachineJSON
 
-    enum CodingKeys: String, CodingKey { case scenarios, baseline, modes, machine }
+    enum CodingKeys: String, CodingKey { case scenarios, baseline, modes, soak, scale, drift, machine }
     func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(scenarios, forKey: .scenarios)
         try c.encode(baseline, forKey: .baseline)
         try c.encode(modes, forKey: .modes)
+        try c.encodeIfPresent(soak, forKey: .soak)
+        try c.encodeIfPresent(scale, forKey: .scale)
+        try c.encodeIfPresent(drift, forKey: .drift)
         try c.encode(machine, forKey: .machine)
     }
 }

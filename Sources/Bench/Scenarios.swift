@@ -129,6 +129,13 @@ final class PulseRun {
     let adminPort: Int
     let dataDir: String
 
+    /// A node started elsewhere (a `BenchCluster`'s leader), measured like a lone pulse.
+    init(child: Child, adminPort: Int, dataDir: String) {
+        self.child = child
+        self.adminPort = adminPort
+        self.dataDir = dataDir
+    }
+
     /// Starts `pulse` pinned to the bench core; falls back to no real-time when refused.
     init(_ ctx: BenchContext, name: String, bpm: Int, cluster: String = "bench", extraArgs: [String] = []) throws {
         guard access(ctx.pulsePath, X_OK) == 0 else {
@@ -177,6 +184,11 @@ final class PulseRun {
             let bpm = (object["bpm"] as? NSNumber)?.int64Value
         else { return nil }
         return TempoEpoch(startBeat: startBeat, startNs: startNs, bpm: bpm)
+    }
+
+    /// The timeline at a constant `bpm` through the node's last published beat, or nil.
+    func epochFromRecords(bpm: Int) -> TempoEpoch? {
+        beats().last { $0.published }.map { TempoEpoch(startBeat: $0.index, startNs: $0.scheduled_ns, bpm: Int64(bpm)) }
     }
 
     /// Sums every sample of `names` in the Prometheus text of /metrics.
@@ -349,27 +361,34 @@ protocol WindowLoad: AnyObject {
 func runPulseScenario(
     _ ctx: BenchContext, name: String, bpm: Int, timerFloor: Floor, natsFloor: Floor,
     withHTTPLoad: Bool, periodFloor: Floor? = nil, cpuFloor: CpuFloor? = nil, sendFloor: SendFloor? = nil,
-    extraArgs: [String] = [], windowLoad: ((PulseRun) throws -> WindowLoad)? = nil
+    extraArgs: [String] = [], windowLoad: ((PulseRun) throws -> WindowLoad)? = nil,
+    existing: PulseRun? = nil, subject: String = "backbeat.bench.beat", seconds windowSeconds: Int? = nil
 ) throws -> ScenarioResult {
-    let seconds = ctx.options.seconds
+    let seconds = windowSeconds ?? ctx.options.seconds
     var result = ScenarioResult(name: name, bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor)
     result.periodFloor = periodFloor
     result.cpuFloor = cpuFloor
     result.sendFloor = sendFloor
     if !extraArgs.isEmpty { result.mode = extraArgs.joined(separator: " ") }
-    let receiver = try Receiver(url: ctx.natsURL, subject: "backbeat.bench.beat", payload: .beatFrame)
+    let receiver = try Receiver(url: ctx.natsURL, subject: subject, payload: .beatFrame)
     defer { receiver.close() }
-    let pulse = try PulseRun(ctx, name: name, bpm: bpm, extraArgs: extraArgs)
+    // An `existing` pulse (a cluster's leader) is its owner's to stop.
+    let pulse = try existing ?? PulseRun(ctx, name: name, bpm: bpm, extraArgs: extraArgs)
     defer {
-        let status = pulse.stop()
-        if status != 0 { ctx.notes.append("\(name): pulse exited with status \(status) on SIGTERM") }
+        if existing == nil {
+            let status = pulse.stop()
+            if status != 0 { ctx.notes.append("\(name): pulse exited with status \(status) on SIGTERM") }
+        }
     }
     let period = 60.0 / Double(bpm)
     // Settle: two frames received (the first beat is on the next whole second).
     guard waitUntil(seconds: 5 + 3 * period, { receiver.received >= 2 }) else {
         throw BenchError("\(name): no frames from the pulse within \(Int(5 + 3 * period)) s")
     }
-    guard let epoch = pulse.epoch() else { throw BenchError("\(name): cannot read \(pulse.dataDir)/epoch.json") }
+    // A cluster node keeps its timeline in Raft, not epoch.json: its own records give it.
+    guard let epoch = pulse.epoch() ?? pulse.epochFromRecords(bpm: bpm) else {
+        throw BenchError("\(name): cannot read \(pulse.dataDir)/epoch.json or the node's /debug/beats")
+    }
     var http: HTTPLoad? = nil
     if withHTTPLoad {
         http = HTTPLoad(ctx, port: pulse.adminPort, seconds: seconds + 10)

@@ -71,8 +71,9 @@ func machineInfo() -> MachineInfo {
 }
 
 var report = BenchReport(machine: machineInfo(), ctx: ctx)
-let wants = Set(options.scenarios)
-let needsNats = !wants.isEmpty
+// `--soak` runs the soak alone.
+let wants = options.soakSeconds == nil ? Set(options.scenarios) : []
+let needsNats = !wants.isEmpty || options.soakSeconds != nil
 var nats: Child? = nil
 if needsNats {
     do {
@@ -203,6 +204,21 @@ for name in ["election", "election-tls"] where wants.contains(name) {
 if wants.contains("fanout") {
     log("fanout: 3 nats-servers with routes, 1/100/1000 subscribers at \(options.bpm) bpm…")
     attempt("fanout") { report.scenarios.append(try runFanoutScenario(ctx, bpm: options.bpm)) }
+}
+
+if let soakSeconds = options.soakSeconds {
+    log("soak: one pulse at \(options.bpm) bpm for \(soakSeconds) s at normal priority…")
+    attempt("soak") { report.soak = try runSoak(ctx, seconds: soakSeconds, bpm: options.bpm, log: log) }
+}
+
+if wants.contains("drift") {
+    log("drift: 3-node cluster, n3's clock 500 ppm fast, 60 s following, then alone…")
+    attempt("drift") { report.drift = try runDriftScenario(ctx, bpm: options.bpm) }
+}
+
+if wants.contains("scale") {
+    log("scale: cost against cluster size, subscribers, timeline requests/s and tempo…")
+    attempt("scale") { report.scale = try runScale(ctx, log: log) }
 }
 
 if wants.contains("load") {

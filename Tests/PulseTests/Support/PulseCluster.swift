@@ -25,9 +25,15 @@ final class PulseCluster {
     let extra: [String]
     /// The NATS server the nodes use: `nats`'s, unless another was given.
     let natsURL: String
+    /// Environment added per node (by index), e.g. libfaketime's for a skewed clock.
+    let environments: [Int: [String: String]]
 
-    init(cluster: String, bpm: Int, extra: [String] = [], tls: Bool = false, natsURL: String? = nil) throws {
+    init(
+        cluster: String, bpm: Int, extra: [String] = [], tls: Bool = false, natsURL: String? = nil,
+        environments: [Int: [String: String]] = [:]
+    ) throws {
         self.cluster = cluster
+        self.environments = environments
         self.bpm = bpm
         self.extra = extra
         self.tls = tls
@@ -56,7 +62,7 @@ final class PulseCluster {
                 "-bootstrap", "-bpm", "\(bpm)", "-max-bpm", "600", "-cluster", cluster, "-node-id", name,
                 "-raft-bind", "127.0.0.1:\(raftPorts[i])", "-peers", peers, "-nats", natsURL,
                 "-data-dir", "\(dir)/\(name)", "-admin-port", "\(adminPorts[i])",
-            ] + tlsArguments + extra, logPath: "\(dir)/\(name).log")
+            ] + tlsArguments + extra, logPath: "\(dir)/\(name).log", environment: environments[i] ?? [:])
     }
 
     /// The JSON body of GET `path` on node `i`'s admin port ([:] on any failure).

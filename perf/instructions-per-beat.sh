@@ -27,18 +27,8 @@ done
 NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
 [[ -x "$NATS_SERVER" ]] || { echo "nats-server not installed" >&2; exit 1; }
 
-TMP=$(mktemp -d /tmp/pulse-perf.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-beats_total() {
-  curl -s --max-time 5 "http://127.0.0.1:$ADMIN/metrics" | awk '/^backbeat_beats_total/ {s+=$2} END {printf "%d", s}'
-}
+# shellcheck source=perf/common.sh
+source "$ROOT/perf/common.sh"
 wait_ready() {  # bounded: $1 seconds
   local deadline=$((SECONDS + $1))
   while ((SECONDS < deadline)); do

@@ -25,33 +25,25 @@ PULSE=${PULSE_BINARY:-$ROOT/.build/release/pulse}
 NATS_SERVER=$(command -v nats-server || echo /usr/sbin/nats-server)
 command -v perf >/dev/null || { echo "perf not installed (apt-get install linux-perf)" >&2; exit 1; }
 
-TMP=$(mktemp -d /tmp/pulse-wakes.XXXXXX)
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-beats_total() {
-  curl -s --max-time 5 "http://127.0.0.1:$ADMIN/metrics" | awk '/^backbeat_beats_total/ {s+=$2} END {printf "%d", s}'
-}
+# shellcheck source=perf/common.sh
+source "$ROOT/perf/common.sh"
 
 NATS_PORT=$(free_port)
-taskset -c 0 "$NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" >"$TMP/nats.log" 2>&1 &
-PIDS+=($!)
+OTHER=$((CPU == 0 ? 1 : 0))
+taskset -c "$OTHER" "$NATS_SERVER" -a 127.0.0.1 -p "$NATS_PORT" >"$TMP/nats.log" 2>&1 &
+PIDS+=($!); disown
 sleep 0.5
 ADMIN=$(free_port)
 "$PULSE" -bootstrap -cluster perf -bpm "$BPM" -min-bpm 1 -max-bpm $((BPM > 600 ? BPM : 600)) \
   -nats "nats://127.0.0.1:$NATS_PORT" -admin-port "$ADMIN" -data-dir "$TMP/data" -cpu "$CPU" \
   -rt-priority 50 -mlock -spin-max-us 0 "${EXTRA[@]}" >"$TMP/pulse.log" 2>&1 &
 PID=$!
-PIDS+=($PID)
+PIDS+=($PID); disown
 for _ in $(seq 1 100); do [[ "$(beats_total 2>/dev/null)" -gt 2 ]] 2>/dev/null && break; sleep 0.2; done
 B0=$(beats_total)
 perf record -q -o "$TMP/perf.data" -C "$CPU" -e sched:sched_switch -e raw_syscalls:sys_enter \
   -e raw_syscalls:sys_exit -- sleep "$SECONDS_ARG" 2>"$TMP/perf.err"
 B1=$(beats_total)
-echo "pulse $("$PULSE" --version) at $BPM bpm, cpu $CPU, -spin-max-us 0 ${EXTRA[*]}; $((B1 - B0)) beats in $SECONDS_ARG s"
-perf script -i "$TMP/perf.data" -F tid,cpu,time,event,trace 2>/dev/null | python3 "$ROOT/perf/loop_wakes.py" "$PID" $((B1 - B0))
+echo "$("$PULSE" --version) at $BPM bpm, cpu $CPU, -spin-max-us 0 ${EXTRA[*]}; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "(backbeat_beats_total rose by $((B1 - B0)) around the trace, which covers $SECONDS_ARG s plus perf's start)"
+perf script -i "$TMP/perf.data" -F tid,cpu,time,event,trace 2>/dev/null | python3 "$ROOT/perf/loop_wakes.py" "$PID"

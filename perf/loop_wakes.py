@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""perf/loop_wakes.py TID BEATS < `perf script` output — where the pulse's
+"""perf/loop_wakes.py TID < `perf script` output — where the pulse's
 loop thread spends its CPU, per kind of wake (issue 24).
 
 Input: `perf script -F tid,cpu,time,event,trace` of `perf record -e
@@ -7,12 +7,15 @@ sched:sched_switch -e raw_syscalls:sys_enter -e raw_syscalls:sys_exit -C CPU`
 over a window. A *run* is the loop thread's time from being switched in to
 being switched out (what /proc/PID/task/TID/schedstat sums). Each run is
 named by the syscalls it made:
-  beat   — read(2) of the timerfd (the beat's wake: planner, frame write, TX stamp)
-  inbound— recvfrom(2) without a timer read (the echo of its own frame, a PONG, …)
-  write  — only sendto/write (a PING or PONG the client queued through the doorway)
+  beat   — write(2): the beat frame written by the loop (with its timer read,
+           planner, TX-stamp read and the next arm)
+  timer  — a timer read without a frame (the client's PING timer, housekeeping)
+  inbound— recvfrom(2) (the echo of its own frame, a PONG, …)
+  client — sendto(2) only (a PING or PONG the client queued through the doorway)
   other  — anything else
-Prints, per kind: runs, runs per beat, µs per run (p50 / mean), µs per beat, and
-the syscalls per beat; then the total against BEATS.
+The beats are the runs that wrote a frame (the loop's direct write(2); a
+frame the client writes for it is a sendto and is not counted). Prints the total per beat, then per kind: runs, runs per beat, µs
+per run (p50 / mean), µs per beat, and the syscalls per beat.
 """
 import re
 import sys
@@ -24,7 +27,6 @@ NAMES = {0: "read", 1: "write", 44: "sendto", 45: "recvfrom", 47: "recvmsg", 55:
 
 def main():
     tid = int(sys.argv[1])
-    beats = int(sys.argv[2])
     line_re = re.compile(r"^\s*(\d+)\s+\[(\d+)\]\s+([\d.]+):\s+(\S+):\s*(.*)$")
     running_since = None
     run_calls = []
@@ -49,19 +51,22 @@ def main():
                 run_calls.append(NAMES.get(int(nr.group(1)), "nr" + nr.group(1)))
     kinds = defaultdict(list)
     for dur, calls in runs:
-        if calls["read"]:
+        if calls["write"]:
             kind = "beat"
+        elif calls["read"]:
+            kind = "timer"
         elif calls["recvfrom"]:
             kind = "inbound"
-        elif calls["sendto"] or calls["write"]:
-            kind = "write"
+        elif calls["sendto"]:
+            kind = "client"
         else:
             kind = "other"
         kinds[kind].append((dur, calls))
     total = sum(d for d, _ in runs)
-    print(f"loop thread {tid}: {len(runs)} runs, {total:.0f} µs over {beats} beats = {total / max(beats, 1):.1f} µs/beat")
+    beats = max(1, len(kinds.get("beat", [])))
+    print(f"loop thread {tid}: {len(runs)} runs, {total:.0f} µs over {beats} beats (frame writes) = {total / beats:.1f} µs/beat")
     print(f"{'kind':8} {'runs':>6} {'runs/beat':>10} {'µs p50':>8} {'µs mean':>8} {'µs/beat':>8}  syscalls per beat")
-    for kind in ["beat", "inbound", "write", "other"]:
+    for kind in ["beat", "timer", "inbound", "client", "other"]:
         rs = kinds.get(kind, [])
         if not rs:
             continue

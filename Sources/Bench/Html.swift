@@ -12,14 +12,14 @@ func htmlEscape(_ s: String) -> String {
         .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
 }
 
+/// The plot's inner box (left and top margin, width, height) in an SVG of this size.
+func plotArea(width: Int, height: Int, left: Double) -> (Double, Double, Double, Double) {
+    (left, 15, Double(width) - left - 15, Double(height) - 15 - 40)
+}
+
 /// An SVG CDF plot of `series` (label, latencies) on a log10 µs axis.
 func cdfSVG(_ series: [(String, Latencies)], width: Int = 640, height: Int = 300) -> String {
-    let left = 50.0
-    let right = 15.0
-    let top = 15.0
-    let bottom = 40.0
-    let w = Double(width) - left - right
-    let h = Double(height) - top - bottom
+    let (left, top, w, h) = plotArea(width: width, height: height, left: 50)
     let curves = series.map { ($0.0, $0.1.cdf()) }
     let all = curves.flatMap { $0.1.map { max($0.0, 0.1) } }
     guard let lo = all.min(), let hi = all.max() else { return "<p>no samples</p>" }
@@ -171,12 +171,7 @@ func lineSVG(
     _ series: [(String, [(Double, Double)])], xLabel: String, logX: Bool, logY: Bool, width: Int = 640,
     height: Int = 300
 ) -> String {
-    let left = 60.0
-    let right = 15.0
-    let top = 15.0
-    let bottom = 40.0
-    let w = Double(width) - left - right
-    let h = Double(height) - top - bottom
+    let (left, top, w, h) = plotArea(width: width, height: height, left: 60)
     let points = series.flatMap { $0.1 }.filter { (!logX || $0.0 > 0) && (!logY || $0.1 > 0) }
     guard let xs = points.map(\.0).min(), let xe = points.map(\.0).max(), let ys = points.map(\.1).min(),
         let ye = points.map(\.1).max()

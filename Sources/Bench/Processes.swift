@@ -314,6 +314,15 @@ func processTickCPUNs(_ pid: Int32) -> Int64? {
     return (utime + stime) * 1_000_000_000 / max(ticks, 1)
 }
 
+/// Ticks the hypervisor took from `cpu` since boot (/proc/stat's steal), or nil.
+func stealTicks(cpu: Int) -> Int64? {
+    guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+        let line = text.split(separator: "\n").first(where: { $0.hasPrefix("cpu\(cpu) ") })
+    else { return nil }
+    let fields = line.split(separator: " ")
+    return fields.count > 8 ? Int64(fields[8]) : nil
+}
+
 /// The cores this process may run on.
 func onlineCPUs() -> Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 

@@ -400,9 +400,18 @@ func runPulseScenario(
     let m0 = pulse.metrics(metricNames)
     let cpu0 = processCPUNs(pulse.child.pid)
     let loop0 = threadCPUNs(pulse.child.pid, tid: pulse.child.pid)
+    let steal0 = stealTicks(cpu: ctx.cpu)
     let windowStart = cloop_realtime_ns()
     sleepSeconds(Double(seconds))
     let windowEnd = cloop_realtime_ns()
+    if let s0 = steal0, let s1 = stealTicks(cpu: ctx.cpu) {
+        // The hypervisor's share of the pulse's vCPU: what a spin cannot beat.
+        let ticks = Double(sysconf(Int32(_SC_CLK_TCK)))
+        result.notes.append(
+            String(
+                format: "hypervisor steal on cpu %d during the window: %.2f %% (/proc/stat)", ctx.cpu,
+                Double(s1 - s0) / ticks / (Double(windowEnd - windowStart) / 1e9) * 100))
+    }
     let loop1 = threadCPUNs(pulse.child.pid, tid: pulse.child.pid)
     let cpu1 = processCPUNs(pulse.child.pid)
     let m1 = pulse.metrics(metricNames)

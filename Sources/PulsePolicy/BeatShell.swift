@@ -62,6 +62,13 @@ public protocol BeatPorts: AnyObject {
 public final class BeatShell {
     /// The cluster's core (nil: a single node, which owns its timeline).
     public var core: ClusterCore?
+    /// Another election strategy when there is no core (`KVLeadership`, issue 21).
+    public var leadership: BeatLeadership?
+    /// Who owns the committed timeline and the publish mode (nil: a single node).
+    @inline(__always) private var lead: BeatLeadership? {
+        if let core { return core }
+        return leadership
+    }
     private unowned let ports: BeatPorts
     private var planner: BeatPlanner
     private var local: Timeline?
@@ -110,7 +117,7 @@ public final class BeatShell {
     /// The committed timeline (read from its owner), with a change whose
     /// downbeat was decided already folded in; nil before the epoch.
     public var timeline: Timeline? {
-        guard var t = core?.machine.timeline ?? local else { return nil }
+        guard var t = lead?.committedTimeline ?? local else { return nil }
         _ = t.applyDue(beat: planner.nextBeat &- 1)
         return t
     }
@@ -120,13 +127,13 @@ public final class BeatShell {
     /// The HLC suffix this node stamps (to tell its own frames apart).
     public var ownSuffix: String { encoder.hlcSuffix }
     /// The term stamped on frames: the core's Raft term, 1 for a single node.
-    public var term: UInt64 { core?.term ?? 1 }
+    public var term: UInt64 { lead?.term ?? 1 }
 
     /// The planner's publish mode now, for a beat of the timeline's period at the next beat.
     public func publishMode(_ t: Timeline, monoNs: Int64) -> PublishMode {
-        guard let core else { return .single }
+        guard let lead else { return .single }
         let k = planner.nextBeat
-        return core.publishMode(nowMonoNs: monoNs, periodNs: t.instantNs(ofBeat: k &+ 1) - t.instantNs(ofBeat: k))
+        return lead.publishMode(nowMonoNs: monoNs, periodNs: t.instantNs(ofBeat: k &+ 1) - t.instantNs(ofBeat: k))
     }
 
     // MARK: starting and following the committed timeline
@@ -191,11 +198,16 @@ public final class BeatShell {
             // A leader that learns the timeline only now starts past the guard too.
             if core.isLeader { takeOver(graceful: core.electedByHandOver) }
         case .applied(.tempo(let change), _):
-            if change.atBeat <= lastLeaderPublished { retroactiveTempoChanges &+= 1 }
-            if started { armNext() }  // the next instant may have moved
+            tempoApplied(change)
         default:
             break
         }
+    }
+
+    /// A committed tempo change was applied to the timeline's owner.
+    public func tempoApplied(_ change: TempoChange) {
+        if change.atBeat <= lastLeaderPublished { retroactiveTempoChanges &+= 1 }
+        if started { armNext() }  // the next instant may have moved
     }
 
     // MARK: the beat path
@@ -208,8 +220,8 @@ public final class BeatShell {
         let mode = publishMode(t, monoNs: monoNs)
         let inputs = BeatInputs(
             wallNs: wallNs, monoNs: monoNs, mode: mode, natsAttachedMonoNs: ports.natsAttachedMonoNs,
-            tempoBarrierBeat: core?.tempoBarrierBeat ?? .max, reference: core?.degradedReference,
-            term: core == nil ? 0 : term)
+            tempoBarrierBeat: lead?.tempoBarrierBeat ?? .max, reference: lead?.degradedReference,
+            term: lead == nil ? 0 : term)
         let nextBefore = planner.nextBeat
         switch planner.plan(inputs, timeline: t) {
         case .early:
@@ -266,7 +278,7 @@ public final class BeatShell {
     /// writes it (allocation-free). Also the zero-allocation test's entry.
     @discardableResult
     public func emit(_ k: Int64, _ t: Timeline, nowNs: Int64, targetWallNs: Int64, degraded: Bool) -> Bool {
-        if let owned = core?.machine.timeline ?? local, let p = owned.pendingEpoch, k >= p.startBeat,
+        if let owned = lead?.committedTimeline ?? local, let p = owned.pendingEpoch, k >= p.startBeat,
             p.startBeat > announcedChangeBeat
         {
             // The first beat this node emits at or after the change's downbeat
@@ -299,7 +311,7 @@ public final class BeatShell {
     /// Beat `k` went by without this node emitting it as a change's first
     /// beat: the owner's pending change at or before `k` is not announced here.
     private func passed(beat k: Int64) {
-        guard let p = (core?.machine.timeline ?? local)?.pendingEpoch, k >= p.startBeat else { return }
+        guard let p = (lead?.committedTimeline ?? local)?.pendingEpoch, k >= p.startBeat else { return }
         announcedChangeBeat = max(announcedChangeBeat, p.startBeat)
     }
 
@@ -317,7 +329,7 @@ public final class BeatShell {
     public func armNext() {
         guard let t = timeline else { return }
         let mode = publishMode(t, monoNs: ports.nowMonoNs())
-        ports.armBeat(atWallNs: planner.targetNs(t, planner.nextBeat, mode, core?.degradedReference), exact: false)
+        ports.armBeat(atWallNs: planner.targetNs(t, planner.nextBeat, mode, lead?.degradedReference), exact: false)
     }
 
     /// Window ids for this bar and the next, computed ahead (they hash:
@@ -414,8 +426,8 @@ public final class BeatShell {
     /// estimate refused the frame the planner would place next: 100,000-seed
     /// run, seed 4515 and six others.)
     private func echoClockNs(_ wallNs: Int64) -> Int64 {
-        guard let core else { return wallNs }
-        let reference = core.degraded ? core.degradedReference : core.referenceSync
+        guard let lead else { return wallNs }
+        let reference = lead.degraded ? lead.degradedReference : lead.referenceSync
         return reference?.referenceNs(atLocal: wallNs) ?? wallNs
     }
 

@@ -48,14 +48,16 @@
 // because the time the read's revision was written is not known.
 import PulseCore
 
-/// The lease's timing (the defaults give a failover within 1 s of a holder
-/// killed: the key expires within `ttlNs` of its last renewal and candidates
-/// retry every `renewEveryNs`).
+/// The lease's timing. The defaults give a failover within 1 s of a holder
+/// killed: its key expires within `ttlNs` of its last renewal (stored before
+/// the kill), a candidate retries every `renewEveryNs`, and the successor
+/// publishes after the beat side's take-over guard (295 ms, BeatDriver) at
+/// the next instant.
 public struct KVLeaseTiming: Sendable, Equatable {
     /// The lease bucket's max age: a key not renewed for this long expires.
-    public var ttlNs: Int64 = 600_000_000
+    public var ttlNs: Int64 = 450_000_000
     /// A holder renews (and a candidate retries its create) this often.
-    public var renewEveryNs: Int64 = 100_000_000
+    public var renewEveryNs: Int64 = 50_000_000
     /// The largest clock-rate difference between a node's monotonic clock
     /// and the servers' clocks, in parts per million of the TTL.
     public var clockRatePpm: Int64 = 10_000

@@ -6,7 +6,13 @@ import XCTest
 
 final class KVLeaseTests: XCTestCase {
     private let ms: Int64 = 1_000_000
-    private var timing: KVLeaseTiming { KVLeaseTiming() }
+    /// A fixed timing (TTL 600 ms, renewal 100 ms), whatever the defaults.
+    private var timing: KVLeaseTiming {
+        var t = KVLeaseTiming()
+        t.ttlNs = 600 * ms
+        t.renewEveryNs = 100 * ms
+        return t
+    }
 
     /// A candidate that took the key at revision `rev` (its create sent at `sentNs`).
     private func holder(rev: UInt64 = 7, sentNs: Int64 = 1_000 * 1_000_000) -> KVLease {
@@ -19,11 +25,14 @@ final class KVLeaseTests: XCTestCase {
     func testDefaultsAreConsistentAndMeetTheFailoverBound() {
         let t = KVLeaseTiming()
         XCTAssertNil(t.problem)
-        // 1% of 600 ms plus 50 ms of server skew.
-        XCTAssertEqual(t.marginNs, 56 * ms)
-        XCTAssertEqual(t.validNs, 544 * ms)
-        // A killed holder's key expires within the TTL; a candidate retries every renewal.
-        XCTAssertLessThan(t.ttlNs + t.renewEveryNs, 1_000 * ms)
+        // 1% of 450 ms plus 50 ms of server skew.
+        XCTAssertEqual(t.marginNs, 54_500_000)
+        XCTAssertEqual(t.validNs, 395_500_000)
+        // A killed holder's key expires within the TTL; a candidate retries
+        // every renewal; the take-over guard (295 ms) and a beat period follow.
+        XCTAssertLessThan(t.ttlNs + t.renewEveryNs + 295 * ms, 1_000 * ms)
+        XCTAssertNil(timing.problem)
+        XCTAssertEqual(timing.validNs, 544 * ms)
         var bad = t
         bad.renewEveryNs = 300 * ms
         XCTAssertNotNil(bad.problem)

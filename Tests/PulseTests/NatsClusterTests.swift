@@ -15,13 +15,18 @@ final class ClusterNatsServer {
     let process = Process()
     var url: String { "nats://127.0.0.1:\(clientPort)" }
 
-    /// `noAdvertise`: clients are not told about the other servers.
-    init(name: String, clientPort: Int, routePort: Int, routes: [Int], dir: String, noAdvertise: Bool = false) throws {
+    /// `noAdvertise`: clients are not told about the other servers;
+    /// `jetStream`: a clustered JetStream with its store under `dir`.
+    init(
+        name: String, clientPort: Int, routePort: Int, routes: [Int], dir: String, noAdvertise: Bool = false,
+        jetStream: Bool = false
+    ) throws {
         self.clientPort = clientPort
         self.routePort = routePort
         let config = """
             server_name: \(name)
             listen: 127.0.0.1:\(clientPort)
+            \(jetStream ? "jetstream { store_dir: \"\(dir)/\(name)-js\" }" : "")
             cluster {
               name: backbeat-test
               listen: 127.0.0.1:\(routePort)

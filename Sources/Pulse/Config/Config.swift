@@ -94,7 +94,12 @@ struct PulseConfig: Sendable {
     /// Names a request's `Host` may give besides localhost, the host name and
     /// IP literals (DNS names or a proxy's name; AdminBrowserGuard).
     var adminHosts: [String] = []
+    /// -election: `raft` (the default) or `nats-kv`, a JetStream KV lease (issue 21).
+    var election = "raft"
+    /// -kv-replicas: the KV buckets' replicas in nats-kv mode (3 on a 3-server JetStream cluster).
+    var kvReplicas = 1
 
+    var natsKV: Bool { election == "nats-kv" }
     var raftTLSEnabled: Bool { !raftTLSCert.isEmpty }
 
     /// This cluster's NATS subjects (PulseCore `BackbeatSubjects`).
@@ -119,6 +124,7 @@ struct PulseConfig: Sendable {
         if phases.contains(where: { $0.utf8.count > 64 }) { try fail("-phases names must be at most 64 bytes") }
         if !(0...65535).contains(adminPort) { try fail("-admin-port must be between 0 and 65535 (got \(adminPort))") }
         _ = try NatsLink.serverList(natsURL)  // one line naming the bad entry
+        try validateElection()
         if let cpu, !Self.allowedCPUs().contains(cpu) {
             let allowed = Self.allowedCPUs().map(String.init).joined(separator: ",")
             try fail("-cpu \(cpu) is not an online CPU (\(allowed))")
@@ -149,6 +155,28 @@ struct PulseConfig: Sendable {
             _ = try PeerList.parse(peers: peers, nodeId: nodeId, raftBind: raftBind)
         }
         try validateSecurity()
+    }
+
+    /// -election and what nats-kv mode excludes: the NATS servers elect, so
+    /// no Raft peers; the cluster id names the KV buckets (KVBuckets).
+    func validateElection() throws {
+        func fail(_ message: String) throws -> Never { throw PulseError.config(message) }
+        guard election == "raft" || election == "nats-kv" else {
+            try fail("-election must be raft or nats-kv (got '\(election)')")
+        }
+        if !(1...5).contains(kvReplicas) { try fail("-kv-replicas must be between 1 and 5 (got \(kvReplicas))") }
+        guard natsKV else { return }
+        if !peers.isEmpty || join {
+            try fail("-election nats-kv takes no -peers or -join: the pulses elect through JetStream KV")
+        }
+        let bucketSafe = clusterId.unicodeScalars.allSatisfy {
+            $0.isASCII && (CharacterSet.alphanumerics.contains($0) || $0 == "-" || $0 == "_")
+        }
+        if !bucketSafe {
+            try fail(
+                "-election nats-kv: -cluster '\(clusterId)' must be letters, digits, '-' and '_' (it names the KV buckets)"
+            )
+        }
     }
 
     /// The TLS and NATS credential flags: complete sets, readable files, and a
@@ -427,6 +455,14 @@ struct PulseCommand: ParsableCommand {
         name: both("raft-compact-every"),
         help: "Snapshot the timeline and drop the Raft log after this many applied entries (default 64)")
     var raftCompactEvery: Int?
+    @Option(
+        name: both("election"),
+        help:
+            "Leader election: raft (the default) or nats-kv, a JetStream KV lease on the -nats servers (env BACKBEAT_ELECTION)"
+    )
+    var election: String?
+    @Option(name: both("kv-replicas"), help: "nats-kv: replicas of the KV buckets (default 1; 3 on a 3-server cluster)")
+    var kvReplicas: Int?
 
     /// Applies the parsed arguments (environment and file already folded in
     /// as leading arguments) over the defaults, then validates.
@@ -475,6 +511,8 @@ struct PulseCommand: ParsableCommand {
         if let electionTimeoutMs { config.electionTimeoutMs = electionTimeoutMs }
         if let degradeAfterMs { config.degradeAfterMs = degradeAfterMs }
         if let raftCompactEvery { config.raftCompactEvery = raftCompactEvery }
+        if let election { config.election = election.lowercased() }
+        if let kvReplicas { config.kvReplicas = kvReplicas }
         let flags: [(String?, WritableKeyPath<PulseConfig, String>)] = [
             (adminBind, \.adminBind), (raftTLSCert, \.raftTLSCert), (raftTLSKey, \.raftTLSKey),
             (raftTLSCA, \.raftTLSCA),
@@ -495,7 +533,7 @@ struct PulseCommand: ParsableCommand {
             "nats-key", "raft-bind", "peers", "data-dir", "cpu", "rt-priority", "spin-max-us", "max-offset-ms",
             "log-format", "log-level", "config", "admin-token", "admin-token-file", "heartbeat-ms",
             "election-timeout-ms",
-            "degrade-after-ms", "raft-compact-every", "admin-hosts", "sign-key",
+            "degrade-after-ms", "raft-compact-every", "admin-hosts", "sign-key", "election", "kv-replicas",
         ].map { ($0, false) } + [("bootstrap", true), ("join", true), ("mlock", true), ("raft-insecure", true)]
 
     /// The environment variable of `flag`: BACKBEAT_ and the name in upper

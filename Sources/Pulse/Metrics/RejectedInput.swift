@@ -17,6 +17,8 @@ enum InputSurface: String, CaseIterable, Sendable {
     case http
     /// Files in the data dir (counted before the node refuses to start, or for a torn tail).
     case dataDir = "data_dir"
+    /// Records read from the JetStream KV buckets (`-election nats-kv`).
+    case kv
 }
 
 /// Loop-thread counter of refused inputs by surface and reason. Reasons are

@@ -293,7 +293,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
 
     /// Credentials and TLS through the C client's own options. The errors
     /// name the flag, never a secret.
-    private func applySecurity(_ opts: OpaquePointer?) throws {
+    func applySecurity(_ opts: OpaquePointer?) throws {
         if !security.credsPath.isEmpty {
             try check(
                 natsOptions_SetUserCredentialsFromFiles(opts, security.credsPath, nil),

@@ -39,6 +39,7 @@ extension PulseNode: AdminBackend {
     }
 
     func leaderStatus() -> LeaderStatus {
+        if let kv { return kvLeaderStatus(kv) }
         guard let cluster else {
             return LeaderStatus(
                 node_id: nodeId, is_leader: true, leader: config.raftBind, cluster_size: 1,
@@ -113,6 +114,7 @@ extension PulseNode: AdminBackend {
     }
 
     private func clusterHealth() -> ComponentHealth {
+        if let kv { return kvHealth(kv) }
         guard let cluster else { return ComponentHealth(status: "ok", detail: "single node, leader") }
         if let leader = cluster.leaderPeer {
             return ComponentHealth(
@@ -304,6 +306,9 @@ extension PulseNode: AdminBackend {
 
     /// Who may publish: this node alone, or the configured peers.
     func echoPolicy() -> EchoPolicy {
+        if kv != nil {  // nats-kv: whoever holds the lease publishes; terms are KV revisions
+            return EchoPolicy(clusterId: config.clusterId, publishers: .any, maxTermLead: EchoPolicy.clusterTermLead)
+        }
         guard let cluster else { return .singleNode(clusterId: config.clusterId, ownSuffix: beats.ownSuffix) }
         return EchoPolicy(
             clusterId: config.clusterId, publishers: cluster.peers.publishers(nodeId: nodeId),

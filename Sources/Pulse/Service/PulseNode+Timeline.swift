@@ -98,7 +98,8 @@ extension PulseNode: TimelineChangeListener {
 
     /// The leader (or a single node) publishes the timeline on its subject.
     func committedTimelineChanged() {
-        guard cluster?.isLeader ?? true, let body = timelineBody(), let data = try? AdminJSON.encoder().encode(body)
+        guard cluster?.isLeader ?? kv?.isHolder ?? true, let body = timelineBody(),
+            let data = try? AdminJSON.encoder().encode(body)
         else {
             return
         }

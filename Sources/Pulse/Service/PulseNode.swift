@@ -34,6 +34,8 @@ final class PulseNode: LoopHandler {
     private(set) var admin: AdminServer?
     /// The Raft cluster, when -peers is given.
     private(set) var cluster: ClusterNode?
+    /// The JetStream KV lease, with -election nats-kv (issue 21).
+    private(set) var kv: KVNode?
     /// Raft mutual TLS, when -raft-tls-* are given (reloaded on SIGHUP).
     private(set) var raftTLS: RaftTLS?
     /// A SIGHUP reload is being read off the loop / another was asked for meanwhile.
@@ -82,7 +84,7 @@ final class PulseNode: LoopHandler {
         let peers = clustered ? try PeerList.parse(peers: config.peers, nodeId: nodeId, raftBind: config.raftBind) : nil
         // Loaded once and validated (DataDirFiles.parseEpoch): a file that
         // cannot be used stops the start here, before any thread or socket.
-        let stored = clustered ? nil : try dataDir.loadEpoch()
+        let stored = clustered || config.natsKV ? nil : try dataDir.loadEpoch()
         let flags: TimelineShape
         do {
             flags = try TimelineShape(bar: config.bar, phases: config.phases)
@@ -96,7 +98,7 @@ final class PulseNode: LoopHandler {
             epoch: TempoEpoch(startBeat: 0, startNs: 0, bpm: Int64(config.bpm)), bar: flags.bar,
             phaseCount: flags.phases.count)
         let timeline: Timeline?
-        if clustered {
+        if clustered || config.natsKV {
             localShape = flags
             timeline = nil
         } else {
@@ -129,9 +131,12 @@ final class PulseNode: LoopHandler {
         }
         if let peers {
             try attachCluster(peers: peers, flags: flags)
+        } else if config.natsKV {
+            kv = try startKV(flags: flags)
         } else {
             tempo.useDataDirCommit()
         }
+        metrics.exportElectionStrategy(config.natsKV ? "nats-kv" : clustered ? "raft" : "single")
         signalToken = try loop.watchSignals([SIGINT, SIGTERM, SIGHUP], handler: self)
         housekeepingToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
     }
@@ -265,6 +270,7 @@ final class PulseNode: LoopHandler {
         try applyRealtime()
         beats.start()  // a single node's timeline; a cluster node's beats start with the committed epoch
         try cluster?.start()
+        try kv?.start()
         try loop.armTimer(housekeepingToken, afterNs: 1_000_000_000, intervalNs: 1_000_000_000)
         logger.info(
             "pulse running",
@@ -277,12 +283,13 @@ final class PulseNode: LoopHandler {
             ])
         loop.run()
         cluster?.stop()
+        kv?.stop()
         beats.stop()
         admin?.stop()
         nats.close()
         logger.info("pulse stopped", metadata: ["beats_published": "\(beats.stats.beatsPublished)"])
         // The committed shape differs from the flags (§12): a non-zero exit with the reason.
-        if let refusal = cluster?.refusal { throw refusal }
+        if let refusal = cluster?.refusal ?? kv?.refusal { throw refusal }
     }
 
     func loopEvent(token: UInt32, events: UInt32) {
@@ -294,7 +301,7 @@ final class PulseNode: LoopHandler {
                 logger.info("stopping", metadata: ["signal": signo == SIGTERM ? "SIGTERM" : "SIGINT"])
                 // A leader hands over first so that no beat is missed; the
                 // loop keeps turning until it is a follower (at most 3 s).
-                if stopRequestedMonoNs == nil, let cluster, cluster.isLeader {
+                if stopRequestedMonoNs == nil, cluster?.isLeader ?? kv?.isHolder ?? false {
                     stopRequestedMonoNs = cloop_monotonic_ns()
                     handOverPending = true
                     logger.info("handing leadership over after the next beat, before stopping")
@@ -314,6 +321,8 @@ final class PulseNode: LoopHandler {
         handOverPending = false
         if let cluster, cluster.transferLeadership() {
             logger.info("handing leadership over before stopping")
+        } else if let kv, kv.release() {
+            logger.info("releasing the KV lease before stopping")
         } else {
             loop.requestStop()
         }
@@ -402,7 +411,7 @@ final class PulseNode: LoopHandler {
             let periodNs = t.instantNs(ofBeat: beats.nextBeat + 1) - t.instantNs(ofBeat: beats.nextBeat)
             // No echo of our frame within a period and a second: hand over anyway.
             if handOverPending && waited > periodNs + 1_000_000_000 { handOver() }
-            if !(cluster?.isLeader ?? false) || waited > periodNs + 3_000_000_000 { loop.requestStop() }
+            if !(cluster?.isLeader ?? kv?.isHolder ?? false) || waited > periodNs + 3_000_000_000 { loop.requestStop() }
         }
         if let transfer = adminTransfer {
             let t = beats.timeline

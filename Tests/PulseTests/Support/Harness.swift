@@ -136,15 +136,19 @@ final class NatsServer {
         } ?? "nats-server"
     }()
 
-    init(port: Int = Harness.freePort()) throws {
+    /// With JetStream (`-js`, its store in a fresh temp dir) when `jetStream`.
+    let jetStreamDir: String?
+
+    init(port: Int = Harness.freePort(), jetStream: Bool = false) throws {
         self.port = port
+        jetStreamDir = jetStream ? Harness.tempDir("js") : nil
         try start()
     }
 
     func start() throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["-a", "127.0.0.1", "-p", "\(port)"]
+        process.arguments = ["-a", "127.0.0.1", "-p", "\(port)"] + (jetStreamDir.map { ["-js", "-sd", $0] } ?? [])
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()

@@ -1,0 +1,285 @@
+// KV/KVNode.swift — a pulse node in `-election nats-kv` mode (issue 21): the
+// lease and the timeline of PulsePolicy/KVLease*.swift driven on the loop
+// over the JetStream KV buckets (KVBuckets), feeding the same beat side as
+// Raft mode (`BeatShell.leadership`).
+//
+// On the loop thread: a 20 ms timer asks the lease for its next operation;
+// the operation runs on the KV queue and its answer comes back through
+// `EventLoop.postCompletion` (never dropped); the watches of the lease and
+// timeline keys come back the same way. Nothing here runs on the beat path:
+// the beat path only reads `KVLeadership.publishMode`.
+//
+//   acquired  → write the term start (the epoch when the bucket has none)
+//   the watch applies a record of our term → take over the beats
+//   lost / lease run down → publishMode is follower at once (no event needed)
+//   a tempo request on the holder → a CAS write of the next record; the
+//     barrier holds its apply beat until the key moved past the write's base
+//   SIGTERM on the holder → after its last frame came back: `release()`
+//     deletes the key with the revision check; the node stops on `.released`
+import CLoop
+import Foundation
+import Glibc
+import Logging
+import PulseCore
+import PulsePolicy
+
+final class KVNode: LoopHandler {
+    let buckets: KVBuckets
+    let leadership: KVLeadership
+    /// Forwarded tempo requests and answers (KVForwarding.swift).
+    let forwardLink: KVForwardLink
+    private unowned let loop: EventLoop
+    private let beats: BeatDriver
+    private let rejected: RejectedInput
+    private let logger: Logger
+    private let shape: TimelineShape
+    private let bootstrapBpm: Int64
+    private var timerToken: UInt32 = 0
+    /// The shape refusal that stopped the node (§12), thrown after the loop.
+    private(set) var refusal: PulseError?
+    /// Called once the hand-over's delete is done.
+    var onReleased: (() -> Void)?
+    /// Called after the watch applied a change to the committed timeline.
+    var onTimelineChange: ((KVTimelineChange) -> Void)?
+    /// A write of the timeline key is in flight (term start, epoch or tempo).
+    private var writing = false
+    /// The timeline revision the last failed term start compared against:
+    /// retried once the watch shows a newer record (or at once if none is).
+    private var termStartBase: UInt64?
+    private var termStartRetryMonoNs: Int64 = 0
+    /// The tempo write in flight or of unknown fate: the barrier holds its
+    /// apply beat until the key moves past `base`.
+    private var tempoBase: UInt64?
+    /// The key was deleted (a hand-over) before we took it: take over with the short guard.
+    private var takenAfterDelete = false
+    private var tookOverTerm: UInt64 = 0
+    /// Counters for /metrics and logs.
+    private(set) var acquisitions: UInt64 = 0
+    private(set) var losses: UInt64 = 0
+
+    init(
+        config: PulseConfig, nodeId: String, shape: TimelineShape, loop: EventLoop, beats: BeatDriver,
+        rejected: RejectedInput, logger: Logger, applySecurity: (OpaquePointer?) throws -> Void
+    ) throws {
+        let timing = KVLeaseTiming()
+        buckets = try KVBuckets(
+            servers: try NatsLink.serverList(config.natsURL), clusterId: config.clusterId,
+            replicas: config.kvReplicas, ttlNs: timing.ttlNs, name: "pulse \(nodeId) kv", applySecurity: applySecurity)
+        // The claim: the node id and a start-up nonce (a restart is a new incarnation).
+        let owner = "\(nodeId) \(getpid())-\(cloop_realtime_ns())"
+        leadership = KVLeadership(
+            lease: KVLease(timing: timing, owner: owner, nowMonoNs: cloop_monotonic_ns()),
+            timeline: KVLeaseTimeline(flags: shape))
+        self.loop = loop
+        self.beats = beats
+        self.rejected = rejected
+        self.logger = logger
+        self.shape = shape
+        self.bootstrapBpm = Int64(config.bpm)
+        forwardLink = KVForwardLink(buckets: buckets, nodeId: nodeId, rejected: rejected)
+        beats.shell.leadership = leadership
+    }
+
+    var isHolder: Bool { leadership.isHolder }
+    var term: UInt64 { leadership.term }
+
+    /// Starts the watches and the lease timer (loop thread, before `run`).
+    func start() throws {
+        let loop = self.loop
+        guard
+            buckets.watch(
+                lease: false,
+                seen: { [weak self] entry in loop.postCompletion { self?.timelineWatched(entry) } }),
+            buckets.watch(
+                lease: true, seen: { [weak self] entry in loop.postCompletion { self?.leaseWatched(entry) } }),
+            buckets.watch(
+                lease: true, key: forwardLink.inboxKeys, updatesOnly: true,
+                seen: { [weak self] entry in loop.postCompletion { self?.forwardLink.received(entry) } })
+        else {
+            throw PulseError.startup("-election nats-kv: cannot watch the KV buckets \(buckets.timelineBucket)")
+        }
+        timerToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
+        try loop.armTimer(timerToken, afterNs: 1_000_000, intervalNs: 20_000_000)
+    }
+
+    func stop() {
+        buckets.close()
+    }
+
+    func loopEvent(token: UInt32, events: UInt32) {
+        guard token == timerToken else { return }
+        loop.readTimer(timerToken)
+        drive()
+    }
+
+    // MARK: the lease
+
+    private func drive() {
+        let now = cloop_monotonic_ns()
+        if let op = leadership.lease.next(nowMonoNs: now) {
+            let loop = self.loop
+            buckets.lease(op, owner: leadership.lease.owner) { [weak self] reply in
+                loop.postCompletion { self?.leaseAnswered(reply) }
+            }
+        }
+        maybeWriteTermStart(now)
+    }
+
+    private func leaseAnswered(_ reply: KVLeaseReply) {
+        for event in leadership.lease.complete(reply, nowMonoNs: cloop_monotonic_ns()) {
+            switch event {
+            case .acquired(let term):
+                acquisitions &+= 1
+                termStartBase = nil
+                logger.info("lease acquired", metadata: ["term": "\(term)", "bucket": "\(buckets.leaseBucket)"])
+            case .lost(let term):
+                losses &+= 1
+                logger.warning("lease lost", metadata: ["term": "\(term)"])
+            case .released:
+                logger.info("lease released")
+                onReleased?()
+            }
+        }
+        drive()
+    }
+
+    /// The node id in the lease key's claim as last watched (nil: no key).
+    private(set) var holderNodeId: String?
+    /// When the watch last saw a lease key revision (monotonic ns).
+    private(set) var lastWatchedMonoNs: Int64 = 0
+
+    private func leaseWatched(_ entry: KVWatched) {
+        leadership.watched(revision: entry.revision)
+        lastWatchedMonoNs = cloop_monotonic_ns()
+        holderNodeId = entry.value.flatMap {
+            String(decoding: $0, as: UTF8.self).split(separator: " ").first.map(String.init)
+        }
+        if entry.value == nil {
+            // Deleted (a hand-over): candidates try at once.
+            takenAfterDelete = true
+            leadership.lease.keyGone()
+            drive()
+        } else if entry.value.map({ String(decoding: $0, as: UTF8.self) }) != leadership.lease.owner {
+            takenAfterDelete = false  // another node's claim: a later take-over is after an expiry
+        }
+    }
+
+    /// Graceful hand-over: stops publishing now and deletes the key.
+    /// False when this node does not hold it (nothing to hand over).
+    func release() -> Bool {
+        let wasHolder = leadership.isHolder
+        for event in leadership.lease.release() where event == .released { onReleased?() }
+        drive()
+        return wasHolder
+    }
+
+    // MARK: the timeline
+
+    private func maybeWriteTermStart(_ now: Int64) {
+        let lease = leadership.lease
+        // Only within the lease: a write prepared by a holder whose lease ran
+        // down can still be stored, but fails on the revision once the next
+        // holder's term start moved the key (KVLeaseTimeline.swift).
+        guard lease.mayPublish(nowMonoNs: now), !writing, !leadership.timeline.holderReady(term: lease.term) else {
+            return
+        }
+        if let base = termStartBase, base == leadership.timeline.revision, now < termStartRetryMonoNs { return }
+        let write: (value: [UInt8], lastRevision: UInt64)?
+        if let start = leadership.timeline.termStart(term: lease.term) {
+            write = start
+        } else {
+            // No timeline in the bucket (as far as the watch showed): the
+            // first holder creates the epoch; a create fails if one exists.
+            let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns(), bpm: bootstrapBpm)
+            let command = ClusterCommand.epoch(
+                startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm, bar: shape.bar,
+                phases: shape.phases)
+            write = leadership.timeline.write(command, term: lease.term).map { ($0.value, $0.lastRevision) }
+        }
+        guard let write else { return }
+        writing = true
+        termStartBase = write.lastRevision
+        termStartRetryMonoNs = now + 100_000_000
+        let loop = self.loop
+        buckets.writeTimeline(write.value, lastRevision: write.lastRevision) { [weak self] reply in
+            loop.postCompletion {
+                guard let self else { return }
+                self.writing = false  // retried when the watch shows no record of our term
+            }
+        }
+    }
+
+    private func timelineWatched(_ entry: KVWatched) {
+        guard let value = entry.value else { return }  // a timeline key is never deleted by a pulse
+        let change = leadership.timeline.apply(value, revision: entry.revision)
+        if let base = tempoBase, leadership.timeline.revision > base {
+            tempoBase = nil
+            leadership.tempoBarrierBeat = .max
+        }
+        switch change {
+        case .refused(let why):
+            if why != "old revision" { rejected.record(.kv, "bad_timeline_record") }
+            return
+        case .shapeMismatch(let why):
+            logger.error("committed shape differs from the flags", metadata: ["reason": "\(why)"])
+            refusal = PulseError.startup(why)
+            loop.requestStop()
+            return
+        case .started:
+            beats.shell.start()
+        case .tempo(let change):
+            beats.shell.tempoApplied(change)
+        case .restamped:
+            break
+        }
+        maybeTakeOver()
+        onTimelineChange?(change)
+    }
+
+    /// The holder publishes from the first record of its term on.
+    private func maybeTakeOver() {
+        let term = leadership.lease.term
+        guard leadership.isReadyHolder, tookOverTerm != term, beats.shell.started else { return }
+        tookOverTerm = term
+        beats.shell.takeOver(graceful: takenAfterDelete)
+        logger.info(
+            "publishing as lease holder", metadata: ["term": "\(term)", "after_hand_over": "\(takenAfterDelete)"])
+    }
+
+    /// The holder's tempo commit: a CAS write of the next record; `done`
+    /// gets nil, `no_leader` (certainly not written) or `outcome_unknown`.
+    func commitTempo(_ change: TempoChange, justification: String, done: @escaping (String?) -> Void) {
+        guard leadership.isReadyHolder, leadership.lease.mayPublish(nowMonoNs: cloop_monotonic_ns()), !writing,
+            let write = leadership.timeline.write(
+                .tempo(atBeat: change.atBeat, bpm: change.bpm, justification: justification),
+                term: leadership.lease.term),
+            case .tempo(let placed) = write.applied
+        else { return done("no_leader") }
+        writing = true
+        tempoBase = write.lastRevision
+        leadership.tempoBarrierBeat = placed.atBeat
+        let loop = self.loop
+        buckets.writeTimeline(write.value, lastRevision: write.lastRevision) { [weak self] reply in
+            loop.postCompletion {
+                guard let self else { return }
+                self.writing = false
+                switch reply {
+                case .written:
+                    done(nil)  // the barrier lifts when the watch applies it
+                case .conflict, .notSent:
+                    self.tempoBase = nil
+                    self.leadership.tempoBarrierBeat = .max
+                    done("no_leader")
+                case .unknown:
+                    // Move the key past the write's base (a conflict if it
+                    // was stored): the barrier lifts once the watch shows it.
+                    self.termStartBase = nil
+                    if let start = self.leadership.timeline.termStart(term: self.leadership.lease.term) {
+                        self.buckets.writeTimeline(start.value, lastRevision: start.lastRevision) { _ in }
+                    }
+                    done("outcome_unknown")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+// KV/PulseNode+KV.swift — the node's wiring in `-election nats-kv` mode
+// (issue 21): the KV node feeds the beat shell (`BeatShell.leadership`), a
+// tempo request on the lease holder is a CAS write of the timeline key, the
+// timeline's changes are logged and announced as in Raft mode, and the
+// hand-over's delete stops the node.
+import CLoop
+import Foundation
+import Glibc
+import PulseCore
+import PulsePolicy
+
+extension PulseNode {
+    /// Opens the buckets (blocking, before the loop runs: no JetStream is one
+    /// start-up line and exit status 1) and wires the KV node in.
+    func startKV(flags: TimelineShape) throws -> KVNode {
+        // The KV connection's threads start now, before the loop watches the
+        // stop signals: they must inherit the signals blocked, or SIGTERM
+        // would kill the process on one of them instead of reaching the loop.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        for signo in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&stopSignals, signo) }
+        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+        let nats = self.nats
+        let node = try KVNode(
+            config: config, nodeId: nodeId, shape: flags, loop: loop, beats: beats, rejected: rejected, logger: logger,
+            applySecurity: { try nats.applySecurity($0) })
+        logger.info(
+            "election: nats-kv",
+            metadata: [
+                "lease_bucket": "\(node.buckets.leaseBucket)", "timeline_bucket": "\(node.buckets.timelineBucket)",
+                "ttl_ms": "\(node.leadership.lease.timing.ttlNs / 1_000_000)",
+                "valid_ms": "\(node.leadership.lease.timing.validNs / 1_000_000)",
+            ])
+        tempo.persistAppliedEpochs = false
+        tempo.canCommit = { [unowned node] in node.leadership.isReadyHolder }
+        tempo.leaderKnown = { [unowned node] in node.leadership.isReadyHolder || node.holderNodeId != nil }
+        tempo.commit = { [unowned node] change, justification, done in
+            node.commitTempo(change, justification: justification, done: done)
+        }
+        // A non-holder forwards POST /tempo to the holder, as a Raft follower does.
+        let forwarder = try TempoForwarder(loop: loop, link: node.forwardLink, rejected: rejected, logger: logger)
+        let me = nodeId
+        forwarder.leader = { [unowned node] in
+            guard let holder = node.holderNodeId, holder != me else { return nil }
+            return node.forwardLink.member(nodeId: holder)
+        }
+        forwarder.serve = { [unowned self] body, answer in self.serveForwardedTempo(body, answer: answer) }
+        tempo.forward = { [unowned self] request, reply in
+            forwarder.forward(request) { decision in
+                if case .refused(_, let code, _) = decision, code == "no_leader" || code == "outcome_unknown" {
+                    self.metrics.tempoRefused(reason: code)
+                }
+                reply(decision)
+            }
+        }
+        node.onReleased = { [unowned self] in self.loop.requestStop() }
+        node.onTimelineChange = { [unowned self] change in self.kvTimelineChanged(change) }
+        return node
+    }
+
+    /// `/leader` in nats-kv mode: the holder named by the lease key's claim.
+    func kvLeaderStatus(_ kv: KVNode) -> LeaderStatus {
+        let holder = kv.isHolder
+        let sinceWatchMs = holder ? 0 : max(0, (cloop_monotonic_ns() - kv.lastWatchedMonoNs) / 1_000_000)
+        return LeaderStatus(
+            node_id: nodeId, is_leader: holder, leader: holder ? nodeId : kv.holderNodeId, cluster_size: 0,
+            stats: .init(
+                term: kv.term, commit_index: kv.leadership.timeline.revision, last_contact_ms: sinceWatchMs,
+                leadership_changes: kv.acquisitions,
+                state: holder ? "leader" : kv.holderNodeId == nil ? "candidate" : "follower"))
+    }
+
+    /// `/health`'s cluster component in nats-kv mode: the strategy named.
+    func kvHealth(_ kv: KVNode) -> ComponentHealth {
+        if kv.isHolder { return ComponentHealth(status: "ok", detail: "nats-kv: lease holder, term \(kv.term)") }
+        if let holder = kv.holderNodeId {
+            return ComponentHealth(status: "ok", detail: "nats-kv: follower, lease held by \(holder)")
+        }
+        return ComponentHealth(status: "failing", detail: "nats-kv: nobody holds the lease")
+    }
+
+    private func kvTimelineChanged(_ change: KVTimelineChange) {
+        switch change {
+        case .started(let epoch):
+            logger.info("timeline committed", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(epoch.bpm)"])
+            committedTimelineChanged()
+        case .tempo:
+            tempo.committedChangeApplied(justification: kv?.leadership.timeline.machine.justification ?? "")
+            committedTimelineChanged()
+        case .restamped, .refused, .shapeMismatch:
+            break
+        }
+    }
+}
+
+extension PulseMetrics {
+    /// `backbeat_election_strategy{strategy}`: 1 for the strategy this node runs
+    /// (`raft`, `nats-kv`, or `single` for a node without peers).
+    func exportElectionStrategy(_ strategy: String) {
+        registry.makeGauge(
+            name: "backbeat_election_strategy", labels: [("strategy", strategy)],
+            help: "Always 1; the label says how the publisher is elected (raft, nats-kv, single)."
+        ).set(Double(1))
+    }
+}

@@ -1,0 +1,243 @@
+// Three real `pulse` processes in `-election nats-kv` mode (issue 21) on real
+// nats-servers with JetStream, and an independent subscriber: one publisher,
+// SIGKILL failover within 1 s, SIGTERM without a missed beat, a stopped
+// holder that publishes nothing after SIGCONT until it holds the key again,
+// a tempo change posted to a non-holder applying at one downbeat on all,
+// and one NATS server of a 3-server JetStream cluster killed.
+import Foundation
+import Glibc
+import PulsePolicy
+import XCTest
+
+@testable import Pulse
+
+/// Three `pulse` nodes (k1, k2, k3) in nats-kv mode on `natsURLs`.
+final class KVPulseCluster {
+    let names = ["k1", "k2", "k3"]
+    let dir: String
+    let cluster: String
+    let bpm: Int
+    let natsURL: String
+    let extra: [String]
+    let adminPorts: [Int]
+    var nodes: [PulseProcess?] = [nil, nil, nil]
+
+    init(cluster: String, bpm: Int, natsURL: String, extra: [String] = []) throws {
+        self.cluster = cluster
+        self.bpm = bpm
+        self.natsURL = natsURL
+        self.extra = extra
+        dir = Harness.tempDir(cluster)
+        adminPorts = (0..<3).map { _ in Harness.freePort() }
+        for i in 0..<3 { try start(i) }
+    }
+
+    func start(_ i: Int) throws {
+        nodes[i] = try PulseProcess(
+            arguments: [
+                "-election", "nats-kv", "-bpm", "\(bpm)", "-max-bpm", "600", "-cluster", cluster, "-node-id",
+                names[i], "-nats", natsURL, "-data-dir", "\(dir)/\(names[i])", "-admin-port", "\(adminPorts[i])",
+            ] + extra, logPath: "\(dir)/\(names[i]).log")
+    }
+
+    func get(_ i: Int, _ path: String) -> [String: Any] { PulseCluster.adminJSON(port: adminPorts[i], path) }
+
+    var logs: String {
+        names.map { "--- \($0)\n" + ((try? String(contentsOfFile: "\(dir)/\($0).log", encoding: .utf8)) ?? "") }
+            .joined(separator: "\n")
+    }
+
+    func stopAll() {
+        for node in nodes { node?.stop() }
+    }
+
+    deinit {
+        stopAll()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
+
+final class KVLeaseProcessTests: XCTestCase {
+    typealias Frame = (index: Int64, from: String, term: Int64, receivedNs: Int64, bpm: Int64)
+
+    private func frames(_ subscriber: Subscriber) -> [Frame] {
+        subscriber.received.compactMap { frame in
+            let o = frame.object
+            guard let index = (o["beat_index"] as? NSNumber)?.int64Value, let hlc = o["hlc"] as? String,
+                let term = (o["term"] as? NSNumber)?.int64Value
+            else { return nil }
+            let bpm = (o["tempo_bpm"] as? NSNumber)?.int64Value ?? 0
+            return (index, String(hlc.split(separator: ":").last ?? ""), term, frame.receivedNs, bpm)
+        }
+    }
+
+    private func assertNoRepeatNoBackwards(
+        _ list: [Frame], _ logs: String, file: StaticString = #filePath, line: UInt = #line
+    ) {
+        for (a, b) in zip(list, list.dropFirst()) {
+            XCTAssertGreaterThan(b.index, a.index, "index \(b.index) after \(a.index)\n\(logs)", file: file, line: line)
+            XCTAssertGreaterThanOrEqual(b.term, a.term, "term went back", file: file, line: line)
+        }
+    }
+
+    /// The index of the node whose frames the subscriber saw last.
+    private func holder(_ subscriber: Subscriber, _ cluster: KVPulseCluster) -> Int? {
+        guard let from = frames(subscriber).last?.from else { return nil }
+        return cluster.names.firstIndex { $0.hasSuffix(from) || from.hasSuffix($0) }
+    }
+
+    private func nowNs() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
+    }
+
+    func testOnePublisherAndSigkillFailsOverWithinOneSecond() throws {
+        let nats = try NatsServer(jetStream: true)
+        let cluster = try KVPulseCluster(cluster: "kvkill", bpm: 600, natsURL: nats.url)
+        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.kvkill.beat")
+        XCTAssertTrue(subscriber.wait(for: 20, seconds: 15), cluster.logs)
+        let before = frames(subscriber)
+        XCTAssertEqual(Set(before.suffix(10).map(\.from)).count, 1, "one publisher\n\(cluster.logs)")
+        let old = try XCTUnwrap(holder(subscriber, cluster))
+        let oldFrom = try XCTUnwrap(before.last?.from)
+        let killedNs = nowNs()
+        cluster.nodes[old]?.signal(SIGKILL)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) { self.frames(subscriber).contains { $0.from != oldFrom } }, cluster.logs)
+        usleep(1_000_000)
+        let list = frames(subscriber)
+        let first = try XCTUnwrap(list.first { $0.from != oldFrom && $0.receivedNs > killedNs })
+        let failoverMs = Double(first.receivedNs - killedNs) / 1e6
+        print("nats-kv: first frame of the new holder \(failoverMs) ms after the kill")
+        XCTAssertLessThanOrEqual(failoverMs, 1000, "first frame of the new holder \(failoverMs) ms after the kill")
+        XCTAssertGreaterThan(first.term, try XCTUnwrap(before.last?.term), "a new holding has a greater term")
+        assertNoRepeatNoBackwards(list, cluster.logs)
+        XCTAssertEqual(Set(list.suffix(5).map(\.from)).count, 1, "one publisher again")
+        cluster.nodes[old] = nil
+    }
+
+    func testSigtermOfTheHolderMissesNoBeat() throws {
+        let nats = try NatsServer(jetStream: true)
+        let cluster = try KVPulseCluster(cluster: "kvterm", bpm: 300, natsURL: nats.url)
+        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.kvterm.beat")
+        XCTAssertTrue(subscriber.wait(for: 6, seconds: 15), cluster.logs)
+        let old = try XCTUnwrap(holder(subscriber, cluster))
+        XCTAssertEqual(cluster.nodes[old]?.stop(), 0, cluster.logs)
+        XCTAssertTrue(cluster.nodes[old]?.log.contains("lease released") ?? false, cluster.logs)
+        let before = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: before + 8, seconds: 10), cluster.logs)
+        let list = frames(subscriber)
+        assertNoRepeatNoBackwards(list, cluster.logs)
+        for (a, b) in zip(list, list.dropFirst()) {
+            XCTAssertEqual(b.index, a.index + 1, "no beat missed across the hand-over\n\(cluster.logs)")
+        }
+        XCTAssertGreaterThan(Set(list.map(\.from)).count, 1, "a new holder took over")
+        cluster.nodes[old] = nil
+    }
+
+    func testStoppedHolderPublishesNothingAfterSigcontUntilItHoldsTheKeyAgain() throws {
+        let nats = try NatsServer(jetStream: true)
+        let cluster = try KVPulseCluster(cluster: "kvstop", bpm: 300, natsURL: nats.url)
+        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.kvstop.beat")
+        XCTAssertTrue(subscriber.wait(for: 6, seconds: 15), cluster.logs)
+        let old = try XCTUnwrap(holder(subscriber, cluster))
+        let oldFrom = try XCTUnwrap(frames(subscriber).last?.from)
+        cluster.nodes[old]?.signal(SIGSTOP)
+        usleep(2_500_000)  // far past its lease (TTL 600 ms)
+        let resumedNs = nowNs()
+        cluster.nodes[old]?.signal(SIGCONT)
+        let before = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: before + 10, seconds: 10), cluster.logs)
+        let list = frames(subscriber)
+        assertNoRepeatNoBackwards(list, cluster.logs)
+        let lateFromOld = list.filter { $0.from == oldFrom && $0.receivedNs > resumedNs }
+        XCTAssertTrue(lateFromOld.isEmpty, "the stopped holder published after SIGCONT\n\(cluster.logs)")
+        XCTAssertTrue(list.contains { $0.from != oldFrom && $0.receivedNs > resumedNs }, "a successor publishes")
+        XCTAssertTrue(cluster.nodes[old]?.log.contains("lease lost") ?? false, "it learned it lost\n\(cluster.logs)")
+    }
+
+    func testTempoChangeAppliesAtTheSameDownbeatOnAll() throws {
+        let nats = try NatsServer(jetStream: true)
+        let cluster = try KVPulseCluster(cluster: "kvtempo", bpm: 300, natsURL: nats.url)
+        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.kvtempo.beat")
+        XCTAssertTrue(subscriber.wait(for: 6, seconds: 15), cluster.logs)
+        let holder = try XCTUnwrap(holder(subscriber, cluster))
+        // Posted to a node that does not hold the lease: forwarded to the holder.
+        let follower = (holder + 1) % 3
+        XCTAssertEqual(cluster.get(follower, "/tempo")["can_change"] as? Bool, true, "a non-holder forwards")
+        let client = try RawClient(port: cluster.adminPorts[follower])
+        let response = try XCTUnwrap(
+            client.request(httpRequest("POST", "/tempo", body: #"{"tempo_bpm": 320, "justification": "kv"}"#)))
+        XCTAssertEqual(response.status, 202, response.text + cluster.logs)
+        let atBeat = try XCTUnwrap((response.json["apply_at_beat"] as? NSNumber)?.int64Value)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 15) { self.frames(subscriber).contains { $0.index >= atBeat + 2 } }, cluster.logs
+        )
+        let list = frames(subscriber)
+        for frame in list where frame.index < atBeat { XCTAssertEqual(frame.bpm, 300, "beat \(frame.index)") }
+        for frame in list where frame.index >= atBeat { XCTAssertEqual(frame.bpm, 320, "beat \(frame.index)") }
+        // Every node applied it from the watched timeline key.
+        for i in 0..<3 {
+            XCTAssertEqual(cluster.get(i, "/tempo")["current_bpm"] as? Int, 320, "node \(i)\n\(cluster.logs)")
+        }
+        // The strategy is named: /health's cluster component, /leader, and the metric.
+        let components = cluster.get(follower, "/health")["components"] as? [String: Any]
+        let detail = (components?["cluster"] as? [String: Any])?["detail"] as? String ?? ""
+        XCTAssertTrue(detail.contains("nats-kv: follower, lease held by \(cluster.names[holder])"), detail)
+        XCTAssertEqual(cluster.get(follower, "/leader")["leader"] as? String, cluster.names[holder])
+        XCTAssertEqual(cluster.get(holder, "/leader")["is_leader"] as? Bool, true)
+        let metrics =
+            try RawClient(port: cluster.adminPorts[holder]).request(httpRequest("GET", "/metrics"))?.text ?? ""
+        XCTAssertTrue(metrics.contains(#"backbeat_election_strategy{strategy="nats-kv"} 1"#), metrics)
+        assertNoRepeatNoBackwards(list, cluster.logs)
+    }
+
+    func testOneNatsServerOfThreeKilledTheBeatContinues() throws {
+        let dir = Harness.tempDir("kvjs3")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let clientPorts = (0..<3).map { _ in Harness.freePort() }
+        let routePorts = (0..<3).map { _ in Harness.freePort() }
+        let servers = try (0..<3).map { i in
+            try ClusterNatsServer(
+                name: "J\(i)", clientPort: clientPorts[i], routePort: routePorts[i],
+                routes: routePorts.enumerated().filter { $0.offset != i }.map(\.element), dir: dir, jetStream: true)
+        }
+        let urls = servers.map(\.url).joined(separator: ",")
+        // The JetStream cluster elects its meta leader first: R3 buckets can be made then.
+        var ready = false
+        Harness.waitUntil(seconds: 30) {
+            ready =
+                (try? KVBuckets(
+                    servers: servers.map(\.url), clusterId: "kvjs3", replicas: 3, ttlNs: KVLeaseTiming().ttlNs,
+                    name: "probe", applySecurity: { _ in })) != nil
+            return ready
+        }
+        XCTAssertTrue(ready, "the 3-server JetStream cluster made the R3 buckets")
+        let cluster = try KVPulseCluster(cluster: "kvjs3", bpm: 300, natsURL: urls, extra: ["-kv-replicas", "3"])
+        // The holder's beat connection: its log names the server.
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 15) { cluster.logs.contains("publishing as lease holder") }, cluster.logs)
+        let holderIndex = try XCTUnwrap(
+            (0..<3).first { cluster.nodes[$0]?.log.contains("publishing as lease holder") ?? false })
+        let holderLog = cluster.nodes[holderIndex]?.log ?? ""
+        let connected = holderLog.split(separator: "\n").last { $0.contains("NATS connected") } ?? ""
+        let victim = try XCTUnwrap(
+            (0..<3).first { connected.contains("url=\(servers[$0].url)") }, "the holder's server\n\(holderLog)")
+        let watchFrom = (victim + 1) % 3
+        let subscriber = try Subscriber(url: servers[watchFrom].url, subject: "backbeat.kvjs3.beat")
+        XCTAssertTrue(subscriber.wait(for: 5, seconds: 15), cluster.logs)
+        let killedNs = nowNs()
+        servers[victim].kill()  // the server the holder publishes through: the worst case
+        let before = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: before + 10, seconds: 15), "the beat continues\n\(cluster.logs)")
+        let list = frames(subscriber)
+        assertNoRepeatNoBackwards(list, cluster.logs)
+        let lastBefore = list.last { $0.receivedNs < killedNs }?.receivedNs ?? killedNs
+        let firstAfter = list.first { $0.receivedNs >= killedNs }?.receivedNs ?? Int64.max
+        let gapMs = Double(firstAfter - lastBefore) / 1e6
+        print("nats-kv: gap \(gapMs) ms across the kill of the holder's NATS server")
+        // The period is 200 ms; the failover bound (1 s) plus the NATS client's reconnect.
+        XCTAssertLessThan(gapMs, 2000, "frames resumed within the bound\n\(cluster.logs)")
+    }
+}

@@ -21,6 +21,8 @@ final class KVPulseCluster {
     let extra: [String]
     let adminPorts: [Int]
     var nodes: [PulseProcess?] = [nil, nil, nil]
+    /// The NATS server the test started for them (kept as long as they run).
+    var server: NatsServer?
 
     init(cluster: String, bpm: Int, natsURL: String, extra: [String] = []) throws {
         self.cluster = cluster
@@ -86,6 +88,17 @@ final class KVLeaseProcessTests: XCTestCase {
         return cluster.names.firstIndex { $0.hasSuffix(from) || from.hasSuffix($0) }
     }
 
+    /// A JetStream nats-server, three nats-kv pulses on it, and a subscriber
+    /// that has seen `frames` frames.
+    private func running(_ name: String, bpm: Int, frames: Int) throws -> (KVPulseCluster, Subscriber) {
+        let nats = try NatsServer(jetStream: true)
+        let cluster = try KVPulseCluster(cluster: name, bpm: bpm, natsURL: nats.url)
+        cluster.server = nats
+        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.\(name).beat")
+        XCTAssertTrue(subscriber.wait(for: frames, seconds: 15), cluster.logs)
+        return (cluster, subscriber)
+    }
+
     private func nowNs() -> Int64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
@@ -93,10 +106,7 @@ final class KVLeaseProcessTests: XCTestCase {
     }
 
     func testOnePublisherAndSigkillFailsOverWithinOneSecond() throws {
-        let nats = try NatsServer(jetStream: true)
-        let cluster = try KVPulseCluster(cluster: "kvkill", bpm: 600, natsURL: nats.url)
-        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.kvkill.beat")
-        XCTAssertTrue(subscriber.wait(for: 20, seconds: 15), cluster.logs)
+        let (cluster, subscriber) = try running("kvkill", bpm: 600, frames: 20)
         let before = frames(subscriber)
         XCTAssertEqual(Set(before.suffix(10).map(\.from)).count, 1, "one publisher\n\(cluster.logs)")
         let old = try XCTUnwrap(holder(subscriber, cluster))
@@ -118,10 +128,7 @@ final class KVLeaseProcessTests: XCTestCase {
     }
 
     func testSigtermOfTheHolderMissesNoBeat() throws {
-        let nats = try NatsServer(jetStream: true)
-        let cluster = try KVPulseCluster(cluster: "kvterm", bpm: 300, natsURL: nats.url)
-        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.kvterm.beat")
-        XCTAssertTrue(subscriber.wait(for: 6, seconds: 15), cluster.logs)
+        let (cluster, subscriber) = try running("kvterm", bpm: 300, frames: 6)
         let old = try XCTUnwrap(holder(subscriber, cluster))
         XCTAssertEqual(cluster.nodes[old]?.stop(), 0, cluster.logs)
         XCTAssertTrue(cluster.nodes[old]?.log.contains("lease released") ?? false, cluster.logs)
@@ -137,14 +144,11 @@ final class KVLeaseProcessTests: XCTestCase {
     }
 
     func testStoppedHolderPublishesNothingAfterSigcontUntilItHoldsTheKeyAgain() throws {
-        let nats = try NatsServer(jetStream: true)
-        let cluster = try KVPulseCluster(cluster: "kvstop", bpm: 300, natsURL: nats.url)
-        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.kvstop.beat")
-        XCTAssertTrue(subscriber.wait(for: 6, seconds: 15), cluster.logs)
+        let (cluster, subscriber) = try running("kvstop", bpm: 300, frames: 6)
         let old = try XCTUnwrap(holder(subscriber, cluster))
         let oldFrom = try XCTUnwrap(frames(subscriber).last?.from)
         cluster.nodes[old]?.signal(SIGSTOP)
-        usleep(2_500_000)  // far past its lease (TTL 600 ms)
+        usleep(2_500_000)  // far past its lease (TTL 450 ms)
         let resumedNs = nowNs()
         cluster.nodes[old]?.signal(SIGCONT)
         let before = subscriber.count
@@ -158,10 +162,7 @@ final class KVLeaseProcessTests: XCTestCase {
     }
 
     func testTempoChangeAppliesAtTheSameDownbeatOnAll() throws {
-        let nats = try NatsServer(jetStream: true)
-        let cluster = try KVPulseCluster(cluster: "kvtempo", bpm: 300, natsURL: nats.url)
-        let subscriber = try Subscriber(url: nats.url, subject: "backbeat.kvtempo.beat")
-        XCTAssertTrue(subscriber.wait(for: 6, seconds: 15), cluster.logs)
+        let (cluster, subscriber) = try running("kvtempo", bpm: 300, frames: 6)
         let holder = try XCTUnwrap(holder(subscriber, cluster))
         // Posted to a node that does not hold the lease: forwarded to the holder.
         let follower = (holder + 1) % 3

@@ -319,6 +319,8 @@ fuzz-smoke:
 # the simulated disk under the service's RaftStore), then how often each invariant
 # was exercised; a violation prints its one-line replay (SIM_SEED=… make sim).
 # MEMBER_SEEDS more seeds run with node replacements (ClusterSimMembershipTests).
+# SEEDS seeds of the nats-kv mode's model too (KVLeaseSimTests: the lease and
+# timeline policies against a model JetStream KV; line `seeds=N mode=nats-kv … violations=0`).
 SEEDS ?= 2000
 MEMBER_SEEDS ?= 300
 sim:
@@ -330,6 +332,9 @@ sim:
 	  --filter 'ClusterSimTests.ClusterSimMembershipTests/testSeededClusterSimulationWithMembershipChanges' 2>&1 \
 	  | tee .build/sim-members.log | grep -E "^(seeds=|disk:|exercised:|violation:)"; \
 	grep -q "^seeds=.* violations=0 " .build/sim-members.log
+	@SIM_KV_SEEDS=$(SEEDS) $(SWIFT) test --skip-build --filter 'ClusterSimTests.KVLeaseSimTests' 2>&1 \
+	  | tee .build/sim-kv.log | grep -E "^(seeds=|violation:)"; \
+	grep -q "^seeds=.* mode=nats-kv .* violations=0 " .build/sim-kv.log
 
 format:
 	$(SWIFT) format -i -r Sources Tests Package.swift

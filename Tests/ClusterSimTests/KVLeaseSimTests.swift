@@ -1,0 +1,384 @@
+// The nats-kv mode's model for the simulator (issue 21): three pulses run the
+// pure lease and timeline policies (PulsePolicy/KVLease*.swift) against a
+// model JetStream KV — linearizable compare-and-set, the key's TTL on the
+// server's clock, outages (no quorum, a server failover), partitions between
+// a pulse and the servers, lost replies — with drifting clocks, stalls
+// (SIGSTOP), hand-overs and tempo changes. Each pulse publishes a beat at its
+// instant when the lease policy lets it (`KVLeadership.publishMode`), past
+// the take-over guard and the highest index it heard, below the tempo
+// barrier. Checked at every step and frame:
+//   one_publisher    at most one pulse may publish at any instant
+//   holder_is_current a frame's publisher holds the key's current revision at the server
+//   no_republish     no index published twice
+//   term_order       terms never go down along the indices
+//   not_retroactive  a stored tempo change's downbeat is after every published beat
+// This model runs the policies, not the service's loop (Pulse/KV/KVNode);
+// the process tests (KVLeaseProcessTests) run that against real servers.
+//
+//   SIM_KV_SEEDS=N   seeds (default 2000); SIM_SEED=S one seed
+import Foundation
+import PulseCore
+import PulsePolicy
+import XCTest
+
+final class KVLeaseSimTests: XCTestCase {
+    func testSeededKVLeaseSimulation() {
+        let env = ProcessInfo.processInfo.environment
+        let seeds: [UInt64] =
+            env["SIM_SEED"].flatMap { UInt64($0) }.map { [$0] }
+            ?? Array(0..<UInt64(env["SIM_KV_SEEDS"].flatMap { Int($0) } ?? 2000))
+        var totals = KVSimTotals()
+        for seed in seeds {
+            var sim = KVSim(seed: seed)
+            sim.run()
+            totals.add(sim)
+            for v in sim.violations.prefix(3) {
+                print("violation: nats-kv seed=\(seed) \(v)  (SIM_SEED=\(seed) make sim)")
+            }
+        }
+        print(
+            "seeds=\(seeds.count) mode=nats-kv steps=\(totals.steps) frames=\(totals.frames) acquisitions=\(totals.acquisitions) hand_overs=\(totals.handOvers) tempo_changes=\(totals.tempoChanges) stalls=\(totals.stalls) outages=\(totals.outages) violations=\(totals.violations) "
+        )
+        XCTAssertEqual(totals.violations, 0)
+        XCTAssertGreaterThan(totals.acquisitions, UInt64(seeds.count), "leases change hands")
+        XCTAssertGreaterThan(totals.tempoChanges, 0, "tempo changes are exercised")
+        if seeds.count >= 100 { XCTAssertGreaterThan(totals.handOvers, 0, "hand-overs are exercised") }
+    }
+}
+
+struct KVSimTotals {
+    var steps: UInt64 = 0
+    var frames: UInt64 = 0
+    var acquisitions: UInt64 = 0
+    var handOvers: UInt64 = 0
+    var tempoChanges: UInt64 = 0
+    var stalls: UInt64 = 0
+    var outages: UInt64 = 0
+    var violations: UInt64 = 0
+
+    mutating func add(_ sim: KVSim) {
+        steps += sim.steps
+        frames += UInt64(sim.published.count)
+        acquisitions += sim.acquisitions
+        handOvers += sim.handOvers
+        tempoChanges += sim.tempoChanges
+        stalls += sim.stalls
+        outages += sim.outages
+        violations += UInt64(sim.violations.count)
+    }
+}
+
+/// The model KV: the lease key (TTL on the server clock) and the timeline key.
+struct KVModelServer {
+    let ttlNs: Int64
+    var sequence: UInt64 = 0
+    var lease: (rev: UInt64, owner: String, storedNs: Int64, term: UInt64)?
+    var timeline: (rev: UInt64, value: [UInt8])?
+    /// Every timeline record stored, in revision order (what watches deliver).
+    var records: [(rev: UInt64, value: [UInt8])] = []
+
+    mutating func expire(atNs now: Int64) {
+        if let l = lease, now >= l.storedNs + ttlNs { lease = nil }
+    }
+
+    mutating func apply(_ op: KVLeaseOp, owner: String, atNs now: Int64) -> KVLeaseReply {
+        expire(atNs: now)
+        switch op {
+        case .create:
+            guard lease == nil else { return .conflict }
+            sequence += 1
+            lease = (sequence, owner, now, sequence)
+            return .written(revision: sequence)
+        case .update(let last):
+            guard let l = lease, l.rev == last else { return .conflict }
+            sequence += 1
+            lease = (sequence, l.owner, now, l.term)
+            return .written(revision: sequence)
+        case .read:
+            guard let l = lease else { return .absent }
+            return .found(revision: l.rev, owner: l.owner)
+        case .delete(let last):
+            guard let l = lease, l.rev == last else { return .conflict }
+            sequence += 1
+            lease = nil
+            return .written(revision: sequence)
+        }
+    }
+
+    mutating func writeTimeline(_ value: [UInt8], lastRevision: UInt64) -> UInt64? {
+        guard (timeline?.rev ?? 0) == lastRevision else { return nil }
+        sequence += 1
+        timeline = (sequence, value)
+        records.append((sequence, value))
+        return sequence
+    }
+}
+
+/// One simulated pulse.
+struct KVSimNode {
+    var leadership: KVLeadership
+    let ratePpm: Int64  // its monotonic and wall clocks against the server's
+    let offsetNs: Int64
+    var stalledUntilNs: Int64 = 0
+    var partitionedUntilNs: Int64 = 0
+    /// The operation in flight: when its answer arrives, and the answer.
+    var pending: (dueNs: Int64, reply: KVLeaseReply)?
+    /// A timeline write in flight: its answer's time, whether it was stored,
+    /// and the revision it compared against (the barrier holds until the
+    /// watch applied a record past it, as KVNode does).
+    var timelineWrite: (dueNs: Int64, stored: Bool, base: UInt64)?
+    var barrierBase: UInt64?
+    var appliedRecords = 0
+    var lastSeen: Int64 = -1
+    var floorBeat: Int64 = .max
+    var tookOverTerm: UInt64 = 0
+    var releasing = false
+    var gone = false
+
+    func mono(_ t: Int64) -> Int64 { t * ratePpm / 1_000_000 }
+    func wall(_ t: Int64) -> Int64 { mono(t) + offsetNs }
+}
+
+struct KVSim {
+    static let stepNs: Int64 = 5_000_000
+    static let durationNs: Int64 = 6_000_000_000
+    static let guardNs: Int64 = 295_000_000
+    static let latencyNs: Int64 = 2_000_000
+    var rng: SimRandom
+    var server: KVModelServer
+    var nodes: [KVSimNode] = []
+    var published: [Int64: (term: UInt64, node: Int, bpm: Int64)] = [:]
+    var violations: [String] = []
+    var steps: UInt64 = 0
+    var acquisitions: UInt64 = 0
+    var handOvers: UInt64 = 0
+    var tempoChanges: UInt64 = 0
+    var stalls: UInt64 = 0
+    var outages: UInt64 = 0
+    var outageUntilNs: Int64 = 0
+    var incarnation = 0
+    /// The pending change of the last stored record (the committed one).
+    var committedPending: TempoChange.Stored?
+    let shape: TimelineShape
+    let epochStartNs: Int64 = 1_000_000_000
+
+    init(seed: UInt64) {
+        rng = SimRandom(seed: seed &* 0x9E37_79B9 &+ 21)
+        let timing = KVLeaseTiming()
+        server = KVModelServer(ttlNs: timing.ttlNs)
+        shape = (try? TimelineShape(bar: 4, phases: ["beat"]))!
+        for _ in 0..<3 { nodes.append(makeNode()) }
+    }
+
+    mutating func makeNode() -> KVSimNode {
+        incarnation += 1
+        // Within the lease's stated clock-rate margin (1 %) and the guard's offset.
+        let rate = 1_000_000 + Int64(rng.below(18_000)) - 9_000
+        let offset = Int64(rng.below(20_000_000)) - 10_000_000
+        let lease = KVLease(timing: KVLeaseTiming(), owner: "n\(incarnation)", nowMonoNs: 0)
+        return KVSimNode(
+            leadership: KVLeadership(lease: lease, timeline: KVLeaseTimeline(flags: shape)), ratePpm: rate,
+            offsetNs: offset)
+    }
+
+    func reachable(_ n: KVSimNode, _ t: Int64) -> Bool { t >= outageUntilNs && t >= n.partitionedUntilNs }
+
+    mutating func run() {
+        var t: Int64 = 0
+        while t < Self.durationNs {
+            t += Self.stepNs
+            steps += 1
+            faults(t)
+            server.expire(atNs: t)
+            for i in nodes.indices where !nodes[i].gone && t >= nodes[i].stalledUntilNs { act(i, t) }
+            checkOnePublisher(t)
+        }
+    }
+
+    mutating func faults(_ t: Int64) {
+        if rng.below(2_000) == 0 {
+            outageUntilNs = t + Int64(rng.below(1_500)) * 1_000_000  // no quorum, a server failover
+            outages += 1
+        }
+        let i = Int(rng.below(UInt64(nodes.count)))
+        guard !nodes[i].gone else { return }
+        switch rng.below(3_000) {
+        case 0:
+            nodes[i].stalledUntilNs = t + Int64(rng.below(2_000)) * 1_000_000
+            stalls += 1
+        case 1: nodes[i].partitionedUntilNs = t + Int64(rng.below(1_500)) * 1_000_000
+        case 2:
+            // SIGTERM: the holder hands over, anyone else leaves; a new incarnation starts.
+            if nodes[i].leadership.isHolder && !nodes[i].releasing {
+                _ = nodes[i].leadership.lease.release()
+                nodes[i].releasing = true
+                handOvers += 1
+            } else if !nodes[i].releasing {
+                nodes[i].gone = true
+                nodes.append(makeNode())
+            }
+        default: break
+        }
+    }
+
+    mutating func act(_ i: Int, _ t: Int64) {
+        let mono = nodes[i].mono(t)
+        let connected = reachable(nodes[i], t)
+        // Answers that are due.
+        if let p = nodes[i].pending, t >= p.dueNs {
+            nodes[i].pending = nil
+            for event in nodes[i].leadership.lease.complete(p.reply, nowMonoNs: mono) {
+                switch event {
+                case .acquired: acquisitions += 1
+                case .released:
+                    nodes[i].gone = true
+                    nodes.append(makeNode())
+                    for j in nodes.indices where j != i { nodes[j].leadership.lease.keyGone() }  // the watch saw the delete
+                case .lost: break
+                }
+            }
+        }
+        if let w = nodes[i].timelineWrite, t >= w.dueNs {
+            nodes[i].timelineWrite = nil
+            if !w.stored && nodes[i].barrierBase == w.base {  // certainly not stored
+                nodes[i].barrierBase = nil
+                nodes[i].leadership.tempoBarrierBeat = .max
+            }
+        }
+        guard !nodes[i].gone else { return }
+        // The watches: timeline records in revision order.
+        if connected {
+            while nodes[i].appliedRecords < server.records.count {
+                let r = server.records[nodes[i].appliedRecords]
+                nodes[i].appliedRecords += 1
+                _ = nodes[i].leadership.timeline.apply(r.value, revision: r.rev)
+            }
+            if let base = nodes[i].barrierBase, nodes[i].leadership.timeline.revision > base {
+                nodes[i].barrierBase = nil
+                nodes[i].leadership.tempoBarrierBeat = .max
+            }
+            if let l = server.lease { nodes[i].leadership.watched(revision: l.rev) }
+        }
+        // The next lease operation: applied at the server after the latency, or lost.
+        if nodes[i].pending == nil, let op = nodes[i].leadership.lease.next(nowMonoNs: mono) {
+            if connected {
+                let reply = server.apply(op, owner: nodes[i].leadership.lease.owner, atNs: t + Self.latencyNs)
+                let lost = rng.below(20) == 0
+                nodes[i].pending = (t + 2 * Self.latencyNs, lost ? .unknown : reply)
+            } else {
+                nodes[i].pending = (t + 100_000_000, rng.below(2) == 0 ? .notSent : .unknown)
+            }
+        }
+        timelineWrites(i, t, connected: connected)
+        publish(i, t)
+    }
+
+    /// The holder's term start (or the epoch) and, now and then, a tempo change.
+    mutating func timelineWrites(_ i: Int, _ t: Int64, connected: Bool) {
+        let mono = nodes[i].mono(t)
+        let l = nodes[i].leadership
+        guard l.lease.mayPublish(nowMonoNs: mono), nodes[i].timelineWrite == nil else { return }
+        var write: (value: [UInt8], lastRevision: UInt64)?
+        var barrier: Int64?
+        if !l.timeline.holderReady(term: l.lease.term) {
+            write =
+                l.timeline.termStart(term: l.lease.term)
+                ?? l.timeline.write(
+                    .epoch(startBeat: 0, startNs: epochStartNs, bpm: 600, bar: 4, phases: ["beat"]), term: l.lease.term
+                ).map { ($0.value, $0.lastRevision) }
+        } else if rng.below(300) == 0, let timeline = l.timeline.machine.timeline {
+            let bpm = timeline.epoch.bpm == 600 ? Int64(570) : 600
+            let first = max(nodes[i].lastSeen + 1, timeline.beat(atOrBeforeNs: nodes[i].wall(t)) + 1)
+            let at = tempoApplyBeat(
+                timeline: timeline, nowNs: nodes[i].wall(t), commitRoundNs: 200_000_000, firstUnpublishedBeat: first)
+            if let w = l.timeline.write(.tempo(atBeat: at, bpm: bpm, justification: ""), term: l.lease.term),
+                case .tempo(let placed) = w.applied
+            {
+                write = (w.value, w.lastRevision)
+                barrier = placed.atBeat
+            }
+        }
+        guard let write else { return }
+        if let barrier {
+            nodes[i].leadership.tempoBarrierBeat = barrier
+            nodes[i].barrierBase = write.lastRevision
+        }
+        var stored = false
+        if connected, let rev = server.writeTimeline(write.value, lastRevision: write.lastRevision) {
+            stored = true
+            let pending = KVTimelineRecord.decoded(write.value, bar: 4)?.state.pending
+            if pending != committedPending, let p = pending {
+                tempoChanges += 1
+                if let last = published.keys.max(), p.atBeat <= last {
+                    violations.append(
+                        "not_retroactive: change at beat \(p.atBeat) stored at rev \(rev) after beat \(last)")
+                }
+            }
+            committedPending = pending
+        }
+        nodes[i].timelineWrite = (t + 2 * Self.latencyNs, stored, write.lastRevision)
+    }
+
+    mutating func publish(_ i: Int, _ t: Int64) {
+        let l = nodes[i].leadership
+        guard let timeline = l.committedTimeline else { return }
+        let wall = nodes[i].wall(t)
+        let mono = nodes[i].mono(t)
+        guard case .leader = l.publishMode(nowMonoNs: mono, periodNs: 100_000_000) else { return }
+        if nodes[i].tookOverTerm != l.lease.term {
+            nodes[i].tookOverTerm = l.lease.term
+            nodes[i].floorBeat = timeline.nextBeat(afterNs: wall + Self.guardNs - 1)
+        }
+        let k = timeline.beat(atOrBeforeNs: wall)
+        guard k >= nodes[i].floorBeat, k > nodes[i].lastSeen, k < l.tempoBarrierBeat, k >= 0,
+            wall - timeline.instantNs(ofBeat: k) < 50_000_000
+        else { return }
+        var now = timeline
+        _ = now.applyDue(beat: k)
+        // The frame: checked against the server's state at this instant.
+        if let old = published[k] {
+            violations.append("no_republish: beat \(k) by node \(i) term \(l.lease.term), first term \(old.term)")
+        }
+        if let previous = published.filter({ $0.key < k }).max(by: { $0.key < $1.key }),
+            previous.value.term > l.lease.term
+        {
+            violations.append("term_order: beat \(k) term \(l.lease.term) after term \(previous.value.term)")
+        }
+        if server.lease?.term != l.lease.term || server.lease?.owner != l.lease.owner {
+            violations.append(
+                "holder_is_current: beat \(k) by term \(l.lease.term), server holds \(String(describing: server.lease))"
+            )
+        }
+        if let p = committedPending, k >= p.atBeat, now.epoch.bpm != p.bpm {
+            violations.append(
+                "not_retroactive: beat \(k) at \(now.epoch.bpm) bpm after the change to \(p.bpm) at \(p.atBeat)")
+        }
+        published[k] = (l.lease.term, i, now.epoch.bpm)
+        // Delivered to the pulses that hear NATS (the lease and NATS outages are apart).
+        for j in nodes.indices where t >= nodes[j].partitionedUntilNs || j == i {
+            nodes[j].lastSeen = max(nodes[j].lastSeen, k)
+        }
+    }
+
+    mutating func checkOnePublisher(_ t: Int64) {
+        let publishing = nodes.indices.filter { i in
+            !nodes[i].gone && t >= nodes[i].stalledUntilNs
+                && nodes[i].leadership.lease.mayPublish(nowMonoNs: nodes[i].mono(t))
+        }
+        if publishing.count > 1 { violations.append("one_publisher: nodes \(publishing) at \(t / 1_000_000) ms") }
+    }
+}
+
+/// SplitMix64: the simulation's only source of choices.
+struct SimRandom {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func below(_ n: UInt64) -> UInt64 { next() % n }
+}

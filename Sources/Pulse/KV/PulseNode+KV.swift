@@ -44,7 +44,16 @@ extension PulseNode {
             guard let holder = node.holderNodeId, holder != me else { return nil }
             return node.forwardLink.member(nodeId: holder)
         }
-        forwardTempo(through: forwarder)
+        forwarder.serve = { [unowned self] body, answer in self.serveForwardedTempo(body, answer: answer) }
+        tempo.forward = { [unowned self] request, reply in
+            forwarder.forward(request) { decision in
+                // The forwarder's own refusals (the holder counts its own).
+                if case .refused(_, let code, _) = decision, code == "no_leader" || code == "outcome_unknown" {
+                    self.metrics.tempoRefused(reason: code)
+                }
+                reply(decision)
+            }
+        }
         node.onReleased = { [unowned self] in self.loop.requestStop() }
         node.onTimelineChange = { [unowned self] change in self.kvTimelineChanged(change) }
         return node

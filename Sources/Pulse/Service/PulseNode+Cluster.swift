@@ -75,12 +75,6 @@ extension PulseNode {
             let leader = cluster.leader
             return leader == noNode || leader == cluster.peers.me.raftId ? nil : leader
         }
-        forwardTempo(through: forwarder)
-    }
-
-    /// Serves forwarded requests here, and forwards this node's `POST /tempo`
-    /// when it cannot commit (Raft: to the leader; nats-kv: to the holder).
-    func forwardTempo(through forwarder: TempoForwarder) {
         forwarder.serve = { [unowned self] body, answer in self.serveForwardedTempo(body, answer: answer) }
         tempo.forward = { [unowned self] request, reply in
             forwarder.forward(request) { decision in

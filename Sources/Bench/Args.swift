@@ -12,7 +12,8 @@
 /// Names accepted by `--scenarios`; the default is all of them but `scale`
 /// and `drift` (minutes each: asked for by name).
 let knownScenarios = [
-    "idle", "shared", "signed", "load", "per001", "election", "election-tls", "fanout", "flood", "baseline", "drift",
+    "idle", "shared", "signed", "load", "per001", "election", "election-tls", "fanout", "flood", "flood-control",
+    "baseline", "drift",
     "scale",
 ]
 let defaultScenarios = knownScenarios.filter { $0 != "scale" && $0 != "drift" }

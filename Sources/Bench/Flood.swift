@@ -7,8 +7,10 @@
 // beside each other: the pulse's own jitter (publish = TX timestamp −
 // instant, /debug/beats) and delivery (independent subscriber); verdict:
 // the flood's jitter p99 ≤ 1.25× the idle run's, no NATS reconnect and no
-// missed beat during the flood. (An unbounded flood from one client is the
-// process test's: Tests/PulseTests/RequestBudgetTests.swift.)
+// missed beat during the flood. `flood-control` does the same with tempo
+// requests that lack the pulse's admin token (`FloodKind`). (An unbounded
+// flood from one client is the process test's:
+// Tests/PulseTests/RequestBudgetTests.swift.)
 
 import CLoop
 import CNats
@@ -19,13 +21,33 @@ import PulseCore
     import Glibc
 #endif
 
-/// The timeline requests of the flood and what came of them.
+/// What the flood asks for: the timeline (`flood`), or a tempo change
+/// without the admin token the pulse runs with (`flood-control`: each one
+/// parsed for its token and refused 401, the costliest answer a consumer
+/// can make a node give; adversarial review of 2026-12-07).
+enum FloodKind {
+    case timeline, control
+
+    var scenario: String { self == .timeline ? "flood" : "flood-control" }
+    var what: String { self == .timeline ? "timeline requests" : "tempo requests without the token" }
+    var surface: String { self == .timeline ? "timeline_subject" : "control_subject" }
+    func subject(_ cluster: String) -> String {
+        let subjects = BackbeatSubjects(clusterId: cluster)
+        return self == .timeline ? subjects.timelineRequest : subjects.controlRequest
+    }
+    var body: String { self == .timeline ? "{}" : #"{"tempo_bpm":600,"justification":"flood"}"# }
+    /// The pulse's extra flags: an admin token no request carries.
+    var pulseArgs: [String] { self == .timeline ? [] : ["-admin-token", "bench-\(UInt64.random(in: 1...UInt64.max))"] }
+}
+
+/// The requests of the flood and what came of them.
 struct FloodResult {
     /// The same pulse, idle, measured just before (same run, same flags).
     var idleJitterP99Ns: Double
     var idleDeliveryP99Ns: Double
     var idleSamples: Int
     var ratePerSecond: Int
+    var kind = FloodKind.timeline
     var sent = 0
     var answered = 0
     /// NATS reconnects and missed beats of the pulse over the flood window (/metrics deltas).
@@ -43,7 +65,7 @@ struct FloodResult {
         let measurable = s.jitter.count > 0 && idleSamples > 0
         return [
             Check(
-                scenario: name, target: "issue 20: jitter p99 under \(ratePerSecond)/s requests ≤ 1.25× idle",
+                scenario: name, target: "issue 20: jitter p99 under \(ratePerSecond)/s \(kind.what) ≤ 1.25× idle",
                 pass: measurable ? j <= 1.25 * idleJitterP99Ns : nil,
                 detail: measurable ? ratio(j, idleJitterP99Ns) : "no samples"),
             Check(
@@ -77,12 +99,16 @@ final class RequestFlood: WindowLoad {
     private let before: [String: Double]
     static let metricNames = ["backbeat_nats_reconnects_total", "backbeat_beats_missed_total"]
 
-    init(_ ctx: BenchContext, pulse: PulseRun, idle: ScenarioResult, ratePerSecond: Int) throws {
+    init(_ ctx: BenchContext, pulse: PulseRun, idle: ScenarioResult, ratePerSecond: Int, kind: FloodKind = .timeline)
+        throws
+    {
         self.pulse = pulse
         figures = FloodResult(
             idleJitterP99Ns: idle.jitter.summary.p99, idleDeliveryP99Ns: idle.delivery.summary.p99,
-            idleSamples: idle.jitter.count, ratePerSecond: ratePerSecond)
-        before = pulse.metrics(Self.metricNames).merging(["over_budget": overBudgetCount(pulse) ?? 0]) { a, _ in a }
+            idleSamples: idle.jitter.count, ratePerSecond: ratePerSecond, kind: kind)
+        before = pulse.metrics(Self.metricNames).merging(["over_budget": overBudgetCount(pulse, kind) ?? 0]) {
+            a, _ in a
+        }
         var opts: OpaquePointer?
         natsOptions_Create(&opts)
         defer { natsOptions_Destroy(opts) }
@@ -101,7 +127,7 @@ final class RequestFlood: WindowLoad {
         guard status == NATS_OK else { throw BenchError("flood inbox: \(natsStatusText(status))") }
         natsSubscription_SetPendingLimits(subscription, 1 << 20, 1 << 30)
         natsConnection_Flush(connection)
-        let subject = BackbeatSubjects(clusterId: "bench").timelineRequest
+        let (subject, body) = (kind.subject("bench"), kind.body)
         let perMs = max(1, ratePerSecond / 1000)
         // Bounded in time whatever happens to `stop`.
         let deadline = cloop_monotonic_ns() + Int64(ctx.options.seconds + 10) * 1_000_000_000
@@ -111,7 +137,7 @@ final class RequestFlood: WindowLoad {
             var tick: Int64 = 0
             while cloop_monotonic_ns() < deadline && !lock.withLock({ stopped }) {
                 for _ in 0..<perMs {
-                    _ = natsConnection_PublishRequestString(connection, subject, "\(inbox).\(k % 1024)", "{}")
+                    _ = natsConnection_PublishRequestString(connection, subject, "\(inbox).\(k % 1024)", body)
                     k += 1
                 }
                 lock.withLock { sentCount = k }
@@ -133,9 +159,9 @@ final class RequestFlood: WindowLoad {
         let after = pulse.metrics(Self.metricNames)
         figures.reconnects = after[Self.metricNames[0]].map { $0 - (before[Self.metricNames[0]] ?? 0) }
         figures.missedBeats = after[Self.metricNames[1]].map { $0 - (before[Self.metricNames[1]] ?? 0) }
-        figures.overBudget = overBudgetCount(pulse).map { $0 - (before["over_budget"] ?? 0) }
+        figures.overBudget = overBudgetCount(pulse, figures.kind).map { $0 - (before["over_budget"] ?? 0) }
         return
-            "one client, \(figures.ratePerSecond) timeline requests/s: \(figures.sent) sent, \(figures.answered) answered"
+            "one client, \(figures.ratePerSecond) \(figures.kind.what)/s: \(figures.sent) sent, \(figures.answered) answered"
     }
 
     func report(into result: inout ScenarioResult) { result.flood = figures }
@@ -148,12 +174,17 @@ final class RequestFlood: WindowLoad {
 }
 
 /// Idle, then flooded: two measured windows of the same pulse set-up.
-func runFloodScenario(_ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsFloor: Floor) throws -> ScenarioResult {
+func runFloodScenario(
+    _ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsFloor: Floor, kind: FloodKind = .timeline
+) throws -> ScenarioResult {
+    let args = kind.pulseArgs
     let idle = try runPulseScenario(
-        ctx, name: "flood-idle", bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor, withHTTPLoad: false)
+        ctx, name: kind.scenario + "-idle", bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor,
+        withHTTPLoad: false, extraArgs: args)
     var result = try runPulseScenario(
-        ctx, name: "flood", bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor, withHTTPLoad: false
-    ) { pulse in try RequestFlood(ctx, pulse: pulse, idle: idle, ratePerSecond: 10_000) }
+        ctx, name: kind.scenario, bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor, withHTTPLoad: false,
+        extraArgs: args
+    ) { pulse in try RequestFlood(ctx, pulse: pulse, idle: idle, ratePerSecond: 10_000, kind: kind) }
     let (j, d, e) = (idle.jitter.summary, idle.delivery.summary, idle.decisionJitter.summary)
     result.notes.append(
         "idle reference (same run, same flags), over \(idle.jitter.count) beats: jitter p50 \(us(j.p50)), p95 \(us(j.p95)), p99 \(us(j.p99)), max \(us(j.max)); delivery p50 \(us(d.p50)), p95 \(us(d.p95)), p99 \(us(d.p99)); |decision − instant| p99 \(us(e.p99)), max \(us(e.max))"
@@ -161,10 +192,10 @@ func runFloodScenario(_ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsFloo
     return result
 }
 
-/// `backbeat_rejected_input_total{surface="timeline_subject",reason="over_budget"}` of `pulse`.
-private func overBudgetCount(_ pulse: PulseRun) -> Double? {
+/// `backbeat_rejected_input_total{surface=<the kind's>,reason="over_budget"}` of `pulse`.
+private func overBudgetCount(_ pulse: PulseRun, _ kind: FloodKind) -> Double? {
     guard let (status, body) = httpGet(port: pulse.adminPort, path: "/metrics"), status == 200 else { return nil }
     return String(decoding: body, as: UTF8.self).split(separator: "\n").filter {
-        $0.hasPrefix("backbeat_rejected_input_total{") && $0.contains("timeline_subject") && $0.contains("over_budget")
+        $0.hasPrefix("backbeat_rejected_input_total{") && $0.contains(kind.surface) && $0.contains("over_budget")
     }.compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
 }

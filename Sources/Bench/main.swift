@@ -97,7 +97,7 @@ func attempt(_ name: String, _ body: () throws -> Void) {
 }
 
 var idleFloors: (timer: Floor, nats: Floor)? = nil
-if !wants.intersection(["idle", "baseline", "per001", "shared", "signed", "flood"]).isEmpty {
+if !wants.intersection(["idle", "baseline", "per001", "shared", "signed", "flood", "flood-control"]).isEmpty {
     let periodUs = 60_000_000 / options.bpm
     log(
         "idle floors (\(options.seconds) s timer-wake at 1 ms, \(options.seconds) s at the period \(periodUs) µs, \(options.seconds) s NATS)…"
@@ -169,11 +169,11 @@ if !wants.intersection(["idle", "baseline", "per001", "shared", "signed", "flood
             report.baseline?.periodFloor = periodFloor
         }
     }
-    if wants.contains("flood") {
-        log("flood: pulse at \(options.bpm) bpm idle, then under 10,000 timeline requests/s…")
-        attempt("flood") {
+    for kind in [FloodKind.timeline, .control] where wants.contains(kind.scenario) {
+        log("\(kind.scenario): pulse at \(options.bpm) bpm idle, then under 10,000 \(kind.what)/s…")
+        attempt(kind.scenario) {
             report.scenarios.append(
-                try runFloodScenario(ctx, bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor))
+                try runFloodScenario(ctx, bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, kind: kind))
         }
     }
     if wants.contains("per001") {

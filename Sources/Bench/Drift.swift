@@ -1,13 +1,14 @@
 // Bench/Drift.swift — the `drift` scenario (PER-003 on real processes, issue
-// 24): a 3-node cluster in timer-only mode (n1 leading) in which n3's wall clock runs 500
-// ppm fast (libClockSkew.so preloaded, Sources/ClockSkew: its CLOCK_REALTIME
-// reads and absolute realtime timers; monotonic untouched; libfaketime cannot
-// start a jemalloc-linked process). n3 follows a leader on a true clock
-// for `syncSeconds` (its offset and rate estimates converge on the leader's
-// frames), then the other two are killed: n3 publishes degraded frames on
-// its own estimate of the leader's timeline. Each degraded frame's error is
-// its receive time (Bench's clock, a true one) minus its instant on the
-// leader's timeline (the leader's own records); the drift is the
+// 24), run twice: a 3-node cluster in timer-only mode in which n3's wall
+// clock runs 500 ppm fast (libClockSkew.so preloaded, Sources/ClockSkew: its
+// CLOCK_REALTIME reads and absolute realtime timers; monotonic untouched;
+// libfaketime cannot start a jemalloc-linked process). n3 follows a leader
+// on a true clock — n1 (the lowest voter) in the first run, n2 in the
+// second — for `syncSeconds` (its offset and rate estimates converge on the
+// leader's frames), then the other two are killed: n3 publishes degraded
+// frames on its own estimate of the leader's timeline. Each degraded frame's
+// error is its receive time (Bench's clock, a true one) minus its instant on
+// the leader's timeline (the leader's own records); the drift is the
 // least-squares slope of that error over the instants, with its standard
 // error, in % per hour (1 %/h = 10,000 ppm; 0.01 %/h = 100 ppm; the skew
 // uncorrected is 0.05 %/h). Judged: the upper end of the ~95 % interval
@@ -24,6 +25,9 @@ import PulseCore
 struct DriftResult {
     var skewPpm: Double
     var skewedNode = "n3"
+    /// Who led while n3 followed: n1 (the lowest voter, whose clock degraded
+    /// turns use) or n2 (the open finding's case).
+    var leaderName = "n1"
     var syncSeconds: Int
     var windowSeconds: Int
     var bpm: Int
@@ -42,10 +46,12 @@ struct DriftResult {
     var checks: [Check] {
         func check(_ limit: Double, _ name: String) -> Check {
             guard let d = percentPerHour, let e = errorPercentPerHour else {
-                return Check(scenario: "drift", target: name, pass: nil, detail: "no slope: \(frames) degraded frames")
+                return Check(
+                    scenario: "drift", target: name + ", \(leaderName) led", pass: nil,
+                    detail: "no slope: \(frames) degraded frames")
             }
             return Check(
-                scenario: "drift", target: name, pass: abs(d) + e <= limit,
+                scenario: "drift", target: name + ", \(leaderName) led", pass: abs(d) + e <= limit,
                 detail: String(
                     format:
                         "%+.5f ± %.5f %%/h (%+.1f ± %.1f ppm) over %d frames; limit %g %%/h; uncorrected skew %.3f %%/h",
@@ -59,7 +65,7 @@ struct DriftResult {
 
     func text() -> String {
         var o =
-            "drift (PER-003): \(skewedNode)'s clock \(String(format: "%+.0f", skewPpm)) ppm (libClockSkew), \(syncSeconds) s following a leader, then \(windowSeconds) s alone (degraded) at \(bpm) bpm\n"
+            "drift (PER-003), \(leaderName) leading: \(skewedNode)'s clock \(String(format: "%+.0f", skewPpm)) ppm (libClockSkew), \(syncSeconds) s following a leader, then \(windowSeconds) s alone (degraded) at \(bpm) bpm\n"
         if let d = percentPerHour, let e = errorPercentPerHour {
             o += String(
                 format: "  drift of its degraded instants: %+.5f ± %.5f %%/h (2σ; %+.1f ± %.1f ppm), %d frames\n", d, e,
@@ -76,7 +82,7 @@ struct DriftResult {
 
     struct JSON: Encodable {
         var skew_ppm: Double
-        var skewed_node: String
+        var skewed_node, leader: String
         var sync_seconds, window_seconds, bpm, frames: Int
         var drift_percent_per_hour, error_percent_per_hour, estimated_rate: Double?
         var notes: [String]
@@ -84,7 +90,8 @@ struct DriftResult {
 
     func json() -> JSON {
         JSON(
-            skew_ppm: skewPpm, skewed_node: skewedNode, sync_seconds: syncSeconds, window_seconds: windowSeconds,
+            skew_ppm: skewPpm, skewed_node: skewedNode, leader: leaderName, sync_seconds: syncSeconds,
+            window_seconds: windowSeconds,
             bpm: bpm, frames: frames, drift_percent_per_hour: percentPerHour,
             error_percent_per_hour: errorPercentPerHour, estimated_rate: estimatedRate, notes: notes)
     }
@@ -110,8 +117,9 @@ func clockSkewLibrary() -> String? {
     return access(path, R_OK) == 0 ? path : nil
 }
 
-func runDriftScenario(_ ctx: BenchContext, bpm: Int, skewPpm: Double = 500, syncSeconds: Int = 60) throws
-    -> DriftResult
+/// One run with node `wanted` (0: n1, 1: n2) leading while n3 follows.
+func runDriftScenario(_ ctx: BenchContext, bpm: Int, leader wanted: Int, skewPpm: Double = 500, syncSeconds: Int = 60)
+    throws -> DriftResult
 {
     guard let library = clockSkewLibrary() else {
         throw BenchError(
@@ -120,7 +128,7 @@ func runDriftScenario(_ ctx: BenchContext, bpm: Int, skewPpm: Double = 500, sync
     let windowSeconds = max(30, ctx.options.seconds)
     var result = DriftResult(skewPpm: skewPpm, syncSeconds: syncSeconds, windowSeconds: windowSeconds, bpm: bpm)
     let skewed = 2
-    let id = "bench-drift"
+    let id = "bench-drift-\(wanted + 1)"
     let cluster = BenchCluster(
         ctx, clusterId: id, bpm: bpm, size: 3, extraArgs: ["-spin-max-us", "0"],
         environments: [
@@ -131,11 +139,11 @@ func runDriftScenario(_ ctx: BenchContext, bpm: Int, skewPpm: Double = 500, sync
     defer { receiver.close() }
     try cluster.startAll()
     guard var leader = cluster.leader(seconds: 15) else { throw BenchError("drift: no leader within 15 s") }
-    // n1 must lead: a lone degraded node takes its turns on the lowest
-    // voter's clock (ClusterCore.degradedReference) and has an estimate of it
-    // only if it heard from it. (With n2 leading, n3 alone keeps its own
-    // clock's rate: an open finding, docs/benchmark.md.)
-    for _ in 0..<6 where leader != 0 {
+    // A lone degraded node takes its turns on the lowest voter's clock
+    // (ClusterCore.degradedReference) and has an estimate of it only if it
+    // heard from it: with n1 leading the two references coincide; with n2
+    // leading n3 has none of n1's clock (the open finding, docs/benchmark.md).
+    for _ in 0..<6 where leader != wanted {
         let stopped = leader
         cluster.stop(stopped, signal: SIGTERM)
         guard let next = cluster.leader(seconds: 15) else { throw BenchError("drift: no leader after a hand-over") }
@@ -143,7 +151,10 @@ func runDriftScenario(_ ctx: BenchContext, bpm: Int, skewPpm: Double = 500, sync
         try cluster.start(stopped)
         result.notes.append("\(cluster.names[stopped]) led: handed over to \(cluster.names[leader]), restarted")
     }
-    guard leader == 0 else { throw BenchError("drift: n1 did not lead after 6 hand-overs") }
+    guard leader == wanted else {
+        throw BenchError("drift: \(cluster.names[wanted]) did not lead after 6 hand-overs")
+    }
+    result.leaderName = cluster.names[wanted]
     sleepSeconds(Double(syncSeconds))
     if let (status, body) = httpGet(port: cluster.adminPorts[skewed], path: "/drift"), status == 200,
         let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]

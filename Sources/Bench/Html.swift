@@ -121,7 +121,7 @@ extension BenchReport {
             o += "</table>"
         }
         if let soak { o += soak.html() }
-        if let drift { o += "<h2>drift (PER-003)</h2><pre>\(htmlEscape(drift.text()))</pre>" }
+        for d in drift { o += "<h2>drift (PER-003), \(d.leaderName) led</h2><pre>\(htmlEscape(d.text()))</pre>" }
         if let scale { o += scale.html() }
         o += "<h2>Full terminal report</h2><pre>\(htmlEscape(text()))</pre></body></html>\n"
         return o

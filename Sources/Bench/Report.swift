@@ -32,7 +32,7 @@ struct BenchReport {
     /// `--soak` (Soak.swift) and the `scale` scenario (Scale.swift).
     var soak: SoakResult? = nil
     var scale: ScaleResult? = nil
-    var drift: DriftResult? = nil
+    var drift: [DriftResult] = []
     var elapsedSeconds = 0.0
 
     /// The scenario the baseline is compared with (same conditions: idle, same bpm).
@@ -154,7 +154,7 @@ struct BenchReport {
                     Check(scenario: s.name, target: "§9 0 bytes allocated per beat", pass: nil, detail: "not measured"))
             }
         }
-        return out + (soak?.checks ?? []) + (drift?.checks ?? []) + (scale?.checks ?? [])
+        return out + (soak?.checks ?? []) + drift.flatMap(\.checks) + (scale?.checks ?? [])
     }
 
     private func ratioCheck(
@@ -255,7 +255,7 @@ struct BenchReport {
             o += "          NATS  = \(scenarios.first?.natsFloor.source ?? baseline?.natsFloor.source ?? "-")\n\n"
         }
         if let soak { o += soak.text() + "\n" }
-        if let drift { o += drift.text() + "\n" }
+        for d in drift { o += d.text() + "\n" }
         if let scale { o += scale.text() + "\n" }
         let cs = checks
         if !cs.isEmpty {
@@ -370,7 +370,7 @@ struct BenchReport {
         }
         let doc = ReportJSON(
             scenarios: scenarios.map(ScenarioJSON.init), baseline: baselineJSON, modes: modes, soak: soak?.json(),
-            scale: scale?.json(), drift: drift?.json(),
+            scale: scale?.json(), drift: drift.isEmpty ? nil : drift.map { $0.json() },
             machine: MachineJSON(
                 date: machine.date, commit: machine.commit, cpu_model: machine.cpuModel, cpus: machine.cpus,
                 kernel: machine.kernel, swift: machine.swift, pulse_cpu: c.cpu, rt_priority: c.priority, mlock: c.mlock,
@@ -583,7 +583,7 @@ struct ReportJSON: Encodable {
     var modes: [String: ModeJSON]
     var soak: SoakResult.JSON?
     var scale: ScaleResult.JSON?
-    var drift: DriftResult.JSON?
+    var drift: [DriftResult.JSON]?
     var machine: MachineJSON
 
     enum CodingKeys: String, CodingKey { case scenarios, baseline, modes, soak, scale, drift, machine }

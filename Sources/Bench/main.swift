@@ -212,8 +212,10 @@ if let soakSeconds = options.soakSeconds {
 }
 
 if wants.contains("drift") {
-    log("drift: 3-node cluster, n3's clock 500 ppm fast, 60 s following, then alone…")
-    attempt("drift") { report.drift = try runDriftScenario(ctx, bpm: options.bpm) }
+    for leader in [0, 1] {
+        log("drift: 3-node cluster, n3's clock 500 ppm fast, 60 s following n\(leader + 1), then alone…")
+        attempt("drift") { report.drift.append(try runDriftScenario(ctx, bpm: options.bpm, leader: leader)) }
+    }
 }
 
 if wants.contains("scale") {

@@ -171,7 +171,10 @@ final class NatsServer {
         self.process = nil
     }
 
-    deinit { stop() }
+    deinit {
+        stop()
+        if let jetStreamDir { try? FileManager.default.removeItem(atPath: jetStreamDir) }
+    }
 }
 
 /// A `pulse` child process with its stderr captured to a file.

@@ -255,7 +255,7 @@ bench:
 	$(SWIFT) run -c release Bench $(BENCH_ARGS)
 
 # How cost grows (cluster size, subscribers, timeline requests/s, tempo) and
-# PER-003 on real processes (a node's clock 500 ppm fast, alone): ~10 minutes.
+# PER-003 on real processes (a node's clock 500 ppm fast, alone; twice): ~15 minutes.
 bench-scale:
 	@mkdir -p $(RUN_DIR)
 	$(MAKE) bench BENCH_ARGS="--scenarios drift,scale --json $(RUN_DIR)/bench-scale.json --html $(RUN_DIR)/bench-scale.html $(BENCH_ARGS)"

@@ -7,6 +7,8 @@
 import Foundation
 import XCTest
 
+@testable import Pulse
+
 final class ForwardingProcessTests: XCTestCase {
     func testAFollowersTempoChangeNeverShowsTheTokenToAConsumer() throws {
         let dir = Harness.tempDir("forwarding")
@@ -52,5 +54,54 @@ final class ForwardingProcessTests: XCTestCase {
         XCTAssertGreaterThan(seen.count, 3)
         XCTAssertFalse(seen.contains { $0.text.contains(token) }, "a consumer read the admin token")
         XCTAssertFalse(cluster.logs.contains(token), "the token is in a log")
+    }
+
+    /// Adversarial review F3 (2026-12-07): on plain-TCP Raft a local process
+    /// can claim a member's id with a keepalive and send a forwarded
+    /// `POST /tempo` to the leader. With an admin token set, a forwarded
+    /// request must carry the token's MAC: the forged one is refused and
+    /// counted, the tempo stays; a real follower's still goes through.
+    func testAForgedForwardOnPlainTcpRaftIsRefusedWithoutTheTokensMac() throws {
+        let token = "admin-token-\(UInt64.random(in: 1...UInt64.max))"
+        let cluster = try PulseCluster(cluster: "fwdmac", bpm: 300, extra: ["-admin-token", token])
+        let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
+        let follower = (leader + 1) % 3
+        let claimed = PeerList.stableId(cluster.names[follower])
+        let client = try RawClient(port: cluster.raftPorts[leader])
+        let keepalive = HostilePeerTests.rawFrame(
+            [], sendNs: HostilePeerTests.realtimeNs(), echoSendNs: Int64(bitPattern: claimed))
+        XCTAssertTrue(client.send(bytes: keepalive))
+        let forged = ForwardedMessage(
+            type: .request, kind: .tempo, status: 0, id: 7,
+            body: Array(#"{"tempo_bpm": 320, "justification": "forged"}"#.utf8))
+        var frame = HostilePeerTests.rawFrame(forged.encode(), sendNs: HostilePeerTests.realtimeNs())
+        frame[2] = RaftTransport.forwardedKind
+        XCTAssertTrue(client.send(bytes: frame))
+        var refused = 0.0
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) {
+                let metrics =
+                    (try? RawClient(port: cluster.adminPorts[leader], timeoutMs: 2000))?.request(
+                        httpRequest("GET", "/metrics"))?.text ?? ""
+                refused =
+                    LiveViewProcessTests.metric(
+                        metrics, "backbeat_rejected_input_total", [#"reason="bad_forward_mac""#]) ?? 0
+                return refused >= 1
+            }, "the forged forward is refused and counted\n\(cluster.logs)")
+        XCTAssertEqual(cluster.get(leader, "/tempo")["pending_bpm"] as? Int, 300, "no change pending")
+
+        // A real follower's request carries the MAC and is served (once its
+        // connection, displaced by the forger's claim, is back).
+        client.close()
+        var response: RawResponse?
+        _ = Harness.waitUntil(seconds: 10) {
+            response = try? RawClient(port: cluster.adminPorts[follower]).request(
+                httpRequest(
+                    "POST", "/tempo", body: #"{"tempo_bpm": 320, "justification": "real"}"#,
+                    headers: ["Authorization: Bearer \(token)"]))
+            return response.map { $0.status != 503 } ?? false
+        }
+        let answer = try XCTUnwrap(response)
+        XCTAssertEqual(answer.status, 202, answer.text + cluster.logs)
     }
 }

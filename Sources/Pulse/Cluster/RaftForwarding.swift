@@ -26,6 +26,7 @@
 // A node of an older version (before 0.2) closes the connection on such a
 // frame; the request is then answered 503 after the timeout.
 import CLoop
+import Crypto
 import Foundation
 import Logging
 import Raft
@@ -107,6 +108,12 @@ final class TempoForwarder: ForwardInbox, LoopHandler {
     private var timerArmed = false
     /// The leader now, if known (not this node).
     var leader: () -> NodeID? = { nil }
+    /// The admin token, when one is set and the Raft transport is plain TCP:
+    /// a request then ends in HMAC-SHA256(token, id ‖ body), checked by the
+    /// leader. Plain TCP cannot tell a member from a local process that
+    /// claims a member's id (adversarial review F3, 2026-12-07); the token
+    /// can. Over mutual TLS the certificate already names the member (nil).
+    var macKey: SymmetricKey?
     /// Leader side: serves a member's tempo request (body as `POST /tempo`).
     var serve: (_ body: [UInt8], _ answer: @escaping (_ status: Int, _ body: Data) -> Void) -> Void = { _, answer in
         answer(503, Data())
@@ -133,9 +140,9 @@ final class TempoForwarder: ForwardInbox, LoopHandler {
         let body: [String: Any] = ["tempo_bpm": request.tempoBpm, "justification": request.justification]
         let id = nextId
         nextId &+= 1
-        let message = ForwardedMessage(
-            type: .request, kind: .tempo, status: 0, id: id,
-            body: [UInt8]((try? JSONSerialization.data(withJSONObject: body)) ?? Data()))
+        var bytes = [UInt8]((try? JSONSerialization.data(withJSONObject: body)) ?? Data())
+        if let macKey { bytes += Self.mac(id: id, body: bytes, key: macKey) }
+        let message = ForwardedMessage(type: .request, kind: .tempo, status: 0, id: id, body: bytes)
         guard message.body.count <= ForwardedMessage.maxBodyBytes, link.sendForwarded(message, to: leader) else {
             return reply(.refused(status: 503, code: "no_leader", message: "the leader is not reachable"))
         }
@@ -148,7 +155,24 @@ final class TempoForwarder: ForwardInbox, LoopHandler {
     func forwardedReceived(_ message: ForwardedMessage, from member: NodeID) {
         switch message.type {
         case .request:
-            serve(message.body) { [weak self] status, body in
+            var body = message.body
+            if let macKey {
+                let macBytes = SHA256.byteCount
+                guard body.count > macBytes,
+                    HMAC<SHA256>.isValidAuthenticationCode(
+                        Array(body.suffix(macBytes)),
+                        authenticating: Self.macInput(id: message.id, body: body.dropLast(macBytes)),
+                        using: macKey)
+                else {
+                    rejected.record(.raft, "bad_forward_mac")
+                    return answer(
+                        message, to: member, status: 401,
+                        body: PulseNode.errorBody(
+                            "a forwarded request without the admin token's MAC", "unauthorized"))
+                }
+                body.removeLast(macBytes)
+            }
+            serve(body) { [weak self] status, body in
                 guard let self else { return }
                 let answer = ForwardedMessage(
                     type: .answer, kind: message.kind, status: UInt16(clamping: status), id: message.id,
@@ -165,6 +189,21 @@ final class TempoForwarder: ForwardInbox, LoopHandler {
             pending[message.id] = nil
             waiting.reply(Self.decision(status: Int(message.status), body: message.body))
         }
+    }
+
+    private func answer(_ request: ForwardedMessage, to member: NodeID, status: Int, body: Data) {
+        let answer = ForwardedMessage(
+            type: .answer, kind: request.kind, status: UInt16(clamping: status), id: request.id, body: [UInt8](body))
+        _ = link.sendForwarded(answer, to: member)
+    }
+
+    /// What the MAC covers: the request id (8 bytes, big-endian), then the body.
+    static func macInput(id: UInt64, body: ArraySlice<UInt8>) -> [UInt8] {
+        withUnsafeBytes(of: id.bigEndian) { Array($0) } + body
+    }
+
+    static func mac(id: UInt64, body: [UInt8], key: SymmetricKey) -> [UInt8] {
+        Array(HMAC<SHA256>.authenticationCode(for: macInput(id: id, body: body[...]), using: key))
     }
 
     /// Times out requests whose answer did not come.

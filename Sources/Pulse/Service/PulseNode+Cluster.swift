@@ -2,6 +2,7 @@
 // committed epoch and tempo changes, leadership changes, and forwarding of
 // tempo requests from followers to the leader.
 import CLoop
+import Crypto
 import Foundation
 import PulseCore
 import PulsePolicy
@@ -71,6 +72,9 @@ extension PulseNode {
     func enableForwarding() throws {
         guard let cluster, let link = cluster.forwardLink else { return }
         let forwarder = try TempoForwarder(loop: loop, link: link, rejected: rejected, logger: logger)
+        if raftTLS == nil, let token = config.adminToken, !token.isEmpty {
+            forwarder.macKey = SymmetricKey(data: Array(token.utf8))
+        }
         forwarder.leader = { [unowned cluster] in
             let leader = cluster.leader
             return leader == noNode || leader == cluster.peers.me.raftId ? nil : leader

@@ -765,7 +765,7 @@ public final class RaftNode {
         leader = noNode
         electionElapsed = 0
         heartbeatElapsed = 0
-        randomizedElectionTimeout = config.electionTicks + rng.below(config.electionTicks)
+        randomizedElectionTimeout = config.electionTicks + rng.below(config.electionSpreadTicks)
         votes = [:]
         progress = []
         transferTarget = noNode
@@ -784,7 +784,7 @@ public final class RaftNode {
         role = .preCandidate
         leader = noNode
         votes = [:]
-        randomizedElectionTimeout = config.electionTicks + rng.below(config.electionTicks)
+        randomizedElectionTimeout = config.electionTicks + rng.below(config.electionSpreadTicks)
     }
 
     private func becomeCandidate() {
@@ -831,7 +831,12 @@ public final class RaftNode {
             campaignVote(transfer: false)
             return
         }
-        for p in peers {
+        sendPreVotes()
+    }
+
+    /// The pre-vote request to every voter that has not answered this pre-election.
+    private func sendPreVotes() {
+        for p in peers where votes[p] == nil {
             send(
                 Message(
                     kind: .preVote, from: id, to: p, term: term + 1, logTerm: log.lastTerm,
@@ -870,11 +875,23 @@ public final class RaftNode {
 
     // MARK: - Ticks
 
+    /// Election timer. A pre-candidate also asks again, every heartbeat
+    /// interval, the voters that have not answered (etcd waits for its next
+    /// election timeout instead). A voter that heard the old leader a little
+    /// later than we did ignores our first request while its lease guard
+    /// holds (stickiness; it sends no answer); asked again, it grants as soon
+    /// as that guard ends, not a whole randomized timeout later: failover is
+    /// then bounded by the first timeout plus one heartbeat interval. Safe: a
+    /// pre-vote changes no state on either side (no term, no vote, no timer),
+    /// and every voter still refuses while it heard from a leader within
+    /// `electionTicks`, so the lease argument (`hasLease`) is untouched.
     private func tickElection() {
         electionElapsed += 1
         if electionElapsed >= randomizedElectionTimeout {
             electionElapsed = 0
             hup(transfer: false)
+        } else if role == .preCandidate && electionElapsed % config.heartbeatTicks == 0 {
+            sendPreVotes()
         }
     }
 
@@ -923,7 +940,8 @@ public final class RaftNode {
         let canVote =
             vote == m.from || (vote == noNode && leader == noNode)
             || (m.kind == .preVote && m.term > term)
-        if canVote && log.isUpToDate(lastIndex: m.index, lastTerm: m.logTerm) {
+        let yields = m.kind != .preVote || role != .preCandidate || yieldsPreVote(to: m)
+        if canVote && yields && log.isUpToDate(lastIndex: m.index, lastTerm: m.logTerm) {
             send(Message(kind: responseKind, from: id, to: m.from, term: m.term))
             if m.kind == .vote {
                 electionElapsed = 0
@@ -932,6 +950,21 @@ public final class RaftNode {
         } else {
             send(Message(kind: responseKind, from: id, to: m.from, term: term, reject: true))
         }
+    }
+
+    /// A pre-candidate grants another pre-candidate's pre-vote only if that
+    /// one's log is more up to date than ours, or as up to date and its id is
+    /// lower. Two followers whose timers fire together (a loaded machine
+    /// starves both loops, each catches its ticks up at once) would
+    /// otherwise both win their pre-votes, both become candidates of the
+    /// same term and split the vote: another whole timeout. The tie-break
+    /// only decides who campaigns first: the one refused stays a
+    /// pre-candidate and grants the other's real vote; a refused pre-vote
+    /// changes nothing, so safety is untouched (etcd grants either way).
+    private func yieldsPreVote(to m: Message) -> Bool {
+        if m.logTerm != log.lastTerm { return m.logTerm > log.lastTerm }
+        if m.index != log.lastIndex { return m.index > log.lastIndex }
+        return m.from < id
     }
 
     private func stepCandidate(_ m: Message) -> StepOutcome {

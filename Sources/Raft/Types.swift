@@ -101,8 +101,16 @@ public struct Config: Sendable {
     /// configuration entry adds it.
     public var voters: [NodeID]
     /// A follower starts a (pre-)election after a random timeout in
-    /// `[electionTicks, 2*electionTicks)` without hearing from a leader.
+    /// `[electionTicks, electionTicks + electionSpreadTicks)` without hearing
+    /// from a leader.
     public var electionTicks: Int
+    /// Width of the election timeout's random range (default `electionTicks`,
+    /// etcd's `[electionTicks, 2*electionTicks)`). It only has to exceed the
+    /// time a candidate needs to win (a pre-vote and a vote round trip with
+    /// their syncs) by enough that two timeouts rarely fall that close; a
+    /// narrower range shortens the worst-case failover. Safety does not
+    /// depend on it (the lease rests on `electionTicks` alone).
+    public var electionSpreadTicks: Int
     /// A leader sends heartbeats every `heartbeatTicks`.
     public var heartbeatTicks: Int
     /// Pre-vote (Raft thesis §9.6): a node wins a pre-election before it raises its term.
@@ -132,7 +140,8 @@ public struct Config: Sendable {
     public init(
         id: NodeID, voters: [NodeID], electionTicks: Int = 10, heartbeatTicks: Int = 1,
         preVote: Bool = true, checkQuorum: Bool = true, leaseTicks: Int? = nil,
-        randomSeed: UInt64 = 0, maxEntriesPerMessage: Int = 256, maxInflightEntries: Int = 4096,
+        electionSpreadTicks: Int? = nil, randomSeed: UInt64 = 0, maxEntriesPerMessage: Int = 256,
+        maxInflightEntries: Int = 4096,
         maxProposalBytes: Int = 1 << 20, snapshotCheck: (@Sendable ([UInt8]) -> Bool)? = nil
     ) {
         self.id = id
@@ -142,6 +151,7 @@ public struct Config: Sendable {
         self.preVote = preVote
         self.checkQuorum = checkQuorum
         self.leaseTicks = leaseTicks ?? (electionTicks - 2)
+        self.electionSpreadTicks = electionSpreadTicks ?? electionTicks
         self.randomSeed = randomSeed
         self.maxEntriesPerMessage = maxEntriesPerMessage
         self.maxInflightEntries = maxInflightEntries
@@ -163,6 +173,9 @@ public struct Config: Sendable {
         precondition(
             leaseTicks >= 1 && leaseTicks < electionTicks - 1,
             "raft: leaseTicks must be in [1, electionTicks - 1)")
+        precondition(
+            electionSpreadTicks >= 1 && electionSpreadTicks <= electionTicks,
+            "raft: electionSpreadTicks must be in [1, electionTicks]")
         precondition(maxEntriesPerMessage >= 1 && maxEntriesPerMessage <= Message.maxEntries)
         precondition(maxInflightEntries >= maxEntriesPerMessage)
         precondition(maxProposalBytes >= 0 && maxProposalBytes <= Message.maxPayloadBytes)

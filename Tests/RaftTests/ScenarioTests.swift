@@ -112,6 +112,55 @@ final class ScenarioTests: XCTestCase {
         XCTAssertEqual(c[2].vote, 3)
     }
 
+    /// A pre-candidate asks again every heartbeat interval: a voter that
+    /// ignored its first request while its own lease guard held grants as
+    /// soon as the guard ends (not a whole randomized timeout later), and
+    /// never before.
+    func testPreCandidateAsksAgainUntilTheVotersGuardEnds() throws {
+        let c = Cluster(size: 3)
+        try c.campaign(1)
+        c.crash(1)
+        try c.tick(4)  // 2 and 3 last heard the leader 4 ticks ago
+        c[2].campaign()
+        try c.stabilize()
+        XCTAssertEqual(c[2].role, .preCandidate, "3 is sticky and does not answer")
+        // 3's own campaign is lost, so only 2's requests can elect anyone.
+        let ownPreVotes = { (m: Message) in m.from == 3 && m.kind == .preVote }
+        for t in 1...6 {
+            try c.tick(1, stabilize: false)
+            XCTAssertTrue(
+                c.inFlight.contains { $0.kind == .preVote && $0.from == 2 && $0.to == 3 && $0.term == 2 },
+                "tick \(t): 2 asks 3 again")
+            try c.stabilize(drop: ownPreVotes)
+            if t < 6 {
+                XCTAssertNil(c.leader, "tick \(t): elected while 3's guard holds (\(4 + t) of 10 ticks)")
+                XCTAssertEqual(c[2].term, 1, "a pre-vote changes no term")
+            }
+        }
+        XCTAssertEqual(c.leader?.id, 2, "elected at the tick 3's guard ended")
+        XCTAssertEqual(c[2].term, 2)
+    }
+
+    /// Two followers whose timers fire together do not split the vote: of
+    /// two pre-candidates with equal logs only the lower id wins its
+    /// pre-vote, and the other grants its real vote.
+    func testConcurrentPreCandidatesDoNotSplitTheVote() throws {
+        let c = Cluster(size: 3)
+        try c.campaign(1)
+        c.crash(1)
+        try c.tick(9, stabilize: false)  // out of touch; no timer fires before 10
+        c.inFlight = []
+        try c.tick(1, stabilize: false)  // both guards end now
+        for id: NodeID in [2, 3] where c[id].role != .preCandidate { c[id].campaign() }
+        try c.processAll()
+        XCTAssertEqual(c[2].role, .preCandidate)
+        XCTAssertEqual(c[3].role, .preCandidate)
+        try c.stabilize()
+        XCTAssertEqual(c.leader?.id, 2, "one candidate, no split vote")
+        XCTAssertEqual(c[3].role, .follower)
+        XCTAssertEqual(c[3].term, 2, "elected in the first term tried")
+    }
+
     // MARK: Check-quorum and the lease
 
     func testCheckQuorumLeaderCutFromMajorityStepsDown() throws {

@@ -20,7 +20,7 @@ BPM ?= 120
 RUN_DIR ?= run
 APT_PACKAGES := libnats-dev libjemalloc-dev libhttp-parser-dev libsodium-dev nats-server prometheus curl iproute2 iptables pkg-config \
   libssl-dev openssl python3 python3-venv python3-pip python3-jsonschema chromium chromium-driver python3-selenium \
-  docker-compose systemd golang-go golang-github-nats-io-go-nats-dev
+  docker-compose systemd golang-go golang-github-nats-io-go-nats-dev podman buildah debootstrap runc
 PYTHON ?= python3
 VENV := .venv
 

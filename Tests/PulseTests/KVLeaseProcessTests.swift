@@ -90,9 +90,11 @@ final class KVLeaseProcessTests: XCTestCase {
 
     /// A JetStream nats-server, three nats-kv pulses on it, and a subscriber
     /// that has seen `frames` frames.
-    private func running(_ name: String, bpm: Int, frames: Int) throws -> (KVPulseCluster, Subscriber) {
+    private func running(_ name: String, bpm: Int, frames: Int, extra: [String] = []) throws -> (
+        KVPulseCluster, Subscriber
+    ) {
         let nats = try NatsServer(jetStream: true)
-        let cluster = try KVPulseCluster(cluster: name, bpm: bpm, natsURL: nats.url)
+        let cluster = try KVPulseCluster(cluster: name, bpm: bpm, natsURL: nats.url, extra: extra)
         cluster.server = nats
         let subscriber = try Subscriber(url: nats.url, subject: "backbeat.\(name).beat")
         XCTAssertTrue(subscriber.wait(for: frames, seconds: 15), cluster.logs)
@@ -162,14 +164,19 @@ final class KVLeaseProcessTests: XCTestCase {
     }
 
     func testTempoChangeAppliesAtTheSameDownbeatOnAll() throws {
-        let (cluster, subscriber) = try running("kvtempo", bpm: 300, frames: 6)
+        let (cluster, subscriber) = try running(
+            "kvtempo", bpm: 300, frames: 6, extra: ["-admin-token", "kv-token"])
         let holder = try XCTUnwrap(holder(subscriber, cluster))
-        // Posted to a node that does not hold the lease: forwarded to the holder.
+        // Posted to a node that does not hold the lease: forwarded to the
+        // holder (with the admin token's MAC, which the holder checks).
         let follower = (holder + 1) % 3
         XCTAssertEqual(cluster.get(follower, "/tempo")["can_change"] as? Bool, true, "a non-holder forwards")
         let client = try RawClient(port: cluster.adminPorts[follower])
         let response = try XCTUnwrap(
-            client.request(httpRequest("POST", "/tempo", body: #"{"tempo_bpm": 320, "justification": "kv"}"#)))
+            client.request(
+                httpRequest(
+                    "POST", "/tempo", body: #"{"tempo_bpm": 320, "justification": "kv"}"#,
+                    headers: ["Authorization: Bearer kv-token"])))
         XCTAssertEqual(response.status, 202, response.text + cluster.logs)
         let atBeat = try XCTUnwrap((response.json["apply_at_beat"] as? NSNumber)?.int64Value)
         XCTAssertTrue(

@@ -9,10 +9,10 @@
 // with `<to>` and `<from>` the node ids in hex (any id is a valid key then),
 // each node watching `fwd.<its id>.>` for updates only. The keys expire with
 // the bucket's TTL, so nothing accumulates. Trust: whoever may write these
-// keys may write the timeline key itself, so forwarding adds no power to the
-// KV's own permissions; the request carries no credential (the forwarding
-// node checked its client's admin token), and every record is validated by
-// the serving node as a `POST /tempo` body is (AdminRouter.parseTempoBody).
+// keys may write the timeline key itself; with an admin token set, a request
+// also carries the token's MAC (TempoForwarder.macKey, as on plain-TCP Raft),
+// and every request is validated by the serving node as a `POST /tempo` body
+// is (AdminRouter.parseTempoBody).
 import CLoop
 import Foundation
 import Raft

@@ -4,6 +4,7 @@
 // timeline's changes are logged and announced as in Raft mode, and the
 // hand-over's delete stops the node.
 import CLoop
+import Crypto
 import Foundation
 import Glibc
 import PulseCore
@@ -39,6 +40,9 @@ extension PulseNode {
         }
         // A non-holder forwards POST /tempo to the holder, as a Raft follower does.
         let forwarder = try TempoForwarder(loop: loop, link: node.forwardLink, rejected: rejected, logger: logger)
+        // With an admin token, requests carry its MAC as on plain-TCP Raft:
+        // anyone who may write the bucket's keys could otherwise forward one.
+        if let token = config.adminToken, !token.isEmpty { forwarder.macKey = SymmetricKey(data: Array(token.utf8)) }
         let me = nodeId
         forwarder.leader = { [unowned node] in
             guard let holder = node.holderNodeId, holder != me else { return nil }

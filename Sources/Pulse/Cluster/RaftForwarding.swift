@@ -173,13 +173,7 @@ final class TempoForwarder: ForwardInbox, LoopHandler {
                 body.removeLast(macBytes)
             }
             serve(body) { [weak self] status, body in
-                guard let self else { return }
-                let answer = ForwardedMessage(
-                    type: .answer, kind: message.kind, status: UInt16(clamping: status), id: message.id,
-                    body: body.count <= ForwardedMessage.maxBodyBytes ? [UInt8](body) : [])
-                if !self.link.sendForwarded(answer, to: member) {
-                    self.logger.info("raft: the answer to a forwarded request could not be sent (member not connected)")
-                }
+                self?.answer(message, to: member, status: status, body: body)
             }
         case .answer:
             guard let waiting = pending[message.id], waiting.leader == member else {
@@ -191,10 +185,14 @@ final class TempoForwarder: ForwardInbox, LoopHandler {
         }
     }
 
+    /// Answers `request` (a body over the frame's limit goes out empty).
     private func answer(_ request: ForwardedMessage, to member: NodeID, status: Int, body: Data) {
         let answer = ForwardedMessage(
-            type: .answer, kind: request.kind, status: UInt16(clamping: status), id: request.id, body: [UInt8](body))
-        _ = link.sendForwarded(answer, to: member)
+            type: .answer, kind: request.kind, status: UInt16(clamping: status), id: request.id,
+            body: body.count <= ForwardedMessage.maxBodyBytes ? [UInt8](body) : [])
+        if !link.sendForwarded(answer, to: member) {
+            logger.info("raft: the answer to a forwarded request could not be sent (member not connected)")
+        }
     }
 
     /// What the MAC covers: the request id (8 bytes, big-endian), then the body.

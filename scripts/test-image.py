@@ -23,6 +23,7 @@ Needs nats-py (the project's .venv). Bounded: at most ~90 s.
 import asyncio
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -119,8 +120,14 @@ def main() -> int:
             if gap > 1.0:
                 failures.append(f"frames resumed {gap:.3f} s after the leader's container was killed (limit 1 s)")
         for i in range(3):
-            if i != leader and get(admin[i], "/metrics")[0] != 200:
+            if i == leader:
+                continue
+            status, body = get(admin[i], "/metrics")
+            if status != 200:
                 failures.append(f"n{i + 1}: /metrics after the failover")
+            else:
+                print(f"n{i + 1}: {fsync_summary(body)}")
+        print(f"load average after the failover: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     finally:
         logs = {n: container_log(n) for n in names}
         for name in names:
@@ -132,6 +139,29 @@ def main() -> int:
         for n, text in logs.items():
             print(f"--- {n}\n{text}")
     return report(failures, names)
+
+
+def fsync_summary(metrics: str) -> str:
+    """A survivor's syncs so far (`backbeat_fsync_duration_seconds`, all files):
+    an election waits for the candidate's and the voter's term and vote to be
+    synced, so a slow disk shows here when a failover is slow."""
+    count, total, buckets = 0.0, 0.0, {}
+    for line in metrics.splitlines():
+        if not line.startswith("backbeat_fsync_duration_seconds"):
+            continue
+        name, _, value = line.rpartition(" ")
+        if name.startswith("backbeat_fsync_duration_seconds_count"):
+            count += float(value)
+        elif name.startswith("backbeat_fsync_duration_seconds_sum"):
+            total += float(value)
+        elif match := re.search(r'[{,]le="([^"]+)"', name):
+            buckets[match[1]] = buckets.get(match[1], 0.0) + float(value)
+    if count == 0:
+        return "no fsync recorded"
+    # The smallest bucket bound that holds every sync: the slowest sync is at most that.
+    bounded = sorted((float(le), n) for le, n in buckets.items() if le != "+Inf")
+    slowest = next((f"<= {le * 1000:g} ms" for le, n in bounded if n >= count), "above the last bucket")
+    return f"{count:.0f} syncs, mean {total / count * 1000:.1f} ms, slowest {slowest}"
 
 
 def container_log(name: str) -> str:

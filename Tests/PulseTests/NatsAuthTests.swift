@@ -147,7 +147,8 @@ final class NatsAuthTests: XCTestCase {
         XCTAssertTrue(serverLog.contains("Publish Violation"), serverLog)
 
         let metrics = get(admin, "/metrics")
-        XCTAssertEqual(metric(metrics, "backbeat_nats_connected"), 1, metrics)
+        XCTAssertEqual(metric(metrics, #"backbeat_nats_connected{connection="beat"}"#), 1, metrics)
+        XCTAssertEqual(metric(metrics, #"backbeat_nats_connected{connection="requests"}"#), 1, metrics)
     }
 
     func testWrongCredentials() throws {
@@ -179,7 +180,7 @@ final class NatsAuthTests: XCTestCase {
         defer { pulse.stop() }
         XCTAssertTrue(
             Harness.waitUntil(seconds: 10) { pulse.log.lowercased().contains("authorization violation") }, pulse.log)
-        XCTAssertEqual(metric(get(admin, "/metrics"), "backbeat_nats_connected"), 0)
+        XCTAssertEqual(metric(get(admin, "/metrics"), #"backbeat_nats_connected{connection="beat"}"#), 0)
 
         // A wrong password in the URL: never in the logs or /health.
         let secret = "WrongSecret\(UInt32.random(in: 1...UInt32.max))"

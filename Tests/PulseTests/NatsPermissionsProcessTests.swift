@@ -108,7 +108,12 @@ final class NatsPermissionsProcessTests: XCTestCase {
 
         // The pulse worked end to end under that configuration.
         let metrics = NatsProcessSupport.get(port: admin, path: "/metrics")?.text ?? ""
-        XCTAssertEqual(NatsProcessSupport.metric("backbeat_nats_connected", in: metrics), 1, metrics)
+        // Both connections (beat and requests) under the pulse role's grants.
+        for connection in ["beat", "requests"] {
+            XCTAssertEqual(
+                NatsProcessSupport.metric(#"backbeat_nats_connected{connection="\#(connection)"}"#, in: metrics), 1,
+                metrics)
+        }
         XCTAssertEqual(NatsProcessSupport.metric("backbeat_beats_missed_total", in: metrics), 0, metrics)
         XCTAssertFalse(pulse.log.contains("NATS error"), pulse.log)
     }

@@ -54,6 +54,85 @@ final class RequestBudgetTests: XCTestCase {
         XCTAssertLessThan(cloop_monotonic_ns() - started, 500_000_000, "the loop did not sleep on pending messages")
     }
 
+    /// The doorway's budget in time: with the beat timer due within
+    /// `doorwayGuardNs`, no doorway message runs before the timer's handler;
+    /// they all run after it, none lost.
+    func testDoorwayWaitsForADueBeat() throws {
+        final class Beat: LoopHandler {
+            var fired = 0
+            var loop: EventLoop?
+            func loopEvent(token: UInt32, events: UInt32) {
+                _ = loop?.readTimer(token)
+                fired += 1
+                // Re-armed a period later, as the beat driver does.
+                try? loop?.armTimer(token, atNs: cloop_realtime_ns() + 10_000_000_000, cancelOnSet: false)
+            }
+        }
+        let loop = try EventLoop(maxSlots: 16, queueCapacity: 1024)
+        loop.bindToCurrentThread()
+        let beat = Beat()
+        beat.loop = loop
+        let token = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: beat)
+        // A backlog posted first, then the beat 0.6 ms away: inside the guard.
+        var firedWhenRun: [Int] = []
+        for _ in 0..<100 { XCTAssertTrue(loop.postCallback { firedWhenRun.append(beat.fired) }) }
+        try loop.armTimer(token, atNs: cloop_realtime_ns() + 600_000, cancelOnSet: false)
+        loop.turn(timeoutNs: 0)
+        XCTAssertTrue(firedWhenRun.allSatisfy { $0 == 1 }, "nothing ran before the due beat: \(firedWhenRun)")
+        // Until the beat (the loop does not sleep while the doorway holds
+        // messages: it polls until the timer is due), then the backlog.
+        let deadline = cloop_monotonic_ns() + 2_000_000_000
+        while firedWhenRun.count < 100 && cloop_monotonic_ns() < deadline { loop.turn(timeoutNs: 100_000_000) }
+        XCTAssertEqual(beat.fired, 1)
+        XCTAssertEqual(firedWhenRun.count, 100, "every message ran after the beat")
+        XCTAssertEqual(firedWhenRun, Array(repeating: 1, count: 100), "all after the beat, none before")
+        XCTAssertGreaterThan(loop.doorwayHeldTurns, 0, "the budget held the doorway")
+        // With the beat far away, the doorway runs at once (count budget only).
+        var ran = 0
+        for _ in 0..<10 { XCTAssertTrue(loop.postCallback { ran += 1 }) }
+        loop.turn(timeoutNs: 0)
+        XCTAssertEqual(ran, 10)
+    }
+
+    /// The token scan that spares a parse never refuses a body the parser
+    /// would accept, and rules out the flood's tokenless bodies.
+    func testControlTokenScanAgreesWithTheParse() throws {
+        let token = Array("s3cret-T0ken".utf8)
+        let cases: [(String, Bool)] = [
+            (#"{"bpm":120,"token":"s3cret-T0ken"}"#, true),
+            (#"{"token" :  "s3cret-T0ken","bpm":120}"#, true),
+            ("{\n\"token\"\t:\r\n\"s3cret-T0ken\"}", true),
+            (#"{"bpm":120}"#, false),
+            (#"{"bpm":120,"token":"s3cret-T0ke"}"#, false),
+            (#"{"bpm":120,"token":"s3cret-T0ken!"}"#, false),
+            (#"{"a":"token","token":"nope","b":{"token":"s3cret-T0ken"}}"#, false),
+            // Escapes: only the parse can tell; the scan defers to it.
+            (#"{"token":"s3cret-\u0054\u0030ken"}"#, true),
+            (#"{"\u0074oken":"s3cret-T0ken"}"#, true),
+            (#"{"token":"s3cret-T0ken\"}"#, false),
+        ]
+        for (body, expected) in cases {
+            let data = Data(body.utf8)
+            XCTAssertEqual(PulseNode.controlTokenMatches(data, token), expected, body)
+            if expected { XCTAssertFalse(PulseNode.tokenCandidatesMiss(data, token), body) }
+        }
+        // The flood's bodies are refused by the scan alone.
+        XCTAssertTrue(PulseNode.tokenCandidatesMiss(Data(#"{"bpm":130,"justification":"flood"}"#.utf8), token))
+        XCTAssertTrue(PulseNode.tokenCandidatesMiss(Data(#"{"bpm":130,"token":"guess"}"#.utf8), token))
+        // UTF-16 (the parser reads it): deferred to the parse.
+        let utf16 = try XCTUnwrap(#"{"token":"s3cret-T0ken"}"#.data(using: .utf16LittleEndian))
+        XCTAssertFalse(PulseNode.tokenCandidatesMiss(utf16, token))
+        // The constant refusals are what the per-request encoding made.
+        XCTAssertEqual(
+            PulseNode.refusedUnauthorized.reply,
+            PulseNode.controlReply(
+                status: 401, body: PulseNode.errorBody("missing or invalid \"token\"", "unauthorized")))
+        let refusal = try XCTUnwrap(
+            JSONSerialization.jsonObject(with: PulseNode.refusedUnauthorized.reply) as? [String: Any])
+        XCTAssertEqual(refusal["status"] as? Int, 401)
+        XCTAssertEqual(refusal["code"] as? String, "unauthorized")
+    }
+
     /// A nats-server with its monitoring port (for `slow_consumers`).
     private final class MonitoredNats {
         let port = Harness.freePort()
@@ -70,12 +149,24 @@ final class RequestBudgetTests: XCTestCase {
                 throw NSError(domain: "nats-server did not start", code: 1)
             }
         }
-        /// `/varz` as JSON ([:] on failure).
-        func varz() -> [String: Any] {
+        /// `/varz` (or another monitoring page) as JSON ([:] on failure).
+        func varz(_ page: String = "varz") -> [String: Any] {
             guard let client = try? RawClient(port: monitorPort),
-                let response = client.request("GET /varz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                let response = client.request("GET /\(page) HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             else { return [:] }
             return response.json
+        }
+        /// Messages each named client connection published (`/connz`'s `in_msgs`).
+        /// One connection a page: nats-server sends a longer page chunked,
+        /// which RawClient does not read.
+        func publishedByConnection() -> [String: Int] {
+            var out: [String: Int] = [:]
+            for offset in 0..<16 {
+                guard let c = (varz("connz?limit=1&offset=\(offset)")["connections"] as? [[String: Any]])?.first
+                else { break }
+                if let name = c["name"] as? String { out[name] = (c["in_msgs"] as? NSNumber)?.intValue ?? 0 }
+            }
+            return out
         }
         deinit {
             process.terminate()
@@ -152,6 +243,7 @@ final class RequestBudgetTests: XCTestCase {
         for (a, b) in zip(indices, indices.dropFirst()) where b != a + 1 { gaps.append("\(a)→\(b)") }
         let metrics = (try? RawClient(port: admin))?.request(httpRequest("GET", "/metrics"))?.text ?? ""
         let varz = nats.varz()
+        let published = nats.publishedByConnection()
         print(
             "timeline flood: \(sent) requests in 10 s (\(sent / 10)/s), \(replies.count) answered, "
                 + "\(floodEnded - before) frames during it, slow consumers \(varz["slow_consumers"] ?? "?"); "
@@ -169,8 +261,18 @@ final class RequestBudgetTests: XCTestCase {
         XCTAssertEqual(gaps, [], "no beat missing on the subject\n\(node.log)")
         XCTAssertGreaterThanOrEqual(floodEnded - before, 95, "about 100 frames in 10 s at 600 bpm")
         XCTAssertEqual((varz["slow_consumers"] as? NSNumber)?.intValue, 0, "nats-server disconnected no one")
+        // The replies left on the requests connection: the beat's carried the
+        // frames (about 130 by now) and the warm-up, never a reply.
+        let beatPublished = try XCTUnwrap(published["pulse n-fl0"], "\(published)")
+        let requestsPublished = try XCTUnwrap(published["pulse n-fl0 requests"], "\(published)")
+        XCTAssertLessThan(beatPublished, 1000, "no reply on the beat connection: \(published)")
+        XCTAssertGreaterThanOrEqual(requestsPublished, replies.count, "every reply on the requests connection")
         XCTAssertTrue(metrics.contains("backbeat_beats_missed_total 0"), metrics)
-        XCTAssertTrue(metrics.contains("backbeat_nats_reconnects_total 0"), metrics)
+        for connection in ["beat", "requests"] {
+            XCTAssertTrue(metrics.contains(#"backbeat_nats_reconnects_total{connection="\#(connection)"} 0"#), metrics)
+        }
+        // The replies left on the requests connection, never on the beat's.
+        XCTAssertTrue(metrics.contains(#"backbeat_nats_slow_consumer_total{connection="beat"} 0"#), metrics)
         XCTAssertFalse(node.log.contains("NATS reconnected") || node.log.contains("NATS server silent"), node.log)
         XCTAssertFalse(node.log.contains("doorway full"), "the connection's own events always had room\n\(node.log)")
     }

@@ -80,6 +80,17 @@ final class EventLoop {
     let maxSlots: Int
     private var handlers: [LoopHandler?]
     private var priority: [Bool]
+    /// Each timer's clock (`makeTimer`), to place a priority timer's expiry on the wall clock.
+    private var timerClocks: [clockid_t]
+    /// When the last armed priority timer (the beat's) expires, wall ns;
+    /// `.max` when disarmed. The doorway's time budget ends before it.
+    private(set) var priorityDueWallNs: Int64 = .max
+    /// Doorway messages drained and not run yet: `messages[heldStart..<heldEnd]`
+    /// (held over a due beat by the time budget; run first in later turns).
+    private var heldStart = 0
+    private var heldEnd = 0
+    /// Turns in which the time budget held doorway messages over a due beat.
+    private(set) var doorwayHeldTurns: UInt64 = 0
     private var doorwayHandlers: [UInt32: DoorwayHandler] = [:]
     private var beforeSleepHandlers: [BeforeSleepHandler] = []
     private let events: UnsafeMutablePointer<cloop_event_t>
@@ -109,6 +120,7 @@ final class EventLoop {
         self.maxSlots = maxSlots
         self.handlers = Array(repeating: nil, count: maxSlots)
         self.priority = Array(repeating: false, count: maxSlots)
+        self.timerClocks = Array(repeating: CLOCK_REALTIME, count: maxSlots)
         self.eventCapacity = Int32(min(maxSlots, 256))
         self.events = .allocate(capacity: Int(eventCapacity))
         self.messages = .allocate(capacity: Int(messageCapacity))
@@ -143,6 +155,7 @@ final class EventLoop {
         guard rc == 0 else { throw LoopError(operation: "timerfd_create", errno: -rc) }
         handlers[Int(token)] = handler
         priority[Int(token)] = isPriority
+        timerClocks[Int(token)] = clock
         return token
     }
 
@@ -162,6 +175,7 @@ final class EventLoop {
     func armTimer(_ token: UInt32, afterNs: Int64, intervalNs: Int64 = 0) throws {
         let rc = cloop_timer_arm_after(raw, token, afterNs, intervalNs)
         guard rc == 0 else { throw LoopError(operation: "timerfd_settime (after \(afterNs) ns)", errno: -rc) }
+        if priority[Int(token)] { priorityDueWallNs = cloop_realtime_ns() &+ afterNs }
     }
 
     /// Arms `token` to expire once at `atNs` on its clock; with `cancelOnSet`
@@ -169,11 +183,18 @@ final class EventLoop {
     func armTimer(_ token: UInt32, atNs: Int64, cancelOnSet: Bool) throws {
         let rc = cloop_timer_arm_at(raw, token, atNs, cancelOnSet)
         guard rc == 0 else { throw LoopError(operation: "timerfd_settime (at \(atNs) ns)", errno: -rc) }
+        if priority[Int(token)] {
+            priorityDueWallNs =
+                timerClocks[Int(token)] == CLOCK_REALTIME ? atNs : atNs &- cloop_monotonic_ns() &+ cloop_realtime_ns()
+        }
     }
 
     /// Disarms `token`; false when the timer is not ours any more.
     @discardableResult
-    func disarmTimer(_ token: UInt32) -> Bool { cloop_timer_disarm(raw, token) == 0 }
+    func disarmTimer(_ token: UInt32) -> Bool {
+        if priority[Int(token)] { priorityDueWallNs = .max }
+        return cloop_timer_disarm(raw, token) == 0
+    }
 
     /// Reads (and so clears) `token`'s expirations.
     @discardableResult
@@ -244,6 +265,9 @@ final class EventLoop {
     func setDoorwayHandler(_ handler: DoorwayHandler, for kinds: [DoorwayKind]) {
         for kind in kinds { doorwayHandlers[kind.rawValue] = handler }
     }
+
+    /// The handler of `kind`'s messages, if any (several NATS links share one).
+    func doorwayHandler(for kind: DoorwayKind) -> DoorwayHandler? { doorwayHandlers[kind.rawValue] }
 
     /// Adds work to run once per turn, after events are dispatched and before
     /// the loop sleeps (flushes and other batched work).
@@ -316,6 +340,9 @@ final class EventLoop {
             dispatch(count: Int(n), priorityPass: true)
             dispatch(count: Int(n), priorityPass: false)
         }
+        // Messages the time budget held over a beat: their turn now (the
+        // doorway's eventfd may be quiet, its queue empty).
+        if heldStart < heldEnd { runHeldMessages() }
         drainCompletions()
         for i in 0..<beforeSleepHandlers.count { beforeSleepHandlers[i].beforeSleep() }
         lastTurnMonotonicNs = cloop_monotonic_ns()
@@ -344,10 +371,48 @@ final class EventLoop {
     /// while messages remain, so the loop does not sleep on them).
     static let maxDoorwayMessagesPerTurn: Int32 = 64
 
+    /// The doorway's budget in time: no message starts within this of the
+    /// beat timer's expiry (`priorityDueWallNs`), so that a flood of
+    /// messages (each up to tens of µs: a refused tempo request) never
+    /// delays the beat's wake and spin; the rest wait until the beat is out.
+    /// Meanwhile the doorway's eventfd stays readable, so the loop polls
+    /// (at most this long per beat, like the spin) rather than sleeps.
+    static let doorwayGuardNs: Int64 = 1_000_000
+    /// A priority timer this long past due without being re-armed no longer
+    /// holds the doorway (it was not re-armed: nothing is due).
+    static let doorwayGuardStaleNs: Int64 = 50_000_000
+
+    /// Whether the doorway must wait for the beat: the wall clock is inside
+    /// [due − guard, due + stale).
+    private func beatIsDue() -> Bool {
+        let due = priorityDueWallNs
+        guard due != .max else { return false }
+        let now = cloop_realtime_ns()
+        return now >= due &- Self.doorwayGuardNs && now < due &+ Self.doorwayGuardStaleNs
+    }
+
     private func drainDoorway() {
-        let n = cloop_drain(raw, messages, min(messageCapacity, Self.maxDoorwayMessagesPerTurn))
-        for i in 0..<Int(max(n, 0)) {
-            let message = messages[i]
+        if heldStart == heldEnd {
+            if beatIsDue() {
+                doorwayHeldTurns &+= 1
+                return  // not drained: the eventfd stays readable, the queue waits
+            }
+            let n = cloop_drain(raw, messages, min(messageCapacity, Self.maxDoorwayMessagesPerTurn))
+            heldStart = 0
+            heldEnd = Int(max(n, 0))
+        }
+        runHeldMessages()
+    }
+
+    /// Runs drained messages in order until none is left or the beat is due.
+    private func runHeldMessages() {
+        while heldStart < heldEnd {
+            if beatIsDue() {
+                doorwayHeldTurns &+= 1
+                return
+            }
+            let message = messages[heldStart]
+            heldStart += 1
             if message.kind == DoorwayKind.stop.rawValue {
                 stopping = true
             } else if message.kind == DoorwayKind.callback.rawValue, let pointer = message.ptr {

@@ -13,6 +13,12 @@ struct MetricsSnapshot {
     var beats: BeatStats
     var natsConnected: Bool
     var natsReconnects: UInt64
+    /// The requests connection's (issue 20), and both connections'
+    /// slow-consumer events (client pending limits overflowed).
+    var requestsNatsConnected = false
+    var requestsNatsReconnects: UInt64 = 0
+    var natsSlowConsumer: UInt64 = 0
+    var requestsNatsSlowConsumer: UInt64 = 0
     var isLeader: Bool
     var degraded: Bool
     var tempoBpm: Int64
@@ -65,8 +71,13 @@ final class PulseMetrics: BeatObserver {
     private let tempoErrors: [String: Counter]
     private let leadershipChanges: Counter
     private let degradation: Gauge
+    /// `{connection="beat"}` and `{connection="requests"}` (NatsLinkRole).
     private let natsConnected: Gauge
     private let natsReconnects: Counter
+    private let requestsNatsConnected: Gauge
+    private let requestsNatsReconnects: Counter
+    private let natsSlowConsumer: Counter
+    private let requestsNatsSlowConsumer: Counter
     private let tempoBpm: Gauge
     private let hotPathBytes: Counter
     private let beatsUnpublished: Counter
@@ -129,8 +140,22 @@ final class PulseMetrics: BeatObserver {
             name: "backbeat_leadership_changes_total", help: "Leadership changes this node has observed.")
         degradation = r.makeGauge(
             name: "backbeat_degradation_mode", help: "1 while the node keeps the timeline without a leader.")
-        natsConnected = r.makeGauge(name: "backbeat_nats_connected", help: "1 while connected to NATS.")
-        natsReconnects = r.makeCounter(name: "backbeat_nats_reconnects_total", help: "Reconnections to NATS.")
+        let connectedHelp = "1 while connected to NATS, by connection (beat: frames; requests: consumer requests)."
+        let reconnectsHelp = "Reconnections to NATS, by connection (beat, requests)."
+        let slowHelp =
+            "Slow-consumer errors of the NATS client (a subscription's pending limits overflowed), by connection."
+        natsConnected = r.makeGauge(
+            name: "backbeat_nats_connected", labels: [("connection", "beat")], help: connectedHelp)
+        requestsNatsConnected = r.makeGauge(
+            name: "backbeat_nats_connected", labels: [("connection", "requests")], help: connectedHelp)
+        natsReconnects = r.makeCounter(
+            name: "backbeat_nats_reconnects_total", labels: [("connection", "beat")], help: reconnectsHelp)
+        requestsNatsReconnects = r.makeCounter(
+            name: "backbeat_nats_reconnects_total", labels: [("connection", "requests")], help: reconnectsHelp)
+        natsSlowConsumer = r.makeCounter(
+            name: "backbeat_nats_slow_consumer_total", labels: [("connection", "beat")], help: slowHelp)
+        requestsNatsSlowConsumer = r.makeCounter(
+            name: "backbeat_nats_slow_consumer_total", labels: [("connection", "requests")], help: slowHelp)
         tempoBpm = r.makeGauge(name: "backbeat_tempo_bpm", help: "Current tempo in beats per minute.")
         hotPathBytes = r.makeCounter(
             name: "backbeat_hot_path_allocated_bytes_total",
@@ -227,6 +252,9 @@ final class PulseMetrics: BeatObserver {
         bump(beatsUnpublished, now.beats.beatsUnpublished, exported.beats.beatsUnpublished)
         bump(hotPathBytes, now.beats.hotPathAllocatedBytes, exported.beats.hotPathAllocatedBytes)
         bump(natsReconnects, now.natsReconnects, exported.natsReconnects)
+        bump(requestsNatsReconnects, now.requestsNatsReconnects, exported.requestsNatsReconnects)
+        bump(natsSlowConsumer, now.natsSlowConsumer, exported.natsSlowConsumer)
+        bump(requestsNatsSlowConsumer, now.requestsNatsSlowConsumer, exported.requestsNatsSlowConsumer)
         bump(leadershipChanges, now.leadershipChanges, exported.leadershipChanges)
         bump(hlcRejected, now.hlcRemoteRejected, exported.hlcRemoteRejected)
         bump(degradedBeats, now.beats.degradedBeats, exported.beats.degradedBeats)
@@ -237,6 +265,7 @@ final class PulseMetrics: BeatObserver {
         }
         clockOffset.set(to: now.clockOffsetSeconds)
         natsConnected.set(to: now.natsConnected ? 1 : 0)
+        requestsNatsConnected.set(to: now.requestsNatsConnected ? 1 : 0)
         isLeader.set(to: now.isLeader ? 1 : 0)
         degradation.set(to: now.degraded ? 1 : 0)
         tempoBpm.set(to: Double(now.tempoBpm))

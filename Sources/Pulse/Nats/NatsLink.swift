@@ -72,6 +72,13 @@
 //
 // While NATS is down the pulse keeps beating and does not buffer frames: a
 // beat delivered late is a wrong beat.
+//
+// Two links per node (issue 20): `beat` carries frames, publications and the
+// echo; `requests` (same servers, credentials, TLS and reconnect handling)
+// carries consumer requests and their replies, so that no reply ever queues
+// ahead of a frame in the beat's socket (docs/decisions.md, "Requests on their
+// own NATS connection"). Both are served by one loop: their doorway events
+// carry the link's index (`NatsDoorwayRouter`).
 import CLoop
 import CNats
 import Foundation
@@ -121,6 +128,28 @@ struct NatsLinkStats {
     var directWouldBlock: UInt64 = 0
 }
 
+/// What a link carries (`connection` label of its metrics).
+enum NatsLinkRole: String, Sendable {
+    /// Beat frames, publications and the beat subject's echo: the socket
+    /// the beat's bytes leave on, with TX timestamps and direct writes.
+    case beat
+    /// Consumer requests (timeline and control) and their replies, on a
+    /// socket of their own, so that no reply is ever queued ahead of a
+    /// frame (issue 20; docs/decisions.md "Requests on their own NATS
+    /// connection"). No TX timestamps, no direct writes.
+    case requests
+}
+
+/// Routes the NATS doorway kinds to the link that posted them: every link
+/// of a loop posts with `value` = its index here.
+private final class NatsDoorwayRouter: DoorwayHandler {
+    var links: [Unmanaged<NatsLink>] = []
+    func doorwayMessage(_ message: cloop_msg_t) {
+        guard message.value < UInt64(links.count) else { return }
+        links[Int(message.value)].takeUnretainedValue().doorwayMessage(message)
+    }
+}
+
 /// A NATS connection whose socket is served by an `EventLoop`.
 final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// `-nats` as given: one URL or a comma-separated list.
@@ -131,6 +160,13 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// The configured servers (`url` split on commas).
     let servers: [String]
     let name: String
+    let role: NatsLinkRole
+    /// This link's index in its loop's `NatsDoorwayRouter` (`value` of its posts).
+    private let doorwayIndex: UInt64
+    /// Slow-consumer errors the client reported on this connection (its
+    /// pending limits overflowed), from the library's callback thread.
+    private let slowConsumerEvents = Atomic<UInt64>(0)
+    var slowConsumerCount: UInt64 { slowConsumerEvents.load(ordering: .relaxed) }
     fileprivate unowned let loop: EventLoop
     fileprivate let logger: Logger
     /// The connection the loop may publish on: attached to the loop and
@@ -205,24 +241,34 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     private var requestCounter: UInt64 = 0
     private var pendingRequests: [UInt64: (deadlineNs: Int64, reply: (Data?) -> Void)] = [:]
 
-    init(url: String, name: String, loop: EventLoop, logger: Logger, security: NatsSecurity = NatsSecurity()) {
+    init(
+        url: String, name: String, loop: EventLoop, logger: Logger, security: NatsSecurity = NatsSecurity(),
+        role: NatsLinkRole = .beat
+    ) {
         self.url = url
+        self.role = role
         self.redactedURL = NatsAuth.redact(url)
         self.security = security
         let servers = (try? Self.serverList(url)) ?? [url]
         self.servers = servers
         self.directWrites =
-            security.caPath.isEmpty && security.certPath.isEmpty && !servers.contains { $0.hasPrefix("tls://") }
+            role == .beat && security.caPath.isEmpty && security.certPath.isEmpty
+            && !servers.contains { $0.hasPrefix("tls://") }
         self.name = name
         self.loop = loop
         self.logger = logger
+        let router = (loop.doorwayHandler(for: .natsAttach) as? NatsDoorwayRouter) ?? NatsDoorwayRouter()
+        doorwayIndex = UInt64(router.links.count)
         loop.setDoorwayHandler(
-            self,
+            router,
             for: [
                 .natsAttach, .natsRead, .natsWrite, .natsDetach, .natsConnected, .natsClosed, .natsPending,
                 .natsDisconnected,
             ])
         loop.addBeforeSleep(self)
+        // The link is retained for good in `start()` (the client's callbacks);
+        // the router only names it.
+        router.links.append(Unmanaged.passUnretained(self))
     }
 
     deinit {
@@ -327,6 +373,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// a permissions violation (this identity may not publish or subscribe
     /// there) or a refused authorization, logged with the server's words.
     fileprivate func asyncError(_ nc: OpaquePointer?, _ sub: OpaquePointer?, _ status: natsStatus) {
+        if status == NATS_SLOW_CONSUMER { slowConsumerEvents.add(1, ordering: .relaxed) }
         if status == NATS_SLOW_CONSUMER, let sub {
             callbackLock.lock()
             let counted = countedSubscriptions.contains(sub)
@@ -443,7 +490,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         if status == NATS_OK, let nc {
             logConnected(nc)
             whileOpen {
-                if !loop.post(kind: .natsConnected, pointer: UnsafeMutableRawPointer(nc)) {
+                if !loop.post(kind: .natsConnected, value: doorwayIndex, pointer: UnsafeMutableRawPointer(nc)) {
                     logger.error("doorway full: NATS connection lost", metadata: ["url": "\(redactedURL)"])
                 }
             }
@@ -454,7 +501,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             // connection's mutex); the loop owns it only for shutdown until
             // the connected callback arrives.
             whileOpen {
-                if !loop.post(kind: .natsPending, pointer: UnsafeMutableRawPointer(nc)) {
+                if !loop.post(kind: .natsPending, value: doorwayIndex, pointer: UnsafeMutableRawPointer(nc)) {
                     logger.error("doorway full: NATS connection lost", metadata: ["url": "\(redactedURL)"])
                 }
             }
@@ -490,7 +537,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         let first = connectionsLogged.increment() == 1
         logger.info(
             first ? "NATS connected" : "NATS reconnected",
-            metadata: ["url": "\(NatsAuth.redact(connectedURL))", "configured": "\(redactedURL)"])
+            metadata: [
+                "url": "\(NatsAuth.redact(connectedURL))", "configured": "\(redactedURL)", "connection": "\(role)",
+            ])
     }
 
     private let connectionsLogged = AtomicCounter()
@@ -573,7 +622,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             }
             return natsConnection_Publish(connection, subject, raw.baseAddress, Int32(raw.count))
         }
-        flush()
+        // The requests link writes its replies once per loop turn
+        // (`beforeSleep`): one write(2) for a turn's replies, not one each.
+        if role == .beat { flush() }
         return status == NATS_OK
     }
 
@@ -1132,7 +1183,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             socketFd = own
             librarySocket = fd
             var base: Int64 = 0
-            txBase = cloop_txts_enable(own, &base) == 0 ? base : -1
+            // Only the beat's socket is stamped: a stamp per reply would wake
+            // the loop for nothing.
+            txBase = role == .beat && cloop_txts_enable(own, &base) == 0 ? base : -1
             pendingTxKey = nil
             // Fault 2: unacknowledged frames never outlive `userTimeoutMs`
             // (a socket option: the link stays non-blocking and unchanged).
@@ -1235,7 +1288,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         }
         ThreadPlacement.placeCurrentHelperThread()
         whileOpen {
-            if !loop.post(kind: kind, arg: arg, pointer: nc.map { UnsafeMutableRawPointer($0) }) {
+            if !loop.post(kind: kind, arg: arg, value: doorwayIndex, pointer: nc.map { UnsafeMutableRawPointer($0) }) {
                 logger.error("doorway full: NATS event lost", metadata: ["kind": "\(kind)"])
             }
         }
@@ -1254,7 +1307,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         callbackLock.unlock()
         if open, kind == .natsConnected, let nc { logConnected(nc) }
         whileOpen {
-            if !loop.post(kind: kind, pointer: nc.map { UnsafeMutableRawPointer($0) }) {
+            if !loop.post(kind: kind, value: doorwayIndex, pointer: nc.map { UnsafeMutableRawPointer($0) }) {
                 logger.error("doorway full: NATS event lost", metadata: ["kind": "\(kind)"])
             }
         }

@@ -142,6 +142,8 @@ extension PulseNode: AdminBackend {
         metrics.refresh(
             MetricsSnapshot(
                 beats: beats.stats, natsConnected: nats.isConnected, natsReconnects: nats.stats.reconnects,
+                requestsNatsConnected: requests.isConnected, requestsNatsReconnects: requests.stats.reconnects,
+                natsSlowConsumer: nats.slowConsumerCount, requestsNatsSlowConsumer: requests.slowConsumerCount,
                 isLeader: cluster?.isLeader ?? true, degraded: cluster?.degraded ?? false,
                 tempoBpm: beats.timeline.epoch.bpm,
                 leadershipChanges: cluster?.leadershipChanges ?? 0, timerDriftRatio: timerDriftRatio,
@@ -178,8 +180,9 @@ extension PulseNode: AdminBackend {
         let token = config.adminToken.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
         // The request subject (the one consumers may publish on) and the
         // control subject itself (requirements §5, servers without permissions).
+        // On the requests connection, as timeline requests (docs/decisions.md).
         for subject in [config.subjects.controlRequest, config.controlSubject] {
-            nats.subscribe(subject: subject, rejected: rejected, surface: .controlSubject) { [weak self] message in
+            requests.subscribe(subject: subject, rejected: rejected, surface: .controlSubject) { [weak self] message in
                 // Only a node that can commit answers: followers stay silent so
                 // that the leader's answer is the one the requester gets.
                 guard let self, let reply = message.reply, self.tempo.canCommit() else { return }
@@ -195,33 +198,29 @@ extension PulseNode: AdminBackend {
             return
         }
         let answer: (Int, Data) -> Void = { status, body in
-            var object = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
-            object["status"] = status
-            let data =
-                (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
-                ?? Data()
-            self.nats.publish(subject: reply, payload: data)
+            self.requests.publish(subject: reply, payload: Self.controlReply(status: status, body: body))
         }
         let refuse = { (status: Int, code: String, text: String) in
             self.rejected.record(.controlSubject, code)
             self.tempo.recordRefusal(reason: code == "too_large" ? "body_too_large" : code)
             answer(status, Self.errorBody(text, code))
         }
-        guard body.count <= Self.maxControlBytes else {
-            return refuse(413, "too_large", "request body is larger than \(Self.maxControlBytes) bytes")
+        // The constant refusals: their replies encoded once (issue 20: a
+        // flood of them costs no JSON work on the loop).
+        let refuseConstant = { (refusal: ConstantRefusal) in
+            self.rejected.record(.controlSubject, refusal.code)
+            self.tempo.recordRefusal(reason: refusal.code == "too_large" ? "body_too_large" : refusal.code)
+            self.requests.publish(subject: reply, payload: refusal.reply)
         }
-        if let token, !Self.controlTokenMatches(body, token) {
-            return refuse(401, "unauthorized", "missing or invalid \"token\"")
-        }
+        guard body.count <= Self.maxControlBytes else { return refuseConstant(Self.refusedTooLarge) }
+        if let token, !Self.controlTokenMatches(body, token) { return refuseConstant(Self.refusedUnauthorized) }
         // A NATS with users (this node has an nkey or creds) is shared with
         // consumers who may publish requests (deploy/nats/backbeat.conf):
         // without a token, any of them could change the tempo. Changes over
         // NATS then need -admin-token; an open NATS (make run) is anyone's
         // anyway (docs/security.md, adversarial review F1 of 2026-12-07).
         if token == nil && (!config.natsNkey.isEmpty || !config.natsCreds.isEmpty) {
-            return refuse(
-                403, "token_required",
-                "tempo changes over NATS need -admin-token on the node when NATS has users; use POST /tempo")
+            return refuseConstant(Self.refusedTokenRequired)
         }
         switch AdminRouter.parseTempoBody([UInt8](body), maxJustificationBytes: 1024) {
         case .failure(let failure):
@@ -260,12 +259,87 @@ extension PulseNode: AdminBackend {
         }
     }
 
-    /// Whether the JSON body carries `"token": "<admin token>"` (constant-time compare).
+    /// A control reply: `body` (a JSON object) with `"status"` added, keys sorted.
+    static func controlReply(status: Int, body: Data) -> Data {
+        var object = (try? JSONSerialization.jsonObject(with: body) as? [String: Any]) ?? [:]
+        object["status"] = status
+        return (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]))
+            ?? Data()
+    }
+
+    /// A refusal whose reply never changes, encoded once.
+    struct ConstantRefusal {
+        let code: String
+        let reply: Data
+        init(_ status: Int, _ code: String, _ text: String) {
+            self.code = code
+            reply = PulseNode.controlReply(status: status, body: PulseNode.errorBody(text, code))
+        }
+    }
+    static let refusedTooLarge = ConstantRefusal(
+        413, "too_large", "request body is larger than \(maxControlBytes) bytes")
+    static let refusedUnauthorized = ConstantRefusal(401, "unauthorized", "missing or invalid \"token\"")
+    static let refusedTokenRequired = ConstantRefusal(
+        403, "token_required",
+        "tempo changes over NATS need -admin-token on the node when NATS has users; use POST /tempo")
+
+    /// Whether the JSON body carries `"token": "<admin token>"` (constant-time
+    /// compare). A body that `tokenCandidatesMiss` rules out is refused
+    /// without a parse; the rest are parsed.
     static func controlTokenMatches(_ body: Data, _ token: [UInt8]) -> Bool {
+        if tokenCandidatesMiss(body, token) { return false }
         guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
             let given = object["token"] as? String
         else { return false }
         return AdminHTTP.constantTimeEqual(ArraySlice(given.utf8), token)
+    }
+
+    /// True when `body` certainly does not carry `"token": "<token>"`, found
+    /// without a JSON parse (issue 20: a flood of tokenless tempo requests
+    /// cost a `JSONSerialization` parse each). Safe only where every JSON
+    /// string is its own bytes: no backslash (no escape), no NUL byte and no
+    /// byte-order mark (the parser would read UTF-16/32). There, a body the
+    /// parser accepts has the bytes `"token"`, JSON whitespace, `:`,
+    /// whitespace, `"`, the token, `"`; each `"token"` in the body is
+    /// followed that way and its value compared in constant time: none
+    /// equal, the body cannot match. False (parse it) otherwise.
+    static func tokenCandidatesMiss(_ body: Data, _ token: [UInt8]) -> Bool {
+        body.withUnsafeBytes { raw -> Bool in
+            let n = raw.count
+            if n > 0, raw[0] == 0xEF || raw[0] == 0xFE || raw[0] == 0xFF { return false }
+            for byte in raw where byte == 0x5C || byte == 0 { return false }
+            let key: [UInt8] = Array(#""token""#.utf8)
+            var i = 0
+            var found = false
+            while i + key.count <= n {
+                var isKey = true
+                for j in 0..<key.count where raw[i + j] != key[j] {
+                    isKey = false
+                    break
+                }
+                if !isKey {
+                    i += 1
+                    continue
+                }
+                var k = i + key.count
+                func skipSpace() {
+                    while k < n, raw[k] == 0x20 || raw[k] == 0x09 || raw[k] == 0x0A || raw[k] == 0x0D { k += 1 }
+                }
+                skipSpace()
+                if k < n, raw[k] == UInt8(ascii: ":") {
+                    k += 1
+                    skipSpace()
+                    if k < n, raw[k] == UInt8(ascii: "\"") {
+                        let start = k + 1
+                        var end = start
+                        while end < n, raw[end] != UInt8(ascii: "\"") { end += 1 }
+                        if end < n, AdminHTTP.constantTimeEqual(ArraySlice(raw[start..<end]), token) { found = true }
+                    }
+                }
+                i += 1
+            }
+            return !found
+        }
     }
 
     /// Follows the beat subject (requirements §10): every message is decoded

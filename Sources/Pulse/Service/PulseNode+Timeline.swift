@@ -69,8 +69,10 @@ extension PulseNode: TimelineChangeListener {
     func startTimelineService() {
         tempo.timelineListener = self
         let cache = TimelineReplyCache()
+        // On the requests connection (`requests`): a reply never queues ahead
+        // of a frame on the beat's socket (docs/decisions.md).
         for subject in [config.subjects.timelineRequest, config.timelineSubject] {
-            nats.subscribe(subject: subject, rejected: rejected, surface: .timelineSubject) { [weak self] message in
+            requests.subscribe(subject: subject, rejected: rejected, surface: .timelineSubject) { [weak self] message in
                 // Publications (ours and other nodes') carry no reply subject.
                 guard let self, let reply = message.reply else { return }
                 self.answerTimelineRequest(size: message.data.count, reply: reply, cache: cache)
@@ -86,14 +88,14 @@ extension PulseNode: TimelineChangeListener {
         }
         guard size <= Self.maxTimelineRequestBytes else {
             rejected.record(.timelineSubject, "too_large")
-            nats.publishSigned(
+            requests.publishSigned(
                 subject: reply,
                 payload: Self.errorBody("request larger than \(Self.maxTimelineRequestBytes) bytes", "too_large"))
             return
         }
         // A node without a committed timeline stays silent: another answers.
         guard let body = timelineBody(), let data = cache.reply(for: body) else { return }
-        nats.publishSigned(subject: reply, payload: data)
+        requests.publishSigned(subject: reply, payload: data)
     }
 
     /// The leader (or a single node) publishes the timeline on its subject.

@@ -26,6 +26,9 @@ final class PulseNode: LoopHandler {
     let logger: Logger
     let loop: EventLoop
     let nats: NatsLink
+    /// Consumer requests and their replies, on a NATS connection of their
+    /// own (issue 20): no reply ever queues ahead of a frame on `nats`.
+    let requests: NatsLink
     let beats: BeatDriver
     let metrics = PulseMetrics()
     /// Inputs refused at the boundary, every surface (requirements §10).
@@ -112,8 +115,12 @@ final class PulseNode: LoopHandler {
         nats = NatsLink(
             url: config.natsURL, name: "pulse \(nodeId)", loop: loop, logger: logger,
             security: NatsSecurity(config: config))
+        requests = NatsLink(
+            url: config.natsURL, name: "pulse \(nodeId) requests", loop: loop, logger: logger,
+            security: NatsSecurity(config: config), role: .requests)
         if !config.signKey.isEmpty {
             nats.signer = try PublicationSigner(keyFile: config.signKey)
+            requests.signer = nats.signer
             logger.info("publications signed", metadata: ["key_id": "\(nats.signer!.keyId)"])
         }
         beats = try BeatDriver(
@@ -267,6 +274,7 @@ final class PulseNode: LoopHandler {
         startTimelineService()
         try enableForwarding()
         try nats.start()
+        try requests.start()
         try applyRealtime()
         beats.start()  // a single node's timeline; a cluster node's beats start with the committed epoch
         try cluster?.start()
@@ -286,6 +294,7 @@ final class PulseNode: LoopHandler {
         kv?.stop()
         beats.stop()
         admin?.stop()
+        requests.close()
         nats.close()
         logger.info("pulse stopped", metadata: ["beats_published": "\(beats.stats.beatsPublished)"])
         // The committed shape differs from the flags (§12): a non-zero exit with the reason.

@@ -12,7 +12,18 @@
 // follows. The term a node judges frames by is its lease's while it holds
 // the key, else the highest lease revision it watched: frames of a newer
 // holding arrive with a term no lower than its creation revision.
+//
+// Degradation (the same DegradationPolicy as Raft mode): a node whose KV has
+// given no definite answer for `unreachableAfterNs` (JetStream unreachable
+// or without quorum), and that has watched no lease-key revision for a TTL
+// (the holder renews every 50 ms, each renewal a revision every watch sees),
+// enters degradation `degradeAfterNs` later if it has a committed timeline,
+// and publishes degraded frames in turns, ranked among the pulses seen and
+// measured on the lowest one's clock (KVLeasePeers.swift). It leaves as soon
+// as it holds the lease or watches a revision of the key again; a new holder
+// publishes only after its take-over guard, past every index it heard.
 import PulseCore
+import Raft
 
 /// What the beat side reads from the election strategy (loop thread only).
 public protocol BeatLeadership: AnyObject {
@@ -44,14 +55,52 @@ public final class KVLeadership: BeatLeadership {
     public private(set) var watchedRevision: UInt64 = 0
     /// The apply beat of the tempo write in flight (Int64.max: none).
     public var tempoBarrierBeat: Int64 = .max
+    /// This node's id (the first word of the lease claim).
+    public let nodeId: String
+    /// The pulses seen and their clocks (the adapter feeds the pings).
+    public var peers: KVLeasePeers
+    public private(set) var degradation: DegradationPolicy
+    /// Our degraded turn and the pulse whose clock turns are measured on:
+    /// recomputed by `updateDegradation`; the beat path only reads them.
+    public private(set) var rank = 0
+    public private(set) var referenceId: String
+    /// When the watch last saw a put of the lease key (monotonic ns).
+    public private(set) var lastHolderContactMonoNs: Int64 = 0
+    private var holderKnown = false
 
-    public init(lease: KVLease, timeline: KVLeaseTimeline) {
+    public init(lease: KVLease, timeline: KVLeaseTimeline, degradeAfterNs: Int64 = 1_000_000_000) {
         self.lease = lease
         self.timeline = timeline
+        nodeId = String(lease.owner.split(separator: " ").first ?? "")
+        peers = KVLeasePeers(selfId: nodeId)
+        referenceId = nodeId
+        degradation = DegradationPolicy(electionNs: lease.timing.ttlNs, degradeAfterNs: degradeAfterNs)
     }
 
     /// The lease watch saw a revision of the key (a put or a delete).
     public func watched(revision: UInt64) { watchedRevision = max(watchedRevision, revision) }
+
+    /// The lease watch saw the key put (a holder's claim: `present`) or
+    /// deleted, at `nowMonoNs`; a put ends degradation at once.
+    @discardableResult
+    public func holderWatched(present: Bool, nowMonoNs now: Int64) -> DegradationPolicy.Change {
+        holderKnown = present
+        if present { lastHolderContactMonoNs = now }
+        return updateDegradation(nowMonoNs: now)
+    }
+
+    /// Recomputes the rank and reference among the pulses seen, and enters
+    /// or leaves degradation (see the file header). Not on the beat path.
+    @discardableResult
+    public func updateDegradation(nowMonoNs now: Int64) -> DegradationPolicy.Change {
+        let members = peers.members(nowMonoNs: now)
+        rank = members.firstIndex(of: nodeId) ?? members.count
+        referenceId = members.first ?? nodeId
+        return degradation.update(
+            nowMonoNs: now, isLeader: lease.mayPublish(nowMonoNs: now), leader: holderKnown ? 1 : noNode,
+            lastLeaderContactMonoNs: lastHolderContactMonoNs,
+            mayKeepTimeline: committedTimeline != nil && lease.unreachable(nowMonoNs: now))
+    }
 
     public var isHolder: Bool { lease.role == .holder }
     /// Holding the key with a record of its term applied: may publish and write.
@@ -62,13 +111,23 @@ public final class KVLeadership: BeatLeadership {
 
     @inline(__always)
     public func publishMode(nowMonoNs: Int64, periodNs: Int64) -> PublishMode {
-        if lease.mayPublish(nowMonoNs: nowMonoNs) && timeline.holderReady(term: lease.term) {
-            return .leader(leaseUntilMonoNs: lease.leaseUntilMonoNs)
+        if lease.mayPublish(nowMonoNs: nowMonoNs) {
+            return timeline.holderReady(term: lease.term) ? .leader(leaseUntilMonoNs: lease.leaseUntilMonoNs) : .waiting
+        }
+        if degradation.degraded {
+            return DegradationPolicy.turnMode(rank: rank, turnNs: ClusterCore.degradedTurnNs, periodNs: periodNs)
         }
         return lease.role == .holder ? .waiting : .follower
     }
 
-    public var degraded: Bool { false }
-    public var degradedReference: ClockSync? { nil }
+    public var degraded: Bool { degradation.degraded }
+    /// The lowest pulse's clock (nil: our own, when we are it or have no usable estimate).
+    public var degradedReference: ClockSync? {
+        guard referenceId != nodeId else { return nil }
+        return DegradationPolicy.usableReference(peers.syncs[referenceId])
+    }
+    /// No timeline reference clock in this mode: the timeline's instants are
+    /// on the holders' wall clocks, which the degraded turns' reference
+    /// approximates (NTP-disciplined hosts).
     public var referenceSync: ClockSync? { nil }
 }

@@ -6,11 +6,22 @@
 // (SIGSTOP), hand-overs and tempo changes. Each pulse publishes a beat at its
 // instant when the lease policy lets it (`KVLeadership.publishMode`), past
 // the take-over guard and the highest index it heard, below the tempo
-// barrier. Checked at every step and frame:
+// barrier. Outages of JetStream long enough for degradation (no quorum for
+// seconds, core NATS up) make the pulses keep the timeline with degraded
+// frames, in turns ranked among the pulses seen and measured on the lowest
+// one's clock as estimated from ping samples (KVLeasePeers), each only in
+// its turn's slot and past the highest index it heard. Checked at every
+// step and frame:
 //   one_publisher    at most one pulse may publish at any instant
 //   holder_is_current a frame's publisher holds the key's current revision at the server
-//   no_republish     no index published twice
-//   term_order       terms never go down along the indices
+//   no_republish     no index published twice: by two holders ever; by a
+//                    degraded pulse (or a holder after one) that was on NATS
+//                    when the index was first published (degraded frames reach
+//                    the others at the end of the step, so two turns taken at
+//                    once both count; a pulse cut off from NATS cannot hear the
+//                    frame, as in the whole-cluster simulator: such pairs are
+//                    only tallied, `unheard_duplicates`)
+//   term_order       terms never go down along the indices (leader frames)
 //   not_retroactive  a stored tempo change's downbeat is after every published beat
 // This model runs the policies, not the service's loop (Pulse/KV/KVNode);
 // the process tests (KVLeaseProcessTests) run that against real servers.
@@ -37,12 +48,15 @@ final class KVLeaseSimTests: XCTestCase {
             }
         }
         print(
-            "seeds=\(seeds.count) mode=nats-kv steps=\(totals.steps) frames=\(totals.frames) acquisitions=\(totals.acquisitions) hand_overs=\(totals.handOvers) tempo_changes=\(totals.tempoChanges) stalls=\(totals.stalls) outages=\(totals.outages) violations=\(totals.violations) "
+            "seeds=\(seeds.count) mode=nats-kv steps=\(totals.steps) frames=\(totals.frames) acquisitions=\(totals.acquisitions) hand_overs=\(totals.handOvers) tempo_changes=\(totals.tempoChanges) stalls=\(totals.stalls) outages=\(totals.outages) degraded_frames=\(totals.degradedFrames) unheard_duplicates=\(totals.unheardDuplicates) violations=\(totals.violations) "
         )
         XCTAssertEqual(totals.violations, 0)
         XCTAssertGreaterThan(totals.acquisitions, UInt64(seeds.count), "leases change hands")
         XCTAssertGreaterThan(totals.tempoChanges, 0, "tempo changes are exercised")
-        if seeds.count >= 100 { XCTAssertGreaterThan(totals.handOvers, 0, "hand-overs are exercised") }
+        if seeds.count >= 100 {
+            XCTAssertGreaterThan(totals.handOvers, 0, "hand-overs are exercised")
+            XCTAssertGreaterThan(totals.degradedFrames, 0, "degradation is exercised")
+        }
     }
 }
 
@@ -54,6 +68,8 @@ struct KVSimTotals {
     var tempoChanges: UInt64 = 0
     var stalls: UInt64 = 0
     var outages: UInt64 = 0
+    var degradedFrames: UInt64 = 0
+    var unheardDuplicates: UInt64 = 0
     var violations: UInt64 = 0
 
     mutating func add(_ sim: KVSim) {
@@ -64,6 +80,8 @@ struct KVSimTotals {
         tempoChanges += sim.tempoChanges
         stalls += sim.stalls
         outages += sim.outages
+        degradedFrames += UInt64(sim.degradedPublished.count)
+        unheardDuplicates += sim.unheardDuplicates
         violations += UInt64(sim.violations.count)
     }
 }
@@ -117,7 +135,10 @@ struct KVModelServer {
 /// One simulated pulse.
 struct KVSimNode {
     var leadership: KVLeadership
-    let ratePpm: Int64  // its monotonic and wall clocks against the server's
+    let ratePpm: Int64  // its monotonic clock against the server's
+    /// Its wall clock: the server's time off by `offsetNs` and drifting by
+    /// `wallPpm` (NTP-disciplined hosts; the whole-cluster simulator's ±500 ppm).
+    let wallPpm: Int64
     let offsetNs: Int64
     var stalledUntilNs: Int64 = 0
     var partitionedUntilNs: Int64 = 0
@@ -134,9 +155,11 @@ struct KVSimNode {
     var tookOverTerm: UInt64 = 0
     var releasing = false
     var gone = false
+    /// The lease-key revision the watch last delivered.
+    var watchedLeaseRev: UInt64 = 0
 
     func mono(_ t: Int64) -> Int64 { t * ratePpm / 1_000_000 }
-    func wall(_ t: Int64) -> Int64 { mono(t) + offsetNs }
+    func wall(_ t: Int64) -> Int64 { t + t / 1_000_000 * wallPpm + offsetNs }
 }
 
 struct KVSim {
@@ -148,6 +171,13 @@ struct KVSim {
     var server: KVModelServer
     var nodes: [KVSimNode] = []
     var published: [Int64: (term: UInt64, node: Int, bpm: Int64)] = [:]
+    /// Degraded frames that reached NATS: index → node.
+    var degradedPublished: [Int64: Int] = [:]
+    /// Per index: the pulses on NATS when a frame of it was published.
+    var heard: [Int64: Set<Int>] = [:]
+    /// Degraded frames on their way to the other pulses (delivered at the end of the step).
+    var inFlight: [(index: Int64, to: [Int])] = []
+    var unheardDuplicates: UInt64 = 0
     var violations: [String] = []
     var steps: UInt64 = 0
     var acquisitions: UInt64 = 0
@@ -175,10 +205,11 @@ struct KVSim {
         // Within the lease's stated clock-rate margin (1 %) and the guard's offset.
         let rate = 1_000_000 + Int64(rng.below(18_000)) - 9_000
         let offset = Int64(rng.below(20_000_000)) - 10_000_000
+        let wallPpm = Int64(rng.below(1_001)) - 500
         let lease = KVLease(timing: KVLeaseTiming(), owner: "n\(incarnation)", nowMonoNs: 0)
         return KVSimNode(
             leadership: KVLeadership(lease: lease, timeline: KVLeaseTimeline(flags: shape)), ratePpm: rate,
-            offsetNs: offset)
+            wallPpm: wallPpm, offsetNs: offset)
     }
 
     func reachable(_ n: KVSimNode, _ t: Int64) -> Bool { t >= outageUntilNs && t >= n.partitionedUntilNs }
@@ -191,14 +222,24 @@ struct KVSim {
             faults(t)
             server.expire(atNs: t)
             for i in nodes.indices where !nodes[i].gone && t >= nodes[i].stalledUntilNs { act(i, t) }
+            for frame in inFlight {
+                for j in frame.to { nodes[j].lastSeen = max(nodes[j].lastSeen, frame.index) }
+            }
+            inFlight.removeAll()
             checkOnePublisher(t)
         }
     }
 
     mutating func faults(_ t: Int64) {
-        if rng.below(2_000) == 0 {
-            outageUntilNs = t + Int64(rng.below(1_500)) * 1_000_000  // no quorum, a server failover
+        switch rng.below(2_000) {
+        case 0:
+            outageUntilNs = max(outageUntilNs, t + Int64(rng.below(1_500)) * 1_000_000)  // a server failover
             outages += 1
+        case 1 where rng.below(2) == 0:
+            // JetStream without quorum for seconds (core NATS up): degradation.
+            outageUntilNs = max(outageUntilNs, t + 1_500_000_000 + Int64(rng.below(2_500)) * 1_000_000)
+            outages += 1
+        default: break
         }
         let i = Int(rng.below(UInt64(nodes.count)))
         guard !nodes[i].gone else { return }
@@ -233,7 +274,10 @@ struct KVSim {
                 case .released:
                     nodes[i].gone = true
                     nodes.append(makeNode())
-                    for j in nodes.indices where j != i { nodes[j].leadership.lease.keyGone() }  // the watch saw the delete
+                    for j in nodes.indices where j != i {  // the watch saw the delete
+                        nodes[j].leadership.lease.keyGone()
+                        nodes[j].leadership.holderWatched(present: false, nowMonoNs: nodes[j].mono(t))
+                    }
                 case .lost: break
                 }
             }
@@ -257,8 +301,16 @@ struct KVSim {
                 nodes[i].barrierBase = nil
                 nodes[i].leadership.tempoBarrierBeat = .max
             }
-            if let l = server.lease { nodes[i].leadership.watched(revision: l.rev) }
+            if let l = server.lease {
+                nodes[i].leadership.watched(revision: l.rev)
+                if l.rev != nodes[i].watchedLeaseRev {  // a put the watch delivers
+                    nodes[i].watchedLeaseRev = l.rev
+                    nodes[i].leadership.holderWatched(present: true, nowMonoNs: mono)
+                }
+            }
         }
+        if t % 100_000_000 == 0 { pings(i, t) }
+        nodes[i].leadership.updateDegradation(nowMonoNs: mono)
         // The next lease operation: applied at the server after the latency, or lost.
         if nodes[i].pending == nil, let op = nodes[i].leadership.lease.next(nowMonoNs: mono) {
             if connected {
@@ -319,12 +371,61 @@ struct KVSim {
         nodes[i].timelineWrite = (t + 2 * Self.latencyNs, stored, write.lastRevision)
     }
 
+    /// Node i pings the pulses it reaches over NATS (every 100 ms): one
+    /// round trip of 2 ms each, timestamps on both nodes' wall clocks.
+    mutating func pings(_ i: Int, _ t: Int64) {
+        guard t >= nodes[i].partitionedUntilNs else { return }
+        for j in nodes.indices where j != i && !nodes[j].gone && t >= nodes[j].stalledUntilNs {
+            guard t >= nodes[j].partitionedUntilNs else { continue }
+            let sample = SyncSample(
+                t1: nodes[i].wall(t), t2: nodes[j].wall(t + 1_000_000), t3: nodes[j].wall(t + 1_000_000),
+                t4: nodes[i].wall(t + 2_000_000))
+            _ = nodes[j].leadership.peers.seen(nodes[i].leadership.nodeId, nowMonoNs: nodes[j].mono(t))
+            _ = nodes[i].leadership.peers.add(sample, from: nodes[j].leadership.nodeId, nowMonoNs: nodes[i].mono(t))
+        }
+    }
+
+    /// A degraded frame: in this node's turn on the reference clock, within
+    /// the turn's slot, past every index it heard; it reaches NATS unless
+    /// the node is cut off from the servers.
+    mutating func publishDegraded(_ i: Int, _ t: Int64, delayNs: Int64, slotNs: Int64) {
+        let l = nodes[i].leadership
+        guard let timeline = l.committedTimeline else { return }
+        let wall = nodes[i].wall(t)
+        let reference = l.degradedReference.map { $0.referenceNs(atLocal: wall) } ?? wall
+        let k = timeline.beat(atOrBeforeNs: reference - delayNs)
+        let intoTurn = reference - delayNs - timeline.instantNs(ofBeat: k)
+        guard k >= 0, k > nodes[i].lastSeen, intoTurn >= 0, intoTurn < slotNs else { return }
+        nodes[i].lastSeen = k
+        guard t >= nodes[i].partitionedUntilNs else { return }  // nowhere to publish
+        let first = published[k].map { "the holder of term \($0.term)" } ?? degradedPublished[k].map { "node \($0)" }
+        if let first, heard[k, default: []].contains(i) {
+            violations.append("no_republish: degraded beat \(k) by node \(i), first by \(first)")
+            if ProcessInfo.processInfo.environment["SIM_TRACE"] != nil {
+                for (j, n) in nodes.enumerated() {
+                    let l = n.leadership
+                    print(
+                        "DBG t=\(t/1_000_000) node \(j) id=\(l.nodeId) rank=\(l.rank) ref=\(l.referenceId) members=\(l.peers.members(nowMonoNs: n.mono(t))) deg=\(l.degraded) refOff=\(String(describing: l.degradedReference?.offsetNs)) rtt=\(String(describing: l.peers.syncs[l.referenceId]?.rttNs)) wall=\(n.wall(t)) part=\(n.partitionedUntilNs/1_000_000) stall=\(n.stalledUntilNs/1_000_000) gone=\(n.gone)"
+                    )
+                }
+            }
+        } else if first != nil {
+            unheardDuplicates += 1
+        }
+        degradedPublished[k] = i
+        let to = nodes.indices.filter { t >= nodes[$0].partitionedUntilNs && !nodes[$0].gone }
+        heard[k, default: []].formUnion(to)
+        inFlight.append((k, to))
+    }
+
     mutating func publish(_ i: Int, _ t: Int64) {
         let l = nodes[i].leadership
         guard let timeline = l.committedTimeline else { return }
         let wall = nodes[i].wall(t)
         let mono = nodes[i].mono(t)
-        guard case .leader = l.publishMode(nowMonoNs: mono, periodNs: 100_000_000) else { return }
+        let mode = l.publishMode(nowMonoNs: mono, periodNs: 100_000_000)
+        if case .degraded(let delay, let slot) = mode { return publishDegraded(i, t, delayNs: delay, slotNs: slot) }
+        guard case .leader = mode else { return }
         if nodes[i].tookOverTerm != l.lease.term {
             nodes[i].tookOverTerm = l.lease.term
             nodes[i].floorBeat = timeline.nextBeat(afterNs: wall + Self.guardNs - 1)
@@ -338,6 +439,14 @@ struct KVSim {
         // The frame: checked against the server's state at this instant.
         if let old = published[k] {
             violations.append("no_republish: beat \(k) by node \(i) term \(l.lease.term), first term \(old.term)")
+        }
+        if let other = degradedPublished[k] {
+            if heard[k, default: []].contains(i) {
+                violations.append(
+                    "no_republish: beat \(k) by node \(i) term \(l.lease.term), first degraded by node \(other)")
+            } else {
+                unheardDuplicates += 1
+            }
         }
         if let previous = published.filter({ $0.key < k }).max(by: { $0.key < $1.key }),
             previous.value.term > l.lease.term
@@ -357,6 +466,7 @@ struct KVSim {
         // Delivered to the pulses that hear NATS (the lease and NATS outages are apart).
         for j in nodes.indices where t >= nodes[j].partitionedUntilNs || j == i {
             nodes[j].lastSeen = max(nodes[j].lastSeen, k)
+            heard[k, default: []].insert(j)
         }
     }
 

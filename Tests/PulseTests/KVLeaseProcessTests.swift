@@ -62,16 +62,7 @@ final class KVPulseCluster {
 final class KVLeaseProcessTests: XCTestCase {
     typealias Frame = (index: Int64, from: String, term: Int64, receivedNs: Int64, bpm: Int64)
 
-    private func frames(_ subscriber: Subscriber) -> [Frame] {
-        subscriber.received.compactMap { frame in
-            let o = frame.object
-            guard let index = (o["beat_index"] as? NSNumber)?.int64Value, let hlc = o["hlc"] as? String,
-                let term = (o["term"] as? NSNumber)?.int64Value
-            else { return nil }
-            let bpm = (o["tempo_bpm"] as? NSNumber)?.int64Value ?? 0
-            return (index, String(hlc.split(separator: ":").last ?? ""), term, frame.receivedNs, bpm)
-        }
-    }
+    private func frames(_ subscriber: Subscriber) -> [Frame] { marked(subscriber).map(\.frame) }
 
     private func assertNoRepeatNoBackwards(
         _ list: [Frame], _ logs: String, file: StaticString = #filePath, line: UInt = #line
@@ -201,9 +192,9 @@ final class KVLeaseProcessTests: XCTestCase {
         assertNoRepeatNoBackwards(list, cluster.logs)
     }
 
-    func testOneNatsServerOfThreeKilledTheBeatContinues() throws {
-        let dir = Harness.tempDir("kvjs3")
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+    /// A 3-server JetStream cluster (routes on loopback) whose R3 buckets for
+    /// `name` exist, and three nats-kv pulses on it with `-kv-replicas 3`.
+    private func jetStreamCluster(_ name: String, dir: String) throws -> ([ClusterNatsServer], KVPulseCluster) {
         let clientPorts = (0..<3).map { _ in Harness.freePort() }
         let routePorts = (0..<3).map { _ in Harness.freePort() }
         let servers = try (0..<3).map { i in
@@ -217,12 +208,18 @@ final class KVLeaseProcessTests: XCTestCase {
         Harness.waitUntil(seconds: 30) {
             ready =
                 (try? KVBuckets(
-                    servers: servers.map(\.url), clusterId: "kvjs3", replicas: 3, ttlNs: KVLeaseTiming().ttlNs,
+                    servers: servers.map(\.url), clusterId: name, replicas: 3, ttlNs: KVLeaseTiming().ttlNs,
                     name: "probe", applySecurity: { _ in })) != nil
             return ready
         }
         XCTAssertTrue(ready, "the 3-server JetStream cluster made the R3 buckets")
-        let cluster = try KVPulseCluster(cluster: "kvjs3", bpm: 300, natsURL: urls, extra: ["-kv-replicas", "3"])
+        return (servers, try KVPulseCluster(cluster: name, bpm: 300, natsURL: urls, extra: ["-kv-replicas", "3"]))
+    }
+
+    func testOneNatsServerOfThreeKilledTheBeatContinues() throws {
+        let dir = Harness.tempDir("kvjs3")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (servers, cluster) = try jetStreamCluster("kvjs3", dir: dir)
         // The holder's beat connection: its log names the server.
         XCTAssertTrue(
             Harness.waitUntil(seconds: 15) { cluster.logs.contains("publishing as lease holder") }, cluster.logs)
@@ -247,5 +244,55 @@ final class KVLeaseProcessTests: XCTestCase {
         print("nats-kv: gap \(gapMs) ms across the kill of the holder's NATS server")
         // The period is 200 ms; the failover bound (1 s) plus the NATS client's reconnect.
         XCTAssertLessThan(gapMs, 2000, "frames resumed within the bound\n\(cluster.logs)")
+    }
+
+    /// JetStream loses its quorum (two servers of three killed; the third
+    /// still carries core NATS): the holder's lease runs down, and the pulses
+    /// keep the committed timeline with degraded frames, in turns ranked
+    /// among the pulses seen, each index once, on the beat.
+    func testJetStreamQuorumLostDegradedFramesContinueOnTheBeat() throws {
+        let dir = Harness.tempDir("kvdeg")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (servers, cluster) = try jetStreamCluster("kvdeg", dir: dir)
+        let subscriber = try Subscriber(url: servers[0].url, subject: "backbeat.kvdeg.beat")
+        XCTAssertTrue(subscriber.wait(for: 8, seconds: 20), cluster.logs)  // the pulses have pinged each other
+        let killedNs = nowNs()
+        servers[1].kill()
+        servers[2].kill()
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 20) {
+                self.marked(subscriber).filter { $0.degraded }.count >= 12
+            }, "degraded frames after JetStream lost its quorum\n\(cluster.logs)")
+        let all = self.marked(subscriber)
+        assertNoRepeatNoBackwards(all.map(\.frame), cluster.logs)
+        let firstDegraded = try XCTUnwrap(all.firstIndex { $0.degraded })
+        let run = Array(all[firstDegraded...].prefix(12))
+        XCTAssertTrue(run.allSatisfy { $0.degraded }, "only degraded frames after the outage\n\(cluster.logs)")
+        for (a, b) in zip(run, run.dropFirst()) {
+            XCTAssertEqual(b.frame.index, a.frame.index + 1, "degraded frames on every beat\n\(cluster.logs)")
+        }
+        // On the beat: 200 ms apart on average (each within its turn of the instant).
+        let meanMs = Double(run.last!.frame.receivedNs - run.first!.frame.receivedNs) / 1e6 / Double(run.count - 1)
+        XCTAssertEqual(meanMs, 200, accuracy: 20, "mean interval of the degraded frames")
+        // The lowest pulse seen takes the first turn and the others follow it
+        // (once its beat connection is on the surviving server).
+        XCTAssertEqual(Set(run.suffix(5).map(\.frame.from)), ["k1"], "the rank-0 pulse publishes\n\(cluster.logs)")
+        let gapMs = Double(all[firstDegraded].frame.receivedNs - killedNs) / 1e6
+        print("nats-kv: first degraded frame \(gapMs) ms after JetStream lost its quorum")
+        XCTAssertLessThan(gapMs, 5000, "degradation within the bound\n\(cluster.logs)")
+        XCTAssertTrue(cluster.logs.contains("entering degradation"), cluster.logs)
+    }
+
+    /// The subscriber's frames with their `degraded` mark.
+    private func marked(_ subscriber: Subscriber) -> [(frame: Frame, degraded: Bool)] {
+        subscriber.received.compactMap { received in
+            let o = received.object
+            guard let index = (o["beat_index"] as? NSNumber)?.int64Value, let hlc = o["hlc"] as? String,
+                let term = (o["term"] as? NSNumber)?.int64Value
+            else { return nil }
+            let bpm = (o["tempo_bpm"] as? NSNumber)?.int64Value ?? 0
+            let frame: Frame = (index, String(hlc.split(separator: ":").last ?? ""), term, received.receivedNs, bpm)
+            return (frame, o["degraded"] as? Bool ?? false)
+        }
     }
 }

@@ -50,7 +50,8 @@ final class KVBuckets: @unchecked Sendable {
 
     let leaseBucket: String
     let timelineBucket: String
-    private let nc: OpaquePointer
+    /// The KV connection (also carries the clock pings: KVClockPing).
+    let nc: OpaquePointer
     private let js: OpaquePointer
     private let leaseKV: OpaquePointer
     private let timelineKV: OpaquePointer

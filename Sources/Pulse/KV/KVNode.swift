@@ -28,6 +28,9 @@ final class KVNode: LoopHandler {
     let leadership: KVLeadership
     /// Forwarded tempo requests and answers (KVForwarding.swift).
     let forwardLink: KVForwardLink
+    /// Clock samples with the other pulses over NATS (degraded turns).
+    let clockPing: KVClockPing
+    private var ticks = 0
     private unowned let loop: EventLoop
     private let beats: BeatDriver
     private let rejected: RejectedInput
@@ -77,6 +80,7 @@ final class KVNode: LoopHandler {
         self.shape = shape
         self.bootstrapBpm = Int64(config.bpm)
         forwardLink = KVForwardLink(buckets: buckets, nodeId: nodeId, rejected: rejected)
+        clockPing = KVClockPing(connection: buckets.nc, clusterId: config.clusterId, nodeId: nodeId)
         beats.shell.leadership = leadership
     }
 
@@ -98,24 +102,70 @@ final class KVNode: LoopHandler {
         else {
             throw PulseError.startup("-election nats-kv: cannot watch the KV buckets \(buckets.timelineBucket)")
         }
+        guard
+            clockPing.start(
+                seen: { [weak self] id in loop.postCompletion { self?.peerSeen(id) } },
+                sample: { [weak self] id, sample in loop.postCompletion { self?.peerSample(id, sample) } },
+                malformed: { [weak self] in loop.postCompletion { self?.rejected.record(.kv, "bad_clock_ping") } })
+        else {
+            throw PulseError.startup("-election nats-kv: cannot subscribe to \(clockPing.subject)")
+        }
         timerToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
         try loop.armTimer(timerToken, afterNs: 1_000_000, intervalNs: 20_000_000)
     }
 
     func stop() {
+        clockPing.stop()
         buckets.close()
     }
 
     func loopEvent(token: UInt32, events: UInt32) {
         guard token == timerToken else { return }
         loop.readTimer(timerToken)
+        ticks &+= 1
+        if ticks % Self.pingEveryTicks == 0 { clockPing.ping() }
         drive()
+    }
+
+    /// Clock pings every 100 ms (the lease timer's fifth tick): the Raft
+    /// heartbeat carries a sample every 50 ms; ClockSync's window of 15
+    /// samples then spans 1.5 s.
+    static let pingEveryTicks = 5
+
+    // MARK: the pulses seen and degradation
+
+    private func peerSeen(_ id: String) {
+        if let refused = leadership.peers.seen(id, nowMonoNs: cloop_monotonic_ns()) { rejected.record(.kv, refused) }
+    }
+
+    private func peerSample(_ id: String, _ sample: SyncSample) {
+        if let refused = leadership.peers.add(sample, from: id, nowMonoNs: cloop_monotonic_ns()) {
+            rejected.record(.kv, refused)
+        }
+    }
+
+    private func logDegradation(_ change: DegradationPolicy.Change) {
+        switch change {
+        case .none: break
+        case .left: logger.info("leaving degradation", metadata: ["lease_holder": "\(holderNodeId ?? "none")"])
+        case .entered:
+            let reference = leadership.degradedReference
+            logger.warning(
+                "entering degradation: no lease holder and no answer from JetStream; keeping the committed timeline locally",
+                metadata: [
+                    "rank": "\(leadership.rank)", "reference": "\(leadership.referenceId)",
+                    "offset_ms": "\(Double(reference?.offsetNs ?? 0) / 1e6)",
+                    "pulses_seen":
+                        "\(leadership.peers.members(nowMonoNs: cloop_monotonic_ns()).joined(separator: ","))",
+                ])
+        }
     }
 
     // MARK: the lease
 
     private func drive() {
         let now = cloop_monotonic_ns()
+        logDegradation(leadership.updateDegradation(nowMonoNs: now))
         if let op = leadership.lease.next(nowMonoNs: now) {
             let loop = self.loop
             buckets.lease(op, owner: leadership.lease.owner) { [weak self] reply in
@@ -151,6 +201,7 @@ final class KVNode: LoopHandler {
     private func leaseWatched(_ entry: KVWatched) {
         leadership.watched(revision: entry.revision)
         lastWatchedMonoNs = cloop_monotonic_ns()
+        logDegradation(leadership.holderWatched(present: entry.value != nil, nowMonoNs: lastWatchedMonoNs))
         holderNodeId = entry.value.flatMap {
             String(decoding: $0, as: UTF8.self).split(separator: " ").first.map(String.init)
         }

@@ -1,0 +1,138 @@
+// KV/KVClockPing.swift — clock samples between the pulses in nats-kv mode
+// (issue 21, degradation): no Raft traffic carries NTP samples in this mode,
+// so each pulse asks the others over NATS request/reply, on the KV
+// connection (core NATS: it works while JetStream has no quorum).
+//
+//   ping     _BACKBEAT.<cluster>.clock   "<t1> <node id>"           reply to our inbox
+//   answer   <the ping's inbox>          "<t1> <t2> <t3> <node id>"
+//
+// t1 is the pinger's wall clock at sending, t2/t3 the answerer's at
+// receiving/answering (taken on the library's delivery thread, so the loop's
+// load is not in the round trip), t4 the pinger's at receiving the answer.
+// Only an answer echoing the last ping's t1 counts (a late one is dropped);
+// ClockSync's bounds refuse impossible samples. `_BACKBEAT.>` is published
+// by pulses only (deploy/nats: the pulse role; consumers may not).
+import CLoop
+import CNats
+import Dispatch
+import Foundation
+import PulseCore
+import Synchronization
+
+final class KVClockPing: @unchecked Sendable {
+    let subject: String
+    private let nodeId: String
+    private let nc: OpaquePointer
+    private let inbox: String
+    private let queue = DispatchQueue(label: "pulse.kv.ping")
+    private let lastT1 = Atomic<Int64>(0)
+    private let stopping = Atomic<Bool>(false)
+    private var pingSub: OpaquePointer?
+    private var inboxSub: OpaquePointer?
+    /// Delivery thread → loop: a pulse pinged us (its id), or answered with a sample.
+    private var onSeen: (@Sendable (String) -> Void)?
+    private var onSample: (@Sendable (String, SyncSample) -> Void)?
+    /// A ping or answer that did not parse (delivery thread: the caller counts it).
+    private var onMalformed: (@Sendable () -> Void)?
+
+    init(connection: OpaquePointer, clusterId: String, nodeId: String) {
+        nc = connection
+        subject = "_BACKBEAT.\(clusterId).clock"
+        self.nodeId = nodeId
+        inbox = "_INBOX.backbeat.kv.\(UInt64.random(in: 1...UInt64.max))"
+    }
+
+    /// Subscribes to the pings and to our inbox. False when it cannot.
+    func start(
+        seen: @escaping @Sendable (String) -> Void, sample: @escaping @Sendable (String, SyncSample) -> Void,
+        malformed: @escaping @Sendable () -> Void
+    ) -> Bool {
+        onSeen = seen
+        onSample = sample
+        onMalformed = malformed
+        let me = Unmanaged.passUnretained(self).toOpaque()
+        var ping: OpaquePointer?
+        var answers: OpaquePointer?
+        guard
+            natsConnection_Subscribe(
+                &ping, nc, subject,
+                { _, _, msg, closure in
+                    guard let msg, let closure else { return }
+                    Unmanaged<KVClockPing>.fromOpaque(closure).takeUnretainedValue().pinged(msg)
+                }, me) == NATS_OK,
+            natsConnection_Subscribe(
+                &answers, nc, inbox,
+                { _, _, msg, closure in
+                    guard let msg, let closure else { return }
+                    Unmanaged<KVClockPing>.fromOpaque(closure).takeUnretainedValue().answered(msg)
+                }, me) == NATS_OK
+        else {
+            if let ping { natsSubscription_Destroy(ping) }
+            return false
+        }
+        pingSub = ping
+        inboxSub = answers
+        return true
+    }
+
+    /// Unsubscribes (before the connection closes).
+    func stop() {
+        stopping.store(true, ordering: .releasing)
+        queue.sync {}
+        for sub in [pingSub, inboxSub].compactMap({ $0 }) {
+            natsSubscription_Unsubscribe(sub)
+            natsSubscription_Destroy(sub)
+        }
+        pingSub = nil
+        inboxSub = nil
+    }
+
+    /// Pings every other pulse (off the loop: a publish may wait on the connection's lock).
+    func ping() {
+        queue.async { [self] in
+            guard !stopping.load(ordering: .acquiring) else { return }
+            let t1 = cloop_realtime_ns()
+            lastT1.store(t1, ordering: .releasing)
+            _ = natsConnection_PublishRequestString(nc, subject, inbox, "\(t1) \(nodeId)")
+        }
+    }
+
+    // MARK: delivery thread
+
+    private func pinged(_ msg: OpaquePointer) {
+        let t2 = cloop_realtime_ns()
+        defer { natsMsg_Destroy(msg) }
+        let words = Self.words(msg, count: 2)
+        guard words.count == 2, let t1 = Int64(words[0]), let reply = natsMsg_GetReply(msg) else {
+            onMalformed?()
+            return
+        }
+        let from = words[1]
+        guard from != nodeId else { return }  // our own ping, echoed by the server
+        let t3 = cloop_realtime_ns()
+        _ = natsConnection_PublishString(nc, reply, "\(t1) \(t2) \(t3) \(nodeId)")
+        onSeen?(from)
+    }
+
+    private func answered(_ msg: OpaquePointer) {
+        let t4 = cloop_realtime_ns()
+        defer { natsMsg_Destroy(msg) }
+        let words = Self.words(msg, count: 4)
+        guard words.count == 4, let t1 = Int64(words[0]), let t2 = Int64(words[1]), let t3 = Int64(words[2]) else {
+            onMalformed?()
+            return
+        }
+        guard t1 == lastT1.load(ordering: .acquiring) else { return }  // an answer to an older ping
+        onSample?(words[3], SyncSample(t1: t1, t2: t2, t3: t3, t4: t4))
+    }
+
+    /// The payload split in at most `count` words (the last one keeps any
+    /// spaces: a node id); empty for a payload over 512 bytes or not UTF-8.
+    private static func words(_ msg: OpaquePointer, count: Int) -> [String] {
+        let length = Int(natsMsg_GetDataLength(msg))
+        guard length <= 512, let data = natsMsg_GetData(msg) else { return [] }
+        let bytes = UnsafeRawBufferPointer(start: data, count: length)
+        guard let text = String(validating: bytes, as: UTF8.self) else { return [] }
+        return text.split(separator: " ", maxSplits: count - 1, omittingEmptySubsequences: false).map(String.init)
+    }
+}

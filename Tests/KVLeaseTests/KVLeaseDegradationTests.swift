@@ -1,0 +1,138 @@
+// Degradation in nats-kv mode (Sources/PulsePolicy/KVLeaseLeadership.swift,
+// KVLeasePeers.swift): entered only without a definite KV answer and without
+// a watched holder, ranked among the pulses seen, measured on the lowest
+// one's clock, left at once when a holder's claim is watched again.
+import PulseCore
+import PulsePolicy
+import XCTest
+
+final class KVLeaseDegradationTests: XCTestCase {
+    private let ms: Int64 = 1_000_000
+    private let epoch = ClusterCommand.epoch(
+        startBeat: 0, startNs: 1_800_000_000_000_000_000, bpm: 120, bar: 4, phases: ["beat"])
+
+    /// Node `id` with the committed epoch applied (from another holder's write).
+    private func node(_ id: String) throws -> KVLeadership {
+        let flags = try TimelineShape(bar: 4, phases: ["beat"])
+        let writer = KVLeaseTimeline(flags: flags)
+        let record = try XCTUnwrap(writer.write(epoch, term: 3))
+        var timeline = KVLeaseTimeline(flags: flags)
+        _ = timeline.apply(record.value, revision: 3)
+        return KVLeadership(
+            lease: KVLease(timing: KVLeaseTiming(), owner: "\(id) 1-2", nowMonoNs: 0), timeline: timeline)
+    }
+
+    /// A round trip with a peer whose clock reads `offsetNs` more than ours.
+    private func sample(atNs t: Int64, offsetNs: Int64, rttNs: Int64 = 2_000_000) -> SyncSample {
+        SyncSample(t1: t, t2: t + rttNs / 2 + offsetNs, t3: t + rttNs / 2 + offsetNs, t4: t + rttNs)
+    }
+
+    func testEntersOnlyWhenTheKVIsUnreachableAndNoHolderIsWatched() throws {
+        let n = try node("k2")
+        n.holderWatched(present: true, nowMonoNs: 100 * ms)
+        // The holder's claim watched recently: never degraded.
+        for t in stride(from: 100 * ms, through: 500 * ms, by: 20_000_000) {
+            XCTAssertEqual(n.updateDegradation(nowMonoNs: t), .none)
+        }
+        // No lease operation answered since start-up (0) and the claim not
+        // watched for a TTL: leaderless from the update at 560 ms; degraded 1 s later.
+        XCTAssertEqual(n.updateDegradation(nowMonoNs: 560 * ms), .none)
+        XCTAssertEqual(n.updateDegradation(nowMonoNs: 1_500 * ms), .none)
+        XCTAssertEqual(n.updateDegradation(nowMonoNs: 1_560 * ms), .entered)
+        XCTAssertTrue(n.degraded)
+        guard case .degraded(let delay, _) = n.publishMode(nowMonoNs: 1_600 * ms, periodNs: 500 * ms) else {
+            return XCTFail("a degraded node takes its turn")
+        }
+        XCTAssertEqual(delay, 20 * ms, "alone: rank 0, the first turn")
+        // A holder's claim watched again: left at once, follows.
+        XCTAssertEqual(n.holderWatched(present: true, nowMonoNs: 2_000 * ms), .left)
+        XCTAssertEqual(n.publishMode(nowMonoNs: 2_000 * ms, periodNs: 500 * ms), .follower)
+    }
+
+    func testAnsweringKVKeepsANodeOutOfDegradation() throws {
+        let n = try node("k2")
+        // The KV answers (a conflict: someone holds the key) but the watch is silent.
+        var t: Int64 = 0
+        while t < 3_000 * ms {
+            if n.lease.next(nowMonoNs: t) != nil { _ = n.lease.complete(.conflict, nowMonoNs: t + ms) }
+            XCTAssertEqual(n.updateDegradation(nowMonoNs: t + ms), .none, "at \(t / ms) ms")
+            t += 20 * ms
+        }
+        XCTAssertFalse(n.degraded)
+    }
+
+    func testNoTimelineNoDegradation() throws {
+        let n = KVLeadership(
+            lease: KVLease(timing: KVLeaseTiming(), owner: "k1 1-2", nowMonoNs: 0),
+            timeline: KVLeaseTimeline(flags: try TimelineShape(bar: 4, phases: ["beat"])))
+        for t in stride(from: Int64(0), through: 5_000 * ms, by: 50_000_000) {
+            XCTAssertEqual(n.updateDegradation(nowMonoNs: t), .none)
+        }
+    }
+
+    func testTurnsAreRankedAmongThePulsesSeenAndMeasuredOnTheLowest() throws {
+        let n = try node("k3")
+        n.peers.seen("k2", nowMonoNs: 10 * ms)
+        XCTAssertNil(n.peers.add(sample(atNs: 20 * ms, offsetNs: 7 * ms), from: "k1", nowMonoNs: 20 * ms))
+        XCTAssertEqual(n.updateDegradation(nowMonoNs: 1_000 * ms), .none, "leaderless from here")
+        XCTAssertEqual(n.updateDegradation(nowMonoNs: 2_000 * ms), .entered)
+        XCTAssertEqual(n.rank, 2)
+        XCTAssertEqual(n.referenceId, "k1")
+        XCTAssertEqual(n.degradedReference?.offsetNs, 7 * ms, "the lowest pulse's clock")
+        guard case .degraded(let delay, let slot) = n.publishMode(nowMonoNs: 2_000 * ms, periodNs: 500 * ms) else {
+            return XCTFail("a degraded node takes its turn")
+        }
+        XCTAssertEqual(delay, 60 * ms)
+        XCTAssertEqual(slot, 10 * ms)
+        // A pulse gone quiet keeps its place for the whole window: no rank
+        // shifts under the others during an outage.
+        XCTAssertEqual(n.updateDegradation(nowMonoNs: 50_000 * ms), .none)
+        XCTAssertEqual(n.rank, 2)
+        // After the window it leaves the list.
+        n.updateDegradation(nowMonoNs: 61_000 * ms)
+        XCTAssertEqual(n.rank, 0)
+        XCTAssertNil(n.degradedReference, "its own clock when it is the lowest")
+        // At 600 bpm (100 ms) a turn 60 ms late would be past half a period: rank 2 follows.
+        n.peers.seen("k1", nowMonoNs: 61_000 * ms)
+        n.peers.seen("k2", nowMonoNs: 61_000 * ms)
+        n.updateDegradation(nowMonoNs: 61_000 * ms)
+        XCTAssertEqual(n.publishMode(nowMonoNs: 61_000 * ms, periodNs: 100 * ms), .follower)
+    }
+
+    func testAHolderWithinItsLeaseIsNeverDegraded() throws {
+        let n = try node("k1")
+        XCTAssertEqual(n.lease.next(nowMonoNs: 0), .create)
+        XCTAssertEqual(n.lease.complete(.written(revision: 9), nowMonoNs: ms), [.acquired(term: 9)])
+        // Its own lease counts as a leader; then it runs down with no answer.
+        XCTAssertEqual(n.updateDegradation(nowMonoNs: 300 * ms), .none)
+        XCTAssertEqual(n.publishMode(nowMonoNs: 300 * ms, periodNs: 500 * ms), .waiting, "no term start yet")
+        var t: Int64 = 400 * ms
+        var entered: Int64?
+        while t < 3_000 * ms, entered == nil {
+            if n.updateDegradation(nowMonoNs: t) == .entered { entered = t }
+            t += 20 * ms
+        }
+        let at = try XCTUnwrap(entered)
+        XCTAssertGreaterThanOrEqual(at, KVLeaseTiming().validNs + 1_000 * ms, "a whole degradeAfter after the lease")
+        XCTAssertFalse(n.lease.mayPublish(nowMonoNs: at))
+        guard case .degraded = n.publishMode(nowMonoNs: at, periodNs: 500 * ms) else {
+            return XCTFail("the old holder, its lease run down, takes its degraded turn")
+        }
+    }
+
+    func testPeerInputIsBounded() {
+        var peers = KVLeasePeers(selfId: "k1")
+        XCTAssertEqual(peers.seen("", nowMonoNs: 0), "empty_peer_id")
+        XCTAssertEqual(peers.seen(String(repeating: "x", count: 129), nowMonoNs: 0), "long_peer_id")
+        for i in 0..<KVLeasePeers.maxPeers { XCTAssertNil(peers.seen("p\(i)", nowMonoNs: 0)) }
+        XCTAssertEqual(peers.seen("one-more", nowMonoNs: ms), "too_many_peers")
+        XCTAssertNil(peers.seen("p3", nowMonoNs: 3 * ms), "a known pulse is still seen")
+        // Once the others left the window, a new one fits.
+        XCTAssertNil(peers.seen("one-more", nowMonoNs: KVLeasePeers.memberWindowNs + 2 * ms))
+        XCTAssertEqual(
+            peers.members(nowMonoNs: KVLeasePeers.memberWindowNs + 2 * ms), ["k1", "one-more", "p3"])
+        // An impossible sample is refused and counted by the caller.
+        XCTAssertEqual(
+            peers.add(SyncSample(t1: 10, t2: 5, t3: 4, t4: 9), from: "p3", nowMonoNs: 0), "clock_negative_round_trip")
+    }
+}

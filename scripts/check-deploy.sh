@@ -52,7 +52,11 @@ sed "s|/usr/local/bin/pulse|/bin/true|" systemd/pulse@.service > "$scratch/pulse
 out=$(SYSTEMD_LOG_LEVEL=warning systemd-analyze verify "$scratch/pulse@n1.service" 2>&1) || fail "systemd-analyze: $out"
 # Version 252 exits 0 on unknown keys: any diagnostic about the unit fails.
 if echo "$out" | grep -q "pulse@n1.service"; then echo "$out"; fail "systemd/pulse@.service"; fi
-echo "ok  systemd/pulse@.service (systemd-analyze verify)"
+# A stopping leader runs until its next frame came back, at most a beat
+# period plus 3 s (PulseNode.housekeeping): 18 s at 4 bpm, the default -min-bpm.
+stop_s=$(sed -n 's/^TimeoutStopSec=\([0-9]*\)$/\1/p' systemd/pulse@.service)
+[ -n "$stop_s" ] && [ "$stop_s" -gt 18 ] || fail "systemd/pulse@.service: TimeoutStopSec=${stop_s:-unset} must exceed a leader's hand-over (18 s at 4 bpm)"
+echo "ok  systemd/pulse@.service (systemd-analyze verify, TimeoutStopSec ${stop_s} s > a hand-over)"
 
 # Dashboards: valid JSON, every target's expression as a recording rule.
 python3 - "$scratch/panels.yml" grafana/dashboards/*.json <<'PY'

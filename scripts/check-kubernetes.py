@@ -131,8 +131,14 @@ def invariants(docs, overlay=None):
     rule(relabel.get("job", {}).get("replacement") == "backbeat-pulse", "the PodMonitor sets job=backbeat-pulse (alerts.yml)")
 
     if overlay == "overlays/pinned":
-        caps = container.get("securityContext", {}).get("capabilities", {}).get("add", [])
-        rule("SYS_NICE" in caps, "pinned: SYS_NICE for -rt-priority")
+        sc = container.get("securityContext", {})
+        caps = sc.get("capabilities", {})
+        rule({"SYS_NICE", "IPC_LOCK"} <= set(caps.get("add", [])), "pinned: SYS_NICE for -rt-priority, IPC_LOCK for -mlock")
+        rule(caps.get("drop") == ["ALL"], "pinned: every other capability dropped")
+        # Added capabilities are effective only for root: Kubernetes sets no
+        # ambient capabilities and the base forbids privilege escalation.
+        user = sc.get("runAsUser", pod.get("securityContext", {}).get("runAsUser"))
+        rule(user == 0, f"pinned: the container must run as uid 0 for its capabilities to take effect (runAsUser {user})")
         res = container.get("resources", {})
         cpu_req, cpu_lim = str(res.get("requests", {}).get("cpu")), str(res.get("limits", {}).get("cpu"))
         rule(cpu_req == cpu_lim and re.fullmatch(r"\d+", cpu_req) is not None,
@@ -173,6 +179,12 @@ def main():
         caught = invariants(mutated(kind, key, value))
         assert any(key in p for p in caught), f"removing {kind}.{key} was not caught: {caught}"
     print("ok  the invariant check refuses a base without podManagementPolicy: Parallel or publishNotReadyAddresses")
+    pinned = [d for d in yaml.safe_load_all(render(os.path.join(ROOT, "overlays/pinned"))) if d]
+    sts = next(d for d in pinned if d["kind"] == "StatefulSet")
+    del sts["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsUser"]
+    caught = invariants(pinned, "overlays/pinned")
+    assert any("uid 0" in p for p in caught), f"a pinned overlay running as uid 10001 was not caught: {caught}"
+    print("ok  the invariant check refuses a pinned overlay whose capabilities cannot take effect (non-root)")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ http://* | https://*) ;;
 *) echo "set-runbook-base: $base is not an absolute http(s) URL" >&2; exit 2 ;;
 esac
 case "$base" in
-*'#'* | *'"'* | *' '* | *'|'*) echo "set-runbook-base: $base must not contain '#', '\"', '|' or spaces" >&2; exit 2 ;;
+*'#'* | *'"'* | *' '* | *'|'* | *'&'* | *'\'*) printf '%s\n' "set-runbook-base: $base must not contain '#', '\"', '|', '&', '\\' or spaces (percent-encode them)" >&2; exit 2 ;;
 esac
 dir="$(dirname "$0")/../deploy/prometheus"
 old=$(sed -n 's/^# runbook_base: //p' "$dir/alerts.yml")

@@ -84,7 +84,7 @@ func resolvePulseBinary(environment: [String: String], allowDebug: Bool, log: (S
             throw PulseBinaryError.message(
                 "swift build -c release --product pulse failed (status \(build.terminationStatus))")
         }
-        path = root + "/.build/release/pulse"
+        path = try releaseBinPath(swift: swift, root: root) + "/pulse"
         origin = "built by Bench (swift build -c release)"
     }
     guard access(path, X_OK) == 0 else { throw PulseBinaryError.message("no executable pulse at \(path)") }
@@ -98,6 +98,25 @@ func resolvePulseBinary(environment: [String: String], allowDebug: Bool, log: (S
                 + "build it with -c release, or pass --allow-debug to measure it anyway")
     }
     return binary
+}
+
+/// Where that build put its products (`swift build --show-bin-path`), not
+/// an assumed `.build/release`.
+private func releaseBinPath(swift: String, root: String) throws -> String {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: swift)
+    process.arguments = ["build", "-c", "release", "--package-path", root, "--show-bin-path"]
+    let out = Pipe()
+    process.standardOutput = out
+    process.standardError = FileHandle.nullDevice
+    try process.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    process.waitUntilExit()
+    let dir = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    guard process.terminationStatus == 0, dir.hasPrefix("/") else {
+        throw PulseBinaryError.message("swift build --show-bin-path failed (status \(process.terminationStatus))")
+    }
+    return dir
 }
 
 private func versionLine(of path: String) throws -> String {

@@ -435,7 +435,7 @@ func runFanoutScenario(_ ctx: BenchContext, bpm: Int, groups sizes: [Int] = [1, 
         group.floorPerRoute = floorOnly.floorPerRoute
         group.floorSent = floorOnly.floorSent
         sleepSeconds(1 + period)  // settle: subscriptions propagate over the routes
-        guard let epoch = pulse.epoch() else { throw BenchError("fanout: cannot read the pulse's epoch.json") }
+        guard let epoch = pulse.epoch() else { throw BenchError("fanout: cannot read the pulse's GET /timeline") }
         let m0 = pulse.metrics(["backbeat_beats_total"])
         let cpu0 = processCPUNs(pulse.child.pid)
         let windowStart = cloop_realtime_ns()

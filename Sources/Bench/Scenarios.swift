@@ -176,12 +176,16 @@ final class PulseRun {
         }
     }
 
+    /// The committed epoch as the running node serves it (`GET /timeline`,
+    /// requirements §12: the same for a single node, a one-voter cluster,
+    /// and a cluster's nodes), or nil.
     func epoch() -> TempoEpoch? {
-        guard let data = FileManager.default.contents(atPath: dataDir + "/epoch.json"),
-            let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
-            let startNs = (object["startNs"] as? NSNumber)?.int64Value,
-            let startBeat = (object["startBeat"] as? NSNumber)?.int64Value,
-            let bpm = (object["bpm"] as? NSNumber)?.int64Value
+        guard let (status, body) = httpGet(port: adminPort, path: "/timeline"), status == 200,
+            let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+            let epoch = object["epoch"] as? [String: Any],
+            let startNs = (epoch["start_ns"] as? NSNumber)?.int64Value,
+            let startBeat = (epoch["start_beat"] as? NSNumber)?.int64Value,
+            let bpm = (epoch["bpm"] as? NSNumber)?.int64Value
         else { return nil }
         return TempoEpoch(startBeat: startBeat, startNs: startNs, bpm: bpm)
     }
@@ -385,9 +389,8 @@ func runPulseScenario(
     guard waitUntil(seconds: 5 + 3 * period, { receiver.received >= 2 }) else {
         throw BenchError("\(name): no frames from the pulse within \(Int(5 + 3 * period)) s")
     }
-    // A cluster node keeps its timeline in Raft, not epoch.json: its own records give it.
     guard let epoch = pulse.epoch() ?? pulse.epochFromRecords(bpm: bpm) else {
-        throw BenchError("\(name): cannot read \(pulse.dataDir)/epoch.json or the node's /debug/beats")
+        throw BenchError("\(name): cannot read the node's GET /timeline or /debug/beats")
     }
     var http: HTTPLoad? = nil
     if withHTTPLoad {
@@ -498,7 +501,7 @@ func runPulseScenario(
         result.notes.append("\(result.published - result.received) published frames not received by the subscriber")
     }
     if scheduleMismatch > 0 {
-        result.notes.append("\(scheduleMismatch) beats' scheduled_ns differ from epoch.json's timeline")
+        result.notes.append("\(scheduleMismatch) beats' scheduled_ns differ from GET /timeline's")
     }
     if result.crossCheckViolations > 0 {
         result.notes.append(

@@ -240,7 +240,7 @@ func runSoak(_ ctx: BenchContext, seconds: Int, bpm: Int, log: (String) -> Void)
     guard waitUntil(seconds: 5 + 3 * period, { receiver.received >= 2 }) else {
         throw BenchError("soak: no frames from the pulse within \(Int(5 + 3 * period)) s")
     }
-    guard let epoch = pulse.epoch() else { throw BenchError("soak: cannot read \(pulse.dataDir)/epoch.json") }
+    guard let epoch = pulse.epoch() else { throw BenchError("soak: cannot read the pulse's GET /timeline") }
     let pid = pulse.child.pid
     let startNs = cloop_realtime_ns()
     let windowCount = max(1, seconds / windowSeconds)

@@ -219,6 +219,23 @@ public final class ClusterCore {
         ticks = TickPolicy(tickNs: timing.tickNs, startMonoNs: nowMonoNs)
     }
 
+    /// A lone voter (the voter set in force is this node alone: a single
+    /// node, `pulse` without -peers) campaigns now instead of after an
+    /// election timeout. Its quorum is itself: the pre-vote and the vote are
+    /// its own and granted at once, and what it appends commits on its own
+    /// append (applied and answered only once the Ready holding it is
+    /// synced: the shell persists before `finish`). The lease needs no
+    /// acknowledgement (`RaftNode.leaseExpiryTick`, `needed == 0`): every
+    /// quorum of the voter set {self} is {self}, and a leader never votes for
+    /// another, so no rival leader can exist while it leads; the previous
+    /// incarnation of this node is gone (the data dir's lock), so there is
+    /// no lease of another leader to wait out at start. A node whose voter
+    /// set holds anyone else waits for its election timeout as before.
+    public func campaignIfAlone() {
+        guard raft.isVoter, voters == [id], !isLeader, refusal == nil else { return }
+        raft.campaign()
+    }
+
     /// The events since the last call, in order.
     public func takeEvents() -> [ClusterEvent] {
         defer { events.removeAll(keepingCapacity: true) }

@@ -220,7 +220,8 @@ final class BackupProcessTests: XCTestCase {
         XCTAssertEqual(taken.status, 0, taken.stderr)
         let backup = try BackupFile.parse([UInt8](try Data(contentsOf: URL(fileURLWithPath: file))))
         XCTAssertEqual(backup.pending, .init(atBeat: atBeat, bpm: 320, justification: "ahead"))
-        XCTAssertEqual([backup.term, backup.index], [1, 0])
+        // The one-voter log: its no-op, the epoch and the change.
+        XCTAssertEqual([backup.term, backup.index], [1, 3])
         XCTAssertEqual(old.stop(), 0)
         let oldLast = try XCTUnwrap(decoded(subscriber.received).map(\.index).max())
         XCTAssertLessThan(oldLast, atBeat, "the change was still ahead when the old node stopped")
@@ -249,10 +250,14 @@ final class BackupProcessTests: XCTestCase {
             clusterId: cluster, startBeat: atBeat, startNs: base.instantNs(atBeat), bpm: 320, bar: bar)
         let ahead = newRaw.filter { index($0) < atBeat }
         let after = newRaw.filter { index($0) >= atBeat }
+        // Restored one-voter log: frames from the backup's term + 2 on (`pulse restore --min-term`).
+        let term = Int64(backup.defaultMinTerm)
         XCTAssertEqual(
-            FrameChecker(epoch: base, phases: ["plan", "work", "review"], nodeId: "s2").check(ahead), [], fresh.log)
+            FrameChecker(epoch: base, phases: ["plan", "work", "review"], nodeId: "s2").check(ahead, expectTerm: term),
+            [], fresh.log)
         XCTAssertEqual(
-            FrameChecker(epoch: changed, phases: ["plan", "work", "review"], nodeId: "s2").check(after), [], fresh.log)
+            FrameChecker(epoch: changed, phases: ["plan", "work", "review"], nodeId: "s2").check(
+                after, expectTerm: term), [], fresh.log)
         XCTAssertEqual(Array(newFrames.map(\.index)), Array(first.index..<(first.index + Int64(newFrames.count))))
         XCTAssertTrue(fresh.log.contains("tempo change applied at_beat=\(atBeat) bpm=320"), fresh.log)
     }

@@ -296,21 +296,25 @@ final class BackupTests: XCTestCase {
         XCTAssertEqual([seeded.index, seeded.term], [1, 1])
     }
 
-    func testRestoreSeedsASingleNodesEpoch() throws {
+    /// Without --peers: a single node is a one-voter cluster (issue 19), so
+    /// the same Raft snapshot seeds it, with the term above the backup's.
+    func testRestoreSeedsASingleNodesOneVoterLog() throws {
         let dir = Harness.tempDir("restore-single")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let from = try writeSample(dir)
         try FileManager.default.createDirectory(atPath: dir + "/empty", withIntermediateDirectories: false)
         XCTAssertEqual(try restore(["-from", from, "-data-dir", dir + "/empty"]), 0)
-        let stored = try DataDirFiles.parseEpoch(
-            [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/empty/epoch.json"))))
-        XCTAssertEqual(stored.clusterId, "chorus-1")
-        XCTAssertEqual(stored.bar, 4)
-        XCTAssertEqual([stored.startBeat, stored.startNs, stored.bpm], [0, 1_700_000_000_000_000_000, 120])
-        XCTAssertEqual(stored.pendingAtBeat, 64)
-        XCTAssertEqual(stored.pendingBpm, 126)
-        XCTAssertEqual(stored.pendingJustification, "load / é \"peak\"\nsecond line")
-        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/empty/raft"))
+        let loaded = try RaftStore(dataDir: dir + "/empty").load()
+        let snapshot = try XCTUnwrap(loaded.snapshot)
+        let state = try JSONDecoder().decode(ClusterState.self, from: Data(snapshot.data))
+        XCTAssertEqual(state.bar, 4)
+        XCTAssertEqual(
+            [state.epoch.startBeat, state.epoch.startNs, state.epoch.bpm], [0, 1_700_000_000_000_000_000, 120])
+        XCTAssertEqual(state.pending, .init(atBeat: 64, bpm: 126))
+        XCTAssertEqual(state.justification, "load / é \"peak\"\nsecond line")
+        XCTAssertEqual(loaded.hardState.term, Self.sample.defaultMinTerm - 1)
+        XCTAssertEqual(snapshot.members, [], "the node's own voter set (itself) applies")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/empty/epoch.json"))
     }
 
     func testRestoreRefusesBeforeWritingAnything() throws {
@@ -351,7 +355,8 @@ final class BackupTests: XCTestCase {
         refused(
             ["--from", from, "--data-dir", dir + "/new", "--peers", "n1@127.0.0.1:1", "--min-term", "7"],
             "--min-term must be above", "a min term not above the backup's")
-        refused(["--from", from, "--data-dir", dir + "/new", "--min-term", "9"], "needs --peers", "min term, single")
+        // A single node is a one-voter cluster: --min-term holds for it too.
+        refused(["--from", from, "--data-dir", dir + "/new", "--min-term", "7"], "--min-term must be above", "single")
         XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/new"))
     }
 

@@ -79,7 +79,7 @@ final class NatsBlackholeTests: XCTestCase {
             ], logPath: dir + "/node.log")
         XCTAssertTrue(
             subscriber.wait(for: 10, seconds: 15), "frames flow (across the route) before the blackhole\n" + node.log)
-        let epoch = try ContractEpoch.load(dataDir: dir + "/data")
+        let epoch = try ContractEpoch.load(adminPort: adminPort)
         func metrics() -> String { NatsProcessSupport.get(port: adminPort, path: "/metrics")?.text ?? "" }
         let before = metrics()
         let unpublishedBefore = NatsProcessSupport.metric("backbeat_beats_unpublished_total", in: before) ?? -1

@@ -72,7 +72,7 @@ final class NodeAdminTests: XCTestCase {
         assertNoGap(indices(frames))
         // The instants follow the epochs exactly: beat D keeps its old instant,
         // later beats are 60/320 s apart.
-        let epoch = try ContractEpoch.load(dataDir: node.dir + "/data")
+        let epoch = try ContractEpoch.load(adminPort: node.port)
         let instantD = epoch.instantNs(atBeat)  // the old epoch places D
         let deadlineD = byIndex[atBeat]?.object["deadline_at"] as? String
         XCTAssertEqual(deadlineD, FrameChecker.rfc3339(ns: instantD + 60_000_000_000 / 320))

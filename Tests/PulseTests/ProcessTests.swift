@@ -12,16 +12,17 @@ final class ProcessTests: XCTestCase {
         let dir = Harness.tempDir("contract-\(bpm)")
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let subscriber = try Subscriber(url: nats.url, subject: "backbeat.\(cluster).beat")
+        let adminPort = Harness.freePort()
         let node = try PulseProcess(
             arguments: [
                 "-bootstrap", "-bpm", "\(bpm)", "-bar", "\(bar)", "-phases", phases.joined(separator: ","),
                 "-cluster", cluster, "-node-id", "node-abcd", "-nats", nats.url, "-data-dir", dir + "/data",
-                "-admin-port", "0", "-max-bpm", "600",
+                "-admin-port", "\(adminPort)", "-max-bpm", "600",
             ] + extra, logPath: dir + "/node.log")
         let period = 60.0 / Double(bpm)
         subscriber.wait(for: frames, seconds: 3 + period * Double(frames + 2))
+        let epoch = try ContractEpoch.load(adminPort: adminPort)
         XCTAssertEqual(node.stop(), 0, "clean exit on SIGTERM")
-        let epoch = try ContractEpoch.load(dataDir: dir + "/data")
         let checker = FrameChecker(epoch: epoch, phases: phases, nodeId: "node-abcd")
         let received = subscriber.received
         return (checker.check(received), received.count, node.log)
@@ -76,24 +77,26 @@ final class ProcessTests: XCTestCase {
         let nats = try NatsServer()
         let dir = Harness.tempDir("keep")
         defer { try? FileManager.default.removeItem(atPath: dir) }
+        let adminPort = Harness.freePort()
         let args = [
             "-bootstrap", "-bpm", "600", "-max-bpm", "600", "-cluster", "keep", "-nats", nats.url,
-            "-data-dir", dir + "/data", "-admin-port", "0",
+            "-data-dir", dir + "/data", "-admin-port", "\(adminPort)",
         ]
         var node = try PulseProcess(arguments: args, logPath: dir + "/a.log")
         let subscriber = try Subscriber(url: nats.url, subject: "backbeat.keep.beat")
         XCTAssertTrue(subscriber.wait(for: 3, seconds: 5))
-        let epoch = try ContractEpoch.load(dataDir: dir + "/data")
+        let epoch = try ContractEpoch.load(adminPort: adminPort)
         node.stop()
         let countBefore = subscriber.count
         node = try PulseProcess(arguments: args, logPath: dir + "/b.log")
         XCTAssertTrue(subscriber.wait(for: countBefore + 3, seconds: 5), node.log)
+        XCTAssertEqual(try ContractEpoch.load(adminPort: adminPort).startNs, epoch.startNs, "same epoch after restart")
         node.stop()
-        XCTAssertEqual(
-            try ContractEpoch.load(dataDir: dir + "/data").startNs, epoch.startNs, "same epoch after restart")
         let indices = subscriber.received.compactMap { ($0.object["beat_index"] as? NSNumber)?.int64Value }
         XCTAssertEqual(indices, indices.sorted())
         XCTAssertEqual(Set(indices).count, indices.count)
-        XCTAssertTrue(node.log.contains("timeline restored"), node.log)
+        // From its one-voter Raft log (-bootstrap made no new timeline).
+        XCTAssertTrue(node.log.contains("timeline committed"), node.log)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/data/epoch.json"), "no second commit path")
     }
 }

@@ -167,8 +167,9 @@ final class TimelineShapeProcessTests: XCTestCase {
         XCTAssertTrue(Harness.waitUntil(seconds: 10) { self.timeline(port: port)["bar"] as? Int == 6 }, node.log)
         XCTAssertEqual(timeline(port: port)["phases"] as? [String], ["a", "b", "c"])
         XCTAssertEqual(node.stop(), 0, node.log)
-        let stored = try DataDirFiles.parseEpoch(Array(try Data(contentsOf: URL(fileURLWithPath: dir + "/epoch.json"))))
-        XCTAssertEqual(stored.phases, ["a", "b", "c"], "the shape is in epoch.json")
+        // The shape is in the one-voter Raft log (no epoch.json any more).
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/raft/log"))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir + "/epoch.json"))
 
         for flags in [["-bar", "6", "-phases", "x,y"], ["-bar", "6"], ["-bar", "3", "-phases", "a,b,c"]] {
             let result = try runPulse(
@@ -185,8 +186,9 @@ final class TimelineShapeProcessTests: XCTestCase {
         XCTAssertEqual(again.stop(), 0, again.log)
     }
 
-    /// A data dir of the previous version (`epoch.json` without phases) keeps
-    /// working: the node adopts its -phases and writes them; from then on they are committed.
+    /// A data dir of an older version (`epoch.json` without phases) keeps
+    /// working: the node adopts its -phases and commits them with the
+    /// migrated timeline (EpochMigration); from then on they are committed.
     func testSingleNodeDataDirWithoutPhasesAdoptsTheFlags() throws {
         let nats = try NatsServer()
         let base = Harness.tempDir("shape-legacy")
@@ -201,10 +203,10 @@ final class TimelineShapeProcessTests: XCTestCase {
         XCTAssertTrue(
             Harness.waitUntil(seconds: 10) { self.timeline(port: port)["phases"] as? [String] == ["p", "q"] },
             node.log)
+        let epoch = self.timeline(port: port)["epoch"] as? [String: Any]
+        XCTAssertEqual((epoch?["start_ns"] as? NSNumber)?.int64Value, startNs, "the same timeline")
         XCTAssertEqual(node.stop(), 0, node.log)
-        let stored = try DataDirFiles.parseEpoch(Array(try Data(contentsOf: URL(fileURLWithPath: dir + "/epoch.json"))))
-        XCTAssertEqual(stored.phases, ["p", "q"], "adopted and written")
-        XCTAssertEqual(stored.startNs, startNs, "the same timeline")
+        XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/epoch.json.migrated"), "migrated, kept")
         let result = try runPulse(
             ["-cluster", "solo", "-data-dir", dir, "-admin-port", "0", "-nats", nats.url, "-bar", "4"], timeout: 10)
         XCTAssertEqual(result.status, 2, "the default -phases differ from the adopted ones: " + result.stderr)

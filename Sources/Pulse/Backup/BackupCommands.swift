@@ -10,14 +10,16 @@
 // the data dir of one node of a NEW cluster. The file is validated
 // completely first (`BackupFile.parse`: version, checksum, every range); a
 // refusal is one line and exit status 2, and so is a data dir that is not
-// empty (nothing is ever overwritten). With --peers it writes a Raft
-// snapshot of the backed-up state and a fresh hard state (no vote, committed
-// up to the snapshot, a term one below --min-term) through the node's own
-// `RaftStore`, so the new cluster's first leader starts from that state
-// instead of bootstrapping a new epoch, and publishes with a term at least
-// --min-term (default: the backup's + 2, above a handover as the old cluster
-// stops); without --peers, a single node's `epoch.json`. Either way it reads
-// what it wrote back through the node's own loaders before it says done.
+// empty (nothing is ever overwritten). It writes a Raft snapshot of the
+// backed-up state and a fresh hard state (no vote, committed up to the
+// snapshot, a term one below --min-term) through the node's own `RaftStore`,
+// so the new cluster's first leader starts from that state instead of
+// bootstrapping a new epoch, and publishes with a term at least --min-term
+// (default: the backup's + 2, above a handover as the old cluster stops).
+// Without --peers the same snapshot seeds a single node, a one-voter
+// cluster (issue 19: consumers fence on the term, so a restored single node
+// publishes above the old one's too). It reads what it wrote back through
+// the node's own loader before it says done.
 import ArgumentParser
 import Foundation
 import Glibc
@@ -122,7 +124,7 @@ struct RestoreCommand: ParsableCommand {
     var nodeId: String?
     @Option(
         name: PulseCommand.both("peers"),
-        help: "The new cluster's -peers: seeds a Raft snapshot (without: a single node's epoch.json)")
+        help: "The new cluster's -peers (without: a single node, a one-voter cluster)")
     var peers: String?
     @Option(
         name: PulseCommand.both("min-term"),
@@ -157,9 +159,6 @@ struct RestoreCommand: ParsableCommand {
         }
         let minTerm = minTerm ?? file.defaultMinTerm
         if self.minTerm != nil {
-            guard !specs.isEmpty else {
-                throw PulseError.config("--min-term needs --peers (a single node has no Raft term)")
-            }
             guard minTerm > file.term, minTerm < BackupFile.absurd else {
                 throw PulseError.config("--min-term must be above the backup's term \(file.term) and below 2^62")
             }
@@ -187,7 +186,7 @@ struct RestoreCommand: ParsableCommand {
         let (file, specs, minTerm) = try validated()
         let existed = FileManager.default.fileExists(atPath: dataDir)
         do {
-            try seed(file, clustered: !specs.isEmpty, minTerm: minTerm)
+            try seed(file, minTerm: minTerm)
         } catch {
             // Leave the directory as it was: absent, or empty.
             if existed {
@@ -200,9 +199,8 @@ struct RestoreCommand: ParsableCommand {
             throw PulseError.startup("restore into \(dataDir) failed, nothing kept: \(error)")
         }
         let where_ =
-            specs.isEmpty
-            ? "epoch.json (a single node)"
-            : "a Raft snapshot at index \(file.raftSnapshot.index), term \(file.raftSnapshot.term) (frames from term \(minTerm) on)"
+            "a Raft snapshot at index \(file.raftSnapshot.index), term \(file.raftSnapshot.term) (frames from term \(minTerm) on"
+            + (specs.isEmpty ? "; a single node, its one voter)" : ")")
         print("restored cluster \(file.clusterId) into \(dataDir) as \(where_): " + BackupSummary.timeline(file))
         let phases = file.phases.joined(separator: ",")
         var start = "-cluster \(file.clusterId) -bar \(file.bar) -phases \(phases) -data-dir \(dataDir)"
@@ -213,31 +211,24 @@ struct RestoreCommand: ParsableCommand {
     }
 
     /// Writes the data dir under its lock, then loads it back with the node's own loaders.
-    private func seed(_ file: BackupFile, clustered: Bool, minTerm: UInt64) throws {
+    private func seed(_ file: BackupFile, minTerm: UInt64) throws {
         let rejected = RejectedInput()
         let dir = try DataDir(path: dataDir, rejected: rejected)
         if let nodeId { try dir.writeAtomically("node_id", Data((nodeId + "\n").utf8)) }
-        if clustered {
-            let snapshot = file.raftSnapshot
-            let hardState = file.raftHardState(minTerm: minTerm)
-            let store = try RaftStore(dataDir: dataDir, rejected: rejected)
-            let done = DispatchSemaphore(value: 0)
-            var failure: Error?
-            store.save(hardState: hardState, snapshot: snapshot, entries: []) { error in
-                failure = error
-                done.signal()
-            }
-            done.wait()
-            if let failure { throw failure }
-            let loaded = try RaftStore(dataDir: dataDir, rejected: rejected).load()
-            guard loaded.snapshot == snapshot, loaded.hardState == hardState, loaded.entries.isEmpty else {
-                throw PulseError.startup("the Raft state read back differs from what was written")
-            }
-        } else {
-            try dir.saveEpoch(file.storedEpoch)
-            guard try dir.loadEpoch() == file.storedEpoch else {
-                throw PulseError.startup("epoch.json read back differs from what was written")
-            }
+        let snapshot = file.raftSnapshot
+        let hardState = file.raftHardState(minTerm: minTerm)
+        let store = try RaftStore(dataDir: dataDir, rejected: rejected)
+        let done = DispatchSemaphore(value: 0)
+        var failure: Error?
+        store.save(hardState: hardState, snapshot: snapshot, entries: []) { error in
+            failure = error
+            done.signal()
+        }
+        done.wait()
+        if let failure { throw failure }
+        let loaded = try RaftStore(dataDir: dataDir, rejected: rejected).load()
+        guard loaded.snapshot == snapshot, loaded.hardState == hardState, loaded.entries.isEmpty else {
+            throw PulseError.startup("the Raft state read back differs from what was written")
         }
     }
 }

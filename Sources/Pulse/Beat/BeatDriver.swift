@@ -169,8 +169,9 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
     /// A tempo change took effect at this wake's beat (announced after it).
     private var tookEffect: (epoch: TempoEpoch, previousBpm: Int64)?
 
-    /// `timeline`: a single node's own (it owns it from `start` on through
-    /// the shell); a cluster node passes nil and reads the core's.
+    /// `timeline`: a timeline of the driver's own, for beat-path tests
+    /// without a core (ZeroAllocationTests); the node passes nil and reads
+    /// the core's (a single node is a one-voter core).
     init(
         loop: EventLoop, nats: NatsLink, logger: Logger, timeline: Timeline?, placeholder: Timeline,
         clusterId: String, phases: [String], nodeId: String, subject: String, maxOffsetMs: Int64, spinMaxUs: Int

@@ -38,6 +38,17 @@ protocol RaftLink: AnyObject {
 
 extension RaftTransport: RaftLink {}
 
+/// The link of a lone voter (a single node, `pulse` without -peers): no
+/// peers, no socket. A one-voter core addresses no message to anyone; one
+/// that would reach it is dropped and counted.
+final class NoPeerLink: RaftLink {
+    private(set) var stats = RaftTransportStats()
+    func start() throws {}
+    func stop() {}
+    func send(_ message: Message) { stats.dropped &+= 1 }
+    func setPeers(_ list: PeerList) {}
+}
+
 /// Where the node's shell reads the time (the loop's clocks; recorded ones
 /// in ConformanceTests).
 struct ShellClock {
@@ -71,11 +82,12 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
     /// The core's events, for the service (loop thread).
     var onEvent: ((ClusterEvent) -> Void)?
 
-    /// The service's node: `<dataDir>/raft`, RaftTransport, the loop's clocks.
+    /// The service's node: `<dataDir>/raft`, RaftTransport (a `NoPeerLink`
+    /// for a lone voter: `alone`, a single node), the loop's clocks.
     convenience init(
         peers: PeerList, timing: ClusterTiming, dataDir: String, bootstrapBpm: Int64?, shape: TimelineShape,
         loop: EventLoop, rejected: RejectedInput, logger: Logger, tls: RaftTLS? = nil, joining: Bool = false,
-        sync: DiskSync = .untimed
+        sync: DiskSync = .untimed, alone: Bool = false
     ) throws {
         let store = try RaftStore(dataDir: dataDir, rejected: rejected, sync: sync)
         try self.init(
@@ -83,7 +95,8 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
             seed: UInt64.random(in: 1...UInt64.max), clock: ShellClock(), bootstrapBpm: bootstrapBpm, shape: shape,
             loop: loop, rejected: rejected, logger: logger, joining: joining
         ) { inbox, peers in
-            try RaftTransport(
+            if alone { return NoPeerLink() }
+            return try RaftTransport(
                 loop: loop, peers: peers, limits: .forElectionTimeout(timing.electionNs), rejected: rejected,
                 logger: logger, inbox: inbox, tls: tls)
         }
@@ -136,6 +149,7 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
     func start() throws {
         try transport.start()
         core.resetTicks(nowMonoNs: clock.monoNs())  // the old start() did too (adversarial review)
+        core.campaignIfAlone()  // a lone voter leads at once (ClusterCore.campaignIfAlone)
         try loop.armTimer(tickToken, afterNs: core.timing.tickNs, intervalNs: core.timing.tickNs)
         shell.tick()
     }

@@ -92,6 +92,14 @@ struct PeerList {
         return (PeerList(peers: result, me: me, bindHost: bindHost, bindPort: bindPort), unknown)
     }
 
+    /// A single node (no -peers) as a lone voter: named by its node id (its
+    /// Raft id derives from it, so the data dir's node id keeps it stable),
+    /// with no address anyone dials (it listens nowhere: `NoPeerLink`).
+    static func alone(nodeId: String) -> PeerList {
+        let me = Peer(name: nodeId, host: "127.0.0.1", port: 0, raftId: stableId(nodeId), hasId: true)
+        return PeerList(peers: [me], me: me, bindHost: me.host, bindPort: 0)
+    }
+
     /// Parses `-peers` and finds this node. `raftBind` must be a numeric
     /// `host:port`, with a real port when this node is not in the list or is
     /// listed by a host name.

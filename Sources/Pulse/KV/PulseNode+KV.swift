@@ -32,7 +32,6 @@ extension PulseNode {
                 "ttl_ms": "\(node.leadership.lease.timing.ttlNs / 1_000_000)",
                 "valid_ms": "\(node.leadership.lease.timing.validNs / 1_000_000)",
             ])
-        tempo.persistAppliedEpochs = false
         tempo.canCommit = { [unowned node] in node.leadership.isReadyHolder }
         tempo.leaderKnown = { [unowned node] in node.leadership.isReadyHolder || node.holderNodeId != nil }
         tempo.commit = { [unowned node] change, justification, done in

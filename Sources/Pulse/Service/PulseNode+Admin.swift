@@ -383,7 +383,9 @@ extension PulseNode: AdminBackend {
         if kv != nil {  // nats-kv: whoever holds the lease publishes; terms are KV revisions
             return EchoPolicy(clusterId: config.clusterId, publishers: .any, maxTermLead: EchoPolicy.clusterTermLead)
         }
-        guard let cluster else { return .singleNode(clusterId: config.clusterId, ownSuffix: beats.ownSuffix) }
+        guard let cluster, !alone else {
+            return .singleNode(clusterId: config.clusterId, ownSuffix: beats.ownSuffix)
+        }
         return EchoPolicy(
             clusterId: config.clusterId, publishers: cluster.peers.publishers(nodeId: nodeId),
             maxTermLead: EchoPolicy.clusterTermLead)

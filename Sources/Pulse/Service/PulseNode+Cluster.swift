@@ -113,13 +113,15 @@ extension PulseNode {
 // MARK: - membership (admin API)
 
 extension PulseNode {
-    /// The voter set in force on this node (`GET /members`), nil for a single node.
+    /// The voter set in force on this node (`GET /members`): a single node
+    /// answers with its one voter (itself, no Raft address: it listens
+    /// nowhere); nil only with -election nats-kv.
     func members() -> MembersBody? {
         guard let cluster else { return nil }
         let entries = cluster.voters.map { voter in
             MemberEntry(
                 id: String(voter.id, radix: 16).leftPadded(to: 16), name: voter.peer?.name,
-                raft: voter.peer?.address, leader: voter.id == cluster.leader)
+                raft: alone ? nil : voter.peer?.address, leader: voter.id == cluster.leader)
         }
         return MembersBody(
             members: entries, leader: cluster.leaderPeer?.name, change_pending: cluster.changePending,
@@ -145,9 +147,12 @@ extension PulseNode {
     /// `outcome_unknown` (leadership lost: it may still commit) or
     /// `not_committed`.
     func changeMembers(_ request: MembershipRequest, reply: @escaping (MembershipAnswer) -> Void) {
-        guard let cluster else {
+        guard let cluster, !alone else {
             return reply(
-                .refused(status: 409, code: "not_clustered", message: "a single node has no voter set", leader: nil))
+                .refused(
+                    status: 409, code: "not_clustered",
+                    message: "a single node's voter set is itself alone: it has no transport to add voters over",
+                    leader: nil))
         }
         guard cluster.isLeader else { return reply(notLeader(cluster)) }
         if cluster.changePending {
@@ -249,8 +254,9 @@ extension PulseNode {
     /// most up-to-date follower) started; 503 `not_leader`, 404 `not_member`,
     /// 409 `no_follower`/`transfer_refused`.
     func transferLeadership(to name: String?) -> MembershipAnswer {
-        guard let cluster else {
-            return .refused(status: 409, code: "not_clustered", message: "a single node has no leader", leader: nil)
+        guard let cluster, !alone else {
+            return .refused(
+                status: 409, code: "not_clustered", message: "a single node has no other voter to lead", leader: nil)
         }
         guard cluster.isLeader else { return notLeader(cluster) }
         var target: NodeID = 0

@@ -1,9 +1,12 @@
 // Service: wires one pulse node together and runs it.
 //
-// Two modes. Without -peers, a single node: the timeline lives in the data
-// dir and tempo changes commit by a synced write. With -peers, a Raft
-// cluster (Cluster/): the timeline is the replicated log, only the leader
-// holding its lease publishes, and tempo changes commit through the log.
+// One commit path. With -peers, a Raft cluster (Cluster/): the timeline is
+// the replicated log, only the leader holding its lease publishes, and tempo
+// changes commit through the log. Without -peers, a single node is the same
+// with one voter (ClusterCore.campaignIfAlone: it leads at once, its own
+// synced append commits; no transport), its log in `<data-dir>/raft`; an
+// `epoch.json` of a release before is migrated into it at start
+// (EpochMigration). With -election nats-kv, the KV lease (KV/).
 //
 // Start-up order: data dir and timeline → signals blocked (before any thread
 // exists, so only the loop's signalfd sees them) → loop → real-time settings
@@ -35,8 +38,11 @@ final class PulseNode: LoopHandler {
     let rejected = RejectedInput()
     let tempo: TempoController
     private(set) var admin: AdminServer?
-    /// The Raft cluster, when -peers is given.
+    /// The Raft cluster: with -peers, or a one-voter one for a single node
+    /// (`alone`); nil only with -election nats-kv.
     private(set) var cluster: ClusterNode?
+    /// A single node: a lone voter (no -peers, no nats-kv).
+    let alone: Bool
     /// The JetStream KV lease, with -election nats-kv (issue 21).
     private(set) var kv: KVNode?
     /// Raft mutual TLS, when -raft-tls-* are given (reloaded on SIGHUP).
@@ -59,8 +65,7 @@ final class PulseNode: LoopHandler {
     /// to take over: no beat missed), and since when (monotonic ns).
     var adminTransfer: (target: UInt64, sinceMonoNs: Int64)?
     private let dataDir: DataDir
-    /// A single node's committed shape (from its data dir, or its flags when
-    /// it bootstraps); a cluster node's flags until it applies the committed one.
+    /// This node's flags, until it applies the committed shape.
     private let localShape: TimelineShape
     /// The committed timeline shape (§12): what frames, `/timeline`, the
     /// live view and backups use. A node runs only while its -bar/-phases
@@ -84,31 +89,29 @@ final class PulseNode: LoopHandler {
         self.logger = logger
 
         let clustered = !config.peers.isEmpty
-        let peers = clustered ? try PeerList.parse(peers: config.peers, nodeId: nodeId, raftBind: config.raftBind) : nil
-        // Loaded once and validated (DataDirFiles.parseEpoch): a file that
-        // cannot be used stops the start here, before any thread or socket.
-        let stored = clustered || config.natsKV ? nil : try dataDir.loadEpoch()
+        // A single node (no -peers, no nats-kv) is a one-voter cluster: the
+        // same core, its Raft log in the data dir, no transport.
+        alone = !clustered && !config.natsKV
+        let peers = try Self.peerList(config: config, nodeId: nodeId)
         let flags: TimelineShape
         do {
             flags = try TimelineShape(bar: config.bar, phases: config.phases)
         } catch {
             throw PulseError.config("-bar/-phases: \(error)")  // PulseConfig.validate refused these already
         }
-        // A cluster node's timeline is the core's (committed entries); a
-        // single node's is its data dir's. The placeholder is what
-        // `beats.timeline` shows before the committed epoch.
+        if alone {
+            // A data dir of a release before (epoch.json, no Raft state) is
+            // migrated now, before any thread or socket; a refusal stops here.
+            try EpochMigration.prepare(
+                dataDir: dataDir, config: config, flags: flags, rejected: rejected, sync: metrics.diskSync,
+                logger: logger)
+        }
+        // The timeline is the core's (committed entries); the placeholder is
+        // what `beats.timeline` shows before the committed epoch.
         let placeholder = Timeline(
             epoch: TempoEpoch(startBeat: 0, startNs: 0, bpm: Int64(config.bpm)), bar: flags.bar,
             phaseCount: flags.phases.count)
-        let timeline: Timeline?
-        if clustered || config.natsKV {
-            localShape = flags
-            timeline = nil
-        } else {
-            let (restored, shape) = try Self.timeline(
-                config: config, flags: flags, stored: stored, dataDir: dataDir, logger: logger)
-            (timeline, localShape) = (restored, shape)
-        }
+        localShape = flags
 
         loop = try EventLoop()
         signal(SIGPIPE, SIG_IGN)
@@ -124,14 +127,12 @@ final class PulseNode: LoopHandler {
             logger.info("publications signed", metadata: ["key_id": "\(nats.signer!.keyId)"])
         }
         beats = try BeatDriver(
-            loop: loop, nats: nats, logger: logger, timeline: timeline, placeholder: placeholder,
+            loop: loop, nats: nats, logger: logger, timeline: nil, placeholder: placeholder,
             clusterId: config.clusterId,
             phases: localShape.phases, nodeId: nodeId, subject: config.beatSubject,
             maxOffsetMs: Int64(config.maxOffsetMs), spinMaxUs: config.spinMaxUs)
         beats.observer = metrics
-        tempo = TempoController(
-            config: config, loop: loop, beats: beats, nats: nats, dataDir: dataDir, metrics: metrics, logger: logger)
-        if let stored { tempo.restore(stored) }
+        tempo = TempoController(config: config, beats: beats, nats: nats, metrics: metrics, logger: logger)
         if let peers, config.raftTLSEnabled {
             raftTLS = try RaftTLS(
                 certPath: config.raftTLSCert, keyPath: config.raftTLSKey, caPath: config.raftTLSCA, peers: peers)
@@ -140,15 +141,21 @@ final class PulseNode: LoopHandler {
             try attachCluster(peers: peers, flags: flags)
         } else if config.natsKV {
             kv = try startKV(flags: flags)
-        } else {
-            tempo.useDataDirCommit()
         }
         metrics.exportElectionStrategy(config.natsKV ? "nats-kv" : clustered ? "raft" : "single")
         signalToken = try loop.watchSignals([SIGINT, SIGTERM, SIGHUP], handler: self)
         housekeepingToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
     }
 
-    /// Builds the Raft cluster (-peers) and hands it the committed timeline
+    /// -peers parsed; a lone voter's list for a single node; nil with nats-kv.
+    private static func peerList(config: PulseConfig, nodeId: String) throws -> PeerList? {
+        if !config.peers.isEmpty {
+            return try PeerList.parse(peers: config.peers, nodeId: nodeId, raftBind: config.raftBind)
+        }
+        return config.natsKV ? nil : PeerList.alone(nodeId: nodeId)
+    }
+
+    /// Builds the Raft cluster (-peers, or one voter) and hands it the committed timeline
     /// and the tempo commit path.
     private func attachCluster(peers: PeerList, flags: TimelineShape) throws {
         // Degrade after a few beats without a leader, but never before a
@@ -165,11 +172,18 @@ final class PulseNode: LoopHandler {
         let cluster = try ClusterNode(
             peers: peers, timing: timing, dataDir: dataDir.path,
             bootstrapBpm: config.bootstrap ? Int64(config.bpm) : nil, shape: flags, loop: loop,
-            rejected: rejected, logger: logger, tls: raftTLS, joining: config.join, sync: metrics.diskSync)
+            rejected: rejected, logger: logger, tls: raftTLS, joining: config.join, sync: metrics.diskSync,
+            alone: alone)
+        if alone, !(cluster.isVoter && cluster.voters.count == 1) {
+            // Its Raft id derives from the node id: a data dir written under
+            // another id, or by a cluster node, is not this lone voter's.
+            throw PulseError.config(
+                "data dir \(dataDir.path) holds the Raft log of a cluster of \(cluster.voters.count) voter(s) without this node as its only voter (node id \(nodeId)): start it with its -peers, or with the -node-id it was written with"
+            )
+        }
         self.cluster = cluster
         cluster.onEvent = { [unowned self] event in self.clusterEvent(event) }
         beats.shell.core = cluster.core  // the committed timeline's one owner
-        tempo.persistAppliedEpochs = false
         tempo.canCommit = { [unowned cluster] in cluster.isLeader }
         tempo.leaderKnown = { [unowned cluster] in cluster.leaderPeer != nil }
         tempo.commit = { [unowned cluster] change, justification, done in
@@ -182,55 +196,6 @@ final class PulseNode: LoopHandler {
                 }
             }
         }
-    }
-
-    /// The committed timeline and its shape: from the data dir, or a new one
-    /// with -bootstrap (the flags' shape). `stored` is the validated
-    /// `epoch.json`, if any; its shape must equal the flags' (§12). A file of
-    /// a previous version, without phases, takes the flags' and is rewritten
-    /// with them now, so that the shape is committed from this start on.
-    static func timeline(
-        config: PulseConfig, flags: TimelineShape, stored: DataDir.StoredEpoch?, dataDir: DataDir, logger: Logger
-    ) throws -> (Timeline, TimelineShape) {
-        if let stored {
-            guard stored.clusterId == config.clusterId else {
-                throw PulseError.config(
-                    "data dir \(dataDir.path) belongs to cluster '\(stored.clusterId)', not '\(config.clusterId)'")
-            }
-            let shape: TimelineShape
-            do {
-                shape = try DataDirFiles.checkShape(
-                    file: "epoch.json", bar: stored.bar, phases: stored.phases, flags: flags)
-                try DataDirFiles.checkNotFarAhead(stored, nowNs: cloop_realtime_ns())
-            } catch {
-                throw dataDir.refuse(error)
-            }
-            if let why = shape.mismatch(flags: flags, committedIn: "data dir \(dataDir.path)") {
-                throw PulseError.config(why)
-            }
-            dataDir.shape = shape
-            if stored.phases == nil {
-                try dataDir.saveEpoch(stored)  // stamped with the shape
-                logger.info("timeline shape adopted from the flags (a data dir of a previous version)")
-            }
-            logger.info(
-                "timeline restored", metadata: ["start_beat": "\(stored.startBeat)", "bpm": "\(stored.bpm)"])
-            let epoch = TempoEpoch(startBeat: stored.startBeat, startNs: stored.startNs, bpm: stored.bpm)
-            return (Timeline(epoch: epoch, bar: shape.bar, phaseCount: shape.phases.count), shape)
-        }
-        guard config.bootstrap else {
-            throw PulseError.config(
-                "no timeline in \(dataDir.path): start with -bootstrap to create one (joining a cluster needs -peers and Raft)"
-            )
-        }
-        let epoch = Timeline.bootstrapEpoch(nowNs: cloop_realtime_ns(), bpm: Int64(config.bpm))
-        dataDir.shape = flags  // the bootstrapping node's flags become the committed shape
-        try dataDir.saveEpoch(
-            .init(
-                clusterId: config.clusterId, startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm,
-                bar: flags.bar, phases: flags.phases))
-        logger.info("timeline bootstrapped", metadata: ["start_ns": "\(epoch.startNs)", "bpm": "\(epoch.bpm)"])
-        return (Timeline(epoch: epoch, bar: flags.bar, phaseCount: flags.phases.count), flags)
     }
 
     /// Applies -cpu, -rt-priority and -mlock to the calling (loop) thread.
@@ -276,7 +241,7 @@ final class PulseNode: LoopHandler {
         try nats.start()
         try requests.start()
         try applyRealtime()
-        beats.start()  // a single node's timeline; a cluster node's beats start with the committed epoch
+        beats.start()  // a no-op: beats start with the committed epoch (the core's events)
         try cluster?.start()
         try kv?.start()
         try loop.armTimer(housekeepingToken, afterNs: 1_000_000_000, intervalNs: 1_000_000_000)
@@ -310,7 +275,7 @@ final class PulseNode: LoopHandler {
                 logger.info("stopping", metadata: ["signal": signo == SIGTERM ? "SIGTERM" : "SIGINT"])
                 // A leader hands over first so that no beat is missed; the
                 // loop keeps turning until it is a follower (at most 3 s).
-                if stopRequestedMonoNs == nil, cluster?.isLeader ?? kv?.isHolder ?? false {
+                if stopRequestedMonoNs == nil, !alone, cluster?.isLeader ?? kv?.isHolder ?? false {
                     stopRequestedMonoNs = cloop_monotonic_ns()
                     handOverPending = true
                     logger.info("handing leadership over after the next beat, before stopping")

@@ -1,7 +1,9 @@
-// Storage: the node's data directory. Holds the node id (when generated) and
-// the committed tempo epoch with the timeline's shape (bar, phases), written atomically (temp file, fsync, rename,
-// fsync of the directory) at start-up and on commits — never on the beat
-// path. An exclusive lock file stops two processes sharing one directory.
+// Storage: the node's data directory. Holds the node id (when generated),
+// the Raft state (`raft/`, RaftStore: a single node's too, as a one-voter
+// log) and, only until the first start migrates it (EpochMigration), the
+// `epoch.json` of a release before, or of `pulse restore` for a single node.
+// Files are written atomically (temp file, fsync, rename, fsync of the
+// directory), never on the beat path. An exclusive lock file stops two processes sharing one directory.
 // Every file is validated when it is loaded (DataDirFiles): one that cannot
 // be used stops the start with one line naming it, and is counted
 // (`backbeat_rejected_input_total{surface="data_dir"}`); nothing is repaired
@@ -24,7 +26,6 @@ import PulsePolicy
 final class DataDir {
     let path: String
     private var lockFd: Int32 = -1
-    private let writer = DispatchQueue(label: "pulse.datadir.writer")
 
     /// Where refusals are counted (the node's `RejectedInput`).
     private let rejected: RejectedInput
@@ -171,6 +172,20 @@ final class DataDir {
         try writeAtomically("epoch.json", try Self.encode(stamped(epoch)))
     }
 
+    /// Renames `epoch.json` to `name` (kept, never read again) and syncs
+    /// the directory, so that the rename is durable before the node runs.
+    func retireEpoch(as name: String) throws {
+        guard rename(path + "/epoch.json", path + "/" + name) == 0 else {
+            throw PulseError.startup("cannot rename \(path)/epoch.json: \(String(cString: strerror(errno)))")
+        }
+        let dirFd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard dirFd >= 0 else { throw PulseError.startup("open \(path): \(String(cString: strerror(errno)))") }
+        defer { close(dirFd) }
+        guard sync.fsync(dirFd, .dataDirectory) else {
+            throw PulseError.startup("fsync \(path): \(String(cString: strerror(errno)))")
+        }
+    }
+
     /// `epoch` with the committed shape (the bar is the shape's already:
     /// the node runs only with its flags equal to it).
     private func stamped(_ epoch: StoredEpoch) -> StoredEpoch {
@@ -185,19 +200,6 @@ final class DataDir {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         return try encoder.encode(epoch)
-    }
-
-    /// Writes off the loop thread on a serial queue (writes stay in order),
-    /// then reports on the loop thread. For commits: the disk sync never
-    /// blocks the loop.
-    func saveEpochInBackground(_ epoch: StoredEpoch, loop: EventLoop, then done: @escaping (Error?) -> Void) {
-        let epoch = stamped(epoch)  // on the caller's thread
-        writer.async {
-            ThreadPlacement.placeCurrentHelperThread()  // fsync off the beat core, at normal priority
-            var failure: Error?
-            do { try self.saveEpoch(epoch) } catch { failure = error }
-            loop.postCompletion { done(failure) }  // never dropped (fault 5 of issue #10)
-        }
     }
 
     /// The bytes of `name` (nil when absent), read with `DataDirFiles.read`'s bounds.

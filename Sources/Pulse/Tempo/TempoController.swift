@@ -3,10 +3,10 @@
 // A request is checked against the rules in the contract's order (range,
 // ±10 %, pending), then committed, then scheduled on the timeline at the
 // first downbeat at least one commit round after the commit. "Commit" is a
-// seam: on a single node it is the durable write of the epoch and the pending
-// change to the data dir, done off the loop thread; the Raft cluster replaces
-// it with a log entry committed by a majority. Applied changes are announced
-// on `backbeat.<cluster>.control`.
+// seam: a Raft log entry committed by a majority (a single node is a
+// one-voter cluster: the same path, its own synced append is the majority),
+// or with -election nats-kv the KV lease's write. Applied changes are
+// announced on `backbeat.<cluster>.control`.
 import CLoop
 import Foundation
 import Logging
@@ -15,10 +15,8 @@ import PulseCore
 /// Accepts, commits, schedules and announces tempo changes (loop thread).
 final class TempoController: TempoListener {
     private let config: PulseConfig
-    private unowned let loop: EventLoop
     private let beats: BeatDriver
     private let nats: NatsLink
-    private let dataDir: DataDir
     private let metrics: PulseMetrics
     private let logger: Logger
     /// A request being committed: another one is refused with 409 meanwhile.
@@ -27,41 +25,25 @@ final class TempoController: TempoListener {
     private(set) var pendingJustification = ""
     /// Margin between a commit and the downbeat it may apply at.
     var commitRoundNs: Int64 = 200_000_000
-    /// Whether this node can commit (single node: always; Raft: is leader).
+    /// Whether this node can commit (the leader).
     var canCommit: () -> Bool = { true }
     /// Whether some node can commit (cluster: a leader is known).
     var leaderKnown: () -> Bool = { true }
     /// Where a node that cannot commit sends the request (cluster: the leader).
     var forward: ((TempoRequest, @escaping (TempoDecision) -> Void) -> Void)?
     private(set) var appliedChanges: UInt64 = 0
-    /// Told when a change is committed (single node) or applied: the leader publishes the timeline.
+    /// Told when a change is applied: the leader publishes the timeline.
     weak var timelineListener: TimelineChangeListener?
 
     init(
-        config: PulseConfig, loop: EventLoop, beats: BeatDriver, nats: NatsLink, dataDir: DataDir,
-        metrics: PulseMetrics, logger: Logger
+        config: PulseConfig, beats: BeatDriver, nats: NatsLink, metrics: PulseMetrics, logger: Logger
     ) {
         self.config = config
-        self.loop = loop
         self.beats = beats
         self.nats = nats
-        self.dataDir = dataDir
         self.metrics = metrics
         self.logger = logger
         beats.tempoListener = self
-    }
-
-    /// Restores a change that was committed before a restart.
-    func restore(_ stored: DataDir.StoredEpoch) {
-        guard let atBeat = stored.pendingAtBeat, let bpm = stored.pendingBpm else { return }
-        do {
-            try beats.schedule(change: TempoChange(atBeat: atBeat, bpm: bpm))
-            pendingJustification = stored.pendingJustification ?? ""
-        } catch {
-            // Its downbeat already passed while we were down: the timeline
-            // math still places every beat exactly, so adopt the new epoch.
-            logger.info("restored tempo change already in effect", metadata: ["at_beat": "\(atBeat)"])
-        }
     }
 
     /// `GET /tempo`.
@@ -143,34 +125,9 @@ final class TempoController: TempoListener {
 
     /// Makes a validated change durable and scheduled, then calls `done`
     /// with nil or a failure code, on the loop thread. This is the seam
-    /// between a single node and a cluster: see `useDataDirCommit` and the
-    /// cluster's wiring in `PulseNode`.
+    /// between the controller and the commit path: see the cluster's wiring
+    /// in `PulseNode` (a single node's too) and the KV lease's.
     var commit: (TempoChange, String, @escaping (String?) -> Void) -> Void = { _, _, done in done("no_leader") }
-
-    /// Single node: the commit is a synced write of the epoch and the pending
-    /// change to the data dir (off the loop thread), then the schedule.
-    func useDataDirCommit() {
-        commit = { [unowned self] change, justification, done in
-            var stored = storedEpoch(beats.timeline.epoch)
-            stored.pendingAtBeat = change.atBeat
-            stored.pendingBpm = change.bpm
-            stored.pendingJustification = justification
-            dataDir.saveEpochInBackground(stored, loop: loop) { [self] error in
-                if let error {
-                    logger.error("tempo change not persisted", metadata: ["error": "\(error)"])
-                    return done("persist_failed")
-                }
-                do {
-                    try beats.schedule(change: change)
-                } catch {
-                    return done("no_leader")  // the commit outlived its round and the downbeat passed
-                }
-                pendingJustification = justification
-                timelineListener?.committedTimelineChanged()
-                done(nil)
-            }
-        }
-    }
 
     /// Cluster: a committed tempo entry was applied (the core holds it; the
     /// beat shell reads it there): its justification, for the announcement.
@@ -186,25 +143,10 @@ final class TempoController: TempoListener {
         reply(.refused(status: status, code: code, message: message))
     }
 
-    private func storedEpoch(_ epoch: TempoEpoch) -> DataDir.StoredEpoch {
-        DataDir.StoredEpoch(
-            clusterId: config.clusterId, startBeat: epoch.startBeat, startNs: epoch.startNs, bpm: epoch.bpm,
-            bar: config.bar)
-    }
-
-    /// Single node: persist the applied epoch as the new base. (A cluster
-    /// keeps its timeline in the Raft log instead.)
-    var persistAppliedEpochs = true
-
-    /// After the beat at the change's downbeat: persist the new epoch as the
-    /// base and announce the change on the control subject.
+    /// After the beat at the change's downbeat: announce the change on the
+    /// control subject (the committed log holds it already).
     func tempoApplied(epoch: TempoEpoch, previousBpm: Int64) {
         appliedChanges &+= 1
-        if persistAppliedEpochs {
-            dataDir.saveEpochInBackground(storedEpoch(epoch), loop: loop) { [logger] error in
-                if let error { logger.error("applied epoch not persisted", metadata: ["error": "\(error)"]) }
-            }
-        }
         let announcement = TempoAnnouncement(
             cluster_id: config.clusterId, beat_index: epoch.startBeat, tempo_bpm: epoch.bpm, previous_bpm: previousBpm,
             applied_at: RFC3339.string(unixMs: epoch.startNs / 1_000_000), justification: pendingJustification)

@@ -14,9 +14,25 @@ struct ContractEpoch: Decodable {
     var bpm: Int64
     var bar: Int
 
-    static func load(dataDir: String) throws -> ContractEpoch {
-        try JSONDecoder().decode(
-            ContractEpoch.self, from: Data(contentsOf: URL(fileURLWithPath: dataDir + "/epoch.json")))
+    /// The committed timeline's epoch as a running node serves it
+    /// (`GET /timeline`, requirements §12), read with JSONSerialization, not
+    /// the node's types; waits (bounded) for a node still electing itself.
+    static func load(adminPort: Int, seconds: Double = 10) throws -> ContractEpoch {
+        var found: ContractEpoch?
+        _ = Harness.waitUntil(seconds: seconds) {
+            let body = PulseCluster.adminJSON(port: adminPort, "/timeline")
+            guard let epoch = body["epoch"] as? [String: Any], let cluster = body["cluster_id"] as? String,
+                let startBeat = (epoch["start_beat"] as? NSNumber)?.int64Value,
+                let startNs = (epoch["start_ns"] as? NSNumber)?.int64Value,
+                let bpm = (epoch["bpm"] as? NSNumber)?.int64Value, let bar = body["bar"] as? Int
+            else { return false }
+            found = ContractEpoch(clusterId: cluster, startBeat: startBeat, startNs: startNs, bpm: bpm, bar: bar)
+            return true
+        }
+        guard let found else {
+            throw NSError(domain: "no committed timeline on GET /timeline at \(adminPort)", code: 1)
+        }
+        return found
     }
 
     func instantNs(_ k: Int64) -> Int64 { startNs + (k - startBeat) * 60_000_000_000 / bpm }

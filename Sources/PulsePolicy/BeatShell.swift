@@ -6,7 +6,9 @@
 //   cluster event (leadership, epoch, tempo) → start / take over / re-arm
 //
 // The committed timeline has one owner: the cluster core's replicated
-// timeline, or a single node's own (`startLocal`); the shell only reads it.
+// timeline (a single node's too: a one-voter core), or with -election
+// nats-kv the KV lease's; beat-path tests without a core hand the shell a
+// timeline of its own (`startLocal`). The shell only reads it.
 // The ports are the clocks, the beat timer, the spin, the NATS write and
 // the service's counters. The service's BeatDriver plugs in the loop's
 // timerfd, `cloop_spin_until_realtime` and NatsLink; the simulator plugs in
@@ -60,11 +62,12 @@ public protocol BeatPorts: AnyObject {
 
 /// The beat side of one node over its ports.
 public final class BeatShell {
-    /// The cluster's core (nil: a single node, which owns its timeline).
+    /// The cluster's core (a single node's is a one-voter core); nil only
+    /// with nats-kv (`leadership`) or in beat-path tests (`startLocal`).
     public var core: ClusterCore?
     /// Another election strategy when there is no core (`KVLeadership`, issue 21).
     public var leadership: BeatLeadership?
-    /// Who owns the committed timeline and the publish mode (nil: a single node).
+    /// Who owns the committed timeline and the publish mode (nil: a local timeline).
     @inline(__always) private var lead: BeatLeadership? {
         if let core { return core }
         return leadership
@@ -126,7 +129,7 @@ public final class BeatShell {
     public var lastPublishedIndex: Int64 { planner.lastPublishedIndex }
     /// The HLC suffix this node stamps (to tell its own frames apart).
     public var ownSuffix: String { encoder.hlcSuffix }
-    /// The term stamped on frames: the core's Raft term, 1 for a single node.
+    /// The term stamped on frames: the core's Raft term (1 for a local timeline).
     public var term: UInt64 { lead?.term ?? 1 }
 
     /// The planner's publish mode now, for a beat of the timeline's period at the next beat.
@@ -138,13 +141,13 @@ public final class BeatShell {
 
     // MARK: starting and following the committed timeline
 
-    /// A single node: its own timeline (from its data dir), started now.
+    /// A timeline of the shell's own, started now (beat-path tests without a core).
     public func startLocal(_ timeline: Timeline) {
         local = timeline
         start()
     }
 
-    /// A single node's committed tempo change (its data dir holds it).
+    /// A tempo change on the shell's own timeline (beat-path tests).
     public func scheduleLocal(_ change: TempoChange) throws {
         guard var t = local else { return }
         if let pending = t.pending, pending.atBeat < change.atBeat { _ = t.applyDue(beat: pending.atBeat) }

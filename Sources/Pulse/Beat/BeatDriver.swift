@@ -136,7 +136,7 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
     private var timerToken: UInt32 = 0
     /// The beat side's driver loop (planner, encoder, HLC, echo handling).
     private(set) var shell: BeatShell!
-    /// A single node's timeline until `start` hands it to the shell.
+    /// A timeline of the driver's own (beat-path tests) until `start` hands it to the shell.
     private var localTimeline: Timeline?
     /// What `timeline` shows before the committed epoch (a cluster node).
     private let placeholder: Timeline
@@ -230,7 +230,7 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
 
     // MARK: what the service reads
 
-    /// The committed timeline (the core's, or a single node's own); before
+    /// The committed timeline (the core's, or the driver's own in tests); before
     /// the epoch, the flags' placeholder.
     var timeline: Timeline { shell.timeline ?? localTimeline ?? placeholder }
     var nextBeat: Int64 { shell.nextBeat }
@@ -242,7 +242,7 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
     var hlcRejected: UInt64 { shell.hlcRejected }
     var retroactiveTempoChanges: UInt64 { shell.retroactiveTempoChanges }
 
-    /// Starts beating: a single node on its own timeline; a cluster node
+    /// Starts beating: on the driver's own timeline (tests); a node
     /// once the core's events start the shell (the committed epoch).
     func start() {
         // Timer-only (shared-host) mode wakes exactly at the instant: the
@@ -258,12 +258,12 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
         loop.disarmTimer(timerToken)
     }
 
-    /// A single node's committed tempo change at downbeat `change.atBeat`,
+    /// A tempo change on the driver's own timeline (tests) at downbeat `change.atBeat`,
     /// refused at a beat already published. (A cluster's changes are the
     /// core's committed entries: the shell reads them there.)
     func schedule(change: TempoChange) throws {
         if var t = localTimeline {
-            // Restored from the data dir before the start.
+            // Scheduled before the start.
             try t.schedule(change: change)
             localTimeline = t
             return

@@ -350,6 +350,48 @@ public final class BackbeatClient: @unchecked Sendable {
 
     private static func text(_ status: natsStatus) -> String { String(cString: natsStatus_GetText(status)) }
 
+    /// One request/reply on an inbox of its own, `_INBOX.<128 random bits>`,
+    /// which takes one message and is gone (adversarial review F2): the C
+    /// client's own request inboxes are its connection's prefix and a
+    /// counter (`_INBOX.<nuid>.0`, `.1`, …), so a consumer that may
+    /// subscribe to `_INBOX.>` (the shipped permissions let it: replies
+    /// travel there) learns the next one from any reply it sees and can
+    /// answer first with a forged timeline. A fresh random inbox cannot be
+    /// predicted, and one that saw its reply takes no other. A "no
+    /// responders" status reads as `NATS_NO_RESPONDERS`, as the C client's own.
+    static func request(
+        _ reply: inout OpaquePointer?, _ nc: OpaquePointer, _ subject: String, _ payload: String, timeoutMs: Int64
+    ) -> natsStatus {
+        reply = nil
+        var random = SystemRandomNumberGenerator()  // getrandom(2)
+        let inbox =
+            "_INBOX."
+            + [random.next(), random.next()].map { (word: UInt64) -> String in
+                let hex = String(word, radix: 16)
+                return String(repeating: "0", count: 16 - hex.count) + hex
+            }.joined()
+        var sub: OpaquePointer?
+        var status = natsConnection_SubscribeSync(&sub, nc, inbox)
+        guard status == NATS_OK, let sub else { return status }
+        defer { natsSubscription_Destroy(sub) }
+        _ = natsSubscription_AutoUnsubscribe(sub, 1)
+        status = natsConnection_PublishRequestString(nc, subject, inbox, payload)
+        if status == NATS_OK {
+            var msg: OpaquePointer?
+            status = natsSubscription_NextMsg(&msg, sub, timeoutMs)
+            if status == NATS_OK, let msg {
+                if natsMsg_IsNoResponders(msg) {
+                    natsMsg_Destroy(msg)
+                    status = NATS_NO_RESPONDERS
+                } else {
+                    reply = msg
+                }
+            }
+        }
+        if reply == nil { _ = natsSubscription_Unsubscribe(sub) }
+        return status
+    }
+
     /// Unsubscribes, closes the connection and finishes ``events``. Idempotent.
     public func close() {
         lock.lock()
@@ -400,7 +442,7 @@ public final class BackbeatClient: @unchecked Sendable {
         guard let nc else { throw BackbeatClientError.closed }
         var reply: OpaquePointer?
         let sentNs = localNow()
-        let status = natsConnection_RequestString(&reply, nc, options.timelineRequestSubject, "{}", timeoutMs)
+        let status = Self.request(&reply, nc, options.timelineRequestSubject, "{}", timeoutMs: timeoutMs)
         let answeredNs = localNow()
         guard status == NATS_OK, let reply else { throw BackbeatClientError.noTimeline(Self.text(status)) }
         defer { natsMsg_Destroy(reply) }
@@ -459,8 +501,8 @@ public final class BackbeatClient: @unchecked Sendable {
                 lock.unlock()
                 guard let nc else { return done.resume(throwing: BackbeatClientError.closed) }
                 var reply: OpaquePointer?
-                let status = natsConnection_RequestString(
-                    &reply, nc, options.controlRequestSubject, payload, options.requestTimeoutMs)
+                let status = Self.request(
+                    &reply, nc, options.controlRequestSubject, payload, timeoutMs: options.requestTimeoutMs)
                 guard status == NATS_OK, let reply else {
                     return done.resume(
                         throwing: BackbeatClientError.noTimeline(

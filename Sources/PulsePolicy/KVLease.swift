@@ -63,7 +63,7 @@ public struct KVLeaseTiming: Sendable, Equatable {
     public var clockRatePpm: Int64 = 10_000
     /// The largest wall-clock offset between the bucket's JetStream servers.
     public var serverSkewNs: Int64 = 50_000_000
-    /// No definite answer from the KV for this long: the store is
+    /// No definite answer to a lease write for this long: the store is
     /// unreachable (degradation).
     public var unreachableAfterNs: Int64 = 1_000_000_000
 
@@ -155,7 +155,10 @@ public struct KVLease: Sendable {
     public private(set) var mustRead = false
     /// When the next create or renewal is due.
     public private(set) var nextAttemptMonoNs: Int64 = .min
-    /// The last definite answer from the KV (anything but unknown / not sent).
+    /// The last definite answer to a write (written or conflict). A read's
+    /// answer does not count: JetStream serves reads from any replica of a
+    /// bucket (direct get), also while the stream has no quorum to store a
+    /// write (found with a 3-server cluster cut to one, issue 21).
     public private(set) var lastAnswerMonoNs: Int64
 
     public init(timing: KVLeaseTiming, owner: String, nowMonoNs: Int64) {
@@ -176,7 +179,7 @@ public struct KVLease: Sendable {
     @inline(__always)
     public func mayPublish(nowMonoNs: Int64) -> Bool { nowMonoNs < leaseUntilMonoNs }
 
-    /// Whether the KV gave no definite answer for `unreachableAfterNs`.
+    /// Whether no write got a definite answer for `unreachableAfterNs`.
     public func unreachable(nowMonoNs: Int64) -> Bool {
         nowMonoNs - lastAnswerMonoNs >= timing.unreachableAfterNs
     }
@@ -235,8 +238,8 @@ public struct KVLease: Sendable {
     public mutating func complete(_ reply: KVLeaseReply, nowMonoNs: Int64) -> [KVLeaseEvent] {
         guard let (op, sent) = inFlight else { return [] }
         inFlight = nil
-        switch reply {
-        case .unknown, .notSent: break
+        switch (op, reply) {
+        case (.read, _), (_, .unknown), (_, .notSent): break
         default: lastAnswerMonoNs = nowMonoNs
         }
         switch (op, reply) {

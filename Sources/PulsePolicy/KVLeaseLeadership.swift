@@ -13,9 +13,9 @@
 // the key, else the highest lease revision it watched: frames of a newer
 // holding arrive with a term no lower than its creation revision.
 //
-// Degradation (the same DegradationPolicy as Raft mode): a node whose KV has
-// given no definite answer for `unreachableAfterNs` (JetStream unreachable
-// or without quorum), and that has watched no lease-key revision for a TTL
+// Degradation (the same DegradationPolicy as Raft mode): a node whose lease
+// writes got no definite answer for `unreachableAfterNs` (JetStream
+// unreachable or without quorum; reads do not count), and that has watched no lease-key revision for a TTL
 // (the holder renews every 50 ms, each renewal a revision every watch sees),
 // enters degradation `degradeAfterNs` later if it has a committed timeline,
 // and publishes degraded frames in turns, ranked among the pulses seen and

@@ -238,6 +238,13 @@ final class KVLeaseTests: XCTestCase {
         }
         XCTAssertFalse(lease.unreachable(nowMonoNs: now))
         XCTAssertTrue(lease.unreachable(nowMonoNs: timing.unreachableAfterNs))
+        // A read's answer is no proof: a replica without quorum serves it.
+        var reading = lease
+        _ = reading.next(nowMonoNs: timing.unreachableAfterNs)
+        _ = reading.complete(.unknown, nowMonoNs: timing.unreachableAfterNs)
+        XCTAssertEqual(reading.next(nowMonoNs: timing.unreachableAfterNs), .read)
+        _ = reading.complete(.absent, nowMonoNs: timing.unreachableAfterNs)
+        XCTAssertTrue(reading.unreachable(nowMonoNs: timing.unreachableAfterNs + ms))
         _ = lease.next(nowMonoNs: timing.unreachableAfterNs)
         _ = lease.complete(.conflict, nowMonoNs: timing.unreachableAfterNs)
         XCTAssertFalse(lease.unreachable(nowMonoNs: timing.unreachableAfterNs + ms))

@@ -189,6 +189,25 @@ final class KVLeaseProcessTests: XCTestCase {
         let metrics =
             try RawClient(port: cluster.adminPorts[holder]).request(httpRequest("GET", "/metrics"))?.text ?? ""
         XCTAssertTrue(metrics.contains(#"backbeat_election_strategy{strategy="nats-kv"} 1"#), metrics)
+        XCTAssertEqual(cluster.get(follower, "/leader")["election"] as? String, "nats-kv")
+        XCTAssertEqual(cluster.get(follower, "/leader")["cluster_size"] as? Int, 3, "the pulses seen")
+        // /members: no voter set, the pulses seen (pings), the holder marked.
+        let members = cluster.get(follower, "/members")
+        XCTAssertEqual(members["election"] as? String, "nats-kv")
+        XCTAssertEqual(members["voter"] as? Bool, false)
+        XCTAssertEqual(members["leader"] as? String, cluster.names[holder])
+        let entries = members["members"] as? [[String: Any]] ?? []
+        XCTAssertEqual(entries.compactMap { $0["name"] as? String }, cluster.names, "\(members)")
+        XCTAssertEqual(
+            entries.filter { $0["leader"] as? Bool == true }.compactMap { $0["name"] as? String },
+            [cluster.names[holder]])
+        let change = try XCTUnwrap(
+            RawClient(port: cluster.adminPorts[holder]).request(
+                httpRequest(
+                    "POST", "/members", body: #"{"name": "k4", "raft": "127.0.0.1:7999"}"#,
+                    headers: ["Authorization: Bearer kv-token"])))
+        XCTAssertEqual(change.status, 409, change.text)
+        XCTAssertTrue(change.text.contains("nats-kv mode has no voter set"), change.text)
         assertNoRepeatNoBackwards(list, cluster.logs)
     }
 
@@ -281,6 +300,12 @@ final class KVLeaseProcessTests: XCTestCase {
         print("nats-kv: first degraded frame \(gapMs) ms after JetStream lost its quorum")
         XCTAssertLessThan(gapMs, 5000, "degradation within the bound\n\(cluster.logs)")
         XCTAssertTrue(cluster.logs.contains("entering degradation"), cluster.logs)
+        // The admin API says so: no holder named, the cluster component failing.
+        let components = cluster.get(1, "/health")["components"] as? [String: Any]
+        let detail = (components?["cluster"] as? [String: Any])?["detail"] as? String ?? ""
+        XCTAssertTrue(detail.contains("nats-kv: no lease holder"), detail)
+        XCTAssertTrue(cluster.get(1, "/leader")["leader"] is NSNull, "\(cluster.get(1, "/leader"))")
+        XCTAssertEqual((cluster.get(0, "/drift")["degradation_mode"] as? Bool), true)
     }
 
     /// The subscriber's frames with their `degraded` mark.

@@ -71,7 +71,7 @@ struct DriftStatus: Encodable, Equatable {
 
 /// `GET /leader` body.
 struct LeaderStatus: Encodable, Equatable {
-    enum CodingKeys: String, CodingKey { case node_id, is_leader, leader, cluster_size, stats }
+    enum CodingKeys: String, CodingKey { case node_id, is_leader, leader, cluster_size, stats, election }
     func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(node_id, forKey: .node_id)
@@ -79,6 +79,7 @@ struct LeaderStatus: Encodable, Equatable {
         try c.encode(leader, forKey: .leader)
         try c.encode(cluster_size, forKey: .cluster_size)
         try c.encode(stats, forKey: .stats)
+        try c.encodeIfPresent(election, forKey: .election)
     }
     struct Stats: Encodable, Equatable {
         var term: UInt64
@@ -92,6 +93,9 @@ struct LeaderStatus: Encodable, Equatable {
     var leader: String?
     var cluster_size: Int
     var stats: Stats
+    /// `nats-kv` in that mode; absent otherwise (Raft, or a single node: the
+    /// contract's shape, requirements §6).
+    var election: String? = nil
 }
 
 /// `GET /timeline` body and the timeline subject's message (`backbeat.timeline.v1`,
@@ -225,7 +229,7 @@ struct MemberEntry: Encodable, Equatable {
 
 /// `GET /members` body: the voter set in force on the answering node.
 struct MembersBody: Encodable, Equatable {
-    enum CodingKeys: String, CodingKey { case members, leader, change_pending, node_id, voter }
+    enum CodingKeys: String, CodingKey { case members, leader, change_pending, node_id, voter, election }
     func encode(to encoder: Encoder) throws {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(members, forKey: .members)
@@ -233,6 +237,7 @@ struct MembersBody: Encodable, Equatable {
         try c.encode(change_pending, forKey: .change_pending)
         try c.encode(node_id, forKey: .node_id)
         try c.encode(voter, forKey: .voter)
+        try c.encodeIfPresent(election, forKey: .election)
     }
     var members: [MemberEntry]
     /// The leader's name, or null when this node knows none.
@@ -242,6 +247,9 @@ struct MembersBody: Encodable, Equatable {
     /// The answering node, and whether it is a voter (a joining node is not).
     var node_id: String
     var voter: Bool
+    /// Absent: `members` is the Raft voter set in force; `nats-kv`: there is
+    /// no voter set, `members` is the pulses seen (`voter` is false).
+    var election: String? = nil
 }
 
 /// A membership command (validated by the router: `MembershipBody`).

@@ -85,6 +85,9 @@ final class KVNode: LoopHandler {
     }
 
     var isHolder: Bool { leadership.isHolder }
+    /// Holding the key with a lease still running (what the admin API and
+    /// metrics call the leader: a holder whose lease ran down is none).
+    var holdsLease: Bool { leadership.lease.mayPublish(nowMonoNs: cloop_monotonic_ns()) }
     var term: UInt64 { leadership.term }
 
     /// Starts the watches and the lease timer (loop thread, before `run`).

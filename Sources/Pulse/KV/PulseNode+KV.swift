@@ -62,21 +62,55 @@ extension PulseNode {
         return node
     }
 
-    /// `/leader` in nats-kv mode: the holder named by the lease key's claim.
+    /// `/leader` in nats-kv mode: the holder named by the lease key's claim
+    /// (none while degraded); `cluster_size` counts the pulses seen.
     func kvLeaderStatus(_ kv: KVNode) -> LeaderStatus {
-        let holder = kv.isHolder
+        let holder = kv.holdsLease
         let sinceWatchMs = holder ? 0 : max(0, (cloop_monotonic_ns() - kv.lastWatchedMonoNs) / 1_000_000)
+        let known = kv.leadership.degraded ? nil : kv.holderNodeId
         return LeaderStatus(
-            node_id: nodeId, is_leader: holder, leader: holder ? nodeId : kv.holderNodeId, cluster_size: 0,
+            node_id: nodeId, is_leader: holder, leader: holder ? nodeId : known,
+            cluster_size: kv.leadership.peers.members(nowMonoNs: cloop_monotonic_ns()).count,
             stats: .init(
                 term: kv.term, commit_index: kv.leadership.timeline.revision, last_contact_ms: sinceWatchMs,
                 leadership_changes: kv.acquisitions,
-                state: holder ? "leader" : kv.holderNodeId == nil ? "candidate" : "follower"))
+                state: holder ? "leader" : known == nil ? "candidate" : "follower"), election: "nats-kv")
     }
+
+    /// `/members` in nats-kv mode: no voter set; the pulses seen (pings
+    /// within `KVLeasePeers.memberWindowNs`, this one included), the holder marked.
+    func kvMembers(_ kv: KVNode) -> MembersBody {
+        let leader = kv.holdsLease ? nodeId : kv.leadership.degraded ? nil : kv.holderNodeId
+        let entries = kv.leadership.peers.members(nowMonoNs: cloop_monotonic_ns()).map { name in
+            MemberEntry(
+                id: String(format: "%016llx", kv.forwardLink.member(nodeId: name)), name: name, raft: nil,
+                leader: name == leader)
+        }
+        return MembersBody(
+            members: entries, leader: leader, change_pending: false, node_id: nodeId, voter: false,
+            election: "nats-kv")
+    }
+
+    /// Membership changes and transfers in nats-kv mode: 409, there is no voter set.
+    static let kvNoVoterSet = MembershipAnswer.refused(
+        status: 409, code: "not_clustered",
+        message:
+            "nats-kv mode has no voter set: the pulses that run take part (GET /members lists those seen); stop the holder with SIGTERM to hand over",
+        leader: nil)
+
+    /// Whether this node is degraded in nats-kv mode (false in other modes).
+    var kvDegraded: Bool { kv?.leadership.degraded ?? false }
 
     /// `/health`'s cluster component in nats-kv mode: the strategy named.
     func kvHealth(_ kv: KVNode) -> ComponentHealth {
-        if kv.isHolder { return ComponentHealth(status: "ok", detail: "nats-kv: lease holder, term \(kv.term)") }
+        if kv.holdsLease { return ComponentHealth(status: "ok", detail: "nats-kv: lease holder, term \(kv.term)") }
+        if kv.leadership.degraded {
+            return ComponentHealth(
+                status: "failing",
+                detail:
+                    "nats-kv: no lease holder (JetStream unreachable or without quorum): degraded, keeping the timeline locally"
+            )
+        }
         if let holder = kv.holderNodeId {
             return ComponentHealth(status: "ok", detail: "nats-kv: follower, lease held by \(holder)")
         }

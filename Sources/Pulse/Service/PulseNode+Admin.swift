@@ -34,7 +34,7 @@ extension PulseNode: AdminBackend {
         let lastSync = sync?.lastSyncLocalNs.map { RFC3339.string(unixMs: $0 / 1_000_000) }
         return DriftStatus(
             timer_drift_percent: percent, hlc_drift_seconds: offsetSeconds, last_sync_time: lastSync,
-            degradation_mode: cluster?.degraded ?? false,
+            degradation_mode: cluster?.degraded ?? kvDegraded,
             within_limits: percent <= 1 && abs(offsetSeconds) * 1000 <= Double(config.maxOffsetMs))
     }
 
@@ -94,8 +94,10 @@ extension PulseNode: AdminBackend {
         case .single, .leader:
             duty = cluster == nil ? "single node" : "leader holding its lease"
         case .degraded:
-            guard let cluster else { return ComponentHealth(status: "ok", detail: "not publishing") }
-            silentNs = min(silentNs, nowNs &- beats.lastFrameFromOthersNs, nowMonoNs &- cluster.degradedSinceMonoNs)
+            guard let sinceMonoNs = cluster?.degradedSinceMonoNs ?? kv?.leadership.degradation.sinceMonoNs else {
+                return ComponentHealth(status: "ok", detail: "not publishing")
+            }
+            silentNs = min(silentNs, nowNs &- beats.lastFrameFromOthersNs, nowMonoNs &- sinceMonoNs)
             duty = "degraded, no other node's frames on the subject"
         case .waiting:
             return ComponentHealth(status: "ok", detail: "leader waiting for its lease")
@@ -144,7 +146,7 @@ extension PulseNode: AdminBackend {
                 beats: beats.stats, natsConnected: nats.isConnected, natsReconnects: nats.stats.reconnects,
                 requestsNatsConnected: requests.isConnected, requestsNatsReconnects: requests.stats.reconnects,
                 natsSlowConsumer: nats.slowConsumerCount, requestsNatsSlowConsumer: requests.slowConsumerCount,
-                isLeader: cluster?.isLeader ?? true, degraded: cluster?.degraded ?? false,
+                isLeader: cluster?.isLeader ?? kv?.holdsLease ?? true, degraded: cluster?.degraded ?? kvDegraded,
                 tempoBpm: beats.timeline.epoch.bpm,
                 leadershipChanges: cluster?.leadershipChanges ?? 0, timerDriftRatio: timerDriftRatio,
                 hlcRemoteRejected: beats.hlcRejected,

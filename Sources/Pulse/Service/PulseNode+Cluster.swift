@@ -117,6 +117,7 @@ extension PulseNode {
     /// answers with its one voter (itself, no Raft address: it listens
     /// nowhere); nil only with -election nats-kv.
     func members() -> MembersBody? {
+        if let kv { return kvMembers(kv) }
         guard let cluster else { return nil }
         let entries = cluster.voters.map { voter in
             MemberEntry(
@@ -147,6 +148,7 @@ extension PulseNode {
     /// `outcome_unknown` (leadership lost: it may still commit) or
     /// `not_committed`.
     func changeMembers(_ request: MembershipRequest, reply: @escaping (MembershipAnswer) -> Void) {
+        if kv != nil { return reply(Self.kvNoVoterSet) }
         guard let cluster, !alone else {
             return reply(
                 .refused(
@@ -254,6 +256,7 @@ extension PulseNode {
     /// most up-to-date follower) started; 503 `not_leader`, 404 `not_member`,
     /// 409 `no_follower`/`transfer_refused`.
     func transferLeadership(to name: String?) -> MembershipAnswer {
+        if kv != nil { return Self.kvNoVoterSet }
         guard let cluster, !alone else {
             return .refused(
                 status: 409, code: "not_clustered", message: "a single node has no other voter to lead", leader: nil)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Validates every deployment file under deploy/ with the tool that owns its
 # format (make test-deploy, part of make test):
-#   docker-compose.yml, docker-compose.swarm.yml   docker-compose config (Debian docker-compose)
+#   docker-compose.yml, docker-compose.swarm.yml,  docker-compose config (Debian docker-compose)
+#   docker-compose.nats-kv.yml
 #   prometheus/prometheus.yml, alerts.yml          promtool check config / check rules / test rules (each alert
 #                                                  fires in a test), runbook_url = one absolute base + an anchor
 #   systemd/pulse@.service                         systemd-analyze verify (any diagnostic fails)
@@ -17,7 +18,7 @@ fail() { echo "check-deploy: $*" >&2; exit 1; }
 
 # Compose files: the variables they require, set to placeholders.
 export BACKBEAT_PULSE_NKEY=UPLACEHOLDER BACKBEAT_CONSUMER_PASSWORD=x BACKBEAT_ADMIN_TOKEN=x GRAFANA_ADMIN_PASSWORD=x
-for f in docker-compose.yml docker-compose.swarm.yml; do
+for f in docker-compose.yml docker-compose.swarm.yml docker-compose.nats-kv.yml; do
   docker-compose -f "$f" config -q 2> "$scratch/compose.err" || { cat "$scratch/compose.err"; fail "$f"; }
   # Only the known note about swarm `configs` may be printed.
   if grep -v "use the 'configs' key\|^$" "$scratch/compose.err" | grep -q .; then cat "$scratch/compose.err"; fail "$f"; fi

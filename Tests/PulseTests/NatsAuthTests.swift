@@ -71,11 +71,12 @@ final class NatsAuthTests: XCTestCase {
         let consumerPassword = "pw-\(UInt64.random(in: 1...UInt64.max))"
         let logPath: String
 
-        init(dir: String) throws {
+        /// A nats-server on `conf` (a path under the repository), with `arguments` added.
+        init(dir: String, conf: String = "deploy/nats/backbeat.conf", arguments: [String] = []) throws {
             logPath = "\(dir)/nats.log"
             process.executableURL = URL(fileURLWithPath: NatsServer.binary)
-            let conf = RaftTLSTests.repoRoot.appendingPathComponent("deploy/nats/backbeat.conf").path
-            process.arguments = ["-c", conf, "-a", "127.0.0.1", "-p", "\(port)", "-l", logPath]
+            let conf = RaftTLSTests.repoRoot.appendingPathComponent(conf).path
+            process.arguments = ["-c", conf, "-a", "127.0.0.1", "-p", "\(port)", "-l", logPath] + arguments
             var env = ProcessInfo.processInfo.environment
             env["BACKBEAT_PULSE_NKEY"] = pulse.publicKey
             env["BACKBEAT_CONSUMER_PASSWORD"] = consumerPassword

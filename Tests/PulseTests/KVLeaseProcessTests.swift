@@ -320,4 +320,42 @@ final class KVLeaseProcessTests: XCTestCase {
             return (frame, o["degraded"] as? Bool ?? false)
         }
     }
+
+    /// A pulse started before its NATS server waits (one log line, retries
+    /// every second) and starts publishing once the server is up; with no
+    /// server within `-kv-start-wait-ms` it exits 1 with one line.
+    func testStartedBeforeItsServerWaitsThenStartsAndTheWaitIsBounded() throws {
+        let dir = Harness.tempDir("kvwait")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let port = Harness.freePort()
+        let pulse = try PulseProcess(
+            arguments: [
+                "-election", "nats-kv", "-bpm", "300", "-max-bpm", "600", "-cluster", "kvwait", "-node-id", "k1",
+                "-nats",
+                "nats://127.0.0.1:\(port)", "-data-dir", "\(dir)/k1", "-admin-port", "0", "-kv-start-wait-ms", "20000",
+            ], logPath: "\(dir)/k1.log")
+        defer { pulse.stop() }
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) { pulse.log.contains("no NATS server of -nats answers yet") }, pulse.log)
+        usleep(1_500_000)  // a retry or two
+        XCTAssertEqual(
+            pulse.log.components(separatedBy: "no NATS server of -nats answers yet").count, 2, "one line\n\(pulse.log)")
+        let server = try NatsServer(port: port, jetStream: true)
+        let subscriber = try Subscriber(url: server.url, subject: "backbeat.kvwait.beat")
+        XCTAssertTrue(subscriber.wait(for: 3, seconds: 20), "frames once the server is up\n\(pulse.log)")
+        XCTAssertTrue(pulse.log.contains("a NATS server answered"), pulse.log)
+
+        let started = Date()
+        let result = try runPulse(
+            [
+                "-election", "nats-kv", "-nats", "nats://127.0.0.1:\(Harness.freePort())", "-cluster", "kvwait2",
+                "-admin-port", "0", "-data-dir", "\(dir)/k2", "-kv-start-wait-ms", "1500",
+            ], timeout: 20)
+        XCTAssertEqual(result.status, 1, result.stderr)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 10, "bounded by -kv-start-wait-ms")
+        let lines = result.stderr.split(separator: "\n").filter { $0.contains("pulse: error") }
+        XCTAssertEqual(lines.count, 1, result.stderr)
+        XCTAssertTrue(lines.first?.contains("no NATS server of -nats answered") ?? false, result.stderr)
+        XCTAssertTrue(lines.first?.contains("waited 1500 ms") ?? false, result.stderr)
+    }
 }

@@ -100,6 +100,9 @@ struct PulseConfig: Sendable {
     var kvReplicas = 1
 
     var natsKV: Bool { election == "nats-kv" }
+    /// -kv-start-wait-ms: nats-kv: how long start-up retries while no NATS
+    /// server of -nats answers (servers started after the pulse), 0: no retry.
+    var kvStartWaitMs = 30_000
     var raftTLSEnabled: Bool { !raftTLSCert.isEmpty }
 
     /// This cluster's NATS subjects (PulseCore `BackbeatSubjects`).
@@ -165,6 +168,9 @@ struct PulseConfig: Sendable {
             try fail("-election must be raft or nats-kv (got '\(election)')")
         }
         if !(1...5).contains(kvReplicas) { try fail("-kv-replicas must be between 1 and 5 (got \(kvReplicas))") }
+        if !(0...600_000).contains(kvStartWaitMs) {
+            try fail("-kv-start-wait-ms must be between 0 and 600000 (got \(kvStartWaitMs))")
+        }
         guard natsKV else { return }
         if !peers.isEmpty || join {
             try fail("-election nats-kv takes no -peers or -join: the pulses elect through JetStream KV")
@@ -463,6 +469,10 @@ struct PulseCommand: ParsableCommand {
     var election: String?
     @Option(name: both("kv-replicas"), help: "nats-kv: replicas of the KV buckets (default 1; 3 on a 3-server cluster)")
     var kvReplicas: Int?
+    @Option(
+        name: both("kv-start-wait-ms"),
+        help: "nats-kv: retry start-up this long while no NATS server answers (default 30000; 0: exit at once)")
+    var kvStartWaitMs: Int?
 
     /// Applies the parsed arguments (environment and file already folded in
     /// as leading arguments) over the defaults, then validates.
@@ -513,6 +523,7 @@ struct PulseCommand: ParsableCommand {
         if let raftCompactEvery { config.raftCompactEvery = raftCompactEvery }
         if let election { config.election = election.lowercased() }
         if let kvReplicas { config.kvReplicas = kvReplicas }
+        if let kvStartWaitMs { config.kvStartWaitMs = kvStartWaitMs }
         let flags: [(String?, WritableKeyPath<PulseConfig, String>)] = [
             (adminBind, \.adminBind), (raftTLSCert, \.raftTLSCert), (raftTLSKey, \.raftTLSKey),
             (raftTLSCA, \.raftTLSCA),
@@ -534,6 +545,7 @@ struct PulseCommand: ParsableCommand {
             "log-format", "log-level", "config", "admin-token", "admin-token-file", "heartbeat-ms",
             "election-timeout-ms",
             "degrade-after-ms", "raft-compact-every", "admin-hosts", "sign-key", "election", "kv-replicas",
+            "kv-start-wait-ms",
         ].map { ($0, false) } + [("bootstrap", true), ("join", true), ("mlock", true), ("raft-insecure", true)]
 
     /// The environment variable of `flag`: BACKBEAT_ and the name in upper

@@ -43,6 +43,12 @@ struct KVWatched: Sendable {
     var key = ""
 }
 
+/// No NATS server of -nats answered at start-up (the message is the start-up
+/// line); the node retries for `-kv-start-wait-ms` (PulseNode+KV.swift).
+struct KVNoServer: Error, CustomStringConvertible {
+    var description: String
+}
+
 /// The buckets of one cluster. Thread-safe: calls queue on `kvQueue`.
 final class KVBuckets: @unchecked Sendable {
     static let leaderKey = "leader"
@@ -98,6 +104,12 @@ final class KVBuckets: @unchecked Sendable {
         var conn: OpaquePointer?
         let status = natsConnection_Connect(&conn, opts)
         guard status == NATS_OK, let conn else {
+            if status == NATS_NO_SERVER || status == NATS_TIMEOUT || status == NATS_IO_ERROR {
+                throw KVNoServer(
+                    description:
+                        "-election nats-kv: no NATS server of -nats answered (\(Self.text(status))); the lease needs JetStream at start-up"
+                )
+            }
             throw PulseError.startup(
                 "-election nats-kv: no NATS server of -nats answered (\(Self.text(status))); the lease needs JetStream at start-up"
             )

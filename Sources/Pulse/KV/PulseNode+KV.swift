@@ -21,10 +21,7 @@ extension PulseNode {
         sigemptyset(&stopSignals)
         for signo in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&stopSignals, signo) }
         pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
-        let nats = self.nats
-        let node = try KVNode(
-            config: config, nodeId: nodeId, shape: flags, loop: loop, beats: beats, rejected: rejected, logger: logger,
-            applySecurity: { try nats.applySecurity($0) })
+        let node = try openKV(flags: flags)
         logger.info(
             "election: nats-kv",
             metadata: [
@@ -60,6 +57,43 @@ extension PulseNode {
         node.onReleased = { [unowned self] in self.loop.requestStop() }
         node.onTimelineChange = { [unowned self] change in self.kvTimelineChanged(change) }
         return node
+    }
+
+    /// Opens the KV node, retrying every second for `-kv-start-wait-ms`
+    /// while no NATS server answers (a pulse started before its servers),
+    /// with one log line; a stop signal ends the wait (exit 1), and anything
+    /// else (no JetStream, refused credentials, a bucket with other settings)
+    /// is the start-up line at once.
+    private func openKV(flags: TimelineShape) throws -> KVNode {
+        let nats = self.nats
+        let deadline = cloop_monotonic_ns() + Int64(config.kvStartWaitMs) * 1_000_000
+        var waiting = false
+        while true {
+            do {
+                let node = try KVNode(
+                    config: config, nodeId: nodeId, shape: flags, loop: loop, beats: beats, rejected: rejected,
+                    logger: logger, applySecurity: { try nats.applySecurity($0) })
+                if waiting { logger.info("nats-kv: a NATS server answered; starting") }
+                return node
+            } catch let error as KVNoServer {
+                guard cloop_monotonic_ns() < deadline else {
+                    throw PulseError.startup(
+                        "\(error.description) (waited \(config.kvStartWaitMs) ms: -kv-start-wait-ms)")
+                }
+                if !waiting {
+                    logger.warning(
+                        "nats-kv: no NATS server of -nats answers yet; retrying every second",
+                        metadata: ["nats": "\(config.natsURL)", "wait_ms": "\(config.kvStartWaitMs)"])
+                    waiting = true
+                }
+                var pending = sigset_t()
+                sigpending(&pending)
+                for signo in [SIGINT, SIGTERM, SIGHUP] where sigismember(&pending, signo) == 1 {
+                    throw PulseError.startup("-election nats-kv: stopped while waiting for a NATS server")
+                }
+                usleep(1_000_000)
+            }
+        }
     }
 
     /// `/leader` in nats-kv mode: the holder named by the lease key's claim

@@ -560,10 +560,15 @@ public final class ClusterCore {
 
     /// The clock degraded turns are measured on: the lowest voter's — the
     /// same reference for every node (nil: our own clock, when we are that
-    /// voter or have no usable estimate of it).
+    /// voter). A follower samples mostly its leader, so without a usable
+    /// estimate of the lowest voter (another voter led) it falls back to
+    /// the last leader's estimate, the clock the committed timeline was
+    /// kept on: before, a lone degraded node then took its turns on its own
+    /// clock and drifted at its own rate (DriftProcessTests with n2 leading).
     public var degradedReference: ClockSync? {
         guard referenceId != noNode, referenceId != id else { return nil }
         return DegradationPolicy.usableReference(syncs[referenceId])
+            ?? DegradationPolicy.usableReference(referenceSync)
     }
 
     /// The last leader's clock estimate, if any (the timeline's reference).

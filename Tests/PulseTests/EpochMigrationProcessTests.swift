@@ -60,6 +60,8 @@ final class EpochMigrationProcessTests: XCTestCase {
         let leader = get(port, "/leader")
         XCTAssertEqual(leader["is_leader"] as? Bool, true, "\(leader)")
         XCTAssertEqual(leader["cluster_size"] as? Int, 1, "\(leader)")
+        let health = get(port, "/health")
+        XCTAssertEqual(health["status"] as? String, "ok", "\(health)")
         let frames = subscriber.received.compactMap { ($0.object["term"] as? NSNumber)?.int64Value }
         XCTAssertTrue(
             frames.allSatisfy { $0 >= 2 }, "frames carry the one-voter term (above the migrated 1): \(frames)")

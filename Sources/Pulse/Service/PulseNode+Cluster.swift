@@ -115,7 +115,7 @@ extension PulseNode {
 extension PulseNode {
     /// The voter set in force on this node (`GET /members`): a single node
     /// answers with its one voter (itself, no Raft address: it listens
-    /// nowhere); nil only with -election nats-kv.
+    /// nowhere); with -election nats-kv, the pulses seen (`kvMembers`).
     func members() -> MembersBody? {
         if let kv { return kvMembers(kv) }
         guard let cluster else { return nil }

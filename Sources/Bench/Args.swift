@@ -12,7 +12,8 @@
 /// Names accepted by `--scenarios`; the default is all of them but `scale`
 /// and `drift` (minutes each: asked for by name).
 let knownScenarios = [
-    "idle", "shared", "signed", "load", "per001", "election", "election-tls", "fanout", "flood", "flood-control",
+    "idle", "shared", "signed", "load", "per001", "election", "election-tls", "election-kv", "fanout", "flood",
+    "flood-control",
     "baseline", "drift",
     "scale",
 ]
@@ -36,7 +37,8 @@ let usageText = """
     usage: Bench [--seconds N] [--bpm N] [--scenarios LIST] [--nats URL] [--cpu N] [--json FILE] [--html FILE]
                  [--soak SECONDS]
       --seconds N       measured seconds per scenario and per floor (1...3600, default 10);
-                        election, election-tls (Raft over mutual TLS): N leader kills (3...20)
+                        election, election-tls (Raft over mutual TLS), election-kv (-election nats-kv,
+                        a JetStream KV lease): N leader kills (3...20)
       --bpm N           tempo of the idle, load, election and baseline runs (1...6000, default 600); per001 is always 120
       --scenarios LIST  comma-separated subset of \(knownScenarios.joined(separator: ",")) (default: all but drift,scale)
       --nats URL        use this nats-server (127.0.0.1 or localhost only) instead of starting one

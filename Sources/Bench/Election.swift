@@ -28,6 +28,11 @@
 // node started with -raft-tls-cert/-key/-ca. When `election` ran first, its
 // block ends with the difference TLS − plain TCP (failover min/median/max in
 // ms, beats missed in the kill rounds and in the graceful stop).
+//
+// `election-kv`: the same rounds with `-election nats-kv` (issue 21): no
+// Raft flags, the lease and timeline in the Bench nats-server's JetStream KV
+// (started with -js). `--scenarios election,election-kv` runs both
+// strategies in one Bench run, one block each.
 
 import CLoop
 import Foundation
@@ -165,15 +170,18 @@ final class BenchCluster {
     let extraArgs: [String]
     /// Environment added per node (by index): the drift scenario's skewed clock.
     let environments: [Int: [String: String]]
+    /// `-election nats-kv`: no Raft flags; the lease in the nats-server's JetStream KV.
+    let natsKV: Bool
 
     /// `size` nodes (3 for the election scenarios; the scale report's
     /// cluster series takes 3, 5 and 7), alternating between the bench core
     /// and the other one.
     init(
         _ ctx: BenchContext, clusterId: String, bpm: Int, tlsDir: String? = nil, size: Int = 3,
-        extraArgs: [String] = [], environments: [Int: [String: String]] = [:]
+        extraArgs: [String] = [], environments: [Int: [String: String]] = [:], natsKV: Bool = false
     ) {
         self.ctx = ctx
+        self.natsKV = natsKV
         self.extraArgs = extraArgs
         self.environments = environments
         names = (1...size).map { "n\($0)" }
@@ -207,12 +215,17 @@ final class BenchCluster {
     /// Starts node `i` (same flags and data dir every time) and waits for its admin port.
     func start(_ i: Int) throws {
         starts += 1
-        var args = [
-            "-bootstrap", "-node-id", names[i], "-raft-bind", "127.0.0.1:\(raftPorts[i])", "-peers", peers,
-            "-admin-port", "\(adminPorts[i])", "-nats", ctx.natsURL, "-data-dir", "\(dir)/\(names[i])",
-            "-cluster", clusterId, "-bpm", "\(bpm)", "-min-bpm", "1", "-max-bpm", "\(max(600, bpm))", "-cpu",
-            "\(cpus[i])",
-        ]
+        let election =
+            natsKV
+            ? ["-election", "nats-kv"]
+            : ["-bootstrap", "-raft-bind", "127.0.0.1:\(raftPorts[i])", "-peers", peers]
+        var args =
+            election + [
+                "-node-id", names[i],
+                "-admin-port", "\(adminPorts[i])", "-nats", ctx.natsURL, "-data-dir", "\(dir)/\(names[i])",
+                "-cluster", clusterId, "-bpm", "\(bpm)", "-min-bpm", "1", "-max-bpm", "\(max(600, bpm))", "-cpu",
+                "\(cpus[i])",
+            ]
         if ctx.priority > 0 { args += ["-rt-priority", "\(ctx.priority)"] }
         if ctx.mlock { args += ["-mlock"] }
         args += extraArgs
@@ -325,12 +338,13 @@ func makeElectionCertificates(_ ctx: BenchContext, dir: String) throws {
 /// `tls`: the election-tls scenario (Raft over mutual TLS); `plain`: the plain-TCP
 /// run's result when it ran before, for the difference in the report.
 func runElectionScenario(
-    _ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsFloor: Floor, tls: Bool = false,
+    _ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsFloor: Floor, tls: Bool = false, natsKV: Bool = false,
     plain: ElectionResult? = nil
 ) throws -> ScenarioResult {
-    let clusterId = tls ? "bench-election-tls" : "bench-election"
+    let clusterId = natsKV ? "bench-election-kv" : tls ? "bench-election-tls" : "bench-election"
     var result = ScenarioResult(
-        name: tls ? "election-tls" : "election", bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor)
+        name: natsKV ? "election-kv" : tls ? "election-tls" : "election", bpm: bpm, timerFloor: timerFloor,
+        natsFloor: natsFloor)
     var election = ElectionResult()
     election.tls = tls
     if tls { election.versusPlain = plain?.figures }
@@ -347,10 +361,14 @@ func runElectionScenario(
         tlsDir = ctx.tempDir + "/\(clusterId)-certs"
         try makeElectionCertificates(ctx, dir: tlsDir!)
     }
-    let cluster = BenchCluster(ctx, clusterId: clusterId, bpm: bpm, tlsDir: tlsDir)
+    let cluster = BenchCluster(ctx, clusterId: clusterId, bpm: bpm, tlsDir: tlsDir, natsKV: natsKV)
     defer { cluster.stopAll() }
     try cluster.startAll()
-    election.placement = cluster.placement + (tls ? "; Raft over mutual TLS 1.3" : "; Raft over plain TCP")
+    election.placement =
+        cluster.placement
+        + (natsKV
+            ? "; -election nats-kv (JetStream KV lease, TTL 450 ms)"
+            : tls ? "; Raft over mutual TLS 1.3" : "; Raft over plain TCP")
     let periodNs = Int64(60_000_000_000 / bpm)
     let period = Double(periodNs) / 1e9
 

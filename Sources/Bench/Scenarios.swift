@@ -111,8 +111,10 @@ func startNatsServer(_ ctx: BenchContext) throws -> Child? {
         throw BenchError("nats-server not found (apt-get install nats-server), or pass --nats nats://127.0.0.1:PORT")
     }
     let port = freePort()
+    // JetStream on: the election-kv scenario's pulses elect through its KV.
     let child = try Child(
-        name: "nats-server", path: binary, arguments: ["-a", "127.0.0.1", "-p", "\(port)"],
+        name: "nats-server", path: binary,
+        arguments: ["-a", "127.0.0.1", "-p", "\(port)", "-js", "-sd", ctx.tempDir + "/nats-js"],
         outputPath: ctx.tempDir + "/nats-server.log")
     guard waitUntil(seconds: 10, { canConnect(port: port) }) else {
         child.stop()

@@ -187,7 +187,7 @@ if !wants.intersection(["idle", "baseline", "per001", "shared", "signed", "flood
     }
 }
 
-for name in ["election", "election-tls"] where wants.contains(name) {
+for name in ["election", "election-tls", "election-kv"] where wants.contains(name) {
     log(
         "\(name): 3-node cluster at \(options.bpm) bpm, \(electionRounds(seconds: options.seconds)) leader kills and a graceful stop…"
     )
@@ -195,6 +195,7 @@ for name in ["election", "election-tls"] where wants.contains(name) {
         let floors = idleFloors ?? (Floor(source: "not measured"), Floor(source: "not measured"))
         var r = try runElectionScenario(
             ctx, bpm: options.bpm, timerFloor: floors.timer, natsFloor: floors.nats, tls: name == "election-tls",
+            natsKV: name == "election-kv",
             plain: report.scenarios.last { $0.name == "election" }?.election)
         if idleFloors != nil { r.notes.append("floors shared with idle") }
         report.scenarios.append(r)

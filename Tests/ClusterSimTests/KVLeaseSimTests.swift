@@ -167,7 +167,7 @@ struct KVSim {
     static let durationNs: Int64 = 6_000_000_000
     static let guardNs: Int64 = 295_000_000
     static let latencyNs: Int64 = 2_000_000
-    var rng: SimRandom
+    var rng: SimRNG
     var server: KVModelServer
     var nodes: [KVSimNode] = []
     var published: [Int64: (term: UInt64, node: Int, bpm: Int64)] = [:]
@@ -193,7 +193,7 @@ struct KVSim {
     let epochStartNs: Int64 = 1_000_000_000
 
     init(seed: UInt64) {
-        rng = SimRandom(seed: seed &* 0x9E37_79B9 &+ 21)
+        rng = SimRNG(seed: seed &* 0x9E37_79B9 &+ 21)
         let timing = KVLeaseTiming()
         server = KVModelServer(ttlNs: timing.ttlNs)
         shape = (try? TimelineShape(bar: 4, phases: ["beat"]))!
@@ -479,16 +479,7 @@ struct KVSim {
     }
 }
 
-/// SplitMix64: the simulation's only source of choices.
-struct SimRandom {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+extension SimRNG {
+    /// Uniform in 0..<n (the simulator's SplitMix64, SimSupport.swift).
     mutating func below(_ n: UInt64) -> UInt64 { next() % n }
 }

@@ -105,12 +105,7 @@ final class ForgedReplyTests: XCTestCase {
         let nats = try NatsServerProcess()
         let dir = Proc.tempDir("forgedreply")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let admin = Proc.freePort()
-        let node = try PulseNodeProcess(
-            arguments: [
-                "-bootstrap", "-bpm", "600", "-max-bpm", "600", "-cluster", Self.cluster, "-nats", nats.url,
-                "-data-dir", dir + "/node", "-admin-port", "\(admin)",
-            ], logPath: dir + "/node.log")
+        let (node, admin) = try PulseNodeProcess.single(cluster: Self.cluster, bpm: 600, nats: nats.url, dir: dir)
         defer { node.stop() }
         XCTAssertTrue(
             Proc.waitUntil(seconds: 10) { Proc.http("GET", port: admin, path: "/timeline")?.status == 200 }, node.log)

@@ -382,9 +382,10 @@ final class EventLoop {
     /// holds the doorway (it was not re-armed: nothing is due).
     static let doorwayGuardStaleNs: Int64 = 50_000_000
 
-    /// Whether the doorway must wait for the beat: the wall clock is inside
-    /// [due − guard, due + stale).
-    private func beatIsDue() -> Bool {
+    /// Whether the doorway (and other work that can wait, such as the
+    /// requests connection's reads) must wait for the beat: the wall clock
+    /// is inside [due − guard, due + stale).
+    func beatIsDue() -> Bool {
         let due = priorityDueWallNs
         guard due != .max else { return false }
         let now = cloop_realtime_ns()

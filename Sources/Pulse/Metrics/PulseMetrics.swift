@@ -144,18 +144,19 @@ final class PulseMetrics: BeatObserver {
         let reconnectsHelp = "Reconnections to NATS, by connection (beat, requests)."
         let slowHelp =
             "Slow-consumer errors of the NATS client (a subscription's pending limits overflowed), by connection."
+        // One series per NatsLinkRole.
+        func counters(_ name: String, _ help: String) -> (Counter, Counter) {
+            (
+                r.makeCounter(name: name, labels: [("connection", "beat")], help: help),
+                r.makeCounter(name: name, labels: [("connection", "requests")], help: help)
+            )
+        }
         natsConnected = r.makeGauge(
             name: "backbeat_nats_connected", labels: [("connection", "beat")], help: connectedHelp)
         requestsNatsConnected = r.makeGauge(
             name: "backbeat_nats_connected", labels: [("connection", "requests")], help: connectedHelp)
-        natsReconnects = r.makeCounter(
-            name: "backbeat_nats_reconnects_total", labels: [("connection", "beat")], help: reconnectsHelp)
-        requestsNatsReconnects = r.makeCounter(
-            name: "backbeat_nats_reconnects_total", labels: [("connection", "requests")], help: reconnectsHelp)
-        natsSlowConsumer = r.makeCounter(
-            name: "backbeat_nats_slow_consumer_total", labels: [("connection", "beat")], help: slowHelp)
-        requestsNatsSlowConsumer = r.makeCounter(
-            name: "backbeat_nats_slow_consumer_total", labels: [("connection", "requests")], help: slowHelp)
+        (natsReconnects, requestsNatsReconnects) = counters("backbeat_nats_reconnects_total", reconnectsHelp)
+        (natsSlowConsumer, requestsNatsSlowConsumer) = counters("backbeat_nats_slow_consumer_total", slowHelp)
         tempoBpm = r.makeGauge(name: "backbeat_tempo_bpm", help: "Current tempo in beats per minute.")
         hotPathBytes = r.makeCounter(
             name: "backbeat_hot_path_allocated_bytes_total",

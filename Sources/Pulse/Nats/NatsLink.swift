@@ -967,6 +967,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// silent (no PONG to three pings): the client then reads EOF and closes
     /// it on this thread, and a new connection is made off the loop.
     func beforeSleep() {
+        if role == .requests, loop.beatIsDue() { return }  // as in loopEvent
         flush()
         if connection != nil, cloop_monotonic_ns() &- lastInboundMonoNs > Self.staleAfterNs {
             logger.warning(
@@ -1079,6 +1080,10 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
 
     func loopEvent(token: UInt32, events: UInt32) {
         guard let nc = attachedConnection else { return }
+        // The requests connection's reads and writes wait out the doorway's
+        // guard before a beat, as the doorway does (the socket is
+        // level-triggered: the loop sees it again after the beat).
+        if role == .requests, loop.beatIsDue() { return }
         // EPOLLERR also means "TX timestamps queued": drain them here (the
         // loop would otherwise wake for them every turn). A real socket error
         // keeps EPOLLERR up with an empty queue and reaches the client below.

@@ -73,10 +73,14 @@ final class RequestBudgetTests: XCTestCase {
         let beat = Beat()
         beat.loop = loop
         let token = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: beat)
-        // A backlog posted first, then the beat 0.6 ms away: inside the guard.
+        // The beat's wake armed 3 ms ahead (a planned wake; a wake armed less
+        // than doorwayGuardMinLeadNs ahead is a retry and holds nothing), a
+        // backlog posted, and the loop's turn inside the guard's last ms.
         var firedWhenRun: [Int] = []
+        try loop.armTimer(token, atNs: cloop_realtime_ns() + 3_000_000, cancelOnSet: false)
         for _ in 0..<100 { XCTAssertTrue(loop.postCallback { firedWhenRun.append(beat.fired) }) }
-        try loop.armTimer(token, atNs: cloop_realtime_ns() + 600_000, cancelOnSet: false)
+        let insideGuard = loop.priorityDueWallNs - EventLoop.doorwayGuardNs + 200_000
+        while cloop_realtime_ns() < insideGuard {}  // at most 3 ms
         loop.turn(timeoutNs: 0)
         XCTAssertTrue(firedWhenRun.allSatisfy { $0 == 1 }, "nothing ran before the due beat: \(firedWhenRun)")
         // Until the beat (the loop does not sleep while the doorway holds
@@ -92,6 +96,44 @@ final class RequestBudgetTests: XCTestCase {
         for _ in 0..<10 { XCTAssertTrue(loop.postCallback { ran += 1 }) }
         loop.turn(timeoutNs: 0)
         XCTAssertEqual(ran, 10)
+    }
+
+    /// A beat that cannot be published yet is retried every millisecond for
+    /// up to half a period; those re-arms must not hold the doorway, or the
+    /// loop (its doorway eventfd readable) spins at full CPU and answers
+    /// nothing for the whole run (review finding on the guard).
+    func testMillisecondRetriesDoNotHoldTheDoorway() throws {
+        final class Retry: LoopHandler {
+            var fired = 0
+            var loop: EventLoop?
+            var untilWallNs: Int64 = 0
+            func loopEvent(token: UInt32, events: UInt32) {
+                _ = loop?.readTimer(token)
+                fired += 1
+                guard cloop_realtime_ns() < untilWallNs else { return }
+                try? loop?.armTimer(token, atNs: cloop_realtime_ns() + 1_000_000, cancelOnSet: false)
+            }
+        }
+        let loop = try EventLoop(maxSlots: 16, queueCapacity: 1024)
+        loop.bindToCurrentThread()
+        let retry = Retry()
+        retry.loop = loop
+        retry.untilWallNs = cloop_realtime_ns() + 300_000_000
+        let token = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: retry)
+        try loop.armTimer(token, atNs: cloop_realtime_ns() + 1_000_000, cancelOnSet: false)
+        var ranDuringRetries = 0
+        for _ in 0..<100 {
+            XCTAssertTrue(loop.postCallback { if cloop_realtime_ns() < retry.untilWallNs { ranDuringRetries += 1 } })
+        }
+        var turns = 0
+        let deadline = cloop_monotonic_ns() + 100_000_000  // inside the 300 ms retry run
+        while ranDuringRetries < 100 && cloop_monotonic_ns() < deadline {
+            loop.turn(timeoutNs: 50_000_000)
+            turns += 1
+        }
+        XCTAssertEqual(ranDuringRetries, 100, "every message ran while the beat was being retried")
+        XCTAssertEqual(loop.doorwayHeldTurns, 0, "no retry held the doorway")
+        XCTAssertLessThan(turns, 50, "the loop ran the backlog, it did not poll through the retries")
     }
 
     /// The token scan that spares a parse never refuses a body the parser

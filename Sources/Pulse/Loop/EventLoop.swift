@@ -85,6 +85,10 @@ final class EventLoop {
     /// When the last armed priority timer (the beat's) expires, wall ns;
     /// `.max` when disarmed. The doorway's time budget ends before it.
     private(set) var priorityDueWallNs: Int64 = .max
+    /// When that timer was armed, wall ns: a wake armed less than
+    /// `doorwayGuardMinLeadNs` ahead (the planner's 1 ms retries) does not
+    /// hold the doorway (see `beatIsDue`).
+    private var priorityArmedWallNs: Int64 = 0
     /// Doorway messages drained and not run yet: `messages[heldStart..<heldEnd]`
     /// (held over a due beat by the time budget; run first in later turns).
     private var heldStart = 0
@@ -175,7 +179,10 @@ final class EventLoop {
     func armTimer(_ token: UInt32, afterNs: Int64, intervalNs: Int64 = 0) throws {
         let rc = cloop_timer_arm_after(raw, token, afterNs, intervalNs)
         guard rc == 0 else { throw LoopError(operation: "timerfd_settime (after \(afterNs) ns)", errno: -rc) }
-        if priority[Int(token)] { priorityDueWallNs = cloop_realtime_ns() &+ afterNs }
+        if priority[Int(token)] {
+            priorityArmedWallNs = cloop_realtime_ns()
+            priorityDueWallNs = priorityArmedWallNs &+ afterNs
+        }
     }
 
     /// Arms `token` to expire once at `atNs` on its clock; with `cancelOnSet`
@@ -184,8 +191,10 @@ final class EventLoop {
         let rc = cloop_timer_arm_at(raw, token, atNs, cancelOnSet)
         guard rc == 0 else { throw LoopError(operation: "timerfd_settime (at \(atNs) ns)", errno: -rc) }
         if priority[Int(token)] {
+            priorityArmedWallNs = cloop_realtime_ns()
             priorityDueWallNs =
-                timerClocks[Int(token)] == CLOCK_REALTIME ? atNs : atNs &- cloop_monotonic_ns() &+ cloop_realtime_ns()
+                timerClocks[Int(token)] == CLOCK_REALTIME
+                ? atNs : atNs &- cloop_monotonic_ns() &+ priorityArmedWallNs
         }
     }
 
@@ -381,13 +390,24 @@ final class EventLoop {
     /// A priority timer this long past due without being re-armed no longer
     /// holds the doorway (it was not re-armed: nothing is due).
     static let doorwayGuardStaleNs: Int64 = 50_000_000
+    /// Only a beat wake armed at least this far ahead holds the doorway. A
+    /// beat that cannot be published yet (no lease, its term not started, a
+    /// tempo entry not applied, a KV holder before degradation) is retried
+    /// every millisecond (`PlannerConfig.retryNs`) for up to half a period:
+    /// a guard on those re-arms would hold the doorway and the requests
+    /// connection for the whole run, and the loop, whose doorway eventfd and
+    /// requests socket stay readable, would spin at full CPU answering
+    /// nothing (found by review). Planned wakes are armed a period ahead
+    /// (10 ms at 6000 bpm), retries 1 ms ahead.
+    static let doorwayGuardMinLeadNs: Int64 = 2_000_000
 
     /// Whether the doorway (and other work that can wait, such as the
-    /// requests connection's reads) must wait for the beat: the wall clock
-    /// is inside [due − guard, due + stale).
+    /// requests connection's reads) must wait for the beat: the beat's wake
+    /// was armed at least `doorwayGuardMinLeadNs` ahead and the wall clock is
+    /// inside [due − guard, due + stale).
     func beatIsDue() -> Bool {
         let due = priorityDueWallNs
-        guard due != .max else { return false }
+        guard due != .max, due &- priorityArmedWallNs >= Self.doorwayGuardMinLeadNs else { return false }
         let now = cloop_realtime_ns()
         return now >= due &- Self.doorwayGuardNs && now < due &+ Self.doorwayGuardStaleNs
     }

@@ -66,6 +66,13 @@ extension PulseNode: AdminBackend {
             "nats": nats.isConnected
                 ? ComponentHealth(status: "ok", detail: "connected to \(nats.redactedURL)")
                 : ComponentHealth(status: "failing", detail: "not connected to \(nats.redactedURL)"),
+            // The second connection answers consumers' timeline and tempo
+            // requests (NatsLink, role .requests): frames flow without it,
+            // requests to this node do not.
+            "nats_requests": requests.isConnected
+                ? ComponentHealth(status: "ok", detail: "connected to \(requests.redactedURL)")
+                : ComponentHealth(
+                    status: "failing", detail: "not connected to \(requests.redactedURL): requests go unanswered"),
             "timeline": ComponentHealth(
                 status: stats.hotPathAllocatedBytes == 0 ? "ok" : "failing",
                 detail: "beat \(stats.lastBeatIndex), \(stats.beatsPublished) published, \(stats.beatsMissed) missed"),

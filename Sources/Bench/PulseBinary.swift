@@ -103,36 +103,33 @@ func resolvePulseBinary(environment: [String: String], allowDebug: Bool, log: (S
 /// Where that build put its products (`swift build --show-bin-path`), not
 /// an assumed `.build/release`.
 private func releaseBinPath(swift: String, root: String) throws -> String {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: swift)
-    process.arguments = ["build", "-c", "release", "--package-path", root, "--show-bin-path"]
-    let out = Pipe()
-    process.standardOutput = out
-    process.standardError = FileHandle.nullDevice
-    try process.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    process.waitUntilExit()
-    let dir = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    guard process.terminationStatus == 0, dir.hasPrefix("/") else {
-        throw PulseBinaryError.message("swift build --show-bin-path failed (status \(process.terminationStatus))")
+    let (status, dir) = try output(of: swift, ["build", "-c", "release", "--package-path", root, "--show-bin-path"])
+    guard status == 0, dir.hasPrefix("/") else {
+        throw PulseBinaryError.message("swift build --show-bin-path failed (status \(status))")
     }
     return dir
 }
 
 private func versionLine(of path: String) throws -> String {
+    let (status, line) = try output(of: path, ["--version"])
+    guard status == 0, line.hasPrefix("pulse ") else {
+        throw PulseBinaryError.message("\(path) --version did not answer like pulse (status \(status))")
+    }
+    return line
+}
+
+/// Runs `executable` and returns its exit status and its standard output, trimmed.
+private func output(of executable: String, _ arguments: [String]) throws -> (status: Int32, text: String) {
     let process = Process()
-    process.executableURL = URL(fileURLWithPath: path)
-    process.arguments = ["--version"]
+    process.executableURL = URL(fileURLWithPath: executable)
+    process.arguments = arguments
     let out = Pipe()
     process.standardOutput = out
     process.standardError = FileHandle.nullDevice
     try process.run()
     let data = out.fileHandleForReading.readDataToEndOfFile()
     process.waitUntilExit()
-    let line = String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-    guard process.terminationStatus == 0, line.hasPrefix("pulse ") else {
-        throw PulseBinaryError.message(
-            "\(path) --version did not answer like pulse (status \(process.terminationStatus))")
-    }
-    return line
+    return (
+        process.terminationStatus, String(decoding: data, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+    )
 }

@@ -13,7 +13,9 @@ import PackageDescription
 //   PulseCore  pure Swift, no I/O: timeline math, HLC, BeatFrame encoder (allocation-free)
 //   PulsePolicy pure Swift, no I/O: beat planner, cluster policy (ticks, lease, degradation), replicated timeline
 //   Pulse      the service as a library: config, loop wiring, NATS transport, cluster, admin
-//   PulseMain  the `pulse` executable: a thin main over Pulse
+//   PulseTools the command-line tools that talk to a node (`pulse watch`, `backup`, `restore`,
+//              `members`): clients of the admin API and the beat subject, not the server
+//   PulseMain  the `pulse` executable: a thin main over Pulse and PulseTools
 //   Bench      micro-benchmarks and the timing report
 //   ClockSkew  C, LD_PRELOAD: a process's wall clock skewed by N ppm (the PER-003 drift test)
 //   Fuzz*      libFuzzer harnesses, one executable per surface (list at the end; docs/fuzzing.md)
@@ -96,9 +98,18 @@ let package = Package(
             path: "Sources/Pulse",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
+        .target(
+            name: "PulseTools",
+            dependencies: [
+                "Pulse", "PulseCore", "PulsePolicy", "Raft", "CLoop", "CNats",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Sources/PulseTools",
+            swiftSettings: [.swiftLanguageMode(.v5)]
+        ),
         .executableTarget(
             name: "PulseMain",
-            dependencies: ["Pulse"],
+            dependencies: ["Pulse", "PulseTools"],
             path: "Sources/PulseMain",
             swiftSettings: [.swiftLanguageMode(.v5)]
         ),
@@ -162,7 +173,8 @@ let package = Package(
         .testTarget(
             name: "PulseTests",
             dependencies: [
-                "Pulse", "PulseCore", "CLoop", "CNats", "COpenSSL", .product(name: "Crypto", package: "swift-crypto"),
+                "Pulse", "PulseTools", "PulseCore", "CLoop", "CNats", "COpenSSL",
+                .product(name: "Crypto", package: "swift-crypto"),
             ],
             path: "Tests/PulseTests",
             swiftSettings: [.swiftLanguageMode(.v5)]

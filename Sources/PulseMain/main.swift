@@ -1,4 +1,6 @@
-// The `pulse` executable: a thin main over the `Pulse` library (Service/Entry.swift).
+// The `pulse` executable: a thin main over the `Pulse` library (Service/Entry.swift)
+// and its tools (`PulseTools`: watch, members, backup, restore).
 import Pulse
+import PulseTools
 
-PulseEntry.main()
+PulseEntry.main(tools: PulseTools.all)

@@ -11,6 +11,7 @@ import Raft
 import XCTest
 
 @testable import Pulse
+@testable import PulseTools
 
 final class BackupTests: XCTestCase {
     /// A cluster's backup with a pending change whose justification needs escaping.

@@ -400,11 +400,11 @@ private struct NotLeaderBody: Encodable {
 
 /// The bodies of `POST /members` and `POST /leader/transfer`, validated at
 /// the boundary (any bytes: never traps): `malformed_json`, `invalid_field`.
-enum MembershipBody {
+public enum MembershipBody {
     /// Why `name` cannot name a member, or nil: 1…253 bytes of printable
     /// ASCII without spaces, `@`, `,` or `/` (names become Raft ids, HLC
     /// suffixes and URL path segments; `-peers` splits on `@` and `,`).
-    static func nameProblem(_ name: String) -> String? {
+    public static func nameProblem(_ name: String) -> String? {
         guard (1...253).contains(name.utf8.count) else { return "must be 1 to 253 bytes" }
         let ok = name.utf8.allSatisfy {
             $0 > 0x20 && $0 < 0x7F && $0 != UInt8(ascii: "@") && $0 != UInt8(ascii: ",") && $0 != UInt8(ascii: "/")

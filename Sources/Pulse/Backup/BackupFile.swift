@@ -236,7 +236,7 @@ public struct BackupFile: Equatable, Sendable {
     /// The Raft snapshot a new cluster starts from: the state at the backup's
     /// index (at least 1: a single node's backup has no log) and term (the
     /// answering leader's, at least the term of that entry).
-    var raftSnapshot: Snapshot {
+    public var raftSnapshot: Snapshot {
         let data = (try? JSONEncoder().encode(clusterState)).map { [UInt8]($0) } ?? []
         return Snapshot(index: max(index, 1), term: term, data: data)
     }
@@ -245,12 +245,12 @@ public struct BackupFile: Equatable, Sendable {
     /// above the backup's, so that its frames are not below those of the old
     /// cluster after a leadership handover as it stops (consumers fence on
     /// `term`, refusing only lower ones). `pulse restore --min-term` raises it.
-    var defaultMinTerm: UInt64 { term + 2 }
+    public var defaultMinTerm: UInt64 { term + 2 }
 
     /// A fresh hard state for the snapshot: no vote, committed up to the
     /// snapshot, and a term one below `minTerm` (> `term`), which the new
     /// cluster's first election raises to at least `minTerm`.
-    func raftHardState(minTerm: UInt64) -> HardState {
+    public func raftHardState(minTerm: UInt64) -> HardState {
         HardState(term: max(minTerm - 1, term), vote: noNode, commit: max(index, 1))
     }
 

@@ -18,15 +18,15 @@ import PulseCore
 import Raft
 
 /// One member of the cluster.
-struct Peer: Equatable {
+public struct Peer: Equatable, Sendable {
     /// The name Raft ids derive from: the `id@` part, or `host:port`.
-    var name: String
+    public var name: String
     var host: String
     var port: Int
     var raftId: NodeID
     /// Whether the entry named the node (`id@host:port`): then `name` is its
     /// node id, and the last 4 characters of it its HLC suffix.
-    var hasId = false
+    public var hasId = false
 
     var address: String { "\(host):\(port)" }
     /// What the Raft voter set keeps for this member (`Member.context`):
@@ -39,7 +39,7 @@ struct Peer: Equatable {
 }
 
 /// The parsed, validated cluster membership.
-struct PeerList {
+public struct PeerList {
     var peers: [Peer]
     var me: Peer
     /// Where this node listens: numeric IPv4 host and port.
@@ -188,7 +188,7 @@ struct PeerList {
         return .known(Set(publisherIds(nodeId: nodeId).map { String($0.suffix(4)) }))
     }
 
-    static func parsePeer(_ spec: String) throws -> Peer {
+    public static func parsePeer(_ spec: String) throws -> Peer {
         let trimmed = spec.trimmingCharacters(in: .whitespaces)
         var name: String?
         var address = trimmed

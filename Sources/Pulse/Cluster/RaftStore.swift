@@ -441,6 +441,36 @@ public final class RaftStore {
 
     // MARK: save (any thread; runs on the store's queue)
 
+    /// Saves a whole Raft state (a snapshot and a hard state, no entries)
+    /// and waits for it, then reads it back with the node's own loader; for
+    /// start-up and tools, never the loop: the epoch.json migration and
+    /// `pulse restore` (`seed`).
+    func saveAndReadBack(hardState: HardState, snapshot: Snapshot, rejected: RejectedInput?) throws {
+        let done = DispatchSemaphore(value: 0)
+        nonisolated(unsafe) var failure: Error?
+        save(hardState: hardState, snapshot: snapshot, entries: []) { error in
+            failure = error
+            done.signal()
+        }
+        done.wait()
+        if let failure { throw failure }
+        let loaded = try RaftStore(files: files, rejected: rejected).load()
+        guard loaded.snapshot == snapshot, loaded.hardState == hardState, loaded.entries.isEmpty else {
+            throw PulseError.startup("the Raft state read back differs from what was written")
+        }
+    }
+
+    /// `pulse restore`: seeds the data dir at `dataDir` (taken under its
+    /// lock) with `nodeId` and a Raft state of `snapshot` and `hardState`,
+    /// synced and read back.
+    public static func seed(dataDir: String, nodeId: String?, hardState: HardState, snapshot: Snapshot) throws {
+        let rejected = RejectedInput()
+        let dir = try DataDir(path: dataDir, rejected: rejected)
+        if let nodeId { try dir.writeAtomically("node_id", Data((nodeId + "\n").utf8)) }
+        try RaftStore(dataDir: dataDir, rejected: rejected)
+            .saveAndReadBack(hardState: hardState, snapshot: snapshot, rejected: rejected)
+    }
+
     /// Persists a Ready (`persist`) on the store's queue, then calls `done`
     /// there (the caller hops to its loop).
     func save(hardState: HardState?, snapshot: Snapshot?, entries: [Entry], done: @escaping (Error?) -> Void) {

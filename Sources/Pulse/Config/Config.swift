@@ -19,11 +19,11 @@ import Glibc
 import PulseCore
 
 /// Errors that stop the pulse before it serves: one line each.
-enum PulseError: Error, CustomStringConvertible {
+public enum PulseError: Error, CustomStringConvertible {
     case config(String)
     case startup(String)
 
-    var description: String {
+    public var description: String {
         switch self {
         case .config(let message), .startup(let message): return message
         }
@@ -31,7 +31,7 @@ enum PulseError: Error, CustomStringConvertible {
 }
 
 /// Validated configuration of one pulse node.
-struct PulseConfig: Sendable {
+public struct PulseConfig: Sendable {
     var clusterId = "chorus-aus-01"
     var nodeId = ""
     var bpm = 12
@@ -303,7 +303,7 @@ struct PulseConfig: Sendable {
     }
 
     /// Cluster and node ids go into NATS subjects, JSON and file names.
-    static func checkToken(_ value: String, what: String) throws {
+    public static func checkToken(_ value: String, what: String) throws {
         if let violation = tokenViolation(value) { throw PulseError.config("\(what) \(violation)") }
     }
 
@@ -333,12 +333,18 @@ enum LogLevelName: String {
 
 /// The `pulse` command line. Parsing only; `PulseConfig` holds the result.
 /// A `ParsableCommand` only for its name in `--help` (`pulse`, not the type's).
+/// How every flag of `pulse` and its tools is spelled: one dash or two.
+public enum FlagName {
+    /// `-name` and `--name`.
+    public static func both(_ name: String) -> NameSpecification {
+        [.customLong(name, withSingleDash: true), .customLong(name)]
+    }
+}
+
 struct PulseCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "pulse")
 
-    static func both(_ name: String) -> NameSpecification {
-        [.customLong(name, withSingleDash: true), .customLong(name)]
-    }
+    static func both(_ name: String) -> NameSpecification { FlagName.both(name) }
 
     @Option(name: both("cluster"), help: "Cluster identifier (env BACKBEAT_CLUSTER_ID; default chorus-aus-01)")
     var cluster: String?
@@ -608,8 +614,8 @@ struct PulseCommand: ParsableCommand {
 /// systemd credential): at most 64 KiB, surrounding whitespace and the
 /// final newline dropped; empty or with inner whitespace or control
 /// characters is refused (it goes into an HTTP header).
-enum AdminTokenFile {
-    static func read(_ path: String, flag: String) throws -> String {
+public enum AdminTokenFile {
+    public static func read(_ path: String, flag: String) throws -> String {
         guard FileManager.default.isReadableFile(atPath: path) else {
             throw PulseError.config("\(flag) \(path): not a readable file")
         }
@@ -639,7 +645,7 @@ enum AdminTokenFile {
 /// them: `-bootstrap=true`, `--join=false`. ArgumentParser's flags take no
 /// value, so these are rewritten before parsing: true to the bare flag,
 /// false to nothing.
-enum GoSwitches {
+public enum GoSwitches {
     /// A switch's value: Go's `strconv.ParseBool` spellings plus yes/no and
     /// on/off (as the environment allows), any case; nil for anything else.
     static func boolean(_ text: String) -> Bool? {
@@ -655,7 +661,7 @@ enum GoSwitches {
     /// switches the command line set either way (bare or with a value). The
     /// value of a non-switch option (`-admin-token -x=1`) is left alone. A
     /// value that is not a boolean is a one-line error.
-    static func normalize(_ arguments: [String], switches: Set<String>) throws -> (
+    public static func normalize(_ arguments: [String], switches: Set<String>) throws -> (
         arguments: [String], set: Set<String>
     ) {
         var out: [String] = []

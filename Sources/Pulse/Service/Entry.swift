@@ -1,8 +1,9 @@
 // Service/Entry.swift — owns the command line of the `pulse` executable:
-// `pulse [flags]` runs a node, `pulse watch [flags]` shows a cluster's beats,
-// `pulse backup`/`pulse restore` save and seed the committed timeline
-// (Backup/), `pulse --version` says which build this is. Errors are one line on stderr
-// and exit status 2 (configuration) or 1 (start-up).
+// `pulse [flags]` runs a node, `pulse --version` says which build this is,
+// and a first word naming a tool (`watch`, `members`, `backup`, `restore`:
+// the PulseTools module, which the server does not link against) hands the
+// rest of the line to it. Errors are one line on stderr and exit status 2
+// (configuration) or 1 (start-up).
 import ArgumentParser
 import Foundation
 import Glibc
@@ -11,8 +12,12 @@ import Logging
 /// The `pulse` executable's entry point (`Sources/PulseMain` calls it), kept in
 /// the library so that tests, fuzzers and the simulator link the same code.
 public enum PulseEntry {
-    /// Parses the command line and runs a node or the watcher; never returns.
-    public static func main() -> Never {
+    /// A tool's entry: its arguments (after its name) and the environment; never returns.
+    public typealias Tool = (_ arguments: [String], _ environment: [String: String]) -> Never
+
+    /// Parses the command line and runs a node or one of `tools` (by the
+    /// command line's first word); never returns.
+    public static func main(tools: [String: Tool] = [:]) -> Never {
         let environment = ProcessInfo.processInfo.environment
         let arguments = Array(CommandLine.arguments.dropFirst())
 
@@ -21,38 +26,8 @@ public enum PulseEntry {
             exit(0)
         }
 
-        switch arguments.first {
-        case "watch":
-            let watchArguments = Array(arguments.dropFirst())
-            handleHelp(
-                WatchCommand.self, watchArguments,
-                preface: "pulse watch: show a cluster's BeatFrames live, one line each.\n")
-            let normalized: [String]
-            do {
-                normalized = try GoSwitches.normalize(watchArguments, switches: ["raw"]).arguments
-            } catch {
-                fail(firstLine(WatchCommand.message(for: error)), status: 2)
-            }
-            runTool(WatchCommand.self, normalized, preface: "") {
-                try Watcher(options: $0).run(environment: environment)
-            }
-        case "members":
-            runTool(
-                MembersCommand.self, Array(arguments.dropFirst()),
-                preface:
-                    "pulse members: list the voters, add or remove one (a change at a time, through the leader), or transfer leadership.\n"
-            ) { try $0.run(environment: environment) }
-        case "backup":
-            runTool(
-                BackupCommand.self, Array(arguments.dropFirst()),
-                preface: "pulse backup: save a running cluster's committed timeline to a file (GET /backup).\n"
-            ) { try $0.run(environment: environment) }
-        case "restore":
-            runTool(
-                RestoreCommand.self, Array(arguments.dropFirst()),
-                preface: "pulse restore: seed a new node's data dir from a backup, to continue the same timeline.\n"
-            ) { try $0.run() }
-        default: break
+        if let first = arguments.first, let tool = tools[first] {
+            tool(Array(arguments.dropFirst()), environment)
         }
 
         handleHelp(
@@ -98,18 +73,20 @@ public enum PulseEntry {
     }
 
     /// The first line of an argument parser's message.
-    static func firstLine(_ message: String) -> String {
+    public static func firstLine(_ message: String) -> String {
         message.split(separator: "\n").first.map(String.init) ?? message
     }
 
     /// One line on stderr and exit `status`.
-    static func fail(_ message: String, status: Int32) -> Never {
+    public static func fail(_ message: String, status: Int32) -> Never {
         FileHandle.standardError.write(Data("pulse: error: \(message)\n".utf8))
         exit(status)
     }
 
     /// Prints help for `--help`/`-help`/`-h` and exits; otherwise returns.
-    static func handleHelp<Command: ParsableArguments>(_ type: Command.Type, _ arguments: [String], preface: String) {
+    public static func handleHelp<Command: ParsableArguments>(
+        _ type: Command.Type, _ arguments: [String], preface: String
+    ) {
         if arguments.contains(where: { ["-h", "-help", "--help"].contains($0) }) {
             print(preface)
             print(type.helpMessage(columns: 100))
@@ -120,7 +97,7 @@ public enum PulseEntry {
     /// A subcommand (`watch`, `members`, `backup`, `restore`): help, parse,
     /// run, and exit with its status; a configuration error or a command
     /// line it cannot use exits 2 (one line), any other failure 1.
-    static func runTool<Command: ParsableArguments>(
+    public static func runTool<Command: ParsableArguments>(
         _ type: Command.Type, _ arguments: [String], preface: String, run: (Command) throws -> Int32
     ) -> Never {
         handleHelp(type, arguments, preface: preface)

@@ -240,7 +240,7 @@ public enum DataDirFiles {
     /// a regular file (a FIFO would block the start, a directory has no
     /// bytes), a symbolic link (`O_NOFOLLOW`: whoever planted it chose what
     /// we read) and files longer than `limit` (so a huge file cannot exhaust memory).
-    static func read(_ path: String, file: String, limit: Int) throws(DataDirError) -> [UInt8]? {
+    public static func read(_ path: String, file: String, limit: Int) throws(DataDirError) -> [UInt8]? {
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOFOLLOW)
         if fd < 0 {
             if errno == ENOENT { return nil }
@@ -309,7 +309,7 @@ public enum DataDirFiles {
 
     /// `text` on one line of at most 200 characters: control characters
     /// (newlines included) become spaces, so a message stays one line.
-    static func oneLine(_ text: String) -> String {
+    public static func oneLine(_ text: String) -> String {
         var out = String(
             String.UnicodeScalarView(
                 text.unicodeScalars.map {

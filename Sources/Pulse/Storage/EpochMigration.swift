@@ -123,17 +123,10 @@ enum EpochMigration {
         throws
     {
         let hardState = HardState(term: snapshot.term, vote: noNode, commit: snapshot.index)
-        let done = DispatchSemaphore(value: 0)
-        var failure: Error?
-        store.save(hardState: hardState, snapshot: snapshot, entries: []) { error in
-            failure = error
-            done.signal()
-        }
-        done.wait()
-        if let failure { throw PulseError.startup("migrating epoch.json into \(dataDir.path)/raft: \(failure)") }
-        let loaded = try RaftStore(dataDir: dataDir.path, rejected: rejected).load()
-        guard loaded.snapshot == snapshot, loaded.hardState == hardState, loaded.entries.isEmpty else {
-            throw PulseError.startup("migrating epoch.json: the Raft state read back differs from what was written")
+        do {
+            try store.saveAndReadBack(hardState: hardState, snapshot: snapshot, rejected: rejected)
+        } catch {
+            throw PulseError.startup("migrating epoch.json into \(dataDir.path)/raft: \(error)")
         }
     }
 }

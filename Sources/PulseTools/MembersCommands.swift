@@ -1,4 +1,6 @@
-// Backup/MembersCommands.swift — owns `pulse members list|add|remove` and
+import ArgumentParser
+import Foundation
+// PulseTools/MembersCommands.swift — owns `pulse members list|add|remove` and
 // `pulse members transfer` (docs/operations.md#replace-a-dead-node): the
 // command line's side of the admin API's `/members` and `/leader/transfer`.
 //
@@ -7,8 +9,7 @@
 // admin URL is not known to it). A change is one single-server step,
 // answered once committed. Exit status: 0 done, 1 refused or unreachable,
 // 2 bad arguments; errors are one line.
-import ArgumentParser
-import Foundation
+import Pulse
 
 /// `pulse members` options (the action is the first argument).
 struct MembersCommand: ParsableCommand {
@@ -20,14 +21,14 @@ struct MembersCommand: ParsableCommand {
     var action: String
     @Argument(help: "remove: the member's name; transfer: the voter to hand leadership to (default: the best follower)")
     var target: String?
-    @Option(name: PulseCommand.both("admin"), help: "Admin API URLs of the cluster's nodes, comma-separated")
+    @Option(name: FlagName.both("admin"), help: "Admin API URLs of the cluster's nodes, comma-separated")
     var admin = "http://127.0.0.1:8080"
-    @Option(name: PulseCommand.both("name"), help: "add: the new member's name (its node id; a new name per node)")
+    @Option(name: FlagName.both("name"), help: "add: the new member's name (its node id; a new name per node)")
     var name: String?
-    @Option(name: PulseCommand.both("raft"), help: "add: the new member's Raft address host:port")
+    @Option(name: FlagName.both("raft"), help: "add: the new member's Raft address host:port")
     var raft: String?
     @OptionGroup var access: AdminAccessOptions
-    @Option(name: PulseCommand.both("timeout-ms"), help: "Timeout of each request, in ms")
+    @Option(name: FlagName.both("timeout-ms"), help: "Timeout of each request, in ms")
     var timeoutMs = 10_000
 
     /// Runs the action; returns the exit status.

@@ -1,4 +1,4 @@
-// Backup/AdminTLS.swift — owns the TLS client side of `pulse backup` and
+// Admin/AdminTLS.swift — owns the TLS client side of `pulse backup` and
 // `pulse members` for `https://` admin URLs (a TLS-terminating proxy in
 // front of a node's admin API; docs/operations.md#admin-api-over-https).
 //

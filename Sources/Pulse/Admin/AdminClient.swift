@@ -1,22 +1,22 @@
-// Backup/AdminClient.swift — owns the command line's side of the admin API:
+// Admin/AdminClient.swift — owns the command line's side of the admin API:
 // one blocking HTTP/1.1 request (`Connection: close`) to a node, over plain
 // TCP or, for `https://` URLs, TLS (OpenSSL: the server's certificate
 // verified against `--ca` or the system's trust store, and its name against
 // the URL's host), bounded in time (connect, send and receive timeouts) and
-// in size. Used by `pulse backup` and `pulse members`, short-lived commands,
-// never by a node's loop.
+// in size. Used by `pulse backup` and `pulse members` (PulseTools), short-lived
+// commands, and by a node's systemd readiness thread; never by a node's loop.
 import ArgumentParser
 import COpenSSL
 import Foundation
 import Glibc
 
 /// A blocking HTTP/1.1 client for one request at a time.
-enum AdminClient {
-    struct Response {
-        var status: Int
-        var body: [UInt8]
+public enum AdminClient {
+    public struct Response {
+        public var status: Int
+        public var body: [UInt8]
         /// The body as text, for error messages.
-        var text: String { String(decoding: body, as: UTF8.self) }
+        public var text: String { String(decoding: body, as: UTF8.self) }
     }
 
     /// Largest response read (a backup is a few hundred bytes).
@@ -25,10 +25,16 @@ enum AdminClient {
     /// How a command reaches the nodes: bearer token, timeout of each
     /// request, and the CA that signs an `https://` node's certificate
     /// (empty: the system's trust store).
-    struct Settings {
-        var token: String?
-        var timeoutMs: Int
-        var caFile = ""
+    public struct Settings {
+        public var token: String?
+        public var timeoutMs: Int
+        public var caFile = ""
+
+        public init(token: String?, timeoutMs: Int, caFile: String = "") {
+            self.token = token
+            self.timeoutMs = timeoutMs
+            self.caFile = caFile
+        }
     }
 
     /// A parsed admin URL.
@@ -40,7 +46,7 @@ enum AdminClient {
 
     /// The comma-separated `--admin` list, each URL checked (`parseURL`);
     /// a one-line error when it names none or one is not usable.
-    static func urls(_ list: String) throws -> [String] {
+    public static func urls(_ list: String) throws -> [String] {
         let urls = list.split(separator: ",").map(String.init).filter { !$0.isEmpty }
         guard !urls.isEmpty else { throw PulseError.config("--admin needs at least one URL") }
         for url in urls { _ = try parseURL(url) }
@@ -73,17 +79,17 @@ enum AdminClient {
     /// GETs `path` from `url`. Throws `PulseError.startup` when the node
     /// cannot be reached, its certificate is not trusted, or it answers
     /// something that is not HTTP.
-    static func get(url: String, path: String, _ settings: Settings) throws -> Response {
+    public static func get(url: String, path: String, _ settings: Settings) throws -> Response {
         try request("GET", url: url, path: path, body: nil, settings)
     }
 
     /// POSTs a JSON `body` to `path` (`pulse members add`, leader transfer).
-    static func post(url: String, path: String, body: [UInt8], _ settings: Settings) throws -> Response {
+    public static func post(url: String, path: String, body: [UInt8], _ settings: Settings) throws -> Response {
         try request("POST", url: url, path: path, body: body, settings)
     }
 
     /// DELETEs `path` (`pulse members remove`).
-    static func delete(url: String, path: String, _ settings: Settings) throws -> Response {
+    public static func delete(url: String, path: String, _ settings: Settings) throws -> Response {
         try request("DELETE", url: url, path: path, body: nil, settings)
     }
 
@@ -223,38 +229,5 @@ enum AdminClient {
             complete = true
         }
         return (Response(status: status, body: body), complete)
-    }
-}
-
-/// The options `pulse backup` and `pulse members` share to reach the admin
-/// API: the bearer token (a flag, a file, or the environment) and the CA of
-/// `https://` nodes.
-struct AdminAccessOptions: ParsableArguments {
-    @Option(name: PulseCommand.both("token"), help: "Admin bearer token (env BACKBEAT_ADMIN_TOKEN)")
-    var token: String?
-    @Option(
-        name: PulseCommand.both("token-file"),
-        help: "File holding the admin bearer token, e.g. a mounted secret (env BACKBEAT_ADMIN_TOKEN_FILE)")
-    var tokenFile: String?
-    @Option(
-        name: PulseCommand.both("ca"),
-        help: "CA certificate (PEM) that signs https:// nodes' certificates (default: the system's trust store)")
-    var ca: String?
-
-    /// The settings for requests bounded by `timeoutMs`. The token comes from
-    /// --token, else --token-file, else BACKBEAT_ADMIN_TOKEN, else
-    /// BACKBEAT_ADMIN_TOKEN_FILE; --token with --token-file is refused.
-    func settings(timeoutMs: Int, environment: [String: String]) throws -> AdminClient.Settings {
-        if token != nil && tokenFile != nil { throw PulseError.config("give --token or --token-file, not both") }
-        var resolved = token
-        if resolved == nil, let tokenFile { resolved = try AdminTokenFile.read(tokenFile, flag: "--token-file") }
-        if resolved == nil { resolved = environment["BACKBEAT_ADMIN_TOKEN"].flatMap { $0.isEmpty ? nil : $0 } }
-        if resolved == nil, let file = environment["BACKBEAT_ADMIN_TOKEN_FILE"], !file.isEmpty {
-            resolved = try AdminTokenFile.read(file, flag: "BACKBEAT_ADMIN_TOKEN_FILE")
-        }
-        if let ca, !FileManager.default.isReadableFile(atPath: ca) {
-            throw PulseError.config("--ca \(ca): not a readable file")
-        }
-        return AdminClient.Settings(token: resolved, timeoutMs: timeoutMs, caFile: ca ?? "")
     }
 }

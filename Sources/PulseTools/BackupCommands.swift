@@ -1,4 +1,7 @@
-// Backup/BackupCommands.swift — owns `pulse backup` and `pulse restore`
+import ArgumentParser
+import Foundation
+import Glibc
+// PulseTools/BackupCommands.swift — owns `pulse backup` and `pulse restore`
 // (docs/operations.md#backup-and-restore).
 //
 // `pulse backup --admin URL[,URL…] --out F`: asks each node in turn for
@@ -20,9 +23,7 @@
 // cluster (issue 19: consumers fence on the term, so a restored single node
 // publishes above the old one's too). It reads what it wrote back through
 // the node's own loader before it says done.
-import ArgumentParser
-import Foundation
-import Glibc
+import Pulse
 import PulseCore
 import Raft
 
@@ -31,15 +32,15 @@ struct BackupCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "pulse backup")
 
     @Option(
-        name: PulseCommand.both("admin"),
+        name: FlagName.both("admin"),
         help:
             "Admin API URLs of the cluster's nodes, comma-separated; the leader answers"
     )
     var admin = "http://127.0.0.1:8080"
-    @Option(name: PulseCommand.both("out"), help: "File to write (must not exist)")
+    @Option(name: FlagName.both("out"), help: "File to write (must not exist)")
     var out: String
     @OptionGroup var access: AdminAccessOptions
-    @Option(name: PulseCommand.both("timeout-ms"), help: "Timeout of each request, in ms")
+    @Option(name: FlagName.both("timeout-ms"), help: "Timeout of each request, in ms")
     var timeoutMs = 5000
 
     /// Takes the backup; returns the exit status (0, or 1 when no node gave one).
@@ -116,18 +117,18 @@ struct BackupCommand: ParsableCommand {
 struct RestoreCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "pulse restore")
 
-    @Option(name: PulseCommand.both("from"), help: "Backup file written by pulse backup")
+    @Option(name: FlagName.both("from"), help: "Backup file written by pulse backup")
     var from: String
-    @Option(name: PulseCommand.both("data-dir"), help: "The new node's data dir (must not exist, or be empty)")
+    @Option(name: FlagName.both("data-dir"), help: "The new node's data dir (must not exist, or be empty)")
     var dataDir: String
-    @Option(name: PulseCommand.both("node-id"), help: "The new node's id (written to the data dir)")
+    @Option(name: FlagName.both("node-id"), help: "The new node's id (written to the data dir)")
     var nodeId: String?
     @Option(
-        name: PulseCommand.both("peers"),
+        name: FlagName.both("peers"),
         help: "The new cluster's -peers (without: a single node, a one-voter cluster)")
     var peers: String?
     @Option(
-        name: PulseCommand.both("min-term"),
+        name: FlagName.both("min-term"),
         help:
             "Lowest term the new cluster publishes with (default: the backup's + 2; give the old cluster's last term + 1 if it went higher)"
     )
@@ -212,24 +213,9 @@ struct RestoreCommand: ParsableCommand {
 
     /// Writes the data dir under its lock, then loads it back with the node's own loaders.
     private func seed(_ file: BackupFile, minTerm: UInt64) throws {
-        let rejected = RejectedInput()
-        let dir = try DataDir(path: dataDir, rejected: rejected)
-        if let nodeId { try dir.writeAtomically("node_id", Data((nodeId + "\n").utf8)) }
-        let snapshot = file.raftSnapshot
-        let hardState = file.raftHardState(minTerm: minTerm)
-        let store = try RaftStore(dataDir: dataDir, rejected: rejected)
-        let done = DispatchSemaphore(value: 0)
-        var failure: Error?
-        store.save(hardState: hardState, snapshot: snapshot, entries: []) { error in
-            failure = error
-            done.signal()
-        }
-        done.wait()
-        if let failure { throw failure }
-        let loaded = try RaftStore(dataDir: dataDir, rejected: rejected).load()
-        guard loaded.snapshot == snapshot, loaded.hardState == hardState, loaded.entries.isEmpty else {
-            throw PulseError.startup("the Raft state read back differs from what was written")
-        }
+        try RaftStore.seed(
+            dataDir: dataDir, nodeId: nodeId, hardState: file.raftHardState(minTerm: minTerm),
+            snapshot: file.raftSnapshot)
     }
 }
 

@@ -1,13 +1,14 @@
-// Watch: `pulse watch` subscribes to a cluster's beat subject and prints one
-// readable line per frame, flagging gaps, repeats and a term that goes back.
-// It uses the NATS client's own threads (it is a client, not the pulse) and
-// decodes with the shared `BeatFrameDecoder` (PulseCore), so it refuses
-// exactly what a node refuses and says why.
 import ArgumentParser
 import CLoop
 import CNats
 import Foundation
 import Glibc
+// PulseTools/Watch.swift: `pulse watch` subscribes to a cluster's beat subject and prints one
+// readable line per frame, flagging gaps, repeats and a term that goes back.
+// It uses the NATS client's own threads (it is a client, not the pulse) and
+// decodes with the shared `BeatFrameDecoder` (PulseCore), so it refuses
+// exactly what a node refuses and says why.
+import Pulse
 import PulseCore
 
 /// `pulse watch` options.
@@ -15,17 +16,17 @@ struct WatchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "pulse watch")
 
     @Option(
-        name: PulseCommand.both("cluster"), help: "Cluster to watch (env BACKBEAT_CLUSTER_ID; default chorus-aus-01)")
+        name: FlagName.both("cluster"), help: "Cluster to watch (env BACKBEAT_CLUSTER_ID; default chorus-aus-01)")
     var cluster: String?
-    @Option(name: PulseCommand.both("nats"), help: "NATS server URL (default nats://localhost:4222)")
+    @Option(name: FlagName.both("nats"), help: "NATS server URL (default nats://localhost:4222)")
     var nats = "nats://localhost:4222"
-    @Option(name: PulseCommand.both("count"), help: "Exit after this many frames (default: run until interrupted)")
+    @Option(name: FlagName.both("count"), help: "Exit after this many frames (default: run until interrupted)")
     var count: Int?
     @Option(
-        name: PulseCommand.both("timeout-s"),
+        name: FlagName.both("timeout-s"),
         help: "Exit with status 1 if no frame arrives for this long (default 0: wait)")
     var timeoutS: Int = 0
-    @Flag(name: PulseCommand.both("raw"), help: "Print each frame's JSON as received")
+    @Flag(name: FlagName.both("raw"), help: "Print each frame's JSON as received")
     var raw = false
 }
 

@@ -24,14 +24,14 @@ final class EventLoopTests: XCTestCase {
         let recorder = Recorder()
         let token = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: recorder)
         let at = cloop_realtime_ns() + 20_000_000
-        XCTAssertEqual(cloop_timer_arm_at(loop.raw, token, at, true), 0)
+        try loop.armTimer(token, atNs: at, cancelOnSet: true)
         Harness.waitUntil(seconds: 2) {
             loop.turn(timeoutNs: 50_000_000)
             return !recorder.events.isEmpty
         }
         XCTAssertGreaterThanOrEqual(cloop_realtime_ns(), at)
         XCTAssertEqual(recorder.events.first?.0, token)
-        XCTAssertEqual(cloop_timer_read(loop.raw, token), 1)
+        XCTAssertEqual(loop.readTimer(token), .expired(1))
     }
 
     func testTurnStampsTheWakeOnceForItsHandlers() throws {
@@ -83,7 +83,7 @@ final class EventLoopTests: XCTestCase {
         let loop = try EventLoop(maxSlots: 4, queueCapacity: 8)
         for _ in 0..<8 { XCTAssertTrue(loop.post(kind: .natsRead)) }
         XCTAssertFalse(loop.post(kind: .natsRead), "a full queue refuses instead of growing")
-        XCTAssertEqual(cloop_post_dropped(loop.raw), 1)
+        XCTAssertEqual(loop.postsDropped, 1)
     }
 
     /// Fault 5 of issue #10: a completion is never dropped, even when NATS
@@ -147,7 +147,7 @@ final class EventLoopTests: XCTestCase {
         let low = try loop.register(fd: fdsLow[0], interest: UInt32(CLOOP_READ), owned: true, handler: order)
         let high = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: true, handler: order)
         _ = write(fdsLow[1], "x", 1)
-        XCTAssertEqual(cloop_timer_arm_after(loop.raw, high, 1, 0), 0)
+        try loop.armTimer(high, afterNs: 1)
         usleep(5_000)
         loop.turn(timeoutNs: 100_000_000)
         XCTAssertEqual(order.events.map(\.0), [high, low])

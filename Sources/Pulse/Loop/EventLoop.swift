@@ -76,7 +76,8 @@ struct WakeStamp {
 /// on the thread that will own it. Only `post` and `requestStop` may be
 /// called from other threads.
 final class EventLoop {
-    let raw: OpaquePointer
+    /// The C loop: only this type calls into it, through checked methods.
+    private let raw: OpaquePointer
     let maxSlots: Int
     private var handlers: [LoopHandler?]
     private var priority: [Bool]
@@ -215,6 +216,9 @@ final class EventLoop {
 
     /// Reads one signal from the signalfd `token` (0: none pending).
     func readSignal(_ token: UInt32) -> Int32 { cloop_signal_read(raw, token) }
+
+    /// Posts refused because the doorway's queue was full.
+    var postsDropped: UInt64 { cloop_post_dropped(raw) }
 
     /// The fd of a live registration (-1: the token is not in use).
     func fd(_ token: UInt32) -> Int32 { cloop_fd(raw, token) }

@@ -101,20 +101,34 @@ extension PulseNode {
     func kvLeaderStatus(_ kv: KVNode) -> LeaderStatus {
         let holder = kv.holdsLease
         let sinceWatchMs = holder ? 0 : max(0, (cloop_monotonic_ns() - kv.lastWatchedMonoNs) / 1_000_000)
-        let known = kv.leadership.degraded ? nil : kv.holderNodeId
+        let leader = kvLeaderName(kv)
         return LeaderStatus(
-            node_id: nodeId, is_leader: holder, leader: holder ? nodeId : known,
+            node_id: nodeId, is_leader: holder, leader: leader,
             cluster_size: kv.leadership.peers.members(nowMonoNs: cloop_monotonic_ns()).count,
             stats: .init(
                 term: kv.term, commit_index: kv.leadership.timeline.revision, last_contact_ms: sinceWatchMs,
                 leadership_changes: kv.acquisitions,
-                state: holder ? "leader" : known == nil ? "candidate" : "follower"), election: "nats-kv")
+                state: holder ? "leader" : leader == nil ? "candidate" : "follower"), election: "nats-kv")
+    }
+
+    /// The leader named by the admin API and timeline replies in nats-kv
+    /// mode: this node while its lease runs, none while degraded, else the
+    /// holder named by the lease key's claim.
+    func kvLeaderName(_ kv: KVNode) -> String? {
+        kv.holdsLease ? nodeId : kv.leadership.degraded ? nil : kv.holderNodeId
+    }
+
+    /// The `term`, `leader` and `degraded` of a timeline reply in nats-kv
+    /// mode: the fencing token the holder's frames carry
+    /// (`KVLeadership.fencingToken`), never the last renewal's revision.
+    func kvTimelineFields(_ kv: KVNode) -> (term: UInt64, leader: String?, degraded: Bool) {
+        (kv.leadership.fencingToken, kvLeaderName(kv), kv.leadership.degraded)
     }
 
     /// `/members` in nats-kv mode: no voter set; the pulses seen (pings
     /// within `KVLeasePeers.memberWindowNs`, this one included), the holder marked.
     func kvMembers(_ kv: KVNode) -> MembersBody {
-        let leader = kv.holdsLease ? nodeId : kv.leadership.degraded ? nil : kv.holderNodeId
+        let leader = kvLeaderName(kv)
         let entries = kv.leadership.peers.members(nowMonoNs: cloop_monotonic_ns()).map { name in
             MemberEntry(
                 id: String(format: "%016llx", kv.forwardLink.member(nodeId: name)), name: name, raft: nil,

@@ -51,14 +51,17 @@ extension PulseNode: TimelineChangeListener {
                 at_beat: $0.startBeat, at_ns: $0.startNs, at: RFC3339.string(unixMs: $0.startNs / 1_000_000),
                 bpm: $0.bpm)
         }
-        let leader: String? = cluster.map { $0.leaderPeer?.name } ?? nodeId
+        var leader: String? = cluster.map { $0.leaderPeer?.name } ?? nodeId
+        var term = cluster?.term ?? beats.term
+        var degraded = cluster?.degraded ?? false
+        if let kv { (term, leader, degraded) = kvTimelineFields(kv) }
         return TimelineBody(
             cluster_id: config.clusterId,
             epoch: .init(
                 start_beat: epoch.startBeat, start_ns: epoch.startNs,
                 start_at: RFC3339.string(unixMs: epoch.startNs / 1_000_000), bpm: epoch.bpm),
-            bar: shape.bar, phases: shape.phases, pending: pending, term: cluster?.term ?? beats.term,
-            leader: leader, node_id: nodeId, degraded: cluster?.degraded ?? false,
+            bar: shape.bar, phases: shape.phases, pending: pending, term: term,
+            leader: leader, node_id: nodeId, degraded: degraded,
             now_ns: timelineNs(forLocalNs: cloop_realtime_ns()))
     }
 

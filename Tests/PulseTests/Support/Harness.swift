@@ -20,8 +20,23 @@ enum Harness {
 
     static var pulsePath: String { binDir.appendingPathComponent("pulse").path }
 
-    /// A TCP port on 127.0.0.1 that was free a moment ago.
+    /// Ports already handed out by `freePort` in this process: a port picked
+    /// and closed can come back from the kernel on the next pick, and two
+    /// parts of one test (a nats-server and a node's Raft bind) then collide.
+    private static let givenPortsLock = NSLock()
+    nonisolated(unsafe) private static var givenPorts = Set<Int>()
+
+    /// A TCP port on 127.0.0.1 that was free a moment ago and that no earlier
+    /// call in this process returned.
     static func freePort() -> Int {
+        for _ in 0..<64 {
+            let port = ephemeralPort()
+            if givenPortsLock.withLock({ givenPorts.insert(port).inserted }) { return port }
+        }
+        return ephemeralPort()
+    }
+
+    private static func ephemeralPort() -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var addr = sockaddr_in()

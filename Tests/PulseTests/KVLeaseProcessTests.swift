@@ -213,6 +213,10 @@ final class KVLeaseProcessTests: XCTestCase {
 
     /// A 3-server JetStream cluster (routes on loopback) whose R3 buckets for
     /// `name` exist, and three nats-kv pulses on it with `-kv-replicas 3`.
+    /// With `-kv-allow-old-server`: the installed nats-server (Debian's
+    /// 2.9.10) is older than 2.11, whose compare-and-set on an R3 stream is
+    /// linearizable; these tests prove failover and degradation, not that
+    /// (docs/decisions.md, KVLeaseServerVersionProcessTests).
     private func jetStreamCluster(_ name: String, dir: String) throws -> ([ClusterNatsServer], KVPulseCluster) {
         let clientPorts = (0..<3).map { _ in Harness.freePort() }
         let routePorts = (0..<3).map { _ in Harness.freePort() }
@@ -228,11 +232,11 @@ final class KVLeaseProcessTests: XCTestCase {
             ready =
                 (try? KVBuckets(
                     servers: servers.map(\.url), clusterId: name, replicas: 3, ttlNs: KVLeaseTiming().ttlNs,
-                    name: "probe", applySecurity: { _ in })) != nil
+                    allowOldServer: true, name: "probe", applySecurity: { _ in })) != nil
             return ready
         }
         XCTAssertTrue(ready, "the 3-server JetStream cluster made the R3 buckets")
-        return (servers, try KVPulseCluster(cluster: name, bpm: 300, natsURL: urls, extra: ["-kv-replicas", "3"]))
+        return (servers, try KVPulseCluster(cluster: name, bpm: 300, natsURL: urls, extra: ["-kv-replicas", "3", "-kv-allow-old-server"]))
     }
 
     func testOneNatsServerOfThreeKilledTheBeatContinues() throws {

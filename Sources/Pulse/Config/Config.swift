@@ -103,6 +103,10 @@ public struct PulseConfig: Sendable {
     /// -kv-start-wait-ms: nats-kv: how long start-up retries while no NATS
     /// server of -nats answers (servers started after the pulse), 0: no retry.
     var kvStartWaitMs = 30_000
+    /// -kv-allow-old-server: nats-kv with -kv-replicas > 1: start on a
+    /// nats-server older than 2.11 (its compare-and-set is not linearizable
+    /// on replicated streams: KVLeaseServerVersion.swift), with a warning.
+    var kvAllowOldServer = false
     var raftTLSEnabled: Bool { !raftTLSCert.isEmpty }
 
     /// This cluster's NATS subjects (PulseCore `BackbeatSubjects`).
@@ -479,6 +483,12 @@ struct PulseCommand: ParsableCommand {
         name: both("kv-start-wait-ms"),
         help: "nats-kv: retry start-up this long while no NATS server answers (default 30000; 0: exit at once)")
     var kvStartWaitMs: Int?
+    @Flag(
+        name: both("kv-allow-old-server"),
+        help:
+            "nats-kv: with -kv-replicas > 1, start on a nats-server older than 2.11, whose compare-and-set is not linearizable on replicated streams (refused otherwise)"
+    )
+    var kvAllowOldServer = false
 
     /// Applies the parsed arguments (environment and file already folded in
     /// as leading arguments) over the defaults, then validates.
@@ -530,6 +540,7 @@ struct PulseCommand: ParsableCommand {
         if let election { config.election = election.lowercased() }
         if let kvReplicas { config.kvReplicas = kvReplicas }
         if let kvStartWaitMs { config.kvStartWaitMs = kvStartWaitMs }
+        config.kvAllowOldServer = kvAllowOldServer
         let flags: [(String?, WritableKeyPath<PulseConfig, String>)] = [
             (adminBind, \.adminBind), (raftTLSCert, \.raftTLSCert), (raftTLSKey, \.raftTLSKey),
             (raftTLSCA, \.raftTLSCA),
@@ -552,7 +563,10 @@ struct PulseCommand: ParsableCommand {
             "election-timeout-ms",
             "degrade-after-ms", "raft-compact-every", "admin-hosts", "sign-key", "election", "kv-replicas",
             "kv-start-wait-ms",
-        ].map { ($0, false) } + [("bootstrap", true), ("join", true), ("mlock", true), ("raft-insecure", true)]
+        ].map { ($0, false) } + [
+            ("bootstrap", true), ("join", true), ("mlock", true), ("raft-insecure", true),
+            ("kv-allow-old-server", true),
+        ]
 
     /// The environment variable of `flag`: BACKBEAT_ and the name in upper
     /// case with `_` for `-`; `cluster` keeps the seed's BACKBEAT_CLUSTER_ID.

@@ -64,6 +64,8 @@ final class KVBuckets: @unchecked Sendable {
     private let kvQueue = DispatchQueue(label: "pulse.kv")
     /// How long a publish or read waits for JetStream's answer.
     private let waitMs: Int64
+    /// The version refusal `-kv-allow-old-server` overrode (for a warning), or nil.
+    let oldServer: String?
     private let stopping = Atomic<Bool>(false)
     private var watchThreads: [Thread] = []
 
@@ -77,12 +79,28 @@ final class KVBuckets: @unchecked Sendable {
     /// before the loop starts. Throws a one-line `PulseError.startup` naming
     /// the cause: no NATS server answered, JetStream is not enabled, or the
     /// bucket cannot be made (an existing bucket with another TTL included).
+    ///
+    /// With `replicas` > 1 it first reads the version each server announces
+    /// (KVServerInfo) and refuses one older than 2.11, whose compare-and-set
+    /// is not linearizable on a replicated stream, unless `allowOldServer`
+    /// (then `oldServer` holds the refusal, for a warning).
     init(
         servers: [String], clusterId: String, replicas: Int, ttlNs: Int64, waitMs: Int64 = 1_000,
-        name: String, applySecurity: (OpaquePointer?) throws -> Void
+        allowOldServer: Bool = false, name: String, applySecurity: (OpaquePointer?) throws -> Void
     ) throws {
         (leaseBucket, timelineBucket) = Self.bucketNames(clusterId: clusterId)
         self.waitMs = waitMs
+        var versionRead = replicas <= 1 || allowOldServer
+        var oldServer: String?
+        if replicas > 1 {
+            let check = KVServerInfo.refusal(servers: servers, replicas: replicas, timeoutMs: Int(waitMs))
+            if let refusal = check.refusal {
+                guard allowOldServer else { throw PulseError.startup(refusal) }
+                oldServer = refusal
+            }
+            versionRead = versionRead || check.checked > 0
+        }
+        self.oldServer = oldServer
         var opts: OpaquePointer?
         guard natsOptions_Create(&opts) == NATS_OK else {
             throw PulseError.startup("nats-kv: natsOptions_Create failed")
@@ -112,6 +130,13 @@ final class KVBuckets: @unchecked Sendable {
             }
             throw PulseError.startup(
                 "-election nats-kv: no NATS server of -nats answered (\(Self.text(status))); the lease needs JetStream at start-up"
+            )
+        }
+        guard versionRead else {
+            natsConnection_Destroy(conn)
+            throw PulseError.startup(
+                "-election nats-kv: no NATS server of -nats announced its version (its INFO line could not be read);"
+                    + " the lease needs nats-server 2.11 or later with -kv-replicas \(replicas) (or -kv-allow-old-server)"
             )
         }
         var jsOpts = jsOptions()

@@ -67,7 +67,8 @@ final class KVNode: LoopHandler {
         let timing = KVLeaseTiming()
         buckets = try KVBuckets(
             servers: try NatsLink.serverList(config.natsURL), clusterId: config.clusterId,
-            replicas: config.kvReplicas, ttlNs: timing.ttlNs, name: "pulse \(nodeId) kv", applySecurity: applySecurity)
+            replicas: config.kvReplicas, ttlNs: timing.ttlNs, allowOldServer: config.kvAllowOldServer,
+            name: "pulse \(nodeId) kv", applySecurity: applySecurity)
         // The claim: the node id and a start-up nonce (a restart is a new incarnation).
         let owner = "\(nodeId) \(getpid())-\(cloop_realtime_ns())"
         leadership = KVLeadership(

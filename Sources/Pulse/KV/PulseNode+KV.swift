@@ -22,6 +22,9 @@ extension PulseNode {
         for signo in [SIGINT, SIGTERM, SIGHUP] { sigaddset(&stopSignals, signo) }
         pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
         let node = try openKV(flags: flags)
+        if let risk = node.buckets.oldServer {
+            logger.warning("nats-kv: -kv-allow-old-server: starting anyway", metadata: ["refused": "\(risk)"])
+        }
         logger.info(
             "election: nats-kv",
             metadata: [

@@ -161,6 +161,11 @@ public struct KVLease: Sendable {
     /// write (found with a 3-server cluster cut to one, issue 21).
     public private(set) var lastAnswerMonoNs: Int64
 
+    /// The body of the hand-over's delete of `claim`: what tells the
+    /// watchers it was the holder's own release, after its last frame came
+    /// back (KVLeaseLeadership.swift: only that earns the short guard).
+    public static func releaseMarker(claim: [UInt8]) -> [UInt8] { Array("released ".utf8) + claim }
+
     public init(timing: KVLeaseTiming, owner: String, nowMonoNs: Int64) {
         self.timing = timing
         self.owner = owner

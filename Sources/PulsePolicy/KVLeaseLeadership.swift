@@ -80,6 +80,57 @@ public final class KVLeadership: BeatLeadership {
     /// The lease watch saw a revision of the key (a put or a delete).
     public func watched(revision: UInt64) { watchedRevision = max(watchedRevision, revision) }
 
+    // MARK: how the key was freed (review of 2026-12-07, finding 3)
+    //
+    // Only the holder's own hand-over earns the short take-over guard: its
+    // delete carries the release marker of the claim it deletes
+    // (`KVLease.releaseMarker`), sent after its last frame came back and with
+    // the revision check, so the claim was still its own and it had stopped
+    // publishing. Any other delete or purge (an operator's `nats kv del`, a
+    // purge, a forged marker of another claim) frees the key while the
+    // deleted holder may still be inside its lease: the lease argument no
+    // longer protects the next holder, so it waits until that lease has run
+    // out for sure — a TTL after this node last watched the claim renewed
+    // (the renewal was sent before it was watched; `ttlNs − validNs` is the
+    // clock margin) — and then takes the full no-republish guard.
+
+    /// The claim the watch last saw put (nil: none, or deleted since).
+    public private(set) var lastClaim: [UInt8]?
+    /// When that claim was last watched put (monotonic ns).
+    public private(set) var lastClaimWatchedMonoNs: Int64?
+    /// The key was last freed by its holder's hand-over (short guard).
+    public private(set) var freedByHandOver = false
+    /// No frame as holder before this (monotonic ns): a foreign delete's wait.
+    public private(set) var publishNotBeforeMonoNs: Int64 = .min
+
+    /// What the watch of the lease key delivered: a put of a claim, or a
+    /// delete (`deleted`, with its body) or purge (`purged`). Returns whether
+    /// the key is now gone (candidates try at once).
+    @discardableResult
+    public func leaseEntryWatched(
+        revision: UInt64, value: [UInt8]?, deleted: Bool, purged: Bool, nowMonoNs now: Int64
+    ) -> (gone: Bool, degradation: DegradationPolicy.Change) {
+        watched(revision: revision)
+        guard deleted || purged else {
+            let claim = value ?? []
+            if claim != Array(lease.owner.utf8) { freedByHandOver = false }  // another's claim: a later take-over follows an expiry
+            lastClaim = claim
+            lastClaimWatchedMonoNs = now
+            return (false, holderWatched(present: true, nowMonoNs: now))
+        }
+        if !purged, let claim = lastClaim, value == KVLease.releaseMarker(claim: claim) {
+            freedByHandOver = true
+        } else {
+            freedByHandOver = false
+            // The deleted claim's lease may still run: wait a TTL from its
+            // last renewal watched (or from now, when none was watched).
+            let from = lastClaimWatchedMonoNs ?? now
+            publishNotBeforeMonoNs = max(publishNotBeforeMonoNs, from &+ lease.timing.ttlNs)
+        }
+        lastClaim = nil
+        return (true, holderWatched(present: false, nowMonoNs: now))
+    }
+
     /// The lease watch saw the key put (a holder's claim: `present`) or
     /// deleted, at `nowMonoNs`; a put ends degradation at once.
     @discardableResult
@@ -126,7 +177,8 @@ public final class KVLeadership: BeatLeadership {
     @inline(__always)
     public func publishMode(nowMonoNs: Int64, periodNs: Int64) -> PublishMode {
         if lease.mayPublish(nowMonoNs: nowMonoNs) {
-            return timeline.holderReady(term: lease.term) ? .leader(leaseUntilMonoNs: lease.leaseUntilMonoNs) : .waiting
+            return timeline.holderReady(term: lease.term) && nowMonoNs >= publishNotBeforeMonoNs
+                ? .leader(leaseUntilMonoNs: lease.leaseUntilMonoNs) : .waiting
         }
         if degradation.degraded {
             return DegradationPolicy.turnMode(rank: rank, turnNs: ClusterCore.degradedTurnNs, periodNs: periodNs)

@@ -4,6 +4,7 @@
 // holder that publishes nothing after SIGCONT until it holds the key again,
 // a tempo change posted to a non-holder applying at one downbeat on all,
 // and one NATS server of a 3-server JetStream cluster killed.
+import CNats
 import Foundation
 import Glibc
 import PulsePolicy
@@ -133,7 +134,37 @@ final class KVLeaseProcessTests: XCTestCase {
             XCTAssertEqual(b.index, a.index + 1, "no beat missed across the hand-over\n\(cluster.logs)")
         }
         XCTAssertGreaterThan(Set(list.map(\.from)).count, 1, "a new holder took over")
+        // The successor recognised the delete as the holder's own hand-over
+        // (its release marker, through the real watch): the short guard.
+        XCTAssertTrue(cluster.logs.contains("publishing as lease holder after_hand_over=true"), cluster.logs)
         cluster.nodes[old] = nil
+    }
+
+    /// An operator's `nats kv del` of the lease key (a delete marker without
+    /// the holder's release marker) is no hand-over: the next holder waits
+    /// out the deleted holder's lease and takes the full guard, and no
+    /// index is published twice (review of 2026-12-07, finding 3).
+    func testAForeignDeleteOfTheLeaseKeyIsNoHandOver() throws {
+        let (cluster, subscriber) = try running("kvdel", bpm: 600, frames: 10)
+        var nc: OpaquePointer?
+        XCTAssertEqual(natsConnection_ConnectTo(&nc, cluster.natsURL), NATS_OK)
+        defer { natsConnection_Destroy(nc) }
+        var msg: OpaquePointer?
+        XCTAssertEqual(natsMsg_Create(&msg, "$KV.backbeat_kvdel_lease.leader", nil, nil, 0), NATS_OK)
+        defer { natsMsg_Destroy(msg) }
+        XCTAssertEqual(natsMsgHeader_Set(msg, "KV-Operation", "DEL"), NATS_OK)
+        let before = cluster.logs.components(separatedBy: "publishing as lease holder").count
+        XCTAssertEqual(natsConnection_PublishMsg(nc, msg), NATS_OK)
+        XCTAssertEqual(natsConnection_Flush(nc), NATS_OK)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) {
+                cluster.logs.components(separatedBy: "publishing as lease holder").count > before
+            }, "a holder publishes again\n\(cluster.logs)")
+        XCTAssertTrue(cluster.logs.contains("not by its holder's hand-over"), cluster.logs)
+        XCTAssertFalse(cluster.logs.contains("after_hand_over=true"), "no short guard\n\(cluster.logs)")
+        let count = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: count + 5, seconds: 10), cluster.logs)
+        assertNoRepeatNoBackwards(frames(subscriber), cluster.logs)
     }
 
     func testStoppedHolderPublishesNothingAfterSigcontUntilItHoldsTheKeyAgain() throws {
@@ -236,7 +267,11 @@ final class KVLeaseProcessTests: XCTestCase {
             return ready
         }
         XCTAssertTrue(ready, "the 3-server JetStream cluster made the R3 buckets")
-        return (servers, try KVPulseCluster(cluster: name, bpm: 300, natsURL: urls, extra: ["-kv-replicas", "3", "-kv-allow-old-server"]))
+        return (
+            servers,
+            try KVPulseCluster(
+                cluster: name, bpm: 300, natsURL: urls, extra: ["-kv-replicas", "3", "-kv-allow-old-server"])
+        )
     }
 
     func testOneNatsServerOfThreeKilledTheBeatContinues() throws {

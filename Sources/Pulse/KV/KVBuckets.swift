@@ -41,6 +41,12 @@ struct KVWatched: Sendable {
     var revision: UInt64
     var value: [UInt8]?
     var key = ""
+    /// A purge marker (else a delete marker, when `value` is nil).
+    var purged = false
+    /// A delete marker's body (the hand-over's release marker), at most `maxMarkerBytes`.
+    var markerBody: [UInt8] = []
+
+    static let maxMarkerBytes = 1024
 }
 
 /// No NATS server of -nats answered at start-up (the message is the start-up
@@ -238,7 +244,9 @@ final class KVBuckets: @unchecked Sendable {
         case .update(let last):
             return Self.leaseReply(put(leaseBucket, Self.leaderKey, value, expect: .revision(last)))
         case .delete(let last):
-            return Self.leaseReply(put(leaseBucket, Self.leaderKey, [], expect: .revision(last), delete: true))
+            // The body tells the watchers it is the holder's own hand-over.
+            let marker = KVLease.releaseMarker(claim: value)
+            return Self.leaseReply(put(leaseBucket, Self.leaderKey, marker, expect: .revision(last), delete: true))
         case .read:
             switch last(leaseBucket, Self.leaderKey) {
             case .entry(let rev, let value?):
@@ -320,16 +328,21 @@ final class KVBuckets: @unchecked Sendable {
                 let rev = kvEntry_Revision(entry)
                 let op = kvEntry_Operation(entry)
                 var value: [UInt8]? = nil
+                var marker: [UInt8] = []
+                let n = Int(kvEntry_ValueLen(entry))
                 if op == kvOp_Put {
-                    let n = Int(kvEntry_ValueLen(entry))
                     if let p = kvEntry_Value(entry) {
                         value = Array(UnsafeRawBufferPointer(start: p, count: n))
                     } else {
                         value = []
                     }
+                } else if let p = kvEntry_Value(entry), n > 0 {
+                    marker = Array(UnsafeRawBufferPointer(start: p, count: min(n, KVWatched.maxMarkerBytes)))
                 }
                 kvEntry_Destroy(entry)
-                seen(KVWatched(revision: rev, value: value, key: entryKey))
+                seen(
+                    KVWatched(
+                        revision: rev, value: value, key: entryKey, purged: op == kvOp_Purge, markerBody: marker))
             }
             kvWatcher_Stop(box.watcher)
             kvWatcher_Destroy(box.watcher)

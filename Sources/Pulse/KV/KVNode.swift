@@ -53,8 +53,6 @@ final class KVNode: LoopHandler {
     /// The tempo write in flight or of unknown fate: the barrier holds its
     /// apply beat until the key moves past `base`.
     private var tempoBase: UInt64?
-    /// The key was deleted (a hand-over) before we took it: take over with the short guard.
-    private var takenAfterDelete = false
     private var tookOverTerm: UInt64 = 0
     /// Counters for /metrics and logs.
     private(set) var acquisitions: UInt64 = 0
@@ -177,6 +175,7 @@ final class KVNode: LoopHandler {
             }
         }
         maybeWriteTermStart(now)
+        maybeTakeOver()  // after a foreign delete's wait ran out
     }
 
     private func leaseAnswered(_ reply: KVLeaseReply) {
@@ -203,19 +202,23 @@ final class KVNode: LoopHandler {
     private(set) var lastWatchedMonoNs: Int64 = 0
 
     private func leaseWatched(_ entry: KVWatched) {
-        leadership.watched(revision: entry.revision)
         lastWatchedMonoNs = cloop_monotonic_ns()
-        logDegradation(leadership.holderWatched(present: entry.value != nil, nowMonoNs: lastWatchedMonoNs))
+        let seen = leadership.leaseEntryWatched(
+            revision: entry.revision, value: entry.value ?? entry.markerBody,
+            deleted: entry.value == nil && !entry.purged,
+            purged: entry.purged, nowMonoNs: lastWatchedMonoNs)
+        logDegradation(seen.degradation)
         holderNodeId = entry.value.flatMap {
             String(decoding: $0, as: UTF8.self).split(separator: " ").first.map(String.init)
         }
-        if entry.value == nil {
-            // Deleted (a hand-over): candidates try at once.
-            takenAfterDelete = true
-            leadership.lease.keyGone()
+        if seen.gone {
+            if !leadership.freedByHandOver, leadership.lastClaimWatchedMonoNs != nil {
+                logger.warning(
+                    "lease key deleted or purged, not by its holder's hand-over: the next holder waits out its lease",
+                    metadata: ["revision": "\(entry.revision)", "purged": "\(entry.purged)"])
+            }
+            leadership.lease.keyGone()  // candidates try at once
             drive()
-        } else if entry.value.map({ String(decoding: $0, as: UTF8.self) }) != leadership.lease.owner {
-            takenAfterDelete = false  // another node's claim: a later take-over is after an expiry
         }
     }
 
@@ -292,13 +295,18 @@ final class KVNode: LoopHandler {
     }
 
     /// The holder publishes from the first record of its term on.
+    /// Only after a foreign delete's wait (`publishNotBeforeMonoNs`): the
+    /// guard counts from there. The short guard only after the holder's own
+    /// hand-over (KVLeaseLeadership.swift).
     private func maybeTakeOver() {
         let term = leadership.lease.term
-        guard leadership.isReadyHolder, tookOverTerm != term, beats.shell.started else { return }
+        guard leadership.isReadyHolder, tookOverTerm != term, beats.shell.started,
+            cloop_monotonic_ns() >= leadership.publishNotBeforeMonoNs
+        else { return }
         tookOverTerm = term
-        beats.shell.takeOver(graceful: takenAfterDelete)
-        logger.info(
-            "publishing as lease holder", metadata: ["term": "\(term)", "after_hand_over": "\(takenAfterDelete)"])
+        let handOver = leadership.freedByHandOver
+        beats.shell.takeOver(graceful: handOver)
+        logger.info("publishing as lease holder", metadata: ["term": "\(term)", "after_hand_over": "\(handOver)"])
     }
 
     /// The holder's tempo commit: a CAS write of the next record; `done`

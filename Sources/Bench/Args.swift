@@ -13,7 +13,7 @@
 /// and `drift` (minutes each: asked for by name).
 let knownScenarios = [
     "idle", "shared", "signed", "load", "per001", "election", "election-tls", "election-kv", "fanout", "flood",
-    "flood-control",
+    "flood-signed", "flood-control",
     "baseline", "drift",
     "scale",
 ]

@@ -1,15 +1,22 @@
 // Bench/Flood.swift — the `flood` scenario (issue 20, item 5): what a flood
-// of timeline requests costs the beat. One pulse at --bpm is measured twice
-// in the same run, under the same conditions: idle, then while one client
-// sends timeline requests at `ratePerSecond` (10,000/s) for the whole
-// window, each with a reply subject (the node answers every one it takes,
-// from the reply cache, or drops and counts it over its budget). Reported
-// beside each other: the pulse's own jitter (publish = TX timestamp −
-// instant, /debug/beats) and delivery (independent subscriber); verdict:
-// the flood's jitter p99 ≤ 1.25× the idle run's, no NATS reconnect and no
-// missed beat during the flood. `flood-control` does the same with tempo
-// requests that lack the pulse's admin token (`FloodKind`). (An unbounded
-// flood from one client is the process test's:
+// of timeline requests costs the beat, on every node of a 3-node cluster.
+// A `BenchCluster` (n1..n3, Raft on loopback, the loop threads alternating
+// between the bench core and the other one) at --bpm is measured twice in
+// the same run, under the same conditions: idle, then while one client sends
+// timeline requests at `ratePerSecond` (10,000/s) on the cluster's request
+// subject for the whole window. Every node subscribes to that subject and
+// answers every request it takes (protocol: "any node answers"), so one
+// request is three replies and every node carries the flood. Reported
+// beside each other: the leader's own jitter (publish = TX timestamp −
+// instant, /debug/beats; followers publish no frame, so have none) and
+// delivery (independent subscriber); per node, over the flood window: NATS
+// reconnects and client-side slow-consumer events (both connections,
+// /metrics deltas), missed beats, requests dropped over its budget and its
+// loop thread's CPU; nats-server's own slow-consumer count (/varz). Verdict:
+// the flood's jitter p99 ≤ 1.25× the idle run's, no beat missing on the
+// subject and no node disconnected. `flood-control` does the same with
+// tempo requests that lack the pulse's admin token (`FloodKind`). (An
+// unbounded flood from one client is the process tests':
 // Tests/PulseTests/RequestBudgetTests.swift.)
 
 import CLoop
@@ -21,40 +28,103 @@ import PulseCore
     import Glibc
 #endif
 
-/// What the flood asks for: the timeline (`flood`), or a tempo change
-/// without the admin token the pulse runs with (`flood-control`: each one
-/// parsed for its token and refused 401, the costliest answer a consumer
-/// can make a node give; adversarial review of 2026-12-07).
+/// What the flood asks for: the timeline (`flood`), the timeline of nodes
+/// that sign (`flood-signed`: `-sign-key` on every node, each reply signed),
+/// or a tempo change without the admin token the pulse runs with
+/// (`flood-control`: each one parsed for its token and refused 401, the
+/// costliest answer a consumer can make a node give; adversarial review of
+/// 2026-12-07).
 enum FloodKind {
-    case timeline, control
+    case timeline, signedTimeline, control
 
-    var scenario: String { self == .timeline ? "flood" : "flood-control" }
-    var what: String { self == .timeline ? "timeline requests" : "tempo requests without the token" }
-    var surface: String { self == .timeline ? "timeline_subject" : "control_subject" }
+    var scenario: String {
+        switch self {
+        case .timeline: "flood"
+        case .signedTimeline: "flood-signed"
+        case .control: "flood-control"
+        }
+    }
+    var what: String {
+        switch self {
+        case .timeline: "timeline requests"
+        case .signedTimeline: "timeline requests (signed replies)"
+        case .control: "tempo requests without the token"
+        }
+    }
+    var surface: String { self == .control ? "control_subject" : "timeline_subject" }
     func subject(_ cluster: String) -> String {
         let subjects = BackbeatSubjects(clusterId: cluster)
-        return self == .timeline ? subjects.timelineRequest : subjects.controlRequest
+        return self == .control ? subjects.controlRequest : subjects.timelineRequest
     }
-    var body: String { self == .timeline ? "{}" : #"{"tempo_bpm":600,"justification":"flood"}"# }
-    /// The pulse's extra flags: an admin token no request carries.
-    var pulseArgs: [String] { self == .timeline ? [] : ["-admin-token", "bench-\(UInt64.random(in: 1...UInt64.max))"] }
+    var body: String { self == .control ? #"{"tempo_bpm":600,"justification":"flood"}"# : "{}" }
+    /// The pulses' extra flags: an admin token no request carries, or a signing key.
+    func pulseArgs(_ ctx: BenchContext) throws -> [String] {
+        switch self {
+        case .timeline: []
+        case .signedTimeline: ["-sign-key", try writeBenchSignKey(ctx).path]
+        case .control: ["-admin-token", "bench-\(UInt64.random(in: 1...UInt64.max))"]
+        }
+    }
+}
+
+/// A node the flood reaches, and whose figures it reads.
+struct FloodTarget {
+    var name: String
+    var run: PulseRun
+    var cpu: Int
+    var leader: Bool
+}
+
+/// One node's figures over the flood window (/metrics deltas, both NATS
+/// connections summed; its loop thread's CPU from /proc).
+struct FloodNode {
+    var name: String
+    var cpu: Int
+    var leader: Bool
+    var reconnects: Double? = nil
+    /// Slow-consumer events of the beat connection (its echo dropped by the
+    /// client library: must stay 0) and of the requests connection (the
+    /// flood's own drops at the client's pending limits: the budget at work).
+    var slowConsumers: Double? = nil
+    var requestsSlowConsumers: Double? = nil
+    var missedBeats: Double? = nil
+    var overBudget: Double? = nil
+    /// The loop thread's CPU over the window, in % of one core.
+    var loopBusyPercent: Double? = nil
+
+    var clean: Bool? {
+        guard let r = reconnects, let s = slowConsumers, let m = missedBeats else { return nil }
+        return r == 0 && s == 0 && m == 0
+    }
+
+    var text: String {
+        func n(_ v: Double?) -> String { v.map { String(Int($0)) } ?? "?" }
+        return
+            "\(name)\(leader ? " (leader)" : "") cpu \(cpu): reconnects \(n(reconnects)), slow-consumer events beat \(n(slowConsumers)) / requests \(n(requestsSlowConsumers)), missed beats \(n(missedBeats)), dropped over budget \(n(overBudget)), loop thread busy \(loopBusyPercent.map { String(format: "%.1f %%", $0) } ?? "?")"
+    }
 }
 
 /// The requests of the flood and what came of them.
 struct FloodResult {
-    /// The same pulse, idle, measured just before (same run, same flags).
+    /// The same leader, idle, measured just before (same run, same flags).
     var idleJitterP99Ns: Double
     var idleDeliveryP99Ns: Double
     var idleSamples: Int
     var ratePerSecond: Int
     var kind = FloodKind.timeline
     var sent = 0
+    /// Replies received (up to one per node and request).
     var answered = 0
-    /// NATS reconnects and missed beats of the pulse over the flood window (/metrics deltas).
-    var reconnects: Double? = nil
-    var missedBeats: Double? = nil
-    /// Requests the node dropped over its budget (`rejected{reason="over_budget"}` delta).
-    var overBudget: Double? = nil
+    /// Per node (one for a single pulse: the scale series).
+    var nodes: [FloodNode] = []
+    /// nats-server's `slow_consumers` (/varz) over the window: any client it
+    /// disconnected as too slow (nil: its monitoring port is not known).
+    var serverSlowConsumers: Double? = nil
+    var placement = ""
+
+    var overBudget: Double? {
+        nodes.contains { $0.overBudget == nil } ? nil : nodes.compactMap(\.overBudget).reduce(0, +)
+    }
 
     func checks(scenario name: String, _ s: ScenarioResult) -> [Check] {
         let j = s.jitter.summary.p99
@@ -63,9 +133,14 @@ struct FloodResult {
             "\(us(v)) vs idle \(us(idle)) (ratio \(String(format: "%.2f", idle > 0 ? v / idle : 0)))"
         }
         let measurable = s.jitter.count > 0 && idleSamples > 0
+        let missing = max(0, s.beats - s.received)
+        let clean = nodes.map(\.clean)
+        let nodesClean: Bool? = clean.contains { $0 == nil } ? nil : clean.allSatisfy { $0 == true }
+        let pass = nodesClean.map { $0 && missing == 0 && (serverSlowConsumers ?? 0) == 0 }
+        let who = nodes.count > 1 ? "the leader's " : ""
         return [
             Check(
-                scenario: name, target: "issue 20: jitter p99 under \(ratePerSecond)/s \(kind.what) ≤ 1.25× idle",
+                scenario: name, target: "issue 20: \(who)jitter p99 under \(ratePerSecond)/s \(kind.what) ≤ 1.25× idle",
                 pass: measurable ? j <= 1.25 * idleJitterP99Ns : nil,
                 detail: measurable ? ratio(j, idleJitterP99Ns) : "no samples"),
             Check(
@@ -73,19 +148,26 @@ struct FloodResult {
                 pass: s.delivery.count > 0 && idleSamples > 0 ? d <= 1.25 * idleDeliveryP99Ns : nil,
                 detail: ratio(d, idleDeliveryP99Ns)),
             Check(
-                scenario: name, target: "issue 20: no NATS reconnect, no missed beat under the flood",
-                pass: reconnects.flatMap { r in missedBeats.map { r == 0 && $0 == 0 } },
+                scenario: name,
+                target: "issue 20: no beat missing on the subject, no node disconnected (\(nodes.count) flooded)",
+                pass: pass,
                 detail:
-                    "reconnects \(reconnects.map { String(Int($0)) } ?? "?"), missed \(missedBeats.map { String(Int($0)) } ?? "?"); \(sent) sent, \(answered) answered, \(overBudget.map { String(Int($0)) } ?? "?") dropped over budget"
+                    "\(missing) of \(s.beats) beats missing on the subject; reconnects \(sum(\.reconnects)), beat-connection slow-consumer events \(sum(\.slowConsumers)), missed \(sum(\.missedBeats)) over the nodes; nats-server slow consumers \(serverSlowConsumers.map { String(Int($0)) } ?? "not measured"); \(sent) sent, \(answered) answered, \(overBudget.map { String(Int($0)) } ?? "?") dropped over budget"
             ),
         ]
     }
+
+    private func sum(_ figure: KeyPath<FloodNode, Double?>) -> String {
+        nodes.contains { $0[keyPath: figure] == nil }
+            ? "?" : String(Int(nodes.compactMap { $0[keyPath: figure] }.reduce(0, +)))
+    }
 }
 
-/// One client sending timeline requests at a fixed rate on its own thread
-/// (10 per millisecond at 10,000/s), replies counted on an inbox; the
-/// pulse's reconnects, missed beats and over-budget drops are read from its
-/// /metrics before and after.
+/// One client sending requests at a fixed rate on its own thread (10 per
+/// millisecond at 10,000/s) on the subject every target subscribes to,
+/// replies counted on an inbox; each target's reconnects, slow-consumer
+/// events, missed beats and over-budget drops are read from its /metrics
+/// before and after.
 final class RequestFlood: WindowLoad {
     private var connection: OpaquePointer?
     private var subscription: OpaquePointer?
@@ -94,21 +176,42 @@ final class RequestFlood: WindowLoad {
     private var sentCount = 0
     private var answeredCount = 0
     private let done = DispatchSemaphore(value: 0)
-    private let pulse: PulseRun
+    private let targets: [FloodTarget]
+    private let monitorPort: Int?
     private var figures: FloodResult
-    private let before: [String: Double]
-    static let metricNames = ["backbeat_nats_reconnects_total", "backbeat_beats_missed_total"]
+    private var before: [[String: Double]] = []
+    private var loopBefore: [Int64?] = []
+    private var serverBefore: Double?
+    private let startedNs = cloop_monotonic_ns()
+    /// What is read of each node's /metrics, by key: a sample name, summed over its labels, or a whole series.
+    static let metricSeries = [
+        "reconnects": "backbeat_nats_reconnects_total", "missed": "backbeat_beats_missed_total",
+        "beat_slow": #"backbeat_nats_slow_consumer_total{connection="beat"}"#,
+        "requests_slow": #"backbeat_nats_slow_consumer_total{connection="requests"}"#,
+    ]
 
-    init(_ ctx: BenchContext, pulse: PulseRun, idle: ScenarioResult, ratePerSecond: Int, kind: FloodKind = .timeline)
-        throws
-    {
-        self.pulse = pulse
+    /// A lone pulse on cluster `bench` (the scale series).
+    convenience init(
+        _ ctx: BenchContext, pulse: PulseRun, idle: ScenarioResult, ratePerSecond: Int, kind: FloodKind = .timeline
+    ) throws {
+        try self.init(
+            ctx, targets: [FloodTarget(name: "pulse", run: pulse, cpu: ctx.cpu, leader: true)], cluster: "bench",
+            idle: idle, ratePerSecond: ratePerSecond, kind: kind)
+    }
+
+    init(
+        _ ctx: BenchContext, targets: [FloodTarget], cluster: String, idle: ScenarioResult, ratePerSecond: Int,
+        kind: FloodKind = .timeline
+    ) throws {
+        self.targets = targets
+        monitorPort = ctx.natsMonitorPort
         figures = FloodResult(
             idleJitterP99Ns: idle.jitter.summary.p99, idleDeliveryP99Ns: idle.delivery.summary.p99,
             idleSamples: idle.jitter.count, ratePerSecond: ratePerSecond, kind: kind)
-        before = pulse.metrics(Self.metricNames).merging(["over_budget": overBudgetCount(pulse, kind) ?? 0]) {
-            a, _ in a
-        }
+        figures.nodes = targets.map { FloodNode(name: $0.name, cpu: $0.cpu, leader: $0.leader) }
+        before = targets.map { Self.figures($0.run, kind) }
+        loopBefore = targets.map { threadCPUNs($0.run.child.pid, tid: $0.run.child.pid) }
+        serverBefore = monitorPort.flatMap(serverSlowConsumers)
         var opts: OpaquePointer?
         natsOptions_Create(&opts)
         defer { natsOptions_Destroy(opts) }
@@ -127,7 +230,7 @@ final class RequestFlood: WindowLoad {
         guard status == NATS_OK else { throw BenchError("flood inbox: \(natsStatusText(status))") }
         natsSubscription_SetPendingLimits(subscription, 1 << 20, 1 << 30)
         natsConnection_Flush(connection)
-        let (subject, body) = (kind.subject("bench"), kind.body)
+        let (subject, body) = (kind.subject(cluster), kind.body)
         let perMs = max(1, ratePerSecond / 1000)
         // Bounded in time whatever happens to `stop`.
         let deadline = cloop_monotonic_ns() + Int64(ctx.options.seconds + 10) * 1_000_000_000
@@ -155,16 +258,51 @@ final class RequestFlood: WindowLoad {
         _ = done.wait(timeout: .now() + 5)
         natsConnection_FlushTimeout(connection, 2000)
         usleep(200_000)  // the last answers
+        let elapsedNs = Double(cloop_monotonic_ns() - startedNs)
         (figures.sent, figures.answered) = lock.withLock { (sentCount, answeredCount) }
-        let after = pulse.metrics(Self.metricNames)
-        figures.reconnects = after[Self.metricNames[0]].map { $0 - (before[Self.metricNames[0]] ?? 0) }
-        figures.missedBeats = after[Self.metricNames[1]].map { $0 - (before[Self.metricNames[1]] ?? 0) }
-        figures.overBudget = overBudgetCount(pulse, figures.kind).map { $0 - (before["over_budget"] ?? 0) }
+        for (i, target) in targets.enumerated() {
+            let after = Self.figures(target.run, figures.kind)
+            func delta(_ name: String) -> Double? { after[name].map { $0 - (before[i][name] ?? 0) } }
+            figures.nodes[i].reconnects = delta("reconnects")
+            figures.nodes[i].missedBeats = delta("missed")
+            figures.nodes[i].slowConsumers = delta("beat_slow")
+            figures.nodes[i].requestsSlowConsumers = delta("requests_slow")
+            figures.nodes[i].overBudget = delta("over_budget")
+            if let b = loopBefore[i], let a = threadCPUNs(target.run.child.pid, tid: target.run.child.pid) {
+                figures.nodes[i].loopBusyPercent = Double(a - b) / elapsedNs * 100
+            }
+        }
+        if let port = monitorPort, let b = serverBefore, let a = serverSlowConsumers(port) {
+            figures.serverSlowConsumers = a - b
+        }
+        let to = targets.count > 1 ? " to each of \(targets.count) nodes" : ""
         return
-            "one client, \(figures.ratePerSecond) \(figures.kind.what)/s: \(figures.sent) sent, \(figures.answered) answered"
+            "one client, \(figures.ratePerSecond) \(figures.kind.what)/s\(to): \(figures.sent) sent, \(figures.answered) answered"
     }
 
     func report(into result: inout ScenarioResult) { result.flood = figures }
+
+    /// `metricSeries` and the kind's over-budget drops of one node (one GET /metrics).
+    private static func figures(_ pulse: PulseRun, _ kind: FloodKind) -> [String: Double] {
+        guard let (status, body) = httpGet(port: pulse.adminPort, path: "/metrics"), status == 200 else { return [:] }
+        var out: [String: Double] = [:]
+        for line in String(decoding: body, as: UTF8.self).split(separator: "\n") where !line.hasPrefix("#") {
+            guard let space = line.lastIndex(of: " "), let value = Double(line[line.index(after: space)...]) else {
+                continue
+            }
+            let series = line[..<space]
+            let name = series.prefix { $0 != "{" }
+            for (key, wanted) in metricSeries where wanted == series || wanted == name {
+                out[key, default: 0] += value
+            }
+            if name == "backbeat_rejected_input_total", series.contains(kind.surface),
+                series.contains(#"reason="over_budget""#)
+            {
+                out["over_budget", default: 0] += value
+            }
+        }
+        return out
+    }
 
     deinit {
         if let subscription { natsSubscription_Unsubscribe(subscription) }
@@ -173,29 +311,54 @@ final class RequestFlood: WindowLoad {
     }
 }
 
-/// Idle, then flooded: two measured windows of the same pulse set-up.
+/// A 3-node cluster, idle then flooded: two measured windows of its leader,
+/// the flood reaching every node.
 func runFloodScenario(
     _ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsFloor: Floor, kind: FloodKind = .timeline
 ) throws -> ScenarioResult {
-    let args = kind.pulseArgs
+    let id = "bench-\(kind.scenario)"
+    let cluster = BenchCluster(ctx, clusterId: id, bpm: bpm, size: 3, extraArgs: try kind.pulseArgs(ctx))
+    defer { cluster.stopAll() }
+    try cluster.startAll()
+    guard let leader = cluster.leader(seconds: 15) else { throw BenchError("\(kind.scenario): no leader within 15 s") }
+    var targets: [FloodTarget] = []
+    for i in cluster.names.indices {
+        guard let child = cluster.children[i] else { throw BenchError("\(kind.scenario): \(cluster.names[i]) is down") }
+        targets.append(
+            FloodTarget(
+                name: cluster.names[i],
+                run: PulseRun(
+                    child: child, adminPort: cluster.adminPorts[i], dataDir: "\(cluster.dir)/\(cluster.names[i])"),
+                cpu: cluster.cpus[i], leader: i == leader))
+    }
+    let subject = BackbeatSubjects(clusterId: id).beat
     let idle = try runPulseScenario(
         ctx, name: kind.scenario + "-idle", bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor,
-        withHTTPLoad: false, extraArgs: args)
+        withHTTPLoad: false, existing: targets[leader].run, subject: subject)
     var result = try runPulseScenario(
         ctx, name: kind.scenario, bpm: bpm, timerFloor: timerFloor, natsFloor: natsFloor, withHTTPLoad: false,
-        extraArgs: args
-    ) { pulse in try RequestFlood(ctx, pulse: pulse, idle: idle, ratePerSecond: 10_000, kind: kind) }
+        windowLoad: { _ in
+            try RequestFlood(ctx, targets: targets, cluster: id, idle: idle, ratePerSecond: 10_000, kind: kind)
+        }, existing: targets[leader].run, subject: subject)
+    result.mode = "3-node cluster, \(cluster.names[leader]) leading" + (kind == .signedTimeline ? ", -sign-key" : "")
+    result.flood?.placement = cluster.placement
+    if cluster.leader(seconds: 2) != leader {
+        result.notes.append("leadership moved during the run: the verdicts mix leaders")
+    }
     let (j, d, e) = (idle.jitter.summary, idle.delivery.summary, idle.decisionJitter.summary)
     result.notes.append(
-        "idle reference (same run, same flags), over \(idle.jitter.count) beats: jitter p50 \(us(j.p50)), p95 \(us(j.p95)), p99 \(us(j.p99)), max \(us(j.max)); delivery p50 \(us(d.p50)), p95 \(us(d.p95)), p99 \(us(d.p99)); |decision − instant| p99 \(us(e.p99)), max \(us(e.max))"
+        "idle reference (same run, same cluster and leader), over \(idle.jitter.count) beats: jitter p50 \(us(j.p50)), p95 \(us(j.p95)), p99 \(us(j.p99)), max \(us(j.max)); delivery p50 \(us(d.p50)), p95 \(us(d.p95)), p99 \(us(d.p99)); |decision − instant| p99 \(us(e.p99)), max \(us(e.max))"
     )
+    result.notes.append("placement: \(cluster.placement); only the leader publishes frames, so only its jitter exists")
+    for node in result.flood?.nodes ?? [] { result.notes.append("under the flood: " + node.text) }
+    result.notes += idle.notes.map { "idle: " + $0 }
     return result
 }
 
-/// `backbeat_rejected_input_total{surface=<the kind's>,reason="over_budget"}` of `pulse`.
-private func overBudgetCount(_ pulse: PulseRun, _ kind: FloodKind) -> Double? {
-    guard let (status, body) = httpGet(port: pulse.adminPort, path: "/metrics"), status == 200 else { return nil }
-    return String(decoding: body, as: UTF8.self).split(separator: "\n").filter {
-        $0.hasPrefix("backbeat_rejected_input_total{") && $0.contains(kind.surface) && $0.contains("over_budget")
-    }.compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
+/// nats-server's `slow_consumers` (`GET /varz` on its monitoring port), or nil.
+private func serverSlowConsumers(_ port: Int) -> Double? {
+    guard let (status, body) = httpGet(port: port, path: "/varz"), status == 200,
+        let object = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any]
+    else { return nil }
+    return (object["slow_consumers"] as? NSNumber)?.doubleValue
 }

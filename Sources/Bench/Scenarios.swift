@@ -30,6 +30,8 @@ final class BenchContext {
     let pulsePath: String
     let pulse: PulseBinary
     var natsURL = ""
+    /// The monitoring port (`-m`) of the nats-server Bench started; nil for `--nats`.
+    var natsMonitorPort: Int? = nil
     var notes: [String] = []
     let tools: [String: String?]
 
@@ -111,16 +113,21 @@ func startNatsServer(_ ctx: BenchContext) throws -> Child? {
         throw BenchError("nats-server not found (apt-get install nats-server), or pass --nats nats://127.0.0.1:PORT")
     }
     let port = freePort()
+    let monitorPort = freePort()
     // JetStream on: the election-kv scenario's pulses elect through its KV.
+    // Monitoring on: the flood scenario reads its slow consumers (/varz).
     let child = try Child(
         name: "nats-server", path: binary,
-        arguments: ["-a", "127.0.0.1", "-p", "\(port)", "-js", "-sd", ctx.tempDir + "/nats-js"],
+        arguments: [
+            "-a", "127.0.0.1", "-p", "\(port)", "-m", "\(monitorPort)", "-js", "-sd", ctx.tempDir + "/nats-js",
+        ],
         outputPath: ctx.tempDir + "/nats-server.log")
     guard waitUntil(seconds: 10, { canConnect(port: port) }) else {
         child.stop()
         throw BenchError("nats-server did not start on 127.0.0.1:\(port)")
     }
     ctx.natsURL = "nats://127.0.0.1:\(port)"
+    ctx.natsMonitorPort = monitorPort
     return child
 }
 

@@ -14,18 +14,7 @@ func runSignedScenario(
     _ ctx: BenchContext, bpm: Int, timerFloor: Floor, natsFloor: Floor, periodFloor: Floor?, cpuFloor: CpuFloor?,
     idle: ScenarioResult?
 ) throws -> ScenarioResult {
-    guard sodium_init() >= 0 else { throw BenchError("signed: libsodium could not initialise") }
-    var seed = [UInt8](repeating: 0, count: 32)
-    randombytes_buf(&seed, seed.count)
-    // A PEM Ed25519 private key (RFC 8410), as `openssl genpkey -algorithm ed25519` writes it.
-    let der: [UInt8] =
-        [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20] + seed
-    let keyPath = ctx.tempDir + "/sign.key"
-    let pem = "-----BEGIN PRIVATE KEY-----\n\(Data(der).base64EncodedString())\n-----END PRIVATE KEY-----\n"
-    guard
-        FileManager.default.createFile(
-            atPath: keyPath, contents: Data(pem.utf8), attributes: [.posixPermissions: 0o600])
-    else { throw BenchError("signed: cannot write \(keyPath)") }
+    let (keyPath, seed) = try writeBenchSignKey(ctx)
     defer { try? FileManager.default.removeItem(atPath: keyPath) }
 
     var result = try runPulseScenario(
@@ -49,6 +38,23 @@ func runSignedScenario(
         result.notes.append("no idle run to compare with (run --scenarios idle,signed)")
     }
     return result
+}
+
+/// A fresh Ed25519 key for `-sign-key` in the run's temp dir (mode 0600): its path and seed.
+func writeBenchSignKey(_ ctx: BenchContext) throws -> (path: String, seed: [UInt8]) {
+    guard sodium_init() >= 0 else { throw BenchError("signed: libsodium could not initialise") }
+    var seed = [UInt8](repeating: 0, count: 32)
+    randombytes_buf(&seed, seed.count)
+    // A PEM Ed25519 private key (RFC 8410), as `openssl genpkey -algorithm ed25519` writes it.
+    let der: [UInt8] =
+        [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20] + seed
+    let keyPath = ctx.tempDir + "/sign-\(UInt64.random(in: 1...UInt64.max)).key"
+    let pem = "-----BEGIN PRIVATE KEY-----\n\(Data(der).base64EncodedString())\n-----END PRIVATE KEY-----\n"
+    guard
+        FileManager.default.createFile(
+            atPath: keyPath, contents: Data(pem.utf8), attributes: [.posixPermissions: 0o600])
+    else { throw BenchError("signed: cannot write \(keyPath)") }
+    return (keyPath, seed)
 }
 
 /// Times `crypto_sign_detached` over a frame-sized message `count` times, pinned to `cpu`.

@@ -97,7 +97,9 @@ func attempt(_ name: String, _ body: () throws -> Void) {
 }
 
 var idleFloors: (timer: Floor, nats: Floor)? = nil
-if !wants.intersection(["idle", "baseline", "per001", "shared", "signed", "flood", "flood-control"]).isEmpty {
+if !wants.intersection(["idle", "baseline", "per001", "shared", "signed", "flood", "flood-signed", "flood-control"])
+    .isEmpty
+{
     let periodUs = 60_000_000 / options.bpm
     log(
         "idle floors (\(options.seconds) s timer-wake at 1 ms, \(options.seconds) s at the period \(periodUs) µs, \(options.seconds) s NATS)…"
@@ -169,8 +171,8 @@ if !wants.intersection(["idle", "baseline", "per001", "shared", "signed", "flood
             report.baseline?.periodFloor = periodFloor
         }
     }
-    for kind in [FloodKind.timeline, .control] where wants.contains(kind.scenario) {
-        log("\(kind.scenario): pulse at \(options.bpm) bpm idle, then under 10,000 \(kind.what)/s…")
+    for kind in [FloodKind.timeline, .signedTimeline, .control] where wants.contains(kind.scenario) {
+        log("\(kind.scenario): 3-node cluster at \(options.bpm) bpm idle, then every node under 10,000 \(kind.what)/s…")
         attempt(kind.scenario) {
             report.scenarios.append(
                 try runFloodScenario(ctx, bpm: options.bpm, timerFloor: timer, natsFloor: natsFloor, kind: kind))

@@ -5,6 +5,11 @@
 // `<prefix>.<n+1>`, `<n+2>`, …, with a forged timeline, as fast as it can.
 // The C client's own request (its connection's prefix and a counter) takes
 // the forgery; BackbeatClient's requests (a random inbox each) never do.
+// Under the shipped permissions (deploy/nats/backbeat.conf) the same
+// attacker, as the `consumer` user, still reads every reply on `_INBOX.>`
+// and may send requests whose answers go to an inbox it names, but every
+// forged reply is a "Publish Violation" at the server: neither client is
+// fooled, the C client's predictable inboxes included.
 import BackbeatClient
 import CNats
 import Foundation
@@ -147,5 +152,96 @@ final class ForgedReplyTests: XCTestCase {
         XCTAssertEqual(client.timeline?.timeline.epoch.bpm, 600)
         XCTAssertGreaterThan(attacker.repliesSeen, 50, "the attacker saw the client's replies")
         XCTAssertGreaterThan(attacker.forgedSent, sentBefore, "the attacker kept forging at the client's inboxes")
+    }
+
+    /// Issue 20, the forged-reply attack under `deploy/nats/backbeat.conf`:
+    /// what the consumer role allows (reading other consumers' replies,
+    /// naming any reply subject on a request) and what it refuses (a
+    /// publication on an inbox: the forgery never arrives).
+    func testUnderTheShippedPermissionsAConsumerCannotAnswerAnotherConsumersRequest() async throws {
+        let dir = Proc.tempDir("forgedreply-perm")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var root = URL(fileURLWithPath: #filePath)
+        while root.lastPathComponent != "Tests" { root.deleteLastPathComponent() }
+        let conf = root.deletingLastPathComponent().appendingPathComponent("deploy/nats/backbeat.conf").path
+        let password = "pw-\(UInt64.random(in: 1...UInt64.max))"
+        let serverLog = "\(dir)/nats.log"
+        let nats = try NatsServerProcess(
+            arguments: ["-c", conf, "-l", serverLog],
+            environment: [
+                "BACKBEAT_PULSE_NKEY": ClientAuthProcessTests.pulseUser.publicKey,
+                "BACKBEAT_CONSUMER_PASSWORD": password,
+            ])
+        try Data((ClientAuthProcessTests.pulseUser.seed + "\n").utf8).write(to: URL(fileURLWithPath: "\(dir)/pulse.nk"))
+        let cluster = "chorus-aus-01"  // the cluster id the file spells out
+        let (node, admin) = try PulseNodeProcess.single(
+            cluster: cluster, bpm: 600, nats: nats.url, dir: dir, extra: ["-nats-nkey", "\(dir)/pulse.nk"])
+        defer { node.stop() }
+        XCTAssertTrue(
+            Proc.waitUntil(seconds: 15) { Proc.http("GET", port: admin, path: "/timeline")?.status == 200 }, node.log)
+        let consumerURL = "nats://consumer:\(password)@127.0.0.1:\(nats.port)"
+        let subject = "backbeat.\(cluster).request.timeline"
+
+        let attacker = try Attacker(url: consumerURL)
+        let flood = Thread { attacker.run(until: Date() + 60) }
+        flood.start()
+        defer { attacker.stop() }
+        // The C client's predictable inboxes, which an open server let the attacker answer.
+        var victim: OpaquePointer?
+        XCTAssertEqual(natsConnection_ConnectTo(&victim, consumerURL), NATS_OK)
+        defer { natsConnection_Destroy(victim) }
+        var answered = 0
+        var fooled = 0
+        for _ in 0..<30 {
+            var reply: OpaquePointer?
+            if natsConnection_RequestString(&reply, victim, subject, "{}", 2000) == NATS_OK, let reply {
+                let body = String(
+                    decoding: Data(bytes: natsMsg_GetData(reply), count: Int(natsMsg_GetDataLength(reply))),
+                    as: UTF8.self)
+                answered += 1
+                if body.contains(#""bpm":61,"#) { fooled += 1 }
+                natsMsg_Destroy(reply)
+            }
+            usleep(20_000)
+        }
+        XCTAssertEqual(answered, 30, node.log)
+        XCTAssertEqual(fooled, 0, "a forged reply reached a consumer's inbox")
+        // BackbeatClient as the consumer user, under the same attack.
+        var options = BackbeatClientOptions(url: consumerURL, clusterId: cluster)
+        options.clockSampleIntervalMs = 0
+        let client = try await BackbeatClient.connect(options)
+        defer { client.close() }
+        for i in 0..<30 {
+            let timeline = try client.fetchTimeline()
+            XCTAssertEqual(timeline.timeline.epoch.bpm, 600, "fetch \(i): a forged reply was adopted")
+            usleep(20_000)
+        }
+        // What the role allows: reading every consumer's replies, and a
+        // request whose answer goes to an inbox the requester names (a
+        // genuine reply, sent where the attacker chose).
+        let named = "_INBOX.named-\(UInt64.random(in: 1...UInt64.max))"
+        var watch: OpaquePointer?
+        XCTAssertEqual(natsConnection_SubscribeSync(&watch, victim, named), NATS_OK)
+        defer { natsSubscription_Destroy(watch) }
+        natsConnection_Flush(victim)
+        XCTAssertEqual(natsConnection_PublishRequestString(attacker.connection, subject, named, "{}"), NATS_OK)
+        natsConnection_Flush(attacker.connection)
+        var redirected: OpaquePointer?
+        XCTAssertEqual(
+            natsSubscription_NextMsg(&redirected, watch, 5000), NATS_OK, "a genuine reply went to the named inbox")
+        if let redirected {
+            let body = String(
+                decoding: Data(bytes: natsMsg_GetData(redirected), count: Int(natsMsg_GetDataLength(redirected))),
+                as: UTF8.self)
+            XCTAssertTrue(body.contains(#""bpm":600,"#), body)
+            natsMsg_Destroy(redirected)
+        }
+        XCTAssertGreaterThan(attacker.repliesSeen, 50, "the attacker read the other consumers' replies")
+        XCTAssertGreaterThan(attacker.forgedSent, 0, "the attacker forged at the inboxes it saw")
+        let log = (try? String(contentsOfFile: serverLog, encoding: .utf8)) ?? ""
+        XCTAssertTrue(
+            log.contains(#"Publish Violation - User "consumer", Subject "_INBOX."#),
+            "the server refused the forgeries\n\(log.suffix(2000))")
+        XCTAssertFalse(log.contains(#"Publish Violation - User "consumer", Subject "\#(subject)""#), "requests allowed")
     }
 }

@@ -3,7 +3,8 @@
 // and — against the real `pulse` and a real nats-server — one client
 // publishing timeline requests as fast as it can for 10 s costs no beat and
 // no NATS connection: nats-server counts no slow consumer, the node never
-// reconnects, and every frame of the window arrives, in order. The node runs
+// reconnects, and every frame of the window arrives, in order; the same
+// against a 3-node cluster, every node answering the flood. The node runs
 // as the README's production checklist says (`-rt-priority`): the flood
 // client and nats-server take both cores of a small machine, and what is
 // tested is the loop's own work under the flood, not the scheduler's share.
@@ -38,6 +39,49 @@ final class RequestBudgetTests: XCTestCase {
         XCTAssertEqual(cache.encodes, 2, "a committed change: one encoding")
         _ = cache.reply(for: body(nowNs: 8, pending: true, term: 4))
         XCTAssertEqual(cache.encodes, 3, "a new term: one encoding")
+    }
+
+    /// `-sign-key`: a signed reply is signed once per millisecond and per
+    /// change, not per request; every reply verifies, and what is reused is
+    /// exactly the signature of the reply's own bytes.
+    func testSignedRepliesAreSignedOncePerMillisecondNotPerRequest() throws {
+        let signer = try PublicationSigner(seed: (0..<32).map { UInt8($0 * 7) })
+        let verifier = try PublicationVerifier(publicKeys: [signer.publicKey])
+        let cache = TimelineReplyCache(signer: signer)
+        let t0: Int64 = 5_000_000_000
+        let first = try XCTUnwrap(cache.reply(for: body(nowNs: 100), nowMonoNs: t0))
+        XCTAssertNil(verifier.check(first))
+        XCTAssertEqual(first, signer.sign(try AdminJSON.encoder().encode(body(nowNs: 100))))
+        // A flood's thousand requests within the millisecond: the same bytes, no signature more.
+        for i in 1..<1000 {
+            let reply = cache.reply(for: body(nowNs: 100 + Int64(i)), nowMonoNs: t0 + Int64(i) * 999)
+            XCTAssertEqual(reply, first, "request \(i)")
+        }
+        XCTAssertEqual(cache.signatures, 1, "one signature for the millisecond")
+        XCTAssertEqual(cache.encodes, 1)
+        // Past the millisecond: signed again, with the clock of now.
+        let later = try XCTUnwrap(
+            cache.reply(for: body(nowNs: 7_000), nowMonoNs: t0 + TimelineReplyCache.signedReplyReuseNs))
+        XCTAssertEqual(later, signer.sign(try AdminJSON.encoder().encode(body(nowNs: 7_000))))
+        XCTAssertEqual(cache.signatures, 2)
+        // A change: signed again at once, never the old bytes.
+        let changed = try XCTUnwrap(
+            cache.reply(
+                for: body(nowNs: 7_001, pending: true), nowMonoNs: t0 + TimelineReplyCache.signedReplyReuseNs + 1))
+        XCTAssertEqual(changed, signer.sign(try AdminJSON.encoder().encode(body(nowNs: 7_001, pending: true))))
+        XCTAssertNil(verifier.check(changed))
+        XCTAssertEqual(cache.signatures, 3)
+        // The 413 refusal: signed once, the same bytes every time.
+        let tooLarge = cache.tooLarge
+        XCTAssertNil(verifier.check(tooLarge))
+        XCTAssertEqual(cache.tooLarge, tooLarge)
+        XCTAssertEqual(
+            tooLarge,
+            signer.sign(
+                PulseNode.errorBody("request larger than \(PulseNode.maxTimelineRequestBytes) bytes", "too_large")))
+        // Unsigned: the per-request bytes as before, no signer involved.
+        XCTAssertNil(TimelineReplyCache().signer)
+        XCTAssertEqual(verifier.check(try XCTUnwrap(TimelineReplyCache().reply(for: body(nowNs: 1)))), .unsigned)
     }
 
     func testDoorwayWorkPerTurnIsBounded() throws {
@@ -134,6 +178,88 @@ final class RequestBudgetTests: XCTestCase {
         XCTAssertEqual(ranDuringRetries, 100, "every message ran while the beat was being retried")
         XCTAssertEqual(loop.doorwayHeldTurns, 0, "no retry held the doorway")
         XCTAssertLessThan(turns, 50, "the loop ran the backlog, it did not poll through the retries")
+    }
+
+    /// The requests connection's own guard (NatsLink.loopEvent and
+    /// beforeSleep): within the doorway's guard before a beat it neither
+    /// reads nor writes, so a request waiting in its socket and a reply in
+    /// its buffer wait until the beat has run. Fails if either is removed
+    /// (the read: `lastInboundMonoNs` moves; the write: the buffer empties).
+    func testRequestsLinkWaitsForADueBeat() throws {
+        final class Beat: LoopHandler {
+            var firedAtNs: Int64 = 0
+            var loop: EventLoop?
+            func loopEvent(token: UInt32, events: UInt32) {
+                _ = loop?.readTimer(token)
+                firedAtNs = cloop_realtime_ns()
+                try? loop?.armTimer(token, atNs: cloop_realtime_ns() + 10_000_000_000, cancelOnSet: false)
+            }
+        }
+        final class Deliveries: @unchecked Sendable {
+            private let lock = NSLock()
+            private var times: [Int64] = []
+            func add(_ ns: Int64) { lock.withLock { times.append(ns) } }
+            var all: [Int64] { lock.withLock { times } }
+        }
+        let nats = try NatsServer()
+        let (loop, link) = try Harness.connectedLink(url: nats.url, name: "guard requests", role: .requests)
+        defer { link.close() }
+        let peer = try Subscriber(url: nats.url, subject: "guard.out")
+        let deliveries = Deliveries()
+        link.subscribe(subject: "guard.in", onDelivery: { deliveries.add($0.receivedNs) }) { _ in }
+        var sender: OpaquePointer?
+        XCTAssertEqual(natsConnection_ConnectTo(&sender, nats.url), NATS_OK)
+        defer { natsConnection_Destroy(sender) }
+        // The subscription is live: a request reaches the link.
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) {
+                natsConnection_PublishString(sender, "guard.in", "warm-up")
+                natsConnection_Flush(sender)
+                loop.turn(timeoutNs: 10_000_000)
+                return !deliveries.all.isEmpty
+            })
+        for _ in 0..<20 { loop.turn(timeoutNs: 5_000_000) }  // the warm-up's stragglers
+        let beat = Beat()
+        beat.loop = loop
+        let token = try loop.makeTimer(clock: CLOCK_REALTIME, priority: true, handler: beat)
+        // A few attempts: each needs at least one turn inside the guard's
+        // millisecond, which a descheduled test thread can miss.
+        var guardedTurns = 0
+        for _ in 0..<5 where guardedTurns == 0 {
+            let delivered = deliveries.all.count
+            let received = peer.count
+            // A planned wake 8 ms ahead; a request sent to the link and a
+            // reply written by it, neither touched by the loop before the guard.
+            try loop.armTimer(token, atNs: cloop_realtime_ns() + 8_000_000, cancelOnSet: false)
+            let due = loop.priorityDueWallNs
+            natsConnection_PublishString(sender, "guard.in", "request")
+            natsConnection_Flush(sender)
+            XCTAssertTrue(link.publish(subject: "guard.out", payload: Data("reply".utf8)))
+            let readBefore = link.lastInboundMonoNs
+            while cloop_realtime_ns() < due - EventLoop.doorwayGuardNs + 100_000 {}  // at most 8 ms
+            beat.firedAtNs = 0
+            while cloop_realtime_ns() < due - 100_000 {
+                loop.turn(timeoutNs: 0)
+                guardedTurns += 1
+            }
+            XCTAssertEqual(beat.firedAtNs, 0, "the beat is not due yet")
+            if guardedTurns > 0 {
+                XCTAssertEqual(link.lastInboundMonoNs, readBefore, "the request was not read inside the guard")
+                XCTAssertGreaterThan(
+                    natsConnection_Buffered(link.connection), 0, "the reply stayed in the client's buffer")
+                XCTAssertEqual(deliveries.all.count, delivered, "nothing delivered inside the guard")
+            }
+            // After the beat: both go.
+            XCTAssertTrue(
+                Harness.waitUntil(seconds: 5) {
+                    loop.turn(timeoutNs: 10_000_000)
+                    return beat.firedAtNs != 0 && deliveries.all.count > delivered && peer.count > received
+                }, "the request and the reply went after the beat")
+            XCTAssertGreaterThanOrEqual(try XCTUnwrap(deliveries.all.last), beat.firedAtNs, "read after the beat")
+            XCTAssertGreaterThanOrEqual(
+                try XCTUnwrap(peer.received.last).receivedNs, beat.firedAtNs, "sent after the beat")
+        }
+        XCTAssertGreaterThan(guardedTurns, 0, "no attempt turned the loop inside the guard")
     }
 
     /// The token scan that spares a parse never refuses a body the parser
@@ -317,5 +443,116 @@ final class RequestBudgetTests: XCTestCase {
         XCTAssertTrue(metrics.contains(#"backbeat_nats_slow_consumer_total{connection="beat"} 0"#), metrics)
         XCTAssertFalse(node.log.contains("NATS reconnected") || node.log.contains("NATS server silent"), node.log)
         XCTAssertFalse(node.log.contains("doorway full"), "the connection's own events always had room\n\(node.log)")
+    }
+
+    /// Replies on the flood's inbox by the node that sent them (`node_id`).
+    final class RepliesByNode: @unchecked Sendable {
+        private let lock = NSLock()
+        private var counts: [String: Int] = [:]
+        func add(_ node: String) { lock.withLock { counts[node, default: 0] += 1 } }
+        var all: [String: Int] { lock.withLock { counts } }
+    }
+
+    /// Issue 20's acceptance on a 3-node cluster: one client floods the
+    /// request subject every node answers on, as fast as it can, for 5 s.
+    /// No node is disconnected (each one's reconnects and slow-consumer
+    /// events, both connections, and nats-server's slow consumers), the
+    /// leader's beat misses nothing on the subject, and every node answered
+    /// or counted every request.
+    func testAFloodOnEveryNodeOfAClusterCostsNoBeatAndNoConnection() throws {
+        let nats = try MonitoredNats()
+        let cluster = try PulseCluster(
+            cluster: "floodc", bpm: 600, extra: geteuid() == 0 ? ["-rt-priority", "10"] : [], natsURL: nats.url)
+        let subjects = BackbeatSubjects(clusterId: "floodc")
+        let beats = try Subscriber(url: nats.url, subject: subjects.beat)
+        let leader = try XCTUnwrap(cluster.leader(seconds: 15), cluster.logs)
+        // Every node answers (its timeline committed) before the flood.
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) { (0..<3).allSatisfy { cluster.get($0, "/timeline")["term"] != nil } },
+            cluster.logs)
+        XCTAssertTrue(beats.wait(for: 5, seconds: 10), cluster.logs)
+
+        var nc: OpaquePointer?
+        XCTAssertEqual(natsConnection_ConnectTo(&nc, nats.url), NATS_OK)
+        defer { natsConnection_Destroy(nc) }
+        let replies = RepliesByNode()
+        let box = Unmanaged.passRetained(replies)
+        defer { box.release() }
+        var sub: OpaquePointer?
+        XCTAssertEqual(
+            natsConnection_Subscribe(
+                &sub, nc, "_INBOX.floodc.*",
+                { _, _, msg, closure in
+                    let text = String(
+                        decoding: UnsafeRawBufferPointer(
+                            start: natsMsg_GetData(msg), count: Int(natsMsg_GetDataLength(msg))),
+                        as: UTF8.self)
+                    natsMsg_Destroy(msg)
+                    let node = text.range(of: #""node_id":""#).map { text[$0.upperBound...].prefix(2) } ?? "?"
+                    Unmanaged<RepliesByNode>.fromOpaque(closure!).takeUnretainedValue().add(String(node))
+                }, box.toOpaque()), NATS_OK)
+        natsSubscription_SetPendingLimits(sub, -1, -1)
+        defer { natsSubscription_Destroy(sub) }
+        let before = beats.count
+        let started = Date()
+        var sent = 0
+        while Date().timeIntervalSince(started) < 5 {
+            for _ in 0..<256 {
+                let inbox = "_INBOX.floodc.\(sent % 8)"
+                if natsConnection_PublishRequestString(nc, subjects.timelineRequest, inbox, "{}") == NATS_OK {
+                    sent += 1
+                }
+            }
+        }
+        natsConnection_FlushTimeout(nc, 5000)
+        let floodEnded = beats.count
+        XCTAssertTrue(beats.wait(for: floodEnded + 10, seconds: 5), "frames flow after the flood\n\(cluster.logs)")
+        usleep(300_000)  // the last replies
+
+        let indices = beats.received.compactMap { try? BeatFrameDecoder.decode([UInt8]($0.raw)).beatIndex }
+        var gaps: [String] = []
+        for (a, b) in zip(indices, indices.dropFirst()) where b != a + 1 { gaps.append("\(a)→\(b)") }
+        let varz = nats.varz()
+        let answered = replies.all
+        var summary: [String] = []
+        for i in 0..<3 {
+            let name = cluster.names[i]
+            let metrics = try cluster.metrics(i)
+            func value(_ sample: String) -> Double? {
+                metrics.split(separator: "\n").first { $0.hasPrefix(sample + " ") }
+                    .flatMap { $0.split(separator: " ").last }.flatMap { Double($0) }
+            }
+            let dropped = metrics.split(separator: "\n").filter {
+                $0.hasPrefix("backbeat_rejected_input_total{") && $0.contains(#"surface="timeline_subject""#)
+                    && ($0.contains(#"reason="over_budget""#) || $0.contains(#"reason="pending_limit""#))
+            }.compactMap { $0.split(separator: " ").last.flatMap { Double($0) } }.reduce(0, +)
+            summary.append(
+                "\(name)\(i == leader ? " (leader)" : ""): \(answered[name] ?? 0) answered, \(Int(dropped)) dropped")
+            for connection in ["beat", "requests"] {
+                XCTAssertEqual(
+                    value(#"backbeat_nats_reconnects_total{connection="\#(connection)"}"#), 0,
+                    "\(name) \(connection): no reconnect\n\(metrics)")
+                XCTAssertEqual(
+                    value(#"backbeat_nats_connected{connection="\#(connection)"}"#), 1, "\(name) \(connection)")
+            }
+            // The beat connection's echo never overflowed; the requests
+            // connection's client-side overflows are the flood's own drops
+            // (counted `pending_limit` above), not a disconnection.
+            XCTAssertEqual(
+                value(#"backbeat_nats_slow_consumer_total{connection="beat"}"#), 0, "\(name) beat: no slow consumer")
+            XCTAssertEqual(value("backbeat_beats_missed_total"), 0, "\(name): no missed beat")
+            XCTAssertGreaterThan(answered[name] ?? 0, 0, "\(name) answered during the flood")
+            XCTAssertEqual((answered[name] ?? 0) + Int(dropped), sent, "\(name): answered + dropped (counted) = sent")
+        }
+        print(
+            "cluster timeline flood: \(sent) requests in 5 s (\(sent / 5)/s) to 3 nodes, "
+                + "\(floodEnded - before) frames during it, slow consumers \(varz["slow_consumers"] ?? "?"); "
+                + summary.joined(separator: "; "))
+        XCTAssertGreaterThan(sent, 5_000, "the flood was a flood")
+        XCTAssertEqual(gaps, [], "no beat missing on the subject\n\(cluster.logs)")
+        XCTAssertGreaterThanOrEqual(floodEnded - before, 45, "about 50 frames in 5 s at 600 bpm")
+        XCTAssertEqual(cluster.leader(seconds: 2), leader, "leadership stayed")
+        XCTAssertEqual((varz["slow_consumers"] as? NSNumber)?.intValue, 0, "nats-server disconnected no one")
+        XCTAssertFalse(cluster.logs.contains("NATS reconnected") || cluster.logs.contains("doorway full"), cluster.logs)
     }
 }

@@ -213,7 +213,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// `Int64.max` while there is none.
     private(set) var connectedSinceMonoNs: Int64 = .max
     /// Last time bytes arrived on the attached socket (monotonic ns).
-    private var lastInboundMonoNs: Int64 = 0
+    private(set) var lastInboundMonoNs: Int64 = 0
     /// Silence after which a connection counts as dead: three ping intervals
     /// (the server answers every PING, so a live link is never that quiet).
     static let pingIntervalMs: Int32 = 500

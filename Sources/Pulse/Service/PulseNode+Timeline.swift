@@ -21,6 +21,11 @@
 //   `NatsLink.maxInFlightPerSubscription` requests waiting for the loop (more
 //   are dropped, counted `over_budget`), and the loop runs at most
 //   `EventLoop.maxDoorwayMessagesPerTurn` of them per turn.
+// - With `-sign-key`, a signed reply is signed at most once per
+//   `TimelineReplyCache.signedReplyReuseNs` (and once per change): under a
+//   flood the same signed bytes answer the requests of that millisecond, so
+//   a signed reply's `now_ns` is at most that old (docs/protocol.md). The
+//   `too_large` refusal is signed once.
 import CLoop
 import Foundation
 import PulseCore
@@ -71,7 +76,7 @@ extension PulseNode: TimelineChangeListener {
     /// changes heard from the tempo controller.
     func startTimelineService() {
         tempo.timelineListener = self
-        let cache = TimelineReplyCache()
+        let cache = TimelineReplyCache(signer: requests.signer)
         // On the requests connection (`requests`): a reply never queues ahead
         // of a frame on the beat's socket (docs/decisions.md).
         for subject in [config.subjects.timelineRequest, config.timelineSubject] {
@@ -91,14 +96,13 @@ extension PulseNode: TimelineChangeListener {
         }
         guard size <= Self.maxTimelineRequestBytes else {
             rejected.record(.timelineSubject, "too_large")
-            requests.publishSigned(
-                subject: reply,
-                payload: Self.errorBody("request larger than \(Self.maxTimelineRequestBytes) bytes", "too_large"))
+            requests.publish(subject: reply, payload: cache.tooLarge)
             return
         }
         // A node without a committed timeline stays silent: another answers.
+        // The cache's bytes are signed already when the node signs.
         guard let body = timelineBody(), let data = cache.reply(for: body) else { return }
-        requests.publishSigned(subject: reply, payload: data)
+        requests.publish(subject: reply, payload: data)
     }
 
     /// The leader (or a single node) publishes the timeline on its subject.
@@ -116,7 +120,32 @@ extension PulseNode: TimelineChangeListener {
 /// everything but `now_ns` (the clock sample each reply carries), whose
 /// digits are written between the cached bytes around it. The result is
 /// byte for byte what `AdminJSON` encodes for the whole body.
+///
+/// With a signer (`-sign-key`) the signature covers `now_ns`, so it cannot
+/// be made once per change: the signed reply is kept and given to every
+/// request within `signedReplyReuseNs` of its signing (a flood's requests
+/// share one Ed25519 signature a millisecond instead of one each), and made
+/// again after that or after a change. At the usual rates (a request every
+/// few seconds per consumer) every reply is signed afresh.
 final class TimelineReplyCache {
+    /// How long a signed reply answers further requests: the age its
+    /// `now_ns` may have when sent (documented in docs/protocol.md).
+    static let signedReplyReuseNs: Int64 = 1_000_000
+    let signer: PublicationSigner?
+    /// The last signed reply and when (monotonic ns) it was signed.
+    private var signed: Data?
+    private var signedAtMonoNs: Int64 = 0
+    /// Signatures made for replies (the `too_large` refusal's aside).
+    private(set) var signatures = 0
+    /// The 413 answer to an oversized request, encoded (and signed) once.
+    private(set) lazy var tooLarge: Data = {
+        let body = PulseNode.errorBody(
+            "request larger than \(PulseNode.maxTimelineRequestBytes) bytes", "too_large")
+        return signer.map { $0.sign(body) } ?? body
+    }()
+
+    init(signer: PublicationSigner? = nil) { self.signer = signer }
+
     /// The body last encoded, with `now_ns` 0.
     private var key: TimelineBody?
     /// The encoding up to and including `"now_ns":`, and after its value.
@@ -127,11 +156,13 @@ final class TimelineReplyCache {
 
     private static let marker = Array("\"now_ns\":0".utf8)
 
-    /// The reply for `body`; nil only if it cannot be encoded.
-    func reply(for body: TimelineBody) -> Data? {
+    /// The reply for `body` (signed when there is a signer) at monotonic
+    /// time `nowMonoNs`; nil only if it cannot be encoded.
+    func reply(for body: TimelineBody, nowMonoNs: Int64 = cloop_monotonic_ns()) -> Data? {
         var stripped = body
         stripped.now_ns = 0
         if stripped != key {
+            signed = nil
             guard let encoded = try? AdminJSON.encoder().encode(stripped) else { return nil }
             let bytes = [UInt8](encoded)
             // The key is unique: a quote inside a JSON string is escaped.
@@ -141,11 +172,16 @@ final class TimelineReplyCache {
             key = stripped
             encodes += 1
         }
-        var out = Data(capacity: head.count + 20 + tail.count)
+        if let signed, nowMonoNs &- signedAtMonoNs < Self.signedReplyReuseNs { return signed }
+        var out = Data(capacity: head.count + 20 + tail.count + PublicationSignature.overheadBytes)
         out.append(contentsOf: head)
         out.append(contentsOf: String(body.now_ns).utf8)
         out.append(contentsOf: tail)
-        return out
+        guard let signer else { return out }
+        let fresh = signer.sign(out)
+        (signed, signedAtMonoNs) = (fresh, nowMonoNs)
+        signatures += 1
+        return fresh
     }
 
     private static func find(_ needle: [UInt8], in haystack: [UInt8]) -> Int? {

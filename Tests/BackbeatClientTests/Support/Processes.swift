@@ -123,8 +123,9 @@ final class NatsServerProcess {
     private let process = Process()
     var url: String { "nats://127.0.0.1:\(port)" }
 
-    /// nats-server on a free loopback port; `arguments` are added (e.g. `-c conf`).
-    init(arguments: [String] = []) throws {
+    /// nats-server on a free loopback port; `arguments` are added (e.g. `-c conf`), and
+    /// `environment` to the server's (the variables a configuration file names).
+    init(arguments: [String] = [], environment: [String: String] = [:]) throws {
         let binary =
             ProcessInfo.processInfo.environment["NATS_SERVER"]
             ?? ["/usr/sbin/nats-server", "/usr/bin/nats-server", "/usr/local/bin/nats-server"].first {
@@ -132,6 +133,9 @@ final class NatsServerProcess {
             } ?? "nats-server"
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["-a", "127.0.0.1", "-p", "\(port)"] + arguments
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()

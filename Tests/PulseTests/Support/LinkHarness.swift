@@ -7,12 +7,12 @@ import XCTest
 @testable import Pulse
 
 extension Harness {
-    /// A loop bound to the calling thread and a NatsLink on it, connected to
+    /// A loop bound to the calling thread and a NatsLink on it (`role`), connected to
     /// `url` (the loop turned until it is, at most 10 s).
-    static func connectedLink(url: String, name: String) throws -> (EventLoop, NatsLink) {
+    static func connectedLink(url: String, name: String, role: NatsLinkRole = .beat) throws -> (EventLoop, NatsLink) {
         let loop = try EventLoop()
         loop.bindToCurrentThread()
-        let link = NatsLink(url: url, name: name, loop: loop, logger: Logger(label: "test"))
+        let link = NatsLink(url: url, name: name, loop: loop, logger: Logger(label: "test"), role: role)
         try link.start()
         XCTAssertTrue(
             waitUntil(seconds: 10) {

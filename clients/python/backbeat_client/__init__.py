@@ -35,6 +35,7 @@ import asyncio
 import hashlib
 import json
 import re
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Dict, Iterable, List, Optional, Tuple
@@ -894,8 +895,8 @@ class BackbeatClient:
         body = {"tempo_bpm": bpm, "justification": justification}
         if token is not None:
             body["token"] = token
-        msg = await self.nc.request(control_request_subject(self.cluster), json.dumps(body).encode(),
-                                    timeout=self.request_timeout)
+        msg = await self._request(control_request_subject(self.cluster), json.dumps(body).encode(),
+                                  self.request_timeout)
         reply = json.loads(msg.data)
         if reply.get("status") != 202 or "code" in reply:
             raise TempoRefused(reply.get("status", 0), reply.get("code", ""), reply.get("error", ""))
@@ -933,10 +934,42 @@ class BackbeatClient:
             return None
         return sorted(self._delivery)[len(self._delivery) // 2]
 
+    async def _request(self, subject: str, payload: bytes, timeout: float) -> Any:
+        """Request/reply on an inbox of its own: `_INBOX.` and 128 random bits, subscribed for
+        this one request and dropped after its first reply. nats-py's own request inboxes share
+        one prefix per connection and a NUID token whose next values can be guessed, so on a
+        server where anyone may publish on `_INBOX.>` another consumer who saw one reply could
+        answer the next request first (docs/security.md); a random inbox cannot be aimed at.
+        Raises nats-py's TimeoutError or NoRespondersError, as `nc.request` does."""
+        from nats import errors  # type: ignore[import-untyped,import-not-found,unused-ignore]
+        inbox = "_INBOX." + secrets.token_hex(16)
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def on_reply(msg: Any) -> None:
+            if not answer.done():
+                answer.set_result(msg)
+
+        sub = await self.nc.subscribe(inbox, cb=on_reply)
+        try:
+            # SUB and PUB on one connection: the server subscribes before it routes the request.
+            await self.nc.publish(subject, payload, reply=inbox)
+            msg = await asyncio.wait_for(answer, timeout)
+        except asyncio.TimeoutError:
+            raise errors.TimeoutError from None
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass  # the connection closed: the subscription went with it
+        headers = getattr(msg, "headers", None)
+        if headers and headers.get("Status") == "503":
+            raise errors.NoRespondersError
+        return msg
+
     async def fetch_timeline(self, timeout: Optional[float] = None) -> Timeline:
         sent = self._local_clock()
-        msg = await self.nc.request(timeline_request_subject(self.cluster), b"{}",
-                                    timeout=self.request_timeout if timeout is None else timeout)
+        msg = await self._request(timeline_request_subject(self.cluster), b"{}",
+                                  self.request_timeout if timeout is None else timeout)
         answered = self._local_clock()
         refusal = self._signature_refusal(msg.data)
         if refusal is not None:

@@ -67,7 +67,12 @@ struct ElectionResult {
     var degradedFrames = 0
     var placement = ""
     var tls = false  // Raft over mutual TLS (the election-tls scenario)
-    var versusPlain: PlainElectionFigures? = nil  // the plain-TCP run, when both ran
+    var natsKV = false  // -election nats-kv (the election-kv scenario)
+    var versusPlain: PlainElectionFigures? = nil  // the plain-TCP Raft run, when both ran
+    var cpu: ClusterCPU? = nil  // CPU per beat in a steady window before the kill rounds
+
+    /// What this run is compared with the plain-TCP Raft run as.
+    var comparisonLabel: String { natsKV ? "nats-kv − Raft" : "TLS − plain TCP" }
 
     var failovers: [Double] { kills.compactMap(\.failoverMs) }
 
@@ -97,7 +102,7 @@ struct ElectionResult {
     var figures: PlainElectionFigures {
         PlainElectionFigures(
             failover: failoverSummary, kills: kills.count, missedInKills: missedInKills,
-            gracefulMissed: graceful?.missed)
+            gracefulMissed: graceful?.missed, failovers: failovers, cpu: cpu)
     }
 }
 
@@ -144,12 +149,66 @@ extension ElectionResult {
     }
 }
 
-/// The plain-TCP election run's figures, kept beside the TLS run's for the difference.
+/// The plain-TCP Raft election run's figures, kept beside the TLS or nats-kv run's for the difference.
 struct PlainElectionFigures {
     var failover: (min: Double, median: Double, max: Double)?
     var kills: Int
     var missedInKills: Int
     var gracefulMissed: Int?
+    var failovers: [Double] = []
+    var cpu: ClusterCPU? = nil
+}
+
+/// CPU time per beat of a steady cluster (all threads of each process,
+/// /proc schedstat), over a window with no kill: what each strategy costs
+/// while nothing fails. The nats-server's share is where a KV lease's work
+/// lands (JetStream writes the renewals); with Raft it carries only frames.
+struct ClusterCPU: Encodable {
+    var window_s: Double
+    var beats: Double
+    var leader_us_per_beat: Double
+    var follower_us_per_beat: Double  // the mean of the followers
+    var nats_server_us_per_beat: Double?  // nil: --nats given, not Bench's own server
+
+    /// The whole cluster's cost per beat: every pulse and the nats-server.
+    var total_us_per_beat: Double { leader_us_per_beat + 2 * follower_us_per_beat + (nats_server_us_per_beat ?? 0) }
+
+    var line: String {
+        String(
+            format: "CPU per beat (%.0f beats, steady): leader %.1f µs, follower %.1f µs, nats-server %@, all %.1f µs",
+            beats, leader_us_per_beat, follower_us_per_beat,
+            nats_server_us_per_beat.map { String(format: "%.1f µs", $0) } ?? "not measured", total_us_per_beat)
+    }
+
+    /// Samples every node's and the nats-server's CPU over `seconds`; nil
+    /// when a process could not be read.
+    static func measure(_ cluster: BenchCluster, leader: Int, natsPid: Int32?, periodNs: Int64, seconds: Double)
+        -> ClusterCPU?
+    {
+        let pids = cluster.children.map { $0?.pid }
+        func sample() -> [Int64?] { pids.map { $0.flatMap(processCPUNs) } + [natsPid.flatMap(processCPUNs)] }
+        let before = sample()
+        let t0 = cloop_monotonic_ns()
+        sleepSeconds(seconds)
+        let after = sample()
+        let elapsedNs = cloop_monotonic_ns() - t0
+        var usPerBeat: [Double?] = []
+        let beats = Double(elapsedNs) / Double(periodNs)
+        for i in before.indices {
+            guard let b = before[i], let a = after[i] else {
+                usPerBeat.append(nil)
+                continue
+            }
+            usPerBeat.append(Double(a - b) / 1000 / beats)
+        }
+        guard let leaderCost = usPerBeat[leader] else { return nil }
+        let followers = (0..<pids.count).filter { $0 != leader }.compactMap { usPerBeat[$0] }
+        guard !followers.isEmpty else { return nil }
+        return ClusterCPU(
+            window_s: Double(elapsedNs) / 1e9, beats: beats, leader_us_per_beat: leaderCost,
+            follower_us_per_beat: followers.reduce(0, +) / Double(followers.count),
+            nats_server_us_per_beat: usPerBeat[pids.count])
+    }
 }
 
 // MARK: - The cluster
@@ -347,7 +406,8 @@ func runElectionScenario(
         natsFloor: natsFloor)
     var election = ElectionResult()
     election.tls = tls
-    if tls { election.versusPlain = plain?.figures }
+    election.natsKV = natsKV
+    if tls || natsKV { election.versusPlain = plain?.figures }
     election.plannedRounds = electionRounds(seconds: ctx.options.seconds)
     let receiver = try Receiver(url: ctx.natsURL, subject: "backbeat.\(clusterId).beat", payload: .clusterFrame)
     defer { receiver.close() }
@@ -392,6 +452,9 @@ func runElectionScenario(
     }
     let epoch = TempoEpoch(startBeat: r0.index, startNs: r0.scheduled_ns, bpm: Int64(bpm))
     let measureFrom = receiver.snapshot().count  // frames before this are the settle
+    election.cpu = ClusterCPU.measure(
+        cluster, leader: firstLeader, natsPid: ctx.natsPid, periodNs: periodNs, seconds: max(3, 30 * period))
+    if election.cpu == nil { result.notes.append("CPU per beat not measured (a process's /proc could not be read)") }
     let names = cluster.names
 
     /// Stops the leader at a random moment within a beat and reads what the subscriber saw.
@@ -548,26 +611,40 @@ extension ElectionResult {
             o.append("graceful: not run  " + verdict(nil))
         }
         o.append("repeated indices \(repeated), backwards indices \(backwards)  (target 0)  " + verdict(orderPass))
+        if let cpu { o.append(cpu.line) }
         if let p = versusPlain { o += comparisonLines(p) }
         return o
     }
 
-    /// TLS − plain TCP, in ms and beats (positive: TLS slower or missed more).
+    /// This run − the plain-TCP Raft run (TLS, or the nats-kv strategy), in
+    /// ms, beats and µs of CPU per beat (positive: this run slower, missed
+    /// more, or cost more).
     func comparisonLines(_ p: PlainElectionFigures) -> [String] {
         var o: [String] = []
+        let label = comparisonLabel
         if let t = failoverSummary, let q = p.failover {
             o.append(
                 String(
                     format:
-                        "TLS − plain TCP failover ms  min %+.1f  median %+.1f  max %+.1f  (plain: %.1f / %.1f / %.1f over %d round(s))",
-                    t.min - q.min, t.median - q.median, t.max - q.max, q.min, q.median, q.max, p.kills))
+                        "%@ failover ms  min %+.1f  median %+.1f  max %+.1f  (Raft over plain TCP: %.1f / %.1f / %.1f over %d round(s))",
+                    label, t.min - q.min, t.median - q.median, t.max - q.max, q.min, q.median, q.max, p.kills))
         } else {
-            o.append("TLS − plain TCP failover: not comparable (a run has no completed kill round)")
+            o.append("\(label) failover: not comparable (a run has no completed kill round)")
         }
         let g = graceful?.missed.map(String.init) ?? "?"
         o.append(
-            "missed beats TLS vs plain TCP: kill rounds \(missedInKills) vs \(p.missedInKills), graceful \(g) vs \(p.gracefulMissed.map(String.init) ?? "?")"
+            "missed beats \(natsKV ? "nats-kv vs Raft" : "TLS vs plain TCP"): kill rounds \(missedInKills) vs \(p.missedInKills), graceful \(g) vs \(p.gracefulMissed.map(String.init) ?? "?")"
         )
+        if let c = cpu, let q = p.cpu {
+            o.append(
+                String(
+                    format: "%@ CPU µs per beat  leader %+.1f  follower %+.1f  nats-server %@  all %+.1f",
+                    label, c.leader_us_per_beat - q.leader_us_per_beat,
+                    c.follower_us_per_beat - q.follower_us_per_beat,
+                    (c.nats_server_us_per_beat.flatMap { a in q.nats_server_us_per_beat.map { a - $0 } })
+                        .map { String(format: "%+.1f", $0) } ?? "—",
+                    c.total_us_per_beat - q.total_us_per_beat))
+        }
         return o
     }
 }

@@ -162,6 +162,19 @@ func electionHTML(_ e: ElectionResult, _ s: ScenarioResult) -> String {
     o +=
         verdict(e.gracefulPass) + " · repeated \(e.repeated), backwards \(e.backwards) (target 0) "
         + verdict(e.orderPass) + "</p>"
+    if let cpu = e.cpu { o += "<p>\(htmlEscape(cpu.line))</p>" }
+    if let p = e.versusPlain {
+        o += "<p>" + e.comparisonLines(p).map(htmlEscape).joined(separator: "<br>") + "</p>"
+        // Each strategy's failover times as a distribution: the fraction of kill rounds failed over by x ms.
+        func cdf(_ values: [Double]) -> [(Double, Double)] {
+            let sorted = values.sorted()
+            return sorted.enumerated().map { ($0.element, Double($0.offset + 1) / Double(sorted.count)) }
+        }
+        let this = e.natsKV ? "nats-kv" : "Raft over TLS"
+        o += lineSVG(
+            [("Raft over plain TCP", cdf(p.failovers)), (this, cdf(e.failovers))],
+            xLabel: "failover ms (fraction of kill rounds done by then)", logX: false, logY: false)
+    }
     return o
 }
 

@@ -447,7 +447,8 @@ struct ScenarioJSON: Encodable {
         case fanout
         // election only
         case placement, failover_ms, failover_pass, kill_rounds, graceful, graceful_beats_missed, graceful_pass,
-            repeated_indices, backwards_indices, order_pass, degraded_frames, raft_tls, tls_minus_plain
+            repeated_indices, backwards_indices, order_pass, degraded_frames, raft_tls, tls_minus_plain,
+            election_strategy, cpu_per_beat, kv_minus_raft
     }
 
     func encode(to encoder: Encoder) throws {  // explicit nulls rather than missing keys
@@ -512,6 +513,9 @@ struct ScenarioJSON: Encodable {
         try c.encode(e.degradedFrames, forKey: .degraded_frames)
         try c.encode(e.tls, forKey: .raft_tls)
         if e.tls { try c.encode(e.versusPlainJSON, forKey: .tls_minus_plain) }
+        try c.encode(e.natsKV ? "nats-kv" : "raft", forKey: .election_strategy)
+        try c.encode(e.cpu, forKey: .cpu_per_beat)
+        if e.natsKV { try c.encode(e.versusPlainJSON, forKey: .kv_minus_raft) }
     }
 }
 

@@ -32,6 +32,8 @@ final class BenchContext {
     var natsURL = ""
     /// The monitoring port (`-m`) of the nats-server Bench started; nil for `--nats`.
     var natsMonitorPort: Int? = nil
+    /// The nats-server Bench started (nil: `--nats` given): the election scenarios read its CPU.
+    var natsPid: Int32?
     var notes: [String] = []
     let tools: [String: String?]
 
@@ -128,6 +130,7 @@ func startNatsServer(_ ctx: BenchContext) throws -> Child? {
     }
     ctx.natsURL = "nats://127.0.0.1:\(port)"
     ctx.natsMonitorPort = monitorPort
+    ctx.natsPid = child.pid
     return child
 }
 

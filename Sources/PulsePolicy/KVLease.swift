@@ -124,6 +124,10 @@ public enum KVLeaseEvent: Equatable, Sendable {
     case lost(term: UInt64)
     /// The hand-over's delete is done (or the key was no longer ours).
     case released
+    /// The key was taken at revision `term`, below `floor`, the highest this
+    /// node has seen: the bucket was deleted and recreated (its revisions
+    /// restarted). Not a holding: a fencing token never goes back.
+    case fenced(term: UInt64, floor: UInt64)
 }
 
 /// One node incarnation's side of the lease. Not thread-safe: the loop owns it.
@@ -146,6 +150,11 @@ public struct KVLease: Sendable {
     public private(set) var term: UInt64 = 0
     /// The key's revision as our last write (or read) left it.
     public private(set) var revision: UInt64 = 0
+    /// The highest revision of the key this node has seen (its own writes,
+    /// and what the watch reported: `noteRevision`). The bucket's stream
+    /// sequence only grows, so a take below it means the bucket was deleted
+    /// and recreated: refused (`.fenced`, review of 2026-12-07, finding 4).
+    public private(set) var termFloor: UInt64 = 0
     /// Send time of the last write that succeeded and left `revision`; nil
     /// when the revision was learned by a read (no lease until a renewal).
     public private(set) var validFromSentMonoNs: Int64?
@@ -213,6 +222,9 @@ public struct KVLease: Sendable {
         return op
     }
 
+    /// The watch reported revision `rev` of the key.
+    public mutating func noteRevision(_ rev: UInt64) { termFloor = max(termFloor, rev) }
+
     /// The watch saw the key deleted or expired: a candidate tries at once.
     public mutating func keyGone() {
         if role == .candidate { nextAttemptMonoNs = .min }
@@ -261,7 +273,7 @@ public struct KVLease: Sendable {
             mustRead = true
             return []
         case (.create, .written(let rev)):
-            guard rev > revision else { return [] }
+            guard rev > revision, rev >= termFloor else { return fence(rev, nowMonoNs) }
             if role == .releasing {
                 revision = rev  // taken while handing over: delete it next
                 return []
@@ -274,6 +286,7 @@ public struct KVLease: Sendable {
         case (.update, .written(let rev)):
             guard rev > revision else { return [] }
             revision = rev
+            termFloor = max(termFloor, rev)
             if role == .holder {
                 validFromSentMonoNs = sent
                 nextAttemptMonoNs = sent &+ timing.renewEveryNs
@@ -284,6 +297,7 @@ public struct KVLease: Sendable {
         case (.read, .found(let rev, let who)):
             mustRead = false
             guard who == owner, rev >= revision, rev > 0 else { return lose(nowMonoNs) }
+            if role == .candidate && rev < termFloor { return fence(rev, nowMonoNs) }
             revision = rev
             validFromSentMonoNs = nil  // a read proves no send time
             nextAttemptMonoNs = .min  // renew (or delete) at once
@@ -307,7 +321,20 @@ public struct KVLease: Sendable {
         }
     }
 
+    /// A take at `rev`, below what this node has seen: no holding; the
+    /// next create waits until the refused key expired (a TTL).
+    private mutating func fence(_ rev: UInt64, _ nowMonoNs: Int64) -> [KVLeaseEvent] {
+        let event = KVLeaseEvent.fenced(term: rev, floor: max(termFloor, revision))
+        if role == .releasing {
+            role = .released
+            return [event, .released]
+        }
+        nextAttemptMonoNs = nowMonoNs &+ timing.ttlNs
+        return [event]
+    }
+
     private mutating func take(_ rev: UInt64, sent: Int64) -> [KVLeaseEvent] {
+        termFloor = max(termFloor, rev)
         role = .holder
         term = rev
         revision = rev

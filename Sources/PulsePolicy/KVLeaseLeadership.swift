@@ -78,7 +78,10 @@ public final class KVLeadership: BeatLeadership {
     }
 
     /// The lease watch saw a revision of the key (a put or a delete).
-    public func watched(revision: UInt64) { watchedRevision = max(watchedRevision, revision) }
+    public func watched(revision: UInt64) {
+        watchedRevision = max(watchedRevision, revision)
+        lease.noteRevision(revision)
+    }
 
     // MARK: how the key was freed (review of 2026-12-07, finding 3)
     //

@@ -22,6 +22,12 @@
 // the write's fate is unknown. Records are untrusted input: a record that
 // does not decode or holds a state the math refuses is refused and counted,
 // and changes nothing.
+//
+// Never back (review of 2026-12-07, finding 4): a record is applied only at
+// a higher revision than the applied one and with a term no lower than the
+// applied record's, so a bucket deleted and recreated (its revisions and
+// terms restart) cannot roll a node's timeline back (`revision behind`,
+// `term behind`; counted).
 import Foundation
 import PulseCore
 
@@ -91,8 +97,10 @@ public struct KVLeaseTimeline: Sendable {
     /// Applies the record the watch saw at `revision` (a delete or purge is
     /// not a record: the adapter never hands one here).
     public mutating func apply(_ bytes: [UInt8], revision rev: UInt64) -> KVTimelineChange {
-        guard rev > revision else { return .refused("old revision") }
+        if rev == revision { return .refused("old revision") }
+        guard rev > revision else { return .refused("revision behind") }
         guard let record = KVTimelineRecord.decoded(bytes, bar: machine.bar) else { return .refused("bad record") }
+        guard record.term >= recordTerm else { return .refused("term behind") }
         let before = machine.state
         var next = machine
         switch next.adopt(record.state) {

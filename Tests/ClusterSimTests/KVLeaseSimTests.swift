@@ -278,7 +278,7 @@ struct KVSim {
                         nodes[j].leadership.lease.keyGone()
                         nodes[j].leadership.holderWatched(present: false, nowMonoNs: nodes[j].mono(t))
                     }
-                case .lost: break
+                case .lost, .fenced: break
                 }
             }
         }

@@ -79,4 +79,62 @@ final class KVLeaseReviewTests: XCTestCase {
                 .leader(leaseUntilMonoNs: n.lease.leaseUntilMonoNs), c.name)
         }
     }
+
+    // MARK: finding 4
+
+    func testALeaseRevisionBelowOneSeenIsFencedNotHeld() throws {
+        let n = try follower()
+        // The holder's claim was watched at revision 900; the bucket is then
+        // deleted and recreated: its revisions start again from 1.
+        n.leaseEntryWatched(revision: 900, value: Array("k1 7-8".utf8), deleted: false, purged: false, nowMonoNs: 0)
+        XCTAssertEqual(n.lease.next(nowMonoNs: 10 * ms), .create)
+        XCTAssertEqual(n.lease.complete(.written(revision: 1), nowMonoNs: 11 * ms), [.fenced(term: 1, floor: 900)])
+        XCTAssertFalse(n.isHolder)
+        XCTAssertFalse(n.lease.mayPublish(nowMonoNs: 12 * ms))
+        XCTAssertEqual(n.lease.term, 0, "no term below the floor is taken")
+        XCTAssertNil(n.lease.next(nowMonoNs: 20 * ms), "no retry before the refused key expired")
+        XCTAssertEqual(n.lease.next(nowMonoNs: 11 * ms + KVLeaseTiming().ttlNs), .create)
+        // A create above everything seen is a holding as before.
+        XCTAssertEqual(n.lease.complete(.written(revision: 901), nowMonoNs: 500 * ms), [.acquired(term: 901)])
+    }
+
+    func testAReadFindingOurClaimBelowTheFloorIsFencedToo() {
+        var lease = KVLease(timing: KVLeaseTiming(), owner: "k2 5-6", nowMonoNs: 0)
+        lease.noteRevision(50)
+        XCTAssertEqual(lease.next(nowMonoNs: 0), .create)
+        XCTAssertEqual(lease.complete(.unknown, nowMonoNs: ms), [])
+        XCTAssertEqual(lease.next(nowMonoNs: 2 * ms), .read)
+        XCTAssertEqual(
+            lease.complete(.found(revision: 3, owner: "k2 5-6"), nowMonoNs: 3 * ms), [.fenced(term: 3, floor: 50)])
+        XCTAssertEqual(lease.role, .candidate)
+    }
+
+    // MARK: findings 4 and 5: timeline records
+
+    /// A node that applied the epoch (rev 10, term 9) and a tempo change (rev 11).
+    private func applied() throws -> (KVLeaseTimeline, epoch: [UInt8], tempo: [UInt8]) {
+        var node = KVLeaseTimeline(flags: try flags())
+        let first = try XCTUnwrap(node.write(epoch, term: 9))
+        _ = node.apply(first.value, revision: 10)
+        let tempo = try XCTUnwrap(node.write(.tempo(atBeat: 12, bpm: 90, justification: "slower"), term: 9))
+        XCTAssertEqual(node.apply(tempo.value, revision: 11), .tempo(TempoChange(atBeat: 12, bpm: 90)))
+        return (node, first.value, tempo.value)
+    }
+
+    func testARecreatedBucketsRecordsAreRefused() throws {
+        var (node, _, _) = try applied()
+        let before = node.machine
+        // A re-bootstrap in a recreated bucket: a fresh epoch at beat 0, revision 1, term 1.
+        let rebooted = try XCTUnwrap(
+            KVLeaseTimeline(flags: try flags()).write(
+                .epoch(startBeat: 0, startNs: 1_900_000_000_000_000_000, bpm: 120, bar: 4, phases: ["beat"]), term: 1))
+        XCTAssertEqual(node.apply(rebooted.value, revision: 1), .refused("revision behind"))
+        XCTAssertEqual(node.apply(rebooted.value, revision: 11), .refused("old revision"))
+        // At a higher revision but a lower term than the applied record's.
+        let lowTerm = try XCTUnwrap(node.termStart(term: 4))
+        XCTAssertEqual(node.apply(lowTerm.value, revision: 12), .refused("term behind"))
+        XCTAssertEqual(node.machine, before, "nothing changed")
+        XCTAssertEqual(node.revision, 11)
+        XCTAssertEqual(node.recordTerm, 9)
+    }
 }

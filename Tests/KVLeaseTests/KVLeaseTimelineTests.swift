@@ -30,7 +30,8 @@ final class KVLeaseTimelineTests: XCTestCase {
         XCTAssertEqual(holder.machine, watcher.machine)
         XCTAssertEqual(watcher.machine.timeline?.pending, TempoChange(atBeat: 12, bpm: 90))
         // Replayed or older revisions change nothing.
-        XCTAssertEqual(watcher.apply(first.value, revision: 3), .refused("old revision"))
+        XCTAssertEqual(watcher.apply(first.value, revision: 3), .refused("revision behind"))
+        XCTAssertEqual(watcher.apply(tempo.value, revision: 4), .refused("old revision"))
         XCTAssertEqual(watcher.machine.timeline?.pending, TempoChange(atBeat: 12, bpm: 90))
     }
 

@@ -54,6 +54,10 @@ final class KVNode: LoopHandler {
     /// apply beat until the key moves past `base`.
     private var tempoBase: UInt64?
     private var tookOverTerm: UInt64 = 0
+    /// The fenced-lease line was logged (once; each one is counted).
+    private var fenceLogged = false
+    /// Timeline refusal reasons already logged (each refusal is counted).
+    private var refusalsLogged: Set<String> = []
     /// Counters for /metrics and logs.
     private(set) var acquisitions: UInt64 = 0
     private(set) var losses: UInt64 = 0
@@ -191,6 +195,14 @@ final class KVNode: LoopHandler {
             case .released:
                 logger.info("lease released")
                 onReleased?()
+            case .fenced(let term, let floor):
+                rejected.record(.kv, "lease_revision_behind")
+                if !fenceLogged {
+                    fenceLogged = true
+                    logger.error(
+                        "lease taken at a revision below one this node has seen: the KV bucket was deleted and recreated; not publishing with a lower term (restart the pulses to accept the new bucket)",
+                        metadata: ["term": "\(term)", "seen": "\(floor)", "bucket": "\(buckets.leaseBucket)"])
+                }
             }
         }
         drive()
@@ -276,7 +288,23 @@ final class KVNode: LoopHandler {
         }
         switch change {
         case .refused(let why):
-            if why != "old revision" { rejected.record(.kv, "bad_timeline_record") }
+            guard why != "old revision" else { return }
+            let reason =
+                switch why {
+                case "revision behind": "timeline_revision_behind"
+                case "term behind": "timeline_term_behind"
+                case "not a continuation": "timeline_not_continuing"
+                default: "bad_timeline_record"
+                }
+            rejected.record(.kv, reason)
+            if refusalsLogged.insert(reason).inserted {
+                logger.error(
+                    "timeline record refused: it does not continue the applied timeline",
+                    metadata: [
+                        "reason": "\(why)", "revision": "\(entry.revision)",
+                        "applied_revision": "\(leadership.timeline.revision)",
+                    ])
+            }
             return
         case .shapeMismatch(let why):
             logger.error("committed shape differs from the flags", metadata: ["reason": "\(why)"])

@@ -23,11 +23,16 @@
 // does not decode or holds a state the math refuses is refused and counted,
 // and changes nothing.
 //
-// Never back (review of 2026-12-07, finding 4): a record is applied only at
-// a higher revision than the applied one and with a term no lower than the
-// applied record's, so a bucket deleted and recreated (its revisions and
-// terms restart) cannot roll a node's timeline back (`revision behind`,
-// `term behind`; counted).
+// Continuity (review of 2026-12-07, findings 4 and 5): a record is applied
+// only if it continues the applied state as the Raft log's entries would —
+// the same epoch, shape and pending change (a term start's re-stamp), or
+// one tempo change applied by the Raft rule (`ReplicatedTimeline.apply`: the
+// previous change folded in, the new one placed on a later downbeat) — at a
+// higher revision and with a term no lower than the applied record's. So a
+// re-bootstrapped epoch (a bucket deleted and recreated restarts revisions
+// and terms), an epoch moved, or a pending change rewritten retroactively
+// is refused (`revision behind`, `term behind`, `not a continuation`;
+// counted), and a node that has seen a timeline never goes back on it.
 import Foundation
 import PulseCore
 
@@ -102,6 +107,9 @@ public struct KVLeaseTimeline: Sendable {
         guard let record = KVTimelineRecord.decoded(bytes, bar: machine.bar) else { return .refused("bad record") }
         guard record.term >= recordTerm else { return .refused("term behind") }
         let before = machine.state
+        if let before, !Self.continues(before, with: record.state, machine: machine) {
+            return .refused("not a continuation")
+        }
         var next = machine
         switch next.adopt(record.state) {
         case .shapeMismatch(let why): return .shapeMismatch(why)
@@ -115,6 +123,19 @@ public struct KVLeaseTimeline: Sendable {
         guard let before else { return .started(timeline.epoch) }
         if let p = after.pending, p != before.pending { return .tempo(TempoChange(p)) }
         return .restamped(term: record.term)
+    }
+
+    /// Whether `state` follows the applied `before` as the Raft log's next
+    /// entry could leave it (see the file header).
+    static func continues(_ before: ClusterState, with state: ClusterState, machine: ReplicatedTimeline) -> Bool {
+        guard state.bar == before.bar, state.phases == before.phases else { return false }
+        if state.epoch == before.epoch && state.pending == before.pending { return true }
+        guard let p = state.pending else { return false }
+        var next = machine
+        guard case .tempo = next.apply(.tempo(atBeat: p.atBeat, bpm: p.bpm, justification: state.justification)),
+            let after = next.state
+        else { return false }
+        return after.epoch == state.epoch && after.pending == state.pending
     }
 
     /// A write for the holder of `term`: the record `command` leads to from

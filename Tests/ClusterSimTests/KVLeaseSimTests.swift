@@ -295,7 +295,10 @@ struct KVSim {
             while nodes[i].appliedRecords < server.records.count {
                 let r = server.records[nodes[i].appliedRecords]
                 nodes[i].appliedRecords += 1
-                _ = nodes[i].leadership.timeline.apply(r.value, revision: r.rev)
+                // Every stored record continues the last one: none is refused.
+                if case .refused(let why) = nodes[i].leadership.timeline.apply(r.value, revision: r.rev) {
+                    violations.append("record_refused: rev \(r.rev) on node \(i): \(why)")
+                }
             }
             if let base = nodes[i].barrierBase, nodes[i].leadership.timeline.revision > base {
                 nodes[i].barrierBase = nil

@@ -133,8 +133,45 @@ final class KVLeaseReviewTests: XCTestCase {
         // At a higher revision but a lower term than the applied record's.
         let lowTerm = try XCTUnwrap(node.termStart(term: 4))
         XCTAssertEqual(node.apply(lowTerm.value, revision: 12), .refused("term behind"))
+        // At a higher revision and term, the re-bootstrapped epoch does not continue ours.
+        let rebootedHigh = try XCTUnwrap(
+            KVLeaseTimeline(flags: try flags()).write(
+                .epoch(startBeat: 0, startNs: 1_900_000_000_000_000_000, bpm: 120, bar: 4, phases: ["beat"]), term: 20))
+        XCTAssertEqual(node.apply(rebootedHigh.value, revision: 13), .refused("not a continuation"))
         XCTAssertEqual(node.machine, before, "nothing changed")
         XCTAssertEqual(node.revision, 11)
         XCTAssertEqual(node.recordTerm, 9)
+    }
+
+    func testRecordsMustContinueTheAppliedStateAsARaftLogWould() throws {
+        var (node, _, _) = try applied()
+        let state = try XCTUnwrap(node.machine.state)
+        func record(_ s: ClusterState, term: UInt64 = 9) -> [UInt8] { KVTimelineRecord(term: term, state: s).encoded() }
+        // Retroactive: the pending change moved earlier, or its tempo changed, without a fold.
+        var earlier = state
+        earlier.pending = .init(atBeat: 8, bpm: 90)
+        XCTAssertEqual(node.apply(record(earlier), revision: 12), .refused("not a continuation"))
+        var otherBpm = state
+        otherBpm.pending = .init(atBeat: 12, bpm: 100)
+        XCTAssertEqual(node.apply(record(otherBpm), revision: 13), .refused("not a continuation"))
+        // The epoch rewritten (start moved: every index would shift).
+        var shifted = state
+        shifted.epoch = .init(startBeat: 0, startNs: state.epoch.startNs + 250_000_000, bpm: 120)
+        XCTAssertEqual(node.apply(record(shifted), revision: 14), .refused("not a continuation"))
+        // Dropping the pending change.
+        var dropped = state
+        dropped.pending = nil
+        XCTAssertEqual(node.apply(record(dropped), revision: 15), .refused("not a continuation"))
+        // What a holder writes continues: a re-stamp of a new term, then a next change.
+        let restamp = try XCTUnwrap(node.termStart(term: 30))
+        XCTAssertEqual(node.apply(restamp.value, revision: 16), .restamped(term: 30))
+        let next = try XCTUnwrap(node.write(.tempo(atBeat: 20, bpm: 100, justification: "faster"), term: 30))
+        XCTAssertEqual(node.apply(next.value, revision: 17), .tempo(TempoChange(atBeat: 20, bpm: 100)))
+        XCTAssertEqual(
+            node.machine.state?.epoch,
+            .init(
+                startBeat: 12,
+                startNs: try XCTUnwrap(
+                    TempoEpoch(state.epoch).checkedInstantNs(ofBeat: 12)), bpm: 90), "the previous change folded in")
     }
 }

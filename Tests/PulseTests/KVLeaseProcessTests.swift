@@ -167,6 +167,31 @@ final class KVLeaseProcessTests: XCTestCase {
         assertNoRepeatNoBackwards(frames(subscriber), cluster.logs)
     }
 
+    /// SIGTERM of the holder while JetStream does not answer (its only
+    /// server stopped for 2.6 s): the hand-over's delete waits on the KV
+    /// queue, and the node stays until it is answered — within the stop's
+    /// cap of a period plus 3 s — instead of stopping at the next
+    /// housekeeping tick with the delete unsent (review of 2026-12-07,
+    /// finding 6).
+    func testSigtermWaitsForTheHandOversDeleteBeforeExiting() throws {
+        let (cluster, subscriber) = try running("kvtermwait", bpm: 300, frames: 6)
+        let old = try XCTUnwrap(holder(subscriber, cluster))
+        let server = try XCTUnwrap(cluster.server)
+        let node = try XCTUnwrap(cluster.nodes[old])
+        node.signal(SIGTERM)
+        server.pause(true)
+        usleep(2_600_000)
+        server.pause(false)
+        // One SIGTERM only (a second one stops at once): wait for the exit.
+        XCTAssertTrue(Harness.waitUntil(seconds: 10) { !node.process.isRunning }, node.log)
+        XCTAssertEqual(node.process.terminationStatus, 0, node.log)
+        let log = node.log
+        let released = try XCTUnwrap(log.range(of: "lease released"), "the delete was answered\n\(log)")
+        let stopped = try XCTUnwrap(log.range(of: "pulse stopped"), log)
+        XCTAssertLessThan(released.lowerBound, stopped.lowerBound, log)
+        cluster.nodes[old] = nil
+    }
+
     func testStoppedHolderPublishesNothingAfterSigcontUntilItHoldsTheKeyAgain() throws {
         let (cluster, subscriber) = try running("kvstop", bpm: 300, frames: 6)
         let old = try XCTUnwrap(holder(subscriber, cluster))

@@ -88,6 +88,11 @@ final class KVNode: LoopHandler {
     }
 
     var isHolder: Bool { leadership.isHolder }
+    /// Holding the key, or deleting it in the hand-over: a stopping node
+    /// stays until the delete is answered (`onReleased` stops it), within
+    /// the stop's cap; stopping earlier dropped the queued delete unsent
+    /// (review of 2026-12-07, finding 6).
+    var holdsOrReleases: Bool { leadership.lease.role == .holder || leadership.lease.role == .releasing }
     /// Holding the key with a lease still running (what the admin API and
     /// metrics call the leader: a holder whose lease ran down is none).
     var holdsLease: Bool { leadership.lease.mayPublish(nowMonoNs: cloop_monotonic_ns()) }

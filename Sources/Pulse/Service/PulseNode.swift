@@ -385,7 +385,9 @@ final class PulseNode: LoopHandler {
             let periodNs = t.instantNs(ofBeat: beats.nextBeat + 1) - t.instantNs(ofBeat: beats.nextBeat)
             // No echo of our frame within a period and a second: hand over anyway.
             if handOverPending && waited > periodNs + 1_000_000_000 { handOver() }
-            if !(cluster?.isLeader ?? kv?.isHolder ?? false) || waited > periodNs + 3_000_000_000 { loop.requestStop() }
+            if !(cluster?.isLeader ?? kv?.holdsOrReleases ?? false) || waited > periodNs + 3_000_000_000 {
+                loop.requestStop()
+            }
         }
         if let transfer = adminTransfer {
             let t = beats.timeline

@@ -191,8 +191,8 @@ public final class BeatShell {
     public func clusterEvent(_ event: ClusterEvent) {
         guard let core else { return }
         switch event {
-        case .leadership(let isLeader, _, _):
-            if isLeader { takeOver(graceful: core.electedByHandOver) }
+        case .leadership(let role, _, _):
+            if role == .leader { takeOver(graceful: core.electedByHandOver) }
         case .restored:
             start()
             if core.isLeader { takeOver(graceful: core.electedByHandOver) }

@@ -104,7 +104,8 @@ public enum ClusterEvent: Equatable, Sendable {
     /// `index` (also at start-up, from the persisted one). Later entries of
     /// the same Ready follow as `.applied`.
     case restored(index: UInt64, state: ClusterState)
-    case leadership(isLeader: Bool, leader: NodeID, term: UInt64)
+    /// This node's role or known leader changed (`role == .leader`: it leads).
+    case leadership(role: Role, leader: NodeID, term: UInt64)
     case proposal(id: UInt64, ProposalOutcome)
     /// A configuration change committed at `index` (applied in log order).
     case configuration(ConfigChange, index: UInt64)
@@ -418,7 +419,7 @@ public final class ClusterCore {
             for (_, w) in waiting.sorted(by: { $0.key < $1.key }) { answer(w.id, .unknown) }
             waiting.removeAll()
         }
-        events.append(.leadership(isLeader: isLeader, leader: leader, term: raft.term))
+        events.append(.leadership(role: soft.role, leader: leader, term: raft.term))
     }
 
     /// Applies a committed entry to the replicated timeline, which validates

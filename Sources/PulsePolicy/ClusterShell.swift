@@ -2,6 +2,7 @@
 // ports (etcd raft's doc.go; TigerBeetle's Replica(StateMachine, MessageBus,
 // Storage, Time)):
 //
+//     start()          → core.resetTicks, core.campaignIfAlone, tick()
 //     timer            → tick()     → core.tick
 //     a peer's message → receive()  → core.step
 //     drive():  events → ports.handle
@@ -49,7 +50,17 @@ public final class ClusterShell {
         self.ports = ports
     }
 
-    /// The tick timer fired (or the loop starts).
+    /// The node starts (a first start or a restart from its disk): ticks
+    /// count from now, a lone voter campaigns at once
+    /// (`ClusterCore.campaignIfAlone`), then the first tick. The service
+    /// (ClusterNode.start) and the simulator's boot both call this.
+    public func start() {
+        core.resetTicks(nowMonoNs: ports.monoNs)
+        core.campaignIfAlone()
+        tick()
+    }
+
+    /// The tick timer fired.
     public func tick() {
         core.tick(nowMonoNs: ports.monoNs)
         drive()

@@ -1,11 +1,11 @@
 // ClusterSim.swift — the whole-cluster deterministic simulator (issue #10).
 //
-// N = 3 or 5 nodes, each with the real Raft core (Sources/Raft) inside the
-// pure cluster policy (PulsePolicy.ClusterCore), the BeatPlanner, ClockSync
-// per peer and the replicated timeline; per-node clocks with offset, rate
-// error (±500 ppm), wall steps and stalls (a starved loop thread: other
-// threads — NATS, the store — keep running); a Raft network with loss,
-// delay, duplication, reorder and partitions; one NATS subject with
+// N = 3 or 5 nodes (or one: a one-voter cluster), each with the real Raft core
+// (Sources/Raft) inside the pure cluster policy (PulsePolicy.ClusterCore), the
+// BeatPlanner, ClockSync per peer and the replicated timeline; per-node clocks
+// with offset, rate error (±500 ppm), wall steps and stalls (a starved loop
+// thread: other threads — NATS, the store — keep running); a Raft network with
+// loss, delay, duplication, reorder and partitions; one NATS subject with
 // per-subscriber delay, its own partitions (bytes queue in the kernel and
 // arrive late), disconnects and reconnects; crashes and restarts from the
 // simulated data dir; tempo requests at random. A consumer that is always
@@ -39,9 +39,16 @@ enum Invariant: String, CaseIterable {
     /// Membership runs only: each committed configuration change (every node
     /// that commits an index agrees on it, each a single-server step).
     case configChanges = "config_changes"
+    /// One-voter runs (a single node, `pulse` without -peers): after a
+    /// restart from its disk, the node publishes again within
+    /// `Simulation.aloneResumeNs` unless stalled, cut from NATS or crashed
+    /// meanwhile, and never hands off an index it handed off before.
+    case aloneResumes = "alone_resumes_from_disk"
 
-    /// The invariants every run exercises (membership runs add `configChanges`).
+    /// The invariants the random runs exercise (one-voter runs among them).
     static let classic = allCases.filter { $0 != .configChanges }
+    /// The invariants of membership runs (voter sets of three or five).
+    static let membershipRuns = allCases.filter { $0 != .aloneResumes }
 }
 
 struct SimViolation: Error, CustomStringConvertible {
@@ -114,6 +121,19 @@ struct SimKnobs {
     /// A crashed node's log may also be damaged beyond the store's promise
     /// (at most one node a run): its start must be refused, not made.
     var diskDamage = false
+
+    /// A single node (a one-voter Raft cluster: `pulse` without -peers) in
+    /// about one random three-node run in six, from its own stream (earlier
+    /// seeds replay alike otherwise). It crashes and restarts from its disk
+    /// in most of them; its disk is never damaged beyond the store's promise
+    /// (that would lose the whole cluster for good: no liveness to check).
+    mutating func maybeAlone(seed: UInt64) {
+        var alone = SimRNG(seed: seed ^ 0x0A10_4E00)
+        guard nodes == 3, alone.chance(0.18) else { return }
+        nodes = 1
+        diskDamage = false
+        crashRate = alone.pick([0, 0.1, 0.2, 0.4])
+    }
 
     static func random(_ rng: inout SimRNG, seed: UInt64) -> SimKnobs {
         var k = SimKnobs()

@@ -33,7 +33,7 @@ final class ClusterSimMembershipTests: XCTestCase {
     func testSeededClusterSimulationWithMembershipChanges() {
         let seeds = simSeeds(countVariable: "SIM_MEMBER_SEEDS", defaultCount: 300)
         runSimulations(
-            seeds, invariants: Invariant.allCases,
+            seeds, invariants: Invariant.membershipRuns,
             extra: { " (degraded duplicates with a removed node: \($0.duplicatesWithRemoved))" }
         ) { Simulation(seed: $0, membership: true) }
     }

@@ -23,6 +23,10 @@ final class SimTotals: @unchecked Sendable {
     var refusedEchoes = 0
     /// Seeds in which at least one node restarted from its simulated disk.
     var seedsWithRestarts = 0
+    /// Seeds of a single node (a one-voter cluster), and those of them in
+    /// which it restarted from its simulated disk.
+    var oneVoterSeeds = 0
+    var oneVoterSeedsWithRestarts = 0
     func add(_ sim: Simulation, _ v: SimViolation?) {
         lock.withLock {
             steps += sim.steps
@@ -34,6 +38,10 @@ final class SimTotals: @unchecked Sendable {
             compactions += sim.compactions
             refusedEchoes += sim.nodes.reduce(0) { $0 + $1.refusedEchoes }
             seedsWithRestarts += sim.restarts > 0 ? 1 : 0
+            if sim.knobs.nodes == 1 {
+                oneVoterSeeds += 1
+                oneVoterSeedsWithRestarts += sim.restarts > 0 ? 1 : 0
+            }
             duplicatesWithRemoved += sim.membership.duplicatesWithRemoved
             for (k, c) in sim.exercised { exercised[k, default: 0] += c }
             if let v { failures.append("\(v)") }
@@ -75,7 +83,11 @@ extension XCTestCase {
             "disk: seeds_with_restarts=\(totals.seedsWithRestarts) torn_writes=\(totals.tornWrites) "
                 + "refused_starts_on_damaged_disks=\(totals.refusedStarts) echoes_refused=\(totals.refusedEchoes) "
                 + "compactions=\(totals.compactions) crashes_mid_compaction=\(totals.compactionCrashes)")
-        print("exercised: \(counts)\(extra(totals))")
+        let alone =
+            totals.oneVoterSeeds == 0
+            ? ""
+            : " one_voter_seeds=\(totals.oneVoterSeeds) (restarted from disk: \(totals.oneVoterSeedsWithRestarts))"
+        print("exercised: \(counts)\(alone)\(extra(totals))")
         for f in totals.failures.prefix(10) {
             print("violation: \(f)")
             XCTFail(f)

@@ -74,6 +74,14 @@ final class SimNode {
     /// The Raft bootstrap voters it starts with (its -peers): every first
     /// node; a joining node gets the voters in force without itself.
     var bootVoters: [NodeID] = []
+    /// One-voter runs (`aloneResumes`): the last restart from its disk, the
+    /// last non-degraded frame handed to the kernel (true time, across
+    /// incarnations) and the highest index handed off, and until when a
+    /// stall or a NATS cut or disconnect kept it from publishing.
+    var restartedAtNs: Int64 = 0
+    var lastHandoffNs: Int64 = -1
+    var highestHandedOff: Int64?
+    var disturbedUntilNs: Int64 = 0
 
     init(index: Int, clock: NodeClock, planner: PlannerConfig, diskSeed: UInt64) {
         self.index = index

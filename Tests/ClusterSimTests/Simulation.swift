@@ -96,6 +96,9 @@ final class Simulation {
         self.seed = seed
         var rng = SimRNG(seed: seed)
         var k = knobs ?? SimKnobs.random(&rng, seed: seed)
+        // A share of the random runs is a single node (one voter), from its
+        // own stream; membership runs replace voters of three or five.
+        if knobs == nil && !membership { k.maybeAlone(seed: seed) }
         memberRng = SimRNG(seed: seed ^ 0x3E3B_E125)
         diskRng = SimRNG(seed: seed ^ 0xD15C_F11E)
         compactionRng = SimRNG(seed: seed ^ 0xC0_4AC7)
@@ -269,8 +272,10 @@ final class Simulation {
         events.push(now + rng.range(5_000_000, 100_000_000), .reconnect(node: n.index, link: n.link.gen))
         events.push(now + tickNs, .tick(node: n.index, gen: n.gen))
         n.shell = ClusterShell(core: core, ports: n.ports)
-        n.trace?.inputs.append(.drive)
-        n.shell.drive()  // the persisted snapshot's `.restored` starts the beat shell
+        // As ClusterNode.start: ticks from now, a lone voter campaigns at
+        // once; the persisted snapshot's `.restored` starts the beat shell.
+        n.trace?.inputs.append(.start)
+        n.shell.start()
     }
 
     /// The node's core from what its disk holds, through the service's
@@ -348,6 +353,7 @@ final class Simulation {
         restarts += 1
         count(.restartable)
         boot(n)
+        if n.up && knobs.nodes == 1 { expectResumed(n) }
     }
 
     func resume(_ n: SimNode) {
@@ -458,6 +464,7 @@ final class Simulation {
     /// Stalls node `n` (its loop thread) for `ns`.
     func stall(_ n: SimNode, ns: Int64) {
         n.stalledUntil = now + ns
+        n.disturbedUntilNs = max(n.disturbedUntilNs, now + ns)
         events.push(now + ns, .wake(node: n.index, gen: n.gen))
     }
 
@@ -468,9 +475,9 @@ final class Simulation {
             fail(.tempoNotRetroactive, "node \(n.id) applied a committed tempo change at a beat it had published")
         }
         switch e {
-        case .leadership(let isLeader, let leader, let term):
-            trace("n\(n.id): leadership leader=\(leader) term=\(term) degraded=\(n.core.degraded)")
-            if isLeader {
+        case .leadership(let role, let leader, let term):
+            trace("n\(n.id): \(role) leader=\(leader) term=\(term) degraded=\(n.core.degraded)")
+            if role == .leader {
                 if leaderSince[term] == nil { leaderSince[term] = now }
                 if term > maxLeaderTerm {
                     maxLeaderTerm = term
@@ -602,6 +609,7 @@ final class Simulation {
             node: n.index, term: d.term, index: d.beatIndex, instantNs: t.instantNs(ofBeat: k), bpm: d.tempoBpm,
             degraded: d.degraded, handoffNs: now, bytes: bytes, deadlineUnixMs: d.deadlineUnixMs, decoded: d)
         checkHandoff(n, frame, period: period)
+        if knobs.nodes == 1 { checkAloneHandoff(n, frame) }
         handedOff.append(frame)
         if natsCut[n.index] {
             n.link.kernelQueue.append(frame)
@@ -706,12 +714,15 @@ final class Simulation {
         n.link.attachedMonoNs = nil
         n.link.kernelQueue = []
         n.link.serverQueue = []
-        events.push(now + rng.range(100_000_000, 500_000_000), .reconnect(node: n.index, link: n.link.gen))
+        let reconnectAt = now + rng.range(100_000_000, 500_000_000)
+        n.disturbedUntilNs = max(n.disturbedUntilNs, reconnectAt)
+        events.push(reconnectAt, .reconnect(node: n.index, link: n.link.gen))
     }
 
     func healNats(_ i: Int) {
         natsCut[i] = false
         let n = nodes[i]
+        n.disturbedUntilNs = max(n.disturbedUntilNs, now)
         guard n.up, n.link.connected else { return }
         for f in n.link.kernelQueue {
             events.push(now + rng.range(50_000, 1_000_000), .natsUp(node: i, link: n.link.gen, f))
@@ -808,6 +819,7 @@ final class Simulation {
                 let until = min(now + rng.range(10_000_000, k.stallMaxNs), k.chaosNs)
                 if until > now {
                     n.stalledUntil = until
+                    n.disturbedUntilNs = max(n.disturbedUntilNs, until)
                     events.push(until, .wake(node: n.index, gen: n.gen))
                 }
             }

@@ -180,6 +180,8 @@ final class NodeAdminTests: XCTestCase {
             "backbeat_beat_delivery_latency_seconds_bucket", "backbeat_timer_drift_ratio", "backbeat_is_leader 1.0",
             "backbeat_beats_total", "backbeat_beats_missed_total", "backbeat_tempo_change_errors_total",
             "backbeat_leadership_changes_total", "backbeat_degradation_mode 0.0",
+            // A single node is a one-voter cluster: one voter in force, one configured.
+            "\nbackbeat_raft_voters 1.0", "\nbackbeat_raft_voters_configured 1.0",
             #"backbeat_nats_connected{connection="beat"} 1.0"#, #"backbeat_nats_connected{connection="requests"} 1.0"#,
             #"backbeat_nats_reconnects_total{connection="requests"} 0"#,
             #"backbeat_nats_slow_consumer_total{connection="beat"} 0"#, "backbeat_tempo_bpm 600.0",

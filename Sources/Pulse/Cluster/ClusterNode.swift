@@ -148,10 +148,8 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
 
     func start() throws {
         try transport.start()
-        core.resetTicks(nowMonoNs: clock.monoNs())  // the old start() did too (adversarial review)
-        core.campaignIfAlone()  // a lone voter leads at once (ClusterCore.campaignIfAlone)
         try loop.armTimer(tickToken, afterNs: core.timing.tickNs, intervalNs: core.timing.tickNs)
-        shell.tick()
+        shell.start()  // ticks from now; a lone voter campaigns at once (as in the simulator)
     }
 
     func stop() {
@@ -211,9 +209,10 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
             logger.critical("refusing to run: \(why)")
             loop.requestStop()
         case .degradation(let change): logDegradation(change)
-        case .leadership(let isLeader, _, let term):
+        case .leadership(let role, _, let term):
+            // The role as it is: a pre-candidate or candidate is no follower.
             logger.info(
-                isLeader ? "raft: leader" : "raft: follower",
+                "raft: \(Self.roleName(role))",
                 metadata: ["term": "\(term)", "leader": "\(leaderPeer?.name ?? "none")"])
         case .applied(.refused(let why), let index):
             rejected.record(.raft, "bad_committed_entry")
@@ -221,6 +220,16 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
         case .applied, .restored, .configuration, .peerClock, .proposal: break
         }
         onEvent?(event)
+    }
+
+    /// The role's name in the log (`raft: <name>`).
+    static func roleName(_ role: Role) -> String {
+        switch role {
+        case .leader: "leader"
+        case .follower: "follower"
+        case .preCandidate: "pre-candidate"
+        case .candidate: "candidate"
+        }
     }
 
     private func reject(_ reason: String, from peer: NodeID) {

@@ -179,7 +179,7 @@ final class PulseMetrics: BeatObserver {
         raftVoters = r.makeGauge(
             name: "backbeat_raft_voters", help: "Voters in the Raft configuration in force on this node.")
         raftVotersConfigured = r.makeGauge(
-            name: "backbeat_raft_voters_configured", help: "Voters listed in -peers (0 for a single node).")
+            name: "backbeat_raft_voters_configured", help: "Voters listed in -peers (1 for a single node: itself).")
         hlcMaxOffset = r.makeGauge(
             name: "backbeat_hlc_max_offset_seconds",
             help: "The HLC bound (-max-offset-ms): remote stamps further ahead are not adopted.")

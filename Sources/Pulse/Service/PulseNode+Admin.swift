@@ -161,7 +161,7 @@ extension PulseNode: AdminBackend {
                 raftBadFrames: cluster?.transportStats.badFrames ?? 0, rejectedInput: rejected.counts,
                 hasLeader: cluster.map { $0.leaderPeer != nil } ?? true, raftTerm: cluster?.term ?? 0,
                 raftCommitIndex: cluster?.commitIndex ?? 0, raftVoters: cluster?.voters.count ?? 0,
-                raftVotersConfigured: cluster == nil ? 0 : config.peers.count,
+                raftVotersConfigured: cluster == nil ? 0 : alone ? 1 : config.peers.count,  // a lone voter: itself
                 hlcMaxOffsetSeconds: Double(config.maxOffsetMs) / 1000))
         return metrics.text()
     }

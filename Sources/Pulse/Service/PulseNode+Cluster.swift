@@ -49,8 +49,8 @@ extension PulseNode {
                 "timeline restored", metadata: ["start_ns": "\(state.epoch.startNs)", "bpm": "\(state.epoch.bpm)"])
             if state.pending != nil { tempo.committedChangeApplied(justification: state.justification) }
             committedTimelineChanged()
-        case .leadership(let isLeader, _, _):
-            if isLeader {
+        case .leadership(let role, _, _):
+            if role == .leader {
                 committedTimelineChanged()
             } else if stopRequested {
                 loop.requestStop()  // leadership handed over: now stop

@@ -6,6 +6,7 @@
 import CNats
 import Foundation
 import PulsePolicy
+import Synchronization
 import XCTest
 
 @testable import Pulse
@@ -53,6 +54,39 @@ final class KVBucketsTests: XCTestCase {
         XCTAssertGreaterThan(r4, r3, "revisions only grow: the fencing token")
         XCTAssertEqual(
             other.leaseNow(.update(lastRevision: r3), owner: "b"), .conflict, "the stale holder's renewal fails")
+    }
+
+    /// A lease operation does not queue behind timeline writes or forwarded
+    /// requests (review of 2026-12-07): with 400 timeline writes queued
+    /// (each one or two JetStream round trips), a create is answered while
+    /// most of them still wait.
+    func testALeaseOperationDoesNotWaitBehindTimelineWrites() throws {
+        let server = try NatsServer(jetStream: true)
+        let kv = try open(server, cluster: "kvq")
+        let backlog = 400
+        let written = Mutex(0)
+        let record = Array(#"{"term":1}"#.utf8)
+        for _ in 0..<backlog {
+            kv.writeTimeline(record, lastRevision: 0) { _ in written.withLock { $0 += 1 } }
+        }
+        let answered = DispatchSemaphore(value: 0)
+        let reply = Mutex<KVLeaseReply?>(nil)
+        let writtenThen = Mutex(0)
+        let sent = Date()
+        kv.lease(.create, owner: "k1 1-1") { r in
+            writtenThen.withLock { $0 = written.withLock { $0 } }
+            reply.withLock { $0 = r }
+            answered.signal()
+        }
+        XCTAssertEqual(answered.wait(timeout: .now() + 10), .success)
+        let ms = Date().timeIntervalSince(sent) * 1000
+        guard case .written = reply.withLock({ $0 }) else {
+            return XCTFail("create: \(String(describing: reply.withLock { $0 }))")
+        }
+        let done = writtenThen.withLock { $0 }
+        print("nats-kv: lease create answered after \(ms) ms with \(done) of \(backlog) timeline writes done")
+        XCTAssertLessThan(done, backlog / 2, "the lease did not wait for the timeline writes")
+        XCTAssertTrue(Harness.waitUntil(seconds: 30) { written.withLock { $0 } == backlog }, "the writes all ran")
     }
 
     func testTimelineWritesAndWatch() throws {

@@ -7,9 +7,13 @@
 // Threads: this object has its own NATS connection (libnats' own threads,
 // reconnecting to any server of -nats), separate from the loop's NatsLink.
 // Every blocking call — a JetStream publish with its expectation headers, a
-// read of the last message — runs on one serial queue (`kvQueue`), never on
-// the loop thread; the caller hands each answer to the loop (the node posts
-// it with `EventLoop.postCompletion`). Watches run on their own threads.
+// read of the last message — runs off the loop thread on a serial queue:
+// lease operations on their own (`leaseQueue`), so a renewal never waits
+// behind timeline writes or forwarded requests (`kvQueue`), each of which
+// can take up to the JetStream wait; the caller hands each answer to the
+// loop (the node posts it with `EventLoop.postCompletion`). The JetStream
+// context and the connection are thread-safe in libnats. Watches run on
+// their own threads.
 //
 // Operations are published by hand rather than with kvStore_Update and
 // friends, because the lease needs what libnats 3.4's KV calls do not give:
@@ -68,6 +72,8 @@ final class KVBuckets: @unchecked Sendable {
     private let leaseKV: OpaquePointer
     private let timelineKV: OpaquePointer
     private let kvQueue = DispatchQueue(label: "pulse.kv")
+    /// The lease's operations only (one in flight at a time: KVLease).
+    private let leaseQueue = DispatchQueue(label: "pulse.kv.lease")
     /// How long a publish or read waits for JetStream's answer.
     private let waitMs: Int64
     /// The version refusal `-kv-allow-old-server` overrode (for a warning), or nil.
@@ -221,21 +227,22 @@ final class KVBuckets: @unchecked Sendable {
     func close() {
         guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
         kvQueue.sync {}
+        leaseQueue.sync {}
         natsConnection_Close(nc)
         for thread in watchThreads { while !thread.isFinished { usleep(1_000) } }
     }
 
     // MARK: the lease key
 
-    /// Sends `op` on the KV queue; `done` runs there with the answer.
+    /// Sends `op` on the lease queue; `done` runs there with the answer.
     func lease(_ op: KVLeaseOp, owner: String, done: @escaping @Sendable (KVLeaseReply) -> Void) {
-        kvQueue.async { [self] in
+        leaseQueue.async { [self] in
             guard !stopping.load(ordering: .acquiring) else { return done(.notSent) }
             done(leaseNow(op, owner: owner))
         }
     }
 
-    /// The blocking form of `lease` (KV queue, or tests).
+    /// The blocking form of `lease` (lease queue, or tests).
     func leaseNow(_ op: KVLeaseOp, owner: String) -> KVLeaseReply {
         let value = Array(owner.utf8)
         switch op {

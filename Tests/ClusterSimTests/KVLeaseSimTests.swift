@@ -404,14 +404,6 @@ struct KVSim {
         let first = published[k].map { "the holder of term \($0.term)" } ?? degradedPublished[k].map { "node \($0)" }
         if let first, heard[k, default: []].contains(i) {
             violations.append("no_republish: degraded beat \(k) by node \(i), first by \(first)")
-            if ProcessInfo.processInfo.environment["SIM_TRACE"] != nil {
-                for (j, n) in nodes.enumerated() {
-                    let l = n.leadership
-                    print(
-                        "DBG t=\(t/1_000_000) node \(j) id=\(l.nodeId) rank=\(l.rank) ref=\(l.referenceId) members=\(l.peers.members(nowMonoNs: n.mono(t))) deg=\(l.degraded) refOff=\(String(describing: l.degradedReference?.offsetNs)) rtt=\(String(describing: l.peers.syncs[l.referenceId]?.rttNs)) wall=\(n.wall(t)) part=\(n.partitionedUntilNs/1_000_000) stall=\(n.stalledUntilNs/1_000_000) gone=\(n.gone)"
-                    )
-                }
-            }
         } else if first != nil {
             unheardDuplicates += 1
         }

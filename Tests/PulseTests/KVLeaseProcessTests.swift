@@ -409,6 +409,17 @@ final class KVLeaseProcessTests: XCTestCase {
         XCTAssertTrue(subscriber.wait(for: 3, seconds: 20), "frames once the server is up\n\(pulse.log)")
         XCTAssertTrue(pulse.log.contains("a NATS server answered"), pulse.log)
 
+        // A stop signal during the wait is a stop, as at any other time: exit 0.
+        let early = try PulseProcess(
+            arguments: [
+                "-election", "nats-kv", "-cluster", "kvwait3", "-nats", "nats://127.0.0.1:\(Harness.freePort())",
+                "-admin-port", "0", "-data-dir", "\(dir)/k3", "-kv-start-wait-ms", "20000",
+            ], logPath: "\(dir)/k3.log")
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) { early.log.contains("no NATS server of -nats answers yet") }, early.log)
+        XCTAssertEqual(early.stop(timeout: 5), 0, early.log)
+        XCTAssertFalse(early.log.contains("pulse: error"), early.log)
+
         let started = Date()
         let result = try runPulse(
             [

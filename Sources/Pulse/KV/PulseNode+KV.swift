@@ -64,7 +64,8 @@ extension PulseNode {
 
     /// Opens the KV node, retrying every second for `-kv-start-wait-ms`
     /// while no NATS server answers (a pulse started before its servers),
-    /// with one log line; a stop signal ends the wait (exit 1), and anything
+    /// with one log line; a stop signal ends the wait (`StoppedBeforeStart`:
+    /// exit 0, as any asked-for stop), and anything
     /// else (no JetStream, refused credentials, a bucket with other settings)
     /// is the start-up line at once.
     private func openKV(flags: TimelineShape) throws -> KVNode {
@@ -91,8 +92,11 @@ extension PulseNode {
                 }
                 var pending = sigset_t()
                 sigpending(&pending)
-                for signo in [SIGINT, SIGTERM, SIGHUP] where sigismember(&pending, signo) == 1 {
-                    throw PulseError.startup("-election nats-kv: stopped while waiting for a NATS server")
+                for signo in [SIGINT, SIGTERM] where sigismember(&pending, signo) == 1 {
+                    logger.info(
+                        "stopping while waiting for a NATS server",
+                        metadata: ["signal": signo == SIGTERM ? "SIGTERM" : "SIGINT"])
+                    throw StoppedBeforeStart()
                 }
                 usleep(1_000_000)
             }
@@ -181,6 +185,10 @@ extension PulseNode {
         }
     }
 }
+
+/// A stop signal arrived before the node started (the nats-kv start-up
+/// wait): the process exits 0, as after any stop it was asked for.
+struct StoppedBeforeStart: Error {}
 
 extension PulseMetrics {
     /// `backbeat_election_strategy{strategy}`: 1 for the strategy this node runs

@@ -63,6 +63,8 @@ public enum PulseEntry {
                 Logger(label: "pulse").warning("\($0)")
             }
             try node.run()
+        } catch is StoppedBeforeStart {
+            exit(0)
         } catch let error as PulseError {
             if case .config = error { fail(error.description, status: 2) }
             fail(error.description, status: 1)

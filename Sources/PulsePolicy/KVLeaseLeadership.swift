@@ -116,7 +116,8 @@ public final class KVLeadership: BeatLeadership {
         watched(revision: revision)
         guard deleted || purged else {
             let claim = value ?? []
-            if claim != Array(lease.owner.utf8) { freedByHandOver = false }  // another's claim: a later take-over follows an expiry
+            // Another's claim: a later take-over of ours follows its expiry.
+            if claim != Array(lease.owner.utf8) { freedByHandOver = false }
             lastClaim = claim
             lastClaimWatchedMonoNs = now
             return (false, holderWatched(present: true, nowMonoNs: now))

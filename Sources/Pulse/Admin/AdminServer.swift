@@ -245,7 +245,7 @@ final class AdminServer: LoopHandler {
             // Our own timer refused (a broken invariant upstream): the
             // deferred replies still go out, on the loop's next turn.
             logger.error("admin kick timer: \(error); deferred replies run from the doorway instead")
-            _ = loop.postCallback { [weak self] in self?.runDeferred() }
+            loop.postCompletion { [weak self] in self?.runDeferred() }  // never dropped, unlike postCallback
         }
     }
 

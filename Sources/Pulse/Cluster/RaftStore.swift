@@ -446,6 +446,7 @@ public final class RaftStore {
     /// start-up and tools, never the loop: the epoch.json migration and
     /// `pulse restore` (`seed`).
     func saveAndReadBack(hardState: HardState, snapshot: Snapshot, rejected: RejectedInput?) throws {
+        dispatchPrecondition(condition: .notOnQueue(queue))  // it waits for the queue
         let done = DispatchSemaphore(value: 0)
         nonisolated(unsafe) var failure: Error?
         save(hardState: hardState, snapshot: snapshot, entries: []) { error in

@@ -24,8 +24,9 @@
 //    `epoch.json` that says something else (an older release ran on the dir
 //    after the migration) is refused with one line: neither is guessed.
 //
-// `pulse restore` without --peers still writes `epoch.json` (the format
-// every release reads); the node migrates it at its first start.
+// `pulse restore` writes a Raft state directly (`RaftStore.seed`, with or
+// without --peers); only data dirs of releases before the one-voter cluster
+// hold an `epoch.json` to migrate.
 import CLoop
 import Foundation
 import Glibc

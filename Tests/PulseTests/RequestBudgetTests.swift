@@ -274,15 +274,26 @@ final class RequestBudgetTests: XCTestCase {
             (#"{"bpm":120,"token":"s3cret-T0ke"}"#, false),
             (#"{"bpm":120,"token":"s3cret-T0ken!"}"#, false),
             (#"{"a":"token","token":"nope","b":{"token":"s3cret-T0ken"}}"#, false),
-            // Escapes: only the parse can tell; the scan defers to it.
+            // Escapes: decoded by the scan, as the parser does.
             (#"{"token":"s3cret-\u0054\u0030ken"}"#, true),
             (#"{"\u0074oken":"s3cret-T0ken"}"#, true),
+            (#"{"t\u006fken":"s3cret\u002dT0ken","justification":"a \"quoted\" \\ one"}"#, true),
             (#"{"token":"s3cret-T0ken\"}"#, false),
         ]
         for (body, expected) in cases {
             let data = Data(body.utf8)
             XCTAssertEqual(PulseNode.controlTokenMatches(data, token), expected, body)
             if expected { XCTAssertFalse(PulseNode.tokenCandidatesMiss(data, token), body) }
+        }
+        // A backslash no longer buys a parse: bodies with escapes and no token are refused by the scan.
+        for body in [
+            #"{"bpm":130,"justification":"a \"quoted\" \\ flood \u00e9\ud83d\ude00"}"#,
+            #"{"\u0074oken":"guess","bpm":130}"#, #"{"token":"s3cret-T0ke\u006E!"}"#,
+            #"{"token":"s3cret-T0ken\ud800"}"#, #"{"token":"\x"}"#, #"{"token":"\u00zz"}"#,
+            #"{"a":"\"token\":\"s3cret-T0ken\""}"#,
+        ] {
+            XCTAssertTrue(PulseNode.tokenCandidatesMiss(Data(body.utf8), token), body)
+            XCTAssertFalse(PulseNode.controlTokenMatches(Data(body.utf8), token), body)
         }
         // The flood's bodies are refused by the scan alone.
         XCTAssertTrue(PulseNode.tokenCandidatesMiss(Data(#"{"bpm":130,"justification":"flood"}"#.utf8), token))
@@ -299,6 +310,66 @@ final class RequestBudgetTests: XCTestCase {
             JSONSerialization.jsonObject(with: PulseNode.refusedUnauthorized.reply) as? [String: Any])
         XCTAssertEqual(refusal["status"] as? Int, 401)
         XCTAssertEqual(refusal["code"] as? String, "unauthorized")
+    }
+
+    /// The scan against the parser over generated bodies: keys and values
+    /// with every character written plainly or escaped (short escapes,
+    /// `\uXXXX`, surrogate pairs, lone surrogates), the token's value among
+    /// them, nested objects. The scan never refuses a body whose parse
+    /// carries the token, and refuses without a parse every escaped body
+    /// that does not carry the token's own value.
+    func testControlTokenScanAgreesWithTheParseOnEscapedBodies() throws {
+        let tokenText = "s3cret-Tök€n😀"
+        let token = Array(tokenText.utf8)
+        var rng = SystemRandomNumberGenerator()
+        func literal(_ text: String) -> String {
+            var out = "\""
+            for scalar in text.unicodeScalars {
+                switch Int.random(in: 0..<4, using: &rng) {
+                case 0 where scalar.value >= 0x10000:
+                    let v = scalar.value - 0x10000
+                    out += String(format: "\\u%04x\\u%04X", 0xD800 + (v >> 10), 0xDC00 + (v & 0x3FF))
+                case 0 where scalar.value < 0x10000: out += String(format: "\\u%04x", scalar.value)
+                case 1 where scalar == "/": out += "\\/"
+                default:
+                    switch scalar {
+                    case "\"": out += "\\\""
+                    case "\\": out += "\\\\"
+                    case "\n": out += "\\n"
+                    default: out.unicodeScalars.append(scalar)
+                    }
+                }
+            }
+            if Int.random(in: 0..<20, using: &rng) == 0 { out += "\\ud800" }  // a lone surrogate
+            return out + "\""
+        }
+        let keys = ["token", "tok", "tokens", "bpm", "justification", "Token"]
+        let values = [tokenText, "s3cret-Tök€n", tokenText + "!", "guess", "a \"quoted\" / \\ value\n", ""]
+        var carried = 0
+        var escapedMisses = 0
+        for _ in 0..<3000 {
+            var members: [String] = []
+            for _ in 0..<Int.random(in: 1...4, using: &rng) {
+                let key = literal(keys.randomElement(using: &rng)!)
+                let value =
+                    Int.random(in: 0..<6, using: &rng) == 0
+                    ? "{\(literal("token")):\(literal(values.randomElement(using: &rng)!))}"
+                    : literal(values.randomElement(using: &rng)!)
+                members.append("\(key) : \(value)")
+            }
+            let data = Data("{\(members.joined(separator: ","))}".utf8)
+            let parsed = (try? JSONSerialization.jsonObject(with: data) as? [String: Any])?["token"] as? String
+            let truth = parsed.map { Array($0.utf8) == token } ?? false
+            let miss = PulseNode.tokenCandidatesMiss(data, token)
+            if truth {
+                carried += 1
+                XCTAssertFalse(miss, String(decoding: data, as: UTF8.self))
+            }
+            XCTAssertEqual(PulseNode.controlTokenMatches(data, token), truth, String(decoding: data, as: UTF8.self))
+            if miss && data.contains(0x5C) { escapedMisses += 1 }
+        }
+        XCTAssertGreaterThan(carried, 100, "the generator made bodies that carry the token")
+        XCTAssertGreaterThan(escapedMisses, 1000, "escaped bodies without the token are refused by the scan")
     }
 
     /// A nats-server with its monitoring port (for `slow_consumers`).
@@ -340,6 +411,26 @@ final class RequestBudgetTests: XCTestCase {
             process.terminate()
             process.waitUntilExit()
         }
+    }
+
+    /// Publishes `{}` requests on `subject` as fast as one connection can for
+    /// `seconds`, each answered on `<inbox>.<0…7>`; returns how many went out.
+    static func flood(_ nc: OpaquePointer?, subject: String, inbox: String, seconds: Double) -> Int {
+        let started = Date()
+        var sent = 0
+        while Date().timeIntervalSince(started) < seconds {
+            for _ in 0..<256
+            where natsConnection_PublishRequestString(nc, subject, "\(inbox).\(sent % 8)", "{}") == NATS_OK {
+                sent += 1
+            }
+        }
+        return sent
+    }
+
+    /// Where consecutive frames' indices are not consecutive ("a→b").
+    static func gaps(_ frames: [ReceivedFrame]) -> [String] {
+        let indices = frames.compactMap { try? BeatFrameDecoder.decode([UInt8]($0.raw)).beatIndex }
+        return zip(indices, indices.dropFirst()).filter { $0.1 != $0.0 + 1 }.map { "\($0.0)→\($0.1)" }
     }
 
     /// Counts replies on the flood's inbox (the library's own thread).
@@ -390,25 +481,12 @@ final class RequestBudgetTests: XCTestCase {
         natsSubscription_SetPendingLimits(sub, -1, -1)
         defer { natsSubscription_Destroy(sub) }
         let before = beats.count
-        let started = Date()
-        var sent = 0
-        while Date().timeIntervalSince(started) < 10 {
-            for _ in 0..<256 {
-                if natsConnection_PublishRequestString(nc, "backbeat.flood.timeline", "_INBOX.flood.\(sent % 8)", "{}")
-                    == NATS_OK
-                {
-                    sent += 1
-                }
-            }
-        }
+        let sent = Self.flood(nc, subject: "backbeat.flood.timeline", inbox: "_INBOX.flood", seconds: 10)
         natsConnection_FlushTimeout(nc, 5000)
         let floodEnded = beats.count
         XCTAssertTrue(beats.wait(for: floodEnded + 10, seconds: 5), "frames flow after the flood\n\(node.log)")
 
-        let frames = beats.received.compactMap { try? BeatFrameDecoder.decode([UInt8]($0.raw)) }
-        let indices = frames.map(\.beatIndex)
-        var gaps: [String] = []
-        for (a, b) in zip(indices, indices.dropFirst()) where b != a + 1 { gaps.append("\(a)→\(b)") }
+        let gaps = Self.gaps(beats.received)
         let metrics = (try? RawClient(port: admin))?.request(httpRequest("GET", "/metrics"))?.text ?? ""
         let varz = nats.varz()
         let published = nats.publishedByConnection()
@@ -494,24 +572,13 @@ final class RequestBudgetTests: XCTestCase {
         natsSubscription_SetPendingLimits(sub, -1, -1)
         defer { natsSubscription_Destroy(sub) }
         let before = beats.count
-        let started = Date()
-        var sent = 0
-        while Date().timeIntervalSince(started) < 5 {
-            for _ in 0..<256 {
-                let inbox = "_INBOX.floodc.\(sent % 8)"
-                if natsConnection_PublishRequestString(nc, subjects.timelineRequest, inbox, "{}") == NATS_OK {
-                    sent += 1
-                }
-            }
-        }
+        let sent = Self.flood(nc, subject: subjects.timelineRequest, inbox: "_INBOX.floodc", seconds: 5)
         natsConnection_FlushTimeout(nc, 5000)
         let floodEnded = beats.count
         XCTAssertTrue(beats.wait(for: floodEnded + 10, seconds: 5), "frames flow after the flood\n\(cluster.logs)")
         usleep(300_000)  // the last replies
 
-        let indices = beats.received.compactMap { try? BeatFrameDecoder.decode([UInt8]($0.raw)).beatIndex }
-        var gaps: [String] = []
-        for (a, b) in zip(indices, indices.dropFirst()) where b != a + 1 { gaps.append("\(a)→\(b)") }
+        let gaps = Self.gaps(beats.received)
         let varz = nats.varz()
         let answered = replies.all
         var summary: [String] = []

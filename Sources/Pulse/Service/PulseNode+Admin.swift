@@ -305,49 +305,32 @@ extension PulseNode: AdminBackend {
 
     /// True when `body` certainly does not carry `"token": "<token>"`, found
     /// without a JSON parse (issue 20: a flood of tokenless tempo requests
-    /// cost a `JSONSerialization` parse each). Safe only where every JSON
-    /// string is its own bytes: no backslash (no escape), no NUL byte and no
-    /// byte-order mark (the parser would read UTF-16/32). There, a body the
-    /// parser accepts has the bytes `"token"`, JSON whitespace, `:`,
-    /// whitespace, `"`, the token, `"`; each `"token"` in the body is
-    /// followed that way and its value compared in constant time: none
-    /// equal, the body cannot match. False (parse it) otherwise.
+    /// cost a `JSONSerialization` parse each). Safe only where the parser
+    /// reads UTF-8: no NUL byte and no byte-order mark (it would read
+    /// UTF-16/32; such bodies are parsed). There, every string literal is
+    /// decoded here, escapes included (`JSONStringScan`), and each one that
+    /// decodes to `token` and is followed by JSON whitespace, `:`,
+    /// whitespace and a literal is a key whose value is compared with the
+    /// token in constant time: none equal, the body cannot match. A literal
+    /// the parser refuses (an unknown escape, bad hex digits, no closing
+    /// quote) makes the whole body one it refuses: a miss. So a backslash
+    /// no longer buys a parse; only a body carrying the token's own value
+    /// (or a NUL or byte-order mark) is parsed.
     static func tokenCandidatesMiss(_ body: Data, _ token: [UInt8]) -> Bool {
         body.withUnsafeBytes { raw -> Bool in
             let n = raw.count
             if n > 0, raw[0] == 0xEF || raw[0] == 0xFE || raw[0] == 0xFF { return false }
-            for byte in raw where byte == 0x5C || byte == 0 { return false }
-            let key: [UInt8] = Array(#""token""#.utf8)
-            var i = 0
-            var found = false
-            while i + key.count <= n {
-                var isKey = true
-                for j in 0..<key.count where raw[i + j] != key[j] {
-                    isKey = false
-                    break
-                }
-                if !isKey {
-                    i += 1
-                    continue
-                }
-                var k = i + key.count
-                func skipSpace() {
-                    while k < n, raw[k] == 0x20 || raw[k] == 0x09 || raw[k] == 0x0A || raw[k] == 0x0D { k += 1 }
-                }
-                skipSpace()
-                if k < n, raw[k] == UInt8(ascii: ":") {
-                    k += 1
-                    skipSpace()
-                    if k < n, raw[k] == UInt8(ascii: "\"") {
-                        let start = k + 1
-                        var end = start
-                        while end < n, raw[end] != UInt8(ascii: "\"") { end += 1 }
-                        if end < n, AdminHTTP.constantTimeEqual(ArraySlice(raw[start..<end]), token) { found = true }
-                    }
-                }
-                i += 1
+            for byte in raw where byte == 0 { return false }
+            var scan = JSONStringScan(raw)
+            let key: [UInt8] = Array("token".utf8)
+            while let start = scan.nextString() {
+                // nil: a literal the parser refuses, so it refuses the body.
+                guard let isKey = scan.decodedEquals(from: start, key) else { return true }
+                guard isKey, let value = scan.valueStringAfterColon() else { continue }
+                guard let equal = scan.decodedEquals(from: value, token, constantTime: true) else { return true }
+                if equal { return false }
             }
-            return !found
+            return true  // an unterminated literal included: the parser refuses it
         }
     }
 
@@ -453,5 +436,117 @@ extension PulseNode: AdminBackend {
         (try? JSONSerialization.data(
             withJSONObject: ["error": message, "code": code], options: [.sortedKeys, .withoutEscapingSlashes]))
             ?? Data()
+    }
+}
+
+/// Walks the string literals of a JSON text's UTF-8 bytes without parsing
+/// it (`PulseNode.tokenCandidatesMiss`): finds each literal, and compares
+/// its decoded contents (escapes resolved, `\\uXXXX` and surrogate pairs
+/// as UTF-8, a lone surrogate as U+FFFD) with given bytes. Whatever the
+/// parser does with a lone surrogate (refuse the body, or read U+FFFD), a
+/// literal that differs here differs there.
+struct JSONStringScan {
+    private let raw: UnsafeRawBufferPointer
+    /// Where the walk is: outside any literal.
+    private var at = 0
+
+    init(_ raw: UnsafeRawBufferPointer) { self.raw = raw }
+
+    /// The index just past the opening quote of the next literal, or nil
+    /// at the end. Leaves `at` just past its closing quote.
+    mutating func nextString() -> Int? {
+        while at < raw.count, raw[at] != UInt8(ascii: "\"") { at += 1 }
+        guard at < raw.count else { return nil }
+        let start = at + 1
+        var i = start
+        while i < raw.count, raw[i] != UInt8(ascii: "\"") { i += raw[i] == UInt8(ascii: "\\") ? 2 : 1 }
+        guard i < raw.count else {
+            at = raw.count  // unterminated: the parser refuses the body
+            return nil
+        }
+        at = i + 1
+        return start
+    }
+
+    /// The literal that follows `:` (JSON whitespace around it) after the
+    /// one just walked, walked in turn; nil (nothing walked) when there is none.
+    mutating func valueStringAfterColon() -> Int? {
+        var k = at
+        func skipSpace() {
+            while k < raw.count, raw[k] == 0x20 || raw[k] == 0x09 || raw[k] == 0x0A || raw[k] == 0x0D { k += 1 }
+        }
+        skipSpace()
+        guard k < raw.count, raw[k] == UInt8(ascii: ":") else { return nil }
+        k += 1
+        skipSpace()
+        guard k < raw.count, raw[k] == UInt8(ascii: "\"") else { return nil }
+        at = k
+        return nextString()
+    }
+
+    /// Whether the literal starting at `start` decodes to exactly `bytes`;
+    /// nil when it has an escape the parser refuses (unknown, bad hex).
+    /// With `constantTime`, the walk goes to the literal's end whatever it
+    /// finds: its time depends on the literal's length, never on where it
+    /// first differs from `bytes`.
+    func decodedEquals(from start: Int, _ bytes: [UInt8], constantTime: Bool = false) -> Bool? {
+        var i = start
+        var matched = 0  // decoded bytes so far
+        var differ: UInt8 = 0
+        func emit(_ b: UInt8) {
+            if matched < bytes.count { differ |= bytes[matched] ^ b } else { differ |= 1 }
+            matched += 1
+        }
+        func hex4(_ at: Int) -> UInt32? {
+            guard at + 4 <= raw.count else { return nil }
+            var v: UInt32 = 0
+            for j in at..<(at + 4) {
+                let c = raw[j]
+                let d: UInt8
+                switch c {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"): d = c - UInt8(ascii: "0")
+                case UInt8(ascii: "a")...UInt8(ascii: "f"): d = c - UInt8(ascii: "a") + 10
+                case UInt8(ascii: "A")...UInt8(ascii: "F"): d = c - UInt8(ascii: "A") + 10
+                default: return nil
+                }
+                v = v << 4 | UInt32(d)
+            }
+            return v
+        }
+        while i < raw.count, raw[i] != UInt8(ascii: "\"") {
+            if !constantTime, differ != 0 { return false }
+            let c = raw[i]
+            guard c == UInt8(ascii: "\\") else {
+                emit(c)
+                i += 1
+                continue
+            }
+            guard i + 1 < raw.count else { return nil }
+            switch raw[i + 1] {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), UInt8(ascii: "/"): emit(raw[i + 1])
+            case UInt8(ascii: "b"): emit(0x08)
+            case UInt8(ascii: "f"): emit(0x0C)
+            case UInt8(ascii: "n"): emit(0x0A)
+            case UInt8(ascii: "r"): emit(0x0D)
+            case UInt8(ascii: "t"): emit(0x09)
+            case UInt8(ascii: "u"):
+                guard var scalar = hex4(i + 2) else { return nil }
+                var width = 6
+                if scalar >= 0xD800 && scalar < 0xDC00, i + 12 <= raw.count, raw[i + 6] == UInt8(ascii: "\\"),
+                    raw[i + 7] == UInt8(ascii: "u"), let low = hex4(i + 8), low >= 0xDC00 && low < 0xE000
+                {
+                    scalar = 0x10000 + ((scalar - 0xD800) << 10) + (low - 0xDC00)
+                    width = 12
+                }
+                let unicode = Unicode.Scalar(scalar) ?? "\u{FFFD}"  // a lone surrogate
+                for b in UTF8.encode(unicode)! { emit(b) }
+                i += width
+                continue
+            default:
+                return nil
+            }
+            i += 2
+        }
+        return differ == 0 && matched == bytes.count
     }
 }

@@ -192,6 +192,56 @@ final class KVLeaseProcessTests: XCTestCase {
         cluster.nodes[old] = nil
     }
 
+    /// The lease bucket deleted under running pulses and made again (its
+    /// revisions, hence terms, start again from 1; the timeline bucket
+    /// stays): the pulse left refuses the lease it then takes at a low
+    /// revision, and publishes no frame with a term below one published
+    /// before. Before the fix it held term 1, re-stamped the timeline with
+    /// it and published below the consumers' fence (review of 2026-12-07,
+    /// finding 4).
+    func testARecreatedLeaseBucketNeverLowersTheTerm() throws {
+        let (cluster, subscriber) = try running("kvre", bpm: 600, frames: 10)
+        // A hand-over first: the successor's term is its create's revision, well above 1.
+        let first = try XCTUnwrap(holder(subscriber, cluster))
+        XCTAssertEqual(cluster.nodes[first]?.stop(), 0, cluster.logs)
+        cluster.nodes[first] = nil
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) { self.frames(subscriber).contains { $0.term > 1 } }, cluster.logs)
+        let highest = try XCTUnwrap(frames(subscriber).map(\.term).max())
+        let second = try XCTUnwrap(holder(subscriber, cluster))
+        var nc: OpaquePointer?
+        XCTAssertEqual(natsConnection_ConnectTo(&nc, cluster.natsURL), NATS_OK)
+        defer { natsConnection_Destroy(nc) }
+        var reply: OpaquePointer?
+        XCTAssertEqual(
+            natsConnection_RequestString(&reply, nc, "$JS.API.STREAM.DELETE.KV_backbeat_kvre_lease", "", 5_000),
+            NATS_OK)
+        let text = reply.map { String(cString: natsMsg_GetData($0)) } ?? ""
+        natsMsg_Destroy(reply)
+        XCTAssertTrue(text.contains(#""success":true"#), text)
+        let deletedNs = nowNs()
+        // The holder killed: the pulse left has never held the key (its own
+        // revision is 0), so only what it watched can tell it the new
+        // bucket's revision 1 is behind.
+        cluster.nodes[second]?.signal(SIGKILL)
+        // Made again, empty (as a fresh pulse or an operator would).
+        let again = try KVBuckets(
+            servers: [cluster.natsURL], clusterId: "kvre", replicas: 1, ttlNs: KVLeaseTiming().ttlNs,
+            name: "recreate", applySecurity: { _ in })
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 15) { cluster.logs.contains("a revision below one this node has seen") },
+            "a running pulse refused the new bucket's lease\n\(cluster.logs)")
+        usleep(1_500_000)
+        let late = frames(subscriber).filter { $0.receivedNs > deletedNs && $0.term < highest }
+        XCTAssertEqual(late.count, 0, "published below term \(highest): \(late)\n\(cluster.logs)")
+        let fenced = (0..<3).contains { i in
+            let text = (try? RawClient(port: cluster.adminPorts[i]).request(httpRequest("GET", "/metrics"))?.text) ?? ""
+            return text.contains(#"surface="kv",reason="lease_revision_behind"}"#)
+        }
+        XCTAssertTrue(fenced, "counted as kv/lease_revision_behind\n\(cluster.logs)")
+        withExtendedLifetime(again) {}
+    }
+
     func testStoppedHolderPublishesNothingAfterSigcontUntilItHoldsTheKeyAgain() throws {
         let (cluster, subscriber) = try running("kvstop", bpm: 300, frames: 6)
         let old = try XCTUnwrap(holder(subscriber, cluster))

@@ -206,7 +206,7 @@ final class RequestBudgetTests: XCTestCase {
         defer { link.close() }
         let peer = try Subscriber(url: nats.url, subject: "guard.out")
         let deliveries = Deliveries()
-        link.subscribe(subject: "guard.in", onDelivery: { deliveries.add($0.receivedNs) }) { _ in }
+        link.subscribe(subject: "guard.in", onDelivery: { deliveries.add($0.receivedNs) }, handler: { _ in })
         var sender: OpaquePointer?
         XCTAssertEqual(natsConnection_ConnectTo(&sender, nats.url), NATS_OK)
         defer { natsConnection_Destroy(sender) }

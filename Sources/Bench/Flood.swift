@@ -121,6 +121,20 @@ struct FloodResult {
     /// disconnected as too slow (nil: its monitoring port is not known).
     var serverSlowConsumers: Double? = nil
     var placement = ""
+    /// Requests sent per second over the window (the client's own count).
+    var sentPerSecond: Double? = nil
+    /// Leadership moved during the window: its verdicts would mix leaders.
+    var leaderMoved = false
+
+    /// Why the verdicts cannot judge this run, or nil: a flood that did not
+    /// reach 95 % of its rate, or a leader that changed, proves nothing.
+    var unjudgeable: String? {
+        if leaderMoved { return "leadership moved during the window" }
+        if let r = sentPerSecond, r < 0.95 * Double(ratePerSecond) {
+            return "the flood reached only \(Int(r))/s of \(ratePerSecond)/s"
+        }
+        return nil
+    }
 
     var overBudget: Double? {
         nodes.contains { $0.overBudget == nil } ? nil : nodes.compactMap(\.overBudget).reduce(0, +)
@@ -136,9 +150,12 @@ struct FloodResult {
         let missing = max(0, s.beats - s.received)
         let clean = nodes.map(\.clean)
         let nodesClean: Bool? = clean.contains { $0 == nil } ? nil : clean.allSatisfy { $0 == true }
-        let pass = nodesClean.map { $0 && missing == 0 && (serverSlowConsumers ?? 0) == 0 }
+        // nil (not judged) when the server's count is unknown (--nats, /varz unreadable).
+        let serverClean = serverSlowConsumers.map { $0 == 0 }
+        let pass: Bool? =
+            nodesClean.flatMap { n in serverClean.map { n && $0 && missing == 0 } }
         let who = nodes.count > 1 ? "the leader's " : ""
-        return [
+        let checks = [
             Check(
                 scenario: name, target: "issue 20: \(who)jitter p99 under \(ratePerSecond)/s \(kind.what) ≤ 1.25× idle",
                 pass: measurable ? j <= 1.25 * idleJitterP99Ns : nil,
@@ -155,6 +172,10 @@ struct FloodResult {
                     "\(missing) of \(s.beats) beats missing on the subject; reconnects \(sum(\.reconnects)), beat-connection slow-consumer events \(sum(\.slowConsumers)), missed \(sum(\.missedBeats)) over the nodes; nats-server slow consumers \(serverSlowConsumers.map { String(Int($0)) } ?? "not measured"); \(sent) sent, \(answered) answered, \(overBudget.map { String(Int($0)) } ?? "?") dropped over budget"
             ),
         ]
+        guard let why = unjudgeable else { return checks }
+        return checks.map {
+            Check(scenario: $0.scenario, target: $0.target, pass: nil, detail: "not judged: \(why); \($0.detail)")
+        }
     }
 
     private func sum(_ figure: KeyPath<FloodNode, Double?>) -> String {
@@ -174,6 +195,7 @@ final class RequestFlood: WindowLoad {
     private let lock = NSLock()
     private var stopped = false
     private var sentCount = 0
+    private var sendingNs: Int64 = 0  // from the first send to the last count (the thread's own clock)
     private var answeredCount = 0
     private let done = DispatchSemaphore(value: 0)
     private let targets: [FloodTarget]
@@ -243,7 +265,10 @@ final class RequestFlood: WindowLoad {
                     _ = natsConnection_PublishRequestString(connection, subject, "\(inbox).\(k % 1024)", body)
                     k += 1
                 }
-                lock.withLock { sentCount = k }
+                lock.withLock {
+                    sentCount = k
+                    sendingNs = cloop_monotonic_ns() - start
+                }
                 tick += 1
                 let wait = start + tick * 1_000_000 - cloop_monotonic_ns()
                 if wait > 0 { usleep(useconds_t(wait / 1000)) }
@@ -275,6 +300,8 @@ final class RequestFlood: WindowLoad {
         if let port = monitorPort, let b = serverBefore, let a = serverSlowConsumers(port) {
             figures.serverSlowConsumers = a - b
         }
+        let sendingNs = lock.withLock { self.sendingNs }
+        if sendingNs > 0 { figures.sentPerSecond = Double(figures.sent) / (Double(sendingNs) / 1e9) }
         let to = targets.count > 1 ? " to each of \(targets.count) nodes" : ""
         return
             "one client, \(figures.ratePerSecond) \(figures.kind.what)/s\(to): \(figures.sent) sent, \(figures.answered) answered"
@@ -362,7 +389,8 @@ func runFloodScenario(
     result.mode = "3-node cluster, \(cluster.names[leader]) leading" + (kind == .signedTimeline ? ", -sign-key" : "")
     result.flood?.placement = cluster.placement
     if cluster.leader(seconds: 2) != leader {
-        result.notes.append("leadership moved during the run: the verdicts mix leaders")
+        result.notes.append("leadership moved during the run: the verdicts mix leaders, so they judge nothing")
+        result.flood?.leaderMoved = true
     }
     let (j, d, e) = (idle.jitter.summary, idle.delivery.summary, idle.decisionJitter.summary)
     result.notes.append(

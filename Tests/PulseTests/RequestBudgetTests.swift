@@ -238,12 +238,21 @@ final class RequestBudgetTests: XCTestCase {
             let readBefore = link.lastInboundMonoNs
             while cloop_realtime_ns() < due - EventLoop.doorwayGuardNs + 100_000 {}  // at most 8 ms
             beat.firedAtNs = 0
+            // A turn that ran into the beat (this thread descheduled past
+            // `due` on a loaded machine) makes the attempt inconclusive:
+            // only attempts whose every turn ended before the beat judge.
+            var turns = 0
+            var ranIntoTheBeat = false
             while cloop_realtime_ns() < due - 100_000 {
                 loop.turn(timeoutNs: 0)
-                guardedTurns += 1
+                if beat.firedAtNs != 0 || cloop_realtime_ns() >= due {
+                    ranIntoTheBeat = true
+                    break
+                }
+                turns += 1
             }
-            XCTAssertEqual(beat.firedAtNs, 0, "the beat is not due yet")
-            if guardedTurns > 0 {
+            if !ranIntoTheBeat { guardedTurns += turns }
+            if !ranIntoTheBeat && turns > 0 {
                 XCTAssertEqual(link.lastInboundMonoNs, readBefore, "the request was not read inside the guard")
                 XCTAssertGreaterThan(
                     natsConnection_Buffered(link.connection), 0, "the reply stayed in the client's buffer")
@@ -259,7 +268,7 @@ final class RequestBudgetTests: XCTestCase {
             XCTAssertGreaterThanOrEqual(
                 try XCTUnwrap(peer.received.last).receivedNs, beat.firedAtNs, "sent after the beat")
         }
-        XCTAssertGreaterThan(guardedTurns, 0, "no attempt turned the loop inside the guard")
+        XCTAssertGreaterThan(guardedTurns, 0, "no attempt turned the loop inside the guard (all 5 inconclusive)")
     }
 
     /// The token scan that spares a parse never refuses a body the parser

@@ -33,6 +33,21 @@
 // and terms), an epoch moved, or a pending change rewritten retroactively
 // is refused (`revision behind`, `term behind`, `not a continuation`;
 // counted), and a node that has seen a timeline never goes back on it.
+//
+// Watch gaps (review of 2026-12-07 11:25, item 1b): the bucket keeps one
+// record (History = 1) and the watch restarts after the last delivered
+// sequence, so records replaced in between are never seen. A record more
+// than one revision above the applied one that is not a continuation is
+// applied anyway (`.resynced`) when it moves no beat this node may have
+// passed (`movesNoPastBeat`: the new timeline gives every beat up to the
+// next one due the same instant); else it is refused as before. Refusing
+// every such record wedged the node: its compare-and-set base never moved.
+//
+// Size (item 1a): a record is at most `KVTimelineRecord.maxBytes`, on both
+// sides: the writer never writes a record the readers would refuse
+// (`checkedWrite` / `termStart` answer `.tooLarge`); the limit holds the
+// largest shape the flags allow with the largest justification, escaped
+// (`worstCaseBytes`), checked at start-up against the server's payload limit.
 import Foundation
 import PulseCore
 
@@ -47,8 +62,24 @@ public struct KVTimelineRecord: Codable, Equatable, Sendable {
         self.state = state
     }
 
-    /// The largest record accepted from the KV.
-    public static let maxBytes = 4096
+    /// The largest record written to or accepted from the KV: the worst case
+    /// of the flags (1024 beats × 64-byte phase names, a 1024-byte
+    /// justification, every byte a control character JSON escapes to 6
+    /// bytes) is ~400 KB (`worstCaseBytes`); NATS' default payload limit is 1 MB.
+    public static let maxBytes = 512 * 1024
+
+    /// The largest record a timeline of `shape` can need: its epoch with a
+    /// pending change and a justification of `justificationBytes` bytes that
+    /// each encode to JSON's longest escape (`\u00XX`).
+    public static func worstCaseBytes(shape: TimelineShape, justificationBytes: Int = 1024) -> Int {
+        let big = Int64.max / 4
+        let state = ClusterState(
+            epoch: TempoEpoch.Stored(startBeat: big, startNs: big, bpm: 1000),
+            pending: TempoChange.Stored(atBeat: big, bpm: 1000),
+            justification: String(repeating: "\u{1}", count: justificationBytes), bar: shape.bar,
+            phases: shape.phases)
+        return KVTimelineRecord(term: .max, state: state).encoded().count
+    }
 
     public func encoded() -> [UInt8] {
         guard let data = try? canonicalEncoder().encode(self) else { preconditionFailure("KVTimelineRecord encoding") }
@@ -78,6 +109,9 @@ public enum KVTimelineChange: Equatable, Sendable {
     case tempo(TempoChange)
     /// The record only re-stamped the state (a new holder's term start).
     case restamped(term: UInt64)
+    /// Records were skipped (a watch gap) and this one, not a continuation
+    /// of the applied state, moves no past beat: the node re-synced to it.
+    case resynced(term: UInt64)
     /// Not applied: does not decode, out of range, or an older revision.
     case refused(String)
     /// The committed shape is not this node's flags: stop before publishing.
@@ -100,15 +134,20 @@ public struct KVLeaseTimeline: Sendable {
     public func holderReady(term: UInt64) -> Bool { term > 0 && recordTerm == term && machine.timeline != nil }
 
     /// Applies the record the watch saw at `revision` (a delete or purge is
-    /// not a record: the adapter never hands one here).
-    public mutating func apply(_ bytes: [UInt8], revision rev: UInt64) -> KVTimelineChange {
+    /// not a record: the adapter never hands one here). `nowNs` (wall clock)
+    /// allows a re-sync over a watch gap; nil refuses every non-continuation.
+    public mutating func apply(_ bytes: [UInt8], revision rev: UInt64, nowNs: Int64? = nil) -> KVTimelineChange {
         if rev == revision { return .refused("old revision") }
         guard rev > revision else { return .refused("revision behind") }
         guard let record = KVTimelineRecord.decoded(bytes, bar: machine.bar) else { return .refused("bad record") }
         guard record.term >= recordTerm else { return .refused("term behind") }
         let before = machine.state
+        var resync = false
         if let before, !Self.continues(before, with: record.state, machine: machine) {
-            return .refused("not a continuation")
+            guard rev > revision + 1, let nowNs, let applied = machine.timeline,
+                Self.movesNoPastBeat(from: applied, before: before, to: record.state, nowNs: nowNs)
+            else { return .refused("not a continuation") }
+            resync = true
         }
         var next = machine
         switch next.adopt(record.state) {
@@ -121,6 +160,7 @@ public struct KVLeaseTimeline: Sendable {
         revision = rev
         recordTerm = record.term
         guard let before else { return .started(timeline.epoch) }
+        if resync { return .resynced(term: record.term) }
         if let p = after.pending, p != before.pending { return .tempo(TempoChange(p)) }
         return .restamped(term: record.term)
     }
@@ -138,26 +178,76 @@ public struct KVLeaseTimeline: Sendable {
         return after.epoch == state.epoch && after.pending == state.pending
     }
 
+    /// Whether adopting `state` over a watch gap keeps every beat up to the
+    /// next one due at `nowNs` (and the one after, a margin for a frame being
+    /// prepared) where `applied` put it: same shape, the new epoch not before
+    /// the applied one, and — the new timeline being defined from its epoch
+    /// on — the same instant at each of the two timelines' change points in
+    /// that range and at its end (both are linear between them). A new epoch
+    /// that starts later must lie on the applied timeline.
+    static func movesNoPastBeat(from applied: Timeline, before: ClusterState, to state: ClusterState, nowNs: Int64)
+        -> Bool
+    {
+        guard state.bar == before.bar, state.phases == before.phases else { return false }
+        var new = Timeline(epoch: TempoEpoch(state.epoch), bar: applied.bar, phaseCount: applied.phaseCount)
+        if let p = state.pending {
+            do { try new.schedule(change: TempoChange(p)) } catch { return false }
+        }
+        let from = new.epoch.startBeat
+        guard from >= applied.epoch.startBeat else { return false }
+        let passed = applied.nextBeat(afterNs: nowNs) &+ 1
+        guard from <= passed else { return applied.instantNs(ofBeat: from) == new.epoch.startNs }
+        let changes = [applied.epoch.startBeat, applied.pending?.atBeat, new.pending?.atBeat].compactMap { $0 }
+        return ([from, passed] + changes.filter { $0 > from && $0 < passed }).allSatisfy {
+            applied.instantNs(ofBeat: $0) == new.instantNs(ofBeat: $0)
+        }
+    }
+
+    /// Why a holder's write was not prepared.
+    public enum WriteRefusal: Error, Equatable, Sendable {
+        /// The command changes nothing or the rules refuse it.
+        case unchanged
+        /// The record would be larger than the readers accept (`KVTimelineRecord.maxBytes`).
+        case tooLarge(bytes: Int)
+    }
+
     /// A write for the holder of `term`: the record `command` leads to from
     /// the applied state, and the revision to compare-and-set on (0: create).
-    /// Nil when the command changes nothing or is refused by the rules.
-    public func write(_ command: ClusterCommand, term: UInt64) -> (
-        value: [UInt8], lastRevision: UInt64, applied: AppliedCommand
-    )? {
+    /// `maxBytes`: the writer's limit, `KVTimelineRecord.maxBytes` or the
+    /// server's payload limit if lower.
+    public func checkedWrite(
+        _ command: ClusterCommand, term: UInt64, maxBytes: Int = KVTimelineRecord.maxBytes
+    ) -> Result<
+        (value: [UInt8], lastRevision: UInt64, applied: AppliedCommand), WriteRefusal
+    > {
         var next = machine
         let applied = next.apply(command)
         switch applied {
         case .epoch, .tempo: break
-        default: return nil
+        default: return .failure(.unchanged)
         }
-        guard let state = next.state else { return nil }
-        return (KVTimelineRecord(term: term, state: state).encoded(), revision, applied)
+        guard let state = next.state else { return .failure(.unchanged) }
+        let value = KVTimelineRecord(term: term, state: state).encoded()
+        guard value.count <= min(maxBytes, KVTimelineRecord.maxBytes) else {
+            return .failure(.tooLarge(bytes: value.count))
+        }
+        return .success((value, revision, applied))
+    }
+
+    /// `checkedWrite`, nil when refused.
+    public func write(_ command: ClusterCommand, term: UInt64) -> (
+        value: [UInt8], lastRevision: UInt64, applied: AppliedCommand
+    )? {
+        try? checkedWrite(command, term: term).get()
     }
 
     /// The term-start write of a new holder: the applied state re-stamped
-    /// with its term (nil before any state: the holder writes the epoch).
+    /// with its term (nil before any state: the holder writes the epoch;
+    /// nil too if the record would be too large, which an applied record never is).
     public func termStart(term: UInt64) -> (value: [UInt8], lastRevision: UInt64)? {
         guard let state = machine.state else { return nil }
-        return (KVTimelineRecord(term: term, state: state).encoded(), revision)
+        let value = KVTimelineRecord(term: term, state: state).encoded()
+        guard value.count <= KVTimelineRecord.maxBytes else { return nil }
+        return (value, revision)
     }
 }

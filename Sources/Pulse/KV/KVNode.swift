@@ -17,6 +17,7 @@
 //   SIGTERM on the holder → after its last frame came back: `release()`
 //     deletes the key with the revision check; the node stops on `.released`
 import CLoop
+import CNats
 import Foundation
 import Glibc
 import Logging
@@ -38,6 +39,8 @@ final class KVNode: LoopHandler {
     private let shape: TimelineShape
     private let bootstrapBpm: Int64
     private var timerToken: UInt32 = 0
+    /// The largest timeline record this node writes (see `init`).
+    let recordLimitBytes: Int
     /// The shape refusal that stopped the node (§12), thrown after the loop.
     private(set) var refusal: PulseError?
     /// Called once the hand-over's delete is done.
@@ -76,6 +79,18 @@ final class KVNode: LoopHandler {
         leadership = KVLeadership(
             lease: KVLease(timing: timing, owner: owner, nowMonoNs: cloop_monotonic_ns()),
             timeline: KVLeaseTimeline(flags: shape))
+        // The largest record written: the readers' limit, or the server's
+        // payload limit if lower. A shape whose epoch record does not fit
+        // would stop the beat at its first write: refused here (one line).
+        let maxPayload = Int(natsConnection_GetMaxPayload(buckets.nc))
+        recordLimitBytes = maxPayload > 0 ? min(KVTimelineRecord.maxBytes, maxPayload) : KVTimelineRecord.maxBytes
+        let epochBytes = KVTimelineRecord.worstCaseBytes(shape: shape, justificationBytes: 0)
+        guard epochBytes <= recordLimitBytes else {
+            buckets.close()
+            throw PulseError.startup(
+                "-election nats-kv: the timeline record of -bar \(shape.bar) with these -phases needs up to \(epochBytes) bytes; the limit is \(recordLimitBytes) (the server's max_payload or \(KVTimelineRecord.maxBytes)): use shorter phase names"
+            )
+        }
         self.loop = loop
         self.beats = beats
         self.rejected = rejected
@@ -285,8 +300,18 @@ final class KVNode: LoopHandler {
     }
 
     private func timelineWatched(_ entry: KVWatched) {
-        guard let value = entry.value else { return }  // a timeline key is never deleted by a pulse
-        let change = leadership.timeline.apply(value, revision: entry.revision)
+        guard let value = entry.value else {
+            // A pulse never deletes the timeline key: an operator did. The
+            // applied timeline stays (a record can only continue it); the
+            // next term start's compare-and-set fails until the key is back.
+            rejected.record(.kv, "timeline_deleted")
+            logger.error(
+                "timeline key deleted or purged outside the pulses: keeping the applied timeline; a new holder cannot write its term start until it is restored",
+                metadata: ["revision": "\(entry.revision)", "purged": "\(entry.purged)"])
+            return
+        }
+        let gap = leadership.timeline.revision > 0 && entry.revision > leadership.timeline.revision + 1
+        let change = leadership.timeline.apply(value, revision: entry.revision, nowNs: cloop_realtime_ns())
         if let base = tempoBase, leadership.timeline.revision > base {
             tempoBase = nil
             leadership.tempoBarrierBeat = .max
@@ -322,7 +347,14 @@ final class KVNode: LoopHandler {
             beats.shell.tempoApplied(change)
         case .restamped:
             break
+        case .resynced(let term):
+            // Counted with the watch gaps below; the beats' next instant may have moved.
+            logger.warning(
+                "timeline records skipped by the watch: re-synced to the newest, which moves no past beat",
+                metadata: ["revision": "\(entry.revision)", "term": "\(term)"])
+            if beats.shell.started { beats.shell.armNext() }
         }
+        if gap { rejected.record(.kv, "timeline_watch_gap") }
         maybeTakeOver()
         onTimelineChange?(change)
     }
@@ -342,15 +374,32 @@ final class KVNode: LoopHandler {
         logger.info("publishing as lease holder", metadata: ["term": "\(term)", "after_hand_over": "\(handOver)"])
     }
 
+    /// The refusal code of a tempo change whose record would be too large
+    /// (a 400: the request, not the cluster, is at fault).
+    static let recordTooLarge = "record_too_large"
+
     /// The holder's tempo commit: a CAS write of the next record; `done`
     /// gets nil, `no_leader` (certainly not written) or `outcome_unknown`.
     func commitTempo(_ change: TempoChange, justification: String, done: @escaping (String?) -> Void) {
-        guard leadership.isReadyHolder, leadership.lease.mayPublish(nowMonoNs: cloop_monotonic_ns()), !writing,
-            let write = leadership.timeline.write(
-                .tempo(atBeat: change.atBeat, bpm: change.bpm, justification: justification),
-                term: leadership.lease.term),
-            case .tempo(let placed) = write.applied
-        else { return done("no_leader") }
+        guard leadership.isReadyHolder, leadership.lease.mayPublish(nowMonoNs: cloop_monotonic_ns()), !writing else {
+            return done("no_leader")
+        }
+        let write: (value: [UInt8], lastRevision: UInt64, applied: AppliedCommand)
+        switch leadership.timeline.checkedWrite(
+            .tempo(atBeat: change.atBeat, bpm: change.bpm, justification: justification), term: leadership.lease.term,
+            maxBytes: recordLimitBytes)
+        {
+        case .success(let prepared): write = prepared
+        case .failure(.tooLarge(let bytes)):
+            // Never written: every reader would refuse it and the beat would stop.
+            rejected.record(.kv, "timeline_record_too_large")
+            logger.warning(
+                "tempo change refused: its timeline record is larger than the readers accept",
+                metadata: ["bytes": "\(bytes)", "max_bytes": "\(recordLimitBytes)"])
+            return done(KVNode.recordTooLarge)
+        case .failure(.unchanged): return done("no_leader")
+        }
+        guard case .tempo(let placed) = write.applied else { return done("no_leader") }
         writing = true
         tempoBase = write.lastRevision
         leadership.tempoBarrierBeat = placed.atBeat

@@ -180,6 +180,8 @@ extension PulseNode {
         case .tempo:
             tempo.committedChangeApplied(justification: kv?.leadership.timeline.machine.justification ?? "")
             committedTimelineChanged()
+        case .resynced:
+            committedTimelineChanged()
         case .restamped, .refused, .shapeMismatch:
             break
         }

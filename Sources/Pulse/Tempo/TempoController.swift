@@ -104,8 +104,11 @@ final class TempoController: TempoListener {
                 let message =
                     failure == "outcome_unknown"
                     ? "leadership was lost before the change committed: it may still take effect at beat \(atBeat) or later; check GET /tempo before retrying"
-                    : "the change could not be committed (\(failure))"
-                refuse(status: 503, code: failure, message: message, reply: reply)
+                    : failure == "record_too_large"
+                        ? "the change's timeline record would be larger than the pulses accept: shorten the justification"
+                        : "the change could not be committed (\(failure))"
+                // A record too large for the KV timeline is the request's fault (nats-kv mode).
+                refuse(status: failure == "record_too_large" ? 400 : 503, code: failure, message: message, reply: reply)
                 return
             }
             logger.info(

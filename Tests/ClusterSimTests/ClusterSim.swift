@@ -36,6 +36,11 @@ enum Invariant: String, CaseIterable {
     /// and every entry it acknowledged in its restarted term (Raft's
     /// persist-before-send, through the real store and the simulated disk).
     case ackedDurable = "acked_durable"
+    /// A node that installed a leader's snapshot restarts from its disk
+    /// (also after a crash between the snapshot's write and the log's
+    /// rewrite: issue #19's stale tail); counted at each such restart, a
+    /// refusal is a violation.
+    case installRestart = "install_then_restart"
     /// Membership runs only: each committed configuration change (every node
     /// that commits an index agrees on it, each a single-server step).
     case configChanges = "config_changes"
@@ -121,6 +126,8 @@ struct SimKnobs {
     /// A crashed node's log may also be damaged beyond the store's promise
     /// (at most one node a run): its start must be refused, not made.
     var diskDamage = false
+    /// Applied entries between compactions (the core's `compactEvery`).
+    var compactEvery: UInt64 = 16
 
     /// A single node (a one-voter Raft cluster: `pulse` without -peers) in
     /// about one random three-node run in six, from its own stream (earlier
@@ -156,6 +163,10 @@ struct SimKnobs {
         k.natsDisconnectRate = later.pick([0, 0.1, 0.3])
         var disk = SimRNG(seed: seed ^ 0xDA3A_6E00)
         k.diskDamage = disk.chance(0.1)
+        // Often enough that leaders send snapshots to followers behind
+        // (installs, crashes mid-install): at 16 most seeds never compact.
+        var compaction = SimRNG(seed: seed ^ 0xC0_3AC7_0016)
+        k.compactEvery = compaction.pick([2, 4, 16])
         return k
     }
 }

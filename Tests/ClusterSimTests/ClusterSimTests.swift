@@ -19,6 +19,8 @@ final class SimTotals: @unchecked Sendable {
     var refusedStarts = 0
     var compactionCrashes = 0
     var compactions = 0
+    var installs = 0
+    var installRestarts = 0
     /// Frames the nodes' echo policies refused (the service's own judgement).
     var refusedEchoes = 0
     /// Seeds in which at least one node restarted from its simulated disk.
@@ -36,6 +38,8 @@ final class SimTotals: @unchecked Sendable {
             refusedStarts += sim.refusedStarts
             compactionCrashes += sim.compactionCrashes
             compactions += sim.compactions
+            installs += sim.installs
+            installRestarts += sim.installRestarts
             refusedEchoes += sim.nodes.reduce(0) { $0 + $1.refusedEchoes }
             seedsWithRestarts += sim.restarts > 0 ? 1 : 0
             if sim.knobs.nodes == 1 {
@@ -82,7 +86,8 @@ extension XCTestCase {
         print(
             "disk: seeds_with_restarts=\(totals.seedsWithRestarts) torn_writes=\(totals.tornWrites) "
                 + "refused_starts_on_damaged_disks=\(totals.refusedStarts) echoes_refused=\(totals.refusedEchoes) "
-                + "compactions=\(totals.compactions) crashes_mid_compaction=\(totals.compactionCrashes)")
+                + "compactions=\(totals.compactions) crashes_mid_compaction=\(totals.compactionCrashes) "
+                + "snapshot_installs=\(totals.installs) restarts_after_install=\(totals.installRestarts)")
         let alone =
             totals.oneVoterSeeds == 0
             ? ""
@@ -143,6 +148,51 @@ final class RegressionSeedTests: XCTestCase {
         (19070, "the same"),
         (29343, "three of five disks damaged: the two survivors traded pre-votes"),
     ]
+
+    /// Issue #19's snapshot/log bug, scripted: the leader is cut off with
+    /// eight uncommitted tempo entries of its term; the others elect a new
+    /// leader, commit and compact (every 2 entries), so that once the cut
+    /// heals the old leader's log does not match at the snapshot's index and
+    /// it installs the snapshot. The process dies right after the snapshot's
+    /// write, before the log's rewrite: its log still holds the replaced
+    /// tail, of a lower term than the snapshot's. It must restart (a refusal,
+    /// "entry … has a lower term than its predecessor", is a violation) and
+    /// converge.
+    func scenarioInstallCrash(seed: UInt64) -> Simulation {
+        var k = SimKnobs()
+        k.randomFaults = false
+        k.bpm = 600
+        k.compactEvery = 2
+        let sim = Simulation(seed: seed, knobs: k)
+        var old: SimNode?
+        sim.at(3_000_000_000) { s in
+            guard let l = s.leader else { return }
+            old = l
+            s.raftGroup = s.nodes.map { $0.index == l.index ? 1 : 0 }
+            for i in 0..<Int64(8) { s.at(s.now + i * 10_000_000) { s in s.tempoRequest(l) } }
+        }
+        for i in 0..<Int64(4) {
+            sim.at(4_500_000_000 + i * 250_000_000) { s in if let l = s.leader, l !== old { s.tempoRequest(l) } }
+        }
+        sim.at(6_000_000_000) { s in
+            old?.crashAfterInstallWrite = true
+            s.raftGroup = s.nodes.map { _ in 0 }
+        }
+        return sim
+    }
+
+    func testInstallThenCrashBeforeLogRewrite() {
+        for seed in simSeeds(countVariable: "SIM_INSTALL_SEEDS", defaultCount: 5) {
+            let sim = scenarioInstallCrash(seed: seed)
+            let v = sim.run()
+            XCTAssertNil(v, "install scenario seed \(seed): \(v.map { "\($0)" } ?? "")")
+            // The scenario happened: a crash right after the snapshot's write, a restart, and the
+            // node's log still held entries past the snapshot (the stale tail) at that crash.
+            XCTAssertEqual(sim.installCrashes, 1, "seed \(seed): no crash between the snapshot's write and the log's")
+            XCTAssertEqual(sim.installRestarts, 1, "seed \(seed): no restart after the install")
+            XCTAssertGreaterThan(sim.staleTailsAtInstallCrash, 0, "seed \(seed): no stale tail on disk at the crash")
+        }
+    }
 
     func testRegressionSeeds() {
         for (seed, what) in Self.seeds {

@@ -51,6 +51,11 @@ final class SimFiles: RaftFiles {
             throw SimCrash()
         }
         durable[name] = bytes
+        if crashAfter == name {
+            crashAfter = nil
+            crashed = true
+            throw SimCrash()
+        }
     }
 
     func append(_ name: String, _ bytes: [UInt8]) throws {
@@ -81,9 +86,15 @@ final class SimFiles: RaftFiles {
         crashed = false
     }
 
+    /// The process crashes right after its next `replace` of `name`
+    /// completes: that file is durable, no later call happens.
+    func crashAfterReplacing(_ name: String) { crashAfter = name }
+    private var crashAfter: String?
+
     /// A new incarnation: the disk is as the crash left it.
     func restart() {
         callsLeft = nil
+        crashAfter = nil
         crashed = false
     }
 

@@ -69,6 +69,11 @@ final class SimNode {
     var ackedIndex: [UInt64: UInt64] = [:]
     /// Frames its echo policy refused (a stale term, an index too far off).
     var refusedEchoes = 0
+    /// It installed a leader's snapshot since its last start (`installRestart`).
+    var installedSinceBoot = false
+    /// Scripted: the next installed snapshot is written, then the process
+    /// dies before the store rewrites the log.
+    var crashAfterInstallWrite = false
     /// A slow disk for this node only (scripted scenarios): every save takes this long.
     var storeFixedNs: Int64?
     /// The Raft bootstrap voters it starts with (its -peers): every first

@@ -22,15 +22,10 @@ final class Simulation {
     let tickNs: Int64 = 50_000_000
     let electionTicks = 6
     let commitRoundNs: Int64 = 200_000_000
-    /// Entries applied between compactions: 16, or `SIM_COMPACT_EVERY`.
-    /// At 16 few seeds compact at all (100 classic seeds: none). At 4 most
-    /// do, and seeds 471, 1327, 1363 (classic) and 88 (membership) show an
-    /// open finding: two degraded nodes on different committed timelines
-    /// (one behind on a tempo change, or in an older term) each refuse the
-    /// other's frames (`term_stale`, `index_ahead`: the service's
-    /// EchoPolicy) and both publish the same index (docs/decisions.md).
-    static let compactEvery: UInt64 =
-        ProcessInfo.processInfo.environment["SIM_COMPACT_EVERY"].flatMap { UInt64($0) } ?? 16
+    /// `SIM_COMPACT_EVERY`: every run compacts every this many applied
+    /// entries (else each seed draws 2, 4 or 16: `SimKnobs.compactEvery`).
+    static let compactEveryOverride: UInt64? =
+        ProcessInfo.processInfo.environment["SIM_COMPACT_EVERY"].flatMap { UInt64($0) }
     /// The simulated cluster's id (in every frame).
     static let clusterId = "sim"
     /// Wall time (Unix ns) at true time 0.
@@ -89,8 +84,15 @@ final class Simulation {
     /// Crashes in the middle of a compaction (their own stream, added later).
     var compactionRng: SimRNG
     var compactionCrashes = 0
-    /// Degraded pairs of one index on two committed timelines (the open finding).
     var compactions = 0
+    /// Snapshots installed from a leader (a Ready that carries one), and
+    /// restarts of a node that installed one in its previous incarnation.
+    var installs = 0
+    var installRestarts = 0
+    /// Scripted crashes between an installed snapshot's write and the log's rewrite.
+    var installCrashes = 0
+    /// Of those, crashes that left log entries past the snapshot on disk.
+    var staleTailsAtInstallCrash = 0
 
     init(seed: UInt64, knobs: SimKnobs? = nil, membership: Bool = false, tracing: ShellTrace? = nil) {
         self.seed = seed
@@ -203,6 +205,14 @@ final class Simulation {
                 crash(n)
                 return
             }
+            if rd.snapshot != nil {
+                installs += 1
+                n.installedSinceBoot = true
+                if n.crashAfterInstallWrite {
+                    crashAfterSnapshotWrite(n, rd)
+                    return
+                }
+            }
             // Durable now (the store thread runs during a stall).
             do {
                 try n.store.persist(hardState: rd.hardState, snapshot: rd.snapshot, entries: rd.entries)
@@ -283,6 +293,7 @@ final class Simulation {
     /// nil when the start is refused, which only a disk damaged beyond the
     /// store's promise may cause (else a `restart_from_disk` violation).
     func startFromDisk(_ n: SimNode) -> ClusterCore? {
+        defer { n.installedSinceBoot = false }
         n.files.restart()
         n.store = RaftStore(files: n.files)
         do {
@@ -303,7 +314,9 @@ final class Simulation {
                 refusedStarts += 1
                 trace("n\(n.id): start refused on a damaged disk: \(error)")
             } else {
-                fail(.restartable, "node \(n.id) refused to start from its disk after a crash: \(error)")
+                fail(
+                    n.installedSinceBoot ? .installRestart : .restartable,
+                    "node \(n.id) refused to start from its disk after a crash: \(error)")
             }
             return nil
         }
@@ -313,7 +326,7 @@ final class Simulation {
         var t = ClusterTiming()
         t.tickNs = tickNs
         t.electionTicks = electionTicks
-        t.compactEvery = Self.compactEvery
+        t.compactEvery = Self.compactEveryOverride ?? knobs.compactEvery
 
         return t
     }
@@ -321,6 +334,7 @@ final class Simulation {
     func crash(_ n: SimNode) {
         n.crashDuringSave = false
         crashes += 1
+        if n.savingReady?.snapshot != nil { n.installedSinceBoot = true }
         if let rd = n.savingReady, diskRng.chance(0.8) {
             // The crash hits while the store thread writes this Ready: some of
             // its calls complete, the next one is torn or lost.
@@ -348,10 +362,37 @@ final class Simulation {
         events.push(min(now + rng.range(300_000_000, 3_000_000_000), latest), .restart(node: n.index))
     }
 
+    /// Scripted (`crashAfterInstallWrite`): the store thread writes an
+    /// installed snapshot, and the process dies before the log's rewrite
+    /// (the stale tail of the log it replaced is still on disk).
+    func crashAfterSnapshotWrite(_ n: SimNode, _ rd: Ready) {
+        n.crashAfterInstallWrite = false
+        n.files.crashAfterReplacing("snapshot")
+        do {
+            try n.store.persist(hardState: rd.hardState, snapshot: rd.snapshot, entries: rd.entries)
+            fail(.installRestart, "node \(n.id): the armed crash after the snapshot's write never came")
+        } catch {
+            installCrashes += 1
+        }
+        // What the next start will find: log entries past the snapshot that
+        // it replaced (the tail the core dropped; the store had not yet).
+        let log = (try? RaftStore.scanLog(n.files.durable["log"] ?? []))?.entries ?? []
+        if let snapshot = rd.snapshot, log.contains(where: { $0.index > snapshot.index }) {
+            staleTailsAtInstallCrash += 1
+        }
+        n.savingReady = nil
+        n.saveDone = nil
+        crash(n)
+    }
+
     func restart(_ n: SimNode) {
         guard !n.up, !membership.retired.contains(n.index) else { return }
         restarts += 1
         count(.restartable)
+        if n.installedSinceBoot {
+            installRestarts += 1
+            count(.installRestart)
+        }
         boot(n)
         if n.up && knobs.nodes == 1 { expectResumed(n) }
     }

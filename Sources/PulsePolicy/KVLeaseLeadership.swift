@@ -162,21 +162,20 @@ public final class KVLeadership: BeatLeadership {
     public var isReadyHolder: Bool { isHolder && timeline.holderReady(term: lease.term) }
 
     public var committedTimeline: Timeline? { timeline.machine.timeline }
-    public var term: UInt64 { isHolder ? lease.term : max(watchedRevision, lease.term) }
+    /// The term this node's frames carry: the holder's lease revision, else
+    /// the term of the last timeline record applied (its degraded frames).
+    public var term: UInt64 { isHolder ? lease.term : timeline.recordTerm }
 
     /// The fencing token consumers are told (timeline replies): the term the
-    /// frames they should accept carry. The holder's is its lease's; a
-    /// degraded node's is `term`, which its own degraded frames carry; a
-    /// follower's is the term of the last timeline record it applied — the
-    /// publishing holder's, which publishes only once a record of its term is
-    /// applied (`holderReady`). Never `watchedRevision` for a follower: every
-    /// renewal moves that past the holder's term, and a consumer that raised
-    /// its fence to it would refuse the holder's frames as `stale_term`.
-    public var fencingToken: UInt64 {
-        if isHolder { return lease.term }
-        if degraded { return term }
-        return timeline.recordTerm
-    }
+    /// frames they should accept carry. The holder's is its lease's; any
+    /// other node's — degraded or not — is the term of the last timeline
+    /// record it applied: the publishing holder's, which publishes only once
+    /// a record of its term is applied (`holderReady`). Never
+    /// `watchedRevision`: every renewal moves that past the holder's term
+    /// (by ~20 a second), it differs per node, and a consumer that raised its
+    /// fence to it would refuse the next holder's frames as `stale_term`
+    /// (review of 2026-12-07 11:25, item 2: degraded nodes used it).
+    public var fencingToken: UInt64 { term }
 
     @inline(__always)
     public func publishMode(nowMonoNs: Int64, periodNs: Int64) -> PublishMode {

@@ -88,4 +88,99 @@ final class KVLeaseClientProcessTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(accepted.count, 5, "the holder's frames are beats\n\(logs)")
         XCTAssertEqual(Set(accepted.map(\.frame.term)), [reply.term], "frames carry the reported term")
     }
+
+    /// Second review of 2026-12-07 (11:25), item 2: KV terms jump by every
+    /// renewal, so a new holder's term is far more than `maxTermLead` above
+    /// the old one. The new holder publishes the timeline when it takes over
+    /// (as a Raft leader does): a consumer learns the new fencing token from
+    /// it and follows the hand-over losing at most the one frame that raced it.
+    func testAConsumerFollowsAHandOverToTheNewHoldersTerm() async throws {
+        let dir = Proc.tempDir("kvhand")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let nats = try NatsServerProcess(arguments: ["-js", "-sd", dir + "/js"])
+        let names = ["k1", "k2", "k3"]
+        let admins = names.map { _ in Proc.freePort() }
+        var nodes: [PulseNodeProcess] = []
+        defer { for node in nodes { node.stop() } }
+        for (i, name) in names.enumerated() {
+            nodes.append(
+                try PulseNodeProcess(
+                    arguments: [
+                        "-election", "nats-kv", "-bpm", "120", "-max-bpm", "120", "-cluster", "kvhand", "-node-id",
+                        name, "-nats",
+                        nats.url, "-data-dir", "\(dir)/\(name)", "-admin-port", "\(admins[i])",
+                    ], logPath: "\(dir)/\(name).log"))
+        }
+        var logs: String { nodes.map(\.log).joined(separator: "\n---\n") }
+        func isHolder(_ i: Int) -> Bool {
+            guard let answer = Proc.http("GET", port: admins[i], path: "/leader") else { return false }
+            return Proc.json(answer.body)["is_leader"] as? Bool == true
+        }
+        var holderIndex: Int?
+        Proc.waitUntil(seconds: 20) {
+            holderIndex = (0..<3).first(where: isHolder)
+            return holderIndex != nil
+        }
+        let holder = try XCTUnwrap(holderIndex, logs)
+        // Timeline publications, read raw (the client only takes them as hints).
+        var nc: OpaquePointer?
+        XCTAssertEqual(natsConnection_ConnectTo(&nc, nats.url), NATS_OK)
+        defer { natsConnection_Destroy(nc) }
+        var timelineSub: OpaquePointer?
+        XCTAssertEqual(natsConnection_SubscribeSync(&timelineSub, nc, "backbeat.kvhand.timeline"), NATS_OK)
+        defer { natsSubscription_Destroy(timelineSub) }
+
+        var options = BackbeatClientOptions(url: nats.url, clusterId: "kvhand")
+        options.connectTimeoutMs = 10_000
+        let client = try await BackbeatClient.connect(options)
+        defer { client.close() }
+        let watchdog = Task {
+            try? await Task.sleep(nanoseconds: 25_000_000_000)
+            client.close()
+        }
+        defer { watchdog.cancel() }
+        var terms: [UInt64] = []
+        var refusals: [String] = []
+        var stopped = false
+        var beatsSeen = 0
+        for await event in client.events {
+            switch event {
+            case .beat(let beat), .degraded(let beat):
+                beatsSeen += 1
+                if terms.last != beat.frame.term { terms.append(beat.frame.term) }
+            case .refused(let reason): refusals.append(reason)
+            default: break
+            }
+            if !stopped && beatsSeen >= 3 && terms.count == 1 {
+                // A few beats of the first holder seen: hand over.
+                stopped = true
+                nodes[holder].kill(SIGTERM)
+            }
+            if terms.count >= 2, terms.last != terms.first {
+                // Four more beats of the new term, then stop listening.
+                var more = 0
+                for await next in client.events {
+                    if case .beat(let beat) = next, beat.frame.term == terms.last { more += 1 }
+                    if case .refused(let reason) = next { refusals.append(reason) }
+                    if more >= 4 { break }
+                }
+                break
+            }
+        }
+        XCTAssertGreaterThanOrEqual(terms.count, 2, "the consumer follows the new holder: \(terms)\n\(logs)")
+        let newTerm = try XCTUnwrap(terms.last)
+        XCTAssertGreaterThan(newTerm, try XCTUnwrap(terms.first) + 8, "KV terms jump past maxTermLead")
+        XCTAssertLessThanOrEqual(
+            refusals.count, 1, "at most the frame that raced the take-over's timeline: \(refusals)\n\(logs)")
+        // The new holder published the timeline with its term (none did before the fix).
+        var published: [UInt64] = []
+        for _ in 0..<20 {
+            var msg: OpaquePointer?
+            guard natsSubscription_NextMsg(&msg, timelineSub, 100) == NATS_OK, let msg else { break }
+            defer { natsMsg_Destroy(msg) }
+            let body = Data(bytes: natsMsg_GetData(msg), count: Int(natsMsg_GetDataLength(msg)))
+            if let term = Proc.json(body)["term"] as? NSNumber { published.append(term.uint64Value) }
+        }
+        XCTAssertTrue(published.contains(newTerm), "timeline publications \(published), new term \(newTerm)\n\(logs)")
+    }
 }

@@ -115,4 +115,34 @@ final class KVLeaseWedgeTests: XCTestCase {
         // And without a clock (the simulator's path) a gap is not re-synced.
         XCTAssertEqual(node.apply(c, revision: 13), .refused("not a continuation"))
     }
+
+    // MARK: item 2: the fencing token
+
+    func testAFollowersFramesAndRepliesCarryTheAppliedRecordsTerm() throws {
+        let flags = try flags()
+        let writer = KVLeaseTimeline(flags: flags)
+        let record = try XCTUnwrap(writer.write(epoch, term: 40))
+        var timeline = KVLeaseTimeline(flags: flags)
+        _ = timeline.apply(record.value, revision: 41)
+        let n = KVLeadership(
+            lease: KVLease(timing: KVLeaseTiming(), owner: "k2 1-2", nowMonoNs: 0), timeline: timeline)
+        // The holder (term 40) renews ~20 times a second: the lease key's revision runs ahead.
+        for rev: UInt64 in 42...140 {
+            n.leaseEntryWatched(
+                revision: rev, value: Array("k1 3-4".utf8), deleted: false, purged: false,
+                nowMonoNs: Int64(rev) * 50_000_000)
+        }
+        XCTAssertEqual(n.watchedRevision, 140)
+        XCTAssertEqual(n.term, 40, "the term its degraded frames would carry: the holder's, not 140")
+        XCTAssertEqual(n.fencingToken, 40)
+        // Degraded (no holder watched, no KV answer): still the applied record's term.
+        var t: Int64 = 140 * 50_000_000
+        while !n.degraded && t < 200 * 50_000_000 {
+            _ = n.updateDegradation(nowMonoNs: t)
+            t += 20_000_000
+        }
+        XCTAssertTrue(n.degraded)
+        XCTAssertEqual(n.term, 40)
+        XCTAssertEqual(n.fencingToken, 40)
+    }
 }

@@ -45,6 +45,8 @@ final class KVNode: LoopHandler {
     private(set) var refusal: PulseError?
     /// Called once the hand-over's delete is done.
     var onReleased: (() -> Void)?
+    /// Called when this node starts publishing as lease holder.
+    var onTakeOver: (() -> Void)?
     /// Called after the watch applied a change to the committed timeline.
     var onTimelineChange: ((KVTimelineChange) -> Void)?
     /// A write of the timeline key is in flight (term start, epoch or tempo).
@@ -371,6 +373,7 @@ final class KVNode: LoopHandler {
         tookOverTerm = term
         let handOver = leadership.freedByHandOver
         beats.shell.takeOver(graceful: handOver)
+        onTakeOver?()
         logger.info("publishing as lease holder", metadata: ["term": "\(term)", "after_hand_over": "\(handOver)"])
     }
 

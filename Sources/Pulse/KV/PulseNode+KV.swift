@@ -59,6 +59,10 @@ extension PulseNode {
         }
         node.onReleased = { [unowned self] in self.loop.requestStop() }
         node.onTimelineChange = { [unowned self] change in self.kvTimelineChanged(change) }
+        // The timeline with the new holder's term, as Raft mode publishes it
+        // when leadership moves: consumers take the new fencing token from it
+        // before the first frame of that term, not refuse it as term_ahead.
+        node.onTakeOver = { [unowned self] in self.committedTimelineChanged() }
         return node
     }
 

@@ -148,6 +148,12 @@ public struct KVLease: Sendable {
     public private(set) var role: Role = .candidate
     /// The fencing token of the current (or last) holding; 0 before any.
     public private(set) var term: UInt64 = 0
+    /// Whether the hand-over's delete carries the release marker (the short
+    /// guard for the successor): only after the holder's last frame came
+    /// back (`release(marked:)`); never after a `stepDown`.
+    public private(set) var releaseMarked = true
+    /// Releasing to step down (`stepDown`): a candidate again afterwards.
+    public private(set) var rejoinAfterRelease = false
     /// The key's revision as our last write (or read) left it.
     public private(set) var revision: UInt64 = 0
     /// The highest revision of the key this node has seen (its own writes,
@@ -234,7 +240,11 @@ public struct KVLease: Sendable {
     /// the revision check once no operation is in flight. A candidate is
     /// released at once, or after its create in flight (which may take the
     /// key: then that is deleted).
-    public mutating func release() -> [KVLeaseEvent] {
+    /// `marked`: the holder's last frame came back (the delete carries the
+    /// release marker); false when it hands over without that echo.
+    public mutating func release(marked: Bool = true) -> [KVLeaseEvent] {
+        releaseMarked = marked
+        rejoinAfterRelease = false
         switch role {
         case .candidate where inFlight == nil && !mustRead:
             role = .released
@@ -249,6 +259,35 @@ public struct KVLease: Sendable {
         case .releasing, .released:
             return []
         }
+    }
+
+    /// A holder that cannot get ready (its term start never applied) gives
+    /// the key up so another node can try: deleted with the revision check
+    /// and no release marker (the successor takes the full guard); a
+    /// candidate again, its next create a `stepDownBackoffNs` later.
+    public mutating func stepDown() {
+        guard role == .holder else { return }
+        role = .releasing
+        releaseMarked = false
+        rejoinAfterRelease = true
+        validFromSentMonoNs = nil
+    }
+
+    /// How long a node that stepped down waits before it tries the key again.
+    public var stepDownBackoffNs: Int64 { 2 * timing.ttlNs }
+
+    /// The release is done: stopped for good, or a candidate after a step-down.
+    private mutating func released(_ nowMonoNs: Int64) -> [KVLeaseEvent] {
+        validFromSentMonoNs = nil
+        guard rejoinAfterRelease else {
+            role = .released
+            return [.released]
+        }
+        rejoinAfterRelease = false
+        releaseMarked = true
+        role = .candidate
+        nextAttemptMonoNs = nowMonoNs &+ stepDownBackoffNs
+        return [.lost(term: term)]
     }
 
     /// The reply to the operation in flight (ignored without one).
@@ -313,9 +352,7 @@ public struct KVLease: Sendable {
             mustRead = false
             return lose(nowMonoNs)
         case (.delete, .written), (.delete, .conflict):
-            role = .released
-            validFromSentMonoNs = nil
-            return [.released]
+            return released(nowMonoNs)
         default:
             return []  // a reply that does not fit the operation: nothing learned
         }
@@ -347,8 +384,7 @@ public struct KVLease: Sendable {
         validFromSentMonoNs = nil
         switch role {
         case .releasing:
-            role = .released
-            return [.released]
+            return released(nowMonoNs)
         case .released:
             return []
         case .candidate:

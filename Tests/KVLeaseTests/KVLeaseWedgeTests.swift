@@ -145,4 +145,39 @@ final class KVLeaseWedgeTests: XCTestCase {
         XCTAssertEqual(n.term, 40)
         XCTAssertEqual(n.fencingToken, 40)
     }
+
+    // MARK: item 1c: a holder that cannot get ready steps down; item 3: the marker
+
+    private func heldLease(rev: UInt64) -> KVLease {
+        var lease = KVLease(timing: KVLeaseTiming(), owner: "k1 1-2", nowMonoNs: 0)
+        XCTAssertEqual(lease.next(nowMonoNs: 0), .create)
+        XCTAssertEqual(lease.complete(.written(revision: rev), nowMonoNs: 1_000_000), [.acquired(term: rev)])
+        return lease
+    }
+
+    func testAHolderThatStepsDownDeletesUnmarkedAndTriesAgainLater() {
+        var lease = heldLease(rev: 7)
+        XCTAssertTrue(lease.releaseMarked)
+        lease.stepDown()
+        XCTAssertFalse(lease.mayPublish(nowMonoNs: 2_000_000))
+        XCTAssertFalse(lease.releaseMarked, "no marker: the successor takes the full guard")
+        XCTAssertEqual(lease.next(nowMonoNs: 2_000_000), .delete(lastRevision: 7))
+        XCTAssertEqual(lease.complete(.written(revision: 8), nowMonoNs: 3_000_000), [.lost(term: 7)])
+        XCTAssertEqual(lease.role, .candidate, "not stopped: a candidate again")
+        XCTAssertNil(lease.next(nowMonoNs: 3_000_000 + lease.stepDownBackoffNs - 1), "others try first")
+        XCTAssertEqual(lease.next(nowMonoNs: 3_000_000 + lease.stepDownBackoffNs), .create)
+        XCTAssertTrue(lease.releaseMarked)
+    }
+
+    func testTheReleaseMarkerOnlyAfterTheLastFrameCameBack() {
+        var echoed = heldLease(rev: 7)
+        XCTAssertEqual(echoed.release(marked: true), [])
+        XCTAssertTrue(echoed.releaseMarked)
+        var anyway = heldLease(rev: 7)
+        XCTAssertEqual(anyway.release(marked: false), [])
+        XCTAssertFalse(anyway.releaseMarked)
+        XCTAssertEqual(anyway.next(nowMonoNs: 2_000_000), .delete(lastRevision: 7))
+        XCTAssertEqual(anyway.complete(.written(revision: 8), nowMonoNs: 3_000_000), [.released])
+        XCTAssertEqual(anyway.role, .released, "a hand-over stops for good")
+    }
 }

@@ -235,15 +235,18 @@ final class KVBuckets: @unchecked Sendable {
     // MARK: the lease key
 
     /// Sends `op` on the lease queue; `done` runs there with the answer.
-    func lease(_ op: KVLeaseOp, owner: String, done: @escaping @Sendable (KVLeaseReply) -> Void) {
+    /// `marked`: a delete carries the release marker (`KVLease.releaseMarked`).
+    func lease(
+        _ op: KVLeaseOp, owner: String, marked: Bool = true, done: @escaping @Sendable (KVLeaseReply) -> Void
+    ) {
         leaseQueue.async { [self] in
             guard !stopping.load(ordering: .acquiring) else { return done(.notSent) }
-            done(leaseNow(op, owner: owner))
+            done(leaseNow(op, owner: owner, marked: marked))
         }
     }
 
     /// The blocking form of `lease` (lease queue, or tests).
-    func leaseNow(_ op: KVLeaseOp, owner: String) -> KVLeaseReply {
+    func leaseNow(_ op: KVLeaseOp, owner: String, marked: Bool = true) -> KVLeaseReply {
         let value = Array(owner.utf8)
         switch op {
         case .create:
@@ -251,8 +254,9 @@ final class KVBuckets: @unchecked Sendable {
         case .update(let last):
             return Self.leaseReply(put(leaseBucket, Self.leaderKey, value, expect: .revision(last)))
         case .delete(let last):
-            // The body tells the watchers it is the holder's own hand-over.
-            let marker = KVLease.releaseMarker(claim: value)
+            // The body tells the watchers it is the holder's own hand-over
+            // after its last frame came back; empty otherwise (full guard).
+            let marker = marked ? KVLease.releaseMarker(claim: value) : []
             return Self.leaseReply(put(leaseBucket, Self.leaderKey, marker, expect: .revision(last), delete: true))
         case .read:
             switch last(leaseBucket, Self.leaderKey) {

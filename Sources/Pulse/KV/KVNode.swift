@@ -196,12 +196,41 @@ final class KVNode: LoopHandler {
         logDegradation(leadership.updateDegradation(nowMonoNs: now))
         if let op = leadership.lease.next(nowMonoNs: now) {
             let loop = self.loop
-            buckets.lease(op, owner: leadership.lease.owner) { [weak self] reply in
+            buckets.lease(op, owner: leadership.lease.owner, marked: leadership.lease.releaseMarked) {
+                [weak self] reply in
                 loop.postCompletion { self?.leaseAnswered(reply) }
             }
         }
+        maybeStepDown(now)
         maybeWriteTermStart(now)
         maybeTakeOver()  // after a foreign delete's wait ran out
+    }
+
+    /// When the current holding was acquired (monotonic ns; 0: none).
+    private var acquiredMonoNs: Int64 = 0
+    /// A holder whose term start is not applied within this many TTLs gives the key up.
+    static let readyWithinTTLs: Int64 = 4
+
+    /// A holder that cannot get its term start written (its compare-and-set
+    /// base is wrong, the timeline key was deleted, records are refused)
+    /// would renew the lease for ever without publishing: after
+    /// `readyWithinTTLs` TTLs it deletes the key (no release marker: the
+    /// next holder takes the full guard) and tries again later, so another
+    /// node can take over.
+    private func maybeStepDown(_ now: Int64) {
+        guard leadership.isHolder, !leadership.isReadyHolder, acquiredMonoNs > 0,
+            now - acquiredMonoNs > Self.readyWithinTTLs * leadership.lease.timing.ttlNs
+        else { return }
+        let waitedMs = (now - acquiredMonoNs) / 1_000_000
+        acquiredMonoNs = 0
+        rejected.record(.kv, "holder_not_ready")
+        logger.error(
+            "lease holder could not get its term start applied: giving the lease up so another pulse can take over",
+            metadata: [
+                "term": "\(leadership.lease.term)", "timeline_revision": "\(leadership.timeline.revision)",
+                "waited_ms": "\(waitedMs)",
+            ])
+        leadership.lease.stepDown()
     }
 
     private func leaseAnswered(_ reply: KVLeaseReply) {
@@ -209,6 +238,7 @@ final class KVNode: LoopHandler {
             switch event {
             case .acquired(let term):
                 acquisitions &+= 1
+                acquiredMonoNs = cloop_monotonic_ns()
                 termStartBase = nil
                 logger.info("lease acquired", metadata: ["term": "\(term)", "bucket": "\(buckets.leaseBucket)"])
             case .lost(let term):
@@ -258,9 +288,11 @@ final class KVNode: LoopHandler {
 
     /// Graceful hand-over: stops publishing now and deletes the key.
     /// False when this node does not hold it (nothing to hand over).
-    func release() -> Bool {
+    /// `echoed`: its last frame came back (the delete carries the release
+    /// marker, the successor's short guard); false: the full guard.
+    func release(echoed: Bool = true) -> Bool {
         let wasHolder = leadership.isHolder
-        for event in leadership.lease.release() where event == .released { onReleased?() }
+        for event in leadership.lease.release(marked: echoed) where event == .released { onReleased?() }
         drive()
         return wasHolder
     }

@@ -290,12 +290,14 @@ final class PulseNode: LoopHandler {
     }
 
     /// Starts the graceful hand-over (once); stops now when it cannot start.
-    func handOver() {
+    /// `echoed`: the last frame came back (false: handing over anyway after
+    /// the wait; in nats-kv mode the successor then takes the full guard).
+    func handOver(echoed: Bool = true) {
         guard handOverPending else { return }
         handOverPending = false
         if let cluster, cluster.transferLeadership() {
             logger.info("handing leadership over before stopping")
-        } else if let kv, kv.release() {
+        } else if let kv, kv.release(echoed: echoed) {
             logger.info("releasing the KV lease before stopping")
         } else {
             loop.requestStop()
@@ -384,7 +386,7 @@ final class PulseNode: LoopHandler {
             let t = beats.timeline
             let periodNs = t.instantNs(ofBeat: beats.nextBeat + 1) - t.instantNs(ofBeat: beats.nextBeat)
             // No echo of our frame within a period and a second: hand over anyway.
-            if handOverPending && waited > periodNs + 1_000_000_000 { handOver() }
+            if handOverPending && waited > periodNs + 1_000_000_000 { handOver(echoed: false) }
             if !(cluster?.isLeader ?? kv?.holdsOrReleases ?? false) || waited > periodNs + 3_000_000_000 {
                 loop.requestStop()
             }

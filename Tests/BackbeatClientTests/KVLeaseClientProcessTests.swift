@@ -84,7 +84,11 @@ final class KVLeaseClientProcessTests: XCTestCase {
                 if case .refused(let reason) = event { refusals.append(reason) }
             }
         }
-        XCTAssertEqual(refusals, [], "fence \(tracker.fenceTerm)\n\(logs)")
+        // The fence is the point: a frame late after a stall of this loaded
+        // machine may be `index_behind` against the fixed timeline, no
+        // frame may be refused for its term (review of 2026-12-07 11:25, item 7).
+        XCTAssertEqual(
+            refusals.filter { $0 == "stale_term" || $0 == "term_ahead" }, [], "fence \(tracker.fenceTerm)\n\(logs)")
         XCTAssertGreaterThanOrEqual(accepted.count, 5, "the holder's frames are beats\n\(logs)")
         XCTAssertEqual(Set(accepted.map(\.frame.term)), [reply.term], "frames carry the reported term")
     }

@@ -91,6 +91,15 @@ final class KVLeaseServerVersionProcessTests: XCTestCase {
         let passed = try start("nats://127.0.0.1:\(new.port)")
         XCTAssertFalse(passed.stderr.contains("older than 2.11"), passed.stderr)
         XCTAssertFalse(passed.stderr.contains("announces no version"), passed.stderr)
+        // Past the check: the same one line as the overridden 2.10 (the
+        // handshake), not a refusal for any other reason (review of
+        // 2026-12-07 11:25, item 7: absent strings alone passed if it died early).
+        func past(_ run: (status: Int32, stdout: String, stderr: String), _ port: Int) -> [String] {
+            errorLines(run.stderr).map { $0.replacingOccurrences(of: "\(port)", with: "PORT") }
+        }
+        XCTAssertNotEqual(passed.status, 0, passed.stderr)
+        XCTAssertEqual(past(passed, new.port).count, 1, passed.stderr)
+        XCTAssertEqual(past(passed, new.port), past(allowed, old.port), passed.stderr + allowed.stderr)
     }
 
     /// The installed nats-server (Debian's 2.9.10 here): refused with R3

@@ -8,6 +8,12 @@
 // leader, outside the stream's Raft proposal, so concurrent writes in flight
 // could all pass it (nats-server issues #4320, #5794, #6194, #6485; the
 // consistency of "expected per subject" through the proposal is 2.11's).
+// What those sources show is narrower than a proof (docs/decisions.md, "The
+// server version"): #4320 and #5794 were addressed in 2.9.x/2.10.x, #5840/
+// #5841 were a 2.10.x regression where CAS failed on R1 buckets, and the
+// proposal nats-server#8469 says the check is still leader-local state
+// cleared on a stream-leader change. 2.11 is the floor this node enforces,
+// not a version proven linearizable. Pre-releases order below their release.
 // Two pulses could then both hold the lease. An R1 bucket is checked by its
 // one server in order and is not affected. So a node with `-kv-replicas` > 1
 // refuses to start on an older server unless told to accept the risk
@@ -19,34 +25,45 @@ public struct NatsServerVersion: Comparable, Sendable, CustomStringConvertible {
     public var major: Int
     public var minor: Int
     public var patch: Int
+    /// A pre-release (`2.11.0-RC.2`, `-dev`, `-beta`): below its release,
+    /// which may hold fixes the pre-release does not.
+    public var preRelease: Bool
 
-    public init(major: Int, minor: Int, patch: Int) {
+    public init(major: Int, minor: Int, patch: Int, preRelease: Bool = false) {
         self.major = major
         self.minor = minor
         self.patch = patch
+        self.preRelease = preRelease
     }
 
     /// The first nats-server whose compare-and-set is linearizable on a replicated stream.
     public static let linearizableCAS = NatsServerVersion(major: 2, minor: 11, patch: 0)
 
-    /// Parses `2.10.7`, `v2.11.0`, `2.11.0-RC.2` (a pre-release counts as its
-    /// release); nil when there are not two or three numbers.
+    /// Parses `2.10.7`, `v2.11.0`, `2.11.0-RC.2` (a pre-release orders below
+    /// its release; `+build` metadata is ignored); nil when there are not
+    /// two or three numbers.
     public init?(_ text: String) {
         var core = Substring(text)
         if core.first == "v" { core = core.dropFirst() }
-        if let cut = core.firstIndex(where: { $0 == "-" || $0 == "+" }) { core = core[..<cut] }
+        if let plus = core.firstIndex(of: "+") { core = core[..<plus] }
+        var preRelease = false
+        if let dash = core.firstIndex(of: "-") {
+            core = core[..<dash]
+            preRelease = true
+        }
         let parts = core.split(separator: ".", omittingEmptySubsequences: false)
         guard (2...3).contains(parts.count), parts.allSatisfy({ !$0.isEmpty && $0.count <= 6 }) else { return nil }
         let numbers = parts.compactMap { Int($0) }
         guard numbers.count == parts.count, numbers.allSatisfy({ $0 >= 0 }) else { return nil }
-        self.init(major: numbers[0], minor: numbers[1], patch: numbers.count == 3 ? numbers[2] : 0)
+        self.init(
+            major: numbers[0], minor: numbers[1], patch: numbers.count == 3 ? numbers[2] : 0, preRelease: preRelease)
     }
 
     public static func < (a: Self, b: Self) -> Bool {
-        (a.major, a.minor, a.patch) < (b.major, b.minor, b.patch)
+        (a.major, a.minor, a.patch, a.preRelease ? 0 : 1) < (b.major, b.minor, b.patch, b.preRelease ? 0 : 1)
     }
 
-    public var description: String { "\(major).\(minor).\(patch)" }
+    public var description: String { "\(major).\(minor).\(patch)\(preRelease ? "-pre" : "")" }
 
     /// What a server's INFO line (`INFO {...}`) says: its version text and
     /// the client URLs of its cluster's other servers; nil when the line is

@@ -7,7 +7,14 @@ final class KVLeaseServerVersionTests: XCTestCase {
     func testVersionsParseAndOrder() throws {
         XCTAssertEqual(NatsServerVersion("2.9.10")?.description, "2.9.10")
         XCTAssertEqual(NatsServerVersion("v2.11.0")?.description, "2.11.0")
-        XCTAssertEqual(NatsServerVersion("2.11.0-RC.2")?.description, "2.11.0")
+        XCTAssertEqual(NatsServerVersion("2.11.0-RC.2")?.description, "2.11.0-pre")
+        XCTAssertEqual(NatsServerVersion("2.11.0+build.7")?.description, "2.11.0")
+        // A pre-release of 2.11.0 may lack its fixes: below the floor (it counted as 2.11.0).
+        for pre in ["2.11.0-RC.2", "2.11.0-dev", "v2.11.0-beta.1+b"] {
+            XCTAssertLessThan(try XCTUnwrap(NatsServerVersion(pre)), NatsServerVersion.linearizableCAS, pre)
+            XCTAssertNotNil(NatsServerVersion.refusal(version: pre, server: "n1", replicas: 3), pre)
+        }
+        XCTAssertNil(NatsServerVersion.refusal(version: "2.11.1-RC.1", server: "n1", replicas: 3))
         XCTAssertEqual(NatsServerVersion("2.12")?.description, "2.12.0")
         for bad in ["", "2", "x.y.z", "2..1", "2.11.0.1", "-1.2.3", "2.1234567.0"] {
             XCTAssertNil(NatsServerVersion(bad), bad)

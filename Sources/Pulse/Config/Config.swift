@@ -486,7 +486,7 @@ struct PulseCommand: ParsableCommand {
     @Flag(
         name: both("kv-allow-old-server"),
         help:
-            "nats-kv: with -kv-replicas > 1, start on a nats-server older than 2.11, whose compare-and-set is not linearizable on replicated streams (refused otherwise)"
+            "nats-kv: with -kv-replicas > 1, start on a nats-server older than 2.11 (pre-releases of 2.11.0 included) or whose INFO line cannot be read (both refused otherwise, checked at start-up only); 2.11 is the floor this checks, not a proof of a linearizable compare-and-set (docs/decisions.md)"
     )
     var kvAllowOldServer = false
 

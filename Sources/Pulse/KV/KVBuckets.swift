@@ -111,6 +111,10 @@ final class KVBuckets: @unchecked Sendable {
                 oldServer = refusal
             }
             versionRead = versionRead || check.checked > 0
+            if oldServer == nil && check.checked == 0 {
+                // Allowed, but said: the version check could not be made.
+                oldServer = "no NATS server of -nats announced its version (its INFO line could not be read)"
+            }
         }
         self.oldServer = oldServer
         var opts: OpaquePointer?

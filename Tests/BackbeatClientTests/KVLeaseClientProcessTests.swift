@@ -12,22 +12,37 @@ import Glibc
 import XCTest
 
 final class KVLeaseClientProcessTests: XCTestCase {
-    func testAFollowersTimelineReplyDoesNotFenceOutTheHoldersFrames() throws {
-        let dir = Proc.tempDir("kvfence")
-        defer { try? FileManager.default.removeItem(atPath: dir) }
+    /// Three pulses `k1`-`k3` in nats-kv mode at `bpm` on one JetStream
+    /// server; the caller stops `nodes` and removes `dir`.
+    private func kvCluster(_ cluster: String, bpm: Int, dir: String) throws -> (
+        nats: NatsServerProcess, nodes: [PulseNodeProcess], admins: [Int], names: [String]
+    ) {
         let nats = try NatsServerProcess(arguments: ["-js", "-sd", dir + "/js"])
         let names = ["k1", "k2", "k3"]
         let admins = names.map { _ in Proc.freePort() }
         var nodes: [PulseNodeProcess] = []
-        defer { for node in nodes { node.stop() } }
-        for (i, name) in names.enumerated() {
-            nodes.append(
-                try PulseNodeProcess(
-                    arguments: [
-                        "-election", "nats-kv", "-bpm", "600", "-max-bpm", "600", "-cluster", "kvfence", "-node-id",
-                        name, "-nats", nats.url, "-data-dir", "\(dir)/\(name)", "-admin-port", "\(admins[i])",
-                    ], logPath: "\(dir)/\(name).log"))
+        do {
+            for (i, name) in names.enumerated() {
+                nodes.append(
+                    try PulseNodeProcess(
+                        arguments: [
+                            "-election", "nats-kv", "-bpm", "\(bpm)", "-max-bpm", "\(bpm)", "-cluster", cluster,
+                            "-node-id", name, "-nats", nats.url, "-data-dir", "\(dir)/\(name)", "-admin-port",
+                            "\(admins[i])",
+                        ], logPath: "\(dir)/\(name).log"))
+            }
+        } catch {
+            for node in nodes { node.stop() }
+            throw error
         }
+        return (nats, nodes, admins, names)
+    }
+
+    func testAFollowersTimelineReplyDoesNotFenceOutTheHoldersFrames() throws {
+        let dir = Proc.tempDir("kvfence")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let (nats, nodes, admins, names) = try kvCluster("kvfence", bpm: 600, dir: dir)
+        defer { for node in nodes { node.stop() } }
         var logs: String { nodes.map(\.log).joined(separator: "\n---\n") }
         func timeline(_ i: Int) -> BeatTimeline? {
             guard let answer = Proc.http("GET", port: admins[i], path: "/timeline"), answer.status == 200 else {
@@ -101,20 +116,8 @@ final class KVLeaseClientProcessTests: XCTestCase {
     func testAConsumerFollowsAHandOverToTheNewHoldersTerm() async throws {
         let dir = Proc.tempDir("kvhand")
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let nats = try NatsServerProcess(arguments: ["-js", "-sd", dir + "/js"])
-        let names = ["k1", "k2", "k3"]
-        let admins = names.map { _ in Proc.freePort() }
-        var nodes: [PulseNodeProcess] = []
+        let (nats, nodes, admins, _) = try kvCluster("kvhand", bpm: 120, dir: dir)
         defer { for node in nodes { node.stop() } }
-        for (i, name) in names.enumerated() {
-            nodes.append(
-                try PulseNodeProcess(
-                    arguments: [
-                        "-election", "nats-kv", "-bpm", "120", "-max-bpm", "120", "-cluster", "kvhand", "-node-id",
-                        name, "-nats",
-                        nats.url, "-data-dir", "\(dir)/\(name)", "-admin-port", "\(admins[i])",
-                    ], logPath: "\(dir)/\(name).log"))
-        }
         var logs: String { nodes.map(\.log).joined(separator: "\n---\n") }
         func isHolder(_ i: Int) -> Bool {
             guard let answer = Proc.http("GET", port: admins[i], path: "/leader") else { return false }

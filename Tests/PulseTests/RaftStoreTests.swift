@@ -102,6 +102,44 @@ final class RaftStoreTests: XCTestCase, RaftStoreFixtures {
             0, "a committed entry is never dropped (the consistency checks refuse such a dir)")
     }
 
+    // Adversarial review of #19, item 3: the log holds [1, 2, 3] of term 5;
+    // a leader's snapshot at (2, term 4) does not match entry 2, so the core
+    // installs it and drops its whole log; the process dies after the
+    // snapshot's write and before the log's rewrite. The tail [3 of term 5]
+    // has a term above the snapshot's, and survived the load: a log the node
+    // never had (it claimed a last term of 5). Entry 2's other term shows the
+    // install; a crashed compaction (entry 2 of the snapshot's term) keeps its tail.
+    func testStaleTailOfAHigherTermAfterACrashedInstallIsDropped() throws {
+        let state = ClusterState(
+            epoch: .init(startBeat: 0, startNs: 1_700_000_000_000_000_000, bpm: 120), pending: nil, justification: "")
+        let data = [UInt8](try JSONEncoder().encode(state))
+        /// A data dir holding entries 1–3 of term 5 and, as a crash right
+        /// after the snapshot's write leaves it, `snapshot` beside that log.
+        func crashedAfterSnapshotWrite(_ snapshot: Snapshot) throws -> String {
+            let dir = Harness.tempDir("crashed")
+            try save(
+                try RaftStore(dataDir: dir), hard: HardState(term: 6, vote: 0, commit: 0),
+                entries: entries(1...3, term: 5))
+            let other = Harness.tempDir("snapshot")
+            defer { try? FileManager.default.removeItem(atPath: other) }
+            try compact(try RaftStore(dataDir: other), snapshot)
+            try FileManager.default.copyItem(atPath: other + "/raft/snapshot", toPath: dir + "/raft/snapshot")
+            return dir
+        }
+        let installed = try crashedAfterSnapshotWrite(Snapshot(index: 2, term: 4, data: data))
+        defer { try? FileManager.default.removeItem(atPath: installed) }
+        let rejected = RejectedInput()
+        let loaded = try RaftStore(dataDir: installed, rejected: rejected).load()
+        XCTAssertEqual(loaded.snapshot?.index, 2)
+        XCTAssertEqual(loaded.entries, [], "the tail the install replaced is gone")
+        XCTAssertEqual(rejected.count(.dataDir, reason: "stale_tail_after_snapshot"), 1)
+        XCTAssertEqual(try RaftStore(dataDir: installed).load().entries, [], "the log was rewritten without it")
+
+        let compacted = try crashedAfterSnapshotWrite(Snapshot(index: 2, term: 5, data: data))
+        defer { try? FileManager.default.removeItem(atPath: compacted) }
+        XCTAssertEqual(try RaftStore(dataDir: compacted).load().entries, entries(3...3, term: 5))
+    }
+
     // Appends are written and synced in chunks of at most maxAppendBytes (so a
     // torn tail is never longer): a batch larger than that round-trips.
     func testAppendLargerThanOneChunkRoundTrips() throws {

@@ -145,7 +145,9 @@ public final class RaftStore {
         let scan = try Self.scanLog(bytes)
         snapshotIndex = persisted.snapshot?.index ?? 0
         var entries = scan.entries.filter { $0.index > snapshotIndex }
-        let stale = Self.staleAfterSnapshot(entries, snapshot: persisted.snapshot, commit: persisted.hardState.commit)
+        let stale = Self.staleAfterSnapshot(
+            entries, snapshot: persisted.snapshot, commit: persisted.hardState.commit,
+            termAtSnapshot: scan.entries.first { $0.index == snapshotIndex }?.term)
         if stale > 0 {
             entries.removeFirst(stale)
             rejected?.record(.dataDir, "stale_tail_after_snapshot")
@@ -177,10 +179,16 @@ public final class RaftStore {
     }
 
     /// How many entries at the head of `entries` (those after the snapshot)
-    /// are a stale tail that installing the snapshot replaced: all of them
-    /// when the first has a term below the snapshot's (no log that holds the
-    /// snapshot's entry can continue with a lower term, so the install
-    /// replaced this log), provided none is committed. Two ways to get such a
+    /// are a stale tail that installing the snapshot replaced: all of them,
+    /// provided none is committed, when the first has a term below the
+    /// snapshot's (no log that holds the snapshot's entry can continue with a
+    /// lower term, so the install replaced this log), or when the stored log
+    /// holds an entry at the snapshot's index (`termAtSnapshot`) of another
+    /// term: the core installs a snapshot only when its log does not match
+    /// there, and that entry's term can be higher than the snapshot's
+    /// (adversarial review: a tail [S+1 of term X > T] survived). A crashed
+    /// compaction leaves the snapshot's own entry there, of the same term,
+    /// and its tail stays. Two ways to get such a
     /// tail: data dirs written before the fix of issue #19 (the store dropped
     /// only entries up to the snapshot's index, while the core drops its
     /// whole log when a snapshot does not match it; the core then refused to
@@ -189,11 +197,12 @@ public final class RaftStore {
     /// The tail may hold later entries of higher terms too (adversarial
     /// review: [S+1 of a lower term, S+2 of a higher one]); none of it was
     /// part of the node's log after the install, so dropping it loses nothing.
-    public static func staleAfterSnapshot(_ entries: [Entry], snapshot: Snapshot?, commit: UInt64) -> Int {
-        guard let snapshot, let first = entries.first, first.term < snapshot.term,
-            entries.allSatisfy({ $0.index > commit })
-        else { return 0 }
-        return entries.count
+    public static func staleAfterSnapshot(
+        _ entries: [Entry], snapshot: Snapshot?, commit: UInt64, termAtSnapshot: UInt64? = nil
+    ) -> Int {
+        guard let snapshot, let first = entries.first, entries.allSatisfy({ $0.index > commit }) else { return 0 }
+        let replaced = first.term < snapshot.term || (termAtSnapshot.map { $0 != snapshot.term } ?? false)
+        return replaced ? entries.count : 0
     }
 
     // MARK: pure parsers (start-up and fuzzing: any bytes, never a trap)

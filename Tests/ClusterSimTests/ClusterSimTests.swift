@@ -110,6 +110,12 @@ extension XCTestCase {
                 totals.seedsWithRestarts * 5, seeds.count,
                 "fewer than a fifth of the seeds restarted a node from its disk")
         }
+        if seeds.count >= 200 && totals.oneVoterSeeds > 0 {
+            // One-voter runs prove a restart only if they restart (adversarial review of #19, item 4).
+            XCTAssertGreaterThanOrEqual(
+                totals.oneVoterSeedsWithRestarts * 2, totals.oneVoterSeeds,
+                "fewer than half of the one-voter seeds restarted from their disk")
+        }
         for inv in invariants where seeds.count >= 200 {
             XCTAssertGreaterThan(totals.exercised[inv] ?? 0, 0, "invariant \(inv.rawValue) never exercised")
         }

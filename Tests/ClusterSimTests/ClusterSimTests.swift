@@ -175,7 +175,14 @@ final class RegressionSeedTests: XCTestCase {
             guard let l = s.leader else { return }
             old = l
             s.raftGroup = s.nodes.map { $0.index == l.index ? 1 : 0 }
-            for i in 0..<Int64(8) { s.at(s.now + i * 10_000_000) { s in s.tempoRequest(l) } }
+            // Eight requests: the controller's one-at-a-time rule is lifted
+            // here so that its core appends eight entries nobody will commit.
+            for i in 0..<Int64(8) {
+                s.at(s.now + i * 10_000_000) { s in
+                    l.tempoInFlight = false
+                    s.tempoRequest(l)
+                }
+            }
         }
         for i in 0..<Int64(4) {
             sim.at(4_500_000_000 + i * 250_000_000) { s in if let l = s.leader, l !== old { s.tempoRequest(l) } }

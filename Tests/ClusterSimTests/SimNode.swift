@@ -69,6 +69,8 @@ final class SimNode {
     var ackedIndex: [UInt64: UInt64] = [:]
     /// Frames its echo policy refused (a stale term, an index too far off).
     var refusedEchoes = 0
+    /// Its shell is committing a tempo change (the controller's `inFlight`: another is 409).
+    var tempoInFlight = false
     /// It installed a leader's snapshot since its last start (`installRestart`).
     var installedSinceBoot = false
     /// Scripted: the next installed snapshot is written, then the process

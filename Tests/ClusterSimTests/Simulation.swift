@@ -267,6 +267,7 @@ final class Simulation {
         n.echo = EchoPolicy(clusterId: Self.clusterId, publishers: .any, maxTermLead: EchoPolicy.clusterTermLead)
         n.savingReady = nil
         n.saveDone = nil
+        n.tempoInFlight = false
         n.doorway = []
         n.completionPosted = false
         n.socketBacklog = []
@@ -890,28 +891,33 @@ final class Simulation {
         if rng.chance(k.tempoRate * 0.1) { tempoRequest(rng.pick(machines)) }
     }
 
+    /// A tempo request at node `n`, decided as the service's TempoController
+    /// decides it (`TempoAdmission.decide`: the rules on the timeline in
+    /// force, 409 while this node commits another, only a leader that has
+    /// applied its term's first entry proposes); a follower's request is
+    /// refused here (the service forwards it to the leader, which decides the same way).
     func tempoRequest(_ n: SimNode) {
-        guard n.up, !n.stalled(now), let t = n.core.machine.timeline else { return }
+        guard n.up, !n.stalled(now), let t = n.beat.timeline else { return }
         let id = nextRequest
         nextRequest += 1
-        let current = t.epoch.bpm
-        let pending = t.pending.flatMap { $0.atBeat >= n.beat.nextBeat ? $0 : nil }
-        let effective = pending == nil ? bpmOf(t, n.beat.nextBeat) : current
+        let effective = TempoAdmission.inForce(t, firstUnpublishedBeat: n.beat.nextBeat).epoch.bpm
         let delta = max(1, effective / 10)
         let requested = effective + (rng.chance(0.5) ? delta : -delta)
-        guard requested > 0,
-            TempoRules.check(requested: requested, current: effective, minBpm: 30, maxBpm: 900, pending: pending)
-                == nil,
-            n.core.isLeader, n.core.appliedTermStart
-        else {
+        let decision = TempoAdmission.decide(
+            requestedBpm: requested, timeline: t, minBpm: 30, maxBpm: 900, inFlight: n.tempoInFlight,
+            isLeader: n.core.isLeader, appliedTermStart: n.core.appliedTermStart, nowWallNs: wall(n),
+            commitRoundNs: commitRoundNs, firstUnpublishedBeat: n.beat.nextBeat)
+        guard case .propose(let change) = decision else {
             refusedRequests.insert(id)
             return
         }
-        let atBeat = tempoApplyBeat(
-            timeline: t, nowNs: wall(n), commitRoundNs: commitRoundNs, firstUnpublishedBeat: n.beat.nextBeat)
+        let atBeat = change.atBeat
+        n.tempoInFlight = true
         let command = ClusterCommand.tempo(atBeat: atBeat, bpm: requested, justification: "req-\(id)")
         n.trace?.inputs.append(.propose(command))
+        let gen = n.gen
         n.shell.propose(command) { [self] outcome in
+            if n.gen == gen { n.tempoInFlight = false }
             answers[id, default: 0] += 1
             if answers[id]! > 1 { fail(.tempoNotRetroactive, "request \(id) was answered twice (\(outcome))") }
             guard outcome == .refused else { return }

@@ -55,7 +55,7 @@ final class PulseMetrics: BeatObserver {
     /// Reasons a tempo change can be refused (the `reason` label).
     static let tempoRefusalReasons = [
         "malformed_json", "invalid_field", "out_of_range", "delta_too_large", "change_pending", "no_leader",
-        "outcome_unknown",
+        "outcome_unknown", "not_caught_up",
         "unauthorized", "persist_failed", "body_too_large",
     ]
 

@@ -185,6 +185,7 @@ final class PulseNode: LoopHandler {
         cluster.onEvent = { [unowned self] event in self.clusterEvent(event) }
         beats.shell.core = cluster.core  // the committed timeline's one owner
         tempo.canCommit = { [unowned cluster] in cluster.isLeader }
+        tempo.caughtUp = { [unowned cluster] in cluster.core.appliedTermStart }
         tempo.leaderKnown = { [unowned cluster] in cluster.leaderPeer != nil }
         tempo.commit = { [unowned cluster] change, justification, done in
             cluster.propose(.tempo(atBeat: change.atBeat, bpm: change.bpm, justification: justification)) {

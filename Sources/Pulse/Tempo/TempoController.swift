@@ -11,6 +11,7 @@ import CLoop
 import Foundation
 import Logging
 import PulseCore
+import PulsePolicy
 
 /// Accepts, commits, schedules and announces tempo changes (loop thread).
 final class TempoController: TempoListener {
@@ -27,6 +28,10 @@ final class TempoController: TempoListener {
     var commitRoundNs: Int64 = 200_000_000
     /// Whether this node can commit (the leader).
     var canCommit: () -> Bool = { true }
+    /// Whether the leader has applied its term's first entry (cluster:
+    /// `ClusterCore.appliedTermStart`; else always): until then it refuses
+    /// with 503 `not_caught_up` rather than plan on a stale timeline.
+    var caughtUp: () -> Bool = { true }
     /// Whether some node can commit (cluster: a leader is known).
     var leaderKnown: () -> Bool = { true }
     /// Where a node that cannot commit sends the request (cluster: the leader).
@@ -68,32 +73,37 @@ final class TempoController: TempoListener {
             next_change: RFC3339.string(unixMs: timeline.instantNs(ofBeat: next) / 1_000_000), reason: reason)
     }
 
-    /// `POST /tempo` and the control subject: validates, commits, schedules.
+    /// `POST /tempo` and the control subject: validates, commits, schedules
+    /// (`TempoAdmission.decide`, as the simulator's nodes do).
     func request(_ request: TempoRequest, reply: @escaping (TempoDecision) -> Void) {
         let timeline = beats.timeline
-        if let refusal = TempoRules.check(
-            requested: Int64(request.tempoBpm), current: timeline.epoch.bpm, minBpm: Int64(config.minBpm),
-            maxBpm: Int64(config.maxBpm), pending: timeline.pending)
+        let change: TempoChange
+        switch TempoAdmission.decide(
+            requestedBpm: Int64(request.tempoBpm), timeline: timeline, minBpm: Int64(config.minBpm),
+            maxBpm: Int64(config.maxBpm), inFlight: inFlight != nil, isLeader: canCommit(),
+            appliedTermStart: caughtUp(),
+            nowWallNs: cloop_realtime_ns(), commitRoundNs: commitRoundNs, firstUnpublishedBeat: beats.nextBeat)
         {
-            refuse(status: refusal.httpStatus, code: refusal.code, message: refusal.message, reply: reply)
-            return
-        }
-        if inFlight != nil {
-            refuse(status: 409, code: "change_pending", message: "another change is being committed", reply: reply)
-            return
-        }
-        guard canCommit() else {
-            if let forward {
-                forward(request, reply)
-            } else {
-                refuse(status: 503, code: "no_leader", message: "no leader can commit a tempo change", reply: reply)
+        case .refused(let refusal):
+            return refuse(status: refusal.httpStatus, code: refusal.code, message: refusal.message, reply: reply)
+        case .inFlight:
+            return refuse(
+                status: 409, code: "change_pending", message: "another change is being committed", reply: reply)
+        case .notLeader:
+            guard let forward else {
+                return refuse(
+                    status: 503, code: "no_leader", message: "no leader can commit a tempo change", reply: reply)
             }
-            return
+            return forward(request, reply)
+        case .notCaughtUp:
+            return refuse(
+                status: 503, code: "not_caught_up",
+                message: "this leader has not applied its log yet (a committed change may be missing): retry shortly",
+                reply: reply)
+        case .propose(let proposed):
+            change = proposed
         }
-        let atBeat = TempoRules.applyBeat(
-            timeline: timeline, committedNs: cloop_realtime_ns(), commitRoundNs: commitRoundNs,
-            firstUnpublishedBeat: beats.nextBeat)
-        let change = TempoChange(atBeat: atBeat, bpm: Int64(request.tempoBpm))
+        let atBeat = change.atBeat
         let previousBpm = timeline.epoch.bpm
         inFlight = request
         commit(change, request.justification) { [self] failure in

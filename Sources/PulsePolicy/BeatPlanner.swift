@@ -128,6 +128,11 @@ public struct BeatPlanner: Sendable {
     /// A degraded node skips them (`noteUnplaced`). A tuple, not an array:
     /// the planner is copied on every wake and must not allocate.
     private var unplaced: (Int64, Int64, Int64, Int64) = (-1, -1, -1, -1)
+    /// The latest run of consecutive unplaced indices (empty: low > high):
+    /// a node more than four beats behind a peer's timeline still knows
+    /// every index that peer put on the subject (100,000-seed run of
+    /// b359e50, seed 4349: beat 23 was refused, then forgotten behind 24–27).
+    private var unplacedRun: (low: Int64, high: Int64) = (-1, -2)
     /// The lateness bound of the beat last decided `.emit`.
     private var emitDeadlineWallNs: Int64 = .max
 
@@ -381,10 +386,16 @@ public struct BeatPlanner: Sendable {
     /// from it: a node skips an index only after another published it.
     public mutating func noteUnplaced(index: Int64) {
         unplaced = (unplaced.1, unplaced.2, unplaced.3, index)
+        if index == unplacedRun.high &+ 1 {
+            unplacedRun.high = index
+        } else if index < unplacedRun.low || index > unplacedRun.high {
+            unplacedRun = (index, index)
+        }
     }
 
     private func isUnplaced(_ k: Int64) -> Bool {
         unplaced.0 == k || unplaced.1 == k || unplaced.2 == k || unplaced.3 == k
+            || (unplacedRun.low <= k && k <= unplacedRun.high)
     }
 
     /// Forget what the subject showed (a restarted process).

@@ -153,6 +153,13 @@ final class RegressionSeedTests: XCTestCase {
         (16518, "two of three disks damaged: no quorum left"),
         (19070, "the same"),
         (29343, "three of five disks damaged: the two survivors traded pre-votes"),
+        // The 100,000-seed run of 2026-12-07 (b359e50): a degraded node more
+        // than four beats behind a degraded peer's timeline forgot the first
+        // index it had refused and published it too (BeatPlanner.unplacedRun).
+        (4349, "beat 23 refused as index_ahead, forgotten behind 24-27, published again"),
+        (28677, "the same (beat 54)"),
+        (48097, "the same (beat 61)"),
+        (90170, "the same (beat 61)"),
     ]
 
     /// Issue #19's snapshot/log bug, scripted: the leader is cut off with

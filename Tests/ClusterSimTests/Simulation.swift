@@ -1,6 +1,7 @@
 // Simulation.swift — the event loop of the whole-cluster simulator and its
 // invariants (see ClusterSim.swift for the model).
 import Foundation
+import Logging
 import PulseCore
 import PulsePolicy
 import Raft
@@ -298,18 +299,18 @@ final class Simulation {
         n.files.restart()
         n.store = RaftStore(files: n.files)
         do {
-            let persisted = try n.store.load(bar: knobs.bar)
+            let coreSeed = seed &* 31 &+ UInt64(n.index) &+ UInt64(n.gen)
+            let monoNs = mono(n)
+            n.trace?.start = (coreSeed, monoNs, n.bootVoters, timing(), knobs.bpm, knobs.bar)
+            // The service's own start-up path (ClusterNode.init): load, shape check, core.
+            let (core, persisted) = try ClusterNode.coreFromDisk(
+                store: n.store, id: n.id, voters: n.bootVoters, timing: timing(), seed: coreSeed, nowMonoNs: monoNs,
+                shape: shape, bootstrapBpm: knobs.bpm, dataDir: "sim-disk", logger: Self.quietLogger)
             if n.files.damaged {
                 fail(.restartable, "node \(n.id) started on a log damaged beyond the store's promise")
             }
             checkAcknowledged(n, persisted)
-            let coreSeed = seed &* 31 &+ UInt64(n.index) &+ UInt64(n.gen)
-            n.trace?.start = (coreSeed, mono(n), n.bootVoters, timing(), knobs.bpm, knobs.bar)
-            return try ClusterCore(
-                id: n.id, voters: n.bootVoters, timing: timing(), seed: coreSeed,
-                nowMonoNs: n.trace?.start?.monoNs ?? mono(n),
-                shape: shape, bootstrapBpm: knobs.bpm, hardState: persisted.hardState, snapshot: persisted.snapshot,
-                entries: persisted.entries)
+            return core
         } catch {
             if n.files.damaged && "\(error)".contains("raft/log at byte offset") {
                 refusedStarts += 1
@@ -322,6 +323,9 @@ final class Simulation {
             return nil
         }
     }
+
+    /// The start-up path's logger (torn tails are the simulator's routine).
+    static let quietLogger = Logger(label: "sim", factory: { _ in SwiftLogNoOpLogHandler() })
 
     func timing() -> ClusterTiming {
         var t = ClusterTiming()

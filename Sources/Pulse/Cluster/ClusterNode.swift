@@ -26,36 +26,6 @@ import PulseCore
 import PulsePolicy
 import Raft
 
-/// The Raft network as the node's shell uses it (RaftTransport; a recording
-/// fake in ConformanceTests).
-protocol RaftLink: AnyObject {
-    func start() throws
-    func stop()
-    func send(_ message: Message)
-    func setPeers(_ list: PeerList)
-    var stats: RaftTransportStats { get }
-}
-
-extension RaftTransport: RaftLink {}
-
-/// The link of a lone voter (a single node, `pulse` without -peers): no
-/// peers, no socket. A one-voter core addresses no message to anyone; one
-/// that would reach it is dropped and counted.
-final class NoPeerLink: RaftLink {
-    private(set) var stats = RaftTransportStats()
-    func start() throws {}
-    func stop() {}
-    func send(_ message: Message) { stats.dropped &+= 1 }
-    func setPeers(_ list: PeerList) {}
-}
-
-/// Where the node's shell reads the time (the loop's clocks; recorded ones
-/// in ConformanceTests).
-struct ShellClock {
-    var monoNs: () -> Int64 = { cloop_monotonic_ns() }
-    var wallNs: () -> Int64 = { cloop_realtime_ns() }
-}
-
 final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
     /// The cluster as the voter set in force describes it (and this node).
     private(set) var peers: PeerList
@@ -320,38 +290,5 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
     /// that is the whole log.
     var appliedState: (state: ClusterState?, index: UInt64, complete: Bool) {
         (core.machine.state, core.appliedIndex, core.appliedAll)
-    }
-}
-
-extension ClusterNode {
-    /// The core a node starts with, from what its store holds (`RaftStore.load`
-    /// validates every file and cuts a torn tail), after checking that the
-    /// data dir's committed shape is this node's (§12). The service's
-    /// `init` and the simulator's restarts both start through it.
-    static func coreFromDisk(
-        store: RaftStore, id: NodeID, voters: [NodeID], timing: ClusterTiming, seed: UInt64, nowMonoNs: Int64,
-        shape: TimelineShape, joining: Bool = false, bootstrapBpm: Int64?, dataDir: String, logger: Logger
-    ) throws -> (core: ClusterCore, persisted: RaftPersisted) {
-        let persisted = try store.load(bar: shape.bar)
-        if persisted.truncatedBytes > 0 {
-            logger.warning("raft: cut a torn log tail", metadata: ["bytes": "\(persisted.truncatedBytes)"])
-        }
-        // The data dir's committed shape, if any, must be this node's (§12).
-        let restored = try persisted.snapshot.map { try JSONDecoder().decode(ClusterState.self, from: Data($0.data)) }
-        if let committed = ClusterCore.persistedShape(
-            snapshot: restored, entries: persisted.entries, commit: persisted.hardState.commit, flags: shape),
-            let why = committed.mismatch(flags: shape, committedIn: "data dir \(dataDir)")
-        {
-            throw PulseError.config(why)
-        }
-        do {
-            let core = try ClusterCore(
-                id: id, voters: voters, timing: timing, seed: seed, nowMonoNs: nowMonoNs, shape: shape,
-                joining: joining, bootstrapBpm: bootstrapBpm, hardState: persisted.hardState,
-                snapshot: persisted.snapshot, entries: persisted.entries)
-            return (core, persisted)
-        } catch {
-            throw PulseError.startup("raft state in \(dataDir)/raft cannot be used: \(error)")
-        }
     }
 }

@@ -102,9 +102,21 @@ public final class KVLeadership: BeatLeadership {
     /// When that claim was last watched put (monotonic ns).
     public private(set) var lastClaimWatchedMonoNs: Int64?
     /// The key was last freed by its holder's hand-over (short guard).
+    /// Consumed by the take-over it grants (`consumeHandOver`): one hand-over
+    /// earns one short guard, never a later term's (review of 2026-12-07,
+    /// finding 4: a node that took over after a hand-over, lost the key to
+    /// an expiry no watch reported, and took it again kept the flag).
     public private(set) var freedByHandOver = false
     /// No frame as holder before this (monotonic ns): a foreign delete's wait.
     public private(set) var publishNotBeforeMonoNs: Int64 = .min
+
+    /// The take-over of this node's current term: whether it follows a
+    /// hand-over (short guard). Clears the flag, so a later term of this node
+    /// takes the full guard unless the watch reports another hand-over.
+    public func consumeHandOver() -> Bool {
+        defer { freedByHandOver = false }
+        return freedByHandOver
+    }
 
     /// What the watch of the lease key delivered: a put of a claim, or a
     /// delete (`deleted`, with its body) or purge (`purged`). Returns whether

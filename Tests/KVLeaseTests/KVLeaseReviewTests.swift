@@ -47,6 +47,11 @@ final class KVLeaseReviewTests: XCTestCase {
         n.leaseEntryWatched(
             revision: 7, value: Array("k2 5-6".utf8), deleted: false, purged: false, nowMonoNs: 125 * ms)
         XCTAssertTrue(n.freedByHandOver)
+        // Finding 4: the take-over consumes it; a later term of ours, after an
+        // expiry no watch reported, takes the full guard.
+        XCTAssertTrue(n.consumeHandOver(), "the take-over of term 7 follows the hand-over")
+        XCTAssertFalse(n.freedByHandOver)
+        XCTAssertFalse(n.consumeHandOver(), "one hand-over earns one short guard")
     }
 
     func testAForeignDeleteOrPurgeWaitsOutTheDeletedHoldersLease() throws {

@@ -403,7 +403,7 @@ final class KVNode: LoopHandler {
             cloop_monotonic_ns() >= leadership.publishNotBeforeMonoNs
         else { return }
         tookOverTerm = term
-        let handOver = leadership.freedByHandOver
+        let handOver = leadership.consumeHandOver()
         beats.shell.takeOver(graceful: handOver)
         onTakeOver?()
         logger.info("publishing as lease holder", metadata: ["term": "\(term)", "after_hand_over": "\(handOver)"])

@@ -245,6 +245,69 @@ final class KVLeaseProcessTests: XCTestCase {
         withExtendedLifetime(again) {}
     }
 
+    /// A holder that cannot get its term start applied steps down
+    /// (`KVNode.maybeStepDown`, review of 2026-12-07 11:25): the timeline
+    /// key deleted by an operator, then the holder killed, so every next
+    /// holder's compare-and-set of its term start fails. Each holder
+    /// publishes nothing, gives the key up after 4 TTLs (one error line,
+    /// counted `holder_not_ready`) so another pulse can try; once the record
+    /// is put back, a holder's term start is written and the beat resumes
+    /// with a greater term, no index repeated or going back.
+    func testAHolderThatCannotWriteItsTermStartStepsDownAndTheBeatResumesOnceTheRecordIsBack() throws {
+        let (cluster, subscriber) = try running("kvstep", bpm: 600, frames: 10)
+        var nc: OpaquePointer?
+        XCTAssertEqual(natsConnection_ConnectTo(&nc, cluster.natsURL), NATS_OK)
+        defer { natsConnection_Destroy(nc) }
+        // The record as stored (the stream's last message on the key).
+        var reply: OpaquePointer?
+        XCTAssertEqual(
+            natsConnection_RequestString(
+                &reply, nc, "$JS.API.STREAM.MSG.GET.KV_backbeat_kvstep",
+                #"{"last_by_subj":"$KV.backbeat_kvstep.timeline"}"#, 5_000), NATS_OK)
+        let got = reply.map { String(cString: natsMsg_GetData($0)) } ?? ""
+        natsMsg_Destroy(reply)
+        let json = try XCTUnwrap(
+            try JSONSerialization.jsonObject(with: Data(got.utf8)) as? [String: Any], got)
+        let data = try XCTUnwrap((json["message"] as? [String: Any])?["data"] as? String, got)
+        let record = try XCTUnwrap(Data(base64Encoded: data), got)
+        // An operator's `nats kv del` of the timeline key.
+        var del: OpaquePointer?
+        XCTAssertEqual(natsMsg_Create(&del, "$KV.backbeat_kvstep.timeline", nil, nil, 0), NATS_OK)
+        defer { natsMsg_Destroy(del) }
+        XCTAssertEqual(natsMsgHeader_Set(del, "KV-Operation", "DEL"), NATS_OK)
+        XCTAssertEqual(natsConnection_PublishMsg(nc, del), NATS_OK)
+        XCTAssertEqual(natsConnection_Flush(nc), NATS_OK)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 10) { cluster.logs.contains("timeline key deleted or purged outside") },
+            cluster.logs)
+        let old = try XCTUnwrap(holder(subscriber, cluster))
+        let highest = try XCTUnwrap(frames(subscriber).map(\.term).max())
+        cluster.nodes[old]?.signal(SIGKILL)
+        cluster.nodes[old] = nil
+        usleep(300_000)  // the killed holder's last frame, if any, has arrived
+        let silentFrom = subscriber.count
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 15) { cluster.logs.contains("could not get its term start applied") },
+            "a holder gave the key up\n\(cluster.logs)")
+        XCTAssertEqual(subscriber.count, silentFrom, "a holder without its term start published\n\(cluster.logs)")
+        let counted = (0..<3).contains { i in
+            let text = (try? RawClient(port: cluster.adminPorts[i]).request(httpRequest("GET", "/metrics"))?.text) ?? ""
+            return text.contains(#"surface="kv",reason="holder_not_ready"}"#)
+        }
+        XCTAssertTrue(counted, "counted as kv/holder_not_ready\n\(cluster.logs)")
+        // The record put back: the next holder's term start continues it.
+        let restored = record.withUnsafeBytes { raw in
+            natsConnection_Publish(nc, "$KV.backbeat_kvstep.timeline", raw.baseAddress, Int32(raw.count))
+        }
+        XCTAssertEqual(restored, NATS_OK)
+        XCTAssertEqual(natsConnection_Flush(nc), NATS_OK)
+        XCTAssertTrue(subscriber.wait(for: silentFrom + 5, seconds: 20), "the beat resumed\n\(cluster.logs)")
+        let list = frames(subscriber)
+        assertNoRepeatNoBackwards(list, cluster.logs)
+        let resumed = try XCTUnwrap(list.last)
+        XCTAssertGreaterThan(resumed.term, highest, "a new holding has a greater term")
+    }
+
     func testStoppedHolderPublishesNothingAfterSigcontUntilItHoldsTheKeyAgain() throws {
         let (cluster, subscriber) = try running("kvstop", bpm: 300, frames: 6)
         let old = try XCTUnwrap(holder(subscriber, cluster))

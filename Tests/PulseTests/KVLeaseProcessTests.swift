@@ -82,10 +82,10 @@ final class KVLeaseProcessTests: XCTestCase {
 
     /// A JetStream nats-server, three nats-kv pulses on it, and a subscriber
     /// that has seen `frames` frames.
-    private func running(_ name: String, bpm: Int, frames: Int, extra: [String] = []) throws -> (
-        KVPulseCluster, Subscriber
-    ) {
-        let nats = try NatsServer(jetStream: true)
+    private func running(
+        _ name: String, bpm: Int, frames: Int, extra: [String] = [], natsConfig: String? = nil
+    ) throws -> (KVPulseCluster, Subscriber) {
+        let nats = try NatsServer(jetStream: true, config: natsConfig)
         let cluster = try KVPulseCluster(cluster: name, bpm: bpm, natsURL: nats.url, extra: extra)
         cluster.server = nats
         let subscriber = try Subscriber(url: nats.url, subject: "backbeat.\(name).beat")
@@ -306,6 +306,37 @@ final class KVLeaseProcessTests: XCTestCase {
         assertNoRepeatNoBackwards(list, cluster.logs)
         let resumed = try XCTUnwrap(list.last)
         XCTAssertGreaterThan(resumed.term, highest, "a new holding has a greater term")
+    }
+
+    /// A tempo change whose timeline record would exceed the server's
+    /// `max_payload` (1500 bytes here: a justification of 1024 quotes is
+    /// a 2 KB request body and encodes to over 2 KB) is refused with 400 `record_too_large`
+    /// and never written (every reader would refuse it and the beat would
+    /// stop); the next change that fits is accepted and applied.
+    func testATempoRecordLargerThanTheServersPayloadLimitIsA400AndNothingIsWritten() throws {
+        let (cluster, subscriber) = try running("kvbig", bpm: 300, frames: 6, natsConfig: "max_payload: 1500\n")
+        let holder = try XCTUnwrap(holder(subscriber, cluster))
+        let client = try RawClient(port: cluster.adminPorts[holder])
+        let quotes = String(repeating: #"\""#, count: 1024)
+        let big = try XCTUnwrap(
+            client.request(
+                httpRequest("POST", "/tempo", body: #"{"tempo_bpm": 310, "justification": "\#(quotes)"}"#)))
+        XCTAssertEqual(big.status, 400, big.text + cluster.logs)
+        XCTAssertEqual(big.json["code"] as? String, "record_too_large", big.text)
+        let count = subscriber.count
+        XCTAssertTrue(subscriber.wait(for: count + 3, seconds: 10), "the beat goes on\n\(cluster.logs)")
+        XCTAssertTrue(frames(subscriber).allSatisfy { $0.bpm == 300 }, "nothing was applied")
+        let small = try XCTUnwrap(
+            client.request(httpRequest("POST", "/tempo", body: #"{"tempo_bpm": 320, "justification": "fits"}"#)))
+        XCTAssertEqual(small.status, 202, small.text + cluster.logs)
+        let atBeat = try XCTUnwrap((small.json["apply_at_beat"] as? NSNumber)?.int64Value)
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 15) { self.frames(subscriber).contains { $0.index >= atBeat + 1 } },
+            cluster.logs)
+        for frame in frames(subscriber) where frame.index >= atBeat {
+            XCTAssertEqual(frame.bpm, 320, "beat \(frame.index)")
+        }
+        assertNoRepeatNoBackwards(frames(subscriber), cluster.logs)
     }
 
     func testStoppedHolderPublishesNothingAfterSigcontUntilItHoldsTheKeyAgain() throws {

@@ -154,16 +154,26 @@ final class NatsServer {
     /// With JetStream (`-js`, its store in a fresh temp dir) when `jetStream`.
     let jetStreamDir: String?
 
-    init(port: Int = Harness.freePort(), jetStream: Bool = false) throws {
+    /// Extra configuration (nats-server's config file syntax), e.g. `max_payload: 4096`.
+    let configPath: String?
+
+    init(port: Int = Harness.freePort(), jetStream: Bool = false, config: String? = nil) throws {
         self.port = port
         jetStreamDir = jetStream ? Harness.tempDir("js") : nil
+        configPath = try config.map { text in
+            let path = Harness.tempDir("nats-conf") + "/nats.conf"
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
         try start()
     }
 
     func start() throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: Self.binary)
-        process.arguments = ["-a", "127.0.0.1", "-p", "\(port)"] + (jetStreamDir.map { ["-js", "-sd", $0] } ?? [])
+        process.arguments =
+            (configPath.map { ["-c", $0] } ?? []) + ["-a", "127.0.0.1", "-p", "\(port)"]
+            + (jetStreamDir.map { ["-js", "-sd", $0] } ?? [])
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice
         try process.run()

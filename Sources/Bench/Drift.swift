@@ -140,9 +140,10 @@ func runDriftScenario(_ ctx: BenchContext, bpm: Int, leader wanted: Int, skewPpm
     try cluster.startAll()
     guard var leader = cluster.leader(seconds: 15) else { throw BenchError("drift: no leader within 15 s") }
     // A lone degraded node takes its turns on the lowest voter's clock
-    // (ClusterCore.degradedReference) when it heard from it: with n1 leading
-    // the two references coincide; with n2 leading n3 has none of n1's clock
-    // and falls back to n2's estimate (fixed in issue 19, docs/benchmark.md).
+    // (ClusterCore.degradedReference): with n1 leading the two references
+    // coincide; with n2 leading n3 heard n1 only around elections and takes
+    // the rate of its estimate of n2 (DegradationPolicy.turnReference,
+    // docs/benchmark.md).
     for _ in 0..<6 where leader != wanted {
         let stopped = leader
         cluster.stop(stopped, signal: SIGTERM)

@@ -561,15 +561,12 @@ public final class ClusterCore {
 
     /// The clock degraded turns are measured on: the lowest voter's — the
     /// same reference for every node (nil: our own clock, when we are that
-    /// voter). A follower samples mostly its leader, so without a usable
-    /// estimate of the lowest voter (another voter led) it falls back to
-    /// the last leader's estimate, the clock the committed timeline was
-    /// kept on: before, a lone degraded node then took its turns on its own
-    /// clock and drifted at its own rate (DriftProcessTests with n2 leading).
+    /// voter) — with the better-fitted rate of it and the last leader's
+    /// estimate, or the last leader's alone when the lowest voter's is
+    /// unusable (`DegradationPolicy.turnReference`).
     public var degradedReference: ClockSync? {
         guard referenceId != noNode, referenceId != id else { return nil }
-        return DegradationPolicy.usableReference(syncs[referenceId])
-            ?? DegradationPolicy.usableReference(referenceSync)
+        return DegradationPolicy.turnReference(voter: syncs[referenceId], lastLeader: referenceSync)
     }
 
     /// The last leader's clock estimate, if any (the timeline's reference).

@@ -100,6 +100,27 @@ public struct DegradationPolicy: Sendable, Equatable {
         return sync
     }
 
+    /// The clock degraded turns are measured on, from the lowest voter's
+    /// estimate (`voter`) and the last leader's (`lastLeader`, the clock
+    /// the committed timeline was kept on): the lowest voter's offset when
+    /// it is usable — every degraded node measures its turn on that one
+    /// clock —, with the rate of whichever of the two was fitted over the
+    /// longer span. A follower samples mostly its leader: with another voter
+    /// leading from the start, its estimate of the lowest voter came from
+    /// one election's messages, one point with no rate of its own, and a
+    /// lone degraded node then drifted at its own clock's rate (PER-003:
+    /// DriftProcessTests with n2 leading, −0.055 %/h against 0.01 %/h).
+    /// The hosts are NTP-disciplined, so the voters' clocks run at one rate
+    /// within a few ppm, and the longer fit measures ours against it better.
+    /// Without a usable lowest voter: the last leader's estimate (nil: our
+    /// own clock).
+    public static func turnReference(voter: ClockSync?, lastLeader: ClockSync?) -> ClockSync? {
+        let leader = usableReference(lastLeader)
+        guard let voter = usableReference(voter) else { return leader }
+        if let leader, leader.rateSpanNs > voter.rateSpanNs { return voter.withRate(of: leader) }
+        return voter
+    }
+
     /// A node's rank among `voters` (its degraded turn); after every voter
     /// when it is not one (it never degrades then: `mayKeepTimeline`).
     public static func rank(of id: NodeID, among voters: [NodeID]) -> Int {

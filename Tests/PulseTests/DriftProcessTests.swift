@@ -18,7 +18,17 @@ final class DriftProcessTests: XCTestCase {
     /// The wall-clock skew library `swift build` makes beside the pulse.
     static var clockSkew: String { Harness.binDir.appendingPathComponent("libClockSkew.so").path }
 
-    func testASkewedNodeAloneKeepsTheLeadersTimeline() throws {
+    func testASkewedNodeAloneKeepsTheLeadersTimeline() throws { try skewedNodeAlone(lowestVoterLeads: true) }
+
+    /// n2 leads, so n3 heard the lowest voter (n1, whose clock turns are
+    /// measured on) only around elections: its estimate of n1 has no rate
+    /// of its own and takes the last leader's (DegradationPolicy.turnReference).
+    /// Before, this case drifted at the whole skew (−0.055 %/h).
+    func testASkewedNodeAloneKeepsTheLeadersTimelineWhenAnotherVoterLed() throws {
+        try skewedNodeAlone(lowestVoterLeads: false)
+    }
+
+    private func skewedNodeAlone(lowestVoterLeads: Bool) throws {
         let library = Self.clockSkew
         XCTAssertTrue(FileManager.default.isReadableFile(atPath: library), "swift build makes \(library)")
         let bpm = 300  // 200 ms: deadlines are whole milliseconds
@@ -30,16 +40,14 @@ final class DriftProcessTests: XCTestCase {
                 skewed: ["LD_PRELOAD": library, "BACKBEAT_CLOCK_SKEW_PPM": "500"]
             ])
         let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.drift.beat")
-        // n1 must lead: a lone degraded node takes its turns on the lowest
-        // voter's clock (ClusterCore.degradedReference), and it has an
-        // estimate of that clock only if it heard from it, i.e. when n1 led.
-        // (With n2 leading, n3 alone drifted at its own 500 ppm: an open
-        // finding, docs/benchmark.md. The fallback to the last leader's
-        // estimate, 23b8a28, passed that case in one run and failed it in a
-        // clean-clone run, -0.055 %/h: still open.) Hand leadership over
-        // until n1 has it.
+        // A lone degraded node takes its turns on the lowest voter's clock
+        // (ClusterCore.degradedReference). With n1 leading, n3's estimate of
+        // it is fitted over the whole time n3 followed; with n2 leading, n3
+        // heard n1 only around elections and takes the rate of its estimate
+        // of n2 (DegradationPolicy.turnReference). Hand leadership over until
+        // the wanted voter leads (never n3, the skewed one).
         var leader = try XCTUnwrap(cluster.leader(seconds: 15), cluster.logs)
-        for _ in 0..<6 where leader != 0 {
+        for _ in 0..<6 where (leader == 0) != lowestVoterLeads || leader == skewed {
             cluster.nodes[leader]?.stop()
             cluster.nodes[leader] = nil
             let stopped = leader
@@ -48,7 +56,7 @@ final class DriftProcessTests: XCTestCase {
             leader = try XCTUnwrap(cluster.leader(seconds: 15), cluster.logs)
             try cluster.start(stopped)
         }
-        XCTAssertEqual(leader, 0, "n1 leads\n\(cluster.logs)")
+        XCTAssertEqual(leader, lowestVoterLeads ? 0 : 1, "n\(lowestVoterLeads ? 1 : 2) leads\n\(cluster.logs)")
         // Following the leader: offset and rate settle on its heartbeats.
         Thread.sleep(forTimeInterval: 45)
         for i in 0..<3 where i != skewed {
@@ -78,6 +86,7 @@ final class DriftProcessTests: XCTestCase {
             Harness.waitUntil(seconds: 15) { degraded().count >= 2 }, "n3 publishes degraded frames\n\(cluster.logs)")
         Thread.sleep(forTimeInterval: 40)
         let frames = degraded()
+        for line in cluster.logs.split(separator: "\n") where line.contains("entering degradation") { print(line) }
         XCTAssertGreaterThanOrEqual(frames.count, 150, "a frame every beat for ~40 s\n\(cluster.logs)")
         let first = try XCTUnwrap(frames.first)
         let points = frames.map {

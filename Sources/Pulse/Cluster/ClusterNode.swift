@@ -237,6 +237,8 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
                 metadata: [
                     "offset_ms": "\(Double(core.referenceSync?.offsetNs ?? 0) / 1e6)",
                     "rate_ppm": "\(core.referenceSync?.ratePpm ?? 0)",
+                    // The clock its turns are measured on (none: its own).
+                    "turn_reference_rate_ppm": "\(core.degradedReference.map { "\($0.ratePpm)" } ?? "none")",
                 ])
         }
     }

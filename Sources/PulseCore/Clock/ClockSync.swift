@@ -86,6 +86,20 @@ public struct ClockSync: Sendable {
     public static let maxRatePoints = Int(rateBuckets) + 2
     /// Points in the rate fit now (for tests and metrics); at most `maxRatePoints`.
     public var ratePointCount: Int { points.count }
+    /// The local time the rate fit spans (0: one point, no rate of its own).
+    public var rateSpanNs: Int64 {
+        guard let first = points.first, let last = points.last else { return 0 }
+        return last.localNs - first.localNs
+    }
+    /// This estimate (its offset and anchor) with `other`'s rate: for a
+    /// reference sampled only briefly (e.g. one election's messages) whose
+    /// own fit says nothing about the rate, when `other` — a clock the
+    /// same NTP-disciplined hosts keep — was fitted over a longer span.
+    public func withRate(of other: ClockSync) -> ClockSync {
+        var copy = self
+        copy.ratePpm = other.ratePpm
+        return copy
+    }
     /// Width of one rate bucket, in ns of local time.
     private var bucketNs: Int64 { max(1, rateWindowNs / Self.rateBuckets) }
 

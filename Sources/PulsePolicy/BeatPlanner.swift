@@ -133,6 +133,10 @@ public struct BeatPlanner: Sendable {
     /// every index that peer put on the subject (100,000-seed run of
     /// b359e50, seed 4349: beat 23 was refused, then forgotten behind 24–27).
     private var unplacedRun: (low: Int64, high: Int64) = (-1, -2)
+    /// Local wall time a cluster publisher's frame on another committed
+    /// timeline was last heard (`noteForeignTimeline`), and its period.
+    public private(set) var lastForeignFrameWallNs: Int64 = .min / 2
+    private var foreignPeriodNs: Int64 = 0
     /// The lateness bound of the beat last decided `.emit`.
     private var emitDeadlineWallNs: Int64 = .max
 
@@ -306,6 +310,12 @@ public struct BeatPlanner: Sendable {
             nextBeat = k + 1
             return .follow
         }
+        // A publisher on another committed timeline was heard lately
+        // (`noteForeignTimeline`): yield to it. See the argument there.
+        if i.wallNs - lastForeignFrameWallNs < 2 * max(periodNs, foreignPeriodNs) {
+            nextBeat = k + 1
+            return .follow
+        }
         if isUnplaced(k) {
             nextBeat = k + 1  // another cluster publisher's timeline put it on the subject
             return .skip
@@ -391,6 +401,50 @@ public struct BeatPlanner: Sendable {
         } else if index < unplacedRun.low || index > unplacedRun.high {
             unplacedRun = (index, index)
         }
+    }
+
+    /// Another cluster publisher's frame (degraded or a leader's), heard at
+    /// local wall time `wallNs`, is not on this node's committed timeline (BeatShell.hear:
+    /// refused for its index, or another tempo or deadline at its index);
+    /// `periodNs` is that frame's period. For two of the longer of its
+    /// period and ours after it, a degraded node follows instead of taking
+    /// its turn.
+    ///
+    /// Why (issue 19, the 100,000-seed run of 28e07bb, seeds 13542, 18889,
+    /// 38750, 79764): turns order degraded nodes by a delay after the
+    /// beat's instant, which only orders them when they agree on the
+    /// instant. A node cut from Raft when a tempo change committed keeps
+    /// the older timeline; from the change on, the same index has another
+    /// instant on each node, the gap grows by the difference of the periods
+    /// every beat, and sooner or later one node's turn for an index comes
+    /// within a NATS delivery of the other's (13542: a 40 ms gap at beat 22
+    /// met the 40 ms between turns 0 and 2), or after the other's frame
+    /// for it never reached it (18889), or after a leader on the
+    /// newer timeline (whose frames it refused, so no "leader heard") came
+    /// back and pushed the index it had refused out of `unplaced` (38750).
+    /// Both publish it. Neither can tell from a frame which of the two is
+    /// behind, so the one that hears the other yields; the publisher it
+    /// yields to never hears it, so one keeps publishing.
+    ///
+    /// Safe: the rule only turns a degraded turn into `.follow` (it adds no
+    /// frame, moves no index back, and leaves leaders and single nodes
+    /// alone), so it cannot cause a duplicate. A peer on this node's own
+    /// timeline is never foreign (its frames carry this timeline's tempo and
+    /// deadline at their index), so turns on one timeline are unchanged. A
+    /// node yields no longer than two periods after the last foreign frame:
+    /// when the other publisher stops (it left degradation, crashed, or
+    /// yields itself) this one takes its turns again. Costs: when both
+    /// published before hearing each other, both yield and resume about two
+    /// periods later (the first frames of two unordered timelines can still
+    /// meet: nothing the subject showed can prevent those); the node that
+    /// yields may be the one with the newer timeline or term (consumers
+    /// fenced on the newer term then refuse the older frames and see a gap,
+    /// as events, until a leader returns); a forged frame off the timeline
+    /// silences degraded turns for two of its periods (up to 2 min at the
+    /// decoder's 1 bpm floor), as a forged leader frame does for two of ours.
+    public mutating func noteForeignTimeline(wallNs: Int64, periodNs: Int64) {
+        lastForeignFrameWallNs = wallNs
+        foreignPeriodNs = periodNs
     }
 
     private func isUnplaced(_ k: Int64) -> Bool {

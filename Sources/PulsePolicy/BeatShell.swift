@@ -127,6 +127,8 @@ public final class BeatShell {
     public var nextBeat: Int64 { planner.nextBeat }
     public var lastSeenIndex: Int64 { planner.lastSeenIndex }
     public var lastPublishedIndex: Int64 { planner.lastPublishedIndex }
+    /// When a frame on another committed timeline was last heard (`hear`).
+    public var lastForeignFrameWallNs: Int64 { planner.lastForeignFrameWallNs }
     /// The HLC suffix this node stamps (to tell its own frames apart).
     public var ownSuffix: String { encoder.hlcSuffix }
     /// The term stamped on frames: the core's Raft term (1 for a local timeline).
@@ -367,6 +369,9 @@ public final class BeatShell {
         {
             planner.noteUnplaced(index: frame.beatIndex)
         }
+        if frame.hlcSuffix != ownSuffix, offTimeline(frame, verdict) {
+            planner.noteForeignTimeline(wallNs: wallNs, periodNs: 60_000_000_000 / frame.tempoBpm)
+        }
         guard verdict == .accept else { return verdict }
         let fromOthers = frame.hlcSuffix != ownSuffix
         if fromOthers { lastFrameFromOthersNs = wallNs }
@@ -377,6 +382,25 @@ public final class BeatShell {
         }
         mergeRemote(frame.hlc, wallNs: wallNs)
         return .accept
+    }
+
+    /// Whether a cluster publisher's frame shows a committed timeline other
+    /// than this node's (`BeatPlanner.noteForeignTimeline`): refused for its
+    /// index (not near now here), or, at an index of this node's epoch no
+    /// further than two past its next beat (no arithmetic on a far index),
+    /// another tempo or deadline than this node's timeline gives it.
+    private func offTimeline(_ frame: DecodedBeatFrame, _ verdict: EchoVerdict) -> Bool {
+        switch verdict {
+        case .reject(.wrongCluster), .reject(.unknownPublisher): return false
+        case .reject(.indexAhead), .reject(.indexBehind): return true
+        case .accept, .reject(.termStale), .reject(.termAhead): break
+        }
+        guard let owned = lead?.committedTimeline ?? local else { return false }
+        let k = frame.beatIndex
+        guard k >= owned.epoch.startBeat, k <= planner.nextBeat &+ 2 else { return false }
+        var at = owned
+        _ = at.applyDue(beat: k)
+        return at.epoch.bpm != frame.tempoBpm || owned.deadlineUnixMs(ofBeat: k) != frame.deadlineUnixMs
     }
 
     /// The publisher's own echo without a parse (issue 24): when `payload`

@@ -160,6 +160,13 @@ final class RegressionSeedTests: XCTestCase {
         (28677, "the same (beat 54)"),
         (48097, "the same (beat 61)"),
         (90170, "the same (beat 61)"),
+        // The 100,000-seed run of 2026-12-07 (28e07bb): two degraded nodes on
+        // different committed timelines (one missed a tempo change) whose turns
+        // for one index met (BeatPlanner.noteForeignTimeline).
+        (13542, "n3 on 297 bpm, n1 on 270: beat 22 in turn 2 (60 ms) and turn 0 (20 ms), 2 ms apart"),
+        (18889, "n2 behind (600 bpm) refused n1's frames 41-47, never heard its beat 49, published it"),
+        (38750, "n1 behind forgot beat 49 behind a new leader's refused frames and published it"),
+        (79764, "n2 on 594 bpm accepted n1's 600-bpm frames 33-34 and published beat 35 with n1"),
     ]
 
     /// Issue #19's snapshot/log bug, scripted: the leader is cut off with

@@ -214,4 +214,108 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(next, 7, "the refused frame's index is skipped, nothing more")
         XCTAssertEqual(run(unplaced: 9).1, 6, "a refused frame far ahead moves nothing")
     }
+
+    /// Turns order degraded nodes only on one timeline: a node that heard a
+    /// publisher on another committed timeline (`noteForeignTimeline`) follows
+    /// for two of the longer of the two periods, then takes its turns again;
+    /// a leader is not affected (issue 19: seeds 13542, 18889, 38750, 79764).
+    func testADegradedNodeYieldsToAPublisherOnAnotherTimeline() {
+        let mode = PublishMode.degraded(turnDelayNs: 20_000_000, slotNs: 20_000_000)
+        let turn = { (k: Int64) in self.instant(k) + 20_000_000 }
+        func started() -> BeatPlanner {
+            var p = planner()
+            p.start(timeline: t, wallNs: instant(6) - 100_000_000)
+            return p
+        }
+        var control = started()
+        guard case .emit(index: 6, _, degraded: true) = control.plan(inputs(turn(6), mode), timeline: t) else {
+            return XCTFail("without a foreign frame beat 6 is this node's to publish")
+        }
+        // Heard 0.3 s before beat 6, at 100 bpm (600 ms, longer than our 500 ms): 1.2 s.
+        var p = started()
+        let heard = instant(6) - 300_000_000
+        p.noteForeignTimeline(wallNs: heard, periodNs: 600_000_000)
+        XCTAssertEqual(p.plan(inputs(turn(6), mode), timeline: t), .follow)
+        XCTAssertEqual(p.nextBeat, 7, "yielding moves on by one beat, as following does")
+        XCTAssertEqual(p.plan(inputs(turn(7), mode), timeline: t), .follow, "0.82 s after it")
+        guard case .emit(index: 8, _, degraded: true) = p.plan(inputs(turn(8), mode), timeline: t) else {
+            return XCTFail("1.32 s after the foreign frame the node takes its turn again")
+        }
+        // A faster foreign timeline (100 ms): our own period bounds the wait (1 s).
+        var fast = started()
+        fast.noteForeignTimeline(wallNs: heard, periodNs: 100_000_000)
+        XCTAssertEqual(fast.plan(inputs(turn(6), mode), timeline: t), .follow, "0.32 s after it")
+        guard case .emit(index: 8, _, _) = fast.plan(inputs(turn(8), mode), timeline: t) else {
+            return XCTFail("1.32 s after it (beat 7 at 0.82 s still yields)")
+        }
+        // A leader holding its lease is the one publisher: the rule is for degraded turns only.
+        var leader = started()
+        leader.noteForeignTimeline(wallNs: heard, periodNs: 600_000_000)
+        XCTAssertEqual(
+            leader.plan(inputs(instant(6) - 1_000_000, .leader(leaseUntilMonoNs: .max)), timeline: t),
+            .emit(index: 6, atWallNs: instant(6), degraded: false))
+    }
+
+    /// What `BeatShell.hear` takes for another committed timeline: a peer's
+    /// frame refused for its index, or at an index near now with another
+    /// tempo or deadline; not a frame on this timeline (the turns order
+    /// those), nor another cluster's, nor a far index refused for its term
+    /// (no arithmetic on it).
+    func testTheShellTellsFramesOfAnotherTimeline() {
+        let ports = StillPorts(wallNs: instant(6) - 100_000_000)
+        let shell = BeatShell(
+            ports: ports, planner: PlannerConfig(maxLeadNs: 2_000_000, handoffGuardNs: 200_000_000),
+            handOverGuardNs: 50_000_000, clusterId: "c", phases: ["beat"], nodeId: "node-1", maxOffsetMs: 500)
+        shell.startLocal(t)
+        XCTAssertEqual(shell.nextBeat, 6)
+        var policy = EchoPolicy(clusterId: "c", publishers: .any, maxTermLead: EchoPolicy.clusterTermLead)
+        let none = shell.lastForeignFrameWallNs
+        var at = instant(6) + 30_000_000
+        func frame(_ k: Int64, bpm: Int64 = 120, deadlineMs: Int64? = nil, term: UInt64 = 1, cluster: String = "c")
+            -> DecodedBeatFrame
+        {
+            DecodedBeatFrame(
+                clusterId: cluster, beatIndex: k, downbeat: false, phase: "beat",
+                hlc: HLCStamp(wallMs: at / 1_000_000, counter: 0), hlcSuffix: "de-2",
+                deadlineUnixMs: deadlineMs ?? t.deadlineUnixMs(ofBeat: k), tempoBpm: bpm, windowId: "", term: term,
+                degraded: true)
+        }
+        func hear(_ f: DecodedBeatFrame) -> EchoVerdict? {
+            at += 1_000_000
+            return shell.hear(f, wallNs: at, policy: &policy)
+        }
+        XCTAssertEqual(hear(frame(6)), .accept)
+        XCTAssertEqual(shell.lastForeignFrameWallNs, none, "a peer on this timeline: its turn came first")
+        XCTAssertEqual(hear(frame(6, cluster: "other")), .reject(.wrongCluster))
+        XCTAssertEqual(hear(frame(0, term: 0)), .reject(.termStale))
+        XCTAssertEqual(hear(frame(.max, deadlineMs: 0, term: 0)), .reject(.termStale))
+        XCTAssertEqual(shell.lastForeignFrameWallNs, none, "another cluster, a far index: nothing")
+        // Accepted (near now) but 132 bpm from beat 6 on: another tempo and deadline.
+        let other = Timeline(
+            epoch: TempoEpoch(startBeat: 6, startNs: instant(6), bpm: 132), bar: 4, phaseCount: 1)
+        XCTAssertEqual(hear(frame(6, bpm: 132, deadlineMs: other.deadlineUnixMs(ofBeat: 6))), .accept)
+        XCTAssertEqual(shell.lastForeignFrameWallNs, at)
+        let first = at
+        XCTAssertEqual(hear(frame(6, deadlineMs: t.deadlineUnixMs(ofBeat: 6) - 1)), .accept)
+        XCTAssertGreaterThan(shell.lastForeignFrameWallNs, first, "the same tempo, another deadline")
+        at += 10_000_000
+        XCTAssertEqual(hear(frame(9)), .reject(.indexAhead))
+        XCTAssertEqual(shell.lastForeignFrameWallNs, at, "an index this timeline does not put near now")
+    }
+}
+
+/// Beat ports that stand still: one wall and monotonic time, a NATS link
+/// attached at 0, no timer, nothing written (hear-path tests of the shell).
+final class StillPorts: BeatPorts {
+    let wallNs: Int64
+    init(wallNs: Int64) { self.wallNs = wallNs }
+    func nowWallNs() -> Int64 { wallNs }
+    func nowMonoNs() -> Int64 { wallNs }
+    var natsAttachedMonoNs: Int64? { 0 }
+    func armBeat(atWallNs wallNs: Int64, exact: Bool) {}
+    func spin(untilWallNs wallNs: Int64, beat: Int64, degraded: Bool) -> Int64? { nil }
+    func publish(_ frame: UnsafeRawBufferPointer, beat: Int64, targetWallNs: Int64, degraded: Bool) -> Bool { false }
+    func dropConnection() {}
+    func note(_ note: BeatNote) {}
+    func tempoTookEffect(epoch: TempoEpoch, previousBpm: Int64) {}
 }

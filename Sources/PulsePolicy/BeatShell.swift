@@ -99,6 +99,8 @@ public final class BeatShell {
     public private(set) var retroactiveTempoChanges: UInt64 = 0
     /// The last beat this node published not degraded, or -1.
     private var lastLeaderPublished: Int64 = -1
+    /// The subject attach time last told to the strategy (`publishMode`).
+    private var noticedAttachMonoNs: Int64 = .min
 
     public init(
         ports: BeatPorts, planner: PlannerConfig, handOverGuardNs: Int64, clusterId: String, phases: [String],
@@ -137,6 +139,11 @@ public final class BeatShell {
     /// The planner's publish mode now, for a beat of the timeline's period at the next beat.
     public func publishMode(_ t: Timeline, monoNs: Int64) -> PublishMode {
         guard let lead else { return .single }
+        if let attached = ports.natsAttachedMonoNs, attached != noticedAttachMonoNs {
+            // The subject (re)attached: the strategy waits before degraded turns.
+            noticedAttachMonoNs = attached
+            lead.subjectReconnected(atMonoNs: attached)
+        }
         let k = planner.nextBeat
         return lead.publishMode(nowMonoNs: monoNs, periodNs: t.instantNs(ofBeat: k &+ 1) - t.instantNs(ofBeat: k))
     }
@@ -364,13 +371,23 @@ public final class BeatShell {
         let verdict = policy.judge(frame, timeline: t, atTimelineNs: timelineNs, ownTerm: term)
         // A cluster publisher's frame this node cannot place (another term or
         // timeline) is still on the subject: a degraded turn skips its index.
-        if case .reject(let why) = verdict, why != .wrongCluster, why != .unknownPublisher,
-            frame.hlcSuffix != ownSuffix
-        {
+        let clusterPublisher: Bool
+        if case .reject(let why) = verdict {
+            clusterPublisher = why != .wrongCluster && why != .unknownPublisher
+        } else {
+            clusterPublisher = true
+        }
+        if clusterPublisher && verdict != .accept && frame.hlcSuffix != ownSuffix {
             planner.noteUnplaced(index: frame.beatIndex)
         }
         if frame.hlcSuffix != ownSuffix, offTimeline(frame, verdict) {
             planner.noteForeignTimeline(wallNs: wallNs, periodNs: 60_000_000_000 / frame.tempoBpm)
+        }
+        // A publishing leader elsewhere, placed or not: contact for the
+        // election strategy (KV mode: no degraded turn beside a live holder,
+        // KVLeaseLeadership.swift).
+        if clusterPublisher && !frame.degraded && frame.hlcSuffix != ownSuffix, let lead {
+            lead.leaderFrameHeard(nowMonoNs: ports.nowMonoNs())
         }
         guard verdict == .accept else { return verdict }
         let fromOthers = frame.hlcSuffix != ownSuffix

@@ -22,6 +22,26 @@
 // measured on the lowest one's clock (KVLeasePeers.swift). It leaves as soon
 // as it holds the lease or watches a revision of the key again; a new holder
 // publishes only after its take-over guard, past every index it heard.
+//
+// A holder's own frames are contact too (`leaderFrameHeard`; the 100,000-seed
+// run, seeds 20229 and 42853). The lease key is watched through JetStream,
+// the frames come over core NATS: a pulse cut off from JetStream (or stalled
+// through the renewals) while the holder's lease still runs degraded and took
+// its turn beside the holder. The turn (20 ms after the instant on the
+// reference clock) does not separate the two: a holder publishes up to half
+// a period after the instant on its own clock, which is up to the clock
+// offset off the reference. Raft mode has no such gap: the leader's
+// heartbeats, which any voter that hears the leader gets, are its contact.
+// So: any frame of a cluster publisher not marked degraded, heard from
+// another pulse (placed or not: a degraded pulse's timeline may be behind
+// the holder's, and then the echo policy refuses its frames), is contact
+// with a leader and ends degradation; and a degraded pulse takes turns only
+// when no such frame came for two periods and its subject has been attached
+// (and its loop running) for two periods (`degradedTurnsAllowed`): a live
+// holder publishes every period, at most half a period late, so a pulse
+// that listened that long heard it. Raft mode's rule for accepted frames is
+// the planner's (BeatPlanner.degradedDecision); this one is the strategy's,
+// shared by the service (BeatShell.hear, KVNode) and the KV simulator.
 import PulseCore
 import Raft
 
@@ -41,6 +61,19 @@ public protocol BeatLeadership: AnyObject {
     var degradedReference: ClockSync? { get }
     /// The last leader's clock estimate (the timeline's reference), if any.
     var referenceSync: ClockSync? { get }
+    /// A frame not marked degraded, of a cluster publisher, came from another
+    /// node (BeatShell.hear: accepted or not placed).
+    func leaderFrameHeard(nowMonoNs: Int64)
+    /// The beat subject (re)attached at `atMonoNs` (BeatShell notices it).
+    func subjectReconnected(atMonoNs: Int64)
+}
+
+extension ClusterCore {
+    /// Raft mode: the leader's heartbeats are the contact, and the planner
+    /// already follows for two periods after an accepted leader frame.
+    public func leaderFrameHeard(nowMonoNs: Int64) {}
+    /// Raft mode: the planner's own wait after an attach (one period).
+    public func subjectReconnected(atMonoNs: Int64) {}
 }
 
 extension ClusterCore: BeatLeadership {
@@ -64,9 +97,18 @@ public final class KVLeadership: BeatLeadership {
     /// recomputed by `updateDegradation`; the beat path only reads them.
     public private(set) var rank = 0
     public private(set) var referenceId: String
-    /// When the watch last saw a put of the lease key (monotonic ns).
+    /// When the watch last saw a put of the lease key, or a holder's frame
+    /// was heard (monotonic ns).
     public private(set) var lastHolderContactMonoNs: Int64 = 0
     private var holderKnown = false
+    /// When a frame of a publishing holder (not degraded) was last heard.
+    public private(set) var lastLeaderFrameMonoNs: Int64 = .min / 4
+    /// When the beat subject last (re)attached, or the loop resumed after a
+    /// stall: degraded turns wait (`degradedTurnsAllowed`).
+    public private(set) var listeningSinceMonoNs: Int64 = .min / 4
+    /// When the pulses seen (the ranking) last changed.
+    public private(set) var membersChangedMonoNs: Int64 = .min / 4
+    private var lastMembers: [String] = []
 
     public init(lease: KVLease, timeline: KVLeaseTimeline, degradeAfterNs: Int64 = 1_000_000_000) {
         self.lease = lease
@@ -156,11 +198,64 @@ public final class KVLeadership: BeatLeadership {
         return updateDegradation(nowMonoNs: now)
     }
 
+    /// A frame of a cluster publisher not marked degraded was heard from
+    /// another pulse at `nowMonoNs` (accepted or not placed): a holder
+    /// publishes, which is contact with a leader (see the file header). The
+    /// beat path stops degraded turns at once (`degradedTurnsAllowed`); the
+    /// next `updateDegradation` (the lease timer's) leaves degradation.
+    public func leaderFrameHeard(nowMonoNs now: Int64) {
+        lastLeaderFrameMonoNs = max(lastLeaderFrameMonoNs, now)
+        holderKnown = true
+        lastHolderContactMonoNs = max(lastHolderContactMonoNs, now)
+    }
+
+    /// The beat subject (re)attached at `atMonoNs`, or the loop resumed
+    /// after a stall: what was published meanwhile went unheard, so no
+    /// degraded turn until this node has listened again.
+    public func subjectReconnected(atMonoNs at: Int64) {
+        listeningSinceMonoNs = max(listeningSinceMonoNs, at)
+    }
+
+    /// A gap this long between two loop ticks (`loopTick`) was a stall.
+    public static let stallNs: Int64 = 100_000_000
+    /// The last loop tick (monotonic ns; nil: none yet).
+    public private(set) var lastTickMonoNs: Int64?
+
+    /// The loop is running at `nowMonoNs` (the service: every lease drive,
+    /// at least every 20 ms; the simulator: every step the node runs). After
+    /// a gap of `stallNs` (SIGSTOP, a starved loop) the node listens again
+    /// as after a reconnect: the frames and the gossip of the gap may not
+    /// have been read yet.
+    public func loopTick(nowMonoNs now: Int64) {
+        if let last = lastTickMonoNs, now &- last >= Self.stallNs { subjectReconnected(atMonoNs: now) }
+        lastTickMonoNs = now
+    }
+
+    /// Whether a degraded node may take its turns at `nowMonoNs` for a beat
+    /// of `periodNs` (beat path, allocation-free): no holder's frame heard
+    /// for two periods, listening for two periods and `KVLeasePeers.settleNs`
+    /// since the subject attached or the loop stalled (and no stall going
+    /// unnoticed), and the ranking unchanged for `settleNs`
+    /// (the arguments: the file header, KVLeasePeers.swift).
+    @inline(__always)
+    public func degradedTurnsAllowed(nowMonoNs now: Int64, periodNs: Int64) -> Bool {
+        let listen = max(2 &* periodNs, KVLeasePeers.settleNs)
+        // No tick for a stall's length: the loop just woke and has not
+        // noticed yet (the beat timer can fire first).
+        let ticking = lastTickMonoNs.map { now &- $0 < Self.stallNs } ?? true
+        return ticking && now &- lastLeaderFrameMonoNs >= 2 &* periodNs && now &- listeningSinceMonoNs >= listen
+            && now &- membersChangedMonoNs >= KVLeasePeers.settleNs
+    }
+
     /// Recomputes the rank and reference among the pulses seen, and enters
     /// or leaves degradation (see the file header). Not on the beat path.
     @discardableResult
     public func updateDegradation(nowMonoNs now: Int64) -> DegradationPolicy.Change {
         let members = peers.members(nowMonoNs: now)
+        if members != lastMembers {
+            lastMembers = members
+            membersChangedMonoNs = now
+        }
         rank = members.firstIndex(of: nodeId) ?? members.count
         referenceId = members.first ?? nodeId
         return degradation.update(
@@ -196,6 +291,7 @@ public final class KVLeadership: BeatLeadership {
                 ? .leader(leaseUntilMonoNs: lease.leaseUntilMonoNs) : .waiting
         }
         if degradation.degraded {
+            guard degradedTurnsAllowed(nowMonoNs: nowMonoNs, periodNs: periodNs) else { return .follower }
             return DegradationPolicy.turnMode(rank: rank, turnNs: ClusterCore.degradedTurnNs, periodNs: periodNs)
         }
         return lease.role == .holder ? .waiting : .follower

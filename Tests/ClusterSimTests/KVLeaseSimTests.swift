@@ -9,8 +9,11 @@
 // barrier. Outages of JetStream long enough for degradation (no quorum for
 // seconds, core NATS up) make the pulses keep the timeline with degraded
 // frames, in turns ranked among the pulses seen and measured on the lowest
-// one's clock as estimated from ping samples (KVLeasePeers), each only in
-// its turn's slot and past the highest index it heard. Checked at every
+// one's clock as estimated from ping samples (KVLeasePeers, whose reports
+// ride on the pings), each only in its turn's slot, past the highest index
+// it heard, and only when the strategy allows turns (no holder's frame heard
+// for two periods, not just reattached or stalled, the ranking settled:
+// KVLeaseLeadership.degradedTurnsAllowed). Checked at every
 // step and frame:
 //   one_publisher    at most one pulse may publish at any instant
 //   holder_is_current a frame's publisher holds the key's current revision at the server
@@ -56,6 +59,23 @@ final class KVLeaseSimTests: XCTestCase {
         if seeds.count >= 100 {
             XCTAssertGreaterThan(totals.handOvers, 0, "hand-overs are exercised")
             XCTAssertGreaterThan(totals.degradedFrames, 0, "degradation is exercised")
+        }
+    }
+}
+
+extension KVLeaseSimTests {
+    /// The 100,000-seed run's degraded duplicates (issue 21): a pulse that
+    /// lost JetStream took degraded turns beside a holder whose lease still
+    /// ran (20229: after a stall; 42853: 27 ms after its subject came back),
+    /// and a pulse stalled through the first pings ranked on a list without
+    /// a pulse that had stopped (48489). Each fails without its fix
+    /// (KVLeaseLeadership.degradedTurnsAllowed, KVLeasePeers' reports).
+    func testDegradedTurnRegressionSeeds() {
+        for seed: UInt64 in [20229, 42853, 48489] {
+            var sim = KVSim(seed: seed)
+            sim.run()
+            XCTAssertEqual(sim.violations, [], "seed \(seed)")
+            XCTAssertGreaterThan(sim.acquisitions, 0, "seed \(seed): leases are taken")
         }
     }
 }
@@ -157,6 +177,8 @@ struct KVSimNode {
     var gone = false
     /// The lease-key revision the watch last delivered.
     var watchedLeaseRev: UInt64 = 0
+    /// Attached to NATS (the beat subject) at its last step.
+    var onSubject = false
 
     func mono(_ t: Int64) -> Int64 { t * ratePpm / 1_000_000 }
     func wall(_ t: Int64) -> Int64 { t + t / 1_000_000 * wallPpm + offsetNs }
@@ -265,6 +287,12 @@ struct KVSim {
     mutating func act(_ i: Int, _ t: Int64) {
         let mono = nodes[i].mono(t)
         let connected = reachable(nodes[i], t)
+        // The loop runs (a stall ends here) and the subject (re)attaches, as
+        // KVNode and BeatShell tell the strategy in the service.
+        nodes[i].leadership.loopTick(nowMonoNs: mono)
+        let onSubject = t >= nodes[i].partitionedUntilNs
+        if onSubject && !nodes[i].onSubject { nodes[i].leadership.subjectReconnected(atMonoNs: mono) }
+        nodes[i].onSubject = onSubject
         // Answers that are due.
         if let p = nodes[i].pending, t >= p.dueNs {
             nodes[i].pending = nil
@@ -384,6 +412,15 @@ struct KVSim {
                 t1: nodes[i].wall(t), t2: nodes[j].wall(t + 1_000_000), t3: nodes[j].wall(t + 1_000_000),
                 t4: nodes[i].wall(t + 2_000_000))
             _ = nodes[j].leadership.peers.seen(nodes[i].leadership.nodeId, nowMonoNs: nodes[j].mono(t))
+            // The ping's report of the pulses i saw, through the wire form
+            // KVClockPing publishes and KVNode decodes and merges.
+            let text = KVLeasePeers.encodeReport(
+                from: nodes[i].leadership.nodeId, nodes[i].leadership.peers.report(nowMonoNs: nodes[i].mono(t)))
+            if case .success(let report) = KVLeasePeers.decodeReport(text) {
+                nodes[j].leadership.peers.merge(from: report.from, report.entries, nowMonoNs: nodes[j].mono(t))
+            } else {
+                violations.append("peer_report_refused: \(text)")
+            }
             _ = nodes[i].leadership.peers.add(sample, from: nodes[j].leadership.nodeId, nowMonoNs: nodes[i].mono(t))
         }
     }
@@ -462,6 +499,8 @@ struct KVSim {
         for j in nodes.indices where t >= nodes[j].partitionedUntilNs || j == i {
             nodes[j].lastSeen = max(nodes[j].lastSeen, k)
             heard[k, default: []].insert(j)
+            // A holder's frame heard elsewhere (BeatShell.hear in the service).
+            if j != i { nodes[j].leadership.leaderFrameHeard(nowMonoNs: nodes[j].mono(t)) }
         }
     }
 

@@ -12,15 +12,25 @@
 // Only an answer echoing the last ping's t1 counts (a late one is dropped);
 // ClockSync's bounds refuse impossible samples. `_BACKBEAT.>` is published
 // by pulses only (deploy/nats: the pulse role; consumers may not).
+//
+// With each ping, the pulses this one saw and how long ago (the gossip that
+// makes the degraded turns' ranking converge, PulsePolicy/KVLeasePeers.swift):
+//
+//   report   _BACKBEAT.<cluster>.peers   "<node id> <age ms>:<id> …"
+//
+// on a subject of its own, so a pulse of an earlier version (which parses
+// the ping's last word as the node id) is not fed it.
 import CLoop
 import CNats
 import Dispatch
 import Foundation
 import PulseCore
+import PulsePolicy
 import Synchronization
 
 final class KVClockPing: @unchecked Sendable {
     let subject: String
+    let peersSubject: String
     private let nodeId: String
     private let nc: OpaquePointer
     private let inbox: String
@@ -29,6 +39,9 @@ final class KVClockPing: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     private var pingSub: OpaquePointer?
     private var inboxSub: OpaquePointer?
+    private var peersSub: OpaquePointer?
+    /// Delivery thread → loop: a peers report's text (decoded on the loop).
+    private var onReport: (@Sendable (String) -> Void)?
     /// Delivery thread → loop: a pulse pinged us (its id), or answered with a sample.
     private var onSeen: (@Sendable (String) -> Void)?
     private var onSample: (@Sendable (String, SyncSample) -> Void)?
@@ -38,6 +51,7 @@ final class KVClockPing: @unchecked Sendable {
     init(connection: OpaquePointer, clusterId: String, nodeId: String) {
         nc = connection
         subject = "_BACKBEAT.\(clusterId).clock"
+        peersSubject = "_BACKBEAT.\(clusterId).peers"
         self.nodeId = nodeId
         inbox = "_INBOX.backbeat.kv.\(UInt64.random(in: 1...UInt64.max))"
     }
@@ -45,14 +59,16 @@ final class KVClockPing: @unchecked Sendable {
     /// Subscribes to the pings and to our inbox. False when it cannot.
     func start(
         seen: @escaping @Sendable (String) -> Void, sample: @escaping @Sendable (String, SyncSample) -> Void,
-        malformed: @escaping @Sendable () -> Void
+        report: @escaping @Sendable (String) -> Void, malformed: @escaping @Sendable () -> Void
     ) -> Bool {
         onSeen = seen
         onSample = sample
+        onReport = report
         onMalformed = malformed
         let me = Unmanaged.passUnretained(self).toOpaque()
         var ping: OpaquePointer?
         var answers: OpaquePointer?
+        var peers: OpaquePointer?
         guard
             natsConnection_Subscribe(
                 &ping, nc, subject,
@@ -65,13 +81,20 @@ final class KVClockPing: @unchecked Sendable {
                 { _, _, msg, closure in
                     guard let msg, let closure else { return }
                     Unmanaged<KVClockPing>.fromOpaque(closure).takeUnretainedValue().answered(msg)
+                }, me) == NATS_OK,
+            natsConnection_Subscribe(
+                &peers, nc, peersSubject,
+                { _, _, msg, closure in
+                    guard let msg, let closure else { return }
+                    Unmanaged<KVClockPing>.fromOpaque(closure).takeUnretainedValue().reported(msg)
                 }, me) == NATS_OK
         else {
-            if let ping { natsSubscription_Destroy(ping) }
+            for sub in [ping, answers].compactMap({ $0 }) { natsSubscription_Destroy(sub) }
             return false
         }
         pingSub = ping
         inboxSub = answers
+        peersSub = peers
         return true
     }
 
@@ -79,21 +102,25 @@ final class KVClockPing: @unchecked Sendable {
     func stop() {
         stopping.store(true, ordering: .releasing)
         queue.sync {}
-        for sub in [pingSub, inboxSub].compactMap({ $0 }) {
+        for sub in [pingSub, inboxSub, peersSub].compactMap({ $0 }) {
             natsSubscription_Unsubscribe(sub)
             natsSubscription_Destroy(sub)
         }
         pingSub = nil
         inboxSub = nil
+        peersSub = nil
     }
 
-    /// Pings every other pulse (off the loop: a publish may wait on the connection's lock).
-    func ping() {
+    /// Pings every other pulse and publishes `report` (the pulses seen,
+    /// `KVLeasePeers.encodeReport`) on the peers subject (off the loop: a
+    /// publish may wait on the connection's lock).
+    func ping(report: String) {
         queue.async { [self] in
             guard !stopping.load(ordering: .acquiring) else { return }
             let t1 = cloop_realtime_ns()
             lastT1.store(t1, ordering: .releasing)
             _ = natsConnection_PublishRequestString(nc, subject, inbox, "\(t1) \(nodeId)")
+            _ = natsConnection_PublishString(nc, peersSubject, report)
         }
     }
 
@@ -124,6 +151,18 @@ final class KVClockPing: @unchecked Sendable {
         }
         guard t1 == lastT1.load(ordering: .acquiring) else { return }  // an answer to an older ping
         onSample?(words[3], SyncSample(t1: t1, t2: t2, t3: t3, t4: t4))
+    }
+
+    private func reported(_ msg: OpaquePointer) {
+        defer { natsMsg_Destroy(msg) }
+        let length = Int(natsMsg_GetDataLength(msg))
+        guard length <= KVLeasePeers.maxReportBytes, let data = natsMsg_GetData(msg),
+            let text = String(validating: UnsafeRawBufferPointer(start: data, count: length), as: UTF8.self)
+        else {
+            onMalformed?()
+            return
+        }
+        onReport?(text)
     }
 
     /// The payload split in at most `count` words (the last one keeps any

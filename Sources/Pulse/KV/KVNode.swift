@@ -134,6 +134,7 @@ final class KVNode: LoopHandler {
             clockPing.start(
                 seen: { [weak self] id in loop.postCompletion { self?.peerSeen(id) } },
                 sample: { [weak self] id, sample in loop.postCompletion { self?.peerSample(id, sample) } },
+                report: { [weak self] text in loop.postCompletion { self?.peerReport(text) } },
                 malformed: { [weak self] in loop.postCompletion { self?.rejected.record(.kv, "bad_clock_ping") } })
         else {
             throw PulseError.startup("-election nats-kv: cannot subscribe to \(clockPing.subject)")
@@ -151,7 +152,11 @@ final class KVNode: LoopHandler {
         guard token == timerToken else { return }
         loop.readTimer(timerToken)
         ticks &+= 1
-        if ticks % Self.pingEveryTicks == 0 { clockPing.ping() }
+        if ticks % Self.pingEveryTicks == 0 {
+            let now = cloop_monotonic_ns()
+            clockPing.ping(
+                report: KVLeasePeers.encodeReport(from: leadership.nodeId, leadership.peers.report(nowMonoNs: now)))
+        }
         drive()
     }
 
@@ -169,6 +174,19 @@ final class KVNode: LoopHandler {
     private func peerSample(_ id: String, _ sample: SyncSample) {
         if let refused = leadership.peers.add(sample, from: id, nowMonoNs: cloop_monotonic_ns()) {
             rejected.record(.kv, refused)
+        }
+    }
+
+    /// A pulse's report of the pulses it saw (the gossip, KVLeasePeers.swift).
+    private func peerReport(_ text: String) {
+        switch KVLeasePeers.decodeReport(text) {
+        case .failure(let error): rejected.record(.kv, error.reason)
+        case .success(let report):
+            guard report.from != leadership.nodeId else { return }  // our own, echoed
+            if let refused = leadership.peers.merge(from: report.from, report.entries, nowMonoNs: cloop_monotonic_ns())
+            {
+                rejected.record(.kv, refused)
+            }
         }
     }
 
@@ -193,6 +211,7 @@ final class KVNode: LoopHandler {
 
     private func drive() {
         let now = cloop_monotonic_ns()
+        leadership.loopTick(nowMonoNs: now)  // a stall: listen before degraded turns
         logDegradation(leadership.updateDegradation(nowMonoNs: now))
         if let op = leadership.lease.next(nowMonoNs: now) {
             let loop = self.loop

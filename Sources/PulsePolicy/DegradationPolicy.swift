@@ -112,6 +112,11 @@ public struct DegradationPolicy: Sendable, Equatable {
     /// DriftProcessTests with n2 leading, −0.055 %/h against 0.01 %/h).
     /// The hosts are NTP-disciplined, so the voters' clocks run at one rate
     /// within a few ppm, and the longer fit measures ours against it better.
+    /// Outside that premise the choice slides: when the last leader's clock
+    /// is the one off rate, the borrowed rate is wrong by its skew and this
+    /// node's turns slide against the lowest voter's own by that rate (20 ms,
+    /// a turn, after 40 s at 500 ppm; review of 2026-12-07, finding 5); the
+    /// rule before slid the same way when this node's clock was the one off.
     /// Without a usable lowest voter: the last leader's estimate (nil: our
     /// own clock).
     public static func turnReference(voter: ClockSync?, lastLeader: ClockSync?) -> ClockSync? {

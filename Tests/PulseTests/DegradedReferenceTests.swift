@@ -47,6 +47,26 @@ final class DegradedReferenceTests: XCTestCase {
         XCTAssertGreaterThan(abs(unborrowed), 40_000_000, "the voter's own fit drifts at the skew: \(unborrowed) ns")
     }
 
+    func testTwoBurstsAreNoRateOfTheirOwn() throws {
+        let s: Int64 = 1_000_000_000
+        // Two elections 20 s apart: two points of the fit, which needs three.
+        var voter = estimate(
+            ppm: 500, referenceOffsetNs: 0, fromNs: 1 * s, toNs: 1 * s + 30_000_000, everyNs: 10_000_000)
+        for k in 0..<3 {
+            let t = 21 * s + Int64(k) * 10_000_000
+            let local = { (trueNs: Int64) in trueNs + trueNs / 1_000_000 * 500 }
+            XCTAssertNil(
+                voter.add(SyncSample(t1: local(t), t2: t + 500_000, t3: t + 500_000, t4: local(t + 1_000_000))))
+        }
+        XCTAssertEqual(voter.ratePointCount, 2)
+        XCTAssertEqual(voter.ratePpm, 0, "no fit from two points")
+        XCTAssertEqual(voter.rateSpanNs, 0)
+        let leader = estimate(ppm: 500, referenceOffsetNs: 0, fromNs: 30 * s, toNs: 50 * s, everyNs: 50_000_000)
+        let reference = try XCTUnwrap(DegradationPolicy.turnReference(voter: voter, lastLeader: leader))
+        XCTAssertEqual(reference.ratePpm, leader.ratePpm, "the leader's fitted rate, not the voter's 0")
+        XCTAssertEqual(reference.ratePpm, -500, accuracy: 5)
+    }
+
     func testAVoterFittedLongerKeepsItsOwnRateAndAnUnusableVoterFallsBackToTheLeader() throws {
         let s: Int64 = 1_000_000_000
         let voter = estimate(ppm: 200, referenceOffsetNs: 1_000_000, fromNs: 1 * s, toNs: 61 * s, everyNs: 50_000_000)

@@ -86,9 +86,10 @@ public struct ClockSync: Sendable {
     public static let maxRatePoints = Int(rateBuckets) + 2
     /// Points in the rate fit now (for tests and metrics); at most `maxRatePoints`.
     public var ratePointCount: Int { points.count }
-    /// The local time the rate fit spans (0: one point, no rate of its own).
+    /// The local time the rate fit spans (0: fewer than the 3 points
+    /// `slopePpm` fits a rate from, so no rate of its own).
     public var rateSpanNs: Int64 {
-        guard let first = points.first, let last = points.last else { return 0 }
+        guard points.count >= 3, let first = points.first, let last = points.last else { return 0 }
         return last.localNs - first.localNs
     }
     /// This estimate (its offset and anchor) with `other`'s rate: for a

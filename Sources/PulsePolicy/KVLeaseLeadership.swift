@@ -86,8 +86,10 @@ public final class KVLeadership: BeatLeadership {
     public var timeline: KVLeaseTimeline
     /// The highest lease-key revision the watch reported.
     public private(set) var watchedRevision: UInt64 = 0
-    /// The apply beat of the tempo write in flight (Int64.max: none).
-    public var tempoBarrierBeat: Int64 = .max
+    /// The holder's tempo write in flight or not applied yet (KVTempoWrite.swift).
+    public var tempoWrite = KVTempoWrite()
+    /// The apply beat of that write's change (Int64.max: none).
+    public var tempoBarrierBeat: Int64 { tempoWrite.barrierBeat }
     /// This node's id (the first word of the lease claim).
     public let nodeId: String
     /// The pulses seen and their clocks (the adapter feeds the pings).

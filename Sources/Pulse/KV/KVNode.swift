@@ -13,7 +13,9 @@
 //   the watch applies a record of our term → take over the beats
 //   lost / lease run down → publishMode is follower at once (no event needed)
 //   a tempo request on the holder → a CAS write of the next record; the
-//     barrier holds its apply beat until the key moved past the write's base
+//     barrier holds its apply beat until the key moved past the write's base,
+//     and another change is refused (409 `change_pending`) until then
+//     (PulsePolicy/KVTempoWrite.swift)
 //   SIGTERM on the holder → after its last frame came back: `release()`
 //     deletes the key with the revision check; the node stops on `.released`
 import CLoop
@@ -55,9 +57,6 @@ final class KVNode: LoopHandler {
     /// retried once the watch shows a newer record (or at once if none is).
     private var termStartBase: UInt64?
     private var termStartRetryMonoNs: Int64 = 0
-    /// The tempo write in flight or of unknown fate: the barrier holds its
-    /// apply beat until the key moves past `base`.
-    private var tempoBase: UInt64?
     private var tookOverTerm: UInt64 = 0
     /// The fenced-lease line was logged (once; each one is counted).
     private var fenceLogged = false
@@ -364,11 +363,8 @@ final class KVNode: LoopHandler {
             return
         }
         let gap = leadership.timeline.revision > 0 && entry.revision > leadership.timeline.revision + 1
-        let change = leadership.timeline.apply(value, revision: entry.revision, nowNs: cloop_realtime_ns())
-        if let base = tempoBase, leadership.timeline.revision > base {
-            tempoBase = nil
-            leadership.tempoBarrierBeat = .max
-        }
+        // Settles our tempo write once the key moved past its base.
+        let change = leadership.applyWatched(value, revision: entry.revision, nowNs: cloop_realtime_ns())
         switch change {
         case .refused(let why):
             guard why != "old revision" else { return }
@@ -428,35 +424,29 @@ final class KVNode: LoopHandler {
         logger.info("publishing as lease holder", metadata: ["term": "\(term)", "after_hand_over": "\(handOver)"])
     }
 
-    /// The refusal code of a tempo change whose record would be too large
-    /// (a 400: the request, not the cluster, is at fault).
-    static let recordTooLarge = "record_too_large"
-
     /// The holder's tempo commit: a CAS write of the next record; `done`
-    /// gets nil, `no_leader` (certainly not written) or `outcome_unknown`.
+    /// gets nil, `no_leader` (certainly not written), `change_pending` (the
+    /// last change is not applied yet: KVTempoWrite.swift),
+    /// `record_too_large` or `outcome_unknown`.
     func commitTempo(_ change: TempoChange, justification: String, done: @escaping (String?) -> Void) {
-        guard leadership.isReadyHolder, leadership.lease.mayPublish(nowMonoNs: cloop_monotonic_ns()), !writing else {
-            return done("no_leader")
-        }
-        let write: (value: [UInt8], lastRevision: UInt64, applied: AppliedCommand)
-        switch leadership.timeline.checkedWrite(
-            .tempo(atBeat: change.atBeat, bpm: change.bpm, justification: justification), term: leadership.lease.term,
-            maxBytes: recordLimitBytes)
+        // A term start in flight: not ready to write a change.
+        if writing && !leadership.tempoWrite.busy { return done("no_leader") }
+        let write: (value: [UInt8], lastRevision: UInt64, placed: TempoChange)
+        switch leadership.prepareTempo(
+            change, justification: justification, nowMonoNs: cloop_monotonic_ns(), maxBytes: recordLimitBytes)
         {
         case .success(let prepared): write = prepared
-        case .failure(.tooLarge(let bytes)):
-            // Never written: every reader would refuse it and the beat would stop.
-            rejected.record(.kv, "timeline_record_too_large")
-            logger.warning(
-                "tempo change refused: its timeline record is larger than the readers accept",
-                metadata: ["bytes": "\(bytes)", "max_bytes": "\(recordLimitBytes)"])
-            return done(KVNode.recordTooLarge)
-        case .failure(.unchanged): return done("no_leader")
+        case .failure(let refusal):
+            if case .tooLarge(let bytes) = refusal {
+                // Never written: every reader would refuse it and the beat would stop.
+                rejected.record(.kv, "timeline_record_too_large")
+                logger.warning(
+                    "tempo change refused: its timeline record is larger than the readers accept",
+                    metadata: ["bytes": "\(bytes)", "max_bytes": "\(recordLimitBytes)"])
+            }
+            return done(refusal.code)
         }
-        guard case .tempo(let placed) = write.applied else { return done("no_leader") }
         writing = true
-        tempoBase = write.lastRevision
-        leadership.tempoBarrierBeat = placed.atBeat
         let loop = self.loop
         buckets.writeTimeline(write.value, lastRevision: write.lastRevision) { [weak self] reply in
             loop.postCompletion {
@@ -464,14 +454,17 @@ final class KVNode: LoopHandler {
                 self.writing = false
                 switch reply {
                 case .written:
-                    done(nil)  // the barrier lifts when the watch applies it
+                    // The barrier lifts, and the next change is accepted,
+                    // when the watch applies it.
+                    self.leadership.tempoWrite.answered(.written)
+                    done(nil)
                 case .conflict, .notSent:
-                    self.tempoBase = nil
-                    self.leadership.tempoBarrierBeat = .max
+                    self.leadership.tempoWrite.answered(.notStored)
                     done("no_leader")
                 case .unknown:
                     // Move the key past the write's base (a conflict if it
                     // was stored): the barrier lifts once the watch shows it.
+                    self.leadership.tempoWrite.answered(.unknown)
                     self.termStartBase = nil
                     if let start = self.leadership.timeline.termStart(term: self.leadership.lease.term) {
                         self.buckets.writeTimeline(start.value, lastRevision: start.lastRevision) { _ in }

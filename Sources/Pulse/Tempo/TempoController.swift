@@ -109,16 +109,8 @@ final class TempoController: TempoListener {
         commit(change, request.justification) { [self] failure in
             inFlight = nil
             if let failure {
-                // Fault 4: a proposer that lost leadership cannot know the
-                // outcome; it must not claim the change was refused.
-                let message =
-                    failure == "outcome_unknown"
-                    ? "leadership was lost before the change committed: it may still take effect at beat \(atBeat) or later; check GET /tempo before retrying"
-                    : failure == "record_too_large"
-                        ? "the change's timeline record would be larger than the pulses accept: shorten the justification"
-                        : "the change could not be committed (\(failure))"
-                // A record too large for the KV timeline is the request's fault (nats-kv mode).
-                refuse(status: failure == "record_too_large" ? 400 : 503, code: failure, message: message, reply: reply)
+                let (status, message) = Self.commitFailure(failure, atBeat: atBeat)
+                refuse(status: status, code: failure, message: message, reply: reply)
                 return
             }
             logger.info(
@@ -133,6 +125,27 @@ final class TempoController: TempoListener {
                         tempo_bpm: request.tempoBpm, previous_bpm: Int(previousBpm), apply_at_beat: atBeat,
                         apply_at: RFC3339.string(unixMs: beats.timeline.instantNs(ofBeat: atBeat) / 1_000_000),
                         justification: request.justification)))
+        }
+    }
+
+    /// The reply to a commit that failed with `code` (the change was to
+    /// apply at `atBeat`): 503 unless the request or a conflict is at fault.
+    static func commitFailure(_ code: String, atBeat: Int64) -> (status: Int, message: String) {
+        switch code {
+        case "outcome_unknown":
+            // Fault 4: a proposer that lost leadership cannot know the
+            // outcome; it must not claim the change was refused.
+            (
+                503,
+                "leadership was lost before the change committed: it may still take effect at beat \(atBeat) or later; check GET /tempo before retrying"
+            )
+        case "record_too_large":
+            // A record too large for the KV timeline is the request's fault (nats-kv mode).
+            (400, "the change's timeline record would be larger than the pulses accept: shorten the justification")
+        case "change_pending":
+            // nats-kv: the holder's last change is stored, not yet watched (KVTempoWrite).
+            (409, "the last tempo change is stored but not applied yet: retry when GET /tempo shows it pending")
+        default: (503, "the change could not be committed (\(code))")
         }
     }
 

@@ -136,7 +136,7 @@ public struct BeatPlanner: Sendable {
     /// Local wall time a cluster publisher's frame on another committed
     /// timeline was last heard (`noteForeignTimeline`), and its period.
     public private(set) var lastForeignFrameWallNs: Int64 = .min / 2
-    private var foreignPeriodNs: Int64 = 0
+    public private(set) var foreignPeriodNs: Int64 = 0
     /// The lateness bound of the beat last decided `.emit`.
     private var emitDeadlineWallNs: Int64 = .max
 

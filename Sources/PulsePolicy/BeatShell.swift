@@ -131,6 +131,8 @@ public final class BeatShell {
     public var lastPublishedIndex: Int64 { planner.lastPublishedIndex }
     /// When a frame on another committed timeline was last heard (`hear`).
     public var lastForeignFrameWallNs: Int64 { planner.lastForeignFrameWallNs }
+    /// The period the planner yields by after that frame (twice it).
+    public var foreignPeriodNs: Int64 { planner.foreignPeriodNs }
     /// The HLC suffix this node stamps (to tell its own frames apart).
     public var ownSuffix: String { encoder.hlcSuffix }
     /// The term stamped on frames: the core's Raft term (1 for a local timeline).
@@ -380,13 +382,16 @@ public final class BeatShell {
         if clusterPublisher && verdict != .accept && frame.hlcSuffix != ownSuffix {
             planner.noteUnplaced(index: frame.beatIndex)
         }
-        if frame.hlcSuffix != ownSuffix, offTimeline(frame, verdict) {
-            planner.noteForeignTimeline(wallNs: wallNs, periodNs: 60_000_000_000 / frame.tempoBpm)
+        if frame.hlcSuffix != ownSuffix, let periodNs = offTimeline(frame, verdict, timelineNs: timelineNs) {
+            planner.noteForeignTimeline(wallNs: wallNs, periodNs: periodNs)
         }
         // A publishing leader elsewhere, placed or not: contact for the
         // election strategy (KV mode: no degraded turn beside a live holder,
-        // KVLeaseLeadership.swift).
-        if clusterPublisher && !frame.degraded && frame.hlcSuffix != ownSuffix, let lead {
+        // KVLeaseLeadership.swift). Never a stale term's frame: a replayed
+        // or forged old frame is no live holder (review of 2026-12-07 F1).
+        if clusterPublisher && verdict != .reject(.termStale) && !frame.degraded && frame.hlcSuffix != ownSuffix,
+            let lead
+        {
             lead.leaderFrameHeard(nowMonoNs: ports.nowMonoNs())
         }
         guard verdict == .accept else { return verdict }
@@ -402,22 +407,39 @@ public final class BeatShell {
     }
 
     /// Whether a cluster publisher's frame shows a committed timeline other
-    /// than this node's (`BeatPlanner.noteForeignTimeline`): refused for its
-    /// index (not near now here), or, at an index of this node's epoch no
-    /// further than two past its next beat (no arithmetic on a far index),
-    /// another tempo or deadline than this node's timeline gives it.
-    private func offTimeline(_ frame: DecodedBeatFrame, _ verdict: EchoVerdict) -> Bool {
+    /// than this node's (`BeatPlanner.noteForeignTimeline`), and the period
+    /// to yield by: refused for its index, or, at an index of this node's
+    /// epoch no further than two past its next beat (no arithmetic on a far
+    /// index), another tempo or deadline than this node's timeline gives it.
+    /// Only a frame published now — its deadline within three of our periods
+    /// of the timeline's now — and never a stale term's: the higher term
+    /// keeps publishing, and a replayed or forged old frame silences nothing.
+    /// The period is the frame's, capped at twice ours (a committed
+    /// timeline's tempo moves ±10 % a change), so one forged frame buys at
+    /// most four of our periods, not two of a 1-bpm frame's (review of
+    /// 2026-12-07, findings 1 and 3).
+    private func offTimeline(_ frame: DecodedBeatFrame, _ verdict: EchoVerdict, timelineNs: Int64) -> Int64? {
         switch verdict {
-        case .reject(.wrongCluster), .reject(.unknownPublisher): return false
-        case .reject(.indexAhead), .reject(.indexBehind): return true
-        case .accept, .reject(.termStale), .reject(.termAhead): break
+        case .reject(.wrongCluster), .reject(.unknownPublisher), .reject(.termStale): return nil
+        case .accept, .reject(.termAhead), .reject(.indexAhead), .reject(.indexBehind): break
         }
-        guard let owned = lead?.committedTimeline ?? local else { return false }
+        guard let owned = lead?.committedTimeline ?? local else { return nil }
+        let n = planner.nextBeat
+        let ourPeriodNs = owned.instantNs(ofBeat: n &+ 1) &- owned.instantNs(ofBeat: n)
+        let (deadlineNs, overflow) = frame.deadlineUnixMs.multipliedReportingOverflow(by: 1_000_000)
+        let (fromNowNs, far) = deadlineNs.subtractingReportingOverflow(timelineNs)
+        guard !overflow, !far, ourPeriodNs > 0, fromNowNs.magnitude <= UInt64(3 * ourPeriodNs) else { return nil }
+        let periodNs = min(60_000_000_000 / max(1, frame.tempoBpm), 2 * ourPeriodNs)
+        switch verdict {
+        case .reject(.indexAhead), .reject(.indexBehind): return periodNs
+        default: break
+        }
         let k = frame.beatIndex
-        guard k >= owned.epoch.startBeat, k <= planner.nextBeat &+ 2 else { return false }
+        guard k >= owned.epoch.startBeat, k <= n &+ 2 else { return nil }
         var at = owned
         _ = at.applyDue(beat: k)
         return at.epoch.bpm != frame.tempoBpm || owned.deadlineUnixMs(ofBeat: k) != frame.deadlineUnixMs
+            ? periodNs : nil
     }
 
     /// The publisher's own echo without a parse (issue 24): when `payload`

@@ -299,8 +299,21 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(hear(frame(6, deadlineMs: t.deadlineUnixMs(ofBeat: 6) - 1)), .accept)
         XCTAssertGreaterThan(shell.lastForeignFrameWallNs, first, "the same tempo, another deadline")
         at += 10_000_000
-        XCTAssertEqual(hear(frame(9)), .reject(.indexAhead))
+        // Index 9 published now (another timeline's deadline near now).
+        let nearNowMs = (at + 500_000_000) / 1_000_000
+        XCTAssertEqual(hear(frame(9, deadlineMs: nearNowMs)), .reject(.indexAhead))
         XCTAssertEqual(shell.lastForeignFrameWallNs, at, "an index this timeline does not put near now")
+        XCTAssertEqual(shell.foreignPeriodNs, 500_000_000, "its own period (120 bpm)")
+        // Review of 2026-12-07: what a forged or replayed frame can do.
+        let marked = shell.lastForeignFrameWallNs
+        XCTAssertEqual(hear(frame(9)), .reject(.indexAhead))
+        XCTAssertEqual(shell.lastForeignFrameWallNs, marked, "its deadline 2 s from now: not published now")
+        XCTAssertEqual(
+            hear(frame(6, bpm: 132, deadlineMs: other.deadlineUnixMs(ofBeat: 6), term: 0)), .reject(.termStale))
+        XCTAssertEqual(shell.lastForeignFrameWallNs, marked, "a stale term never silences the higher")
+        XCTAssertEqual(hear(frame(9, bpm: 1, deadlineMs: nearNowMs)), .reject(.indexAhead))
+        XCTAssertGreaterThan(shell.lastForeignFrameWallNs, marked)
+        XCTAssertEqual(shell.foreignPeriodNs, 1_000_000_000, "a 1-bpm frame buys twice our period, not 60 s")
     }
 }
 

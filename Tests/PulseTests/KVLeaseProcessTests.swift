@@ -339,6 +339,40 @@ final class KVLeaseProcessTests: XCTestCase {
         assertNoRepeatNoBackwards(frames(subscriber), cluster.logs)
     }
 
+    /// A flood on the pulses' own subjects (`_BACKBEAT.<cluster>.peers` and
+    /// `.clock`, which anyone allowed to publish there can reach): every
+    /// pulse keeps running and the beat misses nothing; what exceeds the
+    /// delivery budget is dropped before the loop and counted
+    /// `peer_message_dropped` (review of 2026-12-07, F2: each message was a
+    /// never-dropped completion; past 4096 waiting, a trap).
+    func testAFloodOnThePulsesSubjectsIsDroppedBeforeTheLoopAndTheBeatGoesOn() throws {
+        let (cluster, subscriber) = try running("kvflood", bpm: 600, frames: 10)
+        var nc: OpaquePointer?
+        XCTAssertEqual(natsConnection_ConnectTo(&nc, cluster.natsURL), NATS_OK)
+        defer { natsConnection_Destroy(nc) }
+        let before = subscriber.count
+        for i in 0..<60_000 {
+            let subject = i % 2 == 0 ? "_BACKBEAT.kvflood.peers" : "_BACKBEAT.kvflood.clock"
+            let body = i % 3 == 0 ? "garbage \(i)" : "n\(i % 50) 10:a 20:b"
+            _ = natsConnection_PublishString(nc, subject, body)
+        }
+        XCTAssertEqual(natsConnection_Flush(nc), NATS_OK)
+        XCTAssertTrue(subscriber.wait(for: before + 20, seconds: 10), "the beat goes on\n\(cluster.logs)")
+        for (i, node) in cluster.nodes.enumerated() {
+            XCTAssertTrue(node?.process.isRunning ?? false, "\(cluster.names[i]) still runs\n\(cluster.logs)")
+        }
+        let list = frames(subscriber).filter { $0.index > (frames(subscriber).first?.index ?? 0) }
+        assertNoRepeatNoBackwards(list, cluster.logs)
+        for (a, b) in zip(list, list.dropFirst()) {
+            XCTAssertEqual(b.index, a.index + 1, "no beat missed through the flood\n\(cluster.logs)")
+        }
+        let counted = (0..<3).allSatisfy { i in
+            let text = (try? RawClient(port: cluster.adminPorts[i]).request(httpRequest("GET", "/metrics"))?.text) ?? ""
+            return text.contains(#"surface="kv",reason="peer_message_dropped"}"#)
+        }
+        XCTAssertTrue(counted, "every pulse counted kv/peer_message_dropped\n\(cluster.logs)")
+    }
+
     func testStoppedHolderPublishesNothingAfterSigcontUntilItHoldsTheKeyAgain() throws {
         let (cluster, subscriber) = try running("kvstop", bpm: 300, frames: 6)
         let old = try XCTUnwrap(holder(subscriber, cluster))

@@ -48,6 +48,53 @@ final class KVClockPing: @unchecked Sendable {
     /// A ping or answer that did not parse (delivery thread: the caller counts it).
     private var onMalformed: (@Sendable () -> Void)?
 
+    /// What reaches the loop from these subjects is budgeted on the delivery
+    /// thread: anyone who may publish on `_BACKBEAT.<cluster>.*` could
+    /// otherwise post a completion per message — never dropped, a trap past
+    /// the loop's 4096 waiting ones, and no per-turn budget, so a flood first
+    /// delays the beat, then stops the process (review of 2026-12-07, F2;
+    /// KVLeaseProcessTests: 60,000 messages stopped all three pulses). At
+    /// most `maxOutstanding` deliveries wait on the loop (the loop calls
+    /// `delivered()` as it runs each) and at most `deliveriesPerSecond` are
+    /// made (burst `maxOutstanding`); the rest, answers to pings included,
+    /// are dropped here and counted (`takeDropped`, reason
+    /// `peer_message_dropped`). Seven pulses use ~210 a second.
+    static let maxOutstanding: Int64 = 256
+    static let deliveriesPerSecond: Int64 = 2_000
+    private let outstanding = Atomic<Int64>(0)
+    private let dropped = Atomic<UInt64>(0)
+    /// (tokens ×1000, last refill in monotonic ns).
+    private let budget = Mutex<(milliTokens: Int64, lastNs: Int64)>((KVClockPing.maxOutstanding * 1_000, 0))
+
+    /// Takes one delivery from the budget, or counts a drop.
+    private func admit() -> Bool {
+        let now = cloop_monotonic_ns()
+        let granted = budget.withLock { b -> Bool in
+            let elapsedNs = max(0, now &- b.lastNs)
+            b.lastNs = now
+            // deliveriesPerSecond per 1e9 ns, in thousandths of a token.
+            let refill = min(elapsedNs, 1_000_000_000) / 1_000 * Self.deliveriesPerSecond / 1_000
+            b.milliTokens = min(Self.maxOutstanding * 1_000, b.milliTokens &+ refill)
+            guard b.milliTokens >= 1_000, outstanding.load(ordering: .acquiring) < Self.maxOutstanding else {
+                return false
+            }
+            b.milliTokens -= 1_000
+            return true
+        }
+        if granted {
+            outstanding.add(1, ordering: .acquiringAndReleasing)
+        } else {
+            dropped.add(1, ordering: .relaxed)
+        }
+        return granted
+    }
+
+    /// The loop ran one delivery (call first thing in each handler).
+    func delivered() { outstanding.subtract(1, ordering: .acquiringAndReleasing) }
+
+    /// Messages dropped by the budget since the last call (loop thread: counts them).
+    func takeDropped() -> UInt64 { dropped.exchange(0, ordering: .relaxed) }
+
     init(connection: OpaquePointer, clusterId: String, nodeId: String) {
         nc = connection
         subject = "_BACKBEAT.\(clusterId).clock"
@@ -92,6 +139,11 @@ final class KVClockPing: @unchecked Sendable {
             for sub in [ping, answers].compactMap({ $0 }) { natsSubscription_Destroy(sub) }
             return false
         }
+        // libnats keeps at most this much per subscription (its default is
+        // 65,536 messages): beyond, it drops them (a slow consumer).
+        for sub in [ping, answers, peers].compactMap({ $0 }) {
+            _ = natsSubscription_SetPendingLimits(sub, 1_024, 1 << 20)
+        }
         pingSub = ping
         inboxSub = answers
         peersSub = peers
@@ -131,11 +183,12 @@ final class KVClockPing: @unchecked Sendable {
         defer { natsMsg_Destroy(msg) }
         let words = Self.words(msg, count: 2)
         guard words.count == 2, let t1 = Int64(words[0]), let reply = natsMsg_GetReply(msg) else {
-            onMalformed?()
+            if admit() { onMalformed?() }
             return
         }
         let from = words[1]
         guard from != nodeId else { return }  // our own ping, echoed by the server
+        guard admit() else { return }  // no answer either: a flood is not reflected
         let t3 = cloop_realtime_ns()
         _ = natsConnection_PublishString(nc, reply, "\(t1) \(t2) \(t3) \(nodeId)")
         onSeen?(from)
@@ -146,10 +199,11 @@ final class KVClockPing: @unchecked Sendable {
         defer { natsMsg_Destroy(msg) }
         let words = Self.words(msg, count: 4)
         guard words.count == 4, let t1 = Int64(words[0]), let t2 = Int64(words[1]), let t3 = Int64(words[2]) else {
-            onMalformed?()
+            if admit() { onMalformed?() }
             return
         }
         guard t1 == lastT1.load(ordering: .acquiring) else { return }  // an answer to an older ping
+        guard admit() else { return }
         onSample?(words[3], SyncSample(t1: t1, t2: t2, t3: t3, t4: t4))
     }
 
@@ -159,9 +213,10 @@ final class KVClockPing: @unchecked Sendable {
         guard length <= KVLeasePeers.maxReportBytes, let data = natsMsg_GetData(msg),
             let text = String(validating: UnsafeRawBufferPointer(start: data, count: length), as: UTF8.self)
         else {
-            onMalformed?()
+            if admit() { onMalformed?() }
             return
         }
+        guard admit() else { return }
         onReport?(text)
     }
 

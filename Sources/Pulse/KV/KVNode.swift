@@ -131,10 +131,31 @@ final class KVNode: LoopHandler {
         }
         guard
             clockPing.start(
-                seen: { [weak self] id in loop.postCompletion { self?.peerSeen(id) } },
-                sample: { [weak self] id, sample in loop.postCompletion { self?.peerSample(id, sample) } },
-                report: { [weak self] text in loop.postCompletion { self?.peerReport(text) } },
-                malformed: { [weak self] in loop.postCompletion { self?.rejected.record(.kv, "bad_clock_ping") } })
+                // Each delivery was admitted by the ping's budget: `delivered()` returns it.
+                seen: { [weak self] id in
+                    loop.postCompletion {
+                        self?.clockPing.delivered()
+                        self?.peerSeen(id)
+                    }
+                },
+                sample: { [weak self] id, sample in
+                    loop.postCompletion {
+                        self?.clockPing.delivered()
+                        self?.peerSample(id, sample)
+                    }
+                },
+                report: { [weak self] text in
+                    loop.postCompletion {
+                        self?.clockPing.delivered()
+                        self?.peerReport(text)
+                    }
+                },
+                malformed: { [weak self] in
+                    loop.postCompletion {
+                        self?.clockPing.delivered()
+                        self?.rejected.record(.kv, "bad_clock_ping")
+                    }
+                })
         else {
             throw PulseError.startup("-election nats-kv: cannot subscribe to \(clockPing.subject)")
         }
@@ -151,6 +172,8 @@ final class KVNode: LoopHandler {
         guard token == timerToken else { return }
         loop.readTimer(timerToken)
         ticks &+= 1
+        let dropped = clockPing.takeDropped()
+        if dropped > 0 { rejected.record(.kv, "peer_message_dropped", count: dropped) }
         if ticks % Self.pingEveryTicks == 0 {
             let now = cloop_monotonic_ns()
             clockPing.ping(

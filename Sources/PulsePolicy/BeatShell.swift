@@ -408,9 +408,9 @@ public final class BeatShell {
 
     /// Whether a cluster publisher's frame shows a committed timeline other
     /// than this node's (`BeatPlanner.noteForeignTimeline`), and the period
-    /// to yield by: refused for its index, or, at an index of this node's
-    /// epoch no further than two past its next beat (no arithmetic on a far
-    /// index), another tempo or deadline than this node's timeline gives it.
+    /// to yield by: at an index of this node's epoch within 8 of its next
+    /// beat (no arithmetic on a far index), another tempo or deadline than
+    /// this node's timeline gives it; further off, refused for its index.
     /// Only a frame published now — its deadline within three of our periods
     /// of the timeline's now — and never a stale term's: the higher term
     /// keeps publishing, and a replayed or forged old frame silences nothing.
@@ -430,12 +430,17 @@ public final class BeatShell {
         let (fromNowNs, far) = deadlineNs.subtractingReportingOverflow(timelineNs)
         guard !overflow, !far, ourPeriodNs > 0, fromNowNs.magnitude <= UInt64(3 * ourPeriodNs) else { return nil }
         let periodNs = min(60_000_000_000 / max(1, frame.tempoBpm), 2 * ourPeriodNs)
-        switch verdict {
-        case .reject(.indexAhead), .reject(.indexBehind): return periodNs
-        default: break
-        }
+        // Near our next beat a frame is compared with this timeline (a late
+        // or early frame of it, refused for its index after a stall, is not
+        // foreign: review of 2026-12-07, s19dup finding 2); an index far
+        // from it, published now, is another epoch's when refused for it.
         let k = frame.beatIndex
-        guard k >= owned.epoch.startBeat, k <= n &+ 2 else { return nil }
+        guard k >= owned.epoch.startBeat, k >= n &- 8, k <= n &+ 8 else {
+            switch verdict {
+            case .reject(.indexAhead), .reject(.indexBehind): return periodNs
+            default: return nil
+            }
+        }
         var at = owned
         _ = at.applyDue(beat: k)
         return at.epoch.bpm != frame.tempoBpm || owned.deadlineUnixMs(ofBeat: k) != frame.deadlineUnixMs

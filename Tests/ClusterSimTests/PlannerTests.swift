@@ -314,6 +314,11 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(hear(frame(9, bpm: 1, deadlineMs: nearNowMs)), .reject(.indexAhead))
         XCTAssertGreaterThan(shell.lastForeignFrameWallNs, marked)
         XCTAssertEqual(shell.foreignPeriodNs, 1_000_000_000, "a 1-bpm frame buys twice our period, not 60 s")
+        // A frame of this timeline refused for its index (late after a
+        // stall: beat 4 heard at beat 6) is not another timeline.
+        let late = shell.lastForeignFrameWallNs
+        XCTAssertEqual(hear(frame(4)), .reject(.indexBehind))
+        XCTAssertEqual(shell.lastForeignFrameWallNs, late, "a late frame of this timeline")
     }
 }
 

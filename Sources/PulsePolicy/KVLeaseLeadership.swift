@@ -110,7 +110,8 @@ public final class KVLeadership: BeatLeadership {
     public private(set) var listeningSinceMonoNs: Int64 = .min / 4
     /// When the pulses seen (the ranking) last changed.
     public private(set) var membersChangedMonoNs: Int64 = .min / 4
-    private var lastMembers: [String] = []
+    /// `rank` and `referenceId` were computed once (the first settles).
+    private var ranked = false
 
     public init(lease: KVLease, timeline: KVLeaseTimeline, degradeAfterNs: Int64 = 1_000_000_000) {
         self.lease = lease
@@ -254,12 +255,19 @@ public final class KVLeadership: BeatLeadership {
     @discardableResult
     public func updateDegradation(nowMonoNs now: Int64) -> DegradationPolicy.Change {
         let members = peers.members(nowMonoNs: now)
-        if members != lastMembers {
-            lastMembers = members
+        let newRank = members.firstIndex(of: nodeId) ?? members.count
+        let newReference = members.first ?? nodeId
+        // Only a pulse whose own turn or reference clock moved settles: a
+        // change elsewhere in the list leaves its turn where it was, and the
+        // pulse whose rank moved onto another's waits (review of 2026-12-07,
+        // kvpeers F8: every change held every degraded pulse for 300 ms, a
+        // missed beat for the cluster at 200 bpm and above).
+        if !ranked || newRank != rank || newReference != referenceId {
+            ranked = true
             membersChangedMonoNs = now
         }
-        rank = members.firstIndex(of: nodeId) ?? members.count
-        referenceId = members.first ?? nodeId
+        rank = newRank
+        referenceId = newReference
         return degradation.update(
             nowMonoNs: now, isLeader: lease.mayPublish(nowMonoNs: now), leader: holderKnown ? 1 : noNode,
             lastLeaderContactMonoNs: lastHolderContactMonoNs,

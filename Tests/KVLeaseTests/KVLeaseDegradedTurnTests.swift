@@ -107,6 +107,18 @@ final class KVLeaseDegradedTurnTests: XCTestCase {
         XCTAssertEqual(n.rank, 1)
         XCTAssertFalse(takesTurn(n, at: 1_700 * ms + KVLeasePeers.settleNs - 1))
         XCTAssertTrue(takesTurn(n, at: 1_700 * ms + KVLeasePeers.settleNs))
+        // A pulse joining after it moves neither its turn nor its reference:
+        // no wait (review of 2026-12-07, F8).
+        let joined = 2_100 * ms
+        n.peers.seen("k9", nowMonoNs: joined)
+        n.updateDegradation(nowMonoNs: joined)
+        XCTAssertEqual(n.rank, 1)
+        XCTAssertTrue(takesTurn(n, at: joined), "a change below its rank")
+        // One that sorts first moves both: it waits again.
+        n.peers.seen("k0", nowMonoNs: joined + 10 * ms)
+        n.updateDegradation(nowMonoNs: joined + 10 * ms)
+        XCTAssertEqual(n.rank, 2)
+        XCTAssertFalse(takesTurn(n, at: joined + 10 * ms))
     }
 
     /// Seed 48489: k3 was stalled while k1 ran and stopped; k2 and k4 kept

@@ -243,6 +243,7 @@ final class KVNode: LoopHandler {
             }
         }
         maybeStepDown(now)
+        maybeMoveTempoKey(now)
         maybeWriteTermStart(now)
         maybeTakeOver()  // after a foreign delete's wait ran out
     }
@@ -272,6 +273,51 @@ final class KVNode: LoopHandler {
                 "waited_ms": "\(waitedMs)",
             ])
         leadership.lease.stepDown()
+    }
+
+    /// Since when a tempo write of unknown fate waits for the key to move
+    /// past its base (nil: none), and when the next move may be sent.
+    private var unknownSinceMonoNs: Int64?
+    private var moveNotBeforeMonoNs: Int64 = 0
+
+    /// After a tempo write of unknown fate the key must move past its base
+    /// for the barrier to lift: a term start (a conflict if the write was
+    /// stored, which the watch then shows), sent at once and again every
+    /// 100 ms while this node holds the lease and the write is not settled.
+    /// A holder that cannot move it within `readyWithinTTLs` TTLs gives the
+    /// key up, as one whose term start never applies, so another pulse
+    /// publishes. Before, one lost follow-up write left the barrier up for
+    /// good: no beat from the change's downbeat on and 409 `change_pending`
+    /// to every request while the lease was renewed (review of 2026-12-07,
+    /// kvfix F1). A node that loses the key settles it by its next term start.
+    private func maybeMoveTempoKey(_ now: Int64) {
+        guard let since = unknownSinceMonoNs else { return }
+        guard leadership.tempoWrite.base != nil, leadership.isHolder else {
+            unknownSinceMonoNs = nil  // settled, or no longer ours to move
+            return
+        }
+        guard leadership.lease.mayPublish(nowMonoNs: now) else { return }
+        if now &- since > Self.readyWithinTTLs * leadership.lease.timing.ttlNs {
+            unknownSinceMonoNs = nil
+            rejected.record(.kv, "tempo_write_unsettled")
+            logger.error(
+                "a tempo write of unknown fate could not be settled: giving the lease up so another pulse can publish",
+                metadata: [
+                    "term": "\(leadership.lease.term)", "timeline_revision": "\(leadership.timeline.revision)",
+                    "waited_ms": "\((now &- since) / 1_000_000)",
+                ])
+            leadership.lease.stepDown()
+            return
+        }
+        guard !writing, now >= moveNotBeforeMonoNs,
+            let start = leadership.timeline.termStart(term: leadership.lease.term)
+        else { return }
+        moveNotBeforeMonoNs = now &+ 100_000_000
+        writing = true
+        let loop = self.loop
+        buckets.writeTimeline(start.value, lastRevision: start.lastRevision) { [weak self] _ in
+            loop.postCompletion { self?.writing = false }  // the watch says whether it moved
+        }
     }
 
     private func leaseAnswered(_ reply: KVLeaseReply) {
@@ -489,9 +535,9 @@ final class KVNode: LoopHandler {
                     // was stored): the barrier lifts once the watch shows it.
                     self.leadership.tempoWrite.answered(.unknown)
                     self.termStartBase = nil
-                    if let start = self.leadership.timeline.termStart(term: self.leadership.lease.term) {
-                        self.buckets.writeTimeline(start.value, lastRevision: start.lastRevision) { _ in }
-                    }
+                    self.unknownSinceMonoNs = cloop_monotonic_ns()
+                    self.moveNotBeforeMonoNs = 0
+                    self.maybeMoveTempoKey(cloop_monotonic_ns())
                     done("outcome_unknown")
                 }
             }

@@ -163,6 +163,12 @@ public final class KVLeadership: BeatLeadership {
         return freedByHandOver
     }
 
+    /// This node's holding ended (lost or released): a hand-over flag set
+    /// meanwhile — the lease watch is apart from the timeline watch, so the
+    /// delete it took over after can arrive once it took over — belongs to
+    /// no later term of ours (review of 2026-12-07, kvfix F4).
+    public func holdingEnded() { freedByHandOver = false }
+
     /// What the watch of the lease key delivered: a put of a claim, or a
     /// delete (`deleted`, with its body) or purge (`purged`). Returns whether
     /// the key is now gone (candidates try at once).

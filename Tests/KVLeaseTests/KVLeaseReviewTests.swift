@@ -52,6 +52,15 @@ final class KVLeaseReviewTests: XCTestCase {
         XCTAssertTrue(n.consumeHandOver(), "the take-over of term 7 follows the hand-over")
         XCTAssertFalse(n.freedByHandOver)
         XCTAssertFalse(n.consumeHandOver(), "one hand-over earns one short guard")
+        // The hand-over delete delivered late, after the take-over (the lease
+        // watch is apart from the timeline's): the flag is set again, and the
+        // end of this holding clears it (review kvfix F4).
+        n.leaseEntryWatched(
+            revision: 8, value: KVLease.releaseMarker(claim: Array("k2 5-6".utf8)), deleted: true, purged: false,
+            nowMonoNs: 126 * ms)
+        XCTAssertTrue(n.freedByHandOver, "set again by the late delete")
+        n.holdingEnded()
+        XCTAssertFalse(n.freedByHandOver, "a later term of ours takes the full guard")
     }
 
     func testAForeignDeleteOrPurgeWaitsOutTheDeletedHoldersLease() throws {

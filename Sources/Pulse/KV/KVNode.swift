@@ -330,6 +330,7 @@ final class KVNode: LoopHandler {
                 logger.info("lease acquired", metadata: ["term": "\(term)", "bucket": "\(buckets.leaseBucket)"])
             case .lost(let term):
                 losses &+= 1
+                leadership.holdingEnded()
                 logger.warning("lease lost", metadata: ["term": "\(term)"])
             case .released:
                 logger.info("lease released")

@@ -71,21 +71,21 @@ final class KVClockPing: @unchecked Sendable {
         let now = cloop_monotonic_ns()
         let granted = budget.withLock { b -> Bool in
             let elapsedNs = max(0, now &- b.lastNs)
-            b.lastNs = now
-            // deliveriesPerSecond per 1e9 ns, in thousandths of a token.
+            // deliveriesPerSecond per 1e9 ns, in thousandths of a token; the
+            // clock moves on only when it bought some, so messages closer
+            // together than that still add up (review kvfix F6).
             let refill = min(elapsedNs, 1_000_000_000) / 1_000 * Self.deliveriesPerSecond / 1_000
+            if refill > 0 || elapsedNs >= 1_000_000_000 { b.lastNs = now }
             b.milliTokens = min(Self.maxOutstanding * 1_000, b.milliTokens &+ refill)
+            // Checked and taken under the lock: the cap holds exactly (F10).
             guard b.milliTokens >= 1_000, outstanding.load(ordering: .acquiring) < Self.maxOutstanding else {
                 return false
             }
             b.milliTokens -= 1_000
+            outstanding.add(1, ordering: .acquiringAndReleasing)
             return true
         }
-        if granted {
-            outstanding.add(1, ordering: .acquiringAndReleasing)
-        } else {
-            dropped.add(1, ordering: .relaxed)
-        }
+        if !granted { dropped.add(1, ordering: .relaxed) }
         return granted
     }
 

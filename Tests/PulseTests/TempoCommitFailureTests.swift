@@ -15,7 +15,7 @@ final class TempoCommitFailureTests: XCTestCase {
         XCTAssertEqual(TempoController.commitFailure("outcome_unknown", atBeat: 12).status, 503)
         XCTAssertEqual(TempoController.commitFailure("no_leader", atBeat: 12).status, 503)
         XCTAssertTrue(TempoController.commitFailure("outcome_unknown", atBeat: 12).message.contains("beat 12"))
-        XCTAssertTrue(TempoController.commitFailure("change_pending", atBeat: 12).message.contains("not applied yet"))
+        XCTAssertTrue(TempoController.commitFailure("change_pending", atBeat: 12).message.contains("not settled yet"))
     }
 
     func testChangePendingHasTheAdminErrorShape() throws {

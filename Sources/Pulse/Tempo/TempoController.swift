@@ -143,8 +143,11 @@ final class TempoController: TempoListener {
             // A record too large for the KV timeline is the request's fault (nats-kv mode).
             (400, "the change's timeline record would be larger than the pulses accept: shorten the justification")
         case "change_pending":
-            // nats-kv: the holder's last change is stored, not yet watched (KVTempoWrite).
-            (409, "the last tempo change is stored but not applied yet: retry when GET /tempo shows it pending")
+            // nats-kv: the holder's last change is stored (or of unknown
+            // fate) and not yet settled by its watch (KVTempoWrite). It may
+            // never show as pending (an unknown write that was not stored),
+            // so the advice is to read the state again, not to wait for it.
+            (409, "the last tempo change is not settled yet (stored or of unknown fate): read GET /tempo and retry shortly")
         default: (503, "the change could not be committed (\(code))")
         }
     }

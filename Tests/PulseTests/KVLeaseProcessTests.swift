@@ -189,9 +189,15 @@ final class KVLeaseProcessTests: XCTestCase {
         XCTAssertTrue(Harness.waitUntil(seconds: 10) { !node.process.isRunning }, node.log)
         XCTAssertEqual(node.process.terminationStatus, 0, node.log)
         let log = node.log
-        let released = try XCTUnwrap(log.range(of: "lease released"), "the delete was answered\n\(log)")
+        // The delete's answer: stored ("lease released"), or refused on its
+        // revision because the server expired the key first — the pause is
+        // over four TTLs, and which the resumed server does first is a race
+        // (clean-clone run of 2026-12-07 16:30Z: "lease lost" 2 ms after
+        // the resume). Either way it was sent and answered before the stop.
+        let answered = try XCTUnwrap(
+            log.range(of: "lease released") ?? log.range(of: "lease lost"), "the delete was answered\n\(log)")
         let stopped = try XCTUnwrap(log.range(of: "pulse stopped"), log)
-        XCTAssertLessThan(released.lowerBound, stopped.lowerBound, log)
+        XCTAssertLessThan(answered.lowerBound, stopped.lowerBound, log)
         cluster.nodes[old] = nil
     }
 

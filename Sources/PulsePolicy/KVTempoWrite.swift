@@ -119,6 +119,12 @@ extension KVLeadership {
             change, justification: justification, timeline: timeline, term: lease.term, maxBytes: maxBytes)
     }
 
+    /// Whether this ready holder's last change is not settled
+    /// (`KVTempoWrite.busy`): a new one is refused with 409
+    /// `change_pending`, and `GET /tempo` says `can_change: false` meanwhile.
+    /// A node that lost the key forwards requests instead: false there.
+    public var tempoChangeUnsettled: Bool { isReadyHolder && tempoWrite.busy }
+
     /// Applies the record the watch saw (`KVLeaseTimeline.apply`) and
     /// settles the tempo write it moved the key past.
     public func applyWatched(_ bytes: [UInt8], revision: UInt64, nowNs: Int64? = nil) -> KVTimelineChange {

@@ -89,6 +89,36 @@ final class KVLeaseTempoWriteTests: XCTestCase {
         XCTAssertNoThrow(try n.prepareTempo(TempoChange(atBeat: 9, bpm: 100), justification: "", nowMonoNs: now).get())
     }
 
+    /// `GET /tempo` on the holder (`TempoController.lastCommitUnsettled`)
+    /// says `can_change: false` exactly while a request would get 409
+    /// `change_pending`: from the write until the watch applied it, or
+    /// until a write of unknown fate is settled; not after a refused write,
+    /// and not on a node that lost the key (it forwards).
+    func testTheHolderReportsAnUnsettledChangeExactlyWhileItWouldRefuseOne() throws {
+        let n = try readyHolder()
+        XCTAssertFalse(n.tempoChangeUnsettled)
+        let first = try n.prepareTempo(TempoChange(atBeat: 9, bpm: 110), justification: "", nowMonoNs: now).get()
+        XCTAssertTrue(n.tempoChangeUnsettled, "in flight")
+        n.tempoWrite.answered(.written)
+        XCTAssertTrue(n.tempoChangeUnsettled, "stored, not yet watched")
+        XCTAssertEqual(
+            n.prepareTempo(TempoChange(atBeat: 16, bpm: 115), justification: "", nowMonoNs: now).failure,
+            .changePending, "what a request gets meanwhile")
+        XCTAssertEqual(n.applyWatched(first.value, revision: 9), .tempo(TempoChange(atBeat: 12, bpm: 110)))
+        XCTAssertFalse(n.tempoChangeUnsettled, "applied from the watch")
+
+        _ = try n.prepareTempo(TempoChange(atBeat: 16, bpm: 115), justification: "", nowMonoNs: now).get()
+        n.tempoWrite.answered(.notStored)
+        XCTAssertFalse(n.tempoChangeUnsettled, "refused by the KV: nothing to wait for")
+
+        _ = try n.prepareTempo(TempoChange(atBeat: 16, bpm: 115), justification: "", nowMonoNs: now).get()
+        n.tempoWrite.answered(.unknown)
+        XCTAssertTrue(n.tempoChangeUnsettled, "of unknown fate")
+        n.lease.stepDown()
+        XCTAssertTrue(n.tempoWrite.busy)
+        XCTAssertFalse(n.tempoChangeUnsettled, "no longer the holder: it forwards to the next one")
+    }
+
     func testOnlyTheReadyHolderWithinItsLeaseWrites() throws {
         let n = try readyHolder()
         let lapsed = n.lease.timing.validNs + 10_000_000

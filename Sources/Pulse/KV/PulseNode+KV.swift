@@ -34,6 +34,7 @@ extension PulseNode {
             ])
         tempo.canCommit = { [unowned node] in node.leadership.isReadyHolder }
         tempo.leaderKnown = { [unowned node] in node.leadership.isReadyHolder || node.holderNodeId != nil }
+        tempo.lastCommitUnsettled = { [unowned node] in node.leadership.tempoChangeUnsettled }
         tempo.commit = { [unowned node] change, justification, done in
             node.commitTempo(change, justification: justification, done: done)
         }

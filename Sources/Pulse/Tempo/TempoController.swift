@@ -51,9 +51,29 @@ final class TempoController: TempoListener {
         beats.tempoListener = self
     }
 
+    /// Whether this node's own last commit is not settled, so a new change
+    /// would be refused with 409 `change_pending` (nats-kv: the holder's
+    /// write is stored or of unknown fate and not yet applied from its
+    /// watch, `KVLeadership.tempoChangeUnsettled`; never in Raft mode).
+    var lastCommitUnsettled: () -> Bool = { false }
+
     /// `GET /tempo`.
     func status() -> TempoStatus {
-        let timeline = beats.timeline
+        Self.status(
+            timeline: beats.timeline, nowNs: cloop_realtime_ns(), commitRoundNs: commitRoundNs,
+            firstUnpublishedBeat: beats.nextBeat, committing: inFlight != nil, unsettled: lastCommitUnsettled(),
+            canCommit: canCommit(), canForward: forward != nil && leaderKnown())
+    }
+
+    /// The `GET /tempo` body: `can_change` is false, with the reason, while
+    /// a change is pending on `timeline`, being committed (`committing`), not
+    /// settled on this node (`unsettled`: the 409 `change_pending` a request
+    /// would get), or when nothing can commit one (neither `canCommit` nor
+    /// `canForward` to a leader).
+    static func status(
+        timeline: Timeline, nowNs: Int64, commitRoundNs: Int64, firstUnpublishedBeat: Int64, committing: Bool,
+        unsettled: Bool, canCommit: Bool, canForward: Bool
+    ) -> TempoStatus {
         let current = Int(timeline.epoch.bpm)
         if let pending = timeline.pending {
             return TempoStatus(
@@ -62,12 +82,14 @@ final class TempoController: TempoListener {
                 reason: "a change to \(pending.bpm) bpm is pending at beat \(pending.atBeat)")
         }
         let reason =
-            inFlight != nil
+            committing
             ? "a change is being committed"
-            : canCommit() || (forward != nil && leaderKnown()) ? "" : "no leader to commit a change"
+            : unsettled
+                ? "the last change is not settled yet (stored, or of unknown fate, and not yet applied from the KV watch)"
+                : canCommit || canForward ? "" : "no leader to commit a change"
         let next = TempoRules.applyBeat(
-            timeline: timeline, committedNs: cloop_realtime_ns(), commitRoundNs: commitRoundNs,
-            firstUnpublishedBeat: beats.nextBeat)
+            timeline: timeline, committedNs: nowNs, commitRoundNs: commitRoundNs,
+            firstUnpublishedBeat: firstUnpublishedBeat)
         return TempoStatus(
             current_bpm: current, pending_bpm: current, can_change: reason.isEmpty,
             next_change: RFC3339.string(unixMs: timeline.instantNs(ofBeat: next) / 1_000_000), reason: reason)
@@ -147,7 +169,10 @@ final class TempoController: TempoListener {
             // fate) and not yet settled by its watch (KVTempoWrite). It may
             // never show as pending (an unknown write that was not stored),
             // so the advice is to read the state again, not to wait for it.
-            (409, "the last tempo change is not settled yet (stored or of unknown fate): read GET /tempo and retry shortly")
+            (
+                409,
+                "the last tempo change is not settled yet (stored or of unknown fate): read GET /tempo and retry shortly"
+            )
         default: (503, "the change could not be committed (\(code))")
         }
     }

@@ -67,10 +67,14 @@ public struct KVLeasePeers: Sendable {
 
     public init(selfId: String) { self.selfId = selfId }
 
-    /// Why a peer id from the wire is refused, or nil.
+    /// Why a peer id from the wire is refused, or nil: the `-node-id` rule
+    /// (`IdToken.violation`: no spaces, '.', '*', '>', '/', '\', control
+    /// characters or invalid UTF-8; at most 128 bytes), which every pulse's
+    /// own id passed at start-up.
     public static func idProblem(_ id: String) -> String? {
         if id.isEmpty { return "empty_peer_id" }
         if id.utf8.count > maxIdBytes { return "long_peer_id" }
+        if IdToken.violation(id) != nil { return "bad_peer_id" }
         return nil
     }
 

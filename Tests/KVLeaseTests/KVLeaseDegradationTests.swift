@@ -135,4 +135,33 @@ final class KVLeaseDegradationTests: XCTestCase {
         XCTAssertEqual(
             peers.add(SyncSample(t1: 10, t2: 5, t3: 4, t4: 9), from: "p3", nowMonoNs: 0), "clock_negative_round_trip")
     }
+
+    /// A peer id from a ping, an answer or a report follows the `-node-id`
+    /// rule (`IdToken.violation`, the function the flag is checked with):
+    /// one the flag would refuse is refused (`bad_peer_id`, counted by the
+    /// caller; the whole report `bad_peer_report`), never listed or ranked.
+    func testPeerIdsFollowTheNodeIdRule() {
+        var peers = KVLeasePeers(selfId: "k1")
+        let sample = SyncSample(t1: 10, t2: 11, t3: 11, t4: 12)
+        for id in ["k.2", "k 2", "k*", "k>", "k/2", "k\\2", "k\u{7}2", "k\t2", "k\n2", "k\u{FFFD}"] {
+            XCTAssertNotNil(IdToken.violation(id), "the flag refuses \(id.debugDescription)")
+            XCTAssertEqual(peers.seen(id, nowMonoNs: 0), "bad_peer_id", id.debugDescription)
+            XCTAssertEqual(peers.add(sample, from: id, nowMonoNs: 0), "bad_peer_id", id.debugDescription)
+            XCTAssertEqual(peers.merge(from: "k2", [(id, 0)], nowMonoNs: 0), "bad_peer_id", id.debugDescription)
+            for report in ["k2 5:\(id)", "\(id) 5:k2"] {
+                guard case .failure(let error) = KVLeasePeers.decodeReport(report) else {
+                    XCTFail("refused: \(report.debugDescription)")
+                    continue
+                }
+                XCTAssertEqual(error.reason, "bad_peer_report")
+            }
+        }
+        XCTAssertEqual(peers.members(nowMonoNs: 0), ["k1", "k2"], "only the good sender")
+        XCTAssertTrue(peers.syncs.isEmpty)
+        // What the flag accepts, the wire accepts.
+        for id in ["pulse-0a1b2c", "node_1", "k:8", "ü-pulse", String(repeating: "x", count: 128)] {
+            XCTAssertNil(IdToken.violation(id))
+            XCTAssertNil(peers.seen(id, nowMonoNs: ms), id)
+        }
+    }
 }

@@ -2,8 +2,9 @@
 // ranking: PulsePolicy/KVLeasePeers.swift), on real `pulse` processes in
 // nats-kv mode and a real JetStream nats-server: each pulse publishes its
 // report on `_BACKBEAT.<cluster>.peers` with its pings, a report received
-// is merged (a pulse only reported becomes one seen, in `/members`), and a
-// malformed one is refused and counted.
+// is merged (a pulse only reported becomes one seen, in `/members`), a
+// malformed one is refused and counted, and so is a ping from an id the
+// `-node-id` rule refuses (not answered).
 import CNats
 import Foundation
 import Glibc
@@ -58,5 +59,25 @@ final class KVPeersProcessTests: XCTestCase {
                 return refused >= 1
             }, "bad_peer_report counted\n\(cluster.logs)")
         XCTAssertFalse(membersOfK1().contains("k9"))
+
+        // A ping from an id the -node-id flag refuses is not answered, and
+        // counted `bad_peer_id`; the same ping from a good id is answered.
+        func ping(_ from: String) -> natsStatus {
+            var reply: OpaquePointer?
+            let status = natsConnection_RequestString(&reply, nc, "_BACKBEAT.kvpeers.clock", "1 \(from)", 700)
+            natsMsg_Destroy(reply)
+            return status
+        }
+        XCTAssertEqual(ping("k.7"), NATS_TIMEOUT, "no pulse answers a ping from k.7")
+        XCTAssertEqual(ping("k7"), NATS_OK, "a good id is answered")
+        XCTAssertTrue(
+            Harness.waitUntil(seconds: 5) {
+                let text =
+                    (try? RawClient(port: cluster.adminPorts[0]).request(httpRequest("GET", "/metrics"))?.text) ?? ""
+                return
+                    (LiveViewProcessTests.metric(
+                        text, "backbeat_rejected_input_total", [#"reason="bad_peer_id""#]) ?? 0) >= 1
+            }, "bad_peer_id counted\n\(cluster.logs)")
+        XCTAssertFalse(membersOfK1().contains("k.7"))
     }
 }

@@ -312,22 +312,9 @@ public struct PulseConfig: Sendable {
     }
 
     /// The rule for cluster and node ids, from a flag or from the data dir's
-    /// `node_id` file alike: nil when `value` is acceptable, else why not (a
-    /// phrase after the id's name). Pure; never traps on any string.
-    static func tokenViolation(_ value: String) -> String? {
-        if value.isEmpty { return "must not be empty" }
-        if value.utf8.count > 128 { return "must be at most 128 bytes (got \(value.utf8.count))" }
-        // U+FFFD is what invalid UTF-8 on the command line decodes to.
-        if value.unicodeScalars.contains("\u{FFFD}") { return "must be valid UTF-8" }
-        if value.unicodeScalars.contains(where: CharacterSet.controlCharacters.contains) {
-            return "must not contain control characters"
-        }
-        let forbidden = CharacterSet(charactersIn: ".*>/\\").union(.whitespacesAndNewlines)
-        if value.unicodeScalars.contains(where: forbidden.contains) {
-            return "'\(value)' must not contain spaces, '.', '*', '>', '/' or '\\'"
-        }
-        return nil
-    }
+    /// `node_id` file alike (`IdToken.violation`, which the nats-kv pulses
+    /// also apply to the ids in each other's pings and reports).
+    static func tokenViolation(_ value: String) -> String? { IdToken.violation(value) }
 }
 
 /// Log levels as operators spell them in BACKBEAT_LOG_LEVEL.

@@ -10,7 +10,9 @@
 // receiving/answering (taken on the library's delivery thread, so the loop's
 // load is not in the round trip), t4 the pinger's at receiving the answer.
 // Only an answer echoing the last ping's t1 counts (a late one is dropped);
-// ClockSync's bounds refuse impossible samples. `_BACKBEAT.>` is published
+// ClockSync's bounds refuse impossible samples. A node id that breaks the
+// `-node-id` rule (`KVLeasePeers.idProblem`) is refused and counted, in
+// pings (not answered), answers and reports alike. `_BACKBEAT.>` is published
 // by pulses only (deploy/nats: the pulse role; consumers may not).
 //
 // With each ping, the pulses this one saw and how long ago (the gossip that
@@ -189,8 +191,12 @@ final class KVClockPing: @unchecked Sendable {
         let from = words[1]
         guard from != nodeId else { return }  // our own ping, echoed by the server
         guard admit() else { return }  // no answer either: a flood is not reflected
-        let t3 = cloop_realtime_ns()
-        _ = natsConnection_PublishString(nc, reply, "\(t1) \(t2) \(t3) \(nodeId)")
+        // An id that breaks the -node-id rule gets no answer; the loop
+        // counts it (`KVLeasePeers.seen`: `bad_peer_id`, `long_peer_id`, ...).
+        if KVLeasePeers.idProblem(from) == nil {
+            let t3 = cloop_realtime_ns()
+            _ = natsConnection_PublishString(nc, reply, "\(t1) \(t2) \(t3) \(nodeId)")
+        }
         onSeen?(from)
     }
 

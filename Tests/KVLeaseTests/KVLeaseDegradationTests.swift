@@ -8,27 +8,13 @@ import XCTest
 
 final class KVLeaseDegradationTests: XCTestCase {
     private let ms: Int64 = 1_000_000
-    private let epoch = ClusterCommand.epoch(
-        startBeat: 0, startNs: 1_800_000_000_000_000_000, bpm: 120, bar: 4, phases: ["beat"])
-
-    /// Node `id` with the committed epoch applied (from another holder's write).
-    private func node(_ id: String) throws -> KVLeadership {
-        let flags = try TimelineShape(bar: 4, phases: ["beat"])
-        let writer = KVLeaseTimeline(flags: flags)
-        let record = try XCTUnwrap(writer.write(epoch, term: 3))
-        var timeline = KVLeaseTimeline(flags: flags)
-        _ = timeline.apply(record.value, revision: 3)
-        return KVLeadership(
-            lease: KVLease(timing: KVLeaseTiming(), owner: "\(id) 1-2", nowMonoNs: 0), timeline: timeline)
-    }
-
     /// A round trip with a peer whose clock reads `offsetNs` more than ours.
     private func sample(atNs t: Int64, offsetNs: Int64, rttNs: Int64 = 2_000_000) -> SyncSample {
         SyncSample(t1: t, t2: t + rttNs / 2 + offsetNs, t3: t + rttNs / 2 + offsetNs, t4: t + rttNs)
     }
 
     func testEntersOnlyWhenTheKVIsUnreachableAndNoHolderIsWatched() throws {
-        let n = try node("k2")
+        let n = try KVLeaseFixture.node("k2")
         n.holderWatched(present: true, nowMonoNs: 100 * ms)
         // The holder's claim watched recently: never degraded.
         for t in stride(from: 100 * ms, through: 500 * ms, by: 20_000_000) {
@@ -50,7 +36,7 @@ final class KVLeaseDegradationTests: XCTestCase {
     }
 
     func testAnsweringKVKeepsANodeOutOfDegradation() throws {
-        let n = try node("k2")
+        let n = try KVLeaseFixture.node("k2")
         // The KV answers (a conflict: someone holds the key) but the watch is silent.
         var t: Int64 = 0
         while t < 3_000 * ms {
@@ -71,7 +57,7 @@ final class KVLeaseDegradationTests: XCTestCase {
     }
 
     func testTurnsAreRankedAmongThePulsesSeenAndMeasuredOnTheLowest() throws {
-        let n = try node("k3")
+        let n = try KVLeaseFixture.node("k3")
         n.peers.seen("k2", nowMonoNs: 10 * ms)
         XCTAssertNil(n.peers.add(sample(atNs: 20 * ms, offsetNs: 7 * ms), from: "k1", nowMonoNs: 20 * ms))
         XCTAssertEqual(n.updateDegradation(nowMonoNs: 1_000 * ms), .none, "leaderless from here")
@@ -100,7 +86,7 @@ final class KVLeaseDegradationTests: XCTestCase {
     }
 
     func testAHolderWithinItsLeaseIsNeverDegraded() throws {
-        let n = try node("k1")
+        let n = try KVLeaseFixture.node("k1")
         XCTAssertEqual(n.lease.next(nowMonoNs: 0), .create)
         XCTAssertEqual(n.lease.complete(.written(revision: 9), nowMonoNs: ms), [.acquired(term: 9)])
         // Its own lease counts as a leader; then it runs down with no answer.

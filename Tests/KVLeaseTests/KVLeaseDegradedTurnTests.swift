@@ -11,25 +11,11 @@ import XCTest
 final class KVLeaseDegradedTurnTests: XCTestCase {
     private let ms: Int64 = 1_000_000
     private let periodNs: Int64 = 500_000_000  // 120 bpm
-    private let startNs: Int64 = 1_800_000_000_000_000_000
-    private var epoch: ClusterCommand {
-        .epoch(startBeat: 0, startNs: startNs, bpm: 120, bar: 4, phases: ["beat"])
-    }
-
-    /// Node `id` with the committed epoch applied (term 3, another holder's).
-    private func node(_ id: String) throws -> KVLeadership {
-        let flags = try TimelineShape(bar: 4, phases: ["beat"])
-        let writer = KVLeaseTimeline(flags: flags)
-        let record = try XCTUnwrap(writer.write(epoch, term: 3))
-        var timeline = KVLeaseTimeline(flags: flags)
-        _ = timeline.apply(record.value, revision: 3)
-        return KVLeadership(
-            lease: KVLease(timing: KVLeaseTiming(), owner: "\(id) 1-2", nowMonoNs: 0), timeline: timeline)
-    }
+    private let startNs = KVLeaseFixture.startNs
 
     /// Node `id`, alone and degraded at 1,560 ms (no KV answer, no holder watched).
     private func degradedNode(_ id: String) throws -> KVLeadership {
-        let n = try node(id)
+        let n = try KVLeaseFixture.node(id)
         XCTAssertEqual(n.updateDegradation(nowMonoNs: 560 * ms), .none)
         XCTAssertEqual(n.updateDegradation(nowMonoNs: 1_560 * ms), .entered)
         return n
@@ -180,10 +166,10 @@ final class KVLeaseDegradedTurnTests: XCTestCase {
     /// another cluster's) and the subject's attach through its publish mode.
     func testTheBeatShellTellsTheStrategy() throws {
         let holderPorts = FramePorts(wallNs: startNs + 10_000 * ms)
-        let holder = try node("k1")
+        let holder = try KVLeaseFixture.node("k1")
         let holderShell = shell(holderPorts, nodeId: "k1", leadership: holder)
         let ports = FramePorts(wallNs: startNs + 10_000 * ms)
-        let n = try node("k2")
+        let n = try KVLeaseFixture.node("k2")
         let listener = shell(ports, nodeId: "k2", leadership: n)
         let t = try XCTUnwrap(n.committedTimeline)
         var policy = EchoPolicy(clusterId: "c1", publishers: .any, maxTermLead: EchoPolicy.clusterTermLead)

@@ -119,13 +119,7 @@ final class KVLeaseWedgeTests: XCTestCase {
     // MARK: item 2: the fencing token
 
     func testAFollowersFramesAndRepliesCarryTheAppliedRecordsTerm() throws {
-        let flags = try flags()
-        let writer = KVLeaseTimeline(flags: flags)
-        let record = try XCTUnwrap(writer.write(epoch, term: 40))
-        var timeline = KVLeaseTimeline(flags: flags)
-        _ = timeline.apply(record.value, revision: 41)
-        let n = KVLeadership(
-            lease: KVLease(timing: KVLeaseTiming(), owner: "k2 1-2", nowMonoNs: 0), timeline: timeline)
+        let n = try KVLeaseFixture.node("k2", term: 40, revision: 41)
         // The holder (term 40) renews ~20 times a second: the lease key's revision runs ahead.
         for rev: UInt64 in 42...140 {
             n.leaseEntryWatched(

@@ -93,6 +93,17 @@ final class KVLeaseProcessTests: XCTestCase {
         return (cluster, subscriber)
     }
 
+    /// An operator's `nats kv del` of the key on `subject` (`$KV.<bucket>.<key>`):
+    /// a delete marker (header `KV-Operation: DEL`) published on `nc`, flushed.
+    private func operatorDelete(_ nc: OpaquePointer?, _ subject: String) {
+        var msg: OpaquePointer?
+        XCTAssertEqual(natsMsg_Create(&msg, subject, nil, nil, 0), NATS_OK)
+        defer { natsMsg_Destroy(msg) }
+        XCTAssertEqual(natsMsgHeader_Set(msg, "KV-Operation", "DEL"), NATS_OK)
+        XCTAssertEqual(natsConnection_PublishMsg(nc, msg), NATS_OK)
+        XCTAssertEqual(natsConnection_Flush(nc), NATS_OK)
+    }
+
     private func nowNs() -> Int64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
@@ -149,13 +160,8 @@ final class KVLeaseProcessTests: XCTestCase {
         var nc: OpaquePointer?
         XCTAssertEqual(natsConnection_ConnectTo(&nc, cluster.natsURL), NATS_OK)
         defer { natsConnection_Destroy(nc) }
-        var msg: OpaquePointer?
-        XCTAssertEqual(natsMsg_Create(&msg, "$KV.backbeat_kvdel_lease.leader", nil, nil, 0), NATS_OK)
-        defer { natsMsg_Destroy(msg) }
-        XCTAssertEqual(natsMsgHeader_Set(msg, "KV-Operation", "DEL"), NATS_OK)
         let before = cluster.logs.components(separatedBy: "publishing as lease holder").count
-        XCTAssertEqual(natsConnection_PublishMsg(nc, msg), NATS_OK)
-        XCTAssertEqual(natsConnection_Flush(nc), NATS_OK)
+        operatorDelete(nc, "$KV.backbeat_kvdel_lease.leader")
         XCTAssertTrue(
             Harness.waitUntil(seconds: 10) {
                 cluster.logs.components(separatedBy: "publishing as lease holder").count > before
@@ -276,13 +282,7 @@ final class KVLeaseProcessTests: XCTestCase {
             try JSONSerialization.jsonObject(with: Data(got.utf8)) as? [String: Any], got)
         let data = try XCTUnwrap((json["message"] as? [String: Any])?["data"] as? String, got)
         let record = try XCTUnwrap(Data(base64Encoded: data), got)
-        // An operator's `nats kv del` of the timeline key.
-        var del: OpaquePointer?
-        XCTAssertEqual(natsMsg_Create(&del, "$KV.backbeat_kvstep.timeline", nil, nil, 0), NATS_OK)
-        defer { natsMsg_Destroy(del) }
-        XCTAssertEqual(natsMsgHeader_Set(del, "KV-Operation", "DEL"), NATS_OK)
-        XCTAssertEqual(natsConnection_PublishMsg(nc, del), NATS_OK)
-        XCTAssertEqual(natsConnection_Flush(nc), NATS_OK)
+        operatorDelete(nc, "$KV.backbeat_kvstep.timeline")
         XCTAssertTrue(
             Harness.waitUntil(seconds: 10) { cluster.logs.contains("timeline key deleted or purged outside") },
             cluster.logs)

@@ -30,29 +30,6 @@ import Glibc
 import PulsePolicy
 import Synchronization
 
-/// The answer to a timeline write.
-enum KVWriteReply: Equatable, Sendable {
-    case written(revision: UInt64)
-    case conflict
-    /// The write's fate is unknown (no answer in time).
-    case unknown
-    /// Certainly not stored (not connected, refused by the server).
-    case notSent
-}
-
-/// One entry a watch saw: a put (`value`) or a delete/purge (`value` nil).
-struct KVWatched: Sendable {
-    var revision: UInt64
-    var value: [UInt8]?
-    var key = ""
-    /// A purge marker (else a delete marker, when `value` is nil).
-    var purged = false
-    /// A delete marker's body (the hand-over's release marker), at most `maxMarkerBytes`.
-    var markerBody: [UInt8] = []
-
-    static let maxMarkerBytes = 1024
-}
-
 /// No NATS server of -nats answered at start-up (the message is the start-up
 /// line); the node retries for `-kv-start-wait-ms` (PulseNode+KV.swift).
 struct KVNoServer: Error, CustomStringConvertible {

@@ -15,6 +15,7 @@
 // is (AdminRouter.parseTempoBody).
 import CLoop
 import Foundation
+import PulsePolicy
 import Raft
 
 /// TempoForwarder's link over the lease bucket (loop thread).

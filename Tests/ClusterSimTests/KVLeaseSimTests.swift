@@ -1,42 +1,60 @@
-// The nats-kv mode's model for the simulator (issue 21): three pulses run the
-// pure lease and timeline policies (PulsePolicy/KVLease*.swift) against a
-// model JetStream KV — linearizable compare-and-set, the key's TTL on the
-// server's clock, outages (no quorum, a server failover), partitions between
-// a pulse and the servers, lost replies — with drifting clocks, stalls
-// (SIGSTOP), hand-overs and tempo changes. Each pulse publishes a beat at its
-// instant when the lease policy lets it (`KVLeadership.publishMode`), past
-// the take-over guard and the highest index it heard, below the tempo
-// barrier. Outages of JetStream long enough for degradation (no quorum for
-// seconds, core NATS up) make the pulses keep the timeline with degraded
-// frames, in turns ranked among the pulses seen and measured on the lowest
-// one's clock as estimated from ping samples (KVLeasePeers, whose reports
-// ride on the pings), each only in its turn's slot, past the highest index
-// it heard, below the tempo barrier, and only when the strategy allows turns
-// (no holder's frame heard for two periods, not just reattached or stalled,
-// the ranking settled: KVLeaseLeadership.degradedTurnsAllowed). Tempo
-// requests take the service's path: `TempoAdmission.decide`
-// (TempoController) and `KVLeadership.prepareTempo` / `KVTempoWrite`
-// (KVNode.commitTempo), whose barrier the frames obey. Checked at every
-// step and frame:
-//   one_publisher    at most one pulse may publish at any instant
-//   holder_is_current a frame's publisher holds the key's current revision at the server
-//   no_republish     no index published twice: by two holders ever; by a
-//                    degraded pulse (or a holder after one) that was on NATS
-//                    when the index was first published (degraded frames reach
-//                    the others at the end of the step, so two turns taken at
-//                    once both count; a pulse cut off from NATS cannot hear the
-//                    frame, as in the whole-cluster simulator: such pairs are
-//                    only tallied, `unheard_duplicates`)
-//   term_order       terms never go down along the indices (leader frames)
-//   not_retroactive  a stored tempo change's downbeat is after every published beat
-// This model runs the policies, not the service's loop (Pulse/KV/KVNode);
-// the process tests (KVLeaseProcessTests) run that against real servers.
+// The nats-kv mode's simulator (issue 21): three pulses (new incarnations
+// replace those that stop) against a model JetStream KV — linearizable
+// compare-and-set, the key's TTL on the server's clock, outages (no quorum,
+// a server failover), partitions between a pulse and the servers, lost
+// replies — with drifting clocks, stalls (SIGSTOP), hand-overs (SIGTERM of
+// the holder) and tempo changes.
+//
+// The beat side is the service's: every pulse runs its own `BeatShell`
+// (PulsePolicy/BeatShell.swift, BeatPlanner.swift, as Raft mode and the
+// whole-cluster simulator do) with the pulse's `KVLeadership` as its
+// leadership, over simulated ports (KVSimBeat.swift): beat timers and spins
+// at their exact times on an event queue, frames on a simulated NATS link
+// (latency, cuts with the kernel's queue and TCP_USER_TIMEOUT, reconnects),
+// heard through `BeatShell.hear` / `hearOwn` and an `EchoPolicy`. The shell
+// is driven as KVNode drives it: `start` when the timeline watch applies the
+// epoch, `tempoApplied`, `armNext` after a re-sync, `takeOver` once per term
+// when the holder is ready. Degradation (JetStream without quorum for
+// seconds, core NATS up) is the strategy's (KVLeaseLeadership, KVLeasePeers
+// fed by the simulated pings) and the planner's degraded turns.
+//
+// Still modeled by hand (KVSimNode.driveLease, KVSim.timelineWrites,
+// KVSim.pings): the lease and timeline driving that KVNode does on its 20 ms
+// timer — lease operations and their answers, the watches of both keys, the
+// holder's term start and epoch writes, the SIGTERM hand-over — over the
+// policies it calls (KVLease, KVLeaseTimeline, KVTempoWrite, KVLeasePeers).
+// Tempo requests take the service's path: `TempoAdmission.decide` on the
+// shell's timeline and next beat (TempoController) and
+// `KVLeadership.prepareTempo` / `KVTempoWrite` (KVNode.commitTempo), whose
+// barrier the shell obeys.
+//
+// Checked on every frame handed to the kernel (its bytes decoded, as a
+// consumer decodes them) and at every step:
+//   one_publisher     at most one pulse's lease lets it publish at any instant
+//   holder_is_current a non-degraded frame's term is the server's current
+//                     lease term and its publisher the key's owner
+//   no_republish      no index published twice: by two holders ever; by a
+//                     degraded pulse (or a holder after one) that was on NATS
+//                     when the server sent the first frame of that index (a
+//                     pulse cut off from NATS cannot hear it, as in the
+//                     whole-cluster simulator: such pairs are only tallied,
+//                     `unheard_duplicates`)
+//   term_order        terms never go down along the indices (holders' frames)
+//   not_retroactive   a stored tempo change's downbeat is after every
+//                     published beat, and no holder's frame at or past it
+//                     carries another tempo
+//   lateness          a holder's frame leaves at or after its instant, less
+//                     than half a period late
+// The process tests (KVLeaseProcessTests) run the whole service against
+// real servers.
 //
 //   SIM_KV_SEEDS=N   seeds (default 2000); SIM_SEED=S one seed
 import Foundation
 import PulseCore
 import PulsePolicy
 import XCTest
+
+@testable import Pulse
 
 final class KVLeaseSimTests: XCTestCase {
     func testSeededKVLeaseSimulation() {
@@ -46,7 +64,7 @@ final class KVLeaseSimTests: XCTestCase {
             ?? Array(0..<UInt64(env["SIM_KV_SEEDS"].flatMap { Int($0) } ?? 2000))
         var totals = KVSimTotals()
         for seed in seeds {
-            var sim = KVSim(seed: seed)
+            let sim = KVSim(seed: seed)
             sim.run()
             totals.add(sim)
             for v in sim.violations.prefix(3) {
@@ -54,13 +72,18 @@ final class KVLeaseSimTests: XCTestCase {
             }
         }
         print(
-            "seeds=\(seeds.count) mode=nats-kv steps=\(totals.steps) frames=\(totals.frames) acquisitions=\(totals.acquisitions) hand_overs=\(totals.handOvers) tempo_changes=\(totals.tempoChanges) change_pending=\(totals.changesPendingRefused) stalls=\(totals.stalls) outages=\(totals.outages) degraded_frames=\(totals.degradedFrames) degraded_held=\(totals.degradedHeld) unheard_duplicates=\(totals.unheardDuplicates) violations=\(totals.violations) "
+            "seeds=\(seeds.count) mode=nats-kv steps=\(totals.steps) frames=\(totals.frames) acquisitions=\(totals.acquisitions) hand_overs=\(totals.handOvers) hand_overs_echoed=\(totals.handOversEchoed) tempo_changes=\(totals.tempoChanges) change_pending=\(totals.changesPendingRefused) stalls=\(totals.stalls) outages=\(totals.outages) degraded_frames=\(totals.degradedFrames) degraded_held=\(totals.degradedHeld) unheard_duplicates=\(totals.unheardDuplicates) refused_echoes=\(totals.refusedEchoes) violations=\(totals.violations) "
         )
         XCTAssertEqual(totals.violations, 0)
-        XCTAssertGreaterThan(totals.acquisitions, UInt64(seeds.count), "leases change hands")
+        XCTAssertGreaterThan(totals.acquisitions, 0, "leases are taken")
+        XCTAssertGreaterThan(totals.frames, 0, "holders publish")
         XCTAssertGreaterThan(totals.tempoChanges, 0, "tempo changes are exercised")
         if seeds.count >= 100 {
+            XCTAssertGreaterThan(totals.acquisitions, UInt64(seeds.count), "leases change hands")
+            // The epoch starts at 1 s: 50 beats a seed at most.
+            XCTAssertGreaterThan(totals.frames, 25 * UInt64(seeds.count), "holders publish most beats")
             XCTAssertGreaterThan(totals.handOvers, 0, "hand-overs are exercised")
+            XCTAssertGreaterThan(totals.handOversEchoed, 0, "hand-overs after the last frame came back")
             XCTAssertGreaterThan(totals.degradedFrames, 0, "degradation is exercised")
         }
         if seeds.count >= 1000 {
@@ -96,7 +119,7 @@ final class KVRegressionSeedTests: XCTestCase {
 
     func testKVRegressionSeeds() {
         for (seed, pending, what) in Self.seeds {
-            var sim = KVSim(seed: seed)
+            let sim = KVSim(seed: seed)
             sim.run()
             XCTAssertEqual(sim.violations, [], "nats-kv seed \(seed) (\(what))")
             XCTAssertGreaterThan(sim.tempoChanges, 0, "nats-kv seed \(seed): no tempo change stored")
@@ -116,7 +139,7 @@ extension KVLeaseSimTests {
     /// (KVLeaseLeadership.degradedTurnsAllowed, KVLeasePeers' reports).
     func testDegradedTurnRegressionSeeds() {
         for seed: UInt64 in [20229, 42853, 48489] {
-            var sim = KVSim(seed: seed)
+            let sim = KVSim(seed: seed)
             sim.run()
             XCTAssertEqual(sim.violations, [], "seed \(seed)")
             XCTAssertGreaterThan(sim.acquisitions, 0, "seed \(seed): leases are taken")
@@ -129,9 +152,11 @@ struct KVSimTotals {
     var frames: UInt64 = 0
     var acquisitions: UInt64 = 0
     var handOvers: UInt64 = 0
+    var handOversEchoed: UInt64 = 0
     var tempoChanges: UInt64 = 0
     var changesPendingRefused: UInt64 = 0
     var degradedHeld: UInt64 = 0
+    var refusedEchoes: UInt64 = 0
     var stalls: UInt64 = 0
     var outages: UInt64 = 0
     var degradedFrames: UInt64 = 0
@@ -143,6 +168,8 @@ struct KVSimTotals {
         frames += UInt64(sim.published.count)
         acquisitions += sim.acquisitions
         handOvers += sim.handOvers
+        handOversEchoed += sim.handOversEchoed
+        refusedEchoes += sim.refusedEchoes
         tempoChanges += sim.tempoChanges
         changesPendingRefused += sim.changesPendingRefused
         degradedHeld += sim.degradedHeld
@@ -200,9 +227,10 @@ struct KVModelServer {
     }
 }
 
-/// One simulated pulse.
-struct KVSimNode {
-    var leadership: KVLeadership
+/// One simulated pulse (one incarnation: a restart is a new node).
+final class KVSimNode {
+    let index: Int
+    let leadership: KVLeadership
     let ratePpm: Int64  // its monotonic clock against the server's
     /// Its wall clock: the server's time off by `offsetNs` and drifting by
     /// `wallPpm` (NTP-disciplined hosts; the whole-cluster simulator's ±500 ppm).
@@ -210,6 +238,9 @@ struct KVSimNode {
     let offsetNs: Int64
     var stalledUntilNs: Int64 = 0
     var partitionedUntilNs: Int64 = 0
+    var gone = false
+
+    // The lease and timeline driving (KVNode's, by hand: see the file header).
     /// The operation in flight: when its answer arrives, and the answer.
     var pending: (dueNs: Int64, reply: KVLeaseReply)?
     /// A timeline write in flight: its answer's time, whether it was stored,
@@ -218,45 +249,82 @@ struct KVSimNode {
     /// record past its base, as in KVNode).
     var timelineWrite: (dueNs: Int64, stored: Bool, tempo: Bool)?
     var appliedRecords = 0
-    var lastSeen: Int64 = -1
-    var floorBeat: Int64 = .max
-    var tookOverTerm: UInt64 = 0
-    var releasing = false
-    var gone = false
     /// The lease-key revision the watch last delivered.
     var watchedLeaseRev: UInt64 = 0
-    /// Attached to NATS (the beat subject) at its last step.
-    var onSubject = false
+    /// The term whose take-over was handed to the beat shell (KVNode's).
+    var tookOverTerm: UInt64 = 0
+    /// SIGTERM on the holder: hands over once its last frame came back
+    /// (PulseNode.handOver), else after a period and a second.
+    var stopRequestedNs: Int64?
+    var handOverPending = false
 
+    // The beat side: the service's shell over the simulated ports (KVSimBeat.swift).
+    var beat: BeatShell!
+    var ports: KVSimBeatPorts!
+    /// The beat subscription's echo policy (one per incarnation, as in the service).
+    var echo = EchoPolicy(clusterId: KVSim.clusterId, publishers: .any, maxTermLead: EchoPolicy.clusterTermLead)
+    var link = KVSimLink()
+    var beatTimer = 0
+    var beatPending = false
+    var emitPending: (Int64, Bool, Int64)?
+    /// Frames delivered while stalled, read when the loop runs again.
+    var backlog: [KVSimFrame] = []
+
+    init(index: Int, leadership: KVLeadership, ratePpm: Int64, wallPpm: Int64, offsetNs: Int64) {
+        self.index = index
+        self.leadership = leadership
+        self.ratePpm = ratePpm
+        self.wallPpm = wallPpm
+        self.offsetNs = offsetNs
+    }
+
+    func stalled(_ t: Int64) -> Bool { t < stalledUntilNs }
     func mono(_ t: Int64) -> Int64 { t * ratePpm / 1_000_000 }
-    func wall(_ t: Int64) -> Int64 { t + t / 1_000_000 * wallPpm + offsetNs }
+    func wall(_ t: Int64) -> Int64 { t + t * wallPpm / 1_000_000 + offsetNs }
+    /// The earliest true time at which the wall clock reads at least `w`.
+    func trueAt(wall w: Int64) -> Int64 {
+        var t = max(0, (w - offsetNs) * 1_000_000 / (1_000_000 + wallPpm))
+        while wall(t) < w { t += 1 }
+        while t > 0 && wall(t - 1) >= w { t -= 1 }
+        return t
+    }
 }
 
-struct KVSim {
+final class KVSim {
     static let stepNs: Int64 = 5_000_000
     static let durationNs: Int64 = 6_000_000_000
-    static let guardNs: Int64 = 295_000_000
     static let latencyNs: Int64 = 2_000_000
+    static let clusterId = "sim-kv"
+    /// The service's planner settings (BeatDriver, the default -spin-max-us).
+    static let planner = PlannerConfig(maxLeadNs: 2_000_000, handoffGuardNs: BeatDriver.handoffGuardNs)
     var rng: SimRNG
+    /// NATS latencies and reconnect delays (their own stream).
+    var netRng: SimRNG
+    /// True time (ns): the step's, or the event's being handled.
+    var now: Int64 = 0
+    var events = EventQueue<KVSimEvent>()
     var server: KVModelServer
     var nodes: [KVSimNode] = []
+    /// Holders' frames handed to a kernel: index → term, node, tempo.
     var published: [Int64: (term: UInt64, node: Int, bpm: Int64)] = [:]
-    /// Degraded frames that reached NATS: index → node.
+    /// Degraded frames handed to a kernel: index → the first node.
     var degradedPublished: [Int64: Int] = [:]
-    /// Per index: the pulses on NATS when a frame of it was published.
+    /// Per index: the pulses the server sent a frame of it to at once.
     var heard: [Int64: Set<Int>] = [:]
-    /// Degraded frames on their way to the other pulses (delivered at the end of the step).
-    var inFlight: [(index: Int64, to: [Int])] = []
     var unheardDuplicates: UInt64 = 0
+    /// Frames an echo policy refused (another term or timeline, a stale one).
+    var refusedEchoes: UInt64 = 0
     var violations: [String] = []
     var steps: UInt64 = 0
     var acquisitions: UInt64 = 0
     var handOvers: UInt64 = 0
+    /// Of those, after the holder's last frame came back (the release marker).
+    var handOversEchoed: UInt64 = 0
     var tempoChanges: UInt64 = 0
     /// Tempo requests the holder refused with 409 `change_pending` (its last
     /// change stored, not yet watched).
     var changesPendingRefused: UInt64 = 0
-    /// Steps in which a degraded turn's beat was held by the tempo barrier.
+    /// Degraded turns the tempo barrier held (planner retries, KVSim.armBeat).
     var degradedHeld: UInt64 = 0
     var stalls: UInt64 = 0
     var outages: UInt64 = 0
@@ -269,43 +337,53 @@ struct KVSim {
 
     init(seed: UInt64) {
         rng = SimRNG(seed: seed &* 0x9E37_79B9 &+ 21)
+        netRng = SimRNG(seed: seed ^ 0x4E41_5453)
         let timing = KVLeaseTiming()
         server = KVModelServer(ttlNs: timing.ttlNs)
         shape = (try? TimelineShape(bar: 4, phases: ["beat"]))!
         for _ in 0..<3 { nodes.append(makeNode()) }
     }
 
-    mutating func makeNode() -> KVSimNode {
+    func makeNode() -> KVSimNode {
         incarnation += 1
         // Within the lease's stated clock-rate margin (1 %) and the guard's offset.
         let rate = 1_000_000 + Int64(rng.below(18_000)) - 9_000
         let offset = Int64(rng.below(20_000_000)) - 10_000_000
         let wallPpm = Int64(rng.below(1_001)) - 500
-        let lease = KVLease(timing: KVLeaseTiming(), owner: "n\(incarnation)", nowMonoNs: 0)
-        return KVSimNode(
-            leadership: KVLeadership(lease: lease, timeline: KVLeaseTimeline(flags: shape)), ratePpm: rate,
-            wallPpm: wallPpm, offsetNs: offset)
+        // The claim's first word is the node id, as KVNode's; the HLC suffix
+        // its frames carry (the id's last 4 characters) tells incarnations apart.
+        let nodeId = "kvsim-\(1000 + incarnation)"
+        let lease = KVLease(timing: KVLeaseTiming(), owner: "\(nodeId) \(incarnation)", nowMonoNs: 0)
+        let n = KVSimNode(
+            index: nodes.count, leadership: KVLeadership(lease: lease, timeline: KVLeaseTimeline(flags: shape)),
+            ratePpm: rate, wallPpm: wallPpm, offsetNs: offset)
+        n.ports = KVSimBeatPorts(sim: self, node: n)
+        n.beat = BeatShell(
+            ports: n.ports, planner: Self.planner, handOverGuardNs: BeatDriver.handOverGuardNs,
+            clusterId: Self.clusterId, phases: shape.phases, nodeId: nodeId, maxOffsetMs: 500)
+        n.beat.leadership = n.leadership
+        // The NATS connection attaches shortly after the start.
+        events.push(now + netRng.range(5_000_000, 100_000_000), .reconnect(node: n.index, link: n.link.gen))
+        return n
     }
 
     func reachable(_ n: KVSimNode, _ t: Int64) -> Bool { t >= outageUntilNs && t >= n.partitionedUntilNs }
 
-    mutating func run() {
+    func run() {
         var t: Int64 = 0
         while t < Self.durationNs {
             t += Self.stepNs
+            runEvents(through: t)  // the beat side, at its exact times
+            now = t
             steps += 1
             faults(t)
             server.expire(atNs: t)
-            for i in nodes.indices where !nodes[i].gone && t >= nodes[i].stalledUntilNs { act(i, t) }
-            for frame in inFlight {
-                for j in frame.to { nodes[j].lastSeen = max(nodes[j].lastSeen, frame.index) }
-            }
-            inFlight.removeAll()
+            for i in nodes.indices where !nodes[i].gone && !nodes[i].stalled(t) { act(nodes[i], t) }
             checkOnePublisher(t)
         }
     }
 
-    mutating func faults(_ t: Int64) {
+    func faults(_ t: Int64) {
         switch rng.below(2_000) {
         case 0:
             outageUntilNs = max(outageUntilNs, t + Int64(rng.below(1_500)) * 1_000_000)  // a server failover
@@ -316,102 +394,154 @@ struct KVSim {
             outages += 1
         default: break
         }
-        let i = Int(rng.below(UInt64(nodes.count)))
-        guard !nodes[i].gone else { return }
+        let n = nodes[Int(rng.below(UInt64(nodes.count)))]
+        guard !n.gone else { return }
         switch rng.below(3_000) {
         case 0:
-            nodes[i].stalledUntilNs = t + Int64(rng.below(2_000)) * 1_000_000
+            n.stalledUntilNs = t + Int64(rng.below(2_000)) * 1_000_000
+            events.push(n.stalledUntilNs, .stallEnds(node: n.index))
+            trace("n\(n.index) stalled for \((n.stalledUntilNs - t) / 1_000_000) ms")
             stalls += 1
-        case 1: nodes[i].partitionedUntilNs = t + Int64(rng.below(1_500)) * 1_000_000
+        case 1:
+            n.partitionedUntilNs = t + Int64(rng.below(1_500)) * 1_000_000
+            trace("n\(n.index) partitioned for \((n.partitionedUntilNs - t) / 1_000_000) ms")
+            events.push(n.partitionedUntilNs, .partitionEnds(node: n.index))
+            pathCut(n)
         case 2:
-            // SIGTERM: the holder hands over, anyone else leaves; a new incarnation starts.
-            if nodes[i].leadership.isHolder && !nodes[i].releasing {
-                _ = nodes[i].leadership.lease.release()
-                nodes[i].releasing = true
-                handOvers += 1
-            } else if !nodes[i].releasing {
-                nodes[i].gone = true
-                nodes.append(makeNode())
+            // SIGTERM (PulseNode): the holder hands over after its next
+            // frame came back, anyone else stops; a new incarnation starts.
+            guard n.stopRequestedNs == nil else { break }
+            if n.leadership.isHolder {
+                n.stopRequestedNs = t
+                n.handOverPending = true
+            } else {
+                stop(n)
             }
         default: break
         }
     }
 
-    mutating func act(_ i: Int, _ t: Int64) {
-        let mono = nodes[i].mono(t)
-        let connected = reachable(nodes[i], t)
-        // The loop runs (a stall ends here) and the subject (re)attaches, as
-        // KVNode and BeatShell tell the strategy in the service.
-        nodes[i].leadership.loopTick(nowMonoNs: mono)
-        let onSubject = t >= nodes[i].partitionedUntilNs
-        if onSubject && !nodes[i].onSubject { nodes[i].leadership.subjectReconnected(atMonoNs: mono) }
-        nodes[i].onSubject = onSubject
+    /// The process ends; a new incarnation starts.
+    func stop(_ n: KVSimNode) {
+        guard !n.gone else { return }
+        n.gone = true
+        nodes.append(makeNode())
+    }
+
+    /// PulseNode.handOver: the holder releases the key (marked when its last
+    /// frame came back: the successor's short guard); anyone else stops.
+    func handOver(_ n: KVSimNode, echoed: Bool) {
+        guard n.handOverPending else { return }
+        n.handOverPending = false
+        guard n.leadership.isHolder else { return stop(n) }
+        handOvers += 1
+        if echoed { handOversEchoed += 1 }
+        for event in n.leadership.lease.release(marked: echoed) where event == .released { released(n) }
+    }
+
+    /// The hand-over's delete is done: the process stops, the others' watch sees the key gone.
+    func released(_ n: KVSimNode) {
+        stop(n)
+        for o in nodes where o !== n && !o.gone {
+            o.leadership.lease.keyGone()
+            o.leadership.holderWatched(present: false, nowMonoNs: o.mono(now))
+        }
+    }
+
+    /// One step of pulse `n`'s loop (not stalled): KVNode's lease timer and
+    /// watches, then its tempo writes; the beat side runs on its own events.
+    func act(_ n: KVSimNode, _ t: Int64) {
+        driveLease(n, t)
+        guard !n.gone else { return }
+        if let since = n.stopRequestedNs {
+            // PulseNode.housekeeping: no echo within a period and a second: hand over anyway.
+            let periodNs =
+                n.beat.timeline.map {
+                    $0.instantNs(ofBeat: n.beat.nextBeat + 1) - $0.instantNs(ofBeat: n.beat.nextBeat)
+                } ?? 100_000_000
+            if n.handOverPending && t - since > periodNs + 1_000_000_000 { handOver(n, echoed: false) }
+            let role = n.leadership.lease.role
+            if !n.gone && (!(role == .holder || role == .releasing) || t - since > periodNs + 3_000_000_000) {
+                stop(n)
+            }
+            guard !n.gone else { return }
+        }
+        timelineWrites(n, t, connected: reachable(n, t))
+    }
+
+    /// KVNode's lease driving, by hand (the lead moves it into PulsePolicy's
+    /// KVShell): the loop tick, the answers due, the watches of the timeline
+    /// key (records in revision order, each handed to the beat shell) and
+    /// of the lease key, the pings, the degradation update, the next lease
+    /// operation, the take-over.
+    func driveLease(_ n: KVSimNode, _ t: Int64) {
+        let mono = n.mono(t)
+        let connected = reachable(n, t)
+        // The loop runs (a stall ends here), as KVNode.drive tells the strategy.
+        n.leadership.loopTick(nowMonoNs: mono)
         // Answers that are due.
-        if let p = nodes[i].pending, t >= p.dueNs {
-            nodes[i].pending = nil
-            for event in nodes[i].leadership.lease.complete(p.reply, nowMonoNs: mono) {
+        if let p = n.pending, t >= p.dueNs {
+            n.pending = nil
+            for event in n.leadership.lease.complete(p.reply, nowMonoNs: mono) {
                 switch event {
-                case .acquired: acquisitions += 1
+                case .acquired(let term):
+                    acquisitions += 1
+                    trace("n\(n.index) acquired term \(term)")
                 case .released:
-                    nodes[i].gone = true
-                    nodes.append(makeNode())
-                    for j in nodes.indices where j != i {  // the watch saw the delete
-                        nodes[j].leadership.lease.keyGone()
-                        nodes[j].leadership.holderWatched(present: false, nowMonoNs: nodes[j].mono(t))
-                    }
-                case .lost, .fenced: break
+                    released(n)
+                    return
+                case .lost: n.leadership.holdingEnded()
+                case .fenced: break
                 }
             }
         }
-        if let w = nodes[i].timelineWrite, t >= w.dueNs {
-            nodes[i].timelineWrite = nil
+        if let w = n.timelineWrite, t >= w.dueNs {
+            n.timelineWrite = nil
             // Not stored: refused on the revision, or never sent (cut off): certainly not stored.
-            if w.tempo { nodes[i].leadership.tempoWrite.answered(w.stored ? .written : .notStored) }
+            if w.tempo { n.leadership.tempoWrite.answered(w.stored ? .written : .notStored) }
         }
-        guard !nodes[i].gone else { return }
         // The watches: timeline records in revision order.
         if connected {
-            while nodes[i].appliedRecords < server.records.count {
-                let r = server.records[nodes[i].appliedRecords]
-                nodes[i].appliedRecords += 1
-                // Every stored record continues the last one: none is refused.
-                // (KVNode's call: applies it and settles our tempo write.)
-                if case .refused(let why) = nodes[i].leadership.applyWatched(r.value, revision: r.rev) {
-                    violations.append("record_refused: rev \(r.rev) on node \(i): \(why)")
-                }
+            while n.appliedRecords < server.records.count && !n.gone {
+                let r = server.records[n.appliedRecords]
+                n.appliedRecords += 1
+                // KVNode.timelineWatched: applies it, settles our tempo write, tells the beat shell.
+                let change = n.leadership.applyWatched(r.value, revision: r.rev, nowNs: n.wall(t))
+                watchApplied(n, change, revision: r.rev)
             }
             if let l = server.lease {
-                nodes[i].leadership.watched(revision: l.rev)
-                if l.rev != nodes[i].watchedLeaseRev {  // a put the watch delivers
-                    nodes[i].watchedLeaseRev = l.rev
-                    nodes[i].leadership.holderWatched(present: true, nowMonoNs: mono)
+                n.leadership.watched(revision: l.rev)
+                if l.rev != n.watchedLeaseRev {  // a put the watch delivers
+                    n.watchedLeaseRev = l.rev
+                    n.leadership.holderWatched(present: true, nowMonoNs: mono)
                 }
             }
         }
-        if t % 100_000_000 == 0 { pings(i, t) }
-        nodes[i].leadership.updateDegradation(nowMonoNs: mono)
+        if t % 100_000_000 == 0 { pings(n, t) }
+        let change = n.leadership.updateDegradation(nowMonoNs: mono)
+        if change != .none { trace("n\(n.index) degradation \(change) rank \(n.leadership.rank)") }
         // The next lease operation: applied at the server after the latency, or lost.
-        if nodes[i].pending == nil, let op = nodes[i].leadership.lease.next(nowMonoNs: mono) {
+        if n.pending == nil, let op = n.leadership.lease.next(nowMonoNs: mono) {
             if connected {
-                let reply = server.apply(op, owner: nodes[i].leadership.lease.owner, atNs: t + Self.latencyNs)
+                let reply = server.apply(op, owner: n.leadership.lease.owner, atNs: t + Self.latencyNs)
                 let lost = rng.below(20) == 0
-                nodes[i].pending = (t + 2 * Self.latencyNs, lost ? .unknown : reply)
+                n.pending = (t + 2 * Self.latencyNs, lost ? .unknown : reply)
             } else {
-                nodes[i].pending = (t + 100_000_000, rng.below(2) == 0 ? .notSent : .unknown)
+                n.pending = (t + 100_000_000, rng.below(2) == 0 ? .notSent : .unknown)
             }
         }
-        timelineWrites(i, t, connected: connected)
-        publish(i, t)
+        maybeTakeOver(n)
     }
 
     /// The holder's term start (or the epoch) and, now and then, a tempo
-    /// request: the service's path (TempoController → `TempoAdmission.decide`,
-    /// KVNode.commitTempo → `KVLeadership.prepareTempo`), whose barrier
-    /// holds the beats; refused requests (409, 503) write nothing.
-    mutating func timelineWrites(_ i: Int, _ t: Int64, connected: Bool) {
-        let mono = nodes[i].mono(t)
-        let l = nodes[i].leadership
-        guard l.lease.mayPublish(nowMonoNs: mono), nodes[i].timelineWrite == nil else { return }
+    /// request: the service's path (TempoController → `TempoAdmission.decide`
+    /// on the shell's timeline and next beat, KVNode.commitTempo →
+    /// `KVLeadership.prepareTempo`), whose barrier holds the beats; refused
+    /// requests (409, 503) write nothing.
+    func timelineWrites(_ n: KVSimNode, _ t: Int64, connected: Bool) {
+        let mono = n.mono(t)
+        let l = n.leadership
+        guard l.lease.mayPublish(nowMonoNs: mono), n.timelineWrite == nil else { return }
         var write: (value: [UInt8], lastRevision: UInt64)?
         var tempo = false
         if !l.timeline.holderReady(term: l.lease.term) {
@@ -420,12 +550,13 @@ struct KVSim {
                 ?? l.timeline.write(
                     .epoch(startBeat: 0, startNs: epochStartNs, bpm: 600, bar: 4, phases: ["beat"]), term: l.lease.term
                 ).map { ($0.value, $0.lastRevision) }
-        } else if rng.below(300) == 0, let timeline = l.timeline.machine.timeline {
-            let first = max(nodes[i].lastSeen + 1, timeline.beat(atOrBeforeNs: nodes[i].wall(t)) + 1)
+        } else if rng.below(300) == 0, let timeline = n.beat.timeline {
+            // TempoController: the first unpublished beat is the shell's next.
+            let first = n.beat.nextBeat
             let current = TempoAdmission.inForce(timeline, firstUnpublishedBeat: first).epoch.bpm
             let decision = TempoAdmission.decide(
                 requestedBpm: current == 600 ? 570 : 600, timeline: timeline, minBpm: 1, maxBpm: 6000,
-                inFlight: false, isLeader: l.isReadyHolder, appliedTermStart: true, nowWallNs: nodes[i].wall(t),
+                inFlight: false, isLeader: l.isReadyHolder, appliedTermStart: true, nowWallNs: n.wall(t),
                 commitRoundNs: 200_000_000, firstUnpublishedBeat: first)
             if case .propose(let change) = decision {
                 switch l.prepareTempo(change, justification: "", nowMonoNs: mono) {
@@ -451,123 +582,34 @@ struct KVSim {
             }
             committedPending = pending
         }
-        nodes[i].timelineWrite = (t + 2 * Self.latencyNs, stored, tempo)
+        n.timelineWrite = (t + 2 * Self.latencyNs, stored, tempo)
     }
 
-    /// Node i pings the pulses it reaches over NATS (every 100 ms): one
-    /// round trip of 2 ms each, timestamps on both nodes' wall clocks.
-    mutating func pings(_ i: Int, _ t: Int64) {
-        guard t >= nodes[i].partitionedUntilNs else { return }
-        for j in nodes.indices where j != i && !nodes[j].gone && t >= nodes[j].stalledUntilNs {
-            guard t >= nodes[j].partitionedUntilNs else { continue }
+    /// Pulse `n` pings the pulses it reaches over NATS (every 100 ms): one
+    /// round trip of 2 ms each, timestamps on both pulses' wall clocks.
+    func pings(_ n: KVSimNode, _ t: Int64) {
+        guard t >= n.partitionedUntilNs else { return }
+        for o in nodes where o !== n && !o.gone && !o.stalled(t) {
+            guard t >= o.partitionedUntilNs else { continue }
             let sample = SyncSample(
-                t1: nodes[i].wall(t), t2: nodes[j].wall(t + 1_000_000), t3: nodes[j].wall(t + 1_000_000),
-                t4: nodes[i].wall(t + 2_000_000))
-            _ = nodes[j].leadership.peers.seen(nodes[i].leadership.nodeId, nowMonoNs: nodes[j].mono(t))
-            // The ping's report of the pulses i saw, through the wire form
+                t1: n.wall(t), t2: o.wall(t + 1_000_000), t3: o.wall(t + 1_000_000), t4: n.wall(t + 2_000_000))
+            _ = o.leadership.peers.seen(n.leadership.nodeId, nowMonoNs: o.mono(t))
+            // The ping's report of the pulses n saw, through the wire form
             // KVClockPing publishes and KVNode decodes and merges.
             let text = KVLeasePeers.encodeReport(
-                from: nodes[i].leadership.nodeId, nodes[i].leadership.peers.report(nowMonoNs: nodes[i].mono(t)))
+                from: n.leadership.nodeId, n.leadership.peers.report(nowMonoNs: n.mono(t)))
             if case .success(let report) = KVLeasePeers.decodeReport(text) {
-                nodes[j].leadership.peers.merge(from: report.from, report.entries, nowMonoNs: nodes[j].mono(t))
+                o.leadership.peers.merge(from: report.from, report.entries, nowMonoNs: o.mono(t))
             } else {
                 violations.append("peer_report_refused: \(text)")
             }
-            _ = nodes[i].leadership.peers.add(sample, from: nodes[j].leadership.nodeId, nowMonoNs: nodes[i].mono(t))
+            _ = n.leadership.peers.add(sample, from: o.leadership.nodeId, nowMonoNs: n.mono(t))
         }
     }
 
-    /// A degraded frame: in this node's turn on the reference clock, within
-    /// the turn's slot, past every index it heard; it reaches NATS unless
-    /// the node is cut off from the servers.
-    mutating func publishDegraded(_ i: Int, _ t: Int64, delayNs: Int64, slotNs: Int64) {
-        let l = nodes[i].leadership
-        guard let timeline = l.committedTimeline else { return }
-        let wall = nodes[i].wall(t)
-        let reference = l.degradedReference.map { $0.referenceNs(atLocal: wall) } ?? wall
-        let k = timeline.beat(atOrBeforeNs: reference - delayNs)
-        let intoTurn = reference - delayNs - timeline.instantNs(ofBeat: k)
-        guard k >= 0, k > nodes[i].lastSeen, intoTurn >= 0, intoTurn < slotNs else { return }
-        // The service's barrier holds degraded frames too (BeatPlanner's
-        // slot decision: retried while held, missed once the slot passed):
-        // an ex-holder whose change is not applied yet may not publish past
-        // its downbeat with the old tempo (seed 73673).
-        guard k < l.tempoBarrierBeat else {
-            degradedHeld += 1
-            return
-        }
-        nodes[i].lastSeen = k
-        guard t >= nodes[i].partitionedUntilNs else { return }  // nowhere to publish
-        let first = published[k].map { "the holder of term \($0.term)" } ?? degradedPublished[k].map { "node \($0)" }
-        if let first, heard[k, default: []].contains(i) {
-            violations.append("no_republish: degraded beat \(k) by node \(i), first by \(first)")
-        } else if first != nil {
-            unheardDuplicates += 1
-        }
-        degradedPublished[k] = i
-        let to = nodes.indices.filter { t >= nodes[$0].partitionedUntilNs && !nodes[$0].gone }
-        heard[k, default: []].formUnion(to)
-        inFlight.append((k, to))
-    }
-
-    mutating func publish(_ i: Int, _ t: Int64) {
-        let l = nodes[i].leadership
-        guard let timeline = l.committedTimeline else { return }
-        let wall = nodes[i].wall(t)
-        let mono = nodes[i].mono(t)
-        let mode = l.publishMode(nowMonoNs: mono, periodNs: 100_000_000)
-        if case .degraded(let delay, let slot) = mode { return publishDegraded(i, t, delayNs: delay, slotNs: slot) }
-        guard case .leader = mode else { return }
-        if nodes[i].tookOverTerm != l.lease.term {
-            nodes[i].tookOverTerm = l.lease.term
-            nodes[i].floorBeat = timeline.nextBeat(afterNs: wall + Self.guardNs - 1)
-        }
-        let k = timeline.beat(atOrBeforeNs: wall)
-        guard k >= nodes[i].floorBeat, k > nodes[i].lastSeen, k < l.tempoBarrierBeat, k >= 0,
-            wall - timeline.instantNs(ofBeat: k) < 50_000_000
-        else { return }
-        var now = timeline
-        _ = now.applyDue(beat: k)
-        // The frame: checked against the server's state at this instant.
-        if let old = published[k] {
-            violations.append("no_republish: beat \(k) by node \(i) term \(l.lease.term), first term \(old.term)")
-        }
-        if let other = degradedPublished[k] {
-            if heard[k, default: []].contains(i) {
-                violations.append(
-                    "no_republish: beat \(k) by node \(i) term \(l.lease.term), first degraded by node \(other)")
-            } else {
-                unheardDuplicates += 1
-            }
-        }
-        if let previous = published.filter({ $0.key < k }).max(by: { $0.key < $1.key }),
-            previous.value.term > l.lease.term
-        {
-            violations.append("term_order: beat \(k) term \(l.lease.term) after term \(previous.value.term)")
-        }
-        if server.lease?.term != l.lease.term || server.lease?.owner != l.lease.owner {
-            violations.append(
-                "holder_is_current: beat \(k) by term \(l.lease.term), server holds \(String(describing: server.lease))"
-            )
-        }
-        if let p = committedPending, k >= p.atBeat, now.epoch.bpm != p.bpm {
-            violations.append(
-                "not_retroactive: beat \(k) at \(now.epoch.bpm) bpm after the change to \(p.bpm) at \(p.atBeat)")
-        }
-        published[k] = (l.lease.term, i, now.epoch.bpm)
-        // Delivered to the pulses that hear NATS (the lease and NATS outages are apart).
-        for j in nodes.indices where t >= nodes[j].partitionedUntilNs || j == i {
-            nodes[j].lastSeen = max(nodes[j].lastSeen, k)
-            heard[k, default: []].insert(j)
-            // A holder's frame heard elsewhere (BeatShell.hear in the service).
-            if j != i { nodes[j].leadership.leaderFrameHeard(nowMonoNs: nodes[j].mono(t)) }
-        }
-    }
-
-    mutating func checkOnePublisher(_ t: Int64) {
+    func checkOnePublisher(_ t: Int64) {
         let publishing = nodes.indices.filter { i in
-            !nodes[i].gone && t >= nodes[i].stalledUntilNs
-                && nodes[i].leadership.lease.mayPublish(nowMonoNs: nodes[i].mono(t))
+            !nodes[i].gone && !nodes[i].stalled(t) && nodes[i].leadership.lease.mayPublish(nowMonoNs: nodes[i].mono(t))
         }
         if publishing.count > 1 { violations.append("one_publisher: nodes \(publishing) at \(t / 1_000_000) ms") }
     }

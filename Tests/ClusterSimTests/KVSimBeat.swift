@@ -315,7 +315,9 @@ extension KVSim {
             }
             return
         }
+        let foreignBefore = n.beat.lastForeignFrameWallNs
         guard let verdict = n.beat.hear(f.decoded, wallNs: wall, policy: &n.echo) else { return }
+        if n.beat.lastForeignFrameWallNs != foreignBefore { foreignFrames += 1 }
         trace("n\(n.index) hears beat \(f.decoded.beatIndex) of n\(f.node): \(verdict)")
         if case .reject = verdict {
             refusedEchoes += 1

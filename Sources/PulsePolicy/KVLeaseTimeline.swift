@@ -40,8 +40,13 @@
 // than one revision above the applied one that is not a continuation is
 // applied anyway (`.resynced`) when it moves no beat this node may have
 // passed (`movesNoPastBeat`: the new timeline gives every beat up to the
-// next one due the same instant); else it is refused as before. Refusing
-// every such record wedged the node: its compare-and-set base never moved.
+// next one due the same instant). Refusing every such record wedged the
+// node: its compare-and-set base never moved. A record that does move such a
+// beat is adopted too when a tempo change was folded in the gap (its epoch
+// starts at a later beat than ours: `.resyncedOverPassedBeats`), as a Raft
+// follower installs its leader's snapshot: the nats-kv simulator's watch
+// gaps showed the node wedged for good otherwise (2026-12-07). A
+// re-bootstrapped or moved epoch (no later start beat) is still refused.
 //
 // Size (item 1a): a record is at most `KVTimelineRecord.maxBytes`, on both
 // sides: the writer never writes a record the readers would refuse
@@ -112,6 +117,10 @@ public enum KVTimelineChange: Equatable, Sendable {
     /// Records were skipped (a watch gap) and this one, not a continuation
     /// of the applied state, moves no past beat: the node re-synced to it.
     case resynced(term: UInt64)
+    /// Records were skipped and this one moves beats the node may have
+    /// passed, but a tempo change was folded in the gap: the node adopted
+    /// it, as a Raft follower installs its leader's snapshot (no wedge).
+    case resyncedOverPassedBeats(term: UInt64)
     /// Not applied: does not decode, out of range, or an older revision.
     case refused(String)
     /// The committed shape is not this node's flags: stop before publishing.
@@ -143,10 +152,23 @@ public struct KVLeaseTimeline: Sendable {
         guard record.term >= recordTerm else { return .refused("term behind") }
         let before = machine.state
         var resync = false
+        var overPassedBeats = false
         if let before, !Self.continues(before, with: record.state, machine: machine) {
-            guard rev > revision + 1, let nowNs, let applied = machine.timeline,
-                Self.movesNoPastBeat(from: applied, before: before, to: record.state, nowNs: nowNs)
-            else { return .refused("not a continuation") }
+            guard rev > revision + 1, let nowNs, let applied = machine.timeline else {
+                return .refused("not a continuation")
+            }
+            if !Self.movesNoPastBeat(from: applied, before: before, to: record.state, nowNs: nowNs) {
+                // Only a state some tempo change was folded into since ours
+                // (its epoch starts at a later beat): what a holder's chain
+                // of records leaves. Refusing it wedged the node for good
+                // (its compare-and-set base never moved again; the nats-kv
+                // simulator's watch gaps, 2026-12-07). A re-bootstrapped
+                // epoch (beat 0) or an epoch moved at our start stays refused.
+                guard record.state.epoch.startBeat > before.epoch.startBeat else {
+                    return .refused("not a continuation")
+                }
+                overPassedBeats = true
+            }
             resync = true
         }
         var next = machine
@@ -160,6 +182,7 @@ public struct KVLeaseTimeline: Sendable {
         revision = rev
         recordTerm = record.term
         guard let before else { return .started(timeline.epoch) }
+        if overPassedBeats { return .resyncedOverPassedBeats(term: record.term) }
         if resync { return .resynced(term: record.term) }
         if let p = after.pending, p != before.pending { return .tempo(TempoChange(p)) }
         return .restamped(term: record.term)

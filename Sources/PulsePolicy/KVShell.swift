@@ -90,8 +90,9 @@ public enum KVShellEvent: Equatable {
     case recordRefused(reason: String, why: String, revision: UInt64, appliedRevision: UInt64, first: Bool)
     /// The committed shape differs from the flags: the node stops (§12).
     case shapeMismatch(String)
-    /// The watch skipped records: re-synced to the newest.
-    case resynced(revision: UInt64, term: UInt64)
+    /// The watch skipped records: re-synced to the newest (`overPassedBeats`:
+    /// which moves beats this node may have passed).
+    case resynced(revision: UInt64, term: UInt64, overPassedBeats: Bool)
     /// A watched record changed the committed timeline.
     case timelineChanged(KVTimelineChange)
     /// Publishing as lease holder from now on.
@@ -394,9 +395,10 @@ public final class KVShell {
             beat.tempoApplied(change)
         case .restamped:
             break
-        case .resynced(let term):
+        case .resynced(let term), .resyncedOverPassedBeats(let term):
             // Counted with the watch gaps below; the beats' next instant may have moved.
-            ports.handle(.resynced(revision: entry.revision, term: term))
+            let over = change == .resyncedOverPassedBeats(term: term)
+            ports.handle(.resynced(revision: entry.revision, term: term, overPassedBeats: over))
             if beat.started { beat.armNext() }
         }
         if gap { ports.reject("timeline_watch_gap") }

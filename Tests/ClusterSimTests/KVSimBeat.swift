@@ -2,8 +2,8 @@
 // pulse runs the service's own `BeatShell` (PulsePolicy/BeatShell.swift and
 // BeatPlanner.swift, as Raft mode and SimNode do) over `KVSimBeatPorts`: its
 // drifting clocks, a beat timer and a spin on the simulator's event queue at
-// their exact times, and a simulated NATS link. The shell is driven as
-// KVNode drives it (`KVSim.watchApplied`, `KVSim.maybeTakeOver`); frames
+// their exact times, and a simulated NATS link. The shell is driven by the
+// service's `KVShell` (KVSimShell.swift), as KVNode's drives it; frames
 // are judged on the bytes handed to the kernel, decoded as a consumer
 // decodes them, and reach the other pulses' `BeatShell.hear` / `hearOwn`
 // through an `EchoPolicy`, as PulseNode.handleEcho hands them.
@@ -202,33 +202,6 @@ extension KVSim {
         trace(
             "n\(n.index) wake next=\(n.beat.nextBeat) seen=\(n.beat.lastSeenIndex) degraded=\(n.leadership.degraded) holder=\(n.leadership.isHolder)"
         )
-    }
-
-    // MARK: KVNode's calls into the beat shell
-
-    /// What the timeline watch applied, handed on as KVNode.timelineWatched does.
-    func watchApplied(_ n: KVSimNode, _ change: KVTimelineChange, revision: UInt64) {
-        switch change {
-        case .started: n.beat.start()
-        case .tempo(let c): n.beat.tempoApplied(c)
-        case .resynced: if n.beat.started { n.beat.armNext() }
-        case .restamped: break
-        case .refused(let why), .shapeMismatch(let why):
-            // Every stored record continues the last one: none is refused.
-            violations.append("record_refused: rev \(revision) on node \(n.index): \(why)")
-            return
-        }
-        maybeTakeOver(n)
-    }
-
-    /// KVNode.maybeTakeOver: the ready holder takes over the beats once per term.
-    func maybeTakeOver(_ n: KVSimNode) {
-        let l = n.leadership
-        guard l.isReadyHolder, n.tookOverTerm != l.lease.term, n.beat.started,
-            n.mono(now) >= l.publishNotBeforeMonoNs
-        else { return }
-        n.tookOverTerm = l.lease.term
-        n.beat.takeOver(graceful: l.consumeHandOver())
     }
 
     // MARK: NATS

@@ -97,13 +97,34 @@ final class KVLeaseWedgeTests: XCTestCase {
         }
     }
 
-    func testAWatchGapThatWouldMoveAPassedBeatIsRefused() throws {
+    func testAWatchGapOverPassedBeatsAdoptsAStateWithAChangeFoldedIn() throws {
         var (node, _, c) = try skipped()
-        let before = node.machine
-        // Beat 24 is due: B (100 bpm from beat 20) would move beats 21-24 this node passed at 90 bpm.
+        var fresh = KVLeaseTimeline(flags: try flags())
+        _ = fresh.apply(c, revision: 13)
+        let expected = try XCTUnwrap(fresh.machine.timeline)
+        // Beat 24 is due: B (100 bpm from beat 20) moves beats 21-24 this
+        // node passed at 90 bpm. B was folded in (C's epoch starts at beat
+        // 20, after ours): the holder's chain, adopted as a snapshot would
+        // be. Refusing it wedged the node (its CAS base stayed at 11).
         let applied = try XCTUnwrap(node.machine.timeline)
         let now = applied.instantNs(ofBeat: 24)
-        XCTAssertEqual(node.apply(c, revision: 13, nowNs: now), .refused("not a continuation"))
+        XCTAssertEqual(node.apply(c, revision: 13, nowNs: now), .resyncedOverPassedBeats(term: 9))
+        XCTAssertEqual(node.revision, 13, "the compare-and-set base moved")
+        XCTAssertEqual(node.machine.timeline, expected)
+    }
+
+    func testAWatchGapOverPassedBeatsWithoutALaterEpochIsRefused() throws {
+        var (node, _, _) = try skipped()
+        let before = node.machine
+        let applied = try XCTUnwrap(node.machine.timeline)
+        let now = applied.instantNs(ofBeat: 24)
+        // A re-bootstrapped epoch (beat 0, another instant) at a higher
+        // revision and term: no change was folded since ours, so it is no
+        // holder's successor of our state.
+        let rebooted = try XCTUnwrap(
+            KVLeaseTimeline(flags: try flags()).write(
+                .epoch(startBeat: 0, startNs: startNs + 250_000_000, bpm: 120, bar: 4, phases: ["beat"]), term: 20))
+        XCTAssertEqual(node.apply(rebooted.value, revision: 15, nowNs: now), .refused("not a continuation"))
         XCTAssertEqual(node.machine, before)
         XCTAssertEqual(node.revision, 11)
     }

@@ -222,9 +222,11 @@ final class KVNode: LoopHandler, KVPorts {
             logger.error("committed shape differs from the flags", metadata: ["reason": "\(why)"])
             refusal = PulseError.startup(why)
             loop.requestStop()
-        case .resynced(let revision, let term):
+        case .resynced(let revision, let term, let overPassedBeats):
             logger.warning(
-                "timeline records skipped by the watch: re-synced to the newest, which moves no past beat",
+                overPassedBeats
+                    ? "timeline records skipped by the watch: re-synced to the newest, which moves beats this node may have passed (tempo changes committed while it was away)"
+                    : "timeline records skipped by the watch: re-synced to the newest, which moves no past beat",
                 metadata: ["revision": "\(revision)", "term": "\(term)"])
         case .timelineChanged(let change): onTimelineChange?(change)
         case .tookOver(let term, let handOver):

@@ -185,7 +185,7 @@ extension PulseNode {
         case .tempo:
             tempo.committedChangeApplied(justification: kv?.leadership.timeline.machine.justification ?? "")
             committedTimelineChanged()
-        case .resynced:
+        case .resynced, .resyncedOverPassedBeats:
             committedTimelineChanged()
         case .restamped, .refused, .shapeMismatch:
             break

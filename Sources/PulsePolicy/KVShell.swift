@@ -221,7 +221,12 @@ public final class KVShell {
     /// `readyWithinTTLs` TTLs it deletes the key (no release marker: the
     /// next holder takes the full guard) and tries again later, so another
     /// node can take over.
+    /// Only for a holding that never got ready: once its term start applied,
+    /// the wait is over for that holding (a newer holder's record seen later
+    /// means the lease was lost, which its renewal finds: no step-down, no
+    /// `holder_not_ready` for it — the nats-kv simulator, seed 2).
     private func maybeStepDown(_ now: Int64) {
+        if leadership.isReadyHolder { acquiredMonoNs = 0 }
         guard leadership.isHolder, !leadership.isReadyHolder, acquiredMonoNs > 0,
             now - acquiredMonoNs > Self.readyWithinTTLs * leadership.lease.timing.ttlNs
         else { return }

@@ -89,6 +89,7 @@ extension KVSim {
             acquisitions += 1
             trace("n\(n.index) acquired term \(term)")
         case .released: released(n)
+        case .tookOver(_, let afterHandOver): if afterHandOver { gracefulTakeOvers += 1 }
         case .shapeMismatch(let why): violations.append("record_refused: node \(n.index): \(why)")
         default: trace("n\(n.index) \(event)")
         }

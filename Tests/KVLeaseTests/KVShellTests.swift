@@ -122,6 +122,29 @@ final class KVShellTests: XCTestCase {
         XCTAssertNil(ports.rejected["tempo_write_unsettled"])
     }
 
+    func testAHolderThatWasReadyIsNotSteppedDownWhenANewerHolderWrites() throws {
+        let (shell, ports) = try readyHolder()
+        // Cut from the KV: the renewals go unanswered; meanwhile the key
+        // expired and another pulse took it (term 20) and wrote its term
+        // start, which the watch delivers once the KV is back.
+        let next = try XCTUnwrap(shell.leadership.timeline.termStart(term: 20))
+        ports.monoNs += 600 * ms
+        shell.tick()
+        shell.timelineWatched(KVWatched(revision: 9, value: next.value))
+        XCTAssertFalse(shell.leadership.isReadyHolder)
+        var t = ports.monoNs
+        while t < 4_000 * ms {
+            t += 20 * ms
+            ports.monoNs = t
+            shell.tick()
+        }
+        // The lease is lost by its renewal (or runs down), not given up as
+        // "never ready": the step-down is for a term start that never applied.
+        XCTAssertNil(ports.rejected["holder_not_ready"], "\(ports.events)")
+        XCTAssertFalse(ports.events.contains { if case .steppedDown = $0 { true } else { false } })
+        XCTAssertFalse(shell.holdsLease)
+    }
+
     func testAHolderWhoseTermStartNeverAppliesGivesTheKeyUpAfterFourTTLs() throws {
         let ports = FakeKVPorts(wallNs: startNs)
         let shape = try TimelineShape(bar: 4, phases: ["beat"])

@@ -42,11 +42,13 @@
 // passed (`movesNoPastBeat`: the new timeline gives every beat up to the
 // next one due the same instant). Refusing every such record wedged the
 // node: its compare-and-set base never moved. A record that does move such a
-// beat is adopted too when a tempo change was folded in the gap (its epoch
-// starts at a later beat than ours: `.resyncedOverPassedBeats`), as a Raft
-// follower installs its leader's snapshot: the nats-kv simulator's watch
-// gaps showed the node wedged for good otherwise (2026-12-07). A
-// re-bootstrapped or moved epoch (no later start beat) is still refused.
+// beat is adopted too when a holder's chain of records can have left it
+// (`chainPlausible`: a change folded in, indices neither going back nor
+// running ahead: `.resyncedOverPassedBeats`, counted), as a Raft follower
+// installs its leader's snapshot: the nats-kv simulator's watch gaps showed
+// the node wedged for good otherwise (2026-12-07). A gap is a revision
+// skipped past the highest one delivered, refused records included. A
+// forged, re-bootstrapped or moved epoch is still refused.
 //
 // Size (item 1a): a record is at most `KVTimelineRecord.maxBytes`, on both
 // sides: the writer never writes a record the readers would refuse
@@ -134,6 +136,13 @@ public struct KVLeaseTimeline: Sendable {
     public private(set) var revision: UInt64 = 0
     /// The term of the last applied record.
     public private(set) var recordTerm: UInt64 = 0
+    /// The highest revision the watch delivered, refused records included:
+    /// a watch gap is a revision skipped past it, not past the applied one
+    /// (else a refused put made the next put look like a gap: review of
+    /// 2026-12-07 evening, finding 1).
+    public private(set) var deliveredRevision: UInt64 = 0
+    /// The wall clock when the last record was applied (nil: unknown).
+    public private(set) var appliedAtWallNs: Int64?
 
     public init(flags: TimelineShape) {
         machine = ReplicatedTimeline(flags: flags)
@@ -148,25 +157,24 @@ public struct KVLeaseTimeline: Sendable {
     public mutating func apply(_ bytes: [UInt8], revision rev: UInt64, nowNs: Int64? = nil) -> KVTimelineChange {
         if rev == revision { return .refused("old revision") }
         guard rev > revision else { return .refused("revision behind") }
+        let gap = rev > max(revision, deliveredRevision) + 1
+        deliveredRevision = max(deliveredRevision, rev)
         guard let record = KVTimelineRecord.decoded(bytes, bar: machine.bar) else { return .refused("bad record") }
         guard record.term >= recordTerm else { return .refused("term behind") }
         let before = machine.state
         var resync = false
         var overPassedBeats = false
         if let before, !Self.continues(before, with: record.state, machine: machine) {
-            guard rev > revision + 1, let nowNs, let applied = machine.timeline else {
-                return .refused("not a continuation")
-            }
+            guard gap, let nowNs, let applied = machine.timeline else { return .refused("not a continuation") }
             if !Self.movesNoPastBeat(from: applied, before: before, to: record.state, nowNs: nowNs) {
-                // Only a state some tempo change was folded into since ours
-                // (its epoch starts at a later beat): what a holder's chain
-                // of records leaves. Refusing it wedged the node for good
-                // (its compare-and-set base never moved again; the nats-kv
-                // simulator's watch gaps, 2026-12-07). A re-bootstrapped
-                // epoch (beat 0) or an epoch moved at our start stays refused.
-                guard record.state.epoch.startBeat > before.epoch.startBeat else {
-                    return .refused("not a continuation")
-                }
+                // Refusing it wedged the node for good (its compare-and-set
+                // base never moved again; the nats-kv simulator's watch
+                // gaps, 2026-12-07), so a state a holder's chain of records
+                // can leave is adopted (`chainPlausible`); a forged,
+                // re-bootstrapped or moved one is still refused.
+                guard let since = appliedAtWallNs,
+                    Self.chainPlausible(from: applied, before: before, to: record.state, sinceNs: since, nowNs: nowNs)
+                else { return .refused("not a continuation") }
                 overPassedBeats = true
             }
             resync = true
@@ -181,6 +189,7 @@ public struct KVLeaseTimeline: Sendable {
         machine = next
         revision = rev
         recordTerm = record.term
+        if let nowNs { appliedAtWallNs = nowNs }
         guard let before else { return .started(timeline.epoch) }
         if overPassedBeats { return .resyncedOverPassedBeats(term: record.term) }
         if resync { return .resynced(term: record.term) }
@@ -199,6 +208,38 @@ public struct KVLeaseTimeline: Sendable {
             let after = next.state
         else { return false }
         return after.epoch == state.epoch && after.pending == state.pending
+    }
+
+    /// Whether `state`, seen over a watch gap at `nowNs`, can be what a
+    /// holder's records left since ours was applied at `sinceNs`: the same
+    /// shape; a tempo change folded in (its epoch starts at a later beat than
+    /// ours, and not before our pending change: a change we knew cannot
+    /// vanish); and the beats it counts from the one due on ours when we
+    /// last applied to the one due now: none fewer than zero (indices never
+    /// go back) and within a factor of 8 of ours. A forged epoch an hour away,
+    /// or a re-bootstrapped bucket's timeline (its index far below ours),
+    /// fails (review of 2026-12-07 evening, findings 1 and 2).
+    static func chainPlausible(
+        from applied: Timeline, before: ClusterState, to state: ClusterState, sinceNs: Int64, nowNs: Int64
+    ) -> Bool {
+        guard state.bar == before.bar, state.phases == before.phases else { return false }
+        let from = state.epoch.startBeat
+        guard from > before.epoch.startBeat, from >= (before.pending?.atBeat ?? before.epoch.startBeat) else {
+            return false
+        }
+        var new = Timeline(epoch: TempoEpoch(state.epoch), bar: applied.bar, phaseCount: applied.phaseCount)
+        if let p = state.pending {
+            do { try new.schedule(change: TempoChange(p)) } catch { return false }
+        }
+        let then = applied.beat(atOrBeforeNs: sinceNs)
+        let elapsed = applied.beat(atOrBeforeNs: nowNs) &- then
+        let newElapsed = new.beat(atOrBeforeNs: nowNs) &- then
+        // Within a factor of 8 either way (and 16 beats of slack): a chain
+        // of ±10 % changes needs 20 of them to halve the tempo three times.
+        // A gap that outran that wedges the node as before (counted
+        // `timeline_not_continuing`; a restart accepts the bucket).
+        guard newElapsed >= 0, elapsed >= 0, elapsed < Int64.max / 16 else { return false }
+        return newElapsed &* 8 >= elapsed &- 128 && newElapsed <= elapsed &* 8 &+ 16
     }
 
     /// Whether adopting `state` over a watch gap keeps every beat up to the

@@ -372,7 +372,8 @@ public final class KVShell {
             ports.handle(.timelineDeleted(revision: entry.revision, purged: entry.purged))
             return
         }
-        let gap = leadership.timeline.revision > 0 && entry.revision > leadership.timeline.revision + 1
+        let timeline = leadership.timeline
+        let gap = timeline.revision > 0 && entry.revision > max(timeline.revision, timeline.deliveredRevision) + 1
         // Settles our tempo write once the key moved past its base.
         let change = leadership.applyWatched(value, revision: entry.revision, nowNs: ports.nowWallNs())
         switch change {
@@ -403,6 +404,7 @@ public final class KVShell {
         case .resynced(let term), .resyncedOverPassedBeats(let term):
             // Counted with the watch gaps below; the beats' next instant may have moved.
             let over = change == .resyncedOverPassedBeats(term: term)
+            if over { ports.reject("timeline_resynced_over_passed_beats") }  // counted apart: alertable
             ports.handle(.resynced(revision: entry.revision, term: term, overPassedBeats: over))
             if beat.started { beat.armNext() }
         }

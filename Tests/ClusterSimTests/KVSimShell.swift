@@ -14,9 +14,9 @@
 // lost (`.unknown`, whatever the server did); a pulse that cannot reach the
 // KV gets `.notSent` or `.unknown` after 100 ms. The watches deliver every
 // entry of both keys in revision order while the KV is reachable; after an
-// interruption a quarter of the watches resume at the newest entry only (a
-// consumer recreated at the last value per key: a gap the shell re-syncs
-// over). Each clock ping reaches each other pulse with its report unless
+// interruption a watch resumes at the newest entry still stored (History =
+// 1: what was replaced meanwhile is gone; an expired claim too), a gap the
+// shell re-syncs over. Each clock ping reaches each other pulse with its report unless
 // one in 20 is lost.
 import Foundation
 import PulseCore
@@ -68,7 +68,9 @@ extension KVSim {
     /// What the shell may refuse or give up here: a watch gap (modeled) and
     /// a holder's step-down (under faults). Anything else is a violation:
     /// every record the model stores continues the last one.
-    static let expectedRefusals: Set<String> = ["timeline_watch_gap", "holder_not_ready", "tempo_write_unsettled"]
+    static let expectedRefusals: Set<String> = [
+        "timeline_watch_gap", "timeline_resynced_over_passed_beats", "holder_not_ready", "tempo_write_unsettled",
+    ]
 
     /// The KV (JetStream) answers pulse `n` at true time `t`.
     func kvReachable(_ n: KVSimNode, _ t: Int64) -> Bool {
@@ -127,8 +129,8 @@ extension KVSim {
     }
 
     /// The watches of the timeline and lease keys (every entry in order
-    /// while the KV is reachable; after an interruption, a quarter resume
-    /// at the newest entry).
+    /// while the KV is reachable; after an interruption, from the newest
+    /// entry still stored: `resumeWatches`).
     func watch(_ n: KVSimNode, _ t: Int64) {
         guard kvReachable(n, t) else {
             n.watchInterrupted = true
@@ -136,10 +138,7 @@ extension KVSim {
         }
         if n.watchInterrupted {
             n.watchInterrupted = false
-            if kvRng.below(4) == 0 {
-                n.timelineWatched = max(n.timelineWatched, server.records.count - 1)
-                n.leaseWatched = max(n.leaseWatched, server.leaseEntries.count - 1)
-            }
+            resumeWatches(n)
         }
         while n.timelineWatched < server.records.count && !n.gone {
             let r = server.records[n.timelineWatched]
@@ -151,6 +150,18 @@ extension KVSim {
             n.leaseWatched += 1
             n.kv.leaseWatched(e)
         }
+    }
+
+    /// A watch (re)starts: the buckets keep one entry per key (History = 1)
+    /// and a lease claim expires with the TTL (max age), so it delivers the
+    /// newest timeline record and the newest lease entry still stored, and
+    /// nothing that was replaced or expired meanwhile.
+    func resumeWatches(_ n: KVSimNode) {
+        n.timelineWatched = max(n.timelineWatched, server.records.count - 1)
+        server.expire(atNs: now)
+        let last = server.leaseEntries.count - 1
+        let stored = server.leaseEntries.last.map { $0.value == nil || server.lease?.rev == $0.revision } ?? false
+        n.leaseWatched = max(n.leaseWatched, stored ? last : last + 1)
     }
 
     /// Pulse `n` pings the pulses it reaches over NATS (every 100 ms, on

@@ -70,10 +70,10 @@ final class KVLeaseWedgeTests: XCTestCase {
         var node = KVLeaseTimeline(flags: try flags())
         let e = try XCTUnwrap(holder.write(epoch, term: 9))
         _ = holder.apply(e.value, revision: 10)
-        _ = node.apply(e.value, revision: 10)
+        _ = node.apply(e.value, revision: 10, nowNs: startNs)
         let a = try XCTUnwrap(holder.write(.tempo(atBeat: 12, bpm: 90, justification: "a"), term: 9))
         XCTAssertEqual(holder.apply(a.value, revision: 11), .tempo(TempoChange(atBeat: 12, bpm: 90)))
-        XCTAssertEqual(node.apply(a.value, revision: 11), .tempo(TempoChange(atBeat: 12, bpm: 90)))
+        XCTAssertEqual(node.apply(a.value, revision: 11, nowNs: startNs), .tempo(TempoChange(atBeat: 12, bpm: 90)))
         let b = try XCTUnwrap(holder.write(.tempo(atBeat: 20, bpm: 100, justification: "b"), term: 9))
         XCTAssertEqual(holder.apply(b.value, revision: 12), .tempo(TempoChange(atBeat: 20, bpm: 100)))
         let c = try XCTUnwrap(holder.write(.tempo(atBeat: 28, bpm: 110, justification: "c"), term: 9))
@@ -126,6 +126,52 @@ final class KVLeaseWedgeTests: XCTestCase {
                 .epoch(startBeat: 0, startNs: startNs + 250_000_000, bpm: 120, bar: 4, phases: ["beat"]), term: 20))
         XCTAssertEqual(node.apply(rebooted.value, revision: 15, nowNs: now), .refused("not a continuation"))
         XCTAssertEqual(node.machine, before)
+        XCTAssertEqual(node.revision, 11)
+    }
+
+    /// Review of 2026-12-07 evening, finding 1: a refused put (junk) does
+    /// not open the gap door for the next put, and a forged state whose
+    /// epoch starts a beat later an hour away, or far ahead in index, is no
+    /// holder's chain.
+    func testARefusedPutOpensNoGapAndForgedEpochsAreRefused() throws {
+        var (node, _, _) = try skipped()
+        let applied = try XCTUnwrap(node.machine.timeline)
+        let now = applied.instantNs(ofBeat: 24)
+        func record(_ startBeat: Int64, _ at: Int64, _ bpm: Int64) -> [UInt8] {
+            var state = node.machine.state!
+            state.epoch = .init(startBeat: startBeat, startNs: at, bpm: bpm)
+            state.pending = nil
+            return KVTimelineRecord(term: 9, state: state).encoded()
+        }
+        XCTAssertEqual(node.apply(Array("junk".utf8), revision: 12, nowNs: now), .refused("bad record"))
+        // The next revision after a refused one: no gap, so no re-sync.
+        let later = record(16, applied.instantNs(ofBeat: 16), 100)
+        XCTAssertEqual(node.apply(later, revision: 13, nowNs: now), .refused("not a continuation"))
+        // Over a real gap: an epoch an hour away, or one that runs far ahead.
+        XCTAssertEqual(
+            node.apply(record(16, startNs + 3_600_000_000_000, 120), revision: 20, nowNs: now),
+            .refused("not a continuation"))
+        XCTAssertEqual(
+            node.apply(record(16, applied.instantNs(ofBeat: 16) - 10_000_000_000, 6000), revision: 22, nowNs: now),
+            .refused("not a continuation"))
+        XCTAssertEqual(node.revision, 11, "nothing applied")
+        // What a chain can leave is still adopted over the gap.
+        XCTAssertEqual(node.apply(later, revision: 24, nowNs: now), .resyncedOverPassedBeats(term: 9))
+    }
+
+    /// Finding 2: a recreated timeline bucket's timeline (bootstrapped a day
+    /// later, one change folded in: its epoch starts at beat 400) is refused.
+    func testARebootstrappedBucketWithAChangeFoldedInIsRefused() throws {
+        var (node, _, _) = try skipped()
+        let state = try XCTUnwrap(node.machine.state)
+        var reboot = state
+        let dayLaterNs = startNs + 86_400_000_000_000
+        reboot.epoch = .init(startBeat: 400, startNs: dayLaterNs + 200_000_000_000, bpm: 126)
+        reboot.pending = nil
+        let now = dayLaterNs + 300_000_000_000
+        XCTAssertEqual(
+            node.apply(KVTimelineRecord(term: 50, state: reboot).encoded(), revision: 19, nowNs: now),
+            .refused("not a continuation"))
         XCTAssertEqual(node.revision, 11)
     }
 

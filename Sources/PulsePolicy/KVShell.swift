@@ -77,6 +77,8 @@ public enum KVShellEvent: Equatable {
     case lost(term: UInt64)
     /// The hand-over's delete was answered: the node may stop.
     case released
+    /// A release with nothing to delete (not holding, nothing in flight): the node may stop.
+    case nothingToRelease
     /// The lease was taken below a revision seen (`first`: log it once).
     case fenced(term: UInt64, floor: UInt64, first: Bool)
     case degradation(DegradationPolicy.Change)
@@ -325,7 +327,9 @@ public final class KVShell {
     /// marker, the successor's short guard); false: the full guard.
     public func release(echoed: Bool = true) -> Bool {
         let wasHolder = leadership.isHolder
-        for event in leadership.lease.release(marked: echoed) where event == .released { ports.handle(.released) }
+        for event in leadership.lease.release(marked: echoed) where event == .released {
+            ports.handle(.nothingToRelease)  // no delete was sent: not "lease released" (the log's proof)
+        }
         tick()
         return wasHolder
     }

@@ -90,7 +90,7 @@ extension KVSim {
         case .acquired(let term):
             acquisitions += 1
             trace("n\(n.index) acquired term \(term)")
-        case .released: released(n)
+        case .released, .nothingToRelease: released(n)
         case .tookOver(_, let afterHandOver): if afterHandOver { gracefulTakeOvers += 1 }
         case .shapeMismatch(let why): violations.append("record_refused: node \(n.index): \(why)")
         default: trace("n\(n.index) \(event)")

@@ -191,6 +191,7 @@ final class KVNode: LoopHandler, KVPorts {
         case .released:
             logger.info("lease released")
             onReleased?()
+        case .nothingToRelease: onReleased?()
         case .fenced(let term, let floor, let first):
             guard first else { return }
             logger.error(

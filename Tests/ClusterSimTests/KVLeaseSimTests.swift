@@ -45,6 +45,10 @@
 //                     carries another tempo
 //   lateness          a holder's frame leaves at or after its instant, less
 //                     than half a period late
+//   on_timeline       a holder's frame carries the tempo and deadline the
+//                     server's stored record gives its index
+//   monotonic         holders' deadlines strictly increase with the index
+//   holder_publishes  an undisturbed holder of the key publishes (2.5 s)
 // The process tests (KVLeaseProcessTests) run the whole service against
 // real servers.
 //
@@ -282,6 +286,8 @@ final class KVSimNode {
 
     /// Its KV connection alone is cut (not the beat connection) until then.
     var kvCutUntilNs: Int64 = 0
+    /// The last step it was stalled, cut, detached or without the KV.
+    var lastDisturbedNs: Int64 = 0
 
     // The lease and timeline side: the service's shell over the simulated ports (KVSimShell.swift).
     var kv: KVShell!
@@ -356,6 +362,13 @@ final class KVSim {
     var nodes: [KVSimNode] = []
     /// Holders' frames handed to a kernel: index → term, node, tempo.
     var published: [Int64: (term: UInt64, node: Int, bpm: Int64)] = [:]
+    /// Holders' frames' deadlines by index (the monotonic check).
+    var publishedDeadlines: [Int64: Int64] = [:]
+    /// The liveness check: per term, since when its holder was undisturbed,
+    /// its last frame, and terms already reported.
+    var termSinceNs: [UInt64: Int64] = [:]
+    var lastHolderFrameNs: [UInt64: Int64] = [:]
+    var silentTerms: Set<UInt64> = []
     /// Degraded frames handed to a kernel: index → the first node.
     var degradedPublished: [Int64: Int] = [:]
     /// Per index: the pulses the server sent a frame of it to at once.
@@ -550,11 +563,40 @@ final class KVSim {
         }
     }
 
+    /// When each pulse was last stalled, cut, detached or without the KV.
+    func noteDisturbed(_ t: Int64) {
+        for n in nodes where !n.gone {
+            if n.link.attachedMonoNs == nil || n.stalled(t) || cut(n) || !kvReachable(n, t) { n.lastDisturbedNs = t }
+        }
+    }
+
     func checkOnePublisher(_ t: Int64) {
+        noteDisturbed(t)
         let publishing = nodes.indices.filter { i in
             !nodes[i].gone && !nodes[i].stalled(t) && nodes[i].leadership.lease.mayPublish(nowMonoNs: nodes[i].mono(t))
         }
         if publishing.count > 1 { violations.append("one_publisher: nodes \(publishing) at \(t / 1_000_000) ms") }
+        checkHolderPublishes(t)
+    }
+
+    /// holder_publishes (liveness): a pulse that holds the key at the server,
+    /// undisturbed (not stalled, cut, detached, no outage) with a timeline
+    /// committed, publishes: no 2.5 s (more than the 4 TTLs after which a
+    /// holder that cannot get ready steps down, and its guard) without a
+    /// frame of its term. A pulse wedged on an old timeline shows here, not
+    /// only as step-downs.
+    func checkHolderPublishes(_ t: Int64) {
+        guard let l = server.lease, !silentTerms.contains(l.term), server.timeline != nil,
+            let n = nodes.first(where: { !$0.gone && $0.leadership.lease.owner == l.owner })
+        else { return }
+        if termSinceNs[l.term] == nil { termSinceNs[l.term] = t }
+        if n.lastDisturbedNs == t { termSinceNs[l.term] = t }  // disturbed: counts from when it is not
+        let since = max(termSinceNs[l.term] ?? t, lastHolderFrameNs[l.term] ?? .min)
+        if t - since > 2_500_000_000 {
+            silentTerms.insert(l.term)
+            violations.append(
+                "holder_publishes: node \(n.index) holds term \(l.term), no frame for 2.5 s at \(t / 1_000_000) ms")
+        }
     }
 }
 

@@ -354,6 +354,38 @@ extension KVSim {
                 violations.append("lateness: beat \(k) by node \(i) \(Double(late) / 1e6) ms after its instant")
             }
         }
+        checkOnTimeline(n, d)
+        lastHolderFrameNs[d.term] = now
         published[k] = (d.term, i, d.tempoBpm)
+    }
+
+    /// on_timeline: a holder's frame says what the committed timeline (the
+    /// record the server stores) says of its index: the tempo and the
+    /// deadline. monotonic: deadlines strictly increase with the index
+    /// across every holder's frames (a re-sync may not move time back).
+    func checkOnTimeline(_ n: KVSimNode, _ d: DecodedBeatFrame) {
+        let k = d.beatIndex
+        if let stored = server.timeline {
+            var committed = KVLeaseTimeline(flags: shape)
+            _ = committed.apply(stored.value, revision: stored.rev)
+            if let t = committed.machine.timeline, k >= t.epoch.startBeat {
+                var at = t
+                _ = at.applyDue(beat: k)
+                if at.epoch.bpm != d.tempoBpm || t.deadlineUnixMs(ofBeat: k) != d.deadlineUnixMs {
+                    violations.append(
+                        "on_timeline: beat \(k) by node \(n.index) at \(d.tempoBpm) bpm, deadline \(d.deadlineUnixMs); committed \(at.epoch.bpm) bpm, \(t.deadlineUnixMs(ofBeat: k))"
+                    )
+                }
+            }
+        }
+        let below = publishedDeadlines.filter { $0.key < k }.max { $0.key < $1.key }
+        let above = publishedDeadlines.filter { $0.key > k }.min { $0.key < $1.key }
+        if let b = below, b.value >= d.deadlineUnixMs {
+            violations.append("monotonic: beat \(k) deadline \(d.deadlineUnixMs) not after beat \(b.key)'s \(b.value)")
+        }
+        if let a = above, a.value <= d.deadlineUnixMs {
+            violations.append("monotonic: beat \(k) deadline \(d.deadlineUnixMs) not before beat \(a.key)'s \(a.value)")
+        }
+        publishedDeadlines[k] = d.deadlineUnixMs
     }
 }

@@ -93,6 +93,13 @@ extension KVSim {
         case .released, .nothingToRelease: released(n)
         case .tookOver(_, let afterHandOver): if afterHandOver { gracefulTakeOvers += 1 }
         case .shapeMismatch(let why): violations.append("record_refused: node \(n.index): \(why)")
+        case .steppedDown(let reason, let term, _, let waitedMs):
+            // A holder undisturbed all along gets its term start applied: a
+            // step-down as never ready then is a wedge (liveness).
+            trace("n\(n.index) \(event)")
+            if reason == "holder_not_ready" && now - n.lastDisturbedNs > waitedMs * 1_000_000 {
+                violations.append("holder_ready: node \(n.index) term \(term) never got ready while undisturbed")
+            }
         default: trace("n\(n.index) \(event)")
         }
     }

@@ -34,11 +34,11 @@
 //   holder_is_current a non-degraded frame's term is the server's current
 //                     lease term and its publisher the key's owner
 //   no_republish      no index published twice: by two holders ever; by a
-//                     degraded pulse (or a holder after one) that was on NATS
-//                     when the server sent the first frame of that index (a
-//                     pulse cut off from NATS cannot hear it, as in the
-//                     whole-cluster simulator: such pairs are only tallied,
-//                     `unheard_duplicates`)
+//                     degraded pulse (or a holder after one) that had read a
+//                     frame of that index from the subject before (a frame
+//                     in flight or queued behind a cut cannot be obeyed, as
+//                     in the whole-cluster simulator: such pairs are only
+//                     tallied, `unheard_duplicates`)
 //   term_order        terms never go down along the indices (holders' frames)
 //   not_retroactive   a stored tempo change's downbeat is after every
 //                     published beat, and no holder's frame at or past it
@@ -371,7 +371,12 @@ final class KVSim {
     var silentTerms: Set<UInt64> = []
     /// Degraded frames handed to a kernel: index → the first node.
     var degradedPublished: [Int64: Int] = [:]
-    /// Per index: the pulses the server sent a frame of it to at once.
+    /// Per index: the pulses that read a frame of it from the subject (the
+    /// shell's `hear`/`hearOwn`), which a later frame of theirs must obey.
+    /// A frame still in flight, or queued behind a cut, is not heard: a pair
+    /// of frames where the second publisher had not read the first is only
+    /// tallied (`unheard_duplicates`), as the whole-cluster simulator counts
+    /// only frames handed off on an open path.
     var heard: [Int64: Set<Int>] = [:]
     var unheardDuplicates: UInt64 = 0
     /// Frames an echo policy refused (another term or timeline, a stale one).

@@ -252,16 +252,13 @@ extension KVSim {
         events.push(ping + Self.userTimeoutNs, .pingTimeout(node: n.index, link: n.link.gen))
     }
 
-    /// The server forwards a frame to every subscriber; the pulses it
-    /// reaches at once have heard it (the no_republish rule).
+    /// The server forwards a frame to every subscriber (read in `hear`).
     func serverReceives(_ f: KVSimFrame) {
-        let k = f.decoded.beatIndex
         for j in nodes.indices where !nodes[j].gone && nodes[j].link.attachedMonoNs != nil {
             let s = nodes[j]
             if cut(s) {
                 s.link.serverQueue.append(f)
             } else {
-                heard[k, default: []].insert(j)
                 deliver(f, to: s)
             }
         }
@@ -280,6 +277,7 @@ extension KVSim {
     /// hand-over once its last frame came back.
     func hear(_ n: KVSimNode, _ f: KVSimFrame) {
         let wall = n.wall(now)
+        heard[f.decoded.beatIndex, default: []].insert(n.index)
         if let own = f.bytes.withUnsafeBytes({ n.beat.hearOwn($0, wallNs: wall, policy: &n.echo) }) {
             if case .reject = own.verdict {
                 refusedEchoes += 1
@@ -310,7 +308,7 @@ extension KVSim {
         let d = f.decoded
         let k = d.beatIndex
         if d.degraded {
-            // Degraded: a duplicate of a frame the server sent this pulse at once.
+            // Degraded: a duplicate of a frame this pulse had read.
             let first =
                 published[k].map { "the holder of term \($0.term)" } ?? degradedPublished[k].map { "node \($0)" }
             if let first, heard[k, default: []].contains(i) {

@@ -35,10 +35,12 @@
 //                     lease term and its publisher the key's owner
 //   no_republish      no index published twice: by two holders ever; by a
 //                     degraded pulse (or a holder after one) that had read a
-//                     frame of that index from the subject before (a frame
-//                     in flight or queued behind a cut cannot be obeyed, as
-//                     in the whole-cluster simulator: such pairs are only
-//                     tallied, `unheard_duplicates`)
+//                     frame of that index from the subject before; by two
+//                     degraded pulses whose frames both went out on an open
+//                     path (the whole-cluster simulator's rule: turns keep
+//                     them apart). Other pairs (a frame in flight, or queued
+//                     behind a cut, beside one that could not have read it)
+//                     are only tallied, `unheard_duplicates`
 //   term_order        terms never go down along the indices (holders' frames)
 //   not_retroactive   a stored tempo change's downbeat is after every
 //                     published beat, and no holder's frame at or past it
@@ -378,6 +380,8 @@ final class KVSim {
     /// tallied (`unheard_duplicates`), as the whole-cluster simulator counts
     /// only frames handed off on an open path.
     var heard: [Int64: Set<Int>] = [:]
+    /// Per index: the pulses whose degraded frame of it went out on an open path.
+    var openDegraded: [Int64: Set<Int>] = [:]
     var unheardDuplicates: UInt64 = 0
     /// Frames an echo policy refused (another term or timeline, a stale one).
     var refusedEchoes: UInt64 = 0

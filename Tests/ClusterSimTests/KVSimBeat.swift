@@ -308,15 +308,21 @@ extension KVSim {
         let d = f.decoded
         let k = d.beatIndex
         if d.degraded {
-            // Degraded: a duplicate of a frame this pulse had read.
+            // Degraded: a duplicate of a frame this pulse had read, or of
+            // another degraded pulse's frame when both went out on an open
+            // path (turns must keep such pulses apart, read or not: the
+            // whole-cluster simulator's rule).
+            let open = !cut(n)
             let first =
                 published[k].map { "the holder of term \($0.term)" } ?? degradedPublished[k].map { "node \($0)" }
-            if let first, heard[k, default: []].contains(i) {
+            let bothOpen = published[k] == nil && open && !openDegraded[k, default: []].isEmpty
+            if let first, heard[k, default: []].contains(i) || bothOpen {
                 violations.append("no_republish: degraded beat \(k) by node \(i), first by \(first)")
             } else if first != nil {
                 unheardDuplicates += 1
             }
             if degradedPublished[k] == nil { degradedPublished[k] = i }
+            if open { openDegraded[k, default: []].insert(i) }
             return
         }
         let owner = n.leadership.lease.owner

@@ -106,6 +106,20 @@ final class ForgedReplyTests: XCTestCase {
         }
     }
 
+    /// Whether a request on `subject` is answered within `seconds` (a
+    /// "no responders" status comes back at once; retried every 50 ms).
+    static func answers(_ connection: OpaquePointer?, _ subject: String, seconds: Double) -> Bool {
+        Proc.waitUntil(seconds: seconds) {
+            var reply: OpaquePointer?
+            guard natsConnection_RequestString(&reply, connection, subject, "{}", 1000) == NATS_OK else {
+                usleep(50_000)
+                return false
+            }
+            natsMsg_Destroy(reply)
+            return true
+        }
+    }
+
     func testAnotherConsumerCannotAnswerTheClientsTimelineRequest() async throws {
         let nats = try NatsServerProcess()
         let dir = Proc.tempDir("forgedreply")
@@ -124,6 +138,7 @@ final class ForgedReplyTests: XCTestCase {
         var victim: OpaquePointer?
         XCTAssertEqual(natsConnection_ConnectTo(&victim, nats.url), NATS_OK)
         defer { natsConnection_Destroy(victim) }
+        XCTAssertTrue(Self.answers(victim, subject, seconds: 15), "no responder on \(subject)\n\(node.log)")
         var fooled = 0
         for _ in 0..<50 where fooled == 0 {
             var reply: OpaquePointer?
@@ -190,6 +205,9 @@ final class ForgedReplyTests: XCTestCase {
         var victim: OpaquePointer?
         XCTAssertEqual(natsConnection_ConnectTo(&victim, consumerURL), NATS_OK)
         defer { natsConnection_Destroy(victim) }
+        // /timeline answers before the pulse's request connection is up (a
+        // connection of its own, which may retry): wait for a responder.
+        XCTAssertTrue(Self.answers(victim, subject, seconds: 15), "no responder on \(subject)\n\(node.log)")
         var answered = 0
         var fooled = 0
         for _ in 0..<30 {

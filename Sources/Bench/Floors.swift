@@ -5,6 +5,15 @@
 // histogram parsed; otherwise our own probe: a CLOCK_REALTIME timerfd (the
 // pulse's kind of timer, through CLoop) armed at absolute instants 1 ms apart,
 // wake − target recorded.
+//
+// cyclictest runs with `--laptop`: by default it holds /dev/cpu_dma_latency
+// at 0 while it runs, a PM QoS request the pulse never makes. On a KVM guest
+// with the `haltpoll` cpuidle driver (this VM) that request keeps the idle
+// vCPU polling instead of halting, and a timer then wakes it without a VM
+// exit: 2–3× faster on average (cyclictest --laptop at 50 ms: avg 69–83 µs
+// alone, 29–33 µs while another process held the request; 2026-12-07). A
+// floor measured so is not the pulse's machine state: it was most of the
+// "~110 µs" timer-only mode seemed to add (docs/benchmark.md).
 // NATS floor: a message stamped with CLOCK_REALTIME just before it is
 // published (C client, SendAsap, publisher thread on the pulse's core at its
 // priority) and timed on receipt by the same subscriber code as the frames,
@@ -42,7 +51,7 @@ func runOnThread(seconds: Double, _ body: @escaping () -> Void) -> Bool {
 /// own sleep length, which meets a hypervisor's stalls more often).
 func measureTimerFloor(seconds: Int, cpu: Int, priority: Int, tempDir: String, intervalUs: Int = 1000) -> Floor {
     if let cyclictest = findTool("cyclictest") {
-        var args = ["-m", "-q", "-D", "\(seconds)", "-a", "\(cpu)", "-i", "\(intervalUs)", "-h", "10000"]
+        var args = ["-m", "--laptop", "-q", "-D", "\(seconds)", "-a", "\(cpu)", "-i", "\(intervalUs)", "-h", "10000"]
         if priority > 0 { args += ["-p", "\(priority)"] }
         do {
             let child = try Child(
@@ -73,7 +82,8 @@ func measureTimerFloor(seconds: Int, cpu: Int, priority: Int, tempDir: String, i
 /// overflow count, recorded at the reported maximum (an upper bound).
 func parseCyclictest(_ text: String, priority: Int, cpu: Int, intervalUs: Int = 1000) -> Floor? {
     var floor = Floor(
-        source: "cyclictest -i \(intervalUs) -a \(cpu)" + (priority > 0 ? " -p \(priority)" : "") + " (µs resolution)")
+        source: "cyclictest --laptop -i \(intervalUs) -a \(cpu)" + (priority > 0 ? " -p \(priority)" : "")
+            + " (µs resolution; no PM QoS request, as the pulse)")
     var overflows: UInt64 = 0
     var maxUs: Int64 = 0
     for line in text.split(separator: "\n") {

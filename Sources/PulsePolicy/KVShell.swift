@@ -132,6 +132,9 @@ public final class KVShell {
     public private(set) var lastWatchedMonoNs: Int64 = 0
     /// When the current holding was acquired (monotonic ns; 0: none).
     private var acquiredMonoNs: Int64 = 0
+    /// When a record with a term above this holder's own was applied while
+    /// it held the key (monotonic ns; nil: none). See `maybeStepDown`.
+    private var termAheadSinceMonoNs: Int64?
     /// A holder whose term start is not applied within this many TTLs gives the key up.
     public static let readyWithinTTLs: Int64 = 4
     /// Since when a tempo write of unknown fate waits for the key to move
@@ -227,7 +230,32 @@ public final class KVShell {
     /// the wait is over for that holding (a newer holder's record seen later
     /// means the lease was lost, which its renewal finds: no step-down, no
     /// `holder_not_ready` for it — the nats-kv simulator, seed 2).
+    ///
+    /// And a holder whose applied record carries a term above its own, once
+    /// a renewal *sent after that record was applied* succeeded: that
+    /// compare-and-set proves the key is still its own, and a newer holder's
+    /// record is written only after its take moved the key, so no holder
+    /// wrote that term: the record is forged (anyone with write access to
+    /// the timeline bucket). Every genuine record after it would be refused
+    /// as `term behind` and this holder never gets ready again, while its
+    /// renewals succeed: it deletes the key (`timeline_term_ahead`), and the
+    /// next take's revision passes the forged term if the lease key already
+    /// reached it. A forged term the key will not reach for long (e.g.
+    /// `UInt64.max`) still wedges the holders: open (docs/decisions.md).
     private func maybeStepDown(_ now: Int64) {
+        let timeline = leadership.timeline
+        if leadership.isHolder, timeline.recordTerm > leadership.lease.term {
+            let since = termAheadSinceMonoNs ?? now
+            termAheadSinceMonoNs = since
+            if let sent = leadership.lease.validFromSentMonoNs, sent > since {
+                termAheadSinceMonoNs = nil
+                acquiredMonoNs = 0
+                stepDown("timeline_term_ahead", waitedMs: (now - since) / 1_000_000)
+                return
+            }
+        } else {
+            termAheadSinceMonoNs = nil
+        }
         if leadership.isReadyHolder { acquiredMonoNs = 0 }
         guard leadership.isHolder, !leadership.isReadyHolder, acquiredMonoNs > 0,
             now - acquiredMonoNs > Self.readyWithinTTLs * leadership.lease.timing.ttlNs

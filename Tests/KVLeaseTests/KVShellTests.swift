@@ -145,6 +145,39 @@ final class KVShellTests: XCTestCase {
         XCTAssertFalse(shell.holdsLease)
     }
 
+    /// Review of 2026-12-07 evening, finding 12 (in part): a record forged
+    /// with a term above the holder's (anyone with write access to the
+    /// timeline bucket) made the ready holder not ready for good while its
+    /// renewals succeeded. Once a renewal sent after that record succeeds,
+    /// it gives the key up, so that the next take's revision passes the term.
+    func testAHolderWhoseRenewalSucceedsAfterARecordOfAHigherTermGivesTheKeyUp() throws {
+        let (shell, ports) = try readyHolder()
+        let forged = try XCTUnwrap(shell.leadership.timeline.termStart(term: 30))
+        shell.timelineWatched(KVWatched(revision: 9, value: forged.value))
+        XCTAssertEqual(shell.leadership.timeline.recordTerm, 30, "a continuation: applied")
+        XCTAssertFalse(shell.leadership.isReadyHolder)
+        var renewals: UInt64 = 0
+        var t = ports.monoNs
+        while t < ports.monoNs + 1_000 * ms, shell.leadership.isHolder {
+            t += 20 * ms
+            ports.monoNs = t
+            shell.tick()
+            for i in ports.leaseOps.indices where ports.leaseOps[i].done != nil {
+                if case .update = ports.leaseOps[i].op {
+                    renewals += 1
+                    ports.answerLease(i, .written(revision: 9 + renewals))
+                }
+            }
+        }
+        XCTAssertEqual(ports.rejected["timeline_term_ahead"], 1, "\(ports.events)")
+        XCTAssertFalse(shell.leadership.isHolder)
+        guard case .steppedDown("timeline_term_ahead", 7, 9, _)? = ports.events.last else {
+            return XCTFail("\(ports.events)")
+        }
+        XCTAssertLessThanOrEqual(renewals, 3, "within a renewal or two of the record")
+        XCTAssertNil(ports.rejected["holder_not_ready"])
+    }
+
     func testAHolderWhoseTermStartNeverAppliesGivesTheKeyUpAfterFourTTLs() throws {
         let ports = FakeKVPorts(wallNs: startNs)
         let shape = try TimelineShape(bar: 4, phases: ["beat"])

@@ -510,7 +510,10 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             } else {
                 logger.warning(
                     "NATS not reachable yet; retrying in the background",
-                    metadata: ["servers": "\(NatsAuth.redact(list.joined(separator: ",")))", "detail": "\(detail)"])
+                    metadata: [
+                        "servers": "\(NatsAuth.redact(list.joined(separator: ",")))", "detail": "\(detail)",
+                        "connection": "\(role)",
+                    ])
             }
         } else {
             // The server's reason (e.g. "Authorization Violation" for refused
@@ -522,7 +525,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
                     : "NATS connect failed",
                 metadata: [
                     "url": "\(redactedURL)", "status": "\(String(cString: natsStatus_GetText(status)))",
-                    "detail": "\(detail)",
+                    "detail": "\(detail)", "connection": "\(role)",
                 ])
         }
     }

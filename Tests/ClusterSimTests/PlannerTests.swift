@@ -322,6 +322,62 @@ final class PlannerTests: XCTestCase {
     }
 }
 
+extension PlannerTests {
+    /// Issue 24, the send path: the frame is encoded before the spin and
+    /// written as is when the spin exits in the millisecond it was stamped
+    /// for; otherwise encoded again with the exit's millisecond. Either way
+    /// the stamp is the exit's, as when every frame was encoded after it.
+    func testAFrameEncodedBeforeTheSpinCarriesTheExitsStamp() throws {
+        for (exitDelayNs, reused) in [(Int64(70), true), (1_500_000, false)] {
+            let ports = SpinPorts(wallNs: instant(6) - 1_000_000, exitDelayNs: exitDelayNs)
+            let shell = BeatShell(
+                ports: ports, planner: PlannerConfig(maxLeadNs: 2_000_000, handoffGuardNs: 200_000_000),
+                handOverGuardNs: 50_000_000, clusterId: "c", phases: ["beat"], nodeId: "node-1", maxOffsetMs: 500)
+            shell.startLocal(t)
+            ports.wallNs = instant(6) - 1_000_000
+            shell.wake()
+            let frame = try BeatFrameDecoder.decode(try XCTUnwrap(ports.written.last))
+            XCTAssertEqual(frame.beatIndex, 6)
+            XCTAssertEqual(frame.hlc.wallMs, (instant(6) + exitDelayNs) / 1_000_000, "the exit's millisecond")
+            XCTAssertEqual(frame.deadlineUnixMs, t.deadlineUnixMs(ofBeat: 6))
+            XCTAssertEqual(shell.preparedWrites, reused ? 1 : 0)
+            // The next beat, woken at its instant (no spin): encoded after, as before.
+            ports.wallNs = instant(7)
+            shell.wake()
+            let next = try BeatFrameDecoder.decode(try XCTUnwrap(ports.written.last))
+            XCTAssertEqual(next.beatIndex, 7)
+            XCTAssertGreaterThan(next.hlc, frame.hlc)
+            XCTAssertEqual(shell.preparedWrites, reused ? 1 : 0)
+        }
+    }
+}
+
+/// Beat ports whose spin exits `exitDelayNs` after the instant and that keep what they write.
+final class SpinPorts: BeatPorts {
+    var wallNs: Int64
+    let exitDelayNs: Int64
+    var written: [[UInt8]] = []
+    init(wallNs: Int64, exitDelayNs: Int64) {
+        self.wallNs = wallNs
+        self.exitDelayNs = exitDelayNs
+    }
+    func nowWallNs() -> Int64 { wallNs }
+    func nowMonoNs() -> Int64 { wallNs }
+    var natsAttachedMonoNs: Int64? { 0 }
+    func armBeat(atWallNs wallNs: Int64, exact: Bool) {}
+    func spin(untilWallNs target: Int64, beat: Int64, degraded: Bool) -> Int64? {
+        wallNs = max(wallNs, target + exitDelayNs)
+        return wallNs
+    }
+    func publish(_ frame: UnsafeRawBufferPointer, beat: Int64, targetWallNs: Int64, degraded: Bool) -> Bool {
+        written.append([UInt8](frame))
+        return true
+    }
+    func dropConnection() {}
+    func note(_ note: BeatNote) {}
+    func tempoTookEffect(epoch: TempoEpoch, previousBpm: Int64) {}
+}
+
 /// Beat ports that stand still: one wall and monotonic time, a NATS link
 /// attached at 0, no timer, nothing written (hear-path tests of the shell).
 final class StillPorts: BeatPorts {

@@ -338,6 +338,7 @@ public struct KVLease: Sendable {
             guard who == owner, rev >= revision, rev > 0 else { return lose(nowMonoNs) }
             if role == .candidate && rev < termFloor { return fence(rev, nowMonoNs) }
             revision = rev
+            termFloor = max(termFloor, rev)  // a revision seen, as a write's or the watch's
             validFromSentMonoNs = nil  // a read proves no send time
             nextAttemptMonoNs = .min  // renew (or delete) at once
             if role == .candidate {

@@ -160,6 +160,7 @@ final class KVLeaseTests: XCTestCase {
         _ = lease.complete(.unknown, nowMonoNs: 500 * ms)
         XCTAssertEqual(lease.next(nowMonoNs: 500 * ms), .read)
         XCTAssertEqual(lease.complete(.found(revision: 4, owner: "n1 a"), nowMonoNs: 501 * ms), [.acquired(term: 4)])
+        XCTAssertEqual(lease.termFloor, 4, "a revision read is a revision seen")
         XCTAssertFalse(lease.mayPublish(nowMonoNs: 501 * ms))
         XCTAssertEqual(lease.next(nowMonoNs: 501 * ms), .update(lastRevision: 4))
         _ = lease.complete(.written(revision: 5), nowMonoNs: 502 * ms)

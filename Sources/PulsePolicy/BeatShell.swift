@@ -275,14 +275,16 @@ public final class BeatShell {
             planner.nextBeat <= k
         else {
             // The lease lapsed, or the loop was starved, during the spin.
-            prepared.length = 0
+            discardPrepared()
             ports.note(.unpublished)
             planner.abandon(k)
             armNext()
             return
         }
+        let reuse = reusesPrepared(k, t, nowNs: exitNs, degraded: degraded)
+        if !reuse { discardPrepared() }
         let published =
-            reusesPrepared(k, t, nowNs: exitNs, degraded: degraded)
+            reuse
             ? emitPrepared(k, t, targetWallNs: target, degraded: degraded)
             : emit(k, t, nowNs: exitNs, targetWallNs: target, degraded: degraded)
         prepared.length = 0
@@ -378,7 +380,7 @@ public final class BeatShell {
 
     /// Encodes beat `k` for its instant before the spin.
     private func prepare(_ k: Int64, _ t: Timeline, targetWallNs: Int64, degraded: Bool) {
-        prepared.length = 0
+        discardPrepared()
         let before = hlc
         guard let (length, stamp) = encode(k, t, stamp: hlc.now(wallMs: targetWallNs / 1_000_000), degraded: degraded)
         else {
@@ -387,6 +389,14 @@ public final class BeatShell {
         }
         prepared = PreparedFrame(
             index: k, timeline: t, length: length, stamp: stamp, hlcBefore: before, term: term, degraded: degraded)
+    }
+
+    /// Forgets the prepared frame; its stamp is taken back when nothing
+    /// touched the clock since (so a frame encoded instead carries the
+    /// stamp it would have had without the preparation).
+    private func discardPrepared() {
+        if prepared.length > 0, hlc.last == prepared.stamp { hlc = prepared.hlcBefore }
+        prepared.length = 0
     }
 
     /// Whether the prepared frame is what `emit` would write at `nowNs`.
@@ -400,8 +410,10 @@ public final class BeatShell {
 
     private func emitPrepared(_ k: Int64, _ t: Timeline, targetWallNs: Int64, degraded: Bool) -> Bool {
         noteAnnouncement(k)
-        preparedWrites &+= 1
-        return write(k, length: prepared.length, stamp: prepared.stamp, targetWallNs: targetWallNs, degraded: degraded)
+        let written = write(
+            k, length: prepared.length, stamp: prepared.stamp, targetWallNs: targetWallNs, degraded: degraded)
+        if written { preparedWrites &+= 1 }
+        return written
     }
 
     /// Beat `k` went by without this node emitting it as a change's first

@@ -238,16 +238,22 @@ public final class KVShell {
     /// wrote that term: the record is forged (anyone with write access to
     /// the timeline bucket). Every genuine record after it would be refused
     /// as `term behind` and this holder never gets ready again, while its
-    /// renewals succeed: it deletes the key (`timeline_term_ahead`), and the
-    /// next take's revision passes the forged term if the lease key already
-    /// reached it. A forged term the key will not reach for long (e.g.
-    /// `UInt64.max`) still wedges the holders: open (docs/decisions.md).
+    /// renewals succeed. Once its own revision reached that term, it
+    /// deletes the key (`timeline_term_ahead`): the next take's revision is
+    /// above the term, and its term start applies. Before that, giving up
+    /// would only hand the key to a take below the term again (a churn of
+    /// holdings); a term the key will not reach for long (e.g. `UInt64.max`)
+    /// still wedges the holders: open (docs/decisions.md). The argument
+    /// needs the lease stream's sequence never to go back: after a bucket is
+    /// recreated the pulses are fenced until restarted ("A recreated bucket").
     private func maybeStepDown(_ now: Int64) {
         let timeline = leadership.timeline
         if leadership.isHolder, timeline.recordTerm > leadership.lease.term {
             let since = termAheadSinceMonoNs ?? now
             termAheadSinceMonoNs = since
-            if let sent = leadership.lease.validFromSentMonoNs, sent > since {
+            if let sent = leadership.lease.validFromSentMonoNs, sent > since,
+                leadership.lease.revision >= timeline.recordTerm
+            {
                 termAheadSinceMonoNs = nil
                 acquiredMonoNs = 0
                 stepDown("timeline_term_ahead", waitedMs: (now - since) / 1_000_000)

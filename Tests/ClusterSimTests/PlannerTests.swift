@@ -336,8 +336,18 @@ extension PlannerTests {
             shell.startLocal(t)
             ports.wallNs = instant(6) - 1_000_000
             shell.wake()
-            let frame = try BeatFrameDecoder.decode(try XCTUnwrap(ports.written.last))
+            let bytes = try XCTUnwrap(ports.written.last)
+            let frame = try BeatFrameDecoder.decode(bytes)
             XCTAssertEqual(frame.beatIndex, 6)
+            // The same bytes as a shell that encodes after the spin (woken at the exit: no preparation).
+            let plainPorts = SpinPorts(wallNs: instant(6) + exitDelayNs, exitDelayNs: 0)
+            let plain = BeatShell(
+                ports: plainPorts, planner: PlannerConfig(maxLeadNs: 2_000_000, handoffGuardNs: 200_000_000),
+                handOverGuardNs: 50_000_000, clusterId: "c", phases: ["beat"], nodeId: "node-1", maxOffsetMs: 500)
+            plain.startLocal(t)
+            plainPorts.wallNs = instant(6) + exitDelayNs
+            plain.wake()
+            XCTAssertEqual(plainPorts.written.last, bytes, "byte for byte, the stamp's counter included")
             XCTAssertEqual(frame.hlc.wallMs, (instant(6) + exitDelayNs) / 1_000_000, "the exit's millisecond")
             XCTAssertEqual(frame.deadlineUnixMs, t.deadlineUnixMs(ofBeat: 6))
             XCTAssertEqual(shell.preparedWrites, reused ? 1 : 0)

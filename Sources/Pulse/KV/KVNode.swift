@@ -200,9 +200,12 @@ final class KVNode: LoopHandler, KVPorts {
         case .degradation(let change): logDegradation(change)
         case .steppedDown(let reason, let term, let revision, let waitedMs):
             let what =
-                reason == "holder_not_ready"
-                ? "lease holder could not get its term start applied"
-                : "a tempo write of unknown fate could not be settled"
+                switch reason {
+                case "holder_not_ready": "lease holder could not get its term start applied"
+                case "timeline_term_ahead":
+                    "the applied timeline record carries a term above this holding's, and no newer holder exists (forged?)"
+                default: "a tempo write of unknown fate could not be settled"
+                }
             logger.error(
                 "\(what): giving the lease up so another pulse can take over",
                 metadata: ["term": "\(term)", "timeline_revision": "\(revision)", "waited_ms": "\(waitedMs)"])

@@ -97,8 +97,6 @@ public final class BeatShell {
     /// term-start gate). Degraded frames are not counted: they follow the
     /// last timeline a cut-off node knew, and consumers prefer a leader's.
     public private(set) var retroactiveTempoChanges: UInt64 = 0
-    /// Frames written as encoded before the spin (the rest were encoded after it).
-    public private(set) var preparedWrites: UInt64 = 0
     /// The last beat this node published not degraded, or -1.
     private var lastLeaderPublished: Int64 = -1
     /// The subject attach time last told to the strategy (`publishMode`).
@@ -260,7 +258,6 @@ public final class BeatShell {
         case .emit(let k, let target, let degraded):
             if k > nextBefore { ports.note(.missed(k - nextBefore)) }
             if wallNs > target { ports.note(.late) }
-            if wallNs < target { prepare(k, t, targetWallNs: target, degraded: degraded) }
             resume(beat: k, degraded: degraded, targetWallNs: target)
         }
     }
@@ -275,19 +272,12 @@ public final class BeatShell {
             planner.nextBeat <= k
         else {
             // The lease lapsed, or the loop was starved, during the spin.
-            discardPrepared()
             ports.note(.unpublished)
             planner.abandon(k)
             armNext()
             return
         }
-        let reuse = reusesPrepared(k, t, nowNs: exitNs, degraded: degraded)
-        if !reuse { discardPrepared() }
-        let published =
-            reuse
-            ? emitPrepared(k, t, targetWallNs: target, degraded: degraded)
-            : emit(k, t, nowNs: exitNs, targetWallNs: target, degraded: degraded)
-        prepared.length = 0
+        let published = emit(k, t, nowNs: exitNs, targetWallNs: target, degraded: degraded)
         planner.published(k, degraded: degraded, published: published)
         if !published { ports.note(.unpublished) }
         if published && !degraded { lastLeaderPublished = k }
@@ -302,117 +292,33 @@ public final class BeatShell {
     /// writes it (allocation-free). Also the zero-allocation test's entry.
     @discardableResult
     public func emit(_ k: Int64, _ t: Timeline, nowNs: Int64, targetWallNs: Int64, degraded: Bool) -> Bool {
-        noteAnnouncement(k)
-        guard let (length, stamp) = encode(k, t, stamp: hlc.now(wallMs: nowNs / 1_000_000), degraded: degraded)
-        else { return false }
-        return write(k, length: length, stamp: stamp, targetWallNs: targetWallNs, degraded: degraded)
-    }
-
-    /// The first beat this node emits at or after a change's downbeat (the
-    /// downbeat itself, or later after a stall or a take-over) announces it.
-    private func noteAnnouncement(_ k: Int64) {
         if let owned = lead?.committedTimeline ?? local, let p = owned.pendingEpoch, k >= p.startBeat,
             p.startBeat > announcedChangeBeat
         {
+            // The first beat this node emits at or after the change's downbeat
+            // (the downbeat itself, or later after a stall or a take-over).
             announcedChangeBeat = p.startBeat
             announce = (p, owned.epoch.bpm)
         }
-    }
-
-    /// Beat `k`'s frame with `stamp`, in the frame buffer: its length, or
-    /// nil (not written) when the bar's window id is not ready or the
-    /// encoder refused.
-    private func encode(_ k: Int64, _ t: Timeline, stamp: HLCStamp, degraded: Bool) -> (Int, HLCStamp)? {
         var now = t
         _ = now.applyDue(beat: k)
         lastWritten.length = 0  // the frame buffer is about to change
-        prepared.length = 0
         // Not prepared only when the loop stalled for more than a bar and the
         // planner jumped past the bars `prepareAhead` hashed: this one beat is
         // counted unpublished (the caller's `.unpublished`) rather than hashed
         // here, which allocates on the beat path; the wake's `prepareAhead`
         // readies the next (adversarial review F9, 2026-12-07).
-        guard let windowId = windowIds.lookup(barStart: now.barStart(k)) else { return nil }
+        guard let windowId = windowIds.lookup(barStart: now.barStart(k)) else { return false }
+        let stamp = hlc.now(wallMs: nowNs / 1_000_000)
         let length = encoder.encode(
             into: frame, beatIndex: k, downbeat: now.isDownbeat(k), phaseIndex: now.phaseIndex(k),
             hlc: stamp, deadlineUnixMs: now.deadlineUnixMs(ofBeat: k),
             tempoBpm: now.epoch.bpm, windowId: windowId, term: term, degraded: degraded)
-        return length > 0 ? (length, stamp) : nil
-    }
-
-    private func write(_ k: Int64, length: Int, stamp: HLCStamp, targetWallNs: Int64, degraded: Bool) -> Bool {
+        guard length > 0 else { return false }
         let written = ports.publish(
             UnsafeRawBufferPointer(rebasing: frame[0..<length]), beat: k, targetWallNs: targetWallNs,
             degraded: degraded)
         if written { lastWritten = OwnFrame(length: length, index: k, term: term, hlc: stamp) }
-        return written
-    }
-
-    // MARK: the frame encoded before the spin (issue 24: the send path)
-    //
-    // Between the spin's exit and the write, the pulse did what a bare
-    // program writing prebuilt bytes does not: the window id, the timeline
-    // math and the encoder, on a core that had only spun (1.2–1.3× the bare
-    // send path's p99 on a quiet host, 2026-12-07). Everything in the frame
-    // is known before the spin but the HLC stamp, whose physical part is the
-    // millisecond of the write: the frame is encoded when the wake decides to
-    // emit, stamped for the instant's millisecond, and written as is when the
-    // stamp the exit would get is the same (the spin exits within a µs of
-    // the instant: the same millisecond but for ~1 beat in 10^4 at a tempo
-    // whose instants fall mid-millisecond) and nothing moved the clock in
-    // between (nothing runs on the loop thread during a spin; the simulator
-    // may deliver frames meanwhile). Otherwise it is encoded again after the
-    // spin, as before. The bytes written are the same either way.
-
-    /// The prepared frame: beat, length (0: none), the stamp it carries,
-    /// the HLC before it was taken, its term and mode.
-    private struct PreparedFrame {
-        var index: Int64
-        var timeline: Timeline?
-        var length: Int
-        var stamp: HLCStamp
-        var hlcBefore: HLC
-        var term: UInt64
-        var degraded: Bool
-    }
-    private var prepared = PreparedFrame(
-        index: -1, timeline: nil, length: 0, stamp: .zero, hlcBefore: HLC(), term: 0, degraded: false)
-
-    /// Encodes beat `k` for its instant before the spin.
-    private func prepare(_ k: Int64, _ t: Timeline, targetWallNs: Int64, degraded: Bool) {
-        discardPrepared()
-        let before = hlc
-        guard let (length, stamp) = encode(k, t, stamp: hlc.now(wallMs: targetWallNs / 1_000_000), degraded: degraded)
-        else {
-            hlc = before
-            return
-        }
-        prepared = PreparedFrame(
-            index: k, timeline: t, length: length, stamp: stamp, hlcBefore: before, term: term, degraded: degraded)
-    }
-
-    /// Forgets the prepared frame; its stamp is taken back when nothing
-    /// touched the clock since (so a frame encoded instead carries the
-    /// stamp it would have had without the preparation).
-    private func discardPrepared() {
-        if prepared.length > 0, hlc.last == prepared.stamp { hlc = prepared.hlcBefore }
-        prepared.length = 0
-    }
-
-    /// Whether the prepared frame is what `emit` would write at `nowNs`.
-    private func reusesPrepared(_ k: Int64, _ t: Timeline, nowNs: Int64, degraded: Bool) -> Bool {
-        guard prepared.length > 0, prepared.index == k, prepared.degraded == degraded, prepared.term == term,
-            prepared.timeline == t, hlc.last == prepared.stamp
-        else { return false }
-        var clock = prepared.hlcBefore
-        return clock.now(wallMs: nowNs / 1_000_000) == prepared.stamp
-    }
-
-    private func emitPrepared(_ k: Int64, _ t: Timeline, targetWallNs: Int64, degraded: Bool) -> Bool {
-        noteAnnouncement(k)
-        let written = write(
-            k, length: prepared.length, stamp: prepared.stamp, targetWallNs: targetWallNs, degraded: degraded)
-        if written { preparedWrites &+= 1 }
         return written
     }
 

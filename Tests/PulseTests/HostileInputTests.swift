@@ -162,6 +162,7 @@ final class HostileInputTests: XCTestCase {
     func testControlSubjectRequiresTheTokenAndRefusesHostileRequests() throws {
         let node = try startNode(extra: ["-admin-token", Self.token])
         defer { node.process.stop() }
+        XCTAssertTrue(Harness.waitForRequests(url: node.nats.url, cluster: Self.cluster), node.process.log)
         let nats = try RawNats(url: node.nats.url)
         let subject = "backbeat.\(Self.cluster).control"
         func ask(_ body: String) -> [String: Any] {

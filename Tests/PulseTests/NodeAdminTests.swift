@@ -103,6 +103,7 @@ final class NodeAdminTests: XCTestCase {
         let node = try startNode(bpm: 120, cluster: "ctl")
         defer { node.process.stop() }
         XCTAssertTrue(node.beats.wait(for: 1, seconds: 10))
+        XCTAssertTrue(Harness.waitForRequests(url: node.nats.url, cluster: "ctl"), node.process.log)
         var nc: OpaquePointer?
         XCTAssertEqual(natsConnection_ConnectTo(&nc, node.nats.url), NATS_OK)
         defer { natsConnection_Destroy(nc) }

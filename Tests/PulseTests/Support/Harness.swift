@@ -136,6 +136,26 @@ enum Harness {
         }
         return condition()
     }
+
+    /// Waits until the pulse of `cluster` answers a timeline request through
+    /// the server at `url`. Its requests ride a NATS connection of their own,
+    /// which may still be connecting (or retrying its first connect) when the
+    /// beat and the admin API are up; NATS answers "no responders" at once
+    /// meanwhile (a CI run of ForgedReplyTests met 250 ms of it).
+    @discardableResult
+    static func waitForRequests(url: String, cluster: String, seconds: Double = 15) -> Bool {
+        var nc: OpaquePointer?
+        guard natsConnection_ConnectTo(&nc, url) == NATS_OK else { return false }
+        defer { natsConnection_Destroy(nc) }
+        return waitUntil(seconds: seconds) {
+            var reply: OpaquePointer?
+            guard
+                natsConnection_RequestString(&reply, nc, "backbeat.\(cluster).request.timeline", "{}", 1000) == NATS_OK
+            else { return false }
+            natsMsg_Destroy(reply)
+            return true
+        }
+    }
 }
 
 /// A real `nats-server` bound to 127.0.0.1 on a free port.

@@ -88,7 +88,30 @@ enum Proc {
             close(fd)
             return nil
         }
+        guard !isSelfConnected(fd) else {
+            close(fd)  // nobody listens: the socket met itself
+            return nil
+        }
         return fd
+    }
+
+    /// Whether a connected TCP socket's two ends are the same address and
+    /// port: a connect that met nobody can still succeed, since polling a
+    /// port of the ephemeral range can connect the socket to itself, which
+    /// then holds the port the server was about to bind.
+    static func isSelfConnected(_ fd: Int32) -> Bool {
+        var local = sockaddr_in()
+        var peer = sockaddr_in()
+        var localLength = socklen_t(MemoryLayout<sockaddr_in>.size)
+        var peerLength = localLength
+        let gotLocal = withUnsafeMutablePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &localLength) }
+        }
+        let gotPeer = withUnsafeMutablePointer(to: &peer) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &peerLength) }
+        }
+        return gotLocal == 0 && gotPeer == 0 && local.sin_port == peer.sin_port
+            && local.sin_addr.s_addr == peer.sin_addr.s_addr
     }
 
     /// One HTTP request to 127.0.0.1:`port` (Connection: close); (status, body) or nil.

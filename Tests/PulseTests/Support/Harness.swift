@@ -59,6 +59,25 @@ enum Harness {
         return true
     }
 
+    /// Whether a connected TCP socket's two ends are the same address and
+    /// port: a connect that met nobody can still succeed, since polling a
+    /// port of the ephemeral range can connect the socket to itself, which
+    /// then holds the port the server was about to bind.
+    static func isSelfConnected(_ fd: Int32) -> Bool {
+        var local = sockaddr_in()
+        var peer = sockaddr_in()
+        var localLength = socklen_t(MemoryLayout<sockaddr_in>.size)
+        var peerLength = localLength
+        let gotLocal = withUnsafeMutablePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &localLength) }
+        }
+        let gotPeer = withUnsafeMutablePointer(to: &peer) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &peerLength) }
+        }
+        return gotLocal == 0 && gotPeer == 0 && local.sin_port == peer.sin_port
+            && local.sin_addr.s_addr == peer.sin_addr.s_addr
+    }
+
     /// A blocking TCP socket connected to 127.0.0.1:`port`, with `timeoutMs`
     /// as its receive and send timeouts (none when nil) and, when given, a
     /// `receiveBufferBytes` SO_RCVBUF set before connecting. The caller
@@ -87,6 +106,10 @@ enum Harness {
             let code = errno
             close(fd)
             throw NSError(domain: "connect", code: Int(code))
+        }
+        guard !isSelfConnected(fd) else {
+            close(fd)  // nobody listens: the socket met itself (see isSelfConnected)
+            throw NSError(domain: "connect", code: Int(ECONNREFUSED))
         }
         return fd
     }

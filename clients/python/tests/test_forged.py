@@ -22,7 +22,7 @@ sys.path.insert(0, HERE)
 
 import nats  # noqa: E402
 from backbeat_client import BackbeatClient, decode_frame, decode_timeline  # noqa: E402
-from test_live import free_port, http, wait_until  # noqa: E402
+from test_live import free_port, http, start_nats, wait_until  # noqa: E402
 
 CLUSTER = "pyforged"
 PERIOD_NS = 100_000_000  # 600 bpm
@@ -118,10 +118,9 @@ async def scenario(url, body, failures):
 
 def main():
     directory = tempfile.mkdtemp(prefix="backbeat-pyforged-")
-    nats_port, admin = free_port(), free_port()
-    nats_bin = os.environ.get("NATS_SERVER") or shutil.which("nats-server") or "/usr/sbin/nats-server"
-    processes = [subprocess.Popen([nats_bin, "-a", "127.0.0.1", "-p", str(nats_port)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    nats_process, nats_port = start_nats()
+    processes = [nats_process]
+    admin = free_port()
     log = open(os.path.join(directory, "node.log"), "w")
     url = f"nats://127.0.0.1:{nats_port}"
     processes.append(subprocess.Popen(

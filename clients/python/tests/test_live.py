@@ -75,6 +75,38 @@ def wait_until(seconds, condition):
     return condition()
 
 
+def nats_ready(port):
+    """Whether a nats-server answers on 127.0.0.1:`port`: it sends INFO first. (A bare connect is no
+    proof: polling a port of the ephemeral range can connect a socket to itself, which then holds the
+    port the server was about to bind.)"""
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        try:
+            s.connect(("127.0.0.1", port))
+            return s.recv(4).startswith(b"INFO")
+        except OSError:
+            return False
+
+
+def start_nats(args=(), env=None, log_path=None, attempts=3):
+    """A nats-server on a free loopback port (its process and port), started again on another port
+    when it exits or does not answer within 10 s (a port taken meanwhile)."""
+    nats_bin = os.environ.get("NATS_SERVER") or shutil.which("nats-server") or "/usr/sbin/nats-server"
+    for _ in range(attempts):
+        port = free_port()
+        command = [nats_bin, *args, "-a", "127.0.0.1", "-p", str(port)] + (["-l", log_path] if log_path else [])
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if wait_until(10, lambda: process.poll() is not None or nats_ready(port)) and process.poll() is None:
+            return process, port
+        process.kill()
+        process.wait()
+    log = ""
+    if log_path and os.path.exists(log_path):
+        with open(log_path) as f:
+            log = f.read()[-2000:]
+    raise AssertionError(f"nats-server did not start in {attempts} attempts\n{log}")
+
+
 def stop_all(processes, log, directory):
     """Kills and reaps `processes`, closes `log` and removes `directory` (a test's teardown)."""
     for p in processes:
@@ -87,11 +119,8 @@ def stop_all(processes, log, directory):
 class Cluster:
     def __init__(self, bpm, max_bpm):
         self.dir = tempfile.mkdtemp(prefix="backbeat-py-")
-        self.nats_port = free_port()
-        nats_bin = os.environ.get("NATS_SERVER") or shutil.which("nats-server") or "/usr/sbin/nats-server"
-        self.processes = [subprocess.Popen([nats_bin, "-a", "127.0.0.1", "-p", str(self.nats_port)],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-        wait_until(10, lambda: socket.socket().connect_ex(("127.0.0.1", self.nats_port)) == 0)
+        nats_process, self.nats_port = start_nats()
+        self.processes = [nats_process]
         self.url = f"nats://127.0.0.1:{self.nats_port}"
         raft = [free_port() for _ in range(3)]
         self.admin = [free_port() for _ in range(3)]

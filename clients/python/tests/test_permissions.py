@@ -12,8 +12,6 @@ permissions violation.  Bounded (30 s).
 import asyncio
 import base64
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +23,7 @@ sys.path.insert(0, HERE)
 
 import nats  # noqa: E402
 from backbeat_client import BackbeatClient  # noqa: E402
-from test_live import free_port, http, stop_all, wait_until  # noqa: E402
+from test_live import free_port, http, start_nats, stop_all, wait_until  # noqa: E402
 
 CLUSTER = "chorus-aus-01"  # the cluster id deploy/nats/backbeat.conf spells out
 CONF = os.path.join(HERE, "..", "..", "..", "deploy", "nats", "backbeat.conf")
@@ -63,13 +61,11 @@ class ShippedPermissions(unittest.TestCase):
             f.write(seed + "\n")
         os.chmod(seed_path, 0o600)
         password, token = os.urandom(8).hex(), os.urandom(8).hex()
-        nats_port, admin = free_port(), free_port()
-        nats_bin = os.environ.get("NATS_SERVER") or shutil.which("nats-server") or "/usr/sbin/nats-server"
         nats_log = os.path.join(directory, "nats.log")
         env = dict(os.environ, BACKBEAT_PULSE_NKEY=public, BACKBEAT_CONSUMER_PASSWORD=password)
-        processes = [subprocess.Popen([nats_bin, "-c", CONF, "-a", "127.0.0.1", "-p", str(nats_port), "-l", nats_log],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-        wait_until(10, lambda: socket.socket().connect_ex(("127.0.0.1", nats_port)) == 0)
+        nats_process, nats_port = start_nats(["-c", CONF], env=env, log_path=nats_log)
+        processes = [nats_process]
+        admin = free_port()
         log = open(os.path.join(directory, "node.log"), "w")
         processes.append(subprocess.Popen(
             [os.environ["PULSE_BIN"], "-bootstrap", "-bpm", "600", "-max-bpm", "600", "-cluster", CLUSTER,

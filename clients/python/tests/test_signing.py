@@ -5,7 +5,6 @@ reproduces them byte for byte)."""
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -17,7 +16,7 @@ sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 from backbeat_client import BackbeatClient, PublicationVerifier  # noqa: E402
 from backbeat_client.signing import key_id, public_key_from_pem  # noqa: E402
-from test_live import free_port, http, schemas, stop_all, wait_until  # noqa: E402
+from test_live import free_port, http, schemas, start_nats, stop_all, wait_until  # noqa: E402
 
 with open(os.path.join(HERE, "..", "..", "..", "docs", "vectors", "signatures.json")) as f:
     VECTORS = json.load(f)
@@ -102,10 +101,9 @@ class SignedNode(unittest.TestCase):
         with open(key_path, "w") as f:
             f.write(KEYS["current"]["private_pem"])
         os.chmod(key_path, 0o600)
-        nats_port, admin = free_port(), free_port()
-        nats_bin = os.environ.get("NATS_SERVER") or shutil.which("nats-server") or "/usr/sbin/nats-server"
-        processes = [subprocess.Popen([nats_bin, "-a", "127.0.0.1", "-p", str(nats_port)],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        nats_process, nats_port = start_nats()
+        processes = [nats_process]
+        admin = free_port()
         url = f"nats://127.0.0.1:{nats_port}"
         log = open(os.path.join(directory, "node.log"), "w")
         processes.append(subprocess.Popen(

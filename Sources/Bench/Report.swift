@@ -213,7 +213,10 @@ struct BenchReport {
                 }
                 let alloc = s.allocatedBytesPerBeat.map { String(format: "%.1f B/beat", $0) } ?? "n/a"
                 var cpu = s.cpuUsPerBeat.map { String(format: "%.1f µs CPU/beat", $0) } ?? "n/a"
-                if let l = s.loopCpuUsPerBeat { cpu += String(format: " (loop thread %.1f)", l) }
+                if let l = s.loopCpuUsPerBeat {
+                    cpu += String(format: " (loop thread %.1f", l)
+                    cpu += s.loopWakesPerBeat.map { String(format: ", %.2f wakes/beat)", $0) } ?? ")"
+                }
                 if let e = s.election {
                     o +=
                         String(repeating: " ", count: 24)

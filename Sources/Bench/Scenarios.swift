@@ -87,6 +87,8 @@ struct ScenarioResult {
     /// echo of its own frames, timers, admin): what the beat mode changes,
     /// and what the shared-host target is judged on.
     var loopCpuUsPerBeat: Double? = nil
+    /// Times the loop thread woke per beat (`backbeat_loop_wakes_total`).
+    var loopWakesPerBeat: Double? = nil
     /// The machine's CPU floor per beat (bare timer wake + one frame write), same run.
     var cpuFloor: CpuFloor? = nil
     /// The bare C publisher woken the same way (spin or timer only), same run.
@@ -411,7 +413,7 @@ func runPulseScenario(
     }
     let window = try windowLoad?(pulse)
     if window != nil { sleepSeconds(0.5) }
-    let metricNames = ["backbeat_hot_path_allocated_bytes_total", "backbeat_beats_total"]
+    let metricNames = ["backbeat_hot_path_allocated_bytes_total", "backbeat_beats_total", "backbeat_loop_wakes_total"]
     let m0 = pulse.metrics(metricNames)
     let cpu0 = processCPUNs(pulse.child.pid)
     let loop0 = threadCPUNs(pulse.child.pid, tid: pulse.child.pid)
@@ -530,6 +532,9 @@ func runPulseScenario(
         }
         if let cpu0, let cpu1 { result.cpuUsPerBeat = Double(cpu1 - cpu0) / 1000 / beats }
         if let loop0, let loop1 { result.loopCpuUsPerBeat = Double(loop1 - loop0) / 1000 / beats }
+        if let w0 = m0["backbeat_loop_wakes_total"], let w1 = m1["backbeat_loop_wakes_total"] {
+            result.loopWakesPerBeat = (w1 - w0) / beats
+        }
     } else {
         result.notes.append("/metrics gave no beat count for the window")
     }

@@ -48,6 +48,7 @@ static uint32_t to_epoll(uint32_t interest) {
     uint32_t ev = 0;
     if (interest & CLOOP_READ) ev |= EPOLLIN | EPOLLRDHUP;
     if (interest & CLOOP_WRITE) ev |= EPOLLOUT;
+    if (interest & CLOOP_HANGUP) ev |= EPOLLRDHUP;  /* the peer's FIN alone, without EPOLLIN */
     return ev;
 }
 

@@ -210,6 +210,16 @@ public struct BeatPlanner: Sendable {
         return decision
     }
 
+    /// True when `plan` in `mode` at `monoNs` would find the lease it held
+    /// at the last wake lapsed (and drop the connection if frames of ours
+    /// were not seen back): a driver whose echoes or ticks may wait for the
+    /// loop's turn hears them first (`BeatPorts.catchUp`).
+    public func leaseLapsed(_ mode: PublishMode, monoNs: Int64) -> Bool {
+        guard heldLease else { return false }
+        if case .leader(let lease) = mode, monoNs < lease { return false }
+        return true
+    }
+
     private mutating func decide(_ i: BeatInputs, timeline t: Timeline) -> BeatDecision {
         let leading: Bool
         if case .leader(let lease) = i.mode { leading = i.monoNs < lease } else { leading = false }

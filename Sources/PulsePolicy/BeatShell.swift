@@ -53,11 +53,23 @@ public protocol BeatPorts: AnyObject {
     func publish(_ frame: UnsafeRawBufferPointer, beat: Int64, targetWallNs: Int64, degraded: Bool) -> Bool
     /// Drops the NATS connection (frames this leader published never came back).
     func dropConnection()
+    /// Before the planner judges a lease that lapsed since the last wake:
+    /// hears now what is due but waits for the loop's turn — frames of the
+    /// beat subject already arrived (a link that reads at the loop's turns:
+    /// `NatsLink.deferReads`), a lone voter's due ticks (which renew its
+    /// lease) — so that the decision does not take a late read for a dead
+    /// link or an expired lease.
+    func catchUp()
     /// A beat's fate, for counters.
     func note(_ note: BeatNote)
     /// A committed tempo change took effect at a beat this node published
     /// (called after the beat, off the critical instant).
     func tempoTookEffect(epoch: TempoEpoch, previousBpm: Int64)
+}
+
+extension BeatPorts {
+    /// Ports that hear every frame and tick as it arrives have nothing to catch up.
+    public func catchUp() {}
 }
 
 /// The beat side of one node over its ports.
@@ -78,7 +90,13 @@ public final class BeatShell {
     private var hlc: HLC
     private let encoder: BeatFrameEncoder
     private let windowIds: WindowIdCache
-    private let frame: UnsafeMutableRawBufferPointer
+    /// Two frame buffers, written in turn: the last two frames this node
+    /// wrote stay whole, so the echo of the one before the last (read after
+    /// the last was written, when the link reads at the loop's turns:
+    /// `NatsLink.deferReads`) is still recognised by its bytes.
+    private let frames: (UnsafeMutableRawBufferPointer, UnsafeMutableRawBufferPointer)
+    /// The buffer the next frame is encoded into (0 or 1).
+    private var nextSlot = 0
     /// The guard after a graceful hand-over (replaces the planner's).
     private let handOverGuardNs: Int64
     /// The downbeat of the last change announced (`tempoTookEffect`) or
@@ -112,10 +130,16 @@ public final class BeatShell {
         self.hlc = HLC(maxOffsetMs: maxOffsetMs)
         self.encoder = BeatFrameEncoder(clusterId: clusterId, phases: phases, nodeId: nodeId)
         self.windowIds = WindowIdCache(clusterId: clusterId)
-        self.frame = .allocate(byteCount: encoder.maxFrameBytes, alignment: 8)
+        self.frames = (
+            .allocate(byteCount: encoder.maxFrameBytes, alignment: 8),
+            .allocate(byteCount: encoder.maxFrameBytes, alignment: 8)
+        )
     }
 
-    deinit { frame.deallocate() }
+    deinit {
+        frames.0.deallocate()
+        frames.1.deallocate()
+    }
 
     // MARK: state
 
@@ -231,7 +255,13 @@ public final class BeatShell {
         guard let t = timeline else { return }
         let wallNs = ports.nowWallNs()
         let monoNs = ports.nowMonoNs()
-        let mode = publishMode(t, monoNs: monoNs)
+        var mode = publishMode(t, monoNs: monoNs)
+        if planner.leaseLapsed(mode, monoNs: monoNs) {
+            // The lease lapsed since the last wake: what renews it or shows
+            // our frames came back may be waiting for the loop's turn.
+            ports.catchUp()
+            mode = publishMode(t, monoNs: monoNs)
+        }
         let inputs = BeatInputs(
             wallNs: wallNs, monoNs: monoNs, mode: mode, natsAttachedMonoNs: ports.natsAttachedMonoNs,
             tempoBarrierBeat: lead?.tempoBarrierBeat ?? .max, reference: lead?.degradedReference,
@@ -302,7 +332,9 @@ public final class BeatShell {
         }
         var now = t
         _ = now.applyDue(beat: k)
-        lastWritten.length = 0  // the frame buffer is about to change
+        let slot = nextSlot
+        let frame = slot == 0 ? frames.0 : frames.1
+        written[slot].length = 0  // this buffer is about to change
         // Not prepared only when the loop stalled for more than a bar and the
         // planner jumped past the bars `prepareAhead` hashed: this one beat is
         // counted unpublished (the caller's `.unpublished`) rather than hashed
@@ -315,11 +347,14 @@ public final class BeatShell {
             hlc: stamp, deadlineUnixMs: now.deadlineUnixMs(ofBeat: k),
             tempoBpm: now.epoch.bpm, windowId: windowId, term: term, degraded: degraded)
         guard length > 0 else { return false }
-        let written = ports.publish(
+        let published = ports.publish(
             UnsafeRawBufferPointer(rebasing: frame[0..<length]), beat: k, targetWallNs: targetWallNs,
             degraded: degraded)
-        if written { lastWritten = OwnFrame(length: length, index: k, term: term, hlc: stamp) }
-        return written
+        if published {
+            written[slot] = OwnFrame(length: length, index: k, term: term, hlc: stamp)
+            nextSlot = slot ^ 1
+        }
+        return published
     }
 
     /// Beat `k` went by without this node emitting it as a change's first
@@ -329,15 +364,24 @@ public final class BeatShell {
         announcedChangeBeat = max(announcedChangeBeat, p.startBeat)
     }
 
-    /// What this node knows of the frame it wrote last (still in `frame`;
-    /// length 0: none), so that its echo needs no parse (issue 24).
+    /// What this node knows of a frame it wrote (still in its buffer; length
+    /// 0: none), so that its echo needs no parse (issue 24).
     private struct OwnFrame {
         var length: Int
         var index: Int64
         var term: UInt64
         var hlc: HLCStamp
     }
-    private var lastWritten = OwnFrame(length: 0, index: -1, term: 0, hlc: .zero)
+    /// The frames in `frames.0` and `frames.1`.
+    private var written = OwnFrames()
+    private struct OwnFrames {
+        var first = OwnFrame(length: 0, index: -1, term: 0, hlc: .zero)
+        var second = OwnFrame(length: 0, index: -1, term: 0, hlc: .zero)
+        subscript(slot: Int) -> OwnFrame {
+            get { slot == 0 ? first : second }
+            set { if slot == 0 { first = newValue } else { second = newValue } }
+        }
+    }
 
     /// Arms the timer for the next beat's target in the current mode.
     public func armNext() {
@@ -448,7 +492,7 @@ public final class BeatShell {
     }
 
     /// The publisher's own echo without a parse (issue 24): when `payload`
-    /// is byte for byte the frame this node wrote last, it is judged
+    /// is byte for byte one of the two frames this node wrote last, it is judged
     /// (`EchoPolicy.judgeOwn`: the same checks, verdict and fence as `judge`
     /// on the decoded frame) and, accepted, observed as `hear` observes it;
     /// returns the verdict and the frame's index. Nil when the bytes are not
@@ -457,10 +501,15 @@ public final class BeatShell {
     public func hearOwn(_ payload: UnsafeRawBufferPointer, wallNs: Int64, policy: inout EchoPolicy) -> (
         verdict: EchoVerdict, index: Int64
     )? {
-        let own = lastWritten
-        guard own.length > 0, payload.count == own.length, started, let t = timeline,
-            Self.equalBytes(payload, UnsafeRawBufferPointer(rebasing: frame[0..<own.length]))
-        else { return nil }
+        guard started, let t = timeline else { return nil }
+        let own: OwnFrame
+        if Self.holds(written.first, frames.0, payload) {
+            own = written.first
+        } else if Self.holds(written.second, frames.1, payload) {
+            own = written.second
+        } else {
+            return nil
+        }
         let timelineNs = echoClockNs(wallNs)
         let verdict = policy.judgeOwn(
             suffix: ownSuffix, index: own.index, term: own.term, timeline: t, atTimelineNs: timelineNs, ownTerm: term)
@@ -468,6 +517,16 @@ public final class BeatShell {
         planner.observe(index: own.index, wallNs: wallNs, fromLeaderElsewhere: false, term: own.term)
         mergeRemote(own.hlc, wallNs: wallNs)
         return (.accept, own.index)
+    }
+
+    /// True when `buffer` holds the frame `own` and `payload` is its bytes.
+    private static func holds(
+        _ own: OwnFrame, _ buffer: UnsafeMutableRawBufferPointer, _ payload: UnsafeRawBufferPointer
+    )
+        -> Bool
+    {
+        own.length > 0 && payload.count == own.length
+            && equalBytes(payload, UnsafeRawBufferPointer(rebasing: buffer[0..<own.length]))
     }
 
     /// Byte equality of two buffers of the same length, eight bytes at a time.

@@ -302,7 +302,18 @@ public final class ClusterCore {
     }
 
     private func refreshLease() {
-        leaseUntilMonoNs = ticks.leaseDeadline(remainingTicks: raft.leaseRemainingTicks)
+        let remaining = raft.leaseRemainingTicks
+        // A lone voter's lease needs no acknowledgement, and no rival can be
+        // elected while it leads (its vote is every quorum: see
+        // `campaignIfAlone`): it lasts as long as it leads, whatever its
+        // ticks, until a refresh sees another voter or a lost leadership.
+        // So a single node's ticks need not be punctual (ClusterNode
+        // coalesces them with its beats: issue 24).
+        if remaining > 0 && voters.count == 1 && voters[0] == id {
+            leaseUntilMonoNs = .max
+            return
+        }
+        leaseUntilMonoNs = ticks.leaseDeadline(remainingTicks: remaining)
     }
 
     // MARK: proposals

@@ -81,6 +81,26 @@ final class PlannerTests: XCTestCase {
         XCTAssertEqual(p.plan(inputs(instant(2) - 1_000_000, .waiting), timeline: t), .dropConnection)
     }
 
+    /// `leaseLapsed` (issue 24) is true exactly at the wake where the lease
+    /// held at the previous wake is gone: where a driver whose echoes wait
+    /// for the loop's turn (`BeatPorts.catchUp`) must hear them before the
+    /// plan. Heard, the lapse drops nothing.
+    func testALapsedLeaseIsAnnouncedSoThatWaitingEchoesAreHeardFirst() {
+        var p = planner()
+        p.start(timeline: t, wallNs: instant(1) - 5_000_000)
+        let lease = instant(1) + 10_000_000
+        XCTAssertFalse(p.leaseLapsed(.waiting, monoNs: instant(1) - 1_000_000), "no lease held yet")
+        _ = p.plan(inputs(instant(1) - 1_000_000, .leader(leaseUntilMonoNs: lease)), timeline: t)
+        p.published(1, degraded: false, published: true)
+        XCTAssertFalse(p.leaseLapsed(.leader(leaseUntilMonoNs: lease), monoNs: lease - 1), "still held")
+        XCTAssertTrue(p.leaseLapsed(.leader(leaseUntilMonoNs: lease), monoNs: lease), "expired")
+        XCTAssertTrue(p.leaseLapsed(.waiting, monoNs: instant(2) - 1_000_000), "lost")
+        // Beat 1's echo waited in the socket; read now, before the plan.
+        p.observe(index: 1, wallNs: instant(2) - 1_000_000, fromLeaderElsewhere: false)
+        XCTAssertNotEqual(p.plan(inputs(instant(2) - 1_000_000, .waiting), timeline: t), .dropConnection)
+        XCTAssertFalse(p.leaseLapsed(.waiting, monoNs: instant(2)), "announced once per lapse")
+    }
+
     func testNewLeaderPublishesOnlyPastTheHandOverGuard() {
         // Elected 0.1 period after beat 5's instant: e72aafc republished 5 late
         // (its echo was empty); the planner starts after the guard.

@@ -34,6 +34,58 @@ final class EventLoopTests: XCTestCase {
         XCTAssertEqual(loop.readTimer(token), .expired(1))
     }
 
+    /// A coalescing timer (issue 24) runs at the end of a turn the loop makes
+    /// anyway once within `earlyNs` of its due time, without a wake of its
+    /// own and without reading its timerfd; with nothing else happening its
+    /// timerfd fires once per interval; removed, it never runs again.
+    func testCoalescingTimerRunsAtAnotherTurnWithinItsWindow() throws {
+        let loop = try EventLoop()
+        let ticks = Recorder()
+        var reads: [EventLoop.TimerRead] = []
+        let token = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: ticks)
+        ticks.onEvent = { reads.append(loop.readTimer($0)) }
+        let other = Recorder()
+        let beat = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: true, handler: other)
+        other.onEvent = { _ = loop.readTimer($0) }
+        let intervalNs: Int64 = 200_000_000
+        try loop.armCoalescing(token, intervalNs: intervalNs, earlyNs: 150_000_000)
+        let armedNs = cloop_monotonic_ns()
+        // Another event 20 ms in: too early for the timer (due − early = 50 ms).
+        try loop.armTimer(beat, afterNs: 20_000_000)
+        Harness.waitUntil(seconds: 2) {
+            loop.turn(timeoutNs: 10_000_000)
+            return !other.events.isEmpty
+        }
+        XCTAssertTrue(ticks.events.isEmpty, "not within its window yet")
+        // Another event 80 ms in: within the window, so the timer runs in that turn.
+        try loop.armTimer(beat, afterNs: max(1, armedNs + 80_000_000 - cloop_monotonic_ns()))
+        let wakesBefore = loop.wakes
+        Harness.waitUntil(seconds: 2) {
+            loop.turn(timeoutNs: 150_000_000)
+            return other.events.count >= 2
+        }
+        XCTAssertEqual(loop.wakes - wakesBefore, 1, "one wake: the other event's")
+        XCTAssertEqual(ticks.events.count, 1, "ran in the other event's turn")
+        XCTAssertEqual(reads.first, .expired(0), "an early run reads no expiry")
+        XCTAssertLessThan(cloop_monotonic_ns() - armedNs, intervalNs, "before its own due time")
+        // Nothing else happens (not even a bounded wait's timeout, itself a
+        // turn): its own timerfd fires, an interval after that run.
+        let ranNs = cloop_monotonic_ns()
+        Harness.waitUntil(seconds: 2) {
+            loop.turn(timeoutNs: 1_000_000_000)
+            return ticks.events.count >= 2
+        }
+        XCTAssertEqual(ticks.events.count, 2)
+        XCTAssertGreaterThanOrEqual(cloop_monotonic_ns() - ranNs, intervalNs - 1_000_000, "the backstop")
+        XCTAssertEqual(reads.last, .expired(1), "a backstop run reads its expiry")
+        // Removed: it never runs again, early or late.
+        loop.remove(token: token)
+        try loop.armTimer(beat, afterNs: 150_000_000)
+        let deadline = cloop_monotonic_ns() + 500_000_000
+        while cloop_monotonic_ns() < deadline { loop.turn(timeoutNs: 50_000_000) }
+        XCTAssertEqual(ticks.events.count, 2, "a removed coalescing timer is gone")
+    }
+
     func testTurnStampsTheWakeOnceForItsHandlers() throws {
         let loop = try EventLoop()
         let recorder = Recorder()

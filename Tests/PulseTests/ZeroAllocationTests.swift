@@ -90,11 +90,11 @@ final class ZeroAllocationTests: XCTestCase {
         return subscriber.received
     }
 
-    /// The publisher hears its own frame's echo by its bytes (issue 24): the
-    /// frame as a subscriber received it is the shell's last frame (accepted,
-    /// its index, observed: the subject's highest index moves); any other
-    /// byte string (the previous beat's frame, one byte changed, a prefix, a
-    /// longer payload) is not, and goes to the decoder. Its judgement is the
+    /// The publisher hears its own frame's echo by its bytes (issue 24): a
+    /// frame as a subscriber received it is one of the shell's last two
+    /// frames (accepted, its index, observed: the subject's highest index
+    /// moves); any other byte string (an older frame, one byte changed, a
+    /// prefix, a longer payload) is not, and goes to the decoder. Its judgement is the
     /// echo policy's (a late echo is refused as the decoded one would be),
     /// and hearing it allocates nothing.
     func testOwnEchoIsHeardByItsBytesOnly() throws {
@@ -118,35 +118,44 @@ final class ZeroAllocationTests: XCTestCase {
         driver.prepareWindowIds(forBeat: current)
         XCTAssertTrue(driver.emitBeat(index: current - 1, nowNs: now).published)
         XCTAssertTrue(driver.emitBeat(index: current, nowNs: now).published)
+        // The same index again (a later HLC stamp: other bytes): the shell
+        // keeps the last two frames, so the first one is no longer its own.
+        XCTAssertTrue(driver.emitBeat(index: current, nowNs: now).published)
         XCTAssertTrue(
             Harness.waitUntil(seconds: 5) {
                 loop.turn(timeoutNs: 1_000_000)
-                return subscriber.count >= 2
-            }, "both frames received")
+                return subscriber.count >= 3
+            }, "the three frames received")
         let frames = subscriber.received.map { [UInt8]($0.raw) }
-        guard frames.count >= 2 else { return XCTFail("received \(frames.count) of 2 frames") }
+        guard frames.count >= 3 else { return XCTFail("received \(frames.count) of 3 frames") }
+        XCTAssertNotEqual(frames[1], frames[2])
         var policy = EchoPolicy.singleNode(clusterId: "echo", ownSuffix: driver.ownSuffix)
         func hear(_ bytes: [UInt8], at wallNs: Int64 = now) -> (verdict: EchoVerdict, index: Int64)? {
             bytes.withUnsafeBytes { driver.shell.hearOwn($0, wallNs: wallNs, policy: &policy) }
         }
-        XCTAssertNil(hear(frames[0]), "the previous beat's frame")
-        var changed = frames[1]
+        XCTAssertNil(hear(frames[0]), "a frame older than the last two")
+        var changed = frames[2]
         changed[changed.count / 2] ^= 0x01
         XCTAssertNil(hear(changed), "one byte changed")
-        XCTAssertNil(hear(Array(frames[1].dropLast())), "a prefix")
-        XCTAssertNil(hear(frames[1] + [0x20]), "a longer payload")
+        XCTAssertNil(hear(Array(frames[2].dropLast())), "a prefix")
+        XCTAssertNil(hear(frames[2] + [0x20]), "a longer payload")
         let seenBefore = driver.shell.lastSeenIndex
-        let heard = try XCTUnwrap(hear(frames[1]), "the last frame's echo is heard")
+        // The frame before the last: its echo is read after the last was
+        // written when the link reads at the loop's turns (NatsLink.deferReads).
+        let previous = try XCTUnwrap(hear(frames[1]), "the previous frame's echo is heard")
+        XCTAssertEqual(previous.verdict, .accept)
+        XCTAssertEqual(previous.index, current)
+        let heard = try XCTUnwrap(hear(frames[2]), "the last frame's echo is heard")
         XCTAssertEqual(heard.verdict, .accept)
         XCTAssertEqual(heard.index, current)
         XCTAssertEqual(driver.shell.lastSeenIndex, max(seenBefore, current), "observed like a decoded echo")
         let late =
             now + 10 * (driver.timeline.instantNs(ofBeat: current + 1) - driver.timeline.instantNs(ofBeat: current))
-        XCTAssertEqual(hear(frames[1], at: late)?.verdict, .reject(.indexBehind), "judged by the echo policy")
+        XCTAssertEqual(hear(frames[2], at: late)?.verdict, .reject(.indexBehind), "judged by the echo policy")
         let counter = try XCTUnwrap(cloop_thread_allocated_counter())
         let before = counter.pointee
         var accepted = 0
-        frames[1].withUnsafeBytes { bytes in
+        frames[2].withUnsafeBytes { bytes in
             for _ in 0..<1000 where driver.shell.hearOwn(bytes, wallNs: now, policy: &policy)?.verdict == .accept {
                 accepted += 1
             }

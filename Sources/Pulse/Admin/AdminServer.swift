@@ -118,7 +118,8 @@ final class AdminServer: LoopHandler {
         }
         let sweep = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
         sweepToken = sweep
-        try loop.armTimer(sweep, afterNs: limits.sweepIntervalNs, intervalNs: limits.sweepIntervalNs)
+        // At the end of another turn (a beat's) when one comes within a fifth of it.
+        try loop.armCoalescing(sweep, intervalNs: limits.sweepIntervalNs, earlyNs: limits.sweepIntervalNs / 5)
         kickToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
         // The event fan-out runs before the loop sleeps, after the turn's beat.
         if let events { loop.addBeforeSleep(events) }

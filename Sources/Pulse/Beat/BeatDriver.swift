@@ -168,6 +168,15 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
     private var awaitingTx = false
     /// A tempo change took effect at this wake's beat (announced after it).
     private var tookEffect: (epoch: TempoEpoch, previousBpm: Int64)?
+    /// This wake wrote a frame not degraded (the node is the one publisher).
+    private var publishedLeading = false
+    /// Whether the node's own echoes may wait for the loop's next turn
+    /// (nothing waits on one: no hand-over, no transfer, no live stream).
+    /// Asked once per beat wake; the link defers reads only for a node that
+    /// publishes in timer-only mode (`NatsLink.deferReads`).
+    var echoesMayWait: () -> Bool = { false }
+    /// Delivers a lone voter's due ticks (`ClusterNode.catchUpTicks`).
+    var catchUpLease: () -> Void = {}
 
     /// `timeline`: a timeline of the driver's own, for beat-path tests
     /// without a core (ZeroAllocationTests); the node passes nil and reads
@@ -295,7 +304,11 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
         wakeNs = loop.wake.wallNs  // stamped once by the loop when epoll returned
         if awaitingTx { finishAwaitedRecord(txNs: 0) }
         recordWake(lateness: wakeNs - armedAtNs)
+        publishedLeading = false
         shell.wake()
+        // Timer-only mode is for shared hosts: a publishing node reads its
+        // echo at the loop's next turn rather than waking for it (issue 24).
+        nats.deferReads(maxLeadNs == 0 && publishedLeading && echoesMayWait())
         let allocatedAfter = allocatedCounter?.pointee ?? 0
         if allocatedAfter != allocatedBefore {
             stats.hotPathAllocatedBytes &+= allocatedAfter &- allocatedBefore
@@ -337,6 +350,7 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
         let source: PublishTimeSource =
             txNs != 0 ? .txTimestamp : (published && nats.awaitingTxTimestamp ? .pending : .write)
         if published {
+            publishedLeading = !degraded
             stats.beatsPublished &+= 1
             stats.lastPublishedNs = doneNs
             if degraded { stats.degradedBeats &+= 1 }
@@ -359,6 +373,11 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
     }
 
     func dropConnection() { nats.abortConnection() }
+
+    func catchUp() {
+        nats.readDeferred()
+        catchUpLease()
+    }
 
     func note(_ note: BeatNote) {
         switch note {

@@ -44,6 +44,19 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
     private var transport: RaftLink!
     private let clock: ShellClock
     private var tickToken: UInt32 = 0
+    /// A lone voter (a single node: `NoPeerLink`) has no heartbeat to send
+    /// and none to hear, and its lease lasts while it leads
+    /// (`ClusterCore.refreshLease`): its ticks need not be punctual. Its
+    /// tick timer coalesces (`EventLoop.armCoalescing`): the ticks due are
+    /// delivered at the end of a turn the loop makes anyway (a beat's) once
+    /// `loneTickIntervalNs / 2` passed since the last delivery, and the
+    /// timer itself fires only `loneTickIntervalNs` after it, so a single
+    /// node's loop does not wake twenty times a second for nothing (issue
+    /// 24: in timer-only mode the ticks were most of its wakes). Ticks are
+    /// never early (TickPolicy).
+    private var lone = false
+    private var stopped = false
+    static let loneTickIntervalNs: Int64 = 1_000_000_000
     /// Old members kept reachable until the next Ready's messages are out.
     private var transitional = false
     private(set) var storeErrors: UInt64 = 0
@@ -95,17 +108,23 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
         // A restarted node's voter set may differ from -peers (changes in its log).
         self.peers = Self.peerList(core.members, current: peers, fallback: peers, logger: logger)
         transport = try makeLink(self, self.peers)
+        lone = transport is NoPeerLink
         tickToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
         shell = ClusterShell(core: core, ports: self)
     }
 
     func start() throws {
         try transport.start()
-        try loop.armTimer(tickToken, afterNs: core.timing.tickNs, intervalNs: core.timing.tickNs)
+        if lone {
+            try loop.armCoalescing(tickToken, intervalNs: Self.loneTickIntervalNs, earlyNs: Self.loneTickIntervalNs / 2)
+        } else {
+            try loop.armTimer(tickToken, afterNs: core.timing.tickNs, intervalNs: core.timing.tickNs)
+        }
         shell.start()  // ticks from now; a lone voter campaigns at once (as in the simulator)
     }
 
     func stop() {
+        stopped = true
         loop.disarmTimer(tickToken)
         transport.stop()
     }
@@ -114,6 +133,13 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
 
     func loopEvent(token: UInt32, events: UInt32) {
         loop.readTimer(tickToken)
+        shell.tick()
+    }
+
+    /// A lone voter delivers the ticks due now (none: nothing happens),
+    /// before the beat judges a lease that lapsed (`BeatPorts.catchUp`).
+    func catchUpTicks() {
+        guard lone, !stopped, clock.monoNs() &- core.ticks.lastTickMonoNs >= core.timing.tickNs else { return }
         shell.tick()
     }
 

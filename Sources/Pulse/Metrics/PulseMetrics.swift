@@ -37,6 +37,8 @@ struct MetricsSnapshot {
     var raftVotersConfigured = 0
     /// The HLC bound, `-max-offset-ms`, in seconds.
     var hlcMaxOffsetSeconds = 0.0
+    /// Times the event loop woke for events (`EventLoop.wakes`).
+    var loopWakes: UInt64 = 0
 }
 
 /// The node's metric registry.
@@ -91,6 +93,7 @@ final class PulseMetrics: BeatObserver {
     private let raftVoters: Gauge
     private let raftVotersConfigured: Gauge
     private let hlcMaxOffset: Gauge
+    private let loopWakes: Counter
     private var exported = MetricsSnapshot(
         beats: BeatStats(), natsConnected: false, natsReconnects: 0, isLeader: false, degraded: false, tempoBpm: 0,
         leadershipChanges: 0, timerDriftRatio: 0, hlcRemoteRejected: 0)
@@ -180,6 +183,9 @@ final class PulseMetrics: BeatObserver {
             name: "backbeat_raft_voters", help: "Voters in the Raft configuration in force on this node.")
         raftVotersConfigured = r.makeGauge(
             name: "backbeat_raft_voters_configured", help: "Voters listed in -peers (1 for a single node: itself).")
+        loopWakes = r.makeCounter(
+            name: "backbeat_loop_wakes_total",
+            help: "Times the event loop thread woke for events (beats, sockets, timers): its CPU cost grows with them.")
         hlcMaxOffset = r.makeGauge(
             name: "backbeat_hlc_max_offset_seconds",
             help: "The HLC bound (-max-offset-ms): remote stamps further ahead are not adopted.")
@@ -260,6 +266,7 @@ final class PulseMetrics: BeatObserver {
         bump(hlcRejected, now.hlcRemoteRejected, exported.hlcRemoteRejected)
         bump(degradedBeats, now.beats.degradedBeats, exported.beats.degradedBeats)
         bump(raftBadFrames, now.raftBadFrames, exported.raftBadFrames)
+        bump(loopWakes, now.loopWakes, exported.loopWakes)
         for (key, value) in now.rejectedInput {
             let counter = rejectedCounter(key)
             bump(counter, value, exported.rejectedInput[key] ?? 0)

@@ -126,6 +126,8 @@ struct NatsLinkStats {
     var directFrames: UInt64 = 0
     var directPartial: UInt64 = 0
     var directWouldBlock: UInt64 = 0
+    /// `PING`s the loop wrote itself on a silent link (`pingIfSilent`).
+    var ownPings: UInt64 = 0
 }
 
 /// What a link carries (`connection` label of its metrics).
@@ -197,6 +199,17 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// of the client's, so the protocol stream stays whole.
     private var directSent = 0
     private var directEnd = 0
+    /// The link writes its own `PING` when the server has been silent for
+    /// `pingIntervalMs` (plain text only; see `pingIfSilent`); the client's
+    /// ping timer is then set to `libraryPingIntervalMs`.
+    private let ownPings: Bool
+    /// When the link last wrote its own `PING` (monotonic ns).
+    private var lastOwnPingMonoNs: Int64 = 0
+    /// Reads wait for the loop's next turn instead of waking it (`deferReads`).
+    private var readsDeferred = false
+    /// True while `readDeferred` hands what it read to the subscriptions:
+    /// their messages arrived up to a turn earlier than they are read.
+    private(set) var readingDeferred = false
     private(set) var stats = NatsLinkStats()
     private var connectThread: pthread_t?
     private var closed = false
@@ -217,6 +230,10 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// Silence after which a connection counts as dead: three ping intervals
     /// (the server answers every PING, so a live link is never that quiet).
     static let pingIntervalMs: Int32 = 500
+    /// The client's own ping timer on a link that pings by itself
+    /// (`ownPings`): a backstop only (an hour), so that its timer thread
+    /// never wakes the loop through the doorway.
+    static let libraryPingIntervalMs: Int64 = 3_600_000
     /// TCP_USER_TIMEOUT on the NATS socket (fault 2 of issue #10): bytes the
     /// kernel holds unacknowledged for longer are dropped with the
     /// connection, so a frame queued behind a dead link (a partition, a
@@ -227,6 +244,14 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// healthy connection.
     static let userTimeoutMs: Int64 = 250
     static let staleAfterNs: Int64 = 3 * Int64(pingIntervalMs) * 1_000_000
+    /// The requests link's ping interval: it carries no beat, and an idle
+    /// one would otherwise wake the loop for a PONG twice a second; a dead
+    /// one is found within three intervals (6 s) and reconnected, while
+    /// consumers' requests time out and are retried (issue 24).
+    static let requestsPingIntervalMs: Int32 = 2000
+    /// This link's ping interval and the silence after which it is dead.
+    var pingIntervalMs: Int32 { role == .beat ? Self.pingIntervalMs : Self.requestsPingIntervalMs }
+    var staleAfterNs: Int64 { 3 * Int64(pingIntervalMs) * 1_000_000 }
     private var inbox: String?
     /// TX timestamps (SO_TIMESTAMPING) on the attached socket: the id base
     /// from `cloop_txts_enable`, or -1 when the kernel refused them (then
@@ -251,9 +276,10 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         self.security = security
         let servers = (try? Self.serverList(url)) ?? [url]
         self.servers = servers
-        self.directWrites =
-            role == .beat && security.caPath.isEmpty && security.certPath.isEmpty
-            && !servers.contains { $0.hasPrefix("tls://") }
+        let plainText =
+            security.caPath.isEmpty && security.certPath.isEmpty && !servers.contains { $0.hasPrefix("tls://") }
+        self.directWrites = role == .beat && plainText
+        self.ownPings = plainText
         self.name = name
         self.loop = loop
         self.logger = logger
@@ -317,7 +343,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         try check(natsOptions_SetReconnectWait(opts, 250), "natsOptions_SetReconnectWait")
         try check(natsOptions_SetReconnectJitter(opts, 100, 1000), "natsOptions_SetReconnectJitter")
         try check(natsOptions_SetTimeout(opts, 2000), "natsOptions_SetTimeout")
-        try check(natsOptions_SetPingInterval(opts, Int64(Self.pingIntervalMs)), "natsOptions_SetPingInterval")
+        try check(
+            natsOptions_SetPingInterval(opts, ownPings ? Self.libraryPingIntervalMs : Int64(pingIntervalMs)),
+            "natsOptions_SetPingInterval")
         // Never let the ping timer close a connection from its own thread:
         // the loop detects silence itself (staleAfterNs).
         try check(natsOptions_SetMaxPingsOut(opts, Int32.max), "natsOptions_SetMaxPingsOut")
@@ -926,7 +954,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             stats.directPartial &+= 1
             directSent = written
             directEnd = n
-            if let socketToken { loop.modify(token: socketToken, interest: UInt32(CLOOP_READ | CLOOP_WRITE)) }
+            if let socketToken { loop.modify(token: socketToken, interest: readInterest | UInt32(CLOOP_WRITE)) }
             return .written
         }
         guard errno == EAGAIN || errno == EWOULDBLOCK else { return .failed }
@@ -962,22 +990,121 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         guard writeWanted, let attachedConnection else { return }
         natsConnection_ProcessWriteEvent(attachedConnection)
         if writeWanted, let socketToken {
-            loop.modify(token: socketToken, interest: UInt32(CLOOP_READ | CLOOP_WRITE))
+            loop.modify(token: socketToken, interest: readInterest | UInt32(CLOOP_WRITE))
         }
     }
 
-    /// Once per loop turn: flush, and drop a connection whose server fell
-    /// silent (no PONG to three pings): the client then reads EOF and closes
-    /// it on this thread, and a new connection is made off the loop.
+    /// Once per loop turn: flush, read what waited (`deferReads`), ping a
+    /// silent server, and drop a connection whose server stayed silent (no
+    /// PONG to three pings): the client then reads EOF and closes it on this
+    /// thread, and a new connection is made off the loop.
     func beforeSleep() {
         if role == .requests, loop.beatIsDue() { return }  // as in loopEvent
         flush()
-        if connection != nil, cloop_monotonic_ns() &- lastInboundMonoNs > Self.staleAfterNs {
+        if readsDeferred { readDeferred() }
+        pingIfSilent(nowMonoNs: cloop_monotonic_ns())
+        if connection != nil, cloop_monotonic_ns() &- lastInboundMonoNs > staleAfterNs {
             logger.warning(
                 "NATS server silent; dropping the connection",
-                metadata: ["silent_ms": "\(Self.staleAfterNs / 1_000_000)"])
+                metadata: ["silent_ms": "\(staleAfterNs / 1_000_000)"])
             stats.staleAborts &+= 1
             dropSocket()
+        }
+    }
+
+    // MARK: reads at the loop's turns, pings on silence (issue 24)
+
+    /// The beat link of a publishing node in timer-only mode reads its
+    /// socket at the end of the loop's turns instead of waking the loop for
+    /// each arrival: its own frame's echo (and the server's PONGs and PINGs)
+    /// wait in the socket until the end of the next turn — the next beat's,
+    /// at the latest the loop's 250 ms bounded wait — where a wake from idle
+    /// costs about half a beat's CPU on a VM (docs/benchmark.md, "The echo:
+    /// what it must cost"). The node turns it off whenever an echo must be
+    /// heard at once (a hand-over or an admin transfer waiting for its last
+    /// frame, a live `/events` stream) and reads what waited before a
+    /// decision that depends on it (`readDeferred`, from `BeatPorts.catchUp`
+    /// when a lease lapsed). A hang-up (EPOLLRDHUP) and errors still wake the
+    /// loop. The requests link never defers: a consumer's request is
+    /// answered when it arrives.
+    func deferReads(_ on: Bool) {
+        let want = on && role == .beat
+        guard want != readsDeferred else { return }
+        readsDeferred = want
+        guard let socketToken else { return }
+        let write = loop.interest(token: socketToken) & UInt32(CLOOP_WRITE)
+        loop.modify(token: socketToken, interest: readInterest | write)
+    }
+
+    /// The read half of the socket's interest: while reads are deferred,
+    /// only the peer's hang-up (EPOLLRDHUP), so a closed connection is read
+    /// at once.
+    private var readInterest: UInt32 { readsDeferred ? UInt32(CLOOP_HANGUP) : UInt32(CLOOP_READ) }
+
+    /// Reads what arrived while reads were deferred: one `FIONREAD` (an
+    /// empty socket costs only that), then one read by the client. More
+    /// than `deferredReadLimit` bytes waiting (a flood on the beat subject:
+    /// the echo and a PONG are a few hundred) sends the link back to reads
+    /// on arrival until the node asks again, so the server never sees a
+    /// slow consumer.
+    func readDeferred() {
+        guard readsDeferred, socketFd >= 0, attachedConnection != nil else { return }
+        var waiting: Int32 = 0
+        guard ioctl(socketFd, UInt(FIONREAD), &waiting) == 0 else {
+            readNow()  // the client meets the socket's error
+            return
+        }
+        guard waiting > 0 else { return }
+        readingDeferred = true
+        readNow()
+        readingDeferred = false
+        if waiting > Self.deferredReadLimit { deferReads(false) }
+    }
+
+    /// Bytes waiting at a turn beyond which the link reads on arrival again.
+    static let deferredReadLimit: Int32 = 16 * 1024
+
+    /// One read of the socket by the client, then what it brought for the
+    /// loop-read subscriptions (the beat subject's echo), judged now.
+    private func readNow() {
+        guard let nc = attachedConnection else { return }
+        lastInboundMonoNs = cloop_monotonic_ns()
+        natsConnection_ProcessReadEvent(nc)
+        for subscription in loopSubscriptions { subscription.drain() }
+    }
+
+    private static let pingBytes: StaticString = "PING\r\n"
+
+    /// On a plain-text link the loop writes its own `PING` when nothing has
+    /// arrived for `pingIntervalMs`, at whatever turn notices it: a link that
+    /// carries traffic (a leader's echo, a follower's frames) never pings,
+    /// and no timer thread wakes the loop to write one (the client's own
+    /// ping timer is an hourly backstop). The server's `PONG` counts as
+    /// inbound; the client takes it as an answer to its own pings (it resets
+    /// its count of pings out; the pulse never waits on a flush, the only
+    /// other user of PONGs). Written only between whole protocol operations
+    /// (nothing buffered in the client, no direct tail), like a direct write.
+    private func pingIfSilent(nowMonoNs now: Int64) {
+        guard ownPings, connection != nil, socketFd >= 0, !writeWanted, directEnd == 0,
+            let base = directBuffer.baseAddress
+        else { return }
+        let intervalNs = Int64(pingIntervalMs) * 1_000_000
+        guard now &- lastInboundMonoNs >= intervalNs, now &- lastOwnPingMonoNs >= intervalNs else { return }
+        lastOwnPingMonoNs = now
+        let count = Self.pingBytes.utf8CodeUnitCount
+        memcpy(base, Self.pingBytes.utf8Start, count)
+        let written = Glibc.write(socketFd, base, count)
+        if written >= 0 && written < count {
+            directSent = written
+            directEnd = count
+            if let socketToken { loop.modify(token: socketToken, interest: readInterest | UInt32(CLOOP_WRITE)) }
+        }
+        stats.ownPings &+= 1
+        // The PING's TX stamp (beat link) is read now, not by a wake of its own.
+        if txBase >= 0 {
+            let awaited = pendingTxKey != nil
+            let (_, ns) = drainTxTimestamps()
+            if awaited, ns != 0 { txSink?.txTimestampArrived(ns: ns) }
         }
     }
 
@@ -1074,6 +1201,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             if let pending = pendingTxKey, pending == key {
                 pendingTxKey = nil
                 found = ns
+                break  // the last write's stamp: none can follow it yet
             }
         }
         return (read, found)
@@ -1097,16 +1225,14 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             if read > 0, events & UInt32(CLOOP_READ | CLOOP_HANGUP) == 0 { return }
         }
         if events & UInt32(CLOOP_READ | CLOOP_HANGUP | CLOOP_ERROR) != 0 {
-            lastInboundMonoNs = cloop_monotonic_ns()
-            natsConnection_ProcessReadEvent(nc)
             // What this read brought for the loop-read subscriptions (the
             // beat subject's echo): judged now, in this wake.
-            for subscription in loopSubscriptions { subscription.drain() }
+            readNow()
         }
         if events & UInt32(CLOOP_WRITE) != 0, attachedConnection != nil {
             if directEnd > 0 {
                 guard writeDirectTail() else { return }
-                if !writeWanted, let socketToken { loop.modify(token: socketToken, interest: UInt32(CLOOP_READ)) }
+                if !writeWanted, let socketToken { loop.modify(token: socketToken, interest: readInterest) }
             }
             natsConnection_ProcessWriteEvent(nc)
         }
@@ -1187,7 +1313,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             return
         }
         do {
-            socketToken = try loop.register(fd: own, interest: UInt32(CLOOP_READ), owned: true, handler: self)
+            socketToken = try loop.register(fd: own, interest: readInterest, owned: true, handler: self)
             socketFd = own
             librarySocket = fd
             var base: Int64 = 0
@@ -1228,7 +1354,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         writeWanted = add
         guard !add, directEnd == 0, let socketToken, loop.interest(token: socketToken) & UInt32(CLOOP_WRITE) != 0
         else { return }
-        loop.modify(token: socketToken, interest: UInt32(CLOOP_READ))
+        loop.modify(token: socketToken, interest: readInterest)
     }
 
     /// Forgets the socket: unregisters (closing our dup) and, with a library

@@ -162,7 +162,7 @@ extension PulseNode: AdminBackend {
                 hasLeader: cluster.map { $0.leaderPeer != nil } ?? true, raftTerm: cluster?.term ?? 0,
                 raftCommitIndex: cluster?.commitIndex ?? 0, raftVoters: cluster?.voters.count ?? 0,
                 raftVotersConfigured: cluster == nil ? 0 : alone ? 1 : config.peers.count,  // a lone voter: itself
-                hlcMaxOffsetSeconds: Double(config.maxOffsetMs) / 1000))
+                hlcMaxOffsetSeconds: Double(config.maxOffsetMs) / 1000, loopWakes: loop.wakes))
         return metrics.text()
     }
 
@@ -416,7 +416,11 @@ extension PulseNode: AdminBackend {
         if adminTransfer != nil && frame.hlcSuffix == beats.ownSuffix && frame.beatIndex >= beats.stats.lastBeatIndex {
             startAdminTransfer()  // likewise for a transfer asked through the admin API
         }
-        metrics.deliveryObserved(latencyNs: receivedNs - beats.timeline.instantNs(ofBeat: frame.beatIndex))
+        // A frame read at the loop's turn (`NatsLink.deferReads`) arrived
+        // earlier than `receivedNs`: no delivery sample from it.
+        if !nats.readingDeferred {
+            metrics.deliveryObserved(latencyNs: receivedNs - beats.timeline.instantNs(ofBeat: frame.beatIndex))
+        }
         liveFrameSeen(frame, receivedNs: receivedNs)
     }
 
@@ -429,7 +433,9 @@ extension PulseNode: AdminBackend {
         }
         if handOverPending && index >= beats.stats.lastBeatIndex { handOver() }
         if adminTransfer != nil && index >= beats.stats.lastBeatIndex { startAdminTransfer() }
-        metrics.deliveryObserved(latencyNs: receivedNs - beats.timeline.instantNs(ofBeat: index))
+        if !nats.readingDeferred {
+            metrics.deliveryObserved(latencyNs: receivedNs - beats.timeline.instantNs(ofBeat: index))
+        }
     }
 
     static func errorBody(_ message: String, _ code: String) -> Data {

@@ -145,6 +145,10 @@ final class PulseNode: LoopHandler {
         metrics.exportElectionStrategy(config.natsKV ? "nats-kv" : clustered ? "raft" : "single")
         signalToken = try loop.watchSignals([SIGINT, SIGTERM, SIGHUP], handler: self)
         housekeepingToken = try loop.makeTimer(clock: CLOCK_MONOTONIC, priority: false, handler: self)
+        beats.echoesMayWait = { [unowned self] in
+            !handOverPending && adminTransfer == nil && (admin?.events?.streamCount ?? 0) == 0
+        }
+        beats.catchUpLease = { [unowned self] in cluster?.catchUpTicks() }
     }
 
     /// -peers parsed; a lone voter's list for a single node; nil with nats-kv.
@@ -245,7 +249,9 @@ final class PulseNode: LoopHandler {
         beats.start()  // a no-op: beats start with the committed epoch (the core's events)
         try cluster?.start()
         try kv?.start()
-        try loop.armTimer(housekeepingToken, afterNs: 1_000_000_000, intervalNs: 1_000_000_000)
+        // Once a second, at the end of a beat's turn when one comes within
+        // 200 ms of it (no wake of its own at tempos above 300 bpm).
+        try loop.armCoalescing(housekeepingToken, intervalNs: 1_000_000_000, earlyNs: 200_000_000)
         logger.info(
             "pulse running",
             metadata: [

@@ -31,8 +31,20 @@ final class ClusterProcessTests: XCTestCase {
     }
 
     func testSigtermOfTheLeaderMissesNoBeat() throws {
-        let cluster = try Cluster(cluster: "graceful", bpm: 300)
-        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.graceful.beat")
+        try sigtermOfTheLeaderMissesNoBeat(cluster: "graceful", extra: [])
+    }
+
+    /// The same in timer-only mode, where the leader reads its echoes at its
+    /// turns (NatsLink.deferReads): the stop reads what waited first, so
+    /// only the echo of a frame published after it starts the hand-over
+    /// (review of 2026-12-07 F1).
+    func testSigtermOfATimerOnlyLeaderMissesNoBeat() throws {
+        try sigtermOfTheLeaderMissesNoBeat(cluster: "graceful-timer", extra: ["-spin-max-us", "0"])
+    }
+
+    private func sigtermOfTheLeaderMissesNoBeat(cluster name: String, extra: [String]) throws {
+        let cluster = try Cluster(cluster: name, bpm: 300, extra: extra)
+        let subscriber = try Subscriber(url: cluster.nats.url, subject: "backbeat.\(name).beat")
         let leader = try XCTUnwrap(cluster.leader(), cluster.logs)
         XCTAssertTrue(subscriber.wait(for: 4, seconds: 10), cluster.logs)
         cluster.nodes[leader]?.stop()

@@ -305,11 +305,18 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
         if awaitingTx { finishAwaitedRecord(txNs: 0) }
         recordWake(lateness: wakeNs - armedAtNs)
         publishedLeading = false
+        catchUpAllocatedBytes = 0
         shell.wake()
         // Timer-only mode is for shared hosts: a publishing node reads its
-        // echo at the loop's next turn rather than waking for it (issue 24).
-        nats.deferReads(maxLeadNs == 0 && publishedLeading && echoesMayWait())
-        let allocatedAfter = allocatedCounter?.pointee ?? 0
+        // echo at the loop's next turn rather than waking for it (issue 24),
+        // at periods of 50 ms and more: an echo read a turn late is judged a
+        // period late, and must still fall within the echo policy's ±1 beat.
+        let t = timeline
+        let periodNs = t.instantNs(ofBeat: nextBeat &+ 1) &- t.instantNs(ofBeat: nextBeat)
+        nats.deferReads(
+            maxLeadNs == 0 && publishedLeading && periodNs >= Self.minDeferredReadPeriodNs && echoesMayWait())
+        // A catch-up's reads (a lapsed lease) are the NATS client's, not the beat's.
+        let allocatedAfter = (allocatedCounter?.pointee ?? 0) &- catchUpAllocatedBytes
         if allocatedAfter != allocatedBefore {
             stats.hotPathAllocatedBytes &+= allocatedAfter &- allocatedBefore
             stats.lastAllocatingBeat = stats.lastBeatIndex
@@ -375,9 +382,16 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
     func dropConnection() { nats.abortConnection() }
 
     func catchUp() {
+        let before = allocatedCounter?.pointee ?? 0
         nats.readDeferred()
         catchUpLease()
+        catchUpAllocatedBytes &+= (allocatedCounter?.pointee ?? 0) &- before
     }
+
+    /// Bytes allocated by this wake's catch-up (not the beat path's).
+    private var catchUpAllocatedBytes: UInt64 = 0
+    /// Shortest period at which a publishing node defers its reads.
+    static let minDeferredReadPeriodNs: Int64 = 50_000_000
 
     func note(_ note: BeatNote) {
         switch note {

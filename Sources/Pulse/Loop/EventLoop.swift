@@ -239,7 +239,8 @@ final class EventLoop {
 
     /// End of a turn: runs the coalescing timers within their early window.
     private func runDueCoalescing() {
-        guard !coalescing.isEmpty else { return }
+        // Not within the doorway's guard before a beat: next turn.
+        guard !coalescing.isEmpty, !beatIsDue() else { return }
         let now = cloop_monotonic_ns()
         var i = 0
         while i < coalescing.count {

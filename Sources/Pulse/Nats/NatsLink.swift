@@ -203,6 +203,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// `pingIntervalMs` (plain text only; see `pingIfSilent`); the client's
     /// ping timer is then set to `libraryPingIntervalMs`.
     private let ownPings: Bool
+    /// No TLS: the client's bytes are the socket's (direct writes, own
+    /// pings, deferred reads).
+    private let plainText: Bool
     /// When the link last wrote its own `PING` (monotonic ns).
     private var lastOwnPingMonoNs: Int64 = 0
     /// Reads wait for the loop's next turn instead of waking it (`deferReads`).
@@ -280,6 +283,7 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
             security.caPath.isEmpty && security.certPath.isEmpty && !servers.contains { $0.hasPrefix("tls://") }
         self.directWrites = role == .beat && plainText
         self.ownPings = plainText
+        self.plainText = plainText
         self.name = name
         self.loop = loop
         self.logger = logger
@@ -1027,10 +1031,19 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
     /// when a lease lapsed). A hang-up (EPOLLRDHUP) and errors still wake the
     /// loop. The requests link never defers: a consumer's request is
     /// answered when it arrives.
+    ///
+    /// Plain text only: over TLS the client reads one record per read event,
+    /// and records left in its TLS buffer would wake nothing (review of
+    /// 2026-12-07 F2). Turned off, what waited is read first, as late.
     func deferReads(_ on: Bool) {
-        let want = on && role == .beat
+        let want = on && role == .beat && plainText
         guard want != readsDeferred else { return }
-        readsDeferred = want
+        if !want { readDeferred() }
+        setReadsDeferred(want)
+    }
+
+    private func setReadsDeferred(_ on: Bool) {
+        readsDeferred = on
         guard let socketToken else { return }
         let write = loop.interest(token: socketToken) & UInt32(CLOOP_WRITE)
         loop.modify(token: socketToken, interest: readInterest | write)
@@ -1043,34 +1056,45 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
 
     /// Reads what arrived while reads were deferred: one `FIONREAD` (an
     /// empty socket costs only that), then one read by the client. More
-    /// than `deferredReadLimit` bytes waiting (a flood on the beat subject:
-    /// the echo and a PONG are a few hundred) sends the link back to reads
-    /// on arrival until the node asks again, so the server never sees a
-    /// slow consumer.
+    /// than `deferredReadLimit` bytes waiting, or a read whose frames
+    /// overran the subject's per-wake budget (a flood on the beat subject:
+    /// the echo and a PONG are a few hundred bytes), sends the link back to
+    /// reads on arrival until the node asks again, so that neither the
+    /// server sees a slow consumer nor the echo drowns in the budget.
     func readDeferred() {
         guard readsDeferred, socketFd >= 0, attachedConnection != nil else { return }
         var waiting: Int32 = 0
         guard ioctl(socketFd, UInt(FIONREAD), &waiting) == 0 else {
-            readNow()  // the client meets the socket's error
+            readNow(late: true)  // the client meets the socket's error
             return
         }
         guard waiting > 0 else { return }
-        readingDeferred = true
-        readNow()
-        readingDeferred = false
-        if waiting > Self.deferredReadLimit { deferReads(false) }
+        let overBudget = loopSubscriptionsOverBudget
+        readNow(late: true)
+        if waiting > Self.deferredReadLimit || loopSubscriptionsOverBudget != overBudget {
+            setReadsDeferred(false)
+        }
     }
 
     /// Bytes waiting at a turn beyond which the link reads on arrival again.
-    static let deferredReadLimit: Int32 = 16 * 1024
+    static let deferredReadLimit: Int32 = 4 * 1024
+
+    private var loopSubscriptionsOverBudget: UInt64 {
+        var total: UInt64 = 0
+        for subscription in loopSubscriptions { total &+= subscription.overBudget }
+        return total
+    }
 
     /// One read of the socket by the client, then what it brought for the
     /// loop-read subscriptions (the beat subject's echo), judged now.
-    private func readNow() {
+    /// `late`: what it reads may have waited a turn (`readingDeferred`).
+    private func readNow(late: Bool = false) {
         guard let nc = attachedConnection else { return }
         lastInboundMonoNs = cloop_monotonic_ns()
+        readingDeferred = late
         natsConnection_ProcessReadEvent(nc)
         for subscription in loopSubscriptions { subscription.drain() }
+        readingDeferred = false
     }
 
     private static let pingBytes: StaticString = "PING\r\n"
@@ -1226,8 +1250,9 @@ final class NatsLink: LoopHandler, DoorwayHandler, BeforeSleepHandler {
         }
         if events & UInt32(CLOOP_READ | CLOOP_HANGUP | CLOOP_ERROR) != 0 {
             // What this read brought for the loop-read subscriptions (the
-            // beat subject's echo): judged now, in this wake.
-            readNow()
+            // beat subject's echo): judged now, in this wake (a hang-up
+            // while reads were deferred: what waited is late).
+            readNow(late: readsDeferred)
         }
         if events & UInt32(CLOOP_WRITE) != 0, attachedConnection != nil {
             if directEnd > 0 {

@@ -277,6 +277,7 @@ extension PulseNode {
                 status: 409, code: "transfer_refused", message: "no voter to hand leadership to", leader: nil)
         }
         // Started once our next frame came back (as a stop does: no beat missed).
+        hearEchoesPromptly()
         adminTransfer = (target, cloop_monotonic_ns())
         logger.info("handing leadership over after the next beat", metadata: ["to": "\(name ?? "the best follower")"])
         guard let body = members() else { return .refused(status: 500, code: "internal", message: "", leader: nil) }

@@ -284,6 +284,7 @@ final class PulseNode: LoopHandler {
                 // loop keeps turning until it is a follower (at most 3 s).
                 if stopRequestedMonoNs == nil, !alone, cluster?.isLeader ?? kv?.isHolder ?? false {
                     stopRequestedMonoNs = cloop_monotonic_ns()
+                    hearEchoesPromptly()
                     handOverPending = true
                     logger.info("handing leadership over after the next beat, before stopping")
                 } else {
@@ -294,6 +295,15 @@ final class PulseNode: LoopHandler {
             loop.readTimer(housekeepingToken)
             housekeeping()
         }
+    }
+
+    /// Before a hand-over or an admin transfer starts waiting for the echo
+    /// of the next frame: what already waited in the socket (a timer-only
+    /// leader reads at its turns: `NatsLink.deferReads`) is heard now, as
+    /// older frames, and reads are prompt again, so that only a frame
+    /// published after the request can start it (review of 2026-12-07 F1).
+    func hearEchoesPromptly() {
+        nats.deferReads(false)
     }
 
     /// Starts the graceful hand-over (once); stops now when it cannot start.

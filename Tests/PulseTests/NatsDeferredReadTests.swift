@@ -12,21 +12,6 @@ import XCTest
 @testable import Pulse
 
 final class NatsDeferredReadTests: XCTestCase {
-    private final class Publisher {
-        private var connection: OpaquePointer?
-        init(url: String) throws {
-            guard natsConnection_ConnectTo(&connection, url) == NATS_OK else {
-                throw NSError(domain: "publisher connect", code: 1)
-            }
-        }
-        func publish(_ subject: String, _ text: String) {
-            let bytes = Array(text.utf8)
-            _ = bytes.withUnsafeBytes { natsConnection_Publish(connection, subject, $0.baseAddress, Int32($0.count)) }
-            natsConnection_FlushTimeout(connection, 5000)
-        }
-        deinit { natsConnection_Destroy(connection) }
-    }
-
     func testDeferredReadsWakeNothingAndAreReadAtTheNextTurn() throws {
         let nats = try NatsServer()
         let loop = try EventLoop()
@@ -45,7 +30,7 @@ final class NatsDeferredReadTests: XCTestCase {
                 loop.turn(timeoutNs: 10_000_000)
                 return link.isConnected
             }, "connected")
-        let publisher = try Publisher(url: nats.url)
+        let publisher = try NatsTestPublisher(url: nats.url)
         XCTAssertTrue(
             Harness.waitUntil(seconds: 10) {
                 publisher.publish("backbeat.deferred.beat", "ready")

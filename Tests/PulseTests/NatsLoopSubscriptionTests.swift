@@ -13,21 +13,6 @@ import XCTest
 @testable import Pulse
 
 final class NatsLoopSubscriptionTests: XCTestCase {
-    /// A plain second client: the foreign publisher.
-    private final class Publisher {
-        private var connection: OpaquePointer?
-        init(url: String) throws {
-            guard natsConnection_ConnectTo(&connection, url) == NATS_OK else {
-                throw NSError(domain: "publisher connect", code: 1)
-            }
-        }
-        func publish(_ subject: String, _ bytes: [UInt8]) {
-            _ = bytes.withUnsafeBytes { natsConnection_Publish(connection, subject, $0.baseAddress, Int32($0.count)) }
-        }
-        func flush() { natsConnection_FlushTimeout(connection, 5000) }
-        deinit { natsConnection_Destroy(connection) }
-    }
-
     func testForeignFramesAreReadOnTheLoopAndAFloodIsBoundedPerWakeAndCounted() throws {
         let nats = try NatsServer()
         let loop = try EventLoop()
@@ -52,7 +37,7 @@ final class NatsLoopSubscriptionTests: XCTestCase {
                 loop.turn(timeoutNs: 10_000_000)
                 return link.isConnected
             }, "connected to nats-server")
-        let publisher = try Publisher(url: nats.url)
+        let publisher = try NatsTestPublisher(url: nats.url)
 
         // A foreign publisher's frame arrives (retry until the SUB reached the server).
         XCTAssertTrue(

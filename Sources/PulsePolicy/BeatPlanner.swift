@@ -212,7 +212,7 @@ public struct BeatPlanner: Sendable {
 
     /// True when `plan` in `mode` at `monoNs` would find the lease it held
     /// at the last wake lapsed (and drop the connection if frames of ours
-    /// were not seen back): a driver whose echoes or ticks may wait for the
+    /// were not seen back): a driver whose echoes may wait for the
     /// loop's turn hears them first (`BeatPorts.catchUp`).
     public func leaseLapsed(_ mode: PublishMode, monoNs: Int64) -> Bool {
         guard heldLease else { return false }

@@ -54,11 +54,9 @@ public protocol BeatPorts: AnyObject {
     /// Drops the NATS connection (frames this leader published never came back).
     func dropConnection()
     /// Before the planner judges a lease that lapsed since the last wake:
-    /// hears now what is due but waits for the loop's turn — frames of the
-    /// beat subject already arrived (a link that reads at the loop's turns:
-    /// `NatsLink.deferReads`), a lone voter's due ticks (which renew its
-    /// lease) — so that the decision does not take a late read for a dead
-    /// link or an expired lease.
+    /// hears now the frames of the beat subject that already arrived but
+    /// wait for the loop's turn (`NatsLink.deferReads`), so that the
+    /// decision does not take a late read for a dead link.
     func catchUp()
     /// A beat's fate, for counters.
     func note(_ note: BeatNote)
@@ -68,7 +66,7 @@ public protocol BeatPorts: AnyObject {
 }
 
 extension BeatPorts {
-    /// Ports that hear every frame and tick as it arrives have nothing to catch up.
+    /// Ports that hear every frame as it arrives have nothing to catch up.
     public func catchUp() {}
 }
 
@@ -257,8 +255,8 @@ public final class BeatShell {
         let monoNs = ports.nowMonoNs()
         var mode = publishMode(t, monoNs: monoNs)
         if planner.leaseLapsed(mode, monoNs: monoNs) {
-            // The lease lapsed since the last wake: what renews it or shows
-            // our frames came back may be waiting for the loop's turn.
+            // The lease lapsed since the last wake: what shows our frames
+            // came back may be waiting for the loop's turn.
             ports.catchUp()
             mode = publishMode(t, monoNs: monoNs)
         }

@@ -175,8 +175,6 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
     /// Asked once per beat wake; the link defers reads only for a node that
     /// publishes in timer-only mode (`NatsLink.deferReads`).
     var echoesMayWait: () -> Bool = { false }
-    /// Delivers a lone voter's due ticks (`ClusterNode.catchUpTicks`).
-    var catchUpLease: () -> Void = {}
 
     /// `timeline`: a timeline of the driver's own, for beat-path tests
     /// without a core (ZeroAllocationTests); the node passes nil and reads
@@ -308,13 +306,8 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
         catchUpAllocatedBytes = 0
         shell.wake()
         // Timer-only mode is for shared hosts: a publishing node reads its
-        // echo at the loop's next turn rather than waking for it (issue 24),
-        // at periods of 50 ms and more: an echo read a turn late is judged a
-        // period late, and must still fall within the echo policy's ±1 beat.
-        let t = timeline
-        let periodNs = t.instantNs(ofBeat: nextBeat &+ 1) &- t.instantNs(ofBeat: nextBeat)
-        nats.deferReads(
-            maxLeadNs == 0 && publishedLeading && periodNs >= Self.minDeferredReadPeriodNs && echoesMayWait())
+        // echo at the loop's next turn rather than waking for it (issue 24).
+        nats.deferReads(maxLeadNs == 0 && publishedLeading && periodAllowsDeferredReads && echoesMayWait())
         // A catch-up's reads (a lapsed lease) are the NATS client's, not the beat's.
         let allocatedAfter = (allocatedCounter?.pointee ?? 0) &- catchUpAllocatedBytes
         if allocatedAfter != allocatedBefore {
@@ -384,8 +377,14 @@ final class BeatDriver: LoopHandler, TxTimestampSink, BeatPorts {
     func catchUp() {
         let before = allocatedCounter?.pointee ?? 0
         nats.readDeferred()
-        catchUpLease()
         catchUpAllocatedBytes &+= (allocatedCounter?.pointee ?? 0) &- before
+    }
+
+    /// At periods of 50 ms and more: an echo read a turn late is judged a
+    /// period late, and must still fall within the echo policy's ±1 beat.
+    private var periodAllowsDeferredReads: Bool {
+        let t = timeline
+        return t.instantNs(ofBeat: nextBeat &+ 1) &- t.instantNs(ofBeat: nextBeat) >= Self.minDeferredReadPeriodNs
     }
 
     /// Bytes allocated by this wake's catch-up (not the beat path's).

@@ -55,7 +55,6 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
     /// 24: in timer-only mode the ticks were most of its wakes). Ticks are
     /// never early (TickPolicy).
     private var lone = false
-    private var stopped = false
     static let loneTickIntervalNs: Int64 = 1_000_000_000
     /// Old members kept reachable until the next Ready's messages are out.
     private var transitional = false
@@ -124,7 +123,6 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
     }
 
     func stop() {
-        stopped = true
         loop.disarmTimer(tickToken)
         transport.stop()
     }
@@ -133,13 +131,6 @@ final class ClusterNode: LoopHandler, RaftInbox, ClusterPorts {
 
     func loopEvent(token: UInt32, events: UInt32) {
         loop.readTimer(tickToken)
-        shell.tick()
-    }
-
-    /// A lone voter delivers the ticks due now (none: nothing happens),
-    /// before the beat judges a lease that lapsed (`BeatPorts.catchUp`).
-    func catchUpTicks() {
-        guard lone, !stopped, clock.monoNs() &- core.ticks.lastTickMonoNs >= core.timing.tickNs else { return }
         shell.tick()
     }
 

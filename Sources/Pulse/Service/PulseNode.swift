@@ -148,7 +148,6 @@ final class PulseNode: LoopHandler {
         beats.echoesMayWait = { [unowned self] in
             !handOverPending && adminTransfer == nil && (admin?.events?.streamCount ?? 0) == 0
         }
-        beats.catchUpLease = { [unowned self] in cluster?.catchUpTicks() }
     }
 
     /// -peers parsed; a lone voter's list for a single node; nil with nats-kv.
